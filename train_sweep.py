@@ -1,0 +1,1676 @@
+#!/usr/bin/env python3
+"""train_sweep: train many models with different hyperparameters on the GPUs of one machine.
+
+Reads a JSON list of hyperparameter dicts, gives each run a readable name, and keeps every listed
+GPU busy with `train.py` subprocesses (one folder, two live logs and a run.json per run), never
+overpacking a GPU (NVML memory readings and per-GPU run counts) and never leaving a process behind.
+
+    python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
+    python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
+    python train_sweep.py --gpus 0 1 --max-processes-per-gpu 2 --memory-threshold-gb 30
+    python train_sweep.py --command "python examples/train.py" --config-file examples/train_sweep_config.json
+    python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
+    tail -f outputs/<name>/train_stdout.log                      # follow one run
+
+Map of this file (sections in the order data flows):
+    1. Constants and states       exit codes, run states, defaults
+    2. Config                     load and validate the JSON list of hyperparameter dicts
+    3. Runs and names             readable names, Hydra-style argument rendering, Run objects
+    4. GPU probe                  NVML readings through pynvml, in one place
+    5. Scheduling core            pure placement decisions: which GPU takes the next run, settling
+    6. Process supervision        launching runs, killing process trees, the guardian, the event loop
+    7. Results                    records, atomic JSON writes, log tails, metrics
+    8. Reporting                  progress lines and the summary table
+    9. CLI                        argparse, settings, main()
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import enum
+import hashlib
+import json
+import math
+import os
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+# ----------------------------------------------------------------------------------------------
+# 1. Constants and states
+# ----------------------------------------------------------------------------------------------
+
+EXIT_OK = 0  # every run succeeded
+EXIT_RUN_FAILED = 1  # at least one run failed or timed out
+EXIT_BAD_INPUT = 2  # bad config, flag, GPU id, folder or train script: nothing launched
+EXIT_INTERRUPTED = 130  # Ctrl+C, SIGTERM or SIGHUP
+
+MAX_NAME_BYTES = 200  # longest run name (a folder name); longer names are cut and get a hash
+TAIL_LINES = 100  # lines of stdout/stderr kept in the results file (full logs stay in the run folder)
+KILL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this many seconds
+SETTLE_TIMEOUT_S = 60.0  # a GPU's memory reading is trusted again at most this long after a launch
+SETTLE_STABLE_S = 2.0  # ... or once it has grown and then held steady this long
+SETTLE_GROWTH_MB = 64.0  # growth that counts as "the new run has allocated"
+POLL_MIN_S, POLL_MAX_S = 0.05, 0.5  # NVML polling interval while runs wait for memory (backs off)
+CLEANUP_POLL_S = 0.05  # how often leftovers of a finished run are checked while they are being ended
+MB = 1024 * 1024
+CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
+
+
+class State(str, enum.Enum):
+    """The life of a run. The values are what results files and progress lines show."""
+
+    PENDING = "pending"  # not started (yet)
+    RUNNING = "running"
+    COMPLETE = "complete"  # exited with code 0
+    FAILED = "failed"  # non-zero exit code, killed by a signal, or could not start
+    TIMEOUT = "timeout"  # ran past --timeout and was ended
+    INTERRUPTED = "interrupted"  # ended because the sweep was stopped (Ctrl+C, SIGTERM, SIGHUP)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATES = frozenset({State.COMPLETE, State.FAILED, State.TIMEOUT, State.INTERRUPTED})
+
+
+class UserError(Exception):
+    """Bad input: printed as one line on stderr, exit code 2, nothing launched."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Config
+# ----------------------------------------------------------------------------------------------
+
+_BAD_KEY = re.compile(r"[\s=,]")
+
+
+def _reject_duplicate_keys(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise UserError(f"{path}: key {key!r} appears twice in one object")
+            seen[key] = value
+        return seen
+
+    return hook
+
+
+def load_config(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read and validate a config file: a JSON array of objects, one object of hyperparameters a run."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found (pass --config-file)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read config file: {e}") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    return validate_entries(data, path)
+
+
+def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
+    """Check that `data` is a list of hyperparameter dicts with usable keys; identical entries are an error."""
+    if not isinstance(data, list):
+        raise UserError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
+    if not data:
+        raise UserError(f"{source}: the list of runs is empty")
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise UserError(f"{source}: entry [{i}] must be an object of hyperparameters, got {_json_type(entry)}")
+        for key in entry:
+            if not key:
+                raise UserError(f"{source}: entry [{i}] has an empty key")
+            if _BAD_KEY.search(key):
+                raise UserError(f"{source}: entry [{i}]: key {key!r} may not contain spaces, '=' or ','")
+            if key.startswith("-"):
+                raise UserError(f"{source}: entry [{i}]: key {key!r} may not start with '-'")
+        canon = canonical_json(entry)
+        if canon in seen:
+            raise UserError(f"{source}: entries [{seen[canon]}] and [{i}] are identical")
+        seen[canon] = i
+    return data
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value (sorted keys), for hashing and for telling entries apart."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
+    """`--abbrev training.bisim_lr=lr env=` -> {"training.bisim_lr": "lr", "env": ""}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, short = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--abbrev {pair!r}: expected KEY=SHORT (SHORT may be empty)")
+        out[key] = short
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Runs and names
+# ----------------------------------------------------------------------------------------------
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def clean(text: str) -> str:
+    """The one cleaning rule for names: only [A-Za-z0-9._=+-], no '..', no leading or trailing '._-'."""
+    text = _UNSAFE_CHARS.sub("_", text)
+    text = re.sub(r"\.{2,}", ".", text)
+    text = re.sub(r"_{2,}", "_", text)
+    return text.strip("._-")
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value as it reads in a name: 5e-06, 1 (for 1.0), none, 1-2-3 (for [1, 2, 3])."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, list):
+        return "-".join(format_value(v) for v in value) or "empty"
+    if isinstance(value, dict):
+        return "-".join(f"{k}-{format_value(v)}" for k, v in value.items()) or "empty"
+    return str(value)
+
+
+def default_short(key: str) -> str:
+    """A key's default abbreviation: its last dotted part (`training.epochs` -> `epochs`)."""
+    return key.lstrip("+~").rsplit(".", 1)[-1]
+
+
+def name_part(key: str, value: Any, abbrev: Mapping[str, str]) -> str:
+    """One `short_value` piece of a name. Booleans read `short` / `no_short`; an empty short keeps the value."""
+    short = abbrev.get(key, default_short(key))
+    if isinstance(value, bool):
+        if not short:
+            return format_value(value)
+        return short if value else f"no_{short}"
+    text = format_value(value)
+    return f"{short}_{text}" if short else text
+
+
+def params_hash(hyperparams: Mapping[str, Any]) -> str:
+    """8 hex digits that identify a set of hyperparameters."""
+    return hashlib.sha256(canonical_json(dict(hyperparams)).encode()).hexdigest()[:8]
+
+
+def _with_hash(name: str, hyperparams: Mapping[str, Any], limit: int = MAX_NAME_BYTES) -> str:
+    suffix = "_" + params_hash(hyperparams)
+    room = limit - len(suffix)
+    cut = name.encode()[:room].decode(errors="ignore").rstrip("._-")
+    return (cut + suffix) if cut else suffix[1:]
+
+
+def run_name(hyperparams: Mapping[str, Any], abbrev: Mapping[str, str] | None = None) -> str:
+    """The readable name of one run: `short_value` pieces in the entry's key order, joined by `_`."""
+    abbrev = abbrev or {}
+    name = clean("_".join(name_part(k, v, abbrev) for k, v in hyperparams.items())) or "run"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        name = _with_hash(name, hyperparams)
+    return name
+
+
+def unique_names(entries: Sequence[Mapping[str, Any]], abbrev: Mapping[str, str] | None = None) -> list[str]:
+    """Names for a whole sweep: runs whose names would clash (ignoring case) get a hash suffix each."""
+    names = [run_name(e, abbrev) for e in entries]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.lower(), []).append(i)
+    for members in groups.values():
+        if len(members) > 1:
+            for i in members:
+                names[i] = _with_hash(names[i], entries[i])
+    return names
+
+
+# Hydra override values. A string goes bare when Hydra reads it back as the same string, else quoted.
+_HYDRA_BARE = re.compile(r"[A-Za-z_./][A-Za-z0-9_/\-+.%*@?|:]*")
+_HYDRA_KEYWORDS = re.compile(r"(true|false|null|[+-]?inf|[+-]?nan)", re.IGNORECASE)
+_HYDRA_DICT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def hydra_value(value: Any) -> str:
+    """Render a JSON value in Hydra's override grammar so that the app receives exactly that value and type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # 5e-06, 1.0, inf, nan: all FLOAT tokens in Hydra's grammar
+    if isinstance(value, str):
+        return _hydra_string(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            if not _HYDRA_DICT_KEY.fullmatch(k):
+                raise UserError(f"dict key {k!r} cannot be passed to Hydra (use letters, digits, '_', '-')")
+            items.append(f"{k}:{hydra_value(v)}")
+        return "{" + ",".join(items) + "}"
+    raise UserError(f"unsupported value {value!r}")
+
+
+def _hydra_string(text: str) -> str:
+    if (
+        _HYDRA_BARE.fullmatch(text)
+        and not _HYDRA_KEYWORDS.fullmatch(text)
+        and not re.match(r"\.[0-9]", text)
+    ):
+        return text
+    # OmegaConf resolves ${...} even inside quotes: escape it (and double the backslashes before it).
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    # Inside single quotes Hydra un-escapes only backslashes that precede a quote, and trailing ones.
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f"'{text}'"
+
+
+def hydra_override(key: str, value: Any) -> str:
+    """`key=value` as a Hydra command-line override."""
+    return f"{key}={hydra_value(value)}"
+
+
+@dataclasses.dataclass(eq=False)
+class Run:
+    """One training run: what to run (fixed at expansion) and how it went (filled in as it runs)."""
+
+    index: int  # position in the config list
+    name: str
+    hyperparams: dict[str, Any]
+    argv: list[str]
+    run_dir: Path
+    state: State = State.PENDING
+    gpus: tuple[int, ...] = ()
+    start_time: float | None = None  # wall clock (time.time())
+    end_time: float | None = None
+    started_at: float = 0.0  # scheduler clock, for timeouts and durations
+    returncode: int | None = None
+    signal_name: str | None = None  # the signal that killed it, if one did
+    error: str | None = None  # why it could not start
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.run_dir / "train_stdout.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.run_dir / "train_stderr.log"
+
+
+def resolve_command(command: str) -> list[str]:
+    """Split --command like a shell would; a leading `python`/`python3` means the Python running train_sweep."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UserError(f"--command {command!r}: {e}") from None
+    if not argv:
+        raise UserError("--command is empty")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def check_command(argv: Sequence[str], cwd: Path) -> None:
+    """Fail before launching anything when the program or the Python script it names does not exist."""
+    program = argv[0]
+    if os.sep in program:
+        if not (cwd / program).exists():
+            raise UserError(f"train command not found: {program}")
+    elif shutil.which(program) is None:
+        raise UserError(f"train command not found on PATH: {program}")
+    if Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-"):
+        script = cwd / argv[1]
+        if not script.is_file():
+            raise UserError(
+                f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it "
+                "or pass --command)"
+            )
+
+
+def build_runs(
+    entries: Sequence[Mapping[str, Any]],
+    command: Sequence[str],
+    output_dir: Path,
+    abbrev: Mapping[str, str] | None = None,
+) -> list[Run]:
+    """Expand config entries into Runs: name, argv (command + Hydra overrides) and a folder inside output_dir."""
+    names = unique_names(entries, abbrev)
+    root = output_dir.resolve()
+    runs = []
+    for i, (entry, name) in enumerate(zip(entries, names)):
+        run_dir = (root / name).resolve()
+        if run_dir.parent != root:  # names are cleaned; this guards the rule itself
+            raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
+        argv = [*command, *(hydra_override(k, v) for k, v in entry.items())]
+        runs.append(Run(index=i, name=name, hyperparams=dict(entry), argv=argv, run_dir=run_dir))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. GPU probe
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuReading:
+    """What NVML says about one GPU at one moment."""
+
+    index: int
+    name: str = ""
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    utilization: int | None = None  # percent, None when NVML cannot tell
+    pids: frozenset[int] = frozenset()  # compute processes on it (any user's, as far as NVML shows)
+
+    @property
+    def processes(self) -> int:
+        return len(self.pids)
+
+
+class NvmlProbe:
+    """All NVML calls live here. Indexes are NVML's, which are nvidia-smi's (PCI bus order)."""
+
+    def __init__(self) -> None:
+        import pynvml  # nvidia-ml-py; imported here so that the tool runs without a GPU
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self.count = pynvml.nvmlDeviceGetCount()
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.count)]
+        self.failed: dict[int, str] = {}  # GPUs whose NVML calls started failing, with the error
+
+    def name(self, index: int) -> str:
+        name = self._nvml.nvmlDeviceGetName(self._handles[index])
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def read(self, indexes: Iterable[int]) -> dict[int, GpuReading]:
+        """One reading per GPU; a GPU whose NVML calls fail is left out and remembered in `failed`."""
+        out = {}
+        for i in indexes:
+            if i in self.failed:
+                continue
+            try:
+                out[i] = self._read_one(i)
+            except self._nvml.NVMLError as e:
+                self.failed[i] = str(e)
+        return out
+
+    def _read_one(self, i: int) -> GpuReading:
+        nv, handle = self._nvml, self._handles[i]
+        mem = nv.nvmlDeviceGetMemoryInfo(handle)
+        try:
+            util: int | None = nv.nvmlDeviceGetUtilizationRates(handle).gpu
+        except nv.NVMLError:
+            util = None
+        pids: set[int] = set()
+        for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                pids.update(p.pid for p in getattr(nv, getter)(handle))
+            except (nv.NVMLError, AttributeError):
+                pass
+        return GpuReading(i, self.name(i), mem.used / MB, mem.total / MB, util, frozenset(pids))
+
+    def close(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def open_probe() -> tuple[NvmlProbe | None, str]:
+    """An NVML probe, or None and the reason there is none (no pynvml, no driver, no GPU)."""
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return None, "pynvml is not installed (pip install nvidia-ml-py)"
+    try:
+        probe = NvmlProbe()
+    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return None, f"NVML is not available ({e})"
+    if probe.count == 0:
+        probe.close()
+        return None, "NVML reports no GPU"
+    return probe, ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Scheduling core (pure: no processes, no NVML, no clock of its own)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How runs are placed. `memory_threshold_mb` None means slots only (no NVML readings)."""
+
+    max_per_gpu: int = 1
+    memory_threshold_mb: float | None = 40.0 * 1024
+    max_parallel: int | None = None  # cap on runs at once over all GPUs
+    settle_timeout_s: float = SETTLE_TIMEOUT_S
+    settle_stable_s: float = SETTLE_STABLE_S
+    settle_growth_mb: float = SETTLE_GROWTH_MB
+
+    def describe(self, gpus: Sequence[int]) -> str:
+        where = "the CPU" if list(gpus) == [CPU] else "GPU " + " ".join(str(g) for g in gpus)
+        text = f"up to {self.max_per_gpu} run(s) at once on {where}"
+        if self.max_parallel:
+            text += f", at most {self.max_parallel} in all"
+        if self.memory_threshold_mb is None:
+            return text + " (slots only: no memory readings)"
+        return (
+            text + f"; a GPU takes a run while its used memory is below {self.memory_threshold_mb / 1024:g} GB, "
+            "lowest memory use first, then fewest processes"
+        )
+
+
+@dataclasses.dataclass
+class _Settling:
+    since: float  # when the run was launched
+    baseline_mb: float  # the GPU's used memory just before
+    samples: list[tuple[float, float]]  # (time, used_mb) seen since
+
+
+class SettleTracker:
+    """A run just launched has not allocated its memory yet, so the GPU's reading is stale.
+
+    After a launch on a GPU, that GPU takes no further run until its reading has settled: the used
+    memory has grown by `settle_growth_mb` over the reading before the launch and then stayed within
+    max(64 MB, 2%) of itself for `settle_stable_s`; or `settle_timeout_s` has passed; or the run ended.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._gpus: dict[int, _Settling] = {}
+
+    def launched(self, gpu: int, now: float, used_mb: float) -> None:
+        self._gpus[gpu] = _Settling(now, used_mb, [])
+
+    def ended(self, gpu: int) -> None:
+        self._gpus.pop(gpu, None)
+
+    def observe(self, gpu: int, now: float, used_mb: float) -> None:
+        s = self._gpus.get(gpu)
+        if s is not None:
+            s.samples.append((now, used_mb))
+            horizon = now - 2 * self.policy.settle_stable_s
+            while len(s.samples) > 2 and s.samples[1][0] < horizon:
+                s.samples.pop(0)
+
+    def settling(self, gpu: int, now: float) -> bool:
+        s = self._gpus.get(gpu)
+        if s is None:
+            return False
+        if now - s.since >= self.policy.settle_timeout_s or self._stable(s, now):
+            del self._gpus[gpu]
+            return False
+        return True
+
+    def _stable(self, s: _Settling, now: float) -> bool:
+        if not s.samples:
+            return False
+        latest = s.samples[-1][1]
+        if latest < s.baseline_mb + self.policy.settle_growth_mb:
+            return False
+        window = [mb for t, mb in s.samples if t >= now - self.policy.settle_stable_s]
+        old_enough = any(t <= now - self.policy.settle_stable_s for t, _ in s.samples)
+        tolerance = max(64.0, 0.02 * latest)
+        return old_enough and all(abs(mb - latest) <= tolerance for mb in window)
+
+    def any(self) -> bool:
+        return bool(self._gpus)
+
+    def deadline(self) -> float | None:
+        if not self._gpus:
+            return None
+        return min(s.since for s in self._gpus.values()) + self.policy.settle_timeout_s
+
+
+def pick_gpu(
+    gpus: Sequence[int],
+    running: Mapping[int, int],
+    readings: Mapping[int, GpuReading] | None,
+    settling: Callable[[int], bool],
+    policy: Policy,
+) -> tuple[int | None, str]:
+    """Choose the GPU for the next run, or None and why every GPU is unavailable.
+
+    A GPU can take a run when this sweep runs fewer than `max_per_gpu` runs on it, its used memory
+    (everyone's, not only ours) is below the threshold, and its reading is not stale after a launch.
+    Among those: the lowest memory use, then the fewest processes, then the lowest index.
+    Without readings (slots only): the fewest runs of ours, then the lowest index.
+    """
+    total = sum(running.values())
+    if policy.max_parallel is not None and total >= policy.max_parallel:
+        return None, f"--max-parallel {policy.max_parallel} reached"
+    free = [g for g in gpus if running.get(g, 0) < policy.max_per_gpu]
+    if not free:
+        return None, "every GPU has its maximum number of runs"
+    if readings is None or policy.memory_threshold_mb is None:
+        return min(free, key=lambda g: (running.get(g, 0), g)), "free slot"
+    reasons = []
+    candidates = []
+    for g in free:
+        r = readings.get(g)
+        if r is None:
+            reasons.append(f"GPU {g}: no reading")
+        elif r.memory_used_mb >= policy.memory_threshold_mb:
+            reasons.append(
+                f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= {policy.memory_threshold_mb / 1024:g} GB"
+            )
+        elif settling(g):
+            reasons.append(f"GPU {g}: waiting for the last run's memory to show")
+        else:
+            candidates.append(r)
+    if not candidates:
+        return None, "; ".join(reasons)
+    best = min(candidates, key=lambda r: (r.memory_used_mb, max(r.processes, running.get(r.index, 0)), r.index))
+    return best.index, f"{best.memory_used_mb / 1024:.1f} GB used, {best.processes} process(es)"
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Process supervision
+# ----------------------------------------------------------------------------------------------
+
+# The guardian outlives train_sweep: it reads "+ PGID" / "- PGID" lines on stdin; when stdin closes
+# with groups still registered (train_sweep was SIGKILLed, OOM-killed, lost its terminal), it ends
+# those process groups and every process that carries this sweep's TRAIN_SWEEP_ID (those that left
+# their group): SIGTERM, then SIGKILL after the grace period.
+GUARDIAN_CODE = r"""
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)
+sweep_id, grace = sys.argv[1], float(sys.argv[2])
+groups = set()
+for line in sys.stdin:
+    op, _, pgid = line.strip().partition(" ")
+    if op == "+":
+        groups.add(int(pgid))
+    elif op == "-":
+        groups.discard(int(pgid))
+if not groups:
+    sys.exit(0)
+import psutil
+def marked():
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
+                out.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return out
+def alive():
+    live = [g for g in groups if _group_alive(g)]
+    return live or [p for p in marked() if p.status() != psutil.STATUS_ZOMBIE]
+def _group_alive(g):
+    try:
+        os.killpg(g, 0)
+        return True
+    except OSError:
+        return False
+for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    for g in groups:
+        try:
+            os.killpg(g, sig)
+        except OSError:
+            pass
+    for p in marked():
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+    end = time.monotonic() + wait
+    while time.monotonic() < end and alive():
+        time.sleep(0.1)
+"""
+
+
+class Guardian:
+    """Starts the guardian process and tells it which process groups belong to the sweep."""
+
+    def __init__(self, sweep_id: str, grace: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", GUARDIAN_CODE, sweep_id, str(grace)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
+            text=True,
+        )
+
+    def _send(self, line: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the guardian is gone; the sweep itself still ends its runs
+
+    def add(self, pgid: int) -> None:
+        self._send(f"+ {pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._send(f"- {pgid}")
+
+    def close(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def become_subreaper() -> bool:
+    """Linux: orphans of our runs are re-parented to us (not to init), so we can find and end them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def own_children() -> set[int]:
+    """PIDs of our direct children, read cheaply from /proc (psutil's scan is the fallback)."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        return pids
+    except OSError:
+        import psutil
+
+        return {p.pid for p in psutil.Process().children()}
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to a process group; False when the group has no process left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@dataclasses.dataclass(eq=False)
+class Proc:
+    """A launched run: its main process, its process group, and how it is being ended."""
+
+    run: Run
+    popen: subprocess.Popen[bytes]
+    run_id: str  # TRAIN_SWEEP_RUN_ID, which every process of the run inherits
+    deadline: float | None  # when --timeout ends it
+    ending: State | None = None  # TIMEOUT or INTERRUPTED once we decided to end it
+    kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
+    exited_at: float | None = None  # the main process has exited; leftovers are being ended
+
+    @property
+    def pgid(self) -> int:
+        return self.popen.pid  # start_new_session: the main process leads its own group
+
+
+class LocalLauncher:
+    """Today's launcher: runs as local processes, each in its own session, logs written by the child."""
+
+    def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None) -> None:
+        self.cwd = cwd
+        self.sweep_id = sweep_id
+        self.cpu_only = cpu_only
+        self.guardian = guardian
+        self.subreaper = become_subreaper()
+
+    def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(str(g) for g in gpus),
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
+            TRAIN_SWEEP_RUN_NAME=run.name,
+            TRAIN_SWEEP_RUN_DIR=str(run.run_dir),
+            TRAIN_SWEEP_ID=self.sweep_id,
+            TRAIN_SWEEP_RUN_ID=f"{self.sweep_id}-{run.index}",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self, run: Run, gpus: Sequence[int], deadline: float | None) -> Proc:
+        """Start the run; raises OSError when it cannot (the caller records it as failed)."""
+        env = self.env(run, gpus)
+        with open(run.stdout_log, "wb") as out, open(run.stderr_log, "wb") as err:
+            popen = subprocess.Popen(
+                run.argv,
+                cwd=self.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], deadline)
+        if self.guardian:
+            self.guardian.add(proc.pgid)
+        return proc
+
+    def _adopted(self, proc: Proc, exclude: set[int]) -> list[Any]:
+        """Processes of this run that lost their parent and were re-parented to us (we are subreaper)."""
+        if not self.subreaper:
+            return []
+        import psutil
+
+        out = []
+        for pid in own_children() - exclude:
+            try:
+                p = psutil.Process(pid)
+                if p.environ().get("TRAIN_SWEEP_RUN_ID") == proc.run_id:
+                    out.append(p)
+                    out.extend(p.children(recursive=True))
+            except (psutil.Error, OSError):
+                pass
+        return out
+
+    def signal_tree(self, proc: Proc, sig: int, exclude: set[int]) -> None:
+        """Signal everything the run started: its group, its descendants, and adopted leftovers."""
+        import psutil
+
+        procs = self._adopted(proc, exclude)
+        if proc.exited_at is None:
+            try:
+                procs.extend(psutil.Process(proc.popen.pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        signal_group(proc.pgid, sig)
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def leftovers_alive(self, proc: Proc, exclude: set[int]) -> bool:
+        """After the main process exited: does any process of the run remain (zombies reaped first)?"""
+        self.reap_adopted(exclude)
+        if signal_group(proc.pgid, 0):
+            return True
+        import psutil
+
+        return any(p.status() != psutil.STATUS_ZOMBIE for p in self._adopted(proc, exclude) if p.is_running())
+
+    def reap_adopted(self, exclude: set[int]) -> None:
+        """Collect the exit status of adopted orphans, so they do not linger as zombies."""
+        if not self.subreaper:
+            return
+        for pid in own_children() - exclude:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    def finished(self, proc: Proc) -> None:
+        if self.guardian:
+            self.guardian.remove(proc.pgid)
+
+
+class ListSource:
+    """Today's run source: the expanded config list, in order. A search (Optuna) can stand in its place."""
+
+    def __init__(self, runs: Iterable[Run]) -> None:
+        from collections import deque
+
+        self._queue = deque(runs)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def peek(self) -> Run | None:
+        return self._queue[0] if self._queue else None
+
+    def take(self) -> Run:
+        return self._queue.popleft()
+
+    def remaining(self) -> list[Run]:
+        return list(self._queue)
+
+    def finished(self, run: Run) -> None:
+        """Told of every run that ends (a search would record the trial's result here)."""
+
+
+class Sweep:
+    """The event loop: launch while GPUs can take runs, react at once when a run exits, end everything
+    cleanly on a signal. Sleeps in select() on a self-pipe that signals (SIGCHLD included) write to, so
+    a finished run frees its slot at once and nothing polls unless runs are waiting for GPU memory."""
+
+    def __init__(
+        self,
+        source: ListSource,
+        launcher: LocalLauncher,
+        gpus: Sequence[int],
+        policy: Policy,
+        probe: NvmlProbe | None,
+        results: ResultsWriter,
+        reporter: Reporter,
+        timeout: float | None,
+        kill_grace: float = KILL_GRACE_S,
+        metric: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metric = metric
+        self.source = source
+        self.launcher = launcher
+        self.gpus = list(gpus)
+        self.policy = policy
+        self.probe = probe
+        self.results = results
+        self.reporter = reporter
+        self.timeout = timeout
+        self.kill_grace = kill_grace
+        self.clock = clock
+        self.settle = SettleTracker(policy)
+        self.active: dict[Run, Proc] = {}
+        self.running: dict[int, int] = {g: 0 for g in self.gpus}
+        self.done: list[Run] = []
+        self.stop_signal: str | None = None
+        self.killed = False
+        self.waiting: str | None = None  # why pending runs cannot start now (memory), for polling
+        self.poll_interval = POLL_MIN_S
+        self._signals: list[int] = []
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signals(self) -> Callable[[], None]:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(r, selectors.EVENT_READ)
+        self._wake_r, self._wake_w = r, w
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        handled = [signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        old = {s: signal.getsignal(s) for s in handled}
+
+        def handler(signum: int, frame: Any) -> None:
+            if signum != signal.SIGCHLD:
+                self._signals.append(signum)
+
+        for s in handled:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+            signal.set_wakeup_fd(old_fd)
+            self._selector.close()
+            os.close(r)
+            os.close(w)
+
+        return restore
+
+    def _wait(self, timeout: float | None) -> None:
+        if timeout is not None and timeout <= 0:
+            return
+        self._selector.select(timeout)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self, now: float) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            name = signal.Signals(signum).name
+            if self.stop_signal is None:
+                self.stop_signal = name
+                self.reporter.event(
+                    f"{name}: stopping; ending {len(self.active)} running run(s) "
+                    f"(SIGTERM, SIGKILL after {self.kill_grace:g}s; press Ctrl+C again to kill now)"
+                )
+                for proc in self.active.values():
+                    self._end(proc, State.INTERRUPTED, now)
+            elif not self.killed:
+                self.killed = True
+                self.reporter.event(f"{name} again: killing every run now")
+                for proc in self.active.values():
+                    proc.ending = proc.ending or State.INTERRUPTED
+                    self.launcher.signal_tree(proc, signal.SIGKILL, self._exclude())
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        restore = self._install_signals()
+        try:
+            while True:
+                now = self.clock()
+                self._handle_signals(now)
+                self._reap(now)
+                self._enforce_deadlines(now)
+                if self.stop_signal is None:
+                    self._launch(now)
+                if not self.active and (self.stop_signal or not self.source.pending()):
+                    break
+                self._wait(self._next_wakeup(self.clock()))
+        except BaseException:
+            for proc in self.active.values():  # never leave a run behind, whatever happened
+                self.launcher.signal_tree(proc, signal.SIGKILL, self._exclude())
+            raise
+        finally:
+            restore()
+        return self._finish()
+
+    def _exclude(self) -> set[int]:
+        """Our own children that are not leftovers: live runs' main processes and the guardian."""
+        pids = {p.popen.pid for p in self.active.values() if p.exited_at is None}
+        if self.launcher.guardian:
+            pids.add(self.launcher.guardian.proc.pid)
+        return pids
+
+    def _launch(self, now: float) -> None:
+        self.waiting = None
+        while self.source.pending():
+            readings = None
+            if self.probe is not None and self._slot_free():
+                readings = self.probe.read(self.gpus)
+                self._drop_failed_gpus()
+                for g, r in readings.items():
+                    self.settle.observe(g, now, r.memory_used_mb)
+            gpu, why = pick_gpu(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now), self.policy)
+            if gpu is None:
+                if readings is not None and self._slot_free():
+                    self.waiting = why  # waiting for memory: poll
+                return
+            self._start(self.source.take(), gpu, now, readings)
+            self.poll_interval = POLL_MIN_S
+
+    def _slot_free(self) -> bool:
+        total = sum(self.running.values())
+        if self.policy.max_parallel is not None and total >= self.policy.max_parallel:
+            return False
+        return any(n < self.policy.max_per_gpu for n in self.running.values())
+
+    def _drop_failed_gpus(self) -> None:
+        assert self.probe is not None
+        for g, err in list(self.probe.failed.items()):
+            if g in self.gpus:
+                self.gpus.remove(g)
+                self.reporter.event(f"GPU {g} dropped from the pool: NVML calls fail ({err})")
+        if not self.gpus:
+            raise UserError("every GPU failed its NVML calls; nothing left to run on")
+
+    def _start(self, run: Run, gpu: int, now: float, readings: Mapping[int, GpuReading] | None) -> None:
+        run.gpus = () if gpu == CPU else (gpu,)
+        run.state = State.RUNNING
+        run.start_time = time.time()
+        run.started_at = now
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        self.results.run_started(run)
+        deadline = now + self.timeout if self.timeout else None
+        try:
+            proc = self.launcher.start(run, run.gpus, deadline)
+        except OSError as e:
+            run.error = f"could not start {run.argv[0]}: {e}"
+            run.state = State.FAILED
+            run.end_time = time.time()
+            with open(run.stderr_log, "a") as f:
+                f.write(f"train_sweep: {run.error}\n")
+            self._record(run)
+            return
+        self.active[run] = proc
+        self.running[gpu] += 1
+        if readings is not None and gpu in readings:
+            self.settle.launched(gpu, now, readings[gpu].memory_used_mb)
+        self.reporter.started(run, self)
+
+    def _reap(self, now: float) -> None:
+        exclude = None
+        for run, proc in list(self.active.items()):
+            if proc.exited_at is None:
+                rc = proc.popen.poll()
+                if rc is None:
+                    continue
+                proc.exited_at = now
+                run.end_time = time.time()
+                run.returncode = rc
+                exclude = self._exclude()
+                if not self.launcher.leftovers_alive(proc, exclude):
+                    self._done(proc)
+                    continue
+                self.launcher.signal_tree(proc, signal.SIGTERM, exclude)
+                proc.kill_at = min(proc.kill_at or math.inf, now + self.kill_grace)
+            else:
+                exclude = exclude if exclude is not None else self._exclude()
+                if not self.launcher.leftovers_alive(proc, exclude):
+                    self._done(proc)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for proc in list(self.active.values()):
+            if proc.deadline is not None and now >= proc.deadline and proc.ending is None and proc.exited_at is None:
+                self.reporter.event(f"timeout: {proc.run.name} ran past {self.timeout:g}s; ending it")
+                self._end(proc, State.TIMEOUT, now)
+            if proc.kill_at is not None and now >= proc.kill_at:
+                self.launcher.signal_tree(proc, signal.SIGKILL, self._exclude())
+                proc.kill_at = None if proc.exited_at is None else now + 5.0
+                if proc.exited_at is not None and now - proc.exited_at > self.kill_grace + 10:
+                    self.reporter.event(f"warning: {proc.run.name} left processes that cannot be ended")
+                    self._done(proc)
+
+    def _end(self, proc: Proc, state: State, now: float) -> None:
+        proc.ending = proc.ending or state
+        if proc.exited_at is None:
+            self.launcher.signal_tree(proc, signal.SIGTERM, self._exclude())
+        proc.kill_at = now + self.kill_grace
+
+    def _done(self, proc: Proc) -> None:
+        run = proc.run
+        del self.active[run]
+        self.launcher.finished(proc)
+        gpu = run.gpus[0] if run.gpus else CPU
+        self.running[gpu] -= 1
+        self.settle.ended(gpu)
+        rc = run.returncode
+        if proc.ending is not None:
+            run.state = proc.ending
+        elif rc == 0:
+            run.state = State.COMPLETE
+        else:
+            run.state = State.FAILED
+        if rc is not None and rc < 0:
+            try:
+                run.signal_name = signal.Signals(-rc).name
+            except ValueError:
+                run.signal_name = f"signal {-rc}"
+        self._record(run)
+
+    def _record(self, run: Run) -> None:
+        run.metrics = read_metrics(run, self.metric)
+        self.done.append(run)
+        self.source.finished(run)
+        self.results.run_finished(run)
+        self.reporter.finished(run, self)
+
+    def _next_wakeup(self, now: float) -> float | None:
+        times = [p.deadline for p in self.active.values() if p.deadline is not None and p.ending is None]
+        times += [p.kill_at for p in self.active.values() if p.kill_at is not None]
+        if any(p.exited_at is not None for p in self.active.values()):
+            times.append(now + CLEANUP_POLL_S)
+        if self.waiting and self.stop_signal is None:
+            times.append(now + self.poll_interval)
+            self.poll_interval = min(self.poll_interval * 2, POLL_MAX_S)
+        if self.reporter.refresh_s:
+            times.append(now + self.reporter.refresh_s)
+        return max(0.0, min(times) - now) if times else None
+
+    def _finish(self) -> int:
+        pending = self.source.remaining()
+        self.results.finish(self.done, pending, interrupted=self.stop_signal is not None)
+        self.reporter.summary(self.done, pending, self)
+        if self.stop_signal:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if all(r.state == State.COMPLETE for r in self.done) else EXIT_RUN_FAILED
+
+    # -- counts for progress lines ------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        c = {"done": 0, "failed": 0}
+        for r in self.done:
+            c["done" if r.state == State.COMPLETE else "failed"] += 1
+        c["running"] = len(self.active)
+        c["pending"] = self.source.pending()
+        return c
+
+    def eta(self, now_wall: float) -> float | None:
+        durations = [r.duration for r in self.done if r.state == State.COMPLETE and r.duration is not None]
+        if not durations:
+            return None
+        mean = sum(durations) / len(durations)
+        slots = max(1, min(self.policy.max_parallel or 10**9, self.policy.max_per_gpu * len(self.gpus)))
+        left = sum(max(0.0, mean - (now_wall - (r.start_time or now_wall))) for r in self.active)
+        left += mean * self.source.pending()
+        return left / slots
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Results
+# ----------------------------------------------------------------------------------------------
+
+
+def iso_time(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync it, and os.replace it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def tail_lines(path: Path, n: int = TAIL_LINES, block: int = 65536) -> str:
+    """The last n lines of a file, read from its end (logs can be gigabytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = pos = f.tell()
+            data = b""
+            while pos > 0 and data.count(b"\n") <= n:
+                pos = max(0, pos - block)
+                f.seek(pos)
+                data = f.read(end - pos)
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-n:])
+
+
+def _metric_pattern(name: str) -> re.Pattern[str]:
+    number = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+    return re.compile(rf"(?<![\w.]){re.escape(name)}\s*[=:]\s*({number})(?![\w.])")
+
+
+def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
+    """A run's metrics: the JSON object in <run_dir>/metrics.json if the trainer wrote one; else, for
+    --metric NAME, the last `NAME=value` or `NAME: value` in its stdout."""
+    path = run.run_dir / "metrics.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                return data
+        except (OSError, ValueError):
+            pass
+    if metric:
+        found = _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000))
+        if found:
+            return {metric: float(found[-1])}
+    return None
+
+
+def metric_value(run: Run, metric: str | None) -> float | None:
+    if not metric or not run.metrics:
+        return None
+    value = run.metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def run_record(run: Run) -> dict[str, Any]:
+    """One run in the results file: the seed's fields first, then ours."""
+    gpu: int | list[int] | None = None
+    if len(run.gpus) == 1:
+        gpu = run.gpus[0]
+    elif run.gpus:
+        gpu = list(run.gpus)
+    duration = run.duration
+    started = run.start_time is not None
+    return {
+        "model_name": run.name,
+        "hyperparams": run.hyperparams,
+        "success": run.state == State.COMPLETE,
+        "returncode": run.returncode,
+        "duration_seconds": None if duration is None else round(duration, 3),
+        "gpu_id": gpu,
+        "stdout": tail_lines(run.stdout_log) if started else "",
+        "stderr": tail_lines(run.stderr_log) if started else "",
+        "state": run.state.value,
+        "start_time": iso_time(run.start_time),
+        "end_time": iso_time(run.end_time),
+        "run_dir": str(run.run_dir),
+        "stdout_log": str(run.stdout_log),
+        "stderr_log": str(run.stderr_log),
+        "command": run.argv,
+        "signal": run.signal_name,
+        "error": run.error,
+        "metrics": run.metrics,
+        "index": run.index,
+    }
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """<run_dir>/run.json: what was run and how it went, written at start and at end."""
+    return {
+        "name": run.name,
+        "index": run.index,
+        "hyperparams": run.hyperparams,
+        "params_hash": params_hash(run.hyperparams),
+        "command": run.argv,
+        "gpus": list(run.gpus),
+        "state": run.state.value,
+        "start_time": iso_time(run.start_time),
+        "end_time": iso_time(run.end_time),
+        "duration_seconds": None if run.duration is None else round(run.duration, 3),
+        "returncode": run.returncode,
+        "signal": run.signal_name,
+        "error": run.error,
+        "metrics": run.metrics,
+    }
+
+
+class ResultsWriter:
+    """Keeps the results file current: rewritten atomically whenever runs finish."""
+
+    def __init__(self, output_file: Path) -> None:
+        self.output_file = output_file
+        self.partial_file = output_file.with_name(output_file.name + ".partial")
+        self.records: dict[int, dict[str, Any]] = {}
+
+    def run_started(self, run: Run) -> None:
+        write_json_atomic(run.run_dir / "run.json", run_json(run))
+
+    def run_finished(self, run: Run) -> None:
+        write_json_atomic(run.run_dir / "run.json", run_json(run))
+        self.records[run.index] = run_record(run)
+        write_json_atomic(self.output_file, [self.records[i] for i in sorted(self.records)])
+
+    def finish(self, done: Sequence[Run], pending: Sequence[Run], interrupted: bool) -> None:
+        """At the end: on interruption, <output-file>.partial holds every run, the unstarted ones as
+        `pending`; after a full sweep, a stale .partial from an earlier interrupted sweep is removed."""
+        finished = [self.records[i] for i in sorted(self.records)]
+        write_json_atomic(self.output_file, finished)
+        if interrupted:
+            everything = finished + [run_record(r) for r in pending]
+            write_json_atomic(self.partial_file, sorted(everything, key=lambda r: r["index"]))
+        else:
+            try:
+                self.partial_file.unlink()
+            except FileNotFoundError:
+                pass
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Reporting
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_gpus(run: Run) -> str:
+    return "GPU " + ",".join(str(g) for g in run.gpus) if run.gpus else "CPU"
+
+
+class Reporter:
+    """Plain, timestamped progress lines (one per start and finish) and a summary table at the end."""
+
+    refresh_s: float | None = None  # a live view would ask the loop to wake this often
+
+    def __init__(self, metric: str | None = None, mode: str = "min", stream: Any = None) -> None:
+        self.metric = metric
+        self.mode = mode
+        self.stream = stream or sys.stdout
+
+    def _print(self, text: str) -> None:
+        try:
+            print(text, file=self.stream, flush=True)
+        except BrokenPipeError:
+            pass  # a closed pager must not stop the sweep
+
+    def event(self, text: str) -> None:
+        self._print(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def _counts(self, sweep: Sweep) -> str:
+        c = sweep.counts()
+        return f"[done {c['done']} | failed {c['failed']} | running {c['running']} | pending {c['pending']}]"
+
+    def started(self, run: Run, sweep: Sweep) -> None:
+        self.event(f"{'start':<11} {run.name}  {fmt_gpus(run)}  {self._counts(sweep)}")
+
+    def finished(self, run: Run, sweep: Sweep) -> None:
+        parts = [f"{run.state.value:<11} {run.name}  {fmt_gpus(run)}  {fmt_duration(run.duration)}"]
+        if run.state != State.COMPLETE:
+            parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
+        value = metric_value(run, self.metric)
+        if value is not None:
+            parts.append(f"{self.metric}={value:g}")
+        parts.append(self._counts(sweep))
+        eta = sweep.eta(time.time())
+        if eta is not None and (sweep.active or sweep.source.pending()):
+            parts.append(f"ETA {fmt_duration(eta)}")
+        self.event("  ".join(parts))
+        if run.state in (State.FAILED, State.TIMEOUT):
+            last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
+            self._print(f"           see {run.stderr_log}: {last}")
+
+    def best(self, runs: Sequence[Run]) -> Run | None:
+        scored = [(metric_value(r, self.metric), r) for r in runs if r.state == State.COMPLETE]
+        scored = [(v, r) for v, r in scored if v is not None]
+        if not scored:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(scored, key=lambda vr: vr[0])[1]
+
+    def summary(self, done: Sequence[Run], pending: Sequence[Run], sweep: Sweep) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        runs = sorted(done, key=lambda r: r.index)
+        shown = runs if len(runs) <= 50 else [r for r in runs if r.state != State.COMPLETE][:50]
+        table = Table(title="train_sweep summary", title_justify="left")
+        for col in ("#", "run", "state", "where", "duration", "rc"):
+            table.add_column(col, overflow="fold")
+        if self.metric:
+            table.add_column(self.metric, justify="right")
+        colors = {State.COMPLETE: "green", State.FAILED: "red", State.TIMEOUT: "red", State.INTERRUPTED: "yellow"}
+        for r in shown:
+            row = [str(r.index), r.name, f"[{colors.get(r.state, '')}]{r.state.value}[/]", fmt_gpus(r),
+                   fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
+            if self.metric:
+                v = metric_value(r, self.metric)
+                row.append("" if v is None else f"{v:g}")
+            table.add_row(*row)
+        wide = self.stream.isatty() if hasattr(self.stream, "isatty") else False
+        console = Console(file=self.stream, width=None if wide else 200, soft_wrap=True)
+        try:
+            if shown:
+                console.print(table)
+            counts: dict[str, int] = {}
+            for r in runs:
+                counts[r.state.value] = counts.get(r.state.value, 0) + 1
+            if pending:
+                counts["not started"] = len(pending)
+            total = len(runs) + len(pending)
+            text = ", ".join(f"{n} {s}" for s, n in counts.items())
+            console.print(f"{total} run(s): {text}. Results: {sweep.results.output_file}", highlight=False)
+            if sweep.stop_signal:
+                console.print(f"Interrupted: every run's record is in {sweep.results.partial_file}", highlight=False)
+            best = self.best(runs)
+            if best is not None:
+                console.print(
+                    f"Best ({self.mode} {self.metric}): {best.name} = {metric_value(best, self.metric):g}  "
+                    f"({best.run_dir})",
+                    highlight=False,
+                )
+        except BrokenPipeError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no usage block
+        self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="train_sweep",
+        description="Train one model per hyperparameter set, keeping every listed GPU busy.",
+        epilog="exit codes: 0 all runs succeeded, 1 a run failed or timed out, 2 bad input, 130 interrupted",
+    )
+    a = p.add_argument
+    a("--config-file", default="train_sweep_config.json", metavar="FILE",
+      help="JSON array of hyperparameter objects, one run each (default: %(default)s)")
+    a("--gpus", nargs="+", metavar="ID",
+      help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
+    a("--timeout", type=_nonneg_float, default=36000.0, metavar="SECONDS",
+      help="end a run that runs longer than this; 0 means never (default: %(default)g = 10 hours)")
+    a("--output-file", default="train_sweep_results.json", metavar="FILE",
+      help="results file, rewritten as runs finish; FILE.partial on interruption (default: %(default)s)")
+    a("--max-processes-per-gpu", type=_positive_int, default=1, metavar="N",
+      help="runs of this sweep at once on one GPU (default: %(default)s)")
+    a("--memory-threshold-gb", type=_positive_float, default=40.0, metavar="GB",
+      help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
+    a("--disable-gpu-monitoring", action="store_true",
+      help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
+    a("--command", default="python train.py",
+      help="the train command, split like a shell would and run without one; each hyperparameter is "
+           "appended as a Hydra override key=value; a leading 'python' is the Python running train_sweep "
+           "(default: '%(default)s')")
+    a("--output-dir", default="outputs", metavar="DIR",
+      help="where run folders go: DIR/<name>/ (default: %(default)s)")
+    a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
+    a("--abbrev", nargs="+", default=[], metavar="KEY=SHORT",
+      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value alone")
+    a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
+    a("--metric", metavar="NAME",
+      help="rank runs by this metric: from <run_dir>/metrics.json, else the last 'NAME=value' in stdout")
+    a("--mode", choices=("min", "max"), default="min", help="whether a lower or higher --metric is better (default: min)")
+    a("--kill-grace", type=_nonneg_float, default=KILL_GRACE_S, metavar="SECONDS",
+      help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
+    a("--settle-seconds", type=_positive_float, default=SETTLE_TIMEOUT_S, metavar="SECONDS",
+      help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
+    a("--version", action="version", version=f"train_sweep {__version__}")
+    return p
+
+
+def parse_gpu_ids(values: Sequence[str] | None) -> list[int] | None:
+    """--gpus values -> ids, or None for every GPU ('all' or no flag). Accepts '0 1' and '0,1'."""
+    if not values:
+        return None
+    items = [v for value in values for v in value.split(",") if v]
+    if [i.lower() for i in items] == ["all"]:
+        return None
+    ids: list[int] = []
+    for item in items:
+        if not item.isdigit():
+            raise UserError(f"--gpus: {item!r} is not a GPU id (use numbers as nvidia-smi shows them, or 'all')")
+        if int(item) in ids:
+            raise UserError(f"--gpus: GPU {item} is listed twice")
+        ids.append(int(item))
+    return ids
+
+
+def resolve_gpus(args: argparse.Namespace) -> tuple[list[int], NvmlProbe | None, str]:
+    """Which devices the sweep uses, the NVML probe (or None), and a note on how placement works."""
+    ids = parse_gpu_ids(args.gpus)
+    if args.disable_gpu_monitoring:
+        if ids is None:
+            raise UserError("--disable-gpu-monitoring needs --gpus (which GPUs to use)")
+        return list(ids), None, "GPU monitoring disabled: placing runs by slots only"
+    probe, why = open_probe()
+    if probe is None:
+        if ids is None:
+            return [CPU], None, f"{why}: running on the CPU"
+        return list(ids), None, f"{why}: placing runs by slots only"
+    if ids is None:
+        return list(range(probe.count)), probe, ""
+    unknown = [i for i in ids if i >= probe.count]
+    if unknown:
+        probe.close()
+        raise UserError(
+            f"--gpus: GPU {unknown[0]} not found: NVML reports {probe.count} GPU(s), ids 0-{probe.count - 1}"
+        )
+    return list(ids), probe, ""
+
+
+def check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".train_sweep_write_test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{folder}: {what} cannot be written ({e.strerror or e})") from None
+
+
+def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str) -> None:
+    for run in runs:
+        print(f"[{run.index}] {run.name}")
+        print(f"    {shlex.join(run.argv)}")
+    print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.")
+    if note:
+        print(note)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Returns the exit code (see EXIT_*)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    probe = None
+    try:
+        entries = load_config(args.config_file)
+        command = resolve_command(args.command)
+        runs = build_runs(entries, command, Path(args.output_dir), parse_abbreviations(args.abbrev))
+        gpus, probe, note = resolve_gpus(args)
+        policy = Policy(
+            max_per_gpu=args.max_processes_per_gpu,
+            memory_threshold_mb=None if probe is None else args.memory_threshold_gb * 1024,
+            max_parallel=args.max_parallel,
+            settle_timeout_s=args.settle_seconds,
+        )
+        if args.dry_run:
+            print_dry_run(runs, policy, gpus, note)
+            return EXIT_OK
+        cwd = Path.cwd()
+        check_command(command, cwd)
+        output_dir = Path(args.output_dir)
+        output_file = Path(args.output_file)
+        check_writable(output_dir, "output folder")
+        check_writable(output_file.resolve().parent, "folder of --output-file")
+        return run_sweep(args, runs, gpus, probe, policy, note, cwd, output_dir, output_file)
+    except UserError as e:
+        print(f"train_sweep: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("train_sweep: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    runs: list[Run],
+    gpus: list[int],
+    probe: NvmlProbe | None,
+    policy: Policy,
+    note: str,
+    cwd: Path,
+    output_dir: Path,
+    output_file: Path,
+) -> int:
+    """Save the resolved settings, start the guardian and run the event loop."""
+    import uuid
+
+    sweep_id = uuid.uuid4().hex[:12]
+    settings = {
+        "train_sweep": __version__,
+        "sweep_id": sweep_id,
+        "argv": sys.argv,
+        "cwd": str(cwd),
+        "python": sys.executable,
+        "started": iso_time(time.time()),
+        "config_file": args.config_file,
+        "command": resolve_command(args.command),
+        "gpus": gpus,
+        "policy": dataclasses.asdict(policy),
+        "timeout": args.timeout,
+        "kill_grace": args.kill_grace,
+        "output_file": str(output_file),
+        "runs": len(runs),
+    }
+    write_json_atomic(output_dir / "sweep.json", settings)
+    reporter = Reporter(args.metric, args.mode)
+    reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {args.config_file} -> {output_dir}/<name>/")
+    reporter.event(f"placement: {policy.describe(gpus)}")
+    if note:
+        reporter.event(note)
+    guardian = Guardian(sweep_id, args.kill_grace)
+    try:
+        launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian)
+        sweep = Sweep(
+            ListSource(runs), launcher, gpus, policy, probe, ResultsWriter(output_file), reporter,
+            timeout=args.timeout or None, kill_grace=args.kill_grace, metric=args.metric,
+        )
+        return sweep.run()
+    finally:
+        guardian.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
