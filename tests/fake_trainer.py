@@ -1,0 +1,99 @@
+"""A fake train.py for the end-to-end tests. Takes key=value arguments (as train_sweep passes them):
+
+    sleep=S        sleep S seconds (default 0)
+    exit=N         exit with code N at the end
+    lines=N        print N numbered lines to stdout (and one to stderr)
+    err=TEXT       print TEXT as the last stderr line
+    hang=1         ignore SIGTERM and sleep forever (only SIGKILL ends it)
+    child=1        start a grandchild in the same process group that sleeps forever
+    escape=1       start a grandchild in a new session (it leaves the group) that sleeps forever
+    mem_mb=N       "use" N MB on the GPU in CUDA_VISIBLE_DEVICES (via the fake pynvml's procs_dir)
+    mem_after=S    ... only after S seconds (a real run allocates after start-up)
+    metric=V       print val_loss=V
+
+Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time), and appends one
+JSON line to $FAKE_LOG if set (start and end times, GPU), so tests can check what ran where and when.
+Any other key is accepted and ignored (hyperparameters under test).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+start = time.time()
+args = {}
+for a in sys.argv[1:]:
+    k, _, v = a.partition("=")
+    args[k] = v
+
+run_dir = os.environ.get("TRAIN_SWEEP_RUN_DIR", ".")
+gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+pids = []
+
+if args.get("child") == "1":
+    pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"]).pid)
+if args.get("escape") == "1":
+    pids.append(
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True).pid
+    )
+
+info = {
+    "argv": sys.argv[1:],
+    "cwd": os.getcwd(),
+    "pid": os.getpid(),
+    "grandchildren": pids,
+    "start": start,
+    "env": {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "TRAIN_SWEEP_", "PYTHONUNBUFFERED"))},
+}
+with open(os.path.join(run_dir, "fake.json"), "w") as f:
+    json.dump(info, f)
+
+
+def log(event):
+    path = os.environ.get("FAKE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"event": event, "name": os.environ.get("TRAIN_SWEEP_RUN_NAME"), "gpu": gpu,
+                                "t": time.time(), "pid": os.getpid()}) + "\n")
+
+
+log("start")
+
+
+def use_memory():
+    state_path = os.environ.get("FAKE_NVML_STATE")
+    if not state_path or not gpu:
+        return
+    with open(state_path) as f:
+        procs_dir = json.load(f)["procs_dir"]
+    os.makedirs(procs_dir, exist_ok=True)
+    with open(os.path.join(procs_dir, f"{os.getpid()}.json"), "w") as f:
+        json.dump({"gpu": int(gpu.split(",")[0]), "mb": int(args["mem_mb"])}, f)
+
+
+if "mem_mb" in args:
+    if "mem_after" in args:
+        time.sleep(float(args["mem_after"]))
+    use_memory()
+
+for i in range(int(args.get("lines", 0))):
+    print(f"line {i}")
+if "lines" in args:
+    print("stderr line", file=sys.stderr)
+
+if args.get("hang") == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("hanging", flush=True)
+    while True:
+        time.sleep(1)
+
+time.sleep(float(args.get("sleep", 0)))
+if "metric" in args:
+    print(f"val_loss={args['metric']}")
+if "err" in args:
+    print(args["err"], file=sys.stderr)
+log("end")
+sys.exit(int(args.get("exit", 0)))
