@@ -1,0 +1,123 @@
+"""Every bad input: one line on stderr naming the file/entry/key, exit 2, no traceback, nothing launched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from train_sweep import UserError, load_config, parse_gpu_ids
+
+
+def check_refused(p, *fragments: str) -> None:
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("train_sweep: error: ")
+    assert "Traceback" not in p.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        ('[{"lr": 0.1},\n {"lr": }]', ["train_sweep_config.json: invalid JSON at line 2, column 9"]),
+        ('{"lr": 0.1}', ["expected a JSON array of objects, got an object"]),
+        ("[]", ["the list of runs is empty"]),
+        ('[{"lr": 1}, 5]', ["entry [1] must be an object of hyperparameters, got a number"]),
+        ('[{"lr": 1}, ["a"]]', ["entry [1] must be an object", "got an array"]),
+        ('[{"": 1}]', ["entry [0] has an empty key"]),
+        ('[{"learning rate": 1}]', ["entry [0]: key 'learning rate' may not contain spaces"]),
+        ('[{"a=b": 1}]', ["entry [0]: key 'a=b'"]),
+        ('[{"--lr": 1}]', ["key '--lr' may not start with '-'"]),
+        ('[{"a": 1}, {"a": 2}, {"a": 1}]', ["entries [0] and [2] are identical"]),
+        ('[{"a": 1, "a": 2}]', ["key 'a' appears twice in one object"]),
+        ("\xff\xfe", ["cannot read config file"]),
+    ],
+)
+def test_bad_config(sweep, text, fragments):
+    path = sweep.dir / "train_sweep_config.json"
+    path.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    p = sweep.run()
+    check_refused(p, *fragments)
+    assert not (sweep.dir / "outputs").exists() and not sweep.events()
+
+
+def test_missing_config_file(sweep):
+    check_refused(sweep.run("--config-file", "nope.json"), "nope.json: config file not found")
+
+
+def test_config_file_is_a_folder(sweep):
+    (sweep.dir / "cfgdir").mkdir()
+    check_refused(sweep.run("--config-file", "cfgdir"), "cfgdir: is a folder")
+
+
+def test_missing_train_script(sweep):
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--command", "python train.py"), "train script not found: train.py")
+    check_refused(sweep.run("--command", "no-such-program-xyz --flag"), "not found on PATH: no-such-program-xyz")
+    check_refused(sweep.run("--command", "python 'unclosed"), "--command", "No closing quotation")
+    assert not sweep.events()
+
+
+def test_unknown_gpu(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--gpus", "0", "5"), "GPU 5 not found: NVML reports 2 GPU(s), ids 0-1")
+    check_refused(sweep.run("--gpus", "zero"), "'zero' is not a GPU id")
+    check_refused(sweep.run("--gpus", "1", "1"), "GPU 1 is listed twice")
+
+
+def test_disable_monitoring_needs_gpus(sweep):
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--disable-gpu-monitoring"), "--disable-gpu-monitoring needs --gpus")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(sweep):
+    sweep.config([{"a": 1}])
+    locked = sweep.dir / "locked"
+    locked.mkdir(mode=0o500)
+    check_refused(sweep.run("--output-dir", "locked/out"), "locked/out: output folder cannot be written")
+
+
+def test_output_folder_that_is_a_file(sweep):
+    sweep.config([{"a": 1}])
+    (sweep.dir / "afile").write_text("")
+    check_refused(sweep.run("--output-dir", "afile/out"), "afile/out: output folder cannot be written")
+    check_refused(sweep.run("--output-file", "afile/results.json"), "folder of --output-file cannot be written")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--timeout", "-1"], "--timeout: '-1' must be a number >= 0"),
+        (["--max-processes-per-gpu", "0"], "must be at least 1"),
+        (["--memory-threshold-gb", "abc"], "'abc' is not a number"),
+        (["--abbrev", "noequals"], "--abbrev 'noequals': expected KEY=SHORT"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags(sweep, args, fragment):
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run(*args), fragment)
+
+
+def test_dict_value_with_an_unpassable_key(sweep):
+    sweep.config([{"d": {"a b": 1}}])
+    check_refused(sweep.run(), "dict key 'a b' cannot be passed to Hydra")
+
+
+def test_load_config_reports_line_and_column(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('[\n  {"a": 1,}\n]')
+    with pytest.raises(UserError, match=r"c.json: invalid JSON at line 2, column 11"):
+        load_config(path)
+
+
+def test_parse_gpu_ids():
+    assert parse_gpu_ids(None) is None
+    assert parse_gpu_ids(["all"]) is None
+    assert parse_gpu_ids(["0", "2"]) == [0, 2]
+    assert parse_gpu_ids(["0,1", "3"]) == [0, 1, 3]

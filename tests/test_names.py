@@ -1,0 +1,81 @@
+"""Run names: readable, deterministic, safe as folder names, unique."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from train_sweep import MAX_NAME_BYTES, UserError, build_runs, clean, params_hash, run_name, unique_names, validate_entries
+
+SEED_ENTRY = {
+    "env": "point_maze", "frameskip": 5, "num_hist": 3, "training.epochs": 50, "bisim_latent_dim": 512,
+    "bisim_hidden_dim": 1024, "model.bypass_dinov2": True, "training.bisim_lr": 5e-6, "var_loss_coef": 1.0,
+    "num_pcs": 10, "VC_target": 1, "PCA1_loss_target": 0.01, "PCAloss_epoch": 50,
+}
+SEED_ABBREV = {
+    "env": "", "frameskip": "fs", "num_hist": "hist", "bisim_latent_dim": "bisim", "bisim_hidden_dim": "hidden",
+    "model.bypass_dinov2": "no_dino", "training.bisim_lr": "lr", "var_loss_coef": "varloss_coef",
+    "num_pcs": "numpcs", "VC_target": "vctarget", "PCA1_loss_target": "pca1target", "PCAloss_epoch": "pcaepoch",
+}
+SAFE = re.compile(r"[A-Za-z0-9._=+-]+")
+
+
+def test_seed_style_name_with_an_abbreviation_map():
+    assert run_name(SEED_ENTRY, SEED_ABBREV) == (
+        "point_maze_fs_5_hist_3_epochs_50_bisim_512_hidden_1024_no_dino_lr_5e-06_varloss_coef_1_numpcs_10_"
+        "vctarget_1_pca1target_0.01_pcaepoch_50"
+    )
+
+
+def test_default_names_use_the_last_dotted_part_of_each_key():
+    assert run_name({"training.epochs": 50, "model.bypass_dinov2": True, "lr": 5e-6}) == (
+        "epochs_50_bypass_dinov2_lr_5e-06"
+    )
+    assert run_name({"use_amp": False}) == "no_use_amp"
+    assert run_name({"layers": [64, 64], "opt": None}) == "layers_64-64_opt_none"
+    assert run_name({}) == "run"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a b/c", "a_b_c"), ("../../etc", "etc"), ("..", ""), (".hidden", "hidden"), ("x..y", "x.y"),
+    ("é ✓", ""), ("k=v+1", "k=v+1"), ("-flag", "flag"), ("a___b", "a_b"),
+])
+def test_clean(text, expected):
+    assert clean(text) == expected
+
+
+@pytest.mark.parametrize("value", ["../../etc/passwd", "/", "..", "a/../../b", "\x00", "~/x", "$(rm -rf /)", "é" * 300])
+def test_names_are_safe_folder_names(value):
+    name = run_name({"p": value})
+    assert SAFE.fullmatch(name) and ".." not in name and not name.startswith((".", "-"))
+    assert len(name.encode()) <= MAX_NAME_BYTES
+
+
+def test_long_names_are_cut_and_get_a_hash_of_the_full_hyperparameters():
+    entry = {f"param_{i}": "x" * 20 for i in range(20)}
+    name = run_name(entry)
+    assert len(name.encode()) <= MAX_NAME_BYTES
+    assert name.endswith("_" + params_hash(entry))
+    assert run_name(entry) == name  # deterministic
+
+
+def test_names_that_would_clash_get_hashes_and_stay_unique():
+    entries = [{"s": "a b"}, {"s": "a_b"}, {"s": "A_B"}, {"s": "c"}]
+    names = unique_names(entries)
+    assert len(set(n.lower() for n in names)) == 4
+    assert names[3] == "s_c"
+    assert names[0] == "s_a_b_" + params_hash(entries[0])
+    assert unique_names([{"x": 1}, {"x": 1.0}]) == ["x_1_" + params_hash({"x": 1}), "x_1_" + params_hash({"x": 1.0})]
+
+
+def test_identical_entries_are_an_error_naming_both():
+    with pytest.raises(UserError, match=r"entries \[0\] and \[2\] are identical"):
+        validate_entries([{"a": 1, "b": 2}, {"a": 2}, {"b": 2, "a": 1}], "cfg.json")
+
+
+def test_run_folders_are_inside_the_output_folder(tmp_path):
+    runs = build_runs([{"p": "../../x"}, {"p": "/etc"}], ["python", "train.py"], tmp_path / "out")
+    for run in runs:
+        assert run.run_dir.parent == (tmp_path / "out").resolve()
+    assert runs[0].argv == ["python", "train.py", "p=../../x"]
