@@ -60,9 +60,12 @@ class Sweep:
         path.write_text(entries if isinstance(entries, str) else json.dumps(entries))
         return path
 
+    real_nvml = False  # GPU tests set this: the real pynvml, not the fake
+
     def env(self, **extra) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-        env["PYTHONPATH"] = os.pathsep.join([str(FAKE_NVML), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        if not self.real_nvml:
+            env["PYTHONPATH"] = os.pathsep.join([str(FAKE_NVML), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["FAKE_NVML_STATE"] = str(self.gpus.state_file)
         env["FAKE_LOG"] = str(self.log)
         env["COLUMNS"] = "200"

@@ -1,0 +1,124 @@
+"""On real NVIDIA GPUs (skipped without one): placement, CUDA_VISIBLE_DEVICES mapping, packing, and memory
+released after Ctrl+C. Run with `python -m pytest -m gpu -s tests/test_gpu.py` to see the figures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.gpu
+EXAMPLE = ROOT / "examples" / "train.py"
+
+
+def _nvml():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return pynvml
+    except Exception:
+        return None
+
+
+NVML = _nvml()
+if NVML is None:
+    pytest.skip("needs an NVIDIA GPU, NVML and PyTorch with CUDA", allow_module_level=True)
+COUNT = NVML.nvmlDeviceGetCount()
+
+
+def uuid(i: int) -> str:
+    u = NVML.nvmlDeviceGetUUID(NVML.nvmlDeviceGetHandleByIndex(i))
+    return (u.decode() if isinstance(u, bytes) else u).removeprefix("GPU-")
+
+
+def used_gb(i: int) -> float:
+    return NVML.nvmlDeviceGetMemoryInfo(NVML.nvmlDeviceGetHandleByIndex(i)).used / 2**30
+
+
+class Sampler(threading.Thread):
+    """Samples NVML every 0.2 s: memory used and compute processes per GPU."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, list[float], list[int]]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            handles = [NVML.nvmlDeviceGetHandleByIndex(i) for i in range(COUNT)]
+            mem = [NVML.nvmlDeviceGetMemoryInfo(h).used / 2**30 for h in handles]
+            procs = [len(NVML.nvmlDeviceGetComputeRunningProcesses(h)) for h in handles]
+            self.samples.append((time.time(), mem, procs))
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def gsweep(sweep):
+    sweep.real_nvml = True
+    return sweep
+
+
+def test_each_run_uses_the_gpu_it_was_given(gsweep):
+    entries = [{"lr": 0.01 * (i + 1), "hidden": 32, "epochs": 3} for i in range(2 * COUNT)]
+    gsweep.config(entries)
+    p = gsweep.run("--command", f"python {EXAMPLE}", "--metric", "val_loss", timeout=600, trainer=False)
+    print(p.stdout)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for r in gsweep.results():
+        line = next(x for x in r["stdout"].splitlines() if x.startswith("device cuda:0"))
+        seen = line.split("uuid=")[1].split()[0]
+        print(f"{r['model_name']}: gpu_id={r['gpu_id']} NVML uuid={uuid(r['gpu_id'])} torch uuid={seen}")
+        assert seen == uuid(r["gpu_id"])
+        assert f"CUDA_VISIBLE_DEVICES={r['gpu_id']}" in line
+    assert {r["gpu_id"] for r in gsweep.results()} == set(range(COUNT))
+
+
+def test_packing_two_per_gpu_under_a_memory_threshold(gsweep):
+    baseline = max(used_gb(i) for i in range(COUNT))
+    entries = [{"lr": 0.01, "hidden": 32, "epochs": 40, "mem_gb": 8.0, "seed": i} for i in range(4 * COUNT)]
+    gsweep.config(entries)
+    sampler = Sampler()
+    sampler.start()
+    p = gsweep.run("--command", f"python {EXAMPLE}", "--max-processes-per-gpu", "2",
+                   "--memory-threshold-gb", f"{baseline + 20:.0f}", timeout=600, trainer=False)
+    sampler.stop.set()
+    sampler.join()
+    assert p.returncode == 0, p.stdout + p.stderr
+    most = max(max(procs) for _, _, procs in sampler.samples)
+    peak = max(max(mem) for _, mem, _ in sampler.samples)
+    print(f"baseline {baseline:.2f} GB, peak {peak:.2f} GB used on one GPU, most processes on one GPU: {most}")
+    assert most <= 2
+    assert not any("out of memory" in r["stderr"].lower() for r in gsweep.results())
+    assert {r["gpu_id"] for r in gsweep.results()} == set(range(COUNT))
+
+
+def test_ctrl_c_releases_gpu_memory_within_seconds(gsweep):
+    idle = [used_gb(i) for i in range(COUNT)]
+    gsweep.config([{"lr": 0.01, "epochs": 100000, "mem_gb": 4.0, "seed": i} for i in range(2 * COUNT)])
+    proc = gsweep.start("--command", f"python {EXAMPLE}", "--max-processes-per-gpu", "2", trainer=False)
+    gsweep.wait_for(lambda: all(used_gb(i) > idle[i] + 7 for i in range(COUNT)), timeout=120, what="memory in use")
+    busy = [used_gb(i) for i in range(COUNT)]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    gsweep.wait_for(lambda: all(used_gb(i) < idle[i] + 0.5 for i in range(COUNT)), timeout=30, what="memory freed")
+    freed = time.monotonic() - t0
+    out, err = proc.communicate(timeout=30)
+    print(f"idle {[f'{g:.2f}' for g in idle]} GB, busy {[f'{g:.2f}' for g in busy]} GB, "
+          f"back to idle {freed:.2f}s after SIGINT")
+    assert proc.returncode == 130, out + err
+    partial = json.loads((Path(gsweep.dir) / "train_sweep_results.json.partial").read_text())
+    assert {r["state"] for r in partial} == {"interrupted"}
+    assert freed < 15
