@@ -55,6 +55,7 @@ __version__ = "0.1.0"
 EXIT_OK = 0  # every run succeeded
 EXIT_RUN_FAILED = 1  # at least one run failed or timed out
 EXIT_BAD_INPUT = 2  # bad config, flag, GPU id, folder or train script: nothing launched
+EXIT_OUTPUT_ERROR = 3  # the sweep stopped because its output could not be written (disk full, read-only)
 EXIT_INTERRUPTED = 130  # Ctrl+C, SIGTERM or SIGHUP
 
 MAX_NAME_BYTES = 200  # longest run name (a folder name); longer names are cut and get a hash
@@ -65,6 +66,9 @@ SETTLE_STABLE_S = 2.0  # ... or once it has grown and then held steady this long
 SETTLE_GROWTH_MB = 64.0  # growth that counts as "the new run has allocated"
 POLL_MIN_S, POLL_MAX_S = 0.05, 0.5  # NVML polling interval while runs wait for memory (backs off)
 CLEANUP_POLL_S = 0.05  # how often leftovers of a finished run are checked while they are being ended
+MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
+JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
+LOCK = ".train_sweep.lock"  # in the output folder: one sweep at a time
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -78,16 +82,32 @@ class State(str, enum.Enum):
     FAILED = "failed"  # non-zero exit code, killed by a signal, or could not start
     TIMEOUT = "timeout"  # ran past --timeout and was ended
     INTERRUPTED = "interrupted"  # ended because the sweep was stopped (Ctrl+C, SIGTERM, SIGHUP)
+    OOM = "oom"  # failed with a GPU out-of-memory error (requeued until --max-oom-requeues)
 
     def __str__(self) -> str:
         return self.value
 
 
-FINAL_STATES = frozenset({State.COMPLETE, State.FAILED, State.TIMEOUT, State.INTERRUPTED})
+FINAL_STATES = frozenset({State.COMPLETE, State.FAILED, State.TIMEOUT, State.INTERRUPTED, State.OOM})
+
+# Out-of-memory errors, as PyTorch, cuBLAS, JAX/XLA and TensorFlow print them (extended by --oom-pattern).
+OOM_PATTERNS = (
+    r"CUDA out of memory",
+    r"torch\.(cuda\.)?OutOfMemoryError",
+    r"CUBLAS_STATUS_ALLOC_FAILED",
+    r"CUDNN_STATUS_(NOT_SUPPORTED|ALLOC_FAILED).*memory|cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    r"RESOURCE_EXHAUSTED: Out of memory",
+    r"CUDA_ERROR_OUT_OF_MEMORY",
+    r"HIP out of memory",
+)
 
 
 class UserError(Exception):
     """Bad input: printed as one line on stderr, exit code 2, nothing launched."""
+
+
+class OutputError(Exception):
+    """The sweep's own output cannot be written (disk full, read-only): the sweep stops cleanly, exit 3."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +342,25 @@ class Run:
     signal_name: str | None = None  # the signal that killed it, if one did
     error: str | None = None  # why it could not start
     metrics: dict[str, Any] | None = None
+    identity: str = ""  # what makes two runs "the same" for resume: hash of hyperparameters + --command
+    attempt: int = 1  # this attempt's number (retries, OOM requeues and resumed sweeps add attempts)
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier attempts, summarized
+    retries_used: int = 0
+    ooms: int = 0
+    free_at_launch_mb: float | None = None  # the GPU's free memory when this attempt started
+    min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
+    skipped: bool = False  # already complete in an earlier sweep: not run again
+
+    def next_attempt(self) -> None:
+        """Keep a summary of this attempt and reset for the next one."""
+        self.attempts.append(attempt_summary(run_record(self, tails=False)))
+        self.attempt += 1
+        self.state = State.PENDING
+        self.gpus = ()
+        self.start_time = self.end_time = None
+        self.returncode = None
+        self.signal_name = self.error = None
+        self.metrics = None
 
     @property
     def duration(self) -> float | None:
@@ -368,11 +407,17 @@ def check_command(argv: Sequence[str], cwd: Path) -> None:
             )
 
 
+def run_identity(hyperparams: Mapping[str, Any], command: str) -> str:
+    """A run is "the same run" as an earlier one when its hyperparameters and --command text are the same."""
+    return params_hash({"hyperparams": dict(hyperparams), "command": command})
+
+
 def build_runs(
     entries: Sequence[Mapping[str, Any]],
     command: Sequence[str],
     output_dir: Path,
     abbrev: Mapping[str, str] | None = None,
+    command_text: str = "",
 ) -> list[Run]:
     """Expand config entries into Runs: name, argv (command + Hydra overrides) and a folder inside output_dir."""
     names = unique_names(entries, abbrev)
@@ -383,8 +428,16 @@ def build_runs(
         if run_dir.parent != root:  # names are cleaned; this guards the rule itself
             raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
         argv = [*command, *(hydra_override(k, v) for k, v in entry.items())]
-        runs.append(Run(index=i, name=name, hyperparams=dict(entry), argv=argv, run_dir=run_dir))
+        run = Run(index=i, name=name, hyperparams=dict(entry), argv=argv, run_dir=run_dir)
+        run.identity = run_identity(entry, command_text or shlex.join(command))
+        runs.append(run)
     return runs
+
+
+def is_oom(run: Run, patterns: Sequence[str]) -> bool:
+    """Did the run die of a GPU out-of-memory error? Looks at the end of its stderr and stdout."""
+    text = tail_lines(run.stderr_log, 200) + "\n" + tail_lines(run.stdout_log, 50)
+    return any(re.search(p, text) for p in patterns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,6 +624,7 @@ def pick_gpu(
     readings: Mapping[int, GpuReading] | None,
     settling: Callable[[int], bool],
     policy: Policy,
+    min_free_mb: float | None = None,
 ) -> tuple[int | None, str]:
     """Choose the GPU for the next run, or None and why every GPU is unavailable.
 
@@ -578,6 +632,8 @@ def pick_gpu(
     (everyone's, not only ours) is below the threshold, and its reading is not stale after a launch.
     Among those: the lowest memory use, then the fewest processes, then the lowest index.
     Without readings (slots only): the fewest runs of ours, then the lowest index.
+    `min_free_mb` (a run that ran out of memory): the GPU must also have more free memory than that,
+    or be empty (no process of anyone's; without readings: no run of ours).
     """
     total = sum(running.values())
     if policy.max_parallel is not None and total >= policy.max_parallel:
@@ -586,6 +642,10 @@ def pick_gpu(
     if not free:
         return None, "every GPU has its maximum number of runs"
     if readings is None or policy.memory_threshold_mb is None:
+        if min_free_mb is not None:
+            free = [g for g in free if running.get(g, 0) == 0]
+            if not free:
+                return None, "after running out of memory it waits for a GPU of its own"
         return min(free, key=lambda g: (running.get(g, 0), g)), "free slot"
     reasons = []
     candidates = []
@@ -599,6 +659,10 @@ def pick_gpu(
             )
         elif settling(g):
             reasons.append(f"GPU {g}: waiting for the last run's memory to show")
+        elif min_free_mb is not None and not (
+            r.memory_total_mb - r.memory_used_mb > min_free_mb or (r.processes == 0 and running.get(g, 0) == 0)
+        ):
+            reasons.append(f"GPU {g}: not more free memory than when the run ran out of it ({min_free_mb / 1024:.1f} GB)")
         else:
             candidates.append(r)
     if not candidates:
@@ -781,19 +845,12 @@ class LocalLauncher:
         )
         return env
 
-    def start(self, run: Run, gpus: Sequence[int], deadline: float | None) -> Proc:
-        """Start the run; raises OSError when it cannot (the caller records it as failed)."""
+    def start(self, run: Run, gpus: Sequence[int], deadline: float | None, out: Any, err: Any) -> Proc:
+        """Start the run with its logs as stdout and stderr; raises OSError when it cannot start."""
         env = self.env(run, gpus)
-        with open(run.stdout_log, "wb") as out, open(run.stderr_log, "wb") as err:
-            popen = subprocess.Popen(
-                run.argv,
-                cwd=self.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+        popen = subprocess.Popen(
+            run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        )
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], deadline)
         if self.guardian:
             self.guardian.add(proc.pgid)
@@ -863,7 +920,9 @@ class ListSource:
     def __init__(self, runs: Iterable[Run]) -> None:
         from collections import deque
 
-        self._queue = deque(runs)
+        runs = list(runs)
+        self.skipped = [r for r in runs if r.skipped]  # completed by an earlier sweep (resume)
+        self._queue = deque(r for r in runs if not r.skipped)
 
     def pending(self) -> int:
         return len(self._queue)
@@ -876,6 +935,13 @@ class ListSource:
 
     def remaining(self) -> list[Run]:
         return list(self._queue)
+
+    def put_back(self, run: Run, last: bool = False) -> None:
+        """A run to start again: at the end of the queue (a retry), or at its head (it could not start)."""
+        if last:
+            self._queue.append(run)
+        else:
+            self._queue.appendleft(run)
 
     def finished(self, run: Run) -> None:
         """Told of every run that ends (a search would record the trial's result here)."""
@@ -898,9 +964,17 @@ class Sweep:
         timeout: float | None,
         kill_grace: float = KILL_GRACE_S,
         metric: str | None = None,
+        retries: int = 0,
+        oom_patterns: Sequence[str] = OOM_PATTERNS,
+        max_oom_requeues: int = MAX_OOM_REQUEUES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metric = metric
+        self.retries = retries
+        self.oom_patterns = list(oom_patterns)
+        self.max_oom_requeues = max_oom_requeues
+        self.oom_wait: list[Run] = []  # runs that ran out of GPU memory, waiting for a GPU with more room
+        self.fatal: str | None = None
         self.source = source
         self.launcher = launcher
         self.gpus = list(gpus)
@@ -914,7 +988,7 @@ class Sweep:
         self.settle = SettleTracker(policy)
         self.active: dict[Run, Proc] = {}
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
-        self.done: list[Run] = []
+        self.done: list[Run] = [r for r in source.skipped]
         self.stop_signal: str | None = None
         self.killed = False
         self.waiting: str | None = None  # why pending runs cannot start now (memory), for polling
@@ -986,11 +1060,18 @@ class Sweep:
             while True:
                 now = self.clock()
                 self._handle_signals(now)
-                self._reap(now)
+                try:
+                    self._reap(now)
+                except OutputError as e:
+                    self._fail(str(e), now)
                 self._enforce_deadlines(now)
-                if self.stop_signal is None:
-                    self._launch(now)
-                if not self.active and (self.stop_signal or not self.source.pending()):
+                try:
+                    if self.stop_signal is None:
+                        self._launch(now)
+                    self.results.flush()
+                except OutputError as e:
+                    self._fail(str(e), now)
+                if not self.active and (self.stop_signal or not (self.source.pending() or self.oom_wait)):
                     break
                 self._wait(self._next_wakeup(self.clock()))
         except BaseException:
@@ -1009,20 +1090,37 @@ class Sweep:
         return pids
 
     def _launch(self, now: float) -> None:
+        """Start runs while a GPU can take one: runs that ran out of memory first (when a GPU has room for
+        them), then the source's runs in order. Reads NVML once per launch, and only when a slot is free."""
         self.waiting = None
-        while self.source.pending():
+        while (self.oom_wait or self.source.pending()) and self._slot_free():
             readings = None
-            if self.probe is not None and self._slot_free():
+            if self.probe is not None:
                 readings = self.probe.read(self.gpus)
                 self._drop_failed_gpus()
                 for g, r in readings.items():
                     self.settle.observe(g, now, r.memory_used_mb)
-            gpu, why = pick_gpu(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now), self.policy)
-            if gpu is None:
-                if readings is not None and self._slot_free():
-                    self.waiting = why  # waiting for memory: poll
+
+            def pick(min_free: float | None = None) -> tuple[int | None, str]:
+                return pick_gpu(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now),
+                                self.policy, min_free)
+
+            run, gpu, why = None, None, ""
+            for waiting in self.oom_wait:
+                gpu, why = pick(waiting.min_free_mb if waiting.min_free_mb is not None else math.inf)
+                if gpu is not None:
+                    run = waiting
+                    self.oom_wait.remove(waiting)
+                    break
+            if run is None and self.source.pending():
+                gpu, why = pick()
+                if gpu is not None:
+                    run = self.source.take()
+            if run is None or gpu is None:
+                if readings is not None:
+                    self.waiting = why  # runs wait for memory, not for a slot: poll NVML
                 return
-            self._start(self.source.take(), gpu, now, readings)
+            self._start(run, gpu, now, readings)
             self.poll_interval = POLL_MIN_S
 
     def _slot_free(self) -> bool:
@@ -1034,9 +1132,11 @@ class Sweep:
     def _drop_failed_gpus(self) -> None:
         assert self.probe is not None
         for g, err in list(self.probe.failed.items()):
-            if g in self.gpus:
+            if g in self.gpus and self.running.get(g, 0) == 0:
                 self.gpus.remove(g)
-                self.reporter.event(f"GPU {g} dropped from the pool: NVML calls fail ({err})")
+                del self.running[g]
+                self.settle.ended(g)
+                self.reporter.event(f"warning: GPU {g} taken out of the pool: its NVML calls fail ({err})")
         if not self.gpus:
             raise UserError("every GPU failed its NVML calls; nothing left to run on")
 
@@ -1045,13 +1145,23 @@ class Sweep:
         run.state = State.RUNNING
         run.start_time = time.time()
         run.started_at = now
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        self.results.run_started(run)
+        reading = readings.get(gpu) if readings is not None else None
+        run.free_at_launch_mb = None if reading is None else reading.memory_total_mb - reading.memory_used_mb
+        try:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            archive_attempt_files(run)
+            self.results.run_started(run)
+            out, err = open(run.stdout_log, "wb"), open(run.stderr_log, "wb")
+        except OSError as e:
+            run.state = State.PENDING
+            self.source.put_back(run)
+            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         deadline = now + self.timeout if self.timeout else None
         try:
-            proc = self.launcher.start(run, run.gpus, deadline)
+            with out, err:
+                proc = self.launcher.start(run, run.gpus, deadline, out, err)
         except OSError as e:
-            run.error = f"could not start {run.argv[0]}: {e}"
+            run.error = f"could not start {run.argv[0]}: {e.strerror or e}"
             run.state = State.FAILED
             run.end_time = time.time()
             with open(run.stderr_log, "a") as f:
@@ -1060,8 +1170,8 @@ class Sweep:
             return
         self.active[run] = proc
         self.running[gpu] += 1
-        if readings is not None and gpu in readings:
-            self.settle.launched(gpu, now, readings[gpu].memory_used_mb)
+        if reading is not None:
+            self.settle.launched(gpu, now, reading.memory_used_mb)
         self.reporter.started(run, self)
 
     def _reap(self, now: float) -> None:
@@ -1115,6 +1225,8 @@ class Sweep:
             run.state = proc.ending
         elif rc == 0:
             run.state = State.COMPLETE
+        elif is_oom(run, self.oom_patterns):
+            run.state = State.OOM
         else:
             run.state = State.FAILED
         if rc is not None and rc < 0:
@@ -1125,11 +1237,47 @@ class Sweep:
         self._record(run)
 
     def _record(self, run: Run) -> None:
+        """A finished attempt: journal it; requeue it (OOM, --retries) or count it as done."""
         run.metrics = read_metrics(run, self.metric)
+        try:
+            record = self.results.attempt_finished(run)
+        except OSError as e:
+            self.done.append(run)
+            raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
+        requeue = None
+        if self.stop_signal is None:
+            if run.state == State.OOM and run.ooms < self.max_oom_requeues:
+                run.ooms += 1
+                requeue = f"out of GPU memory: requeued ({run.ooms}/{self.max_oom_requeues}) for a GPU with more free memory"
+            elif run.state == State.FAILED and run.retries_used < self.retries:
+                run.retries_used += 1
+                requeue = f"retry {run.retries_used}/{self.retries} queued after the runs not yet started"
+        self.reporter.finished(run, self, requeue)
+        if requeue:
+            free = run.free_at_launch_mb
+            run.next_attempt()
+            if "memory" in requeue:
+                run.min_free_mb = free
+                self.oom_wait.append(run)
+            else:
+                self.source.put_back(run, last=True)
+            return
         self.done.append(run)
         self.source.finished(run)
-        self.results.run_finished(run)
-        self.reporter.finished(run, self)
+        try:
+            self.results.run_finished(run, record)
+        except OSError as e:
+            raise OutputError(f"cannot write {self.results.output_file}: {e.strerror or e}") from None
+
+    def _fail(self, message: str, now: float) -> None:
+        """The sweep cannot go on (its output cannot be written): stop launching, end the runs cleanly."""
+        if self.fatal is None:
+            self.fatal = message
+            self.reporter.event(f"error: {message}; stopping the sweep")
+        if self.stop_signal is None:
+            self.stop_signal = "error"
+            for proc in self.active.values():
+                self._end(proc, State.INTERRUPTED, now)
 
     def _next_wakeup(self, now: float) -> float | None:
         times = [p.deadline for p in self.active.values() if p.deadline is not None and p.ending is None]
@@ -1139,14 +1287,23 @@ class Sweep:
         if self.waiting and self.stop_signal is None:
             times.append(now + self.poll_interval)
             self.poll_interval = min(self.poll_interval * 2, POLL_MAX_S)
+        due = self.results.flush_due()
+        if due is not None:
+            times.append(max(due, now))
         if self.reporter.refresh_s:
             times.append(now + self.reporter.refresh_s)
         return max(0.0, min(times) - now) if times else None
 
     def _finish(self) -> int:
-        pending = self.source.remaining()
-        self.results.finish(self.done, pending, interrupted=self.stop_signal is not None)
+        pending = self.source.remaining() + self.oom_wait
+        try:
+            self.results.finish(pending, interrupted=self.stop_signal is not None)
+        except OSError as e:
+            self.fatal = self.fatal or f"cannot write {self.results.output_file}: {e.strerror or e}"
         self.reporter.summary(self.done, pending, self)
+        if self.fatal:
+            print(f"train_sweep: error: {self.fatal}", file=sys.stderr)
+            return EXIT_OUTPUT_ERROR
         if self.stop_signal:
             return EXIT_INTERRUPTED
         return EXIT_OK if all(r.state == State.COMPLETE for r in self.done) else EXIT_RUN_FAILED
@@ -1157,7 +1314,7 @@ class Sweep:
         for r in self.done:
             c["done" if r.state == State.COMPLETE else "failed"] += 1
         c["running"] = len(self.active)
-        c["pending"] = self.source.pending()
+        c["pending"] = self.source.pending() + len(self.oom_wait)
         return c
 
     def eta(self, now_wall: float) -> float | None:
@@ -1167,7 +1324,7 @@ class Sweep:
         mean = sum(durations) / len(durations)
         slots = max(1, min(self.policy.max_parallel or 10**9, self.policy.max_per_gpu * len(self.gpus)))
         left = sum(max(0.0, mean - (now_wall - (r.start_time or now_wall))) for r in self.active)
-        left += mean * self.source.pending()
+        left += mean * (self.source.pending() + len(self.oom_wait))
         return left / slots
 
 
@@ -1249,8 +1406,9 @@ def metric_value(run: Run, metric: str | None) -> float | None:
     return float(value)
 
 
-def run_record(run: Run) -> dict[str, Any]:
-    """One run in the results file: the seed's fields first, then ours."""
+def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
+    """One run in the results file: the seed's fields first, then ours. Also the body of run.json and
+    of each journal line (run.json leaves out the stdout/stderr tails: the logs are beside it)."""
     gpu: int | list[int] | None = None
     if len(run.gpus) == 1:
         gpu = run.gpus[0]
@@ -1258,15 +1416,15 @@ def run_record(run: Run) -> dict[str, Any]:
         gpu = list(run.gpus)
     duration = run.duration
     started = run.start_time is not None
-    return {
+    record: dict[str, Any] = {
         "model_name": run.name,
         "hyperparams": run.hyperparams,
         "success": run.state == State.COMPLETE,
         "returncode": run.returncode,
         "duration_seconds": None if duration is None else round(duration, 3),
         "gpu_id": gpu,
-        "stdout": tail_lines(run.stdout_log) if started else "",
-        "stderr": tail_lines(run.stderr_log) if started else "",
+        "stdout": tail_lines(run.stdout_log) if started and tails else "",
+        "stderr": tail_lines(run.stderr_log) if started and tails else "",
         "state": run.state.value,
         "start_time": iso_time(run.start_time),
         "end_time": iso_time(run.end_time),
@@ -1278,58 +1436,189 @@ def run_record(run: Run) -> dict[str, Any]:
         "error": run.error,
         "metrics": run.metrics,
         "index": run.index,
+        "identity": run.identity,
+        "attempt": run.attempt,
+        "attempts": run.attempts,
     }
+    if not tails:
+        del record["stdout"], record["stderr"]
+    return record
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    """<run_dir>/run.json: what was run and how it went, written at start and at end."""
-    return {
-        "name": run.name,
-        "index": run.index,
-        "hyperparams": run.hyperparams,
-        "params_hash": params_hash(run.hyperparams),
-        "command": run.argv,
-        "gpus": list(run.gpus),
-        "state": run.state.value,
-        "start_time": iso_time(run.start_time),
-        "end_time": iso_time(run.end_time),
-        "duration_seconds": None if run.duration is None else round(run.duration, 3),
-        "returncode": run.returncode,
-        "signal": run.signal_name,
-        "error": run.error,
-        "metrics": run.metrics,
-    }
+def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An earlier attempt, as kept in a run's `attempts` list. Its logs were moved to attempt_<n>/."""
+    folder = Path(record["run_dir"]) / f"attempt_{record.get('attempt', 1)}"
+    keep = ("attempt", "state", "returncode", "signal", "error", "gpu_id", "start_time", "end_time",
+            "duration_seconds")
+    out = {k: record.get(k) for k in keep}
+    out["stdout_log"] = str(folder / "train_stdout.log")
+    out["stderr_log"] = str(folder / "train_stderr.log")
+    return out
+
+
+def set_aside(path: Path) -> Path:
+    """Rename path to path~1 (or ~2, ...: the first free one). '~' is never in a run name."""
+    k = 1
+    while path.with_name(f"{path.name}~{k}").exists():
+        k += 1
+    target = path.with_name(f"{path.name}~{k}")
+    path.rename(target)
+    return target
+
+
+def archive_attempt_files(run: Run) -> None:
+    """Before an attempt starts, move an earlier attempt's logs and run.json into attempt_<n>/."""
+    if not run.stdout_log.exists() and not run.stderr_log.exists():
+        return
+    n = run.attempt - 1
+    try:
+        n = int(json.loads((run.run_dir / "run.json").read_text()).get("attempt", n))
+    except (OSError, ValueError, AttributeError):
+        pass
+    folder = run.run_dir / f"attempt_{max(n, 1)}"
+    if folder.exists():
+        set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
+    folder.mkdir()
+    for name in ("train_stdout.log", "train_stderr.log", "run.json", "metrics.json"):
+        if (run.run_dir / name).exists():
+            os.replace(run.run_dir / name, folder / name)
+
+
+def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Records of finished attempts by run name, oldest first. A line cut short by a crash is skipped."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                out.setdefault(record["model_name"], []).append(record)
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
+def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]) -> list[tuple[Run, dict[str, Any]]]:
+    """Mark the runs that already completed in an earlier sweep (same name, hyperparameters and command)
+    as skipped, and give the others their earlier attempts. Returns the skipped runs with their records."""
+    skipped = []
+    for run in runs:
+        past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
+        crashed = _crashed_attempt(run, past)
+        if crashed:
+            past.append(crashed)
+        complete = [r for r in past if r.get("state") == State.COMPLETE.value]
+        if complete:
+            record = complete[-1]
+            run.skipped = True
+            run.state = State.COMPLETE
+            run.returncode = record.get("returncode")
+            run.gpus = tuple(g for g in [record.get("gpu_id")] if isinstance(g, int))
+            run.metrics = record.get("metrics")
+            run.attempt = record.get("attempt", 1)
+            run.attempts = list(record.get("attempts") or [])
+            run.start_time = _parse_time(record.get("start_time"))
+            run.end_time = _parse_time(record.get("end_time"))
+            skipped.append((run, record))
+        elif past:
+            run.attempts = [attempt_summary(r) for r in past]
+            run.attempt = max(int(r.get("attempt", 1)) for r in past) + 1
+    return skipped
+
+
+def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """An attempt that run.json shows but the journal does not: the sweep died while it ran (or just
+    after it finished). Its run.json holds everything but the log tails."""
+    try:
+        record = json.loads((run.run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("identity") != run.identity:
+        return None
+    if any(r.get("attempt") == record.get("attempt") for r in journaled):
+        return None
+    if record.get("state") in (State.RUNNING.value, State.PENDING.value):
+        record["state"] = State.INTERRUPTED.value
+    record.setdefault("stdout", tail_lines(run.stdout_log))
+    record.setdefault("stderr", tail_lines(run.stderr_log))
+    return record
+
+
+def _parse_time(text: Any) -> float | None:
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 class ResultsWriter:
-    """Keeps the results file current: rewritten atomically whenever runs finish."""
+    """Every finished attempt is appended to the journal (fsynced: a crash loses nothing finished) and
+    written to its run.json; the results file is rewritten from memory, atomically, right away while
+    that is cheap, and at most every 20x its own cost once it is not (sweeps of thousands of runs)."""
 
-    def __init__(self, output_file: Path) -> None:
+    def __init__(self, output_file: Path, journal: Path | None = None) -> None:
         self.output_file = output_file
         self.partial_file = output_file.with_name(output_file.name + ".partial")
         self.records: dict[int, dict[str, Any]] = {}
+        self._journal = open(journal, "a", encoding="utf-8") if journal else None
+        self.dirty = False
+        self._next_write = 0.0  # time.monotonic() before which a rewrite waits (the throttle)
+
+    def add_previous(self, run: Run, record: dict[str, Any]) -> None:
+        """A run completed by an earlier sweep keeps its record."""
+        self.records[run.index] = record
+        self.dirty = True
 
     def run_started(self, run: Run) -> None:
-        write_json_atomic(run.run_dir / "run.json", run_json(run))
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False))
 
-    def run_finished(self, run: Run) -> None:
-        write_json_atomic(run.run_dir / "run.json", run_json(run))
-        self.records[run.index] = run_record(run)
+    def attempt_finished(self, run: Run) -> dict[str, Any]:
+        """Record one finished attempt (also one that will be retried): journal line, then run.json."""
+        record = run_record(run)
+        if self._journal is not None:
+            self._journal.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False))
+        return record
+
+    def run_finished(self, run: Run, record: dict[str, Any]) -> None:
+        self.records[run.index] = record
+        self.dirty = True
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.dirty or (not force and now < self._next_write):
+            return
         write_json_atomic(self.output_file, [self.records[i] for i in sorted(self.records)])
+        self._next_write = now + 20 * (time.monotonic() - now)
+        self.dirty = False
 
-    def finish(self, done: Sequence[Run], pending: Sequence[Run], interrupted: bool) -> None:
+    def flush_due(self) -> float | None:
+        """When a held-back rewrite is due (time.monotonic()), or None."""
+        return self._next_write if self.dirty else None
+
+    def finish(self, pending: Sequence[Run], interrupted: bool) -> None:
         """At the end: on interruption, <output-file>.partial holds every run, the unstarted ones as
         `pending`; after a full sweep, a stale .partial from an earlier interrupted sweep is removed."""
-        finished = [self.records[i] for i in sorted(self.records)]
-        write_json_atomic(self.output_file, finished)
+        self.dirty = True
+        self.flush(force=True)
         if interrupted:
-            everything = finished + [run_record(r) for r in pending]
+            everything = list(self.records.values()) + [run_record(r) for r in pending]
             write_json_atomic(self.partial_file, sorted(everything, key=lambda r: r["index"]))
         else:
             try:
                 self.partial_file.unlink()
             except FileNotFoundError:
                 pass
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1377,8 +1666,9 @@ class Reporter:
     def started(self, run: Run, sweep: Sweep) -> None:
         self.event(f"{'start':<11} {run.name}  {fmt_gpus(run)}  {self._counts(sweep)}")
 
-    def finished(self, run: Run, sweep: Sweep) -> None:
-        parts = [f"{run.state.value:<11} {run.name}  {fmt_gpus(run)}  {fmt_duration(run.duration)}"]
+    def finished(self, run: Run, sweep: Sweep, requeue: str | None = None) -> None:
+        attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
+        parts = [f"{run.state.value:<11} {run.name}{attempt}  {fmt_gpus(run)}  {fmt_duration(run.duration)}"]
         if run.state != State.COMPLETE:
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
         value = metric_value(run, self.metric)
@@ -1389,9 +1679,16 @@ class Reporter:
         if eta is not None and (sweep.active or sweep.source.pending()):
             parts.append(f"ETA {fmt_duration(eta)}")
         self.event("  ".join(parts))
-        if run.state in (State.FAILED, State.TIMEOUT):
+        if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
             last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
             self._print(f"           see {run.stderr_log}: {last}")
+        if requeue:
+            self._print(f"           {requeue}")
+
+    def resumed(self, skipped: int, to_run: int) -> None:
+        if skipped:
+            self.event(f"resume: {skipped} run(s) already complete with the same hyperparameters and command are "
+                       f"skipped (--rerun runs them again); {to_run} to run")
 
     def best(self, runs: Sequence[Run]) -> Run | None:
         scored = [(metric_value(r, self.metric), r) for r in runs if r.state == State.COMPLETE]
@@ -1412,9 +1709,11 @@ class Reporter:
             table.add_column(col, overflow="fold")
         if self.metric:
             table.add_column(self.metric, justify="right")
-        colors = {State.COMPLETE: "green", State.FAILED: "red", State.TIMEOUT: "red", State.INTERRUPTED: "yellow"}
+        colors = {State.COMPLETE: "green", State.FAILED: "red", State.TIMEOUT: "red", State.OOM: "red",
+                  State.INTERRUPTED: "yellow"}
         for r in shown:
-            row = [str(r.index), r.name, f"[{colors.get(r.state, '')}]{r.state.value}[/]", fmt_gpus(r),
+            state = r.state.value + (" (earlier sweep)" if r.skipped else "")
+            row = [str(r.index), r.name, f"[{colors.get(r.state, '')}]{state}[/]", fmt_gpus(r),
                    fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
             if self.metric:
                 v = metric_value(r, self.metric)
@@ -1461,6 +1760,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
+
+
 def _nonneg_float(text: str) -> float:
     try:
         value = float(text)
@@ -1487,7 +1796,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train_sweep",
         description="Train one model per hyperparameter set, keeping every listed GPU busy.",
-        epilog="exit codes: 0 all runs succeeded, 1 a run failed or timed out, 2 bad input, 130 interrupted",
+        epilog="exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
+               "3 the sweep's output could not be written, 130 interrupted",
     )
     a = p.add_argument
     a("--config-file", default="train_sweep_config.json", metavar="FILE",
@@ -1521,6 +1831,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
     a("--settle-seconds", type=_positive_float, default=SETTLE_TIMEOUT_S, metavar="SECONDS",
       help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
+    a("--rerun", action="store_true",
+      help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
+    a("--retries", type=_nonneg_int, default=0, metavar="N",
+      help="retry a failed run up to N times, after the runs not yet started (default: %(default)s)")
+    a("--oom-pattern", action="append", default=[], metavar="REGEX",
+      help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
+    a("--max-oom-requeues", type=_nonneg_int, default=MAX_OOM_REQUEUES, metavar="N",
+      help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
     a("--version", action="version", version=f"train_sweep {__version__}")
     return p
 
@@ -1594,7 +1912,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entries = load_config(args.config_file)
         command = resolve_command(args.command)
-        runs = build_runs(entries, command, Path(args.output_dir), parse_abbreviations(args.abbrev))
+        runs = build_runs(entries, command, Path(args.output_dir), parse_abbreviations(args.abbrev), args.command)
+        for pattern in args.oom_pattern:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
         gpus, probe, note = resolve_gpus(args)
         policy = Policy(
             max_per_gpu=args.max_processes_per_gpu,
@@ -1623,6 +1946,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe.close()
 
 
+def lock_output_dir(output_dir: Path) -> Any:
+    """One sweep per output folder. The lock is an flock, so the kernel frees it when its holder dies."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(output_dir / LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = (output_dir / (LOCK + ".pid")).read_text().strip()
+        except OSError:
+            holder = "unknown"
+        raise UserError(
+            f"{output_dir}: another train_sweep (PID {holder}) is running a sweep in this output folder; "
+            "wait for it to finish or use another --output-dir"
+        ) from None
+    (output_dir / (LOCK + ".pid")).write_text(f"{os.getpid()}\n")
+    return lock
+
+
 def run_sweep(
     args: argparse.Namespace,
     runs: list[Run],
@@ -1634,42 +1977,66 @@ def run_sweep(
     output_dir: Path,
     output_file: Path,
 ) -> int:
-    """Save the resolved settings, start the guardian and run the event loop."""
+    """Lock the output folder, resume (or set old runs aside), save the settings, start the guardian and
+    run the event loop."""
     import uuid
 
-    sweep_id = uuid.uuid4().hex[:12]
-    settings = {
-        "train_sweep": __version__,
-        "sweep_id": sweep_id,
-        "argv": sys.argv,
-        "cwd": str(cwd),
-        "python": sys.executable,
-        "started": iso_time(time.time()),
-        "config_file": args.config_file,
-        "command": resolve_command(args.command),
-        "gpus": gpus,
-        "policy": dataclasses.asdict(policy),
-        "timeout": args.timeout,
-        "kill_grace": args.kill_grace,
-        "output_file": str(output_file),
-        "runs": len(runs),
-    }
-    write_json_atomic(output_dir / "sweep.json", settings)
-    reporter = Reporter(args.metric, args.mode)
-    reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {args.config_file} -> {output_dir}/<name>/")
-    reporter.event(f"placement: {policy.describe(gpus)}")
-    if note:
-        reporter.event(note)
-    guardian = Guardian(sweep_id, args.kill_grace)
+    lock = lock_output_dir(output_dir)
     try:
-        launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian)
-        sweep = Sweep(
-            ListSource(runs), launcher, gpus, policy, probe, ResultsWriter(output_file), reporter,
-            timeout=args.timeout or None, kill_grace=args.kill_grace, metric=args.metric,
-        )
-        return sweep.run()
+        journal = output_dir / JOURNAL
+        if args.rerun:
+            for run in runs:
+                if run.run_dir.exists():
+                    set_aside(run.run_dir)
+            if journal.exists():
+                set_aside(journal)
+        skipped = plan_resume(runs, read_journal(journal))
+        sweep_id = uuid.uuid4().hex[:12]
+        settings = {
+            "train_sweep": __version__,
+            "sweep_id": sweep_id,
+            "argv": sys.argv,
+            "cwd": str(cwd),
+            "python": sys.executable,
+            "started": iso_time(time.time()),
+            "config_file": args.config_file,
+            "command": args.command,
+            "gpus": gpus,
+            "policy": dataclasses.asdict(policy),
+            "timeout": args.timeout,
+            "kill_grace": args.kill_grace,
+            "retries": args.retries,
+            "max_oom_requeues": args.max_oom_requeues,
+            "oom_patterns": [*OOM_PATTERNS, *args.oom_pattern],
+            "output_file": str(output_file),
+            "runs": len(runs),
+            "skipped": len(skipped),
+        }
+        write_json_atomic(output_dir / "sweep.json", settings)
+        reporter = Reporter(args.metric, args.mode)
+        reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {args.config_file} -> {output_dir}/<name>/")
+        reporter.event(f"placement: {policy.describe(gpus)}")
+        if note:
+            reporter.event(note)
+        reporter.resumed(len(skipped), len(runs) - len(skipped))
+        results = ResultsWriter(output_file, journal)
+        for run, record in skipped:
+            results.add_previous(run, record)
+        guardian = Guardian(sweep_id, args.kill_grace)
+        try:
+            launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian)
+            sweep = Sweep(
+                ListSource(runs), launcher, gpus, policy, probe, results, reporter,
+                timeout=args.timeout or None, kill_grace=args.kill_grace, metric=args.metric,
+                retries=args.retries, oom_patterns=[*OOM_PATTERNS, *args.oom_pattern],
+                max_oom_requeues=args.max_oom_requeues,
+            )
+            return sweep.run()
+        finally:
+            guardian.close()
+            results.close()
     finally:
-        guardian.close()
+        lock.release()
 
 
 if __name__ == "__main__":
