@@ -1563,7 +1563,11 @@ class ResultsWriter:
         self.output_file = output_file
         self.partial_file = output_file.with_name(output_file.name + ".partial")
         self.records: dict[int, dict[str, Any]] = {}
-        self._journal = open(journal, "a", encoding="utf-8") if journal else None
+        self._journal = open(journal, "a+", encoding="utf-8") if journal else None
+        if self._journal is not None and self._journal.tell() > 0:
+            self._journal.seek(self._journal.tell() - 1)
+            if self._journal.read(1) != "\n":  # a line torn by a crash: start the next one on its own line
+                self._journal.write("\n")
         self.dirty = False
         self._next_write = 0.0  # time.monotonic() before which a rewrite waits (the throttle)
 

@@ -10,6 +10,9 @@
     mem_mb=N       "use" N MB on the GPU in CUDA_VISIBLE_DEVICES (via the fake pynvml's procs_dir)
     mem_after=S    ... only after S seconds (a real run allocates after start-up)
     metric=V       print val_loss=V
+    fail_once=P    exit 1 if the file P does not exist yet (and create it): fails the first attempt only
+    oom_once=P     likewise, printing PyTorch's CUDA out-of-memory error first
+    oom=1          always print the out-of-memory error and exit 1
 
 Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time), and appends one
 JSON line to $FAKE_LOG if set (start and end times, GPU), so tests can check what ran where and when.
@@ -89,6 +92,20 @@ if args.get("hang") == "1":
     print("hanging", flush=True)
     while True:
         time.sleep(1)
+
+OOM = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+       "79.15 GiB of which 1.2 GiB is free.")
+for key in ("fail_once", "oom_once"):
+    if key in args and not os.path.exists(args[key]):
+        open(args[key], "w").close()
+        if key == "oom_once":
+            print(OOM, file=sys.stderr)
+        log("end")
+        sys.exit(1)
+if args.get("oom") == "1":
+    print(OOM, file=sys.stderr)
+    log("end")
+    sys.exit(1)
 
 time.sleep(float(args.get("sleep", 0)))
 if "metric" in args:
