@@ -988,7 +988,11 @@ class Sweep:
         self.settle = SettleTracker(policy)
         self.active: dict[Run, Proc] = {}
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
-        self.done: list[Run] = [r for r in source.skipped]
+        self.done: list[Run] = []
+        self._n_complete = self._n_failed = 0  # counts of self.done, kept as runs finish (O(1) progress lines)
+        self._durations = [0.0, 0]  # sum and count of complete runs' durations, for the ETA
+        for run in source.skipped:
+            self._add_done(run)
         self.stop_signal: str | None = None
         self.killed = False
         self.waiting: str | None = None  # why pending runs cannot start now (memory), for polling
@@ -1242,7 +1246,7 @@ class Sweep:
         try:
             record = self.results.attempt_finished(run)
         except OSError as e:
-            self.done.append(run)
+            self._add_done(run)
             raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
         requeue = None
         if self.stop_signal is None:
@@ -1254,15 +1258,15 @@ class Sweep:
                 requeue = f"retry {run.retries_used}/{self.retries} queued after the runs not yet started"
         self.reporter.finished(run, self, requeue)
         if requeue:
-            free = run.free_at_launch_mb
+            oom, free = run.state == State.OOM, run.free_at_launch_mb
             run.next_attempt()
-            if "memory" in requeue:
+            if oom:
                 run.min_free_mb = free
                 self.oom_wait.append(run)
             else:
                 self.source.put_back(run, last=True)
             return
-        self.done.append(run)
+        self._add_done(run)
         self.source.finished(run)
         try:
             self.results.run_finished(run, record)
@@ -1309,19 +1313,29 @@ class Sweep:
         return EXIT_OK if all(r.state == State.COMPLETE for r in self.done) else EXIT_RUN_FAILED
 
     # -- counts for progress lines ------------------------------------------------------------
+    def _add_done(self, run: Run) -> None:
+        self.done.append(run)
+        if run.state == State.COMPLETE:
+            self._n_complete += 1
+            if run.duration is not None:
+                self._durations[0] += run.duration
+                self._durations[1] += 1
+        else:
+            self._n_failed += 1
+
     def counts(self) -> dict[str, int]:
-        c = {"done": 0, "failed": 0}
-        for r in self.done:
-            c["done" if r.state == State.COMPLETE else "failed"] += 1
-        c["running"] = len(self.active)
-        c["pending"] = self.source.pending() + len(self.oom_wait)
-        return c
+        return {
+            "done": self._n_complete,
+            "failed": self._n_failed,
+            "running": len(self.active),
+            "pending": self.source.pending() + len(self.oom_wait),
+        }
 
     def eta(self, now_wall: float) -> float | None:
-        durations = [r.duration for r in self.done if r.state == State.COMPLETE and r.duration is not None]
-        if not durations:
+        total, n = self._durations
+        if not n:
             return None
-        mean = sum(durations) / len(durations)
+        mean = total / n
         slots = max(1, min(self.policy.max_parallel or 10**9, self.policy.max_per_gpu * len(self.gpus)))
         left = sum(max(0.0, mean - (now_wall - (r.start_time or now_wall))) for r in self.active)
         left += mean * (self.source.pending() + len(self.oom_wait))
@@ -1339,15 +1353,17 @@ def iso_time(t: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it, and os.replace it into place."""
+def write_json_atomic(path: Path, data: Any, fsync: bool = True) -> None:
+    """Write JSON to a temp file in the same folder, fsync it (unless told not to), and os.replace it into
+    place: readers see the old file or the new one, never a half-written one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -1570,6 +1586,7 @@ class ResultsWriter:
                 self._journal.write("\n")
         self.dirty = False
         self._next_write = 0.0  # time.monotonic() before which a rewrite waits (the throttle)
+        self._next_sync = 0.0  # time.monotonic() before which the journal is not fsynced again
 
     def add_previous(self, run: Run, record: dict[str, Any]) -> None:
         """A run completed by an earlier sweep keeps its record."""
@@ -1577,16 +1594,19 @@ class ResultsWriter:
         self.dirty = True
 
     def run_started(self, run: Run) -> None:
-        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False))
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False)
 
     def attempt_finished(self, run: Run) -> dict[str, Any]:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
         record = run_record(run)
         if self._journal is not None:
             self._journal.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False))
+            self._journal.flush()  # in the OS now: a crash of this process loses nothing
+            now = time.monotonic()
+            if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
+                os.fsync(self._journal.fileno())
+                self._next_sync = now + 1.0
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False)
         return record
 
     def run_finished(self, run: Run, record: dict[str, Any]) -> None:
@@ -1622,6 +1642,8 @@ class ResultsWriter:
 
     def close(self) -> None:
         if self._journal is not None:
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
             self._journal.close()
 
 
