@@ -376,6 +376,10 @@ class Run:
     def stderr_log(self) -> Path:
         return self.run_dir / "train_stderr.log"
 
+    @property
+    def combined_log(self) -> Path:
+        return self.run_dir / "combined.log"
+
 
 def resolve_command(command: str) -> list[str]:
     """Split --command like a shell would; a leading `python`/`python3` means the Python running train_sweep."""
@@ -805,6 +809,65 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
 
 
+class LogPump:
+    """Copies a run's stdout and stderr as they come: to train_stdout.log and train_stderr.log as they are,
+    and to combined.log line by line, in order, each line stamped with its time and stream. One thread per
+    run drains both pipes, so a busy event loop never stalls a child on a full pipe; it holds at most one
+    unfinished line per stream (cut at 64 KB)."""
+
+    LINE_MAX = 65536
+
+    def __init__(self, out_pipe: Any, err_pipe: Any, out_log: Any, err_log: Any, combined: Any) -> None:
+        import threading
+
+        self._streams = {out_pipe.fileno(): (out_pipe, out_log, b"out"), err_pipe.fileno(): (err_pipe, err_log, b"err")}
+        self._combined = combined
+        self._thread = threading.Thread(target=self._pump, name="log-pump", daemon=True)
+        self._thread.start()
+
+    def _stamp(self) -> bytes:
+        now = time.time()
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)).encode() + b".%03d" % int(now % 1 * 1000)
+
+    def _pump(self) -> None:
+        partial = {fd: b"" for fd in self._streams}
+        with selectors.DefaultSelector() as sel:
+            for fd in self._streams:
+                sel.register(fd, selectors.EVENT_READ)
+            while sel.get_map():
+                for key, _ in sel.select():
+                    fd = key.fd
+                    pipe, log, tag = self._streams[fd]
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        data = b""
+                    lines: list[bytes] = []
+                    if data:
+                        log.write(data)
+                        log.flush()
+                        lines = (partial[fd] + data).split(b"\n")
+                        partial[fd] = lines.pop()
+                        if len(partial[fd]) >= self.LINE_MAX:
+                            lines.append(partial[fd])
+                            partial[fd] = b""
+                    else:
+                        sel.unregister(fd)
+                        pipe.close()
+                        if partial[fd]:
+                            lines.append(partial[fd])
+                    if lines:
+                        stamp = self._stamp()
+                        self._combined.write(b"".join(b"%s %s | %s\n" % (stamp, tag, line) for line in lines))
+                        self._combined.flush()
+        for _, log, _ in self._streams.values():
+            log.close()
+        self._combined.close()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+
 @dataclasses.dataclass(eq=False)
 class Proc:
     """A launched run: its main process, its process group, and how it is being ended."""
@@ -816,6 +879,7 @@ class Proc:
     ending: State | None = None  # TIMEOUT or INTERRUPTED once we decided to end it
     kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
+    pump: LogPump | None = None  # writes the run's logs
 
     @property
     def pgid(self) -> int:
@@ -823,7 +887,7 @@ class Proc:
 
 
 class LocalLauncher:
-    """Today's launcher: runs as local processes, each in its own session, logs written by the child."""
+    """Today's launcher: runs as local processes, each in its own session and process group."""
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None) -> None:
         self.cwd = cwd
@@ -845,13 +909,15 @@ class LocalLauncher:
         )
         return env
 
-    def start(self, run: Run, gpus: Sequence[int], deadline: float | None, out: Any, err: Any) -> Proc:
-        """Start the run with its logs as stdout and stderr; raises OSError when it cannot start."""
+    def start(self, run: Run, gpus: Sequence[int], deadline: float | None, logs: Sequence[Any]) -> Proc:
+        """Start the run, its output pumped into `logs` (stdout, stderr, combined); OSError if it cannot start."""
         env = self.env(run, gpus)
         popen = subprocess.Popen(
-            run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
         )
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], deadline)
+        proc.pump = LogPump(popen.stdout, popen.stderr, *logs)
         if self.guardian:
             self.guardian.add(proc.pgid)
         return proc
@@ -1060,6 +1126,7 @@ class Sweep:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         restore = self._install_signals()
+        self.reporter.begin(self)
         try:
             while True:
                 now = self.clock()
@@ -1077,12 +1144,14 @@ class Sweep:
                     self._fail(str(e), now)
                 if not self.active and (self.stop_signal or not (self.source.pending() or self.oom_wait)):
                     break
+                self.reporter.tick(self)
                 self._wait(self._next_wakeup(self.clock()))
         except BaseException:
             for proc in self.active.values():  # never leave a run behind, whatever happened
                 self.launcher.signal_tree(proc, signal.SIGKILL, self._exclude())
             raise
         finally:
+            self.reporter.end()
             restore()
         return self._finish()
 
@@ -1124,7 +1193,7 @@ class Sweep:
                 if readings is not None:
                     self.waiting = why  # runs wait for memory, not for a slot: poll NVML
                 return
-            self._start(run, gpu, now, readings)
+            self._start(run, gpu, now, readings, why)
             self.poll_interval = POLL_MIN_S
 
     def _slot_free(self) -> bool:
@@ -1144,7 +1213,7 @@ class Sweep:
         if not self.gpus:
             raise UserError("every GPU failed its NVML calls; nothing left to run on")
 
-    def _start(self, run: Run, gpu: int, now: float, readings: Mapping[int, GpuReading] | None) -> None:
+    def _start(self, run: Run, gpu: int, now: float, readings: Mapping[int, GpuReading] | None, why: str = "") -> None:
         run.gpus = () if gpu == CPU else (gpu,)
         run.state = State.RUNNING
         run.start_time = time.time()
@@ -1155,16 +1224,17 @@ class Sweep:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             archive_attempt_files(run)
             self.results.run_started(run)
-            out, err = open(run.stdout_log, "wb"), open(run.stderr_log, "wb")
+            logs = [open(run.stdout_log, "wb"), open(run.stderr_log, "wb"), open(run.combined_log, "wb")]
         except OSError as e:
             run.state = State.PENDING
             self.source.put_back(run)
             raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         deadline = now + self.timeout if self.timeout else None
         try:
-            with out, err:
-                proc = self.launcher.start(run, run.gpus, deadline, out, err)
+            proc = self.launcher.start(run, run.gpus, deadline, logs)
         except OSError as e:
+            for f in logs:
+                f.close()
             run.error = f"could not start {run.argv[0]}: {e.strerror or e}"
             run.state = State.FAILED
             run.end_time = time.time()
@@ -1176,7 +1246,7 @@ class Sweep:
         self.running[gpu] += 1
         if reading is not None:
             self.settle.launched(gpu, now, reading.memory_used_mb)
-        self.reporter.started(run, self)
+        self.reporter.started(run, self, why)
 
     def _reap(self, now: float) -> None:
         exclude = None
@@ -1220,6 +1290,8 @@ class Sweep:
     def _done(self, proc: Proc) -> None:
         run = proc.run
         del self.active[run]
+        if proc.pump is not None:
+            proc.pump.join()  # the pipes are closed: every process of the run is gone
         self.launcher.finished(proc)
         gpu = run.gpus[0] if run.gpus else CPU
         self.running[gpu] -= 1
@@ -1495,7 +1567,7 @@ def archive_attempt_files(run: Run) -> None:
     if folder.exists():
         set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
     folder.mkdir()
-    for name in ("train_stdout.log", "train_stderr.log", "run.json", "metrics.json"):
+    for name in ("train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json"):
         if (run.run_dir / name).exists():
             os.replace(run.run_dir / name, folder / name)
 
@@ -1667,14 +1739,17 @@ def fmt_gpus(run: Run) -> str:
 
 
 class Reporter:
-    """Plain, timestamped progress lines (one per start and finish) and a summary table at the end."""
+    """Plain, timestamped event lines (one per start and finish) on stdout, every event also in
+    <output-dir>/sweep.log (with the date and the reason for each placement), and a summary at the end."""
 
-    refresh_s: float | None = None  # a live view would ask the loop to wake this often
+    refresh_s: float | None = None  # the live view asks the loop to wake this often
 
-    def __init__(self, metric: str | None = None, mode: str = "min", stream: Any = None) -> None:
+    def __init__(self, metric: str | None = None, mode: str = "min", stream: Any = None,
+                 log_path: Path | None = None) -> None:
         self.metric = metric
         self.mode = mode
         self.stream = stream or sys.stdout
+        self._log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None
 
     def _print(self, text: str) -> None:
         try:
@@ -1682,15 +1757,44 @@ class Reporter:
         except BrokenPipeError:
             pass  # a closed pager must not stop the sweep
 
-    def event(self, text: str) -> None:
-        self._print(f"{time.strftime('%H:%M:%S')} {text}")
+    def event(self, text: str, details: Sequence[str] = (), log_only: str = "") -> None:
+        """One event: shown (with `details` on lines below it) and written to sweep.log (plus `log_only`)."""
+        now = time.time()
+        if self._log is not None:
+            try:
+                self._log.write(f"{iso_time(now)} {text}{log_only}\n")
+                for line in details:
+                    self._log.write(f"{'':30}{line}\n")
+            except OSError:
+                pass  # the sweep's own output errors are reported where results are written
+        self.show(time.strftime("%H:%M:%S", time.localtime(now)), text, details)
+
+    def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
+        self._print(f"{stamp} {text}")
+        for line in details:
+            self._print(f"           {line}")
+
+    def begin(self, sweep: Sweep) -> None:
+        """The loop starts (the live view takes the terminal here)."""
+
+    def tick(self, sweep: Sweep) -> None:
+        """The loop woke up (the live view redraws here when due)."""
+
+    def end(self) -> None:
+        """The loop ended, normally or not (the live view gives the terminal back here)."""
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
 
     def _counts(self, sweep: Sweep) -> str:
         c = sweep.counts()
         return f"[done {c['done']} | failed {c['failed']} | running {c['running']} | pending {c['pending']}]"
 
-    def started(self, run: Run, sweep: Sweep) -> None:
-        self.event(f"{'start':<11} {run.name}  {fmt_gpus(run)}  {self._counts(sweep)}")
+    def started(self, run: Run, sweep: Sweep, why: str = "") -> None:
+        attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
+        self.event(f"{'start':<11} {run.name}{attempt}  {fmt_gpus(run)}  {self._counts(sweep)}",
+                   log_only=f"  placed: {why}" if why else "")
 
     def finished(self, run: Run, sweep: Sweep, requeue: str | None = None) -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
@@ -1704,12 +1808,13 @@ class Reporter:
         eta = sweep.eta(time.time())
         if eta is not None and (sweep.active or sweep.source.pending()):
             parts.append(f"ETA {fmt_duration(eta)}")
-        self.event("  ".join(parts))
+        details = []
         if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
             last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
-            self._print(f"           see {run.stderr_log}: {last}")
+            details.append(f"see {run.stderr_log}: {last}")
         if requeue:
-            self._print(f"           {requeue}")
+            details.append(requeue)
+        self.event("  ".join(parts), details)
 
     def resumed(self, skipped: int, to_run: int) -> None:
         if skipped:
@@ -1771,6 +1876,463 @@ class Reporter:
             pass
 
 
+class LiveReporter(Reporter):
+    """On a terminal: a live view redrawn four times a second. One row per GPU (memory bar, utilization,
+    its runs with their elapsed time), the overall progress with ETA, and the last events. Everything
+    still goes to sweep.log; the summary is printed below the last frame."""
+
+    refresh_s = 0.25
+    EVENTS = 8
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from collections import deque
+
+        super().__init__(*args, **kwargs)
+        self.events: deque[str] = deque(maxlen=self.EVENTS)
+        self._live: Any = None
+        self._next_draw = 0.0
+        self._started = time.time()
+
+    def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
+        if self._live is None:  # before the loop starts and after it ends: plain lines
+            super().show(stamp, text, details)
+            return
+        self.events.append(f"{stamp} {text}")
+        for line in details:
+            self.events.append(f"         {line}")
+
+    def begin(self, sweep: Sweep) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(console=Console(file=self.stream), auto_refresh=False, transient=False,
+                          redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
+        self._sweep = sweep
+        self.tick(sweep)
+
+    def tick(self, sweep: Sweep) -> None:
+        now = time.monotonic()
+        if self._live is None or now < self._next_draw:
+            return
+        self._next_draw = now + self.refresh_s
+        try:
+            self._live.update(self.render(sweep), refresh=True)
+        except BrokenPipeError:
+            pass
+
+    def end(self) -> None:
+        if self._live is not None:
+            try:
+                self._live.update(self.render(self._sweep), refresh=True)  # the final state, then let go
+                self._live.stop()
+            finally:
+                self._live = None
+
+    def render(self, sweep: Sweep) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        now = time.time()
+        readings = sweep.probe.read(sweep.gpus) if sweep.probe is not None else {}
+        on: dict[int, list[Run]] = {g: [] for g in sweep.gpus}
+        for run in sweep.active:
+            on.setdefault(run.gpus[0] if run.gpus else CPU, []).append(run)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("GPU", "name", "memory", "util", "runs"):
+            table.add_column(col, no_wrap=col != "runs")
+        threshold = sweep.policy.memory_threshold_mb
+        for g in sweep.gpus:
+            r = readings.get(g)
+            if r is not None:
+                frac = r.memory_used_mb / r.memory_total_mb if r.memory_total_mb else 0.0
+                style = "red" if threshold is not None and r.memory_used_mb >= threshold else "green"
+                filled = round(frac * 20)
+                mem = Text("█" * filled, style=style) + Text("░" * (20 - filled), style="dim")
+                mem += Text(f" {r.memory_used_mb / 1024:5.1f}/{r.memory_total_mb / 1024:.0f} GB")
+                util = "-" if r.utilization is None else f"{r.utilization}%"
+                name = r.name
+            else:
+                mem, util, name = Text("-"), "-", "CPU" if g == CPU else "(no reading)"
+            runs = ", ".join(f"{x.name} ({fmt_duration(now - (x.start_time or now))})" for x in on.get(g, []))
+            table.add_row("CPU" if g == CPU else str(g), name, mem, util, runs or Text("idle", style="dim"))
+        c = sweep.counts()
+        total = c["done"] + c["failed"] + c["running"] + c["pending"]
+        finished = c["done"] + c["failed"]
+        filled = round(40 * finished / total) if total else 40
+        eta = sweep.eta(now)
+        progress = Text("█" * filled, style="cyan") + Text("░" * (40 - filled), style="dim")
+        progress += Text(
+            f" {finished}/{total}  done {c['done']}  failed {c['failed']}  running {c['running']}  "
+            f"pending {c['pending']}  elapsed {fmt_duration(now - self._started)}"
+            + (f"  ETA {fmt_duration(eta)}" if eta is not None and (c["running"] or c["pending"]) else "")
+        )
+        parts: list[Any] = [Text("train_sweep", style="bold"), table, progress]
+        if sweep.waiting and sweep.stop_signal is None:
+            parts.append(Text(f"waiting for GPU memory: {sweep.waiting}", style="yellow"))
+        if sweep.stop_signal:
+            parts.append(Text(f"stopping ({sweep.stop_signal}): ending the running runs", style="yellow"))
+        parts.append(Text("\n".join(self.events), style="dim") if self.events else Text(""))
+        return Group(*parts)
+
+
+# -- report, list, cleanup: reading finished sweeps ----------------------------------------------
+
+REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "start")
+
+
+def load_results(path: str) -> list[dict[str, Any]]:
+    """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: results file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read results file: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "model_name" in r for r in data):
+        raise UserError(f"{path}: not a train_sweep results file (expected a JSON array of run records)")
+    return data
+
+
+def record_metric(record: Mapping[str, Any], metric: str | None) -> float | None:
+    """A record's metric: from its metrics, else the last `NAME=value` in the stdout tail it keeps."""
+    if not metric:
+        return None
+    value = (record.get("metrics") or {}).get(metric)
+    if value is None and record.get("stdout"):
+        found = _metric_pattern(metric).findall(record["stdout"])
+        value = float(found[-1]) if found else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first numeric key in the first record that has metrics (metrics.json's first key, say)."""
+    for r in records:
+        for key, value in (r.get("metrics") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return key
+    return None
+
+
+def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One run as a flat row: its fields, then hp.<key> per hyperparameter, then metric.<key>."""
+    row = {k: record.get(k) for k in ("index", "model_name", "state", "success", "gpu_id", "duration_seconds",
+                                      "returncode", "signal", "attempt", "start_time", "end_time", "run_dir")}
+    for key, value in (record.get("hyperparams") or {}).items():
+        row[f"hp.{key}"] = value
+    for key, value in (record.get("metrics") or {}).items():
+        row[f"metric.{key}"] = value
+    return row
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value)
+    return str(value)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    import csv
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+
+
+def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
+    def key(r: Mapping[str, Any]) -> Any:
+        if sort == "metric":
+            v = record_metric(r, metric)
+            return (v is None, (v if mode == "min" else -v) if v is not None else 0)
+        value = {"name": r.get("model_name"), "state": r.get("state"), "gpu": r.get("gpu_id"),
+                 "duration": r.get("duration_seconds"), "rc": r.get("returncode"), "start": r.get("start_time"),
+                 "index": r.get("index")}[sort]
+        return (value is None, str(value) if sort in ("gpu", "name", "state", "start") else (value or 0))
+
+    return key
+
+
+def _gpu_label(gpu: Any) -> str:
+    if gpu is None:
+        return "CPU"
+    return ",".join(map(str, gpu)) if isinstance(gpu, list) else str(gpu)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    files = args.files or ["train_sweep_results.json"]
+    sweeps = [(f, load_results(f)) for f in files]
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
+    if len(sweeps) > 1:
+        table = Table(title="sweeps side by side", title_justify="left")
+        for col in ("results file", "runs", "complete", "failed", "success", "GPU hours", f"best {metric or 'metric'}"):
+            table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
+        for path, recs in sweeps:
+            done = sum(r.get("state") == State.COMPLETE.value for r in recs)
+            gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
+                        else 1) for r in recs) / 3600
+            scored = [(record_metric(r, metric), r["model_name"]) for r in recs if r.get("state") == State.COMPLETE.value]
+            scored = [s for s in scored if s[0] is not None]
+            best = (min if args.mode == "min" else max)(scored) if scored else None
+            table.add_row(path, str(len(recs)), str(done), str(len(recs) - done),
+                          f"{100 * done / len(recs):.0f}%" if recs else "-", f"{gpu_h:.2f}",
+                          f"{best[1]} = {best[0]:g}" if best else "-")
+        console.print(table)
+    records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
+    if args.state:
+        records = [r for r in records if r.get("state") in args.state]
+    records.sort(key=_sort_key(args.sort, metric, args.mode))
+    if len(sweeps) == 1:
+        table = Table(title=f"{files[0]}: {len(records)} run(s)", title_justify="left")
+        for col in ("#", "run", "state", "GPU", "duration", "rc", *([metric] if metric else [])):
+            table.add_column(col, justify="right" if col in ("#", "duration", "rc", metric) else "left")
+        for r in records:
+            row = [_cell(r.get("index")), r["model_name"], r.get("state", ""), _gpu_label(r.get("gpu_id")),
+                   fmt_duration(r.get("duration_seconds")), _cell(r.get("returncode"))]
+            if metric:
+                v = record_metric(r, metric)
+                row.append("" if v is None else f"{v:g}")
+            table.add_row(*row)
+        console.print(table)
+        scored = [(record_metric(r, metric), r) for r in records if r.get("state") == State.COMPLETE.value]
+        scored = [s for s in scored if s[0] is not None]
+        if scored:
+            value, best = (min if args.mode == "min" else max)(scored, key=lambda s: s[0])
+            console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
+                          highlight=False)
+    rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
+    if args.csv:
+        write_csv(Path(args.csv), rows)
+        console.print(f"wrote {len(rows)} row(s) to {args.csv}", highlight=False)
+    if args.json:
+        write_json_atomic(Path(args.json), rows, fsync=False)
+        console.print(f"wrote {len(rows)} row(s) to {args.json}", highlight=False)
+    if args.plots:
+        for path in write_plots(Path(args.plots), records, metric):
+            console.print(f"wrote {path}", highlight=False)
+    return EXIT_OK
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    """The unit a plot's time axis reads best in: (seconds per unit, its name)."""
+    if seconds < 120:
+        return 1.0, "seconds"
+    if seconds < 3 * 3600:
+        return 60.0, "minutes"
+    return 3600.0, "hours"
+
+
+STATE_COLORS = {"complete": "#2ca02c", "failed": "#d62728", "timeout": "#ff7f0e", "oom": "#9467bd",
+                "interrupted": "#bcbd22", "pending": "#7f7f7f", "running": "#1f77b4"}
+
+
+def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str | None) -> list[Path]:
+    """timeline.png (one lane per GPU, one bar per run, coloured by state), durations.png, and
+    <metric>_vs_<key>.png for each hyperparameter that varies."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise UserError("--plots needs matplotlib: pip install matplotlib (or pip install 'train-sweep[plots]')") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    timed = [(r, _parse_time(r.get("start_time")), _parse_time(r.get("end_time"))) for r in records]
+    timed = [(r, s, e) for r, s, e in timed if s is not None and e is not None]
+    if timed:
+        t0 = min(s for _, s, _ in timed)
+        unit, unit_name = _time_unit(max(e for _, _, e in timed) - t0)
+        lanes: dict[str, list[float]] = {}  # GPU -> end time of each slot in its lane
+        placed = []
+        for r, s, e in sorted(timed, key=lambda x: x[1]):
+            slots = lanes.setdefault(_gpu_label(r.get("gpu_id")), [])
+            slot = next((i for i, end in enumerate(slots) if end <= s + 1e-6), len(slots))
+            if slot == len(slots):
+                slots.append(e)
+            else:
+                slots[slot] = e
+            placed.append((r, s, e, _gpu_label(r.get("gpu_id")), slot))
+        order = sorted(lanes, key=lambda g: (g == "CPU", len(g), g))
+        base, y = {}, 0.0
+        for g in order:
+            base[g] = y
+            y += len(lanes[g]) + 0.5
+        fig, ax = plt.subplots(figsize=(12, max(2.5, 0.45 * y + 1.5)))
+        for r, s, e, g, slot in placed:
+            ax.broken_barh([((s - t0) / unit, max((e - s) / unit, 1e-3))], (base[g] + slot + 0.1, 0.8),
+                           facecolors=STATE_COLORS.get(r.get("state"), "#1f77b4"), edgecolor="white", linewidth=0.5)
+        ax.set_yticks([base[g] + len(lanes[g]) / 2 for g in order], [f"GPU {g}" if g != "CPU" else "CPU" for g in order])
+        ax.set_xlabel(f"{unit_name} since the first run started")
+        ax.set_title(f"GPU timeline: {len(placed)} run(s)")
+        ax.legend(handles=[Patch(color=c, label=s) for s, c in STATE_COLORS.items()
+                           if any(r.get("state") == s for r, *_ in placed)], loc="upper right", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        written.append(folder / "timeline.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    durations = [(r["model_name"], r.get("duration_seconds"), r.get("state")) for r in records]
+    durations = sorted([d for d in durations if d[1] is not None], key=lambda d: d[1])
+    if durations:
+        unit, unit_name = _time_unit(durations[-1][1])
+        fig, ax = plt.subplots(figsize=(10, max(3, min(0.28 * len(durations) + 1.2, 20))))
+        if len(durations) <= 60:
+            ax.barh(range(len(durations)), [d[1] / unit for d in durations],
+                    color=[STATE_COLORS.get(d[2], "#1f77b4") for d in durations])
+            ax.set_yticks(range(len(durations)), [d[0][:60] for d in durations], fontsize=7)
+            ax.set_xlabel(unit_name)
+        else:
+            ax.hist([d[1] / unit for d in durations], bins=40, color="#1f77b4")
+            ax.set_xlabel(unit_name)
+            ax.set_ylabel("runs")
+        ax.set_title("run durations")
+        fig.tight_layout()
+        written.append(folder / "durations.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    scored = [(r, record_metric(r, metric)) for r in records if r.get("state") == State.COMPLETE.value]
+    scored = [(r, v) for r, v in scored if v is not None]
+    if metric and scored:
+        keys: dict[str, None] = {}
+        for r, _ in scored:
+            keys.update(dict.fromkeys(r.get("hyperparams") or {}))
+        for key in keys:
+            values = [(r.get("hyperparams") or {}).get(key) for r, _ in scored]
+            if len({canonical_json(v) for v in values}) < 2:
+                continue  # only hyperparameters that vary
+            fig, ax = plt.subplots(figsize=(6, 4))
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if numeric:
+                ax.scatter(values, [v for _, v in scored], color="#1f77b4")
+                positive = [v for v in values if v > 0]
+                if len(positive) == len(values) and max(positive) / min(positive) >= 30:
+                    ax.set_xscale("log")
+            else:
+                cats = sorted({canonical_json(v) for v in values})
+                ax.scatter([cats.index(canonical_json(v)) for v in values], [v for _, v in scored], color="#1f77b4")
+                ax.set_xticks(range(len(cats)), [c.strip('"')[:20] for c in cats], rotation=30, fontsize=8)
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} vs {key}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            written.append(folder / f"{clean(metric)}_vs_{clean(key)}.png")
+            fig.savefig(written[-1], dpi=110)
+            plt.close(fig)
+    return written
+
+
+def find_sweeps(folders: Sequence[str]) -> list[Path]:
+    """Output folders of sweeps (they hold sweep.json), at most 3 levels below each folder given."""
+    found = []
+    for top in folders:
+        root = Path(top)
+        if not root.is_dir():
+            raise UserError(f"{top}: no such folder")
+        for depth in range(4):
+            for f in root.glob("/".join(["*"] * depth + ["sweep.json"])):
+                found.append(f.parent)
+    return sorted(set(found))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sweeps", title_justify="left")
+    for col in ("output folder", "started", "runs", "complete", "failed", "last activity", "command"):
+        table.add_column(col)
+    for folder in find_sweeps(args.folders or ["outputs"]):
+        try:
+            settings = json.loads((folder / "sweep.json").read_text())
+        except (OSError, ValueError):
+            settings = {}
+        latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+        complete = sum(r.get("state") == State.COMPLETE.value for r in latest.values())
+        journal = folder / JOURNAL
+        last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
+        table.add_row(str(folder), str(settings.get("started", "?"))[:19], str(settings.get("runs", "?")),
+                      str(complete), str(len(latest) - complete), str(last or "-")[:19], str(settings.get("command", "")))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return EXIT_OK
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep."""
+    from filelock import FileLock, Timeout
+
+    cutoff = time.time() - args.days * 86400
+    total, count = 0, 0
+    for folder in find_sweeps(args.folders or ["outputs"]):
+        lock = FileLock(str(folder / LOCK), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"skipped {folder}: a sweep is running there")
+            continue
+        try:
+            for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
+                newest = max(f.stat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
+                if newest >= cutoff:
+                    continue
+                size = _folder_size(run_dir)
+                total, count = total + size, count + 1
+                age = (time.time() - newest) / 86400
+                print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
+                if args.live:
+                    shutil.rmtree(run_dir)
+        finally:
+            lock.release()
+    verb = "deleted" if args.live else "would delete"
+    print(f"{verb} {count} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete"))
+    return EXIT_OK
+
+
+def build_tool_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="train_sweep", description="Look at finished sweeps.")
+    sub = p.add_subparsers(dest="tool", required=True)
+    r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
+    r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
+    r.add_argument("--sort", choices=REPORT_SORTS, default="index", help="order of the rows (default: index)")
+    r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
+    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
+    r.add_argument("--mode", choices=("min", "max"), default="min", help="whether lower or higher is better")
+    r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
+    r.add_argument("--json", metavar="FILE", help="the same rows as a JSON array")
+    r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, metric vs each varying hyperparameter")
+    ls = sub.add_parser("list", help="the sweeps under output folders")
+    ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
+    c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")
+    c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
+    c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
+    c.add_argument("--live", action="store_true", help="really delete (without it, only print what would go)")
+    return p
+
+
+TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup}
+
+
 # ----------------------------------------------------------------------------------------------
 # 9. CLI
 # ----------------------------------------------------------------------------------------------
@@ -1822,7 +2384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train_sweep",
         description="Train one model per hyperparameter set, keeping every listed GPU busy.",
-        epilog="exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
+        epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
+               "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
+               "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
                "3 the sweep's output could not be written, 130 interrupted",
     )
     a = p.add_argument
@@ -1857,6 +2421,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
     a("--settle-seconds", type=_positive_float, default=SETTLE_TIMEOUT_S, metavar="SECONDS",
       help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
+    a("--no-live", action="store_true",
+      help="plain timestamped event lines instead of the live view (the default when stdout is not a terminal)")
     a("--rerun", action="store_true",
       help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
     a("--retries", type=_nonneg_int, default=0, metavar="N",
@@ -1930,6 +2496,16 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Returns the exit code (see EXIT_*)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        try:
+            tool_args = build_tool_parser().parse_args(argv)
+            return TOOLS[tool_args.tool](tool_args)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+        except UserError as e:
+            print(f"train_sweep: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
@@ -2039,7 +2615,8 @@ def run_sweep(
             "skipped": len(skipped),
         }
         write_json_atomic(output_dir / "sweep.json", settings)
-        reporter = Reporter(args.metric, args.mode)
+        live = sys.stdout.isatty() and not args.no_live
+        reporter = (LiveReporter if live else Reporter)(args.metric, args.mode, log_path=output_dir / "sweep.log")
         reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {args.config_file} -> {output_dir}/<name>/")
         reporter.event(f"placement: {policy.describe(gpus)}")
         if note:
@@ -2061,6 +2638,7 @@ def run_sweep(
         finally:
             guardian.close()
             results.close()
+            reporter.close()
     finally:
         lock.release()
 

@@ -110,7 +110,9 @@ class FakeLauncher:
         self.procs: list[Proc] = []
         self.log: list[tuple[float, str, tuple[int, ...]]] = []
 
-    def start(self, run: Run, gpus, deadline, out=None, err=None):
+    def start(self, run: Run, gpus, deadline, logs=()):
+        for f in logs:
+            f.close()
         proc = Proc(run, FakePopen(self.clock, self.durations[run.name], 100 + len(self.procs)), "id", deadline)
         self.procs.append(proc)
         self.log.append((self.clock.t, run.name, tuple(gpus)))

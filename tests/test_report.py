@@ -1,0 +1,124 @@
+"""train_sweep report / list / cleanup on real results written by the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def finished(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"lr": lr, "depth": d, "metric": m, **({"exit": 1} if lr == 1.0 else {})}
+                  for lr, d, m in [(0.001, 2, 0.5), (0.01, 2, 0.2), (0.1, 4, 0.3), (1.0, 4, 9.0)]])
+    sweep.run("--max-processes-per-gpu", "2", "--metric", "val_loss")
+    return sweep
+
+
+def report(sweep, *args):
+    return sweep.run("report", *args, trainer=False)
+
+
+def test_report_table_sorted_and_filtered(finished):
+    p = report(finished, "--sort", "metric")
+    assert p.returncode == 0, p.stderr
+    body = p.stdout
+    order = [body.index(n) for n in ("lr_0.01_depth_2", "lr_0.1_depth_4", "lr_0.001_depth_2", "lr_1_depth_4")]
+    assert order == sorted(order)
+    assert "Best (min val_loss): lr_0.01_depth_2_metric_0.2 = 0.2" in body
+    p = report(finished, "--state", "failed")
+    assert "lr_1_depth_4" in p.stdout and "lr_0.01_depth_2" not in p.stdout
+    assert "1 run(s)" in p.stdout
+
+
+def test_report_csv_round_trips_with_hyperparameters_as_columns(finished):
+    out = finished.dir / "runs.csv"
+    assert report(finished, "--csv", str(out)).returncode == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {"model_name", "state", "duration_seconds", "hp.lr", "hp.depth", "metric.val_loss"} <= set(rows[0])
+    by_name = {r["model_name"]: r for r in rows}
+    row = by_name["lr_0.01_depth_2_metric_0.2"]
+    assert float(row["hp.lr"]) == 0.01 and int(row["hp.depth"]) == 2 and float(row["metric.val_loss"]) == 0.2
+    assert row["state"] == "complete" and row["success"] == "true"
+    assert by_name["lr_1_depth_4_metric_9_exit_1"]["state"] == "failed"
+
+
+def test_report_json_export(finished):
+    out = finished.dir / "runs.json"
+    assert report(finished, "--json", str(out)).returncode == 0
+    rows = json.loads(out.read_text())
+    assert rows[1]["hp.lr"] == 0.01 and rows[1]["metric.val_loss"] == 0.2
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_plots_are_real_images(finished):
+    pytest.importorskip("matplotlib")
+    plots = finished.dir / "plots"
+    p = report(finished, "--plots", str(plots))
+    assert p.returncode == 0, p.stderr
+    names = sorted(f.name for f in plots.iterdir())
+    # metric vs each hyperparameter that varies among complete runs ("metric" is one in this fake sweep)
+    assert names == sorted(["durations.png", "timeline.png", "val_loss_vs_depth.png", "val_loss_vs_lr.png",
+                            "val_loss_vs_metric.png"])
+    for name in names:
+        w, h = png_size(plots / name)
+        assert 400 <= w <= 3000 and 250 <= h <= 3000, (name, w, h)
+        assert (plots / name).stat().st_size > 5000  # drawn, not blank
+
+
+def test_report_compares_several_sweeps(finished):
+    finished.config([{"lr": 0.5, "metric": 0.1}])
+    finished.run("--output-file", "second.json", "--output-dir", "out2")
+    p = report(finished, "train_sweep_results.json", "second.json", "--metric", "val_loss")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    first = next(line for line in lines if line.startswith("│ train_sweep_results.json"))
+    second = next(line for line in lines if line.startswith("│ second.json"))
+    assert "│    4 │        3 │      1 │     75% │" in first and "lr_0.01_depth_2_metric_0.2 = 0.2" in first
+    assert "100%" in second and "lr_0.5_metric_0.1 = 0.1" in second
+
+
+def test_report_bad_file(sweep):
+    p = report(sweep, "missing.json")
+    assert p.returncode == 2 and p.stderr.strip() == "train_sweep: error: missing.json: results file not found"
+    (sweep.dir / "x.json").write_text('{"a": 1}')
+    p = report(sweep, "x.json")
+    assert p.returncode == 2 and "not a train_sweep results file" in p.stderr
+
+
+def test_list_shows_sweeps(finished):
+    finished.config([{"n": 1}])
+    finished.run("--output-dir", "outputs/second", "--output-file", "s.json")
+    p = finished.run("list", trainer=False)
+    assert p.returncode == 0, p.stderr
+    row = next(line for line in p.stdout.splitlines() if line.startswith("│ outputs "))
+    assert "│ 4    │ 3        │ 1      │" in row
+    assert any(line.startswith("│ outputs/second") for line in p.stdout.splitlines())
+
+
+def test_cleanup_is_a_dry_run_unless_live(finished):
+    out = finished.dir / "outputs"
+    old = out / "lr_0.001_depth_2_metric_0.5"
+    week_ago = time.time() - 8 * 86400
+    for f in [old, *old.rglob("*")]:
+        os.utime(f, (week_ago, week_ago))
+    p = finished.run("cleanup", "--days", "7", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert "would delete outputs/lr_0.001_depth_2_metric_0.5  (" in p.stdout and "would delete 1 run folder(s)" in p.stdout
+    assert old.exists()
+    p = finished.run("cleanup", "--days", "7", "--live", trainer=False)
+    assert "deleted 1 run folder(s)" in p.stdout
+    assert not old.exists() and (out / "lr_0.01_depth_2_metric_0.2").exists()
