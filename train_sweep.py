@@ -130,21 +130,9 @@ def _reject_duplicate_keys(path: str) -> Callable[[list[tuple[str, Any]]], dict[
 
 
 def load_config(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read and validate a config file: a JSON array of objects, one object of hyperparameters a run."""
-    path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found (pass --config-file)") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read config file: {e}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    return validate_entries(data, path)
+    """Read and validate a config file of the seed's form: a JSON array of objects, one run each."""
+    data = read_json_file(str(path))
+    return validate_entries(data, str(path))
 
 
 def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
@@ -190,6 +178,247 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
             raise UserError(f"--abbrev {pair!r}: expected KEY=SHORT (SHORT may be empty)")
         out[key] = short
     return out
+
+
+ARG_STYLES = ("hydra", "argparse", "equals")
+SPEC_KEYS = ("command", "arg_style", "env", "defaults", "runs", "grid", "name_template", "gpus_per_run",
+             "gpu_memory_gb", "abbrev")
+RUN_SETTINGS = ("gpus_per_run", "gpu_memory_gb")  # in the object form's run entries: settings, not hyperparameters
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    """What a config file says: the seed's array form fills `runs` only; the object form can say more."""
+
+    source: str
+    runs: list[dict[str, Any]]
+    form: str = "array"
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    command: str | None = None
+    arg_style: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    name_template: str | None = None
+    gpus_per_run: int | None = None
+    gpu_memory_gb: float | None = None
+    abbrev: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def read_json_file(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found (pass --config-file)") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read config file: {e}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
+    """Read a config file in either form: a JSON array of runs (the seed's), or an object (see README)."""
+    path = str(path)
+    data = read_json_file(path)
+    if isinstance(data, list):
+        return SweepSpec(path, validate_entries(data, path))
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON array of runs or an object, got {_json_type(data)}")
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_KEYS)})")
+    spec = SweepSpec(path, [], form="object")
+
+    def typed(key: str, kinds: tuple[type, ...], what: str) -> Any:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+            raise UserError(f"{path}: {key!r} must be {what}, got {_json_type(value)}")
+        return value
+
+    spec.command = typed("command", (str,), "a string")
+    spec.arg_style = typed("arg_style", (str,), "a string")
+    if spec.arg_style is not None and spec.arg_style not in ARG_STYLES:
+        raise UserError(f"{path}: 'arg_style' must be one of {', '.join(ARG_STYLES)}, got {spec.arg_style!r}")
+    spec.name_template = typed("name_template", (str,), "a string")
+    spec.gpus_per_run = typed("gpus_per_run", (int,), "a whole number")
+    spec.gpu_memory_gb = typed("gpu_memory_gb", (int, float), "a number")
+    for key, value in (typed("env", (dict,), "an object of strings") or {}).items():
+        if not isinstance(value, str):
+            raise UserError(f"{path}: 'env' value of {key!r} must be a string, got {_json_type(value)}")
+        spec.env[key] = value
+    for key, value in (typed("abbrev", (dict,), "an object of strings") or {}).items():
+        if not isinstance(value, str):
+            raise UserError(f"{path}: 'abbrev' value of {key!r} must be a string, got {_json_type(value)}")
+        spec.abbrev[key] = value
+    spec.defaults = typed("defaults", (dict,), "an object of hyperparameters") or {}
+    _check_keys(spec.defaults, f"{path}: 'defaults'")
+    for key, values in (typed("grid", (dict,), "an object of lists") or {}).items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: 'grid' value of {key!r} must be a non-empty list of values")
+        spec.grid[key] = values
+    _check_keys(spec.grid, f"{path}: 'grid'")
+    runs = data.get("runs", [{}])
+    if not isinstance(runs, list) or not runs:
+        raise UserError(f"{path}: 'runs' must be a non-empty array of objects")
+    spec.runs = [dict(r) for r in validate_entries(runs, f"{path}: 'runs'")] if data.get("runs") else [{}]
+    for key in ("gpus_per_run",):
+        for i, r in enumerate(spec.runs):
+            if key in r and (not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1):
+                raise UserError(f"{path}: 'runs' entry [{i}]: {key!r} must be a whole number >= 1")
+    for i, r in enumerate(spec.runs):
+        if "gpu_memory_gb" in r and (not isinstance(r["gpu_memory_gb"], (int, float)) or r["gpu_memory_gb"] <= 0):
+            raise UserError(f"{path}: 'runs' entry [{i}]: 'gpu_memory_gb' must be a number > 0")
+    if spec.gpus_per_run is not None and spec.gpus_per_run < 1:
+        raise UserError(f"{path}: 'gpus_per_run' must be at least 1")
+    if spec.gpu_memory_gb is not None and spec.gpu_memory_gb <= 0:
+        raise UserError(f"{path}: 'gpu_memory_gb' must be greater than 0")
+    return spec
+
+
+def _check_keys(mapping: Mapping[str, Any], where: str) -> None:
+    for key in mapping:
+        if not key or _BAD_KEY.search(key) or key.startswith("-"):
+            raise UserError(f"{where}: key {key!r} must be non-empty, without spaces, '=' or ',', not start with '-'")
+
+
+def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+    """--set key=value: the value is read as JSON (8, 1e-3, true, null, [1,2]) and else kept as text (cuda)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key or _BAD_KEY.search(key):
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Hydra multirun overrides (`lr=1e-3,1e-4 depth=range(2,5) opt=adam,sgd seed=0`), read with Hydra's
+    own parser: sweeps (each multiplies the runs) and plain values (set on every run)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+    except ImportError:
+        raise UserError(
+            f"overrides such as {overrides[0]!r} are read with Hydra's parser: pip install hydra-core"
+        ) from None
+    parser = OverridesParser.create()
+    sweeps: dict[str, list[Any]] = {}
+    plain: dict[str, Any] = {}
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except HydraException as e:
+            raise UserError(f"override {text!r}: {str(e).splitlines()[0]}") from None
+        prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
+        if prefix == "~":
+            raise UserError(f"override {text!r}: deleting a key (~key) is not supported in a sweep")
+        key = prefix + override.key_or_group
+        if override.package:
+            raise UserError(f"override {text!r}: package overrides (@pkg) are not supported")
+        if override.is_sweep_override():
+            try:
+                values = [_plain_value(v) for v in override.sweep_iterator()]
+            except Exception as e:  # interval() and other sweeps that need a search, not a list
+                raise UserError(f"override {text!r}: {e} (train_sweep expands lists, choice() and range(); "
+                                "interval() needs a search)") from None
+            sweeps[key] = values
+        else:
+            plain[key] = _plain_value(override.value())
+    return sweeps, plain
+
+
+def _plain_value(value: Any) -> Any:
+    """Hydra's parsed values as plain JSON-like Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+@dataclasses.dataclass
+class Entry:
+    """One expanded run before it gets a name: hyperparameters, the keys its name is built from, settings."""
+
+    hyperparams: dict[str, Any]
+    name_keys: list[str]
+    gpus_per_run: int = 1
+    gpu_memory_gb: float | None = None
+    config_file: str | None = None
+
+
+def expand(
+    spec: SweepSpec,
+    cli_sweeps: Mapping[str, list[Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    gpus_per_run: int | None = None,
+    gpu_memory_gb: float | None = None,
+) -> list[Entry]:
+    """All runs of a sweep, in order: for each entry of `runs`, each combination of `grid` (the last key
+    varies fastest), each combination of the command-line sweeps. A key's value comes from, weakest first:
+    `defaults`, the run entry, `grid`, the command-line sweeps, plain overrides and --set. Names are built
+    from the keys the run entry, grid and sweeps set (all keys in the seed's array form)."""
+    import itertools
+
+    cli_sweeps = dict(cli_sweeps or {})
+    overrides = dict(overrides or {})
+    grid_keys, grid_values = list(spec.grid), list(spec.grid.values())
+    cli_keys, cli_values = list(cli_sweeps), list(cli_sweeps.values())
+    entries = []
+    for run in spec.runs:
+        settings = {k: run[k] for k in RUN_SETTINGS if k in run} if spec.form == "object" else {}
+        own = {k: v for k, v in run.items() if k not in settings}
+        for combo in itertools.product(*grid_values):
+            for cli_combo in itertools.product(*cli_values):
+                hp = {**spec.defaults, **own, **dict(zip(grid_keys, combo)), **dict(zip(cli_keys, cli_combo)),
+                      **overrides}
+                if spec.form == "array":
+                    name_keys = list(hp)
+                else:
+                    named = [*own, *grid_keys, *cli_keys]
+                    name_keys = [k for k in hp if k in named]
+                entries.append(Entry(
+                    hp, name_keys,
+                    gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
+                    gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
+                ))
+    return entries
+
+
+def select_entries(entries: list[Entry], max_runs: int | None, shuffle: bool, seed: int) -> list[Entry]:
+    """--shuffle (with --seed) puts the runs in a random but repeatable order; --max-runs N keeps the first N."""
+    if shuffle:
+        import random
+
+        entries = list(entries)
+        random.Random(seed).shuffle(entries)
+    return entries[:max_runs] if max_runs else entries
+
+
+def expand_config_files(patterns: Sequence[str], overrides: Mapping[str, Any]) -> list[Entry]:
+    """--configs: each file (globs expanded here too, for quoted patterns) is one run, named after its stem."""
+    import glob
+
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"--configs {pattern!r}: no file matches")
+        for f in matches:
+            if not Path(f).is_file():
+                raise UserError(f"--configs: {f}: no such file")
+            if f not in files:
+                files.append(f)
+    return [Entry(dict(overrides), [], config_file=f) for f in files]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,19 +488,6 @@ def run_name(hyperparams: Mapping[str, Any], abbrev: Mapping[str, str] | None = 
     if len(name.encode()) > MAX_NAME_BYTES:
         name = _with_hash(name, hyperparams)
     return name
-
-
-def unique_names(entries: Sequence[Mapping[str, Any]], abbrev: Mapping[str, str] | None = None) -> list[str]:
-    """Names for a whole sweep: runs whose names would clash (ignoring case) get a hash suffix each."""
-    names = [run_name(e, abbrev) for e in entries]
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(name.lower(), []).append(i)
-    for members in groups.values():
-        if len(members) > 1:
-            for i in members:
-                names[i] = _with_hash(names[i], entries[i])
-    return names
 
 
 # Hydra override values. A string goes bare when Hydra reads it back as the same string, else quoted.
@@ -350,6 +566,11 @@ class Run:
     free_at_launch_mb: float | None = None  # the GPU's free memory when this attempt started
     min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
     skipped: bool = False  # already complete in an earlier sweep: not run again
+    argv_template: list[str] = dataclasses.field(default_factory=list)  # argv before {gpu} is filled in
+    command_len: int = 0  # how many leading argv words are the command (where placeholders are filled)
+    gpus_needed: int = 1  # gpus_per_run
+    memory_mb: float | None = None  # gpu_memory_gb: free memory a GPU needs to take this run
+    config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
 
     def next_attempt(self) -> None:
         """Keep a summary of this attempt and reset for the next one."""
@@ -416,26 +637,153 @@ def run_identity(hyperparams: Mapping[str, Any], command: str) -> str:
     return params_hash({"hyperparams": dict(hyperparams), "command": command})
 
 
+def template_name(template: str, hyperparams: Mapping[str, Any], index: int) -> str:
+    """--name-template "{env}_lr{training.bisim_lr}": fields are hyperparameter keys (dots allowed) and
+    {index}; each value is written and cleaned as in default names."""
+
+    def field(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "index":
+            return str(index)
+        if key not in hyperparams:
+            raise UserError(f"--name-template: run [{index}] has no hyperparameter {key!r}")
+        return format_value(hyperparams[key])
+
+    return clean(re.sub(r"\{([^{}]+)\}", field, template)) or "run"
+
+
+def render_args(hyperparams: Mapping[str, Any], style: str) -> list[str]:
+    """Hyperparameters as command-line arguments in one of three styles:
+    hydra     key=value in Hydra's override grammar (see hydra_value);
+    argparse  --key value; true -> --key, false -> --no-key (argparse.BooleanOptionalAction), null -> left
+              out (the script's default applies), a list -> --key a b c (nargs), an object -> JSON text;
+              a value that starts with '-' is written --key=value so argparse does not take it for a flag;
+    equals    --key=value as nanoGPT's configurator reads it (ast.literal_eval, else the text): True, False,
+              None, 5e-06, [1, 2]; a string is quoted only where literal_eval would read something else."""
+    if style == "hydra":
+        return [hydra_override(k, v) for k, v in hyperparams.items()]
+    out: list[str] = []
+    for key, value in hyperparams.items():
+        if style == "equals":
+            out.append(f"--{key}={_python_literal(value)}")
+        elif isinstance(value, bool):
+            out.append(f"--{key}" if value else f"--no-{key}")
+        elif value is None:
+            continue
+        elif isinstance(value, list):
+            out += [f"--{key}", *(_arg_text(v) for v in value)]
+        else:
+            text = _arg_text(value)
+            out += [f"--{key}={text}"] if text.startswith("-") else [f"--{key}", text]
+    return out
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list, bool)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _python_literal(value: Any) -> str:
+    import ast
+
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value  # the configurator keeps it as text
+        return repr(value)
+    return repr(value)
+
+
+def dedupe_names(names: list[str], hash_sources: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Runs whose names would clash (ignoring case) get a hash of their full hyperparameters each."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.lower(), []).append(i)
+    names = list(names)
+    for members in groups.values():
+        if len(members) > 1:
+            for i in members:
+                names[i] = _with_hash(names[i], hash_sources[i])
+    return names
+
+
+def unique_names(entries: Sequence[Mapping[str, Any]], abbrev: Mapping[str, str] | None = None) -> list[str]:
+    """Default names for a list of hyperparameter dicts, made unique (see dedupe_names)."""
+    return dedupe_names([run_name(e, abbrev) for e in entries], entries)
+
+
+PLACEHOLDERS = ("{name}", "{run_dir}", "{gpu}")  # in --command: filled per run ({gpu} at launch)
+
+
 def build_runs(
-    entries: Sequence[Mapping[str, Any]],
+    entries: Sequence[Entry | Mapping[str, Any]],
     command: Sequence[str],
     output_dir: Path,
     abbrev: Mapping[str, str] | None = None,
     command_text: str = "",
+    arg_style: str = "hydra",
+    name_template: str | None = None,
 ) -> list[Run]:
-    """Expand config entries into Runs: name, argv (command + Hydra overrides) and a folder inside output_dir."""
-    names = unique_names(entries, abbrev)
+    """Expanded entries -> Runs: a unique name, a folder inside output_dir, the argv (command with its
+    placeholders, then the config file for --configs, then the hyperparameters in `arg_style`)."""
+    entries = [e if isinstance(e, Entry) else Entry(dict(e), list(e)) for e in entries]
+    sources = [e.hyperparams if e.config_file is None else {"config_file": e.config_file, **e.hyperparams}
+               for e in entries]
+    seen: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        canon = canonical_json(src)
+        if canon in seen:
+            raise UserError(f"runs [{seen[canon]}] and [{i}] of the expanded sweep are identical")
+        seen[canon] = i
+    if name_template:
+        names = [template_name(name_template, e.hyperparams, i) for i, e in enumerate(entries)]
+        names = [_with_hash(n, s) if len(n.encode()) > MAX_NAME_BYTES else n for n, s in zip(names, sources)]
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name.lower() in first:
+                raise UserError(f"--name-template gives runs [{first[name.lower()]}] and [{i}] the same name {name!r}")
+            first[name.lower()] = i
+    else:
+        base = []
+        for e in entries:
+            if e.config_file is not None:
+                base.append(clean(Path(e.config_file).stem) or "run")
+            else:
+                base.append(run_name({k: e.hyperparams[k] for k in e.name_keys}, abbrev))
+        names = dedupe_names(base, sources)
     root = output_dir.resolve()
+    text = command_text or shlex.join(command)
     runs = []
     for i, (entry, name) in enumerate(zip(entries, names)):
         run_dir = (root / name).resolve()
         if run_dir.parent != root:  # names are cleaned; this guards the rule itself
             raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
-        argv = [*command, *(hydra_override(k, v) for k, v in entry.items())]
-        run = Run(index=i, name=name, hyperparams=dict(entry), argv=argv, run_dir=run_dir)
-        run.identity = run_identity(entry, command_text or shlex.join(command))
+        head = [a.replace("{name}", name).replace("{run_dir}", str(run_dir)) for a in command]
+        if entry.config_file is not None:
+            head.append(entry.config_file)
+        argv = [*head, *render_args(entry.hyperparams, arg_style)]
+        run = Run(index=i, name=name, hyperparams=dict(entry.hyperparams), argv=argv, run_dir=run_dir)
+        run.argv_template, run.command_len = list(argv), len(head)
+        run.gpus_needed = entry.gpus_per_run
+        run.memory_mb = None if entry.gpu_memory_gb is None else entry.gpu_memory_gb * 1024
+        run.config_file = entry.config_file
+        identity_text = text + (f" {entry.config_file} {_file_hash(entry.config_file)}" if entry.config_file else "")
+        run.identity = run_identity(entry.hyperparams, identity_text + ("" if arg_style == "hydra" else f" [{arg_style}]"))
         runs.append(run)
     return runs
+
+
+def _file_hash(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def is_oom(run: Run, patterns: Sequence[str]) -> bool:
@@ -622,6 +970,71 @@ class SettleTracker:
         return min(s.since for s in self._gpus.values()) + self.policy.settle_timeout_s
 
 
+def pick_gpus(
+    gpus: Sequence[int],
+    running: Mapping[int, int],
+    readings: Mapping[int, GpuReading] | None,
+    settling: Callable[[int], bool],
+    policy: Policy,
+    n: int = 1,
+    min_free_mb: float | None = None,
+    need_mb: float | None = None,
+    pending_mb: Callable[[int], float] | None = None,
+) -> tuple[tuple[int, ...] | None, str]:
+    """Choose the GPU(s) for the next run, or None and why no choice is possible now.
+
+    A GPU can take a run when this sweep runs fewer than `max_per_gpu` runs on it (none at all for a run
+    of n > 1 GPUs), its used memory (everyone's, not only ours) is below the threshold, and its reading
+    is not stale after a launch. Among those: the lowest memory use, then the fewest processes, then the
+    lowest index; a run of n GPUs takes the n best. Without readings (slots only): the fewest runs of
+    ours, then the lowest index.
+    `need_mb` (gpu_memory_gb): the GPU's free memory, less what runs launched on it recently declared but
+    have not allocated yet (`pending_mb`), must be at least that; such a run does not wait for settling.
+    `min_free_mb` (a run that ran out of memory): the GPU must also have more free memory than that,
+    or be empty (no process of anyone's; without readings: no run of ours).
+    """
+    total = sum(running.values())
+    if policy.max_parallel is not None and total >= policy.max_parallel:
+        return None, f"--max-parallel {policy.max_parallel} reached"
+    limit = 1 if n > 1 else policy.max_per_gpu
+    free = [g for g in gpus if running.get(g, 0) < limit]
+    if len(free) < n:
+        if n > 1:
+            return None, f"a run of {n} GPUs waits for {n} GPUs without runs ({len(free)} now)"
+        return None, "every GPU has its maximum number of runs"
+    if readings is None or policy.memory_threshold_mb is None:
+        if min_free_mb is not None:
+            free = [g for g in free if running.get(g, 0) == 0]
+            if len(free) < n:
+                return None, "after running out of memory it waits for a GPU of its own"
+        return tuple(sorted(free, key=lambda g: (running.get(g, 0), g))[:n]), "free slot"
+    reasons = []
+    candidates = []
+    for g in free:
+        r = readings.get(g)
+        if r is None:
+            reasons.append(f"GPU {g}: no reading")
+            continue
+        free_mb = r.memory_total_mb - r.memory_used_mb
+        if r.memory_used_mb >= policy.memory_threshold_mb:
+            reasons.append(
+                f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= {policy.memory_threshold_mb / 1024:g} GB"
+            )
+        elif need_mb is not None and free_mb - (pending_mb(g) if pending_mb else 0.0) < need_mb:
+            reasons.append(f"GPU {g}: less than the {need_mb / 1024:g} GB the run needs is free")
+        elif need_mb is None and settling(g):
+            reasons.append(f"GPU {g}: waiting for the last run's memory to show")
+        elif min_free_mb is not None and not (free_mb > min_free_mb or (r.processes == 0 and running.get(g, 0) == 0)):
+            reasons.append(f"GPU {g}: not more free memory than when the run ran out of it ({min_free_mb / 1024:.1f} GB)")
+        else:
+            candidates.append(r)
+    if len(candidates) < n:
+        return None, "; ".join(reasons) or f"a run of {n} GPUs waits for {n} free GPUs"
+    best = sorted(candidates, key=lambda r: (r.memory_used_mb, max(r.processes, running.get(r.index, 0)), r.index))[:n]
+    why = ", ".join(f"GPU {r.index}: {r.memory_used_mb / 1024:.1f} GB used, {r.processes} process(es)" for r in best)
+    return tuple(r.index for r in best), why
+
+
 def pick_gpu(
     gpus: Sequence[int],
     running: Mapping[int, int],
@@ -630,49 +1043,39 @@ def pick_gpu(
     policy: Policy,
     min_free_mb: float | None = None,
 ) -> tuple[int | None, str]:
-    """Choose the GPU for the next run, or None and why every GPU is unavailable.
+    """pick_gpus for a run of one GPU: the GPU, or None and why."""
+    chosen, why = pick_gpus(gpus, running, readings, settling, policy, 1, min_free_mb)
+    return (chosen[0] if chosen else None), why.split(": ", 1)[1] if chosen and ": " in why else why
 
-    A GPU can take a run when this sweep runs fewer than `max_per_gpu` runs on it, its used memory
-    (everyone's, not only ours) is below the threshold, and its reading is not stale after a launch.
-    Among those: the lowest memory use, then the fewest processes, then the lowest index.
-    Without readings (slots only): the fewest runs of ours, then the lowest index.
-    `min_free_mb` (a run that ran out of memory): the GPU must also have more free memory than that,
-    or be empty (no process of anyone's; without readings: no run of ours).
-    """
-    total = sum(running.values())
-    if policy.max_parallel is not None and total >= policy.max_parallel:
-        return None, f"--max-parallel {policy.max_parallel} reached"
-    free = [g for g in gpus if running.get(g, 0) < policy.max_per_gpu]
-    if not free:
-        return None, "every GPU has its maximum number of runs"
-    if readings is None or policy.memory_threshold_mb is None:
-        if min_free_mb is not None:
-            free = [g for g in free if running.get(g, 0) == 0]
-            if not free:
-                return None, "after running out of memory it waits for a GPU of its own"
-        return min(free, key=lambda g: (running.get(g, 0), g)), "free slot"
-    reasons = []
-    candidates = []
-    for g in free:
-        r = readings.get(g)
-        if r is None:
-            reasons.append(f"GPU {g}: no reading")
-        elif r.memory_used_mb >= policy.memory_threshold_mb:
-            reasons.append(
-                f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= {policy.memory_threshold_mb / 1024:g} GB"
-            )
-        elif settling(g):
-            reasons.append(f"GPU {g}: waiting for the last run's memory to show")
-        elif min_free_mb is not None and not (
-            r.memory_total_mb - r.memory_used_mb > min_free_mb or (r.processes == 0 and running.get(g, 0) == 0)
-        ):
-            reasons.append(f"GPU {g}: not more free memory than when the run ran out of it ({min_free_mb / 1024:.1f} GB)")
-        else:
-            candidates.append(r)
-    if not candidates:
-        return None, "; ".join(reasons)
-    best = min(candidates, key=lambda r: (r.memory_used_mb, max(r.processes, running.get(r.index, 0)), r.index))
-    return best.index, f"{best.memory_used_mb / 1024:.1f} GB used, {best.processes} process(es)"
+
+class MemoryPledges:
+    """gpu_memory_gb: memory that runs launched recently on a GPU declared but may not have allocated yet.
+
+    For the runs launched on a GPU within the settle timeout that declared their memory, the pending
+    amount is their declared total minus how much the GPU's used memory has grown since the earliest of
+    them started (never below 0): conservative when several start close together, released as they
+    allocate, and forgotten when they end or the timeout passes."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._by_gpu: dict[int, list[tuple[float, float, float, Run]]] = {}  # (launched, baseline, need, run)
+
+    def launched(self, gpu: int, now: float, used_mb: float, need_mb: float, run: Run) -> None:
+        self._by_gpu.setdefault(gpu, []).append((now, used_mb, need_mb, run))
+
+    def ended(self, gpu: int, run: Run) -> None:
+        self._by_gpu[gpu] = [p for p in self._by_gpu.get(gpu, []) if p[3] is not run]
+
+    def pending_mb(self, gpu: int, now: float, used_mb: float) -> float:
+        live = [p for p in self._by_gpu.get(gpu, []) if now - p[0] < self.timeout_s]
+        self._by_gpu[gpu] = live
+        if not live:
+            return 0.0
+        growth = max(0.0, used_mb - min(p[1] for p in live))
+        return max(0.0, sum(p[2] for p in live) - growth)
+
+    def any(self) -> bool:
+        return any(self._by_gpu.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -889,8 +1292,10 @@ class Proc:
 class LocalLauncher:
     """Today's launcher: runs as local processes, each in its own session and process group."""
 
-    def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None) -> None:
+    def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.cwd = cwd
+        self.extra_env = dict(extra_env or {})
         self.sweep_id = sweep_id
         self.cpu_only = cpu_only
         self.guardian = guardian
@@ -898,6 +1303,7 @@ class LocalLauncher:
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(self.extra_env)
         env.update(
             CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(str(g) for g in gpus),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
@@ -1052,6 +1458,7 @@ class Sweep:
         self.kill_grace = kill_grace
         self.clock = clock
         self.settle = SettleTracker(policy)
+        self.pledges = MemoryPledges(policy.settle_timeout_s)
         self.active: dict[Run, Proc] = {}
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
         self.done: list[Run] = []
@@ -1174,26 +1581,31 @@ class Sweep:
                 for g, r in readings.items():
                     self.settle.observe(g, now, r.memory_used_mb)
 
-            def pick(min_free: float | None = None) -> tuple[int | None, str]:
-                return pick_gpu(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now),
-                                self.policy, min_free)
+            def pick(run: Run, min_free: float | None = None) -> tuple[tuple[int, ...] | None, str]:
+                def pending(g: int) -> float:
+                    r = readings.get(g) if readings else None
+                    return self.pledges.pending_mb(g, now, r.memory_used_mb) if r is not None else 0.0
 
-            run, gpu, why = None, None, ""
+                return pick_gpus(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now),
+                                 self.policy, run.gpus_needed, min_free, run.memory_mb, pending)
+
+            run, chosen, why = None, None, ""
             for waiting in self.oom_wait:
-                gpu, why = pick(waiting.min_free_mb if waiting.min_free_mb is not None else math.inf)
-                if gpu is not None:
+                chosen, why = pick(waiting, waiting.min_free_mb if waiting.min_free_mb is not None else math.inf)
+                if chosen is not None:
                     run = waiting
                     self.oom_wait.remove(waiting)
                     break
-            if run is None and self.source.pending():
-                gpu, why = pick()
-                if gpu is not None:
+            head = self.source.peek()
+            if run is None and head is not None:  # first come, first served: a run of several GPUs at the
+                chosen, why = pick(head)          # head keeps the GPUs that free up until it has enough
+                if chosen is not None:
                     run = self.source.take()
-            if run is None or gpu is None:
+            if run is None or chosen is None:
                 if readings is not None:
                     self.waiting = why  # runs wait for memory, not for a slot: poll NVML
                 return
-            self._start(run, gpu, now, readings, why)
+            self._start(run, chosen, now, readings, why)
             self.poll_interval = POLL_MIN_S
 
     def _slot_free(self) -> bool:
@@ -1213,16 +1625,22 @@ class Sweep:
         if not self.gpus:
             raise UserError("every GPU failed its NVML calls; nothing left to run on")
 
-    def _start(self, run: Run, gpu: int, now: float, readings: Mapping[int, GpuReading] | None, why: str = "") -> None:
-        run.gpus = () if gpu == CPU else (gpu,)
+    def _start(self, run: Run, chosen: tuple[int, ...], now: float, readings: Mapping[int, GpuReading] | None,
+               why: str = "") -> None:
+        run.gpus = () if chosen == (CPU,) else chosen
         run.state = State.RUNNING
         run.start_time = time.time()
         run.started_at = now
-        reading = readings.get(gpu) if readings is not None else None
+        gpu_text = ",".join(str(g) for g in run.gpus)
+        head = [a.replace("{gpu}", gpu_text) for a in run.argv_template[: run.command_len]]
+        run.argv = head + run.argv_template[run.command_len :] if run.argv_template else run.argv
+        reading = readings.get(chosen[0]) if readings is not None else None
         run.free_at_launch_mb = None if reading is None else reading.memory_total_mb - reading.memory_used_mb
         try:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             archive_attempt_files(run)
+            if run.config_file:
+                shutil.copyfile(run.config_file, run.run_dir / f"config_used{Path(run.config_file).suffix}")
             self.results.run_started(run)
             logs = [open(run.stdout_log, "wb"), open(run.stderr_log, "wb"), open(run.combined_log, "wb")]
         except OSError as e:
@@ -1243,9 +1661,15 @@ class Sweep:
             self._record(run)
             return
         self.active[run] = proc
-        self.running[gpu] += 1
-        if reading is not None:
-            self.settle.launched(gpu, now, reading.memory_used_mb)
+        for g in chosen:
+            self.running[g] += 1
+            r = readings.get(g) if readings is not None else None
+            if r is None:
+                continue
+            if run.memory_mb is not None:
+                self.pledges.launched(g, now, r.memory_used_mb, run.memory_mb, run)
+            else:
+                self.settle.launched(g, now, r.memory_used_mb)
         self.reporter.started(run, self, why)
 
     def _reap(self, now: float) -> None:
@@ -1293,9 +1717,10 @@ class Sweep:
         if proc.pump is not None:
             proc.pump.join()  # the pipes are closed: every process of the run is gone
         self.launcher.finished(proc)
-        gpu = run.gpus[0] if run.gpus else CPU
-        self.running[gpu] -= 1
-        self.settle.ended(gpu)
+        for gpu in run.gpus or (CPU,):
+            self.running[gpu] -= 1
+            self.settle.ended(gpu)
+            self.pledges.ended(gpu, run)
         rc = run.returncode
         if proc.ending is not None:
             run.state = proc.ending
@@ -1520,6 +1945,7 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "stdout_log": str(run.stdout_log),
         "stderr_log": str(run.stderr_log),
         "command": run.argv,
+        "config_file": run.config_file,
         "signal": run.signal_name,
         "error": run.error,
         "metrics": run.metrics,
@@ -1604,7 +2030,8 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
             run.skipped = True
             run.state = State.COMPLETE
             run.returncode = record.get("returncode")
-            run.gpus = tuple(g for g in [record.get("gpu_id")] if isinstance(g, int))
+            gpu = record.get("gpu_id")
+            run.gpus = tuple(gpu) if isinstance(gpu, list) else (gpu,) if isinstance(gpu, int) else ()
             run.metrics = record.get("metrics")
             run.attempt = record.get("attempt", 1)
             run.attempts = list(record.get("attempts") or [])
@@ -2380,6 +2807,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
 
 
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra-style overrides (`lr=1e-3,1e-4`) from the flags, wherever they stand: a word with '='
+    that is not a flag and not the value of a flag that takes one value."""
+    single = {opt for action in parser._actions for opt in action.option_strings if action.nargs is None}
+    flags: list[str] = []
+    overrides: list[str] = []
+    takes_value = False
+    for word in argv:
+        if takes_value:
+            flags.append(word)
+            takes_value = False
+        elif word.startswith("-"):
+            flags.append(word)
+            takes_value = word in single
+        elif "=" in word:
+            overrides.append(word)
+        else:
+            flags.append(word)
+    return flags, overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train_sweep",
@@ -2391,7 +2839,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--config-file", default="train_sweep_config.json", metavar="FILE",
-      help="JSON array of hyperparameter objects, one run each (default: %(default)s)")
+      help="a JSON array of hyperparameter objects (one run each), or an object with runs, grid, defaults, "
+           "command, ... (see README) (default: %(default)s)")
     a("--gpus", nargs="+", metavar="ID",
       help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
     a("--timeout", type=_nonneg_float, default=36000.0, metavar="SECONDS",
@@ -2404,15 +2853,34 @@ def build_parser() -> argparse.ArgumentParser:
       help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
     a("--disable-gpu-monitoring", action="store_true",
       help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
-    a("--command", default="python train.py",
+    a("--command", default=None,
       help="the train command, split like a shell would and run without one; each hyperparameter is "
-           "appended as a Hydra override key=value; a leading 'python' is the Python running train_sweep "
-           "(default: '%(default)s')")
+           "appended (as a Hydra override key=value by default); a leading 'python' is the Python running "
+           "train_sweep; {name}, {run_dir} and {gpu} are filled in per run (default: the config file's "
+           "'command', else 'python train.py')")
+    a("--arg-style", choices=ARG_STYLES, default=None,
+      help="how hyperparameters are passed: hydra (key=value), argparse (--key value), equals (--key=value) "
+           "(default: the config file's 'arg_style', else hydra)")
+    a("--set", action="append", default=[], metavar="KEY=VALUE",
+      help="set a hyperparameter on every run, over the config (repeatable); VALUE is read as JSON, else text")
+    a("--name-template", metavar="TEMPLATE",
+      help="run names from a template: '{env}_lr{training.lr}' (hyperparameter keys and {index})")
+    a("--gpus-per-run", type=_positive_int, metavar="N", help="GPUs each run gets, all free ones (default: 1)")
+    a("--gpu-memory-gb", type=_positive_float, metavar="GB",
+      help="GPU memory each run needs: a GPU takes it only when that much is free (after what recent runs "
+           "declared but have not allocated yet)")
+    a("--max-runs", type=_positive_int, metavar="N", help="run only the first N runs of the expanded sweep")
+    a("--shuffle", action="store_true", help="put the expanded runs in a random order (repeatable with --seed)")
+    a("--seed", type=int, default=0, help="seed for --shuffle (default: %(default)s)")
+    a("--configs", nargs="+", metavar="FILE",
+      help="batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
+           "named after the file; instead of --config-file")
     a("--output-dir", default="outputs", metavar="DIR",
       help="where run folders go: DIR/<name>/ (default: %(default)s)")
     a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
-    a("--abbrev", nargs="+", default=[], metavar="KEY=SHORT",
-      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value alone")
+    a("--abbrev", action="append", default=[], metavar="KEY=SHORT",
+      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
+           "alone (repeatable)")
     a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
     a("--metric", metavar="NAME",
       help="rank runs by this metric: from <run_dir>/metrics.json, else the last 'NAME=value' in stdout")
@@ -2486,12 +2954,23 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str) -> None:
+    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dry run: {len(runs)} run(s)", title_justify="left", show_lines=False)
+    for col in ("#", "name", "hyperparameters", "command"):
+        table.add_column(col, overflow="fold")
     for run in runs:
-        print(f"[{run.index}] {run.name}")
-        print(f"    {shlex.join(run.argv)}")
-    print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.")
+        hp = " ".join(f"{k}={format_value(v)}" for k, v in run.hyperparams.items())
+        extra = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
+        extra += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
+        table.add_row(str(run.index), run.name, " ".join([hp, *extra]).strip(), shlex.join(run.argv))
+    console = Console(width=None if sys.stdout.isatty() else 250)
+    console.print(table)
+    console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
     if note:
-        print(note)
+        console.print(note, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2506,21 +2985,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UserError as e:
             print(f"train_sweep: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        flags, overrides = split_overrides(parser, argv)
+        args = parser.parse_args(flags)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     probe = None
     try:
-        entries = load_config(args.config_file)
+        spec, runs = plan_runs(args, overrides)
         command = resolve_command(args.command)
-        runs = build_runs(entries, command, Path(args.output_dir), parse_abbreviations(args.abbrev), args.command)
         for pattern in args.oom_pattern:
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
         gpus, probe, note = resolve_gpus(args)
+        widest = max(runs, key=lambda r: r.gpus_needed)
+        if widest.gpus_needed > len(gpus):
+            where = "the CPU counts as one device" if gpus == [CPU] else f"the sweep has {len(gpus)}"
+            raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {where}")
+        if probe is None and any(r.memory_mb for r in runs):
+            note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
         policy = Policy(
             max_per_gpu=args.max_processes_per_gpu,
             memory_threshold_mb=None if probe is None else args.memory_threshold_gb * 1024,
@@ -2536,7 +3022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_file = Path(args.output_file)
         check_writable(output_dir, "output folder")
         check_writable(output_file.resolve().parent, "folder of --output-file")
-        return run_sweep(args, runs, gpus, probe, policy, note, cwd, output_dir, output_file)
+        return run_sweep(args, spec, runs, gpus, probe, policy, note, cwd, output_dir, output_file)
     except UserError as e:
         print(f"train_sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -2568,8 +3054,32 @@ def lock_output_dir(output_dir: Path) -> Any:
     return lock
 
 
+def plan_runs(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[SweepSpec, list[Run]]:
+    """Config file (or --configs) + command-line sweeps and overrides + flags -> the sweep's runs. Fills in
+    args.command from the file when the flag is not given."""
+    cli_sweeps, plain = parse_sweep_overrides(overrides) if overrides else ({}, {})
+    values = {**plain, **parse_set(args.set)}
+    if args.configs:
+        if cli_sweeps:
+            raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
+        spec = SweepSpec("--configs", [])
+        entries = expand_config_files(args.configs, values)
+        for e in entries:
+            e.gpus_per_run, e.gpu_memory_gb = args.gpus_per_run or 1, args.gpu_memory_gb
+    else:
+        spec = load_spec(args.config_file)
+        entries = expand(spec, cli_sweeps, values, args.gpus_per_run, args.gpu_memory_gb)
+    entries = select_entries(entries, args.max_runs, args.shuffle, args.seed)
+    args.command = args.command or spec.command or "python train.py"
+    abbrev = {**spec.abbrev, **parse_abbreviations(args.abbrev)}
+    runs = build_runs(entries, resolve_command(args.command), Path(args.output_dir), abbrev, args.command,
+                      args.arg_style or spec.arg_style or "hydra", args.name_template or spec.name_template)
+    return spec, runs
+
+
 def run_sweep(
     args: argparse.Namespace,
+    spec: SweepSpec,
     runs: list[Run],
     gpus: list[int],
     probe: NvmlProbe | None,
@@ -2627,7 +3137,7 @@ def run_sweep(
             results.add_previous(run, record)
         guardian = Guardian(sweep_id, args.kill_grace)
         try:
-            launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian)
+            launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian, extra_env=spec.env)
             sweep = Sweep(
                 ListSource(runs), launcher, gpus, policy, probe, results, reporter,
                 timeout=args.timeout or None, kill_grace=args.kill_grace, metric=args.metric,

@@ -23,7 +23,8 @@ def check_refused(p, *fragments: str) -> None:
     "text,fragments",
     [
         ('[{"lr": 0.1},\n {"lr": }]', ["train_sweep_config.json: invalid JSON at line 2, column 9"]),
-        ('{"lr": 0.1}', ["expected a JSON array of objects, got an object"]),
+        ('{"lr": 0.1}', ["train_sweep_config.json: unknown key 'lr' (known: command, arg_style"]),
+        ('"runs"', ["expected a JSON array of runs or an object, got a string"]),
         ("[]", ["the list of runs is empty"]),
         ('[{"lr": 1}, 5]', ["entry [1] must be an object of hyperparameters, got a number"]),
         ('[{"lr": 1}, ["a"]]', ["entry [1] must be an object", "got an array"]),

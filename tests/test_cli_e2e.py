@@ -218,10 +218,11 @@ def test_gpus_all_and_default_use_every_nvml_gpu(sweep):
 def test_dry_run_launches_nothing(sweep):
     sweep.gpus.set(count=2)
     sweep.config([{"training.bisim_lr": 5e-6, "env": "point_maze"}, {"training.bisim_lr": 1e-4, "env": "pusht"}])
-    p = sweep.run("--dry-run", "--abbrev", "training.bisim_lr=lr", "env=")
+    p = sweep.run("--dry-run", "--abbrev", "training.bisim_lr=lr", "--abbrev", "env=")
     assert p.returncode == 0, p.stderr
-    assert "[0] lr_5e-06_point_maze" in p.stdout
-    assert "training.bisim_lr=5e-06 env=point_maze" in p.stdout
+    row = next(line for line in p.stdout.splitlines() if line.startswith("│ 0 "))
+    assert "│ lr_5e-06_point_maze │ training.bisim_lr=5e-06 env=point_maze │" in row
+    assert row.rstrip(" │").endswith("training.bisim_lr=5e-06 env=point_maze")
     assert "2 run(s). Placement: up to 1 run(s) at once on GPU 0 1" in p.stdout
     assert not (sweep.dir / "outputs").exists()
     assert not sweep.events()

@@ -34,7 +34,7 @@ def test_sweep_log_has_every_event_with_placement_reasons(sweep):
     assert log[0].split(" ", 1)[1].startswith("train_sweep ")
     starts = [line for line in log if " start " in line]
     assert len(starts) == 3
-    assert "placed: 1.0 GB used, 0 process(es)" in starts[0]
+    assert "placed: GPU 1: 1.0 GB used, 0 process(es)" in starts[0]
     assert any("retry 1/1 queued" in line for line in log)
     assert any(" failed " in line and "(attempt 2)" in line for line in log)
     assert all(line[:4].isdigit() or line.startswith(" ") for line in log)  # each event starts with its date
