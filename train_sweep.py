@@ -366,7 +366,8 @@ def expand(
     """All runs of a sweep, in order: for each entry of `runs`, each combination of `grid` (the last key
     varies fastest), each combination of the command-line sweeps. A key's value comes from, weakest first:
     `defaults`, the run entry, `grid`, the command-line sweeps, plain overrides and --set. Names are built
-    from the keys the run entry, grid and sweeps set (all keys in the seed's array form)."""
+    from the keys the run entry, grid and sweeps set, in that order (not from defaults and overrides, which
+    are the same for every run: so names stay stable when runs are added)."""
     import itertools
 
     cli_sweeps = dict(cli_sweeps or {})
@@ -381,13 +382,8 @@ def expand(
             for cli_combo in itertools.product(*cli_values):
                 hp = {**spec.defaults, **own, **dict(zip(grid_keys, combo)), **dict(zip(cli_keys, cli_combo)),
                       **overrides}
-                if spec.form == "array":
-                    name_keys = list(hp)
-                else:
-                    named = [*own, *grid_keys, *cli_keys]
-                    name_keys = [k for k in hp if k in named]
                 entries.append(Entry(
-                    hp, name_keys,
+                    hp, list(dict.fromkeys([*own, *grid_keys, *cli_keys])),
                     gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
                     gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
                 ))
