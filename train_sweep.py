@@ -1184,13 +1184,11 @@ def become_subreaper() -> bool:
 
 
 def own_children() -> set[int]:
-    """PIDs of our direct children, read cheaply from /proc (psutil's scan is the fallback)."""
-    pids: set[int] = set()
+    """PIDs of our direct children, read cheaply from /proc (psutil's scan is the fallback). Only the main
+    thread forks, and orphans re-parented to a subreaper go to its thread-group leader: one file to read."""
     try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.update(int(p) for p in f.read().split())
-        return pids
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return {int(p) for p in f.read().split()}
     except OSError:
         import psutil
 
@@ -1292,14 +1290,16 @@ class LocalLauncher:
                  extra_env: Mapping[str, str] | None = None) -> None:
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
+        self._base_env: dict[str, str] | None = None
         self.sweep_id = sweep_id
         self.cpu_only = cpu_only
         self.guardian = guardian
         self.subreaper = become_subreaper()
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.extra_env)
+        if self._base_env is None:
+            self._base_env = {**os.environ, **self.extra_env}
+        env = dict(self._base_env)
         env.update(
             CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(str(g) for g in gpus),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
@@ -1324,14 +1324,17 @@ class LocalLauncher:
             self.guardian.add(proc.pgid)
         return proc
 
-    def _adopted(self, proc: Proc, exclude: set[int]) -> list[Any]:
+    def _adopted(self, proc: Proc, exclude: set[int], children: set[int] | None = None) -> list[Any]:
         """Processes of this run that lost their parent and were re-parented to us (we are subreaper)."""
         if not self.subreaper:
+            return []
+        children = own_children() - exclude if children is None else children
+        if not children:
             return []
         import psutil
 
         out = []
-        for pid in own_children() - exclude:
+        for pid in children:
             try:
                 p = psutil.Process(pid)
                 if p.environ().get("TRAIN_SWEEP_RUN_ID") == proc.run_id:
@@ -1360,22 +1363,20 @@ class LocalLauncher:
 
     def leftovers_alive(self, proc: Proc, exclude: set[int]) -> bool:
         """After the main process exited: does any process of the run remain (zombies reaped first)?"""
-        self.reap_adopted(exclude)
+        children = own_children() - exclude if self.subreaper else set()
+        for pid in list(children):  # adopted orphans: collect their exit status so they do not linger as zombies
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    children.discard(pid)
+            except ChildProcessError:
+                children.discard(pid)
         if signal_group(proc.pgid, 0):
             return True
+        if not children:
+            return False
         import psutil
 
-        return any(p.status() != psutil.STATUS_ZOMBIE for p in self._adopted(proc, exclude) if p.is_running())
-
-    def reap_adopted(self, exclude: set[int]) -> None:
-        """Collect the exit status of adopted orphans, so they do not linger as zombies."""
-        if not self.subreaper:
-            return
-        for pid in own_children() - exclude:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        return any(p.status() != psutil.STATUS_ZOMBIE for p in self._adopted(proc, exclude, children) if p.is_running())
 
     def finished(self, proc: Proc) -> None:
         if self.guardian:
@@ -1850,10 +1851,13 @@ def write_json_atomic(path: Path, data: Any, fsync: bool = True) -> None:
     """Write JSON to a temp file in the same folder, fsync it (unless told not to), and os.replace it into
     place: readers see the old file or the new one, never a half-written one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, list):  # results: one record per line (json's fast C encoder; grep-friendly)
+        text = "[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in data) + "\n]\n"
+    else:
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())

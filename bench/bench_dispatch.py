@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Dispatch benchmark: train_sweep against the tools users would pick instead, on the same jobs, in one run.
+
+    python bench/bench_dispatch.py                     # 4 slots ("GPUs"), workloads mixed and tiny, every peer found
+    python bench/bench_dispatch.py --gpus 8 --workloads tiny --tools train_sweep gnu_parallel
+
+Workloads (fixed seed): mixed = 100 jobs, durations log-normal around 1 s, clipped to 0.2-4 s;
+tiny = 300 jobs of zero duration (pure dispatch cost). Each job is bench/synthetic_job.py, a Python
+process that logs its start, end and CUDA_VISIBLE_DEVICES. No GPU is needed: "GPUs" are slot ids.
+
+Columns: wall time; the lower bound max(sum(d)/G, max d); efficiency = bound/wall; scheduler overhead per
+job = (wall - bound) x G / N; median and p95 gap between a job's end and the next start on the same GPU;
+the tool's own CPU time and peak memory (its main process, children excluded); and correctness: jobs
+missing, jobs run twice, two jobs overlapping on one GPU. Compare ratios within one run, not absolute
+times across runs: shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+JOB = HERE / "synthetic_job.py"
+FAKE_NVML = ROOT / "tests" / "fake_nvml"
+
+
+def workload(name: str) -> list[float]:
+    rng = random.Random(20261122)
+    if name == "mixed":
+        return [min(4.0, max(0.2, rng.lognormvariate(0.0, 0.6))) for _ in range(100)]
+    if name == "tiny":
+        return [0.0] * 300
+    raise SystemExit(f"unknown workload {name!r}")
+
+
+def job_line(i: int, d: float, log: Path) -> str:
+    return f"{shlex.quote(sys.executable)} {JOB} id={i} duration={d:.4f} log={log}"
+
+
+# -- drivers: each returns (argv, env, stdin text or None, setup/teardown hooks) -------------------
+
+
+def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, monitoring: bool) -> dict:
+    (work / "config.json").write_text(json.dumps([{"id": i, "duration": round(d, 4)} for i, d in enumerate(durations)]))
+    argv = [sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "config.json",
+            "--command", f"{shlex.quote(sys.executable)} {JOB} log={log}", "--gpus", *map(str, range(gpus)),
+            "--no-live", "--output-dir", "outputs", "--memory-threshold-gb", "1000"]
+    env = dict(os.environ)
+    if monitoring:
+        procs = work / "gpu_procs"
+        procs.mkdir()
+        (work / "nvml.json").write_text(json.dumps({"gpus": [{"name": "bench", "total_mb": 81920, "used_mb": 0}
+                                                              for _ in range(gpus)], "procs_dir": str(procs)}))
+        env["PYTHONPATH"] = str(FAKE_NVML)
+        env["FAKE_NVML_STATE"] = str(work / "nvml.json")
+    else:
+        argv.append("--disable-gpu-monitoring")
+    return {"argv": argv, "env": env}
+
+
+def drive_gnu_parallel(work: Path, durations: list[float], gpus: int, log: Path) -> dict:
+    jobs = "\n".join(f"{i} {d:.4f}" for i, d in enumerate(durations)) + "\n"
+    cmd = f"CUDA_VISIBLE_DEVICES=$(({{%}} - 1)) {shlex.quote(sys.executable)} {JOB} id={{1}} duration={{2}} log={log}"
+    return {"argv": ["parallel", "-j", str(gpus), "--colsep", " ", cmd], "stdin": jobs}
+
+
+def drive_simple_gpu_scheduler(work: Path, durations: list[float], gpus: int, log: Path) -> dict:
+    exe = shutil.which("simple_gpu_scheduler") or str(Path(sys.executable).parent / "simple_gpu_scheduler")
+    jobs = "\n".join(job_line(i, d, log) for i, d in enumerate(durations)) + "\n"
+    return {"argv": [exe, "--gpus", *map(str, range(gpus))], "stdin": jobs}
+
+
+def drive_polling_loop(work: Path, durations: list[float], gpus: int, log: Path) -> dict:
+    (work / "jobs.txt").write_text("\n".join(job_line(i, d, log) for i, d in enumerate(durations)) + "\n")
+    return {"argv": [sys.executable, str(HERE / "peer_polling_loop.py"), str(gpus), str(work / "jobs.txt")]}
+
+
+def drive_task_spooler(work: Path, durations: list[float], gpus: int, log: Path) -> dict:
+    """tsp has no GPU assignment (Debian's build): jobs get no CUDA_VISIBLE_DEVICES, so per-GPU columns are n/a."""
+    script = work / "tsp.sh"
+    lines = [f"export TS_SOCKET={work}/tsp.sock TS_MAXFINISHED=100000", f"tsp -S {gpus}"]
+    lines += [f"tsp -n {job_line(i, d, log)} > /dev/null" for i, d in enumerate(durations)]
+    lines += ["while [ \"$(tsp -l | awk 'NR>1 && ($2==\"running\" || $2==\"queued\")' | wc -l)\" != 0 ]; do sleep 0.01; done",
+              "tsp -K"]
+    script.write_text("\n".join(lines) + "\n")
+    return {"argv": ["bash", str(script)], "no_cpu": "tsp runs as a separate server process"}
+
+
+DRIVERS = {
+    "train_sweep": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False),
+    "train_sweep_nvml": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=True),
+    "gnu_parallel": drive_gnu_parallel,
+    "simple_gpu_scheduler": drive_simple_gpu_scheduler,
+    "task_spooler": drive_task_spooler,
+    "polling_loop_1s": drive_polling_loop,
+}
+NEEDS = {"gnu_parallel": "parallel", "task_spooler": "tsp"}
+
+
+def available(tool: str) -> str | None:
+    """None if the tool can run here, else what to install."""
+    if tool in NEEDS and shutil.which(NEEDS[tool]) is None:
+        return f"apt-get install {'parallel' if tool == 'gnu_parallel' else 'task-spooler'}"
+    if tool == "simple_gpu_scheduler" and not (shutil.which("simple_gpu_scheduler")
+                                               or (Path(sys.executable).parent / "simple_gpu_scheduler").exists()):
+        return "pip install simple_gpu_scheduler"
+    return None
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def run_tool(tool: str, durations: list[float], gpus: int) -> dict:
+    import psutil
+
+    with tempfile.TemporaryDirectory(prefix=f"bench_{tool}_") as tmp:
+        work = Path(tmp)
+        log = work / "jobs.jsonl"
+        spec = DRIVERS[tool](work, durations, gpus, log)
+        t0 = time.time()
+        proc = subprocess.Popen(spec["argv"], cwd=work, env=spec.get("env"), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if spec.get("stdin"):
+            proc.stdin.write(spec["stdin"])
+        proc.stdin.close()
+        ps = psutil.Process(proc.pid)
+        cpu, peak = 0.0, 0.0
+        while proc.poll() is None:
+            try:
+                t = ps.cpu_times()
+                cpu = t.user + t.system
+                peak = max(peak, ps.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        wall = time.time() - t0
+        err = proc.stderr.read()
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if proc.returncode != 0:
+        print(f"  {tool}: exit {proc.returncode}: {err.strip().splitlines()[-1:] if err.strip() else ''}", file=sys.stderr)
+    return analyse(tool, durations, gpus, wall, records, cpu if "no_cpu" not in spec else None,
+                   peak if "no_cpu" not in spec else None)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+def analyse(tool: str, durations: list[float], gpus: int, wall: float, records: list[dict], cpu, peak) -> dict:
+    n = len(durations)
+    bound = max(sum(durations) / gpus, max(durations))
+    ids = [r["id"] for r in records]
+    missing = n - len(set(ids))
+    twice = len(ids) - len(set(ids))
+    by_gpu: dict[str, list[dict]] = {}
+    for r in records:
+        by_gpu.setdefault(r["gpu"], []).append(r)
+    gaps: list[float] = []
+    overlaps = 0
+    per_gpu = all(g != "" for g in by_gpu)
+    if per_gpu:
+        for rs in by_gpu.values():
+            rs.sort(key=lambda r: r["start"])
+            for a, b in zip(rs, rs[1:]):
+                gaps.append(b["start"] - a["end"])
+                overlaps += b["start"] < a["end"] - 1e-3
+    return {
+        "tool": tool, "wall": wall, "bound": bound, "eff": bound / wall, "overhead_ms": (wall - bound) * gpus / n * 1000,
+        "gap_med_ms": statistics.median(gaps) * 1000 if gaps else None, "gap_p95_ms": pct(gaps, 0.95) * 1000 if gaps else None,
+        "cpu_s": cpu, "peak_mb": peak, "missing": missing, "twice": twice, "overlaps": overlaps if per_gpu else None,
+    }
+
+
+def fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_table(name: str, n: int, gpus: int, rows: list[dict]) -> None:
+    print(f"\n### {name}: {n} jobs on {gpus} GPUs (slots)\n")
+    print("| tool | wall s | bound s | efficiency | overhead/job ms | gap median ms | gap p95 ms | tool CPU s | "
+          "tool peak MB | missing | twice | overlaps |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['tool']} | {r['wall']:.2f} | {r['bound']:.2f} | {r['eff']:.1%} | {r['overhead_ms']:.1f} | "
+              f"{fmt(r['gap_med_ms'], '.1f')} | {fmt(r['gap_p95_ms'], '.1f')} | {fmt(r['cpu_s'], '.2f')} | "
+              f"{fmt(r['peak_mb'], '.0f')} | {r['missing']} | {r['twice']} | {fmt(r['overlaps'], 'd')} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpus", type=int, default=4)
+    ap.add_argument("--workloads", nargs="+", default=["mixed", "tiny"])
+    ap.add_argument("--tools", nargs="+", default=list(DRIVERS), choices=list(DRIVERS))
+    args = ap.parse_args()
+    print(f"# bench_dispatch: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    for name in args.workloads:
+        durations = workload(name)
+        rows = []
+        for tool in args.tools:
+            missing = available(tool)
+            if missing:
+                print(f"  skipping {tool}: {missing}", file=sys.stderr)
+                continue
+            print(f"  {name}: {tool} ...", file=sys.stderr, flush=True)
+            rows.append(run_tool(tool, durations, args.gpus))
+        print_table(name, len(durations), args.gpus, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
