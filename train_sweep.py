@@ -1457,6 +1457,7 @@ class Sweep:
         self.settle = SettleTracker(policy)
         self.pledges = MemoryPledges(policy.settle_timeout_s)
         self.active: dict[Run, Proc] = {}
+        self._finished: list[Proc] = []  # ended, GPUs freed, not recorded yet
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
         self.done: list[Run] = []
         self._n_complete = self._n_failed = 0  # counts of self.done, kept as runs finish (O(1) progress lines)
@@ -1542,11 +1543,18 @@ class Sweep:
                 self._enforce_deadlines(now)
                 try:
                     if self.stop_signal is None:
-                        self._launch(now)
+                        self._launch(now)  # first fill the freed GPUs, then do the paperwork
+                except OutputError as e:
+                    self._fail(str(e), now)
+                try:
+                    if self._record_finished() and self.stop_signal is None:
+                        self._launch(now)  # a requeued run may fit right away
                     self.results.flush()
                 except OutputError as e:
                     self._fail(str(e), now)
-                if not self.active and (self.stop_signal or not (self.source.pending() or self.oom_wait)):
+                if not self.active and not self._finished and (
+                    self.stop_signal or not (self.source.pending() or self.oom_wait)
+                ):
                     break
                 self.reporter.tick(self)
                 self._wait(self._next_wakeup(self.clock()))
@@ -1638,7 +1646,6 @@ class Sweep:
             archive_attempt_files(run)
             if run.config_file:
                 shutil.copyfile(run.config_file, run.run_dir / f"config_used{Path(run.config_file).suffix}")
-            self.results.run_started(run)
             logs = [open(run.stdout_log, "wb"), open(run.stderr_log, "wb"), open(run.combined_log, "wb")]
         except OSError as e:
             run.state = State.PENDING
@@ -1667,6 +1674,10 @@ class Sweep:
                 self.pledges.launched(g, now, r.memory_used_mb, run.memory_mb, run)
             else:
                 self.settle.launched(g, now, r.memory_used_mb)
+        try:
+            self.results.run_started(run)  # run.json says "running": written while the child starts up
+        except OSError as e:
+            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         self.reporter.started(run, self, why)
 
     def _reap(self, now: float) -> None:
@@ -1709,15 +1720,29 @@ class Sweep:
         proc.kill_at = now + self.kill_grace
 
     def _done(self, proc: Proc) -> None:
+        """Every process of the run is gone: free its GPUs now; record it after the next launch."""
         run = proc.run
         del self.active[run]
-        if proc.pump is not None:
-            proc.pump.join()  # the pipes are closed: every process of the run is gone
         self.launcher.finished(proc)
         for gpu in run.gpus or (CPU,):
             self.running[gpu] -= 1
             self.settle.ended(gpu)
             self.pledges.ended(gpu, run)
+        self._finished.append(proc)
+
+    def _record_finished(self) -> bool:
+        """Record the runs that ended (after the loop started the next ones). True if any was requeued."""
+        requeued = False
+        while self._finished:
+            proc = self._finished.pop(0)
+            if proc.pump is not None:
+                proc.pump.join()  # the pipes are closed: the logs are complete once it is done
+            self._settle_state(proc)
+            requeued |= self._record(proc.run)
+        return requeued
+
+    def _settle_state(self, proc: Proc) -> None:
+        run = proc.run
         rc = run.returncode
         if proc.ending is not None:
             run.state = proc.ending
@@ -1732,10 +1757,9 @@ class Sweep:
                 run.signal_name = signal.Signals(-rc).name
             except ValueError:
                 run.signal_name = f"signal {-rc}"
-        self._record(run)
 
-    def _record(self, run: Run) -> None:
-        """A finished attempt: journal it; requeue it (OOM, --retries) or count it as done."""
+    def _record(self, run: Run) -> bool:
+        """A finished attempt: journal it; requeue it (OOM, --retries) or count it as done. True if requeued."""
         run.metrics = read_metrics(run, self.metric)
         try:
             record = self.results.attempt_finished(run)
@@ -1759,13 +1783,14 @@ class Sweep:
                 self.oom_wait.append(run)
             else:
                 self.source.put_back(run, last=True)
-            return
+            return True
         self._add_done(run)
         self.source.finished(run)
         try:
             self.results.run_finished(run, record)
         except OSError as e:
             raise OutputError(f"cannot write {self.results.output_file}: {e.strerror or e}") from None
+        return False
 
     def _fail(self, message: str, now: float) -> None:
         """The sweep cannot go on (its output cannot be written): stop launching, end the runs cleanly."""
