@@ -1,26 +1,29 @@
 #!/usr/bin/env python3
-"""train_sweep: train many models with different hyperparameters on the GPUs of one machine.
+"""train_sweep: train many models with different hyperparameters on the GPUs of one machine, and walk away.
 
-Reads a JSON list of hyperparameter dicts, gives each run a readable name, and keeps every listed
-GPU busy with `train.py` subprocesses (one folder, two live logs and a run.json per run), never
-overpacking a GPU (NVML memory readings and per-GPU run counts) and never leaving a process behind.
+Reads a JSON list of hyperparameter dicts (or an object with a grid), gives each run a readable name,
+and keeps every listed GPU busy with `train.py` subprocesses: one folder, live logs and a run.json per
+run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared memory); never leaving
+a process behind (timeouts, Ctrl+C, even kill -9 of the sweep); never losing a finished result (a
+journal, resume, retries, out-of-memory requeue); and showing what runs where and which run won.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
     python train_sweep.py --gpus 0 1 --max-processes-per-gpu 2 --memory-threshold-gb 30
-    python train_sweep.py --command "python examples/train.py" --config-file examples/train_sweep_config.json
+    python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
-    tail -f outputs/<name>/train_stdout.log                      # follow one run
+    python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
+    tail -f outputs/<name>/combined.log                          # follow one run
 
 Map of this file (sections in the order data flows):
-    1. Constants and states       exit codes, run states, defaults
-    2. Config                     load and validate the JSON list of hyperparameter dicts
-    3. Runs and names             readable names, Hydra-style argument rendering, Run objects
+    1. Constants and states       exit codes, run states, out-of-memory patterns
+    2. Config                     the config file's two forms, grids, command-line sweeps, --set, --configs
+    3. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
     4. GPU probe                  NVML readings through pynvml, in one place
-    5. Scheduling core            pure placement decisions: which GPU takes the next run, settling
-    6. Process supervision        launching runs, killing process trees, the guardian, the event loop
-    7. Results                    records, atomic JSON writes, log tails, metrics
-    8. Reporting                  progress lines and the summary table
+    5. Scheduling core            pure placement: which GPU(s) take the next run, settling, declared memory
+    6. Process supervision        the guardian, process trees, log pumps, the launcher, the event loop
+    7. Results                    records, atomic writes, the journal, resume, attempts
+    8. Reporting                  progress lines, sweep.log, the live view; report, list, cleanup
     9. CLI                        argparse, settings, main()
 """
 
@@ -127,12 +130,6 @@ def _reject_duplicate_keys(path: str) -> Callable[[list[tuple[str, Any]]], dict[
         return seen
 
     return hook
-
-
-def load_config(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read and validate a config file of the seed's form: a JSON array of objects, one run each."""
-    data = read_json_file(str(path))
-    return validate_entries(data, str(path))
 
 
 def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:

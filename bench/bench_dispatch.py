@@ -3,6 +3,7 @@
 
     python bench/bench_dispatch.py                     # 4 slots ("GPUs"), workloads mixed and tiny, every peer found
     python bench/bench_dispatch.py --gpus 8 --workloads tiny --tools train_sweep gnu_parallel
+    python bench/bench_dispatch.py --ray-python ~/ray-venv/bin/python     # also Ray Tune (slow to start)
 
 Workloads (fixed seed): mixed = 100 jobs, durations log-normal around 1 s, clipped to 0.2-4 s;
 tiny = 300 jobs of zero duration (pure dispatch cost). Each job is bench/synthetic_job.py, a Python
@@ -99,6 +100,16 @@ def drive_task_spooler(work: Path, durations: list[float], gpus: int, log: Path)
     return {"argv": ["bash", str(script)], "no_cpu": "tsp runs as a separate server process"}
 
 
+def drive_ray_tune(work: Path, durations: list[float], gpus: int, log: Path) -> dict:
+    """Ray Tune needs its own environment (pip install 'ray[tune]'); --ray-python names its Python."""
+    (work / "jobs.json").write_text(json.dumps([round(d, 4) for d in durations]))
+    env = dict(os.environ, JOB_PYTHON=sys.executable)
+    return {"argv": [RAY_PYTHON[0], str(HERE / "peer_ray_tune.py"), str(gpus), str(work / "jobs.json"), str(log),
+                     str(JOB)], "env": env, "note": "tool CPU and memory: the driver process only, not Ray's workers"}
+
+
+RAY_PYTHON: list[str] = []
+
 DRIVERS = {
     "train_sweep": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False),
     "train_sweep_nvml": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=True),
@@ -106,7 +117,9 @@ DRIVERS = {
     "simple_gpu_scheduler": drive_simple_gpu_scheduler,
     "task_spooler": drive_task_spooler,
     "polling_loop_1s": drive_polling_loop,
+    "ray_tune": drive_ray_tune,
 }
+DEFAULT_TOOLS = [t for t in DRIVERS if t != "ray_tune"]
 NEEDS = {"gnu_parallel": "parallel", "task_spooler": "tsp"}
 
 
@@ -114,6 +127,8 @@ def available(tool: str) -> str | None:
     """None if the tool can run here, else what to install."""
     if tool in NEEDS and shutil.which(NEEDS[tool]) is None:
         return f"apt-get install {'parallel' if tool == 'gnu_parallel' else 'task-spooler'}"
+    if tool == "ray_tune" and not RAY_PYTHON:
+        return "--ray-python PYTHON (a Python with ray[tune] installed)"
     if tool == "simple_gpu_scheduler" and not (shutil.which("simple_gpu_scheduler")
                                                or (Path(sys.executable).parent / "simple_gpu_scheduler").exists()):
         return "pip install simple_gpu_scheduler"
@@ -206,8 +221,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--workloads", nargs="+", default=["mixed", "tiny"])
-    ap.add_argument("--tools", nargs="+", default=list(DRIVERS), choices=list(DRIVERS))
+    ap.add_argument("--tools", nargs="+", default=DEFAULT_TOOLS, choices=list(DRIVERS))
+    ap.add_argument("--ray-python", metavar="PYTHON", help="a Python with ray[tune]: adds ray_tune to the tools")
     args = ap.parse_args()
+    if args.ray_python:
+        RAY_PYTHON.append(args.ray_python)
+        if "ray_tune" not in args.tools:
+            args.tools.append("ray_tune")
     print(f"# bench_dispatch: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
     for name in args.workloads:

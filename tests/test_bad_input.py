@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from train_sweep import UserError, load_config, parse_gpu_ids
+from train_sweep import UserError, load_spec, parse_gpu_ids
 
 
 def check_refused(p, *fragments: str) -> None:
@@ -116,7 +116,7 @@ def test_load_config_reports_line_and_column(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('[\n  {"a": 1,}\n]')
     with pytest.raises(UserError, match=r"c.json: invalid JSON at line 2, column 11"):
-        load_config(path)
+        load_spec(path)
 
 
 def test_parse_gpu_ids():
