@@ -45,7 +45,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1583,24 +1583,17 @@ class Sweep:
                 for g, r in readings.items():
                     self.settle.observe(g, now, r.memory_used_mb)
 
-            def pick(run: Run, min_free: float | None = None) -> tuple[tuple[int, ...] | None, str]:
-                def pending(g: int) -> float:
-                    r = readings.get(g) if readings else None
-                    return self.pledges.pending_mb(g, now, r.memory_used_mb) if r is not None else 0.0
-
-                return pick_gpus(self.gpus, self.running, readings, lambda g: self.settle.settling(g, now),
-                                 self.policy, run.gpus_needed, min_free, run.memory_mb, pending)
-
             run, chosen, why = None, None, ""
             for waiting in self.oom_wait:
-                chosen, why = pick(waiting, waiting.min_free_mb if waiting.min_free_mb is not None else math.inf)
+                min_free = waiting.min_free_mb if waiting.min_free_mb is not None else math.inf
+                chosen, why = self._pick(waiting, readings, now, min_free)
                 if chosen is not None:
                     run = waiting
                     self.oom_wait.remove(waiting)
                     break
             head = self.source.peek()
             if run is None and head is not None:  # first come, first served: a run of several GPUs at the
-                chosen, why = pick(head)          # head keeps the GPUs that free up until it has enough
+                chosen, why = self._pick(head, readings, now)  # head keeps the GPUs that free up
                 if chosen is not None:
                     run = self.source.take()
             if run is None or chosen is None:
@@ -1609,6 +1602,15 @@ class Sweep:
                 return
             self._start(run, chosen, now, readings, why)
             self.poll_interval = POLL_MIN_S
+
+    def _pick(self, run: Run, readings: Mapping[int, GpuReading] | None, now: float,
+              min_free: float | None = None) -> tuple[tuple[int, ...] | None, str]:
+        def pending(gpu: int) -> float:
+            reading = readings.get(gpu) if readings else None
+            return self.pledges.pending_mb(gpu, now, reading.memory_used_mb) if reading is not None else 0.0
+
+        return pick_gpus(self.gpus, self.running, readings, lambda gpu: self.settle.settling(gpu, now),
+                         self.policy, run.gpus_needed, min_free, run.memory_mb, pending)
 
     def _slot_free(self) -> bool:
         total = sum(self.running.values())

@@ -148,7 +148,8 @@ def test_extra_oom_pattern(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"exit": 1, "err": "MyFramework:no-memory-left"}])
     p = sweep.run("--oom-pattern", "no-memory-left", "--max-oom-requeues", "1")
-    assert sweep.results()[0]["state"] == "oom"
+    assert p.returncode == 1
+    assert sweep.results()[0]["state"] == "oom" and sweep.results()[0]["attempt"] == 2
     check = sweep.run("--oom-pattern", "([")
     assert check.returncode == 2 and "--oom-pattern '(['" in check.stderr
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_NVML, FAKE_TRAINER, TRAIN_SWEEP
+from conftest import FAKE_TRAINER, TRAIN_SWEEP
 
 
 def test_plain_event_lines_when_stdout_is_a_pipe(sweep):
