@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import all_dead, pid_alive, run_pids
 
 SEED_FIELDS = ["model_name", "hyperparams", "success", "returncode", "duration_seconds", "gpu_id", "stdout", "stderr"]
@@ -121,15 +123,16 @@ def test_second_ctrl_c_kills_at_once(sweep):
     assert all_dead(run_pids(sweep), 5)
 
 
-def test_sigterm_is_handled_like_ctrl_c(sweep):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_are_handled_like_ctrl_c(sweep, sig):
     sweep.gpus.set(count=1)
-    sweep.config([{"sleep": 60}, {"sleep": 0}])
+    sweep.config([{"sleep": 60, "child": 1}, {"sleep": 0}])
     proc = sweep.start()
     sweep.wait_for(lambda: len(sweep.started()) == 1, what="the first run")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert "SIGTERM: stopping" in out
+    assert f"{sig.name}: stopping" in out
     states = [r["state"] for r in sweep.results("train_sweep_results.json.partial")]
     assert states == ["interrupted", "pending"]
     assert all_dead(run_pids(sweep), 5)

@@ -169,19 +169,6 @@ def test_second_sweep_on_the_same_output_folder_is_refused(sweep):
     assert sweep.run().returncode == 0
 
 
-def test_sighup_is_handled_like_ctrl_c(sweep):
-    sweep.gpus.set(count=1)
-    sweep.config([{"sleep": 60, "child": 1}, {"sleep": 0}])
-    proc = sweep.start()
-    sweep.wait_for(lambda: len(sweep.started()) == 1, what="the first run")
-    proc.send_signal(signal.SIGHUP)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert "SIGHUP: stopping" in out
-    assert [r["state"] for r in sweep.results("train_sweep_results.json.partial")] == ["interrupted", "pending"]
-    assert all_dead(run_pids(sweep), 5)
-
-
 def test_gpu_that_starts_failing_mid_sweep_is_taken_out(sweep):
     sweep.gpus.set(count=2)
     sweep.config([{"n": i, "sleep": 0.5} for i in range(8)])
