@@ -122,3 +122,42 @@ def test_ctrl_c_releases_gpu_memory_within_seconds(gsweep):
     partial = json.loads((Path(gsweep.dir) / "train_sweep_results.json.partial").read_text())
     assert {r["state"] for r in partial} == {"interrupted"}
     assert freed < 15
+
+
+@pytest.mark.skipif(COUNT < 2, reason="needs 2 GPUs")
+def test_a_two_gpu_run_sees_both_gpus(gsweep):
+    script = gsweep.dir / "two.py"
+    script.write_text(
+        "import os, torch\n"
+        "print('count', torch.cuda.device_count())\n"
+        "print('uuids', ' '.join(str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())))\n"
+        "print('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    )
+    gsweep.config({"runs": [{"n": 0, "gpus_per_run": 2}, {"n": 1}]})
+    p = gsweep.run("--command", f"python {script}", timeout=300, trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    wide, narrow = gsweep.results()
+    lines = dict(line.split(" ", 1) for line in wide["stdout"].splitlines())
+    print(f"2-GPU run: gpu_id={wide['gpu_id']} {lines}")
+    assert lines["count"] == "2" and sorted(wide["gpu_id"]) == [0, 1]
+    assert lines["uuids"].split() == [uuid(g) for g in wide["gpu_id"]]
+    assert "count 1" in narrow["stdout"]
+
+
+def test_declared_memory_packs_without_overpacking(gsweep):
+    total = NVML.nvmlDeviceGetMemoryInfo(NVML.nvmlDeviceGetHandleByIndex(0)).total / 2**30
+    hold = round(0.4 * total, 1)
+    gsweep.config({"gpu_memory_gb": hold + 1, "runs": [{"lr": 0.01, "epochs": 10, "mem_gb": hold, "seed": i}
+                                                       for i in range(3 * COUNT)]})
+    sampler = Sampler()
+    sampler.start()
+    p = gsweep.run("--command", f"python {EXAMPLE}", "--max-processes-per-gpu", "8", "--memory-threshold-gb",
+                   f"{total:.0f}", timeout=600, trainer=False)
+    sampler.stop.set()
+    sampler.join()
+    assert p.returncode == 0, p.stdout + p.stderr
+    most = max(max(procs) for _, _, procs in sampler.samples)
+    peak = max(max(mem) for _, mem, _ in sampler.samples)
+    print(f"declared {hold + 1:.1f} GB per run on {total:.0f} GB GPUs: at most {most} runs on a GPU, peak {peak:.1f} GB")
+    assert most == 2  # two fit, a third does not
+    assert not any("out of memory" in r["stderr"].lower() for r in gsweep.results())
