@@ -2854,7 +2854,9 @@ def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tup
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="train_sweep",
-        description="Train one model per hyperparameter set, keeping every listed GPU busy.",
+        description="Train one model per hyperparameter set, keeping every listed GPU busy. KEY=VALUES "
+                    "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
+                    "multiplies the runs, seed=0 sets a value on every run.",
         epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
                "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
