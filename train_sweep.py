@@ -1138,15 +1138,14 @@ class Guardian:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
-            text=True,
         )
+        assert self.proc.stdin is not None
+        self._fd = self.proc.stdin.fileno()
 
     def _send(self, line: str) -> None:
         try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
+            os.write(self._fd, (line + "\n").encode())  # one small write: no buffering to flush
+        except OSError:
             pass  # the guardian is gone; the sweep itself still ends its runs
 
     def add(self, pgid: int) -> None:
@@ -1158,7 +1157,7 @@ class Guardian:
     def close(self) -> None:
         try:
             assert self.proc.stdin is not None
-            self.proc.stdin.close()
+            self.proc.stdin.close()  # EOF: the guardian exits (no group is left registered)
         except OSError:
             pass
         try:
@@ -1204,62 +1203,102 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 class LogPump:
-    """Copies a run's stdout and stderr as they come: to train_stdout.log and train_stderr.log as they are,
-    and to combined.log line by line, in order, each line stamped with its time and stream. One thread per
-    run drains both pipes, so a busy event loop never stalls a child on a full pipe; it holds at most one
-    unfinished line per stream (cut at 64 KB)."""
+    """Copies every run's stdout and stderr as they come: to train_stdout.log and train_stderr.log as they
+    are, and to combined.log line by line, in order, each line stamped with its time and stream. One thread
+    and one selector serve all runs, so a busy event loop never stalls a child on a full pipe; it holds at
+    most one unfinished line per stream (cut at 64 KB). `add` returns an event set once both pipes of the
+    run are closed (every process of the run is gone) and its logs are complete."""
 
     LINE_MAX = 65536
 
-    def __init__(self, out_pipe: Any, err_pipe: Any, out_log: Any, err_log: Any, combined: Any) -> None:
+    class _Run:
+        def __init__(self, combined: Any) -> None:
+            import threading
+
+            self.combined = combined
+            self.open_streams = 2
+            self.done = threading.Event()
+
+    def __init__(self) -> None:
         import threading
 
-        self._streams = {out_pipe.fileno(): (out_pipe, out_log, b"out"), err_pipe.fileno(): (err_pipe, err_log, b"err")}
-        self._combined = combined
-        self._thread = threading.Thread(target=self._pump, name="log-pump", daemon=True)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._new: list[tuple[Any, Any, bytes, LogPump._Run]] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="log-pump", daemon=True)
         self._thread.start()
 
-    def _stamp(self) -> bytes:
+    def add(self, out_pipe: Any, err_pipe: Any, out_log: Any, err_log: Any, combined: Any) -> Any:
+        run = LogPump._Run(combined)
+        with self._lock:
+            self._new += [(out_pipe, out_log, b"out", run), (err_pipe, err_log, b"err", run)]
+        os.write(self._wake_w, b"+")
+        return run.done
+
+    def close(self) -> None:
+        self._closing = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+
+    @staticmethod
+    def _stamp() -> bytes:
         now = time.time()
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)).encode() + b".%03d" % int(now % 1 * 1000)
 
-    def _pump(self) -> None:
-        partial = {fd: b"" for fd in self._streams}
-        with selectors.DefaultSelector() as sel:
-            for fd in self._streams:
-                sel.register(fd, selectors.EVENT_READ)
-            while sel.get_map():
-                for key, _ in sel.select():
-                    fd = key.fd
-                    pipe, log, tag = self._streams[fd]
+    def _loop(self) -> None:
+        partial: dict[int, bytes] = {}
+        while True:
+            for key, _ in self._sel.select():
+                if key.data is None:  # woken: register new runs' pipes, or stop
                     try:
-                        data = os.read(fd, 65536)
-                    except OSError:
-                        data = b""
-                    lines: list[bytes] = []
-                    if data:
-                        log.write(data)
-                        log.flush()
-                        lines = (partial[fd] + data).split(b"\n")
-                        partial[fd] = lines.pop()
-                        if len(partial[fd]) >= self.LINE_MAX:
-                            lines.append(partial[fd])
-                            partial[fd] = b""
-                    else:
-                        sel.unregister(fd)
-                        pipe.close()
-                        if partial[fd]:
-                            lines.append(partial[fd])
-                    if lines:
-                        stamp = self._stamp()
-                        self._combined.write(b"".join(b"%s %s | %s\n" % (stamp, tag, line) for line in lines))
-                        self._combined.flush()
-        for _, log, _ in self._streams.values():
-            log.close()
-        self._combined.close()
-
-    def join(self, timeout: float = 5.0) -> None:
-        self._thread.join(timeout)
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    with self._lock:
+                        new, self._new = self._new, []
+                    for pipe, log, tag, run in new:
+                        partial[pipe.fileno()] = b""
+                        self._sel.register(pipe.fileno(), selectors.EVENT_READ, (pipe, log, tag, run))
+                    if self._closing and len(self._sel.get_map()) == 1:
+                        self._sel.close()
+                        return
+                    continue
+                pipe, log, tag, run = key.data
+                fd = key.fd
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                lines: list[bytes] = []
+                if data:
+                    log.write(data)
+                    log.flush()
+                    lines = (partial[fd] + data).split(b"\n")
+                    partial[fd] = lines.pop()
+                    if len(partial[fd]) >= self.LINE_MAX:
+                        lines.append(partial.pop(fd))
+                        partial[fd] = b""
+                else:
+                    self._sel.unregister(fd)
+                    if partial.get(fd):
+                        lines.append(partial[fd])
+                    partial.pop(fd, None)
+                    pipe.close()
+                    log.close()
+                if lines:
+                    stamp = self._stamp()
+                    run.combined.write(b"".join(b"%s %s | %s\n" % (stamp, tag, line) for line in lines))
+                    run.combined.flush()
+                if not data:
+                    run.open_streams -= 1
+                    if run.open_streams == 0:
+                        run.combined.close()
+                        run.done.set()
 
 
 @dataclasses.dataclass(eq=False)
@@ -1273,7 +1312,7 @@ class Proc:
     ending: State | None = None  # TIMEOUT or INTERRUPTED once we decided to end it
     kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
-    pump: LogPump | None = None  # writes the run's logs
+    logs_done: Any = None  # threading.Event: set when the run's logs are complete (the LogPump's)
 
     @property
     def pgid(self) -> int:
@@ -1288,6 +1327,7 @@ class LocalLauncher:
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
         self._base_env: dict[str, str] | None = None
+        self.pump: LogPump | None = None  # started with the first run
         self.sweep_id = sweep_id
         self.cpu_only = cpu_only
         self.guardian = guardian
@@ -1316,7 +1356,9 @@ class LocalLauncher:
             stderr=subprocess.PIPE, start_new_session=True, bufsize=0,
         )
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], deadline)
-        proc.pump = LogPump(popen.stdout, popen.stderr, *logs)
+        if self.pump is None:
+            self.pump = LogPump()
+        proc.logs_done = self.pump.add(popen.stdout, popen.stderr, *logs)
         if self.guardian:
             self.guardian.add(proc.pgid)
         return proc
@@ -1378,6 +1420,10 @@ class LocalLauncher:
     def finished(self, proc: Proc) -> None:
         if self.guardian:
             self.guardian.remove(proc.pgid)
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
 
 
 class ListSource:
@@ -1734,8 +1780,8 @@ class Sweep:
         requeued = False
         while self._finished:
             proc = self._finished.pop(0)
-            if proc.pump is not None:
-                proc.pump.join()  # the pipes are closed: the logs are complete once it is done
+            if proc.logs_done is not None:
+                proc.logs_done.wait(5.0)  # every process of the run is gone: its pipes close, its logs complete
             self._settle_state(proc)
             requeued |= self._record(proc.run)
         return requeued
@@ -1871,12 +1917,14 @@ def iso_time(t: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
 
 
-def write_json_atomic(path: Path, data: Any, fsync: bool = True) -> None:
+def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool = False) -> None:
     """Write JSON to a temp file in the same folder, fsync it (unless told not to), and os.replace it into
     place: readers see the old file or the new one, never a half-written one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(data, list):  # results: one record per line (json's fast C encoder; grep-friendly)
         text = "[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in data) + "\n]\n"
+    elif compact:  # run.json, twice per run: the C encoder, one line
+        text = json.dumps(data, ensure_ascii=False) + "\n"
     else:
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
@@ -2094,9 +2142,10 @@ def _parse_time(text: Any) -> float | None:
 
 
 class ResultsWriter:
-    """Every finished attempt is appended to the journal (fsynced: a crash loses nothing finished) and
-    written to its run.json; the results file is rewritten from memory, atomically, right away while
-    that is cheap, and at most every 20x its own cost once it is not (sweeps of thousands of runs)."""
+    """Every finished attempt is appended to the journal (a crash loses nothing finished) and written to
+    its run.json; the results file is rewritten from memory, atomically: after a run finishes, at most
+    every max(0.25 s, 50 x the time a rewrite takes), so that it stays cheap for sweeps of thousands of
+    runs; and always at the end."""
 
     def __init__(self, output_file: Path, journal: Path | None = None) -> None:
         self.output_file = output_file
@@ -2117,7 +2166,7 @@ class ResultsWriter:
         self.dirty = True
 
     def run_started(self, run: Run) -> None:
-        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False)
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False, compact=True)
 
     def attempt_finished(self, run: Run) -> dict[str, Any]:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
@@ -2129,7 +2178,7 @@ class ResultsWriter:
             if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
                 os.fsync(self._journal.fileno())
                 self._next_sync = now + 1.0
-        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False)
+        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False, compact=True)
         return record
 
     def run_finished(self, run: Run, record: dict[str, Any]) -> None:
@@ -2142,7 +2191,7 @@ class ResultsWriter:
         if not self.dirty or (not force and now < self._next_write):
             return
         write_json_atomic(self.output_file, [self.records[i] for i in sorted(self.records)])
-        self._next_write = now + 20 * (time.monotonic() - now)
+        self._next_write = now + max(0.25, 50 * (time.monotonic() - now))
         self.dirty = False
 
     def flush_due(self) -> float | None:
@@ -3169,7 +3218,10 @@ def run_sweep(
                 retries=args.retries, oom_patterns=[*OOM_PATTERNS, *args.oom_pattern],
                 max_oom_requeues=args.max_oom_requeues,
             )
-            return sweep.run()
+            try:
+                return sweep.run()
+            finally:
+                launcher.close()
         finally:
             guardian.close()
             results.close()
