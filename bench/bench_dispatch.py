@@ -4,6 +4,7 @@
     python bench/bench_dispatch.py                     # 4 slots ("GPUs"), workloads mixed and tiny, every peer found
     python bench/bench_dispatch.py --gpus 8 --workloads tiny --tools train_sweep gnu_parallel
     python bench/bench_dispatch.py --ray-python ~/ray-venv/bin/python     # also Ray Tune (slow to start)
+    python bench/bench_dispatch.py --gpus 2 --real-nvml --tools train_sweep train_sweep_nvml   # on 2 real GPUs
 
 Workloads (fixed seed): mixed = 100 jobs, durations log-normal around 1 s, clipped to 0.2-4 s;
 tiny = 300 jobs of zero duration (pure dispatch cost). Each job is bench/synthetic_job.py, a Python
@@ -60,7 +61,9 @@ def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, 
             "--command", f"{shlex.quote(sys.executable)} {JOB} log={log}", "--gpus", *map(str, range(gpus)),
             "--no-live", "--output-dir", "outputs", "--memory-threshold-gb", "1000"]
     env = dict(os.environ)
-    if monitoring:
+    if monitoring and REAL_NVML:
+        pass  # the machine's own GPUs and NVML (--real-nvml)
+    elif monitoring:
         procs = work / "gpu_procs"
         procs.mkdir()
         (work / "nvml.json").write_text(json.dumps({"gpus": [{"name": "bench", "total_mb": 81920, "used_mb": 0}
@@ -109,6 +112,7 @@ def drive_ray_tune(work: Path, durations: list[float], gpus: int, log: Path) -> 
 
 
 RAY_PYTHON: list[str] = []
+REAL_NVML = False  # --real-nvml: train_sweep_nvml reads the real GPUs (needs G real GPUs)
 
 DRIVERS = {
     "train_sweep": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False),
@@ -223,7 +227,11 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", default=["mixed", "tiny"])
     ap.add_argument("--tools", nargs="+", default=DEFAULT_TOOLS, choices=list(DRIVERS))
     ap.add_argument("--ray-python", metavar="PYTHON", help="a Python with ray[tune]: adds ray_tune to the tools")
+    ap.add_argument("--real-nvml", action="store_true",
+                    help="train_sweep_nvml reads the machine's real NVML (needs --gpus real GPUs)")
     args = ap.parse_args()
+    global REAL_NVML
+    REAL_NVML = args.real_nvml
     if args.ray_python:
         RAY_PYTHON.append(args.ray_python)
         if "ray_tune" not in args.tools:
