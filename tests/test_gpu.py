@@ -65,6 +65,19 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
+def run_sampled(gsweep, *args: str) -> tuple[int, float]:
+    """Run the example sweep while NVML is sampled; (most processes on one GPU, peak GB used on one GPU)."""
+    sampler = Sampler()
+    sampler.start()
+    p = gsweep.run("--command", f"python {EXAMPLE}", *args, timeout=600, trainer=False)
+    sampler.stop.set()
+    sampler.join()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not any("out of memory" in r["stderr"].lower() for r in gsweep.results())
+    most = max(max(procs) for _, _, procs in sampler.samples)
+    return most, max(max(mem) for _, mem, _ in sampler.samples)
+
+
 @pytest.fixture
 def gsweep(sweep):
     sweep.real_nvml = True
@@ -90,18 +103,9 @@ def test_packing_two_per_gpu_under_a_memory_threshold(gsweep):
     baseline = max(used_gb(i) for i in range(COUNT))
     entries = [{"lr": 0.01, "hidden": 32, "epochs": 40, "mem_gb": 8.0, "seed": i} for i in range(4 * COUNT)]
     gsweep.config(entries)
-    sampler = Sampler()
-    sampler.start()
-    p = gsweep.run("--command", f"python {EXAMPLE}", "--max-processes-per-gpu", "2",
-                   "--memory-threshold-gb", f"{baseline + 20:.0f}", timeout=600, trainer=False)
-    sampler.stop.set()
-    sampler.join()
-    assert p.returncode == 0, p.stdout + p.stderr
-    most = max(max(procs) for _, _, procs in sampler.samples)
-    peak = max(max(mem) for _, mem, _ in sampler.samples)
+    most, peak = run_sampled(gsweep, "--max-processes-per-gpu", "2", "--memory-threshold-gb", f"{baseline + 20:.0f}")
     print(f"baseline {baseline:.2f} GB, peak {peak:.2f} GB used on one GPU, most processes on one GPU: {most}")
     assert most <= 2
-    assert not any("out of memory" in r["stderr"].lower() for r in gsweep.results())
     assert {r["gpu_id"] for r in gsweep.results()} == set(range(COUNT))
 
 
@@ -149,15 +153,6 @@ def test_declared_memory_packs_without_overpacking(gsweep):
     hold = round(0.4 * total, 1)
     gsweep.config({"gpu_memory_gb": hold + 1, "runs": [{"lr": 0.01, "epochs": 10, "mem_gb": hold, "seed": i}
                                                        for i in range(3 * COUNT)]})
-    sampler = Sampler()
-    sampler.start()
-    p = gsweep.run("--command", f"python {EXAMPLE}", "--max-processes-per-gpu", "8", "--memory-threshold-gb",
-                   f"{total:.0f}", timeout=600, trainer=False)
-    sampler.stop.set()
-    sampler.join()
-    assert p.returncode == 0, p.stdout + p.stderr
-    most = max(max(procs) for _, _, procs in sampler.samples)
-    peak = max(max(mem) for _, mem, _ in sampler.samples)
+    most, peak = run_sampled(gsweep, "--max-processes-per-gpu", "8", "--memory-threshold-gb", f"{total:.0f}")
     print(f"declared {hold + 1:.1f} GB per run on {total:.0f} GB GPUs: at most {most} runs on a GPU, peak {peak:.1f} GB")
     assert most == 2  # two fit, a third does not
-    assert not any("out of memory" in r["stderr"].lower() for r in gsweep.results())
