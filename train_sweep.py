@@ -1579,10 +1579,7 @@ class Sweep:
             while True:
                 now = self.clock()
                 self._handle_signals(now)
-                try:
-                    self._reap(now)
-                except OutputError as e:
-                    self._fail(str(e), now)
+                self._reap(now)  # frees the GPUs of runs that ended; they are recorded below
                 self._enforce_deadlines(now)
                 try:
                     if self.stop_signal is None:
