@@ -706,11 +706,6 @@ def dedupe_names(names: list[str], hash_sources: Sequence[Mapping[str, Any]]) ->
     return names
 
 
-def unique_names(entries: Sequence[Mapping[str, Any]], abbrev: Mapping[str, str] | None = None) -> list[str]:
-    """Default names for a list of hyperparameter dicts, made unique (see dedupe_names)."""
-    return dedupe_names([run_name(e, abbrev) for e in entries], entries)
-
-
 PLACEHOLDERS = ("{name}", "{run_dir}", "{gpu}")  # in --command: filled per run ({gpu} at launch)
 
 
@@ -954,15 +949,6 @@ class SettleTracker:
         tolerance = max(64.0, 0.02 * latest)
         return old_enough and all(abs(mb - latest) <= tolerance for mb in window)
 
-    def any(self) -> bool:
-        return bool(self._gpus)
-
-    def deadline(self) -> float | None:
-        if not self._gpus:
-            return None
-        return min(s.since for s in self._gpus.values()) + self.policy.settle_timeout_s
-
-
 def pick_gpus(
     gpus: Sequence[int],
     running: Mapping[int, int],
@@ -1028,19 +1014,6 @@ def pick_gpus(
     return tuple(r.index for r in best), why
 
 
-def pick_gpu(
-    gpus: Sequence[int],
-    running: Mapping[int, int],
-    readings: Mapping[int, GpuReading] | None,
-    settling: Callable[[int], bool],
-    policy: Policy,
-    min_free_mb: float | None = None,
-) -> tuple[int | None, str]:
-    """pick_gpus for a run of one GPU: the GPU, or None and why."""
-    chosen, why = pick_gpus(gpus, running, readings, settling, policy, 1, min_free_mb)
-    return (chosen[0] if chosen else None), why.split(": ", 1)[1] if chosen and ": " in why else why
-
-
 class MemoryPledges:
     """gpu_memory_gb: memory that runs launched recently on a GPU declared but may not have allocated yet.
 
@@ -1066,9 +1039,6 @@ class MemoryPledges:
             return 0.0
         growth = max(0.0, used_mb - min(p[1] for p in live))
         return max(0.0, sum(p[2] for p in live) - growth)
-
-    def any(self) -> bool:
-        return any(self._by_gpu.values())
 
 
 # ----------------------------------------------------------------------------------------------

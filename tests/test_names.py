@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from train_sweep import MAX_NAME_BYTES, UserError, build_runs, clean, params_hash, run_name, unique_names, validate_entries
+from train_sweep import MAX_NAME_BYTES, dedupe_names, UserError, build_runs, clean, params_hash, run_name, validate_entries
 
 SEED_ENTRY = {
     "env": "point_maze", "frameskip": 5, "num_hist": 3, "training.epochs": 50, "bisim_latent_dim": 512,
@@ -58,6 +58,10 @@ def test_long_names_are_cut_and_get_a_hash_of_the_full_hyperparameters():
     assert len(name.encode()) <= MAX_NAME_BYTES
     assert name.endswith("_" + params_hash(entry))
     assert run_name(entry) == name  # deterministic
+
+
+def unique_names(entries):
+    return dedupe_names([run_name(e) for e in entries], entries)
 
 
 def test_names_that_would_clash_get_hashes_and_stay_unique():

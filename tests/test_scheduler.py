@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from train_sweep import (
-    CPU, GpuReading, ListSource, Policy, Proc, Reporter, ResultsWriter, Run, SettleTracker, State, Sweep, pick_gpu,
+    CPU, GpuReading, ListSource, Policy, Proc, Reporter, ResultsWriter, Run, SettleTracker, State, Sweep, pick_gpus,
 )
 
 GB = 1024.0
@@ -22,34 +22,34 @@ def never(_: int) -> bool:
 def test_pick_lowest_memory_then_fewest_processes_then_lowest_index():
     policy = Policy(max_per_gpu=2)
     readings = {0: reading(0, 10), 1: reading(1, 5), 2: reading(2, 5)}
-    assert pick_gpu([0, 1, 2], {}, readings, never, policy)[0] == 1
+    assert pick_gpus([0, 1, 2], {}, readings, never, policy)[0] == (1,)
     readings = {0: reading(0, 5, pids=3), 1: reading(1, 5, pids=1)}
-    assert pick_gpu([0, 1], {}, readings, never, policy)[0] == 1
+    assert pick_gpus([0, 1], {}, readings, never, policy)[0] == (1,)
     readings = {0: reading(0, 5), 1: reading(1, 5)}
-    assert pick_gpu([0, 1], {}, readings, never, policy)[0] == 0
+    assert pick_gpus([0, 1], {}, readings, never, policy)[0] == (0,)
 
 
 def test_gpu_over_the_threshold_or_out_of_slots_takes_nothing():
     policy = Policy(max_per_gpu=1, memory_threshold_mb=40 * GB)
     readings = {0: reading(0, 45), 1: reading(1, 1)}
-    assert pick_gpu([0, 1], {}, readings, never, policy)[0] == 1
-    gpu, why = pick_gpu([0, 1], {1: 1}, readings, never, policy)
+    assert pick_gpus([0, 1], {}, readings, never, policy)[0] == (1,)
+    gpu, why = pick_gpus([0, 1], {1: 1}, readings, never, policy)
     assert gpu is None and "GPU 0: 45.0 GB used >= 40 GB" in why
-    gpu, why = pick_gpu([0, 1], {0: 1, 1: 1}, readings, never, policy)
+    gpu, why = pick_gpus([0, 1], {0: 1, 1: 1}, readings, never, policy)
     assert gpu is None and "maximum number of runs" in why
 
 
 def test_slots_only_without_readings():
     policy = Policy(max_per_gpu=2, memory_threshold_mb=None)
-    assert pick_gpu([0, 1], {0: 1}, None, never, policy)[0] == 1
-    assert pick_gpu([0, 1], {0: 1, 1: 1}, None, never, policy)[0] == 0
-    assert pick_gpu([0, 1], {0: 2, 1: 2}, None, never, policy)[0] is None
-    assert pick_gpu([CPU], {CPU: 0}, None, never, policy)[0] == CPU
+    assert pick_gpus([0, 1], {0: 1}, None, never, policy)[0] == (1,)
+    assert pick_gpus([0, 1], {0: 1, 1: 1}, None, never, policy)[0] == (0,)
+    assert pick_gpus([0, 1], {0: 2, 1: 2}, None, never, policy)[0] is None
+    assert pick_gpus([CPU], {CPU: 0}, None, never, policy)[0] == (CPU,)
 
 
 def test_max_parallel_caps_all_gpus():
     policy = Policy(max_per_gpu=4, memory_threshold_mb=None, max_parallel=3)
-    gpu, why = pick_gpu([0, 1], {0: 2, 1: 1}, None, never, policy)
+    gpu, why = pick_gpus([0, 1], {0: 2, 1: 1}, None, never, policy)
     assert gpu is None and "--max-parallel 3" in why
 
 
