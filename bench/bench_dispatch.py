@@ -55,9 +55,24 @@ def job_line(i: int, d: float, log: Path) -> str:
 # -- drivers: each returns (argv, env, stdin text or None, setup/teardown hooks) -------------------
 
 
-def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, monitoring: bool) -> dict:
+def installed_train_sweep() -> list[str]:
+    """train_sweep as `pip install .` installs it: the `train-sweep` command imports the module from its
+    bytecode, compiled at install time. Here: compile it once (py_compile writes even where
+    PYTHONDONTWRITEBYTECODE is set), then import it as the command does."""
+    import importlib.util
+    import py_compile
+
+    source = ROOT / "train_sweep.py"
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv[0] = 'train-sweep'; "
+                                  "from train_sweep import cli; cli()"]
+
+
+def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, monitoring: bool,
+                      script: bool = False) -> dict:
     (work / "config.json").write_text(json.dumps([{"id": i, "duration": round(d, 4)} for i, d in enumerate(durations)]))
-    argv = [sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "config.json",
+    head = [sys.executable, str(ROOT / "train_sweep.py")] if script else installed_train_sweep()
+    argv = [*head, "--config-file", "config.json",
             "--command", f"{shlex.quote(sys.executable)} {JOB} log={log}", "--gpus", *map(str, range(gpus)),
             "--no-live", "--output-dir", "outputs", "--memory-threshold-gb", "1000"]
     env = dict(os.environ)
@@ -117,6 +132,7 @@ REAL_NVML = False  # --real-nvml: train_sweep_nvml reads the real GPUs (needs G 
 DRIVERS = {
     "train_sweep": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False),
     "train_sweep_nvml": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=True),
+    "train_sweep_script": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False, script=True),
     "gnu_parallel": drive_gnu_parallel,
     "simple_gpu_scheduler": drive_simple_gpu_scheduler,
     "task_spooler": drive_task_spooler,
@@ -165,13 +181,18 @@ def run_tool(tool: str, durations: list[float], gpus: int) -> dict:
             except psutil.Error:
                 pass
             time.sleep(0.05)
-        wall = time.time() - t0
+        t_end = time.time()
+        wall = t_end - t0
         err = proc.stderr.read()
         records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     if proc.returncode != 0:
         print(f"  {tool}: exit {proc.returncode}: {err.strip().splitlines()[-1:] if err.strip() else ''}", file=sys.stderr)
-    return analyse(tool, durations, gpus, wall, records, cpu if "no_cpu" not in spec else None,
-                   peak if "no_cpu" not in spec else None)
+    row = analyse(tool, durations, gpus, wall, records, cpu if "no_cpu" not in spec else None,
+                  peak if "no_cpu" not in spec else None)
+    if records:  # fixed costs: tool start -> first job start, last job end -> tool exit seen
+        row["first_ms"] = (min(r["start"] for r in records) - t0) * 1000
+        row["last_ms"] = (t_end - max(r["end"] for r in records)) * 1000
+    return row
 
 
 def pct(values: list[float], q: float) -> float:
@@ -213,12 +234,12 @@ def fmt(value, spec: str) -> str:
 def print_table(name: str, n: int, gpus: int, rows: list[dict]) -> None:
     print(f"\n### {name}: {n} jobs on {gpus} GPUs (slots)\n")
     print("| tool | wall s | bound s | efficiency | overhead/job ms | gap median ms | gap p95 ms | tool CPU s | "
-          "tool peak MB | missing | twice | overlaps |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "tool peak MB | first start ms | exit after ms | missing | twice | overlaps |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['tool']} | {r['wall']:.2f} | {r['bound']:.2f} | {r['eff']:.1%} | {r['overhead_ms']:.1f} | "
               f"{fmt(r['gap_med_ms'], '.1f')} | {fmt(r['gap_p95_ms'], '.1f')} | {fmt(r['cpu_s'], '.2f')} | "
-              f"{fmt(r['peak_mb'], '.0f')} | {r['missing']} | {r['twice']} | {fmt(r['overlaps'], 'd')} |")
+              f"{fmt(r['peak_mb'], '.0f')} | {fmt(r.get('first_ms'), '.0f')} | {fmt(r.get('last_ms'), '.0f')} | {r['missing']} | {r['twice']} | {fmt(r['overlaps'], 'd')} |")
 
 
 def main() -> int:
