@@ -122,3 +122,21 @@ def test_cleanup_is_a_dry_run_unless_live(finished):
     p = finished.run("cleanup", "--days", "7", "--live", trainer=False)
     assert "deleted 1 run folder(s)" in p.stdout
     assert not old.exists() and (out / "lr_0.01_depth_2_metric_0.2").exists()
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/St_Johns", "Asia/Kathmandu", "Europe/Berlin"])
+def test_iso_time_matches_datetime_and_parses_back(monkeypatch, tz):
+    import datetime
+
+    from train_sweep import _parse_time, iso_time
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        for t in (0.0, 1_700_000_000.0, 1_790_000_000.25, 1_795_384_560.987, 1_720_000_000.5):  # winter and summer
+            expected = datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+            assert iso_time(t) == expected
+            assert abs(_parse_time(iso_time(t)) - t) < 1e-3
+    finally:
+        monkeypatch.undo()
+        time.tzset()
