@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -172,16 +173,24 @@ def run_tool(tool: str, durations: list[float], gpus: int) -> dict:
             proc.stdin.write(spec["stdin"])
         proc.stdin.close()
         ps = psutil.Process(proc.pid)
-        cpu, peak = 0.0, 0.0
-        while proc.poll() is None:
-            try:
-                t = ps.cpu_times()
-                cpu = t.user + t.system
-                peak = max(peak, ps.memory_info().rss / 2**20)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
+        usage = {"cpu": 0.0, "peak": 0.0}
+
+        def sample() -> None:  # the tool's CPU and memory every 50 ms, beside the exact wait below
+            while proc.returncode is None:
+                try:
+                    t = ps.cpu_times()
+                    usage["cpu"] = t.user + t.system
+                    usage["peak"] = max(usage["peak"], ps.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
         t_end = time.time()
+        sampler.join()
+        cpu, peak = usage["cpu"], usage["peak"]
         wall = t_end - t0
         err = proc.stderr.read()
         records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -247,6 +256,8 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--workloads", nargs="+", default=["mixed", "tiny"])
     ap.add_argument("--tools", nargs="+", default=DEFAULT_TOOLS, choices=list(DRIVERS))
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="N rounds of every tool, interleaved; each row is the tool's median round (default 1)")
     ap.add_argument("--ray-python", metavar="PYTHON", help="a Python with ray[tune]: adds ray_tune to the tools")
     ap.add_argument("--real-nvml", action="store_true",
                     help="train_sweep_nvml reads the machine's real NVML (needs --gpus real GPUs)")
@@ -259,17 +270,27 @@ def main() -> int:
             args.tools.append("ray_tune")
     print(f"# bench_dispatch: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    tools = []
+    for tool in args.tools:
+        missing = available(tool)
+        if missing:
+            print(f"  skipping {tool}: {missing}", file=sys.stderr)
+        else:
+            tools.append(tool)
     for name in args.workloads:
         durations = workload(name)
-        rows = []
-        for tool in args.tools:
-            missing = available(tool)
-            if missing:
-                print(f"  skipping {tool}: {missing}", file=sys.stderr)
-                continue
-            print(f"  {name}: {tool} ...", file=sys.stderr, flush=True)
-            rows.append(run_tool(tool, durations, args.gpus))
+        runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+        for k in range(args.repeat):  # rounds: every tool once per round, so drift hits them alike
+            for tool in tools:
+                print(f"  {name}: {tool} (round {k + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+                runs[tool].append(run_tool(tool, durations, args.gpus))
+        rows = [sorted(rs, key=lambda r: r["wall"])[(len(rs) - 1) // 2] for rs in runs.values()]  # median wall
         print_table(name, len(durations), args.gpus, rows)
+        if args.repeat > 1:
+            print(f"\nEach row is the round with the median wall time of {args.repeat}. Wall times (s) of every round:\n")
+            for tool, rs in runs.items():
+                walls = ", ".join(f"{r['wall']:.2f}" for r in rs)
+                print(f"- {tool}: {walls}")
     return 0
 
 
