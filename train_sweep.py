@@ -1898,8 +1898,8 @@ def iso_time(t: float | None) -> str | None:
     seconds, micros = divmod(round(t * 1_000_000), 1_000_000)  # datetime's rounding: to the microsecond
     local = time.localtime(seconds)
     offset = local.tm_gmtoff // 60
-    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + ".%03d%s%02d:%02d" % (
-        micros // 1000, "-" if offset < 0 else "+", abs(offset) // 60, abs(offset) % 60)
+    sign, hours, minutes = "-" if offset < 0 else "+", abs(offset) // 60, abs(offset) % 60
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', local)}.{micros // 1000:03d}{sign}{hours:02d}:{minutes:02d}"
 
 
 def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool = False) -> None:
@@ -2330,7 +2330,8 @@ class Reporter:
         """A table of the runs (every run up to 50, else those that did not complete), the counts, where the
         results are, and the best run."""
         runs = sorted(done, key=lambda r: r.index)
-        shown = runs if len(runs) <= self.SUMMARY_ROWS else [r for r in runs if r.state != State.COMPLETE][:self.SUMMARY_ROWS]
+        shown = runs if len(runs) <= self.SUMMARY_ROWS else [r for r in runs if r.state != State.COMPLETE]
+        shown = shown[: self.SUMMARY_ROWS]
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
         rows = []
         for r in shown:
