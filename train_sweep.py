@@ -2248,7 +2248,8 @@ class Reporter:
 
     def _print(self, text: str) -> None:
         try:
-            print(text, file=self.stream, flush=True)
+            self.stream.write(text + "\n")  # one write: print() writes the newline apart on an unbuffered stream
+            self.stream.flush()
         except BrokenPipeError:
             pass  # a closed pager must not stop the sweep
 
