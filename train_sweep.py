@@ -23,8 +23,8 @@ Map of this file (sections in the order data flows):
     5. Scheduling core            pure placement: which GPU(s) take the next run, settling, declared memory
     6. Process supervision        the guardian, process trees, log pumps, the launcher, the event loop
     7. Results                    records, atomic writes, the journal, resume, attempts
-    8. Reporting                  progress lines, sweep.log, the live view; report, list, cleanup
-    9. CLI                        argparse, settings, main()
+    8. Reporting                  progress lines, sweep.log, the live view, the summary; report, list, cleanup
+    9. CLI                        argparse, settings, the output folder's lock, main(), cli() (the command)
 """
 
 from __future__ import annotations
