@@ -243,9 +243,10 @@ def test_a_finished_run_frees_its_slot_for_the_next(sweep):
 
 
 def test_failing_gpu_is_dropped_and_the_sweep_goes_on(sweep):
+    """A GPU whose NVML calls keep failing (3 times over 2 s) is taken out; until then it takes no run."""
     sweep.gpus.set(count=2)
     sweep.gpus.update(0, fail=True)
-    sweep.config([{"n": i} for i in range(3)])
+    sweep.config([{"n": i, "sleep": 1} for i in range(3)])
     p = sweep.run("--gpus", "0", "1")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "warning: GPU 0 taken out of the pool: its NVML calls fail (GPU is lost)" in p.stdout

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 
+import pytest
+
 from train_sweep import (
-    CPU, GpuReading, ListSource, Policy, Proc, Reporter, ResultsWriter, Run, SettleTracker, State, Sweep, pick_gpus,
+    CPU, HINT_OOM, HINT_TIMEOUT, GpuPool, GpuReading, Launcher, ListSource, LocalLauncher, NoGpuLeft, Outcome,
+    Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, classify,
+    pick_gpus, requeue_reason,
 )
 
 GB = 1024.0
@@ -78,6 +84,67 @@ def test_settling_ends_at_the_timeout_or_when_the_run_ends():
     assert not tracker.settling(1, 0.1)
 
 
+# -- pure outcome rules -------------------------------------------------------------------------
+
+
+def test_classify_the_end_of_an_attempt():
+    never_oom = lambda: False  # noqa: E731
+    assert classify(Outcome(0), None, never_oom) == State.COMPLETE
+    assert classify(Outcome(1), None, never_oom) == State.FAILED
+    assert classify(Outcome(1), None, lambda: True) == State.OOM
+    assert classify(Outcome(-15), State.INTERRUPTED, never_oom) == State.INTERRUPTED
+    assert classify(Outcome(-15), State.TIMEOUT, never_oom) == State.TIMEOUT
+    assert classify(Outcome(None, hint=HINT_TIMEOUT), None, never_oom) == State.TIMEOUT
+    assert classify(Outcome(1, hint=HINT_OOM), None, never_oom) == State.OOM
+
+    def must_not_read_logs() -> bool:
+        raise AssertionError("a run that exited 0 needs no log reading")
+
+    assert classify(Outcome(0), None, must_not_read_logs) == State.COMPLETE
+
+
+def test_requeue_reason_counts_its_uses(tmp_path):
+    run = Run(0, "r", {}, ["x"], tmp_path / "r")
+    run.state = State.FAILED
+    assert requeue_reason(run, retries=1, max_oom_requeues=3) == "retry 1/1 queued after the runs not yet started"
+    assert requeue_reason(run, retries=1, max_oom_requeues=3) is None
+    run.state = State.OOM
+    assert requeue_reason(run, retries=0, max_oom_requeues=1).startswith("out of GPU memory: requeued (1/1)")
+    assert requeue_reason(run, retries=0, max_oom_requeues=1) is None
+    run.state = State.INTERRUPTED
+    assert requeue_reason(run, retries=5, max_oom_requeues=5) is None
+
+
+def test_progress_bracket_names_only_states_that_occurred():
+    def progress(**counts):
+        full = {"complete": 0, "failed": 0, "timeout": 0, "oom": 0, "interrupted": 0, "running": 0, "pending": 0}
+        full.update(counts)
+        return Progress(full, sum(full.values()), None, (), (), {}, None, None, None)
+
+    assert progress(pending=4).bracket() == "[complete 0 | running 0 | pending 4]"
+    assert progress(complete=3, interrupted=2, running=1).bracket() == \
+        "[complete 3 | interrupted 2 | running 1 | pending 0]"
+
+
+def test_pool_takes_out_a_gpu_whose_nvml_keeps_failing_and_says_when_none_is_left():
+    class Probe:
+        failed: dict[int, str] = {}
+
+        def read(self, indexes):
+            return {i: reading(i, 1) for i in indexes if i not in self.failed}
+
+    probe = Probe()
+    pool = GpuPool([0, 1], Policy(), probe)
+    run = Run(0, "r", {}, ["x"], Path("r"))
+    assert pool.place(run, 0.0)[0] == (0,)
+    probe.failed = {0: "Unknown Error"}
+    assert pool.place(run, 1.0)[0] == (1,)
+    assert pool.gpus == [1] and "GPU 0 taken out" in pool.notes[0]
+    probe.failed = {0: "x", 1: "Unknown Error"}
+    with pytest.raises(NoGpuLeft):
+        pool.read(2.0)
+
+
 # -- the event loop with a fake launcher and a fake clock --------------------------------------
 
 
@@ -89,52 +156,64 @@ class Clock:
         return self.t
 
 
-class FakePopen:
-    def __init__(self, clock: Clock, duration: float, pid: int) -> None:
-        self.clock, self.end, self.pid = clock, clock.t + duration, pid
-        self.killed = False
-
-    def poll(self):
-        if self.killed:
-            return -9
-        return 0 if self.clock.t >= self.end else None
+@dataclasses.dataclass
+class FakeJob:
+    run: Run
+    end: float
+    killed: bool = False
 
 
 class FakeLauncher:
-    """Runs take `duration` seconds of fake time; a run allocates `mem_gb` on its GPU 1 s after start."""
-
-    guardian = None
+    """A Launcher: runs take `duration` seconds of fake time; a run allocates `mem_gb` on its GPU 1 s after
+    it starts. Stopping a run ends it at once."""
 
     def __init__(self, clock: Clock, durations: dict[str, float], mem_gb: float) -> None:
         self.clock, self.durations, self.mem_gb = clock, durations, mem_gb
-        self.procs: list[Proc] = []
+        self.jobs: list[FakeJob] = []
         self.log: list[tuple[float, str, tuple[int, ...]]] = []
 
-    def start(self, run: Run, gpus, deadline, logs=()):
-        for f in logs:
-            f.close()
-        proc = Proc(run, FakePopen(self.clock, self.durations[run.name], 100 + len(self.procs)), "id", deadline)
-        self.procs.append(proc)
+    def start(self, run: Run, gpus: tuple[int, ...]) -> FakeJob:
+        job = FakeJob(run, self.clock.t + self.durations[run.name])
+        self.jobs.append(job)
         self.log.append((self.clock.t, run.name, tuple(gpus)))
-        return proc
+        return job
 
-    def signal_tree(self, proc, sig, exclude):
-        proc.popen.killed = True
+    def poll(self, handle: FakeJob) -> Outcome | None:
+        if handle.killed:
+            return Outcome(-15)
+        return Outcome(0) if self.clock.t >= handle.end else None
 
-    def leftovers_alive(self, proc, exclude):
-        return False
+    def stop(self, handle: FakeJob, hard: bool) -> bool:
+        if self.clock.t >= handle.end:
+            return False
+        handle.killed = True
+        return True
 
-    def finished(self, proc):
-        pass
+    def observe(self, handle: FakeJob) -> list[str]:
+        return []
 
-    def close(self):  # the loop lets its launcher go only once every run has ended
-        assert all(p.popen.poll() is not None for p in self.procs)
+    def next_poll(self, now: float) -> float | None:
+        return None
+
+    def close(self, detach: bool = False) -> None:  # the loop lets its launcher go only once every run has ended
+        assert all(job.killed or self.clock.t >= job.end for job in self.jobs)
 
     def used_gb(self, gpu: int) -> float:
         return sum(
-            self.mem_gb for p in self.procs
-            if p.run.gpus == (gpu,) and p.popen.poll() is None and self.clock.t >= p.run.started_at + 1.0
+            self.mem_gb for j in self.jobs
+            if j.run.gpus == (gpu,) and not j.killed and j.run.started_at + 1.0 <= self.clock.t < j.end
         )
+
+
+class FakeSource(ListSource):
+    """A RunSource that records what the loop told it."""
+
+    def __init__(self, runs) -> None:
+        super().__init__(runs)
+        self.finished_runs: list[str] = []
+
+    def finished(self, run: Run) -> None:
+        self.finished_runs.append(run.name)
 
 
 class FakeProbe:
@@ -154,24 +233,29 @@ class SimSweep(Sweep):
         return lambda: None
 
     def _wait(self, timeout):
-        if any(p.popen.poll() is not None for p in self.active.values()):
-            return  # a process just exited (killed): SIGCHLD would wake the real loop at once
-        ends = [p.popen.end for p in self.active.values() if p.popen.end > self.clock.t]
+        if any(j.killed or j.end <= self.clock.t for j in self.launcher.jobs if j.run in self.active):
+            return  # a process just exited or was killed: SIGCHLD would wake the real loop at once
+        live = [j for j in self.launcher.jobs if not j.killed]
+        ends = [j.end for j in live if j.end > self.clock.t]
         candidates = ends + ([self.clock.t + timeout] if timeout is not None else [])
         assert candidates, "the loop would sleep forever"
         self.clock.t = min(candidates)
 
 
 def simulate(tmp_path: Path, durations: dict[str, float], gpus: int, policy: Policy, mem_gb: float = 10,
-             timeout: float | None = None):
+             timeout: float = 0):
     clock = Clock()
     runs = [Run(i, name, {}, ["x"], tmp_path / name) for i, name in enumerate(durations)]
+    for run in runs:
+        run.run_dir.mkdir()
     launcher = FakeLauncher(clock, durations, mem_gb)
     probe = FakeProbe(launcher, gpus)
-    sweep = SimSweep(ListSource(runs), launcher, list(range(gpus)), policy, probe,
+    source = FakeSource(runs)
+    sweep = SimSweep(source, launcher, GpuPool(list(range(gpus)), policy, probe),
                      ResultsWriter(tmp_path / "results.json"), Reporter(stream=open("/dev/null", "w")),
-                     timeout=timeout, kill_grace=1.0, clock=clock)
+                     Settings(timeout=timeout, kill_grace=1.0), clock=clock)
     code = sweep.run()
+    assert sorted(source.finished_runs) == sorted(durations)  # the source hears of every run that ended
     return code, launcher.log, runs, clock
 
 
@@ -208,9 +292,33 @@ def test_sim_no_polling_while_runs_wait_only_for_slots(tmp_path):
     durations = {f"r{i}": 10 for i in range(6)}
     clock = Clock()
     runs = [Run(i, name, {}, ["x"], tmp_path / name) for i, name in enumerate(durations)]
+    for run in runs:
+        run.run_dir.mkdir()
     launcher = FakeLauncher(clock, durations, 1)
     probe = FakeProbe(launcher, 2)
-    sweep = SimSweep(ListSource(runs), launcher, [0, 1], Policy(), probe, ResultsWriter(tmp_path / "r.json"),
-                     Reporter(stream=open("/dev/null", "w")), timeout=None, clock=clock)
+    sweep = SimSweep(ListSource(runs), launcher, GpuPool([0, 1], Policy(), probe), ResultsWriter(tmp_path / "r.json"),
+                     Reporter(stream=open("/dev/null", "w")), Settings(timeout=0), clock=clock)
     assert sweep.run() == 0
-    assert probe.reads <= 8  # one read per free slot (6 launches + the first round), not a polling loop
+    assert probe.reads <= 8  # one read per tick that places runs (4 ticks here), not a polling loop
+
+
+# -- the protocols: the real classes and the fakes cannot drift apart ---------------------------
+
+
+def _methods(cls) -> dict[str, list[str]]:
+    return {name: list(inspect.signature(getattr(cls, name)).parameters)
+            for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+
+@pytest.mark.parametrize("protocol, implementations", [
+    (Launcher, [LocalLauncher, FakeLauncher]),
+    (RunSource, [ListSource, FakeSource]),
+])
+def test_implementations_match_their_protocol(protocol, implementations):
+    wanted = _methods(protocol)
+    assert wanted, "the protocol has methods"
+    for cls in implementations:
+        have = _methods(cls)
+        for name, params in wanted.items():
+            assert name in have, f"{cls.__name__} lacks {name}"
+            assert have[name] == params, f"{cls.__name__}.{name}{have[name]} != {protocol.__name__}.{name}{params}"

@@ -17,7 +17,8 @@ def test_plain_event_lines_when_stdout_is_a_pipe(sweep):
     sweep.config([{"n": 0}, {"n": 1, "exit": 2, "err": "KeyError:lr"}])
     p = sweep.run()
     lines = p.stdout.splitlines()
-    assert any(line.endswith("[done 0 | failed 0 | running 1 | pending 1]") and " start " in line for line in lines)
+    assert any(line.endswith("[complete 0 | running 1 | pending 1]") and " start " in line for line in lines)
+    assert any(line.endswith("[complete 1 | failed 1 | running 0 | pending 0]") and " failed " in line for line in lines)
     assert any(" complete    n_0  GPU 0" in line for line in lines)
     failed = next(i for i, line in enumerate(lines) if " failed      n_1_exit_2" in line)
     assert lines[failed + 1].strip() == f"see {sweep.dir}/outputs/n_1_exit_2_err_KeyError_lr/train_stderr.log: KeyError:lr"
@@ -94,7 +95,7 @@ def test_live_view_in_a_real_terminal(sweep):
         row1 = next(line for line in screen.splitlines() if line.startswith("1 "))
         assert "Fake GPU 0" in row0 and "n_0_sleep_30_mem_mb_8000 (" in row0 and "/80 GB" in row0
         assert "Fake GPU 1" in row1 and "93%" in row1 and "idle" in row1 and "43.9/80 GB" in row1
-        assert "done 0  failed 0  running 2  pending 2" in screen
+        assert "complete 0  running 2  pending 2" in screen
         assert "waiting for GPU memory: GPU 1: 43.9 GB used >= 40 GB" in screen
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
         sweep.wait_for(lambda: "EXIT=" in pane(), what="the sweep to exit")
