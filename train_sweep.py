@@ -234,27 +234,29 @@ def _reject_duplicate_keys(path: str) -> Callable[[list[tuple[str, Any]]], dict[
     return hook
 
 
+def check_key(key: Any, where: str) -> None:
+    """A hyperparameter key that survives every argument style: non-empty text without spaces, '=' or ',',
+    not starting with '-'. The one key rule, for entries, defaults, grids and --set."""
+    if not isinstance(key, str) or not key:
+        raise UserError(f"{where} has an empty key")
+    if _BAD_KEY.search(key):
+        raise UserError(f"{where}: key {key!r} may not contain spaces, '=' or ','")
+    if key.startswith("-"):
+        raise UserError(f"{where}: key {key!r} may not start with '-'")
+
+
 def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
-    """Check that `data` is a list of hyperparameter dicts with usable keys; identical entries are an error."""
+    """Check that `data` is a non-empty list of hyperparameter objects with usable keys. (Identical runs are
+    found once, after expansion, by build_runs.)"""
     if not isinstance(data, list):
         raise UserError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
     if not data:
         raise UserError(f"{source}: the list of runs is empty")
-    seen: dict[str, int] = {}
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise UserError(f"{source}: entry [{i}] must be an object of hyperparameters, got {_json_type(entry)}")
         for key in entry:
-            if not key:
-                raise UserError(f"{source}: entry [{i}] has an empty key")
-            if _BAD_KEY.search(key):
-                raise UserError(f"{source}: entry [{i}]: key {key!r} may not contain spaces, '=' or ','")
-            if key.startswith("-"):
-                raise UserError(f"{source}: entry [{i}]: key {key!r} may not start with '-'")
-        canon = canonical_json(entry)
-        if canon in seen:
-            raise UserError(f"{source}: entries [{seen[canon]}] and [{i}] are identical")
-        seen[canon] = i
+            check_key(key, f"{source}: entry [{i}]")
     return data
 
 
@@ -280,9 +282,49 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
 
 
 ARG_STYLES = ("hydra", "argparse", "equals")
-SPEC_KEYS = ("command", "arg_style", "env", "defaults", "runs", "grid", "name_template", "gpus_per_run",
-             "gpu_memory_gb", "abbrev")
+
+
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# The object form's keys: what each must be, the test of it, and for objects the test of each value. The
+# one place a config key is checked.
+SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "command": ("a string", lambda v: isinstance(v, str)),
+    "arg_style": (f"one of {', '.join(ARG_STYLES)}", lambda v: v in ARG_STYLES),
+    "env": ("an object of strings", lambda v: isinstance(v, dict)),
+    "defaults": ("an object of hyperparameters", lambda v: isinstance(v, dict)),
+    "runs": ("a non-empty array of objects", lambda v: isinstance(v, list) and bool(v)),
+    "grid": ("an object of lists", lambda v: isinstance(v, dict)),
+    "name_template": ("a string", lambda v: isinstance(v, str)),
+    "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
+    "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
+}
+SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "env": ("a string", lambda v: isinstance(v, str)),
+    "abbrev": ("a string", lambda v: isinstance(v, str)),
+    "grid": ("a non-empty list of values", lambda v: isinstance(v, list) and bool(v)),
+}
 RUN_SETTINGS = ("gpus_per_run", "gpu_memory_gb")  # in the object form's run entries: settings, not hyperparameters
+
+
+def check_field(key: str, value: Any, where: str) -> Any:
+    what, ok = SPEC_FIELDS[key]
+    if not ok(value):
+        shown = repr(value) if isinstance(value, str) else _json_type(value)
+        raise UserError(f"{where}: {key!r} must be {what}, got {shown}")
+    if key in SPEC_VALUES:
+        what, ok = SPEC_VALUES[key]
+        for name, item in value.items():
+            if not ok(item):
+                raise UserError(f"{where}: {key!r} value of {name!r} must be {what}, got {_json_type(item)}")
+    return value
 
 
 @dataclasses.dataclass
@@ -326,61 +368,25 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         return SweepSpec(path, validate_entries(data, path))
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON array of runs or an object, got {_json_type(data)}")
-    unknown = [k for k in data if k not in SPEC_KEYS]
+    unknown = [k for k in data if k not in SPEC_FIELDS]
     if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_KEYS)})")
-    spec = SweepSpec(path, [], form="object")
-
-    def typed(key: str, kinds: tuple[type, ...], what: str) -> Any:
-        value = data.get(key)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
-            raise UserError(f"{path}: {key!r} must be {what}, got {_json_type(value)}")
-        return value
-
-    spec.command = typed("command", (str,), "a string")
-    spec.arg_style = typed("arg_style", (str,), "a string")
-    if spec.arg_style is not None and spec.arg_style not in ARG_STYLES:
-        raise UserError(f"{path}: 'arg_style' must be one of {', '.join(ARG_STYLES)}, got {spec.arg_style!r}")
-    spec.name_template = typed("name_template", (str,), "a string")
-    spec.gpus_per_run = typed("gpus_per_run", (int,), "a whole number")
-    spec.gpu_memory_gb = typed("gpu_memory_gb", (int, float), "a number")
-    for key, value in (typed("env", (dict,), "an object of strings") or {}).items():
-        if not isinstance(value, str):
-            raise UserError(f"{path}: 'env' value of {key!r} must be a string, got {_json_type(value)}")
-        spec.env[key] = value
-    for key, value in (typed("abbrev", (dict,), "an object of strings") or {}).items():
-        if not isinstance(value, str):
-            raise UserError(f"{path}: 'abbrev' value of {key!r} must be a string, got {_json_type(value)}")
-        spec.abbrev[key] = value
-    spec.defaults = typed("defaults", (dict,), "an object of hyperparameters") or {}
-    _check_keys(spec.defaults, f"{path}: 'defaults'")
-    for key, values in (typed("grid", (dict,), "an object of lists") or {}).items():
-        if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: 'grid' value of {key!r} must be a non-empty list of values")
-        spec.grid[key] = values
-    _check_keys(spec.grid, f"{path}: 'grid'")
-    runs = data.get("runs", [{}])
-    if not isinstance(runs, list) or not runs:
-        raise UserError(f"{path}: 'runs' must be a non-empty array of objects")
-    spec.runs = [dict(r) for r in validate_entries(runs, f"{path}: 'runs'")] if data.get("runs") else [{}]
-    for key in ("gpus_per_run",):
-        for i, r in enumerate(spec.runs):
-            if key in r and (not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1):
-                raise UserError(f"{path}: 'runs' entry [{i}]: {key!r} must be a whole number >= 1")
-    for i, r in enumerate(spec.runs):
-        if "gpu_memory_gb" in r and (not isinstance(r["gpu_memory_gb"], (int, float)) or r["gpu_memory_gb"] <= 0):
-            raise UserError(f"{path}: 'runs' entry [{i}]: 'gpu_memory_gb' must be a number > 0")
-    if spec.gpus_per_run is not None and spec.gpus_per_run < 1:
-        raise UserError(f"{path}: 'gpus_per_run' must be at least 1")
-    if spec.gpu_memory_gb is not None and spec.gpu_memory_gb <= 0:
-        raise UserError(f"{path}: 'gpu_memory_gb' must be greater than 0")
-    return spec
-
-
-def _check_keys(mapping: Mapping[str, Any], where: str) -> None:
-    for key in mapping:
-        if not key or _BAD_KEY.search(key) or key.startswith("-"):
-            raise UserError(f"{where}: key {key!r} must be non-empty, without spaces, '=' or ',', not start with '-'")
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_FIELDS)})")
+    given = {key: check_field(key, value, path) for key, value in data.items() if value is not None}
+    for section in ("defaults", "grid"):
+        for key in given.get(section, {}):
+            check_key(key, f"{path}: {section!r}")
+    runs = validate_entries(given.get("runs", [{}]), f"{path}: 'runs'")
+    for i, run in enumerate(runs):
+        for key in RUN_SETTINGS:
+            if key in run:
+                check_field(key, run[key], f"{path}: 'runs' entry [{i}]")
+    return SweepSpec(
+        path, [dict(r) for r in runs], form="object", grid=dict(given.get("grid", {})),
+        defaults=dict(given.get("defaults", {})), command=given.get("command"), arg_style=given.get("arg_style"),
+        env=dict(given.get("env", {})), name_template=given.get("name_template"),
+        gpus_per_run=given.get("gpus_per_run"), gpu_memory_gb=given.get("gpu_memory_gb"),
+        abbrev=dict(given.get("abbrev", {})),
+    )
 
 
 def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
@@ -388,8 +394,9 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or not key or _BAD_KEY.search(key):
+        if not sep:
             raise UserError(f"--set {pair!r}: expected KEY=VALUE")
+        check_key(key, f"--set {pair!r}")
         try:
             out[key] = json.loads(text)
         except ValueError:
@@ -453,6 +460,7 @@ class Entry:
     gpus_per_run: int = 1
     gpu_memory_gb: float | None = None
     config_file: str | None = None
+    origin: str = ""  # where it came from, for messages: "entry [2]", "'runs' entry [0] with lr=0.1", a file
 
 
 def expand(
@@ -474,17 +482,21 @@ def expand(
     grid_keys, grid_values = list(spec.grid), list(spec.grid.values())
     cli_keys, cli_values = list(cli_sweeps), list(cli_sweeps.values())
     entries = []
-    for run in spec.runs:
+    for i, run in enumerate(spec.runs):
         settings = {k: run[k] for k in RUN_SETTINGS if k in run} if spec.form == "object" else {}
         own = {k: v for k, v in run.items() if k not in settings}
         for combo in itertools.product(*grid_values):
             for cli_combo in itertools.product(*cli_values):
-                hp = {**spec.defaults, **own, **dict(zip(grid_keys, combo)), **dict(zip(cli_keys, cli_combo)),
-                      **overrides}
+                swept = {**dict(zip(grid_keys, combo)), **dict(zip(cli_keys, cli_combo))}
+                hp = {**spec.defaults, **own, **swept, **overrides}
+                origin = ("entry" if spec.form == "array" else "'runs' entry") + f" [{i}]"
+                if swept:
+                    origin += " with " + " ".join(f"{k}={format_value(v)}" for k, v in swept.items())
                 entries.append(Entry(
                     hp, list(dict.fromkeys([*own, *grid_keys, *cli_keys])),
                     gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
                     gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
+                    origin=origin,
                 ))
     return entries
 
@@ -513,7 +525,7 @@ def expand_config_files(patterns: Sequence[str], overrides: Mapping[str, Any]) -
                 raise UserError(f"--configs: {f}: no such file")
             if f not in files:
                 files.append(f)
-    return [Entry(dict(overrides), [], config_file=f) for f in files]
+    return [Entry(dict(overrides), [], config_file=f, origin=f) for f in files]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,9 +836,13 @@ def build_runs(
     command_text: str = "",
     arg_style: str = "hydra",
     name_template: str | None = None,
+    source: str = "",
+    known: Mapping[str, str] | None = None,
 ) -> list[Run]:
     """Expanded entries -> Runs: a unique name, a folder inside output_dir, the argv (command with its
-    placeholders, then the config file for --configs, then the hyperparameters in `arg_style`)."""
+    placeholders, then the config file for --configs, then the hyperparameters in `arg_style`).
+    `known` (identity -> name, from the output folder's journal): a run an earlier sweep already ran keeps
+    the name it had there, so that adding a run whose name clashes renames only the new one."""
     entries = [e if isinstance(e, Entry) else Entry(dict(e), list(e)) for e in entries]
     sources = [e.hyperparams if e.config_file is None else {"config_file": e.config_file, **e.hyperparams}
                for e in entries]
@@ -834,16 +850,24 @@ def build_runs(
     for i, src in enumerate(sources):
         canon = canonical_json(src)
         if canon in seen:
-            raise UserError(f"runs [{seen[canon]}] and [{i}] of the expanded sweep are identical")
+            first, second = (entries[j].origin or f"run [{j}]" for j in (seen[canon], i))
+            raise UserError(f"{source + ': ' if source else ''}{first} and {second} are identical runs "
+                            "(the same hyperparameters)")
         seen[canon] = i
+    text = command_text or shlex.join(command)
+    identities = []
+    for entry in entries:
+        identity_text = text + (f" {entry.config_file} {_file_hash(entry.config_file)}" if entry.config_file else "")
+        identities.append(run_identity(entry.hyperparams, identity_text + ("" if arg_style == "hydra"
+                                                                           else f" [{arg_style}]")))
     if name_template:
         names = [template_name(name_template, e.hyperparams, i) for i, e in enumerate(entries)]
         names = [_with_hash(n, s) if len(n.encode()) > MAX_NAME_BYTES else n for n, s in zip(names, sources)]
-        first: dict[str, int] = {}
+        first_of: dict[str, int] = {}
         for i, name in enumerate(names):
-            if name.lower() in first:
-                raise UserError(f"--name-template gives runs [{first[name.lower()]}] and [{i}] the same name {name!r}")
-            first[name.lower()] = i
+            if name.lower() in first_of:
+                raise UserError(f"--name-template gives runs [{first_of[name.lower()]}] and [{i}] the same name {name!r}")
+            first_of[name.lower()] = i
     else:
         base = []
         for e in entries:
@@ -852,8 +876,9 @@ def build_runs(
             else:
                 base.append(run_name({k: e.hyperparams[k] for k in e.name_keys}, abbrev))
         names = dedupe_names(base, sources)
+        if known:
+            names = _keep_known_names(names, base, sources, identities, known)
     root = output_dir.resolve()
-    text = command_text or shlex.join(command)
     runs = []
     for i, (entry, name) in enumerate(zip(entries, names)):
         run_dir = (root / name).resolve()
@@ -868,10 +893,27 @@ def build_runs(
         run.gpus_needed = entry.gpus_per_run
         run.memory_mb = None if entry.gpu_memory_gb is None else entry.gpu_memory_gb * 1024
         run.config_file = entry.config_file
-        identity_text = text + (f" {entry.config_file} {_file_hash(entry.config_file)}" if entry.config_file else "")
-        run.identity = run_identity(entry.hyperparams, identity_text + ("" if arg_style == "hydra" else f" [{arg_style}]"))
+        run.identity = identities[i]
         runs.append(run)
     return runs
+
+
+def _keep_known_names(names: list[str], base: list[str], sources: Sequence[Mapping[str, Any]],
+                      identities: Sequence[str], known: Mapping[str, str]) -> list[str]:
+    """Give back to each run that an earlier sweep ran the name it had then (its plain or its hashed name),
+    unless that would make two names clash."""
+    kept = list(names)
+    for i, identity in enumerate(identities):
+        prior = known.get(identity)
+        if prior and prior != kept[i] and prior in (base[i], _with_hash(base[i], sources[i])):
+            kept[i] = prior
+    lowered = [n.lower() for n in kept]
+    if len(set(lowered)) < len(lowered):
+        clashing = {n for n in lowered if lowered.count(n) > 1}
+        kept = [n if n.lower() not in clashing else names[i] for i, n in enumerate(kept)]
+        if len({n.lower() for n in kept}) < len(kept):
+            return names
+    return kept
 
 
 def _file_hash(path: str) -> str:
@@ -2424,20 +2466,24 @@ def archive_attempt_files(run: Run) -> None:
             os.replace(run.run_dir / name, folder / name)
 
 
-def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Records of finished attempts by run name, oldest first. A line cut short by a crash is skipped."""
-    out: dict[str, list[dict[str, Any]]] = {}
+Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
+
+
+def read_journal(path: Path) -> Journal:
+    """The journal's records by run name, oldest first. A line cut short by a crash (even inside a UTF-8
+    character) or otherwise unreadable is skipped; a missing or unreadable journal is an empty one."""
+    out: Journal = {}
     try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
         return out
-    with f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                out.setdefault(record["model_name"], []).append(record)
-            except (ValueError, KeyError, TypeError):
-                continue
+    for line in lines:
+        try:
+            record = json.loads(line.decode("utf-8"))
+            out.setdefault(record["model_name"], []).append(record)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            continue
     return out
 
 
@@ -3476,9 +3522,10 @@ def check_writable(folder: Path, what: str) -> None:
         raise UserError(f"{folder}: {what} cannot be written ({e.strerror or e})") from None
 
 
-def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, SweepSpec, list[Run]]:
+def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, SweepSpec, list[Run], Journal]:
     """Config file (or --configs) + command-line sweeps and overrides + flags -> the settings completed from
-    the config file (command, argument style, name template) and the sweep's runs."""
+    the config file (command, argument style, name template), the sweep's runs, and the output folder's
+    journal (earlier sweeps' records: names to keep, runs to resume)."""
     cli_sweeps, plain = parse_sweep_overrides(overrides) if overrides else ({}, {})
     values = {**plain, **parse_set(settings.set)}
     if settings.configs:
@@ -3500,9 +3547,11 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, S
         name_template=settings.name_template or spec.name_template,
     )
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
+    journal = read_journal(Path(settings.output_dir) / JOURNAL)
+    known = {r.get("identity"): name for name, records in journal.items() for r in records}
     runs = build_runs(entries, resolve_command(settings.command), Path(settings.output_dir), abbrev,
-                      settings.command, settings.arg_style, settings.name_template)
-    return settings, spec, runs
+                      settings.command, settings.arg_style, settings.name_template, settings.source, known)
+    return settings, spec, runs, journal
 
 
 def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str) -> None:
@@ -3545,7 +3594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     probe = None
     try:
-        settings, spec, runs = plan_runs(settings, overrides)
+        settings, spec, runs, journal = plan_runs(settings, overrides)
         command = resolve_command(settings.command or "")
         for pattern in settings.oom_pattern:
             try:
@@ -3572,7 +3621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_command(command, cwd)
         check_writable(Path(settings.output_dir), "output folder")
         check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
-        return run_sweep(settings, runs, gpus, probe, policy, note, cwd, spec.env)
+        return run_sweep(settings, runs, journal, gpus, probe, policy, note, cwd, spec.env)
     except UserError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
@@ -3584,8 +3633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe.close()
 
 
-def run_sweep(settings: Settings, runs: list[Run], gpus: list[int], probe: NvmlProbe | None, policy: Policy,
-              note: str, cwd: Path, env: Mapping[str, str]) -> int:
+def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpus: list[int],
+              probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path, env: Mapping[str, str]) -> int:
     """Lock the output folder and the results file, resume (or set old runs aside), save the settings, start
     the guardian and run the event loop."""
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
@@ -3599,7 +3648,8 @@ def run_sweep(settings: Settings, runs: list[Run], gpus: list[int], probe: NvmlP
                     set_aside(run.run_dir)
             if journal.exists():
                 set_aside(journal)
-        skipped = plan_resume(runs, read_journal(journal))
+            journal_records = {}
+        skipped = plan_resume(runs, journal_records)
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         record = {
             "train_sweep": __version__,

@@ -32,7 +32,7 @@ def check_refused(p, *fragments: str) -> None:
         ('[{"learning rate": 1}]', ["entry [0]: key 'learning rate' may not contain spaces"]),
         ('[{"a=b": 1}]', ["entry [0]: key 'a=b'"]),
         ('[{"--lr": 1}]', ["key '--lr' may not start with '-'"]),
-        ('[{"a": 1}, {"a": 2}, {"a": 1}]', ["entries [0] and [2] are identical"]),
+        ('[{"a": 1}, {"a": 2}, {"a": 1}]', ["entry [0] and entry [2] are identical runs"]),
         ('[{"a": 1, "a": 2}]', ["key 'a' appears twice in one object"]),
         ("\xff\xfe", ["cannot read config file"]),
     ],

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from train_sweep import MAX_NAME_BYTES, dedupe_names, UserError, build_runs, clean, params_hash, run_name, validate_entries
+from train_sweep import (
+    MAX_NAME_BYTES, SweepSpec, UserError, build_runs, clean, dedupe_names, expand, params_hash, run_name, validate_entries,
+)
 
 SEED_ENTRY = {
     "env": "point_maze", "frameskip": 5, "num_hist": 3, "training.epochs": 50, "bisim_latent_dim": 512,
@@ -73,9 +75,23 @@ def test_names_that_would_clash_get_hashes_and_stay_unique():
     assert unique_names([{"x": 1}, {"x": 1.0}]) == ["x_1_" + params_hash({"x": 1}), "x_1_" + params_hash({"x": 1.0})]
 
 
-def test_identical_entries_are_an_error_naming_both():
-    with pytest.raises(UserError, match=r"entries \[0\] and \[2\] are identical"):
-        validate_entries([{"a": 1, "b": 2}, {"a": 2}, {"b": 2, "a": 1}], "cfg.json")
+def test_identical_entries_are_an_error_naming_both(tmp_path):
+    spec = SweepSpec("cfg.json", validate_entries([{"a": 1, "b": 2}, {"a": 2}, {"b": 2, "a": 1}], "cfg.json"))
+    with pytest.raises(UserError, match=r"cfg.json: entry \[0\] and entry \[2\] are identical runs"):
+        build_runs(expand(spec), ["python", "train.py"], tmp_path, source="cfg.json")
+    grid = SweepSpec("g.json", [{"a": 1}, {}], form="object", grid={"a": [1, 2]})
+    with pytest.raises(UserError, match=r"'runs' entry \[0\] with a=1 and 'runs' entry \[1\] with a=1"):
+        build_runs(expand(grid), ["python", "train.py"], tmp_path)
+
+
+def test_a_run_keeps_the_name_an_earlier_sweep_gave_it(tmp_path):
+    """issue 10 bug 11: adding a run whose name clashes after cleaning renames only the new one."""
+    first = build_runs([{"s": "a b"}], ["python", "train.py"], tmp_path)
+    assert first[0].name == "s_a_b"
+    both = build_runs([{"s": "a b"}, {"s": "a_b"}], ["python", "train.py"], tmp_path,
+                      known={first[0].identity: "s_a_b"})
+    assert both[0].name == "s_a_b" and both[1].name == "s_a_b_" + params_hash({"s": "a_b"})
+    assert build_runs([{"s": "a b"}, {"s": "a_b"}], ["python", "train.py"], tmp_path)[0].name != "s_a_b"
 
 
 def test_run_folders_are_inside_the_output_folder(tmp_path):
