@@ -2553,11 +2553,12 @@ class ResultsWriter:
         self.output_file = output_file
         self.partial_file = output_file.with_name(output_file.name + ".partial")
         self.records: dict[int, dict[str, Any]] = {}
-        self._journal = open(journal, "a+", encoding="utf-8") if journal else None
-        if self._journal is not None and self._journal.tell() > 0:
-            self._journal.seek(self._journal.tell() - 1)
-            if self._journal.read(1) != "\n":  # a line torn by a crash: start the next one on its own line
-                self._journal.write("\n")
+        self._journal: int | None = None  # a plain descriptor, O_APPEND: each line is one write, never buffered
+        if journal is not None:
+            self._journal = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            size = os.fstat(self._journal).st_size
+            if size and os.pread(self._journal, 1, size - 1) != b"\n":  # a line torn by a crash: start anew
+                os.write(self._journal, b"\n")
         self.dirty = False
         self._next_write = 0.0  # time.monotonic() before which a rewrite waits (the throttle)
         self._next_sync = 0.0  # time.monotonic() before which the journal is not fsynced again
@@ -2574,11 +2575,12 @@ class ResultsWriter:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
         record = run_record(run)
         if self._journal is not None:
-            self._journal.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
-            self._journal.flush()  # in the OS now: a crash of this process loses nothing
+            line = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode()
+            if os.write(self._journal, line) != len(line):  # in the OS now: a crash of this process loses nothing
+                raise OSError(28, "No space left on device")  # a short write: the rest would not fit either
             now = time.monotonic()
             if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
-                os.fsync(self._journal.fileno())
+                os.fsync(self._journal)
                 self._next_sync = now + 1.0
         body = {k: v for k, v in record.items() if k not in ("stdout", "stderr")}  # run_record(run, tails=False)
         write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
@@ -2617,9 +2619,12 @@ class ResultsWriter:
 
     def close(self) -> None:
         if self._journal is not None:
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-            self._journal.close()
+            try:
+                os.fsync(self._journal)
+            except OSError:
+                pass  # a failed write was reported when it happened
+            os.close(self._journal)
+            self._journal = None
 
 
 def try_lock(path: Path) -> int | None:

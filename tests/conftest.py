@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,12 @@ class FakeGpus:
     def update(self, index: int, **fields) -> None:
         self.gpus[index].update(fields)
         self.save()
+
+    def foreign_process(self, index: int, mb: int) -> subprocess.Popen:
+        """Someone else's process holding `mb` MB on GPU `index` (NVML lists it) until the test kills it."""
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        (self.procs_dir / f"{proc.pid}.json").write_text(json.dumps({"gpu": index, "mb": mb}))
+        return proc
 
     def save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
@@ -89,6 +97,11 @@ class Sweep:
             self.argv(*args, trainer=trainer), cwd=self.dir, env=self.env(**env),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+
+    def start_on_pty(self, *args: str, trainer: bool = True, **env) -> "PtyProc":
+        """The CLI on a real terminal: a pseudo-terminal that is its stdin, stdout, stderr and controlling
+        terminal (it leads its own session, as a shell's job does after the terminal opened)."""
+        return PtyProc(self.argv(*args, trainer=trainer), self.dir, self.env(TERM="xterm-256color", **env))
 
     def results(self, name: str = "train_sweep_results.json") -> list[dict]:
         return json.loads((self.dir / name).read_text())
@@ -146,3 +159,93 @@ def run_pids(sweep: Sweep) -> list[int]:
 
 def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
     proc.send_signal(sig)
+
+
+class PtyProc:
+    """A process on a pseudo-terminal. Its output is drained in a thread (`output()`); `hang_up()` closes the
+    terminal's master side, as when a terminal window or an ssh connection closes: the kernel sends SIGHUP
+    to the session and later reads and writes on the terminal fail (EIO)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], rows: int = 40, cols: int = 160) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+        def controlling_terminal() -> None:  # runs in the child after setsid(): the pty becomes its terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=controlling_terminal)
+        os.close(slave)
+        self.pid = self.proc.pid
+        self._master: int | None = master
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        fd = self._master
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the process and every other holder of the slave side are gone
+                return
+            if not data:
+                return
+            with self._lock:
+                self._buf += data
+
+    def output(self) -> str:
+        with self._lock:
+            return self._buf.decode("utf-8", "replace")
+
+    def _close_master(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self._master is not None:
+            os.close(self._master)
+            self._master = None
+
+    def hang_up(self) -> None:
+        self._close_master()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit (TimeoutExpired after `timeout`), then read what is left on the terminal."""
+        rc = self.proc.wait(timeout)
+        if self._master is not None:
+            self._thread.join(5)  # ends on EIO once everything written is read
+            self._close_master()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_master()
+
+
+def kill_pids(pids) -> None:
+    """Clean-up after a failed test: SIGKILL the given processes (the fake trainers' own pids) if alive."""
+    for pid in pids:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """A small tmpfs at `path` (created), to fill up; False where it cannot be mounted (not root)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0

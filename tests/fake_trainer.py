@@ -13,6 +13,11 @@
     fail_once=P    exit 1 if the file P does not exist yet (and create it): fails the first attempt only
     oom_once=P     likewise, printing PyTorch's CUDA out-of-memory error first
     oom=1          always print the out-of-memory error and exit 1
+    linger=1       start a grandchild in the same process group that ignores SIGTERM and sleeps forever,
+                   wait until it ignores SIGTERM, then exit 0 at once (only SIGKILL ends the grandchild)
+    spam=S         print numbered lines (about 100 bytes each, flushed, ~1 ms apart) for S seconds
+    break_nvml=1   just before exiting, mark every GPU in $FAKE_NVML_STATE as failing (its NVML calls
+                   raise from then on): NVML breaks right after this run, before the next one starts
 
 Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time), and appends one
 JSON line to $FAKE_LOG if set (start and end times, GPU), so tests can check what ran where and when.
@@ -42,6 +47,15 @@ if args.get("escape") == "1":
     pids.append(
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True).pid
     )
+
+if args.get("linger") == "1":
+    lingerer = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(3600)"],
+        stdout=subprocess.PIPE,
+    )
+    lingerer.stdout.readline()  # it ignores SIGTERM from now on
+    pids.append(lingerer.pid)
 
 info = {
     "argv": sys.argv[1:],
@@ -107,10 +121,27 @@ if args.get("oom") == "1":
     log("end")
     sys.exit(1)
 
+if "spam" in args:
+    spam_end = time.time() + float(args["spam"])
+    i = 0
+    while time.time() < spam_end:
+        print(f"spam line {i:08d} " + "x" * 80, flush=True)
+        i += 1
+        time.sleep(0.001)
+
 time.sleep(float(args.get("sleep", 0)))
 if "metric" in args:
     print(f"val_loss={args['metric']}")
 if "err" in args:
     print(args["err"], file=sys.stderr)
+if args.get("break_nvml") == "1":
+    state_path = os.environ["FAKE_NVML_STATE"]
+    with open(state_path) as f:
+        state = json.load(f)
+    for g in state["gpus"]:
+        g["fail"] = True
+    with open(state_path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(state_path + ".tmp", state_path)
 log("end")
 sys.exit(int(args.get("exit", 0)))

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def names(p) -> list[str]:
-    return [line.split("│")[2].strip() for line in p.stdout.splitlines() if line.startswith("│ ") and
+    return [line.split("│")[2].strip() for line in p.stdout.splitlines() if line.startswith("│") and
             line.split("│")[1].strip().isdigit()]
 
 
