@@ -1538,7 +1538,8 @@ def become_subreaper() -> bool:
 
 
 def own_children() -> set[int]:
-    """PIDs of our direct children, read cheaply from /proc (psutil's scan, 20x slower, is the fallback).
+    """PIDs of our direct children, from one /proc file: 48 us, where psutil's children() scans every process
+    (3.7 ms with 8 children on a 2-CPU VM, measured), and it runs for every exit. psutil is the fallback.
     Only the main thread forks, and orphans re-parented to a subreaper go to its thread-group leader."""
     try:
         with open(f"/proc/self/task/{os.getpid()}/children") as f:

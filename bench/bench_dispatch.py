@@ -5,6 +5,7 @@
     python bench/bench_dispatch.py --gpus 8 --workloads tiny --tools train_sweep gnu_parallel
     python bench/bench_dispatch.py --ray-python ~/ray-venv/bin/python     # also Ray Tune (slow to start)
     python bench/bench_dispatch.py --gpus 2 --real-nvml --tools train_sweep train_sweep_nvml   # on 2 real GPUs
+    python bench/bench_dispatch.py --baseline REV --tools train_sweep train_sweep_baseline   # before/after a change
 
 Workloads (fixed seed): mixed = 100 jobs, durations log-normal around 1 s, clipped to 0.2-4 s;
 tiny = 300 jobs of zero duration (pure dispatch cost). Each job is bench/synthetic_job.py, a Python
@@ -56,23 +57,34 @@ def job_line(i: int, d: float, log: Path) -> str:
 # -- drivers: each returns (argv, env, stdin text or None, setup/teardown hooks) -------------------
 
 
-def installed_train_sweep() -> list[str]:
+def installed_train_sweep(folder: Path = ROOT) -> list[str]:
     """train_sweep as `pip install .` installs it: the `train-sweep` command imports the module from its
     bytecode, compiled at install time. Here: compile it once (py_compile writes even where
     PYTHONDONTWRITEBYTECODE is set), then import it as the command does."""
     import importlib.util
     import py_compile
 
-    source = ROOT / "train_sweep.py"
+    source = folder / "train_sweep.py"
     py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv[0] = 'train-sweep'; "
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); sys.argv[0] = 'train-sweep'; "
                                   "from train_sweep import cli; cli()"]
 
 
+BASELINE: list[Path] = []  # --baseline REV: that revision's train_sweep.py, in a folder of its own
+
+
+def baseline_folder(rev: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    text = subprocess.run(["git", "show", f"{rev}:train_sweep.py"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    (folder / "train_sweep.py").write_text(text)
+    return folder
+
+
 def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, monitoring: bool,
-                      script: bool = False) -> dict:
+                      script: bool = False, folder: Path = ROOT) -> dict:
     (work / "config.json").write_text(json.dumps([{"id": i, "duration": round(d, 4)} for i, d in enumerate(durations)]))
-    head = [sys.executable, str(ROOT / "train_sweep.py")] if script else installed_train_sweep()
+    head = [sys.executable, str(folder / "train_sweep.py")] if script else installed_train_sweep(folder)
     argv = [*head, "--config-file", "config.json",
             "--command", f"{shlex.quote(sys.executable)} {JOB} log={log}", "--gpus", *map(str, range(gpus)),
             "--no-live", "--output-dir", "outputs", "--memory-threshold-gb", "1000"]
@@ -134,13 +146,15 @@ DRIVERS = {
     "train_sweep": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False),
     "train_sweep_nvml": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=True),
     "train_sweep_script": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False, script=True),
+    "train_sweep_baseline": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False,
+                                                                   folder=BASELINE[0]),
     "gnu_parallel": drive_gnu_parallel,
     "simple_gpu_scheduler": drive_simple_gpu_scheduler,
     "task_spooler": drive_task_spooler,
     "polling_loop_1s": drive_polling_loop,
     "ray_tune": drive_ray_tune,
 }
-DEFAULT_TOOLS = [t for t in DRIVERS if t != "ray_tune"]
+DEFAULT_TOOLS = [t for t in DRIVERS if t not in ("ray_tune", "train_sweep_baseline")]
 NEEDS = {"gnu_parallel": "parallel", "task_spooler": "tsp"}
 
 
@@ -148,6 +162,8 @@ def available(tool: str) -> str | None:
     """None if the tool can run here, else what to install."""
     if tool in NEEDS and shutil.which(NEEDS[tool]) is None:
         return f"apt-get install {'parallel' if tool == 'gnu_parallel' else 'task-spooler'}"
+    if tool == "train_sweep_baseline" and not BASELINE:
+        return "--baseline REV (a git revision of train_sweep.py to compare with)"
     if tool == "ray_tune" and not RAY_PYTHON:
         return "--ray-python PYTHON (a Python with ray[tune] installed)"
     if tool == "simple_gpu_scheduler" and not (shutil.which("simple_gpu_scheduler")
@@ -259,11 +275,17 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="N rounds of every tool, interleaved; each row is the tool's median round (default 1)")
     ap.add_argument("--ray-python", metavar="PYTHON", help="a Python with ray[tune]: adds ray_tune to the tools")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="a git revision: adds train_sweep_baseline, that revision's train_sweep.py, installed form")
     ap.add_argument("--real-nvml", action="store_true",
                     help="train_sweep_nvml reads the machine's real NVML (needs --gpus real GPUs)")
     args = ap.parse_args()
     global REAL_NVML
     REAL_NVML = args.real_nvml
+    if args.baseline:
+        BASELINE.append(baseline_folder(args.baseline))
+        if "train_sweep_baseline" not in args.tools:
+            args.tools.append("train_sweep_baseline")
     if args.ray_python:
         RAY_PYTHON.append(args.ray_python)
         if "ray_tune" not in args.tools:
