@@ -16,15 +16,20 @@ journal, resume, retries, out-of-memory requeue); and showing what runs where an
     tail -f outputs/<name>/combined.log                          # follow one run
 
 Map of this file (sections in the order data flows):
-    1. Constants and states       exit codes, run states, out-of-memory patterns
-    2. Config                     the config file's two forms, grids, command-line sweeps, --set, --configs
-    3. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
-    4. GPU probe                  NVML readings through pynvml, in one place
-    5. Scheduling core            pure placement: which GPU(s) take the next run, settling, declared memory
-    6. Process supervision        the guardian, process trees, log pumps, the launcher, the event loop
-    7. Results                    records, atomic writes, the journal, resume, attempts
-    8. Reporting                  progress lines, sweep.log, the live view, the summary; report, list, cleanup
-    9. CLI                        argparse, settings, the output folder's lock, main(), cli() (the command)
+    1. Constants and states       exit codes, run states, out-of-memory patterns, say_error
+    2. Settings                   every flag as one typed field (Settings), resolved once at the CLI's edge
+    3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set
+    4. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
+    5. GPU probe                  NVML readings through pynvml, in one place
+    6. Scheduling core            pure: placement (pick_gpus, settling, declared memory, GpuPool), classify,
+                                  requeue_reason
+    7. Sources and launchers      the RunSource and Launcher protocols; ListSource; the guardian, LogFollower
+                                  and LocalLauncher (local processes)
+    8. The event loop             Sweep: wait, reap, observe, record, launch, report; Progress snapshots
+    9. Results                    records, atomic writes, the journal, resume, attempts, the locks
+    10. Reporting                 event lines, sweep.log, the live view, the summary
+    11. Offline tools             report, list, cleanup, plots (reading finished sweeps)
+    12. CLI                       argparse, plan_runs, main(), run_sweep, cli() (the command)
 """
 
 from __future__ import annotations
@@ -3413,18 +3418,18 @@ def build_parser() -> argparse.ArgumentParser:
                "3 the sweep's output could not be written, 130 interrupted",
     )
     a = p.add_argument
-    a("--config-file", default="train_sweep_config.json", metavar="FILE",
+    a("--config-file", default=Settings.config_file, metavar="FILE",
       help="a JSON array of hyperparameter objects (one run each), or an object with runs, grid, defaults, "
            "command, ... (see README) (default: %(default)s)")
     a("--gpus", nargs="+", metavar="ID",
       help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
-    a("--timeout", type=_nonneg_float, default=36000.0, metavar="SECONDS",
+    a("--timeout", type=_nonneg_float, default=Settings.timeout, metavar="SECONDS",
       help="end a run that runs longer than this; 0 means never (default: %(default)g = 10 hours)")
-    a("--output-file", default="train_sweep_results.json", metavar="FILE",
+    a("--output-file", default=Settings.output_file, metavar="FILE",
       help="results file, rewritten as runs finish; FILE.partial on interruption (default: %(default)s)")
-    a("--max-processes-per-gpu", type=_positive_int, default=1, metavar="N",
+    a("--max-processes-per-gpu", type=_positive_int, default=Settings.max_processes_per_gpu, metavar="N",
       help="runs of this sweep at once on one GPU (default: %(default)s)")
-    a("--memory-threshold-gb", type=_positive_float, default=40.0, metavar="GB",
+    a("--memory-threshold-gb", type=_positive_float, default=Settings.memory_threshold_gb, metavar="GB",
       help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
     a("--disable-gpu-monitoring", action="store_true",
       help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
@@ -3446,11 +3451,11 @@ def build_parser() -> argparse.ArgumentParser:
            "declared but have not allocated yet)")
     a("--max-runs", type=_positive_int, metavar="N", help="run only the first N runs of the expanded sweep")
     a("--shuffle", action="store_true", help="put the expanded runs in a random order (repeatable with --seed)")
-    a("--seed", type=int, default=0, help="seed for --shuffle (default: %(default)s)")
+    a("--seed", type=int, default=Settings.seed, help="seed for --shuffle (default: %(default)s)")
     a("--configs", nargs="+", metavar="FILE",
       help="batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
            "named after the file; instead of --config-file")
-    a("--output-dir", default="outputs", metavar="DIR",
+    a("--output-dir", default=Settings.output_dir, metavar="DIR",
       help="where run folders go: DIR/<name>/ (default: %(default)s)")
     a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
     a("--abbrev", action="append", default=[], metavar="KEY=SHORT",
@@ -3459,20 +3464,21 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
     a("--metric", metavar="NAME",
       help="rank runs by this metric: from <run_dir>/metrics.json, else the last 'NAME=value' in stdout")
-    a("--mode", choices=("min", "max"), default="min", help="whether a lower or higher --metric is better (default: min)")
-    a("--kill-grace", type=_nonneg_float, default=KILL_GRACE_S, metavar="SECONDS",
+    a("--mode", choices=("min", "max"), default=Settings.mode,
+      help="whether a lower or higher --metric is better (default: %(default)s)")
+    a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
       help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
-    a("--settle-seconds", type=_positive_float, default=SETTLE_TIMEOUT_S, metavar="SECONDS",
+    a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
       help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
     a("--no-live", action="store_true",
       help="plain timestamped event lines instead of the live view (the default when stdout is not a terminal)")
     a("--rerun", action="store_true",
       help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
-    a("--retries", type=_nonneg_int, default=0, metavar="N",
+    a("--retries", type=_nonneg_int, default=Settings.retries, metavar="N",
       help="retry a failed run up to N times, after the runs not yet started (default: %(default)s)")
     a("--oom-pattern", action="append", default=[], metavar="REGEX",
       help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
-    a("--max-oom-requeues", type=_nonneg_int, default=MAX_OOM_REQUEUES, metavar="N",
+    a("--max-oom-requeues", type=_nonneg_int, default=Settings.max_oom_requeues, metavar="N",
       help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
     a("--version", action="version", version=f"train_sweep {__version__}")
     return p
