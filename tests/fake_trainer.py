@@ -18,6 +18,13 @@
     spam=S         print numbered lines (about 100 bytes each, flushed, ~1 ms apart) for S seconds
     break_nvml=1   just before exiting, mark every GPU in $FAKE_NVML_STATE as failing (its NVML calls
                    raise from then on): NVML breaks right after this run, before the next one starts
+    rmdir_self=1   delete $TRAIN_SWEEP_RUN_DIR (shutil.rmtree) and exit 0 at once
+    term_delay=S   on SIGTERM: log a "term" event, sleep S seconds, log an "exit" event, exit 143
+    big_line_mb=N  print one N MB line to stdout (the newline only at its end)
+    cr_bar=N       write N tqdm-style progress updates to stderr, '\r'-separated, no newline
+    err_mb=N       print one N MB line as the last stderr line
+    bad_metrics=K  write a metrics.json that is not plain JSON: K=surrogate (a lone "\ud800" escape)
+                   or K=deep (100,000 nested arrays)
 
 Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time), and appends one
 JSON line to $FAKE_LOG if set (start and end times, GPU), so tests can check what ran where and when.
@@ -78,6 +85,42 @@ def log(event):
 
 
 log("start")
+
+if args.get("rmdir_self") == "1":
+    import shutil
+
+    shutil.rmtree(run_dir)
+    log("end")
+    sys.exit(0)
+
+if "term_delay" in args:
+    _terminating = []
+
+    def _slow_term(signum, frame):
+        if _terminating:  # a second SIGTERM while winding down: keep winding down
+            return
+        _terminating.append(1)
+        log("term")
+        time.sleep(float(args["term_delay"]))
+        log("exit")
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, _slow_term)
+
+if "big_line_mb" in args:
+    sys.stdout.write("x" * (int(args["big_line_mb"]) * 1024 * 1024) + "\n")
+    sys.stdout.flush()
+if "cr_bar" in args:
+    total = int(args["cr_bar"])
+    for i in range(total):
+        sys.stderr.write(f"\r{i + 1}/{total} |{'#' * (20 * (i + 1) // total):<20}|")
+    sys.stderr.flush()
+if args.get("bad_metrics") == "surrogate":
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        f.write('{"val_loss": "\\ud800"}')
+elif args.get("bad_metrics") == "deep":
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        f.write('{"val_loss": ' + "[" * 100000 + "]" * 100000 + "}")
 
 
 def use_memory():
@@ -143,5 +186,8 @@ if args.get("break_nvml") == "1":
     with open(state_path + ".tmp", "w") as f:
         json.dump(state, f)
     os.replace(state_path + ".tmp", state_path)
+if "err_mb" in args:
+    sys.stderr.write("E" * (int(args["err_mb"]) * 1024 * 1024) + "\n")
+    sys.stderr.flush()
 log("end")
 sys.exit(int(args.get("exit", 0)))
