@@ -34,6 +34,12 @@ Map of this file (sections in the order data flows):
 
 from __future__ import annotations
 
+import _signal  # already loaded at the interpreter's start, like os: no time passes before the handler is set
+import os
+
+if __name__ == "__main__":  # until main() takes over, Ctrl+C ends the script at once: nothing is written yet
+    _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))
+
 import argparse
 import dataclasses
 import enum
@@ -41,7 +47,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 import selectors
 import shlex
@@ -66,8 +71,13 @@ EXIT_BAD_INPUT = 2  # bad config, flag, GPU id, folder or train script: nothing 
 EXIT_SWEEP_ERROR = 3  # the sweep stopped on an error of its own: output not writable, every GPU's NVML failing
 EXIT_INTERRUPTED = 130  # Ctrl+C, SIGTERM or SIGHUP
 
+LOCK_WAIT_S = 600.0  # longest wait for the guardian of a dead sweep to end its runs before a new sweep starts
+DRY_RUN_ROWS = 200  # --dry-run shows this many runs, then how many more there are
+MAX_RUNS = 100_000  # a sweep of more runs is made only with --max-runs (a sample of it), never whole
 MAX_NAME_BYTES = 200  # longest run name (a folder name); longer names are cut and get a hash
 TAIL_LINES = 100  # lines of stdout/stderr kept in the results file (full logs stay in the run folder)
+TAIL_BYTES = 32 * 1024  # ... read from at most the last 32 KB of each log
+LINE_SHOW = 2000  # a line kept or shown is cut to this many characters, with a marker
 KILL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this many seconds
 SETTLE_TIMEOUT_S = 60.0  # a GPU's memory reading is trusted again at most this long after a launch
 SETTLE_STABLE_S = 2.0  # ... or once it has grown and then held steady this long
@@ -80,6 +90,8 @@ NVML_FAILS, NVML_FAIL_S = 3, 2.0  # a GPU is taken out after its NVML calls fail
 MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
 JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
+RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK)  # what the sweep keeps in its output folder
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -227,16 +239,49 @@ class Settings:
 _BAD_KEY = re.compile(r"[\s=,]")
 
 
-def _reject_duplicate_keys(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in seen:
-                raise UserError(f"{path}: key {key!r} appears twice in one object")
-            seen[key] = value
-        return seen
+class JsonObject(dict):  # type: ignore[type-arg]
+    """A JSON object as read from a config file; `duplicate` names a key it had twice (reported where the
+    entry it belongs to is known)."""
 
-    return hook
+    duplicate: str | None = None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject()
+    for key, value in pairs:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+MAX_DEPTH = 64  # nesting of a hyperparameter's value (lists in lists ...)
+
+
+def check_value(value: Any, where: str) -> None:
+    """A hyperparameter value that can reach a command line and a JSON results file unchanged: no NUL, no
+    lone surrogate, no NaN or Infinity, no key twice in an object, nested at most MAX_DEPTH deep."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if "\0" in item:
+                raise UserError(f"{where}: a NUL character cannot be passed on a command line")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{where}: a lone UTF-16 surrogate ({item!r}) is not text") from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise UserError(f"{where}: {item} is not a number JSON allows (NaN and Infinity are not)")
+        elif isinstance(item, dict):
+            if getattr(item, "duplicate", None) is not None:
+                raise UserError(f"{where}: key {item.duplicate!r} appears twice in one object")
+            for key, sub in item.items():
+                stack += [(key, depth + 1), (sub, depth + 1)]
+        elif isinstance(item, list):
+            stack += [(sub, depth + 1) for sub in item]
 
 
 def check_key(key: Any, where: str) -> None:
@@ -260,9 +305,17 @@ def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise UserError(f"{source}: entry [{i}] must be an object of hyperparameters, got {_json_type(entry)}")
-        for key in entry:
-            check_key(key, f"{source}: entry [{i}]")
+        check_hyperparams(entry, f"{source}: entry [{i}]")
     return data
+
+
+def check_hyperparams(hyperparams: Mapping[str, Any], where: str) -> None:
+    """Every key (check_key) and value (check_value) of one set of hyperparameters."""
+    if getattr(hyperparams, "duplicate", None) is not None:
+        raise UserError(f"{where}: key {hyperparams.duplicate!r} appears twice in one object")  # type: ignore[attr-defined]
+    for key, value in hyperparams.items():
+        check_key(key, where)
+        check_value(value, f"{where}: {key!r}")
 
 
 def _json_type(value: Any) -> str:
@@ -360,9 +413,16 @@ def read_json_file(path: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read config file: {e}") from None
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
+        data = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise UserError(f"{path}: {e}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read") from None
+    if isinstance(data, JsonObject) and data.duplicate is not None:
+        raise UserError(f"{path}: key {data.duplicate!r} appears twice in one object")
+    return data
 
 
 def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
@@ -377,9 +437,12 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_FIELDS)})")
     given = {key: check_field(key, value, path) for key, value in data.items() if value is not None}
-    for section in ("defaults", "grid"):
-        for key in given.get(section, {}):
-            check_key(key, f"{path}: {section!r}")
+    check_hyperparams(given.get("defaults", {}), f"{path}: 'defaults'")
+    check_hyperparams(given.get("grid", {}), f"{path}: 'grid'")
+    for key, value in given.get("env", {}).items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise UserError(f"{path}: 'env' key {key!r}: a variable's name cannot be empty or hold '=' or NUL, "
+                            "nor its value NUL")
     runs = validate_entries(given.get("runs", [{}]), f"{path}: 'runs'")
     for i, run in enumerate(runs):
         for key in RUN_SETTINGS:
@@ -403,9 +466,10 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"--set {pair!r}: expected KEY=VALUE")
         check_key(key, f"--set {pair!r}")
         try:
-            out[key] = json.loads(text)
-        except ValueError:
+            out[key] = json.loads(text, object_pairs_hook=_object)
+        except (ValueError, RecursionError):
             out[key] = text
+        check_value(out[key], f"--set {key}")
     return out
 
 
@@ -474,36 +538,59 @@ def expand(
     overrides: Mapping[str, Any] | None = None,
     gpus_per_run: int | None = None,
     gpu_memory_gb: float | None = None,
+    max_runs: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
 ) -> list[Entry]:
-    """All runs of a sweep, in order: for each entry of `runs`, each combination of `grid` (the last key
+    """The runs of a sweep, in order: for each entry of `runs`, each combination of `grid` (the last key
     varies fastest), each combination of the command-line sweeps. A key's value comes from, weakest first:
     `defaults`, the run entry, `grid`, the command-line sweeps, plain overrides and --set. Names are built
     from the keys the run entry, grid and sweeps set, in that order (not from defaults and overrides, which
-    are the same for every run: so names stay stable when runs are added)."""
-    import itertools
+    are the same for every run: so names stay stable when runs are added).
+    The runs are counted before they are made: `shuffle` (with `seed`) puts them in a random but repeatable
+    order and `max_runs` keeps the first N; a sweep of more than MAX_RUNS runs is made only with max_runs,
+    taking the first N, or with shuffle a random sample of N, without making the others."""
+    import random
 
     cli_sweeps = dict(cli_sweeps or {})
     overrides = dict(overrides or {})
-    grid_keys, grid_values = list(spec.grid), list(spec.grid.values())
-    cli_keys, cli_values = list(cli_sweeps), list(cli_sweeps.values())
-    entries = []
-    for i, run in enumerate(spec.runs):
+    keys = [*spec.grid, *cli_sweeps]
+    choices = [*spec.grid.values(), *cli_sweeps.values()]
+    per_run = math.prod(len(c) for c in choices)
+    total = len(spec.runs) * per_run
+    if total > MAX_RUNS:
+        if not max_runs:
+            raise UserError(f"{spec.source}: the sweep has {total:,} runs, more than {MAX_RUNS:,}; pass --max-runs N "
+                            "to run the first N of them (with --shuffle: a random sample of N)")
+        picks: Sequence[int] = (random.Random(seed).sample(range(total), max_runs) if shuffle
+                                else range(min(total, max_runs)))
+    else:
+        picks = list(range(total))
+        if shuffle:
+            random.Random(seed).shuffle(picks)
+        picks = picks[:max_runs] if max_runs else picks
+
+    def entry(k: int) -> Entry:
+        i, rest = divmod(k, per_run)
+        combo = []
+        for options in reversed(choices):  # the last key varies fastest
+            rest, j = divmod(rest, len(options))
+            combo.append(options[j])
+        swept = dict(zip(keys, reversed(combo)))
+        run = spec.runs[i]
         settings = {k: run[k] for k in RUN_SETTINGS if k in run} if spec.form == "object" else {}
         own = {k: v for k, v in run.items() if k not in settings}
-        for combo in itertools.product(*grid_values):
-            for cli_combo in itertools.product(*cli_values):
-                swept = {**dict(zip(grid_keys, combo)), **dict(zip(cli_keys, cli_combo))}
-                hp = {**spec.defaults, **own, **swept, **overrides}
-                origin = ("entry" if spec.form == "array" else "'runs' entry") + f" [{i}]"
-                if swept:
-                    origin += " with " + " ".join(f"{k}={format_value(v)}" for k, v in swept.items())
-                entries.append(Entry(
-                    hp, list(dict.fromkeys([*own, *grid_keys, *cli_keys])),
-                    gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
-                    gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
-                    origin=origin,
-                ))
-    return entries
+        origin = ("entry" if spec.form == "array" else "'runs' entry") + f" [{i}]"
+        if swept:
+            origin += " with " + " ".join(f"{k}={format_value(v)}" for k, v in swept.items())
+        return Entry(
+            {**spec.defaults, **own, **swept, **overrides}, list(dict.fromkeys([*own, *keys])),
+            gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
+            gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
+            origin=origin,
+        )
+
+    return [entry(k) for k in picks]
 
 
 def select_entries(entries: list[Entry], max_runs: int | None, shuffle: bool, seed: int) -> list[Entry]:
@@ -889,6 +976,9 @@ def build_runs(
         run_dir = (root / name).resolve()
         if run_dir.parent != root:  # names are cleaned; this guards the rule itself
             raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
+        if name.lower() in {f.lower() for f in OWNED_FILES}:
+            raise UserError(f"run [{i}] would be named {name!r}, a file the sweep keeps in its output folder; "
+                            "give it another name")
         head = [a.replace("{name}", name).replace("{run_dir}", str(run_dir)) for a in command]
         if entry.config_file is not None:
             head.append(entry.config_file)
@@ -1491,12 +1581,15 @@ for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
 class Guardian:
     """Starts the guardian process and tells it which process groups belong to the sweep."""
 
-    def __init__(self, sweep_id: str, grace: float) -> None:
+    def __init__(self, sweep_id: str, grace: float, lock: int | None = None) -> None:
+        """`lock`: the output folder's lock; the guardian holds it too, so that after train_sweep dies the
+        folder stays locked until the guardian has ended every run (a new sweep there waits for that)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-S", "-c", GUARDIAN_CODE, sweep_id, str(grace), os.pathsep.join(sys.path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
+            pass_fds=() if lock is None else (lock,),
         )
         assert self.proc.stdin is not None
         self._fd = self.proc.stdin.fileno()
@@ -1665,6 +1758,7 @@ def prepare_run_dir(run: Run) -> None:
             os.mkdir(run.run_dir)  # a new folder: no earlier attempt to set aside
         except FileExistsError:
             archive_attempt_files(run)
+        (run.run_dir / RUN_MARK).touch()
         if run.config_file:
             shutil.copyfile(run.config_file, run.run_dir / f"config_used{Path(run.config_file).suffix}")
     except OSError as e:
@@ -2023,7 +2117,7 @@ class Sweep:
     def _wait(self, timeout: float | None) -> None:
         if timeout is not None and timeout <= 0:
             return
-        self._selector.select(timeout)
+        self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -2323,24 +2417,26 @@ def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool =
         raise
 
 
-def tail_lines(path: Path, n: int = TAIL_LINES, block: int = 65536) -> str:
-    """The last n lines of a file, read from its end (logs can be gigabytes)."""
+def tail_lines(path: Path, n: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
+    """The last n lines of a file, from at most its last `max_bytes` (logs can be gigabytes, and one line
+    can be too). A carriage return ends a line too (progress bars). A line cut by the window, or longer
+    than LINE_SHOW characters, is cut with a visible marker."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
     try:
-        end = pos = os.fstat(fd).st_size
-        data = b""
-        while pos > 0 and data.count(b"\n") <= n:
-            pos = max(0, pos - block)
-            data = os.pread(fd, end - pos, pos)
+        end = os.fstat(fd).st_size
+        start = max(0, end - max_bytes)
+        data = os.pread(fd, end - start, start)
     except OSError:
         return ""
     finally:
         os.close(fd)
     lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-n:])
+    if start > 0 and lines:
+        lines[0] = f"[cut: {start:,} earlier bytes not kept] …" + lines[0]
+    return "\n".join(one_line(line, LINE_SHOW) for line in lines[-n:])
 
 
 def _metric_pattern(name: str) -> re.Pattern[str]:
@@ -2349,21 +2445,36 @@ def _metric_pattern(name: str) -> re.Pattern[str]:
 
 
 def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
-    """A run's metrics: the JSON object in <run_dir>/metrics.json if the trainer wrote one; else, for
-    --metric NAME, the last `NAME=value` or `NAME: value` in its stdout."""
+    """A run's metrics: the JSON object in <run_dir>/metrics.json if this attempt wrote one (a file older than
+    the attempt is an earlier one's, and ignored); else, for --metric NAME, the last `NAME=value` or
+    `NAME: value` in its stdout. Only plain values are kept (numbers, text, booleans), NaN and Infinity as
+    null, so that the results stay standard JSON whatever the trainer wrote."""
     path = run.run_dir / "metrics.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                return data
-        except (OSError, ValueError):
-            pass
+    try:
+        fresh = run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0
+        data = json.loads(path.read_bytes()) if fresh else None
+    except (OSError, ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        return {str(k): plain_metric(v) for k, v in data.items() if isinstance(v, (int, float, str, bool, type(None)))}
     if metric:
-        found = _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000))
+        found = _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000, 256 * 1024))
         if found:
-            return {metric: float(found[-1])}
+            return {metric: plain_metric(float(found[-1]))}
     return None
+
+
+def plain_metric(value: Any) -> Any:
+    """A metric value as the results keep it: NaN and Infinity become None, text with a lone surrogate None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return one_line(value)
+    return value
 
 
 def log_tail(run: Run) -> str:
@@ -2431,6 +2542,31 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
     if not tails:
         del record["stdout"], record["stderr"]
     return record
+
+
+def write_run_json(run: Run, body: Mapping[str, Any]) -> None:
+    """<run_dir>/run.json. A run that deleted its own folder gets it back, marked, with its record in it."""
+    try:
+        write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
+    except FileNotFoundError:
+        make_run_dir(run.run_dir)
+        write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
+
+
+def make_run_dir(folder: Path) -> None:
+    """A run folder of the sweep's own: made, and marked as made by train_sweep (RUN_MARK)."""
+    folder.mkdir(exist_ok=True)
+    (folder / RUN_MARK).touch()
+
+
+def owned(folder: Path, name: str) -> bool:
+    """Did train_sweep make this folder (its mark, or a run.json of that run from an earlier version)?"""
+    if (folder / RUN_MARK).exists():
+        return True
+    try:
+        return json.loads((folder / "run.json").read_bytes()).get("model_name") == name
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
 
 
 def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -2570,12 +2706,12 @@ class ResultsWriter:
         self._next_sync = 0.0  # time.monotonic() before which the journal is not fsynced again
 
     def add_previous(self, run: Run, record: dict[str, Any]) -> None:
-        """A run completed by an earlier sweep keeps its record."""
-        self.records[run.index] = record
+        """A run completed by an earlier sweep keeps its record, at its place in today's config."""
+        self.records[run.index] = dict(record, index=run.index)
         self.dirty = True
 
     def run_started(self, run: Run) -> None:
-        write_json_atomic(run.run_dir / "run.json", run_record(run, tails=False), fsync=False, compact=True)
+        write_run_json(run, run_record(run, tails=False))
 
     def attempt_finished(self, run: Run) -> dict[str, Any]:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
@@ -2588,8 +2724,7 @@ class ResultsWriter:
             if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
                 os.fsync(self._journal)
                 self._next_sync = now + 1.0
-        body = {k: v for k, v in record.items() if k not in ("stdout", "stderr")}  # run_record(run, tails=False)
-        write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
+        write_run_json(run, {k: v for k, v in record.items() if k not in ("stdout", "stderr")})
         return record
 
     def run_finished(self, run: Run, record: dict[str, Any]) -> None:
@@ -2655,24 +2790,44 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
-def lock_output_dir(output_dir: Path) -> int:
+def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
     """One sweep per output folder: a lock on the folder itself (deleting a file in it cannot undo it), and
-    our PID in LOCK beside it, for the message another sweep gets."""
+    our PID in LOCK beside it. When the sweep that holds it is gone but the lock is still held, its guardian
+    is still ending that sweep's runs: wait for it (at most `wait_s`), so that no run starts while a process
+    of its earlier attempt lives."""
     lock = try_lock(output_dir)
-    if lock is None:
+    deadline, said = time.monotonic() + wait_s, False
+    while lock is None:
         try:
-            holder = (output_dir / LOCK).read_text().strip()
-        except OSError:
-            holder = "unknown"
-        raise UserError(
-            f"{output_dir}: another train_sweep (PID {holder}) is running a sweep in this output folder; "
-            "wait for it to finish or use another --output-dir"
-        )
+            holder = int((output_dir / LOCK).read_text().strip())
+        except (OSError, ValueError):
+            holder = 0
+        if not holder or pid_alive(holder) or time.monotonic() > deadline:
+            raise UserError(
+                f"{output_dir}: another train_sweep (PID {holder or 'unknown'}) is running a sweep in this output "
+                "folder; wait for it to finish or use another --output-dir"
+            )
+        if not said:
+            print(f"{output_dir}: the sweep that ran here (PID {holder}) is gone; waiting for its runs to end",
+                  file=sys.stderr, flush=True)
+            said = True
+        time.sleep(0.1)
+        lock = try_lock(output_dir)
     try:
         (output_dir / LOCK).write_text(f"{os.getpid()}\n")
     except OSError:
         pass
     return lock
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lock_results_file(output_file: Path) -> int:
@@ -2726,7 +2881,7 @@ def where(gpus: Any) -> str:
 
 def one_line(text: str, limit: int = 500) -> str:
     """A line fit to show: at most `limit` characters, cut with a marker."""
-    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
+    return text if len(text) <= limit else text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
 
 
 class Reporter:
@@ -3127,12 +3282,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
                           highlight=False)
     rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
-    if args.csv:
-        write_csv(Path(args.csv), rows)
-        console.print(f"wrote {len(rows)} row(s) to {args.csv}", highlight=False)
-    if args.json:
-        write_json_atomic(Path(args.json), rows, fsync=False)
-        console.print(f"wrote {len(rows)} row(s) to {args.json}", highlight=False)
+    for path, write in ((args.csv, write_csv), (args.json, lambda p, r: write_json_atomic(p, r, fsync=False))):
+        if path:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                write(Path(path), rows)
+            except OSError as e:
+                raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+            console.print(f"wrote {len(rows)} row(s) to {path}", highlight=False)
     if args.plots:
         for path in write_plots(Path(args.plots), records, metric):
             console.print(f"wrote {path}", highlight=False)
@@ -3307,7 +3464,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 age = (time.time() - newest) / 86400
                 print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
                 if args.live:
-                    shutil.rmtree(run_dir)
+                    try:
+                        shutil.rmtree(run_dir)
+                    except OSError as e:
+                        raise UserError(f"{run_dir}: cannot delete ({e.strerror or e}); {count - 1} run folder(s) "
+                                        "were deleted before it") from None
         finally:
             os.close(lock)
     verb = "deleted" if args.live else "would delete"
@@ -3534,24 +3695,60 @@ def check_writable(folder: Path, what: str) -> None:
         raise UserError(f"{folder}: {what} cannot be written ({e.strerror or e})") from None
 
 
+def resolve_path(text: str, flag: str) -> Path:
+    """A path given on the command line, absolute with symlinks resolved; a loop or an empty path is bad input."""
+    if not text:
+        raise UserError(f"{flag} is empty")
+    try:
+        return Path(text).resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise UserError(f"{flag} {text!r}: {e}") from None
+
+
+def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence[str]) -> None:
+    """--output-file must be a file of its own: not a folder, not an input of the sweep (the config file,
+    a --configs file, the train script), not a file the sweep keeps itself (journal, sweep.json, ...)."""
+    text = settings.output_file
+    path = resolve_path(text, "--output-file")
+    if text.endswith(os.sep) or path.is_dir() or path.name in ("", ".", ".."):
+        raise UserError(f"--output-file {text!r}: names a folder; give it a file name")
+    inputs = [settings.config_file, *settings.configs]
+    if Path(command[0]).name.startswith("python") and len(command) > 1:
+        inputs.append(command[1])
+    for name in inputs:
+        if name and resolve_path(name, "input") in (path, path.with_name(path.name + ".partial")):
+            raise UserError(f"--output-file {text!r} would overwrite {name}, an input of the sweep; choose another file")
+    output_dir = resolve_path(settings.output_dir, "--output-dir")
+    if path == output_dir or (path.parent == output_dir and path.name in OWNED_FILES) or \
+            any(path.parent == run.run_dir for run in runs):
+        raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
+
+
 def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, SweepSpec, list[Run], Journal]:
     """Config file (or --configs) + command-line sweeps and overrides + flags -> the settings completed from
     the config file (command, argument style, name template), the sweep's runs, and the output folder's
     journal (earlier sweeps' records: names to keep, runs to resume)."""
+    output_dir = resolve_path(settings.output_dir, "--output-dir")
+    if output_dir == output_dir.parent:
+        raise UserError(f"--output-dir {settings.output_dir!r}: the filesystem's root cannot hold run folders")
     cli_sweeps, plain = parse_sweep_overrides(overrides) if overrides else ({}, {})
+    check_hyperparams(plain, "overrides")
+    for key, values in cli_sweeps.items():
+        check_value(values, f"override {key}")
     values = {**plain, **parse_set(settings.set)}
     if settings.configs:
         if cli_sweeps:
             raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
         spec = SweepSpec("--configs", [])
-        entries = expand_config_files(settings.configs, values)
+        entries = select_entries(expand_config_files(settings.configs, values), settings.max_runs, settings.shuffle,
+                                 settings.seed)
         for e in entries:
             e.gpus_per_run, e.gpu_memory_gb = settings.gpus_per_run or 1, settings.gpu_memory_gb
         settings = dataclasses.replace(settings, config_file=None)
     else:
         spec = load_spec(settings.config_file)
-        entries = expand(spec, cli_sweeps, values, settings.gpus_per_run, settings.gpu_memory_gb)
-    entries = select_entries(entries, settings.max_runs, settings.shuffle, settings.seed)
+        entries = expand(spec, cli_sweeps, values, settings.gpus_per_run, settings.gpu_memory_gb, settings.max_runs,
+                         settings.shuffle, settings.seed)
     settings = dataclasses.replace(
         settings,
         command=settings.command or spec.command or "python train.py",
@@ -3561,7 +3758,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, S
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
     journal = read_journal(Path(settings.output_dir) / JOURNAL)
     known = {r.get("identity"): name for name, records in journal.items() for r in records}
-    runs = build_runs(entries, resolve_command(settings.command), Path(settings.output_dir), abbrev,
+    runs = build_runs(entries, resolve_command(settings.command), output_dir, abbrev,
                       settings.command, settings.arg_style, settings.name_template, settings.source, known)
     return settings, spec, runs, journal
 
@@ -3570,17 +3767,21 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
     """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"dry run: {len(runs)} run(s)", title_justify="left", show_lines=False)
     for col in ("#", "name", "hyperparameters", "command"):
         table.add_column(col, overflow="fold")
-    for run in runs:
-        hp = " ".join(f"{k}={format_value(v)}" for k, v in run.hyperparams.items())
+    for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
+        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else format_value(v)}"
+                      for k, v in run.hyperparams.items())
         extra = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
         extra += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
-        table.add_row(str(run.index), run.name, " ".join([hp, *extra]).strip(), shlex.join(run.argv))
+        table.add_row(str(run.index), Text(run.name), Text(" ".join([hp, *extra]).strip()), Text(shlex.join(run.argv)))
     console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(table)
+    if len(runs) > DRY_RUN_ROWS:
+        console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
     console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
     if note:
         console.print(note, highlight=False)
@@ -3588,6 +3789,7 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Returns the exit code (see EXIT_*)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl+C from here on: KeyboardInterrupt, exit 130
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TOOLS:
         try:
@@ -3631,6 +3833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         cwd = Path.cwd()
         check_command(command, cwd)
+        check_output_file(settings, runs, command)
         check_writable(Path(settings.output_dir), "output folder")
         check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
         return run_sweep(settings, runs, journal, gpus, probe, policy, note, cwd, spec.env)
@@ -3654,6 +3857,10 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
+        for run in runs:
+            if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
+                raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
+                                "into, moves or deletes what is not its own: move it, or use another --output-dir")
         if settings.rerun:
             for run in runs:
                 if run.run_dir.exists():
@@ -3691,7 +3898,7 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
         results = ResultsWriter(output_file, journal)
         for run, previous in skipped:
             results.add_previous(run, previous)
-        guardian = Guardian(sweep_id, settings.kill_grace)
+        guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0])
         try:
             launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
                                      kill_grace=settings.kill_grace, extra_env=env)
@@ -3714,7 +3921,11 @@ def cli() -> None:
     """`python train_sweep.py` and the `train-sweep` command: main(), then exit without the interpreter's
     module-by-module teardown (25 ms once rich is loaded). main() has closed every file it wrote; the
     standard streams are flushed here."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl+C outside the event loop, which handles its own: every file is closed
+        say_error("interrupted")
+        code = EXIT_INTERRUPTED
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

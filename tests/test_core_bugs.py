@@ -129,8 +129,8 @@ def test_run_that_exited_0_before_ctrl_c_is_complete_and_not_rerun(sweep):
     try:
         sweep.wait_for(lambda: (run_dir / "fake.json").exists(), timeout=30, what="the run")
         lingerer = sweep.fake("linger_1")["grandchildren"][0]
-        sweep.wait_for(lambda: any(e["event"] == "end" for e in sweep.events()), timeout=30,
-                       what="the main process to exit")
+        main_pid = sweep.fake("linger_1")["pid"]
+        sweep.wait_for(lambda: not pid_alive(main_pid), timeout=30, what="the main process to exit")
         assert pid_alive(lingerer), "the lingering grandchild is gone before Ctrl+C: nothing to test"
         proc.send_signal(signal.SIGINT)
         out, err = communicate(proc, 30, "after SIGINT")
