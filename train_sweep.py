@@ -1523,59 +1523,68 @@ class ListSource:
         """Nothing to close."""
 
 
-# The guardian outlives train_sweep: it reads "+ PGID" / "- PGID" lines on stdin; when stdin closes
-# with groups still registered (train_sweep was SIGKILLed, OOM-killed, lost its terminal), it ends
-# those process groups and every process that carries this sweep's TRAIN_SWEEP_ID (those that left
-# their group): SIGTERM, then SIGKILL after the grace period.
+# The guardian outlives train_sweep: it reads "+ PGID START" / "- PGID" lines on stdin (START: when the
+# group's leader started, as /proc shows it); when stdin closes with groups still registered (train_sweep
+# was SIGKILLed, OOM-killed, lost its terminal), it ends those process groups and every process that
+# carries this sweep's TRAIN_SWEEP_ID (those that left their group): SIGTERM, then SIGKILL after the
+# grace period, and exits as soon as none is left (zombies do not count). A group whose leader is now
+# another process (its PID was reused after the group was gone) is never signalled.
 GUARDIAN_CODE = r"""
 import os, signal, sys, time
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
     signal.signal(s, signal.SIG_IGN)
 sweep_id, grace = sys.argv[1], float(sys.argv[2])
-groups = set()
+groups = {}
 for line in sys.stdin:
-    op, _, pgid = line.strip().partition(" ")
+    op, pgid, *start = line.split()
     if op == "+":
-        groups.add(int(pgid))
+        groups[int(pgid)] = start[0] if start else ""
     elif op == "-":
-        groups.discard(int(pgid))
+        groups.pop(int(pgid), None)
 if not groups:
     sys.exit(0)
 sys.path[:0] = sys.argv[3].split(os.pathsep)  # started with -S (a lighter start): find psutil where we do
 import psutil
-def marked():
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+def ours():
+    for g, start in list(groups.items()):
+        now = started(g)
+        if now is not None and start and now != start:
+            del groups[g]  # the PID was reused by another group's leader: not ours
     out = []
     for p in psutil.process_iter():
         try:
-            if p.pid != os.getpid() and p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
+            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(p.pid) in groups or p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
                 out.append(p)
         except (psutil.Error, OSError):
             pass
     return out
-def alive():
-    live = [g for g in groups if _group_alive(g)]
-    return live or [p for p in marked() if p.status() != psutil.STATUS_ZOMBIE]
-def _group_alive(g):
-    try:
-        os.killpg(g, 0)
-        return True
-    except OSError:
-        return False
 for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-    for g in groups:
-        try:
-            os.killpg(g, sig)
-        except OSError:
-            pass
-    for p in marked():
+    for p in ours():
         try:
             p.send_signal(sig)
         except psutil.Error:
             pass
     end = time.monotonic() + wait
-    while time.monotonic() < end and alive():
+    while time.monotonic() < end and ours():
         time.sleep(0.1)
 """
+
+
+def process_start(pid: int) -> str:
+    """When a process started, as /proc shows it (clock ticks since boot); "" where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 class Guardian:
@@ -1601,7 +1610,7 @@ class Guardian:
             pass  # the guardian is gone; the sweep itself still ends its runs
 
     def add(self, pgid: int) -> None:
-        self._send(f"+ {pgid}")
+        self._send(f"+ {pgid} {process_start(pgid)}")
 
     def remove(self, pgid: int) -> None:
         self._send(f"- {pgid}")
@@ -2253,8 +2262,16 @@ class Sweep:
             self.poll_interval = POLL_MIN_S
 
     def _pick_next(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
-        if self.head is None:
-            self.head = self.source.next() or (self.retry.popleft() if self.retry else None)
+        while True:
+            if self.head is None:
+                self.head = self.source.next() or (self.retry.popleft() if self.retry else None)
+            if self.head is None or self.head.gpus_needed <= len(self.pool.gpus):
+                break
+            run, self.head = self.head, None  # GPUs were taken out: it can never start
+            run.error = (f"it needs {run.gpus_needed} GPUs and {len(self.pool.gpus)} are left (the others were taken "
+                         "out: their NVML calls failed)")
+            run.state, run.end_time = State.FAILED, time.time()
+            self._ended(run)
         if self.head is None:
             return None
         gpus, why = self.pool.place(self.head, now)

@@ -16,6 +16,8 @@
     linger=1       start a grandchild in the same process group that ignores SIGTERM and sleeps forever,
                    wait until it ignores SIGTERM, then exit 0 at once (only SIGKILL ends the grandchild)
     spam=S         print numbered lines (about 100 bytes each, flushed, ~1 ms apart) for S seconds
+    break_gpu=G    at start, mark GPU G in $FAKE_NVML_STATE as failing (every NVML call on it raises)
+    flaky_nvml=N   just before exiting, make the next N memory readings of every GPU fail (then they work)
     break_nvml=1   just before exiting, mark every GPU in $FAKE_NVML_STATE as failing (its NVML calls
                    raise from then on): NVML breaks right after this run, before the next one starts
     rmdir_self=1   delete $TRAIN_SWEEP_RUN_DIR (shutil.rmtree) and exit 0 at once
@@ -123,6 +125,21 @@ elif args.get("bad_metrics") == "deep":
         f.write('{"val_loss": ' + "[" * 100000 + "]" * 100000 + "}")
 
 
+def edit_nvml(change):
+    """Change the fake NVML's GPUs (a list of dicts) in its state file, atomically."""
+    state_path = os.environ["FAKE_NVML_STATE"]
+    with open(state_path) as f:
+        state = json.load(f)
+    change(state["gpus"])
+    with open(state_path + f".{os.getpid()}.tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(state_path + f".{os.getpid()}.tmp", state_path)
+
+
+if "break_gpu" in args:
+    edit_nvml(lambda gpus: gpus[int(args["break_gpu"])].update(fail=True))
+
+
 def use_memory():
     state_path = os.environ.get("FAKE_NVML_STATE")
     if not state_path or not gpu:
@@ -178,14 +195,9 @@ if "metric" in args:
 if "err" in args:
     print(args["err"], file=sys.stderr)
 if args.get("break_nvml") == "1":
-    state_path = os.environ["FAKE_NVML_STATE"]
-    with open(state_path) as f:
-        state = json.load(f)
-    for g in state["gpus"]:
-        g["fail"] = True
-    with open(state_path + ".tmp", "w") as f:
-        json.dump(state, f)
-    os.replace(state_path + ".tmp", state_path)
+    edit_nvml(lambda gpus: [g.update(fail=True) for g in gpus])
+if "flaky_nvml" in args:
+    edit_nvml(lambda gpus: [g.update(fail_reads=int(args["flaky_nvml"])) for g in gpus])
 if "err_mb" in args:
     sys.stderr.write("E" * (int(args["err_mb"]) * 1024 * 1024) + "\n")
     sys.stderr.flush()

@@ -671,3 +671,65 @@ def test_a_5_mb_last_stderr_line(sweep):
     assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
     assert not _long_lines(p.stdout)
     assert not _long_lines((sweep.dir / "outputs" / "sweep.log").read_text(errors="replace"))
+
+
+# -- the guardian: PID reuse and zombies (issue 16, item 11) -------------------------------------------------
+
+
+def test_guardian_never_signals_a_group_whose_pid_was_reused():
+    """issue 16 item 11: a registered group whose leader is now another process (its PID was reused after the
+    run's group was gone) is not signalled when train_sweep dies."""
+    from train_sweep import Guardian
+
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        guardian = Guardian("h16reuse", 2.0)
+        guardian._send(f"+ {victim.pid} 1")  # registered with another start time: the PID was reused since
+        guardian.wait()
+        assert victim.poll() is None, "the guardian killed an unrelated process"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_guardian_does_not_wait_on_zombies():
+    """issue 16 item 11: a group left with zombies only is gone: the guardian exits at once, not after its
+    whole grace period."""
+    from train_sweep import Guardian
+
+    zombie = subprocess.Popen(["true"], start_new_session=True)
+    time.sleep(0.3)  # exited, not reaped: a zombie that leads its group
+    try:
+        guardian = Guardian("h16zombie", 30.0)
+        guardian.add(zombie.pid)
+        t = time.monotonic()
+        guardian.close()
+        guardian.proc.wait(timeout=40)
+        assert time.monotonic() - t < 10, "the guardian waited out its grace period on a zombie"
+    finally:
+        zombie.wait()
+
+
+def test_a_run_of_two_gpus_fails_when_one_is_taken_out(sweep):
+    """issue 16 item 9: a 2-GPU run waiting for its GPUs, when one of the two GPUs is taken out (its NVML calls
+    keep failing), fails with the reason instead of waiting forever."""
+    sweep.gpus.set(count=2)
+    sweep.config({"runs": [{"n": 0, "sleep": 4, "break_gpu": 1}, {"n": 1, "gpus_per_run": 2}]})
+    p = sweep.run("--gpus", "0", "1", timeout=40)
+    assert "Traceback" not in p.stderr, p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert records["n_0_sleep_4_break_gpu_1"]["state"] == "complete", p.stdout
+    two = records["n_1"]
+    assert two["state"] == "failed" and "needs 2 GPUs and 1 are left" in two["error"], two
+    assert p.returncode == 1, p.stdout + p.stderr
+
+
+def test_one_transient_nvml_error_does_not_take_a_gpu_out(sweep):
+    """issue 16 item 9: one failed NVML call on every GPU at once is retried: no GPU is taken out, the sweep
+    goes on and every run completes."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "flaky_nvml": 1}, {"n": 1}])
+    p = sweep.run("--gpus", "0", timeout=40)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "taken out" not in p.stdout
+    assert [r["state"] for r in sweep.results()] == ["complete", "complete"]

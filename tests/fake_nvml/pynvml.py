@@ -3,7 +3,8 @@
 Driven by the JSON state file named in $FAKE_NVML_STATE, re-read on every call so that a test can
 change it mid-sweep:
 
-    {"gpus": [{"name": "Fake H100", "total_mb": 81920, "used_mb": 500, "util": 0, "fail": false}],
+    {"gpus": [{"name": "Fake H100", "total_mb": 81920, "used_mb": 500, "util": 0, "fail": false,
+               "fail_reads": 0}],
      "procs_dir": "/tmp/.../procs"}
 
 Processes "use" memory by writing <procs_dir>/<pid>.json = {"gpu": 0, "mb": 2048} (the fake trainer
@@ -100,6 +101,14 @@ def nvmlDeviceGetUUID(handle: int) -> str:
 
 def nvmlDeviceGetMemoryInfo(handle: int) -> SimpleNamespace:
     gpu = _gpu(handle)
+    if gpu.get("fail_reads"):  # a transient error: this reading fails, the next ones work again
+        state = _state()
+        state["gpus"][handle]["fail_reads"] -= 1
+        tmp = os.environ["FAKE_NVML_STATE"] + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, os.environ["FAKE_NVML_STATE"])
+        raise NVMLError("Unknown Error")
     used = gpu.get("used_mb", 0) + sum(mb for _, mb in _procs(_state(), handle))
     total = gpu.get("total_mb", 81920)
     return SimpleNamespace(total=total * MB, used=used * MB, free=max(0, total - used) * MB)
