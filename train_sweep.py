@@ -1533,7 +1533,7 @@ GUARDIAN_CODE = r"""
 import os, signal, sys, time
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
     signal.signal(s, signal.SIG_IGN)
-sweep_id, grace = sys.argv[1], float(sys.argv[2])
+sweep_id, grace, cgroups = sys.argv[1], float(sys.argv[2]), sys.argv[4]
 groups = {}
 for line in sys.stdin:
     op, pgid, *start = line.split()
@@ -1556,12 +1556,19 @@ def ours():
         now = started(g)
         if now is not None and start and now != start:
             del groups[g]  # the PID was reused by another group's leader: not ours
+    in_cgroups = set()
+    for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
+        try:
+            with open(os.path.join(cgroups, run, "cgroup.procs")) as f:
+                in_cgroups.update(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            pass
     out = []
     for p in psutil.process_iter():
         try:
             if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if os.getpgid(p.pid) in groups or p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
+            if p.pid in in_cgroups or os.getpgid(p.pid) in groups or p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
                 out.append(p)
         except (psutil.Error, OSError):
             pass
@@ -1575,6 +1582,11 @@ for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
     end = time.monotonic() + wait
     while time.monotonic() < end and ours():
         time.sleep(0.1)
+for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
+    try:
+        os.rmdir(os.path.join(cgroups, run))
+    except OSError:
+        pass
 """
 
 
@@ -1590,11 +1602,13 @@ def process_start(pid: int) -> str:
 class Guardian:
     """Starts the guardian process and tells it which process groups belong to the sweep."""
 
-    def __init__(self, sweep_id: str, grace: float, lock: int | None = None) -> None:
+    def __init__(self, sweep_id: str, grace: float, lock: int | None = None, cgroups: Path | None = None) -> None:
         """`lock`: the output folder's lock; the guardian holds it too, so that after train_sweep dies the
-        folder stays locked until the guardian has ended every run (a new sweep there waits for that)."""
+        folder stays locked until the guardian has ended every run (a new sweep there waits for that).
+        `cgroups`: the folder of the runs' cgroups (RunCgroups.root), whose processes it ends too."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", GUARDIAN_CODE, sweep_id, str(grace), os.pathsep.join(sys.path)],
+            [sys.executable, "-S", "-c", GUARDIAN_CODE, sweep_id, str(grace), os.pathsep.join(sys.path),
+             str(cgroups or "")],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
@@ -1666,6 +1680,104 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+class RunCgroups:
+    """Each run's processes in a cgroup v2 of their own, where the system lets the sweep make cgroups (Linux
+    as root, or in a delegated cgroup: `systemd-run --user --scope -p Delegate=yes train-sweep ...`). Every
+    process a run starts is found there, also one that double-forked, left its session and cleared its
+    environment, which process groups and the environment marker cannot see. Elsewhere `root` is None and
+    `why` says why: runs are then tracked by process group, the marker and the subreaper (see README)."""
+
+    def __init__(self, sweep_id: str) -> None:
+        self.root: Path | None = None
+        self.why = ""
+        try:
+            base = own_cgroup_dir()
+            path = base / f"train_sweep-{sweep_id}"
+            path.mkdir()
+            self.root = path
+        except (OSError, ValueError) as e:
+            self.why = f"no cgroup v2 of its own for each run ({getattr(e, 'strerror', None) or e})"
+
+    def make(self, run: Run) -> Path | None:
+        if self.root is None:
+            return None
+        path = self.root / f"run-{run.index}-{run.attempt}"
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError:
+            return None
+        return path
+
+    @staticmethod
+    def pids(path: Path) -> list[int]:
+        """The live (not zombie) processes in a run's cgroup."""
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+        return [p for p in pids if process_state(p) not in ("Z", None)]
+
+    def signal(self, path: Path, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            try:
+                (path / "cgroup.kill").write_text("1")  # Linux 5.14+: every process, atomically
+            except OSError:
+                pass
+        for pid in self.pids(path):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+    @staticmethod
+    def remove(path: Path | None) -> None:
+        if path is not None:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.remove(self.root)
+
+
+def own_cgroup_dir() -> Path:
+    """The folder of this process's cgroup v2 (ValueError where there is none)."""
+    with open("/proc/self/cgroup") as f:
+        paths = [line.strip()[3:] for line in f if line.startswith("0::")]
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
+    if not paths or not mounts:
+        raise ValueError("cgroup v2 is not mounted")
+    return Path(mounts[0]) / paths[0].lstrip("/")
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter as /proc shows it (Z: zombie), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _join_cgroup(path: Path) -> Callable[[], None]:
+    """For Popen's preexec_fn: the child moves itself into the run's cgroup before it runs the command."""
+    procs = os.fsencode(path / "cgroup.procs")
+
+    def join() -> None:
+        try:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # not tracked by cgroup: the process group and the marker still are
+
+    return join
 
 
 class LogFollower:
@@ -1750,6 +1862,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     run_id: str  # TRAIN_SWEEP_RUN_ID, which every process of the run inherits
     follower: LogFollower
+    cgroup: Path | None = None  # the run's own cgroup v2, where there is one
     returncode: int | None = None
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
     kill_at: float | None = None  # leftovers get SIGKILL after this
@@ -1781,7 +1894,8 @@ class LocalLauncher:
     the grace period. The guardian ends everything if train_sweep itself dies."""
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
-                 kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None) -> None:
+                 kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None,
+                 cgroups: RunCgroups | None = None) -> None:
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
         self._base_env: dict[str, str] | None = None
@@ -1790,6 +1904,7 @@ class LocalLauncher:
         self.guardian = guardian
         self.kill_grace = kill_grace
         self.subreaper = become_subreaper()
+        self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
@@ -1819,10 +1934,12 @@ class LocalLauncher:
         except OSError as e:
             raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         env = self.env(run, gpus)
+        cgroup = self.cgroups.make(run)
         try:
             with out, err:
                 popen = subprocess.Popen(run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=err, start_new_session=True)
+                                         stderr=err, start_new_session=True,
+                                         preexec_fn=None if cgroup is None else _join_cgroup(cgroup))
         except OSError as e:
             message = f"could not start {run.argv[0]}: {e.strerror or e}"
             try:
@@ -1837,7 +1954,7 @@ class LocalLauncher:
             popen.kill()
             popen.wait()
             raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-        proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower)
+        proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower, cgroup)
         self.procs.add(proc)
         if self.guardian:
             self.guardian.add(proc.pgid)
@@ -1887,6 +2004,7 @@ class LocalLauncher:
         """Every run has ended: let the guardian go (it exits while the summary is printed)."""
         if self.guardian:
             self.guardian.close()
+        self.cgroups.close()
 
     def _ended(self, proc: Proc, note: str | None = None) -> Outcome:
         self.procs.discard(proc)
@@ -1894,6 +2012,7 @@ class LocalLauncher:
         if proc.follower.error:
             note = note or f"warning: {proc.run.name}: {proc.follower.error}"
         proc.follower.close()
+        self.cgroups.remove(proc.cgroup)
         if self.guardian:
             self.guardian.remove(proc.pgid)
         return Outcome(proc.returncode, note=note)
@@ -1941,6 +2060,8 @@ class LocalLauncher:
                 p.send_signal(sig)
             except psutil.Error:
                 pass
+        if proc.cgroup is not None:
+            self.cgroups.signal(proc.cgroup, sig)
 
     def _leftovers_alive(self, proc: Proc) -> bool:
         """After the main process exited: does any process of the run remain (zombies reaped first)?"""
@@ -1951,7 +2072,7 @@ class LocalLauncher:
                     children.discard(pid)
             except ChildProcessError:
                 children.discard(pid)
-        if signal_group(proc.pgid, 0):
+        if signal_group(proc.pgid, 0) or (proc.cgroup is not None and self.cgroups.pids(proc.cgroup)):
             return True
         if not children:
             return False
@@ -3915,10 +4036,14 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
         results = ResultsWriter(output_file, journal)
         for run, previous in skipped:
             results.add_previous(run, previous)
-        guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0])
+        cgroups = RunCgroups(sweep_id)
+        if cgroups.why:
+            reporter.event(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper",
+                           log_only=" (see README: Ending runs)")
+        guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
             launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                     kill_grace=settings.kill_grace, extra_env=env)
+                                     kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups)
             sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),
                           results, reporter, settings, previous=[r for r, _ in skipped])
             try:

@@ -16,6 +16,8 @@
     linger=1       start a grandchild in the same process group that ignores SIGTERM and sleeps forever,
                    wait until it ignores SIGTERM, then exit 0 at once (only SIGKILL ends the grandchild)
     spam=S         print numbered lines (about 100 bytes each, flushed, ~1 ms apart) for S seconds
+    daemon=1       start a daemon (double fork, setsid, an empty environment) that sleeps an hour; its PID
+                   goes to $TRAIN_SWEEP_RUN_DIR/daemon.pid
     break_gpu=G    at start, mark GPU G in $FAKE_NVML_STATE as failing (every NVML call on it raises)
     flaky_nvml=N   just before exiting, make the next N memory readings of every GPU fail (then they work)
     break_nvml=1   just before exiting, mark every GPU in $FAKE_NVML_STATE as failing (its NVML calls
@@ -135,6 +137,19 @@ def edit_nvml(change):
         json.dump(state, f)
     os.replace(state_path + f".{os.getpid()}.tmp", state_path)
 
+
+if args.get("daemon") == "1":  # a daemon the usual way: double fork, new session, a clean environment
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(os.path.join(run_dir, "daemon.pid"), "w") as f:
+                f.write(str(os.getpid()))
+            os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)"], {})
+        os._exit(0)
+    os.waitpid(first, 0)
+    while not os.path.exists(os.path.join(run_dir, "daemon.pid")):
+        time.sleep(0.01)
 
 if "break_gpu" in args:
     edit_nvml(lambda gpus: gpus[int(args["break_gpu"])].update(fail=True))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_TRAINER, Sweep, pid_alive
+from conftest import FAKE_TRAINER, Sweep, all_dead, pid_alive, run_pids
 
 CONFIG = "train_sweep_config.json"
 KB = 1024
@@ -733,3 +733,51 @@ def test_one_transient_nvml_error_does_not_take_a_gpu_out(sweep):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "taken out" not in p.stdout
     assert [r["state"] for r in sweep.results()] == ["complete", "complete"]
+
+
+# -- cgroups (issue 16, item 7) ----------------------------------------------------------------------------
+
+
+def _cgroups_available(sweep) -> bool:
+    return "no cgroup v2 of its own" not in (sweep.dir / "outputs" / "sweep.log").read_text()
+
+
+def test_a_daemon_that_cleared_its_environment_does_not_outlive_its_run(sweep):
+    """issue 16 item 7: a run's daemon (double fork, setsid, an empty environment) is found by the run's cgroup
+    and ended with the run, where the system lets the sweep make cgroups (root here, CI too)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"daemon": 1}])
+    p = sweep.run()
+    daemon = int((sweep.dir / "outputs" / "daemon_1" / "daemon.pid").read_text())
+    if not _cgroups_available(sweep):
+        os.kill(daemon, signal.SIGKILL)
+        pytest.skip("no cgroup v2 the sweep may write to (the README's fallback applies)")
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert all_dead([daemon], 5), "the daemon outlived its run"
+    finally:
+        if pid_alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
+def test_a_daemon_does_not_outlive_a_killed_sweep(sweep):
+    """issue 16 item 7: kill -9 of the sweep: the guardian ends the daemon through the run's cgroup."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"daemon": 1, "sleep": 60}])
+    proc = sweep.start("--kill-grace", "2")
+    pid_file = sweep.dir / "outputs" / "daemon_1_sleep_60" / "daemon.pid"
+    try:
+        sweep.wait_for(pid_file.exists, timeout=30, what="the daemon")
+        daemon = int(pid_file.read_text())
+        if not _cgroups_available(sweep):
+            pytest.skip("no cgroup v2 the sweep may write to (the README's fallback applies)")
+        proc.kill()
+        proc.wait()
+        assert all_dead([daemon], 15), "the daemon outlived the killed sweep"
+    finally:
+        proc.kill()
+        for pid in run_pids(sweep):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
