@@ -973,8 +973,8 @@ def build_runs(
     root = output_dir.resolve()
     runs = []
     for i, (entry, name) in enumerate(zip(entries, names)):
-        run_dir = (root / name).resolve()
-        if run_dir.parent != root:  # names are cleaned; this guards the rule itself
+        run_dir = root / name  # a folder made where it exists already must be the sweep's own (see owned())
+        if os.sep in name or name in (".", ".."):  # names are cleaned; this guards the rule itself
             raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
         if name.lower() in {f.lower() for f in OWNED_FILES}:
             raise UserError(f"run [{i}] would be named {name!r}, a file the sweep keeps in its output folder; "
@@ -1398,8 +1398,11 @@ def is_oom(text: str, patterns: Sequence[str]) -> bool:
 
 def classify(outcome: Outcome, ending: State | None, oom: Callable[[], bool]) -> State:
     """The state of an ended attempt: what the sweep was ending it for (timeout, interrupted) wins, then
-    the launcher's hint, then the return code; `oom` (reading the logs) is asked only for a failure."""
-    if ending is not None:
+    the launcher's hint, then the return code; `oom` (reading the logs) is asked only for a failure.
+    A run that exits 0 while the sweep is being stopped is complete: it finished (the race between its
+    own exit and the sweep's SIGTERM) or says it did (a script that traps SIGTERM to save and go on
+    later should exit non-zero, so that resume runs it again)."""
+    if ending is not None and not (ending == State.INTERRUPTED and outcome.returncode == 0):
         return ending
     if outcome.hint == HINT_TIMEOUT:
         return State.TIMEOUT

@@ -94,6 +94,8 @@ def test_classify_the_end_of_an_attempt():
     assert classify(Outcome(1), None, lambda: True) == State.OOM
     assert classify(Outcome(-15), State.INTERRUPTED, never_oom) == State.INTERRUPTED
     assert classify(Outcome(-15), State.TIMEOUT, never_oom) == State.TIMEOUT
+    assert classify(Outcome(0), State.INTERRUPTED, never_oom) == State.COMPLETE  # it exited 0 as Ctrl+C came
+    assert classify(Outcome(0), State.TIMEOUT, never_oom) == State.TIMEOUT
     assert classify(Outcome(None, hint=HINT_TIMEOUT), None, never_oom) == State.TIMEOUT
     assert classify(Outcome(1, hint=HINT_OOM), None, never_oom) == State.OOM
 
