@@ -1113,7 +1113,7 @@ def open_probe() -> tuple[NvmlProbe | None, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Scheduling core (pure: no processes, no NVML calls, no clock of its own)
+# 6. Scheduling core: placement and outcome rules (pure functions; GpuPool holds the GPUs' state)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -1387,6 +1387,7 @@ class Outcome:
     """How an attempt ended, as its launcher saw it."""
 
     returncode: int | None  # None: unknown (the launcher lost track of it)
+    ended_at: float | None = None  # wall-clock time the attempt's main process ended (None: now)
     hint: str | None = None  # one of the HINT_* when the launcher knows more (Slurm's TIMEOUT, PREEMPTED, ...)
     note: str | None = None  # something the user should hear about (processes that could not be ended)
 
@@ -1398,11 +1399,11 @@ def is_oom(text: str, patterns: Sequence[str]) -> bool:
 
 def classify(outcome: Outcome, ending: State | None, oom: Callable[[], bool]) -> State:
     """The state of an ended attempt: what the sweep was ending it for (timeout, interrupted) wins, then
-    the launcher's hint, then the return code; `oom` (reading the logs) is asked only for a failure.
-    A run that exits 0 while the sweep is being stopped is complete: it finished (the race between its
-    own exit and the sweep's SIGTERM) or says it did (a script that traps SIGTERM to save and go on
-    later should exit non-zero, so that resume runs it again)."""
-    if ending is not None and not (ending == State.INTERRUPTED and outcome.returncode == 0):
+    the launcher's hint, then the return code; `oom` (reading the logs) is asked only for a failure. (A run
+    whose main process had exited before the sweep began to end it keeps its own code: Launcher.stop says
+    so and `ending` stays None. One that exits 0 after SIGTERM, as `sys.exit(0)` in a SIGTERM handler does,
+    did not finish: it is interrupted, and resume runs it again.)"""
+    if ending is not None:
         return ending
     if outcome.hint == HINT_TIMEOUT:
         return State.TIMEOUT
@@ -1416,13 +1417,12 @@ def classify(outcome: Outcome, ending: State | None, oom: Callable[[], bool]) ->
 
 
 def requeue_reason(run: Run, retries: int, max_oom_requeues: int) -> str | None:
-    """Why an ended attempt goes back in the queue (out of memory, --retries), or None. Counts the use."""
+    """Why an ended attempt goes back in the queue (out of memory, --retries), or None. The caller counts
+    the requeue (run.ooms, run.retries_used)."""
     if run.state == State.OOM and run.ooms < max_oom_requeues:
-        run.ooms += 1
-        return f"out of GPU memory: requeued ({run.ooms}/{max_oom_requeues}) for a GPU with more free memory"
+        return f"out of GPU memory: requeued ({run.ooms + 1}/{max_oom_requeues}) for a GPU with more free memory"
     if run.state == State.FAILED and run.retries_used < retries:
-        run.retries_used += 1
-        return f"retry {run.retries_used}/{retries} queued after the runs not yet started"
+        return f"retry {run.retries_used + 1}/{retries} queued after the runs not yet started"
     return None
 
 
@@ -1544,7 +1544,18 @@ for line in sys.stdin:
         groups[int(pgid)] = start[0] if start else ""
     elif op == "-":
         groups.pop(int(pgid), None)
+def remove_cgroups():
+    for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
+        try:
+            os.rmdir(os.path.join(cgroups, run))
+        except OSError:
+            pass
+    try:
+        os.rmdir(cgroups)
+    except OSError:
+        pass
 if not groups:
+    remove_cgroups()
     sys.exit(0)
 sys.path[:0] = sys.argv[3].split(os.pathsep)  # started with -S (a lighter start): find psutil where we do
 import psutil
@@ -1585,11 +1596,7 @@ for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
     end = time.monotonic() + wait
     while time.monotonic() < end and ours():
         time.sleep(0.1)
-for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
-    try:
-        os.rmdir(os.path.join(cgroups, run))
-    except OSError:
-        pass
+remove_cgroups()
 """
 
 
@@ -1754,7 +1761,10 @@ class RunCgroups:
                 pass
 
     def close(self) -> None:
-        self.remove(self.root)
+        if self.root is not None:
+            for child in self.root.glob("run-*"):
+                self.remove(child)
+            self.remove(self.root)
 
 
 def own_cgroup_dir() -> Path:
@@ -1862,6 +1872,7 @@ class Proc:
     cgroup: Path | None = None  # the run's own cgroup v2, where there is one
     returncode: int | None = None
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
+    exited_wall: float | None = None  # ... at this wall-clock time (the run's end_time)
     kill_at: float | None = None  # leftovers get SIGKILL after this
 
     @property
@@ -1931,12 +1942,20 @@ class LocalLauncher:
         except OSError as e:
             raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         env = self.env(run, gpus)
+        try:
+            follower = LogFollower(run)  # before the run starts: one that deletes its folder at once loses nothing
+        except OSError as e:
+            out.close()
+            err.close()
+            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         cgroup = self.cgroups.make(run)
         try:
             with out, err:
                 popen = subprocess.Popen(run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=err, start_new_session=True)
         except OSError as e:
+            follower.close()
+            self.cgroups.remove(cgroup)
             message = f"could not start {run.argv[0]}: {e.strerror or e}"
             try:
                 with open(run.stderr_log, "a") as f:
@@ -1944,12 +1963,6 @@ class LocalLauncher:
             except OSError:
                 pass
             raise LaunchError(message) from None
-        try:
-            follower = LogFollower(run)
-        except OSError as e:  # the folder went away under us: the run still runs; it is ended with the others
-            popen.kill()
-            popen.wait()
-            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         if cgroup is not None:
             self.cgroups.join(cgroup, popen.pid)
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower, cgroup)
@@ -1965,7 +1978,7 @@ class LocalLauncher:
             rc = proc.popen.poll()
             if rc is None:
                 return None
-            proc.returncode, proc.exited_at = rc, now
+            proc.returncode, proc.exited_at, proc.exited_wall = rc, now, time.time()
             if not self._leftovers_alive(proc):
                 return self._ended(proc)
             self._signal_tree(proc, signal.SIGTERM)
@@ -2013,7 +2026,7 @@ class LocalLauncher:
         self.cgroups.remove(proc.cgroup)
         if self.guardian:
             self.guardian.remove(proc.pgid)
-        return Outcome(proc.returncode, note=note)
+        return Outcome(proc.returncode, proc.exited_wall, note=note)
 
     def _exclude(self) -> set[int]:
         """Our own children that are not leftovers: live runs' main processes and the guardian."""
@@ -2076,7 +2089,13 @@ class LocalLauncher:
             return False
         import psutil
 
-        return any(p.status() != psutil.STATUS_ZOMBIE for p in self._adopted(proc, children) if p.is_running())
+        for p in self._adopted(proc, children):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:  # it ended between the listing and the look
+                pass
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2202,7 +2221,7 @@ class Sweep:
         finally:
             self.reporter.end()
             restore()
-        self.launcher.close()
+            self.launcher.close()  # every run has ended (or was just killed): the guardian can go
         self.source.close()
         return self._finish()
 
@@ -2295,7 +2314,7 @@ class Sweep:
             run = attempt.run
             del self.active[run]
             self.pool.release(run)
-            run.end_time = time.time()
+            run.end_time = outcome.ended_at or time.time()
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
@@ -2311,15 +2330,20 @@ class Sweep:
             requeue = requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
         if requeue is None:
             self._count(run)
+        elif run.state == State.OOM:
+            run.ooms += 1
+        else:
+            run.retries_used += 1
         self.ended.append((run, requeue))
         self.reporter.finished(run, self.progress(), requeue)
 
     def _enforce_deadlines(self, now: float) -> None:
         for attempt in list(self.active.values()):
             if attempt.deadline is not None and now >= attempt.deadline and attempt.ending is None:
-                self.reporter.event(f"timeout: {attempt.run.name} ran past {self.timeout:g}s; ending it")
-                self._end(attempt, State.TIMEOUT, now)
                 attempt.deadline = None
+                self._end(attempt, State.TIMEOUT, now)
+                if attempt.ending == State.TIMEOUT:
+                    self.reporter.event(f"timeout: {attempt.run.name} ran past {self.timeout:g}s; ending it")
             if attempt.kill_at is not None and now >= attempt.kill_at:
                 self.launcher.stop(attempt.handle, hard=True)
                 attempt.kill_at = None
@@ -2341,19 +2365,19 @@ class Sweep:
         """Journal each ended attempt and write its run.json, then requeue it or count it as done."""
         while self.ended:
             run, requeue = self.ended.pop(0)
+            record = run_record(run)
+            if requeue is None:
+                self._done(run, record)
             try:
-                record = self.results.attempt_finished(run)
-            except OSError as e:
+                self.results.attempt_finished(run, record)
+            except OSError as e:  # the output folder failed: the record still goes to the results file
                 if requeue is not None:
                     self._count(run)
-                self.done.append(run)
-                self.source.finished(run)
+                    self._done(run, record)
                 raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
             if requeue is None:
-                self.done.append(run)
-                self.source.finished(run)
-                self.results.run_finished(run, record)
-            elif run.state == State.OOM:
+                continue
+            if run.state == State.OOM:
                 free = run.free_at_launch_mb
                 run.next_attempt()
                 run.min_free_mb = free
@@ -2361,6 +2385,12 @@ class Sweep:
             else:
                 run.next_attempt()
                 self.retry.append(run)
+
+    def _done(self, run: Run, record: dict[str, Any]) -> None:
+        """A run has ended for good: in the results (at the next flush), and the source is told."""
+        self.done.append(run)
+        self.results.run_finished(run, record)
+        self.source.finished(run)
 
     def _count(self, run: Run) -> None:
         self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
@@ -2384,13 +2414,9 @@ class Sweep:
         while True:
             if self.head is None:
                 self.head = self.source.next() or (self.retry.popleft() if self.retry else None)
-            if self.head is None or self.head.gpus_needed <= len(self.pool.gpus):
+            if self.head is None or self._can_start(self.head):
                 break
-            run, self.head = self.head, None  # GPUs were taken out: it can never start
-            run.error = (f"it needs {run.gpus_needed} GPUs and {len(self.pool.gpus)} are left (the others were taken "
-                         "out: their NVML calls failed)")
-            run.state, run.end_time = State.FAILED, time.time()
-            self._ended(run)
+            self.head = None
         if self.head is None:
             return None
         gpus, why = self.pool.place(self.head, now)
@@ -2405,6 +2431,9 @@ class Sweep:
         one); when nothing of this sweep's is running that could free more, or after OOM_WAIT_S, it takes
         what there is."""
         for run, since in list(self.oom_wait.items()):
+            if not self._can_start(run):
+                del self.oom_wait[run]
+                continue
             min_free = run.min_free_mb if run.min_free_mb is not None else math.inf
             gpus, why = self.pool.place(run, now, min_free)
             if gpus is None and (not self.pool.busy() or now - since >= OOM_WAIT_S):
@@ -2423,6 +2452,16 @@ class Sweep:
             self._note_waiting(why)
         return None
 
+    def _can_start(self, run: Run) -> bool:
+        """False for a run that needs more GPUs than are left (GPUs were taken out): it fails, with why."""
+        if run.gpus_needed <= len(self.pool.gpus):
+            return True
+        run.error = (f"it needs {run.gpus_needed} GPUs and {len(self.pool.gpus)} are left (the others were taken "
+                     "out: their NVML calls failed)")
+        run.state, run.end_time = State.FAILED, time.time()
+        self._ended(run)
+        return False
+
     def _note_waiting(self, why: str) -> None:
         if self.pool.reads_memory:
             self.waiting = why  # runs wait for memory, not for a slot: poll NVML
@@ -2438,7 +2477,10 @@ class Sweep:
             handle = self.launcher.start(run, run.gpus)
         except OutputError:
             run.state = State.PENDING
-            self.head = run  # not started: it stays first in line (and in the .partial file)
+            if self.head is None:  # not started: it stays first in line (and in the .partial file)
+                self.head = run
+            else:
+                self.retry.appendleft(run)
             raise
         except LaunchError as e:
             run.error = str(e)
@@ -2464,8 +2506,9 @@ class Sweep:
                   if t is not None]
         if self.active:
             times.append(self._next_observe)
-        if self.oom_wait and self.stop is None:
-            times.append(min(self.oom_wait.values()) + OOM_WAIT_S)
+        waits_end = [since + OOM_WAIT_S for since in self.oom_wait.values() if since + OOM_WAIT_S > now]
+        if waits_end and self.stop is None:
+            times.append(min(waits_end))
         if self.waiting and self.stop is None:
             times.append(now + self.poll_interval)
             self.poll_interval = min(self.poll_interval * 2, POLL_MAX_S)
@@ -2496,8 +2539,10 @@ class Sweep:
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
         try:
             self.results.finish(pending, interrupted=self.stop is not None)
+        except OutputError as e:
+            self.fatal = self.fatal or str(e)
         except OSError as e:
-            self.fatal = self.fatal or f"cannot write {self.results.output_file}: {e.strerror or e}"
+            self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
         self.reporter.summary(self.done, pending, self.progress(), self.results)
         if self.fatal:
             self.reporter.error(self.fatal)
@@ -2832,6 +2877,7 @@ class ResultsWriter:
         self.partial_file = output_file.with_name(output_file.name + ".partial")
         self.records: dict[int, dict[str, Any]] = {}
         self._journal: int | None = None  # a plain descriptor, O_APPEND: each line is one write, never buffered
+        self._torn = False  # the last journal line was cut short (disk full)
         if journal is not None:
             self._journal = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             size = os.fstat(self._journal).st_size
@@ -2849,19 +2895,21 @@ class ResultsWriter:
     def run_started(self, run: Run) -> None:
         write_run_json(run, run_record(run, tails=False))
 
-    def attempt_finished(self, run: Run) -> dict[str, Any]:
+    def attempt_finished(self, run: Run, record: dict[str, Any]) -> None:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
-        record = run_record(run)
         if self._journal is not None:
             line = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode()
-            if os.write(self._journal, line) != len(line):  # in the OS now: a crash of this process loses nothing
+            if self._torn:
+                line = b"\n" + line  # after a short write: begin on a line of its own
+            written = os.write(self._journal, line)  # in the OS now: a crash of this process loses nothing
+            self._torn = written != len(line)
+            if self._torn:
                 raise OSError(28, "No space left on device")  # a short write: the rest would not fit either
             now = time.monotonic()
             if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
                 os.fsync(self._journal)
                 self._next_sync = now + 1.0
         write_run_json(run, {k: v for k, v in record.items() if k not in ("stdout", "stderr")})
-        return record
 
     def run_finished(self, run: Run, record: dict[str, Any]) -> None:
         """A run's final record: in the results file at the next flush (the loop's, after the next launch)."""
@@ -2872,7 +2920,10 @@ class ResultsWriter:
         now = time.monotonic()
         if not self.dirty or (not force and now < self._next_write):
             return
-        write_json_atomic(self.output_file, [self.records[i] for i in sorted(self.records)])
+        try:
+            write_json_atomic(self.output_file, [self.records[i] for i in sorted(self.records)])
+        except OSError as e:
+            raise OutputError(f"cannot write {self.output_file}: {e.strerror or e}") from None
         self._next_write = now + max(0.25, 50 * (time.monotonic() - now))
         self.dirty = False
 
@@ -4044,10 +4095,7 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
                                      kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups)
             sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),
                           results, reporter, settings, previous=[r for r, _ in skipped])
-            try:
-                return sweep.run()
-            finally:
-                launcher.close()
+            return sweep.run()
         finally:
             guardian.wait()
             results.close()

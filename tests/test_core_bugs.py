@@ -7,6 +7,8 @@ End to end like the rest: the real CLI as a subprocess, the fake pynvml, the fak
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import re
 import signal
 import subprocess
@@ -386,3 +388,69 @@ def test_adding_a_run_whose_name_clashes_keeps_the_existing_runs_name(sweep):
     assert [r["hyperparams"] for r in results] == [{"s": "a b"}, {"s": "a_b"}]
     assert all(r["state"] == "complete" for r in results)
     assert starts(sweep) == Counter({"s_a_b": 1, names[1]: 1}), starts(sweep)
+
+
+# -- found by review after the reshape -----------------------------------------------------------------------
+
+
+def test_results_file_that_cannot_be_rewritten_stops_the_sweep_cleanly(sweep):
+    """A results file whose folder disappears mid-sweep: one line, exit 3, the runs ended gracefully, no
+    run.json left `running` (before: a traceback and every run SIGKILLed)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "sleep": 0.5}, {"n": 1, "sleep": 6}])
+    (sweep.dir / "res").mkdir()
+    proc = sweep.start("--max-processes-per-gpu", "2", "--output-file", "res/r.json")
+    try:
+        sweep.wait_for(lambda: len(sweep.started()) == 2, timeout=30, what="two runs")
+        shutil.rmtree(sweep.dir / "res")
+        out, err = communicate(proc, 30, "after the results folder went away")
+    finally:
+        kill_pids(run_pids(sweep))
+    assert proc.returncode == 3, out + err
+    assert "Traceback" not in err and err.startswith("train_sweep: error: cannot write"), err
+    for run_json in (sweep.dir / "outputs").glob("*/run.json"):
+        assert json.loads(run_json.read_text())["state"] != "running", run_json
+
+
+def test_an_expired_oom_wait_does_not_spin_the_loop(tmp_path):
+    """After OOM_WAIT_S, a waiter that still cannot start (no free slot) must not make the loop wake at once
+    again and again (before: a wake-up time in the past, 100% CPU)."""
+    from train_sweep import GpuPool, ListSource, Policy, Reporter, ResultsWriter, Run, Settings, Sweep
+
+    run = Run(0, "r", {}, ["x"], tmp_path / "r")
+    sweep = Sweep(ListSource([]), None, GpuPool([0], Policy(), None), ResultsWriter(tmp_path / "res.json"),
+                  Reporter(stream=open(os.devnull, "w")), Settings())
+
+    class Idle:
+        def next_poll(self, now):
+            return None
+
+    sweep.launcher = Idle()
+    sweep.oom_wait[run] = -10_000.0  # waiting since long ago
+    wake = sweep._next_wakeup(0.0)
+    assert wake is None or wake > 0, wake
+
+
+def test_an_oom_requeued_run_that_needs_more_gpus_than_are_left_fails(sweep):
+    """A run that ran out of memory waits; one of its 2 GPUs is taken out meanwhile: it fails with the reason
+    (before: the sweep never ended)."""
+    sweep.gpus.set(count=2)
+    marker = sweep.dir / "oomed"
+    sweep.config({"runs": [{"n": 0, "oom_once": str(marker), "break_gpu": 1, "gpus_per_run": 2}]})
+    p = sweep.run("--gpus", "0", "1", timeout=40)
+    (record,) = sweep.results()
+    assert record["state"] == "failed" and "needs 2 GPUs and 1 are left" in (record["error"] or ""), record
+    assert p.returncode == 1, p.stdout + p.stderr
+
+
+def test_duration_ends_when_the_main_process_exits_and_no_false_timeout_line(sweep):
+    """A run whose main process exits at once but leaves a process that ignores SIGTERM: its duration is its
+    main process's (before: the cleanup's 3 s were counted), and --timeout says nothing of a run that had
+    already exited (before: 'timeout: ... ending it', then 'complete')."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"linger": 1}])
+    p = sweep.run("--kill-grace", "3", "--timeout", "1")
+    (record,) = sweep.results()
+    assert record["state"] == "complete", p.stdout
+    assert record["duration_seconds"] < 2.0, record["duration_seconds"]
+    assert "timeout:" not in p.stdout, p.stdout

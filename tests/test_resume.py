@@ -224,8 +224,8 @@ def test_disk_full_mid_sweep_stops_cleanly_and_keeps_the_last_good_results(sweep
         assert len(err.strip().splitlines()) == 1, err
         assert err.startswith("train_sweep: error: cannot ")  # record results in ... / write the run folder ...
         assert "No space left on device" in err
-        results = sweep.results()  # the last good results file: valid JSON, the first run in it
-        assert [r["model_name"] for r in results] == ["n_0"]
+        results = sweep.results()  # valid JSON, on another disk: it keeps the run that ended on the full one too
+        assert [r["model_name"] for r in results] == ["n_0", "n_1_spam_3_child_1"]
         assert "n_2" not in sweep.started()
         assert all_dead(run_pids_in(disk / "out"), 5)
     finally:

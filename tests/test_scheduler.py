@@ -94,7 +94,7 @@ def test_classify_the_end_of_an_attempt():
     assert classify(Outcome(1), None, lambda: True) == State.OOM
     assert classify(Outcome(-15), State.INTERRUPTED, never_oom) == State.INTERRUPTED
     assert classify(Outcome(-15), State.TIMEOUT, never_oom) == State.TIMEOUT
-    assert classify(Outcome(0), State.INTERRUPTED, never_oom) == State.COMPLETE  # it exited 0 as Ctrl+C came
+    assert classify(Outcome(0), State.INTERRUPTED, never_oom) == State.INTERRUPTED  # sys.exit(0) on SIGTERM
     assert classify(Outcome(0), State.TIMEOUT, never_oom) == State.TIMEOUT
     assert classify(Outcome(None, hint=HINT_TIMEOUT), None, never_oom) == State.TIMEOUT
     assert classify(Outcome(1, hint=HINT_OOM), None, never_oom) == State.OOM
@@ -105,13 +105,15 @@ def test_classify_the_end_of_an_attempt():
     assert classify(Outcome(0), None, must_not_read_logs) == State.COMPLETE
 
 
-def test_requeue_reason_counts_its_uses(tmp_path):
+def test_requeue_reason_follows_the_counts(tmp_path):
     run = Run(0, "r", {}, ["x"], tmp_path / "r")
     run.state = State.FAILED
     assert requeue_reason(run, retries=1, max_oom_requeues=3) == "retry 1/1 queued after the runs not yet started"
+    run.retries_used = 1
     assert requeue_reason(run, retries=1, max_oom_requeues=3) is None
     run.state = State.OOM
     assert requeue_reason(run, retries=0, max_oom_requeues=1).startswith("out of GPU memory: requeued (1/1)")
+    run.ooms = 1
     assert requeue_reason(run, retries=0, max_oom_requeues=1) is None
     run.state = State.INTERRUPTED
     assert requeue_reason(run, retries=5, max_oom_requeues=5) is None
