@@ -25,7 +25,8 @@ Map of this file (sections in the order data flows):
                                   requeue_reason
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; the guardian, LogFollower
                                   and LocalLauncher (local processes)
-    8. The event loop             Sweep: wait, reap, observe, record, launch, report; Progress snapshots
+    8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
+                                  Progress snapshots
     9. Results                    records, atomic writes, the journal, resume, attempts, the locks
     10. Reporting                 event lines, sweep.log, the live view, the summary
     11. Offline tools             report, list, cleanup, plots (reading finished sweeps)
@@ -2145,11 +2146,61 @@ class Attempt:
 FINISHED_ORDER = (State.COMPLETE, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
 
 
+class Wakeups:
+    """Where the loop sleeps: select() on a self-pipe that signal handlers write to, SIGCHLD included, so a
+    run that exits wakes the loop at once. Ctrl+C, SIGTERM and SIGHUP are queued in `signals` for the loop
+    (SIGHUP is left alone where it is ignored, as under nohup: a hang-up is then meant to be ignored)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def install(self) -> Callable[[], None]:
+        """Take the signals; returns the function that gives them back."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(r, selectors.EVENT_READ)
+        self._wake_r = r
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        handled = [signal.SIGCHLD, signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            handled.append(signal.SIGHUP)
+        old = {s: signal.getsignal(s) for s in handled}
+
+        def handler(signum: int, frame: Any) -> None:
+            if signum != signal.SIGCHLD:
+                self.signals.append(signum)
+
+        for s in handled:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+            signal.set_wakeup_fd(old_fd)
+            self._selector.close()
+            os.close(r)
+            os.close(w)
+
+        return restore
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until a signal (a run exited, Ctrl+C) or `timeout` seconds (None: no limit)."""
+        if timeout is not None and timeout <= 0:
+            return
+        self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
 class Sweep:
     """The event loop: wait for an event (a run ended, output appeared, a timer, a signal), update the
     state, record what finished, place what can start, report. Runs come from a RunSource, run through a
-    Launcher, and take GPUs from a GpuPool. Sleeps in select() on a self-pipe that signals (SIGCHLD
-    included) write to, so a finished run frees its slot at once."""
+    Launcher, and take GPUs from a GpuPool. It sleeps in Wakeups: a run that exits wakes it at once."""
 
     def __init__(
         self,
@@ -2161,6 +2212,7 @@ class Sweep:
         settings: Settings,
         previous: Sequence[Run] = (),
         clock: Callable[[], float] = time.monotonic,
+        wakeups: Wakeups | None = None,
     ) -> None:
         from collections import deque
 
@@ -2185,11 +2237,11 @@ class Sweep:
         self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
         self.poll_interval = POLL_MIN_S
         self._next_observe = 0.0
-        self._signals: list[int] = []
+        self.wakeups = wakeups or Wakeups()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        restore = self._install_signals()
+        restore = self.wakeups.install()
         self.reporter.begin(self.progress())
         try:
             while True:
@@ -2213,7 +2265,7 @@ class Sweep:
                     break
                 if self.reporter.refresh_s:
                     self.reporter.tick(self.progress())
-                self._wait(self._next_wakeup(self.clock()))
+                self.wakeups.wait(self._next_wakeup(self.clock()))
         except BaseException:
             for attempt in self.active.values():  # never leave a run behind, whatever happened
                 self.launcher.stop(attempt.handle, hard=True)
@@ -2231,49 +2283,9 @@ class Sweep:
         return self.stop is not None or not self.pending()
 
     # -- signals ------------------------------------------------------------------------------
-    def _install_signals(self) -> Callable[[], None]:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(r, selectors.EVENT_READ)
-        self._wake_r = r
-        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        handled = [signal.SIGCHLD, signal.SIGINT, signal.SIGTERM]
-        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # under nohup a hang-up is meant to be ignored
-            handled.append(signal.SIGHUP)
-        old = {s: signal.getsignal(s) for s in handled}
-
-        def handler(signum: int, frame: Any) -> None:
-            if signum != signal.SIGCHLD:
-                self._signals.append(signum)
-
-        for s in handled:
-            signal.signal(s, handler)
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-            signal.set_wakeup_fd(old_fd)
-            self._selector.close()
-            os.close(r)
-            os.close(w)
-
-        return restore
-
-    def _wait(self, timeout: float | None) -> None:
-        if timeout is not None and timeout <= 0:
-            return
-        self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _handle_signals(self, now: float) -> None:
-        while self._signals:
-            name = signal.Signals(self._signals.pop(0)).name
+        while self.wakeups.signals:
+            name = signal.Signals(self.wakeups.signals.pop(0)).name
             if self.stop is None:
                 self.stop = name
                 self.reporter.event(
@@ -2498,7 +2510,7 @@ class Sweep:
 
     # -- waiting ------------------------------------------------------------------------------
     def _next_wakeup(self, now: float) -> float | None:
-        if self.ended or self._signals:
+        if self.ended or self.wakeups.signals:
             return 0.0
         times = [a.deadline for a in self.active.values() if a.deadline is not None]
         times += [a.kill_at for a in self.active.values() if a.kill_at is not None]

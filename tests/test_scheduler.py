@@ -10,8 +10,8 @@ import pytest
 
 from train_sweep import (
     CPU, HINT_OOM, HINT_TIMEOUT, GpuPool, GpuReading, Launcher, ListSource, LocalLauncher, NoGpuLeft, Outcome,
-    Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, classify,
-    pick_gpus, requeue_reason,
+    Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, Wakeups,
+    classify, pick_gpus, requeue_reason,
 )
 
 GB = 1024.0
@@ -230,20 +230,34 @@ class FakeProbe:
         return {i: reading(i, 0.5 + self.launcher.used_gb(i)) for i in indexes}
 
 
-class SimSweep(Sweep):
-    """The real loop; only the waiting is simulated: it advances the fake clock instead of sleeping."""
+class SimWakeups(Wakeups):
+    """The loop's sleep, simulated: it advances the fake clock to the next event instead of sleeping."""
 
-    def _install_signals(self):
+    def __init__(self, clock: Clock, launcher: FakeLauncher) -> None:
+        super().__init__()
+        self.clock, self.launcher = clock, launcher
+        self.sweep: Sweep | None = None
+
+    def install(self):
         return lambda: None
 
-    def _wait(self, timeout):
-        if any(j.killed or j.end <= self.clock.t for j in self.launcher.jobs if j.run in self.active):
+    def wait(self, timeout):
+        active = self.sweep.active
+        if any(j.killed or j.end <= self.clock.t for j in self.launcher.jobs if j.run in active):
             return  # a process just exited or was killed: SIGCHLD would wake the real loop at once
-        live = [j for j in self.launcher.jobs if not j.killed]
-        ends = [j.end for j in live if j.end > self.clock.t]
+        ends = [j.end for j in self.launcher.jobs if not j.killed and j.end > self.clock.t]
         candidates = ends + ([self.clock.t + timeout] if timeout is not None else [])
         assert candidates, "the loop would sleep forever"
         self.clock.t = min(candidates)
+
+
+def sim_sweep(source, launcher, pool, results, settings, clock) -> Sweep:
+    """The real loop with a fake launcher, a fake clock and simulated sleeps."""
+    wakeups = SimWakeups(clock, launcher)
+    sweep = Sweep(source, launcher, pool, results, Reporter(stream=open("/dev/null", "w")), settings, clock=clock,
+                  wakeups=wakeups)
+    wakeups.sweep = sweep
+    return sweep
 
 
 def simulate(tmp_path: Path, durations: dict[str, float], gpus: int, policy: Policy, mem_gb: float = 10,
@@ -255,9 +269,8 @@ def simulate(tmp_path: Path, durations: dict[str, float], gpus: int, policy: Pol
     launcher = FakeLauncher(clock, durations, mem_gb)
     probe = FakeProbe(launcher, gpus)
     source = FakeSource(runs)
-    sweep = SimSweep(source, launcher, GpuPool(list(range(gpus)), policy, probe),
-                     ResultsWriter(tmp_path / "results.json"), Reporter(stream=open("/dev/null", "w")),
-                     Settings(timeout=timeout, kill_grace=1.0), clock=clock)
+    sweep = sim_sweep(source, launcher, GpuPool(list(range(gpus)), policy, probe), ResultsWriter(tmp_path / "results.json"),
+                      Settings(timeout=timeout, kill_grace=1.0), clock)
     code = sweep.run()
     assert sorted(source.finished_runs) == sorted(durations)  # the source hears of every run that ended
     return code, launcher.log, runs, clock
@@ -300,8 +313,8 @@ def test_sim_no_polling_while_runs_wait_only_for_slots(tmp_path):
         run.run_dir.mkdir()
     launcher = FakeLauncher(clock, durations, 1)
     probe = FakeProbe(launcher, 2)
-    sweep = SimSweep(ListSource(runs), launcher, GpuPool([0, 1], Policy(), probe), ResultsWriter(tmp_path / "r.json"),
-                     Reporter(stream=open("/dev/null", "w")), Settings(timeout=0), clock=clock)
+    sweep = sim_sweep(ListSource(runs), launcher, GpuPool([0, 1], Policy(), probe), ResultsWriter(tmp_path / "r.json"),
+                      Settings(timeout=0), clock)
     assert sweep.run() == 0
     assert probe.reads <= 8  # one read per tick that places runs (4 ticks here), not a polling loop
 
