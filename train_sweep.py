@@ -21,7 +21,7 @@ Map of this file (sections in the order data flows):
     3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set
     4. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
     5. GPU probe                  NVML readings through pynvml, in one place
-    6. Scheduling core            pure: placement (pick_gpus, settling, declared memory, GpuPool), classify,
+    6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool), classify,
                                   requeue_reason
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; the guardian, LogFollower
                                   and LocalLauncher (local processes)

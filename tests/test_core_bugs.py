@@ -102,12 +102,7 @@ def test_interrupted_runs_are_counted_as_interrupted_not_failed(sweep):
     sweep.gpus.set(count=2)
     sweep.config([{"n": i, "sleep": 60} for i in range(3)])
     proc = sweep.start("--gpus", "0", "1", "--kill-grace", "5")
-    try:
-        sweep.wait_for(lambda: len(sweep.started()) == 2, timeout=30, what="two runs")
-        proc.send_signal(signal.SIGINT)
-        out, err = communicate(proc, 30, "after SIGINT")
-    finally:
-        kill_pids(run_pids(sweep))
+    out, err = signal_when_two_run(sweep, proc, signal.SIGINT)
     assert proc.returncode == 130, out + err
     finishes = [line for kind, _, line in event_lines(out) if kind != "start"]
     assert len(finishes) == 2 and all(" interrupted " in f"{line} " for line in finishes), out
@@ -116,6 +111,16 @@ def test_interrupted_runs_are_counted_as_interrupted_not_failed(sweep):
         assert "failed" not in c, f"an interrupted run counted as failed: {line!r}"
         assert c.get("interrupted") == k, f"finish line {k} does not count its interrupted run: {line!r}"
         assert sum(c.values()) == 3, f"counts do not add up to the 3 runs: {line!r}"
+
+
+def signal_when_two_run(sweep, proc, sig):
+    """Send `sig` to train_sweep once two runs have started; its output (every run process cleaned up)."""
+    try:
+        sweep.wait_for(lambda: len(sweep.started()) == 2, timeout=30, what="two runs")
+        proc.send_signal(sig)
+        return communicate(proc, 30, f"after {signal.Signals(sig).name}")
+    finally:
+        kill_pids(run_pids(sweep))
 
 
 # -- bug 2 ---------------------------------------------------------------------------------------------------
@@ -197,12 +202,7 @@ def test_nohup_sweep_ignores_sighup(sweep):
     proc = subprocess.Popen(sweep.argv("--gpus", "0", "1"), cwd=sweep.dir, env=sweep.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        sweep.wait_for(lambda: len(sweep.started()) == 2, timeout=30, what="two runs")
-        proc.send_signal(signal.SIGHUP)
-        out, err = communicate(proc, 30, "after SIGHUP")
-    finally:
-        kill_pids(run_pids(sweep))
+    out, err = signal_when_two_run(sweep, proc, signal.SIGHUP)
     assert proc.returncode == 0, out + err
     assert [r["state"] for r in sweep.results()] == ["complete", "complete"]
 
