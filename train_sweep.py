@@ -91,6 +91,7 @@ NVML_FAILS, NVML_FAIL_S = 3, 2.0  # a GPU is taken out after its NVML calls fail
 MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
 JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
+SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
 OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK)  # what the sweep keeps in its output folder
 MB = 1024 * 1024
@@ -196,8 +197,10 @@ class Settings:
     """KEY=SHORT: how a key reads in run names"""
     max_parallel: int | None = None
     """at most this many runs at once over all GPUs"""
-    metric: str | None = None
-    """the metric that ranks runs (metrics.json, else NAME=value in stdout)"""
+    metric: tuple[str, ...] = ()
+    """metrics to follow (the first ranks runs): metrics.jsonl, metrics.json, or NAME=value-like stdout lines"""
+    metric_regex: str | None = None
+    """a regular expression with a group `value` (and optionally `step`) for the ranking metric in stdout"""
     mode: str = "min"
     """whether a lower (min) or higher (max) metric is better"""
     kill_grace: float = KILL_GRACE_S
@@ -226,6 +229,10 @@ class Settings:
             if value is not None:
                 given[field.name] = value
         return cls(**given)
+
+    @property
+    def rank_metric(self) -> str | None:
+        return self.metric[0] if self.metric else None
 
     @property
     def source(self) -> str:
@@ -757,7 +764,12 @@ class Run:
     returncode: int | None = None
     signal_name: str | None = None  # the signal that killed it, if one did
     error: str | None = None  # why it could not start
-    metrics: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None  # the attempt's final metrics (metrics.json over what it printed)
+    latest: dict[str, float] = dataclasses.field(default_factory=dict)  # metrics seen while it runs, latest value
+    step: int | None = None  # the step of the latest metric seen
+    best: float | None = None  # the best value of the ranking metric seen in this attempt
+    points: int = 0  # how many values of the ranking metric were seen
+    metric_note: str | None = None  # why a complete run has no ranking metric
     identity: str = ""  # what makes two runs "the same" for resume: hash of hyperparameters + --command
     attempt: int = 1  # this attempt's number (retries, OOM requeues and resumed sweeps add attempts)
     attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier attempts, summarized
@@ -789,7 +801,9 @@ class Run:
         self.start_time = self.end_time = None
         self.returncode = None
         self.signal_name = self.error = None
-        self.metrics = None
+        self.metrics = self.best = self.step = self.metric_note = None
+        self.latest = {}
+        self.points = 0
 
     @property
     def duration(self) -> float | None:
@@ -1871,6 +1885,7 @@ class Proc:
     run_id: str  # TRAIN_SWEEP_RUN_ID, which every process of the run inherits
     follower: LogFollower
     cgroup: Path | None = None  # the run's own cgroup v2, where there is one
+    final_lines: list[str] | None = None  # the last stdout lines, read once it ended (for observe)
     returncode: int | None = None
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
     exited_wall: float | None = None  # ... at this wall-clock time (the run's end_time)
@@ -2004,6 +2019,9 @@ class LocalLauncher:
         return proc.exited_at is None
 
     def observe(self, handle: Proc) -> list[str]:
+        if handle.final_lines is not None:  # it has ended: what it wrote last, once
+            lines, handle.final_lines = handle.final_lines, []
+            return lines
         return handle.follower.pump()
 
     def next_poll(self, now: float) -> float | None:
@@ -2020,7 +2038,7 @@ class LocalLauncher:
 
     def _ended(self, proc: Proc, note: str | None = None) -> Outcome:
         self.procs.discard(proc)
-        proc.follower.pump(final=True)
+        proc.final_lines = proc.follower.pump(final=True)
         if proc.follower.error:
             note = note or f"warning: {proc.run.name}: {proc.follower.error}"
         proc.follower.close()
@@ -2110,6 +2128,8 @@ class RunView(NamedTuple):
     name: str
     gpus: tuple[int, ...]
     start_time: float | None
+    value: float | None = None  # the latest value of the ranking metric
+    step: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2125,6 +2145,7 @@ class Progress:
     threshold_mb: float | None
     waiting: str | None  # why runs cannot start now (memory)
     stopping: str | None  # the signal (or "error") that is stopping the sweep
+    top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
 
     def bracket(self) -> str:
         """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
@@ -2220,6 +2241,11 @@ class Sweep:
         self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
         self.timeout = settings.timeout or None
         self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
+        self.metric, self.mode = settings.rank_metric, settings.mode
+        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
+        self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
+        self.leader: Run | None = None
+        self._jsonl_at: dict[Run, int] = {}  # how far each running run's metrics.jsonl was read
         self.active: dict[Run, Attempt] = {}
         self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
         self.retry: deque[Run] = deque()  # failed runs to try again, after the source's runs
@@ -2231,6 +2257,10 @@ class Sweep:
         self._durations = [0.0, 0]  # sum and count of complete runs' durations, for the ETA
         for run in self.done:
             self._count(run)
+            value = metric_of(run.metrics, self.metric)
+            if value is not None:
+                self.board[run] = value
+        self._elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
         self.killed = False
         self.fatal: str | None = None
@@ -2330,7 +2360,16 @@ class Sweep:
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
-            run.metrics = read_metrics(run, self.settings.metric)
+            self._take_metrics(run, self.launcher.observe(attempt.handle))  # what it wrote last
+            self._jsonl_at.pop(run, None)
+            run.metrics = read_metrics(run, self.metric)
+            final = metric_of(run.metrics, self.metric)
+            if run.state == State.COMPLETE and final is not None:
+                self._rank(run, final)
+            else:
+                self._unrank(run)
+                if run.state == State.COMPLETE and self.metric:
+                    run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
             if outcome.note:
                 self.reporter.event(outcome.note)
             self._ended(run)
@@ -2361,17 +2400,94 @@ class Sweep:
                 attempt.kill_at = None
 
     def _observe(self, now: float) -> None:
-        """New output of running runs (the launcher keeps combined.log); the metric goes to the source."""
+        """New output of running runs (the launcher keeps combined.log): their metrics, as they appear."""
         if now < self._next_observe or not self.active:
             return
         self._next_observe = now + FOLLOW_S
-        metric = self.settings.metric
         for attempt in self.active.values():
-            lines = self.launcher.observe(attempt.handle)
-            if metric and lines:
-                found = _metric_pattern(metric).findall("\n".join(lines))
-                if found:
-                    self.source.report(attempt.run, None, {metric: float(found[-1])})
+            self._take_metrics(attempt.run, self.launcher.observe(attempt.handle))
+
+    def _take_metrics(self, run: Run, lines: list[str]) -> None:
+        """Metrics in new stdout lines and in new lines of the run's metrics.jsonl: each run's latest values,
+        its series (train_sweep_metrics.jsonl, for what it printed), the source, the best so far."""
+        if not self.reader.names:
+            return
+        printed = self.reader.from_lines(lines)
+        for step, values in printed + self._read_jsonl(run):
+            run.latest.update(values)
+            run.step = step if step is not None else run.step
+            value = values.get(self.metric) if self.metric else None
+            if value is not None and math.isfinite(value):
+                run.points += 1
+                run.best = value if better(value, run.best, self.mode) else run.best
+                self._rank(run, value)
+            self.source.report(run, step, values)
+        if printed:
+            append_series(run, printed)
+
+    def _read_jsonl(self, run: Run) -> list[tuple[int | None, dict[str, float]]]:
+        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its)."""
+        path = run.run_dir / "metrics.jsonl"
+        at = self._jsonl_at.get(run, 0)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
+                return []
+            data = os.pread(fd, 4 * MB, at)
+        finally:
+            os.close(fd)
+        complete = data[: data.rfind(b"\n") + 1]
+        self._jsonl_at[run] = at + len(complete)
+        points = []
+        for line in complete.splitlines():
+            try:
+                point = self.reader.from_json(json.loads(line))
+            except (ValueError, RecursionError):
+                continue
+            if point is not None:
+                points.append(point)
+        return points
+
+    def _rank(self, run: Run, value: float) -> None:
+        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
+        self.board[run] = value
+        if run is self.leader:
+            if better(value, self.board.get(run), self.mode) or value == self.board.get(run):
+                return
+            self._elect()
+        elif self.leader is None or better(value, self.board[self.leader], self.mode):
+            self.leader = run
+            self._announce()
+
+    def _unrank(self, run: Run) -> None:
+        """A run that ended without a result (failed, interrupted, ...) leaves the best-so-far board."""
+        if self.board.pop(run, None) is not None and run is self.leader:
+            self._elect()
+
+    def _elect(self, announce: bool = True) -> None:
+        found = best_of(self.board, self.board.get, self.mode) if self.board else None
+        leader = found[1] if found else None
+        if leader is not self.leader:
+            self.leader = leader
+            if announce and leader is not None:
+                self._announce()
+
+    def _announce(self) -> None:
+        if self.leader is None:
+            return
+        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
+        step = f" (step {self.leader.step})" if self.leader.step is not None and self.leader.state == State.RUNNING else ""
+        self.reporter.event(f"{'best':<11} {self.metric}={self.board[self.leader]:g} {self.leader.name}{step}; "
+                            f"top: {top}")
+
+    def top(self, k: int) -> list[tuple[Run, float]]:
+        import heapq
+
+        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
+        return pick(k, self.board.items(), key=lambda rv: rv[1])
 
     def _record(self, now: float) -> None:
         """Journal each ended attempt and write its run.json, then requeue it or count it as done."""
@@ -2543,9 +2659,10 @@ class Sweep:
             mean, now = total / n, time.time()
             left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
             eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.name, r.gpus, r.start_time) for r in self.active)
+        running = tuple(RunView(r.name, r.gpus, r.start_time, self.board.get(r), r.step) for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
-                        self.pool.policy.memory_threshold_mb, self.waiting, self.stop)
+                        self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
+                        tuple((r.name, v) for r, v in self.top(3)))
 
     def _finish(self) -> int:
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
@@ -2632,9 +2749,74 @@ def tail_lines(path: Path, n: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> 
     return "\n".join(one_line(line, LINE_SHOW) for line in lines[-n:])
 
 
+NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")  # a number after one of these is the step
+_STEP = re.compile(rf"(?<![\w.])['\"]?(?:{'|'.join(STEP_KEYS)})['\"]?\s*(?:[=:]\s*|\s+)(\d+(?:\.\d+)?)(?![\w.])", re.I)
+
+
 def _metric_pattern(name: str) -> re.Pattern[str]:
-    number = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
-    return re.compile(rf"(?<![\w.]){re.escape(name)}\s*[=:]\s*({number})(?![\w.])")
+    """A metric in a line as scripts print it: `val_loss=0.41`, `val_loss: 0.41`, `'val_loss': 0.41` (a Python
+    dict, as the Hugging Face Trainer prints), `"val_loss": 0.41` (JSON), and `val loss 0.41` (a space for
+    the `_`, as nanoGPT's `step 500: train loss 1.69, val loss 1.85`)."""
+    spelled = r"[ _]".join(re.escape(part) for part in name.split("_"))
+    return re.compile(rf"(?<![\w.])['\"]?{spelled}['\"]?\s*(?:[=:]\s*|\s+)({NUMBER})(?![\w.])")
+
+
+@dataclasses.dataclass
+class MetricReader:
+    """Finds the metrics a run reports, in what it already writes: stdout lines in the common forms (or a
+    --metric-regex with a group `value` and an optional group `step`), and JSON lines of a metrics.jsonl
+    ({"step": 3, "val_loss": 0.41}). A number after step, iter, iteration, epoch or global_step on the same
+    line becomes the step."""
+
+    names: tuple[str, ...]
+    regex: re.Pattern[str] | None = None
+
+    def __post_init__(self) -> None:
+        self._patterns = {name: _metric_pattern(name) for name in self.names}
+
+    def from_lines(self, lines: Iterable[str]) -> list[tuple[int | None, dict[str, float]]]:
+        points = []
+        for line in lines:
+            values: dict[str, float] = {}
+            step_text = None
+            if self.regex is not None and self.names:
+                m = self.regex.search(line)
+                if m:
+                    values[self.names[0]] = float(m.group("value"))
+                    step_text = m.groupdict().get("step")
+            for name, pattern in self._patterns.items():
+                if name not in values:
+                    found = pattern.findall(line)
+                    if found:
+                        values[name] = float(found[-1])
+            if values:
+                if step_text is None:
+                    m = _STEP.search(line)
+                    step_text = m.group(1) if m else None
+                points.append((_step(step_text), values))
+        return points
+
+    def from_json(self, record: Any) -> tuple[int | None, dict[str, float]] | None:
+        if not isinstance(record, dict):
+            return None
+        values = {k: float(v) for k, v in record.items() if k in self.names and _is_number(v)}
+        if not values:
+            return None
+        step = next((record[k] for k in STEP_KEYS if _is_number(record.get(k))), None)
+        return _step(step), values
+
+
+def _step(value: Any) -> int | None:
+    try:
+        return None if value is None else int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def better(a: float, b: float | None, mode: str) -> bool:
+    """Is metric value `a` better than `b` (None: no value yet)?"""
+    return b is None or (a < b if mode == "min" else a > b)
 
 
 def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
@@ -2648,13 +2830,39 @@ def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
         data = json.loads(path.read_bytes()) if fresh else None
     except (OSError, ValueError, RecursionError):
         data = None
+    metrics = {name: plain_metric(v) for name, v in run.latest.items()}  # what it printed while it ran
     if isinstance(data, dict):
-        return {str(k): plain_metric(v) for k, v in data.items() if isinstance(v, (int, float, str, bool, type(None)))}
-    if metric:
+        metrics.update({str(k): plain_metric(v) for k, v in data.items()
+                        if isinstance(v, (int, float, str, bool, type(None)))})
+    elif metric and metric not in metrics:  # not followed (a resumed record): the end of its stdout
         found = _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000, 256 * 1024))
         if found:
-            return {metric: plain_metric(float(found[-1]))}
-    return None
+            metrics[metric] = plain_metric(float(found[-1]))
+    return metrics or None
+
+
+def append_series(run: Run, points: Sequence[tuple[int | None, Mapping[str, float]]]) -> None:
+    """The metrics a run printed, appended to <run_dir>/train_sweep_metrics.jsonl (its own metrics.jsonl, if
+    it writes one, is left as it is): {"step": 500, "time": ..., "val_loss": 1.85} a line."""
+    now = round(time.time(), 3)
+    text = "".join(json.dumps({"step": step, "time": now, **{k: plain_metric(v) for k, v in values.items()}}) + "\n"
+                   for step, values in points)
+    try:
+        fd = os.open(run.run_dir / SERIES, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the series is a convenience: its values are in run.json and the results as well
+
+
+def metric_missing(run: Run, metric: str, regex: str | None) -> str:
+    """Why a complete run has no value of the ranking metric, in words a user can act on."""
+    where = [name for name in ("metrics.json", "metrics.jsonl") if (run.run_dir / name).exists()]
+    found = f"{' and '.join(where)} without {metric!r}" if where else "no metrics.json or metrics.jsonl"
+    printed = f"no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"
+    return f"{found}; {printed}"
 
 
 def plain_metric(value: Any) -> Any:
@@ -2727,6 +2935,8 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "signal": run.signal_name,
         "error": run.error,
         "metrics": run.metrics,
+        "metric": None if not (run.points or run.metric_note) else
+        {"best": run.best, "step": run.step, "points": run.points, "note": run.metric_note},
         "index": run.index,
         "identity": run.identity,
         "attempt": run.attempt,
@@ -2796,7 +3006,8 @@ def archive_attempt_files(run: Run) -> None:
     if folder.exists():
         set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
     folder.mkdir()
-    for name in ("train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json"):
+    for name in ("train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json", "metrics.jsonl",
+                 SERIES):
         if (run.run_dir / name).exists():
             os.replace(run.run_dir / name, folder / name)
 
@@ -3177,6 +3388,12 @@ class Reporter:
         """A table of the runs (every run up to 50, else those that did not complete), the counts, where the
         results are, and the best run."""
         runs = sorted(done, key=lambda r: r.index)
+        if self.metric:  # ranked: the best complete run first, runs without the metric after, by index
+            def rank(r: Run) -> tuple[int, float, int]:
+                v = metric_of(r.metrics, self.metric) if r.state == State.COMPLETE else None
+                return (v is None, 0.0 if v is None else (v if self.mode == "min" else -v), r.index)
+
+            runs.sort(key=rank)
         shown = runs if len(runs) <= self.SUMMARY_ROWS else [r for r in runs if r.state != State.COMPLETE]
         shown = shown[: self.SUMMARY_ROWS]
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
@@ -3201,6 +3418,10 @@ class Reporter:
                        self.mode)
         if best is not None:
             lines.append(f"Best ({self.mode} {self.metric}): {best[1].name} = {best[0]:g}  ({best[1].run_dir})")
+        missing = [r for r in runs if r.metric_note]
+        if missing:
+            lines.append(f"{len(missing)} complete run(s) reported no {self.metric}: {missing[0].metric_note} "
+                         f"(e.g. {missing[0].name}; see README: Metrics)")
         self.print_summary(header, rows, [r.state for r in shown], lines)
 
     def print_summary(self, header: list[str], rows: list[list[str]], states: list[State], lines: list[str]) -> None:
@@ -3332,7 +3553,11 @@ class LiveReporter(Reporter):
                 name = r.name
             else:
                 mem, util, name = Text("-"), "-", "CPU" if g == CPU else "(no reading)"
-            runs = ", ".join(f"{x.name} ({fmt_duration(now - (x.start_time or now))})" for x in on.get(g, []))
+            runs = ", ".join(
+                f"{x.name} ({fmt_duration(now - (x.start_time or now))}"
+                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "") if x.value is not None
+                   else "") + ")"
+                for x in on.get(g, []))
             table.add_row("CPU" if g == CPU else str(g), name, mem, util, runs or Text("idle", style="dim"))
         c = progress.counts
         finished = progress.total - c["running"] - c["pending"]
@@ -3345,6 +3570,9 @@ class LiveReporter(Reporter):
                else "")
         )
         parts: list[Any] = [Text("train_sweep", style="bold"), table, progress_line]
+        if progress.top:
+            parts.append(Text(f"best {self.metric} so far: " + ", ".join(f"{name} {value:g}" for name, value in progress.top),
+                              style="green"))
         if progress.waiting and progress.stopping is None:
             parts.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
         if progress.stopping:
@@ -3822,8 +4050,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
            "alone (repeatable)")
     a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
-    a("--metric", metavar="NAME",
-      help="rank runs by this metric: from <run_dir>/metrics.json, else the last 'NAME=value' in stdout")
+    a("--metric-regex", metavar="PATTERN",
+      help="find the (first) --metric in stdout with this regular expression: a group named value, optionally "
+           "one named step, e.g. 'Eval .* acc (?P<value>[0-9.]+)'")
+    a("--metric", action="append", default=[], metavar="NAME",
+      help="follow this metric while runs run and rank runs by it (repeatable: the first ranks, the others are "
+           "shown): from <run_dir>/metrics.jsonl or metrics.json, else stdout lines like NAME=0.41, NAME: 0.41, "
+           "'NAME': 0.41 or 'val loss 0.41' for val_loss")
     a("--mode", choices=("min", "max"), default=Settings.mode,
       help="whether a lower or higher --metric is better (default: %(default)s)")
     a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
@@ -4087,7 +4320,7 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
         }
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
-        reporter = (LiveReporter if live else Reporter)(settings.metric, settings.mode,
+        reporter = (LiveReporter if live else Reporter)(settings.rank_metric, settings.mode,
                                                         log_path=output_dir / "sweep.log")
         reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {settings.source} -> {output_dir}/<name>/")
         reporter.event(f"placement: {policy.describe(gpus)}")
