@@ -1896,6 +1896,18 @@ class Proc:
         return self.popen.pid  # start_new_session: the main process leads its own group
 
 
+def tracker_env(env: Mapping[str, str], group: str, run: Run) -> dict[str, str]:
+    """Grouping variables for W&B and MLflow, when their settings are in the environment (a WANDB_* or
+    MLFLOW_* variable): the sweep as the group or experiment, the run's name, its folder. Never imports
+    them; the caller keeps any the user set."""
+    out: dict[str, str] = {}
+    if any(k.startswith("WANDB_") for k in env):
+        out.update(WANDB_RUN_GROUP=group, WANDB_NAME=run.name, WANDB_TAGS="train_sweep", WANDB_DIR=str(run.run_dir))
+    if any(k.startswith("MLFLOW_") for k in env):
+        out.update(MLFLOW_EXPERIMENT_NAME=group)
+    return out
+
+
 def prepare_run_dir(run: Run) -> None:
     """The run's folder for a new attempt: made, or an earlier attempt's files moved into attempt_<n>/;
     the --configs file copied in. OutputError when the folder cannot be written."""
@@ -1919,11 +1931,12 @@ class LocalLauncher:
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
                  kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None,
-                 cgroups: RunCgroups | None = None) -> None:
+                 cgroups: RunCgroups | None = None, group: str = "") -> None:
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
         self._base_env: dict[str, str] | None = None
         self.sweep_id = sweep_id
+        self.group = group or sweep_id
         self.cpu_only = cpu_only
         self.guardian = guardian
         self.kill_grace = kill_grace
@@ -1944,6 +1957,8 @@ class LocalLauncher:
             TRAIN_SWEEP_RUN_ID=f"{self.sweep_id}-{run.index}",
             PYTHONUNBUFFERED="1",
         )
+        for key, value in tracker_env(self._base_env, self.group, run).items():
+            env.setdefault(key, value)  # what the user set wins
         return env
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> Proc:
@@ -2413,6 +2428,7 @@ class Sweep:
         if not self.reader.names:
             return
         printed = self.reader.from_lines(lines)
+        latest = None
         for step, values in printed + self._read_jsonl(run):
             run.latest.update(values)
             run.step = step if step is not None else run.step
@@ -2420,8 +2436,10 @@ class Sweep:
             if value is not None and math.isfinite(value):
                 run.points += 1
                 run.best = value if better(value, run.best, self.mode) else run.best
-                self._rank(run, value)
+                latest = value
             self.source.report(run, step, values)
+        if latest is not None:
+            self._rank(run, latest)
         if printed:
             append_series(run, printed)
 
@@ -2479,9 +2497,9 @@ class Sweep:
         if self.leader is None:
             return
         top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
-        step = f" (step {self.leader.step})" if self.leader.step is not None and self.leader.state == State.RUNNING else ""
-        self.reporter.event(f"{'best':<11} {self.metric}={self.board[self.leader]:g} {self.leader.name}{step}; "
-                            f"top: {top}")
+        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
+        self.reporter.event(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  "
+                            f"top 3: {top}")
 
     def top(self, k: int) -> list[tuple[Run, float]]:
         import heapq
@@ -4247,6 +4265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
+        if settings.metric_regex is not None:
+            try:
+                groups = re.compile(settings.metric_regex).groupindex
+            except re.error as e:
+                raise UserError(f"--metric-regex {settings.metric_regex!r}: {e}") from None
+            if "value" not in groups or not settings.metric:
+                raise UserError(f"--metric-regex {settings.metric_regex!r}: needs a group (?P<value>...) and a --metric "
+                                "to name what it finds")
         gpus, probe, note = resolve_gpus(settings)
         widest = max(runs, key=lambda r: r.gpus_needed)
         if widest.gpus_needed > len(gpus):
@@ -4278,6 +4304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if probe is not None:
             probe.close()
+
+
+def sweep_group(output_dir: Path) -> str:
+    """The sweep's name for trackers: its output folder's name, with the folder above it when that is the
+    default `outputs` (so that two projects' sweeps do not share a group)."""
+    folder = output_dir.resolve()
+    return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
 
 
 def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpus: list[int],
@@ -4337,7 +4370,8 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
         guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
             launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                     kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups)
+                                     kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups,
+                                     group=sweep_group(output_dir))
             sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),
                           results, reporter, settings, previous=[r for r, _ in skipped])
             return sweep.run()

@@ -74,7 +74,8 @@ info = {
     "pid": os.getpid(),
     "grandchildren": pids,
     "start": start,
-    "env": {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "TRAIN_SWEEP_", "PYTHONUNBUFFERED"))},
+    "env": {k: v for k, v in os.environ.items()
+            if k.startswith(("CUDA_", "TRAIN_SWEEP_", "PYTHONUNBUFFERED", "WANDB_", "MLFLOW_"))},
 }
 with open(os.path.join(run_dir, "fake.json"), "w") as f:
     json.dump(info, f)

@@ -1,0 +1,156 @@
+"""Metrics from any training script (issue 11): the forms scripts print, metrics.jsonl, --metric-regex,
+followed while the run runs, the best so far, runs without the metric, trackers' grouping variables."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import pytest
+
+from conftest import FAKE_TRAINER, kill_pids, run_pids
+from train_sweep import MetricReader
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("step 500: train loss 1.69, val loss 1.85", (500, {"val_loss": 1.85})),  # nanoGPT
+    ("{'loss': 0.9, 'val_loss': 0.41, 'epoch': 3.0}", (3, {"val_loss": 0.41})),  # Hugging Face Trainer
+    ('{"iter": 7, "val_loss": 0.5}', (7, {"val_loss": 0.5})),  # JSON
+    ("val_loss=0.5 acc: 0.9 iter 12", (12, {"val_loss": 0.5, "acc": 0.9})),
+    ("epoch 4 val_loss: 1e-3", (4, {"val_loss": 0.001})),
+    ("val_loss = -2", (None, {"val_loss": -2.0})),
+])
+def test_the_forms_scripts_print(line, expected):
+    assert MetricReader(("val_loss", "acc")).from_lines([line]) == [expected]
+
+
+@pytest.mark.parametrize("line", ["myval_loss=3", "val_loss_avg=3", "nothing here 1.0", "val_loss=abc"])
+def test_lines_that_are_not_the_metric(line):
+    assert MetricReader(("val_loss",)).from_lines([line]) == []
+
+
+def script(sweep, name: str, body: str) -> str:
+    path = sweep.dir / name
+    path.write_text("import json, os, sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n" + body)
+    return f"python {path}"
+
+
+NANOGPT = """
+lr = float(args['lr'])
+for step in range(5):
+    print(f'step {step * 100}: train loss {2 / (1 + step * lr):.4f}, val loss {2.5 / (1 + step * lr):.4f}', flush=True)
+    time.sleep(float(args.get('pause', 0)))
+"""
+
+
+def test_a_nanogpt_style_script_unmodified(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"lr": 0.5}, {"lr": 2.0}, {"lr": 1.0}])
+    p = sweep.run("--command", script(sweep, "train.py", NANOGPT), "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    best = records["lr_2"]
+    assert best["metrics"] == {"val_loss": round(2.5 / 9, 4)}
+    assert best["metric"] == {"best": round(2.5 / 9, 4), "step": 400, "points": 5, "note": None}
+    assert f"Best (min val_loss): lr_2 = {round(2.5 / 9, 4):g}" in p.stdout
+    series = [json.loads(line) for line in (sweep.dir / "outputs" / "lr_2" / "train_sweep_metrics.jsonl")
+              .read_text().splitlines()]
+    assert [(s["step"], s["val_loss"]) for s in series] == [(k * 100, round(2.5 / (1 + 2 * k), 4)) for k in range(5)]
+    assert any(line.split()[1:3] == ["best", "lr_2"] for line in p.stdout.splitlines()), p.stdout
+
+
+def test_a_metric_is_read_while_the_run_is_still_running(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"x": 1}])
+    command = script(sweep, "slow.py", "print('val_loss=0.3 step 7', flush=True)\ntime.sleep(30)\n")
+    proc = sweep.start("--command", command, "--metric", "val_loss", trainer=False)
+    series = sweep.dir / "outputs" / "x_1" / "train_sweep_metrics.jsonl"
+    try:
+        sweep.wait_for(lambda: series.exists() and series.read_text().strip(), timeout=20, what="the live metric")
+        assert proc.poll() is None, "the run is still running"
+        assert json.loads(series.read_text().splitlines()[0])["val_loss"] == 0.3
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        kill_pids(run_pids(sweep))
+    assert " best        x_1  val_loss=0.3 (step 7)  top 3: x_1 0.3" in out
+
+
+def test_metrics_jsonl_written_by_the_script_is_followed(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}, {"k": 2}])
+    body = ("k = int(args['k'])\nwith open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'metrics.jsonl'), 'a') as f:\n"
+            "    for step in range(3):\n"
+            "        f.write(json.dumps({'step': step, 'acc': 0.5 + 0.1 * step * k}) + '\\n'); f.flush(); time.sleep(0.05)\n")
+    p = sweep.run("--command", script(sweep, "jl.py", body), "--metric", "acc", "--mode", "max", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert records["k_2"]["metrics"] == {"acc": pytest.approx(0.9)}
+    assert records["k_2"]["metric"]["points"] == 3 and records["k_2"]["metric"]["step"] == 2
+    assert "Best (max acc): k_2 = 0.9" in p.stdout
+    assert not (sweep.dir / "outputs" / "k_2" / "train_sweep_metrics.jsonl").exists()  # its own file is enough
+
+
+def test_metric_regex_with_a_step(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"q": 1}, {"q": 3}])
+    body = "q = int(args['q'])\nfor s in range(3):\n    print(f'Eval @ {s * 10}: accuracy {q * 10 + s}%', flush=True)\n"
+    p = sweep.run("--command", script(sweep, "re.py", body), "--metric", "acc", "--mode", "max",
+                  "--metric-regex", r"Eval @ (?P<step>\d+): accuracy (?P<value>[0-9.]+)%", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    best = {r["model_name"]: r for r in sweep.results()}["q_3"]
+    assert best["metrics"] == {"acc": 32.0} and best["metric"]["step"] == 20
+    assert "Best (max acc): q_3 = 32" in p.stdout
+
+
+@pytest.mark.parametrize("regex, fragment", [("(unclosed", "--metric-regex"), ("acc ([0-9]+)", "(?P<value>")])
+def test_a_bad_metric_regex_is_one_line(sweep, regex, fragment):
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}])
+    p = sweep.run("--metric", "acc", "--metric-regex", regex)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and fragment in p.stderr, p.stderr
+
+
+def test_a_complete_run_without_the_metric_is_flagged_with_the_reason(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.5}, {"n": 1}])
+    p = sweep.run("--metric", "val_loss")
+    quiet = {r["model_name"]: r for r in sweep.results()}["n_1"]
+    assert quiet["metrics"] is None
+    assert quiet["metric"]["note"] == "no metrics.json or metrics.jsonl; no stdout line like 'val_loss=0.41'"
+    assert "1 complete run(s) reported no val_loss: no metrics.json or metrics.jsonl" in p.stdout
+
+
+def test_ties_keep_the_config_order_and_several_metrics_are_kept(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"tag": "a", "metric": 0.5}, {"tag": "b", "metric": 0.5}, {"tag": "c", "metric": 0.7}])
+    p = sweep.run("--metric", "val_loss", "--metric", "other")
+    table = p.stdout.split("train_sweep summary\n")[1].splitlines()[1:4]
+    assert [line.split()[1] for line in table] == ["tag_a_metric_0.5", "tag_b_metric_0.5", "tag_c_metric_0.7"]
+    assert "Best (min val_loss): tag_a_metric_0.5 = 0.5" in p.stdout
+
+
+def test_tracker_variables_when_a_tracker_is_configured(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}, {"n": 1}])
+    assert sweep.run().returncode == 0
+    assert not any(k.startswith(("WANDB_", "MLFLOW_")) for k in sweep.fake("n_0")["env"])  # none configured
+    p = sweep.run("--output-dir", "tracked", "--output-file", "tracked.json", WANDB_MODE="offline", WANDB_NAME="mine",
+                  MLFLOW_TRACKING_URI="file:///tmp/x")
+    assert p.returncode == 0, p.stdout + p.stderr
+    env = json.loads((sweep.dir / "tracked" / "n_1" / "fake.json").read_text())["env"]
+    assert env["WANDB_RUN_GROUP"] == "tracked" and env["WANDB_TAGS"] == "train_sweep"
+    assert env["WANDB_NAME"] == "mine"  # what the user set wins
+    assert env["WANDB_DIR"] == str(sweep.dir / "tracked" / "n_1")
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "tracked"
+
+
+def test_a_run_that_writes_no_metrics_costs_no_reading(sweep, tmp_path):
+    """The fake trainer prints nothing: no series file is made, nothing is flagged without --metric."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}])
+    p = sweep.run()
+    assert p.returncode == 0 and "reported no" not in p.stdout
+    assert not (sweep.dir / "outputs" / "n_0" / "train_sweep_metrics.jsonl").exists()
+    assert sys.executable and FAKE_TRAINER.exists()
