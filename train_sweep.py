@@ -93,7 +93,7 @@ JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
-OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK)  # what the sweep keeps in its output folder
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best")  # what the sweep keeps in its output folder
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -203,6 +203,12 @@ class Settings:
     """a regular expression with a group `value` (and optionally `step`) for the ranking metric in stdout"""
     mode: str = "min"
     """whether a lower (min) or higher (max) metric is better"""
+    top_k: int | None = None
+    """keep the files matching checkpoint_glob only in the K best complete runs' folders"""
+    checkpoint_glob: str | None = None
+    """which files of a run folder are checkpoints ('*.pt', 'checkpoints/**'); logs and records never are"""
+    keep_checkpoints: bool = False
+    """with top_k: delete nothing, only say what would go"""
     kill_grace: float = KILL_GRACE_S
     """seconds between SIGTERM and SIGKILL when a run is ended"""
     settle_seconds: float = SETTLE_TIMEOUT_S
@@ -2249,6 +2255,7 @@ class Sweep:
         previous: Sequence[Run] = (),
         clock: Callable[[], float] = time.monotonic,
         wakeups: Wakeups | None = None,
+        best_k: BestK | None = None,
     ) -> None:
         from collections import deque
 
@@ -2261,6 +2268,7 @@ class Sweep:
         self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
         self.leader: Run | None = None
         self._jsonl_at: dict[Run, int] = {}  # how far each running run's metrics.jsonl was read
+        self.best_k = best_k
         self.active: dict[Run, Attempt] = {}
         self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
         self.retry: deque[Run] = deque()  # failed runs to try again, after the source's runs
@@ -2275,6 +2283,10 @@ class Sweep:
             value = metric_of(run.metrics, self.metric)
             if value is not None:
                 self.board[run] = value
+                if best_k is not None:
+                    best_k.add(run, value, publish=False)
+        if best_k is not None and self.board:
+            best_k.publish()
         self._elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
         self.killed = False
@@ -2533,10 +2545,13 @@ class Sweep:
                 self.retry.append(run)
 
     def _done(self, run: Run, record: dict[str, Any]) -> None:
-        """A run has ended for good: in the results (at the next flush), and the source is told."""
+        """A run has ended for good: in the results (at the next flush), the source told, best-K kept."""
         self.done.append(run)
         self.results.run_finished(run, record)
         self.source.finished(run)
+        value = metric_of(run.metrics, self.metric)
+        if self.best_k is not None and run.state == State.COMPLETE and value is not None:
+            self.best_k.add(run, value)
 
     def _count(self, run: Run) -> None:
         self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
@@ -2690,7 +2705,12 @@ class Sweep:
             self.fatal = self.fatal or str(e)
         except OSError as e:
             self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
-        self.reporter.summary(self.done, pending, self.progress(), self.results)
+        extra = []
+        if self.best_k is not None:
+            verb = "would free" if self.best_k.keep else "freed"
+            extra.append(f"Checkpoints: the {self.best_k.k} best runs keep theirs ({self.best_k.folder}); {verb} "
+                         f"{fmt_bytes(self.best_k.freed)} in {self.best_k.pruned} other run(s)")
+        self.reporter.summary(self.done, pending, self.progress(), self.results, extra)
         if self.fatal:
             self.reporter.error(self.fatal)
             return EXIT_SWEEP_ERROR
@@ -3030,6 +3050,112 @@ def archive_attempt_files(run: Run) -> None:
             os.replace(run.run_dir / name, folder / name)
 
 
+KEPT_ALWAYS = frozenset({"train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json",
+                         "metrics.jsonl", SERIES, RUN_MARK})  # in any folder of a run: never a checkpoint
+
+
+def checkpoint_pattern(glob: str) -> re.Pattern[str]:
+    """--checkpoint-glob as a regular expression on paths relative to a run folder: `*` and `?` within one
+    folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt')."""
+    parts = glob.split("/")
+    if not glob or glob.startswith("/") or ".." in parts:
+        raise UserError(f"--checkpoint-glob {glob!r}: must be a pattern inside a run folder (relative, without '..')")
+    out = []
+    for part in re.split(r"(\*\*|\*|\?)", glob):
+        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
+    body = "".join(out)
+    return re.compile(body if "/" in glob else f"(?:.*/)?{body}")
+
+
+def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
+    """The files (and links: a link is a file here, never followed) in a run folder that match, with their
+    sizes; never the run's logs, records or metrics, at any depth."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        rel_top = os.path.relpath(top, folder)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            rel = name if rel_top == "." else f"{rel_top}/{name}"
+            if name in KEPT_ALWAYS or name.startswith("config_used") or not pattern.fullmatch(rel):
+                continue
+            path = Path(top) / name
+            try:
+                found.append((path, path.lstat().st_size))
+            except OSError:
+                pass
+    return found
+
+
+class BestK:
+    """--top-k K --checkpoint-glob PATTERN: only the K best complete runs keep their checkpoint files. Each
+    complete run with a value enters the ranking once; a run that is not (or no longer) among the K best
+    loses its matching files at once. Running, failed or interrupted runs are never touched (their
+    checkpoints may be what a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
+    value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
+    links and before any deletion, so it never lists a file that is gone."""
+
+    def __init__(self, output_dir: Path, k: int, glob: str, mode: str, metric: str, keep: bool,
+                 say: Callable[[str], None]) -> None:
+        self.folder = output_dir / "best"
+        self.k, self.mode, self.metric, self.keep, self.say = k, mode, metric, keep, say
+        self.pattern = checkpoint_pattern(glob)
+        self.top: list[tuple[float, int, Run]] = []  # the K best, best first
+        self.freed = self.pruned = 0
+
+    def add(self, run: Run, value: float, publish: bool = True) -> None:
+        """A complete run with its value: ranked, and its files or a displaced run's files deleted."""
+        entry = (value if self.mode == "min" else -value, run.index, run)
+        self.top.append(entry)
+        self.top.sort(key=lambda e: (e[0], e[1]))
+        out = self.top.pop() if len(self.top) > self.k else None
+        if out is not entry and publish:
+            self.publish()
+        if out is not None:
+            self._prune(out[2])
+
+    def publish(self) -> None:
+        """best/: the links, then best.json (atomically)."""
+        try:
+            self.folder.mkdir(exist_ok=True)
+            ranked = []
+            wanted = set()
+            for rank, (_, _, run) in enumerate(self.top, 1):
+                link = f"rank_{rank:02d}_{run.name}"
+                wanted.add(link)
+                tmp = self.folder / f".{link}.{os.getpid()}.tmp"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(os.path.relpath(run.run_dir, self.folder))
+                os.replace(tmp, self.folder / link)
+                kept = [{"path": str(p.relative_to(run.run_dir)), "bytes": size}
+                        for p, size in checkpoint_files(run.run_dir, self.pattern)]
+                ranked.append({"rank": rank, "name": run.name, "value": metric_of(run.metrics, self.metric),
+                               "run_dir": str(run.run_dir), "kept": kept})
+            for old in self.folder.glob("rank_*"):
+                if old.name not in wanted:
+                    old.unlink()
+            write_json_atomic(self.folder / "best.json", {"metric": self.metric, "mode": self.mode, "k": self.k,
+                                                          "runs": ranked})
+        except OSError as e:
+            raise OutputError(f"cannot write {self.folder}: {e.strerror or e}") from None
+
+    def _prune(self, run: Run) -> None:
+        files = checkpoint_files(run.run_dir, self.pattern)
+        if not files:
+            return
+        size = 0
+        for path, bytes_ in files:
+            try:
+                if not self.keep:
+                    path.unlink()
+                size += bytes_
+            except OSError:
+                pass
+        verb = "would delete" if self.keep else "deleted"
+        self.freed += size
+        self.pruned += 1
+        self.say(f"{'checkpoints':<11} {run.name}: not among the {self.k} best: {verb} {len(files)} file(s), "
+                 f"{fmt_bytes(size)}")
+
+
 Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
 
 
@@ -3293,6 +3419,14 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def gpu_label(gpus: Any) -> str:
     """Where a run ran, from a Run's gpus or a record's gpu_id: `0`, `0,1`, or `CPU`."""
     if isinstance(gpus, int) and gpus != CPU:
@@ -3402,7 +3536,8 @@ class Reporter:
 
     SUMMARY_ROWS = 50
 
-    def summary(self, done: Sequence[Run], pending: Sequence[Run], progress: Progress, results: ResultsWriter) -> None:
+    def summary(self, done: Sequence[Run], pending: Sequence[Run], progress: Progress, results: ResultsWriter,
+                extra: Sequence[str] = ()) -> None:
         """A table of the runs (every run up to 50, else those that did not complete), the counts, where the
         results are, and the best run."""
         runs = sorted(done, key=lambda r: r.index)
@@ -3440,6 +3575,7 @@ class Reporter:
         if missing:
             lines.append(f"{len(missing)} complete run(s) reported no {self.metric}: {missing[0].metric_note} "
                          f"(e.g. {missing[0].name}; see README: Metrics)")
+        lines += extra
         self.print_summary(header, rows, [r.state for r in shown], lines)
 
     def print_summary(self, header: list[str], rows: list[list[str]], states: list[State], lines: list[str]) -> None:
@@ -4077,6 +4213,13 @@ def build_parser() -> argparse.ArgumentParser:
            "'NAME': 0.41 or 'val loss 0.41' for val_loss")
     a("--mode", choices=("min", "max"), default=Settings.mode,
       help="whether a lower or higher --metric is better (default: %(default)s)")
+    a("--top-k", type=_positive_int, metavar="K",
+      help="keep checkpoints (--checkpoint-glob) only in the K best complete runs by --metric; the others' are "
+           "deleted as the ranking changes; <output-dir>/best/ ranks the K best")
+    a("--checkpoint-glob", metavar="PATTERN",
+      help="the checkpoint files of a run folder, e.g. '*.pt' (any depth) or 'checkpoints/**'; logs, run.json "
+           "and metrics are never deleted")
+    a("--keep-checkpoints", action="store_true", help="with --top-k: delete nothing, only log what would go")
     a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
       help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
     a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
@@ -4265,6 +4408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
+        if settings.top_k is not None:
+            if not settings.metric or not settings.checkpoint_glob:
+                raise UserError("--top-k needs --metric (what ranks the runs) and --checkpoint-glob (what to keep)")
+            checkpoint_pattern(settings.checkpoint_glob)
         if settings.metric_regex is not None:
             try:
                 groups = re.compile(settings.metric_regex).groupindex
@@ -4372,8 +4519,12 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
             launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
                                      kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups,
                                      group=sweep_group(output_dir))
+            best_k = None
+            if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
+                best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.mode, settings.rank_metric,
+                               settings.keep_checkpoints, reporter.event)
             sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),
-                          results, reporter, settings, previous=[r for r, _ in skipped])
+                          results, reporter, settings, previous=[r for r, _ in skipped], best_k=best_k)
             return sweep.run()
         finally:
             guardian.wait()

@@ -16,6 +16,8 @@
     linger=1       start a grandchild in the same process group that ignores SIGTERM and sleeps forever,
                    wait until it ignores SIGTERM, then exit 0 at once (only SIGKILL ends the grandchild)
     spam=S         print numbered lines (about 100 bytes each, flushed, ~1 ms apart) for S seconds
+    ckpt=1         write checkpoints model.pt (1 KB) and checkpoints/step_1.pt (2 KB), and notes.txt;
+                   ckpt_outside=PATH: also outside.pt, a link to PATH
     daemon=1       start a daemon (double fork, setsid, an empty environment) that sleeps an hour; its PID
                    goes to $TRAIN_SWEEP_RUN_DIR/daemon.pid
     break_gpu=G    at start, mark GPU G in $FAKE_NVML_STATE as failing (every NVML call on it raises)
@@ -151,6 +153,14 @@ if args.get("daemon") == "1":  # a daemon the usual way: double fork, new sessio
     os.waitpid(first, 0)
     while not os.path.exists(os.path.join(run_dir, "daemon.pid")):
         time.sleep(0.01)
+
+if args.get("ckpt") == "1":  # checkpoints: model.pt, checkpoints/step_1.pt, and notes.txt (not a checkpoint)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    for rel, size in (("model.pt", 1024), (os.path.join("checkpoints", "step_1.pt"), 2048), ("notes.txt", 10)):
+        with open(os.path.join(run_dir, rel), "wb") as f:
+            f.write(b"\0" * size)
+    if "ckpt_outside" in args:  # a link to a file outside the run folder: the link may go, never the file
+        os.symlink(args["ckpt_outside"], os.path.join(run_dir, "outside.pt"))
 
 if "break_gpu" in args:
     edit_nvml(lambda gpus: gpus[int(args["break_gpu"])].update(fail=True))

@@ -4,8 +4,12 @@ followed while the run runs, the best so far, runs without the metric, trackers'
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +158,69 @@ def test_a_run_that_writes_no_metrics_costs_no_reading(sweep, tmp_path):
     assert p.returncode == 0 and "reported no" not in p.stdout
     assert not (sweep.dir / "outputs" / "n_0" / "train_sweep_metrics.jsonl").exists()
     assert sys.executable and FAKE_TRAINER.exists()
+
+
+# -- best-K checkpoints --------------------------------------------------------------------------------------
+
+
+def test_only_the_k_best_runs_keep_their_checkpoints(sweep):
+    sweep.gpus.set(count=1)
+    outside = sweep.dir / "precious.pt"
+    outside.write_bytes(b"keep me")
+    sweep.config([{"metric": v, "ckpt": 1, "ckpt_outside": str(outside)} for v in (0.4, 0.1, 0.3, 0.2)])
+    p = sweep.run("--metric", "val_loss", "--top-k", "2", "--checkpoint-glob", "*.pt")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = sweep.dir / "outputs"
+    names = {v: f"metric_{v}_ckpt_1_ckpt_outside_{str(outside).strip('/').replace('/', '_')}" for v in (0.4, 0.1, 0.3, 0.2)}
+    for v, name in names.items():
+        folder = out / name
+        kept = v in (0.1, 0.2)
+        assert (folder / "model.pt").exists() == kept and (folder / "checkpoints" / "step_1.pt").exists() == kept
+        assert os.path.lexists(folder / "outside.pt") == kept
+        assert (folder / "notes.txt").exists() and (folder / "train_stdout.log").exists() and (folder / "run.json").exists()
+    assert outside.read_bytes() == b"keep me"  # a link's target outside the run folder is never touched
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert [(r["rank"], r["name"], r["value"]) for r in best["runs"]] == [(1, names[0.1], 0.1), (2, names[0.2], 0.2)]
+    for entry in best["runs"]:  # best.json lists only files that are there
+        assert sorted(k["path"] for k in entry["kept"]) == ["checkpoints/step_1.pt", "model.pt", "outside.pt"]
+        assert all((Path(entry["run_dir"]) / k["path"]).exists() for k in entry["kept"])
+    assert sorted(p.name for p in (out / "best").glob("rank_*")) == [f"rank_01_{names[0.1]}", f"rank_02_{names[0.2]}"]
+    assert (out / "best" / f"rank_01_{names[0.1]}").resolve() == (out / names[0.1]).resolve()
+    assert "Checkpoints: the 2 best runs keep theirs" in p.stdout
+    assert re.search(r"freed [0-9.]+ KB in 2 other run\(s\)", p.stdout), p.stdout
+    assert sum(" checkpoints " in line for line in (out / "sweep.log").read_text().splitlines()) == 2
+
+
+def test_keep_checkpoints_deletes_nothing_and_a_pattern_cannot_leave_the_run_folder(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": v, "ckpt": 1} for v in (0.4, 0.1)])
+    p = sweep.run("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "checkpoints/**", "--keep-checkpoints")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (sweep.dir / "outputs" / "metric_0.4_ckpt_1" / "checkpoints" / "step_1.pt").exists()
+    assert "would delete 1 file(s)" in p.stdout and "would free" in p.stdout
+    for bad in ("../*.pt", "/etc/*", ""):
+        q = sweep.run("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", bad)
+        assert q.returncode == 2 and "--checkpoint-glob" in q.stderr and len(q.stderr.splitlines()) == 1, q.stderr
+    q = sweep.run("--top-k", "1", "--checkpoint-glob", "*.pt")
+    assert q.returncode == 2 and "--top-k needs --metric" in q.stderr
+
+
+def test_a_running_run_keeps_its_checkpoints_and_best_survives_resume(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.1, "ckpt": 1}, {"metric": 0.9, "ckpt": 1, "sleep": 3}, {"metric": 0.5, "ckpt": 1}])
+    proc = sweep.start("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt", "--max-processes-per-gpu", "2",
+                       "--settle-seconds", "0.1")
+    slow = sweep.dir / "outputs" / "metric_0.9_ckpt_1_sleep_3"
+    try:
+        sweep.wait_for(lambda: any(e["event"] == "end" and e["name"] == "metric_0.5_ckpt_1" for e in sweep.events())
+                       and (slow / "model.pt").exists(), timeout=30, what="the quick runs")
+        time.sleep(0.5)
+        assert (slow / "model.pt").exists(), "a running run's checkpoints were deleted"
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_pids(run_pids(sweep))
+    assert proc.returncode == 0, out + err
+    assert not (slow / "model.pt").exists()  # finished, and not the best: now its checkpoints go
+    p = sweep.run("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")  # resume: nothing to run
+    best = json.loads((sweep.dir / "outputs" / "best" / "best.json").read_text())
+    assert [r["name"] for r in best["runs"]] == ["metric_0.1_ckpt_1"] and p.returncode == 0
