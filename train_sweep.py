@@ -2268,6 +2268,7 @@ class Sweep:
         self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
         self.leader: Run | None = None
         self._jsonl_at: dict[Run, int] = {}  # how far each running run's metrics.jsonl was read
+        self.tensorboard = TensorBoardFollower(settings.metric)
         self.best_k = best_k
         self.active: dict[Run, Attempt] = {}
         self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
@@ -2387,8 +2388,9 @@ class Sweep:
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
-            self._take_metrics(run, self.launcher.observe(attempt.handle))  # what it wrote last
+            self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
             self._jsonl_at.pop(run, None)
+            self.tensorboard.forget(run.run_dir)
             run.metrics = read_metrics(run, self.metric)
             final = metric_of(run.metrics, self.metric)
             if run.state == State.COMPLETE and final is not None:
@@ -2434,14 +2436,19 @@ class Sweep:
         for attempt in self.active.values():
             self._take_metrics(attempt.run, self.launcher.observe(attempt.handle))
 
-    def _take_metrics(self, run: Run, lines: list[str]) -> None:
-        """Metrics in new stdout lines and in new lines of the run's metrics.jsonl: each run's latest values,
-        its series (train_sweep_metrics.jsonl, for what it printed), the source, the best so far."""
+    def _take_metrics(self, run: Run, lines: list[str], final: bool = False) -> None:
+        """Metrics in new stdout lines, new lines of the run's metrics.jsonl and its TensorBoard event files:
+        each run's latest values, its series (train_sweep_metrics.jsonl, for what it printed), the source,
+        the best so far."""
         if not self.reader.names:
             return
         printed = self.reader.from_lines(lines)
+        written = self._read_jsonl(run) + self.tensorboard.points(run.run_dir, self.clock(), final)
+        if self.tensorboard.note:
+            self.reporter.event(self.tensorboard.note)
+            self.tensorboard.note = None
         latest = None
-        for step, values in printed + self._read_jsonl(run):
+        for step, values in printed + written:
             run.latest.update(values)
             run.step = step if step is not None else run.step
             value = values.get(self.metric) if self.metric else None
@@ -2843,6 +2850,73 @@ class MetricReader:
             return None
         step = next((record[k] for k in STEP_KEYS if _is_number(record.get(k))), None)
         return _step(step), values
+
+
+class TensorBoardFollower:
+    """Metrics from TensorBoard event files under run folders (PyTorch Lightning's default logger, and many
+    repositories), read as they grow with TensorBoard's own reader (pip install 'train-sweep[tensorboard]').
+    A tag counts for a metric when it is its name, or is it with '/' for '_' (val/loss for val_loss). Each run
+    folder is searched for new event files at most every SCAN_S seconds. Without TensorBoard installed, one
+    note says so and event files are skipped."""
+
+    SCAN_S = 5.0
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = set(names)
+        self.loaders: dict[Path, Any] = {}
+        self.next_scan: dict[Path, float] = {}
+        self.note: str | None = None  # said once: why event files are not read
+        self._missing = False
+
+    def points(self, run_dir: Path, now: float, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
+        if not self.names or self._missing:
+            return []
+        if final or now >= self.next_scan.get(run_dir, 0.0):
+            self.next_scan[run_dir] = now + self.SCAN_S
+            for path in run_dir.glob("**/events.out.tfevents.*"):
+                if path not in self.loaders and not self._open(path):
+                    return []
+        out = []
+        for path, loader in self.loaders.items():
+            if path.is_relative_to(run_dir):
+                out += self._read(loader)
+        return out
+
+    def _open(self, path: Path) -> bool:
+        try:
+            from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        except ImportError:
+            self._missing = True
+            self.note = (f"note: {path.name} holds TensorBoard metrics; to read them: "
+                         "pip install 'train-sweep[tensorboard]'")
+            return False
+        self.loaders[path] = EventFileLoader(str(path))
+        return True
+
+    def _read(self, loader: Any) -> list[tuple[int | None, dict[str, float]]]:
+        from tensorboard.util import tensor_util
+
+        points = []
+        try:
+            for event in loader.Load():
+                values = {}
+                for value in event.summary.value:
+                    name = value.tag if value.tag in self.names else value.tag.replace("/", "_")
+                    if name in self.names:
+                        if value.HasField("simple_value"):
+                            values[name] = float(value.simple_value)
+                        elif value.HasField("tensor"):
+                            values[name] = float(tensor_util.make_ndarray(value.tensor).reshape(-1)[0])
+                if values:
+                    points.append((int(event.step), values))
+        except Exception:  # noqa: BLE001  a file being written or damaged: what was read stays
+            pass
+        return points
+
+    def forget(self, run_dir: Path) -> None:
+        for path in [p for p in self.loaders if p.is_relative_to(run_dir)]:
+            del self.loaders[path]
+        self.next_scan.pop(run_dir, None)
 
 
 def _step(value: Any) -> int | None:
@@ -3863,7 +3937,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
                           highlight=False)
     rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
-    for path, write in ((args.csv, write_csv), (args.json, lambda p, r: write_json_atomic(p, r, fsync=False))):
+    def with_series(path: Path, rows: list[dict[str, Any]]) -> None:  # --json: each run's learning curve too
+        series = [read_series(r.get("run_dir"), metric) for r in records]
+        write_json_atomic(path, [dict(row, series={metric: s} if metric else {}) for row, s in zip(rows, series)],
+                          fsync=False)
+
+    for path, write in ((args.csv, write_csv), (args.json, with_series)):
         if path:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -3872,7 +3951,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
             console.print(f"wrote {len(rows)} row(s) to {path}", highlight=False)
     if args.plots:
-        for path in write_plots(Path(args.plots), records, metric):
+        for path in write_plots(Path(args.plots), records, metric, args.mode):
             console.print(f"wrote {path}", highlight=False)
     return EXIT_OK
 
@@ -3890,7 +3969,30 @@ STATE_COLORS = {"complete": "#2ca02c", "failed": "#d62728", "timeout": "#ff7f0e"
                 "interrupted": "#bcbd22", "pending": "#7f7f7f", "running": "#1f77b4"}
 
 
-def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str | None) -> list[Path]:
+def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
+    """A run's learning curve of `metric` as [[step, value], ...]: what it printed (train_sweep_metrics.jsonl)
+    and what it wrote to its metrics.jsonl. A point without a step gets its position."""
+    if not run_dir or not metric:
+        return []
+    reader = MetricReader((metric,))
+    points: list[list[float]] = []
+    for name in (SERIES, "metrics.jsonl"):
+        try:
+            lines = (Path(run_dir) / name).read_bytes().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                point = reader.from_json(json.loads(line))
+            except (ValueError, RecursionError):
+                continue
+            if point is not None and math.isfinite(point[1][metric]):
+                points.append([len(points) if point[0] is None else point[0], point[1][metric]])
+    return sorted(points, key=lambda p: p[0])
+
+
+def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str | None, mode: str = "min",
+                top: int = 3) -> list[Path]:
     """timeline.png (one lane per GPU, one bar per run, coloured by state), durations.png, and
     <metric>_vs_<key>.png for each hyperparameter that varies."""
     try:
@@ -3954,6 +4056,32 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         ax.set_title("run durations")
         fig.tight_layout()
         written.append(folder / "durations.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    curves = [(r, read_series(r.get("run_dir"), metric)) for r in records] if metric else []
+    curves = [(r, c) for r, c in curves if c]
+    if curves:  # learning curves: every run in grey, the `top` best complete runs in colour
+        ranked = sorted((r for r in complete_records(records) if record_metric(r, metric) is not None),
+                        key=lambda r: record_metric(r, metric) * (1 if mode == "min" else -1))
+        best = {id(r): k for k, r in enumerate(ranked[:top])}
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for r, c in curves:
+            if id(r) not in best:
+                ax.plot([p[0] for p in c], [p[1] for p in c], color="#bbbbbb", linewidth=0.8,
+                        linestyle="-" if r.get("state") == State.COMPLETE.value else ":")
+        colors = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00")  # colour-blind safe (Okabe-Ito)
+        for r, c in sorted((rc for rc in curves if id(rc[0]) in best), key=lambda rc: best[id(rc[0])]):
+            k = best[id(r)]
+            ax.plot([p[0] for p in c], [p[1] for p in c], color=colors[k % len(colors)], linewidth=2,
+                    label=f"#{k + 1} {r['model_name'][:50]} ({record_metric(r, metric):g})")
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: {len(curves)} run(s), the {min(top, len(ranked))} best in colour")
+        if best:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(folder / f"{clean(metric)}_curves.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     scored = [(r, v) for r in complete_records(records) if (v := record_metric(r, metric)) is not None]
@@ -4068,7 +4196,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=("min", "max"), default="min", help="whether lower or higher is better")
     r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
     r.add_argument("--json", metavar="FILE", help="the same rows as a JSON array")
-    r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, metric vs each varying hyperparameter")
+    r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, the "
+                   "metric's learning curves (the 3 best in colour), metric vs each varying hyperparameter")
     ls = sub.add_parser("list", help="the sweeps under output folders")
     ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
     c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")

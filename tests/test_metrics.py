@@ -224,3 +224,39 @@ def test_a_running_run_keeps_its_checkpoints_and_best_survives_resume(sweep):
     p = sweep.run("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")  # resume: nothing to run
     best = json.loads((sweep.dir / "outputs" / "best" / "best.json").read_text())
     assert [r["name"] for r in best["runs"]] == ["metric_0.1_ckpt_1"] and p.returncode == 0
+
+
+def test_metrics_from_a_real_tensorboard_event_file(sweep):
+    """The run logs with tensorboardX's SummaryWriter, as PyTorch Lightning's default logger does."""
+    pytest.importorskip("tensorboard", reason="the optional extra: pip install 'train-sweep[tensorboard]'")
+    pytest.importorskip("tensorboardX", reason="the writer the test uses")
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}, {"k": 3}])
+    body = ("from tensorboardX import SummaryWriter\n"
+            "w = SummaryWriter(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'lightning_logs', 'version_0'))\n"
+            "for step in range(4):\n"
+            "    w.add_scalar('val/loss', 1.0 / (1 + step * int(args['k'])), step)\n"
+            "    w.add_scalar('train_loss', 9.0, step)\n"
+            "w.close()\n")
+    p = sweep.run("--command", script(sweep, "tb.py", body), "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    best = {r["model_name"]: r for r in sweep.results()}["k_3"]
+    assert best["metrics"] == {"val_loss": pytest.approx(0.1)} and best["metric"]["step"] == 3
+    assert best["metric"]["points"] == 4
+    assert "Best (min val_loss): k_3 = 0.1" in p.stdout
+
+
+def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
+    pytest.importorskip("tensorboardX", reason="the writer the test uses")
+    hide = sweep.dir / "no_tensorboard" / "tensorboard"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('not installed')\n")
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}])
+    body = ("from tensorboardX import SummaryWriter\nw = SummaryWriter(os.environ['TRAIN_SWEEP_RUN_DIR'])\n"
+            "w.add_scalar('val_loss', 0.5, 1)\nw.close()\n")
+    command = script(sweep, "tb.py", body)
+    p = sweep.run("--command", command, "--metric", "val_loss", trainer=False,
+                  PYTHONPATH=f"{hide.parent}:{sweep.env()['PYTHONPATH']}")
+    assert "pip install 'train-sweep[tensorboard]'" in p.stdout, p.stdout + p.stderr
+    assert "reported no val_loss" in p.stdout

@@ -72,8 +72,8 @@ def test_report_plots_are_real_images(finished):
     assert p.returncode == 0, p.stderr
     names = sorted(f.name for f in plots.iterdir())
     # metric vs each hyperparameter that varies among complete runs ("metric" is one in this fake sweep)
-    assert names == sorted(["durations.png", "timeline.png", "val_loss_vs_depth.png", "val_loss_vs_lr.png",
-                            "val_loss_vs_metric.png"])
+    assert names == sorted(["durations.png", "timeline.png", "val_loss_curves.png", "val_loss_vs_depth.png",
+                            "val_loss_vs_lr.png", "val_loss_vs_metric.png"])
     for name in names:
         w, h = png_size(plots / name)
         assert 400 <= w <= 3000 and 250 <= h <= 3000, (name, w, h)
@@ -141,3 +141,20 @@ def test_iso_time_matches_datetime_and_parses_back(monkeypatch, tz):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_report_learning_curves_and_series_in_json(sweep):
+    """issue 11: report draws <metric>_curves.png and puts each run's series in --json."""
+    pytest.importorskip("matplotlib")
+    sweep.gpus.set(count=1)
+    script = sweep.dir / "curve.py"
+    script.write_text("import sys\nk = float(sys.argv[1].split('=')[1])\n"
+                      "for s in range(4):\n    print(f'step {s}: val_loss={k / (s + 1):.3f}')\n")
+    sweep.config([{"k": 1}, {"k": 2}])
+    assert sweep.run("--command", f"python {script}", "--metric", "val_loss", trainer=False).returncode == 0
+    p = sweep.run("report", "--plots", "plots", "--json", "rows.json", "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stderr
+    png = sweep.dir / "plots" / "val_loss_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rows = json.loads((sweep.dir / "rows.json").read_text())
+    assert rows[0]["series"] == {"val_loss": [[0, 1.0], [1, 0.5], [2, 0.333], [3, 0.25]]}
