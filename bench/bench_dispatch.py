@@ -6,6 +6,7 @@
     python bench/bench_dispatch.py --ray-python ~/ray-venv/bin/python     # also Ray Tune (slow to start)
     python bench/bench_dispatch.py --gpus 2 --real-nvml --tools train_sweep train_sweep_nvml   # on 2 real GPUs
     python bench/bench_dispatch.py --baseline REV --tools train_sweep train_sweep_baseline   # before/after a change
+    python bench/bench_dispatch.py --tools train_sweep_prints train_sweep_metric   # the cost of following --metric
 
 Workloads (fixed seed): mixed = 100 jobs, durations log-normal around 1 s, clipped to 0.2-4 s;
 tiny = 300 jobs of zero duration (pure dispatch cost). Each job is bench/synthetic_job.py, a Python
@@ -82,12 +83,16 @@ def baseline_folder(rev: str) -> Path:
 
 
 def drive_train_sweep(work: Path, durations: list[float], gpus: int, log: Path, monitoring: bool,
-                      script: bool = False, folder: Path = ROOT) -> dict:
+                      script: bool = False, folder: Path = ROOT, report: bool = False, metric: bool = False) -> dict:
     (work / "config.json").write_text(json.dumps([{"id": i, "duration": round(d, 4)} for i, d in enumerate(durations)]))
     head = [sys.executable, str(folder / "train_sweep.py")] if script else installed_train_sweep(folder)
     argv = [*head, "--config-file", "config.json",
             "--command", f"{shlex.quote(sys.executable)} {JOB} log={log}", "--gpus", *map(str, range(gpus)),
             "--no-live", "--output-dir", "outputs", "--memory-threshold-gb", "1000"]
+    if report:  # every job prints 20 metric lines
+        argv[argv.index("--command") + 1] += " report=20"
+    if metric:  # ... and train_sweep follows and ranks them
+        argv += ["--metric", "val_loss"]
     env = dict(os.environ)
     if monitoring and REAL_NVML:
         pass  # the machine's own GPUs and NVML (--real-nvml)
@@ -148,13 +153,17 @@ DRIVERS = {
     "train_sweep_script": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False, script=True),
     "train_sweep_baseline": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False,
                                                                    folder=BASELINE[0]),
+    "train_sweep_prints": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False, report=True),
+    "train_sweep_metric": lambda w, d, g, log: drive_train_sweep(w, d, g, log, monitoring=False, report=True,
+                                                                 metric=True),
     "gnu_parallel": drive_gnu_parallel,
     "simple_gpu_scheduler": drive_simple_gpu_scheduler,
     "task_spooler": drive_task_spooler,
     "polling_loop_1s": drive_polling_loop,
     "ray_tune": drive_ray_tune,
 }
-DEFAULT_TOOLS = [t for t in DRIVERS if t not in ("ray_tune", "train_sweep_baseline")]
+DEFAULT_TOOLS = [t for t in DRIVERS if t not in ("ray_tune", "train_sweep_baseline", "train_sweep_prints",
+                                                  "train_sweep_metric")]
 NEEDS = {"gnu_parallel": "parallel", "task_spooler": "tsp"}
 
 
