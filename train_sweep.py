@@ -1782,8 +1782,13 @@ class RunCgroups:
                 pass
 
     def close(self) -> None:
+        """Remove the sweep's cgroups (the guardian may have removed them already: it does on its way out)."""
         if self.root is not None:
-            for child in self.root.glob("run-*"):
+            try:
+                children = list(self.root.glob("run-*"))
+            except OSError:
+                children = []
+            for child in children:
                 self.remove(child)
             self.remove(self.root)
 
@@ -2052,10 +2057,11 @@ class LocalLauncher:
         return min(times) if times else None
 
     def close(self, detach: bool = False) -> None:
-        """Every run has ended: let the guardian go (it exits while the summary is printed)."""
+        """Every run has ended: remove the cgroups, and let the guardian go (it exits while the summary is
+        printed)."""
+        self.cgroups.close()
         if self.guardian:
             self.guardian.close()
-        self.cgroups.close()
 
     def _ended(self, proc: Proc, note: str | None = None) -> Outcome:
         self.procs.discard(proc)
