@@ -254,8 +254,10 @@ def test_cleanup_on_a_read_only_sweep_folder(sweep):
     assert len(lines) == 1 and "outputs" in lines[0], p.stderr[-4000:]
 
 
-# A sitecustomize that marks the moment train_sweep.py's own code starts running (its first import
-# statement, after the interpreter's start-up and the script's compilation, which no script can guard).
+# A sitecustomize that marks the moment train_sweep.py's own code starts running: its first import after
+# `from __future__ import annotations`. What comes before (the interpreter's start-up, the script's
+# compilation, and the import of __future__ that the future statement itself makes, from disk where the
+# interpreter has not loaded it yet) no script can guard: a future statement must be its first line.
 SCRIPT_STARTED_HOOK = """\
 import os
 import sys
@@ -270,7 +272,7 @@ def _h16_install():
     def hook(event, args):
         if event == "cpython.run_file":
             state["run_file"] = True
-        elif event == "import" and state["run_file"]:
+        elif event == "import" and state["run_file"] and args[0] != "__future__":
             state["run_file"] = False
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o644))

@@ -87,7 +87,7 @@ def test_metrics_jsonl_written_by_the_script_is_followed(sweep):
     body = ("k = int(args['k'])\nwith open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'metrics.jsonl'), 'a') as f:\n"
             "    for step in range(3):\n"
             "        f.write(json.dumps({'step': step, 'acc': 0.5 + 0.1 * step * k}) + '\\n'); f.flush(); time.sleep(0.05)\n")
-    p = sweep.run("--command", script(sweep, "jl.py", body), "--metric", "acc", "--mode", "max", trainer=False)
+    p = sweep.run("--command", script(sweep, "jsonl_train.py", body), "--metric", "acc", "--mode", "max", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     records = {r["model_name"]: r for r in sweep.results()}
     assert records["k_2"]["metrics"] == {"acc": pytest.approx(0.9)}
@@ -100,7 +100,7 @@ def test_metric_regex_with_a_step(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"q": 1}, {"q": 3}])
     body = "q = int(args['q'])\nfor s in range(3):\n    print(f'Eval @ {s * 10}: accuracy {q * 10 + s}%', flush=True)\n"
-    p = sweep.run("--command", script(sweep, "re.py", body), "--metric", "acc", "--mode", "max",
+    p = sweep.run("--command", script(sweep, "regex_train.py", body), "--metric", "acc", "--mode", "max",
                   "--metric-regex", r"Eval @ (?P<step>\d+): accuracy (?P<value>[0-9.]+)%", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     best = {r["model_name"]: r for r in sweep.results()}["q_3"]
@@ -238,7 +238,7 @@ def test_metrics_from_a_real_tensorboard_event_file(sweep):
             "    w.add_scalar('val/loss', 1.0 / (1 + step * int(args['k'])), step)\n"
             "    w.add_scalar('train_loss', 9.0, step)\n"
             "w.close()\n")
-    p = sweep.run("--command", script(sweep, "tb.py", body), "--metric", "val_loss", trainer=False)
+    p = sweep.run("--command", script(sweep, "tb_train.py", body), "--metric", "val_loss", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     best = {r["model_name"]: r for r in sweep.results()}["k_3"]
     assert best["metrics"] == {"val_loss": pytest.approx(0.1)} and best["metric"]["step"] == 3
@@ -255,7 +255,7 @@ def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
     sweep.config([{"k": 1}])
     body = ("from tensorboardX import SummaryWriter\nw = SummaryWriter(os.environ['TRAIN_SWEEP_RUN_DIR'])\n"
             "w.add_scalar('val_loss', 0.5, 1)\nw.close()\n")
-    command = script(sweep, "tb.py", body)
+    command = script(sweep, "tb_train.py", body)
     p = sweep.run("--command", command, "--metric", "val_loss", trainer=False,
                   PYTHONPATH=f"{hide.parent}:{sweep.env()['PYTHONPATH']}")
     assert "pip install 'train-sweep[tensorboard]'" in p.stdout, p.stdout + p.stderr
