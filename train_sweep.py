@@ -2273,7 +2273,7 @@ class Sweep:
         self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
         self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
         self.leader: Run | None = None
-        self._jsonl_at: dict[Run, int] = {}  # how far each running run's metrics.jsonl was read
+        self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
         self.tensorboard = TensorBoardFollower(settings.metric)
         self.best_k = best_k
         self.active: dict[Run, Attempt] = {}
@@ -2292,7 +2292,7 @@ class Sweep:
                 self.board[run] = value
                 if best_k is not None:
                     best_k.add(run, value, publish=False)
-        if best_k is not None and self.board:
+        if best_k is not None:  # rebuilt at every start: links to set-aside folders (--rerun) go
             best_k.publish()
         self._elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
@@ -2449,7 +2449,8 @@ class Sweep:
         if not self.reader.names:
             return
         printed = self.reader.from_lines(lines)
-        written = self._read_jsonl(run) + self.tensorboard.points(run.run_dir, self.clock(), final)
+        written = self._read_jsonl(run, final) + self.tensorboard.points(run.run_dir, self.clock(), final,
+                                                                            run.start_time)
         if self.tensorboard.note:
             self.reporter.event(self.tensorboard.note)
             self.tensorboard.note = None
@@ -2468,24 +2469,37 @@ class Sweep:
         if printed:
             append_series(run, printed)
 
-    def _read_jsonl(self, run: Run) -> list[tuple[int | None, dict[str, float]]]:
-        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its)."""
+    def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
+        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
+        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
         path = run.run_dir / "metrics.jsonl"
-        at = self._jsonl_at.get(run, 0)
+        at, skipping = self._jsonl_at.get(run, (0, False))
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return []
+        chunks = []
         try:
             if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
                 return []
-            data = os.pread(fd, 4 * MB, at)
+            while data := os.pread(fd, 4 * MB, at):
+                end = data.find(b"\n") if skipping else data.rfind(b"\n")
+                if end < 0 and (skipping or len(data) == 4 * MB):  # inside a line too long to keep
+                    at, skipping = at + len(data), True
+                    continue
+                if skipping:
+                    at, skipping = at + end + 1, False
+                    continue
+                if end < 0 and not final:
+                    break  # an unfinished last line: the next look reads it whole
+                chunk = data if end < 0 else data[: end + 1]
+                chunks.append(chunk)
+                at += len(chunk)
         finally:
             os.close(fd)
-        complete = data[: data.rfind(b"\n") + 1]
-        self._jsonl_at[run] = at + len(complete)
+        self._jsonl_at[run] = (at, skipping)
         points = []
-        for line in complete.splitlines():
+        for line in b"".join(chunks).splitlines():
             try:
                 point = self.reader.from_json(json.loads(line))
             except (ValueError, RecursionError):
@@ -2496,10 +2510,11 @@ class Sweep:
 
     def _rank(self, run: Run, value: float) -> None:
         """A run's latest value of the ranking metric: the best so far changes when another run leads."""
+        before = self.board.get(run)
         self.board[run] = value
         if run is self.leader:
-            if better(value, self.board.get(run), self.mode) or value == self.board.get(run):
-                return
+            if before is None or not better(before, value, self.mode):
+                return  # it still leads (it got better, or no worse)
             self._elect()
         elif self.leader is None or better(value, self.board[self.leader], self.mode):
             self.leader = run
@@ -2546,7 +2561,10 @@ class Sweep:
                     self._count(run)
                     self._done(run, record)
                 raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
-            if requeue is None:
+            if requeue is None:  # journaled: now its checkpoints may be ranked (and others' deleted)
+                value = metric_of(run.metrics, self.metric)
+                if self.best_k is not None and run.state == State.COMPLETE and value is not None:
+                    self.best_k.add(run, value)
                 continue
             if run.state == State.OOM:
                 free = run.free_at_launch_mb
@@ -2558,13 +2576,10 @@ class Sweep:
                 self.retry.append(run)
 
     def _done(self, run: Run, record: dict[str, Any]) -> None:
-        """A run has ended for good: in the results (at the next flush), the source told, best-K kept."""
+        """A run has ended for good: in the results (at the next flush), and the source told."""
         self.done.append(run)
         self.results.run_finished(run, record)
         self.source.finished(run)
-        value = metric_of(run.metrics, self.metric)
-        if self.best_k is not None and run.state == State.COMPLETE and value is not None:
-            self.best_k.add(run, value)
 
     def _count(self, run: Run) -> None:
         self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
@@ -2833,8 +2848,9 @@ class MetricReader:
             step_text = None
             if self.regex is not None and self.names:
                 m = self.regex.search(line)
-                if m:
-                    values[self.names[0]] = float(m.group("value"))
+                value = _number(m.group("value")) if m else None
+                if value is not None:
+                    values[self.names[0]] = value
                     step_text = m.groupdict().get("step")
             for name, pattern in self._patterns.items():
                 if name not in values:
@@ -2851,7 +2867,7 @@ class MetricReader:
     def from_json(self, record: Any) -> tuple[int | None, dict[str, float]] | None:
         if not isinstance(record, dict):
             return None
-        values = {k: float(v) for k, v in record.items() if k in self.names and _is_number(v)}
+        values = {k: f for k, v in record.items() if k in self.names and _is_number(v) and (f := _number(v)) is not None}
         if not values:
             return None
         step = next((record[k] for k in STEP_KEYS if _is_number(record.get(k))), None)
@@ -2870,23 +2886,35 @@ class TensorBoardFollower:
     def __init__(self, names: Sequence[str]) -> None:
         self.names = set(names)
         self.loaders: dict[Path, Any] = {}
+        self.skipped: set[Path] = set()
         self.next_scan: dict[Path, float] = {}
         self.note: str | None = None  # said once: why event files are not read
         self._missing = False
 
-    def points(self, run_dir: Path, now: float, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
+    def points(self, run_dir: Path, now: float, final: bool = False,
+               since: float | None = None) -> list[tuple[int | None, dict[str, float]]]:
+        """New points of the event files under run_dir, by step (several writers: the latest step wins);
+        files older than `since` (the attempt's start) are an earlier attempt's and skipped."""
         if not self.names or self._missing:
             return []
         if final or now >= self.next_scan.get(run_dir, 0.0):
             self.next_scan[run_dir] = now + self.SCAN_S
             for path in run_dir.glob("**/events.out.tfevents.*"):
-                if path not in self.loaders and not self._open(path):
+                if path in self.loaders or path in self.skipped:
+                    continue
+                try:
+                    old = since is not None and path.stat().st_mtime < since - 1.0
+                except OSError:
+                    continue
+                if old:
+                    self.skipped.add(path)
+                elif not self._open(path):
                     return []
         out = []
         for path, loader in self.loaders.items():
             if path.is_relative_to(run_dir):
                 out += self._read(loader)
-        return out
+        return sorted(out, key=lambda p: -1 if p[0] is None else p[0])
 
     def _open(self, path: Path) -> bool:
         try:
@@ -2922,7 +2950,16 @@ class TensorBoardFollower:
     def forget(self, run_dir: Path) -> None:
         for path in [p for p in self.loaders if p.is_relative_to(run_dir)]:
             del self.loaders[path]
+        self.skipped = {p for p in self.skipped if not p.is_relative_to(run_dir)}
         self.next_scan.pop(run_dir, None)
+
+
+def _number(value: Any) -> float | None:
+    """A value as a float, or None when it is none (text that is not a number, an integer too large)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _step(value: Any) -> int | None:
@@ -2987,6 +3024,8 @@ def plain_metric(value: Any) -> Any:
     """A metric value as the results keep it: NaN and Infinity become None, text with a lone surrogate None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and _number(value) is None:
+        return None  # an integer too large for a float: not a metric anyone can rank
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -3010,9 +3049,10 @@ def metric_of(metrics: Mapping[str, Any] | None, name: str | None, stdout: str =
     if value is None and stdout:
         found = _metric_pattern(name).findall(stdout)
         value = float(found[-1]) if found else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def best_of(items: Iterable[Any], value: Callable[[Any], float | None], mode: str) -> tuple[float, Any] | None:
@@ -3155,7 +3195,8 @@ def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path,
         rel_top = os.path.relpath(top, folder)
         for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
             rel = name if rel_top == "." else f"{rel_top}/{name}"
-            if name in KEPT_ALWAYS or name.startswith("config_used") or not pattern.fullmatch(rel):
+            if name in KEPT_ALWAYS or name.startswith(("config_used", "events.out.tfevents.")) or \
+                    name.endswith(".log") or not pattern.fullmatch(rel):
                 continue
             path = Path(top) / name
             try:
@@ -3163,6 +3204,21 @@ def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path,
             except OSError:
                 pass
     return found
+
+
+def check_best_ranking(output_dir: Path, settings: Settings) -> None:
+    """A resumed sweep whose best/ was ranked by another metric or the other way (a forgotten --mode max)
+    would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing)."""
+    try:
+        before = json.loads((output_dir / "best" / "best.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(before, dict) or settings.keep_checkpoints:
+        return
+    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.mode):
+        raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
+                        f"this sweep by {settings.mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
+                        "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
 
 
 class BestK:
@@ -4448,7 +4504,7 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
             raise UserError(f"--output-file {text!r} would overwrite {name}, an input of the sweep; choose another file")
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if path == output_dir or (path.parent == output_dir and path.name in OWNED_FILES) or \
-            any(path.parent == run.run_dir for run in runs):
+            path.parent == output_dir / "best" or any(path.parent == run.run_dir for run in runs):
         raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
 
 
@@ -4543,6 +4599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
+        if any(not name or _BAD_KEY.search(name) for name in settings.metric):
+            raise UserError(f"--metric {next(n for n in settings.metric if not n or _BAD_KEY.search(n))!r}: a metric's "
+                            "name is non-empty, without spaces, '=' or ','")
         if settings.top_k is not None:
             if not settings.metric or not settings.checkpoint_glob:
                 raise UserError("--top-k needs --metric (what ranks the runs) and --checkpoint-glob (what to keep)")
@@ -4656,6 +4715,7 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
                                      group=sweep_group(output_dir))
             best_k = None
             if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
+                check_best_ranking(output_dir, settings)
                 best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.mode, settings.rank_metric,
                                settings.keep_checkpoints, reporter.event)
             sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),

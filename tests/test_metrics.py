@@ -260,3 +260,92 @@ def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
                   PYTHONPATH=f"{hide.parent}:{sweep.env()['PYTHONPATH']}")
     assert "pip install 'train-sweep[tensorboard]'" in p.stdout, p.stdout + p.stderr
     assert "reported no val_loss" in p.stdout
+
+
+# -- found by an adversarial pass ----------------------------------------------------------------------------
+
+
+def test_values_that_are_no_numbers_never_crash_the_sweep(sweep):
+    """A --metric-regex capture that is not a number, an optional value group that did not match, and integers
+    too large for a float (in metrics.jsonl and metrics.json) are skipped (before: tracebacks)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}])
+    body = ("print('acc N/A'); print('acc'); print('acc 0.5', flush=True)\n"
+            "d = os.environ['TRAIN_SWEEP_RUN_DIR']\n"
+            "open(os.path.join(d, 'metrics.jsonl'), 'w').write(json.dumps({'acc': int('9' * 400)}) + '\\n')\n"
+            "open(os.path.join(d, 'metrics.json'), 'w').write(json.dumps({'big': int('9' * 400), 'acc': 0.5}))\n")
+    p = sweep.run("--command", script(sweep, "odd_train.py", body), "--metric", "acc", "--mode", "max",
+                  "--metric-regex", r"acc ?(?P<value>\S+)?", trainer=False)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    (record,) = sweep.results()
+    assert record["metrics"] == {"acc": 0.5, "big": None}
+    assert sweep.run("report", "--metric", "acc", trainer=False).returncode == 0
+
+
+def test_the_leader_is_replaced_when_its_value_gets_worse(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"vals": "1"}, {"vals": "0.5x2"}])
+    body = "for v in args['vals'].strip(\"'\").split('x'):\n    print(f'val_loss={v}', flush=True); time.sleep(0.3)\n"
+    p = sweep.run("--command", script(sweep, "worse_train.py", body), "--metric", "val_loss", trainer=False)
+    best_lines = [line.split()[2] for line in p.stdout.splitlines() if line.split()[1:2] == ["best"]]
+    assert best_lines[-1] == "vals_1", p.stdout  # vals_0.5x2 led with 0.5, then ended at 2
+
+
+def test_metrics_jsonl_last_line_without_newline_and_a_huge_line(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}])
+    body = ("f = open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'metrics.jsonl'), 'w')\n"
+            "f.write(json.dumps({'step': 1, 'val_loss': 5.0}) + '\\n')\n"
+            "f.write(json.dumps({'step': 2, 'matrix': 'x' * (5 * 1024 * 1024)}) + '\\n')\n"
+            "f.write(json.dumps({'step': 3, 'val_loss': 0.1}))\nf.close()\n")
+    p = sweep.run("--command", script(sweep, "jsonl_end_train.py", body), "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (record,) = sweep.results()
+    assert record["metrics"] == {"val_loss": 0.1} and record["metric"]["step"] == 3
+
+
+def test_infinity_is_no_value_in_the_sweep_nor_in_report(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"m": "a"}, {"m": "b"}])
+    body = "print('val_loss=-inf' if args['m'] == 'a' else 'val_loss=0.5')\n"
+    p = sweep.run("--command", script(sweep, "inf_train.py", body), "--metric", "val_loss", trainer=False)
+    assert "Best (min val_loss): m_b = 0.5" in p.stdout
+    q = sweep.run("report", "--metric", "val_loss", trainer=False)
+    assert "m_b = 0.5" in q.stdout and "-inf" not in q.stdout.split("Best")[-1], q.stdout
+
+
+def test_best_k_on_resume_refuses_another_ranking_and_rebuilds_best(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": v, "ckpt": 1} for v in (0.4, 0.1, 0.3)])
+    args = ("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")
+    assert sweep.run(*args, "--mode", "max").returncode == 0
+    p = sweep.run(*args)  # --mode max forgotten: the kept checkpoints would go
+    assert p.returncode == 2 and "ranks by max val_loss, this sweep by min val_loss" in p.stderr, p.stderr
+    assert (sweep.dir / "outputs" / "metric_0.4_ckpt_1" / "model.pt").exists()
+    p = sweep.run(*args, "--mode", "max", "--rerun", "--max-runs", "1", "--output-file", "other.json")
+    best = json.loads((sweep.dir / "outputs" / "best" / "best.json").read_text())
+    for entry in best["runs"]:  # the old folders were set aside: best.json lists only what is there
+        assert all((Path(entry["run_dir"]) / k["path"]).exists() for k in entry["kept"]), best
+    assert all(link.resolve().exists() for link in (sweep.dir / "outputs" / "best").glob("rank_*"))
+
+
+def test_an_output_file_inside_best_is_refused_and_a_metric_needs_a_name(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}])
+    p = sweep.run("--output-file", "outputs/best/best.json")
+    assert p.returncode == 2 and "a file the sweep writes itself" in p.stderr, p.stderr
+    p = sweep.run("--metric", "")
+    assert p.returncode == 2 and "--metric ''" in p.stderr, p.stderr
+
+
+def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": v, "ckpt": 1} for v in (0.4, 0.1)])
+    from train_sweep import checkpoint_files, checkpoint_pattern
+
+    folder = sweep.dir / "kept"
+    (folder / "tb").mkdir(parents=True)
+    for name in ("model.pt", "train.log", "tb/events.out.tfevents.1.host", "run.json", "metrics.jsonl"):
+        (folder / name).write_text("x")
+    found = {p.relative_to(folder).as_posix() for p, _ in checkpoint_files(folder, checkpoint_pattern("**"))}
+    assert found == {"model.pt"}
