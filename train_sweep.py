@@ -3016,7 +3016,7 @@ def metric_missing(run: Run, metric: str, regex: str | None) -> str:
     """Why a complete run has no value of the ranking metric, in words a user can act on."""
     where = [name for name in ("metrics.json", "metrics.jsonl") if (run.run_dir / name).exists()]
     found = f"{' and '.join(where)} without {metric!r}" if where else "no metrics.json or metrics.jsonl"
-    printed = f"no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"
+    printed = "no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"
     return f"{found}; {printed}"
 
 

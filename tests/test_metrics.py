@@ -265,17 +265,22 @@ def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
 # -- found by an adversarial pass ----------------------------------------------------------------------------
 
 
+def run_once(sweep, name: str, body: str, *args: str):
+    """One run of a script written here (k=1), with these flags; the CLI's result."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}])
+    return sweep.run("--command", script(sweep, name, body), *args, trainer=False)
+
+
 def test_values_that_are_no_numbers_never_crash_the_sweep(sweep):
     """A --metric-regex capture that is not a number, an optional value group that did not match, and integers
     too large for a float (in metrics.jsonl and metrics.json) are skipped (before: tracebacks)."""
-    sweep.gpus.set(count=1)
-    sweep.config([{"k": 1}])
     body = ("print('acc N/A'); print('acc'); print('acc 0.5', flush=True)\n"
             "d = os.environ['TRAIN_SWEEP_RUN_DIR']\n"
             "open(os.path.join(d, 'metrics.jsonl'), 'w').write(json.dumps({'acc': int('9' * 400)}) + '\\n')\n"
             "open(os.path.join(d, 'metrics.json'), 'w').write(json.dumps({'big': int('9' * 400), 'acc': 0.5}))\n")
-    p = sweep.run("--command", script(sweep, "odd_train.py", body), "--metric", "acc", "--mode", "max",
-                  "--metric-regex", r"acc ?(?P<value>\S+)?", trainer=False)
+    p = run_once(sweep, "odd_train.py", body, "--metric", "acc", "--mode", "max",
+                 "--metric-regex", r"acc ?(?P<value>\S+)?")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
     (record,) = sweep.results()
     assert record["metrics"] == {"acc": 0.5, "big": None}
@@ -292,13 +297,11 @@ def test_the_leader_is_replaced_when_its_value_gets_worse(sweep):
 
 
 def test_metrics_jsonl_last_line_without_newline_and_a_huge_line(sweep):
-    sweep.gpus.set(count=1)
-    sweep.config([{"k": 1}])
     body = ("f = open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'metrics.jsonl'), 'w')\n"
             "f.write(json.dumps({'step': 1, 'val_loss': 5.0}) + '\\n')\n"
             "f.write(json.dumps({'step': 2, 'matrix': 'x' * (5 * 1024 * 1024)}) + '\\n')\n"
             "f.write(json.dumps({'step': 3, 'val_loss': 0.1}))\nf.close()\n")
-    p = sweep.run("--command", script(sweep, "jsonl_end_train.py", body), "--metric", "val_loss", trainer=False)
+    p = run_once(sweep, "jsonl_end_train.py", body, "--metric", "val_loss")
     assert p.returncode == 0, p.stdout + p.stderr
     (record,) = sweep.results()
     assert record["metrics"] == {"val_loss": 0.1} and record["metric"]["step"] == 3
