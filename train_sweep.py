@@ -27,7 +27,8 @@ Map of this file (sections in the order data flows):
                                   and LocalLauncher (local processes)
     8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
                                   Progress snapshots
-    9. Results                    records, atomic writes, the journal, resume, attempts, the locks
+    9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
+                                  read_metrics); best-K checkpoints (BestK); the journal, resume, the locks
     10. Reporting                 event lines, sweep.log, the live view, the summary
     11. Offline tools             report, list, cleanup, plots (reading finished sweeps)
     12. CLI                       argparse, plan_runs, main(), run_sweep, cli() (the command)
@@ -2748,7 +2749,7 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. Results
+# 9. Results and metrics
 # ----------------------------------------------------------------------------------------------
 
 
