@@ -57,7 +57,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -94,7 +94,8 @@ JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
-OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best")  # what the sweep keeps in its output folder
+STUDY = "study.log"  # in the output folder: a search's Optuna study (Optuna's journal file; optuna-dashboard opens it)
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY)  # what the sweep keeps in its output folder
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -109,6 +110,7 @@ class State(str, enum.Enum):
     TIMEOUT = "timeout"  # ran past --timeout and was ended
     INTERRUPTED = "interrupted"  # ended because the sweep was stopped (Ctrl+C, SIGTERM, SIGHUP)
     OOM = "oom"  # failed with a GPU out-of-memory error (requeued until --max-oom-requeues)
+    PRUNED = "pruned"  # stopped early by the pruner: its metric was hopeless (not a failure)
 
     def __str__(self) -> str:
         return self.value
@@ -202,8 +204,9 @@ class Settings:
     """metrics to follow (the first ranks runs): metrics.jsonl, metrics.json, or NAME=value-like stdout lines"""
     metric_regex: str | None = None
     """a regular expression with a group `value` (and optionally `step`) for the ranking metric in stdout"""
-    mode: str = "min"
-    """whether a lower (min) or higher (max) metric is better"""
+    mode: str | None = None
+    """whether a lower (min) or higher (max) metric is better; min,max,...: one per objective of a
+    multi-objective search (None: the search's, else min)"""
     top_k: int | None = None
     """keep the files matching checkpoint_glob only in the K best complete runs' folders"""
     checkpoint_glob: str | None = None
@@ -224,6 +227,17 @@ class Settings:
     """more output lines (regular expressions) that mean 'out of GPU memory'"""
     max_oom_requeues: int = MAX_OOM_REQUEUES
     """how often a run that ran out of GPU memory goes back in the queue"""
+    search: str | None = None
+    """search with this Optuna sampler (tpe, random, gp, cmaes, nsga2, qmc, grid) instead of running a list
+    (None: the config's 'search' block or --sweep-file says whether and how)"""
+    n_trials: int | None = None
+    """the search's budget of trials (None: the config's n_trials, run_cap, or the grid's size)"""
+    search_hours: float | None = None
+    """ask no new trial after this many hours"""
+    pruner: str | None = None
+    """stop hopeless runs early: median, percentile, successive_halving, hyperband, none (None: the config's)"""
+    sweep_file: str | None = None
+    """a W&B (or Protein) sweep configuration, searched with Optuna instead of a config file"""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -242,9 +256,18 @@ class Settings:
         return self.metric[0] if self.metric else None
 
     @property
+    def modes(self) -> tuple[str, ...]:
+        """The direction of each objective: one, or one per metric of a multi-objective search."""
+        return tuple((self.mode or "min").split(","))
+
+    @property
+    def rank_mode(self) -> str:
+        return self.modes[0]
+
+    @property
     def source(self) -> str:
         """What the runs come from, for messages and sweep.json."""
-        return f"--configs {' '.join(self.configs)}" if self.configs else self.config_file
+        return f"--configs {' '.join(self.configs)}" if self.configs else self.config_file or "the command line"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +401,8 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
     "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
+    "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see README: Search)",
+               lambda v: isinstance(v, dict)),
 }
 SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("a string", lambda v: isinstance(v, str)),
@@ -416,6 +441,7 @@ class SweepSpec:
     gpus_per_run: int | None = None
     gpu_memory_gb: float | None = None
     abbrev: dict[str, str] = dataclasses.field(default_factory=dict)
+    search: SearchSpec | None = None
 
 
 def read_json_file(path: str) -> Any:
@@ -458,6 +484,9 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise UserError(f"{path}: 'env' key {key!r}: a variable's name cannot be empty or hold '=' or NUL, "
                             "nor its value NUL")
+    if "search" in given and ("runs" in given or "grid" in given):
+        raise UserError(f"{path}: a 'search' searches one space: 'runs' and 'grid' cannot go with it (give shared "
+                        "values in 'defaults', lists to choose from as categorical params)")
     runs = validate_entries(given.get("runs", [{}]), f"{path}: 'runs'")
     for i, run in enumerate(runs):
         for key in RUN_SETTINGS:
@@ -469,6 +498,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         env=dict(given.get("env", {})), name_template=given.get("name_template"),
         gpus_per_run=given.get("gpus_per_run"), gpu_memory_gb=given.get("gpu_memory_gb"),
         abbrev=dict(given.get("abbrev", {})),
+        search=parse_search(given["search"], path) if "search" in given else None,
     )
 
 
@@ -488,9 +518,8 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Hydra multirun overrides (`lr=1e-3,1e-4 depth=range(2,5) opt=adam,sgd seed=0`), read with Hydra's
-    own parser: sweeps (each multiplies the runs) and plain values (set on every run)."""
+def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]]:
+    """Each override as Hydra's own parser reads it: (its text, its key, the parsed override)."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
@@ -499,8 +528,6 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
             f"overrides such as {overrides[0]!r} are read with Hydra's parser: pip install hydra-core"
         ) from None
     parser = OverridesParser.create()
-    sweeps: dict[str, list[Any]] = {}
-    plain: dict[str, Any] = {}
     for text in overrides:
         try:
             override = parser.parse_override(text)
@@ -509,19 +536,70 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
         prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
         if prefix == "~":
             raise UserError(f"override {text!r}: deleting a key (~key) is not supported in a sweep")
-        key = prefix + override.key_or_group
         if override.package:
             raise UserError(f"override {text!r}: package overrides (@pkg) are not supported")
+        yield text, prefix + override.key_or_group, override
+
+
+def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Hydra multirun overrides (`lr=1e-3,1e-4 depth=range(2,5) opt=adam,sgd seed=0`), read with Hydra's
+    own parser: sweeps (each multiplies the runs) and plain values (set on every run)."""
+    sweeps: dict[str, list[Any]] = {}
+    plain: dict[str, Any] = {}
+    for text, key, override in _parsed_overrides(overrides):
         if override.is_sweep_override():
             try:
                 values = [_plain_value(v) for v in override.sweep_iterator()]
             except Exception as e:  # interval() and other sweeps that need a search, not a list
                 raise UserError(f"override {text!r}: {e} (train_sweep expands lists, choice() and range(); "
-                                "interval() needs a search)") from None
+                                "interval() needs a search: --search tpe)") from None
             sweeps[key] = values
         else:
             plain[key] = _plain_value(override.value())
     return sweeps, plain
+
+
+def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], dict[str, Any]]:
+    """With --search, the sweeps of Hydra's Optuna-sweeper syntax are searched, not multiplied:
+    `a,b` and choice(a, b) are categorical, interval(lo, hi) a float range, range(lo, hi[, step]) an int (or
+    float) range in steps, hi excluded as in a grid, tag(log, ...) on a log scale; shuffle(...) a choice.
+    Returns the searched parameters and the plain values (set on every run)."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    params: dict[str, Param] = {}
+    plain: dict[str, Any] = {}
+    for text, key, override in _parsed_overrides(overrides):
+        value = override.value()
+        where = f"override {text!r}"
+        if not override.is_sweep_override():
+            plain[key] = _plain_value(value)
+            continue
+        tags = set(getattr(value, "tags", ()) or ())
+        if tags - {"log"}:
+            raise UserError(f"{where}: tag {min(tags - {'log'})!r} is not known (tag(log, ...) is)")
+        log = "log" in tags
+        if isinstance(value, IntervalSweep):
+            params[key] = make_param(where, "float", value.start, value.end, log=log)
+        elif isinstance(value, RangeSweep) and not value.shuffle:
+            values = [_plain_value(v) for v in override.sweep_iterator()]
+            if not values:
+                raise UserError(f"{where}: the range is empty")
+            whole = all(_is_whole(v) for v in (value.start, value.stop, value.step))
+            step = None if log else value.step
+            if log and value.step != 1:
+                raise UserError(f"{where}: tag(log, range(...)) needs a step of 1 (Optuna samples a log scale "
+                                "without steps)")
+            if len(values) == 1:
+                raise UserError(f"{where}: the range holds one value ({values[0]}); set it as a plain value")
+            params[key] = make_param(where, "int" if whole else "float", values[0], values[-1], log=log, step=step)
+        elif isinstance(value, (ChoiceSweep, RangeSweep)):
+            if log:
+                raise UserError(f"{where}: tag(log, ...) applies to interval() and range(), not to a list of choices")
+            params[key] = make_param(where, "categorical", choices=[_plain_value(v) for v in override.sweep_iterator()])
+        else:
+            raise UserError(f"{where}: {type(value).__name__} cannot be searched (a list, choice(), range() or "
+                            "interval() can)")
+    return params, plain
 
 
 def _plain_value(value: Any) -> Any:
@@ -535,6 +613,433 @@ def _plain_value(value: Any) -> Any:
     return str(value)
 
 
+# -- the search space (a search asks Optuna for each run's hyperparameters) --------------------------------
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc", "grid")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: a float or int range (log-scaled, or in steps) or a list of choices."""
+
+    type: str  # one of PARAM_TYPES
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return "one of " + ", ".join(json.dumps(c) if isinstance(c, (list, dict, str)) else format_value(c)
+                                         for c in self.choices)
+        scale = " log" if self.log else f" step {self.step:g}" if self.step else ""
+        return f"{self.type} [{self.low:g}, {self.high:g}]{scale}"
+
+
+def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: Any = False, step: Any = None,
+               choices: Any = None) -> Param:
+    """A Param that makes sense, or a one-line UserError saying why not (`where` names the key)."""
+    if type_ not in PARAM_TYPES:
+        raise UserError(f"{where}: 'type' must be one of {', '.join(PARAM_TYPES)}, got {type_!r}")
+    if type_ == "categorical":
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise UserError(f"{where}: 'choices' must be a non-empty list")
+        for i, c in enumerate(choices):
+            check_value(c, f"{where}: choice [{i}]")
+        if len({canonical_json(c) for c in choices}) < len(choices):
+            raise UserError(f"{where}: a choice is listed twice")
+        return Param("categorical", choices=tuple(choices))
+    whole = type_ == "int"
+    ok = _is_whole if whole else _is_number
+    for key, value in (("low", low), ("high", high)):
+        if not ok(value) or not math.isfinite(value):
+            raise UserError(f"{where}: {key!r} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+    if not low < high:
+        raise UserError(f"{where}: 'low' ({low:g}) must be below 'high' ({high:g}); a fixed value goes in defaults")
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: 'log' must be true or false")
+    if log and low <= 0:
+        raise UserError(f"{where}: a log scale needs 'low' > 0, got {low:g}")
+    if step is not None:
+        if log:
+            raise UserError(f"{where}: 'step' and 'log' cannot be combined (Optuna samples a log scale continuously)")
+        if not ok(step) or not step > 0:
+            raise UserError(f"{where}: 'step' must be {'a whole number' if whole else 'a number'} > 0, got {step!r}")
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise UserError(f"{where}: high - low ({high - low:g}) must be a multiple of 'step' ({step:g})")
+        if whole and step == 1:
+            step = None
+    return Param(type_, float(low) if not whole else low, float(high) if not whole else high, log, step)
+
+
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+
+
+def parse_param(name: str, data: Any, where: str) -> Param:
+    """The config's form: {"type": "float", "low": 1e-5, "high": 1e-2, "log": true} (int: the same with whole
+    numbers, "step" for a grid of values; categorical: "choices": [...])."""
+    where = f"{where}: {name!r}"
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be an object with 'type' (float, int or categorical), got {_json_type(data)}")
+    unknown = [k for k in data if k not in PARAM_KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(PARAM_KEYS)})")
+    if "type" not in data:
+        raise UserError(f"{where}: 'type' is missing (float, int or categorical)")
+    return make_param(where, data["type"], data.get("low"), data.get("high"), data.get("log", False),
+                      data.get("step"), data.get("choices"))
+
+
+@dataclasses.dataclass
+class SearchSpec:
+    """What to search and how: the space, the sampler and its budget, the pruner, the objectives."""
+
+    source: str  # where it was said, for messages
+    params: dict[str, Param]
+    sampler: str = "tpe"
+    n_trials: int | None = None
+    seed: int | None = None
+    pruner: str = "none"
+    pruner_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sampler_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: tuple[str, ...] = ()  # the objectives (the flags win)
+    modes: tuple[str, ...] = ()
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # set on every trial (a sweep file's `value`)
+    first: dict[str, Any] = dataclasses.field(default_factory=dict)  # the first trial's parameters (Protein's means)
+    target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the sweep log says about the mapping
+
+    def space_key(self) -> str:
+        """What makes a study this search's: its parameters and objectives (resume refuses another)."""
+        return canonical_json({"params": {k: dataclasses.asdict(p) for k, p in self.params.items()},
+                               "metrics": list(self.metrics), "modes": list(self.modes)})
+
+
+SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
+
+
+def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise UserError(f"{where} must be a name or a list of names")
+    if allowed is not None and any(v not in allowed for v in items):
+        bad = next(v for v in items if v not in allowed)
+        raise UserError(f"{where}: {bad!r} is not one of {', '.join(allowed)}")
+    return tuple(items)
+
+
+def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """"median" or {"type": "median", "n_warmup_steps": 10, ...}: the name and the pruner's own arguments."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict) or value.get("type") not in PRUNERS:
+        raise UserError(f"{where}: 'pruner' must be one of {', '.join(PRUNERS)}, or an object with 'type' "
+                        "and the pruner's arguments")
+    args = {k: v for k, v in value.items() if k != "type"}
+    for key, v in args.items():
+        check_key(key, f"{where}: 'pruner'")
+        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
+            raise UserError(f"{where}: 'pruner' {key!r} must be a number")
+    return value["type"], args
+
+
+def parse_search(data: Any, where: str) -> SearchSpec:
+    """The object form's `search`: {"sampler": "tpe", "n_trials": 50, "seed": 0, "params": {...},
+    "pruner": "median", "metric": "val_loss", "mode": "min"} (several metrics and modes: multi-objective)."""
+    where = f"{where}: 'search'"
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be an object, got {_json_type(data)}")
+    unknown = [k for k in data if k not in SEARCH_KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(SEARCH_KEYS)})")
+    params = data.get("params")
+    if not isinstance(params, dict) or not params:
+        raise UserError(f"{where}: 'params' must be a non-empty object of parameters")
+    check_hyperparams({k: None for k in params}, f"{where}: 'params'")
+    spec = SearchSpec(where, {name: parse_param(name, p, f"{where}: 'params'") for name, p in params.items()})
+    if "sampler" in data:
+        spec.sampler = _names_or_list(data["sampler"], f"{where}: 'sampler'", SAMPLERS)[0]
+    for key in ("n_trials", "seed"):
+        if key in data and (not _is_whole(data[key]) or data[key] < (1 if key == "n_trials" else 0)):
+            raise UserError(f"{where}: {key!r} must be a whole number >= {1 if key == 'n_trials' else 0}")
+    spec.n_trials, spec.seed = data.get("n_trials"), data.get("seed")
+    if "pruner" in data:
+        spec.pruner, spec.pruner_args = parse_pruner(data["pruner"], where)
+    if "metric" in data:
+        spec.metrics = _names_or_list(data["metric"], f"{where}: 'metric'")
+    if "mode" in data:
+        spec.modes = _names_or_list(data["mode"], f"{where}: 'mode'", ("min", "max"))
+    return spec
+
+
+# A W&B sweep file's constructs, and where a faithful mapping onto Optuna does not exist, why (README: Search).
+WANDB_KEYS = ("method", "metric", "goal", "parameters", "early_terminate", "command", "program", "run_cap", "name",
+              "description", "project", "entity", "protein")
+WANDB_PARAM_KEYS = ("values", "value", "distribution", "min", "max", "q", "mu", "sigma", "mean", "scale",
+                    "probabilities", "a", "b")
+NO_MAPPING = {
+    "normal": "a normal distribution has no bounds, and Optuna samples bounded ranges; give min and max (uniform)",
+    "q_normal": "a normal distribution has no bounds, and Optuna samples bounded ranges",
+    "log_normal": "a log-normal distribution has no bounds (Protein's form, with min and max, is read)",
+    "q_log_normal": "a log-normal distribution has no bounds, and Optuna samples bounded ranges",
+    "q_log_uniform": "Optuna samples a log scale without steps (log and step cannot be combined)",
+    "q_log_uniform_values": "Optuna samples a log scale without steps (log and step cannot be combined)",
+    "beta": "Optuna has no beta distribution",
+    "q_beta": "Optuna has no beta distribution",
+    "categorical_w": "Optuna's samplers draw categories without weights",
+    "logit_normal": "Optuna has no logit scale",
+}
+PROTEIN_USED = ("num_random_samples",)  # -> TPE's n_startup_trials; Protein's other settings tune its own optimizer
+
+
+def read_yaml_or_json(path: str) -> Any:
+    """A sweep file: YAML (W&B's usual form; PyYAML needed) or JSON."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: sweep file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the sweep file: {e}") from None
+    if path.endswith(".json"):
+        return read_json_file(path)
+    try:
+        import yaml
+    except ImportError:
+        raise UserError(f"{path}: reading YAML needs PyYAML: pip install 'train-sweep[search]'") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to read") from None
+
+
+def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
+    """One W&B (or Protein) parameter onto the search: spec.params, spec.fixed or spec.first."""
+    where = f"{where}: {name!r}"
+    unknown = [k for k in p if k not in WANDB_PARAM_KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(WANDB_PARAM_KEYS)})")
+    dist = p.get("distribution")
+    if dist is None:  # as W&B infers it
+        dist = ("categorical" if "values" in p else "constant" if "value" in p else
+                "int_uniform" if _is_whole(p.get("min")) and _is_whole(p.get("max")) else "uniform")
+    if dist in NO_MAPPING and not (dist == "log_normal" and "min" in p and "max" in p):
+        raise UserError(f"{where}: distribution {dist!r} has no faithful mapping onto Optuna: {NO_MAPPING[dist]}")
+    if dist == "constant":
+        if "value" not in p:
+            raise UserError(f"{where}: 'constant' needs 'value'")
+        check_value(p["value"], where)
+        spec.fixed[name] = p["value"]
+        return
+    if dist == "categorical":
+        if "probabilities" in p:
+            raise UserError(f"{where}: 'probabilities': {NO_MAPPING['categorical_w']}")
+        spec.params[name] = make_param(where, "categorical", choices=p.get("values"))
+        return
+    lo, hi = p.get("min"), p.get("max")
+    if "min" not in p or "max" not in p:
+        raise UserError(f"{where}: {dist!r} needs 'min' and 'max'")
+    if dist == "int_uniform":
+        spec.params[name] = make_param(where, "int", lo, hi)
+    elif dist == "uniform":
+        spec.params[name] = make_param(where, "float", lo, hi)
+    elif dist == "q_uniform":
+        q = p.get("q", 1)
+        if not _is_number(lo) or not _is_number(q) or q <= 0 or abs(lo / q - round(lo / q)) > 1e-9:
+            raise UserError(f"{where}: q_uniform maps onto Optuna's steps only when 'min' is a multiple of 'q'")
+        spec.params[name] = make_param(where, "int" if all(map(_is_whole, (lo, hi, q))) else "float", lo, hi, step=q)
+        spec.notes.append(f"{name}: q_uniform is searched in steps of {q:g}; the end values are drawn as often as "
+                          "the others (W&B: half as often)")
+    elif dist in ("log_uniform_values", "inv_log_uniform_values"):  # 1/X is log-uniform iff X is
+        spec.params[name] = make_param(where, "float", lo, hi, log=True)
+    elif dist in ("log_uniform", "inv_log_uniform"):  # bounds given as natural logarithms (of 1/X: inv_)
+        if not _is_number(lo) or not _is_number(hi):
+            raise UserError(f"{where}: 'min' and 'max' must be numbers")
+        bounds = (math.exp(lo), math.exp(hi)) if dist == "log_uniform" else (math.exp(-hi), math.exp(-lo))
+        spec.params[name] = make_param(where, "float", *bounds, log=True)
+    elif dist in ("log_normal", "uniform_pow2"):  # Protein's forms: a bounded range, searched from `mean`
+        if dist == "uniform_pow2":
+            if not (_is_whole(lo) and _is_whole(hi) and 0 < lo < hi):
+                raise UserError(f"{where}: uniform_pow2 needs whole numbers 0 < min < max")
+            choices = [2 ** k for k in range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)]
+            spec.params[name] = make_param(where, "categorical", choices=choices)
+        else:
+            spec.params[name] = make_param(where, "float", lo, hi, log=True)
+    else:
+        raise UserError(f"{where}: unknown distribution {dist!r}")
+    if "mean" in p:
+        mean = p["mean"]
+        param = spec.params[name]
+        if not _is_number(mean) or not (param.low <= mean <= param.high if param.type != "categorical" else
+                                        mean in param.choices):
+            raise UserError(f"{where}: 'mean' ({mean!r}) must lie within min and max")
+        spec.first[name] = mean
+    if "scale" in p:
+        spec.notes.append(f"{name}: 'scale' sets the spread of Protein's own sampler; Optuna's sampler searches "
+                          "all of min..max")
+
+
+def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "") -> None:
+    """W&B's `parameters` (nested under `parameters` keys) and Protein's (nested plainly): dotted keys."""
+    if not isinstance(tree, dict) or not tree:
+        raise UserError(f"{where} must be a non-empty mapping of parameters")
+    for key, p in tree.items():
+        name = f"{prefix}{key}"
+        check_key(name, where)
+        if not isinstance(p, dict):
+            raise UserError(f"{where}: {name!r} must be a mapping (values, value, distribution, min, max, ...)")
+        if "parameters" in p and len(p) == 1:
+            _wandb_params(p["parameters"], where, spec, f"{name}.")
+        elif any(k in p for k in WANDB_PARAM_KEYS):
+            wandb_param(name, p, where, spec)
+        else:
+            _wandb_params(p, where, spec, f"{name}.")
+
+
+def wandb_command(tokens: Any, program: str | None, where: str) -> tuple[str, str]:
+    """W&B's `command` list -> our command and argument style: ${env} is dropped (it runs /usr/bin/env),
+    ${interpreter} is python, ${program} the `program`, ${args} (--key=value) or ${args_no_hyphens}
+    (key=value) must come last, as train_sweep appends the arguments."""
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise UserError(f"{where}: 'command' must be a list of strings")
+    words, style = [], None
+    for i, token in enumerate(tokens):
+        if style is not None:
+            raise UserError(f"{where}: 'command': {tokens[i - 1]} must come last (the arguments are appended)")
+        if token == "${env}":
+            continue
+        if token == "${interpreter}":
+            words.append("python")
+        elif token == "${program}":
+            if not program:
+                raise UserError(f"{where}: 'command' uses ${{program}}, and 'program' is not given")
+            words.append(program)
+        elif token in ("${args}", "${args_no_hyphens}"):
+            style = "equals" if token == "${args}" else "hydra"
+        elif "${" in token:
+            raise UserError(f"{where}: 'command': the macro {token} is not supported (${{env}}, ${{interpreter}}, "
+                            "${program}, ${args} and ${args_no_hyphens} are)")
+        else:
+            words.append(token)
+    if style is None:
+        raise UserError(f"{where}: 'command' has no ${{args}}: its runs would read their parameters from W&B's "
+                        "wandb.config; end it with ${args} or ${args_no_hyphens}")
+    if not words:
+        raise UserError(f"{where}: 'command' names no program")
+    return shlex.join(words), style
+
+
+def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
+    """A W&B sweep configuration (or Protein's, as in Metta) -> the search, the command and its argument style
+    (None where the file does not say). Every construct maps onto Optuna faithfully or is an error naming it."""
+    data = read_yaml_or_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...), got {_json_type(data)}")
+    unknown = [k for k in data if k not in WANDB_KEYS]
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(WANDB_KEYS)})")
+    spec = SearchSpec(path, {})
+    _wandb_params(data.get("parameters"), f"{path}: 'parameters'", spec)
+    if not spec.params:
+        raise UserError(f"{path}: 'parameters' holds nothing to search (only fixed values)")
+    method = data.get("method", "bayes" if "protein" in data else None)
+    methods = {"grid": "grid", "random": "random", "bayes": "tpe"}
+    if method not in methods:
+        raise UserError(f"{path}: 'method' must be grid, random or bayes, got {method!r}")
+    spec.sampler = methods[method]
+    if method == "bayes":
+        spec.notes.append("method bayes: searched with Optuna's TPE, a Bayesian optimizer (W&B uses a Gaussian "
+                          "process: --search gp)")
+    metric = data.get("metric")
+    goal = data.get("goal")
+    if isinstance(metric, dict):
+        bad = [k for k in metric if k not in ("name", "goal", "target")]
+        if bad:
+            raise UserError(f"{path}: 'metric': unknown key {bad[0]!r} (known: name, goal, target)")
+        goal = metric.get("goal", goal)
+        if "target" in metric:
+            if not _is_number(metric["target"]):
+                raise UserError(f"{path}: 'metric': 'target' must be a number")
+            spec.target = float(metric["target"])
+        metric = metric.get("name")
+    if metric is not None:
+        if not isinstance(metric, str) or not metric or _BAD_KEY.search(metric):
+            raise UserError(f"{path}: 'metric' must name a metric (no spaces, '=' or ',')")
+        spec.metrics = (metric,)
+    if goal is not None:
+        if goal not in ("minimize", "maximize"):
+            raise UserError(f"{path}: 'goal' must be minimize or maximize, got {goal!r}")
+        spec.modes = ("min" if goal == "minimize" else "max",)
+    if "run_cap" in data:
+        if not _is_whole(data["run_cap"]) or data["run_cap"] < 1:
+            raise UserError(f"{path}: 'run_cap' must be a whole number >= 1")
+        spec.n_trials = data["run_cap"]
+    early = data.get("early_terminate")
+    if early is not None:
+        spec.pruner, spec.pruner_args = wandb_hyperband(early, f"{path}: 'early_terminate'")
+    protein = data.get("protein")
+    if protein is not None:
+        if not isinstance(protein, dict):
+            raise UserError(f"{path}: 'protein' must be a mapping of Protein's settings")
+        n = protein.get("num_random_samples")
+        if n is not None:
+            if not _is_whole(n) or n < 1:
+                raise UserError(f"{path}: 'protein': 'num_random_samples' must be a whole number >= 1")
+            spec.sampler_args["n_startup_trials"] = n
+        unused = [k for k in protein if k not in PROTEIN_USED]
+        if unused:
+            spec.notes.append(f"protein: {', '.join(unused)} tune Protein's own optimizer and are not used "
+                              "(Optuna's sampler searches instead)")
+    program = data.get("program")
+    if program is not None and not isinstance(program, str):
+        raise UserError(f"{path}: 'program' must be a string")
+    command = style = None
+    if "command" in data:
+        command, style = wandb_command(data["command"], program, f"{path}")
+    elif program:
+        command, style = shlex.join(["python", program]), "equals"  # W&B's default: ${env} ${interpreter} ${program} ${args}
+    return spec, command, style
+
+
+def wandb_hyperband(early: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """early_terminate {type: hyperband, min_iter | max_iter and s, eta} -> Optuna's HyperbandPruner: brackets
+    from min_iter (or max_iter / eta^s) reports of the metric, growing by eta."""
+    if not isinstance(early, dict) or early.get("type") != "hyperband":
+        raise UserError(f"{where}: only {{type: hyperband, ...}} exists")
+    bad = [k for k in early if k not in ("type", "min_iter", "max_iter", "s", "eta", "strict")]
+    if bad:
+        raise UserError(f"{where}: unknown key {bad[0]!r} (known: type, min_iter, max_iter, s, eta, strict)")
+    if early.get("strict"):
+        raise UserError(f"{where}: 'strict' has no faithful mapping onto Optuna's HyperbandPruner")
+    eta = early.get("eta", 3)
+    if not _is_whole(eta) or eta < 2:
+        raise UserError(f"{where}: 'eta' must be a whole number >= 2")
+    args: dict[str, Any] = {"reduction_factor": eta}
+    if "min_iter" in early:
+        if not _is_whole(early["min_iter"]) or early["min_iter"] < 1:
+            raise UserError(f"{where}: 'min_iter' must be a whole number >= 1")
+        args["min_resource"] = early["min_iter"]
+        if "max_iter" in early:
+            args["max_resource"] = early["max_iter"]
+    elif "max_iter" in early and "s" in early:
+        min_iter = early["max_iter"] / eta ** early["s"]
+        if not min_iter >= 1 or min_iter != int(min_iter):
+            raise UserError(f"{where}: max_iter / eta^s must be a whole number >= 1 (the first bracket)")
+        args["min_resource"], args["max_resource"] = int(min_iter), early["max_iter"]
+    else:
+        raise UserError(f"{where}: give 'min_iter', or 'max_iter' and 's'")
+    if "max_resource" in args and (not _is_whole(args["max_resource"]) or args["max_resource"] <= args["min_resource"]):
+        raise UserError(f"{where}: 'max_iter' must be a whole number above the first bracket")
+    return "hyperband", args
+
+
 @dataclasses.dataclass
 class Entry:
     """One expanded run before it gets a name: hyperparameters, the keys its name is built from, settings."""
@@ -544,6 +1049,7 @@ class Entry:
     gpus_per_run: int = 1
     gpu_memory_gb: float | None = None
     config_file: str | None = None
+    name: str | None = None  # a name made elsewhere (a search's trial), instead of one from name_keys
     origin: str = ""  # where it came from, for messages: "entry [2]", "'runs' entry [0] with lr=0.1", a file
 
 
@@ -790,6 +1296,7 @@ class Run:
     gpus_needed: int = 1  # gpus_per_run
     memory_mb: float | None = None  # gpu_memory_gb: free memory a GPU needs to take this run
     config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
+    trial: int | None = None  # the number of its Optuna trial (a search, or a list with a pruner)
 
     def assign(self, gpus: tuple[int, ...]) -> None:
         """The GPUs of this attempt (() is the CPU), filled into {gpu} in the command."""
@@ -985,7 +1492,9 @@ def build_runs(
     else:
         base = []
         for e in entries:
-            if e.config_file is not None:
+            if e.name is not None:
+                base.append(e.name)
+            elif e.config_file is not None:
                 base.append(clean(Path(e.config_file).stem) or "run")
             else:
                 base.append(run_name({k: e.hyperparams[k] for k in e.name_keys}, abbrev))
@@ -1476,8 +1985,9 @@ class RunSource(Protocol):
     def remaining(self) -> list[Run]:
         """The runs it would still give, for the .partial file of an interrupted sweep."""
 
-    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> None:
-        """Metrics a running run has just written (a search's pruner reads these)."""
+    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
+        """Metrics a running run has just written. Returns why the run should stop now (a pruner's verdict)
+        or None."""
 
     def finished(self, run: Run) -> None:
         """A run ended for good (not requeued); also called when its record could not be written."""
@@ -1485,8 +1995,14 @@ class RunSource(Protocol):
     def wake_at(self, now: float) -> float | None:
         """When the loop should wake up for the source (a search's time budget), or None."""
 
+    def status(self) -> str | None:
+        """A line on the source for the live view (a search's progress and best so far), or None."""
+
+    def summary(self) -> list[str]:
+        """Lines for the end of the summary (the best parameters found)."""
+
     def close(self) -> None:
-        """The sweep is over."""
+        """The sweep is over: what was asked and did not end is put back for the next sweep."""
 
 
 class LaunchError(Exception):
@@ -1535,8 +2051,9 @@ class ListSource:
     def remaining(self) -> list[Run]:
         return list(self._queue)
 
-    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> None:
+    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
         """A fixed list does not change course on metrics."""
+        return None
 
     def finished(self, run: Run) -> None:
         """A fixed list has nothing to learn from a result."""
@@ -1544,8 +2061,370 @@ class ListSource:
     def wake_at(self, now: float) -> float | None:
         return None
 
+    def status(self) -> str | None:
+        return None
+
+    def summary(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         """Nothing to close."""
+
+
+def import_optuna() -> Any:
+    """Optuna, imported when a search or a pruner is asked for, quiet (its messages would break the live
+    view: what matters goes to the sweep's own events)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("a search or a pruner needs Optuna: pip install 'train-sweep[search]'") from None
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.logging.disable_propagation()
+    warnings.filterwarnings("ignore", module=r"optuna(\..*)?$")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives: int) -> Any:
+    """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
+    s = optuna.samplers
+    name = search.sampler
+    if name == "grid":
+        space = {}
+        for key, p in search.params.items():
+            if p.type == "categorical":
+                space[key] = list(p.choices)
+            elif p.type == "int" or p.step:
+                n = round((p.high - p.low) / (p.step or 1))
+                space[key] = [p.low + i * (p.step or 1) for i in range(n + 1)]
+            else:
+                raise UserError(f"{search.source}: the grid sampler needs a list of values for {key!r}, not a "
+                                "continuous range (give it a 'step', or choices)")
+        return s.GridSampler(space, seed=seed)
+    if n_objectives > 1 and name == "cmaes":
+        raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
+                        "random, qmc or gp")
+    try:
+        if name == "tpe":
+            return s.TPESampler(seed=seed, constant_liar=True, **search.sampler_args)
+        if name == "random":
+            return s.RandomSampler(seed=seed)
+        if name == "gp":
+            return s.GPSampler(seed=seed)
+        if name == "cmaes":
+            return s.CmaEsSampler(seed=seed)
+        if name == "nsga2":
+            return s.NSGAIISampler(seed=seed)
+        return s.QMCSampler(seed=seed)
+    except ImportError as e:
+        raise UserError(f"the {name} sampler needs {e.name or 'a package Optuna uses'}: pip install "
+                        f"{ {'gp': 'torch scipy', 'cmaes': 'cmaes', 'qmc': 'scipy'}.get(name, e.name)}") from None
+
+
+def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
+    p = optuna.pruners
+    kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
+             "hyperband": p.HyperbandPruner, "none": p.NopPruner}
+    args = dict(args)
+    if name == "percentile":
+        args.setdefault("percentile", 25.0)
+    try:
+        return kinds[name](**args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: pruner {name!r}: {e}") from None
+
+
+def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, journal: Journal,
+               say: Callable[[str], None]) -> Any:
+    """The sweep's study in <output-dir>/study.log: made, or loaded to resume (refused when it was made for
+    another search). Trials that were running when a sweep died are settled from the journal: told what
+    their run's record says, or failed, not counted, and asked again."""
+    optuna = import_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = output_dir / STUDY
+    for stale in output_dir.glob(f"{STUDY}.lock*"):  # the output folder is locked: no one else writes the study
+        stale.unlink(missing_ok=True)
+    directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
+    objectives = settings.metric[: len(directions)]
+    pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
+                         search.source if search else "--pruner")
+    key = search.space_key() if search is not None else canonical_json({"list": list(objectives),
+                                                                         "modes": list(settings.modes)})
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
+                                    load_if_exists=True)
+        if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
+            seed = settings.seed if search.seed is None else search.seed
+            study.sampler = make_sampler(optuna, search, seed + len(study.get_trials(deepcopy=False)), len(directions))
+        made_for = study.user_attrs.get("search")
+        if made_for is None:
+            study.set_user_attr("search", key)
+        elif made_for != key:
+            raise UserError(f"{path}: the study was made for another search (other parameters or objectives); "
+                            "pass --rerun for a fresh one (the old one is kept as study.log~1), or use another "
+                            "--output-dir")
+        settle_orphans(study, search is not None, journal, objectives, say)
+    except (OSError, optuna.exceptions.StorageInternalError) as e:
+        raise UserError(f"{path}: cannot open the study: {e}") from None
+    if search is not None and search.first and not study.trials:
+        study.enqueue_trial(search.first)
+    return study
+
+
+def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
+                   say: Callable[[str], None]) -> None:
+    """Trials left running by a sweep that died: told from their run's last journal record when it ended
+    for good, else failed, marked requeued and (in a search) enqueued again with the same parameters."""
+    from optuna.trial import TrialState
+
+    ended = {r.get("trial"): r for records in journal.values() for r in records if r.get("trial") is not None}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = ended.get(trial.number)
+        state = record.get("state") if record else None
+        values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
+        if state == State.COMPLETE.value and values and all(v is not None for v in values):
+            study.tell(trial.number, values)
+        elif state == State.PRUNED.value:
+            study.tell(trial.number, state=TrialState.PRUNED)
+        elif state in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
+            study.tell(trial.number, state=TrialState.FAIL)
+        else:
+            requeue(study, trial.number, trial.params if search else None)
+            say(f"{'resume':<11} trial {trial.number} was running when the sweep stopped: "
+                + ("asked again" if search else "its run goes again"))
+
+
+class SearchSource:
+    """Runs from an Optuna study (ask-and-tell), or the config list's runs with a trial each so that a pruner
+    can stop them. A trial is asked when a GPU slot frees up (the loop calls next() only then), its run is
+    told its value when it ends for good; a running run's metric stream goes to its trial, and the pruner's
+    verdict comes back from report(). The study lives in <output-dir>/study.log, Optuna's journal file:
+    every ask, report and tell is one appended line, so a sweep killed at any moment loses nothing, and the
+    same command resumes it. A trial whose run did not end (interrupted, never started, or running when the
+    sweep died) is told failed, marked `requeued` (it does not count against the budget) and, in a search,
+    enqueued again with the same parameters."""
+
+    def __init__(self, study: Any, search: SearchSpec | None, make_run: Callable[[dict[str, Any], int], Run] | None,
+                 runs: Iterable[Run] = (), objectives: Sequence[str] = (), modes: Sequence[str] = ("min",),
+                 n_trials: int | None = None, hours: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] = print, pruner: str = "none", path: Path | None = None) -> None:
+        from collections import deque
+
+        self.optuna = import_optuna()
+        self.study, self.search, self.make_run = study, search, make_run
+        self.queue = deque(runs)  # the list's runs (a pruned list); empty in a search
+        self.objectives, self.modes = tuple(objectives), tuple(modes)
+        self.n_trials = n_trials
+        self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
+        self.deadline = None if not hours else clock() + hours * 3600.0
+        self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
+        self.stopped: str | None = None  # why the search asks no more (budget of time, target reached, grid done)
+        self.pruned = 0
+        self.distributions = {} if search is None else {k: self._distribution(p) for k, p in search.params.items()}
+        self.requeued = set(study.user_attrs.get("requeued", []))
+        self.counted = sum(1 for t in study.get_trials(deepcopy=False) if self._counts(t))
+        self.failed = 0
+        self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
+        for t in study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.COMPLETE,)):
+            self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
+
+    # -- the search space in Optuna's terms -------------------------------------------------------------
+    def _distribution(self, p: Param) -> Any:
+        d = self.optuna.distributions
+        if p.type == "categorical":
+            return d.CategoricalDistribution([self._encode(c) for c in p.choices])
+        if p.type == "int":
+            return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+    @staticmethod
+    def _encode(choice: Any) -> Any:
+        """Optuna's categorical choices are None, bools, numbers or strings: a list or object goes as its JSON."""
+        return canonical_json(choice) if isinstance(choice, (list, dict)) else choice
+
+    def _decode(self, key: str, value: Any) -> Any:
+        param = self.search.params[key] if self.search else None
+        if param is not None and param.type == "categorical":
+            for choice in param.choices:
+                if self._encode(choice) == value:
+                    return choice
+        return value
+
+    def _counts(self, trial: Any) -> bool:
+        """Does this trial count against n_trials? Every asked trial but those told failed for the sweep's
+        own reasons (requeued) and those waiting in the queue."""
+        return trial.state != self.optuna.trial.TrialState.WAITING and trial.number not in self.requeued
+
+    # -- RunSource ---------------------------------------------------------------------------------------
+    def next(self) -> Run | None:
+        if self.search is None:
+            if not self.queue:
+                return None
+            run = self.queue.popleft()
+            trial = self.study.ask()
+            trial.set_user_attr("run", run.name)
+            if run.hyperparams:
+                trial.set_user_attr("hyperparams", run.hyperparams)
+        else:
+            if self.pending() == 0:
+                return None
+            trial = self.study.ask(self.distributions)
+            params = {k: self._decode(k, trial.params[k]) for k in self.search.params if k in trial.params}
+            run = self.make_run(params, trial.number)
+            trial.set_user_attr("run", run.name)
+            trial.set_user_attr("command", run.argv)
+        run.trial = trial.number
+        self.counted += 1
+        self.open[run] = trial
+        return run
+
+    def pending(self) -> int:
+        if self.search is None:
+            return len(self.queue)
+        if self.stopped is None and self.deadline is not None and self.clock() >= self.deadline:
+            self._stop(f"the search's time budget ({(self.deadline - self.clock()) / -3600 + 0:g} h) is used up")
+        if self.stopped is not None:
+            return 0
+        if self.n_trials is None:
+            return 1  # until the time budget ends
+        return max(0, self.n_trials - self.counted)
+
+    def _stop(self, why: str) -> None:
+        if self.stopped is None:
+            self.stopped = why
+            self.say(f"{'search':<11} {why}: no more trials")
+
+    def remaining(self) -> list[Run]:
+        return list(self.queue)
+
+    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
+        trial = self.open.get(run)
+        if trial is None or len(self.objectives) != 1:
+            return None
+        value = values.get(self.objectives[0])
+        if value is None or not math.isfinite(value):
+            return None
+        step = step if step is not None else run.points
+        try:
+            trial.report(value, step)
+            if trial.should_prune():
+                return f"{self.objectives[0]}={value:g} at step {step}: the pruner stops it"
+        except (OSError, self.optuna.exceptions.StorageInternalError) as e:
+            raise OutputError(f"cannot write the study: {e}") from None
+        return None
+
+    def finished(self, run: Run) -> None:
+        trial = self.open.pop(run, None)
+        if trial is None:
+            return
+        TS = self.optuna.trial.TrialState
+        if run.state == State.INTERRUPTED:
+            self._requeue(trial)
+            return
+        values = [metric_of(run.metrics, m) for m in self.objectives]
+        if run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values):
+            self._tell(trial, TS.COMPLETE, values)
+            self._note_best(values, trial.params, run.name, {"command": run.argv})
+            self._check_target(values)
+        elif run.state == State.PRUNED:
+            self.pruned += 1
+            self._tell(trial, TS.PRUNED)
+        else:
+            self.failed += 1
+            self._tell(trial, TS.FAIL)
+
+    def _tell(self, trial: Any, state: Any, values: Sequence[float] | None = None) -> None:
+        try:
+            self.study.tell(trial, values, state=state, skip_if_finished=True)
+        except OSError as e:
+            raise OutputError(f"cannot write the study: {e.strerror or e}") from None
+
+    def _requeue(self, trial: Any) -> None:
+        """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
+        requeue(self.study, trial.number, trial.params if self.search is not None else None)
+        self.counted -= 1
+
+    def _check_target(self, values: Sequence[float]) -> None:
+        target = self.search.target if self.search else None
+        if target is not None and (values[0] <= target if self.modes[0] == "min" else values[0] >= target):
+            self._stop(f"{self.objectives[0]}={values[0]:g} reached the target {target:g}")
+
+    def _note_best(self, values: Sequence[float] | None, params: Mapping[str, Any], name: str,
+                   attrs: Mapping[str, Any]) -> None:
+        if not values or len(values) != 1:
+            return
+        if self.best is None or better(values[0], self.best[0], self.modes[0]):
+            shown = {k: self._decode(k, v) for k, v in params.items()}
+            self.best = (values[0], shown, name, list(attrs.get("command") or []))
+
+    def status(self) -> str | None:
+        """The search in one line (the live view): trials done of the budget, pruned, the best and its parameters."""
+        if self.search is None:
+            return f"pruner {self.pruner_name}: {self.pruned} run(s) pruned" if self.pruned else None
+        trials = self.study.get_trials(deepcopy=False)
+        done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
+        budget = f"/{self.n_trials}" if self.n_trials else ""
+        parts = [f"search {self.search.sampler}: {done}{budget} trials"]
+        if self.pruned or self.pruner_name != "none":
+            parts.append(f"{sum(1 for t in trials if t.state.name == 'PRUNED')} pruned")
+        if self.best is not None:
+            value, params, _, _ = self.best
+            parts.append(f"best {self.objectives[0]}={value:g} ({' '.join(f'{k}={format_value(v)}' for k, v in params.items())})")
+        elif len(self.objectives) > 1:
+            parts.append(f"Pareto front: {len(self._front())} trial(s)")
+        if self.stopped:
+            parts.append(self.stopped)
+        return ", ".join(parts)
+
+    def _front(self) -> list[Any]:
+        try:
+            return self.study.best_trials
+        except (ValueError, RuntimeError):
+            return []
+
+    def summary(self) -> list[str]:
+        """The end of the summary: the search's result, the best parameters as a command line to paste."""
+        line = self.status()
+        lines = [line[0].upper() + line[1:]] if line else []
+        if self.search is None:
+            return lines
+        if self.best is not None:
+            _, params, name, command = self.best
+            lines.append(f"Best parameters ({name}): " + " ".join(hydra_override(k, v) for k, v in params.items()))
+            if command:
+                lines.append(f"Train it again: {shlex.join(command)}")
+        elif len(self.objectives) > 1:
+            for t in self._front():
+                values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
+                lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
+                             + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
+        lines.append(f"Study: {self.path} (optuna-dashboard {self.path})")
+        return lines
+
+    def wake_at(self, now: float) -> float | None:
+        return self.deadline if self.stopped is None else None
+
+    def close(self) -> None:
+        for run, trial in list(self.open.items()):  # asked but never ended: interrupted or not started
+            self.open.pop(run)
+            self._requeue(trial)
+
+
+def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
+    """A trial whose run did not end on its own (interrupted, never started, running when the sweep died):
+    told failed, listed in the study's `requeued` (not counted against the budget), and asked again with
+    the same parameters when `params` are given (a search; a list runs its runs again by itself)."""
+    from optuna.trial import TrialState
+
+    study.set_user_attr("requeued", [*study.user_attrs.get("requeued", []), number])
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if params is not None:
+        study.enqueue_trial(dict(params), skip_if_exists=False)
 
 
 # The guardian outlives train_sweep: it reads "+ PGID START" / "- PGID" lines on stdin (START: when the
@@ -2174,6 +3053,7 @@ class Progress:
     waiting: str | None  # why runs cannot start now (memory)
     stopping: str | None  # the signal (or "error") that is stopping the sweep
     top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
+    search: str | None = None  # the source's line: a search's trials, pruned runs, best parameters
 
     def bracket(self) -> str:
         """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
@@ -2192,7 +3072,7 @@ class Attempt:
     kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
 
 
-FINISHED_ORDER = (State.COMPLETE, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
+FINISHED_ORDER = (State.COMPLETE, State.PRUNED, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
 
 
 class Wakeups:
@@ -2270,7 +3150,7 @@ class Sweep:
         self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
         self.timeout = settings.timeout or None
         self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
-        self.metric, self.mode = settings.rank_metric, settings.mode
+        self.metric, self.mode = settings.rank_metric, settings.rank_mode
         self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
         self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
         self.leader: Run | None = None
@@ -2372,6 +3252,14 @@ class Sweep:
             attempt.ending = state
             attempt.kill_at = now + self.settings.kill_grace
 
+    def _prune(self, attempt: Attempt, why: str) -> None:
+        """The pruner gave up on a run: its whole process tree is killed at once (nothing of it is kept but
+        its logs and record), its GPUs go to the next run as soon as it is gone."""
+        if attempt.ending is None and self.stop is None and self.launcher.stop(attempt.handle, hard=True):
+            attempt.ending = State.PRUNED
+            attempt.kill_at = None
+            self.reporter.event(f"{'pruning':<11} {attempt.run.name}: {why}")
+
     def _fail(self, message: str, now: float) -> None:
         """The sweep cannot go on: stop launching, end the runs cleanly, keep every result."""
         if self.fatal is None:
@@ -2464,7 +3352,9 @@ class Sweep:
                 run.points += 1
                 run.best = value if better(value, run.best, self.mode) else run.best
                 latest = value
-            self.source.report(run, step, values)
+            why = self.source.report(run, step, values)
+            if why is not None and run in self.active:
+                self._prune(self.active[run], why)
         if latest is not None:
             self._rank(run, latest)
         if printed:
@@ -2566,6 +3456,8 @@ class Sweep:
                 value = metric_of(run.metrics, self.metric)
                 if self.best_k is not None and run.state == State.COMPLETE and value is not None:
                     self.best_k.add(run, value)
+                elif self.best_k is not None and run.state == State.PRUNED:
+                    self.best_k.drop(run, "pruned")
                 continue
             if run.state == State.OOM:
                 free = run.free_at_launch_mb
@@ -2724,7 +3616,7 @@ class Sweep:
         running = tuple(RunView(r.name, r.gpus, r.start_time, self.board.get(r), r.step) for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
                         self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
-                        tuple((r.name, v) for r, v in self.top(3)))
+                        tuple((r.name, v) for r, v in self.top(3)), self.source.status())
 
     def _finish(self) -> int:
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
@@ -2734,7 +3626,7 @@ class Sweep:
             self.fatal = self.fatal or str(e)
         except OSError as e:
             self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
-        extra = []
+        extra = self.source.summary()
         if self.best_k is not None:
             verb = "would free" if self.best_k.keep else "freed"
             extra.append(f"Checkpoints: the {self.best_k.k} best runs keep theirs ({self.best_k.folder}); {verb} "
@@ -2745,7 +3637,7 @@ class Sweep:
             return EXIT_SWEEP_ERROR
         if self.stop:
             return EXIT_INTERRUPTED
-        return EXIT_OK if all(r.state == State.COMPLETE for r in self.done) else EXIT_RUN_FAILED
+        return EXIT_OK if all(r.state in (State.COMPLETE, State.PRUNED) for r in self.done) else EXIT_RUN_FAILED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -3097,6 +3989,7 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "metric": None if not (run.points or run.metric_note) else
         {"best": run.best, "step": run.step, "points": run.points, "note": run.metric_note},
         "index": run.index,
+        "trial": run.trial,
         "identity": run.identity,
         "attempt": run.attempt,
         "attempts": run.attempts,
@@ -3216,9 +4109,9 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
         return
     if not isinstance(before, dict) or settings.keep_checkpoints:
         return
-    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.mode):
+    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.rank_mode):
         raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
-                        f"this sweep by {settings.mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
+                        f"this sweep by {settings.rank_mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
                         "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
 
 
@@ -3247,7 +4140,7 @@ class BestK:
         if out is not entry and publish:
             self.publish()
         if out is not None:
-            self._prune(out[2])
+            self.drop(out[2])
 
     def publish(self) -> None:
         """best/: the links, then best.json (atomically)."""
@@ -3274,7 +4167,8 @@ class BestK:
         except OSError as e:
             raise OutputError(f"cannot write {self.folder}: {e.strerror or e}") from None
 
-    def _prune(self, run: Run) -> None:
+    def drop(self, run: Run, why: str = "") -> None:
+        """A run displaced from the K best, or one that can never rank (pruned): its checkpoint files go."""
         files = checkpoint_files(run.run_dir, self.pattern)
         if not files:
             return
@@ -3289,7 +4183,7 @@ class BestK:
         verb = "would delete" if self.keep else "deleted"
         self.freed += size
         self.pruned += 1
-        self.say(f"{'checkpoints':<11} {run.name}: not among the {self.k} best: {verb} {len(files)} file(s), "
+        self.say(f"{'checkpoints':<11} {run.name}: {why or f'not among the {self.k} best'}: {verb} {len(files)} file(s), "
                  f"{fmt_bytes(size)}")
 
 
@@ -3325,22 +4219,43 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
             past.append(crashed)
         complete = [r for r in past if r.get("state") == State.COMPLETE.value]
         if complete:
-            record = complete[-1]
-            run.skipped = True
-            run.state = State.COMPLETE
-            run.returncode = record.get("returncode")
-            gpu = record.get("gpu_id")
-            run.gpus = tuple(gpu) if isinstance(gpu, list) else (gpu,) if isinstance(gpu, int) else ()
-            run.metrics = record.get("metrics")
-            run.attempt = record.get("attempt", 1)
-            run.attempts = list(record.get("attempts") or [])
-            run.start_time = _parse_time(record.get("start_time"))
-            run.end_time = _parse_time(record.get("end_time"))
-            skipped.append((run, record))
+            skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
             run.attempt = max(int(r.get("attempt", 1)) for r in past) + 1
     return skipped
+
+
+def restore(run: Run, record: Mapping[str, Any]) -> Run:
+    """A run as an earlier sweep's journal record left it (not run again: skipped)."""
+    run.skipped = True
+    run.state = State(record.get("state", State.COMPLETE.value))
+    run.returncode = record.get("returncode")
+    gpu = record.get("gpu_id")
+    run.gpus = tuple(gpu) if isinstance(gpu, list) else (gpu,) if isinstance(gpu, int) else ()
+    run.metrics = record.get("metrics")
+    run.attempt = record.get("attempt", 1)
+    run.attempts = list(record.get("attempts") or [])
+    run.start_time = _parse_time(record.get("start_time"))
+    run.end_time = _parse_time(record.get("end_time"))
+    run.trial = record.get("trial")
+    return run
+
+
+def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[str, Any]]]:
+    """A resumed search's trials that ended for good in earlier sweeps (their last record; an interrupted
+    one was asked again under a new number): in the results, the ranking and the counts again."""
+    out = []
+    for name, records in journal.items():
+        record = records[-1]
+        if not _is_whole(record.get("trial")) or record.get("state") not in {s.value for s in FINISHED_ORDER} or \
+                record.get("state") == State.INTERRUPTED.value:
+            continue
+        run = Run(index=record["trial"], name=name, hyperparams=dict(record.get("hyperparams") or {}),
+                  argv=list(record.get("command") or []), run_dir=output_dir.resolve() / name)
+        run.identity = record.get("identity", "")
+        out.append((restore(run, record), record))
+    return sorted(out, key=lambda rr: rr[0].index)
 
 
 def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -3650,7 +4565,7 @@ class Reporter:
     def finished(self, run: Run, progress: Progress, requeue: str | None = None) -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
         parts = [f"{run.state.value:<11} {run.name}{attempt}  {where(run.gpus)}  {fmt_duration(run.duration)}"]
-        if run.state != State.COMPLETE:
+        if run.state not in (State.COMPLETE, State.PRUNED):
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
         value = metric_of(run.metrics, self.metric)
         if value is not None:
@@ -3804,7 +4719,7 @@ class LiveReporter(Reporter):
         if self.silent:
             return
         colors = {State.COMPLETE: "green", State.FAILED: "red", State.TIMEOUT: "red", State.OOM: "red",
-                  State.INTERRUPTED: "yellow"}
+                  State.INTERRUPTED: "yellow", State.PRUNED: "magenta"}
         console = Console(file=self.stream, soft_wrap=True)
         try:
             if rows:
@@ -3864,6 +4779,8 @@ class LiveReporter(Reporter):
         if progress.top:
             parts.append(Text(f"best {self.metric} so far: " + ", ".join(f"{name} {value:g}" for name, value in progress.top),
                               style="green"))
+        if progress.search:
+            parts.append(Text(progress.search, style="cyan"))
         if progress.waiting and progress.stopping is None:
             parts.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
         if progress.stopping:
@@ -4016,7 +4933,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:
         for path in write_plots(Path(args.plots), records, metric, args.mode):
             console.print(f"wrote {path}", highlight=False)
+        studies = {Path(r["run_dir"]).parent / STUDY for r in records if r.get("trial") is not None and r.get("run_dir")}
+        for study in sorted(s for s in studies if s.is_file()):
+            for path in study_plots(Path(args.plots), study, len(studies) > 1):
+                console.print(f"wrote {path}", highlight=False)
     return EXIT_OK
+
+
+def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
+    """A search's own plots, drawn by Optuna's matplotlib visualizations: the optimization history, the
+    parameters' importances (fANOVA) and, for several objectives, the Pareto front."""
+    import warnings
+
+    optuna = import_optuna()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plots needs matplotlib: pip install 'train-sweep[plots]'") from None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.visualization import matplotlib as vis
+
+    try:
+        study = optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(path))))
+    except (KeyError, ValueError, OSError) as e:
+        raise UserError(f"{path}: cannot read the study: {e}") from None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    prefix = f"{path.parent.name}_" if prefixed else ""
+    plots: list[tuple[str, Callable[[], Any]]] = []
+    if len(study.directions) == 1:
+        plots.append(("optimization_history", lambda: vis.plot_optimization_history(study)))
+        if len(complete) >= 2 and len(study.best_trial.params) >= 1:
+            plots.append(("param_importances", lambda: vis.plot_param_importances(study)))
+    else:
+        names = json.loads(study.user_attrs.get("search", "{}")).get("metrics") or None
+        plots.append(("pareto_front", lambda: vis.plot_pareto_front(study, target_names=names)))
+    written = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, draw in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ax = draw()
+            except (ValueError, RuntimeError) as e:  # too few trials for this plot
+                say_error(f"{path}: no {name.replace('_', ' ')} plot: {e}")
+                continue
+        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+        target = folder / f"{prefix}{name}.png"
+        figure.savefig(target, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(target)
+    return written
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:
@@ -4307,6 +5277,13 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _modes(text: str) -> str:
+    """--mode: min, max, or one of them per objective (min,max)."""
+    if not text or any(m not in ("min", "max") for m in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give min or max, or one per objective (min,max)")
+    return text
+
+
 def _positive_float(text: str) -> float:
     value = _nonneg_float(text)
     if value == 0:
@@ -4403,8 +5380,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="follow this metric while runs run and rank runs by it (repeatable: the first ranks, the others are "
            "shown): from <run_dir>/metrics.jsonl or metrics.json, else stdout lines like NAME=0.41, NAME: 0.41, "
            "'NAME': 0.41 or 'val loss 0.41' for val_loss")
-    a("--mode", choices=("min", "max"), default=Settings.mode,
-      help="whether a lower or higher --metric is better (default: %(default)s)")
+    a("--mode", type=_modes, metavar="min|max",
+      help="whether a lower or higher --metric is better; min,max,...: one per objective of a multi-objective "
+           "search, the first metrics in order (default: the search's mode, else min)")
     a("--top-k", type=_positive_int, metavar="K",
       help="keep checkpoints (--checkpoint-glob) only in the K best complete runs by --metric; the others' are "
            "deleted as the ranking changes; <output-dir>/best/ ranks the K best")
@@ -4426,6 +5404,20 @@ def build_parser() -> argparse.ArgumentParser:
       help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
     a("--max-oom-requeues", type=_nonneg_int, default=Settings.max_oom_requeues, metavar="N",
       help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
+    s = p.add_argument_group("search (Optuna; pip install 'train-sweep[search]'; see README: Search)").add_argument
+    s("--search", choices=SAMPLERS, metavar="SAMPLER",
+      help="search with this sampler instead of running a list: " + ", ".join(SAMPLERS) + "; the overrides in "
+           "Hydra's Optuna-sweeper syntax (lr='tag(log, interval(1e-5, 1e-2))' layers='range(2, 9)' opt=adam,sgd) "
+           "or the config's 'search' block give the space; a trial is asked whenever a GPU slot frees up")
+    s("--n-trials", type=_positive_int, metavar="N",
+      help="the search's budget of trials (default: the config's n_trials, the sweep file's run_cap, the grid's size)")
+    s("--search-hours", type=_positive_float, metavar="H", help="ask no new trial after H hours")
+    s("--pruner", choices=PRUNERS, metavar="PRUNER",
+      help="stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) + " (also for a "
+           "plain list or grid; default: the config's, else none)")
+    s("--sweep-file", metavar="FILE",
+      help="a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, command, run_cap) "
+           "or a Protein one, searched locally with Optuna; instead of --config-file")
     a("--version", action="version", version=f"train_sweep {__version__}")
     return p
 
@@ -4509,14 +5501,34 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
         raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
 
 
-def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, SweepSpec, list[Run], Journal]:
-    """Config file (or --configs) + command-line sweeps and overrides + flags -> the settings completed from
-    the config file (command, argument style, name template), the sweep's runs, and the output folder's
-    journal (earlier sweeps' records: names to keep, runs to resume)."""
+@dataclasses.dataclass
+class Plan:
+    """What a sweep will do: its settings completed from the config, the runs of a list (or, in a search,
+    one example trial's run and the factory of trials' runs), and the output folder's journal."""
+
+    settings: Settings
+    spec: SweepSpec
+    runs: list[Run]
+    journal: Journal
+    search: SearchSpec | None = None
+    make_run: Callable[[dict[str, Any], int], Run] | None = None
+
+
+def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
+    """Config file (or --configs, or a sweep file) + command-line sweeps and overrides + flags -> the plan:
+    settings completed from the config (command, argument style, name template, the search's metric and
+    budget), the runs (a search makes its runs as trials are asked), and the output folder's journal
+    (earlier sweeps' records: names to keep, runs to resume)."""
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if output_dir == output_dir.parent:
         raise UserError(f"--output-dir {settings.output_dir!r}: the filesystem's root cannot hold run folders")
-    cli_sweeps, plain = parse_sweep_overrides(overrides) if overrides else ({}, {})
+    spec, search, settings = read_sources(settings)
+    if search is not None:
+        params, plain = parse_search_overrides(overrides) if overrides else ({}, {})
+        cli_sweeps: dict[str, list[Any]] = {}
+        search.params.update(params)
+    else:
+        cli_sweeps, plain = parse_sweep_overrides(overrides) if overrides else ({}, {})
     check_hyperparams(plain, "overrides")
     for key, values in cli_sweeps.items():
         check_value(values, f"override {key}")
@@ -4524,14 +5536,15 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, S
     if settings.configs:
         if cli_sweeps:
             raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
-        spec = SweepSpec("--configs", [])
         entries = select_entries(expand_config_files(settings.configs, values), settings.max_runs, settings.shuffle,
                                  settings.seed)
         for e in entries:
             e.gpus_per_run, e.gpu_memory_gb = settings.gpus_per_run or 1, settings.gpu_memory_gb
         settings = dataclasses.replace(settings, config_file=None)
+    elif search is not None:
+        settings = complete_search(settings, search)
+        entries = []
     else:
-        spec = load_spec(settings.config_file)
         entries = expand(spec, cli_sweeps, values, settings.gpus_per_run, settings.gpu_memory_gb, settings.max_runs,
                          settings.shuffle, settings.seed)
     settings = dataclasses.replace(
@@ -4540,21 +5553,117 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> tuple[Settings, S
         arg_style=settings.arg_style or spec.arg_style or "hydra",
         name_template=settings.name_template or spec.name_template,
     )
+    if settings.pruner not in (None, "none") and not settings.metric:
+        raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
     journal = read_journal(Path(settings.output_dir) / JOURNAL)
-    known = {r.get("identity"): name for name, records in journal.items() for r in records}
-    runs = build_runs(entries, resolve_command(settings.command), output_dir, abbrev,
-                      settings.command, settings.arg_style, settings.name_template, settings.source, known)
-    return settings, spec, runs, journal
+    command = resolve_command(settings.command)
+    if search is None:
+        known = {r.get("identity"): name for name, records in journal.items() for r in records}
+        runs = build_runs(entries, command, output_dir, abbrev, settings.command, settings.arg_style,
+                          settings.name_template, settings.source, known)
+        return Plan(settings, spec, runs, journal)
+    fixed = {**spec.defaults, **search.fixed, **values}
+    overlap = [k for k in values if k in search.params]
+    if overlap:
+        raise UserError(f"{overlap[0]!r} is both searched and set (--set or a plain override): choose one")
+
+    def make_run(params: dict[str, Any], number: int) -> Run:
+        """A trial's run: its parameters over the defaults, named trial<N>_<params> (or by the template)."""
+        hyperparams = {**fixed, **params}
+        shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()}
+        name = (template_name(settings.name_template, hyperparams, number) if settings.name_template
+                else f"trial{number:03d}_{run_name(shown, abbrev)}")
+        entry = Entry(hyperparams, list(params), settings.gpus_per_run or spec.gpus_per_run or 1,
+                      settings.gpu_memory_gb or spec.gpu_memory_gb, name=name, origin=f"trial {number}")
+        run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
+                         source=settings.source)[0]
+        k = 1
+        while run.run_dir.exists():  # a folder of another study (its study.log was removed): a name of its own
+            k += 1
+            entry.name = f"{name}-{k}"
+            run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
+                             source=settings.source)[0]
+        run.index = run.trial = number
+        return run
+
+    example = make_run(example_params(search), 0)  # checks the template and names before anything starts
+    return Plan(settings, spec, [example], journal, search, make_run)
 
 
-def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str) -> None:
-    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement."""
+def read_sources(settings: Settings) -> tuple[SweepSpec, SearchSpec | None, Settings]:
+    """The config file (or a sweep file) and whether the sweep is a search: the sweep file's command and
+    argument style fill in what the flags did not say."""
+    if settings.sweep_file:
+        if settings.configs:
+            raise UserError("--sweep-file and --configs cannot be combined")
+        search, command, style = read_sweep_file(settings.sweep_file)
+        spec = SweepSpec(settings.sweep_file, [{}], form="object", search=search, command=command, arg_style=style)
+        return spec, search, dataclasses.replace(settings, config_file=settings.sweep_file)
+    if settings.configs:
+        if settings.search:
+            raise UserError("--search cannot be combined with --configs (a search makes its runs' hyperparameters)")
+        return SweepSpec("--configs", []), None, settings
+    default = settings.config_file == Settings.config_file
+    if settings.search and default and not Path(settings.config_file).exists():
+        spec = SweepSpec("the command line", [{}], form="object")  # a search from the command line alone
+        settings = dataclasses.replace(settings, config_file=None)
+    else:
+        spec = load_spec(settings.config_file)
+    search = spec.search
+    if settings.search and search is None:
+        if len(spec.runs) > 1 or spec.grid:
+            raise UserError(f"{spec.source}: --search searches one space, and this config lists "
+                            f"{len(spec.runs) * math.prod(len(v) for v in spec.grid.values())} runs; give their shared "
+                            "values as 'defaults' (object form), the rest as parameters to search")
+        spec.defaults = {**spec.defaults, **spec.runs[0]}
+        search = spec.search = SearchSpec("the command line", {})
+    return spec, search, settings
+
+
+def complete_search(settings: Settings, search: SearchSpec) -> Settings:
+    """The search's settings, the flags winning over the config: sampler, metric and mode, budget, pruner."""
+    if not search.params:
+        raise UserError("--search needs parameters to search: overrides such as lr='tag(log, interval(1e-5, 1e-2))' "
+                        "or opt=adam,sgd, or the config's 'search' block")
+    search.sampler = settings.search or search.sampler
+    metric = settings.metric or search.metrics
+    if not metric:
+        raise UserError(f"{search.source}: a search needs a metric to optimize: --metric NAME (or the search's "
+                        "'metric')")
+    mode = settings.mode or ",".join(search.modes) or "min"
+    if len(mode.split(",")) > len(metric):
+        raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
+    n_trials = settings.n_trials or search.n_trials
+    if search.sampler == "grid" and n_trials is None:
+        n_trials = math.prod(len(p.choices) if p.type == "categorical" else round((p.high - p.low) / (p.step or 1)) + 1
+                             for p in search.params.values())
+    if n_trials is None and not settings.search_hours:
+        raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
+                        "--search-hours H")
+    pruner = settings.pruner or search.pruner
+    if pruner != "none" and len(mode.split(",")) > 1:
+        raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
+                        f"{len(mode.split(','))} objectives")
+    return dataclasses.replace(settings, search=search.sampler, metric=tuple(metric), mode=mode, n_trials=n_trials,
+                               pruner=pruner)
+
+
+def example_params(search: SearchSpec) -> dict[str, Any]:
+    """One point of the space (the first choice, the low end): the example trial of --dry-run and the checks."""
+    return {k: p.choices[0] if p.type == "categorical" else p.low for k, p in search.params.items()}
+
+
+def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str, search: SearchSpec | None = None,
+                  settings: Settings | None = None) -> None:
+    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
+    A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"dry run: {len(runs)} run(s)", title_justify="left", show_lines=False)
+    title = f"dry run: {len(runs)} run(s)" if search is None else "dry run: a search (an example trial)"
+    table = Table(title=title, title_justify="left", show_lines=False)
     for col in ("#", "name", "hyperparameters", "command"):
         table.add_column(col, overflow="fold")
     for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
@@ -4567,7 +5676,18 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
     console.print(table)
     if len(runs) > DRY_RUN_ROWS:
         console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
-    console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
+    if search is not None and settings is not None:
+        budget = " and ".join(x for x in (f"{settings.n_trials} trials" if settings.n_trials else "",
+                                            f"{settings.search_hours:g} h" if settings.search_hours else "") if x)
+        objectives = ", ".join(f"{m} {n}" for m, n in zip(settings.modes, settings.metric))
+        console.print(f"Search: {settings.search} sampler, {budget}, pruner {settings.pruner}, {objectives}. "
+                      f"Placement: {policy.describe(gpus)}.", highlight=False)
+        for key, param in search.params.items():
+            console.print(f"  {key}: {param.describe()}", highlight=False, markup=False)
+        for line in search.notes:
+            console.print(f"  note: {line}", highlight=False, markup=False)
+    else:
+        console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
     if note:
         console.print(note, highlight=False)
 
@@ -4593,7 +5713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     probe = None
     try:
-        settings, spec, runs, journal = plan_runs(settings, overrides)
+        plan = plan_runs(settings, overrides)
+        settings, runs = plan.settings, plan.runs
         command = resolve_command(settings.command or "")
         for pattern in settings.oom_pattern:
             try:
@@ -4628,15 +5749,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_parallel=settings.max_parallel,
             settle_timeout_s=settings.settle_seconds,
         )
+        if settings.pruner not in (None, "none") or plan.search is not None:  # said now, before anything starts:
+            optuna = import_optuna()  # a missing Optuna, a sampler or pruner that cannot run
+            make_pruner(optuna, settings.pruner or "none", plan.search.pruner_args if plan.search else {},
+                        plan.search.source if plan.search else "--pruner")
+            if plan.search is not None:
+                make_sampler(optuna, plan.search, 0, len(settings.modes))
         if settings.dry_run:
-            print_dry_run(runs, policy, gpus, note)
+            print_dry_run(runs, policy, gpus, note, plan.search, settings)
             return EXIT_OK
         cwd = Path.cwd()
         check_command(command, cwd)
         check_output_file(settings, runs, command)
         check_writable(Path(settings.output_dir), "output folder")
         check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
-        return run_sweep(settings, runs, journal, gpus, probe, policy, note, cwd, spec.env)
+        return run_sweep(plan, gpus, probe, policy, note, cwd)
     except UserError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
@@ -4655,27 +5782,29 @@ def sweep_group(output_dir: Path) -> str:
     return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
 
 
-def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpus: list[int],
-              probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path, env: Mapping[str, str]) -> int:
-    """Lock the output folder and the results file, resume (or set old runs aside), save the settings, start
-    the guardian and run the event loop."""
+def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path) -> int:
+    """Lock the output folder and the results file, resume (or set old runs aside), save the settings, open
+    the study of a search (or of a pruned list), start the guardian and run the event loop."""
+    settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
-        for run in runs:
+        for run in runs if search is None else ():
             if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
                 raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
                                 "into, moves or deletes what is not its own: move it, or use another --output-dir")
         if settings.rerun:
-            for run in runs:
-                if run.run_dir.exists():
-                    set_aside(run.run_dir)
-            if journal.exists():
-                set_aside(journal)
+            old = runs if search is None else [output_dir / name for name in journal_records]
+            for folder in (getattr(r, "run_dir", r) for r in old):
+                if folder.is_dir() and owned(folder, folder.name):
+                    set_aside(folder)
+            for path in (journal, output_dir / STUDY):
+                if path.exists():
+                    set_aside(path)
             journal_records = {}
-        skipped = plan_resume(runs, journal_records)
+        skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         record = {
             "train_sweep": __version__,
@@ -4689,19 +5818,24 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
             "gpus": gpus,
             "policy": dataclasses.asdict(policy),
             "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
-            "runs": len(runs),
+            "runs": len(runs) if search is None else settings.n_trials,
             "skipped": len(skipped),
             "settings": dataclasses.asdict(settings),
         }
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
-        reporter = (LiveReporter if live else Reporter)(settings.rank_metric, settings.mode,
+        reporter = (LiveReporter if live else Reporter)(settings.rank_metric, settings.rank_mode,
                                                         log_path=output_dir / "sweep.log")
-        reporter.event(f"train_sweep {__version__}: {len(runs)} run(s) from {settings.source} -> {output_dir}/<name>/")
+        what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
+            f" of {settings.n_trials} trials" if settings.n_trials else "")
+        reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")
         reporter.event(f"placement: {policy.describe(gpus)}")
         if note:
             reporter.event(note)
-        reporter.resumed(len(skipped), len(runs) - len(skipped))
+        if search is None:
+            reporter.resumed(len(skipped), len(runs) - len(skipped))
+        for line in search.notes if search is not None else ():
+            reporter.event(f"{'search':<11} {line}")
         results = ResultsWriter(output_file, journal)
         for run, previous in skipped:
             results.add_previous(run, previous)
@@ -4712,15 +5846,17 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
         guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
             launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                     kill_grace=settings.kill_grace, extra_env=env, cgroups=cgroups,
+                                     kill_grace=settings.kill_grace, extra_env=plan.spec.env, cgroups=cgroups,
                                      group=sweep_group(output_dir))
             best_k = None
             if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
                 check_best_ranking(output_dir, settings)
-                best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.mode, settings.rank_metric,
+                best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.rank_mode, settings.rank_metric,
                                settings.keep_checkpoints, reporter.event)
-            sweep = Sweep(ListSource(r for r in runs if not r.skipped), launcher, GpuPool(gpus, policy, probe),
-                          results, reporter, settings, previous=[r for r, _ in skipped], best_k=best_k)
+            source = make_source(plan, [r for r in runs if not r.skipped] if search is None else [], journal_records,
+                                 reporter.event)
+            sweep = Sweep(source, launcher, GpuPool(gpus, policy, probe), results, reporter, settings,
+                          previous=[r for r, _ in skipped], best_k=best_k)
             return sweep.run()
         finally:
             guardian.wait()
@@ -4729,6 +5865,25 @@ def run_sweep(settings: Settings, runs: list[Run], journal_records: Journal, gpu
     finally:
         for lock in locks:
             os.close(lock)
+
+
+def make_source(plan: Plan, runs: list[Run], journal: Journal, say: Callable[[str], None]) -> RunSource:
+    """The list (ListSource), the list with a pruner, or a search: the last two through an Optuna study in
+    the output folder (opened here: a resumed study settles the trials a dead sweep left running)."""
+    settings, search = plan.settings, plan.search
+    if search is None and settings.pruner in (None, "none"):
+        return ListSource(runs)
+    output_dir = Path(settings.output_dir)
+    study = open_study(output_dir, search, settings, journal, say)
+    objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
+    source = SearchSource(study, search, plan.make_run, runs, objectives, settings.modes, settings.n_trials,
+                          settings.search_hours, say=say, pruner=settings.pruner or "none", path=output_dir / STUDY)
+    if search is not None:
+        finished = source.counted - len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
+        say(f"search: {search.sampler} sampler, " + (f"{finished} of {settings.n_trials} trials done"
+                                                      if settings.n_trials else f"{finished} trials done")
+            + f", study in {output_dir / STUDY}")
+    return source
 
 
 def cli() -> None:
