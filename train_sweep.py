@@ -711,12 +711,13 @@ class SearchSpec:
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # set on every trial (a sweep file's `value`)
     first: dict[str, Any] = dataclasses.field(default_factory=dict)  # the first trial's parameters (Protein's means)
     target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
+    count_reports: bool = False  # the pruner's step is the number of reports, not the metric's step (W&B's "iter")
     notes: list[str] = dataclasses.field(default_factory=list)  # what the sweep log says about the mapping
 
-    def space_key(self) -> str:
+    def space_key(self, objectives: Sequence[str], modes: Sequence[str]) -> str:
         """What makes a study this search's: its parameters and objectives (resume refuses another)."""
         return canonical_json({"params": {k: dataclasses.asdict(p) for k, p in self.params.items()},
-                               "metrics": list(self.metrics), "modes": list(self.modes)})
+                               "metrics": list(objectives), "modes": list(modes)})
 
 
 SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
@@ -984,6 +985,7 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
     early = data.get("early_terminate")
     if early is not None:
         spec.pruner, spec.pruner_args = wandb_hyperband(early, f"{path}: 'early_terminate'")
+        spec.count_reports = True
     protein = data.get("protein")
     if protein is not None:
         if not isinstance(protein, dict):
@@ -1995,6 +1997,10 @@ class RunSource(Protocol):
     def wake_at(self, now: float) -> float | None:
         """When the loop should wake up for the source (a search's time budget), or None."""
 
+    def prepare(self) -> None:
+        """The loop has started what it could: work that should not delay a start goes here (a search tells
+        ended trials and asks the next trial ahead)."""
+
     def status(self) -> str | None:
         """A line on the source for the live view (a search's progress and best so far), or None."""
 
@@ -2061,6 +2067,9 @@ class ListSource:
     def wake_at(self, now: float) -> float | None:
         return None
 
+    def prepare(self) -> None:
+        """Nothing to prepare: the list is made."""
+
     def status(self) -> str | None:
         return None
 
@@ -2106,6 +2115,12 @@ def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives
     if n_objectives > 1 and name == "cmaes":
         raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
                         "random, qmc or gp")
+    needs = {"gp": ("torch", "scipy"), "qmc": ("scipy",), "cmaes": ("cmaes",)}.get(name, ())
+    import importlib.util
+
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"the {name} sampler needs {' and '.join(missing)}: pip install {' '.join(missing)}")
     try:
         if name == "tpe":
             return s.TPESampler(seed=seed, constant_liar=True, **search.sampler_args)
@@ -2119,8 +2134,23 @@ def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives
             return s.NSGAIISampler(seed=seed)
         return s.QMCSampler(seed=seed)
     except ImportError as e:
-        raise UserError(f"the {name} sampler needs {e.name or 'a package Optuna uses'}: pip install "
-                        f"{ {'gp': 'torch scipy', 'cmaes': 'cmaes', 'qmc': 'scipy'}.get(name, e.name)}") from None
+        raise UserError(f"the {name} sampler needs {e.name}: pip install {e.name}") from None
+
+
+def distribution(p: Param) -> Any:
+    """A Param as Optuna's distribution."""
+    from optuna import distributions as d
+
+    if p.type == "categorical":
+        return d.CategoricalDistribution([encode_choice(c) for c in p.choices])
+    if p.type == "int":
+        return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def encode_choice(choice: Any) -> Any:
+    """Optuna's categorical choices are None, bools, numbers or strings: a list or object goes as its JSON."""
+    return canonical_json(choice) if isinstance(choice, (list, dict)) else choice
 
 
 def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
@@ -2148,12 +2178,13 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     path = output_dir / STUDY
     for stale in output_dir.glob(f"{STUDY}.lock*"):  # the output folder is locked: no one else writes the study
         stale.unlink(missing_ok=True)
+    mend_torn_line(path)
     directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
     objectives = settings.metric[: len(directions)]
     pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
                          search.source if search else "--pruner")
-    key = search.space_key() if search is not None else canonical_json({"list": list(objectives),
-                                                                         "modes": list(settings.modes)})
+    key = (search.space_key(objectives, settings.modes) if search is not None
+           else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
     try:
         storage = JournalStorage(JournalFileBackend(str(path)))
         study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
@@ -2174,6 +2205,35 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     if search is not None and search.first and not study.trials:
         study.enqueue_trial(search.first)
     return study
+
+
+def mend_torn_line(path: Path) -> None:
+    """A sweep killed in the middle of a write leaves the study's last line cut short. Optuna skips it when
+    it reads, but appends the next operation to it, which breaks the file for every later reader: cut the
+    torn line off first (it was never confirmed, so nothing the sweep relied on is lost)."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            at = size
+            while at > 0:  # the last newline, read backwards in blocks
+                start = max(0, at - 65536)
+                f.seek(start)
+                block = f.read(at - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(start + cut + 1)
+                    return
+                at = start
+            f.truncate(0)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{path}: cannot repair the study's last line: {e.strerror or e}") from None
 
 
 def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
@@ -2201,13 +2261,17 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
 
 class SearchSource:
     """Runs from an Optuna study (ask-and-tell), or the config list's runs with a trial each so that a pruner
-    can stop them. A trial is asked when a GPU slot frees up (the loop calls next() only then), its run is
-    told its value when it ends for good; a running run's metric stream goes to its trial, and the pruner's
-    verdict comes back from report(). The study lives in <output-dir>/study.log, Optuna's journal file:
-    every ask, report and tell is one appended line, so a sweep killed at any moment loses nothing, and the
-    same command resumes it. A trial whose run did not end (interrupted, never started, or running when the
-    sweep died) is told failed, marked `requeued` (it does not count against the budget) and, in a search,
-    enqueued again with the same parameters."""
+    can stop them. A trial's run starts when a GPU slot frees up; its run is told its value when it ends for
+    good; a running run's metric stream goes to its trial, and the pruner's verdict comes back from report().
+    Off the path from a run's end to the next start (prepare(), once the loop has started what it could),
+    ended trials are told and the next trial is asked ahead, so that a slot that frees up takes it at once:
+    a sampler that takes 50 ms to ask does not leave a GPU idle for 50 ms. (The trial asked ahead has not
+    seen the result told just after it; its parallel siblings are what Optuna's constant liar handles.)
+    The study lives in <output-dir>/study.log, Optuna's journal file: every ask, report and tell is one
+    appended line, so a sweep killed at any moment loses nothing, and the same command resumes it. A trial
+    whose run did not end (interrupted, never started, asked ahead, or running when the sweep died) is told
+    failed, listed as requeued (it does not count against the budget) and, in a search, enqueued again with
+    the same parameters."""
 
     def __init__(self, study: Any, search: SearchSpec | None, make_run: Callable[[dict[str, Any], int], Run] | None,
                  runs: Iterable[Run] = (), objectives: Sequence[str] = (), modes: Sequence[str] = ("min",),
@@ -2216,83 +2280,92 @@ class SearchSource:
         from collections import deque
 
         self.optuna = import_optuna()
+        TS = self.optuna.trial.TrialState
         self.study, self.search, self.make_run = study, search, make_run
         self.queue = deque(runs)  # the list's runs (a pruned list); empty in a search
         self.objectives, self.modes = tuple(objectives), tuple(modes)
-        self.n_trials = n_trials
+        self.n_trials, self.hours = n_trials, hours
         self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
         self.deadline = None if not hours else clock() + hours * 3600.0
         self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
-        self.stopped: str | None = None  # why the search asks no more (budget of time, target reached, grid done)
-        self.pruned = 0
-        self.distributions = {} if search is None else {k: self._distribution(p) for k, p in search.params.items()}
+        self.ahead: Run | None = None  # the next run, asked ahead (in self.open too)
+        self.tells: list[tuple[Any, Any, list[float] | None]] = []  # ended trials to tell in prepare()
+        self.stopped: str | None = None  # why the search asks no more (time budget, target reached)
+        self.distributions = {} if search is None else {k: distribution(p) for k, p in search.params.items()}
+        trials = study.get_trials(deepcopy=False)
         self.requeued = set(study.user_attrs.get("requeued", []))
-        self.counted = sum(1 for t in study.get_trials(deepcopy=False) if self._counts(t))
-        self.failed = 0
+        self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
+        self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
+        self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
-        for t in study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.COMPLETE,)):
-            self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
-
-    # -- the search space in Optuna's terms -------------------------------------------------------------
-    def _distribution(self, p: Param) -> Any:
-        d = self.optuna.distributions
-        if p.type == "categorical":
-            return d.CategoricalDistribution([self._encode(c) for c in p.choices])
-        if p.type == "int":
-            return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-
-    @staticmethod
-    def _encode(choice: Any) -> Any:
-        """Optuna's categorical choices are None, bools, numbers or strings: a list or object goes as its JSON."""
-        return canonical_json(choice) if isinstance(choice, (list, dict)) else choice
+        for t in trials:
+            if t.state == TS.COMPLETE:
+                self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
 
     def _decode(self, key: str, value: Any) -> Any:
         param = self.search.params[key] if self.search else None
         if param is not None and param.type == "categorical":
             for choice in param.choices:
-                if self._encode(choice) == value:
+                if encode_choice(choice) == value:
                     return choice
         return value
 
-    def _counts(self, trial: Any) -> bool:
-        """Does this trial count against n_trials? Every asked trial but those told failed for the sweep's
-        own reasons (requeued) and those waiting in the queue."""
-        return trial.state != self.optuna.trial.TrialState.WAITING and trial.number not in self.requeued
-
-    # -- RunSource ---------------------------------------------------------------------------------------
-    def next(self) -> Run | None:
+    def _budget(self) -> int:
+        """How many more trials may be asked (counting none asked ahead)."""
         if self.search is None:
-            if not self.queue:
-                return None
-            run = self.queue.popleft()
-            trial = self.study.ask()
-            trial.set_user_attr("run", run.name)
-            if run.hyperparams:
-                trial.set_user_attr("hyperparams", run.hyperparams)
-        else:
-            if self.pending() == 0:
-                return None
-            trial = self.study.ask(self.distributions)
-            params = {k: self._decode(k, trial.params[k]) for k in self.search.params if k in trial.params}
-            run = self.make_run(params, trial.number)
-            trial.set_user_attr("run", run.name)
-            trial.set_user_attr("command", run.argv)
+            return len(self.queue)
+        if self.stopped is None and self.deadline is not None and self.clock() >= self.deadline:
+            self._stop(f"the search's time budget ({self.hours:g} h) is used up")
+        if self.stopped is not None:
+            return 0
+        return 1 if self.n_trials is None else max(0, self.n_trials - self.counted)
+
+    def _ask(self) -> Run:
+        """The next run with its trial: the list's next run, or a trial asked from the sampler."""
+        try:
+            if self.search is None:
+                run = self.queue.popleft()
+                trial = self.study.ask()
+                trial.set_user_attr("run", run.name)
+            else:
+                trial = self.study.ask(self.distributions)
+                params = {k: self._decode(k, trial.params[k]) for k in self.search.params if k in trial.params}
+                run = self.make_run(params, trial.number)
+                trial.set_user_attr("run", run.name)
+                trial.set_user_attr("command", run.argv)
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
         run.trial = trial.number
         self.counted += 1
         self.open[run] = trial
         return run
 
+    # -- RunSource ---------------------------------------------------------------------------------------
+    def next(self) -> Run | None:
+        if self.ahead is not None:
+            run, self.ahead = self.ahead, None
+            if self.search is None or self.stopped is None:
+                return run
+            self._requeue(self.open.pop(run))  # asked before the time budget ended: not started
+        return self._ask() if self._budget() else None
+
+    def prepare(self) -> None:
+        self._tell_ended()
+        if self.ahead is None and self._budget():
+            self.ahead = self._ask()
+
+    def _tell_ended(self) -> None:
+        while self.tells:
+            trial, state, values = self.tells.pop(0)
+            try:
+                self.study.tell(trial, values, state=state, skip_if_finished=True)
+            except RuntimeError:  # the grid sampler stops "the optimize loop" after the last point: told already
+                pass
+            except OSError as e:
+                raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+
     def pending(self) -> int:
-        if self.search is None:
-            return len(self.queue)
-        if self.stopped is None and self.deadline is not None and self.clock() >= self.deadline:
-            self._stop(f"the search's time budget ({(self.deadline - self.clock()) / -3600 + 0:g} h) is used up")
-        if self.stopped is not None:
-            return 0
-        if self.n_trials is None:
-            return 1  # until the time budget ends
-        return max(0, self.n_trials - self.counted)
+        return self._budget() + (self.ahead is not None)
 
     def _stop(self, why: str) -> None:
         if self.stopped is None:
@@ -2300,22 +2373,22 @@ class SearchSource:
             self.say(f"{'search':<11} {why}: no more trials")
 
     def remaining(self) -> list[Run]:
-        return list(self.queue)
+        return ([self.ahead] if self.ahead is not None and self.search is None else []) + list(self.queue)
 
     def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
         trial = self.open.get(run)
-        if trial is None or len(self.objectives) != 1:
+        if trial is None or len(self.objectives) != 1 or self.pruner_name == "none":
             return None
         value = values.get(self.objectives[0])
         if value is None or not math.isfinite(value):
             return None
-        step = step if step is not None else run.points
+        step = run.points if step is None or (self.search and self.search.count_reports) else step
         try:
             trial.report(value, step)
             if trial.should_prune():
-                return f"{self.objectives[0]}={value:g} at step {step}: the pruner stops it"
-        except (OSError, self.optuna.exceptions.StorageInternalError) as e:
-            raise OutputError(f"cannot write the study: {e}") from None
+                return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
         return None
 
     def finished(self, run: Run) -> None:
@@ -2327,32 +2400,27 @@ class SearchSource:
             self._requeue(trial)
             return
         values = [metric_of(run.metrics, m) for m in self.objectives]
+        self.done += 1
         if run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values):
-            self._tell(trial, TS.COMPLETE, values)
+            self.tells.append((trial, TS.COMPLETE, values))
             self._note_best(values, trial.params, run.name, {"command": run.argv})
-            self._check_target(values)
+            target = self.search.target if self.search else None
+            if target is not None and (values[0] <= target if self.modes[0] == "min" else values[0] >= target):
+                self._stop(f"{self.objectives[0]}={values[0]:g} reached the target {target:g}")
         elif run.state == State.PRUNED:
             self.pruned += 1
-            self._tell(trial, TS.PRUNED)
-        else:
-            self.failed += 1
-            self._tell(trial, TS.FAIL)
-
-    def _tell(self, trial: Any, state: Any, values: Sequence[float] | None = None) -> None:
-        try:
-            self.study.tell(trial, values, state=state, skip_if_finished=True)
-        except OSError as e:
-            raise OutputError(f"cannot write the study: {e.strerror or e}") from None
+            self.tells.append((trial, TS.PRUNED, None))
+        else:  # failed, timed out, out of memory for good, or complete without its metric
+            self.tells.append((trial, TS.FAIL, None))
 
     def _requeue(self, trial: Any) -> None:
         """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
-        requeue(self.study, trial.number, trial.params if self.search is not None else None)
+        try:
+            requeue(self.study, trial.number, trial.params if self.search is not None else None)
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+        self.requeued.add(trial.number)
         self.counted -= 1
-
-    def _check_target(self, values: Sequence[float]) -> None:
-        target = self.search.target if self.search else None
-        if target is not None and (values[0] <= target if self.modes[0] == "min" else values[0] >= target):
-            self._stop(f"{self.objectives[0]}={values[0]:g} reached the target {target:g}")
 
     def _note_best(self, values: Sequence[float] | None, params: Mapping[str, Any], name: str,
                    attrs: Mapping[str, Any]) -> None:
@@ -2366,15 +2434,13 @@ class SearchSource:
         """The search in one line (the live view): trials done of the budget, pruned, the best and its parameters."""
         if self.search is None:
             return f"pruner {self.pruner_name}: {self.pruned} run(s) pruned" if self.pruned else None
-        trials = self.study.get_trials(deepcopy=False)
-        done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
-        budget = f"/{self.n_trials}" if self.n_trials else ""
-        parts = [f"search {self.search.sampler}: {done}{budget} trials"]
-        if self.pruned or self.pruner_name != "none":
-            parts.append(f"{sum(1 for t in trials if t.state.name == 'PRUNED')} pruned")
+        parts = [f"search {self.search.sampler}: {self.done}{f'/{self.n_trials}' if self.n_trials else ''} trials"]
+        if self.pruner_name != "none":
+            parts.append(f"{self.pruned} pruned")
         if self.best is not None:
             value, params, _, _ = self.best
-            parts.append(f"best {self.objectives[0]}={value:g} ({' '.join(f'{k}={format_value(v)}' for k, v in params.items())})")
+            parts.append(f"best {self.objectives[0]}={value:g} ("
+                         + " ".join(f"{k}={format_value(v)}" for k, v in params.items()) + ")")
         elif len(self.objectives) > 1:
             parts.append(f"Pareto front: {len(self._front())} trial(s)")
         if self.stopped:
@@ -2398,11 +2464,10 @@ class SearchSource:
             lines.append(f"Best parameters ({name}): " + " ".join(hydra_override(k, v) for k, v in params.items()))
             if command:
                 lines.append(f"Train it again: {shlex.join(command)}")
-        elif len(self.objectives) > 1:
-            for t in self._front():
-                values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
-                lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
-                             + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
+        for t in self._front() if len(self.objectives) > 1 else ():
+            values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
+            lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
+                         + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
         lines.append(f"Study: {self.path} (optuna-dashboard {self.path})")
         return lines
 
@@ -2410,9 +2475,13 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
-        for run, trial in list(self.open.items()):  # asked but never ended: interrupted or not started
+        self._tell_ended()
+        for run, trial in list(self.open.items()):  # asked but never ended: interrupted, not started, asked ahead
             self.open.pop(run)
             self._requeue(trial)
+        if self.ahead is not None and self.search is None:
+            self.queue.appendleft(self.ahead)  # a list's run asked ahead is still the list's
+        self.ahead = None
 
 
 def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
@@ -3199,6 +3268,7 @@ class Sweep:
                     self._record(now)  # journal what ended, before anything else; requeue
                     if self.stop is None:
                         self._launch(now)  # place what can start
+                        self.source.prepare()  # then a search tells what ended and asks the next trial ahead
                     self.results.flush()
                     if self.reporter.refresh_s:
                         self.pool.read(now)  # the live view shows this tick's reading
