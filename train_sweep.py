@@ -5,12 +5,15 @@ Reads a JSON list of hyperparameter dicts (or an object with a grid), gives each
 and keeps every listed GPU busy with `train.py` subprocesses: one folder, live logs and a run.json per
 run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared memory); never leaving
 a process behind (timeouts, Ctrl+C, even kill -9 of the sweep); never losing a finished result (a
-journal, resume, retries, out-of-memory requeue); and showing what runs where and which run won.
+journal, resume, retries, out-of-memory requeue); and showing what runs where and which run won. Or it
+searches a space with Optuna: a trial for each GPU slot that frees up, a pruner that kills hopeless runs.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
     python train_sweep.py --gpus 0 1 --max-processes-per-gpu 2 --memory-threshold-gb 30
     python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
+    python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log, interval(1e-5, 1e-2))'
+    python train_sweep.py --sweep-file sweep.yaml --gpus 0 1     # a W&B (or Protein) sweep, searched with Optuna
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
     python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
     tail -f outputs/<name>/combined.log                          # follow one run
@@ -18,13 +21,15 @@ journal, resume, retries, out-of-memory requeue); and showing what runs where an
 Map of this file (sections in the order data flows):
     1. Constants and states       exit codes, run states, out-of-memory patterns, say_error
     2. Settings                   every flag as one typed field (Settings), resolved once at the CLI's edge
-    3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set
+    3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set;
+                                  a search's space (Param, SearchSpec) from the config, Hydra's syntax, W&B
+                                  and Protein sweep files
     4. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
     5. GPU probe                  NVML readings through pynvml, in one place
     6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool), classify,
                                   requeue_reason
-    7. Sources and launchers      the RunSource and Launcher protocols; ListSource; the guardian, LogFollower
-                                  and LocalLauncher (local processes)
+    7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
+                                  study: ask, tell, prune); the guardian, LogFollower and LocalLauncher
     8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
                                   Progress snapshots
     9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
@@ -595,7 +600,10 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
         elif isinstance(value, (ChoiceSweep, RangeSweep)):
             if log:
                 raise UserError(f"{where}: tag(log, ...) applies to interval() and range(), not to a list of choices")
-            params[key] = make_param(where, "categorical", choices=[_plain_value(v) for v in override.sweep_iterator()])
+            choices = [_plain_value(v) for v in override.sweep_iterator()]
+            if getattr(value, "shuffle", False):  # shuffled anew at each parse: one order, so that resume matches
+                choices.sort(key=lambda c: (not _is_number(c), c if _is_number(c) else canonical_json(c)))
+            params[key] = make_param(where, "categorical", choices=choices)
         else:
             raise UserError(f"{where}: {type(value).__name__} cannot be searched (a list, choice(), range() or "
                             "interval() can)")
@@ -951,13 +959,13 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
     if not spec.params:
         raise UserError(f"{path}: 'parameters' holds nothing to search (only fixed values)")
     method = data.get("method", "bayes" if "protein" in data else None)
-    methods = {"grid": "grid", "random": "random", "bayes": "tpe"}
+    methods = {"grid": "grid", "random": "random", "bayes": "tpe", "protein": "tpe"}
     if method not in methods:
-        raise UserError(f"{path}: 'method' must be grid, random or bayes, got {method!r}")
+        raise UserError(f"{path}: 'method' must be grid, random or bayes (or protein), got {method!r}")
     spec.sampler = methods[method]
-    if method == "bayes":
-        spec.notes.append("method bayes: searched with Optuna's TPE, a Bayesian optimizer (W&B uses a Gaussian "
-                          "process: --search gp)")
+    if spec.sampler == "tpe":
+        spec.notes.append(f"method {method}: searched with Optuna's TPE, a Bayesian optimizer ({method} uses a "
+                          "Gaussian process: --search gp for one)")
     metric = data.get("metric")
     goal = data.get("goal")
     if isinstance(metric, dict):
@@ -2096,22 +2104,27 @@ def import_optuna() -> Any:
     return optuna
 
 
+def grid_points(search: SearchSpec) -> dict[str, list[Any]]:
+    """The grid sampler's values of each parameter (as Optuna stores them): choices, or a range's steps."""
+    space = {}
+    for key, p in search.params.items():
+        if p.type == "categorical":
+            space[key] = [encode_choice(c) for c in p.choices]
+        elif p.type == "int" or p.step:
+            n = round((p.high - p.low) / (p.step or 1))
+            space[key] = [p.low + i * (p.step or 1) for i in range(n + 1)]
+        else:
+            raise UserError(f"{search.source}: the grid sampler needs a list of values for {key!r}, not a "
+                            "continuous range (give it a 'step', or choices)")
+    return space
+
+
 def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives: int) -> Any:
     """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
     s = optuna.samplers
     name = search.sampler
     if name == "grid":
-        space = {}
-        for key, p in search.params.items():
-            if p.type == "categorical":
-                space[key] = list(p.choices)
-            elif p.type == "int" or p.step:
-                n = round((p.high - p.low) / (p.step or 1))
-                space[key] = [p.low + i * (p.step or 1) for i in range(n + 1)]
-            else:
-                raise UserError(f"{search.source}: the grid sampler needs a list of values for {key!r}, not a "
-                                "continuous range (give it a 'step', or choices)")
-        return s.GridSampler(space, seed=seed)
+        return s.GridSampler(grid_points(search), seed=seed)
     if n_objectives > 1 and name == "cmaes":
         raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
                         "random, qmc or gp")
@@ -2255,7 +2268,7 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
             study.tell(trial.number, state=TrialState.FAIL)
         else:
             requeue(study, trial.number, trial.params if search else None)
-            say(f"{'resume':<11} trial {trial.number} was running when the sweep stopped: "
+            say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
                 + ("asked again" if search else "its run goes again"))
 
 
@@ -3238,7 +3251,7 @@ class Sweep:
         for run in self.done:
             self._count(run)
             value = metric_of(run.metrics, self.metric)
-            if value is not None:
+            if value is not None and run.state == State.COMPLETE:
                 self.board[run] = value
                 if best_k is not None:
                     best_k.add(run, value, publish=False)
@@ -4279,16 +4292,17 @@ def read_journal(path: Path) -> Journal:
 
 
 def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]) -> list[tuple[Run, dict[str, Any]]]:
-    """Mark the runs that already completed in an earlier sweep (same name, hyperparameters and command)
-    as skipped, and give the others their earlier attempts. Returns the skipped runs with their records."""
+    """Mark the runs that already completed (or were pruned) in an earlier sweep (same name, hyperparameters
+    and command) as skipped, and give the others their earlier attempts. Returns the skipped runs with their
+    records."""
     skipped = []
     for run in runs:
         past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
         crashed = _crashed_attempt(run, past)
         if crashed:
             past.append(crashed)
-        complete = [r for r in past if r.get("state") == State.COMPLETE.value]
-        if complete:
+        complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
+        if complete:  # complete, or pruned (the pruner's verdict stands: resume does not run it again)
             skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
@@ -4653,7 +4667,7 @@ class Reporter:
 
     def resumed(self, skipped: int, to_run: int) -> None:
         if skipped:
-            self.event(f"resume: {skipped} run(s) already complete with the same hyperparameters and command are "
+            self.event(f"resume: {skipped} run(s) already complete (or pruned) with the same hyperparameters and command are "
                        f"skipped (--rerun runs them again); {to_run} to run")
 
     SUMMARY_ROWS = 50
@@ -5625,6 +5639,11 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     )
     if settings.pruner not in (None, "none") and not settings.metric:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
+    if search is None:
+        given = [flag for flag, value in (("--n-trials", settings.n_trials), ("--search-hours", settings.search_hours),
+                                          (f"--mode {settings.mode}", len(settings.modes) > 1)) if value]
+        if given:
+            raise UserError(f"{given[0]} is for a search (--search, the config's 'search' block or --sweep-file)")
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
     journal = read_journal(Path(settings.output_dir) / JOURNAL)
     command = resolve_command(settings.command)
@@ -5696,6 +5715,9 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if not search.params:
         raise UserError("--search needs parameters to search: overrides such as lr='tag(log, interval(1e-5, 1e-2))' "
                         "or opt=adam,sgd, or the config's 'search' block")
+    for flag, value in (("--max-runs", settings.max_runs), ("--shuffle", settings.shuffle)):
+        if value:
+            raise UserError(f"{flag} is for a list or grid; a search's budget is --n-trials (or --search-hours)")
     search.sampler = settings.search or search.sampler
     metric = settings.metric or search.metrics
     if not metric:
@@ -5705,9 +5727,11 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if len(mode.split(",")) > len(metric):
         raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
     n_trials = settings.n_trials or search.n_trials
-    if search.sampler == "grid" and n_trials is None:
-        n_trials = math.prod(len(p.choices) if p.type == "categorical" else round((p.high - p.low) / (p.step or 1)) + 1
-                             for p in search.params.values())
+    if search.sampler == "grid":  # each point once: a larger budget would run points again
+        size = math.prod(len(values) for values in grid_points(search).values())
+        if n_trials is not None and n_trials > size:
+            search.notes.append(f"the grid has {size} points: {size} trials, not {n_trials}")
+        n_trials = min(n_trials or size, size)
     if n_trials is None and not settings.search_hours:
         raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
                         "--search-hours H")
@@ -5875,6 +5899,10 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                     set_aside(path)
             journal_records = {}
         skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
+        said: list[str] = []  # what opening the study had to say, for the log once it is open
+        study = None
+        if search is not None or settings.pruner not in (None, "none"):  # before anything is written: a study
+            study = open_study(output_dir, search, settings, journal_records, said.append)  # made for another search
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         record = {
             "train_sweep": __version__,
@@ -5923,7 +5951,9 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                 check_best_ranking(output_dir, settings)
                 best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.rank_mode, settings.rank_metric,
                                settings.keep_checkpoints, reporter.event)
-            source = make_source(plan, [r for r in runs if not r.skipped] if search is None else [], journal_records,
+            for line in said:
+                reporter.event(line)
+            source = make_source(plan, [r for r in runs if not r.skipped] if search is None else [], study,
                                  reporter.event)
             sweep = Sweep(source, launcher, GpuPool(gpus, policy, probe), results, reporter, settings,
                           previous=[r for r, _ in skipped], best_k=best_k)
@@ -5937,14 +5967,13 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
             os.close(lock)
 
 
-def make_source(plan: Plan, runs: list[Run], journal: Journal, say: Callable[[str], None]) -> RunSource:
-    """The list (ListSource), the list with a pruner, or a search: the last two through an Optuna study in
-    the output folder (opened here: a resumed study settles the trials a dead sweep left running)."""
+def make_source(plan: Plan, runs: list[Run], study: Any, say: Callable[[str], None]) -> RunSource:
+    """The list (ListSource), or, through the Optuna study in the output folder, the list with a pruner or
+    a search."""
     settings, search = plan.settings, plan.search
-    if search is None and settings.pruner in (None, "none"):
+    if study is None:
         return ListSource(runs)
     output_dir = Path(settings.output_dir)
-    study = open_study(output_dir, search, settings, journal, say)
     objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
     source = SearchSource(study, search, plan.make_run, runs, objectives, settings.modes, settings.n_trials,
                           settings.search_hours, say=say, pruner=settings.pruner or "none", path=output_dir / STUDY)

@@ -5,11 +5,14 @@ and does asking a sampler for each trial slow the queue? Everything runs through
     python bench/bench_search.py                          # quality (10 seeds x 30 trials) and dispatch
     python bench/bench_search.py --seeds 3 --parts quality
 
-quality:  bench/search_trainer.py (a known noisy function of lr, layers, dropout and opt, learned over 30
-          steps of 30 ms) searched with 30 trials on 4 slots, for each seed: random search, TPE, TPE with the median
-          pruner. Per variant: the median (over seeds) of the best final loss found, how often it beats
-          random's best on the same seed, the training steps run in total (a pruned run's steps count up to
-          where it was stopped), and the runs pruned.
+quality:  bench/search_trainer.py (a known noisy function of lr, layers, dropout and opt, learned over 20
+          steps of 0.1 s) searched on 4 slots, for each seed: random search, TPE, TPE with the median pruner
+          (30 trials each), and TPE with the median pruner given 60 trials. Per variant: the median (over
+          seeds) of the best final loss found, how often it beats random's best on the same seed, the training
+          steps run in total (a pruned run's steps count up to where it was stopped), the runs pruned, and
+          the steps spent until a run first reached the target (TPE's median best): how many seeds got
+          there, and the median steps of those; then, per seed, the steps each variant spent to reach the best
+          TPE found on that seed, against TPE's own.
 dispatch: 60 zero-length runs on 1 slot; the median gap between a run's end and the next run's start (from
           the results file), for the plain list, a random search, and a TPE search whose study already
           holds 1,000 finished trials. Ratios are within this run: shared machines are noisy.
@@ -31,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRAINER = HERE / "search_trainer.py"
+STEPS, STEP_S = 20, 0.1  # a run: 20 steps of 0.1 s (the sweep reads new output every 0.2 s)
 SPACE = {"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
          "layers": {"type": "int", "low": 1, "high": 10},
          "dropout": {"type": "float", "low": 0.0, "high": 0.6},
@@ -48,14 +52,28 @@ def sweep(work: Path, config: dict, *flags: str) -> list[dict]:
     return json.loads((work / "results.json").read_text())
 
 
+def steps_to(records: list[dict], target: float) -> float:
+    """Training steps spent (by the runs ended so far, in the order they ended) until a complete run reached
+    `target`; inf if none did."""
+    spent = 0
+    for r in sorted(records, key=lambda r: r["end_time"] or ""):
+        spent += (r.get("metric") or {}).get("step") or 0
+        if r["state"] == "complete" and r["metrics"]["loss"] <= target:
+            return spent
+    return float("inf")
+
+
 def quality(seeds: int, trials: int) -> None:
-    variants = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe + median pruner": ("tpe", "median")}
-    rows: dict[str, dict[str, list[float]]] = {v: {"best": [], "steps": [], "pruned": [], "wall": []} for v in variants}
+    variants = {"random": ("random", "none", trials), "tpe": ("tpe", "none", trials),
+                "tpe + median pruner": ("tpe", "median", trials),
+                f"tpe + median pruner, {2 * trials} trials": ("tpe", "median", 2 * trials)}
+    rows: dict[str, dict[str, list]] = {v: {"best": [], "steps": [], "pruned": [], "wall": [], "records": []}
+                                        for v in variants}
     for seed in range(seeds):
-        for name, (sampler, pruner) in variants.items():
+        for name, (sampler, pruner, n) in variants.items():
             with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
-                config = {"command": f"{sys.executable} {TRAINER}", "defaults": {"steps": 30, "sleep": 0.03},
-                          "search": {"sampler": sampler, "n_trials": trials, "seed": seed, "params": SPACE,
+                config = {"command": f"{sys.executable} {TRAINER}", "defaults": {"steps": STEPS, "sleep": STEP_S},
+                          "search": {"sampler": sampler, "n_trials": n, "seed": seed, "params": SPACE,
                                      "pruner": pruner, "metric": "loss", "mode": "min"}}
                 t0 = time.monotonic()
                 records = sweep(Path(tmp), config, "--gpus", "0", "1", "2", "3")
@@ -64,16 +82,34 @@ def quality(seeds: int, trials: int) -> None:
             rows[name]["best"].append(min(complete))
             rows[name]["steps"].append(sum((r.get("metric") or {}).get("step") or 0 for r in records))
             rows[name]["pruned"].append(sum(r["state"] == "pruned" for r in records))
+            rows[name]["records"].append(records)
         print(f"  seed {seed}: " + ", ".join(f"{n} {rows[n]['best'][-1]:.4f}" for n in variants), file=sys.stderr)
-    print(f"\nquality: {seeds} seeds x {trials} trials, 4 slots, 30 steps a run (lower loss is better)\n")
-    print("| variant | median best loss | beats random (seeds) | steps trained (mean) | steps vs tpe | pruned runs (mean) | wall (mean) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    base_steps = statistics.mean(rows["tpe"]["steps"])
+    target = statistics.median(rows["tpe"]["best"])
+    print(f"\nquality: {seeds} seeds, 4 slots, {STEPS} steps of {STEP_S:g} s a run (lower loss is better); target = "
+          f"tpe's median best {target:.4f}\n")
+    print("| variant | trials | median best loss | beats random (seeds) | steps trained (mean) | pruned runs (mean) "
+          "| reached the target (seeds) | steps to the target (median of those) | wall (mean) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         wins = sum(b < rb for b, rb in zip(r["best"], rows["random"]["best"]))
-        print(f"| {name} | {statistics.median(r['best']):.4f} | {'-' if name == 'random' else f'{wins}/{seeds}'} | "
-              f"{statistics.mean(r['steps']):.0f} | {statistics.mean(r['steps']) / base_steps:.2f} | "
-              f"{statistics.mean(r['pruned']):.1f} | {statistics.mean(r['wall']):.1f} s |")
+        reach = [x for x in (steps_to(recs, target) for recs in r["records"]) if x != float("inf")]
+        print(f"| {name} | {variants[name][2]} | {statistics.median(r['best']):.4f} | "
+              f"{'-' if name == 'random' else f'{wins}/{seeds}'} | {statistics.mean(r['steps']):.0f} | "
+              f"{statistics.mean(r['pruned']):.1f} | {len(reach)}/{seeds} | "
+              f"{statistics.median(reach) if reach else float('nan'):.0f} | {statistics.mean(r['wall']):.1f} s |")
+    print("\nThe same best with fewer steps: per seed, the steps each variant spent until it first reached the best "
+          "that tpe (no pruning) found on that seed, over the steps tpe spent to find it.\n")
+    print("| variant | reached tpe's best (seeds) | steps vs tpe's (median of those) |")
+    print("| --- | --- | --- |")
+    for name, r in rows.items():
+        if name == "tpe":
+            continue
+        ratios = []
+        for records, tpe_records, best in zip(r["records"], rows["tpe"]["records"], rows["tpe"]["best"]):
+            mine = steps_to(records, best)
+            if mine != float("inf"):
+                ratios.append(mine / steps_to(tpe_records, best))
+        print(f"| {name} | {len(ratios)}/{seeds} | {statistics.median(ratios) if ratios else float('nan'):.2f} |")
 
 
 def gaps(records: list[dict]) -> list[float]:

@@ -41,7 +41,7 @@ def test_resume_after_interruption_runs_only_what_is_left(sweep, sig):
     sweep.config([{"n": 0}, {"n": 1}, {"n": 2, "sleep": 0}, {"n": 3}, {"n": 4}])  # n=2 changed, n=4 added
     p = sweep.run()
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "resume: 2 run(s) already complete with the same hyperparameters and command are skipped" in p.stdout
+    assert "resume: 2 run(s) already complete (or pruned) with the same hyperparameters and command are skipped" in p.stdout
     assert starts(sweep) == Counter({"n_0": 1, "n_1": 1, "n_2_sleep_60": 1, "n_2_sleep_0": 1, "n_3": 1, "n_4": 1})
     results = sweep.results()
     assert [r["model_name"] for r in results] == ["n_0", "n_1", "n_2_sleep_0", "n_3", "n_4"]
