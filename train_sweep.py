@@ -352,6 +352,14 @@ def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
     return data
 
 
+def check_known(data: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Every key of `data` is one of `known`, or a UserError names the first that is not."""
+    known = list(known)
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+
+
 def check_hyperparams(hyperparams: Mapping[str, Any], where: str) -> None:
     """Every key (check_key) and value (check_value) of one set of hyperparameters."""
     if getattr(hyperparams, "duplicate", None) is not None:
@@ -479,9 +487,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         return SweepSpec(path, validate_entries(data, path))
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON array of runs or an object, got {_json_type(data)}")
-    unknown = [k for k in data if k not in SPEC_FIELDS]
-    if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_FIELDS)})")
+    check_known(data, SPEC_FIELDS, path)
     given = {key: check_field(key, value, path) for key, value in data.items() if value is not None}
     check_hyperparams(given.get("defaults", {}), f"{path}: 'defaults'")
     check_hyperparams(given.get("grid", {}), f"{path}: 'grid'")
@@ -523,15 +529,69 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][\w.\-]*")
+_SIMPLE_WORDS = (  # the plain values whose reading by Hydra's grammar is known (else hydra-core reads them)
+    (re.compile(r"[+-]?(0|[1-9][0-9]*)"), int),
+    (re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?[0-9]+[eE][+-]?[0-9]+|[+-]?(inf|nan)",
+                re.IGNORECASE), float),
+    (re.compile(r"true|false", re.IGNORECASE), lambda w: w.lower() == "true"),
+    (re.compile(r"null", re.IGNORECASE), lambda w: None),
+    (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str),
+)
+
+
+class SimpleOverride:
+    """`key=value` or `key=a,b,c` of plain numbers, booleans, null and words, read as Hydra reads them (1e-3 a
+    float, 8 an int, true a boolean, null None, adam text) without hydra-core, which only Hydra's richer
+    syntax (range(), interval(), quotes, lists, ...) and values of less obvious reading (1.2.3, 007) need."""
+
+    def __init__(self, key: str, words: list[str]) -> None:
+        self.key_or_group, self._values = key, [self._scalar(w) for w in words]
+        self._sweep = len(words) > 1
+
+    @staticmethod
+    def parse(text: str) -> SimpleOverride | None:
+        key, _, value = text.partition("=")
+        words = value.split(",")
+        if not _SIMPLE_KEY.fullmatch(key) or (words != [""] and not all(map(SimpleOverride._known, words))):
+            return None
+        return SimpleOverride(key, words)
+
+    @staticmethod
+    def _known(word: str) -> bool:
+        return any(pattern.fullmatch(word) for pattern, _ in _SIMPLE_WORDS)
+
+    @staticmethod
+    def _scalar(word: str) -> Any:
+        for pattern, read in _SIMPLE_WORDS:
+            if pattern.fullmatch(word):
+                return read(word)
+        return word  # key= : the empty string
+
+    def is_sweep_override(self) -> bool:
+        return self._sweep
+
+    def sweep_iterator(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def value(self) -> Any:
+        return self._values[0]
+
+
 def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]]:
-    """Each override as Hydra's own parser reads it: (its text, its key, the parsed override)."""
+    """Each override as Hydra's own parser reads it: (its text, its key, the parsed override). Without
+    hydra-core, plain ones (SimpleOverride) still are."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
     except ImportError:
-        raise UserError(
-            f"overrides such as {overrides[0]!r} are read with Hydra's parser: pip install hydra-core"
-        ) from None
+        for text in overrides:
+            simple = SimpleOverride.parse(text)
+            if simple is None:
+                raise UserError(f"override {text!r} is read with Hydra's parser: pip install hydra-core (plain "
+                                "key=value and key=a,b need no Hydra)") from None
+            yield text, simple.key_or_group, simple
+        return
     parser = OverridesParser.create()
     for text in overrides:
         try:
@@ -693,9 +753,7 @@ def parse_param(name: str, data: Any, where: str) -> Param:
     where = f"{where}: {name!r}"
     if not isinstance(data, dict):
         raise UserError(f"{where} must be an object with 'type' (float, int or categorical), got {_json_type(data)}")
-    unknown = [k for k in data if k not in PARAM_KEYS]
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(PARAM_KEYS)})")
+    check_known(data, PARAM_KEYS, where)
     if "type" not in data:
         raise UserError(f"{where}: 'type' is missing (float, int or categorical)")
     return make_param(where, data["type"], data.get("low"), data.get("high"), data.get("log", False),
@@ -762,9 +820,7 @@ def parse_search(data: Any, where: str) -> SearchSpec:
     where = f"{where}: 'search'"
     if not isinstance(data, dict):
         raise UserError(f"{where} must be an object, got {_json_type(data)}")
-    unknown = [k for k in data if k not in SEARCH_KEYS]
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(SEARCH_KEYS)})")
+    check_known(data, SEARCH_KEYS, where)
     params = data.get("params")
     if not isinstance(params, dict) or not params:
         raise UserError(f"{where}: 'params' must be a non-empty object of parameters")
@@ -832,9 +888,7 @@ def read_yaml_or_json(path: str) -> Any:
 def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
     """One W&B (or Protein) parameter onto the search: spec.params, spec.fixed or spec.first."""
     where = f"{where}: {name!r}"
-    unknown = [k for k in p if k not in WANDB_PARAM_KEYS]
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(WANDB_PARAM_KEYS)})")
+    check_known(p, WANDB_PARAM_KEYS, where)
     dist = p.get("distribution")
     if dist is None:  # as W&B infers it
         dist = ("categorical" if "values" in p else "constant" if "value" in p else
@@ -951,9 +1005,7 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
     data = read_yaml_or_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...), got {_json_type(data)}")
-    unknown = [k for k in data if k not in WANDB_KEYS]
-    if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(WANDB_KEYS)})")
+    check_known(data, WANDB_KEYS, path)
     spec = SearchSpec(path, {})
     _wandb_params(data.get("parameters"), f"{path}: 'parameters'", spec)
     if not spec.params:
@@ -969,9 +1021,7 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
     metric = data.get("metric")
     goal = data.get("goal")
     if isinstance(metric, dict):
-        bad = [k for k in metric if k not in ("name", "goal", "target")]
-        if bad:
-            raise UserError(f"{path}: 'metric': unknown key {bad[0]!r} (known: name, goal, target)")
+        check_known(metric, ("name", "goal", "target"), f"{path}: 'metric'")
         goal = metric.get("goal", goal)
         if "target" in metric:
             if not _is_number(metric["target"]):
@@ -1023,9 +1073,7 @@ def wandb_hyperband(early: Any, where: str) -> tuple[str, dict[str, Any]]:
     from min_iter (or max_iter / eta^s) reports of the metric, growing by eta."""
     if not isinstance(early, dict) or early.get("type") != "hyperband":
         raise UserError(f"{where}: only {{type: hyperband, ...}} exists")
-    bad = [k for k in early if k not in ("type", "min_iter", "max_iter", "s", "eta", "strict")]
-    if bad:
-        raise UserError(f"{where}: unknown key {bad[0]!r} (known: type, min_iter, max_iter, s, eta, strict)")
+    check_known(early, ("type", "min_iter", "max_iter", "s", "eta", "strict"), where)
     if early.get("strict"):
         raise UserError(f"{where}: 'strict' has no faithful mapping onto Optuna's HyperbandPruner")
     eta = early.get("eta", 3)
@@ -5606,7 +5654,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if output_dir == output_dir.parent:
         raise UserError(f"--output-dir {settings.output_dir!r}: the filesystem's root cannot hold run folders")
-    spec, search, settings = read_sources(settings)
+    spec, search, settings = read_sources(settings, overrides)
     if search is not None:
         params, plain = parse_search_overrides(overrides) if overrides else ({}, {})
         cli_sweeps: dict[str, list[Any]] = {}
@@ -5680,9 +5728,10 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     return Plan(settings, spec, [example], journal, search, make_run)
 
 
-def read_sources(settings: Settings) -> tuple[SweepSpec, SearchSpec | None, Settings]:
+def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[SweepSpec, SearchSpec | None, Settings]:
     """The config file (or a sweep file) and whether the sweep is a search: the sweep file's command and
-    argument style fill in what the flags did not say."""
+    argument style fill in what the flags did not say. Without a config file (the default one missing),
+    the command line's overrides are the sweep: `train_sweep lr=1e-3,1e-4 seed=0,1`."""
     if settings.sweep_file:
         if settings.configs:
             raise UserError("--sweep-file and --configs cannot be combined")
@@ -5694,8 +5743,8 @@ def read_sources(settings: Settings) -> tuple[SweepSpec, SearchSpec | None, Sett
             raise UserError("--search cannot be combined with --configs (a search makes its runs' hyperparameters)")
         return SweepSpec("--configs", []), None, settings
     default = settings.config_file == Settings.config_file
-    if settings.search and default and not Path(settings.config_file).exists():
-        spec = SweepSpec("the command line", [{}], form="object")  # a search from the command line alone
+    if (settings.search or overrides) and default and not Path(settings.config_file).exists():
+        spec = SweepSpec("the command line", [{}], form="object")  # a sweep from the command line alone
         settings = dataclasses.replace(settings, config_file=None)
     else:
         spec = load_spec(settings.config_file)

@@ -7,8 +7,8 @@ and does asking a sampler for each trial slow the queue? Everything runs through
 
 quality:  bench/search_trainer.py (a known noisy function of lr, layers, dropout and opt, learned over 20
           steps of 0.1 s) searched on 4 slots, for each seed: random search, TPE, TPE with the median pruner
-          (30 trials each), and TPE with the median pruner given 60 trials. Per variant: the median (over
-          seeds) of the best final loss found, how often it beats random's best on the same seed, the training
+          (30 trials each), and TPE with the median or the hyperband pruner given 60 trials. Per variant: the
+          median (over seeds) of the best final loss found, how often it beats random's best on the same seed, the training
           steps run in total (a pruned run's steps count up to where it was stopped), the runs pruned, and
           the steps spent until a run first reached the target (TPE's median best): how many seeds got
           there, and the median steps of those; then, per seed, the steps each variant spent to reach the best
@@ -66,7 +66,8 @@ def steps_to(records: list[dict], target: float) -> float:
 def quality(seeds: int, trials: int) -> None:
     variants = {"random": ("random", "none", trials), "tpe": ("tpe", "none", trials),
                 "tpe + median pruner": ("tpe", "median", trials),
-                f"tpe + median pruner, {2 * trials} trials": ("tpe", "median", 2 * trials)}
+                f"tpe + median pruner, {2 * trials} trials": ("tpe", "median", 2 * trials),
+                f"tpe + hyperband pruner, {2 * trials} trials": ("tpe", "hyperband", 2 * trials)}
     rows: dict[str, dict[str, list]] = {v: {"best": [], "steps": [], "pruned": [], "wall": [], "records": []}
                                         for v in variants}
     for seed in range(seeds):

@@ -1,0 +1,96 @@
+"""A sweep said on the command line alone (issue 15's safety rails): no config file needed for a command-line
+grid, and plain key=value overrides read without hydra-core exactly as Hydra reads them."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import FAKE_NVML
+from train_sweep import SimpleOverride
+
+
+def no_hydra(tmp_path) -> str:
+    """A PYTHONPATH on which `import hydra` fails, as where hydra-core is not installed."""
+    fake = tmp_path / "no_hydra" / "hydra"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'hydra'\", name='hydra')\n")
+    return os.pathsep.join([str(fake.parent), str(FAKE_NVML)])
+
+
+def test_a_command_line_grid_needs_no_config_file(sweep):
+    sweep.gpus.set(count=2)
+    assert not (sweep.dir / "train_sweep_config.json").exists()
+    p = sweep.run("--no-live", "lr=1e-3,1e-4", "seed=0,1", "depth=3")
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = sorted((r["hyperparams"]["lr"], r["hyperparams"]["seed"], r["hyperparams"]["depth"]) for r in sweep.results())
+    assert runs == [(1e-4, 0, 3), (1e-4, 1, 3), (1e-3, 0, 3), (1e-3, 1, 3)]
+    assert "4 run(s) from the command line" in p.stdout
+
+
+def test_without_overrides_a_missing_config_file_is_still_an_error(sweep):
+    p = sweep.run("--no-live")
+    assert p.returncode == 2 and "train_sweep_config.json: config file not found" in p.stderr
+
+
+def test_plain_overrides_need_no_hydra(sweep, tmp_path):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", "lr=1e-3,1e-4", "opt=adam", "flag=true", PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(r["hyperparams"]["lr"] for r in sweep.results()) == [1e-4, 1e-3]
+    assert {(r["hyperparams"]["opt"], r["hyperparams"]["flag"]) for r in sweep.results()} == {("adam", True)}
+
+
+@pytest.mark.parametrize("override", ["depth=range(2,5)", "lr='1e-3'", "x=[1,2]", "y=choice(a,b)"])
+def test_richer_syntax_without_hydra_says_what_to_install(sweep, tmp_path, override):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", override, PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"override {override!r} is read with Hydra's parser: pip install hydra-core" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def _hydra(text: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_override(text)
+    return list(override.sweep_iterator()) if override.is_sweep_override() else override.value()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+WORDS = st.text(alphabet="abeEfilnrstuAF0123456789._+-", min_size=1, max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(values=st.lists(WORDS, min_size=1, max_size=3))
+def test_simple_overrides_read_as_hydra_reads_them(values):
+    """Whatever SimpleOverride accepts, it reads to the same values (and types) as Hydra's own parser."""
+    pytest.importorskip("hydra")
+    text = "key=" + ",".join(values)
+    simple = SimpleOverride.parse(text)
+    if simple is None:
+        return
+    mine = list(simple.sweep_iterator()) if simple.is_sweep_override() else simple.value()
+    assert _same(mine, _hydra(text)), (text, mine, _hydra(text))
+
+
+@pytest.mark.parametrize("text", ["lr=1e-3,1e-4", "seed=0,1", "flag=TRUE", "n=null", "y=.5", "z=5.",
+                                  "i=-inf", "q=", "k=e5", "a.b=3", "d=+4", "w=abc-def", "c=3.0e-2"])
+def test_simple_overrides_examples(text):
+    """Plain values are read without Hydra (those of less obvious reading, 1_000 or 007, go to Hydra)."""
+    pytest.importorskip("hydra")
+    simple = SimpleOverride.parse(text)
+    assert simple is not None
+    mine = list(simple.sweep_iterator()) if simple.is_sweep_override() else simple.value()
+    assert _same(mine, _hydra(text))
