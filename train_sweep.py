@@ -95,6 +95,7 @@ FOLLOW_S = 0.2  # how often running runs' new output is read (combined.log, metr
 OOM_WAIT_S = 600.0  # longest wait of a run that ran out of memory for a GPU with more free memory
 NVML_FAILS, NVML_FAIL_S = 3, 2.0  # a GPU is taken out after its NVML calls failed this often, this long
 MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
+FAIL_FAST_RUNS, FAIL_FAST_S = 3, 10.0  # the first 3 runs failing within 10 s with the same last line: stop launching
 JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
@@ -224,6 +225,8 @@ class Settings:
     """longest wait for a just-launched run's memory to show before its GPU takes another"""
     no_live: bool = False
     """plain event lines instead of the live view on a terminal"""
+    no_fail_fast: bool = False
+    """keep launching when the first runs all fail within seconds with the same error (a broken setup)"""
     rerun: bool = False
     """run every run again, also those an earlier sweep completed (their folders are kept as <name>~1)"""
     retries: int = 0
@@ -2015,6 +2018,19 @@ def requeue_reason(run: Run, retries: int, max_oom_requeues: int) -> str | None:
     return None
 
 
+def broken_setup(failures: Sequence[tuple[str, str, str]], runs: int = FAIL_FAST_RUNS) -> str | None:
+    """Why the sweep should stop launching, or None: the first `runs` runs to end (run name, last line of
+    stderr, its log) all failed within FAIL_FAST_S with the same last line, while none completed or ran
+    longer (the caller keeps that list: a complete, a slow or a differently failing run empties it for good)."""
+    names = list(dict.fromkeys(name for name, _, _ in failures))
+    if len(names) < runs or len({line for _, line, _ in failures}) != 1:
+        return None
+    _, line, log = failures[0]
+    return (f"the first {runs} runs all failed within {FAIL_FAST_S:g}s with the same error: {one_line(line, 300)} "
+            f"(see {log}); no more runs are started: fix it and run the same command again (--no-fail-fast keeps "
+            "launching)")
+
+
 def signal_name(returncode: int | None) -> str | None:
     """The signal that killed a process, from Popen's negative return code."""
     if returncode is None or returncode >= 0:
@@ -3307,6 +3323,8 @@ class Sweep:
             best_k.publish()
         self._elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
+        self.halted: str | None = None  # why no more runs are started (a broken setup: fail fast)
+        self.early: list[tuple[str, str, str]] | None = None if settings.no_fail_fast else []  # see broken_setup
         self.killed = False
         self.fatal: str | None = None
         self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
@@ -3327,7 +3345,7 @@ class Sweep:
                 self._observe(now)  # what running runs wrote since the last look
                 try:
                     self._record(now)  # journal what ended, before anything else; requeue
-                    if self.stop is None:
+                    if self.stop is None and self.halted is None:
                         self._launch(now)  # place what can start
                         self.source.prepare()  # then a search tells what ended and asks the next trial ahead
                     self.results.flush()
@@ -3356,7 +3374,7 @@ class Sweep:
     def _over(self) -> bool:
         if self.active or self.ended:
             return False
-        return self.stop is not None or not self.pending()
+        return self.stop is not None or self.halted is not None or not self.pending()
 
     # -- signals ------------------------------------------------------------------------------
     def _handle_signals(self, now: float) -> None:
@@ -3442,6 +3460,24 @@ class Sweep:
             run.retries_used += 1
         self.ended.append((run, requeue))
         self.reporter.finished(run, self.progress(), requeue)
+        self._check_setup(run)
+
+    def _check_setup(self, run: Run) -> None:
+        """Fail fast: the first runs all failing within seconds with the same error is a broken setup (a typo
+        in a hyperparameter's name, a missing file), not forty separate failures."""
+        if self.early is None or self.halted or run.state in (State.INTERRUPTED,):
+            return
+        now = self.clock()
+        quick = run.state == State.FAILED and (run.duration or 0.0) < FAIL_FAST_S
+        if not quick or any(now - a.run.started_at >= FAIL_FAST_S for a in self.active.values()):
+            self.early = None  # runs do get going: failures from here on are the runs' own
+            return
+        line = run.error or tail_lines(run.stderr_log, 1).strip() or f"exit code {run.returncode}, stderr empty"
+        self.early.append((run.name, line, str(run.error and run.run_dir or run.stderr_log)))
+        why = broken_setup(self.early)
+        if why is not None:
+            self.halted = why
+            self.reporter.event(f"error: {why}")
 
     def _enforce_deadlines(self, now: float) -> None:
         for attempt in list(self.active.values()):
@@ -3752,12 +3788,14 @@ class Sweep:
     def _finish(self) -> int:
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
         try:
-            self.results.finish(pending, interrupted=self.stop is not None)
+            self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
         except OutputError as e:
             self.fatal = self.fatal or str(e)
         except OSError as e:
             self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
         extra = self.source.summary()
+        if self.halted:
+            extra.append(f"Stopped early: {self.halted}")
         if self.best_k is not None:
             verb = "would free" if self.best_k.keep else "freed"
             extra.append(f"Checkpoints: the {self.best_k.k} best runs keep theirs ({self.best_k.folder}); {verb} "
@@ -5526,6 +5564,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
     a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
       help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
+    a("--no-fail-fast", action="store_true",
+      help=f"keep launching when the first {FAIL_FAST_RUNS} runs all fail within {FAIL_FAST_S:g}s with the same error "
+           "(by default the sweep stops launching and names the error: a broken setup)")
     a("--no-live", action="store_true",
       help="plain timestamped event lines instead of the live view (the default when stdout is not a terminal)")
     a("--rerun", action="store_true",

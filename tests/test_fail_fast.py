@@ -1,0 +1,70 @@
+"""Fail fast (issue 15): the first runs all failing within seconds with the same error is a broken setup; the
+sweep stops launching and names the error and the log, instead of failing forty runs."""
+
+from __future__ import annotations
+
+import json
+
+from train_sweep import FAIL_FAST_S, broken_setup
+
+BAD = "import sys\nsys.exit(\"error: unknown hyperparameter 'lrr'\")\n"
+
+
+def bad_script(sweep, body: str = BAD) -> str:
+    path = sweep.dir / "bad.py"
+    path.write_text(body)
+    return f"python {path}"
+
+
+def test_broken_setup_needs_three_runs_with_one_error():
+    assert broken_setup([("a", "boom", "a.log"), ("b", "boom", "b.log")]) is None
+    why = broken_setup([("a", "boom", "a.log"), ("b", "boom", "b.log"), ("c", "boom", "c.log")])
+    assert why is not None and "boom" in why and "a.log" in why and "--no-fail-fast" in why
+    assert broken_setup([("a", "boom", "a.log"), ("b", "bang", "b.log"), ("c", "boom", "c.log")]) is None
+    assert broken_setup([("a", "boom", "a.log"), ("a", "boom", "a.log"), ("a", "boom", "a.log")]) is None  # retries
+
+
+def test_a_broken_setup_stops_the_sweep_early(sweep):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", "--command", bad_script(sweep), "lrr=1,2,3,4,5,6,7,8", trainer=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "the first 3 runs all failed within" in p.stdout and "unknown hyperparameter 'lrr'" in p.stdout
+    assert "train_stderr.log" in p.stdout and "Stopped early:" in p.stdout
+    partial = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
+    states = [r["state"] for r in partial]
+    assert states[:3] == ["failed"] * 3 and states.count("pending") >= 4, states
+    assert "8 run(s): 3 failed, 5 not started" in p.stdout
+    fixed = sweep.dir / "bad.py"
+    fixed.write_text("print('fine')\n")  # fixed: the same command runs them all
+    p = sweep.run("--no-live", "--command", f"python {fixed}", "lrr=1,2,3,4,5,6,7,8", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["state"] for r in sweep.results()] == ["complete"] * 8
+
+
+def test_no_fail_fast_keeps_launching(sweep):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", "--no-fail-fast", "--command", bad_script(sweep), "lrr=1,2,3,4,5", trainer=False)
+    assert p.returncode == 1 and "Stopped early" not in p.stdout
+    assert [r["state"] for r in sweep.results()] == ["failed"] * 5
+
+
+def test_different_errors_or_a_complete_run_are_not_a_broken_setup(sweep):
+    sweep.gpus.set(count=1)
+    varied = "import sys\nsys.exit('error ' + sys.argv[1])\n"
+    p = sweep.run("--no-live", "--command", bad_script(sweep, varied), "x=1,2,3,4,5", trainer=False)
+    assert p.returncode == 1 and "Stopped early" not in p.stdout
+    assert len(sweep.results()) == 5
+    first_ok = "import sys\nif sys.argv[1] != 'x=1': sys.exit('boom')\n"
+    p = sweep.run("--no-live", "--rerun", "--command", bad_script(sweep, first_ok), "x=1,2,3,4,5", trainer=False)
+    assert p.returncode == 1 and "Stopped early" not in p.stdout
+    assert [r["state"] for r in sweep.results()] == ["complete"] + ["failed"] * 4
+
+
+def test_slow_failures_are_the_runs_own(sweep):
+    assert FAIL_FAST_S <= 30  # "within seconds"
+    sweep.gpus.set(count=1)
+    slow = f"import sys, time\ntime.sleep({FAIL_FAST_S + 0.5})\nsys.exit('boom')\n"
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "4", "--command", bad_script(sweep, slow), "x=1,2,3,4",
+                  trainer=False, timeout=90)
+    assert p.returncode == 1 and "Stopped early" not in p.stdout
+    assert [r["state"] for r in sweep.results()] == ["failed"] * 4
