@@ -659,7 +659,8 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
                                 "without steps)")
             if len(values) == 1:
                 raise UserError(f"{where}: the range holds one value ({values[0]}); set it as a plain value")
-            params[key] = make_param(where, "int" if whole else "float", values[0], values[-1], log=log, step=step)
+            params[key] = make_param(where, "int" if whole else "float", min(values), max(values), log=log,
+                                     step=None if step is None else abs(step))
         elif isinstance(value, (ChoiceSweep, RangeSweep)):
             if log:
                 raise UserError(f"{where}: tag(log, ...) applies to interval() and range(), not to a list of choices")
@@ -711,8 +712,10 @@ class Param:
 
 
 def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: Any = False, step: Any = None,
-               choices: Any = None) -> Param:
-    """A Param that makes sense, or a one-line UserError saying why not (`where` names the key)."""
+               choices: Any = None, names: Mapping[str, str] | None = None) -> Param:
+    """A Param that makes sense, or a one-line UserError saying why not (`where` names the parameter; `names`
+    how its file calls low, high and step: min, max and q in a sweep file)."""
+    low_, high_, step_ = ((names or {}).get(k, k) for k in ("low", "high", "step"))
     if type_ not in PARAM_TYPES:
         raise UserError(f"{where}: 'type' must be one of {', '.join(PARAM_TYPES)}, got {type_!r}")
     if type_ == "categorical":
@@ -722,26 +725,39 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
             check_value(c, f"{where}: choice [{i}]")
         if len({canonical_json(c) for c in choices}) < len(choices):
             raise UserError(f"{where}: a choice is listed twice")
+        for i, a in enumerate(choices):  # Optuna tells choices apart with ==, where true == 1 and 1 == 1.0
+            for b in choices[:i]:
+                if encode_choice(a) == encode_choice(b):
+                    raise UserError(f"{where}: the choices {json.dumps(b)} and {json.dumps(a)} are one value to Optuna "
+                                    f"(in Python {encode_choice(b)!r} == {encode_choice(a)!r}); keep one, or use text")
         return Param("categorical", choices=tuple(choices))
     whole = type_ == "int"
     ok = _is_whole if whole else _is_number
-    for key, value in (("low", low), ("high", high)):
+    for key, value in ((low_, low), (high_, high), *(((step_, step),) if step is not None else ())):
         if not ok(value) or not math.isfinite(value):
-            raise UserError(f"{where}: {key!r} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = f" (YAML reads {value} as text: write it with a dot, 1.0e-5, or as a decimal)"
+                except ValueError:
+                    pass
+            raise UserError(f"{where}: {key!r} must be {'a whole number' if whole else 'a number'}, got {value!r}{hint}")
     if not low < high:
-        raise UserError(f"{where}: 'low' ({low:g}) must be below 'high' ({high:g}); a fixed value goes in defaults")
+        raise UserError(f"{where}: {low_!r} ({low:g}) must be below {high_!r} ({high:g}); a fixed value goes in defaults")
     if not isinstance(log, bool):
         raise UserError(f"{where}: 'log' must be true or false")
     if log and low <= 0:
-        raise UserError(f"{where}: a log scale needs 'low' > 0, got {low:g}")
+        raise UserError(f"{where}: a log scale needs {low_!r} > 0, got {low:g}")
     if step is not None:
         if log:
-            raise UserError(f"{where}: 'step' and 'log' cannot be combined (Optuna samples a log scale continuously)")
-        if not ok(step) or not step > 0:
-            raise UserError(f"{where}: 'step' must be {'a whole number' if whole else 'a number'} > 0, got {step!r}")
+            raise UserError(f"{where}: {step_!r} and a log scale cannot be combined (Optuna samples a log scale "
+                            "without steps)")
+        if not step > 0:
+            raise UserError(f"{where}: {step_!r} must be > 0, got {step!r}")
         steps = (high - low) / step
         if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise UserError(f"{where}: high - low ({high - low:g}) must be a multiple of 'step' ({step:g})")
+            raise UserError(f"{where}: {high_} - {low_} ({high - low:g}) must be a multiple of {step_!r} ({step:g})")
         if whole and step == 1:
             step = None
     return Param(type_, float(low) if not whole else low, float(high) if not whole else high, log, step)
@@ -781,12 +797,16 @@ class SearchSpec:
     first: dict[str, Any] = dataclasses.field(default_factory=dict)  # the first trial's parameters (Protein's means)
     target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
     count_reports: bool = False  # the pruner's step is the number of reports, not the metric's step (W&B's "iter")
+    base: dict[str, Any] = dataclasses.field(default_factory=dict)  # what every trial gets: defaults, fixed, --set
+    nested: set[str] = dataclasses.field(default_factory=set)  # dotted keys a run gets as one object (W&B nesting)
     notes: list[str] = dataclasses.field(default_factory=list)  # what the sweep log says about the mapping
 
-    def space_key(self, objectives: Sequence[str], modes: Sequence[str]) -> str:
-        """What makes a study this search's: its parameters and objectives (resume refuses another)."""
+    def space_key(self, objectives: Sequence[str], modes: Sequence[str], command: str | None) -> str:
+        """What makes a study this search's: its parameters, objectives, fixed values and command (resume refuses
+        another: its trials would be mixed with trials of something else)."""
         return canonical_json({"params": {k: dataclasses.asdict(p) for k, p in self.params.items()},
-                               "metrics": list(objectives), "modes": list(modes)})
+                               "metrics": list(objectives), "modes": list(modes), "base": self.base,
+                               "command": command})
 
 
 SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
@@ -830,10 +850,12 @@ def parse_search(data: Any, where: str) -> SearchSpec:
     check_hyperparams({k: None for k in params}, f"{where}: 'params'")
     spec = SearchSpec(where, {name: parse_param(name, p, f"{where}: 'params'") for name, p in params.items()})
     if "sampler" in data:
-        spec.sampler = _names_or_list(data["sampler"], f"{where}: 'sampler'", SAMPLERS)[0]
-    for key in ("n_trials", "seed"):
-        if key in data and (not _is_whole(data[key]) or data[key] < (1 if key == "n_trials" else 0)):
-            raise UserError(f"{where}: {key!r} must be a whole number >= {1 if key == 'n_trials' else 0}")
+        if data["sampler"] not in SAMPLERS:
+            raise UserError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {data['sampler']!r}")
+        spec.sampler = data["sampler"]
+    for key, least, most in (("n_trials", 1, MAX_RUNS), ("seed", 0, 2**32 - 1)):
+        if key in data and (not _is_whole(data[key]) or not least <= data[key] <= most):
+            raise UserError(f"{where}: {key!r} must be a whole number from {least} to {most}")
     spec.n_trials, spec.seed = data.get("n_trials"), data.get("seed")
     if "pruner" in data:
         spec.pruner, spec.pruner_args = parse_pruner(data["pruner"], where)
@@ -861,7 +883,14 @@ NO_MAPPING = {
     "categorical_w": "Optuna's samplers draw categories without weights",
     "logit_normal": "Optuna has no logit scale",
 }
-PROTEIN_USED = ("num_random_samples",)  # -> TPE's n_startup_trials; Protein's other settings tune its own optimizer
+PROTEIN_USED = ("num_random_samples",)
+DIST_KEYS = {  # the keys each distribution takes (mean and scale: Protein's)
+    "constant": ("value",), "categorical": ("values",),
+    "int_uniform": ("min", "max", "mean", "scale"), "uniform": ("min", "max", "mean", "scale"),
+    "q_uniform": ("min", "max", "q"), "log_uniform_values": ("min", "max"), "inv_log_uniform_values": ("min", "max"),
+    "log_uniform": ("min", "max"), "inv_log_uniform": ("min", "max"),
+    "log_normal": ("min", "max", "mean", "scale"), "uniform_pow2": ("min", "max", "mean", "scale"),
+}  # -> TPE's n_startup_trials; Protein's other settings tune its own optimizer
 
 
 def read_yaml_or_json(path: str) -> Any:
@@ -898,6 +927,14 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
                 "int_uniform" if _is_whole(p.get("min")) and _is_whole(p.get("max")) else "uniform")
     if dist in NO_MAPPING and not (dist == "log_normal" and "min" in p and "max" in p):
         raise UserError(f"{where}: distribution {dist!r} has no faithful mapping onto Optuna: {NO_MAPPING[dist]}")
+    if dist == "categorical" and "probabilities" in p:
+        raise UserError(f"{where}: 'probabilities': {NO_MAPPING['categorical_w']}")
+    if dist not in DIST_KEYS:
+        raise UserError(f"{where}: unknown distribution {dist!r}")
+    unused = [k for k in p if k != "distribution" and k not in DIST_KEYS[dist]]
+    if unused:  # W&B's schema refuses these too: never dropped quietly
+        raise UserError(f"{where}: {unused[0]!r} is not a key of distribution {dist} (it takes "
+                        f"{', '.join(DIST_KEYS[dist])})")
     if dist == "constant":
         if "value" not in p:
             raise UserError(f"{where}: 'constant' needs 'value'")
@@ -905,31 +942,35 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
         spec.fixed[name] = p["value"]
         return
     if dist == "categorical":
-        if "probabilities" in p:
-            raise UserError(f"{where}: 'probabilities': {NO_MAPPING['categorical_w']}")
         spec.params[name] = make_param(where, "categorical", choices=p.get("values"))
         return
     lo, hi = p.get("min"), p.get("max")
     if "min" not in p or "max" not in p:
         raise UserError(f"{where}: {dist!r} needs 'min' and 'max'")
+    names = {"low": "min", "high": "max", "step": "q"}
     if dist == "int_uniform":
-        spec.params[name] = make_param(where, "int", lo, hi)
+        spec.params[name] = make_param(where, "int", lo, hi, names=names)
     elif dist == "uniform":
-        spec.params[name] = make_param(where, "float", lo, hi)
+        spec.params[name] = make_param(where, "float", lo, hi, names=names)
     elif dist == "q_uniform":
         q = p.get("q", 1)
-        if not _is_number(lo) or not _is_number(q) or q <= 0 or abs(lo / q - round(lo / q)) > 1e-9:
+        if _is_number(lo) and _is_number(q) and q > 0 and abs(lo / q - round(lo / q)) > 1e-9:
             raise UserError(f"{where}: q_uniform maps onto Optuna's steps only when 'min' is a multiple of 'q'")
-        spec.params[name] = make_param(where, "int" if all(map(_is_whole, (lo, hi, q))) else "float", lo, hi, step=q)
+        spec.params[name] = make_param(where, "int" if all(map(_is_whole, (lo, hi, q))) else "float", lo, hi, step=q,
+                                       names=names)
         spec.notes.append(f"{name}: q_uniform is searched in steps of {q:g}; the end values are drawn as often as "
                           "the others (W&B: half as often)")
     elif dist in ("log_uniform_values", "inv_log_uniform_values"):  # 1/X is log-uniform iff X is
-        spec.params[name] = make_param(where, "float", lo, hi, log=True)
+        spec.params[name] = make_param(where, "float", lo, hi, log=True, names=names)
     elif dist in ("log_uniform", "inv_log_uniform"):  # bounds given as natural logarithms (of 1/X: inv_)
         if not _is_number(lo) or not _is_number(hi):
             raise UserError(f"{where}: 'min' and 'max' must be numbers")
-        bounds = (math.exp(lo), math.exp(hi)) if dist == "log_uniform" else (math.exp(-hi), math.exp(-lo))
-        spec.params[name] = make_param(where, "float", *bounds, log=True)
+        try:
+            bounds = (math.exp(lo), math.exp(hi)) if dist == "log_uniform" else (math.exp(-hi), math.exp(-lo))
+        except OverflowError:
+            raise UserError(f"{where}: {dist} takes 'min' and 'max' as natural logarithms: e^{max(abs(lo), abs(hi)):g} "
+                            "is too large (log_uniform_values takes the values themselves)") from None
+        spec.params[name] = make_param(where, "float", *bounds, log=True, names={"low": "e^min", "high": "e^max"})
     elif dist in ("log_normal", "uniform_pow2"):  # Protein's forms: a bounded range, searched from `mean`
         if dist == "uniform_pow2":
             if not (_is_whole(lo) and _is_whole(hi) and 0 < lo < hi):
@@ -937,9 +978,7 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
             choices = [2 ** k for k in range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)]
             spec.params[name] = make_param(where, "categorical", choices=choices)
         else:
-            spec.params[name] = make_param(where, "float", lo, hi, log=True)
-    else:
-        raise UserError(f"{where}: unknown distribution {dist!r}")
+            spec.params[name] = make_param(where, "float", lo, hi, log=True, names=names)
     if "mean" in p:
         mean = p["mean"]
         param = spec.params[name]
@@ -952,8 +991,9 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
                           "all of min..max")
 
 
-def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "") -> None:
-    """W&B's `parameters` (nested under `parameters` keys) and Protein's (nested plainly): dotted keys."""
+def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "", nested: bool = False) -> None:
+    """W&B's `parameters` (nested under `parameters` keys: the run gets one object, as W&B passes it) and
+    Protein's (nested plainly: dotted keys, as Metta's Hydra overrides take them). Searched as dotted keys."""
     if not isinstance(tree, dict) or not tree:
         raise UserError(f"{where} must be a non-empty mapping of parameters")
     for key, p in tree.items():
@@ -962,11 +1002,13 @@ def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "") -> 
         if not isinstance(p, dict):
             raise UserError(f"{where}: {name!r} must be a mapping (values, value, distribution, min, max, ...)")
         if "parameters" in p and len(p) == 1:
-            _wandb_params(p["parameters"], where, spec, f"{name}.")
+            _wandb_params(p["parameters"], where, spec, f"{name}.", nested=True)
         elif any(k in p for k in WANDB_PARAM_KEYS):
             wandb_param(name, p, where, spec)
+            if nested:
+                spec.nested.add(name)
         else:
-            _wandb_params(p, where, spec, f"{name}.")
+            _wandb_params(p, where, spec, f"{name}.", nested)
 
 
 def wandb_command(tokens: Any, program: str | None, where: str) -> tuple[str, str]:
@@ -2187,8 +2229,11 @@ def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives
     """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
     s = optuna.samplers
     name = search.sampler
-    if name == "grid":
-        return s.GridSampler(grid_points(search), seed=seed)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UserError(f"{search.source}: the seed must be a whole number from 0 to 2**32 - 1, got {seed}")
+    if name == "grid":  # every point is enqueued when the study is made (open_study), in the grid's order
+        grid_points(search)
+        return s.RandomSampler(seed=seed)
     if n_objectives > 1 and name == "cmaes":
         raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
                         "random, qmc or gp")
@@ -2231,6 +2276,27 @@ def encode_choice(choice: Any) -> Any:
 
 
 def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
+    """The Optuna pruner named, with its own arguments, tried on a study in memory first: arguments it takes
+    but cannot work with (a min_resource of 0) are a one-line error now, not a traceback in the sweep."""
+    pruner = _pruner(optuna, name, args, where)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial_study = optuna.create_study(pruner=_pruner(optuna, name, args, where))
+            for value in (1.0, 2.0, 3.0):
+                trial = trial_study.ask()
+                for step in (1, 2, 3):
+                    trial.report(value, step)
+                    trial.should_prune()
+                trial_study.tell(trial, value)
+    except Exception as e:  # whatever the pruner's own code raises on these arguments
+        raise UserError(f"{where}: pruner {name!r} with {dict(args)}: {type(e).__name__}: {e}") from None
+    return pruner
+
+
+def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
     p = optuna.pruners
     kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
              "hyperband": p.HyperbandPruner, "none": p.NopPruner}
@@ -2260,7 +2326,7 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     objectives = settings.metric[: len(directions)]
     pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
                          search.source if search else "--pruner")
-    key = (search.space_key(objectives, settings.modes) if search is not None
+    key = (search.space_key(objectives, settings.modes, settings.command) if search is not None
            else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
     try:
         storage = JournalStorage(JournalFileBackend(str(path)))
@@ -2268,7 +2334,9 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                                     load_if_exists=True)
         if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
             seed = settings.seed if search.seed is None else search.seed
-            study.sampler = make_sampler(optuna, search, seed + len(study.get_trials(deepcopy=False)), len(directions))
+            if search.sampler != "qmc":  # (QMC's sequence goes on from where the study is, with the same seed)
+                seed = (seed + len(study.get_trials(deepcopy=False))) % 2**32
+            study.sampler = make_sampler(optuna, search, seed, len(directions))
         made_for = study.user_attrs.get("search")
         if made_for is None:
             study.set_user_attr("search", key)
@@ -2279,8 +2347,15 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
         settle_orphans(study, search is not None, journal, objectives, say)
     except (OSError, optuna.exceptions.StorageInternalError) as e:
         raise UserError(f"{path}: cannot open the study: {e}") from None
-    if search is not None and search.first and not study.trials:
-        study.enqueue_trial(search.first)
+    if search is not None and not study.trials:
+        if search.sampler == "grid":  # the grid: each point once, in order (a requeued point is enqueued again)
+            import itertools
+
+            space = grid_points(search)
+            for point in itertools.product(*space.values()):
+                study.enqueue_trial(dict(zip(space, point)))
+        elif search.first:
+            study.enqueue_trial(search.first)
     return study
 
 
@@ -2319,17 +2394,18 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
     for good, else failed, marked requeued and (in a search) enqueued again with the same parameters."""
     from optuna.trial import TrialState
 
-    ended = {r.get("trial"): r for records in journal.values() for r in records if r.get("trial") is not None}
+    ended = {r.get("trial"): r for records in journal.values() for r in records
+             if r.get("trial") is not None and not r.get("requeued")}  # a requeued attempt was not the run's end
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         record = ended.get(trial.number)
         state = record.get("state") if record else None
         values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
-        if state == State.COMPLETE.value and values and all(v is not None for v in values):
+        if state == State.COMPLETE.value and values and all(v is not None and math.isfinite(v) for v in values):
             study.tell(trial.number, values)
         elif state == State.PRUNED.value:
             study.tell(trial.number, state=TrialState.PRUNED)
-        elif state in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
-            study.tell(trial.number, state=TrialState.FAIL)
+        elif state in (State.COMPLETE.value, State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
+            study.tell(trial.number, state=TrialState.FAIL)  # failed, or complete without its metric
         else:
             requeue(study, trial.number, trial.params if search else None)
             say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
@@ -2365,6 +2441,7 @@ class SearchSource:
         self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
         self.deadline = None if not hours else clock() + hours * 3600.0
         self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
+        self.asked_at: dict[Run, int] = {}  # the attempt each run's trial was asked for (its curve's attempt)
         self.ahead: Run | None = None  # the next run, asked ahead (in self.open too)
         self.tells: list[tuple[Any, Any, list[float] | None]] = []  # ended trials to tell in prepare()
         self.stopped: str | None = None  # why the search asks no more (time budget, target reached)
@@ -2378,6 +2455,7 @@ class SearchSource:
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
+        self._check_target(self.best[0] if self.best else None)
 
     def _decode(self, key: str, value: Any) -> Any:
         param = self.search.params[key] if self.search else None
@@ -2415,6 +2493,7 @@ class SearchSource:
         run.trial = trial.number
         self.counted += 1
         self.open[run] = trial
+        self.asked_at[run] = run.attempt
         return run
 
     # -- RunSource ---------------------------------------------------------------------------------------
@@ -2436,8 +2515,6 @@ class SearchSource:
             trial, state, values = self.tells.pop(0)
             try:
                 self.study.tell(trial, values, state=state, skip_if_finished=True)
-            except RuntimeError:  # the grid sampler stops "the optimize loop" after the last point: told already
-                pass
             except OSError as e:
                 raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
 
@@ -2456,6 +2533,8 @@ class SearchSource:
         trial = self.open.get(run)
         if trial is None or len(self.objectives) != 1 or self.pruner_name == "none":
             return None
+        if run.attempt != self.asked_at.get(run):  # a retry or an out-of-memory requeue: the trial holds the
+            return None  # first attempt's curve (Optuna keeps one value per step), so this one is not judged
         value = values.get(self.objectives[0])
         if value is None or not math.isfinite(value):
             return None
@@ -2478,17 +2557,21 @@ class SearchSource:
             return
         values = [metric_of(run.metrics, m) for m in self.objectives]
         self.done += 1
+        self.asked_at.pop(run, None)
         if run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values):
             self.tells.append((trial, TS.COMPLETE, values))
             self._note_best(values, trial.params, run.name, {"command": run.argv})
-            target = self.search.target if self.search else None
-            if target is not None and (values[0] <= target if self.modes[0] == "min" else values[0] >= target):
-                self._stop(f"{self.objectives[0]}={values[0]:g} reached the target {target:g}")
+            self._check_target(values[0])
         elif run.state == State.PRUNED:
             self.pruned += 1
             self.tells.append((trial, TS.PRUNED, None))
         else:  # failed, timed out, out of memory for good, or complete without its metric
             self.tells.append((trial, TS.FAIL, None))
+
+    def _check_target(self, value: float | None) -> None:
+        target = self.search.target if self.search else None
+        if target is not None and value is not None and (value <= target if self.modes[0] == "min" else value >= target):
+            self._stop(f"{self.objectives[0]}={value:g} reached the target {target:g}")
 
     def _requeue(self, trial: Any) -> None:
         """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
@@ -3610,6 +3693,8 @@ class Sweep:
         while self.ended:
             run, requeue = self.ended.pop(0)
             record = run_record(run)
+            if requeue is not None:
+                record["requeued"] = requeue  # not the run's end: resume does not take it for one
             if requeue is None:
                 self._done(run, record)
             try:
@@ -4419,7 +4504,7 @@ def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[s
     for name, records in journal.items():
         record = records[-1]
         if not _is_whole(record.get("trial")) or record.get("state") not in {s.value for s in FINISHED_ORDER} or \
-                record.get("state") == State.INTERRUPTED.value:
+                record.get("state") == State.INTERRUPTED.value or record.get("requeued"):
             continue
         run = Run(index=record["trial"], name=name, hyperparams=dict(record.get("hyperparams") or {}),
                   argv=list(record.get("command") or []), run_dir=output_dir.resolve() / name)
@@ -5044,25 +5129,40 @@ def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str
     return key
 
 
+def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
+    """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
+    for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
+        try:
+            mode = json.loads((folder / "sweep.json").read_bytes())["settings"]["mode"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+        if isinstance(mode, str) and mode.split(",")[0] in ("min", "max"):
+            return mode.split(",")[0]
+    return "min"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     files = args.files or ["train_sweep_results.json"]
     sweeps = [(f, load_results(f)) for f in files]
+    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
     console = Console(width=None if sys.stdout.isatty() else 200)
     metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
     if len(sweeps) > 1:
         table = Table(title="sweeps side by side", title_justify="left")
-        for col in ("results file", "runs", "complete", "failed", "success", "GPU hours", f"best {metric or 'metric'}"):
+        for col in ("results file", "runs", "complete", "pruned", "failed", "success", "GPU hours",
+                    f"best {metric or 'metric'}"):
             table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
         for path, recs in sweeps:
             done = sum(r.get("state") == State.COMPLETE.value for r in recs)
+            pruned = sum(r.get("state") == State.PRUNED.value for r in recs)  # stopped by the pruner: not a failure
             gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
                         else 1) for r in recs) / 3600
             best = best_of(complete_records(recs), lambda r: record_metric(r, metric), args.mode)
-            table.add_row(path, str(len(recs)), str(done), str(len(recs) - done),
-                          f"{100 * done / len(recs):.0f}%" if recs else "-", f"{gpu_h:.2f}",
+            table.add_row(path, str(len(recs)), str(done), str(pruned), str(len(recs) - done - pruned),
+                          f"{100 * done / (len(recs) - pruned):.0f}%" if len(recs) > pruned else "-", f"{gpu_h:.2f}",
                           f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
         console.print(table)
     records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
@@ -5169,7 +5269,7 @@ def _time_unit(seconds: float) -> tuple[float, str]:
 
 
 STATE_COLORS = {"complete": "#2ca02c", "failed": "#d62728", "timeout": "#ff7f0e", "oom": "#9467bd",
-                "interrupted": "#bcbd22", "pending": "#7f7f7f", "running": "#1f77b4"}
+                "interrupted": "#bcbd22", "pruned": "#e377c2", "pending": "#7f7f7f", "running": "#1f77b4"}
 
 
 def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
@@ -5396,7 +5496,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
     r.add_argument("--sort", choices=REPORT_SORTS, default="index", help="order of the rows (default: index)")
     r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
     r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
-    r.add_argument("--mode", choices=("min", "max"), default="min", help="whether lower or higher is better")
+    r.add_argument("--mode", choices=("min", "max"),
+                   help="whether lower or higher is better (default: the sweep's --mode, from its sweep.json; else min)")
     r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
     r.add_argument("--json", metavar="FILE", help="the same rows as a JSON array")
     r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, the "
@@ -5741,14 +5842,14 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         runs = build_runs(entries, command, output_dir, abbrev, settings.command, settings.arg_style,
                           settings.name_template, settings.source, known)
         return Plan(settings, spec, runs, journal)
-    fixed = {**spec.defaults, **search.fixed, **values}
+    fixed = search.base = {**spec.defaults, **search.fixed, **values}
     overlap = [k for k in values if k in search.params]
     if overlap:
         raise UserError(f"{overlap[0]!r} is both searched and set (--set or a plain override): choose one")
 
     def make_run(params: dict[str, Any], number: int) -> Run:
         """A trial's run: its parameters over the defaults, named trial<N>_<params> (or by the template)."""
-        hyperparams = {**fixed, **params}
+        hyperparams = nest({**fixed, **params}, search.nested)
         shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()}
         name = (template_name(settings.name_template, hyperparams, number) if settings.name_template
                 else f"trial{number:03d}_{run_name(shown, abbrev)}")
@@ -5809,16 +5910,24 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
         if value:
             raise UserError(f"{flag} is for a list or grid; a search's budget is --n-trials (or --search-hours)")
     search.sampler = settings.search or search.sampler
+    if not 0 <= settings.seed < 2**32:
+        raise UserError(f"--seed {settings.seed}: a search's seed is a whole number from 0 to 2**32 - 1")
     metric = settings.metric or search.metrics
     if not metric:
         raise UserError(f"{search.source}: a search needs a metric to optimize: --metric NAME (or the search's "
                         "'metric')")
-    mode = settings.mode or ",".join(search.modes) or "min"
+    if settings.mode or search.modes:
+        mode = settings.mode or ",".join(search.modes)
+    else:  # the search block's list of metrics is its objectives; the flags' first metric ranks alone
+        mode = ",".join(["min"] * (len(search.metrics) if not settings.metric and search.metrics else 1))
     if len(mode.split(",")) > len(metric):
         raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
     n_trials = settings.n_trials or search.n_trials
     if search.sampler == "grid":  # each point once: a larger budget would run points again
         size = math.prod(len(values) for values in grid_points(search).values())
+        if size > MAX_RUNS:
+            raise UserError(f"{search.source}: the grid has {size:,} points, more than {MAX_RUNS:,}; search it with "
+                            "another sampler and a budget")
         if n_trials is not None and n_trials > size:
             search.notes.append(f"the grid has {size} points: {size} trials, not {n_trials}")
         n_trials = min(n_trials or size, size)
@@ -5826,11 +5935,29 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
         raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
                         "--search-hours H")
     pruner = settings.pruner or search.pruner
+    if settings.pruner and settings.pruner != search.pruner:  # the flag's pruner, with its default arguments
+        search.pruner_args, search.count_reports = {}, False
     if pruner != "none" and len(mode.split(",")) > 1:
         raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
                         f"{len(mode.split(','))} objectives")
     return dataclasses.replace(settings, search=search.sampler, metric=tuple(metric), mode=mode, n_trials=n_trials,
                                pruner=pruner)
+
+
+def nest(flat: Mapping[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The dotted keys in `keys` as nested objects (W&B's nested parameters: `optimizer.lr` reaches the run as
+    optimizer={"lr": ...}, the way W&B passes it); the others as they are."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key not in keys:
+            out[key] = value
+            continue
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 
 def example_params(search: SearchSpec) -> dict[str, Any]:
@@ -5989,6 +6116,10 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                     set_aside(path)
             journal_records = {}
         skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
+        if search is not None and not (output_dir / STUDY).exists() and \
+                any(r.get("trial") is not None for records in journal_records.values() for r in records):
+            raise UserError(f"{output_dir / STUDY} is missing, and {journal} holds trials of a search: the search cannot "
+                            "go on without its study; pass --rerun to start afresh (the old trials are kept aside)")
         said: list[str] = []  # what opening the study had to say, for the log once it is open
         study = None
         if search is not None or settings.pruner not in (None, "none"):  # before anything is written: a study
@@ -6067,7 +6198,9 @@ def make_source(plan: Plan, runs: list[Run], study: Any, say: Callable[[str], No
     objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
     source = SearchSource(study, search, plan.make_run, runs, objectives, settings.modes, settings.n_trials,
                           settings.search_hours, say=say, pruner=settings.pruner or "none", path=output_dir / STUDY)
-    if search is not None:
+    if search is None:
+        say(f"pruner {settings.pruner}: runs are judged by {objectives[0]} as it appears (study in {output_dir / STUDY})")
+    else:
         finished = source.counted - len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
         say(f"search: {search.sampler} sampler, " + (f"{finished} of {settings.n_trials} trials done"
                                                       if settings.n_trials else f"{finished} trials done")

@@ -122,7 +122,7 @@ def gaps(records: list[dict]) -> list[float]:
     return [b[0] - a[1] for a, b in zip(spans, spans[1:])]
 
 
-def seeded_study(work: Path, n: int) -> None:
+def seeded_study(work: Path, n: int, command: str) -> None:
     """A study in work/outputs/study.log holding n finished trials of the search below, as train_sweep
     would have left them (so that the sweep resumes it)."""
     sys.path.insert(0, str(ROOT))
@@ -137,7 +137,7 @@ def seeded_study(work: Path, n: int) -> None:
     study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(work / "outputs" / "study.log"))),
                                 study_name="train_sweep", directions=["minimize"],
                                 sampler=optuna.samplers.RandomSampler(seed=1))
-    study.set_user_attr("search", spec.space_key(["loss"], ["min"]))
+    study.set_user_attr("search", spec.space_key(["loss"], ["min"], command))
     for _ in range(n):
         trial = study.ask({k: train_sweep.distribution(p) for k, p in spec.params.items()})
         study.tell(trial, sum(abs(v) for v in trial.params.values() if isinstance(v, float)))
@@ -152,7 +152,7 @@ def dispatch(runs: int, prior: int) -> None:
     for name, sampler, seed in (("random search", "random", 0), (f"tpe search, {prior} trials in the study", "tpe", prior)):
         with tempfile.TemporaryDirectory(prefix="bench_dispatch_search_") as tmp:
             if seed:
-                seeded_study(Path(tmp), prior)
+                seeded_study(Path(tmp), prior, command)
             config = {"command": command, "search": {"sampler": sampler, "params": SPACE, "metric": "loss",
                                                      "n_trials": runs + (prior if seed else 0)}}
             results[name] = sweep(Path(tmp), config, "--gpus", "0")

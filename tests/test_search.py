@@ -232,7 +232,7 @@ def test_failed_trials_are_told_failed_and_count_against_the_budget(sweep):
     sweep.gpus.set(count=1)
     command = script(sweep, "fails.py", "x = float(args['x'])\nif x > 0.5:\n    sys.exit(3)\nprint('no metric here')\n")
     p = sweep.run("--command", command, "--search", "random", "--n-trials", "4", "--metric", "loss", "--no-live",
-                  "x=interval(0, 1)", trainer=False, timeout=30)
+                  "--no-fail-fast", "x=interval(0, 1)", trainer=False, timeout=30)
     assert p.returncode == 1, p.stdout + p.stderr  # a run failed
     records = sweep.results()
     assert len(records) == 4 and sorted(r["trial"] for r in records) == [0, 1, 2, 3]
@@ -425,8 +425,13 @@ def test_wandb_constant_is_a_fixed_value(tmp_path):
     ({"distribution": "zipf", "min": 1, "max": 3}, "unknown distribution 'zipf'"),
     ({"distribution": "uniform", "min": 0}, "'uniform' needs 'min' and 'max'"),
     ({"distribution": "log_uniform_values", "max": 1}, "'log_uniform_values' needs 'min' and 'max'"),
-    ({"distribution": "log_uniform_values", "min": 0, "max": 1}, "a log scale needs 'low' > 0"),
-    ({"distribution": "int_uniform", "min": 5, "max": 5}, "must be below 'high'"),
+    ({"distribution": "log_uniform_values", "min": 0, "max": 1}, "a log scale needs 'min' > 0"),
+    ({"distribution": "int_uniform", "min": 5, "max": 5}, "'min' (5) must be below 'max'"),
+    ({"distribution": "uniform", "min": 0.0, "max": 1.0, "q": 0.1}, "'q' is not a key of distribution uniform"),
+    ({"values": [1, 2], "min": 0}, "'min' is not a key of distribution categorical"),
+    ({"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.3}, "max - min (1) must be a multiple of 'q' (0.3)"),
+    ({"distribution": "uniform", "min": "1e-5", "max": 1.0}, "YAML reads 1e-5 as text"),
+    ({"distribution": "log_uniform", "min": 0, "max": 1000}, "too large"),
     ({"distribution": "q_uniform", "min": 0.1, "max": 1, "q": 0.25}, "q_uniform maps onto Optuna's steps only"),
     ({"distribution": "log_normal", "min": 1e-4, "max": 1e-3, "mean": 1e-2}, "'mean' (0.01) must lie within"),
     ({"distribution": "uniform_pow2", "min": 0, "max": 8}, "uniform_pow2 needs whole numbers 0 < min < max"),
@@ -615,13 +620,14 @@ parameters:
 """
 
 WB_TRAIN = """\
-import argparse, json, math, os, sys
+import argparse, ast, json, math, os, sys
 p = argparse.ArgumentParser()
 p.add_argument('--lr', type=float, required=True)
 p.add_argument('--batch_size', type=int, required=True)
-p.add_argument('--optimizer.momentum', dest='momentum', type=float, required=True)
+p.add_argument('--optimizer', type=ast.literal_eval, required=True)  # W&B passes a nested parameter as one dict
 p.add_argument('--epochs', type=int, required=True)
 a = p.parse_args()
+a.momentum = a.optimizer['momentum']
 with open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'args.json'), 'w') as f:
     json.dump({'argv': sys.argv[1:], **vars(a)}, f)
 print(f'val_loss={abs(math.log10(a.lr) + 2) + a.momentum + a.batch_size / 100}', flush=True)
@@ -641,7 +647,7 @@ def test_wandb_sweep_file_end_to_end(sweep):
         assert 1e-4 <= got["lr"] <= 0.1 and got["batch_size"] in (16, 32) and 0 <= got["momentum"] <= 0.9
         assert got["epochs"] == 2
         assert all(a.startswith("--") and "=" in a for a in got["argv"]), got["argv"]  # ${args}: --key=value
-        assert any(a.startswith("--optimizer.momentum=") for a in got["argv"])  # a nested key, dotted
+        assert any(a.startswith("--optimizer={'momentum': ") for a in got["argv"])  # a nested key: one dict, as W&B
         assert r["command"][1].endswith("wb_train.py")
         assert r["metrics"]["val_loss"] == pytest.approx(
             abs(math.log10(got["lr"]) + 2) + got["momentum"] + got["batch_size"] / 100)
@@ -678,10 +684,10 @@ def block(**search):
     (block(params={"o": {"type": "enum", "choices": ["a"]}}), [], ["'o'", "'type' must be one of"]),
     (block(params={"x": {"type": "float", "low": 0, "high": 1, "scale": 2}}), [], ["'x'", "unknown key 'scale'"]),
     (block(params={}), [], ["'params' must be a non-empty object"]),
-    (block(sampler="bayes"), [], ["'sampler': 'bayes' is not one of"]),
+    (block(sampler="bayes"), [], ["'sampler' must be one of tpe, random, gp, cmaes, nsga2, qmc, grid, got 'bayes'"]),
     (block(pruner="aggressive"), [], ["'pruner' must be one of"]),
     (block(mode="up"), [], ["'mode': 'up' is not one of min, max"]),
-    (block(n_trials=0), [], ["'n_trials' must be a whole number >= 1"]),
+    (block(n_trials=0), [], ["'n_trials' must be a whole number from 1 to 100000"]),
     ({"search": {"sampler": "tpe", "n_trials": 2, "params": X}}, [], ["a search needs a metric to optimize"]),
     ({"search": {"sampler": "tpe", "metric": "loss", "params": X}}, [], ["a search needs a budget"]),
     (block(metric=["loss", "acc"], mode=["min", "max"], pruner="median"), [],
