@@ -2341,7 +2341,8 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
         if made_for is None:
             study.set_user_attr("search", key)
         elif made_for != key:
-            raise UserError(f"{path}: the study was made for another search (other parameters or objectives); "
+            raise UserError(f"{path}: the study was made for another search (other parameters, objectives, fixed values "
+                            "or command); "
                             "pass --rerun for a fresh one (the old one is kept as study.log~1), or use another "
                             "--output-dir")
         settle_orphans(study, search is not None, journal, objectives, say)
@@ -4874,6 +4875,9 @@ class Reporter:
         lines = [f"{len(runs) + len(pending)} run(s): {text}. Results: {results.output_file}"]
         if progress.stopping:
             lines.append(f"Interrupted: every run's record is in {results.partial_file}")
+            left = len(pending) + sum(r.state not in (State.COMPLETE, State.PRUNED) for r in runs)
+            if left and progress.stopping != "error":
+                lines.append(f"{left} run(s) left: run the same command again to resume (complete runs are kept)")
         best = best_of((r for r in runs if r.state == State.COMPLETE), lambda r: metric_of(r.metrics, self.metric),
                        self.mode)
         if best is not None:
@@ -5039,7 +5043,8 @@ class LiveReporter(Reporter):
         if progress.waiting and progress.stopping is None:
             parts.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
         if progress.stopping:
-            parts.append(Text(f"stopping ({progress.stopping}): ending the running runs", style="yellow"))
+            parts.append(Text(f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL after "
+                              "the grace period; Ctrl+C again kills them now)", style="yellow"))
         parts.append(Text("\n".join(self.events), style="dim") if self.events else Text(""))
         return Group(*parts)
 
@@ -6202,9 +6207,10 @@ def make_source(plan: Plan, runs: list[Run], study: Any, say: Callable[[str], No
         say(f"pruner {settings.pruner}: runs are judged by {objectives[0]} as it appears (study in {output_dir / STUDY})")
     else:
         finished = source.counted - len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
-        say(f"search: {search.sampler} sampler, " + (f"{finished} of {settings.n_trials} trials done"
-                                                      if settings.n_trials else f"{finished} trials done")
-            + f", study in {output_dir / STUDY}")
+        done = (f"{finished} trials done" if not settings.n_trials else f"{finished} of {settings.n_trials} trials done"
+                if finished < settings.n_trials else f"the study holds {finished} trials, its budget is {settings.n_trials}: "
+                "none to ask (--n-trials N asks more)")
+        say(f"search: {search.sampler} sampler, {done}, study in {output_dir / STUDY}")
     return source
 
 

@@ -94,3 +94,18 @@ def test_simple_overrides_examples(text):
     assert simple is not None
     mine = list(simple.sweep_iterator()) if simple.is_sweep_override() else simple.value()
     assert _same(mine, _hydra(text))
+
+
+def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
+    from conftest import interrupt
+
+    sweep.gpus.set(count=1)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    proc = sweep.start("--no-live", "--command", f"python {slow}", "x=1,2,3,4,5", trainer=False)
+    sweep.wait_for(lambda: (sweep.dir / "outputs").exists() and any((sweep.dir / "outputs").glob("x_1/run.json")),
+                   what="the first run")
+    interrupt(proc)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]
