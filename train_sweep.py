@@ -535,8 +535,8 @@ def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][\w.\-]*")
 _SIMPLE_WORDS = (  # the plain values whose reading by Hydra's grammar is known (else hydra-core reads them)
     (re.compile(r"[+-]?(0|[1-9][0-9]*)"), int),
-    (re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?[0-9]+[eE][+-]?[0-9]+|[+-]?(inf|nan)",
-                re.IGNORECASE), float),
+    (re.compile(r"[+-]?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(0|[1-9][0-9]*)[eE][+-]?[0-9]+"
+                r"|[+-]?(inf|nan)", re.IGNORECASE), float),
     (re.compile(r"true|false", re.IGNORECASE), lambda w: w.lower() == "true"),
     (re.compile(r"null", re.IGNORECASE), lambda w: None),
     (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str),
@@ -588,14 +588,20 @@ def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
     except ImportError:
+        seen_simple: dict[str, str] = {}
         for text in overrides:
             simple = SimpleOverride.parse(text)
             if simple is None:
                 raise UserError(f"override {text!r} is read with Hydra's parser: pip install hydra-core (plain "
                                 "key=value and key=a,b need no Hydra)") from None
+            if simple.key_or_group in seen_simple:
+                raise UserError(f"override {text!r}: {simple.key_or_group!r} is already given by "
+                                f"{seen_simple[simple.key_or_group]!r}; give each key once")
+            seen_simple[simple.key_or_group] = text
             yield text, simple.key_or_group, simple
         return
     parser = OverridesParser.create()
+    seen: dict[str, str] = {}
     for text in overrides:
         try:
             override = parser.parse_override(text)
@@ -606,7 +612,11 @@ def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]
             raise UserError(f"override {text!r}: deleting a key (~key) is not supported in a sweep")
         if override.package:
             raise UserError(f"override {text!r}: package overrides (@pkg) are not supported")
-        yield text, prefix + override.key_or_group, override
+        key = prefix + override.key_or_group
+        if key in seen:
+            raise UserError(f"override {text!r}: {key!r} is already given by {seen[key]!r}; give each key once")
+        seen[key] = text
+        yield text, key, override
 
 
 def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
@@ -5811,7 +5821,15 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     check_hyperparams(plain, "overrides")
     for key, values in cli_sweeps.items():
         check_value(values, f"override {key}")
-    values = {**plain, **parse_set(settings.set)}
+    set_values = parse_set(settings.set)
+    values = {**plain, **set_values}
+    for key in set_values:  # a value set on every run over a swept key would make every run the same
+        if len(cli_sweeps.get(key, ())) > 1 or len(spec.grid.get(key, ())) > 1:
+            swept = "a command-line sweep" if key in cli_sweeps else f"{spec.source}'s 'grid'"
+            raise UserError(f"--set {key}=...: {key!r} is swept by {swept}; setting it on every run would make the "
+                            "runs the same: drop one of them")
+        if key in plain:
+            raise UserError(f"--set {key}=... and the override {key}=... both set {key!r}: give it once")
     if settings.configs:
         if cli_sweeps:
             raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")

@@ -109,3 +109,21 @@ def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["lr=1,2", "lr=3"], "override 'lr=3': 'lr' is already given by 'lr=1,2'; give each key once"),
+    (["--set", "lr=5", "lr=1,2"], "--set lr=...: 'lr' is swept by a command-line sweep"),
+    (["lr=1", "--set", "lr=2"], "--set lr=... and the override lr=... both set 'lr'"),
+])
+def test_conflicting_overrides_name_the_cause(sweep, args, fragment):
+    p = sweep.run("--dry-run", *args)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert fragment in p.stderr and "identical runs" not in p.stderr
+
+
+def test_set_over_a_config_grid_names_the_grid(sweep):
+    sweep.config({"grid": {"lr": [1, 2], "wandb": [True]}})
+    p = sweep.run("--dry-run", "--set", "lr=3")
+    assert p.returncode == 2 and "'lr' is swept by train_sweep_config.json's 'grid'" in p.stderr
+    assert sweep.run("--dry-run", "--set", "wandb=false").returncode == 0  # one value: nothing collapses
