@@ -5578,7 +5578,16 @@ def _positive_float(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, no usage block
+    def error(self, message: str) -> Any:  # one line, no usage block; a misspelled flag gets the right one
+        import difflib
+
+        if message.startswith("unrecognized arguments:"):
+            options = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                guess = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+                if word.startswith("-") and guess:
+                    message += f" (did you mean {guess[0]}?)"
+                    break
         self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
 
 
@@ -5604,8 +5613,9 @@ def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tup
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ("", "-c") else ""
     p = _Parser(
-        prog="train_sweep",
+        prog=invoked or "train_sweep",  # the command as it was typed: train_sweep.py or train-sweep
         description="Train one model per hyperparameter set, keeping every listed GPU busy. KEY=VALUES "
                     "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
                     "multiplies the runs, seed=0 sets a value on every run.",
@@ -5614,22 +5624,15 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
                "3 the sweep's output could not be written, 130 interrupted",
     )
-    a = p.add_argument
+    a = p.add_argument_group('what to run').add_argument
     a("--config-file", default=Settings.config_file, metavar="FILE",
       help="a JSON array of hyperparameter objects (one run each), or an object with runs, grid, defaults, "
            "command, ... (see README) (default: %(default)s)")
-    a("--gpus", nargs="+", metavar="ID",
-      help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
-    a("--timeout", type=_nonneg_float, default=Settings.timeout, metavar="SECONDS",
-      help="end a run that runs longer than this; 0 means never (default: %(default)g = 10 hours)")
-    a("--output-file", default=Settings.output_file, metavar="FILE",
-      help="results file, rewritten as runs finish; FILE.partial on interruption (default: %(default)s)")
-    a("--max-processes-per-gpu", type=_positive_int, default=Settings.max_processes_per_gpu, metavar="N",
-      help="runs of this sweep at once on one GPU (default: %(default)s)")
-    a("--memory-threshold-gb", type=_positive_float, default=Settings.memory_threshold_gb, metavar="GB",
-      help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
-    a("--disable-gpu-monitoring", action="store_true",
-      help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
+    a("--set", action="append", default=[], metavar="KEY=VALUE",
+      help="set a hyperparameter on every run, over the config (repeatable); VALUE is read as JSON, else text")
+    a("--configs", nargs="+", metavar="FILE",
+      help="batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
+           "named after the file; instead of --config-file")
     a("--command", default=None,
       help="the train command, split like a shell would and run without one; each hyperparameter is "
            "appended (as a Hydra override key=value by default); a leading 'python' is the Python running "
@@ -5638,34 +5641,55 @@ def build_parser() -> argparse.ArgumentParser:
     a("--arg-style", choices=ARG_STYLES, default=None,
       help="how hyperparameters are passed: hydra (key=value), argparse (--key value), equals (--key=value) "
            "(default: the config file's 'arg_style', else hydra)")
-    a("--set", action="append", default=[], metavar="KEY=VALUE",
-      help="set a hyperparameter on every run, over the config (repeatable); VALUE is read as JSON, else text")
     a("--name-template", metavar="TEMPLATE",
       help="run names from a template: '{env}_lr{training.lr}' (hyperparameter keys and {index})")
+    a("--abbrev", action="append", default=[], metavar="KEY=SHORT",
+      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
+           "alone (repeatable)")
+    a("--max-runs", type=_positive_int, metavar="N", help="run only the first N runs of the expanded sweep")
+    a("--shuffle", action="store_true", help="put the expanded runs in a random order (repeatable with --seed)")
+    a("--seed", type=int, default=Settings.seed, help="seed for --shuffle (default: %(default)s)")
+    a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
+    a = p.add_argument_group('where runs go (placement)').add_argument
+    a("--gpus", nargs="+", metavar="ID",
+      help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
+    a("--max-processes-per-gpu", type=_positive_int, default=Settings.max_processes_per_gpu, metavar="N",
+      help="runs of this sweep at once on one GPU (default: %(default)s)")
+    a("--memory-threshold-gb", type=_positive_float, default=Settings.memory_threshold_gb, metavar="GB",
+      help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
+    a("--disable-gpu-monitoring", action="store_true",
+      help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
     a("--gpus-per-run", type=_positive_int, metavar="N", help="GPUs each run gets, all free ones (default: 1)")
     a("--gpu-memory-gb", type=_positive_float, metavar="GB",
       help="GPU memory each run needs: a GPU takes it only when that much is free (after what recent runs "
            "declared but have not allocated yet)")
-    a("--max-runs", type=_positive_int, metavar="N", help="run only the first N runs of the expanded sweep")
-    a("--shuffle", action="store_true", help="put the expanded runs in a random order (repeatable with --seed)")
-    a("--seed", type=int, default=Settings.seed, help="seed for --shuffle (default: %(default)s)")
-    a("--configs", nargs="+", metavar="FILE",
-      help="batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
-           "named after the file; instead of --config-file")
-    a("--output-dir", default=Settings.output_dir, metavar="DIR",
-      help="where run folders go: DIR/<name>/ (default: %(default)s)")
-    a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
-    a("--abbrev", action="append", default=[], metavar="KEY=SHORT",
-      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
-           "alone (repeatable)")
     a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
-    a("--metric-regex", metavar="PATTERN",
-      help="find the (first) --metric in stdout with this regular expression: a group named value, optionally "
-           "one named step, e.g. 'Eval .* acc (?P<value>[0-9.]+)'")
+    a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
+      help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
+    a = p.add_argument_group('how runs end').add_argument
+    a("--timeout", type=_nonneg_float, default=Settings.timeout, metavar="SECONDS",
+      help="end a run that runs longer than this; 0 means never (default: %(default)g = 10 hours)")
+    a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
+      help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
+    a("--retries", type=_nonneg_int, default=Settings.retries, metavar="N",
+      help="retry a failed run up to N times, after the runs not yet started (default: %(default)s)")
+    a("--oom-pattern", action="append", default=[], metavar="REGEX",
+      help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
+    a("--max-oom-requeues", type=_nonneg_int, default=Settings.max_oom_requeues, metavar="N",
+      help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
+    a("--no-fail-fast", action="store_true",
+      help=f"keep launching when the first {FAIL_FAST_RUNS} runs all fail within {FAIL_FAST_S:g}s with the same error "
+           "(by default the sweep stops launching and names the error: a broken setup)")
+    a("--rerun", action="store_true",
+      help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
+    a = p.add_argument_group('metrics and the best model').add_argument
     a("--metric", action="append", default=[], metavar="NAME",
       help="follow this metric while runs run and rank runs by it (repeatable: the first ranks, the others are "
            "shown): from <run_dir>/metrics.jsonl or metrics.json, else stdout lines like NAME=0.41, NAME: 0.41, "
            "'NAME': 0.41 or 'val loss 0.41' for val_loss")
+    a("--metric-regex", metavar="PATTERN",
+      help="find the (first) --metric in stdout with this regular expression: a group named value, optionally "
+           "one named step, e.g. 'Eval .* acc (?P<value>[0-9.]+)'")
     a("--mode", type=_modes, metavar="min|max",
       help="whether a lower or higher --metric is better; min,max,...: one per objective of a multi-objective "
            "search, the first metrics in order (default: the search's mode, else min)")
@@ -5676,23 +5700,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="the checkpoint files of a run folder, e.g. '*.pt' (any depth) or 'checkpoints/**'; logs, run.json "
            "and metrics are never deleted")
     a("--keep-checkpoints", action="store_true", help="with --top-k: delete nothing, only log what would go")
-    a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
-      help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
-    a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
-      help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
-    a("--no-fail-fast", action="store_true",
-      help=f"keep launching when the first {FAIL_FAST_RUNS} runs all fail within {FAIL_FAST_S:g}s with the same error "
-           "(by default the sweep stops launching and names the error: a broken setup)")
+    a = p.add_argument_group('output').add_argument
+    a("--output-file", default=Settings.output_file, metavar="FILE",
+      help="results file, rewritten as runs finish; FILE.partial on interruption (default: %(default)s)")
+    a("--output-dir", default=Settings.output_dir, metavar="DIR",
+      help="where run folders go: DIR/<name>/ (default: %(default)s)")
     a("--no-live", action="store_true",
       help="plain timestamped event lines instead of the live view (the default when stdout is not a terminal)")
-    a("--rerun", action="store_true",
-      help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
-    a("--retries", type=_nonneg_int, default=Settings.retries, metavar="N",
-      help="retry a failed run up to N times, after the runs not yet started (default: %(default)s)")
-    a("--oom-pattern", action="append", default=[], metavar="REGEX",
-      help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
-    a("--max-oom-requeues", type=_nonneg_int, default=Settings.max_oom_requeues, metavar="N",
-      help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
     s = p.add_argument_group("search (Optuna; pip install 'train-sweep[search]'; see README: Search)").add_argument
     s("--search", choices=SAMPLERS, metavar="SAMPLER",
       help="search with this sampler instead of running a list: " + ", ".join(SAMPLERS) + "; the overrides in "
@@ -5707,7 +5721,7 @@ def build_parser() -> argparse.ArgumentParser:
     s("--sweep-file", metavar="FILE",
       help="a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, command, run_cap) "
            "or a Protein one, searched locally with Optuna; instead of --config-file")
-    a("--version", action="version", version=f"train_sweep {__version__}")
+    p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
     return p
 
 

@@ -127,3 +127,19 @@ def test_set_over_a_config_grid_names_the_grid(sweep):
     p = sweep.run("--dry-run", "--set", "lr=3")
     assert p.returncode == 2 and "'lr' is swept by train_sweep_config.json's 'grid'" in p.stderr
     assert sweep.run("--dry-run", "--set", "wandb=false").returncode == 0  # one value: nothing collapses
+
+
+def test_help_is_grouped_and_named_as_invoked(sweep):
+    p = sweep.run("--help")
+    assert p.returncode == 0
+    assert p.stdout.startswith("usage: train_sweep.py ")
+    heads = [line for line in p.stdout.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert heads == ["options:", "what to run:", "where runs go (placement):", "how runs end:",
+                     "metrics and the best model:", "output:"] + [h for h in heads if h.startswith("search")]
+    assert len(heads) == 7
+    assert "(default: 36000 = 10 hours)" in " ".join(p.stdout.split())
+
+
+def test_a_misspelled_flag_suggests_the_right_one(sweep):
+    p = sweep.run("--metrc", "loss")
+    assert p.returncode == 2 and "(did you mean --metric?)" in p.stderr and len(p.stderr.splitlines()) == 1
