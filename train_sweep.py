@@ -5446,12 +5446,31 @@ def find_sweeps(folders: Sequence[str]) -> list[Path]:
     return sorted(set(found))
 
 
+def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]]) -> str:
+    """running (a live sweep holds the folder's lock), dead (a run.json still says running, and no sweep holds
+    the lock: the sweep was killed), interrupted (a run's last record is interrupted), else finished."""
+    lock = try_lock(folder)
+    if lock is None:
+        return "running"
+    os.close(lock)
+    for run_json in folder.glob(f"*/{RUN_MARK}"):
+        try:
+            if json.loads((run_json.parent / "run.json").read_bytes()).get("state") == State.RUNNING.value:
+                return "dead"
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+    if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()):
+        return "interrupted"
+    return "finished"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="sweeps", title_justify="left")
-    for col in ("output folder", "started", "runs", "complete", "failed", "last activity", "command"):
+    for col in ("output folder", "state", "started", "runs", "complete", "pruned", "failed", "interrupted",
+                "last activity", "command"):
         table.add_column(col)
     for folder in find_sweeps(args.folders or ["outputs"]):
         try:
@@ -5459,12 +5478,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             settings = {}
         latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
-        complete = sum(r.get("state") == State.COMPLETE.value for r in latest.values())
+        count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
+        failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
         journal = folder / JOURNAL
         last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
-        table.add_row(str(folder), str(settings.get("started", "?"))[:19], str(settings.get("runs", "?")),
-                      str(complete), str(len(latest) - complete), str(last or "-")[:19], str(settings.get("command", "")))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+        table.add_row(str(folder), sweep_state(folder, latest), str(settings.get("started", "?"))[:19],
+                      str(settings.get("runs", "?")), str(count["complete"]), str(count["pruned"]), str(failed),
+                      str(count["interrupted"]), str(last or "-")[:19], str(settings.get("command", "")))
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
     return EXIT_OK
 
 

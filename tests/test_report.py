@@ -88,7 +88,8 @@ def test_report_compares_several_sweeps(finished):
     lines = p.stdout.splitlines()
     first = next(line for line in lines if re.match(r"│\s*train_sweep_results\.json\s", line))
     second = next(line for line in lines if re.match(r"│\s*second\.json\s", line))
-    assert re.search(r"│\s*4\s*│\s*3\s*│\s*1\s*│\s*75%\s*│", first) and "lr_0.01_depth_2_metric_0.2 = 0.2" in first
+    # runs, complete, pruned, failed, success
+    assert re.search(r"│\s*4\s*│\s*3\s*│\s*0\s*│\s*1\s*│\s*75%\s*│", first) and "lr_0.01_depth_2_metric_0.2 = 0.2" in first
     assert "100%" in second and "lr_0.5_metric_0.1 = 0.1" in second
 
 
@@ -106,7 +107,8 @@ def test_list_shows_sweeps(finished):
     p = finished.run("list", trainer=False)
     assert p.returncode == 0, p.stderr
     row = next(line for line in p.stdout.splitlines() if re.match(r"│\s*outputs\s*│", line))
-    assert re.search(r"│\s*4\s*│\s*3\s*│\s*1\s*│", row), row
+    # state, started, runs, complete, pruned, failed, interrupted
+    assert re.search(r"│\s*finished\s*│[^│]*│\s*4\s*│\s*3\s*│\s*0\s*│\s*1\s*│\s*0\s*│", row), row
     assert any(re.match(r"│\s*outputs/second\s*│", line) for line in p.stdout.splitlines())
 
 
@@ -158,3 +160,34 @@ def test_report_learning_curves_and_series_in_json(sweep):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     rows = json.loads((sweep.dir / "rows.json").read_text())
     assert rows[0]["series"] == {"val_loss": [[0, 1.0], [1, 0.5], [2, 0.333], [3, 0.25]]}
+
+
+def test_list_says_whether_a_sweep_runs_was_interrupted_or_died(sweep):
+    import signal
+    import time
+
+    from conftest import interrupt
+
+    sweep.gpus.set(count=1)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import time\ntime.sleep(60)\n")
+
+    def state(folder: str) -> str:
+        p = sweep.run("list", folder, trainer=False)
+        row = next(line for line in p.stdout.splitlines() if re.match(rf"│\s*{folder}\s*│", line))
+        return row.split("│")[2].strip()
+
+    proc = sweep.start("--no-live", "--command", f"python {slow}", "--output-dir", "a", "x=1,2", trainer=False)
+    sweep.wait_for(lambda: any((sweep.dir / "a").glob("x_1/run.json")), what="the first run")
+    time.sleep(0.5)
+    assert state("a") == "running"
+    interrupt(proc)
+    proc.communicate(timeout=30)
+    assert state("a") == "interrupted"
+    proc = sweep.start("--no-live", "--command", f"python {slow}", "--output-dir", "b", "x=1,2", trainer=False)
+    sweep.wait_for(lambda: any((sweep.dir / "b").glob("x_1/run.json")), what="the first run")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # the sweep dies; its guardian ends the runs
+    proc.communicate(timeout=30)
+    sweep.wait_for(lambda: state("b") != "running", timeout=30, what="the guardian to let go")
+    assert state("b") == "dead"
