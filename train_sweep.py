@@ -4484,7 +4484,8 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
         if crashed:
             past.append(crashed)
         complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
-        if complete:  # complete, or pruned (the pruner's verdict stands: resume does not run it again)
+        if complete and run.run_dir.is_dir():  # complete, or pruned (the pruner's verdict stands); a run whose
+            # folder was deleted (cleanup) runs again
             skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
@@ -5199,6 +5200,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         found = best_of(complete_records(records), lambda r: record_metric(r, metric), args.mode)
         if found is not None:
             value, best = found
+
+            def kept(r: Mapping[str, Any]) -> bool:
+                return not r.get("run_dir") or Path(r["run_dir"]).is_dir()
+
+            if not kept(best):  # its folder was deleted (cleanup --include-best): the best whose folder is there
+                console.print(f"({best['model_name']} = {value:g} was better; its folder was deleted)", highlight=False)
+                found = best_of((r for r in complete_records(records) if kept(r)),
+                                lambda r: record_metric(r, metric), args.mode)
+        if found is not None:
+            value, best = found
             console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
                           highlight=False)
     rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
@@ -5493,34 +5504,69 @@ def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def best_runs(folder: Path) -> set[str]:
+    """The runs a sweep ranks best: those best/best.json lists (--top-k), and its best complete run by its
+    --metric and --mode (from sweep.json and the journal)."""
+    names: set[str] = set()
+    try:
+        names |= {r["name"] for r in json.loads((folder / "best" / "best.json").read_bytes())["runs"]}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    try:
+        settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
+        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        return names
+    latest = [recs[-1] for recs in read_journal(folder / JOURNAL).values()]
+    found = best_of((r for r in latest if r.get("state") == State.COMPLETE.value),
+                    lambda r: metric_of(r.get("metrics"), metric), mode)
+    if found is not None:
+        names.add(found[1]["model_name"])
+    return names
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep."""
+    """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep, never
+    the best runs (unless --include-best); on a terminal, --live asks first (unless --yes)."""
     cutoff = time.time() - args.days * 86400
-    total, count = 0, 0
-    for folder in find_sweeps(args.folders or ["outputs"]):
-        lock = try_lock(folder)
-        if lock is None:
-            print(f"skipped {folder}: a sweep is running there")
-            continue
-        try:
+    chosen: list[tuple[Path, int, float]] = []
+    locks = []
+    try:
+        for folder in find_sweeps(args.folders or ["outputs"]):
+            lock = try_lock(folder)
+            if lock is None:
+                print(f"skipped {folder}: a sweep is running there")
+                continue
+            locks.append(lock)  # held until the end: no sweep starts there while its folders are deleted
+            keep = set() if args.include_best else best_runs(folder)
             for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
                 newest = max(f.stat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
                 if newest >= cutoff:
                     continue
-                size = _folder_size(run_dir)
-                total, count = total + size, count + 1
-                age = (time.time() - newest) / 86400
-                print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
-                if args.live:
-                    try:
-                        shutil.rmtree(run_dir)
-                    except OSError as e:
-                        raise UserError(f"{run_dir}: cannot delete ({e.strerror or e}); {count - 1} run folder(s) "
-                                        "were deleted before it") from None
-        finally:
+                if run_dir.name in keep:
+                    print(f"kept {run_dir}: among the sweep's best runs (--include-best deletes it too)")
+                    continue
+                chosen.append((run_dir, _folder_size(run_dir), (time.time() - newest) / 86400))
+        for run_dir, size, age in chosen:
+            print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
+        total = sum(size for _, size, _ in chosen)
+        if args.live and chosen and sys.stdin.isatty() and not args.yes:
+            answer = input(f"delete these {len(chosen)} run folder(s), {total / MB:.1f} MB? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return EXIT_OK
+        for count, (run_dir, _, _) in enumerate(chosen if args.live else ()):
+            try:
+                shutil.rmtree(run_dir)
+            except OSError as e:
+                raise UserError(f"{run_dir}: cannot delete ({e.strerror or e}); {count} run folder(s) were deleted "
+                                "before it") from None
+    finally:
+        for lock in locks:
             os.close(lock)
     verb = "deleted" if args.live else "would delete"
-    print(f"{verb} {count} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete"))
+    print(f"{verb} {len(chosen)} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete")
+          + ("; a resumed sweep runs a deleted run again" if args.live and chosen else ""))
     return EXIT_OK
 
 
@@ -5544,6 +5590,9 @@ def build_tool_parser() -> argparse.ArgumentParser:
     c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
     c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
     c.add_argument("--live", action="store_true", help="really delete (without it, only print what would go)")
+    c.add_argument("--yes", action="store_true", help="with --live on a terminal: do not ask before deleting")
+    c.add_argument("--include-best", action="store_true",
+                   help="also delete the best runs (best/best.json's, and the best by the sweep's --metric)")
     return p
 
 

@@ -191,3 +191,46 @@ def test_list_says_whether_a_sweep_runs_was_interrupted_or_died(sweep):
     proc.communicate(timeout=30)
     sweep.wait_for(lambda: state("b") != "running", timeout=30, what="the guardian to let go")
     assert state("b") == "dead"
+
+
+def _age(folder: Path, days: float = 8) -> None:
+    then = time.time() - days * 86400
+    for f in [folder, *folder.rglob("*")]:
+        os.utime(f, (then, then))
+
+
+def test_cleanup_keeps_the_best_runs_and_resume_runs_a_deleted_run_again(finished):
+    out = finished.dir / "outputs"
+    for run_dir in [p for p in out.iterdir() if p.is_dir()]:
+        _age(run_dir)
+    best = out / "lr_0.01_depth_2_metric_0.2"  # val_loss 0.2: the sweep's best by its --metric
+    p = finished.run("cleanup", "--days", "7", "--live", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert f"kept outputs/{best.name}: among the sweep's best runs" in p.stdout
+    assert best.exists() and "deleted 3 run folder(s)" in p.stdout
+    assert not (out / "lr_0.001_depth_2_metric_0.5").exists()
+    p = finished.run("--max-processes-per-gpu", "2", "--metric", "val_loss")  # resume: the deleted runs again
+    assert "resume: 1 run(s) already complete" in p.stdout, p.stdout
+    assert (out / "lr_0.001_depth_2_metric_0.5").is_dir()
+    _age(best)
+    p = finished.run("cleanup", "--days", "7", "--live", "--include-best", trainer=False)
+    assert not best.exists()
+    p = report(finished, "--metric", "val_loss")
+    assert "(lr_0.01_depth_2_metric_0.2 = 0.2 was better; its folder was deleted)" in p.stdout
+    best_line = next(line for line in p.stdout.splitlines() if line.startswith("Best"))
+    assert "lr_0.1_depth_4_metric_0.3 = 0.3" in best_line  # the best whose folder is there
+    finished.run("--max-processes-per-gpu", "2", "--metric", "val_loss")
+    assert best.is_dir()
+
+
+def test_cleanup_asks_on_a_terminal(finished):
+    out = finished.dir / "outputs"
+    old = out / "lr_0.001_depth_2_metric_0.5"
+    _age(old)
+    term = finished.start_on_pty("cleanup", "--days", "7", "--live", trainer=False)
+    finished.wait_for(lambda: "[y/N]" in term.output(), what="the question")
+    os.write(term._master, b"n\n")
+    assert term.wait(20) == 0
+    assert "nothing deleted" in term.output() and old.exists()
+    p = finished.run("cleanup", "--days", "7", "--live", "--yes", trainer=False)  # not a terminal: no question
+    assert "deleted 1 run folder(s)" in p.stdout and not old.exists()
