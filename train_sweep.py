@@ -1291,6 +1291,27 @@ def default_short(key: str) -> str:
     return key.lstrip("+~").rsplit(".", 1)[-1]
 
 
+LABEL_CHARS = 48  # a run's label in the live view, the summary and plots is cut to this many characters
+
+
+def label_of(hyperparams: Mapping[str, Any], keys: Iterable[str], fallback: str) -> str:
+    """A run as the view shows it: `lr=0.001 seed=2` for the keys given (those that tell the sweep's runs
+    apart), cut to LABEL_CHARS; its name when there are none."""
+    def shown(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, (list, dict)) else format_value(value)
+
+    text = " ".join(f"{default_short(k)}={shown(hyperparams[k])}" for k in keys if k in hyperparams)
+    return (text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…") or fallback
+
+
+def run_labels(sets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each run's label by the keys whose values differ across the sweep (names stay as they are: stable as
+    runs are added; labels tell apart the runs of this sweep, whatever keys the names were built from)."""
+    keys = list(dict.fromkeys(k for hp in sets.values() for k in hp))
+    varying = [k for k in keys if len({canonical_json(hp[k]) if k in hp else None for hp in sets.values()}) > 1]
+    return {name: label_of(hp, varying, name) for name, hp in sets.items()}
+
+
 def name_part(key: str, value: Any, abbrev: Mapping[str, str]) -> str:
     """One `short_value` piece of a name. Booleans read `short` / `no_short`; an empty short keeps the value."""
     short = abbrev.get(key, default_short(key))
@@ -1410,6 +1431,7 @@ class Run:
     memory_mb: float | None = None  # gpu_memory_gb: free memory a GPU needs to take this run
     config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
     trial: int | None = None  # the number of its Optuna trial (a search, or a list with a pruner)
+    label: str = ""  # how the view and the summary show it: the hyperparameters that tell it apart
 
     def assign(self, gpus: tuple[int, ...]) -> None:
         """The GPUs of this attempt (() is the CPU), filled into {gpu} in the command."""
@@ -3272,7 +3294,7 @@ class LocalLauncher:
 class RunView(NamedTuple):
     """A running run, as reporters see it."""
 
-    name: str
+    name: str  # its label (the hyperparameters that tell it apart), else its name
     gpus: tuple[int, ...]
     start_time: float | None
     value: float | None = None  # the latest value of the ranking metric
@@ -3876,7 +3898,8 @@ class Sweep:
             mean, now = total / n, time.time()
             left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
             eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.name, r.gpus, r.start_time, self.board.get(r), r.step) for r in self.active)
+        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.board.get(r), r.step)
+                        for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
                         self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
                         tuple((r.name, v) for r, v in self.top(3)), self.source.status())
@@ -4871,7 +4894,7 @@ class Reporter:
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
         rows = []
         for r in shown:
-            row = [str(r.index), r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""), where(r.gpus),
+            row = [str(r.index), r.label or r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""), where(r.gpus),
                    fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
             if self.metric:
                 v = metric_of(r.metrics, self.metric)
@@ -5368,7 +5391,8 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         written.append(folder / "timeline.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-    durations = [(r["model_name"], r.get("duration_seconds"), r.get("state")) for r in records]
+    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in records})
+    durations = [(labels[r["model_name"]], r.get("duration_seconds"), r.get("state")) for r in records]
     durations = sorted([d for d in durations if d[1] is not None], key=lambda d: d[1])
     if durations:
         unit, unit_name = _time_unit(durations[-1][1])
@@ -5402,7 +5426,7 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         for r, c in sorted((rc for rc in curves if id(rc[0]) in best), key=lambda rc: best[id(rc[0])]):
             k = best[id(r)]
             ax.plot([p[0] for p in c], [p[1] for p in c], color=colors[k % len(colors)], linewidth=2,
-                    label=f"#{k + 1} {r['model_name'][:50]} ({record_metric(r, metric):g})")
+                    label=f"#{k + 1} {labels[r['model_name']]} ({record_metric(r, metric):g})")
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: {len(curves)} run(s), the {min(top, len(ranked))} best in colour")
@@ -5948,6 +5972,8 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         known = {r.get("identity"): name for name, records in journal.items() for r in records}
         runs = build_runs(entries, command, output_dir, abbrev, settings.command, settings.arg_style,
                           settings.name_template, settings.source, known)
+        for run, label in zip(runs, run_labels({r.name: r.hyperparams for r in runs}).values()):
+            run.label = label
         return Plan(settings, spec, runs, journal)
     fixed = search.base = {**spec.defaults, **search.fixed, **values}
     overlap = [k for k in values if k in search.params]
@@ -5971,6 +5997,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
             run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
                              source=settings.source)[0]
         run.index = run.trial = number
+        run.label = f"#{number} " + label_of(params, params, run.name)
         return run
 
     example = make_run(example_params(search), 0)  # checks the template and names before anything starts

@@ -265,12 +265,12 @@ def test_metric_and_best_run(sweep):
     table = p.stdout.split("train_sweep summary\n")[1].splitlines()[:4]
     assert table[0].split() == ["#", "run", "state", "where", "duration", "rc", "val_loss"]
     ranked = [line.split()[:2] for line in table[1:]]  # ranked by the metric, best first
-    assert ranked == [["1", "metric_0.25"], ["0", "metric_0.5"], ["2", "metric_0.75"]] and table[1].endswith("    0.25")
+    assert ranked == [["1", "metric=0.25"], ["0", "metric=0.5"], ["2", "metric=0.75"]] and table[1].endswith("    0.25")
     assert len({len(line) for line in table}) == 1 and not any("│" in line for line in table)
     p = sweep.run("--metric", "val_loss", "--mode", "max")
     assert "Best (max val_loss): metric_0.75 = 0.75" in p.stdout
     table = p.stdout.split("train_sweep summary\n")[1].splitlines()[:4]
-    assert [line.split()[1] for line in table[1:]] == ["metric_0.75", "metric_0.5", "metric_0.25"]
+    assert [line.split()[1] for line in table[1:]] == ["metric=0.75", "metric=0.5", "metric=0.25"]
 
 
 def test_stale_partial_is_removed_after_a_full_sweep(sweep):

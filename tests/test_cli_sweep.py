@@ -143,3 +143,18 @@ def test_help_is_grouped_and_named_as_invoked(sweep):
 def test_a_misspelled_flag_suggests_the_right_one(sweep):
     p = sweep.run("--metrc", "loss")
     assert p.returncode == 2 and "(did you mean --metric?)" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_runs_are_labelled_by_what_varies():
+    from train_sweep import LABEL_CHARS, run_labels
+
+    common = {f"k{i}": i for i in range(11)}  # the README's style: many keys, lr and seed last
+    sets = {f"run{i}": {**common, "lr": lr, "seed": seed} for i, (lr, seed) in
+            enumerate([(1e-3, 0), (1e-3, 1), (1e-4, 0), (1e-4, 1)])}
+    assert list(run_labels(sets).values()) == ["lr=0.001 seed=0", "lr=0.001 seed=1", "lr=0.0001 seed=0",
+                                               "lr=0.0001 seed=1"]
+    assert run_labels({"a": {"x": 1}, "b": {"x": 1}}) == {"a": "a", "b": "b"}  # nothing varies: the names
+    assert run_labels({"a": {"m.depth": [1, 2]}, "b": {"m.depth": [3]}}) == {"a": "depth=[1, 2]", "b": "depth=[3]"}
+    assert run_labels({"a": {"x": 1}, "b": {"x": 1, "y": 2}}) == {"a": "a", "b": "y=2"}  # a lacks y: its name
+    long = run_labels({"a": {"x": "a" * 100}, "b": {"x": "b"}})["a"]
+    assert len(long) == LABEL_CHARS and long.endswith("…")

@@ -131,7 +131,8 @@ def test_ties_keep_the_config_order_and_several_metrics_are_kept(sweep):
     sweep.config([{"tag": "a", "metric": 0.5}, {"tag": "b", "metric": 0.5}, {"tag": "c", "metric": 0.7}])
     p = sweep.run("--metric", "val_loss", "--metric", "other")
     table = p.stdout.split("train_sweep summary\n")[1].splitlines()[1:4]
-    assert [line.split()[1] for line in table] == ["tag_a_metric_0.5", "tag_b_metric_0.5", "tag_c_metric_0.7"]
+    assert [line.split()[1:3] for line in table] == [["tag=a", "metric=0.5"], ["tag=b", "metric=0.5"],
+                                                     ["tag=c", "metric=0.7"]]  # labelled by what varies
     assert "Best (min val_loss): tag_a_metric_0.5 = 0.5" in p.stdout
 
 
