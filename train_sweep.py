@@ -642,8 +642,6 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
     `a,b` and choice(a, b) are categorical, interval(lo, hi) a float range, range(lo, hi[, step]) an int (or
     float) range in steps, hi excluded as in a grid, tag(log, ...) on a log scale; shuffle(...) a choice.
     Returns the searched parameters and the plain values (set on every run)."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
     params: dict[str, Param] = {}
     plain: dict[str, Any] = {}
     for text, key, override in _parsed_overrides(overrides):
@@ -652,6 +650,11 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
         if not override.is_sweep_override():
             plain[key] = _plain_value(value)
             continue
+        if isinstance(override, SimpleOverride):  # read without hydra-core: a list of plain values
+            params[key] = make_param(where, "categorical", choices=list(override.sweep_iterator()))
+            continue
+        from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
         tags = set(getattr(value, "tags", ()) or ())
         if tags - {"log"}:
             raise UserError(f"{where}: tag {min(tags - {'log'})!r} is not known (tag(log, ...) is)")
@@ -5997,7 +6000,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
             run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
                              source=settings.source)[0]
         run.index = run.trial = number
-        run.label = f"#{number} " + label_of(params, params, run.name)
+        run.label = f"#{number} " + label_of(shown, shown, run.name)
         return run
 
     example = make_run(example_params(search), 0)  # checks the template and names before anything starts

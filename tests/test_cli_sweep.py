@@ -17,7 +17,7 @@ from train_sweep import SimpleOverride
 def no_hydra(tmp_path) -> str:
     """A PYTHONPATH on which `import hydra` fails, as where hydra-core is not installed."""
     fake = tmp_path / "no_hydra" / "hydra"
-    fake.mkdir(parents=True)
+    fake.mkdir(parents=True, exist_ok=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'hydra'\", name='hydra')\n")
     return os.pathsep.join([str(fake.parent), str(FAKE_NVML)])
 
@@ -158,3 +158,17 @@ def test_runs_are_labelled_by_what_varies():
     assert run_labels({"a": {"x": 1}, "b": {"x": 1, "y": 2}}) == {"a": "a", "b": "y=2"}  # a lacks y: its name
     long = run_labels({"a": {"x": "a" * 100}, "b": {"x": "b"}})["a"]
     assert len(long) == LABEL_CHARS and long.endswith("…")
+
+
+def test_a_search_over_plain_lists_needs_no_hydra(sweep, tmp_path):
+    pytest.importorskip("optuna")
+    sweep.gpus.set(count=1)
+    script = sweep.dir / "q.py"
+    script.write_text("import sys\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\nprint(f\"loss={args['lr']}\")\n")
+    p = sweep.run("--no-live", "--command", f"python {script}", "--search", "grid", "--metric", "loss", "lr=0.1,0.01",
+                  trainer=False, PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(r["hyperparams"]["lr"] for r in sweep.results()) == [0.01, 0.1]
+    p = sweep.run("--no-live", "--command", f"python {script}", "--search", "tpe", "--metric", "loss",
+                  "lr=interval(0.01, 0.1)", "--n-trials", "2", trainer=False, PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 2 and "pip install hydra-core" in p.stderr and "Traceback" not in p.stderr
