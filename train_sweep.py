@@ -24,10 +24,10 @@ Map of this file (sections in the order data flows):
     3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set;
                                   a search's space (Param, SearchSpec) from the config, Hydra's syntax, W&B
                                   and Protein sweep files
-    4. Runs and names             readable names, templates, argument styles (Hydra, argparse, equals), Runs
+    4. Runs and names             readable names, labels (what varies), templates, argument styles, Runs
     5. GPU probe                  NVML readings through pynvml, in one place
     6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool), classify,
-                                  requeue_reason
+                                  requeue_reason, broken_setup (fail fast)
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
                                   study: ask, tell, prune); the guardian, LogFollower and LocalLauncher
     8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
@@ -35,7 +35,7 @@ Map of this file (sections in the order data flows):
     9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
                                   read_metrics); best-K checkpoints (BestK); the journal, resume, the locks
     10. Reporting                 event lines, sweep.log, the live view, the summary
-    11. Offline tools             report, list, cleanup, plots (reading finished sweeps)
+    11. Offline tools             report (with a study's plots), list (sweep states), cleanup (keeps the best)
     12. CLI                       argparse, plan_runs, main(), run_sweep, cli() (the command)
 """
 
