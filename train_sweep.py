@@ -1307,11 +1307,16 @@ def label_of(hyperparams: Mapping[str, Any], keys: Iterable[str], fallback: str)
     return (text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…") or fallback
 
 
+def varying_keys(sets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The hyperparameters whose values differ across these runs, in the order they first appear."""
+    keys = list(dict.fromkeys(k for hp in sets for k in hp))
+    return [k for k in keys if len({canonical_json(hp[k]) if k in hp else None for hp in sets}) > 1]
+
+
 def run_labels(sets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """Each run's label by the keys whose values differ across the sweep (names stay as they are: stable as
     runs are added; labels tell apart the runs of this sweep, whatever keys the names were built from)."""
-    keys = list(dict.fromkeys(k for hp in sets.values() for k in hp))
-    varying = [k for k in keys if len({canonical_json(hp[k]) if k in hp else None for hp in sets.values()}) > 1]
+    varying = varying_keys(list(sets.values()))
     return {name: label_of(hp, varying, name) for name, hp in sets.items()}
 
 
@@ -5159,16 +5164,95 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
+    """--sort: a column (REPORT_SORTS), `metric` (the metric column) or `metric.NAME` (any metric): complete
+    runs first, best first; or `hp.KEY` / KEY (a hyperparameter: numbers in order, then text)."""
+    by_metric = sort == "metric" or sort.startswith("metric.")
+
     def key(r: Mapping[str, Any]) -> Any:
-        if sort == "metric":
-            v = record_metric(r, metric)
-            return (v is None, (v if mode == "min" else -v) if v is not None else 0)
+        if by_metric:
+            v = record_metric(r, metric if sort == "metric" else sort[len("metric."):])
+            return (r.get("state") != State.COMPLETE.value, v is None, (v if mode == "min" else -v) if v is not None else 0)
+        if sort not in REPORT_SORTS:
+            v = (r.get("hyperparams") or {}).get(sort[3:] if sort.startswith("hp.") else sort)
+            return (v is None, 0 if _is_number(v) else 1, v if _is_number(v) else canonical_json(v))
         value = {"name": r.get("model_name"), "state": r.get("state"), "gpu": r.get("gpu_id"),
                  "duration": r.get("duration_seconds"), "rc": r.get("returncode"), "start": r.get("start_time"),
                  "index": r.get("index")}[sort]
         return (value is None, str(value) if sort in ("gpu", "name", "state", "start") else (value or 0))
 
     return key
+
+
+REPORT_KEY_COLUMNS = 8  # the report shows at most this many varying hyperparameters as columns
+
+
+def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequence[str]) -> None:
+    if sort in REPORT_SORTS or sort.startswith("metric."):
+        return
+    key = sort[3:] if sort.startswith("hp.") else sort
+    if not any(key in (r.get("hyperparams") or {}) for r in records):
+        raise UserError(f"--sort {sort!r}: not a column ({', '.join(REPORT_SORTS)}), a metric (metric.NAME) or a "
+                        f"hyperparameter of these runs" + (f" ({', '.join(varying)} vary)" if varying else ""))
+
+
+def say_warning(message: str) -> None:
+    try:
+        sys.stderr.write(f"train_sweep: warning: {message}\n")
+    except (OSError, ValueError):
+        pass
+
+
+def failure_reasons(records: Sequence[Mapping[str, Any]], shown: int = 5) -> list[str]:
+    """Runs that failed, grouped by their last line of stderr (or why they could not start), most first."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("state") not in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
+            continue
+        last = r.get("error") or next((line for line in reversed((r.get("stderr") or "").splitlines()) if line.strip()),
+                                      f"{r.get('state')}, stderr empty")
+        groups.setdefault(one_line(last.strip(), 200), []).append(r["model_name"])
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    lines = [f"{len(names)} run(s): {line}  (e.g. {names[0]})" for line, names in ranked[:shown]]
+    if len(ranked) > shown:
+        lines.append(f"... and {len(ranked) - shown} other failure reason(s)")
+    return (["Failures, by their last line of stderr:"] + lines) if lines else []
+
+
+def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, varying: Sequence[str],
+                 metric: str | None, mode: str) -> None:
+    """--group-by seed: one row per configuration (the other varying hyperparameters), over the values of
+    `over`: runs, complete, the metric's mean ± std over the complete runs, and its best."""
+    import statistics
+
+    from rich.table import Table
+
+    if not any(over in (r.get("hyperparams") or {}) for r in records):
+        raise UserError(f"--group-by {over!r}: no run has that hyperparameter" +
+                        (f" ({', '.join(varying)} vary)" if varying else ""))
+    others = [k for k in varying if k != over]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        hp = r.get("hyperparams") or {}
+        groups.setdefault(canonical_json([hp.get(k) for k in others]), []).append(r)
+    rows = []
+    for members in groups.values():
+        values = [v for r in members if r.get("state") == State.COMPLETE.value
+                  and (v := record_metric(r, metric)) is not None]
+        mean = statistics.fmean(values) if values else None
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        best = (min(values) if mode == "min" else max(values)) if values else None
+        rows.append((mean, members, values, spread, best))
+    rows.sort(key=lambda row: (row[0] is None, 0 if row[0] is None else (row[0] if mode == "min" else -row[0])))
+    table = Table(title=f"by configuration, over {over} ({len(groups)} configuration(s))", title_justify="left")
+    for col in (*others, "runs", "complete", *((f"{metric} mean ± std", f"best {metric}") if metric else ())):
+        table.add_column(col, justify="left" if col in others else "right")
+    for mean, members, values, spread, best in rows:
+        hp = members[0].get("hyperparams") or {}
+        cells = [_cell(hp.get(k)) for k in others] + [str(len(members)), str(len(values))]
+        if metric:
+            cells += ["" if mean is None else f"{mean:.4g} ± {spread:.2g}", "" if best is None else f"{best:g}"]
+        table.add_row(*cells)
+    console.print(table)
 
 
 def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
@@ -5208,21 +5292,34 @@ def cmd_report(args: argparse.Namespace) -> int:
                           f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
         console.print(table)
     records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
+    varying = varying_keys([r.get("hyperparams") or {} for r in records])
+    check_sort(args.sort, records, varying)
+    if args.metric and metric and not any(record_metric(r, metric) is not None for r in records):
+        have = sorted({k for r in records for k in (r.get("metrics") or {})})
+        say_warning(f"no run has a metric named {metric!r}" + (f" (the runs have: {', '.join(have)})" if have else ""))
+        metric = None
     if args.state:
         records = [r for r in records if r.get("state") in args.state]
     records.sort(key=_sort_key(args.sort, metric, args.mode))
+    if args.group_by:
+        print_groups(console, records, args.group_by, varying, metric, args.mode)
     if len(sweeps) == 1:
         table = Table(title=f"{files[0]}: {len(records)} run(s)", title_justify="left")
-        for col in ("#", "run", "state", "GPU", "duration", "rc", *([metric] if metric else [])):
+        shown = varying[:REPORT_KEY_COLUMNS]
+        for col in ("#", "run", "state", *shown, "GPU", "duration", "rc", *([metric] if metric else [])):
             table.add_column(col, justify="right" if col in ("#", "duration", "rc", metric) else "left")
         for r in records:
-            row = [_cell(r.get("index")), r["model_name"], r.get("state", ""), gpu_label(r.get("gpu_id")),
+            hp = r.get("hyperparams") or {}
+            row = [_cell(r.get("index")), r["model_name"], r.get("state", ""),
+                   *(_cell(hp[k]) if k in hp else "" for k in shown), gpu_label(r.get("gpu_id")),
                    fmt_duration(r.get("duration_seconds")), _cell(r.get("returncode"))]
             if metric:
                 v = record_metric(r, metric)
                 row.append("" if v is None else f"{v:g}")
             table.add_row(*row)
         console.print(table)
+        for line in failure_reasons(records):
+            console.print(line, highlight=False, markup=False)
         found = best_of(complete_records(records), lambda r: record_metric(r, metric), args.mode)
         if found is not None:
             value, best = found
@@ -5602,7 +5699,12 @@ def build_tool_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="tool", required=True)
     r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
     r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
-    r.add_argument("--sort", choices=REPORT_SORTS, default="index", help="order of the rows (default: index)")
+    r.add_argument("--sort", default="index", metavar="KEY",
+                   help=f"order of the rows: {', '.join(REPORT_SORTS)}, metric.NAME, or a hyperparameter (lr or hp.lr); "
+                        "by a metric, complete runs come first, best first (default: index)")
+    r.add_argument("--group-by", metavar="KEY",
+                   help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
+                        "std over the complete runs, and its best")
     r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
     r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
     r.add_argument("--mode", choices=("min", "max"),

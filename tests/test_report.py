@@ -234,3 +234,53 @@ def test_cleanup_asks_on_a_terminal(finished):
     assert "nothing deleted" in term.output() and old.exists()
     p = finished.run("cleanup", "--days", "7", "--live", "--yes", trainer=False)  # not a terminal: no question
     assert "deleted 1 run folder(s)" in p.stdout and not old.exists()
+
+
+@pytest.fixture
+def seeds(sweep):
+    sweep.gpus.set(count=1)
+    trainer = sweep.dir / "t.py"
+    trainer.write_text("import sys, random\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+                       "lr, seed = float(args['lr']), int(args['seed'])\n"
+                       "if lr > 0.5:\n    sys.exit('RuntimeError: loss became NaN')\n"
+                       "print(f'val_loss={lr + seed * 0.001}')\n")
+    p = sweep.run("--no-live", "--no-fail-fast", "--command", f"python {trainer}", "--metric", "val_loss",
+                  "lr=0.1,0.01,1.0", "seed=0,1,2", "depth=3", trainer=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    return sweep
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+
+
+def test_report_columns_for_what_varies_sorting_and_failure_reasons(seeds):
+    p = report(seeds, "--sort", "metric")
+    assert p.returncode == 0, p.stderr
+    header = next(line for line in p.stdout.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.split("┃")[1:-1]][:5] == ["#", "run", "state", "lr", "seed"]  # depth: same for all
+    rows = _rows(p.stdout)
+    assert [r[2] for r in rows] == ["complete"] * 6 + ["failed"] * 3  # failed runs never above complete ones
+    assert [r[3] for r in rows[:3]] == ["0.01"] * 3 and rows[0][4] == "0"
+    assert "3 run(s): RuntimeError: loss became NaN  (e.g. lr_1_seed_0)" in p.stdout
+    rows = _rows(report(seeds, "--sort", "seed").stdout)
+    assert [r[4] for r in rows] == ["0", "0", "0", "1", "1", "1", "2", "2", "2"]
+    p = report(seeds, "--sort", "bogus")
+    assert p.returncode == 2 and "--sort 'bogus': not a column" in p.stderr and "lr, seed vary" in p.stderr
+
+
+def test_report_warns_of_a_metric_no_run_has(seeds):
+    p = report(seeds, "--metric", "val_los")
+    assert p.returncode == 0
+    assert "train_sweep: warning: no run has a metric named 'val_los' (the runs have: val_loss)" in p.stderr
+
+
+def test_report_group_by_seed(seeds):
+    p = report(seeds, "--group-by", "seed")
+    assert p.returncode == 0, p.stderr
+    table = p.stdout.split("by configuration, over seed (3 configuration(s))")[1]
+    rows = _rows(table)[:3]
+    assert rows[0][:3] == ["0.01", "3", "3"] and rows[0][3].startswith("0.011 ± 0.001") and rows[0][4] == "0.01"
+    assert rows[2][:3] == ["1.0", "3", "0"] and rows[2][3] == ""
+    p = report(seeds, "--group-by", "nope")
+    assert p.returncode == 2 and "--group-by 'nope': no run has that hyperparameter" in p.stderr
