@@ -5042,8 +5042,11 @@ class LiveReporter(Reporter):
 
         now = time.time()
         on: dict[int, list[RunView]] = {g: [] for g in progress.gpus}
+        also: dict[int, list[str]] = {}  # GPUs a multi-GPU run holds beyond its first
         for run in progress.running:
             on.setdefault(run.gpus[0] if run.gpus else CPU, []).append(run)
+            for g in run.gpus[1:]:
+                also.setdefault(g, []).append(f"{run.name} (also GPU {run.gpus[0]})")
         table = Table(box=None, pad_edge=False, header_style="bold")
         for col in ("GPU", "name", "memory", "util", "runs"):
             table.add_column(col, no_wrap=col != "runs")
@@ -5065,7 +5068,11 @@ class LiveReporter(Reporter):
                 + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "") if x.value is not None
                    else "") + ")"
                 for x in on.get(g, []))
-            table.add_row("CPU" if g == CPU else str(g), name, mem, util, runs or Text("idle", style="dim"))
+            runs = ", ".join([runs] * bool(runs) + also.get(g, []))
+            if not runs:  # nothing of this sweep's: idle, unless someone else's processes fill it
+                others = r is not None and (r.processes or (threshold is not None and r.memory_used_mb >= threshold))
+                runs = Text("in use by other processes" if others else "idle", style="yellow" if others else "dim")
+            table.add_row("CPU" if g == CPU else str(g), name, mem, util, runs)
         c = progress.counts
         finished = progress.total - c["running"] - c["pending"]
         filled = round(40 * finished / progress.total) if progress.total else 40
@@ -6221,7 +6228,8 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
                       for k, v in run.hyperparams.items())
         extra = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
         extra += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
-        table.add_row(str(run.index), Text(run.name), Text(" ".join([hp, *extra]).strip()), Text(shlex.join(run.argv)))
+        name = Text(run.name) + (Text(f" ({run.state.value}: skipped)", style="dim") if run.skipped else Text(""))
+        table.add_row(str(run.index), name, Text(" ".join([hp, *extra]).strip()), Text(shlex.join(run.argv)))
     console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(table)
     if len(runs) > DRY_RUN_ROWS:
@@ -6238,6 +6246,10 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
             console.print(f"  note: {line}", highlight=False, markup=False)
     else:
         console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
+        skipped = sum(run.skipped for run in runs)
+        if skipped:
+            console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters and "
+                          f"command are skipped; {len(runs) - skipped} to run (--rerun runs them all).", highlight=False)
     if note:
         console.print(note, highlight=False)
 
@@ -6306,6 +6318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plan.search is not None:
                 make_sampler(optuna, plan.search, 0, len(settings.modes))
         if settings.dry_run:
+            if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
+                plan_resume(runs, plan.journal)
             print_dry_run(runs, policy, gpus, note, plan.search, settings)
             return EXIT_OK
         cwd = Path.cwd()

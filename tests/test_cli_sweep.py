@@ -172,3 +172,35 @@ def test_a_search_over_plain_lists_needs_no_hydra(sweep, tmp_path):
     p = sweep.run("--no-live", "--command", f"python {script}", "--search", "tpe", "--metric", "loss",
                   "lr=interval(0.01, 0.1)", "--n-trials", "2", trainer=False, PYTHONPATH=no_hydra(tmp_path))
     assert p.returncode == 2 and "pip install hydra-core" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_gpu_rows_say_who_holds_a_gpu():
+    """A GPU held by the second half of a 2-GPU run, or filled by someone else's processes, is not 'idle'."""
+    import io
+
+    from rich.console import Console
+
+    from train_sweep import GpuReading, LiveReporter, Progress, RunView
+
+    readings = {0: GpuReading(0, "A", 9000, 81920, 50, frozenset({11})), 1: GpuReading(1, "B", 9000, 81920, 50),
+                2: GpuReading(2, "C", 50000, 81920, 90, frozenset({99})), 3: GpuReading(3, "D", 500, 81920, 0)}
+    progress = Progress({"complete": 0, "running": 1, "pending": 0}, 1, None,
+                        (RunView("lr=0.1", (0, 1), None),), (0, 1, 2, 3), readings, 40 * 1024, None, None)
+    out = io.StringIO()
+    Console(file=out, width=200).print(LiveReporter("loss", "min", stream=io.StringIO()).render(progress))
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines() if line[:1].isdigit()}
+    assert "lr=0.1 (" in rows["0"]
+    assert "lr=0.1 (also GPU 0)" in rows["1"] and "idle" not in rows["1"]
+    assert "in use by other processes" in rows["2"]
+    assert "idle" in rows["3"]
+
+
+def test_dry_run_shows_what_resume_would_skip(sweep):
+    sweep.gpus.set(count=1)
+    assert sweep.run("--no-live", "x=1,2").returncode == 0
+    p = sweep.run("--dry-run", "x=1,2,3")
+    assert p.returncode == 0, p.stderr
+    assert "Resume: 2 of them already complete (or pruned) with the same hyperparameters and command are skipped; " \
+           "1 to run" in " ".join(p.stdout.split())
+    assert "(complete: skipped)" in p.stdout
+    assert "Resume:" not in sweep.run("--dry-run", "--rerun", "x=1,2,3").stdout

@@ -103,7 +103,7 @@ def test_live_view_in_a_real_terminal(sweep):
         row0 = next(line for line in screen.splitlines() if re.match(r"\s*0\s", line))
         row1 = next(line for line in screen.splitlines() if re.match(r"\s*1\s", line))
         assert "Fake GPU 0" in row0 and "n=0 (" in row0 and "/80 GB" in row0  # labelled by what varies: n
-        assert "Fake GPU 1" in row1 and "93%" in row1 and "idle" in row1 and "43.9/80 GB" in row1
+        assert "Fake GPU 1" in row1 and "93%" in row1 and "in use by other processes" in row1 and "43.9/80 GB" in row1
         assert re.search(r"complete 0\s+running 2\s+pending 2", screen)
         assert "waiting for GPU memory: GPU 1: 43.9 GB used >= 40 GB" in screen
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
