@@ -631,6 +631,11 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
             except Exception as e:  # interval() and other sweeps that need a search, not a list
                 raise UserError(f"override {text!r}: {e} (train_sweep expands lists, choice() and range(); "
                                 "interval() needs a search: --search tpe)") from None
+            seen_values = [canonical_json(v) for v in values]
+            twice = next((v for i, v in enumerate(values) if seen_values[i] in seen_values[:i]), None)
+            if len(set(seen_values)) < len(values):
+                raise UserError(f"override {text!r}: the value {format_value(twice)} is listed twice (every run would "
+                                "have a twin)")
             sweeps[key] = values
         else:
             plain[key] = _plain_value(override.value())
@@ -5722,6 +5727,13 @@ def build_tool_parser() -> argparse.ArgumentParser:
                    "metric's learning curves (the 3 best in colour), metric vs each varying hyperparameter")
     ls = sub.add_parser("list", help="the sweeps under output folders")
     ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
+    st = sub.add_parser("status", help="a running (or ended) sweep from another shell: runs by state, GPUs, best")
+    st.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
+                    "(default: outputs)")
+    w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
+    w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
+                   "(default: outputs)")
+    w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS", help="redraw interval (default: 2)")
     c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")
     c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
     c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
@@ -5732,7 +5744,86 @@ def build_tool_parser() -> argparse.ArgumentParser:
     return p
 
 
-TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup}
+def sweep_alive(folder: Path) -> int | None:
+    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
+    without taking the lock (a sweep starting now must not find it taken)."""
+    try:
+        pid = int((folder / LOCK).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"train_sweep" in command or b"train-sweep" in command else None
+
+
+def status_lines(folder: Path) -> tuple[list[str], bool]:
+    """A sweep as another shell sees it: whether its process lives, its runs by state, each GPU's running
+    runs with their elapsed time, and the best so far (sweep.json, the journal, the runs' run.json)."""
+    try:
+        record = json.loads((folder / "sweep.json").read_bytes())
+        settings = record.get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir") from None
+    pid = sweep_alive(folder)
+    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+    running = []
+    for mark in folder.glob(f"*/{RUN_MARK}"):
+        try:
+            run = json.loads((mark.parent / "run.json").read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and run.get("model_name") not in latest:
+            running.append(run)
+    counts = {s.value: 0 for s in FINISHED_ORDER}
+    for r in latest.values():
+        if not r.get("requeued") and r.get("state") in counts:
+            counts[r["state"]] += 1
+    total = record.get("runs") or 0
+    pending = max(0, total - sum(counts.values()) - len(running)) if pid else 0
+    state = "running" if pid else "dead (killed: run the same command to resume)" if running else \
+        "interrupted" if counts["interrupted"] else "finished"
+    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
+             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running" if pid else "",
+                                                         f"{pending} pending" if pending else "") if x)]
+    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
+    now = time.time()
+    by_gpu: dict[str, list[str]] = {}
+    for r in running if pid else ():
+        since = _parse_time(r.get("start_time"))
+        by_gpu.setdefault(where(r.get("gpu_id")), []).append(
+            f"{labels.get(r['model_name'], r['model_name'])} ({fmt_duration(now - since if since else None)})")
+    lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
+    metric, mode = (settings.get("metric") or [None])[0], (settings.get("mode") or "min").split(",")[0]
+    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value),
+                    lambda r: metric_of(r.get("metrics"), metric), mode) if metric else None
+    if found is not None:
+        lines.append(f"best {metric} so far: {found[1]['model_name']} = {found[0]:g}")
+    return lines, pid is not None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lines, _ = status_lines(Path(args.folder))
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """status, redrawn every --every seconds until the sweep's process ends (or Ctrl+C)."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    folder = Path(args.folder)
+    lines, alive = status_lines(folder)
+    with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
+        while alive:
+            time.sleep(args.every)
+            lines, alive = status_lines(folder)
+            live.update(Text("\n".join(lines)), refresh=True)
+    return EXIT_OK
+
+
+TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -5826,6 +5917,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
                     "multiplies the runs, seed=0 sets a value on every run.",
         epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
+               "'train_sweep status [OUTPUT_DIR]', 'train_sweep watch [OUTPUT_DIR]', "
                "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
                "3 the sweep's output could not be written, 130 interrupted",

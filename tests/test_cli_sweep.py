@@ -115,6 +115,7 @@ def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
     (["lr=1,2", "lr=3"], "override 'lr=3': 'lr' is already given by 'lr=1,2'; give each key once"),
     (["--set", "lr=5", "lr=1,2"], "--set lr=...: 'lr' is swept by a command-line sweep"),
     (["lr=1", "--set", "lr=2"], "--set lr=... and the override lr=... both set 'lr'"),
+    (["lr=1,2,1"], "override 'lr=1,2,1': the value 1 is listed twice"),
 ])
 def test_conflicting_overrides_name_the_cause(sweep, args, fragment):
     p = sweep.run("--dry-run", *args)

@@ -284,3 +284,29 @@ def test_report_group_by_seed(seeds):
     assert rows[2][:3] == ["1.0", "3", "0"] and rows[2][3] == ""
     p = report(seeds, "--group-by", "nope")
     assert p.returncode == 2 and "--group-by 'nope': no run has that hyperparameter" in p.stderr
+
+
+def test_status_from_another_shell(sweep):
+    from conftest import interrupt
+
+    sweep.gpus.set(count=2)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+                    "time.sleep(float(args['s']))\nprint(f\"loss={args['s']}\")\n")
+    proc = sweep.start("--no-live", "--command", f"python {slow}", "--metric", "loss", "s=0.2,30,31,32", trainer=False)
+    try:
+        sweep.wait_for(lambda: "1 complete, 2 running, 1 pending" in sweep.run("status", trainer=False).stdout,
+                       what="the status of the running sweep")
+        p = sweep.run("status", trainer=False)
+        assert p.returncode == 0 and f"outputs: running (PID {proc.pid})" in p.stdout, p.stdout
+        assert re.search(r"GPU 0: s=3[01] \(\d", p.stdout) and re.search(r"GPU 1: s=3[01] \(\d", p.stdout), p.stdout
+        assert "best loss so far: s_0.2 = 0.2" in p.stdout
+    finally:
+        interrupt(proc)
+        proc.communicate(timeout=30)
+    p = sweep.run("status", trainer=False)
+    assert "outputs: interrupted" in p.stdout and "running" not in p.stdout.splitlines()[1]
+    p = sweep.run("watch", "--every", "0.1", trainer=False)  # the sweep has ended: one frame, then it returns
+    assert p.returncode == 0 and "outputs: interrupted" in p.stdout
+    p = sweep.run("status", "nowhere", trainer=False)
+    assert p.returncode == 2 and "nowhere: no sweep here (no sweep.json)" in p.stderr
