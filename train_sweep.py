@@ -5593,13 +5593,23 @@ def find_sweeps(folders: Sequence[str]) -> list[Path]:
     return sorted(set(found))
 
 
+def sweep_alive(folder: Path) -> int | None:
+    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
+    without taking the lock (a sweep starting now must not find it taken)."""
+    try:
+        pid = int((folder / LOCK).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"train_sweep" in command or b"train-sweep" in command else None
+
+
 def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]]) -> str:
-    """running (a live sweep holds the folder's lock), dead (a run.json still says running, and no sweep holds
-    the lock: the sweep was killed), interrupted (a run's last record is interrupted), else finished."""
-    lock = try_lock(folder)
-    if lock is None:
+    """running (the train_sweep of its lock file lives), dead (a run.json still says running, and no sweep
+    lives: it was killed), interrupted (a run's last record is interrupted), else finished. Read without
+    taking the lock: a sweep starting now must not find it taken."""
+    if sweep_alive(folder) is not None:
         return "running"
-    os.close(lock)
     for run_json in folder.glob(f"*/{RUN_MARK}"):
         try:
             if json.loads((run_json.parent / "run.json").read_bytes()).get("state") == State.RUNNING.value:
@@ -5742,17 +5752,6 @@ def build_tool_parser() -> argparse.ArgumentParser:
     c.add_argument("--include-best", action="store_true",
                    help="also delete the best runs (best/best.json's, and the best by the sweep's --metric)")
     return p
-
-
-def sweep_alive(folder: Path) -> int | None:
-    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
-    without taking the lock (a sweep starting now must not find it taken)."""
-    try:
-        pid = int((folder / LOCK).read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"train_sweep" in command or b"train-sweep" in command else None
 
 
 def status_lines(folder: Path) -> tuple[list[str], bool]:
