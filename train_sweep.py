@@ -5469,33 +5469,45 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         raise UserError("--plots needs matplotlib: pip install matplotlib (or pip install 'train-sweep[plots]')") from None
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    timed = [(r, _parse_time(r.get("start_time")), _parse_time(r.get("end_time"))) for r in records]
-    timed = [(r, s, e) for r, s, e in timed if s is not None and e is not None]
+    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in records})
+    spans = [(r, r, False) for r in records] + [(dict(a, model_name=r["model_name"]), r, True)  # earlier attempts
+                                              for r in records for a in r.get("attempts") or ()]
+    timed = [(a, _parse_time(a.get("start_time")), _parse_time(a.get("end_time")), earlier)
+             for a, r, earlier in spans]
+    timed = [(r, s, e, earlier) for r, s, e, earlier in timed if s is not None and e is not None]
     if timed:
-        t0 = min(s for _, s, _ in timed)
-        unit, unit_name = _time_unit(max(e for _, _, e in timed) - t0)
+        t0 = min(s for _, s, _, _ in timed)
+        unit, unit_name = _time_unit(max(e for _, _, e, _ in timed) - t0)
+        width = (max(e for _, _, e, _ in timed) - t0) / unit or 1.0
         lanes: dict[str, list[float]] = {}  # GPU -> end time of each slot in its lane
         placed = []
-        for r, s, e in sorted(timed, key=lambda x: x[1]):
+        for r, s, e, earlier in sorted(timed, key=lambda x: x[1]):
             slots = lanes.setdefault(gpu_label(r.get("gpu_id")), [])
             slot = next((i for i, end in enumerate(slots) if end <= s + 1e-6), len(slots))
             if slot == len(slots):
                 slots.append(e)
             else:
                 slots[slot] = e
-            placed.append((r, s, e, gpu_label(r.get("gpu_id")), slot))
+            placed.append((r, s, e, gpu_label(r.get("gpu_id")), slot, earlier))
         order = sorted(lanes, key=lambda g: (g == "CPU", len(g), g))
         base, y = {}, 0.0
         for g in order:
             base[g] = y
             y += len(lanes[g]) + 0.5
         fig, ax = plt.subplots(figsize=(12, max(2.5, 0.45 * y + 1.5)))
-        for r, s, e, g, slot in placed:
+        for r, s, e, g, slot, earlier in placed:
             ax.broken_barh([((s - t0) / unit, max((e - s) / unit, 1e-3))], (base[g] + slot + 0.1, 0.8),
-                           facecolors=STATE_COLORS.get(r.get("state"), "#1f77b4"), edgecolor="white", linewidth=0.5)
+                           facecolors=STATE_COLORS.get(r.get("state"), "#1f77b4"), edgecolor="white", linewidth=0.5,
+                           hatch="//" if earlier else None, alpha=0.6 if earlier else 1.0)
+            if (e - s) / unit > width / 12:  # the run's label where its bar has room
+                ax.text((s - t0) / unit + width / 200, base[g] + slot + 0.5, labels.get(r["model_name"], "")[:30],
+                        va="center", fontsize=6, color="white", clip_on=True)
         ax.set_yticks([base[g] + len(lanes[g]) / 2 for g in order], [f"GPU {g}" if g != "CPU" else "CPU" for g in order])
+        ax.invert_yaxis()  # GPU 0 at the top, as nvidia-smi lists them
         ax.set_xlabel(f"{unit_name} since the first run started")
-        ax.set_title(f"GPU timeline: {len(placed)} run(s)")
+        attempts = sum(earlier for *_, earlier in placed)
+        ax.set_title(f"GPU timeline: {len(placed) - attempts} run(s)"
+                     + (f", {attempts} earlier attempt(s) hatched" if attempts else ""))
         ax.legend(handles=[Patch(color=c, label=s) for s, c in STATE_COLORS.items()
                            if any(r.get("state") == s for r, *_ in placed)], loc="upper right", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
@@ -5503,7 +5515,6 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         written.append(folder / "timeline.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in records})
     durations = [(labels[r["model_name"]], r.get("duration_seconds"), r.get("state")) for r in records]
     durations = sorted([d for d in durations if d[1] is not None], key=lambda d: d[1])
     if durations:
@@ -5549,34 +5560,80 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         written.append(folder / f"{clean(metric)}_curves.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-    scored = [(r, v) for r in complete_records(records) if (v := record_metric(r, metric)) is not None]
-    if metric and scored:
-        keys: dict[str, None] = {}
-        for r, _ in scored:
-            keys.update(dict.fromkeys(r.get("hyperparams") or {}))
-        for key in keys:
-            values = [(r.get("hyperparams") or {}).get(key) for r, _ in scored]
-            if len({canonical_json(v) for v in values}) < 2:
-                continue  # only hyperparameters that vary
-            fig, ax = plt.subplots(figsize=(6, 4))
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            if numeric:
-                ax.scatter(values, [v for _, v in scored], color="#1f77b4")
-                positive = [v for v in values if v > 0]
-                if len(positive) == len(values) and max(positive) / min(positive) >= 30:
-                    ax.set_xscale("log")
-            else:
-                cats = sorted({canonical_json(v) for v in values})
-                ax.scatter([cats.index(canonical_json(v)) for v in values], [v for _, v in scored], color="#1f77b4")
-                ax.set_xticks(range(len(cats)), [c.strip('"')[:20] for c in cats], rotation=30, fontsize=8)
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric} vs {key}")
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            written.append(folder / f"{clean(metric)}_vs_{clean(key)}.png")
-            fig.savefig(written[-1], dpi=110)
-            plt.close(fig)
+    if metric:
+        written += metric_vs_keys(folder, records, metric, mode, plt)
+    return written
+
+
+def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: str, mode: str, plt: Any) -> list[Path]:
+    """<metric>_vs_<key>.png for each hyperparameter that varies (not seeds, not keys named like a metric),
+    and overview.png with all of them side by side: which settings matter. Complete runs as dots, failed,
+    pruned and interrupted ones that reported the metric as crosses, the best run as a star; numbers on a
+    number axis (log when they span 30x), anything else as categories with a box per category."""
+    scored = [(r, v) for r in records if (v := record_metric(r, metric)) is not None]
+    names = {k for r in records for k in (r.get("metrics") or {})}
+    keys = [k for k in varying_keys([r.get("hyperparams") or {} for r, _ in scored])
+            if "seed" not in k.lower() and k not in names and k != metric]
+    if not keys:
+        return []
+    complete = [(r, v) for r, v in scored if r.get("state") == State.COMPLETE.value]
+    found = best_of(complete, lambda rv: rv[1], mode)
+    best = found[1][0] if found else None
+    written = []
+
+    def draw(ax: Any, key: str) -> None:
+        values = [(r.get("hyperparams") or {}).get(key) for r, _ in scored]
+        numeric = all(_is_number(v) for v in values)
+        cats = [] if numeric else sorted({canonical_json(v) for v in values}, key=lambda c: (len(c), c))
+
+        def x(v: Any) -> float:
+            return v if numeric else cats.index(canonical_json(v))
+
+        if not numeric:  # a box per category, over its complete runs
+            groups = [[m for (r, m), v in zip(scored, values) if r.get("state") == State.COMPLETE.value
+                       and canonical_json(v) == c] for c in cats]
+            ax.boxplot([g or [math.nan] for g in groups], positions=range(len(cats)), widths=0.5,
+                       showfliers=False, medianprops={"color": "#0072B2"})
+            ax.set_xticks(range(len(cats)), [c.strip('"')[:20] for c in cats], rotation=30, fontsize=8)
+        ok = [(x(v), m) for (r, m), v in zip(scored, values) if r.get("state") == State.COMPLETE.value]
+        bad = [(x(v), m) for (r, m), v in zip(scored, values) if r.get("state") != State.COMPLETE.value]
+        ax.scatter([p[0] for p in ok], [p[1] for p in ok], color="#0072B2", s=18, label="complete")
+        if bad:
+            ax.scatter([p[0] for p in bad], [p[1] for p in bad], color="#D55E00", marker="x", s=22,
+                       label="failed, pruned or interrupted (last value)")
+        if best is not None:
+            ax.scatter([x((best.get("hyperparams") or {}).get(key))], [found[0]], marker="*", s=160,
+                       color="#E69F00", edgecolor="black", zorder=3, label="best")
+        positive = [v for v in values if numeric and v > 0]
+        if numeric and len(positive) == len(values) and max(positive) / min(positive) >= 30:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        draw(ax, key)
+        ax.set_title(f"{metric} vs {key}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(folder / f"{clean(metric)}_vs_{clean(key)}.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(6.5, 4.2 * columns), 3.4 * rows + 0.8), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        draw(ax, key)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, texts = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="lower center", ncol=len(texts), fontsize=8, frameon=False)
+    fig.suptitle(f"which settings matter: {metric} ({mode}) by each varying hyperparameter", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    written.append(folder / "overview.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
     return written
 
 

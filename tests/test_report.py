@@ -71,9 +71,10 @@ def test_report_plots_are_real_images(finished):
     p = report(finished, "--plots", str(plots))
     assert p.returncode == 0, p.stderr
     names = sorted(f.name for f in plots.iterdir())
-    # metric vs each hyperparameter that varies among complete runs ("metric" is one in this fake sweep)
+    # metric vs each hyperparameter that varies among the runs with a value ("metric" is one in this fake sweep;
+    # "exit" is set on the failed run only, drawn as a cross), and the overview of them all
     assert names == sorted(["durations.png", "timeline.png", "val_loss_curves.png", "val_loss_vs_depth.png",
-                            "val_loss_vs_lr.png", "val_loss_vs_metric.png"])
+                            "val_loss_vs_lr.png", "val_loss_vs_metric.png", "val_loss_vs_exit.png", "overview.png"])
     for name in names:
         w, h = png_size(plots / name)
         assert 400 <= w <= 3000 and 250 <= h <= 3000, (name, w, h)
@@ -310,3 +311,36 @@ def test_status_from_another_shell(sweep):
     assert p.returncode == 0 and "outputs: interrupted" in p.stdout
     p = sweep.run("status", "nowhere", trainer=False)
     assert p.returncode == 2 and "nowhere: no sweep here (no sweep.json)" in p.stderr
+
+
+def test_plots_leave_out_seeds_and_mark_the_failed_and_the_best(seeds, tmp_path):
+    """No metric-vs-seed plot; the overview draws lr (a number) with the failed runs as crosses and the best as a
+    star (checked through matplotlib's own objects)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train_sweep import load_results, metric_vs_keys
+
+    records = load_results(str(seeds.dir / "train_sweep_results.json"))
+    for r in records:  # the failed runs reported a value before failing
+        if r["state"] == "failed":
+            r["metrics"] = {"val_loss": 2.0}
+    saved = []
+    real = plt.Figure.savefig
+
+    def keep(fig, path, **kw):
+        saved.append((Path(path).name, fig))
+        return real(fig, path, **kw)
+
+    plt.Figure.savefig = keep
+    try:
+        written = metric_vs_keys(tmp_path, records, "val_loss", "min", plt)
+    finally:
+        plt.Figure.savefig = real
+    assert sorted(p.name for p in written) == ["overview.png", "val_loss_vs_lr.png"]  # not seed
+    fig = dict(saved)["val_loss_vs_lr.png"]
+    kinds = {c.get_label(): len(c.get_offsets()) for c in fig.axes[0].collections}
+    assert kinds == {"complete": 6, "failed, pruned or interrupted (last value)": 3, "best": 1}
