@@ -4951,12 +4951,15 @@ class Reporter:
 
 
 class LiveReporter(Reporter):
-    """On a terminal: a live view redrawn four times a second. One row per GPU (memory bar, utilization,
-    its runs with their elapsed time), the overall progress with ETA, and the last events. Everything
-    still goes to sweep.log; the summary is printed below the last frame."""
+    """On a terminal: a live view redrawn four times a second, on the alternate screen (a resize leaves no
+    debris), fitted to the terminal: one line per GPU (memory bar, utilization, its runs with their elapsed
+    time), the overall progress with ETA, the last failure, and as many of the last events as the height
+    leaves room for. On a narrow terminal the GPU's name goes first, then the bars shrink and go; runs'
+    labels are cut, never wrapped. Everything still goes to sweep.log; at the end the last frame is printed
+    on the normal screen and the summary below it."""
 
     refresh_s = 0.25
-    EVENTS = 8
+    EVENTS = 200
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from collections import deque
@@ -4967,6 +4970,13 @@ class LiveReporter(Reporter):
         self._next_draw = 0.0
         self._started = time.time()
         self._last: Progress | None = None
+        self.last_failure: str | None = None
+
+    def finished(self, run: Run, progress: Progress, requeue: str | None = None) -> None:
+        super().finished(run, progress, requeue)
+        if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
+            last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
+            self.last_failure = f"last failure: {run.label or run.name} ({run.state.value}): {one_line(last, 300)}"
 
     def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
         if self._live is None:  # before the loop starts and after it ends: plain lines
@@ -4988,7 +4998,7 @@ class LiveReporter(Reporter):
         from rich.console import Console
         from rich.live import Live
 
-        self._live = Live(console=Console(file=self.stream), auto_refresh=False, transient=False,
+        self._live = Live(console=Console(file=self.stream), auto_refresh=False, transient=True, screen=True,
                           redirect_stdout=False, redirect_stderr=False)
         try:
             self._live.start()
@@ -5007,14 +5017,16 @@ class LiveReporter(Reporter):
     def end(self) -> None:
         if self._live is not None:
             try:
-                if self._last is not None:
-                    self._draw(self._last)  # the final state, then let go
                 if not self.silent:
-                    self._live.stop()
+                    self._live.stop()  # back from the alternate screen
+                    if self._last is not None:  # the final state stays on the normal screen
+                        self._live.console.print(self.render(self._last, room_for_events=self.EVENTS_AT_END))
             except (OSError, ValueError):
                 self.silent = True
             finally:
                 self._live = None
+
+    EVENTS_AT_END = 8  # events in the last frame printed at the end
 
     def print_summary(self, header: list[str], rows: list[list[str]], states: list[State], lines: list[str]) -> None:
         """On the terminal: a rich table, each state in its colour."""
@@ -5040,67 +5052,76 @@ class LiveReporter(Reporter):
         except (OSError, ValueError):
             self.silent = True
 
-    def render(self, progress: Progress) -> Any:
+    def render(self, progress: Progress, room_for_events: int | None = None) -> Any:
+        """The frame, fitted to the terminal's width and height (see the class)."""
         from rich.console import Group
-        from rich.table import Table
         from rich.text import Text
 
+        width, height = self._live.console.size if self._live is not None else (120, 40)
+        width = max(20, width - 1)
         now = time.time()
-        on: dict[int, list[RunView]] = {g: [] for g in progress.gpus}
-        also: dict[int, list[str]] = {}  # GPUs a multi-GPU run holds beyond its first
-        for run in progress.running:
-            on.setdefault(run.gpus[0] if run.gpus else CPU, []).append(run)
-            for g in run.gpus[1:]:
-                also.setdefault(g, []).append(f"{run.name} (also GPU {run.gpus[0]})")
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("GPU", "name", "memory", "util", "runs"):
-            table.add_column(col, no_wrap=col != "runs")
-        threshold = progress.threshold_mb
-        for g in progress.gpus:
-            r = progress.readings.get(g)
-            if r is not None:
-                frac = r.memory_used_mb / r.memory_total_mb if r.memory_total_mb else 0.0
-                style = "red" if threshold is not None and r.memory_used_mb >= threshold else "green"
-                filled = round(frac * 20)
-                mem = Text("█" * filled, style=style) + Text("░" * (20 - filled), style="dim")
-                mem += Text(f" {r.memory_used_mb / 1024:5.1f}/{r.memory_total_mb / 1024:.0f} GB")
-                util = "-" if r.utilization is None else f"{r.utilization}%"
-                name = r.name
-            else:
-                mem, util, name = Text("-"), "-", "CPU" if g == CPU else "(no reading)"
-            runs = ", ".join(
-                f"{x.name} ({fmt_duration(now - (x.start_time or now))}"
-                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "") if x.value is not None
-                   else "") + ")"
-                for x in on.get(g, []))
-            runs = ", ".join([runs] * bool(runs) + also.get(g, []))
-            if not runs:  # nothing of this sweep's: idle, unless someone else's processes fill it
-                others = r is not None and (r.processes or (threshold is not None and r.memory_used_mb >= threshold))
-                runs = Text("in use by other processes" if others else "idle", style="yellow" if others else "dim")
-            table.add_row("CPU" if g == CPU else str(g), name, mem, util, runs)
+        rows = [self._gpu_line(g, progress, width, now) for g in progress.gpus]
         c = progress.counts
         finished = progress.total - c["running"] - c["pending"]
-        filled = round(40 * finished / progress.total) if progress.total else 40
-        progress_line = Text("█" * filled, style="cyan") + Text("░" * (40 - filled), style="dim")
-        progress_line += Text(
-            f" {finished}/{progress.total}  {progress.bracket()[1:-1].replace(' |', ' ')}  "
+        bar = 40 if width >= 120 else 20 if width >= 90 else 10 if width >= 60 else 0
+        filled = round(bar * finished / progress.total) if progress.total else bar
+        progress_line = Text("█" * filled, style="cyan") + Text("░" * (bar - filled), style="dim") + Text(
+            f"{' ' if bar else ''}{finished}/{progress.total}  {progress.bracket()[1:-1].replace(' |', ' ')}  "
             f"elapsed {fmt_duration(now - self._started)}"
             + (f"  ETA {fmt_duration(progress.eta)}" if progress.eta is not None and (c["running"] or c["pending"])
-               else "")
-        )
-        parts: list[Any] = [Text("train_sweep", style="bold"), table, progress_line]
+               else ""))
+        fixed = [progress_line]
         if progress.top:
-            parts.append(Text(f"best {self.metric} so far: " + ", ".join(f"{name} {value:g}" for name, value in progress.top),
-                              style="green"))
+            fixed.append(Text(f"best {self.metric} so far: " + ", ".join(f"{name} {value:g}" for name, value in
+                                                                        progress.top), style="green"))
         if progress.search:
-            parts.append(Text(progress.search, style="cyan"))
+            fixed.append(Text(progress.search, style="cyan"))
         if progress.waiting and progress.stopping is None:
-            parts.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
+            fixed.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
         if progress.stopping:
-            parts.append(Text(f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL after "
+            fixed.append(Text(f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL after "
                               "the grace period; Ctrl+C again kills them now)", style="yellow"))
-        parts.append(Text("\n".join(self.events), style="dim") if self.events else Text(""))
-        return Group(*parts)
+        if self.last_failure:
+            fixed.append(Text(self.last_failure, style="red"))
+        room = room_for_events if room_for_events is not None else height - 2 - len(rows) - len(fixed)
+        events = list(self.events)[-room:] if room > 0 else []
+        lines = [Text("train_sweep", style="bold"), *rows, *fixed, *(Text(e, style="dim") for e in events)]
+        for line in lines:
+            line.no_wrap = True
+            line.truncate(width, overflow="ellipsis")
+        return Group(*lines)
+
+    def _gpu_line(self, g: int, progress: Progress, width: int, now: float) -> Any:
+        """One GPU on one line: id, name (from 120 columns), memory bar (20 wide from 140, 10 from 100, none
+        below), used/total, utilization, and its runs, cut to what is left."""
+        from rich.text import Text
+
+        r = progress.readings.get(g)
+        line = Text(f"{'CPU' if g == CPU else g:<4}")
+        threshold = progress.threshold_mb
+        if r is not None:
+            if width >= 120:
+                line += Text(f"{r.name[:16]:<17}")
+            bar = 20 if width >= 140 else 10 if width >= 100 else 0
+            frac = r.memory_used_mb / r.memory_total_mb if r.memory_total_mb else 0.0
+            style = "red" if threshold is not None and r.memory_used_mb >= threshold else "green"
+            filled = round(frac * bar)
+            line += Text("█" * filled, style=style) + Text("░" * (bar - filled), style="dim")
+            line += Text(f"{' ' if bar else ''}{r.memory_used_mb / 1024:5.1f}/{r.memory_total_mb / 1024:.0f}G ")
+            line += Text(f"{'-' if r.utilization is None else f'{r.utilization}%':>4}  ")
+        elif g != CPU:
+            line += Text("(no reading)  ", style="dim")
+        mine = [x for x in progress.running if (x.gpus[0] if x.gpus else CPU) == g]
+        runs = [f"{x.name} ({fmt_duration(now - (x.start_time or now))}"
+                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "")
+                   if x.value is not None else "") + ")" for x in mine]
+        runs += [f"{x.name} (also GPU {x.gpus[0]})" for x in progress.running if g in x.gpus[1:]]
+        if runs:
+            line += Text(", ".join(runs))
+        else:  # nothing of this sweep's: idle, unless someone else's processes fill it
+            others = r is not None and (r.processes or (threshold is not None and r.memory_used_mb >= threshold))
+            line += Text("in use by other processes" if others else "idle", style="yellow" if others else "dim")
+        return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -5290,17 +5311,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
     if len(sweeps) > 1:
         table = Table(title="sweeps side by side", title_justify="left")
-        for col in ("results file", "runs", "complete", "pruned", "failed", "success", "GPU hours",
+        for col in ("results file", "runs", "complete", "pruned", "failed", "interrupted", "success", "GPU hours",
                     f"best {metric or 'metric'}"):
             table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
         for path, recs in sweeps:
             done = sum(r.get("state") == State.COMPLETE.value for r in recs)
             pruned = sum(r.get("state") == State.PRUNED.value for r in recs)  # stopped by the pruner: not a failure
+            failed = sum(r.get("state") in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value) for r in recs)
+            stopped = sum(r.get("state") == State.INTERRUPTED.value for r in recs)  # the sweep's stop, not the run's
             gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
                         else 1) for r in recs) / 3600
             best = best_of(complete_records(recs), lambda r: record_metric(r, metric), args.mode)
-            table.add_row(path, str(len(recs)), str(done), str(pruned), str(len(recs) - done - pruned),
-                          f"{100 * done / (len(recs) - pruned):.0f}%" if len(recs) > pruned else "-", f"{gpu_h:.2f}",
+            table.add_row(path, str(len(recs)), str(done), str(pruned), str(failed), str(stopped),
+                          f"{100 * done / (done + failed):.0f}%" if done + failed else "-", f"{gpu_h:.2f}",
                           f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
         console.print(table)
     records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
@@ -5429,8 +5452,8 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return 3600.0, "hours"
 
 
-STATE_COLORS = {"complete": "#2ca02c", "failed": "#d62728", "timeout": "#ff7f0e", "oom": "#9467bd",
-                "interrupted": "#bcbd22", "pruned": "#e377c2", "pending": "#7f7f7f", "running": "#1f77b4"}
+STATE_COLORS = {"complete": "#009E73", "failed": "#D55E00", "timeout": "#E69F00", "oom": "#CC79A7",  # Okabe-Ito:
+                "interrupted": "#F0E442", "pruned": "#56B4E9", "pending": "#999999", "running": "#0072B2"}  # colour-blind safe
 
 
 def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:

@@ -89,8 +89,9 @@ def test_report_compares_several_sweeps(finished):
     lines = p.stdout.splitlines()
     first = next(line for line in lines if re.match(r"│\s*train_sweep_results\.json\s", line))
     second = next(line for line in lines if re.match(r"│\s*second\.json\s", line))
-    # runs, complete, pruned, failed, success
-    assert re.search(r"│\s*4\s*│\s*3\s*│\s*0\s*│\s*1\s*│\s*75%\s*│", first) and "lr_0.01_depth_2_metric_0.2 = 0.2" in first
+    # runs, complete, pruned, failed, interrupted, success (complete among the runs that ended on their own)
+    assert re.search(r"│\s*4\s*│\s*3\s*│\s*0\s*│\s*1\s*│\s*0\s*│\s*75%\s*│", first) and \
+        "lr_0.01_depth_2_metric_0.2 = 0.2" in first
     assert "100%" in second and "lr_0.5_metric_0.1 = 0.1" in second
 
 

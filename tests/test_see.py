@@ -102,8 +102,8 @@ def test_live_view_in_a_real_terminal(sweep):
         screen = pane()
         row0 = next(line for line in screen.splitlines() if re.match(r"\s*0\s", line))
         row1 = next(line for line in screen.splitlines() if re.match(r"\s*1\s", line))
-        assert "Fake GPU 0" in row0 and "n=0 (" in row0 and "/80 GB" in row0  # labelled by what varies: n
-        assert "Fake GPU 1" in row1 and "93%" in row1 and "in use by other processes" in row1 and "43.9/80 GB" in row1
+        assert "Fake GPU 0" in row0 and "n=0 (" in row0 and "/80G" in row0  # labelled by what varies: n
+        assert "Fake GPU 1" in row1 and "93%" in row1 and "in use by other processes" in row1 and "43.9/80G" in row1
         assert re.search(r"complete 0\s+running 2\s+pending 2", screen)
         assert "waiting for GPU memory: GPU 1: 43.9 GB used >= 40 GB" in screen
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
@@ -125,7 +125,7 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-CURSOR_CODES = ("\x1b[?25l", "\x1b[2K", "\x1b[1A")  # hide the cursor, erase the line, cursor up: a live view
+CURSOR_CODES = ("\x1b[?25l", "\x1b[?1049h", "\x1b[H")  # hide the cursor, the alternate screen, cursor home: a live view
 
 
 def test_no_live_flag_keeps_plain_lines(sweep):
@@ -145,3 +145,46 @@ def test_no_live_flag_keeps_plain_lines(sweep):
             assert not [code for code in CURSOR_CODES if code in out], repr(out)
         else:
             assert all(code in out for code in CURSOR_CODES), repr(out)
+
+
+@pytest.mark.skipif(not _tmux_available(), reason="needs tmux")
+@pytest.mark.parametrize("cols, rows", [(160, 45), (80, 24), (60, 20)])
+def test_live_view_fits_the_terminal(sweep, cols, rows):
+    """8 GPUs, the README's style of config (many keys, the varying ones last), a failure: every GPU row, the
+    progress line and the last failure show, no line wraps, and on a tall terminal more events show."""
+    sweep.gpus.set(count=8)
+    common = {f"training.option_{i}": i for i in range(10)}
+    sweep.config([{**common, "exit": 3} if n == 0 else {**common, "sleep": 30, "lr": 10 ** -n, "seed": n}
+                  for n in range(12)])
+    session = f"ts{time.monotonic_ns()}"
+    env = {**sweep.env(), "PS1": "$ "}
+    exports = " ".join(f"{k}={_q(v)}" for k, v in env.items() if k in ("PYTHONPATH", "FAKE_NVML_STATE", "FAKE_LOG"))
+    cmd = (f"cd {_q(str(sweep.dir))} && export {exports} && {_q(sys.executable)} {_q(str(TRAIN_SWEEP))} "
+           f"--command {_q('python ' + str(FAKE_TRAINER))} --no-fail-fast --settle-seconds 1")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows),
+                    "bash --norc --noprofile"], check=True, env={**env, "TERM": "xterm-256color"})
+    try:
+        subprocess.run(["tmux", "send-keys", "-t", session, cmd, "Enter"], check=True)
+
+        def pane() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                  text=True).stdout
+
+        sweep.wait_for(lambda: "running 8" in pane() and "last failure" in pane(), timeout=30,
+                       what="8 runs and the failure in the live view")
+        time.sleep(0.6)
+        screen = pane().splitlines()
+        gpu_rows = [line for line in screen if re.match(r"[0-7]\s", line)]
+        assert [line[0] for line in gpu_rows] == [str(g) for g in range(8)], screen
+        assert all("lr=" in line or "seed=" in line for line in gpu_rows), screen  # labelled by what varies
+        assert any(re.search(r"\d+/12\s+complete 0\s+failed 1\s+running 8\s+pending 3", line) for line in screen), screen
+        assert any(line.startswith("last failure: ") and "failed" in line for line in screen), screen
+        assert all(len(line) <= cols for line in screen)
+        events = [line for line in screen if re.match(r"\d\d:\d\d:\d\d ", line)]
+        assert len(events) >= (10 if rows >= 45 else 1), screen  # the height is used (the old view showed 8)
+        if cols >= 120:
+            assert "Fake GPU 0" in gpu_rows[0] and "░" in gpu_rows[0]  # the name and the memory bar
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        sweep.wait_for(lambda: "train_sweep summary" in pane() or "run(s):" in pane(), timeout=30, what="the summary")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session])
