@@ -83,21 +83,8 @@ def test_live_view_in_a_real_terminal(sweep):
     sweep.gpus.set(count=2, used_mb=[2000, 45000])
     sweep.gpus.update(1, util=93)
     sweep.config([{"n": i, "sleep": 30, "mem_mb": 8000} for i in range(4)])
-    session = f"ts{time.monotonic_ns()}"
-    env = {**sweep.env(), "PS1": "$ "}
-    exports = " ".join(f"{k}={_q(v)}" for k, v in env.items() if k in ("PYTHONPATH", "FAKE_NVML_STATE", "FAKE_LOG"))
-    cmd = (f"cd {_q(str(sweep.dir))} && export {exports} && {_q(sys.executable)} {_q(str(TRAIN_SWEEP))} "
-           f"--command {_q('python ' + str(FAKE_TRAINER))} --max-processes-per-gpu 2 --settle-seconds 1; "
-           'echo "EXIT""=$?"')
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40",
-                    "bash --norc --noprofile"], check=True, env={**env, "TERM": "xterm-256color"})
+    session, pane = in_tmux(sweep, 160, 40, "--max-processes-per-gpu 2 --settle-seconds 1; echo \"EXIT\"\"=$?\"")
     try:
-        subprocess.run(["tmux", "send-keys", "-t", session, cmd, "Enter"], check=True)
-
-        def pane() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                  text=True).stdout
-
         sweep.wait_for(lambda: "running 2" in pane(), what="two runs in the live view")
         screen = pane()
         row0 = next(line for line in screen.splitlines() if re.match(r"\s*0\s", line))
@@ -117,6 +104,24 @@ def test_live_view_in_a_real_terminal(sweep):
         assert cursor == "1"  # the terminal got its cursor back
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session])
+
+
+def in_tmux(sweep, cols: int, rows: int, flags: str):
+    """The CLI (the fake trainer, then `flags`, shell text) in a tmux session of cols x rows: the session's
+    name and a function that captures its screen."""
+    session = f"ts{time.monotonic_ns()}"
+    env = {**sweep.env(), "PS1": "$ "}
+    exports = " ".join(f"{k}={_q(v)}" for k, v in env.items() if k in ("PYTHONPATH", "FAKE_NVML_STATE", "FAKE_LOG"))
+    cmd = (f"cd {_q(str(sweep.dir))} && export {exports} && {_q(sys.executable)} {_q(str(TRAIN_SWEEP))} "
+           f"--command {_q('python ' + str(FAKE_TRAINER))} {flags}")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows),
+                    "bash --norc --noprofile"], check=True, env={**env, "TERM": "xterm-256color"})
+    subprocess.run(["tmux", "send-keys", "-t", session, cmd, "Enter"], check=True)
+
+    def pane() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+    return session, pane
 
 
 def _q(text: str) -> str:
@@ -156,20 +161,8 @@ def test_live_view_fits_the_terminal(sweep, cols, rows):
     common = {f"training.option_{i}": i for i in range(10)}
     sweep.config([{**common, "exit": 3} if n == 0 else {**common, "sleep": 30, "lr": 10 ** -n, "seed": n}
                   for n in range(12)])
-    session = f"ts{time.monotonic_ns()}"
-    env = {**sweep.env(), "PS1": "$ "}
-    exports = " ".join(f"{k}={_q(v)}" for k, v in env.items() if k in ("PYTHONPATH", "FAKE_NVML_STATE", "FAKE_LOG"))
-    cmd = (f"cd {_q(str(sweep.dir))} && export {exports} && {_q(sys.executable)} {_q(str(TRAIN_SWEEP))} "
-           f"--command {_q('python ' + str(FAKE_TRAINER))} --no-fail-fast --settle-seconds 1")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(cols), "-y", str(rows),
-                    "bash --norc --noprofile"], check=True, env={**env, "TERM": "xterm-256color"})
+    session, pane = in_tmux(sweep, cols, rows, "--no-fail-fast --settle-seconds 1")
     try:
-        subprocess.run(["tmux", "send-keys", "-t", session, cmd, "Enter"], check=True)
-
-        def pane() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                                  text=True).stdout
-
         sweep.wait_for(lambda: "running 8" in pane() and "last failure" in pane(), timeout=30,
                        what="8 runs and the failure in the live view")
         time.sleep(0.6)
