@@ -5083,6 +5083,13 @@ class LiveReporter(Reporter):
                               "the grace period; Ctrl+C again kills them now)", style="yellow"))
         if self.last_failure:
             fixed.append(Text(self.last_failure, style="red"))
+        fit = height - 2 - len(fixed)  # a terminal shorter than the GPU list: the rows that fit, then a count
+        if room_for_events is None and len(rows) > max(1, fit):
+            keep = max(1, fit - 1)
+            hidden = progress.gpus[keep:]
+            busy = sum(1 for x in progress.running if (x.gpus[0] if x.gpus else CPU) in hidden)
+            rows = rows[:keep] + [Text(f"… {len(hidden)} more GPU(s), {busy} run(s) on them (a taller terminal "
+                                       "shows them)", style="dim")]
         room = room_for_events if room_for_events is not None else height - 2 - len(rows) - len(fixed)
         events = list(self.events)[-room:] if room > 0 else []
         lines = [Text("train_sweep", style="bold"), *rows, *fixed, *(Text(e, style="dim") for e in events)]
@@ -5684,7 +5691,7 @@ def sweep_alive(folder: Path) -> int | None:
     return pid if b"train_sweep" in command or b"train-sweep" in command else None
 
 
-def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]]) -> str:
+def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
     """running (the train_sweep of its lock file lives), dead (a run.json still says running, and no sweep
     lives: it was killed), interrupted (a run's last record is interrupted), else finished. Read without
     taking the lock: a sweep starting now must not find it taken."""
@@ -5696,8 +5703,8 @@ def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]]) -> str:
                 return "dead"
         except (OSError, ValueError, AttributeError, RecursionError):
             continue
-    if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()):
-        return "interrupted"
+    if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
+        return "interrupted"  # (or stopped early: runs were not started)
     return "finished"
 
 
@@ -5719,7 +5726,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
         journal = folder / JOURNAL
         last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
-        table.add_row(str(folder), sweep_state(folder, latest), str(settings.get("started", "?"))[:19],
+        runs = settings.get("runs") if _is_whole(settings.get("runs")) else 0
+        table.add_row(str(folder), sweep_state(folder, latest, runs), str(settings.get("started", "?"))[:19],
                       str(settings.get("runs", "?")), str(count["complete"]), str(count["pruned"]), str(failed),
                       str(count["interrupted"]), str(last or "-")[:19], str(settings.get("command", "")))
     Console(width=None if sys.stdout.isatty() else 250).print(table)
@@ -5850,20 +5858,23 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
             run = json.loads((mark.parent / "run.json").read_bytes())
         except (OSError, ValueError):
             continue
-        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and run.get("model_name") not in latest:
+        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and \
+                _attempt(run) > _attempt(latest.get(run.get("model_name"), {"attempt": 0})):  # a newer attempt
             running.append(run)
+    again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
     counts = {s.value: 0 for s in FINISHED_ORDER}
-    for r in latest.values():
-        if not r.get("requeued") and r.get("state") in counts:
+    for name, r in latest.items():
+        if name not in again and not r.get("requeued") and r.get("state") in counts:
             counts[r["state"]] += 1
     total = record.get("runs") or 0
-    pending = max(0, total - sum(counts.values()) - len(running)) if pid else 0
+    left = max(0, total - sum(counts.values()) - len(running))
     state = "running" if pid else "dead (killed: run the same command to resume)" if running else \
+        f"stopped with {left} run(s) not started: run the same command to resume" if left else \
         "interrupted" if counts["interrupted"] else "finished"
     shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
              f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running" if pid else "",
-                                                         f"{pending} pending" if pending else "") if x)]
+                                                         f"{left} pending" if left and pid else "") if x)]
     labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
     now = time.time()
     by_gpu: dict[str, list[str]] = {}
@@ -5873,11 +5884,16 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
             f"{labels.get(r['model_name'], r['model_name'])} ({fmt_duration(now - since if since else None)})")
     lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
     metric, mode = (settings.get("metric") or [None])[0], (settings.get("mode") or "min").split(",")[0]
-    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value),
+    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
+                     and (folder / r["model_name"]).is_dir()),  # not one whose folder cleanup deleted
                     lambda r: metric_of(r.get("metrics"), metric), mode) if metric else None
     if found is not None:
         lines.append(f"best {metric} so far: {found[1]['model_name']} = {found[0]:g}")
     return lines, pid is not None
+
+
+def _attempt(record: Mapping[str, Any]) -> int:
+    return record.get("attempt") if _is_whole(record.get("attempt")) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -5894,6 +5910,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     lines, alive = status_lines(folder)
+    if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
+        print("\n".join(lines), flush=True)
+        while alive:
+            time.sleep(args.every)
+            lines, alive = status_lines(folder)
+            print("\n" + "\n".join(lines), flush=True)
+        return EXIT_OK
     with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
         while alive:
             time.sleep(args.every)

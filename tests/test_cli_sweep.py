@@ -205,3 +205,26 @@ def test_dry_run_shows_what_resume_would_skip(sweep):
            "1 to run" in " ".join(p.stdout.split())
     assert "(complete: skipped)" in p.stdout
     assert "Resume:" not in sweep.run("--dry-run", "--rerun", "x=1,2,3").stdout
+
+
+def test_a_terminal_shorter_than_the_gpu_list_keeps_the_progress_line_and_the_failure():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from train_sweep import GpuReading, LiveReporter, Progress, RunView
+
+    gpus = tuple(range(8))
+    readings = {g: GpuReading(g, f"G{g}", 1000, 81920, 10) for g in gpus}
+    progress = Progress({"complete": 0, "failed": 1, "running": 8, "pending": 3}, 12, None,
+                        tuple(RunView(f"lr={g}", (g,), None) for g in gpus), gpus, readings, None, None, None)
+    reporter = LiveReporter("loss", "min", stream=io.StringIO())
+    reporter.last_failure = "last failure: lr=9 (failed): boom"
+    reporter._live = SimpleNamespace(console=SimpleNamespace(size=(60, 8)))
+    out = io.StringIO()
+    Console(file=out, width=60).print(reporter.render(progress))
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 8, lines
+    assert any("running 8" in line for line in lines) and any(line.startswith("last failure") for line in lines)
+    assert any("more GPU(s)" in line for line in lines), lines

@@ -345,3 +345,42 @@ def test_plots_leave_out_seeds_and_mark_the_failed_and_the_best(seeds, tmp_path)
     fig = dict(saved)["val_loss_vs_lr.png"]
     kinds = {c.get_label(): len(c.get_offsets()) for c in fig.axes[0].collections}
     assert kinds == {"complete": 6, "failed, pruned or interrupted (last value)": 3, "best": 1}
+
+
+def test_status_shows_runs_running_again_and_runs_never_started(sweep):
+    from conftest import interrupt
+
+    sweep.gpus.set(count=1)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+                    "time.sleep(float(args['s']))\nprint(f\"loss={args['s']}\")\n")
+    args = ("--no-live", "--command", f"python {slow}", "--metric", "loss", "--max-processes-per-gpu", "2",
+            "--settle-seconds", "1", "s=20,21")
+    proc = sweep.start(*args, trainer=False)
+    sweep.wait_for(lambda: "2 running" in sweep.run("status", trainer=False).stdout, what="two running")
+    interrupt(proc)
+    proc.communicate(timeout=30)
+    proc = sweep.start(*args, trainer=False)  # resumed: the same runs, running again
+    try:
+        sweep.wait_for(lambda: "2 run(s): 2 running" in sweep.run("status", trainer=False).stdout,
+                       what="the resumed runs as running")
+        assert len(re.findall(r"s=2[01] \(", sweep.run("status", trainer=False).stdout)) == 2
+    finally:
+        interrupt(proc)
+        proc.communicate(timeout=30)
+    bad = sweep.dir / "bad.py"
+    bad.write_text("import sys\nsys.exit('boom')\n")
+    sweep.run("--no-live", "--command", f"python {bad}", "--output-dir", "ff", "x=1,2,3,4,5,6,7,8", trainer=False)
+    p = sweep.run("status", "ff", trainer=False)  # stopped by fail fast: not "finished"
+    assert "ff: stopped with 5 run(s) not started: run the same command to resume" in p.stdout, p.stdout
+    assert re.search(r"│\s*ff\s*│\s*interrupted\s*│", sweep.run("list", "ff", trainer=False).stdout)
+
+
+def test_status_best_is_never_a_deleted_run(finished):
+    import shutil
+
+    p = finished.run("status", trainer=False)
+    assert "best val_loss so far: lr_0.01_depth_2_metric_0.2 = 0.2" in p.stdout
+    shutil.rmtree(finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2")
+    p = finished.run("status", trainer=False)
+    assert "best val_loss so far: lr_0.1_depth_4_metric_0.3 = 0.3" in p.stdout
