@@ -307,9 +307,10 @@ def test_status_from_another_shell(sweep):
         interrupt(proc)
         proc.communicate(timeout=30)
     p = sweep.run("status", trainer=False)
-    assert "outputs: interrupted" in p.stdout and "running" not in p.stdout.splitlines()[1]
+    assert "outputs: stopped with 1 run(s) not started" in p.stdout and "running" not in p.stdout.splitlines()[1]
+    assert "4 run(s): 1 complete, 2 interrupted" in p.stdout
     p = sweep.run("watch", "--every", "0.1", trainer=False)  # the sweep has ended: one frame, then it returns
-    assert p.returncode == 0 and "outputs: interrupted" in p.stdout
+    assert p.returncode == 0 and "outputs: stopped with 1 run(s) not started" in p.stdout
     p = sweep.run("status", "nowhere", trainer=False)
     assert p.returncode == 2 and "nowhere: no sweep here (no sweep.json)" in p.stderr
 
