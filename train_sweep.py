@@ -2498,6 +2498,7 @@ class SearchSource:
         self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
+        self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
@@ -2557,6 +2558,8 @@ class SearchSource:
             self.ahead = self._ask()
 
     def _tell_ended(self) -> None:
+        if self.tells:
+            self.front = None
         while self.tells:
             trial, state, values = self.tells.pop(0)
             try:
@@ -2654,10 +2657,13 @@ class SearchSource:
         return ", ".join(parts)
 
     def _front(self) -> list[Any]:
-        try:
-            return self.study.best_trials
-        except (ValueError, RuntimeError):
-            return []
+        """The Pareto front, read from the study once after each tell (status() runs at every redraw)."""
+        if self.front is None:
+            try:
+                self.front = self.study.best_trials
+            except (ValueError, RuntimeError):
+                self.front = []
+        return self.front
 
     def summary(self) -> list[str]:
         """The end of the summary: the search's result, the best parameters as a command line to paste."""
@@ -5748,15 +5754,25 @@ def best_runs(folder: Path) -> set[str]:
         pass
     try:
         settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
-        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return names
-    latest = [recs[-1] for recs in read_journal(folder / JOURNAL).values()]
-    found = best_of((r for r in latest if r.get("state") == State.COMPLETE.value),
+    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+    found = journal_best(folder, latest, settings)
+    return names | ({found[2]["model_name"]} if found else set())
+
+
+def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
+                 settings: Mapping[str, Any]) -> tuple[str, float, Mapping[str, Any]] | None:
+    """A sweep's best complete run (its metric, value and last record) by its --metric and --mode, as its
+    sweep.json says them, among the runs whose folder is still there (cleanup may have deleted some)."""
+    try:
+        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return None
+    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
+                     and (folder / str(r.get("model_name"))).is_dir()),
                     lambda r: metric_of(r.get("metrics"), metric), mode)
-    if found is not None:
-        names.add(found[1]["model_name"])
-    return names
+    return None if found is None else (metric, found[0], found[1])
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -5883,12 +5899,9 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
         by_gpu.setdefault(where(r.get("gpu_id")), []).append(
             f"{labels.get(r['model_name'], r['model_name'])} ({fmt_duration(now - since if since else None)})")
     lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
-    metric, mode = (settings.get("metric") or [None])[0], (settings.get("mode") or "min").split(",")[0]
-    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
-                     and (folder / r["model_name"]).is_dir()),  # not one whose folder cleanup deleted
-                    lambda r: metric_of(r.get("metrics"), metric), mode) if metric else None
+    found = journal_best(folder, latest, settings)
     if found is not None:
-        lines.append(f"best {metric} so far: {found[1]['model_name']} = {found[0]:g}")
+        lines.append(f"best {found[0]} so far: {found[2]['model_name']} = {found[1]:g}")
     return lines, pid is not None
 
 
