@@ -96,12 +96,13 @@ OOM_WAIT_S = 600.0  # longest wait of a run that ran out of memory for a GPU wit
 NVML_FAILS, NVML_FAIL_S = 3, 2.0  # a GPU is taken out after its NVML calls failed this often, this long
 MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
 FAIL_FAST_RUNS, FAIL_FAST_S = 3, 10.0  # the first 3 runs failing within 10 s with the same last line: stop launching
+SLURM_DIR = ".slurm"  # in the output folder: submitit's files of each Slurm job (its pickles, sbatch script, logs)
 JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
 LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that holds it (the lock is on the folder)
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
 STUDY = "study.log"  # in the output folder: a search's Optuna study (Optuna's journal file; optuna-dashboard opens it)
-OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY)  # what the sweep keeps in its output folder
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY, SLURM_DIR)  # the sweep's own files
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -246,6 +247,27 @@ class Settings:
     """stop hopeless runs early: median, percentile, successive_halving, hyperband, none (None: the config's)"""
     sweep_file: str | None = None
     """a W&B (or Protein) sweep configuration, searched with Optuna instead of a config file"""
+    backend: str = "local"
+    """where runs run: local (this machine's GPUs) or slurm (one Slurm job per run, through submitit)"""
+    slurm_partition: str | None = None
+    """the Slurm partition of the runs' jobs (None: the config's 'slurm' object, else Slurm's default)"""
+    slurm_time: float | None = None
+    """each job's time limit in minutes (None: the config's, else --timeout)"""
+    slurm_gpus_per_run: int | None = None
+    """GPUs each job asks for (None: the config's, else gpus_per_run)"""
+    slurm_cpus_per_run: int | None = None
+    """CPUs each job asks for (None: the config's, else Slurm's default)"""
+    slurm_mem_gb: float | None = None
+    """host memory each job asks for, in GB (None: the config's, else Slurm's default)"""
+    slurm_max_parallel: int | None = None
+    """jobs running at once: a list's job array throttle, a search's trials (None: the config's, else no
+    bound for a list and 4 for a search)"""
+    slurm_requeues: int | None = None
+    """how often a job that Slurm preempts or times out is requeued (None: the config's, else 3)"""
+    slurm_param: tuple[str, ...] = ()
+    """KEY=VALUE: any other parameter of submitit's SlurmExecutor (account, qos, constraint, setup, ...)"""
+    detach: bool = False
+    """with --backend slurm: submit the runs and exit; the same command later re-attaches"""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -394,6 +416,7 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
 
 
 ARG_STYLES = ("hydra", "argparse", "equals")
+BACKENDS = ("local", "slurm")
 
 
 def _is_whole(v: Any) -> bool:
@@ -419,6 +442,8 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
     "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see README: Search)",
                lambda v: isinstance(v, dict)),
+    "slurm": ("an object: partition, time, gpus_per_run, cpus_per_run, mem_gb, max_parallel, requeues, params (see "
+              "README: On a Slurm cluster)", lambda v: isinstance(v, dict)),
 }
 SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("a string", lambda v: isinstance(v, str)),
@@ -458,6 +483,7 @@ class SweepSpec:
     gpu_memory_gb: float | None = None
     abbrev: dict[str, str] = dataclasses.field(default_factory=dict)
     search: SearchSpec | None = None
+    slurm: dict[str, Any] = dataclasses.field(default_factory=dict)  # the "slurm" object (--backend slurm)
 
 
 def read_json_file(path: str) -> Any:
@@ -513,22 +539,24 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         gpus_per_run=given.get("gpus_per_run"), gpu_memory_gb=given.get("gpu_memory_gb"),
         abbrev=dict(given.get("abbrev", {})),
         search=parse_search(given["search"], path) if "search" in given else None,
+        slurm=dict(given.get("slurm", {})),
     )
 
 
-def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
-    """--set key=value: the value is read as JSON (8, 1e-3, true, null, [1,2]) and else kept as text (cuda)."""
+def parse_set(pairs: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """--set key=value (and --slurm-param): the value is read as JSON (8, 1e-3, true, null, [1,2]) and else
+    kept as text (cuda)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep:
-            raise UserError(f"--set {pair!r}: expected KEY=VALUE")
-        check_key(key, f"--set {pair!r}")
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE")
+        check_key(key, f"{flag} {pair!r}")
         try:
             out[key] = json.loads(text, object_pairs_hook=_object)
         except (ValueError, RecursionError):
             out[key] = text
-        check_value(out[key], f"--set {key}")
+        check_value(out[key], f"{flag} {key}")
     return out
 
 
@@ -1445,6 +1473,10 @@ class Run:
     config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
     trial: int | None = None  # the number of its Optuna trial (a search, or a list with a pruner)
     label: str = ""  # how the view and the summary show it: the hyperparameters that tell it apart
+    job_id: str | None = None  # its Slurm job (--backend slurm), once submitted
+    reattach: bool = False  # ... submitted by an earlier sweep and still Slurm's: followed, not submitted again
+    node: str | None = None  # the node its Slurm job ran on
+    slurm_requeues: int = 0  # how often Slurm requeued its job (preemption, time limit)
 
     def assign(self, gpus: tuple[int, ...]) -> None:
         """The GPUs of this attempt (() is the CPU), filled into {gpu} in the command."""
@@ -1463,6 +1495,8 @@ class Run:
         self.start_time = self.end_time = None
         self.returncode = None
         self.signal_name = self.error = None
+        self.job_id = self.node = None
+        self.slurm_requeues = 0
         self.metrics = self.best = self.step = self.metric_note = None
         self.latest = {}
         self.points = 0
@@ -2005,6 +2039,13 @@ class GpuPool:
     def busy(self) -> bool:
         return any(self.running.values())
 
+    def unplaceable(self, run: Run) -> str | None:
+        """Why the run can never start here (GPUs were taken out), or None."""
+        if run.gpus_needed <= len(self.gpus):
+            return None
+        return (f"it needs {run.gpus_needed} GPUs and {len(self.gpus)} are left (the others were taken out: their NVML "
+                "calls failed)")
+
     def read(self, now: float) -> dict[int, GpuReading] | None:
         """This tick's NVML reading (None when placing by slots only). A GPU whose calls keep failing, and
         that runs nothing of ours, is taken out of the pool; NoGpuLeft when none is left."""
@@ -2057,6 +2098,47 @@ class GpuPool:
             self.pledges.ended(g, run)
 
 
+class ClusterSlots:
+    """Placement on a cluster (--backend slurm): the cluster's scheduler picks nodes and GPUs; the sweep only
+    bounds how many runs it has there at once (a search's trials: --slurm-max-parallel; a list: all of them,
+    the job array's own throttle bounding how many run)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.gpus: list[int] = []
+        self.running = 0
+        self.readings: dict[int, GpuReading] = {}
+        self.notes: list[str] = []
+        self.probe = None
+        self.policy = Policy(memory_threshold_mb=None)
+        self.reads_memory = False
+
+    @property
+    def slots(self) -> int:
+        return self.limit or max(1, self.running)
+
+    def slot_free(self) -> bool:
+        return self.limit is None or self.running < self.limit
+
+    def busy(self) -> bool:
+        return self.running > 0
+
+    def unplaceable(self, run: Run) -> str | None:
+        return None
+
+    def read(self, now: float) -> None:
+        return None
+
+    def place(self, run: Run, now: float, min_free_mb: float | None = None) -> tuple[tuple[int, ...], str]:
+        return (CPU,), "the cluster's scheduler places it"
+
+    def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
+        self.running += 1
+
+    def release(self, run: Run) -> None:
+        self.running -= 1
+
+
 # What a launcher knows about why an attempt ended, beyond its return code.
 HINT_TIMEOUT, HINT_PREEMPTED, HINT_NODE_FAILURE, HINT_OOM = "timeout", "preempted", "node_failure", "oom"
 
@@ -2069,6 +2151,9 @@ class Outcome:
     ended_at: float | None = None  # wall-clock time the attempt's main process ended (None: now)
     hint: str | None = None  # one of the HINT_* when the launcher knows more (Slurm's TIMEOUT, PREEMPTED, ...)
     note: str | None = None  # something the user should hear about (processes that could not be ended)
+    error: str | None = None  # why it ended without an exit code of its own (Slurm refused or lost its job)
+    started_at: float | None = None  # wall-clock time its command began, where that is not when it was started
+    rerun: str | None = None  # why it runs again whatever its state (it ended while no sweep followed it)
 
 
 def is_oom(text: str, patterns: Sequence[str]) -> bool:
@@ -2193,7 +2278,19 @@ class Launcher(Protocol):
         """The stdout lines the attempt wrote since the last call (complete lines only)."""
 
     def next_poll(self, now: float) -> float | None:
-        """When poll() should be called again without any other event (cleanup of leftovers), or None."""
+        """When poll() should be called again without any other event (cleanup of leftovers, a cluster's
+        jobs), or None."""
+
+    def flush(self) -> None:
+        """The loop has started what it could: a cluster submits those runs now (one job array)."""
+
+    def describe(self) -> list[str]:
+        """Lines on where the runs are, for the live view ([]: the GPU rows say it)."""
+
+    def queued(self) -> int:
+        """How many started attempts wait in a cluster's queue, not running yet (0 locally)."""
+
+    notes: list[str]  # what the user should hear of (a job requeued by the cluster), taken by the loop
 
     def close(self, detach: bool = False) -> None:
         """Every attempt has ended (or, with detach, is left running where a cluster keeps it)."""
@@ -2983,12 +3080,15 @@ class LogFollower:
     LINE_MAX = 65536
     READ_MAX = 4 * MB
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, stdout: Path, stderr: Path, combined: Path | None, resume: bool = False) -> None:
+        """`combined` None: only the stdout lines are wanted (for metrics). `resume`: the logs hold an earlier
+        start's output, already in combined.log: read from their ends, append to it."""
         self.streams = []  # [tag, fd, offset, unfinished line]
-        for tag, path in ((b"out", run.stdout_log), (b"err", run.stderr_log)):
-            self.streams.append([tag, os.open(path, os.O_RDONLY | os.O_CLOEXEC), 0, b""])
-        self.combined: int | None = os.open(run.combined_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                            0o644)
+        for tag, path in ((b"out", stdout), (b"err", stderr)):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.streams.append([tag, fd, os.fstat(fd).st_size if resume else 0, b""])
+        self.combined: int | None = None if combined is None else os.open(
+            combined, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC) | os.O_CLOEXEC, 0o644)
         self.error: str | None = None  # why combined.log stopped being written (disk full, ...)
 
     @staticmethod
@@ -3080,6 +3180,12 @@ def tracker_env(env: Mapping[str, str], group: str, run: Run) -> dict[str, str]:
     return out
 
 
+def run_env(run: Run, sweep_id: str) -> dict[str, str]:
+    """The environment contract every run's command gets, wherever it runs (README: Writing train.py)."""
+    return {"TRAIN_SWEEP_RUN_NAME": run.name, "TRAIN_SWEEP_RUN_DIR": str(run.run_dir), "TRAIN_SWEEP_ID": sweep_id,
+            "TRAIN_SWEEP_RUN_ID": f"{sweep_id}-{run.index}", "PYTHONUNBUFFERED": "1"}
+
+
 def prepare_run_dir(run: Run) -> None:
     """The run's folder for a new attempt: made, or an earlier attempt's files moved into attempt_<n>/;
     the --configs file copied in. OutputError when the folder cannot be written."""
@@ -3115,6 +3221,7 @@ class LocalLauncher:
         self.subreaper = become_subreaper()
         self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
+        self.notes: list[str] = []
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
         if self._base_env is None:
@@ -3123,11 +3230,7 @@ class LocalLauncher:
         env.update(
             CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(str(g) for g in gpus),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
-            TRAIN_SWEEP_RUN_NAME=run.name,
-            TRAIN_SWEEP_RUN_DIR=str(run.run_dir),
-            TRAIN_SWEEP_ID=self.sweep_id,
-            TRAIN_SWEEP_RUN_ID=f"{self.sweep_id}-{run.index}",
-            PYTHONUNBUFFERED="1",
+            **run_env(run, self.sweep_id),
         )
         for key, value in tracker_env(self._base_env, self.group, run).items():
             env.setdefault(key, value)  # what the user set wins
@@ -3146,7 +3249,8 @@ class LocalLauncher:
             raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
         env = self.env(run, gpus)
         try:
-            follower = LogFollower(run)  # before the run starts: one that deletes its folder at once loses nothing
+            # before the run starts: one that deletes its folder at once loses nothing
+            follower = LogFollower(run.stdout_log, run.stderr_log, run.combined_log)
         except OSError as e:
             out.close()
             err.close()
@@ -3216,6 +3320,15 @@ class LocalLauncher:
         if any(p.exited_at is not None for p in self.procs):
             times.append(now + CLEANUP_POLL_S)
         return min(times) if times else None
+
+    def flush(self) -> None:
+        """Local runs start at once."""
+
+    def describe(self) -> list[str]:
+        return []
+
+    def queued(self) -> int:
+        return 0
 
     def close(self, detach: bool = False) -> None:
         """Every run has ended: remove the cgroups, and let the guardian go (it exits while the summary is
@@ -3305,6 +3418,533 @@ class LocalLauncher:
         return False
 
 
+# -- Slurm: one job per run, through submitit ------------------------------------------------------
+
+SLURM_KEYS = {  # the config's "slurm" object: key -> (what it must be, its test)
+    "partition": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "time": ("a number of minutes > 0", lambda v: _is_number(v) and v > 0),
+    "gpus_per_run": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
+    "cpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
+    "mem_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "max_parallel": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
+    "requeues": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
+    "params": ("an object of submitit's SlurmExecutor parameters", lambda v: isinstance(v, dict)),
+}
+SLURM_OWN = ("partition", "time", "gpus_per_node", "cpus_per_task", "mem", "array_parallelism", "job_name",
+             "signal_delay_s")  # set from the flags above: --slurm-param cannot set these
+SEARCH_PARALLEL = 4  # a search's trials at once on a cluster, unless --slurm-max-parallel says
+SLURM_POLL_S = 0.5  # how often finished jobs' results are looked for (a stat per running job)
+SACCT_S = 3.0  # how often Slurm is asked for the jobs' states (one sacct call for all)
+SLURM_GONE_S = 30.0  # a job that Slurm's accounting has never heard of this long after it was submitted is lost
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED",
+                "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "UNKNOWN", ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmOptions:
+    """What each run's Slurm job asks for: the --slurm-* flags over the config's "slurm" object."""
+
+    partition: str | None = None
+    time_min: int | None = None  # the job's time limit (None: the partition's default)
+    gpus_per_run: int | None = None  # None: each run's own gpus_per_run
+    cpus_per_run: int | None = None
+    mem_gb: float | None = None
+    max_parallel: int | None = None  # jobs running at once (a list's job array; a search's trials)
+    requeues: int = 3  # how often a job that Slurm preempts or times out is requeued
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # anything else submitit takes
+
+    def parameters(self, gpus: int, name: str) -> dict[str, Any]:
+        """submitit's SlurmExecutor parameters for a job of `gpus` GPUs."""
+        out: dict[str, Any] = {"job_name": name, **self.params}
+        if self.partition:
+            out["partition"] = self.partition
+        if self.time_min:
+            out["time"] = self.time_min
+            out["signal_delay_s"] = int(min(90, max(5, self.time_min * 60 // 6)))  # USR2 before the limit
+        if gpus:
+            out["gpus_per_node"] = gpus
+        if self.cpus_per_run:
+            out["cpus_per_task"] = self.cpus_per_run
+        if self.mem_gb:
+            out["mem"] = f"{int(self.mem_gb)}GB" if self.mem_gb == int(self.mem_gb) else f"{int(self.mem_gb * 1024)}MB"
+        if self.max_parallel:
+            out["array_parallelism"] = self.max_parallel
+        return out
+
+    def describe(self) -> str:
+        asks = [f"partition {self.partition}" if self.partition else "the default partition",
+                "gpus_per_run GPU(s)" if self.gpus_per_run is None else f"{self.gpus_per_run} GPU(s)"]
+        asks += [f"{self.cpus_per_run} CPUs"] if self.cpus_per_run else []
+        asks += [f"{self.mem_gb:g} GB"] if self.mem_gb else []
+        asks += [f"{self.time_min} min"] if self.time_min else []
+        text = "one Slurm job per run (" + ", ".join(asks) + ")"
+        text += f", at most {self.max_parallel} at once" if self.max_parallel else ", as many at once as Slurm runs"
+        return text + f"; a preempted or timed-out job is requeued up to {self.requeues} time(s)"
+
+
+def slurm_options(settings: Settings, config: Mapping[str, Any], where: str) -> SlurmOptions:
+    """The flags over the config's "slurm" object; --timeout gives the time limit when neither says it.
+    UserError (naming the key) for what cannot be a Slurm request."""
+    check_known(config, SLURM_KEYS, f"{where}: 'slurm'")
+    for key, value in config.items():
+        what, ok = SLURM_KEYS[key]
+        if not ok(value):
+            raise UserError(f"{where}: 'slurm' key {key!r} must be {what}, got {_json_type(value)}")
+    params = dict(config.get("params", {}))
+    params.update(parse_set(settings.slurm_param, "--slurm-param"))
+    for key in params:
+        if key in SLURM_OWN:
+            use = {"partition": "--slurm-partition", "time": "--slurm-time", "gpus_per_node": "--slurm-gpus-per-run",
+                   "cpus_per_task": "--slurm-cpus-per-run", "mem": "--slurm-mem-gb",
+                   "array_parallelism": "--slurm-max-parallel", "job_name": "the run's name",
+                   "signal_delay_s": "before the time limit, from --slurm-time"}[key]
+            raise UserError(f"--slurm-param {key}: train_sweep sets it ({'use ' if use.startswith('--') else ''}{use})")
+    time_min = settings.slurm_time if settings.slurm_time is not None else config.get("time")
+    if time_min is None and settings.timeout:
+        time_min = settings.timeout / 60
+    return SlurmOptions(
+        partition=settings.slurm_partition or config.get("partition"),
+        time_min=None if time_min is None else max(1, math.ceil(time_min)),
+        gpus_per_run=settings.slurm_gpus_per_run if settings.slurm_gpus_per_run is not None else
+        config.get("gpus_per_run"),
+        cpus_per_run=settings.slurm_cpus_per_run or config.get("cpus_per_run"),
+        mem_gb=settings.slurm_mem_gb or config.get("mem_gb"),
+        max_parallel=settings.slurm_max_parallel or config.get("max_parallel"),
+        requeues=next(v for v in (settings.slurm_requeues, config.get("requeues"), 3) if v is not None),
+        params=params,
+    )
+
+
+def import_submitit() -> Any:
+    """submitit, imported when the Slurm backend is asked for."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--backend slurm needs submitit: pip install 'train-sweep[slurm]' (or pip install submitit)") \
+            from None
+    return submitit
+
+
+def check_slurm(options: SlurmOptions) -> None:
+    """Before anything is submitted: Slurm answers here (sinfo), and the partition asked for exists."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UserError(f"--backend slurm: Slurm does not answer here (sinfo: {e})") from None
+    if out.returncode != 0:
+        last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
+        raise UserError(f"--backend slurm: Slurm does not answer here (sinfo: {one_line(last[0], 300)})")
+    partitions = [p.rstrip("*") for p in out.stdout.split()]
+    if options.partition and options.partition not in partitions:
+        raise UserError(f"--slurm-partition {options.partition}: no such partition here (sinfo lists: "
+                        f"{', '.join(partitions) or 'none'})")
+
+
+class captured_stderr:
+    """File descriptor 2 into a temporary file for a while: sbatch's messages (which submitit lets through)
+    go into the run's error instead of over the live view. `text` holds them afterwards."""
+
+    def __enter__(self) -> captured_stderr:
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self.text = ""
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", errors="replace")
+        self._file.close()
+
+
+def slurm_executor(submitit: Any, folder: Path, options: SlurmOptions) -> Any:
+    """submitit's SlurmExecutor with the options' parameters; UserError when this is no Slurm cluster or
+    submitit refuses a parameter."""
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.requeues)
+    except RuntimeError as e:
+        raise UserError(f"--backend slurm: {e} (srun is not on PATH)") from None
+    try:
+        executor.update_parameters(**options.parameters(options.gpus_per_run or 0, "train_sweep"))
+    except (ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--slurm-param: submitit refuses it: {first}") from None
+    return executor
+
+
+class SlurmTask:
+    """What a run's Slurm job runs (pickled by submitit, called on the node): the train command in its run
+    folder with the same environment contract as locally (Slurm sets CUDA_VISIBLE_DEVICES), its stdout and
+    stderr written straight to the run's log files and combined.log made from them on the node, so that
+    a detached sweep loses nothing. Returns the exit code. On SIGTERM (scancel, a requeue) it ends the
+    command and exits without a result, so that only a command that ended on its own is a result. On
+    submitit's checkpoint signal (a time limit or preemption coming) it ends the command (SIGTERM, the grace
+    period, SIGKILL) and asks submitit to requeue it, up to `requeues` times."""
+
+    def __init__(self, argv: list[str], argv_template: list[str], command_len: int, cwd: str, env: dict[str, str],
+                 logs: tuple[Path, Path, Path], grace: float, requeues: int, restarts: int = 0) -> None:
+        self.argv, self.argv_template, self.command_len = argv, argv_template, command_len
+        self.cwd, self.env, self.logs, self.grace = cwd, env, logs, grace
+        self.requeues, self.restarts = requeues, restarts
+        self._popen: Any = None
+        self._follower: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_popen", "_follower")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _popen=None, _follower=None)
+
+    def __call__(self) -> dict[str, Any]:
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
+        env = {**os.environ, **self.env, "TRAIN_SWEEP_SLURM_JOB_ID": job}
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")  # no GPU asked for: none, not every GPU of the node
+        argv = self.argv
+        if self.argv_template:  # {gpu}: the GPUs Slurm gave the job
+            text = env["CUDA_VISIBLE_DEVICES"]
+            argv = [a.replace("{gpu}", text) for a in self.argv_template[: self.command_len]] + \
+                self.argv_template[self.command_len:]
+        stdout, stderr, combined = self.logs
+        restart = max(self.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+        with open(stdout, "ab") as out, open(stderr, "ab") as err:
+            if restart:
+                err.write(b"train_sweep: job %s restarted by Slurm (restart %d) on %s\n"
+                          % (job.encode(), restart, os.uname().nodename.encode()))
+                err.flush()
+            self._follower = LogFollower(stdout, stderr, combined, resume=True)
+            signal.signal(signal.SIGTERM, self._terminated)
+            started = time.time()
+            self._popen = subprocess.Popen(argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=err, start_new_session=True)
+        while (rc := self._popen.poll()) is None:
+            time.sleep(0.2)
+            self._follower.pump()
+        self._follower.pump(final=True)
+        self._follower.close()
+        return {"returncode": rc, "started_at": started, "ended_at": time.time(), "node": os.uname().nodename,
+                "restarts": restart}
+
+    def _end_command(self) -> None:
+        """SIGTERM to the command's process group, SIGKILL after the grace period; its last output kept."""
+        if self._popen is None:
+            return
+        signal_group(self._popen.pid, signal.SIGTERM)
+        try:
+            self._popen.wait(self.grace)
+        except subprocess.TimeoutExpired:
+            signal_group(self._popen.pid, signal.SIGKILL)
+            self._popen.wait()
+        signal_group(self._popen.pid, signal.SIGKILL)  # leftovers of its group
+        if self._follower is not None:
+            self._follower.pump(final=True)
+
+    def _terminated(self, signum: int, frame: Any) -> None:
+        self._end_command()
+        os._exit(128 + signum)  # no result: Slurm says why the job ended (cancelled, requeued)
+
+    def checkpoint(self) -> Any:
+        """submitit's hook for a coming time limit or preemption: end the command, requeue the job."""
+        from submitit.helpers import DelayedSubmission
+
+        self._end_command()
+        if self.restarts >= self.requeues:
+            with open(self.logs[1], "ab") as err:
+                err.write(b"train_sweep: Slurm stops the job (time limit or preemption); it was requeued %d time(s), "
+                          b"the bound (--slurm-requeues)\n" % self.restarts)
+            return None  # submitit then records the job as not requeued
+        return DelayedSubmission(SlurmTask(self.argv, self.argv_template, self.command_len, self.cwd, self.env,
+                                           self.logs, self.grace, self.requeues, self.restarts + 1))
+
+
+@dataclasses.dataclass(eq=False)
+class SlurmAttempt:
+    """A run's attempt as a Slurm job: the submitit job once submitted, what Slurm last said of it."""
+
+    run: Run
+    task: SlurmTask | None  # None: re-attached to a job an earlier sweep submitted
+    job: Any = None  # submitit's SlurmJob, once submitted
+    error: str | None = None  # why it could not be submitted (or was lost)
+    submitted_at: float = 0.0
+    state: str = "PENDING"  # Slurm's latest word
+    node: str = ""
+    ran: bool = False  # it has been seen running (a later PENDING is a requeue)
+    requeued: int = 0
+    reader: LogFollower | None = None  # its stdout, for metrics (combined.log is made on the node)
+    polled: bool = False  # looked at once (a re-attached job found ended at the first look ended unwatched)
+    final_lines: list[str] | None = None  # its last stdout lines, read when it ended (for observe)
+
+
+class SlurmLauncher:
+    """Runs as Slurm jobs through submitit: start() queues a run, flush() submits what was queued (a job
+    array for runs that ask for the same resources), poll() looks for the job's result (the train command's
+    exit code, written by submitit when the command ended on its own) and otherwise asks Slurm (sacct, at
+    most every SACCT_S for all jobs) whether the job ended without one: failed, cancelled, timeout, node
+    failure, preempted. stop() cancels the job (scancel). With detach the jobs are left to Slurm."""
+
+    def __init__(self, options: SlurmOptions, folder: Path, cwd: Path, sweep_id: str, kill_grace: float,
+                 extra_env: Mapping[str, str] | None = None, group: str = "") -> None:
+        self.submitit = import_submitit()
+        self.options, self.folder, self.cwd = options, folder, cwd
+        self.executor = slurm_executor(self.submitit, folder, options)
+        self.sweep_id, self.group, self.kill_grace = sweep_id, group or sweep_id, kill_grace
+        self.extra_env = dict(extra_env or {})
+        self.unsubmitted: list[SlurmAttempt] = []
+        self.jobs: set[SlurmAttempt] = set()
+        self.notes: list[str] = []
+        self._sacct_at = -math.inf
+        self.watcher = self.submitit.SlurmJob.watcher
+
+    def env(self, run: Run) -> dict[str, str]:
+        env = {**self.extra_env, **run_env(run, self.sweep_id), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        for key, value in tracker_env({**os.environ, **self.extra_env}, self.group, run).items():
+            env.setdefault(key, value)
+        return env
+
+    def start(self, run: Run, gpus: tuple[int, ...]) -> SlurmAttempt:
+        if run.job_id and run.reattach:  # a job an earlier sweep submitted: followed, not submitted again
+            attempt = SlurmAttempt(run, None, self.submitit.SlurmJob(self.folder, run.job_id),
+                                   submitted_at=time.monotonic())
+            self.jobs.add(attempt)
+            return attempt
+        prepare_run_dir(run)
+        try:
+            for path in (run.stdout_log, run.stderr_log, run.combined_log):
+                open(path, "wb").close()
+        except OSError as e:
+            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
+        task = SlurmTask(list(run.argv), list(run.argv_template), run.command_len, str(self.cwd), self.env(run),
+                         (run.stdout_log, run.stderr_log, run.combined_log), self.kill_grace, self.options.requeues)
+        attempt = SlurmAttempt(run, task)
+        self.unsubmitted.append(attempt)
+        return attempt
+
+    def flush(self) -> None:
+        """Submit the queued runs: one job array per set of runs that ask for the same resources (sbatch once
+        for all of them); a submission that fails fails its runs, with sbatch's message."""
+        queued, self.unsubmitted = self.unsubmitted, []
+        by_gpus: dict[int, list[SlurmAttempt]] = {}
+        for attempt in queued:
+            by_gpus.setdefault(self._gpus(attempt.run), []).append(attempt)
+        for gpus, attempts in by_gpus.items():
+            names = attempts[0].run.name if len(attempts) == 1 else f"{self.group}"
+            try:
+                self.executor.update_parameters(**self.options.parameters(gpus, f"ts-{names}"[:100]))
+                with captured_stderr() as said:
+                    if len(attempts) == 1:
+                        jobs = [self.executor.submit(attempts[0].task)]
+                    else:
+                        with self.executor.batch():  # one sbatch: a job array
+                            jobs = [self.executor.submit(attempt.task) for attempt in attempts]
+            except Exception as e:  # sbatch refused (a limit, an account, a node that cannot exist): the runs fail
+                lines = [line for line in said.text.splitlines() if line.strip()] or str(e).splitlines()
+                message = one_line(" ".join((lines[-1] if lines else type(e).__name__).split()), 400)
+                for attempt in attempts:
+                    attempt.error = f"Slurm refused the job: {message}"
+                    self.jobs.add(attempt)
+                continue
+            now = time.monotonic()
+            for attempt, job in zip(attempts, jobs):
+                attempt.job, attempt.submitted_at = job, now
+                attempt.run.job_id = job.job_id
+                self.jobs.add(attempt)
+        self._sacct_at = -math.inf  # the new jobs' states at the next poll
+
+    def _gpus(self, run: Run) -> int:
+        return run.gpus_needed if self.options.gpus_per_run is None else self.options.gpus_per_run
+
+    def poll(self, handle: SlurmAttempt) -> Outcome | None:
+        attempt = handle
+        outcome = self._poll(attempt)
+        if attempt.task is None and not attempt.polled and outcome is not None:  # re-attached, found ended
+            outcome = dataclasses.replace(outcome, rerun=f"its Slurm job {attempt.job.job_id} ended "
+                                                         f"({attempt.state.lower()}) while no sweep followed it: "
+                                                         "submitted again, as resume runs what did not complete")
+        attempt.polled = True
+        return outcome
+
+    def _poll(self, attempt: SlurmAttempt) -> Outcome | None:
+        if attempt.error is not None:
+            self.jobs.discard(attempt)
+            return Outcome(None, error=attempt.error)
+        if attempt.job is None:
+            return None  # not submitted yet
+        attempt.run.reattach = False  # reported: from here on it is this sweep's
+        now = time.monotonic()
+        asked = now - self._sacct_at >= SACCT_S
+        if asked:
+            self._sacct_at = now
+            self.watcher.update()  # one sacct call for every job of the sweep
+        self._follow_state(attempt, now)
+        if attempt.state not in ("PENDING", "REQUEUED") or attempt.ran or asked:  # sacct lags: a short job can
+            # end while it still says PENDING; queued jobs are looked at with each sacct call, others at each poll
+            outcome = self._result(attempt)
+            if outcome is not None:
+                return outcome
+        if attempt.state in SLURM_ACTIVE and not (attempt.state == "UNKNOWN" and self._lost(attempt, now)):
+            return None
+        outcome = self._result(attempt)  # it may have ended between the look and sacct's word
+        return outcome or self._ended_without_result(attempt)
+
+    def _follow_state(self, attempt: SlurmAttempt, now: float) -> None:
+        info = self.watcher.get_info(attempt.job.job_id, mode="cache")
+        state = (info.get("State") or "UNKNOWN").split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
+        node = info.get("NodeList", "")
+        if state == attempt.state:
+            return
+        run = attempt.run
+        if state == "RUNNING":
+            if attempt.ran and attempt.state in ("PENDING", "REQUEUED", "PREEMPTED"):
+                self.notes.append(f"{'running':<11} {run.name}: Slurm job {run.job_id} runs again on {node}")
+            attempt.ran = True
+            attempt.node = run.node = node if node not in ("", "None assigned") else attempt.node
+        elif attempt.state not in ("PENDING", "REQUEUED", "PREEMPTED", "REQUEUE_HOLD") and (
+                state in ("REQUEUED", "REQUEUE_HOLD") or (state in ("PENDING", "PREEMPTED") and attempt.ran)):
+            self._requeued(attempt, attempt.requeued + 1, state.lower())
+        attempt.state = state
+
+    def _requeued(self, attempt: SlurmAttempt, count: int, how: str) -> None:
+        """Slurm requeued the job (preemption, a time limit, scontrol requeue): said once per requeue."""
+        run = attempt.run
+        attempt.requeued = run.slurm_requeues = count
+        self.notes.append(f"{'requeued':<11} {run.name}: Slurm job {run.job_id} was stopped ({how}) and requeued "
+                          f"({count}); its command starts again in the same folder")
+
+    def _lost(self, attempt: SlurmAttempt, now: float) -> bool:
+        """Slurm's accounting never heard of the job (purged, another cluster), long after it was submitted."""
+        if now - attempt.submitted_at < SLURM_GONE_S:
+            return False
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", attempt.job.job_id, "-o", "%T"], capture_output=True,
+                                 text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.returncode != 0 or not out.stdout.strip()
+
+    def _result(self, attempt: SlurmAttempt) -> Outcome | None:
+        """The outcome submitit recorded for the job: the command's exit code, or the wrapper's error."""
+        path = attempt.job.paths.result_pickle
+        if not path.exists():
+            return None
+        try:
+            import cloudpickle
+
+            with open(path, "rb") as f:
+                kind, value = cloudpickle.load(f)
+        except (OSError, EOFError, ValueError, ImportError, AttributeError, TypeError) as e:
+            return self._done(attempt, Outcome(None, error=f"cannot read Slurm job {attempt.job.job_id}'s result "
+                                                           f"{path}: {e}"))
+        if kind == "success" and isinstance(value, dict):
+            attempt.run.node = value.get("node") or attempt.node
+            restarts = int(value.get("restarts") or 0)
+            if restarts > attempt.requeued:  # requeued between two looks of sacct
+                self._requeued(attempt, restarts, "seen from its restart count")
+            return self._done(attempt, Outcome(value.get("returncode"), value.get("ended_at"),
+                                               started_at=value.get("started_at")))
+        text = str(value)
+        if "not requeued" in text:  # the checkpoint signal came once more than --slurm-requeues allows
+            return self._done(attempt, Outcome(None, hint=HINT_TIMEOUT, error=(
+                f"Slurm stopped job {attempt.job.job_id} (time limit or preemption) after {self.options.requeues} "
+                "requeue(s), the bound (--slurm-requeues)")))
+        last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["(no trace)"]
+        return self._done(attempt, Outcome(None, error=f"the job's wrapper failed on {attempt.node or 'its node'}: "
+                                                       f"{one_line(last[0], 300)} (see {attempt.job.paths.stderr})"))
+
+    def _ended_without_result(self, attempt: SlurmAttempt) -> Outcome:
+        state, job = attempt.state, attempt.job.job_id
+        hint = {"TIMEOUT": HINT_TIMEOUT, "DEADLINE": HINT_TIMEOUT, "NODE_FAIL": HINT_NODE_FAILURE,
+                "PREEMPTED": HINT_PREEMPTED, "BOOT_FAIL": HINT_NODE_FAILURE}.get(state)
+        why = {
+            "TIMEOUT": f"Slurm ended job {job} at its time limit",
+            "DEADLINE": f"Slurm ended job {job} at its deadline",
+            "NODE_FAIL": f"job {job}'s node {attempt.node or ''} failed",
+            "BOOT_FAIL": f"job {job}'s node {attempt.node or ''} failed to boot",
+            "PREEMPTED": f"Slurm preempted job {job} and did not requeue it",
+            "OUT_OF_MEMORY": f"job {job} ran out of host memory (--slurm-mem-gb)",
+            "CANCELLED": f"job {job} was cancelled outside the sweep (scancel, or an administrator)",
+            "COMPLETED": f"job {job} ended without its command's exit code (its wrapper was killed)",
+            "UNKNOWN": f"Slurm no longer knows job {job} and it left no result",
+        }.get(state, f"Slurm job {job} ended {state} without its command's exit code (killed: see "
+                     f"{attempt.job.paths.stderr})")
+        return self._done(attempt, Outcome(None, hint=hint, error=why))
+
+    def _done(self, attempt: SlurmAttempt, outcome: Outcome) -> Outcome:
+        """The job has ended: what its command wrote last is read now (for observe), however short it ran."""
+        self.jobs.discard(attempt)
+        reader = attempt.reader or self._reader(attempt)
+        if reader is not None:
+            attempt.final_lines = reader.pump(final=True)
+            reader.close()
+        attempt.reader = None
+        return outcome
+
+    @staticmethod
+    def _reader(attempt: SlurmAttempt) -> LogFollower | None:
+        try:
+            return LogFollower(attempt.run.stdout_log, attempt.run.stderr_log, None)
+        except OSError:
+            return None
+
+    def stop(self, handle: SlurmAttempt, hard: bool) -> bool:
+        attempt = handle
+        if attempt.job is None:  # queued, not submitted: it never starts
+            if attempt in self.unsubmitted:
+                self.unsubmitted.remove(attempt)
+                attempt.error = "cancelled before it was submitted"
+                self.jobs.add(attempt)
+            return True
+        if attempt.job.paths.result_pickle.exists():
+            return False  # its command ended on its own: its exit code stands
+        try:
+            subprocess.run(["scancel", *(["--signal=KILL", "--full"] if hard else []), attempt.job.job_id],
+                           capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            self.notes.append(f"warning: scancel {attempt.job.job_id} failed: {e}")
+        self._sacct_at = -math.inf
+        return True
+
+    def observe(self, handle: SlurmAttempt) -> list[str]:
+        attempt = handle
+        if attempt.final_lines is not None:  # it has ended: what it wrote last, once
+            lines, attempt.final_lines = attempt.final_lines, []
+            return lines
+        if attempt.reader is None:
+            if not attempt.ran:
+                return []  # queued (its logs are opened once it runs: a long queue holds no files open)
+            attempt.reader = self._reader(attempt)
+        return attempt.reader.pump() if attempt.reader is not None else []
+
+    def next_poll(self, now: float) -> float | None:
+        return now + SLURM_POLL_S if self.jobs or self.unsubmitted else None
+
+    def queued(self) -> int:
+        return len(self.queued_attempts()) + len(self.unsubmitted)
+
+    def queued_attempts(self) -> list[SlurmAttempt]:
+        return [a for a in self.jobs if a.state in ("PENDING", "REQUEUED", "UNKNOWN") and not a.error]
+
+    def describe(self) -> list[str]:
+        """The jobs as Slurm has them: pending and running per partition, with the nodes."""
+        pending = len(self.queued_attempts())
+        running = [a for a in self.jobs if a.state in ("RUNNING", "COMPLETING")]
+        nodes: dict[str, int] = {}
+        for a in running:
+            nodes[a.node or "?"] = nodes.get(a.node or "?", 0) + 1
+        where_ = ", ".join(f"{n} on {node}" for node, n in sorted(nodes.items()))
+        part = self.options.partition or "default partition"
+        return [f"slurm {part}: {len(running)} running" + (f" ({where_})" if where_ else "") + f", {pending} pending"]
+
+    def close(self, detach: bool = False) -> None:
+        """Nothing is left to end: jobs the sweep was following ended or were cancelled (or, detached, are
+        left to Slurm)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # 8. The event loop
 # ----------------------------------------------------------------------------------------------
@@ -3318,6 +3958,7 @@ class RunView(NamedTuple):
     start_time: float | None
     value: float | None = None  # the latest value of the ranking metric
     step: int | None = None
+    where: str = ""  # on a cluster: its job and node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3335,6 +3976,11 @@ class Progress:
     stopping: str | None  # the signal (or "error") that is stopping the sweep
     top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
     search: str | None = None  # the source's line: a search's trials, pruned runs, best parameters
+    cluster: tuple[str, ...] = ()  # the launcher's lines (a cluster's jobs), shown instead of the GPU rows
+
+    @property
+    def unfinished(self) -> int:
+        return self.counts["running"] + self.counts.get("queued", 0) + self.counts["pending"]
 
     def bracket(self) -> str:
         """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
@@ -3429,7 +4075,7 @@ class Sweep:
 
         self.source, self.launcher, self.pool = source, launcher, pool
         self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
-        self.timeout = settings.timeout or None
+        self.timeout = (settings.timeout or None) if settings.backend == "local" else None  # Slurm keeps its own
         self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
         self.metric, self.mode = settings.rank_metric, settings.rank_mode
         self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
@@ -3488,10 +4134,11 @@ class Sweep:
                         self.pool.read(now)  # the live view shows this tick's reading
                 except (OutputError, NoGpuLeft) as e:  # the sweep's own failure: stop cleanly, keep results
                     self._fail(str(e), now)
-                while self.pool.notes:
-                    self.reporter.event(self.pool.notes.pop(0))
-                if self._over():
-                    break
+                for notes in (self.pool.notes, self.launcher.notes):
+                    while notes:
+                        self.reporter.event(notes.pop(0))
+                if self._over() or (self.settings.detach and not self.ended):
+                    break  # detached: what was submitted is left to the cluster
                 if self.reporter.refresh_s:
                     self.reporter.tick(self.progress())
                 self.wakeups.wait(self._next_wakeup(self.clock()))
@@ -3502,7 +4149,8 @@ class Sweep:
         finally:
             self.reporter.end()
             restore()
-            self.launcher.close()  # every run has ended (or was just killed): the guardian can go
+            self.launcher.close(detach=self.settings.detach)  # every run has ended (or was just killed, or
+            # detached: left to the cluster): the guardian can go
         self.source.close()
         return self._finish()
 
@@ -3519,7 +4167,8 @@ class Sweep:
                 self.stop = name
                 self.reporter.event(
                     f"{name}: stopping; ending {len(self.active)} running run(s) (SIGTERM, SIGKILL after "
-                    f"{self.settings.kill_grace:g}s; press Ctrl+C again to kill now)"
+                    f"{self.settings.kill_grace:g}s; press Ctrl+C again to kill now)" if self.settings.backend == "local"
+                    else f"{name}: stopping; cancelling the sweep's {len(self.active)} Slurm job(s) (scancel)"
                 )
                 for attempt in self.active.values():
                     self._end(attempt, State.INTERRUPTED, now)
@@ -3564,6 +4213,8 @@ class Sweep:
             del self.active[run]
             self.pool.release(run)
             run.end_time = outcome.ended_at or time.time()
+            run.start_time = outcome.started_at or run.start_time
+            run.error = outcome.error or run.error
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
@@ -3580,18 +4231,19 @@ class Sweep:
                     run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
             if outcome.note:
                 self.reporter.event(outcome.note)
-            self._ended(run)
+            self._ended(run, outcome.rerun if run.state != State.COMPLETE else None)
 
-    def _ended(self, run: Run) -> None:
-        """An attempt is over: decide its requeue, count it, report it; it is recorded in _record."""
+    def _ended(self, run: Run, rerun: str | None = None) -> None:
+        """An attempt is over: decide its requeue, count it, report it; it is recorded in _record. `rerun`:
+        it ended while no sweep followed it (a detached Slurm job): it runs again, as resume would run it."""
         requeue = None
         if self.stop is None:
-            requeue = requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
+            requeue = rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
         if requeue is None:
             self._count(run)
         elif run.state == State.OOM:
             run.ooms += 1
-        else:
+        elif rerun is None:
             run.retries_used += 1
         self.ended.append((run, requeue))
         self.reporter.finished(run, self.progress(), requeue)
@@ -3789,12 +4441,25 @@ class Sweep:
         """Start runs while a GPU can take one: runs that ran out of memory first (when a GPU has room for
         them), then the head of the queue (the source's runs, then retries), first come, first served."""
         self.waiting = None
-        while self.pool.slot_free():
-            picked = self._pick_oom_waiter(now) or self._pick_next(now)
-            if picked is None:
-                return
-            self._start(*picked, now)
-            self.poll_interval = POLL_MIN_S
+        started: list[tuple[Run, str]] = []
+        try:
+            while self.pool.slot_free():
+                picked = self._pick_oom_waiter(now) or self._pick_next(now)
+                if picked is None:
+                    break
+                if self._start(*picked, now):
+                    started.append((picked[0], picked[2]))
+                self.poll_interval = POLL_MIN_S
+        finally:
+            self.launcher.flush()  # a cluster submits what was started, as one job array where it can
+            for run, why in started:
+                if run not in self.active:
+                    continue  # it could not be submitted: it ends at the next poll
+                try:
+                    self.results.run_started(run)  # run.json says "running" (with its job id, to re-attach to)
+                except OSError as e:
+                    raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
+                self.reporter.started(run, self.progress(), why)
 
     def _pick_next(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
         while True:
@@ -3840,10 +4505,10 @@ class Sweep:
 
     def _can_start(self, run: Run) -> bool:
         """False for a run that needs more GPUs than are left (GPUs were taken out): it fails, with why."""
-        if run.gpus_needed <= len(self.pool.gpus):
+        why = self.pool.unplaceable(run)
+        if why is None:
             return True
-        run.error = (f"it needs {run.gpus_needed} GPUs and {len(self.pool.gpus)} are left (the others were taken "
-                     "out: their NVML calls failed)")
+        run.error = why
         run.state, run.end_time = State.FAILED, time.time()
         self._ended(run)
         return False
@@ -3852,7 +4517,7 @@ class Sweep:
         if self.pool.reads_memory:
             self.waiting = why  # runs wait for memory, not for a slot: poll NVML
 
-    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> None:
+    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
         run.assign(() if gpus == (CPU,) else gpus)
         run.state = State.RUNNING
         run.start_time = time.time()
@@ -3873,14 +4538,10 @@ class Sweep:
             run.state = State.FAILED
             run.end_time = time.time()
             self._ended(run)
-            return
+            return False
         self.pool.launched(run, gpus, now)
         self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None)
-        try:
-            self.results.run_started(run)  # run.json says "running": written while the child starts up
-        except OSError as e:
-            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-        self.reporter.started(run, self.progress(), why)
+        return True
 
     # -- waiting ------------------------------------------------------------------------------
     def _next_wakeup(self, now: float) -> float | None:
@@ -3909,7 +4570,10 @@ class Sweep:
 
     def progress(self) -> Progress:
         counts = dict(self.counts)
-        counts["running"] = len(self.active)
+        queued = self.launcher.queued()
+        counts["running"] = len(self.active) - queued
+        if queued:
+            counts["queued"] = queued  # in a cluster's queue
         counts["pending"] = self.pending()
         total, n = self._durations
         eta = None
@@ -3917,13 +4581,17 @@ class Sweep:
             mean, now = total / n, time.time()
             left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
             eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.board.get(r), r.step)
-                        for r in self.active)
+        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.board.get(r), r.step,
+                                "" if r.job_id is None else run_where(r)) for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
                         self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
-                        tuple((r.name, v) for r, v in self.top(3)), self.source.status())
+                        tuple((r.name, v) for r, v in self.top(3)), self.source.status(),
+                        tuple(self.launcher.describe()))
 
     def _finish(self) -> int:
+        if self.settings.detach and self.stop is None and self.active:  # the jobs are left to the cluster: no
+            self.reporter.detached(list(self.active), self.pending())  # results file until a re-attached sweep ends
+            return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
         try:
             self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
@@ -4301,6 +4969,8 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "attempt": run.attempt,
         "attempts": run.attempts,
     }
+    if run.job_id is not None:
+        record.update(slurm_job_id=run.job_id, node=run.node, slurm_requeues=run.slurm_requeues)
     if not tails:
         del record["stdout"], record["stderr"]
     return record
@@ -4522,7 +5192,7 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
     skipped = []
     for run in runs:
         past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
-        crashed = _crashed_attempt(run, past)
+        crashed = None if run.reattach else _crashed_attempt(run, past)
         if crashed:
             past.append(crashed)
         complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
@@ -4531,8 +5201,47 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
             skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
-            run.attempt = max(int(r.get("attempt", 1)) for r in past) + 1
+            if not run.reattach:  # a re-attached job is the attempt its run.json names
+                run.attempt = max(int(r.get("attempt", 1)) for r in past) + 1
     return skipped
+
+
+def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
+    """Runs whose Slurm job an earlier sweep submitted and never saw end (detached, or killed): their run.json
+    names the job and an attempt the journal does not hold. They are re-attached to it (Run.reattach), not
+    submitted again: the job is followed if it still runs, collected if it ended."""
+    for run in runs:
+        try:
+            record = json.loads((run.run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("identity") != run.identity or \
+                record.get("state") != State.RUNNING.value or not isinstance(record.get("slurm_job_id"), str):
+            continue
+        if any(r.get("attempt") == record.get("attempt") for r in journal.get(run.name, [])):
+            continue
+        run.job_id, run.reattach = record["slurm_job_id"], True
+        run.attempt = int(record.get("attempt") or 1)
+
+
+def cancel_orphan_jobs(output_dir: Path) -> list[str]:
+    """A search resumed on Slurm asks its unfinished trials again: the jobs an earlier sweep left running for
+    them are cancelled first (their folders get the new attempts). Returns what was done, to say."""
+    said = []
+    for path in sorted(output_dir.glob("*/run.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
+                isinstance(record.get("slurm_job_id"), str):
+            try:
+                subprocess.run(["scancel", record["slurm_job_id"]], capture_output=True, timeout=60)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            said.append(f"{'cancelled':<11} {path.parent.name}: Slurm job {record['slurm_job_id']}, left running by an "
+                        "earlier sweep (its trial is asked again)")
+    return said
 
 
 def restore(run: Run, record: Mapping[str, Any]) -> Run:
@@ -4802,6 +5511,13 @@ def where(gpus: Any) -> str:
     return label if label == "CPU" else f"GPU {label}"
 
 
+def run_where(run: Run) -> str:
+    """Where a run runs: its GPUs, or its Slurm job and node."""
+    if run.job_id is None:
+        return where(run.gpus)
+    return f"job {run.job_id}" + (f" on {run.node}" if run.node else "")
+
+
 def one_line(text: str, limit: int = 500) -> str:
     """A line fit to show: at most `limit` characters, cut with a marker."""
     return text if len(text) <= limit else text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
@@ -4868,19 +5584,20 @@ class Reporter:
 
     def started(self, run: Run, progress: Progress, why: str = "") -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
-        self.event(f"{'start':<11} {run.name}{attempt}  {where(run.gpus)}  {progress.bracket()}",
+        verb = "start" if run.job_id is None else "attach" if run.reattach else "submit"
+        self.event(f"{verb:<11} {run.name}{attempt}  {run_where(run)}  {progress.bracket()}",
                    log_only=f"  placed: {why}" if why else "")
 
     def finished(self, run: Run, progress: Progress, requeue: str | None = None) -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
-        parts = [f"{run.state.value:<11} {run.name}{attempt}  {where(run.gpus)}  {fmt_duration(run.duration)}"]
+        parts = [f"{run.state.value:<11} {run.name}{attempt}  {run_where(run)}  {fmt_duration(run.duration)}"]
         if run.state not in (State.COMPLETE, State.PRUNED):
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
         value = metric_of(run.metrics, self.metric)
         if value is not None:
             parts.append(f"{self.metric}={value:g}")
         parts.append(progress.bracket())
-        if progress.eta is not None and (progress.counts["running"] or progress.counts["pending"]):
+        if progress.eta is not None and progress.unfinished:
             parts.append(f"ETA {fmt_duration(progress.eta)}")
         details = []
         if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
@@ -4889,6 +5606,14 @@ class Reporter:
         if requeue:
             details.append(requeue)
         self.event("  ".join(parts), details)
+
+    def detached(self, runs: Sequence[Run], pending: int) -> None:
+        jobs = [r.job_id for r in runs if r.job_id]
+        shown = ", ".join(jobs[:4]) + (f", ... {jobs[-1]}" if len(jobs) > 4 else "")
+        self._print(f"Detached: {len(jobs)} run(s) left to Slurm as jobs {shown}" +
+                    (f"; {pending} not submitted yet" if pending else "") + ".")
+        self._print("Run the same command again to re-attach: running jobs are followed, ended ones collected (their "
+                    "results file written), failed ones submitted again. squeue --me lists them.")
 
     def resumed(self, skipped: int, to_run: int) -> None:
         if skipped:
@@ -4913,7 +5638,8 @@ class Reporter:
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
         rows = []
         for r in shown:
-            row = [str(r.index), r.label or r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""), where(r.gpus),
+            row = [str(r.index), r.label or r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""),
+                   run_where(r),
                    fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
             if self.metric:
                 v = metric_of(r.metrics, self.metric)
@@ -5066,15 +5792,19 @@ class LiveReporter(Reporter):
         width, height = self._live.console.size if self._live is not None else (120, 40)
         width = max(20, width - 1)
         now = time.time()
-        rows = [self._gpu_line(g, progress, width, now) for g in progress.gpus]
+        if progress.cluster:  # a cluster's jobs instead of GPU rows: its line, then each running run
+            rows = [Text(line, style="bold") for line in progress.cluster]
+            rows += [Text(f"  {x.name}  {x.where}" + self._run_note(x, now)) for x in progress.running]
+        else:
+            rows = [self._gpu_line(g, progress, width, now) for g in progress.gpus]
         c = progress.counts
-        finished = progress.total - c["running"] - c["pending"]
+        finished = progress.total - c["running"] - c.get("queued", 0) - c["pending"]
         bar = 40 if width >= 120 else 20 if width >= 90 else 10 if width >= 60 else 0
         filled = round(bar * finished / progress.total) if progress.total else bar
         progress_line = Text("█" * filled, style="cyan") + Text("░" * (bar - filled), style="dim") + Text(
             f"{' ' if bar else ''}{finished}/{progress.total}  {progress.bracket()[1:-1].replace(' |', ' ')}  "
             f"elapsed {fmt_duration(now - self._started)}"
-            + (f"  ETA {fmt_duration(progress.eta)}" if progress.eta is not None and (c["running"] or c["pending"])
+            + (f"  ETA {fmt_duration(progress.eta)}" if progress.eta is not None and progress.unfinished
                else ""))
         fixed = [progress_line]
         if progress.top:
@@ -5090,7 +5820,10 @@ class LiveReporter(Reporter):
         if self.last_failure:
             fixed.append(Text(self.last_failure, style="red"))
         fit = height - 2 - len(fixed)  # a terminal shorter than the GPU list: the rows that fit, then a count
-        if room_for_events is None and len(rows) > max(1, fit):
+        if room_for_events is None and len(rows) > max(1, fit) and progress.cluster:
+            keep = max(1, fit - 1)
+            rows = rows[:keep] + [Text(f"… {len(rows) - keep} more run(s) (a taller terminal shows them)", style="dim")]
+        elif room_for_events is None and len(rows) > max(1, fit):
             keep = max(1, fit - 1)
             hidden = progress.gpus[keep:]
             busy = sum(1 for x in progress.running if (x.gpus[0] if x.gpus else CPU) in hidden)
@@ -5103,6 +5836,12 @@ class LiveReporter(Reporter):
             line.no_wrap = True
             line.truncate(width, overflow="ellipsis")
         return Group(*lines)
+
+    def _run_note(self, x: RunView, now: float) -> str:
+        """` (3m12s, val_loss 0.41 @1200)`: how long a run has run, its latest metric."""
+        return (f" ({fmt_duration(now - (x.start_time or now))}"
+                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "")
+                   if x.value is not None else "") + ")")
 
     def _gpu_line(self, g: int, progress: Progress, width: int, now: float) -> Any:
         """One GPU on one line: id, name (from 120 columns), memory bar (20 wide from 140, 10 from 100, none
@@ -5125,9 +5864,7 @@ class LiveReporter(Reporter):
         elif g != CPU:
             line += Text("(no reading)  ", style="dim")
         mine = [x for x in progress.running if (x.gpus[0] if x.gpus else CPU) == g]
-        runs = [f"{x.name} ({fmt_duration(now - (x.start_time or now))}"
-                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "")
-                   if x.value is not None else "") + ")" for x in mine]
+        runs = [f"{x.name}{self._run_note(x, now)}" for x in mine]
         runs += [f"{x.name} (also GPU {x.gpus[0]})" for x in progress.running if g in x.gpus[1:]]
         if runs:
             line += Text(", ".join(runs))
@@ -6134,6 +6871,29 @@ def build_parser() -> argparse.ArgumentParser:
     s("--sweep-file", metavar="FILE",
       help="a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, command, run_cap) "
            "or a Protein one, searched locally with Optuna; instead of --config-file")
+    c = p.add_argument_group("on a Slurm cluster (submitit; pip install 'train-sweep[slurm]'; see README: On a "
+                             "Slurm cluster)").add_argument
+    c("--backend", choices=BACKENDS, default=Settings.backend,
+      help="where runs run: local (this machine's GPUs) or slurm (one Slurm job per run; the output folder must be "
+           "on a filesystem the nodes share) (default: %(default)s)")
+    c("--slurm-partition", metavar="NAME", help="the partition of the runs' jobs (default: the config's, else Slurm's)")
+    c("--slurm-time", type=_positive_float, metavar="MINUTES",
+      help="each job's time limit (default: the config's, else --timeout rounded up to minutes)")
+    c("--slurm-gpus-per-run", type=_nonneg_int, metavar="N", help="GPUs each job asks for (default: gpus_per_run)")
+    c("--slurm-cpus-per-run", type=_positive_int, metavar="N", help="CPUs each job asks for")
+    c("--slurm-mem-gb", type=_positive_float, metavar="GB", help="host memory each job asks for")
+    c("--slurm-max-parallel", type=_positive_int, metavar="N",
+      help="jobs running at once: a list's job array throttle, a search's parallel trials (default: no bound for a "
+           "list, 4 for a search)")
+    c("--slurm-requeues", type=_nonneg_int, metavar="N",
+      help="how often a job that Slurm preempts or times out is requeued, its command started again in the same "
+           "folder (default: 3; 0: a time-out is final, as locally)")
+    c("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+      help="any other parameter of submitit's SlurmExecutor: account=ml, qos=high, constraint=a100, "
+           "setup='[\"module load cuda\"]' (repeatable; VALUE is read as JSON, else text)")
+    c("--detach", action="store_true",
+      help="submit the runs and exit; run the same command again to re-attach: running jobs are followed, finished "
+           "ones collected, failed ones submitted again")
     p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
     return p
 
@@ -6418,7 +7178,7 @@ def example_params(search: SearchSpec) -> dict[str, Any]:
     return {k: p.choices[0] if p.type == "categorical" else p.low for k, p in search.params.items()}
 
 
-def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note: str, search: SearchSpec | None = None,
+def print_dry_run(runs: Sequence[Run], placement: str, note: str, search: SearchSpec | None = None,
                   settings: Settings | None = None) -> None:
     """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
     A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
@@ -6446,13 +7206,13 @@ def print_dry_run(runs: Sequence[Run], policy: Policy, gpus: Sequence[int], note
                                             f"{settings.search_hours:g} h" if settings.search_hours else "") if x)
         objectives = ", ".join(f"{m} {n}" for m, n in zip(settings.modes, settings.metric))
         console.print(f"Search: {settings.search} sampler, {budget}, pruner {settings.pruner}, {objectives}. "
-                      f"Placement: {policy.describe(gpus)}.", highlight=False)
+                      f"Placement: {placement}.", highlight=False)
         for key, param in search.params.items():
             console.print(f"  {key}: {param.describe()}", highlight=False, markup=False)
         for line in search.notes:
             console.print(f"  note: {line}", highlight=False, markup=False)
     else:
-        console.print(f"{len(runs)} run(s). Placement: {policy.describe(gpus)}.", highlight=False)
+        console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
         skipped = sum(run.skipped for run in runs)
         if skipped:
             console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters and "
@@ -6505,19 +7265,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "value" not in groups or not settings.metric:
                 raise UserError(f"--metric-regex {settings.metric_regex!r}: needs a group (?P<value>...) and a --metric "
                                 "to name what it finds")
-        gpus, probe, note = resolve_gpus(settings)
-        widest = max(runs, key=lambda r: r.gpus_needed)
-        if widest.gpus_needed > len(gpus):
-            device = "the CPU counts as one device" if gpus == [CPU] else f"the sweep has {len(gpus)}"
-            raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
-        if probe is None and any(r.memory_mb for r in runs):
-            note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+        slurm = None
+        if settings.backend == "slurm":  # the cluster places runs: no GPU of this machine is looked at
+            slurm = slurm_options(settings, plan.spec.slurm, plan.spec.source)
+            if settings.gpus:
+                raise UserError("--gpus names this machine's GPUs; with --backend slurm Slurm picks them (use "
+                                "--slurm-gpus-per-run)")
+            if settings.detach and (plan.search is not None or settings.pruner not in (None, "none")):
+                raise UserError("--detach submits a list and exits; a search (or a pruner) decides as runs report, so "
+                                "train_sweep must keep running: start it in tmux or screen, or as a Slurm job itself")
+            gpus, note = [], ""
+            placement = slurm.describe()
+            if not settings.dry_run:
+                slurm_executor(import_submitit(), Path(settings.output_dir).resolve() / SLURM_DIR, slurm)
+                check_slurm(slurm)
+        else:
+            if settings.detach:
+                raise UserError("--detach needs --backend slurm: local runs end with the sweep")
+            for flag in ("slurm_partition", "slurm_time", "slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_mem_gb",
+                         "slurm_max_parallel", "slurm_requeues"):
+                if getattr(settings, flag) is not None:
+                    raise UserError(f"--{flag.replace('_', '-')} needs --backend slurm")
+            if settings.slurm_param:
+                raise UserError("--slurm-param needs --backend slurm")
+            gpus, probe, note = resolve_gpus(settings)
+            widest = max(runs, key=lambda r: r.gpus_needed)
+            if widest.gpus_needed > len(gpus):
+                device = "the CPU counts as one device" if gpus == [CPU] else f"the sweep has {len(gpus)}"
+                raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
+            if probe is None and any(r.memory_mb for r in runs):
+                note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
         policy = Policy(
             max_per_gpu=settings.max_processes_per_gpu,
             memory_threshold_mb=None if probe is None else settings.memory_threshold_gb * 1024,
             max_parallel=settings.max_parallel,
             settle_timeout_s=settings.settle_seconds,
         )
+        if slurm is None:
+            placement = policy.describe(gpus)
         if settings.pruner not in (None, "none") or plan.search is not None:  # said now, before anything starts:
             optuna = import_optuna()  # a missing Optuna, a sampler or pruner that cannot run
             make_pruner(optuna, settings.pruner or "none", plan.search.pruner_args if plan.search else {},
@@ -6527,14 +7312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.dry_run:
             if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
                 plan_resume(runs, plan.journal)
-            print_dry_run(runs, policy, gpus, note, plan.search, settings)
+            print_dry_run(runs, placement, note, plan.search, settings)
             return EXIT_OK
         cwd = Path.cwd()
         check_command(command, cwd)
         check_output_file(settings, runs, command)
         check_writable(Path(settings.output_dir), "output folder")
         check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
-        return run_sweep(plan, gpus, probe, policy, note, cwd)
+        return run_sweep(plan, gpus, probe, policy, note, cwd, slurm)
     except UserError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
@@ -6553,9 +7338,11 @@ def sweep_group(output_dir: Path) -> str:
     return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
 
 
-def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path) -> int:
-    """Lock the output folder and the results file, resume (or set old runs aside), save the settings, open
-    the study of a search (or of a pruned list), start the guardian and run the event loop."""
+def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path,
+              slurm: SlurmOptions | None = None) -> int:
+    """Lock the output folder and the results file, resume (or set old runs aside; re-attach to Slurm jobs an
+    earlier sweep left), save the settings, open the study of a search (or of a pruned list), start the
+    guardian (or the Slurm launcher) and run the event loop."""
     settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
@@ -6575,6 +7362,11 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                 if path.exists():
                     set_aside(path)
             journal_records = {}
+        orphans: list[str] = []
+        if slurm is not None and search is None and settings.pruner in (None, "none"):
+            attach_jobs(runs, journal_records)  # jobs still Slurm's are followed, not submitted again
+        elif slurm is not None:
+            orphans = cancel_orphan_jobs(output_dir)  # a search asks its unfinished trials again
         skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
         if search is not None and not (output_dir / STUDY).exists() and \
                 any(r.get("trial") is not None for records in journal_records.values() for r in records):
@@ -6608,7 +7400,9 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
         what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
             f" of {settings.n_trials} trials" if settings.n_trials else "")
         reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")
-        reporter.event(f"placement: {policy.describe(gpus)}")
+        reporter.event(f"placement: {policy.describe(gpus) if slurm is None else slurm.describe()}")
+        for line in orphans:
+            reporter.event(line)
         if note:
             reporter.event(note)
         if search is None:
@@ -6618,15 +7412,25 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
         results = ResultsWriter(output_file, journal)
         for run, previous in skipped:
             results.add_previous(run, previous)
-        cgroups = RunCgroups(sweep_id)
-        if cgroups.why:
-            reporter.event(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper",
-                           log_only=" (see README: Ending runs)")
-        guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
+        guardian = None
+        launcher: Launcher
+        if slurm is None:
+            cgroups = RunCgroups(sweep_id)
+            if cgroups.why:
+                reporter.event(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper",
+                               log_only=" (see README: Ending runs)")
+            guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
-            launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                     kill_grace=settings.kill_grace, extra_env=plan.spec.env, cgroups=cgroups,
-                                     group=sweep_group(output_dir))
+            if slurm is None:
+                launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
+                                         kill_grace=settings.kill_grace, extra_env=plan.spec.env, cgroups=cgroups,
+                                         group=sweep_group(output_dir))
+                pool: GpuPool | ClusterSlots = GpuPool(gpus, policy, probe)
+            else:
+                launcher = SlurmLauncher(slurm, output_dir.resolve() / SLURM_DIR, cwd, sweep_id, settings.kill_grace,
+                                         plan.spec.env, sweep_group(output_dir))
+                searching = search is not None or settings.pruner not in (None, "none")
+                pool = ClusterSlots((slurm.max_parallel or SEARCH_PARALLEL) if searching else None)
             best_k = None
             if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
                 check_best_ranking(output_dir, settings)
@@ -6636,11 +7440,12 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                 reporter.event(line)
             source = make_source(plan, [r for r in runs if not r.skipped] if search is None else [], study,
                                  reporter.event)
-            sweep = Sweep(source, launcher, GpuPool(gpus, policy, probe), results, reporter, settings,
-                          previous=[r for r, _ in skipped], best_k=best_k)
+            sweep = Sweep(source, launcher, pool, results, reporter, settings, previous=[r for r, _ in skipped],
+                          best_k=best_k)
             return sweep.run()
         finally:
-            guardian.wait()
+            if guardian is not None:
+                guardian.wait()
             results.close()
             reporter.close()
     finally:

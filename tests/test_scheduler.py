@@ -175,6 +175,7 @@ class FakeLauncher:
         self.clock, self.durations, self.mem_gb = clock, durations, mem_gb
         self.jobs: list[FakeJob] = []
         self.log: list[tuple[float, str, tuple[int, ...]]] = []
+        self.notes: list[str] = []
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> FakeJob:
         job = FakeJob(run, self.clock.t + self.durations[run.name])
@@ -198,6 +199,15 @@ class FakeLauncher:
 
     def next_poll(self, now: float) -> float | None:
         return None
+
+    def flush(self) -> None:
+        """Fake runs start at once."""
+
+    def describe(self) -> list[str]:
+        return []
+
+    def queued(self) -> int:
+        return 0
 
     def close(self, detach: bool = False) -> None:  # the loop lets its launcher go only once every run has ended
         assert all(job.killed or self.clock.t >= job.end for job in self.jobs)

@@ -1,0 +1,333 @@
+"""--backend slurm against a real Slurm on localhost: slurmctld, slurmd, slurmdbd (MariaDB) and munge,
+started by tests/slurm/setup.sh, with 4 fake GPUs as GRES (so Slurm sets each job's CUDA_VISIBLE_DEVICES).
+The real CLI, the fake trainer, submitit's real jobs. Skipped, with the reason, where a Slurm cannot be had
+(not root, no apt-get). The flag checks at the end need no Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm.cluster import slurm_cluster  # noqa: F401  (the fixture)
+
+from conftest import interrupt
+from test_core_bugs import communicate
+
+
+def slurm_env(cluster) -> dict[str, str]:
+    """What the cluster adds to the environment (SLURM_CONF, ...), for the sweep and the jobs it submits."""
+    return {k: v for k, v in cluster.env.items() if os.environ.get(k) != v}
+
+
+def run(sweep, cluster, *args: str, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    return sweep.run("--backend", "slurm", "--no-live", *args, timeout=timeout, **slurm_env(cluster), **env)
+
+
+def start(sweep, cluster, *args: str, **env) -> subprocess.Popen:
+    return sweep.start("--backend", "slurm", "--no-live", *args, **slurm_env(cluster), **env)
+
+
+def ours(cluster, sweep, wait: float = 0.0) -> list[str]:
+    """Job ids of this test's sweep that Slurm still holds: queued, running, or completing (its processes
+    being ended). `wait`: up to this long for them to go (a job that ended is COMPLETING for a moment,
+    a cancelled one up to KillWait)."""
+    runs = {p.name for p in (sweep.dir / "outputs").iterdir()} if (sweep.dir / "outputs").exists() else set()
+    end = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %j"], env=cluster.env, capture_output=True, text=True)
+        jobs = []
+        for line in out.stdout.split("\n"):
+            if line.strip():
+                job, name = line.split(None, 1)
+                if name.startswith("ts-") and (name[3:] in runs or name[3:].startswith(sweep.dir.name)):
+                    jobs.append(job)
+        if not jobs or time.monotonic() >= end:
+            return jobs
+        time.sleep(0.5)
+
+
+def overlapping(events: list[dict]) -> list[tuple[dict, dict]]:
+    """Pairs of runs (start events) whose commands ran at the same time."""
+    spans = {}
+    for e in events:
+        spans.setdefault(e["name"], {})[e["event"]] = e
+    items = [s for s in spans.values() if "start" in s and "end" in s]
+    return [(a["start"], b["start"]) for i, a in enumerate(items) for b in items[i + 1:]
+            if a["start"]["t"] < b["end"]["t"] and b["start"]["t"] < a["end"]["t"]]
+
+
+def test_six_runs_on_four_gpus_finish_with_their_results_logs_and_own_gpus(sweep, slurm_cluster):
+    sweep.config({"grid": {"n": [0, 1, 2, 3, 4, 5]}, "defaults": {"sleep": 3, "metric": 0.5, "lines": 3}})
+    p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert sorted(records) == [f"n_{i}" for i in range(6)]
+    assert all(r["state"] == "complete" and r["metrics"]["val_loss"] == 0.5 for r in records.values())
+    ids = [r["slurm_job_id"] for r in records.values()]
+    assert len({i.split("_")[0] for i in ids}) == 1 and all("_" in i for i in ids), ids  # one job array
+    journal = [json.loads(line) for line in (sweep.dir / "outputs" / "journal.jsonl").read_text().splitlines()]
+    assert sorted(j["slurm_job_id"] for j in journal) == sorted(ids)
+    for name, r in records.items():
+        folder = sweep.dir / "outputs" / name
+        assert json.loads((folder / "run.json").read_text())["slurm_job_id"] == r["slurm_job_id"]
+        assert r["node"] and r["duration_seconds"] < 10  # the command's time, not the queue's
+        assert (folder / "train_stdout.log").read_text().count("line") == 3
+        combined = (folder / "combined.log").read_text()  # made on the node, stamped, both streams
+        assert " out | line 0" in combined and " err | " in combined, combined
+        fake = sweep.fake(name)
+        assert fake["env"]["TRAIN_SWEEP_RUN_DIR"] == str(folder.resolve())
+        assert fake["env"]["TRAIN_SWEEP_SLURM_JOB_ID"] == r["slurm_job_id"]
+        assert fake["env"]["CUDA_VISIBLE_DEVICES"] in {"0", "1", "2", "3"}
+    pairs = overlapping(sweep.events())
+    assert pairs, "the jobs ran one after another: the test says nothing about their GPUs"
+    assert all(a["gpu"] != b["gpu"] for a, b in pairs), pairs  # runs at the same time saw their own GPU
+    assert f"{'submit':<11} n_0  job {ids[0].split('_')[0]}_" in p.stdout
+    assert not ours(slurm_cluster, sweep, wait=20)
+
+
+def test_a_failing_run_and_killed_runs_are_recorded_as_failed_not_waited_on(sweep, slurm_cluster):
+    """A command that exits 3; one killed with SIGKILL (its exit code, -9); one whose whole job wrapper is
+    killed with SIGKILL (no exit code: Slurm's accounting says the job failed)."""
+    sweep.config({"runs": [{"n": 0, "exit": 3, "err": "boom"}, {"n": 1, "sleep": 120}, {"n": 2, "sleep": 120},
+                           {"n": 3, "sleep": 1}]})
+    proc = start(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--no-fail-fast")
+    try:
+        outputs = sweep.dir / "outputs"
+        sweep.wait_for(lambda: (outputs / "n_1_sleep_120" / "fake.json").exists() and
+                       (outputs / "n_2_sleep_120" / "fake.json").exists(), 60, "the long runs to start")
+        os.kill(sweep.fake("n_1_sleep_120")["pid"], signal.SIGKILL)
+        command = sweep.fake("n_2_sleep_120")["pid"]
+        wrapper = int(Path(f"/proc/{command}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        assert "submitit" in Path(f"/proc/{wrapper}/cmdline").read_text()
+        os.kill(wrapper, signal.SIGKILL)
+        out, err = communicate(proc, 90, "the sweep to notice the killed jobs")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert records["n_0_exit_3_err_boom"]["state"] == "failed" and records["n_0_exit_3_err_boom"]["returncode"] == 3
+    assert "boom" in records["n_0_exit_3_err_boom"]["stderr"]
+    killed = records["n_1_sleep_120"]
+    assert killed["state"] == "failed" and killed["returncode"] == -9 and killed["signal"] == "SIGKILL"
+    lost = records["n_2_sleep_120"]
+    assert lost["state"] == "failed" and lost["returncode"] is None
+    assert f"Slurm job {lost['slurm_job_id']} ended FAILED without its command's exit code" in lost["error"]
+    assert records["n_3_sleep_1"]["state"] == "complete"
+    assert not ours(slurm_cluster, sweep, wait=20)
+
+
+def test_detach_then_reattach_collects_everything_without_submitting_again(sweep, slurm_cluster):
+    marker = sweep.dir / "failed_once"
+    sweep.config({"runs": [{"n": 0, "sleep": 1}, {"n": 1, "sleep": 6}, {"n": 2, "fail_once": str(marker)},
+                           {"n": 3, "sleep": 12}]})
+    started = time.monotonic()
+    p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--detach")
+    assert p.returncode == 0 and time.monotonic() - started < 15, p.stdout + p.stderr
+    assert "Detached: 4 run(s) left to Slurm" in p.stdout
+    assert not (sweep.dir / "train_sweep_results.json").exists()
+    submitted = {}
+    for folder in (sweep.dir / "outputs").iterdir():
+        if (folder / "run.json").exists():
+            submitted[folder.name] = json.loads((folder / "run.json").read_text())["slurm_job_id"]
+    assert len(submitted) == 4 and ours(slurm_cluster, sweep)
+    sweep.wait_for(lambda: (sweep.dir / "outputs" / "n_1_sleep_6" / "fake.json").exists(), 60, "a job to run")
+
+    p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1")  # re-attach: the same command
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert all(r["state"] == "complete" for r in records.values()), records
+    for name, job in submitted.items():
+        if name.startswith("n_2"):  # it failed while detached: submitted again, as its attempt 2
+            assert records[name]["attempt"] == 2 and records[name]["slurm_job_id"] != job
+            assert [a["state"] for a in records[name]["attempts"]] == ["failed"]
+        else:
+            assert records[name]["slurm_job_id"] == job and records[name]["attempt"] == 1, name
+    starts = [e["name"] for e in sweep.events() if e["event"] == "start"]
+    assert {n: starts.count(n) for n in submitted} == {n: 2 if n.startswith("n_2") else 1 for n in submitted}
+    assert f"{'attach':<11} n_1_sleep_6" in p.stdout
+    assert not ours(slurm_cluster, sweep, wait=20)
+
+
+def test_ctrl_c_cancels_queued_and_running_jobs(sweep, slurm_cluster):
+    sweep.config({"grid": {"n": list(range(8))}, "defaults": {"sleep": 120}})
+    proc = start(sweep, slurm_cluster, "--slurm-gpus-per-run", "1")
+    try:
+        sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/fake.json"))) >= 2, 60, "jobs to run")
+        assert len(ours(slurm_cluster, sweep)) >= 5  # 4 running (4 GPUs), the others queued
+        interrupt(proc)
+        out, err = communicate(proc, 60, "the sweep to cancel its jobs")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert not ours(slurm_cluster, sweep, wait=20), "jobs outlived Ctrl+C"
+    records = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
+    assert len(records) == 8 and all(r["state"] == "interrupted" for r in records), records
+    arrays = {r["slurm_job_id"].split("_")[0] for r in records}
+    rows = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", *(f"-j{a}" for a in arrays)],
+                          env=slurm_cluster.env, capture_output=True, text=True).stdout.splitlines()
+    assert rows and all(row.split("|")[1].startswith("CANCELLED") for row in rows), rows  # every job, queued too
+
+
+def test_a_search_of_8_trials_on_2_slots(sweep, slurm_cluster):
+    p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--slurm-max-parallel", "2", "--search", "random",
+            "--n-trials", "8", "--metric", "val_loss", "sleep=1", "metric=interval(0, 1)", timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = sweep.results()
+    assert len(records) == 8 and all(r["state"] == "complete" for r in records)
+    assert len({r["slurm_job_id"] for r in records}) == 8
+    events = sweep.events()
+    at_once = max(sum(1 for e in events if e["event"] == "start" and e["t"] <= s["t"]) -
+                  sum(1 for e in events if e["event"] == "end" and e["t"] <= s["t"])
+                  for s in events if s["event"] == "start")
+    assert at_once <= 2, at_once  # never more trials than slots
+    assert "Search random: 8/8 trials" in p.stdout
+    best = min(records, key=lambda r: r["metrics"]["val_loss"])
+    assert f"Best parameters ({best['model_name']})" in p.stdout
+
+
+PRUNE_TRAIN = """\
+import os, sys, time
+args = dict(a.split('=', 1) for a in sys.argv[1:])
+bad = args.get('bad') == '1'
+for step in range(200 if bad else 4):
+    print(f'step {step} loss={(10.0 if bad else float(args["k"])) + 1 / (step + 1):.4f}', flush=True)
+    time.sleep(0.3)
+"""
+
+
+def test_a_pruned_trial_s_job_is_cancelled(sweep, slurm_cluster):
+    sweep.config([{"k": k} for k in (0.5, 0.3, 0.4, 0.2, 0.6)] + [{"k": 9, "bad": 1}])
+    script = sweep.dir / "prune_train.py"
+    script.write_text(PRUNE_TRAIN)
+    p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--slurm-max-parallel", "5", "--command",
+            f"python {script}", "--pruner", "median", "--metric", "loss", timeout=180, trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    bad = records["k_9_bad_1"]
+    assert bad["state"] == "pruned" and bad["metric"]["points"] < 100, bad
+    assert slurm_cluster.sacct_state(bad["slurm_job_id"]).startswith("CANCELLED")
+    for name, r in records.items():  # a job too short for Slurm to say it ran still has its metric stream read
+        assert name == "k_9_bad_1" or (r["state"] == "complete" and r["metric"]["points"] == 4), r
+    assert not ours(slurm_cluster, sweep, wait=20)
+
+
+def test_scontrol_requeue_of_a_running_job_is_survived(sweep, slurm_cluster):
+    sweep.config({"runs": [{"n": 0, "sleep": 6, "lines": 2}]})
+    proc = start(sweep, slurm_cluster, "--slurm-gpus-per-run", "1")
+    try:
+        fake = sweep.dir / "outputs" / "n_0_sleep_6_lines_2" / "fake.json"
+        sweep.wait_for(fake.exists, 60, "the job to run")
+        job = json.loads(fake.read_text())["env"]["TRAIN_SWEEP_SLURM_JOB_ID"]
+        subprocess.run(["scontrol", "requeue", job], env=slurm_cluster.env, check=True, capture_output=True)
+        out, err = communicate(proc, 150, "the requeued job to run again and finish")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    record = sweep.results()[0]
+    assert record["state"] == "complete" and record["slurm_job_id"] == job and record["slurm_requeues"] >= 1, record
+    starts = [e for e in sweep.events() if e["event"] == "start"]
+    assert len(starts) == 2  # the command ran again, in the same folder
+    stderr = Path(record["stderr_log"]).read_text()
+    assert f"train_sweep: job {job} restarted by Slurm (restart 1)" in stderr, stderr
+    assert f"{'requeued':<11} n_0_sleep_6_lines_2: Slurm job {job}" in out
+
+
+# -- the flags, checked before anything is submitted (no Slurm needed) -------------------------------------
+
+@pytest.mark.parametrize("args, config, error", [
+    (["--detach"], None, "--detach needs --backend slurm"),
+    (["--slurm-partition", "gpu"], None, "--slurm-partition needs --backend slurm"),
+    (["--slurm-param", "qos=high"], None, "--slurm-param needs --backend slurm"),
+    (["--backend", "slurm", "--gpus", "0"], None, "--gpus names this machine's GPUs"),
+    (["--backend", "slurm", "--slurm-param", "time=5"], None, "--slurm-param time: train_sweep sets it (use --slurm-time)"),
+    (["--backend", "slurm", "--slurm-param", "qos"], None, "--slurm-param 'qos': expected KEY=VALUE"),
+    (["--backend", "slurm", "--detach", "--search", "random", "--metric", "loss", "--n-trials", "4",
+      "x=interval(0, 1)"], None,
+     "--detach submits a list and exits; a search"),
+    (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": {"time": "1h"}},
+     "'slurm' key 'time' must be a number of minutes > 0, got a string"),
+    (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": {"partiton": "gpu"}}, "partiton"),
+    (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": []}, "'slurm' must be an object"),
+    (["--backend", "cloud"], None, "invalid choice: 'cloud'"),
+])
+def test_bad_slurm_flags_are_one_line_errors(sweep, args, config, error):
+    sweep.config(config or [{"a": 1}])
+    p = sweep.run(*args)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert error in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (sweep.dir / "outputs").exists()
+
+
+def test_no_slurm_on_this_machine_is_a_one_line_error(sweep, tmp_path):
+    """Without srun on PATH (not a Slurm cluster), nothing is written."""
+    sweep.config([{"a": 1}])
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    p = sweep.run("--backend", "slurm", PATH=str(bare))
+    if "submitit" in p.stderr and "pip install" in p.stderr:
+        pytest.skip("submitit is not installed here")
+    assert p.returncode == 2 and "--backend slurm:" in p.stderr and "srun is not on PATH" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (sweep.dir / "outputs").exists()
+
+
+def test_slurm_that_does_not_answer_is_a_one_line_error(sweep, tmp_path):
+    """Slurm's commands installed but no cluster configured (or reachable): sinfo's own word, nothing written."""
+    sweep.config([{"a": 1}])
+    bin_ = tmp_path / "fakebin"
+    bin_.mkdir()
+    for name in ("srun", "sinfo"):
+        (bin_ / name).write_text("#!/bin/sh\necho 'sinfo: error: Could not establish a configuration source' >&2\n"
+                                 "exit 1\n")
+        (bin_ / name).chmod(0o755)
+    p = sweep.run("--backend", "slurm", PATH=f"{bin_}:{os.environ['PATH']}")
+    if "pip install" in p.stderr:
+        pytest.skip("submitit is not installed here")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr == ("train_sweep: error: --backend slurm: Slurm does not answer here (sinfo: sinfo: error: Could "
+                        "not establish a configuration source)\n")
+    assert not (sweep.dir / "outputs").exists()
+
+
+def test_a_partition_that_does_not_exist_is_refused_before_submitting(sweep, slurm_cluster):
+    sweep.config([{"a": 1}])
+    p = run(sweep, slurm_cluster, "--slurm-partition", "gpus")
+    assert p.returncode == 2 and "--slurm-partition gpus: no such partition here (sinfo lists: debug)" in p.stderr, \
+        p.stderr
+    assert not (sweep.dir / "outputs").exists()
+
+
+def test_a_parameter_submitit_does_not_know_is_refused_before_submitting(sweep, slurm_cluster):
+    sweep.config([{"a": 1}])
+    p = run(sweep, slurm_cluster, "--slurm-param", "acount=ml")
+    assert p.returncode == 2 and "--slurm-param: submitit refuses it: Unavailable parameter(s): ['acount']" in p.stderr, \
+        p.stderr
+    assert not ours(slurm_cluster, sweep, wait=20)
+
+
+def test_dry_run_says_what_each_job_asks_for(sweep):
+    sweep.config({"runs": [{"a": 1}], "slurm": {"partition": "gpu", "time": 90, "cpus_per_run": 8}})
+    p = sweep.run("--backend", "slurm", "--dry-run", "--slurm-mem-gb", "32")
+    assert p.returncode == 0, p.stderr
+    assert "one Slurm job per run (partition gpu, gpus_per_run GPU(s), 8 CPUs, 32 GB, 90 min)" in p.stdout
+
+
+def test_slurm_options_flags_win_over_the_config_and_timeout_gives_the_time():
+    from train_sweep import Settings, slurm_options
+
+    config = {"partition": "a", "time": 30, "max_parallel": 3, "params": {"account": "ml", "qos": "low"}}
+    o = slurm_options(Settings(slurm_partition="b", slurm_param=("qos=high",)), config, "cfg")
+    assert (o.partition, o.time_min, o.max_parallel, dict(o.params)) == ("b", 30, 3, {"account": "ml", "qos": "high"})
+    o = slurm_options(Settings(timeout=3601), {}, "cfg")
+    assert o.time_min == 61 and o.requeues == 3 and o.gpus_per_run is None
+    assert slurm_options(Settings(timeout=0), {}, "cfg").time_min is None
+    params = slurm_options(Settings(slurm_time=2, slurm_mem_gb=1.5), {}, "cfg").parameters(2, "x")
+    assert params == {"job_name": "x", "time": 2, "signal_delay_s": 20, "gpus_per_node": 2, "mem": "1536MB"}
