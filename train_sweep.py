@@ -7,6 +7,7 @@ run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared
 a process behind (timeouts, Ctrl+C, even kill -9 of the sweep); never losing a finished result (a
 journal, resume, retries, out-of-memory requeue); and showing what runs where and which run won. Or it
 searches a space with Optuna: a trial for each GPU slot that frees up, a pruner that kills hopeless runs.
+On a Slurm cluster (--backend slurm) the same sweep runs as one Slurm job per run, through submitit.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
@@ -14,6 +15,7 @@ searches a space with Optuna: a trial for each GPU slot that frees up, a pruner 
     python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
     python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log, interval(1e-5, 1e-2))'
     python train_sweep.py --sweep-file sweep.yaml --gpus 0 1     # a W&B (or Protein) sweep, searched with Optuna
+    python train_sweep.py --backend slurm --slurm-partition gpu --detach   # Slurm jobs; run it again to re-attach
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
     python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
     tail -f outputs/<name>/combined.log                          # follow one run
@@ -26,14 +28,16 @@ Map of this file (sections in the order data flows):
                                   and Protein sweep files
     4. Runs and names             readable names, labels (what varies), templates, argument styles, Runs
     5. GPU probe                  NVML readings through pynvml, in one place
-    6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool), classify,
-                                  requeue_reason, broken_setup (fail fast)
+    6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool; ClusterSlots on
+                                  Slurm), classify, requeue_reason, broken_setup (fail fast)
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
-                                  study: ask, tell, prune); the guardian, LogFollower and LocalLauncher
+                                  study: ask, tell, prune); the guardian, LogFollower and LocalLauncher;
+                                  Slurm through submitit (SlurmOptions, SlurmTask run in the job, SlurmLauncher)
     8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
                                   Progress snapshots
     9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
-                                  read_metrics); best-K checkpoints (BestK); the journal, resume, the locks
+                                  read_metrics); best-K checkpoints (BestK); the journal, resume (re-attaching
+                                  to Slurm jobs), the locks
     10. Reporting                 event lines, sweep.log, the live view, the summary
     11. Offline tools             report (with a study's plots), list (sweep states), cleanup (keeps the best)
     12. CLI                       argparse, plan_runs, main(), run_sweep, cli() (the command)
