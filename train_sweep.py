@@ -177,8 +177,9 @@ class Settings:
     """seconds a run may run before it is ended; 0: never"""
     output_file: str = "train_sweep_results.json"
     """the results file, rewritten as runs finish; <output_file>.partial after an interruption"""
-    max_processes_per_gpu: int = 1
-    """runs of this sweep at once on one GPU"""
+    max_processes_per_gpu: int | str | None = None
+    """runs of this sweep at once on one GPU, or 'auto': the sweep decides from each run's memory footprint,
+    the GPUs' utilization and the CPU cores (None: the config's, else 1)"""
     memory_threshold_gb: float = 40.0
     """a GPU whose used memory (anyone's) is at or above this takes no new run"""
     disable_gpu_monitoring: bool = False
@@ -443,6 +444,7 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "name_template": ("a string", lambda v: isinstance(v, str)),
     "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
     "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "max_processes_per_gpu": ('a whole number >= 1 or "auto"', lambda v: v == "auto" or (_is_whole(v) and v >= 1)),
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
     "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see README: Search)",
                lambda v: isinstance(v, dict)),
@@ -488,6 +490,7 @@ class SweepSpec:
     abbrev: dict[str, str] = dataclasses.field(default_factory=dict)
     search: SearchSpec | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)  # the "slurm" object (--backend slurm)
+    max_processes_per_gpu: int | str | None = None
 
 
 def read_json_file(path: str) -> Any:
@@ -544,6 +547,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         abbrev=dict(given.get("abbrev", {})),
         search=parse_search(given["search"], path) if "search" in given else None,
         slurm=dict(given.get("slurm", {})),
+        max_processes_per_gpu=given.get("max_processes_per_gpu"),
     )
 
 
@@ -1481,6 +1485,7 @@ class Run:
     reattach: bool = False  # ... submitted by an earlier sweep and still Slurm's: followed, not submitted again
     node: str | None = None  # the node its Slurm job ran on
     slurm_requeues: int = 0  # how often Slurm requeued its job (preemption, time limit)
+    pgid: int | None = None  # the process group of its local attempt (auto learns its GPU memory by it)
 
     def assign(self, gpus: tuple[int, ...]) -> None:
         """The GPUs of this attempt (() is the CPU), filled into {gpu} in the command."""
@@ -1750,6 +1755,7 @@ class GpuReading:
     memory_total_mb: float = 0.0
     utilization: int | None = None  # percent, None when NVML cannot tell
     pids: frozenset[int] = frozenset()  # compute processes on it (any user's, as far as NVML shows)
+    pid_mb: Mapping[int, float | None] = dataclasses.field(default_factory=dict)  # their memory (None: unknown)
 
     @property
     def processes(self) -> int:
@@ -1798,13 +1804,17 @@ class NvmlProbe:
             util: int | None = nv.nvmlDeviceGetUtilizationRates(handle).gpu
         except nv.NVMLError:
             util = None
-        pids: set[int] = set()
+        pid_mb: dict[int, float | None] = {}
         for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
             try:
-                pids.update(p.pid for p in getattr(nv, getter)(handle))
+                for p in getattr(nv, getter)(handle):
+                    used = getattr(p, "usedGpuMemory", None)  # None where the driver does not tell (containers)
+                    mb = used / MB if isinstance(used, int) else None
+                    before = pid_mb.get(p.pid)
+                    pid_mb[p.pid] = before if mb is None else mb + (before or 0.0)
             except (nv.NVMLError, AttributeError):
                 pass
-        return GpuReading(i, self.name(i), mem.used / MB, mem.total / MB, util, frozenset(pids))
+        return GpuReading(i, self.name(i), mem.used / MB, mem.total / MB, util, frozenset(pid_mb), pid_mb)
 
     def close(self) -> None:
         try:
@@ -1841,12 +1851,21 @@ class Policy:
     max_per_gpu: int = 1
     memory_threshold_mb: float | None = 40.0 * 1024
     max_parallel: int | None = None  # cap on runs at once over all GPUs
+    auto: bool = False  # --max-processes-per-gpu auto: AutoPacker decides how many runs each GPU takes
+    cpu_cores: int = 1  # ... bounded by the CPU cores the sweep may use
     settle_timeout_s: float = SETTLE_TIMEOUT_S
     settle_stable_s: float = SETTLE_STABLE_S
     settle_growth_mb: float = SETTLE_GROWTH_MB
 
     def describe(self, gpus: Sequence[int]) -> str:
         where = "the CPU" if list(gpus) == [CPU] else "GPU " + " ".join(str(g) for g in gpus)
+        if self.auto:
+            bound = f"{self.max_parallel} in all (--max-parallel)" if self.max_parallel else \
+                f"{self.cpu_cores} in all (the CPU cores)"
+            return (f"auto on {where}: one run a GPU until a run's memory footprint is known, then as many as free "
+                    f"memory takes (footprint x{AUTO_MARGIN:g}, at least +{AUTO_MARGIN_MB / 1024:g} GB), at most "
+                    f"{bound}, none more on a GPU {AUTO_UTIL_FULL:g}% busy or while the CPUs are "
+                    f"{AUTO_CPU_FULL:g}% busy")
         text = f"up to {self.max_per_gpu} run(s) at once on {where}"
         if self.max_parallel:
             text += f", at most {self.max_parallel} in all"
@@ -1925,6 +1944,7 @@ def pick_gpus(
     min_free_mb: float | None = None,
     need_mb: float | None = None,
     pending_mb: Callable[[int], float] | None = None,
+    limits: Mapping[int, int] | None = None,
 ) -> tuple[tuple[int, ...] | None, str]:
     """Choose the GPU(s) for the next run, or None and why no choice is possible now.
 
@@ -1937,12 +1957,13 @@ def pick_gpus(
     have not allocated yet (`pending_mb`), must be at least that; such a run does not wait for settling.
     `min_free_mb` (a run that ran out of memory): the GPU must also have more free memory than that,
     or be empty (no process of anyone's; without readings: no run of ours).
+    `limits` (auto): each GPU's own maximum of runs, instead of `max_per_gpu`.
     """
     total = sum(running.values())
     if policy.max_parallel is not None and total >= policy.max_parallel:
         return None, f"--max-parallel {policy.max_parallel} reached"
     limit = 1 if n > 1 else policy.max_per_gpu
-    free = [g for g in gpus if running.get(g, 0) < limit]
+    free = [g for g in gpus if running.get(g, 0) < (min(limit, limits[g]) if limits is not None else limit)]
     if len(free) < n:
         if n > 1:
             return None, f"a run of {n} GPUs waits for {n} GPUs without runs ({len(free)} now)"
@@ -2007,6 +2028,171 @@ class MemoryPledges:
         return max(0.0, sum(p[2] for p in live) - growth)
 
 
+AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footprint x 1.15, and at least + 512 MB
+AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
+AUTO_WINDOW_S = 5.0  # utilization and CPU load are judged over this window
+AUTO_UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
+AUTO_CPU_FULL = 90.0  # the machine's CPUs this busy (the window's mean) take no more runs
+AUTO_MAX_PER_GPU = 64
+
+
+@dataclasses.dataclass
+class _Footprint:
+    peak_mb: float = 0.0  # the most memory seen for the run
+    grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
+    how: str = ""  # per-process memory, or the GPU's growth
+
+
+class AutoPacker:
+    """--max-processes-per-gpu auto: how many runs each GPU takes, decided from what NVML shows.
+
+    Memory: each run's footprint is learned from NVML, as the memory of the processes of its process group
+    (per-process memory), or where NVML does not show them (containers) as the GPU's growth over what it
+    used before our runs started on it, shared by our runs there. Once a run's memory has not grown for
+    AUTO_STABLE_S, the sweep's footprint is the largest learned; a new run needs footprint x AUTO_MARGIN
+    (at least + AUTO_MARGIN_MB), or its declared gpu_memory_gb. Until the first footprint is known each GPU
+    takes one run; from then on runs start at once wherever free memory, less what runs just started
+    have not allocated yet, covers the need (MemoryPledges): no settle wait.
+    Throughput: a training process keeps a CPU core busy driving its GPU (measured: 16 small runs on 16
+    cores, 90% busy), so the sweep runs at most as many runs as it has CPU cores, shared among the GPUs,
+    and a GPU takes no more runs while its utilization is >= AUTO_UTIL_FULL or the machine's CPUs are
+    >= AUTO_CPU_FULL busy (means over AUTO_WINDOW_S): adding runs then no longer raises throughput.
+    Out of memory: the footprint is raised to what the run reached and the margin grows x1.5, so the same
+    packing is not tried again."""
+
+    def __init__(self, gpus: Sequence[int], cpu_cores: int, group_of: Callable[[int], int | None] | None = None):
+        from collections import deque
+
+        self.cores = max(1, cpu_cores)
+        self.per_gpu_cap = max(1, min(AUTO_MAX_PER_GPU, self.cores // max(1, len(gpus))))
+        self.footprint_mb: float | None = None
+        self.margin = AUTO_MARGIN
+        self.runs: dict[Run, _Footprint] = {}
+        self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
+        self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
+        self.cpu: deque[tuple[float, float]] = deque()
+        self.why: dict[int, str] = {}  # each GPU's latest reason to take no more runs (said when it changes)
+        self.notes: list[str] = []
+        self.group_of = group_of or _process_group
+        self.now = 0.0  # the latest reading's time: older samples than the window do not count
+
+    # -- what NVML shows ------------------------------------------------------------------------
+    def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]],
+                cpu_busy: float | None) -> None:
+        """One reading: each run's memory, the GPUs' utilization, the CPUs' load; a footprint once a run's
+        memory holds still."""
+        self.now = now
+        if cpu_busy is not None:
+            self._window(self.cpu, now, cpu_busy)
+        from collections import deque
+
+        for g, r in readings.items():
+            runs = on_gpu.get(g, ())
+            if r.utilization is not None:
+                self._window(self.util.setdefault(g, deque()), now, r.utilization)
+            if not runs:
+                self.baseline[g] = r.memory_used_mb
+                continue
+            groups = {}
+            for pid, mb in r.pid_mb.items():
+                if mb is not None:
+                    group = self.group_of(pid)
+                    groups[group] = groups.get(group, 0.0) + mb
+            unattributed = [run for run in runs if not groups.get(run.pgid)]
+            growth = max(0.0, r.memory_used_mb - self.baseline.get(g, r.memory_used_mb))
+            shared = (growth - sum(groups.get(run.pgid, 0.0) for run in runs)) / len(unattributed) if unattributed \
+                else 0.0
+            for run in runs:
+                mine = groups.get(run.pgid)
+                self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth")
+        self._learn(now)
+
+    @staticmethod
+    def _window(samples: Any, now: float, value: float) -> None:
+        samples.append((now, value))
+        while samples and samples[0][0] < now - AUTO_WINDOW_S:
+            samples.popleft()
+
+    def _seen(self, run: Run, now: float, mb: float, how: str) -> None:
+        f = self.runs.setdefault(run, _Footprint(grew_at=now))
+        if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
+            f.grew_at = now
+        if mb > f.peak_mb:
+            f.peak_mb, f.how = mb, how
+
+    def _learn(self, now: float, run: Run | None = None) -> None:
+        """The footprint: the largest peak of a run whose memory has held still (or that ended)."""
+        settled = [(f.peak_mb, r) for r, f in self.runs.items()
+                   if f.peak_mb >= 64.0 and (r is run or now - f.grew_at >= AUTO_STABLE_S)]
+        if not settled:
+            return
+        mb, who = max(settled, key=lambda x: x[0])
+        if self.footprint_mb is None or mb > self.footprint_mb * 1.1:
+            first = self.footprint_mb is None
+            self.footprint_mb = mb
+            self.notes.append(f"{'footprint':<11} {fmt_bytes(mb * MB)} a run ({who.name}, from {self.runs[who].how})"
+                              + ("; runs now start at once where a GPU has " if first else "; a GPU now needs ")
+                              + f"{fmt_bytes(self.need_mb() * MB)} free for the next")
+        elif mb > self.footprint_mb:
+            self.footprint_mb = mb
+
+    def ended(self, run: Run, now: float, oom: bool) -> None:
+        """A run ended: its peak counts as learned; after running out of memory, more margin."""
+        if run in self.runs:
+            self._learn(now, run)
+            del self.runs[run]
+        if oom:
+            self.margin *= 1.5
+            self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory: a run now needs "
+                              f"{fmt_bytes(self.need_mb() * MB) if self.footprint_mb else 'a GPU of its own'} "
+                              f"(footprint x{self.margin:.2f}), so that packing is not tried again")
+
+    # -- decisions -------------------------------------------------------------------------------
+    def need_mb(self) -> float | None:
+        """The free memory a new run needs (None: no footprint known yet)."""
+        if self.footprint_mb is None:
+            return None
+        return max(self.footprint_mb * self.margin, self.footprint_mb + AUTO_MARGIN_MB)
+
+    def limit(self, g: int, running: int, total: int) -> tuple[int, str | None]:
+        """How many runs GPU g may hold now, and why not more (None: only memory decides)."""
+        if self.footprint_mb is None:
+            return 1, "learning the memory footprint of a first run"
+        if total >= self.cores:
+            return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
+        util = self._mean(self.util.get(g))
+        if util is not None and util >= AUTO_UTIL_FULL:
+            return running, f"{util:.0f}% busy: adding more no longer raises throughput"
+        cpu = self._mean(self.cpu)
+        if cpu is not None and cpu >= AUTO_CPU_FULL:
+            return running, f"the CPUs are {cpu:.0f}% busy: adding more no longer raises throughput"
+        if running < self.per_gpu_cap:
+            return self.per_gpu_cap, None
+        return self.per_gpu_cap, f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all"
+
+    def _mean(self, samples: Any) -> float | None:
+        recent = [v for t, v in samples or () if t >= self.now - AUTO_WINDOW_S]
+        return sum(recent) / len(recent) if recent else None
+
+    def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
+        """Why GPU g takes no more runs, in sweep.log when it changes."""
+        if why == self.why.get(g):
+            return
+        self.why[g] = why
+        if why is None:
+            return
+        used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
+        fp = f", footprint {fmt_bytes(self.footprint_mb * MB)}" if self.footprint_mb else ""
+        self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}{fp}; no more: {why}")
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 class NoGpuLeft(Exception):
     """Every GPU of the sweep was taken out (its NVML calls kept failing): nothing new can start."""
 
@@ -2016,7 +2202,8 @@ class GpuPool:
     the memory a launch has not shown yet (settling, declared memory); `release` frees a run's GPUs.
     NVML is read at most once per tick of the loop (`read(now)`), and the live view shows that reading."""
 
-    def __init__(self, gpus: Sequence[int], policy: Policy, probe: NvmlProbe | None) -> None:
+    def __init__(self, gpus: Sequence[int], policy: Policy, probe: NvmlProbe | None,
+                 group_of: Callable[[int], int | None] | None = None) -> None:
         self.gpus = list(gpus)
         self.policy = policy
         self.probe = probe
@@ -2025,7 +2212,15 @@ class GpuPool:
         self.pledges = MemoryPledges(policy.settle_timeout_s)
         self.readings: dict[int, GpuReading] = {}  # the latest reading, shared with the reporters
         self._read_at: float | None = None
-        self.notes: list[str] = []  # GPUs taken out since the loop last looked
+        self.notes: list[str] = []  # GPUs taken out (and auto's decisions) since the loop last looked
+        self.on_gpu: dict[int, list[Run]] = {g: [] for g in self.gpus}
+        self.auto = AutoPacker(self.gpus, policy.max_parallel or policy.cpu_cores, group_of) \
+            if policy.auto and probe is not None else None
+        if self.auto is not None:
+            import psutil
+
+            self._cpu_percent = psutil.cpu_percent
+            self._cpu_percent(None)  # the first call starts the measure
 
     @property
     def reads_memory(self) -> bool:
@@ -2033,12 +2228,23 @@ class GpuPool:
 
     @property
     def slots(self) -> int:
-        return max(1, min(self.policy.max_parallel or 10**9, self.policy.max_per_gpu * len(self.gpus)))
+        per_gpu = self.policy.max_per_gpu if self.auto is None else max(1, sum(self.running.values()) // max(
+            1, len(self.gpus)))
+        return max(1, min(self.policy.max_parallel or 10**9, per_gpu * len(self.gpus)))
 
     def slot_free(self) -> bool:
-        if self.policy.max_parallel is not None and sum(self.running.values()) >= self.policy.max_parallel:
+        total = sum(self.running.values())
+        if self.policy.max_parallel is not None and total >= self.policy.max_parallel:
             return False
+        if self.auto is not None:  # place() says why a GPU takes no more (and the loop polls NVML meanwhile)
+            return total < self.auto.cores and any(n < self.auto.per_gpu_cap for n in self.running.values())
         return any(n < self.policy.max_per_gpu for n in self.running.values())
+
+    def read_due(self, now: float) -> float | None:
+        """auto: NVML is read at least every second while runs run (footprints, utilization, CPU load)."""
+        if self.auto is None or not self.busy():
+            return None
+        return (self._read_at or now) + 1.0
 
     def busy(self) -> bool:
         return any(self.running.values())
@@ -2060,6 +2266,10 @@ class GpuPool:
             self.readings = self.probe.read(self.gpus)
             for g, r in self.readings.items():
                 self.settle.observe(g, now, r.memory_used_mb)
+            if self.auto is not None:
+                self.auto.observe(now, self.readings, self.on_gpu, self._cpu_percent(None))
+                self.notes += self.auto.notes
+                self.auto.notes.clear()
             for g, err in list(self.probe.failed.items()):
                 if g in self.running and self.running[g] == 0:
                     self.gpus.remove(g)
@@ -2080,17 +2290,43 @@ class GpuPool:
 
         if run.gpus_needed > len(self.gpus):
             return None, f"it needs {run.gpus_needed} GPUs and {len(self.gpus)} are left"
-        return pick_gpus(self.gpus, self.running, readings, lambda gpu: self.settle.settling(gpu, now),
-                         self.policy, run.gpus_needed, min_free_mb, run.memory_mb, pending)
+        if self.auto is None:
+            return pick_gpus(self.gpus, self.running, readings, lambda gpu: self.settle.settling(gpu, now),
+                             self.policy, run.gpus_needed, min_free_mb, run.memory_mb, pending)
+        total = sum(self.running.values())
+        limits, whys = {}, []
+        for g in self.gpus:
+            limits[g], why = self.auto.limit(g, self.running[g], total)
+            if self.running[g] >= limits[g] and why:
+                self.auto.say(g, why, self.running[g], self.readings.get(g))
+                whys.append(f"GPU {g}: {why}")
+            elif self.running[g] < limits[g] and (self.auto.why.get(g) or "").startswith(("learning", "at most")):
+                self.auto.say(g, None, self.running[g], None)  # room again: a later limit is said anew
+        need = run.memory_mb or self.auto.need_mb()
+        gpus, why = pick_gpus(self.gpus, self.running, readings, lambda gpu: False, self.policy, run.gpus_needed,
+                              min_free_mb, need, pending, limits)
+        if gpus is None and whys and "maximum number of runs" in why:
+            why = "; ".join(whys)
+        elif gpus is None and need is not None:
+            for g in self.gpus:  # memory decides: said once a GPU is full
+                if self.running[g] < limits[g] and self.running[g]:
+                    self.auto.say(g, f"no room for another {fmt_bytes(need * MB)}", self.running[g],
+                                  self.readings.get(g))
+        self.notes += self.auto.notes
+        self.auto.notes.clear()
+        return gpus, why
 
     def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
+        need = run.memory_mb or (self.auto.need_mb() if self.auto is not None else None)
         for g in gpus:
             self.running[g] += 1
+            self.on_gpu.setdefault(g, []).append(run)
+
             r = self.readings.get(g) if self.probe is not None else None
             if r is None:
                 continue
-            if run.memory_mb is not None:
-                self.pledges.launched(g, now, r.memory_used_mb, run.memory_mb, run)
+            if need is not None:
+                self.pledges.launched(g, now, r.memory_used_mb, need, run)
             else:
                 self.settle.launched(g, now, r.memory_used_mb)
 
@@ -2098,8 +2334,27 @@ class GpuPool:
         for g in run.gpus or (CPU,):
             if g in self.running:
                 self.running[g] -= 1
+            if run in self.on_gpu.get(g, ()):
+                self.on_gpu[g].remove(run)
             self.settle.ended(g)
             self.pledges.ended(g, run)
+
+    def ended(self, run: Run, now: float) -> None:
+        """An attempt ended and was classified: auto learns from it (its peak; out of memory: more margin)."""
+        if self.auto is not None:
+            self.auto.ended(run, now, run.state == State.OOM)
+            self.notes += self.auto.notes
+            self.auto.notes.clear()
+
+    def packing(self) -> str | None:
+        """auto's line for the live view: the footprint, the need, and why GPUs take no more runs."""
+        if self.auto is None:
+            return None
+        if self.auto.footprint_mb is None:
+            return "auto: learning a run's memory footprint (one run a GPU until then)"
+        whys = [f"GPU {g} full ({why})" for g, why in self.auto.why.items() if why]
+        return (f"auto: footprint {fmt_bytes(self.auto.footprint_mb * MB)}, a run needs "
+                f"{fmt_bytes((self.auto.need_mb() or 0) * MB)} free" + (f"; {'; '.join(whys)}" if whys else ""))
 
 
 class ClusterSlots:
@@ -2141,6 +2396,15 @@ class ClusterSlots:
 
     def release(self, run: Run) -> None:
         self.running -= 1
+
+    def ended(self, run: Run, now: float) -> None:
+        """Nothing to learn: the cluster places runs."""
+
+    def read_due(self, now: float) -> None:
+        return None
+
+    def packing(self) -> None:
+        return None
 
 
 # What a launcher knows about why an attempt ended, beyond its return code.
@@ -3277,6 +3541,7 @@ class LocalLauncher:
         if cgroup is not None:
             self.cgroups.join(cgroup, popen.pid)
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower, cgroup)
+        run.pgid = proc.pgid
         self.procs.add(proc)
         if self.guardian:
             self.guardian.add(proc.pgid)
@@ -3981,6 +4246,7 @@ class Progress:
     top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
     search: str | None = None  # the source's line: a search's trials, pruned runs, best parameters
     cluster: tuple[str, ...] = ()  # the launcher's lines (a cluster's jobs), shown instead of the GPU rows
+    packing: str | None = None  # --max-processes-per-gpu auto: the footprint, and why GPUs take no more
 
     @property
     def unfinished(self) -> int:
@@ -4134,8 +4400,9 @@ class Sweep:
                         self._launch(now)  # place what can start
                         self.source.prepare()  # then a search tells what ended and asks the next trial ahead
                     self.results.flush()
-                    if self.reporter.refresh_s:
-                        self.pool.read(now)  # the live view shows this tick's reading
+                    due = self.pool.read_due(now)
+                    if self.reporter.refresh_s or (due is not None and now >= due):
+                        self.pool.read(now)  # the live view shows this tick's reading; auto learns from it
                 except (OutputError, NoGpuLeft) as e:  # the sweep's own failure: stop cleanly, keep results
                     self._fail(str(e), now)
                 for notes in (self.pool.notes, self.launcher.notes):
@@ -4222,6 +4489,7 @@ class Sweep:
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
+            self.pool.ended(run, now)
             self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
             self._jsonl_at.pop(run, None)
             self.tensorboard.forget(run.run_dir)
@@ -4449,6 +4717,8 @@ class Sweep:
         try:
             while self.pool.slot_free():
                 picked = self._pick_oom_waiter(now) or self._pick_next(now)
+                while self.pool.notes:  # what placing learned (auto's footprint) before the starts it allows
+                    self.reporter.event(self.pool.notes.pop(0))
                 if picked is None:
                     break
                 if self._start(*picked, now):
@@ -4553,8 +4823,8 @@ class Sweep:
             return 0.0
         times = [a.deadline for a in self.active.values() if a.deadline is not None]
         times += [a.kill_at for a in self.active.values() if a.kill_at is not None]
-        times += [t for t in (self.launcher.next_poll(now), self.source.wake_at(now), self.results.flush_due())
-                  if t is not None]
+        times += [t for t in (self.launcher.next_poll(now), self.source.wake_at(now), self.results.flush_due(),
+                              self.pool.read_due(now)) if t is not None]
         if self.active:
             times.append(self._next_observe)
         waits_end = [since + OOM_WAIT_S for since in self.oom_wait.values() if since + OOM_WAIT_S > now]
@@ -4590,7 +4860,7 @@ class Sweep:
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
                         self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
                         tuple((r.name, v) for r, v in self.top(3)), self.source.status(),
-                        tuple(self.launcher.describe()))
+                        tuple(self.launcher.describe()), self.pool.packing())
 
     def _finish(self) -> int:
         if self.settings.detach and self.stop is None and self.active:  # the jobs are left to the cluster: no
@@ -5816,6 +6086,8 @@ class LiveReporter(Reporter):
                                                                         progress.top), style="green"))
         if progress.search:
             fixed.append(Text(progress.search, style="cyan"))
+        if progress.packing:
+            fixed.append(Text(progress.packing, style="cyan"))
         if progress.waiting and progress.stopping is None:
             fixed.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
         if progress.stopping:
@@ -6706,6 +6978,10 @@ _positive_int = _whole_number(1)
 _nonneg_int = _whole_number(0)
 
 
+def _per_gpu(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _nonneg_float(text: str) -> float:
     try:
         value = float(text)
@@ -6807,8 +7083,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group('where runs go (placement)').add_argument
     a("--gpus", nargs="+", metavar="ID",
       help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
-    a("--max-processes-per-gpu", type=_positive_int, default=Settings.max_processes_per_gpu, metavar="N",
-      help="runs of this sweep at once on one GPU (default: %(default)s)")
+    a("--max-processes-per-gpu", type=_per_gpu, metavar="N|auto",
+      help="runs of this sweep at once on one GPU; auto: the sweep decides, from each run's GPU memory (learned "
+           "from NVML), the GPUs' utilization and the CPU cores (default: the config's, else 1)")
     a("--memory-threshold-gb", type=_positive_float, default=Settings.memory_threshold_gb, metavar="GB",
       help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
     a("--disable-gpu-monitoring", action="store_true",
@@ -7299,11 +7576,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
             if probe is None and any(r.memory_mb for r in runs):
                 note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+        per_gpu = next(v for v in (settings.max_processes_per_gpu, plan.spec.max_processes_per_gpu, 1) if v is not None)
+        if per_gpu == "auto" and slurm is None and probe is None:
+            raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
+                            f"available here ({note or 'no reading'}): give a number")
+        auto = per_gpu == "auto" and slurm is None
         policy = Policy(
-            max_per_gpu=settings.max_processes_per_gpu,
-            memory_threshold_mb=None if probe is None else settings.memory_threshold_gb * 1024,
+            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
+            memory_threshold_mb=None if probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
             max_parallel=settings.max_parallel,
             settle_timeout_s=settings.settle_seconds,
+            auto=auto,
+            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
         if slurm is None:
             placement = policy.describe(gpus)
