@@ -1864,8 +1864,7 @@ class Policy:
                 f"{self.cpu_cores} in all (the CPU cores)"
             return (f"auto on {where}: one run a GPU until a run's memory footprint is known, then as many as free "
                     f"memory takes (footprint x{AUTO_MARGIN:g}, at least +{AUTO_MARGIN_MB / 1024:g} GB), at most "
-                    f"{bound}, none more on a GPU {AUTO_UTIL_FULL:g}% busy or while the CPUs are "
-                    f"{AUTO_CPU_FULL:g}% busy")
+                    f"{bound}, none more on a GPU {AUTO_UTIL_FULL:g}% busy")
         text = f"up to {self.max_per_gpu} run(s) at once on {where}"
         if self.max_parallel:
             text += f", at most {self.max_parallel} in all"
@@ -2032,7 +2031,6 @@ AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footpri
 AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
 AUTO_WINDOW_S = 5.0  # utilization and CPU load are judged over this window
 AUTO_UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
-AUTO_CPU_FULL = 90.0  # the machine's CPUs this busy (the window's mean) take no more runs
 AUTO_MAX_PER_GPU = 64
 
 
@@ -2041,6 +2039,7 @@ class _Footprint:
     peak_mb: float = 0.0  # the most memory seen for the run
     grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
     how: str = ""  # per-process memory, or the GPU's growth
+    computed_at: float | None = None  # when its GPU was last seen computing (utilization > 0, or unknown)
 
 
 class AutoPacker:
@@ -2049,14 +2048,16 @@ class AutoPacker:
     Memory: each run's footprint is learned from NVML, as the memory of the processes of its process group
     (per-process memory), or where NVML does not show them (containers) as the GPU's growth over what it
     used before our runs started on it, shared by our runs there. Once a run's memory has not grown for
-    AUTO_STABLE_S, the sweep's footprint is the largest learned; a new run needs footprint x AUTO_MARGIN
+    AUTO_STABLE_S while its GPU computed (utilization > 0: not a CUDA context waiting for its model), or the
+    run ended, the sweep's footprint is the largest learned; a new run needs footprint x AUTO_MARGIN
     (at least + AUTO_MARGIN_MB), or its declared gpu_memory_gb. Until the first footprint is known each GPU
     takes one run; from then on runs start at once wherever free memory, less what runs just started
     have not allocated yet, covers the need (MemoryPledges): no settle wait.
-    Throughput: a training process keeps a CPU core busy driving its GPU (measured: 16 small runs on 16
-    cores, 90% busy), so the sweep runs at most as many runs as it has CPU cores, shared among the GPUs,
-    and a GPU takes no more runs while its utilization is >= AUTO_UTIL_FULL or the machine's CPUs are
-    >= AUTO_CPU_FULL busy (means over AUTO_WINDOW_S): adding runs then no longer raises throughput.
+    Throughput: a training process keeps a CPU core busy driving its GPU (measured on an H100 with 16
+    cores: 1 to 16 small runs at once raise runs a minute 5.7x, the CPUs 90% busy at 16; bench/README.md),
+    so the sweep runs at most as many runs as it has CPU cores (or --max-parallel), shared among the GPUs,
+    and a GPU takes no more runs while its utilization is >= AUTO_UTIL_FULL (the mean over AUTO_WINDOW_S):
+    adding runs then no longer raises throughput.
     Out of memory: the footprint is raised to what the run reached and the margin grows x1.5, so the same
     packing is not tried again."""
 
@@ -2070,20 +2071,16 @@ class AutoPacker:
         self.runs: dict[Run, _Footprint] = {}
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
-        self.cpu: deque[tuple[float, float]] = deque()
         self.why: dict[int, str] = {}  # each GPU's latest reason to take no more runs (said when it changes)
         self.notes: list[str] = []
         self.group_of = group_of or _process_group
         self.now = 0.0  # the latest reading's time: older samples than the window do not count
 
     # -- what NVML shows ------------------------------------------------------------------------
-    def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]],
-                cpu_busy: float | None) -> None:
-        """One reading: each run's memory, the GPUs' utilization, the CPUs' load; a footprint once a run's
-        memory holds still."""
+    def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]]) -> None:
+        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still
+        while its GPU computes."""
         self.now = now
-        if cpu_busy is not None:
-            self._window(self.cpu, now, cpu_busy)
         from collections import deque
 
         for g, r in readings.items():
@@ -2104,7 +2101,8 @@ class AutoPacker:
                 else 0.0
             for run in runs:
                 mine = groups.get(run.pgid)
-                self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth")
+                self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
+                           r.utilization != 0)
         self._learn(now)
 
     @staticmethod
@@ -2113,17 +2111,19 @@ class AutoPacker:
         while samples and samples[0][0] < now - AUTO_WINDOW_S:
             samples.popleft()
 
-    def _seen(self, run: Run, now: float, mb: float, how: str) -> None:
+    def _seen(self, run: Run, now: float, mb: float, how: str, computing: bool) -> None:
         f = self.runs.setdefault(run, _Footprint(grew_at=now))
         if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
             f.grew_at = now
         if mb > f.peak_mb:
             f.peak_mb, f.how = mb, how
+        if computing:
+            f.computed_at = now
 
     def _learn(self, now: float, run: Run | None = None) -> None:
         """The footprint: the largest peak of a run whose memory has held still (or that ended)."""
-        settled = [(f.peak_mb, r) for r, f in self.runs.items()
-                   if f.peak_mb >= 64.0 and (r is run or now - f.grew_at >= AUTO_STABLE_S)]
+        settled = [(f.peak_mb, r) for r, f in self.runs.items() if f.peak_mb >= 64.0 and (r is run or (
+            now - f.grew_at >= AUTO_STABLE_S and f.computed_at is not None and f.computed_at > f.grew_at))]
         if not settled:
             return
         mb, who = max(settled, key=lambda x: x[0])
@@ -2163,9 +2163,6 @@ class AutoPacker:
         util = self._mean(self.util.get(g))
         if util is not None and util >= AUTO_UTIL_FULL:
             return running, f"{util:.0f}% busy: adding more no longer raises throughput"
-        cpu = self._mean(self.cpu)
-        if cpu is not None and cpu >= AUTO_CPU_FULL:
-            return running, f"the CPUs are {cpu:.0f}% busy: adding more no longer raises throughput"
         if running < self.per_gpu_cap:
             return self.per_gpu_cap, None
         return self.per_gpu_cap, f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all"
@@ -2216,11 +2213,6 @@ class GpuPool:
         self.on_gpu: dict[int, list[Run]] = {g: [] for g in self.gpus}
         self.auto = AutoPacker(self.gpus, policy.max_parallel or policy.cpu_cores, group_of) \
             if policy.auto and probe is not None else None
-        if self.auto is not None:
-            import psutil
-
-            self._cpu_percent = psutil.cpu_percent
-            self._cpu_percent(None)  # the first call starts the measure
 
     @property
     def reads_memory(self) -> bool:
@@ -2267,7 +2259,7 @@ class GpuPool:
             for g, r in self.readings.items():
                 self.settle.observe(g, now, r.memory_used_mb)
             if self.auto is not None:
-                self.auto.observe(now, self.readings, self.on_gpu, self._cpu_percent(None))
+                self.auto.observe(now, self.readings, self.on_gpu)
                 self.notes += self.auto.notes
                 self.auto.notes.clear()
             for g, err in list(self.probe.failed.items()):

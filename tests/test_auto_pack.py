@@ -101,9 +101,9 @@ def learned_packer(cores=16) -> tuple[AutoPacker, Run]:
     auto = AutoPacker([0, 1], cores, group_of=lambda pid: pid)
     run = Run(0, "a", {}, ["x"], Path("a"))
     run.pgid = 7
-    auto.observe(0.0, {0: reading(0, 0.5), 1: reading(1, 0.5)}, {}, 10)
+    auto.observe(0.0, {0: reading(0, 0.5), 1: reading(1, 0.5)}, {})
     for t in (1.0, 2.0, 3.5):
-        auto.observe(t, {0: reading(0, 4.5, pid_mb={7: 4 * GB})}, {0: [run]}, 10)
+        auto.observe(t, {0: reading(0, 4.5, pid_mb={7: 4 * GB})}, {0: [run]})
     return auto, run
 
 
@@ -112,9 +112,9 @@ def test_the_footprint_waits_for_the_memory_to_hold_still_and_the_need_has_a_mar
     run = Run(0, "a", {}, ["x"], Path("a"))
     run.pgid = 7
     for t, gb in ((0.0, 1), (1.0, 2), (2.0, 4), (3.0, 4), (3.9, 4.05)):  # still growing at 2 s
-        auto.observe(t, {0: reading(0, gb + 0.5, pid_mb={7: gb * GB})}, {0: [run]}, 10)
+        auto.observe(t, {0: reading(0, gb + 0.5, pid_mb={7: gb * GB})}, {0: [run]})
     assert auto.footprint_mb is None and auto.limit(0, 1, 1)[0] == 1
-    auto.observe(4.1, {0: reading(0, 4.55, pid_mb={7: 4.05 * GB})}, {0: [run]}, 10)
+    auto.observe(4.1, {0: reading(0, 4.55, pid_mb={7: 4.05 * GB})}, {0: [run]})
     assert auto.footprint_mb == pytest.approx(4.05 * GB)
     assert auto.need_mb() == pytest.approx(4.05 * GB * AUTO_MARGIN)
     assert auto.limit(0, 1, 1) == (16, None)
@@ -125,14 +125,27 @@ def test_a_busy_gpu_or_busy_cpus_take_no_more_runs():
     assert auto.limit(0, 1, 1) == (8, None)  # 16 cores over 2 GPUs
     for t in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0):  # the window (5 s) holds only busy readings
         auto.observe(t, {0: reading(0, 4.5, util=97, pid_mb={7: 4 * GB}), 1: reading(1, 0.5, util=30)},
-                     {0: [run]}, 40)
+                     {0: [run]})
     n, why = auto.limit(0, 1, 1)
     assert n == 1 and "no longer raises throughput" in why and "97% busy" in why
     assert auto.limit(1, 0, 1) == (8, None)
-    for t in (15.0, 16.0):  # the busy readings have aged out of the window; now the CPUs are busy
-        auto.observe(t, {0: reading(0, 4.5, util=50, pid_mb={7: 4 * GB})}, {0: [run]}, 95)
-    n, why = auto.limit(1, 0, 1)
-    assert n == 0 and "the CPUs are" in why
+    for t in (15.0, 16.0):  # the busy readings have aged out of the window
+        auto.observe(t, {0: reading(0, 4.5, util=50, pid_mb={7: 4 * GB})}, {0: [run]})
+    assert auto.limit(0, 1, 1) == (8, None)
+
+
+def test_a_cuda_context_that_holds_still_before_the_model_is_not_the_footprint():
+    """A run's CUDA context (0.5 GB) holds still for seconds while its model loads, the GPU idle: that is not
+    its footprint; the memory it holds while its GPU computes is."""
+    auto = AutoPacker([0], 16, group_of=lambda pid: pid)
+    run = Run(0, "a", {}, ["x"], Path("a"))
+    run.pgid = 7
+    for t in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0):
+        auto.observe(t, {0: reading(0, 1.0, util=0, pid_mb={7: 0.5 * GB})}, {0: [run]})
+    assert auto.footprint_mb is None
+    for t in (6.0, 7.0, 8.5):
+        auto.observe(t, {0: reading(0, 30.5, util=60, pid_mb={7: 30 * GB})}, {0: [run]})
+    assert auto.footprint_mb == 30 * GB
 
 
 def test_out_of_memory_raises_the_need_so_that_packing_is_not_tried_again():
@@ -172,7 +185,7 @@ def test_a_declared_gpu_memory_wins(tmp_path):
 # -- the real CLI, the fake pynvml ----------------------------------------------------------------------
 
 def test_auto_packs_after_the_first_footprint_and_says_why(sweep):
-    sweep.gpus.set(count=2, total_mb=16000, used_mb=500)
+    sweep.gpus.set(count=2, total_mb=16000, used_mb=500, util=30)  # the runs compute
     sweep.config({"grid": {"n": list(range(10))}, "defaults": {"sleep": 4, "mem_mb": 3000, "mem_after": 0.3},
                   "max_processes_per_gpu": "auto"})
     p = sweep.run("--max-parallel", "16", "--no-live", timeout=90)
