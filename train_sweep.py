@@ -3990,6 +3990,8 @@ class SlurmLauncher:
         """Submit the queued runs: one job array per set of runs that ask for the same resources (sbatch once
         for all of them); a submission that fails fails its runs, with sbatch's message."""
         queued, self.unsubmitted = self.unsubmitted, []
+        if not queued:
+            return  # (the loop calls this at every wake-up)
         by_gpus: dict[int, list[SlurmAttempt]] = {}
         for attempt in queued:
             by_gpus.setdefault(self._gpus(attempt.run), []).append(attempt)

@@ -77,7 +77,7 @@ def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], ste
     most = max((max(n) for _, n in sampler.samples), default=0)
     fill = None
     log = (work / "outputs" / "sweep.log").read_text().splitlines()
-    learned = [line for line in log if " footprint " in line]
+    learned = [line for line in log if line.split(" ", 1)[1].startswith("footprint ")]  # auto's own event
     if k == "auto" and learned:  # first footprint known -> the last start of the first fill
         first = ts(learned[0].split(" ", 1)[0])
         starts = sorted(ts(r["start_time"]) for r in records)
