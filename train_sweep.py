@@ -2414,6 +2414,7 @@ class Outcome:
     error: str | None = None  # why it ended without an exit code of its own (Slurm refused or lost its job)
     started_at: float | None = None  # wall-clock time its command began, where that is not when it was started
     rerun: str | None = None  # why it runs again whatever its state (it ended while no sweep followed it)
+    ran: bool = True  # False: it never began (a cluster's job cancelled or refused while queued): no duration
 
 
 def is_oom(text: str, patterns: Sequence[str]) -> bool:
@@ -2549,6 +2550,9 @@ class Launcher(Protocol):
 
     def queued(self) -> int:
         """How many started attempts wait in a cluster's queue, not running yet (0 locally)."""
+
+    def withdraw(self, handle: Any) -> bool:
+        """Take back an attempt that waits in a cluster's queue (it never runs): True if it was one."""
 
     notes: list[str]  # what the user should hear of (a job requeued by the cluster), taken by the loop
 
@@ -3591,6 +3595,9 @@ class LocalLauncher:
     def queued(self) -> int:
         return 0
 
+    def withdraw(self, handle: Proc) -> bool:
+        return False  # a local run starts at once
+
     def close(self, detach: bool = False) -> None:
         """Every run has ended: remove the cgroups, and let the guardian go (it exits while the summary is
         printed)."""
@@ -3697,6 +3704,8 @@ SEARCH_PARALLEL = 4  # a search's trials at once on a cluster, unless --slurm-ma
 SLURM_POLL_S = 0.5  # how often finished jobs' results are looked for (a stat per running job)
 SACCT_S = 3.0  # how often Slurm is asked for the jobs' states (one sacct call for all)
 SLURM_GONE_S = 30.0  # a job that Slurm's accounting has never heard of this long after it was submitted is lost
+SLURM_TURN = {"None", "Priority", "Resources", "BeginTime", "JobArrayTaskLimit", "Dependency", "Prolog",
+              "Reservation", "NodeDown", "PartitionDown", "JobHeldUser"}  # waiting reasons that are a turn in the queue
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED",
                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "UNKNOWN", ""}
 
@@ -3875,11 +3884,11 @@ class SlurmTask:
         stdout, stderr, combined = self.logs
         restart = max(self.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
+            self._follower = LogFollower(stdout, stderr, combined, resume=True)  # from here on into combined.log
             if restart:
                 err.write(b"train_sweep: job %s restarted by Slurm (restart %d) on %s\n"
                           % (job.encode(), restart, os.uname().nodename.encode()))
                 err.flush()
-            self._follower = LogFollower(stdout, stderr, combined, resume=True)
             signal.signal(signal.SIGTERM, self._terminated)
             started = time.time()
             self._popen = subprocess.Popen(argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -3890,7 +3899,7 @@ class SlurmTask:
         self._follower.pump(final=True)
         self._follower.close()
         return {"returncode": rc, "started_at": started, "ended_at": time.time(), "node": os.uname().nodename,
-                "restarts": restart}
+                "restarts": restart, "argv": argv, "gpus": env["CUDA_VISIBLE_DEVICES"]}
 
     def _end_command(self) -> None:
         """SIGTERM to the command's process group, SIGKILL after the grace period; its last output kept."""
@@ -3919,6 +3928,8 @@ class SlurmTask:
             with open(self.logs[1], "ab") as err:
                 err.write(b"train_sweep: Slurm stops the job (time limit or preemption); it was requeued %d time(s), "
                           b"the bound (--slurm-requeues)\n" % self.restarts)
+            if self._follower is not None:
+                self._follower.pump(final=True)
             return None  # submitit then records the job as not requeued
         return DelayedSubmission(SlurmTask(self.argv, self.argv_template, self.command_len, self.cwd, self.env,
                                            self.logs, self.grace, self.requeues, self.restarts + 1))
@@ -3939,6 +3950,7 @@ class SlurmAttempt:
     requeued: int = 0
     reader: LogFollower | None = None  # its stdout, for metrics (combined.log is made on the node)
     polled: bool = False  # looked at once (a re-attached job found ended at the first look ended unwatched)
+    asked: int = 0  # the sacct answer it was last judged on
     final_lines: list[str] | None = None  # its last stdout lines, read when it ended (for observe)
 
 
@@ -3960,7 +3972,16 @@ class SlurmLauncher:
         self.jobs: set[SlurmAttempt] = set()
         self.notes: list[str] = []
         self._sacct_at = -math.inf
-        self.watcher = self.submitit.SlurmJob.watcher
+        self._asks = 0  # sacct calls so far: each attempt is judged on a new answer once
+        self.info: dict[str, dict[str, str]] = {}  # sacct's latest word on each job
+        from submitit.slurm.slurm import SlurmInfoWatcher
+
+        self._parse = SlurmInfoWatcher().read_info  # submitit's reading of sacct's output (job arrays' ranges)
+        self._sacct_failed = False
+        self._array_size: int | None = None
+        self._reasons_at = 0.0
+        self._said_reasons: set[str] = set()
+        self.reasons: dict[str, int] = {}  # why jobs wait, other than their turn (squeue's reason)
 
     def env(self, run: Run) -> dict[str, str]:
         env = {**self.extra_env, **run_env(run, self.sweep_id), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -3971,7 +3992,7 @@ class SlurmLauncher:
     def start(self, run: Run, gpus: tuple[int, ...]) -> SlurmAttempt:
         if run.job_id and run.reattach:  # a job an earlier sweep submitted: followed, not submitted again
             attempt = SlurmAttempt(run, None, self.submitit.SlurmJob(self.folder, run.job_id),
-                                   submitted_at=time.monotonic())
+                                   submitted_at=-math.inf)  # long ago: unknown to Slurm means lost at once
             self.jobs.add(attempt)
             return attempt
         prepare_run_dir(run)
@@ -3995,7 +4016,9 @@ class SlurmLauncher:
         by_gpus: dict[int, list[SlurmAttempt]] = {}
         for attempt in queued:
             by_gpus.setdefault(self._gpus(attempt.run), []).append(attempt)
-        for gpus, attempts in by_gpus.items():
+        chunk = self._max_array()
+        batches = [(gpus, group[i:i + chunk]) for gpus, group in by_gpus.items() for i in range(0, len(group), chunk)]
+        for gpus, attempts in batches:
             names = attempts[0].run.name if len(attempts) == 1 else f"{self.group}"
             try:
                 self.executor.update_parameters(**self.options.parameters(gpus, f"ts-{names}"[:100]))
@@ -4009,7 +4032,7 @@ class SlurmLauncher:
                 lines = [line for line in said.text.splitlines() if line.strip()] or str(e).splitlines()
                 message = one_line(" ".join((lines[-1] if lines else type(e).__name__).split()), 400)
                 for attempt in attempts:
-                    attempt.error = f"Slurm refused the job: {message}"
+                    attempt.error = attempt.run.error = f"Slurm refused the job: {message}"
                     self.jobs.add(attempt)
                 continue
             now = time.monotonic()
@@ -4019,13 +4042,27 @@ class SlurmLauncher:
                 self.jobs.add(attempt)
         self._sacct_at = -math.inf  # the new jobs' states at the next poll
 
+    def _max_array(self) -> int:
+        """How many tasks one job array may have here (Slurm's MaxArraySize less one; 1000 if unknown)."""
+        if self._array_size is None:
+            self._array_size = 1000
+            try:
+                out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+                found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+                if found and int(found.group(1)) > 1:
+                    self._array_size = int(found.group(1)) - 1
+            except (OSError, subprocess.SubprocessError):
+                pass
+        return self._array_size
+
     def _gpus(self, run: Run) -> int:
         return run.gpus_needed if self.options.gpus_per_run is None else self.options.gpus_per_run
 
     def poll(self, handle: SlurmAttempt) -> Outcome | None:
         attempt = handle
         outcome = self._poll(attempt)
-        if attempt.task is None and not attempt.polled and outcome is not None:  # re-attached, found ended
+        if attempt.task is None and outcome is not None and (not attempt.polled or attempt.state == "UNKNOWN"):
+            # re-attached, and found ended (or lost): it ended while no sweep followed it
             outcome = dataclasses.replace(outcome, rerun=f"its Slurm job {attempt.job.job_id} ended "
                                                          f"({attempt.state.lower()}) while no sweep followed it: "
                                                          "submitted again, as resume runs what did not complete")
@@ -4035,28 +4072,77 @@ class SlurmLauncher:
     def _poll(self, attempt: SlurmAttempt) -> Outcome | None:
         if attempt.error is not None:
             self.jobs.discard(attempt)
-            return Outcome(None, error=attempt.error)
+            return Outcome(None, error=attempt.error, ran=False)
         if attempt.job is None:
             return None  # not submitted yet
         attempt.run.reattach = False  # reported: from here on it is this sweep's
         now = time.monotonic()
-        asked = now - self._sacct_at >= SACCT_S
-        if asked:
+        if now - self._sacct_at >= SACCT_S:
             self._sacct_at = now
-            self.watcher.update()  # one sacct call for every job of the sweep
+            self._ask_sacct()
+        asked, attempt.asked = attempt.asked != self._asks, self._asks  # a new answer since this job's last look
         self._follow_state(attempt, now)
         if attempt.state not in ("PENDING", "REQUEUED") or attempt.ran or asked:  # sacct lags: a short job can
             # end while it still says PENDING; queued jobs are looked at with each sacct call, others at each poll
             outcome = self._result(attempt)
             if outcome is not None:
                 return outcome
-        if attempt.state in SLURM_ACTIVE and not (attempt.state == "UNKNOWN" and self._lost(attempt, now)):
+        if attempt.state in SLURM_ACTIVE and not (attempt.state == "UNKNOWN" and asked and self._lost(attempt, now)):
             return None
         outcome = self._result(attempt)  # it may have ended between the look and sacct's word
         return outcome or self._ended_without_result(attempt)
 
+    def _ask_sacct(self) -> None:
+        """One sacct call for every job the sweep follows (what submitit's watcher does, but also for states
+        it takes for final, SUSPENDED or CONFIGURING, and with its complaints kept off the terminal)."""
+        ids = sorted({a.job.job_id.split("_")[0] for a in self.jobs if a.job is not None})
+        if not ids:
+            return
+        self._asks += 1
+        try:
+            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", ",".join(ids)],
+                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as e:
+            out = subprocess.CompletedProcess([], 1, "", str(e))
+        if out.returncode == 0:
+            self.info.update(self._parse(out.stdout))
+            self._ask_reasons()
+        elif not self._sacct_failed:
+            self._sacct_failed = True
+            last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
+            self.notes.append(f"warning: sacct fails here ({one_line(last[0], 200)}): a job that ends without its "
+                              f"command's exit code is noticed once squeue no longer lists it ({SLURM_GONE_S:g} s "
+                              "after its submission at the earliest)")
+
+    def _ask_reasons(self) -> None:
+        """Why jobs wait in the queue (squeue's reason), every 15 s once one has waited 10 s: a reason that
+        is not a turn in the queue (a partition's time limit, an account's limit, ...) is said once."""
+        now = time.monotonic()
+        waiting = [a for a in self.jobs if a.job is not None and not a.ran and now - a.submitted_at >= 10.0]
+        if not waiting or now < self._reasons_at:
+            return
+        self._reasons_at = now + 15.0
+        try:
+            out = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i|%r", "-j",
+                                  ",".join(sorted({a.job.job_id.split("_")[0] for a in waiting}))],
+                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return
+        reasons: dict[str, int] = {}
+        for line in out.stdout.splitlines():
+            job, _, reason = line.partition("|")
+            if reason and reason not in SLURM_TURN:
+                reasons[reason] = reasons.get(reason, 0) + (job.count(",") + 1 if "[" not in job else 1)
+        for reason, n in reasons.items():
+            if reason not in self._said_reasons:
+                self._said_reasons.add(reason)
+                self.notes.append(f"{'waiting':<11} Slurm holds job(s) of this sweep: {reason}; such a job may never "
+                                  "start (check --slurm-time against the partition's limit, --slurm-partition, "
+                                  "--slurm-param account/qos; squeue --me says more)")
+        self.reasons = reasons
+
     def _follow_state(self, attempt: SlurmAttempt, now: float) -> None:
-        info = self.watcher.get_info(attempt.job.job_id, mode="cache")
+        info = self.info.get(attempt.job.job_id, {})
         state = (info.get("State") or "UNKNOWN").split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
         node = info.get("NodeList", "")
         if state == attempt.state:
@@ -4105,6 +4191,8 @@ class SlurmLauncher:
                                                            f"{path}: {e}"))
         if kind == "success" and isinstance(value, dict):
             attempt.run.node = value.get("node") or attempt.node
+            attempt.run.argv = list(value.get("argv") or attempt.run.argv)  # {gpu} as the job filled it
+            attempt.run.gpus = tuple(int(g) for g in str(value.get("gpus") or "").split(",") if g.strip().isdigit())
             restarts = int(value.get("restarts") or 0)
             if restarts > attempt.requeued:  # requeued between two looks of sacct
                 self._requeued(attempt, restarts, "seen from its restart count")
@@ -4140,6 +4228,8 @@ class SlurmLauncher:
     def _done(self, attempt: SlurmAttempt, outcome: Outcome) -> Outcome:
         """The job has ended: what its command wrote last is read now (for observe), however short it ran."""
         self.jobs.discard(attempt)
+        if outcome.started_at is None and not attempt.ran:
+            outcome = dataclasses.replace(outcome, ran=False)
         reader = attempt.reader or self._reader(attempt)
         if reader is not None:
             attempt.final_lines = reader.pump(final=True)
@@ -4189,6 +4279,11 @@ class SlurmLauncher:
     def queued(self) -> int:
         return len(self.queued_attempts()) + len(self.unsubmitted)
 
+    def withdraw(self, handle: SlurmAttempt) -> bool:
+        if handle.ran or handle.error or handle.state not in ("PENDING", "REQUEUED", "UNKNOWN"):
+            return False
+        return self.stop(handle, hard=False)
+
     def queued_attempts(self) -> list[SlurmAttempt]:
         return [a for a in self.jobs if a.state in ("PENDING", "REQUEUED", "UNKNOWN") and not a.error]
 
@@ -4201,7 +4296,9 @@ class SlurmLauncher:
             nodes[a.node or "?"] = nodes.get(a.node or "?", 0) + 1
         where_ = ", ".join(f"{n} on {node}" for node, n in sorted(nodes.items()))
         part = self.options.partition or "default partition"
-        return [f"slurm {part}: {len(running)} running" + (f" ({where_})" if where_ else "") + f", {pending} pending"]
+        held = "; held: " + ", ".join(f"{n} {r}" for r, n in self.reasons.items()) if self.reasons else ""
+        return [f"slurm {part}: {len(running)} running" + (f" ({where_})" if where_ else "") + f", {pending} pending"
+                + held]
 
     def close(self, detach: bool = False) -> None:
         """Nothing is left to end: jobs the sweep was following ended or were cancelled (or, detached, are
@@ -4376,6 +4473,7 @@ class Sweep:
         self.poll_interval = POLL_MIN_S
         self._next_observe = 0.0
         self.wakeups = wakeups or Wakeups()
+        self._ticks = 0  # passes of the loop so far
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -4402,8 +4500,9 @@ class Sweep:
                 for notes in (self.pool.notes, self.launcher.notes):
                     while notes:
                         self.reporter.event(notes.pop(0))
-                if self._over() or (self.settings.detach and not self.ended):
-                    break  # detached: what was submitted is left to the cluster
+                if self._over() or (self.settings.detach and self._ticks and not self.ended):
+                    break  # detached: what was submitted is left to the cluster (what it refused is recorded)
+                self._ticks += 1
                 if self.reporter.refresh_s:
                     self.reporter.tick(self.progress())
                 self.wakeups.wait(self._next_wakeup(self.clock()))
@@ -4477,8 +4576,12 @@ class Sweep:
             run = attempt.run
             del self.active[run]
             self.pool.release(run)
+            if attempt.ending == State.PENDING:  # withdrawn from a cluster's queue: it never ran, no attempt
+                run.state, run.start_time, run.job_id = State.PENDING, None, None
+                self.retry.appendleft(run)
+                continue
             run.end_time = outcome.ended_at or time.time()
-            run.start_time = outcome.started_at or run.start_time
+            run.start_time = outcome.started_at or run.start_time if outcome.ran else None
             run.error = outcome.error or run.error
             run.returncode = outcome.returncode
             run.signal_name = signal_name(outcome.returncode)
@@ -4531,6 +4634,9 @@ class Sweep:
         if why is not None:
             self.halted = why
             self.reporter.event(f"error: {why}")
+            for attempt in self.active.values():  # a cluster's queued jobs are not started either
+                if attempt.ending is None and self.launcher.withdraw(attempt.handle):
+                    attempt.ending = State.PENDING  # back among the runs not started, once Slurm has let it go
 
     def _enforce_deadlines(self, now: float) -> None:
         for attempt in list(self.active.values()):
@@ -4721,8 +4827,8 @@ class Sweep:
         finally:
             self.launcher.flush()  # a cluster submits what was started, as one job array where it can
             for run, why in started:
-                if run not in self.active:
-                    continue  # it could not be submitted: it ends at the next poll
+                if run not in self.active or run.error:
+                    continue  # it could not be submitted: it ends (failed, with why) at the next poll
                 try:
                     self.results.run_started(run)  # run.json says "running" (with its job id, to re-attach to)
                 except OSError as e:
@@ -5492,11 +5598,14 @@ def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
         run.attempt = int(record.get("attempt") or 1)
 
 
-def cancel_orphan_jobs(output_dir: Path) -> list[str]:
-    """A search resumed on Slurm asks its unfinished trials again: the jobs an earlier sweep left running for
-    them are cancelled first (their folders get the new attempts). Returns what was done, to say."""
+def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
+    """Jobs an earlier sweep left queued or running that this sweep does not re-attach to (`keep`): a search's
+    unfinished trials (asked again), runs of another command or hyperparameters, --rerun. They are cancelled
+    before anything is submitted, so that no two jobs write into one folder. Returns what was done, to say."""
     said = []
     for path in sorted(output_dir.glob("*/run.json")):
+        if path.parent.name in keep:
+            continue
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -5504,11 +5613,14 @@ def cancel_orphan_jobs(output_dir: Path) -> list[str]:
         if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
                 isinstance(record.get("slurm_job_id"), str):
             try:
-                subprocess.run(["scancel", record["slurm_job_id"]], capture_output=True, timeout=60)
+                done = subprocess.run(["scancel", record["slurm_job_id"]], capture_output=True, timeout=60)
             except (OSError, subprocess.SubprocessError):
                 continue
+            if done.returncode != 0:
+                continue  # it had ended
             said.append(f"{'cancelled':<11} {path.parent.name}: Slurm job {record['slurm_job_id']}, left running by an "
-                        "earlier sweep (its trial is asked again)")
+                        "earlier sweep for what this sweep does not run (a trial asked again, --rerun, another "
+                        "command or hyperparameters)")
     return said
 
 
@@ -6705,15 +6817,17 @@ def sweep_alive(folder: Path) -> int | None:
 
 
 def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
-    """running (the train_sweep of its lock file lives), dead (a run.json still says running, and no sweep
-    lives: it was killed), interrupted (a run's last record is interrupted), else finished. Read without
-    taking the lock: a sweep starting now must not find it taken."""
+    """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
+    Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
+    interrupted (a run's last record is interrupted), else finished. Read without taking the lock: a sweep
+    starting now must not find it taken."""
     if sweep_alive(folder) is not None:
         return "running"
     for run_json in folder.glob(f"*/{RUN_MARK}"):
         try:
-            if json.loads((run_json.parent / "run.json").read_bytes()).get("state") == State.RUNNING.value:
-                return "dead"
+            record = json.loads((run_json.parent / "run.json").read_bytes())
+            if record.get("state") == State.RUNNING.value:
+                return "detached" if record.get("slurm_job_id") else "dead"
         except (OSError, ValueError, AttributeError, RecursionError):
             continue
     if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
@@ -6891,20 +7005,25 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
             counts[r["state"]] += 1
     total = record.get("runs") or 0
     left = max(0, total - sum(counts.values()) - len(running))
-    state = "running" if pid else "dead (killed: run the same command to resume)" if running else \
+    detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
+    state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects " \
+        "the results)" if detached else "dead (killed: run the same command to resume)" if running else \
         f"stopped with {left} run(s) not started: run the same command to resume" if left else \
         "interrupted" if counts["interrupted"] else "finished"
     shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
-             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running" if pid else "",
+             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
+                                                         detached else f"{len(running)} running" if pid else "",
                                                          f"{left} pending" if left and pid else "") if x)]
     labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
     now = time.time()
     by_gpu: dict[str, list[str]] = {}
-    for r in running if pid else ():
+    for r in running if pid or detached else ():
         since = _parse_time(r.get("start_time"))
-        by_gpu.setdefault(where(r.get("gpu_id")), []).append(
-            f"{labels.get(r['model_name'], r['model_name'])} ({fmt_duration(now - since if since else None)})")
+        job = f"job {r['slurm_job_id']}, submitted " if r.get("slurm_job_id") else ""
+        by_gpu.setdefault("Slurm" if job else where(r.get("gpu_id")), []).append(
+            f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)})"
+            + (" ago" if job else ""))
     lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
     found = journal_best(folder, latest, settings)
     if found is not None:
@@ -7158,8 +7277,8 @@ def build_parser() -> argparse.ArgumentParser:
     c("--slurm-cpus-per-run", type=_positive_int, metavar="N", help="CPUs each job asks for")
     c("--slurm-mem-gb", type=_positive_float, metavar="GB", help="host memory each job asks for")
     c("--slurm-max-parallel", type=_positive_int, metavar="N",
-      help="jobs running at once: a list's job array throttle, a search's parallel trials (default: no bound for a "
-           "list, 4 for a search)")
+      help="a search's trials at once; for a list, each job array's throttle (%%N: runs asking for other GPU counts "
+           "form arrays of their own, retries are single jobs) (default: no bound for a list, 4 for a search)")
     c("--slurm-requeues", type=_nonneg_int, metavar="N",
       help="how often a job that Slurm preempts or times out is requeued, its command started again in the same "
            "folder (default: 3; 0: a time-out is final, as locally)")
@@ -7635,6 +7754,11 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
             if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
                 raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
                                 "into, moves or deletes what is not its own: move it, or use another --output-dir")
+        orphans: list[str] = []
+        if slurm is not None:  # jobs an earlier sweep left: followed if they are this sweep's runs, else cancelled
+            if search is None and settings.pruner in (None, "none") and not settings.rerun:
+                attach_jobs(runs, journal_records)
+            orphans = cancel_orphan_jobs(output_dir, {r.name for r in runs if r.reattach})
         if settings.rerun:
             old = runs if search is None else [output_dir / name for name in journal_records]
             for folder in (getattr(r, "run_dir", r) for r in old):
@@ -7644,11 +7768,6 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                 if path.exists():
                     set_aside(path)
             journal_records = {}
-        orphans: list[str] = []
-        if slurm is not None and search is None and settings.pruner in (None, "none"):
-            attach_jobs(runs, journal_records)  # jobs still Slurm's are followed, not submitted again
-        elif slurm is not None:
-            orphans = cancel_orphan_jobs(output_dir)  # a search asks its unfinished trials again
         skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
         if search is not None and not (output_dir / STUDY).exists() and \
                 any(r.get("trial") is not None for records in journal_records.values() for r in records):

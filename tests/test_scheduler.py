@@ -209,6 +209,9 @@ class FakeLauncher:
     def queued(self) -> int:
         return 0
 
+    def withdraw(self, handle: FakeJob) -> bool:
+        return False
+
     def close(self, detach: bool = False) -> None:  # the loop lets its launcher go only once every run has ended
         assert all(job.killed or self.clock.t >= job.end for job in self.jobs)
 
