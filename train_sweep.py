@@ -2056,8 +2056,8 @@ class AutoPacker:
     Throughput: a training process keeps a CPU core busy driving its GPU (measured on an H100 with 16
     cores: 1 to 16 small runs at once raise runs a minute 5.7x, the CPUs 90% busy at 16; bench/README.md),
     so the sweep runs at most as many runs as it has CPU cores (or --max-parallel), shared among the GPUs,
-    and a GPU takes no more runs while its utilization is >= AUTO_UTIL_FULL (the mean over AUTO_WINDOW_S):
-    adding runs then no longer raises throughput.
+    and a GPU whose utilization reaches AUTO_UTIL_FULL (the mean over AUTO_WINDOW_S) keeps the number of runs
+    that did it as its limit: adding runs then no longer raises throughput.
     Out of memory: the footprint is raised to what the run reached and the margin grows x1.5, so the same
     packing is not tried again."""
 
@@ -2072,6 +2072,7 @@ class AutoPacker:
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
         self.why: dict[int, str] = {}  # each GPU's latest reason to take no more runs (said when it changes)
+        self.full: dict[int, int] = {}  # GPUs seen saturated, with the runs that did it: their limit from then on
         self.notes: list[str] = []
         self.group_of = group_of or _process_group
         self.now = 0.0  # the latest reading's time: older samples than the window do not count
@@ -2161,8 +2162,11 @@ class AutoPacker:
         if total >= self.cores:
             return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
         util = self._mean(self.util.get(g))
-        if util is not None and util >= AUTO_UTIL_FULL:
-            return running, f"{util:.0f}% busy: adding more no longer raises throughput"
+        if util is not None and util >= AUTO_UTIL_FULL and g not in self.full:
+            self.full[g] = max(1, running)  # from now on: what saturated it (a run that ends is replaced)
+        if g in self.full:
+            return self.full[g], (f"{self.full[g]} run(s) made it {AUTO_UTIL_FULL:g}% busy or more: adding more "
+                                  "no longer raises throughput")
         if running < self.per_gpu_cap:
             return self.per_gpu_cap, None
         return self.per_gpu_cap, f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all"
