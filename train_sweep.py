@@ -7096,7 +7096,12 @@ _nonneg_int = _whole_number(0)
 
 
 def _per_gpu(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive_int(text)
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
 
 
 def _nonneg_float(text: str) -> float:
