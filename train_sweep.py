@@ -3810,8 +3810,9 @@ def check_slurm(options: SlurmOptions) -> None:
         last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
         raise UserError(f"--backend slurm: Slurm does not answer here (sinfo: {one_line(last[0], 300)})")
     partitions = [p.rstrip("*") for p in out.stdout.split()]
-    if options.partition and options.partition not in partitions:
-        raise UserError(f"--slurm-partition {options.partition}: no such partition here (sinfo lists: "
+    missing = [p for p in (options.partition or "").split(",") if p and p not in partitions]  # a list: any of them
+    if missing:
+        raise UserError(f"--slurm-partition {options.partition}: no partition {missing[0]!r} here (sinfo lists: "
                         f"{', '.join(partitions) or 'none'})")
 
 

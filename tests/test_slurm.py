@@ -300,7 +300,7 @@ def test_slurm_that_does_not_answer_is_a_one_line_error(sweep, tmp_path):
 def test_a_partition_that_does_not_exist_is_refused_before_submitting(sweep, slurm_cluster):
     sweep.config([{"a": 1}])
     p = run(sweep, slurm_cluster, "--slurm-partition", "gpus")
-    assert p.returncode == 2 and "--slurm-partition gpus: no such partition here (sinfo lists: debug)" in p.stderr, \
+    assert p.returncode == 2 and "--slurm-partition gpus: no partition 'gpus' here (sinfo lists: debug)" in p.stderr, \
         p.stderr
     assert not (sweep.dir / "outputs").exists()
 
