@@ -3820,6 +3820,8 @@ class captured_stderr:
     """File descriptor 2 into a temporary file for a while: sbatch's messages (which submitit lets through)
     go into the run's error instead of over the live view. `text` holds them afterwards."""
 
+    text = ""
+
     def __enter__(self) -> captured_stderr:
         import tempfile
 
@@ -4025,9 +4027,10 @@ class SlurmLauncher:
         batches = [(gpus, group[i:i + chunk]) for gpus, group in by_gpus.items() for i in range(0, len(group), chunk)]
         for gpus, attempts in batches:
             names = attempts[0].run.name if len(attempts) == 1 else f"{self.group}"
+            said = captured_stderr()
             try:
                 self.executor.update_parameters(**self.options.parameters(gpus, f"ts-{names}"[:100]))
-                with captured_stderr() as said:
+                with said:
                     if len(attempts) == 1:
                         jobs = [self.executor.submit(attempts[0].task)]
                     else:
