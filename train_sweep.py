@@ -2029,7 +2029,7 @@ class MemoryPledges:
 
 AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footprint x 1.15, and at least + 512 MB
 AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
-AUTO_WINDOW_S = 5.0  # utilization and CPU load are judged over this window
+AUTO_WINDOW_S = 5.0  # a GPU's utilization is judged over this window
 AUTO_UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
 AUTO_MAX_PER_GPU = 64
 
