@@ -11,7 +11,7 @@ import pytest
 from train_sweep import (
     CPU, HINT_OOM, HINT_TIMEOUT, GpuPool, GpuReading, Launcher, ListSource, LocalLauncher, NoGpuLeft, Outcome,
     Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, Wakeups,
-    classify, pick_gpus, requeue_reason,
+    SearchSource, SlurmLauncher, classify, pick_gpus, requeue_reason,
 )
 
 GB = 1024.0
@@ -341,8 +341,8 @@ def _methods(cls) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("protocol, implementations", [
-    (Launcher, [LocalLauncher, FakeLauncher]),
-    (RunSource, [ListSource, FakeSource]),
+    (Launcher, [LocalLauncher, FakeLauncher, SlurmLauncher]),
+    (RunSource, [ListSource, FakeSource, SearchSource]),
 ])
 def test_implementations_match_their_protocol(protocol, implementations):
     wanted = _methods(protocol)
