@@ -3958,6 +3958,7 @@ class SlurmAttempt:
     reader: LogFollower | None = None  # its stdout, for metrics (combined.log is made on the node)
     polled: bool = False  # looked at once (a re-attached job found ended at the first look ended unwatched)
     asked: int = 0  # the sacct answer it was last judged on
+    cancelled: bool = False  # the sweep cancelled it (Ctrl+C, the pruner, fail fast)
     final_lines: list[str] | None = None  # its last stdout lines, read when it ended (for observe)
 
 
@@ -4095,7 +4096,8 @@ class SlurmLauncher:
             outcome = self._result(attempt)
             if outcome is not None:
                 return outcome
-        if attempt.state in SLURM_ACTIVE and not (attempt.state == "UNKNOWN" and asked and self._lost(attempt, now)):
+        if attempt.state in SLURM_ACTIVE and not ((attempt.state == "UNKNOWN" or attempt.cancelled) and asked and
+                                                  self._lost(attempt, now)):
             return None
         outcome = self._result(attempt)  # it may have ended between the look and sacct's word
         return outcome or self._ended_without_result(attempt)
@@ -4174,8 +4176,10 @@ class SlurmLauncher:
                           f"({count}); its command starts again in the same folder")
 
     def _lost(self, attempt: SlurmAttempt, now: float) -> bool:
-        """Slurm's accounting never heard of the job (purged, another cluster), long after it was submitted."""
-        if now - attempt.submitted_at < SLURM_GONE_S:
+        """squeue no longer lists a job that Slurm's accounting never heard of (purged, another cluster) long
+        after it was submitted, or that the sweep cancelled (a queued array task cancelled before it ran has
+        no row of its own in sacct)."""
+        if now - attempt.submitted_at < SLURM_GONE_S and not attempt.cancelled:
             return False
         try:
             out = subprocess.run(["squeue", "-h", "-j", attempt.job.job_id, "-o", "%T"], capture_output=True,
@@ -4262,6 +4266,7 @@ class SlurmLauncher:
             return True
         if attempt.job.paths.result_pickle.exists():
             return False  # its command ended on its own: its exit code stands
+        attempt.cancelled = True
         try:
             subprocess.run(["scancel", *(["--signal=KILL", "--full"] if hard else []), attempt.job.job_id],
                            capture_output=True, timeout=60)
