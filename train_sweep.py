@@ -28,8 +28,8 @@ Map of this file (sections in the order data flows):
                                   and Protein sweep files
     4. Runs and names             readable names, labels (what varies), templates, argument styles, Runs
     5. GPU probe                  NVML readings through pynvml, in one place
-    6. Scheduling core            placement (pick_gpus, settling, declared memory; GpuPool; ClusterSlots on
-                                  Slurm), classify, requeue_reason, broken_setup (fail fast)
+    6. Scheduling core            placement (pick_gpus, settling, declared memory, AutoPacker for auto;
+                                  GpuPool; ClusterSlots on Slurm), classify, requeue_reason, broken_setup
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
                                   study: ask, tell, prune); the guardian, LogFollower and LocalLauncher;
                                   Slurm through submitit (SlurmOptions, SlurmTask run in the job, SlurmLauncher)
