@@ -33,6 +33,18 @@ def start(sweep, cluster, *args: str, **env) -> subprocess.Popen:
     return sweep.start("--backend", "slurm", "--no-live", *args, **slurm_env(cluster), **env)
 
 
+def interrupted(proc: subprocess.Popen, before, timeout: float, what: str) -> tuple[str, str]:
+    """`before()` (wait for the jobs, act on them), then Ctrl+C the sweep and collect its output; a sweep
+    still running when the test fails is killed."""
+    try:
+        before()
+        interrupt(proc)
+        return communicate(proc, timeout, what)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def ours(cluster, sweep, wait: float = 0.0) -> list[str]:
     """Job ids of this test's sweep that Slurm still holds: queued, running, or completing (its processes
     being ended). `wait`: up to this long for them to go (a job that ended is COMPLETING for a moment,
@@ -158,14 +170,13 @@ def test_detach_then_reattach_collects_everything_without_submitting_again(sweep
 def test_ctrl_c_cancels_queued_and_running_jobs(sweep, slurm_cluster):
     sweep.config({"grid": {"n": list(range(8))}, "defaults": {"sleep": 120}})
     proc = start(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--kill-grace", "2")
-    try:
+
+    def running():
         sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/fake.json"))) >= 2, 60, "jobs to run")
         assert len(ours(slurm_cluster, sweep)) >= 5  # 4 running (4 GPUs), the others queued
-        interrupt(proc)  # queued array tasks cancelled before they ran have no sacct row of their own: squeue
-        out, err = communicate(proc, 25, "the sweep to cancel its jobs")  # says they are gone (was: 30 s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    # queued array tasks cancelled before they ran have no sacct row of their own: squeue says they are gone
+    out, err = interrupted(proc, running, 25, "the sweep to cancel its jobs")  # (it took 30 s before)
     assert proc.returncode == 130, out + err
     assert not ours(slurm_cluster, sweep, wait=20), "jobs outlived Ctrl+C"
     records = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
@@ -248,7 +259,8 @@ def test_scontrol_requeue_of_a_running_job_is_survived(sweep, slurm_cluster):
     (["--slurm-partition", "gpu"], None, "--slurm-partition needs --backend slurm"),
     (["--slurm-param", "qos=high"], None, "--slurm-param needs --backend slurm"),
     (["--backend", "slurm", "--gpus", "0"], None, "--gpus names this machine's GPUs"),
-    (["--backend", "slurm", "--slurm-param", "time=5"], None, "--slurm-param time: train_sweep sets it (use --slurm-time)"),
+    (["--backend", "slurm", "--slurm-param", "time=5"], None,
+     "--slurm-param time: train_sweep sets it (use --slurm-time)"),
     (["--backend", "slurm", "--slurm-param", "qos"], None, "--slurm-param 'qos': expected KEY=VALUE"),
     (["--backend", "slurm", "--detach", "--search", "random", "--metric", "loss", "--n-trials", "4",
       "x=interval(0, 1)"], None,
@@ -308,8 +320,8 @@ def test_a_partition_that_does_not_exist_is_refused_before_submitting(sweep, slu
 def test_a_parameter_submitit_does_not_know_is_refused_before_submitting(sweep, slurm_cluster):
     sweep.config([{"a": 1}])
     p = run(sweep, slurm_cluster, "--slurm-param", "acount=ml")
-    assert p.returncode == 2 and "--slurm-param: submitit refuses it: Unavailable parameter(s): ['acount']" in p.stderr, \
-        p.stderr
+    assert p.returncode == 2, p.stderr
+    assert "--slurm-param: submitit refuses it: Unavailable parameter(s): ['acount']" in p.stderr, p.stderr
     assert not ours(slurm_cluster, sweep, wait=20)
 
 

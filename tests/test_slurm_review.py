@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from slurm.cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixtur
 
 from conftest import FAKE_TRAINER, interrupt
 from test_core_bugs import communicate
-from test_slurm import ours, run, slurm_env, start
+from test_slurm import interrupted, ours, run, start
 
 
 @pytest.fixture(scope="session")
@@ -205,14 +203,12 @@ def test_a_job_cancelled_while_queued_has_no_duration(sweep, cluster):
     start_time when the Outcome has no started_at)."""
     sweep.config({"grid": {"n": list(range(6))}, "defaults": {"sleep": 60}})
     proc = start(sweep, cluster, "--slurm-gpus-per-run", "2")  # 2 at once; 4 queued
-    try:
+
+    def queued_a_while():
         sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/fake.json"))) >= 2, 60, "jobs to run")
         time.sleep(5)
-        interrupt(proc)
-        out, err = communicate(proc, 60, "the sweep to cancel its jobs")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    interrupted(proc, queued_a_while, 60, "the sweep to cancel its jobs")
     records = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
     never_ran = [r for r in records if not (Path(r["run_dir"]) / "fake.json").exists()]
     assert never_ran
@@ -290,14 +286,7 @@ def test_a_job_that_can_never_start_is_reported(sweep, cluster):
     sweep.config({"runs": [{"n": 0}]})
     cluster.run("scontrol", "update", "PartitionName=debug", "MaxTime=120")
     try:
-        proc = start(sweep, cluster)
-        try:
-            time.sleep(20)
-            interrupt(proc)
-            out, err = communicate(proc, 60, "the sweep to stop")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        out, err = interrupted(start(sweep, cluster), lambda: time.sleep(20), 60, "the sweep to stop")
     finally:
         cluster.run("scontrol", "update", "PartitionName=debug", "MaxTime=INFINITE")
     assert "PartitionTimeLimit" in out + err or "time limit" in (out + err).lower(), out + err
