@@ -2029,6 +2029,7 @@ class MemoryPledges:
 
 AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footprint x 1.15, and at least + 512 MB
 AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
+AUTO_QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
 AUTO_WINDOW_S = 5.0  # a GPU's utilization is judged over this window
 AUTO_UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
 AUTO_MAX_PER_GPU = 64
@@ -2039,7 +2040,7 @@ class _Footprint:
     peak_mb: float = 0.0  # the most memory seen for the run
     grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
     how: str = ""  # per-process memory, or the GPU's growth
-    computed_at: float | None = None  # when its GPU was last seen computing (utilization > 0, or unknown)
+    computed_at: float | None = None  # its GPU last seen computing (util > 0, or unknown), AUTO_QUIET_S after it grew
 
 
 class AutoPacker:
@@ -2048,8 +2049,10 @@ class AutoPacker:
     Memory: each run's footprint is learned from NVML, as the memory of the processes of its process group
     (per-process memory), or where NVML does not show them (containers) as the GPU's growth over what it
     used before our runs started on it, shared by our runs there. Once a run's memory has not grown for
-    AUTO_STABLE_S while its GPU computed (utilization > 0: not a CUDA context waiting for its model), or the
-    run ended, the sweep's footprint is the largest learned; a new run needs footprint x AUTO_MARGIN
+    AUTO_STABLE_S while its GPU computed (utilization > 0 at least AUTO_QUIET_S after it last grew: not a
+    CUDA context, whose creation shows as a blip of utilization, waiting for its model), or the run ended, the
+    sweep's footprint is the largest learned. The CUDA MPS server's memory (NVML lists it beside its clients)
+    is no run's; a new run needs footprint x AUTO_MARGIN
     (at least + AUTO_MARGIN_MB), or its declared gpu_memory_gb. Until the first footprint is known each GPU
     takes one run; from then on runs start at once wherever free memory, less what runs just started
     have not allocated yet, covers the need (MemoryPledges): no settle wait.
@@ -2061,7 +2064,8 @@ class AutoPacker:
     Out of memory: the footprint is raised to what the run reached and the margin grows x1.5, so the same
     packing is not tried again."""
 
-    def __init__(self, gpus: Sequence[int], cpu_cores: int, group_of: Callable[[int], int | None] | None = None):
+    def __init__(self, gpus: Sequence[int], cpu_cores: int, group_of: Callable[[int], int | None] | None = None,
+                 is_service: Callable[[int], bool] | None = None):
         from collections import deque
 
         self.cores = max(1, cpu_cores)
@@ -2075,6 +2079,7 @@ class AutoPacker:
         self.full: dict[int, int] = {}  # GPUs seen saturated, with the runs that did it: their limit from then on
         self.notes: list[str] = []
         self.group_of = group_of or _process_group
+        self.is_service = functools.lru_cache(maxsize=4096)(is_service or _is_mps_server)
         self.now = 0.0  # the latest reading's time: older samples than the window do not count
 
     # -- what NVML shows ------------------------------------------------------------------------
@@ -2088,16 +2093,19 @@ class AutoPacker:
             runs = on_gpu.get(g, ())
             if r.utilization is not None:
                 self._window(self.util.setdefault(g, deque()), now, r.utilization)
-            if not runs:
-                self.baseline[g] = r.memory_used_mb
-                continue
-            groups = {}
+            groups: dict[int | None, float] = {}
+            used = r.memory_used_mb  # less what the MPS server holds: no run's
             for pid, mb in r.pid_mb.items():
-                if mb is not None:
+                if mb is not None and self.is_service(pid):
+                    used -= mb
+                elif mb is not None:
                     group = self.group_of(pid)
                     groups[group] = groups.get(group, 0.0) + mb
+            if not runs:
+                self.baseline[g] = used
+                continue
             unattributed = [run for run in runs if not groups.get(run.pgid)]
-            growth = max(0.0, r.memory_used_mb - self.baseline.get(g, r.memory_used_mb))
+            growth = max(0.0, used - self.baseline.get(g, used))
             shared = (growth - sum(groups.get(run.pgid, 0.0) for run in runs)) / len(unattributed) if unattributed \
                 else 0.0
             for run in runs:
@@ -2118,7 +2126,7 @@ class AutoPacker:
             f.grew_at = now
         if mb > f.peak_mb:
             f.peak_mb, f.how = mb, how
-        if computing:
+        if computing and now - f.grew_at >= AUTO_QUIET_S:
             f.computed_at = now
 
     def _learn(self, now: float, run: Run | None = None) -> None:
@@ -2192,6 +2200,17 @@ def _process_group(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def _is_mps_server(pid: int) -> bool:
+    """nvidia-cuda-mps-server (its name as Linux keeps it: nvidia-cuda-mps): NVML lists it with memory of
+    its own on every GPU that has MPS clients."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).name().startswith("nvidia-cuda-mps")
+    except psutil.Error:
+        return False
 
 
 class NoGpuLeft(Exception):

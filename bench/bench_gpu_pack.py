@@ -9,12 +9,14 @@ footprint learned until every slot auto decided on was filled.
 
     python bench/bench_gpu_pack.py                       # every GPU; needs NVIDIA GPUs, nvidia-ml-py, torch
     python bench/bench_gpu_pack.py --small-runs 16 --rounds 2 --ks 1 4 8 auto
+    python bench/bench_gpu_pack.py --workloads small --ks 1 4 8 auto 4+mps auto+mps   # +mps: with the CUDA MPS daemon
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,9 +54,25 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+class MpsDaemon:
+    """The CUDA MPS control daemon for one measurement, its pipe and log folders under `folder`; `env` is what
+    its clients need. A K written `4+mps` runs with it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "mps_pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "mps_log")}
+        for path in self.env.values():
+            Path(path).mkdir()
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], env={**os.environ, **self.env}, check=True)
+
+    def quit(self) -> None:
+        subprocess.run(["nvidia-cuda-mps-control"], check=False, input="quit\n", text=True, env={**os.environ, **self.env},
+                       timeout=60)
+
+
 def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], steps: int | None) -> dict:
-    work = folder / f"{workload}_{k}_{time.monotonic_ns()}"
+    work = folder / f"{workload}_{k.replace('+', '_')}_{time.monotonic_ns()}"
     work.mkdir()
+    k, mps = k.removesuffix("+mps"), (MpsDaemon(work) if k.endswith("+mps") else None)
     grid = {"seed": list(range(runs)), "model": [workload]}
     if steps:
         grid["steps"] = [steps]
@@ -62,10 +80,15 @@ def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], ste
     sampler = Sampler(len(gpus))
     sampler.start()
     start = time.time()
-    p = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
-                        f"python {TRAINER}", "--max-processes-per-gpu", k, "--metric", "loss", "--no-live",
-                        "--gpus", *gpus], cwd=work, capture_output=True, text=True, timeout=1800)
-    wall = time.time() - start
+    try:
+        p = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
+                            f"python {TRAINER}", "--max-processes-per-gpu", k, "--metric", "loss", "--no-live",
+                            "--gpus", *gpus], check=False, cwd=work, capture_output=True, text=True, timeout=1800,
+                           env={**os.environ, **(mps.env if mps else {})})
+        wall = time.time() - start
+    finally:
+        if mps:
+            mps.quit()
     sampler.stop.set()
     sampler.join()
     if p.returncode != 0:
@@ -84,16 +107,18 @@ def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], ste
         ends = sorted(ts(r["end_time"]) for r in records)
         fill_starts = [s for s in starts if s >= first and s < ends[0]]
         fill = (fill_starts[-1] - first) if fill_starts else 0.0
+        print(f"# {k}: first footprint at {first - start:.1f} s; starts {[round(s - start, 1) for s in starts]}, "
+              f"ends {[round(e - start, 1) for e in ends]}", file=sys.stderr)
     return {"wall": wall, "util": util, "most": most, "ooms": ooms, "fill": fill, "ok": p.returncode == 0,
             "decisions": [line.split(" ", 1)[1] for line in log if " packing " in line or " footprint " in line][:6]}
 
 
-def curve(levels: list[int], workload: str, steps: int | None, gpu: str) -> None:
+def curve(levels: list[int], workload: str, steps: int | None, gpu: str, mps_env: dict) -> None:
     """Without train_sweep: c trainings started at once on one GPU, for each c; what the GPU and the CPUs do,
     and what it yields (runs a minute, steps a second over all of them). The data the auto rule rests on."""
     import psutil
 
-    print(f"### {workload}: c trainings at once on GPU {gpu}\n")
+    print(f"### {workload}: c trainings at once on GPU {gpu}{' under MPS' if mps_env else ''}\n")
     print("| c | wall | runs/min | against c=1 | steps/s of one | steps/s in all | mean GPU util | mean CPU busy "
           "| GPU memory used |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -105,7 +130,7 @@ def curve(levels: list[int], workload: str, steps: int | None, gpu: str) -> None
         cpu = []
         start = time.time()
         argv = [sys.executable, str(TRAINER), f"model={workload}"] + ([f"steps={steps}"] if steps else [])
-        procs = [subprocess.Popen(argv, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": gpu},
+        procs = [subprocess.Popen(argv, env={**os.environ, **mps_env, "CUDA_VISIBLE_DEVICES": gpu},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(c)]
         mem = 0.0
         while any(p.poll() is None for p in procs):
@@ -125,14 +150,15 @@ def curve(levels: list[int], workload: str, steps: int | None, gpu: str) -> None
         print(f"| {c} | {wall:.1f} s | {per_min:.2f} | {per_min / base:.2f} | "
               f"{statistics.median(rates) if rates else 0:.1f} | {sum(rates):.1f} | "
               f"{statistics.mean(busy) if busy else 0:.0f}% | {statistics.mean(cpu) if cpu else 0:.0f}% | {mem:.1f} GB |"
-              + (f" ({failed} failed: {[o.strip().splitlines()[-1] for o, p in zip(outs, procs) if p.returncode][0][:80]})"
+              + (f" ({failed} failed: {next(o.strip().splitlines()[-1] for o, p in zip(outs, procs) if p.returncode)[:80]})"
                  if failed else ""), flush=True)
     print()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ks", nargs="+", default=["1", "2", "4", "8", "auto"])
+    parser.add_argument("--ks", nargs="+", default=["1", "2", "4", "8", "auto"],
+                        help="runs per GPU to compare; K+mps runs K under the CUDA MPS control daemon")
     parser.add_argument("--small-runs", type=int, default=16)
     parser.add_argument("--big-runs", type=int, default=4)
     parser.add_argument("--small-steps", type=int, default=None)
@@ -142,14 +168,22 @@ def main() -> int:
     parser.add_argument("--gpus", nargs="+", default=None)
     parser.add_argument("--curve", nargs="+", type=int, metavar="C",
                         help="instead: start C trainings at once on the first GPU, for each C (no train_sweep)")
+    parser.add_argument("--mps", action="store_true", help="--curve under the CUDA MPS control daemon")
     args = parser.parse_args()
     import pynvml
 
     pynvml.nvmlInit()
     if args.curve:
-        for workload in args.workloads:
-            curve(args.curve if workload == "small" else args.curve[:2], workload,
-                  args.small_steps if workload == "small" else args.big_steps, (args.gpus or ["0"])[0])
+        with tempfile.TemporaryDirectory(prefix="bench_mps_") as tmp:
+            mps = MpsDaemon(Path(tmp)) if args.mps else None
+            try:
+                for workload in args.workloads:
+                    curve(args.curve if workload == "small" else args.curve[:2], workload,
+                          args.small_steps if workload == "small" else args.big_steps, (args.gpus or ["0"])[0],
+                          mps.env if mps else {})
+            finally:
+                if mps:
+                    mps.quit()
         return 0
     gpus = args.gpus or [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
     name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(int(gpus[0])))
@@ -173,18 +207,18 @@ def main() -> int:
               "| slots filled after the first footprint |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         walls = {k: statistics.median(r["wall"] for r in results[(workload, k)]) for k in args.ks}
-        best_fixed = min(w for k, w in walls.items() if k != "auto")
+        best_fixed = min(w for k, w in walls.items() if "auto" not in k)
+        one = walls.get("1", float("nan"))
         for k in args.ks:
             rs = results[(workload, k)]
             fills = [r["fill"] for r in rs if r["fill"] is not None]
-            print(f"| {k} | {walls[k]:.1f} s | {walls[k] / best_fixed:.2f} | {walls[k] / walls['1']:.2f} "
+            print(f"| {k} | {walls[k]:.1f} s | {walls[k] / best_fixed:.2f} | {walls[k] / one:.2f} "
                   f"| {statistics.median(r['util'] for r in rs):.0f}% | {max(r['most'] for r in rs)} "
                   f"| {sum(r['ooms'] for r in rs)} | {f'{statistics.median(fills):.2f} s' if fills else '-'} |"
                   + ("" if all(r["ok"] for r in rs) else " (a run failed)"))
-        auto = results.get((workload, "auto"))
-        if auto:
-            print("\nauto's decisions (sweep.log):")
-            for line in auto[0]["decisions"]:
+        for k in [k for k in args.ks if k.startswith("auto")]:
+            print(f"\n{k}'s decisions (sweep.log):")
+            for line in results[(workload, k)][0]["decisions"]:
                 print(f"    {line}")
         print()
     return 0

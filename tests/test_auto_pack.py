@@ -229,3 +229,42 @@ def test_the_flag_wins_over_the_config(sweep):
     assert p.returncode == 0 and "up to 3 run(s) at once on GPU 0" in p.stdout, p.stdout
     p = sweep.run("--dry-run")
     assert "auto on GPU 0" in p.stdout
+
+
+def test_the_mps_server_s_memory_is_no_run_s_footprint():
+    """Under MPS, NVML lists the MPS server (66 MB on an H200) as soon as the first run connects, a moment
+    before the run's own process: the GPU's growth then is the server's, not the run's (measured: auto
+    learned a 74 MB footprint from it and packed on it). The run's footprint waits for its own process."""
+    auto = AutoPacker([0], 16, group_of=lambda pid: pid, is_service=lambda pid: pid == 99)
+    run = Run(0, "a", {}, ["x"], Path("a"))
+    run.pgid = 7
+    auto.observe(0.0, {0: reading(0, 0.6)}, {})
+    for t in (1.0, 2.0, 3.0, 4.0, 5.0):  # the server, and 8 MB of the run not yet shown as its own
+        auto.observe(t, {0: reading(0, 0.6 + 74 / GB, pid_mb={99: 66.0})}, {0: [run]})
+    assert auto.footprint_mb is None
+    for t in (6.0, 7.0, 8.0, 9.0):
+        auto.observe(t, {0: reading(0, 0.6 + 1.5, pid_mb={99: 66.0, 7: 1.4 * GB})}, {0: [run]})
+    assert auto.footprint_mb == pytest.approx(1.4 * GB)
+    # and where NVML shows no process of this machine (a container), the growth less the server's is the run's
+    auto = AutoPacker([0], 16, group_of=lambda pid: None, is_service=lambda pid: pid == 99)
+    auto.observe(0.0, {0: reading(0, 0.6)}, {})
+    for t in (1.0, 2.0, 3.0, 4.0):
+        auto.observe(t, {0: reading(0, 0.6 + 66 / GB + 1.4, pid_mb={99: 66.0, 12345: 1.4 * GB})}, {0: [run]})
+    assert auto.footprint_mb == pytest.approx(1.4 * GB)
+
+
+def test_a_cuda_context_s_start_is_not_the_run_computing():
+    """As NVML showed it on an H200 (bench/README.md): a small PyTorch training's CUDA context (564 MB) comes
+    with a blip of utilization (3%), then 4 s of loading with the GPU idle, then the model and its optimizer
+    (1442 MB in all). The context is no footprint: computing counts only once the memory has held still."""
+    auto = AutoPacker([0], 16, group_of=lambda pid: pid)
+    run = Run(0, "a", {}, ["x"], Path("a"))
+    run.pgid = 7
+    timeline = [(0.0, 564, 0), (1.0, 564, 3)] + [(t, 564, 0) for t in (2.0, 3.0, 4.0, 5.0)] + \
+        [(6.0, 1318, 2), (7.0, 1442, 4), (8.0, 1442, 9), (9.0, 1442, 6), (10.0, 1442, 8)]
+    learned = {}
+    for t, mb, util in timeline:
+        auto.observe(t, {0: reading(0, 0.6 + mb / GB, util=util, pid_mb={7: float(mb)})}, {0: [run]})
+        learned[t] = auto.footprint_mb
+    assert learned[5.0] is None  # the context alone, however long it waits
+    assert learned[10.0] == pytest.approx(1442)
