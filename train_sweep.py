@@ -106,7 +106,7 @@ LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that ho
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
 STUDY = "study.log"  # in the output folder: a search's Optuna study (Optuna's journal file; optuna-dashboard opens it)
-OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY, SLURM_DIR)  # the sweep's own files
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY, SLURM_DIR, ".mps")  # the sweep's own files
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -182,6 +182,8 @@ class Settings:
     the GPUs' utilization and the CPU cores (None: the config's, else 1)"""
     memory_threshold_gb: float = 40.0
     """a GPU whose used memory (anyone's) is at or above this takes no new run"""
+    mps: bool | None = None
+    """run the sweep's runs as clients of NVIDIA's MPS daemon, started for the sweep (None: the config's 'mps')"""
     disable_gpu_monitoring: bool = False
     """place runs by slots only, without NVML readings"""
     command: str | None = None
@@ -445,6 +447,7 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
     "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
     "max_processes_per_gpu": ('a whole number >= 1 or "auto"', lambda v: v == "auto" or (_is_whole(v) and v >= 1)),
+    "mps": ("true or false", lambda v: isinstance(v, bool)),
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
     "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see README: Search)",
                lambda v: isinstance(v, dict)),
@@ -491,6 +494,7 @@ class SweepSpec:
     search: SearchSpec | None = None
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)  # the "slurm" object (--backend slurm)
     max_processes_per_gpu: int | str | None = None
+    mps: bool | None = None
 
 
 def read_json_file(path: str) -> Any:
@@ -548,6 +552,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         search=parse_search(given["search"], path) if "search" in given else None,
         slurm=dict(given.get("slurm", {})),
         max_processes_per_gpu=given.get("max_processes_per_gpu"),
+        mps=given.get("mps"),
     )
 
 
@@ -1779,6 +1784,10 @@ class NvmlProbe:
         name = self._nvml.nvmlDeviceGetName(self._handles[index])
         return name.decode() if isinstance(name, bytes) else str(name)
 
+    def uuid(self, index: int) -> str:
+        uuid = self._nvml.nvmlDeviceGetUUID(self._handles[index])
+        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+
     def read(self, indexes: Iterable[int]) -> dict[int, GpuReading]:
         """One reading per GPU. A GPU whose NVML calls fail is left out of the reading; once they have failed
         NVML_FAILS times in a row over at least NVML_FAIL_S seconds, it is remembered in `failed` (a
@@ -1853,11 +1862,15 @@ class Policy:
     max_parallel: int | None = None  # cap on runs at once over all GPUs
     auto: bool = False  # --max-processes-per-gpu auto: AutoPacker decides how many runs each GPU takes
     cpu_cores: int = 1  # ... bounded by the CPU cores the sweep may use
+    mps: bool = False  # --mps: the runs are clients of the sweep's MPS daemon (said here; MpsDaemon runs it)
     settle_timeout_s: float = SETTLE_TIMEOUT_S
     settle_stable_s: float = SETTLE_STABLE_S
     settle_growth_mb: float = SETTLE_GROWTH_MB
 
     def describe(self, gpus: Sequence[int]) -> str:
+        return self._describe(gpus) + ("; under MPS (--mps): the runs on a GPU compute at once" if self.mps else "")
+
+    def _describe(self, gpus: Sequence[int]) -> str:
         where = "the CPU" if list(gpus) == [CPU] else "GPU " + " ".join(str(g) for g in gpus)
         if self.auto:
             bound = f"{self.max_parallel} in all (--max-parallel)" if self.max_parallel else \
@@ -3496,9 +3509,11 @@ class LocalLauncher:
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
                  kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None,
-                 cgroups: RunCgroups | None = None, group: str = "") -> None:
+                 cgroups: RunCgroups | None = None, group: str = "", device_ids: Mapping[int, str] | None = None) -> None:
+        """`device_ids`: how CUDA_VISIBLE_DEVICES names a GPU where not by its index (--mps: its UUID)."""
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
+        self.device_ids = dict(device_ids or {})
         self._base_env: dict[str, str] | None = None
         self.sweep_id = sweep_id
         self.group = group or sweep_id
@@ -3515,7 +3530,7 @@ class LocalLauncher:
             self._base_env = {**os.environ, **self.extra_env}
         env = dict(self._base_env)
         env.update(
-            CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(str(g) for g in gpus),
+            CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(self.device_ids.get(g, str(g)) for g in gpus),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
             **run_env(run, self.sweep_id),
         )
@@ -3707,6 +3722,156 @@ class LocalLauncher:
             except psutil.Error:  # it ended between the listing and the look
                 pass
         return False
+
+
+# -- --mps: NVIDIA's Multi-Process Service for the sweep's runs --------------------------------------
+
+MPS_DIR = ".mps"  # in the output folder: --mps's pipe and log folders
+MPS_CONTROL = "nvidia-cuda-mps-control"
+MPS_WAIT_S = 10.0  # longest wait for the daemon to answer after it started, and to exit after `quit`
+
+
+def _running(pid: int) -> bool:
+    """The process runs (a zombie does not: reaped here where the sweep adopted it as subreaper)."""
+    import psutil
+
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.Error:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return False
+
+
+class MpsDaemon:
+    """--mps: the CUDA MPS control daemon, started for this sweep and stopped at its end. It runs as the user,
+    with its pipe and log folders in <output_dir>/.mps/ (CUDA_MPS_PIPE_DIRECTORY and CUDA_MPS_LOG_DIRECTORY,
+    which every run gets in its environment): this sweep's runs are its only clients. It sees the sweep's GPUs
+    only, named by UUID (`devices`), and so do the runs: the server it starts renumbers the GPUs it sees, so an
+    index in a client's CUDA_VISIBLE_DEVICES would name another GPU (on 2 x H200, a daemon that saw every GPU
+    put its server on a GPU the sweep did not use). Without NVML (no UUIDs) it sees every GPU. TRAIN_SWEEP_ID in its
+    environment lets the guardian end it, and the server it started, if the sweep is killed with runs
+    running; a daemon left anyway is stopped by the next sweep of the folder."""
+
+    def __init__(self, output_dir: Path, devices: Sequence[str] = ()) -> None:
+        self.devices = list(devices)
+        folder = output_dir.resolve() / MPS_DIR
+        pipe = folder / "pipe"
+        if len(os.fsencode(pipe / "control")) > 100:  # a Unix socket's path holds at most 107 bytes
+            digest = hashlib.sha1(os.fsencode(folder)).hexdigest()[:12]
+            pipe = Path("/tmp") / f"train_sweep_mps_{os.getuid()}_{digest}"
+        self.pipe, self.log = pipe, folder / "log"
+        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe), "CUDA_MPS_LOG_DIRECTORY": str(self.log)}
+        self.pid: int | None = None
+
+    @staticmethod
+    def check() -> None:
+        """Before anything is written: the daemon's program is on PATH."""
+        if shutil.which(MPS_CONTROL) is None:
+            raise UserError(f"--mps: {MPS_CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities, "
+                            "e.g. Debian's nvidia-cuda-mps)")
+
+    def _environ(self, sweep_id: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
+        return {**env, **self.env, **({"TRAIN_SWEEP_ID": sweep_id} if sweep_id else {})}
+
+    def _control(self, command: str) -> str | None:
+        """One command to the daemon; its answer, None where no daemon answers."""
+        try:
+            done = subprocess.run([MPS_CONTROL], input=command + "\n", env=self._environ(), capture_output=True,
+                                  text=True, timeout=MPS_WAIT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    def _pid_file(self) -> int | None:
+        """The daemon of this pipe folder (its pid file), while it runs."""
+        try:
+            pid = int((self.pipe / "nvidia-cuda-mps-control.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _running(pid) else None
+
+    def _others(self) -> str | None:
+        """An MPS daemon or server of anyone's running here, not of this folder."""
+        import psutil
+
+        for p in psutil.process_iter(["name", "username"]):
+            try:
+                if (p.info["name"] or "").startswith("nvidia-cuda-mps") and p.status() != psutil.STATUS_ZOMBIE \
+                        and self.pid not in (p.pid, p.ppid()):
+                    return f"{p.info['name']}, pid {p.pid}, user {p.info['username'] or '?'}"
+            except psutil.Error:
+                pass
+        return None
+
+    def start(self, sweep_id: str) -> list[str]:
+        """Start the daemon, or say why not (UserError): another MPS daemon runs here, or it did not start.
+        Returns what to report."""
+        said = []
+        self.pid = self._pid_file()
+        if self.pid is not None:  # the folder is locked: an earlier sweep of it left its daemon
+            said.append(f"MPS: an earlier sweep of this folder left its control daemon (pid {self.pid}): stopped")
+            if (note := self.stop()) is not None:
+                raise UserError(f"--mps: {note}")
+        other = self._others()
+        if other is not None:
+            raise UserError(f"--mps: an MPS daemon already runs here ({other}); its clients would share the GPUs "
+                            "with this sweep's: stop it (echo quit | nvidia-cuda-mps-control, as its user), or "
+                            "leave out --mps")
+        for folder in (self.pipe, self.log):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"--mps: cannot make {folder}: {e.strerror}") from None
+        try:
+            done = subprocess.run([MPS_CONTROL, "-d"], env=self._environ(sweep_id), capture_output=True, text=True,
+                                  timeout=MPS_WAIT_S, check=False, start_new_session=True)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"--mps: {MPS_CONTROL} -d: {e}") from None
+        deadline = time.monotonic() + MPS_WAIT_S
+        while done.returncode == 0 and time.monotonic() < deadline:  # up once it answers and its pid file is there
+            if self._control("get_server_list") is not None and (pid := self._pid_file()) is not None:
+                self.pid = pid
+                break
+            time.sleep(0.05)
+        if self.pid is None:
+            lines = (done.stderr or done.stdout).strip().splitlines() or self._log_tail()
+            why = one_line(lines[-1]) if lines else f"no answer within {MPS_WAIT_S:g}s"
+            self.stop()
+            raise UserError(f"--mps: the MPS control daemon did not start: {why}")
+        said.append(f"MPS: control daemon started (pid {self.pid}; pipe {self.pipe}, logs {self.log}): runs on one "
+                    "GPU compute at once rather than in turns" + ("; runs see their GPU by UUID in CUDA_VISIBLE_DEVICES"
+                                                                   if self.devices else "; it sees every GPU (no NVML: "
+                                                                   "no UUIDs), and its server may hold a little memory "
+                                                                   "on each"))
+        return said
+
+    def _log_tail(self) -> list[str]:
+        return tail_lines(self.log / "control.log", 5).strip().splitlines()
+
+    def stop(self) -> str | None:
+        """Quit the daemon (its server quits with it); what went wrong, if anything."""
+        pid, self.pid = self.pid or self._pid_file(), None
+        if pid is None:
+            return None
+        self._control("quit")
+        deadline = time.monotonic() + MPS_WAIT_S
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _running(pid):
+            return None
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        return f"the MPS control daemon (pid {pid}) did not quit within {MPS_WAIT_S:g}s: killed"
 
 
 # -- Slurm: one job per run, through submitit ------------------------------------------------------
@@ -7240,6 +7405,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
     a("--disable-gpu-monitoring", action="store_true",
       help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
+    a("--mps", action=argparse.BooleanOptionalAction,
+      help="start NVIDIA's MPS control daemon for the sweep (its pipe and logs in <output-dir>/.mps/) and run "
+           "the runs as its clients: runs packed on a GPU compute at once rather than in turns; a fatal GPU error "
+           "in one can end the others on its GPU (default: the config's 'mps', else off)")
     a("--gpus-per-run", type=_positive_int, metavar="N", help="GPUs each run gets, all free ones (default: 1)")
     a("--gpu-memory-gb", type=_positive_float, metavar="GB",
       help="GPU memory each run needs: a GPU takes it only when that much is free (after what recent runs "
@@ -7697,8 +7866,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"--metric-regex {settings.metric_regex!r}: needs a group (?P<value>...) and a --metric "
                                 "to name what it finds")
         slurm = None
+        mps = settings.mps if settings.mps is not None else bool(plan.spec.mps)
         if settings.backend == "slurm":  # the cluster places runs: no GPU of this machine is looked at
             slurm = slurm_options(settings, plan.spec.slurm, plan.spec.source)
+            if mps:
+                raise UserError("--mps starts NVIDIA's MPS daemon on this machine; with --backend slurm, MPS is the "
+                                "cluster's to give (Slurm's gres/mps, through --slurm-param)")
             if settings.gpus:
                 raise UserError("--gpus names this machine's GPUs; with --backend slurm Slurm picks them (use "
                                 "--slurm-gpus-per-run)")
@@ -7726,6 +7899,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
             if probe is None and any(r.memory_mb for r in runs):
                 note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+            if mps:
+                if gpus == [CPU]:
+                    raise UserError(f"--mps shares GPUs among runs; this sweep has none ({note or 'the CPU'})")
+                MpsDaemon.check()
         per_gpu = next(v for v in (settings.max_processes_per_gpu, plan.spec.max_processes_per_gpu, 1) if v is not None)
         if per_gpu == "auto" and slurm is None and probe is None:
             raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
@@ -7738,6 +7915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settle_timeout_s=settings.settle_seconds,
             auto=auto,
             cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+            mps=mps,
         )
         if slurm is None:
             placement = policy.describe(gpus)
@@ -7780,10 +7958,11 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
               slurm: SlurmOptions | None = None) -> int:
     """Lock the output folder and the results file, resume (or set old runs aside; re-attach to Slurm jobs an
     earlier sweep left), save the settings, open the study of a search (or of a pruned list), start the
-    guardian (or the Slurm launcher) and run the event loop."""
+    guardian (and the MPS daemon) or the Slurm launcher, and run the event loop."""
     settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
+    daemon = MpsDaemon(output_dir, [probe.uuid(g) for g in gpus] if probe is not None else ()) if policy.mps else None
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
@@ -7815,6 +7994,7 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
         if search is not None or settings.pruner not in (None, "none"):  # before anything is written: a study
             study = open_study(output_dir, search, settings, journal_records, said.append)  # made for another search
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
+        mps_said = daemon.start(sweep_id) if daemon is not None else []  # before anything is written: it may refuse
         record = {
             "train_sweep": __version__,
             "sweep_id": sweep_id,
@@ -7859,10 +8039,13 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                                log_only=" (see README: Ending runs)")
             guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
+            for line in mps_said:
+                reporter.event(line)
             if slurm is None:
                 launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                         kill_grace=settings.kill_grace, extra_env=plan.spec.env, cgroups=cgroups,
-                                         group=sweep_group(output_dir))
+                                         kill_grace=settings.kill_grace, cgroups=cgroups, group=sweep_group(output_dir),
+                                         extra_env={**plan.spec.env, **(daemon.env if daemon is not None else {})},
+                                         device_ids=dict(zip(gpus, daemon.devices)) if daemon is not None else {})
                 pool: GpuPool | ClusterSlots = GpuPool(gpus, policy, probe)
             else:
                 launcher = SlurmLauncher(slurm, output_dir.resolve() / SLURM_DIR, cwd, sweep_id, settings.kill_grace,
@@ -7882,11 +8065,15 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                           best_k=best_k)
             return sweep.run()
         finally:
+            if daemon is not None and (trouble := daemon.stop()) is not None:
+                reporter.event(f"MPS: {trouble}")
             if guardian is not None:
                 guardian.wait()
             results.close()
             reporter.close()
     finally:
+        if daemon is not None:
+            daemon.stop()  # where the sweep failed before its loop began (said there otherwise)
         for lock in locks:
             os.close(lock)
 

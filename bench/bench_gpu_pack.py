@@ -5,11 +5,11 @@ most of a GPU idle, packing pays) and a big model (compute-bound, 65% of the GPU
 workload runs with K = 1, 2, 4, 8 and auto, interleaved (the order rotates each round), while NVML is
 sampled every 0.2 s. Prints per workload and K: wall time, against the best fixed K, mean GPU utilization,
 the most runs seen on one GPU at once, out-of-memory attempts, and for auto the time from the first
-footprint learned until every slot auto decided on was filled.
+footprint learned until every slot auto decided on was filled (as many runs at once as ever ran).
 
     python bench/bench_gpu_pack.py                       # every GPU; needs NVIDIA GPUs, nvidia-ml-py, torch
     python bench/bench_gpu_pack.py --small-runs 16 --rounds 2 --ks 1 4 8 auto
-    python bench/bench_gpu_pack.py --workloads small --ks 1 4 8 auto 4+mps auto+mps   # +mps: with the CUDA MPS daemon
+    python bench/bench_gpu_pack.py --workloads small --ks 1 4 8 auto 4+mps auto+mps   # +mps: train_sweep --mps
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def ts(text: str) -> float:
 
 
 class MpsDaemon:
-    """The CUDA MPS control daemon for one measurement, its pipe and log folders under `folder`; `env` is what
-    its clients need. A K written `4+mps` runs with it."""
+    """--curve --mps: the CUDA MPS control daemon, its pipe and log folders under `folder`; `env` is what its
+    clients need. (A K written `4+mps` is train_sweep's own --mps.)"""
 
     def __init__(self, folder: Path) -> None:
         self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "mps_pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "mps_log")}
@@ -72,7 +72,7 @@ class MpsDaemon:
 def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], steps: int | None) -> dict:
     work = folder / f"{workload}_{k.replace('+', '_')}_{time.monotonic_ns()}"
     work.mkdir()
-    k, mps = k.removesuffix("+mps"), (MpsDaemon(work) if k.endswith("+mps") else None)
+    k, mps = k.removesuffix("+mps"), k.endswith("+mps")
     grid = {"seed": list(range(runs)), "model": [workload]}
     if steps:
         grid["steps"] = [steps]
@@ -80,15 +80,11 @@ def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], ste
     sampler = Sampler(len(gpus))
     sampler.start()
     start = time.time()
-    try:
-        p = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
-                            f"python {TRAINER}", "--max-processes-per-gpu", k, "--metric", "loss", "--no-live",
-                            "--gpus", *gpus], check=False, cwd=work, capture_output=True, text=True, timeout=1800,
-                           env={**os.environ, **(mps.env if mps else {})})
-        wall = time.time() - start
-    finally:
-        if mps:
-            mps.quit()
+    p = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
+                        f"python {TRAINER}", "--max-processes-per-gpu", k, "--metric", "loss", "--no-live",
+                        "--gpus", *gpus, *(["--mps"] if mps else [])], check=False, cwd=work, capture_output=True,
+                       text=True, timeout=1800)
+    wall = time.time() - start
     sampler.stop.set()
     sampler.join()
     if p.returncode != 0:
@@ -101,14 +97,16 @@ def run_one(folder: Path, workload: str, runs: int, k: str, gpus: list[str], ste
     fill = None
     log = (work / "outputs" / "sweep.log").read_text().splitlines()
     learned = [line for line in log if line.split(" ", 1)[1].startswith("footprint ")]  # auto's own event
-    if k == "auto" and learned:  # first footprint known -> the last start of the first fill
+    if k == "auto" and learned:  # first footprint known -> the moment as many runs ran as ever did (every slot)
         first = ts(learned[0].split(" ", 1)[0])
-        starts = sorted(ts(r["start_time"]) for r in records)
-        ends = sorted(ts(r["end_time"]) for r in records)
-        fill_starts = [s for s in starts if s >= first and s < ends[0]]
-        fill = (fill_starts[-1] - first) if fill_starts else 0.0
-        print(f"# {k}: first footprint at {first - start:.1f} s; starts {[round(s - start, 1) for s in starts]}, "
-              f"ends {[round(e - start, 1) for e in ends]}", file=sys.stderr)
+        events = sorted([(ts(r["start_time"]), 1) for r in records] + [(ts(r["end_time"]), -1) for r in records],
+                        key=lambda e: (e[0], e[1]))  # an end before a start at the same moment
+        running, most_at, peak = 0, first, 0
+        for at, step in events:
+            running += step
+            if running > peak:
+                peak, most_at = running, at
+        fill = max(0.0, most_at - first)
     return {"wall": wall, "util": util, "most": most, "ooms": ooms, "fill": fill, "ok": p.returncode == 0,
             "decisions": [line.split(" ", 1)[1] for line in log if " packing " in line or " footprint " in line][:6]}
 
@@ -158,7 +156,7 @@ def curve(levels: list[int], workload: str, steps: int | None, gpu: str, mps_env
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", nargs="+", default=["1", "2", "4", "8", "auto"],
-                        help="runs per GPU to compare; K+mps runs K under the CUDA MPS control daemon")
+                        help="runs per GPU to compare; K+mps runs K with --mps (the CUDA MPS control daemon)")
     parser.add_argument("--small-runs", type=int, default=16)
     parser.add_argument("--big-runs", type=int, default=4)
     parser.add_argument("--small-steps", type=int, default=None)
@@ -207,7 +205,7 @@ def main() -> int:
               "| slots filled after the first footprint |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         walls = {k: statistics.median(r["wall"] for r in results[(workload, k)]) for k in args.ks}
-        best_fixed = min(w for k, w in walls.items() if "auto" not in k)
+        best_fixed = min((w for k, w in walls.items() if "auto" not in k), default=float("nan"))
         one = walls.get("1", float("nan"))
         for k in args.ks:
             rs = results[(workload, k)]

@@ -4,7 +4,9 @@ released after Ctrl+C. Run with `python -m pytest -m gpu -s tests/test_gpu.py` t
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -156,3 +158,50 @@ def test_declared_memory_packs_without_overpacking(gsweep):
     most, peak = run_sampled(gsweep, "--max-processes-per-gpu", "8", "--memory-threshold-gb", f"{total:.0f}")
     print(f"declared {hold + 1:.1f} GB per run on {total:.0f} GB GPUs: at most {most} runs on a GPU, peak {peak:.1f} GB")
     assert most == 2  # two fit, a third does not
+
+
+def mps_processes() -> list[str]:
+    import psutil
+
+    return [f"{p.info['name']} {p.pid}" for p in psutil.process_iter(["name", "status"])
+            if (p.info["name"] or "").startswith("nvidia-cuda-mps") and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-cuda-mps-control") is None, reason="needs nvidia-cuda-mps-control")
+def test_mps_the_runs_are_clients_of_the_sweep_s_daemon_and_nothing_is_left(gsweep):
+    import psutil
+
+    assert mps_processes() == [], "an MPS daemon already runs here"
+    gpu = COUNT - 1  # the sweep's only GPU; any other must not get the MPS server
+    seen: dict[int, set[str]] = {i: set() for i in range(COUNT)}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for i in range(COUNT):
+                for proc in NVML.nvmlDeviceGetComputeRunningProcesses(NVML.nvmlDeviceGetHandleByIndex(i)):
+                    try:
+                        seen[i].add(psutil.Process(proc.pid).name())
+                    except psutil.Error:
+                        pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    gsweep.config([{"lr": 0.01, "hidden": 64, "epochs": 200, "seed": i} for i in range(4)])
+    p = gsweep.run("--command", f"python {EXAMPLE}", "--mps", "--gpus", str(gpu), "--max-processes-per-gpu", "auto",
+                   "--no-live", timeout=600, trainer=False)
+    stop.set()
+    sampler.join()
+    log = (gsweep.dir / "outputs" / "sweep.log").read_text()
+    print(p.stdout, log, f"processes NVML listed: {seen}", sep="\n")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "MPS: control daemon started" in log
+    assert any(name.startswith("nvidia-cuda-mps") for name in seen[gpu]), "the runs were not MPS clients"
+    assert not any(name.startswith("nvidia-cuda-mps") for i, names in seen.items() if i != gpu for name in names)
+    footprints = [float(line.split("footprint ")[1].split()[0]) * (1024 if " GB a run" in line else 1)
+                  for line in log.splitlines() if " footprint " in line and " a run (" in line]
+    assert all(mb > 100 for mb in footprints), footprints  # the runs' own, not the MPS server's 66 MB
+    time.sleep(0.5)
+    print(subprocess.run(["ps", "-eo", "pid,ppid,stat,comm"], capture_output=True, text=True, check=False).stdout)
+    assert mps_processes() == [], "the MPS daemon outlived the sweep"
