@@ -106,7 +106,8 @@ LOCK = ".train_sweep.lock"  # in the output folder: the PID of the sweep that ho
 SERIES = "train_sweep_metrics.jsonl"  # in a run folder: the metrics the run printed, one JSON line per report
 RUN_MARK = ".train_sweep_run"  # in each run folder the sweep made: folders without it are not the sweep's
 STUDY = "study.log"  # in the output folder: a search's Optuna study (Optuna's journal file; optuna-dashboard opens it)
-OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY, SLURM_DIR, ".mps")  # the sweep's own files
+MPS_DIR = ".mps"  # in the output folder: --mps's pipe and log folders
+OWNED_FILES = (JOURNAL, "sweep.json", "sweep.log", LOCK, "best", STUDY, SLURM_DIR, MPS_DIR)  # the sweep's own files
 MB = 1024 * 1024
 CPU = -1  # the device id of the CPU when no GPU is used (runs see CUDA_VISIBLE_DEVICES="")
 
@@ -1784,9 +1785,13 @@ class NvmlProbe:
         name = self._nvml.nvmlDeviceGetName(self._handles[index])
         return name.decode() if isinstance(name, bytes) else str(name)
 
-    def uuid(self, index: int) -> str:
-        uuid = self._nvml.nvmlDeviceGetUUID(self._handles[index])
-        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    def uuids(self, indexes: Iterable[int]) -> list[str]:
+        """The GPUs' UUIDs (GPU-...); empty where NVML cannot tell one of them."""
+        try:
+            uuids = [self._nvml.nvmlDeviceGetUUID(self._handles[i]) for i in indexes]
+        except self._nvml.NVMLError:
+            return []
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in uuids]
 
     def read(self, indexes: Iterable[int]) -> dict[int, GpuReading]:
         """One reading per GPU. A GPU whose NVML calls fail is left out of the reading; once they have failed
@@ -3509,7 +3514,8 @@ class LocalLauncher:
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
                  kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None,
-                 cgroups: RunCgroups | None = None, group: str = "", device_ids: Mapping[int, str] | None = None) -> None:
+                 cgroups: RunCgroups | None = None, group: str = "",
+                 device_ids: Mapping[int, str] | None = None) -> None:
         """`device_ids`: how CUDA_VISIBLE_DEVICES names a GPU where not by its index (--mps: its UUID)."""
         self.cwd = cwd
         self.extra_env = dict(extra_env or {})
@@ -3726,7 +3732,6 @@ class LocalLauncher:
 
 # -- --mps: NVIDIA's Multi-Process Service for the sweep's runs --------------------------------------
 
-MPS_DIR = ".mps"  # in the output folder: --mps's pipe and log folders
 MPS_CONTROL = "nvidia-cuda-mps-control"
 MPS_WAIT_S = 10.0  # longest wait for the daemon to answer after it started, and to exit after `quit`
 
@@ -3753,8 +3758,8 @@ class MpsDaemon:
     which every run gets in its environment): this sweep's runs are its only clients. It sees the sweep's GPUs
     only, named by UUID (`devices`), and so do the runs: the server it starts renumbers the GPUs it sees, so an
     index in a client's CUDA_VISIBLE_DEVICES would name another GPU (on 2 x H200, a daemon that saw every GPU
-    put its server on a GPU the sweep did not use). Without NVML (no UUIDs) it sees every GPU. TRAIN_SWEEP_ID in its
-    environment lets the guardian end it, and the server it started, if the sweep is killed with runs
+    put its server on a GPU the sweep did not use). Without UUIDs (no NVML) it sees every GPU. TRAIN_SWEEP_ID
+    in its environment lets the guardian end it, and the server it started, if the sweep is killed with runs
     running; a daemon left anyway is stopped by the next sweep of the folder."""
 
     def __init__(self, output_dir: Path, devices: Sequence[str] = ()) -> None:
@@ -7962,7 +7967,7 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
     settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
-    daemon = MpsDaemon(output_dir, [probe.uuid(g) for g in gpus] if probe is not None else ()) if policy.mps else None
+    daemon = MpsDaemon(output_dir, probe.uuids(gpus) if probe is not None else ()) if policy.mps else None
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
