@@ -160,15 +160,16 @@ def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     """run_sweep sets the old run folders aside for --rerun but never cancels their jobs (cancel_orphan_jobs is
     only called for a search): they keep their GPUs, and a job still queued then starts and appends its
     output to the NEW run's logs (its paths are the same), its $TRAIN_SWEEP_RUN_DIR being the new folder."""
-    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 20}})
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 120}})  # still running when the wait below ends
     p = run(sweep, cluster, "--detach", "--slurm-max-parallel", "1")
     assert p.returncode == 0, p.stdout + p.stderr
     old = {job_of(sweep, name) for name in ("n_0", "n_1")}
     try:
         p = run(sweep, cluster, "--detach", "--rerun")
         assert p.returncode == 0, p.stdout + p.stderr
-        time.sleep(3)
-        left = sorted(old & set(ours(cluster, sweep)))
+        end = time.monotonic() + 20  # cancelled: a running one is COMPLETING for a moment (CI once saw it at 3 s)
+        while (left := sorted(old & set(ours(cluster, sweep)))) and time.monotonic() < end:
+            time.sleep(0.5)
         assert not left, f"jobs of the set-aside runs still queued or running: {left}"
     finally:
         for job in ours(cluster, sweep):
