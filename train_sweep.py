@@ -32,7 +32,8 @@ Map of this file (sections in the order data flows):
                                   GpuPool; ClusterSlots on Slurm), classify, requeue_reason, broken_setup
     7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
                                   study: ask, tell, prune); the guardian, LogFollower and LocalLauncher;
-                                  Slurm through submitit (SlurmOptions, SlurmTask run in the job, SlurmLauncher)
+                                  MpsDaemon (--mps: NVIDIA's MPS for the local runs); Slurm through
+                                  submitit (SlurmOptions, SlurmTask run in the job, SlurmLauncher)
     8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
                                   Progress snapshots
     9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
