@@ -160,7 +160,8 @@ def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     """run_sweep sets the old run folders aside for --rerun but never cancels their jobs (cancel_orphan_jobs is
     only called for a search): they keep their GPUs, and a job still queued then starts and appends its
     output to the NEW run's logs (its paths are the same), its $TRAIN_SWEEP_RUN_DIR being the new folder."""
-    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 120}})  # still running when the wait below ends
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 20}})  # n_1 waits for n_0: without the cancel, it
+    # is still queued or running when the wait below ends
     p = run(sweep, cluster, "--detach", "--slurm-max-parallel", "1")
     assert p.returncode == 0, p.stdout + p.stderr
     old = {job_of(sweep, name) for name in ("n_0", "n_1")}
@@ -174,6 +175,7 @@ def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     finally:
         for job in ours(cluster, sweep):
             cluster.run("scancel", job, check=False)
+        ours(cluster, sweep, wait=30)  # gone before the next test wants the GPUs
 
 
 # -- 7. re-attach to a job Slurm no longer knows: recorded failed after 30 s, not submitted again --------------
