@@ -51,6 +51,9 @@ import os
 
 if __name__ == "__main__":  # until main() takes over, Ctrl+C ends the script at once: nothing is written yet
     _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))
+    import sys
+
+    sys.modules.setdefault("train_sweep", sys.modules[__name__])  # the extras' `import train_sweep` is this module
 
 import argparse
 import dataclasses
@@ -157,126 +160,291 @@ def say_error(message: str) -> None:
         pass
 
 
+# -- The registry of extras ---------------------------------------------------------------------
+# What is optional lives in the package beside this file (train_sweep_extras/), one module per concern. The
+# core knows an extra only by its name here, imports it when it is first needed, and reaches it only
+# through the protocols below (a RunSource, a Launcher, a Placement, a Backend): a new backend is one new
+# module and one line here. Each extra says in one line what to install when its own library is missing.
+EXTRAS_PACKAGE = "train_sweep_extras"
+EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the package, the pip extra it needs)
+    "space": ("space", "search"),  # a search's space: the config's "search", Hydra's interval()/tag(log, ...)
+    "search space": ("space:parse_search", "search"),
+    "source search": ("search:SearchSetup", "search"),  # --search, --pruner: an Optuna study as the run source
+    "sweep file": ("sweepfiles:read_sweep_file", "search"),  # --sweep-file: W&B and Protein sweep files
+    "backend slurm": ("slurm:SlurmBackend", "slurm"),  # --backend slurm: jobs through submitit
+    "mps": ("mps:MpsDaemon", ""),  # --mps: NVIDIA's MPS daemon for the local runs
+    "metrics tensorboard": ("tensorboard:TensorBoardFollower", "tensorboard"),  # metrics from event files
+    "best-k": ("bestk:open_best_k", ""),  # --top-k: checkpoints kept in the K best runs only
+    "best-k check": ("bestk:check_settings", ""),
+    "commands": ("tools:main", ""),  # report, list, status, watch, cleanup
+}
+COMMANDS = ("report", "list", "cleanup", "status", "watch")  # `train_sweep COMMAND ...`: the "commands" extra
+
+
+def extra(name: str) -> Any:
+    """The extra registered as `name` (a module, or an object in it), imported now. Without the package
+    beside this file (train_sweep.py copied alone), one line says what to install."""
+    import importlib
+
+    where, pip_extra = EXTRAS[name]
+    module, _, attr = where.partition(":")
+    try:
+        found = importlib.import_module(f"{EXTRAS_PACKAGE}.{module}")
+    except ModuleNotFoundError as e:
+        if e.name not in (EXTRAS_PACKAGE, f"{EXTRAS_PACKAGE}.{module}"):
+            raise
+        install = f"pip install 'train-sweep[{pip_extra}]'" if pip_extra else "pip install train-sweep"
+        raise UserError(f"{name.split()[-1]} is an extra of train_sweep, in the package {EXTRAS_PACKAGE}/ beside "
+                        f"train_sweep.py, which is not here: {install} (or copy that folder beside the script)") from None
+    return getattr(found, attr) if attr else found
+
+
+def optional_extra(name: str) -> Any:
+    """The extra, or None where the package is not beside this file (a feature that is simply off then)."""
+    try:
+        return extra(name)
+    except UserError:
+        return None
+
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. Settings
 # ----------------------------------------------------------------------------------------------
 
 
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
+_nonneg_int = _whole_number(0)
+
+
+def _per_gpu(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _modes(text: str) -> str:
+    """--mode: min, max, or one of them per objective (min,max)."""
+    if not text or any(m not in ("min", "max") for m in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give min or max, or one per objective (min,max)")
+    return text
+
+
+ARG_STYLES = ("hydra", "argparse", "equals")
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc", "grid")  # --search (train_sweep_extras.search)
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")  # --pruner
+BACKEND_NAMES = ("local", "slurm")  # --backend (BACKENDS, below, says where each lives)
+
+# The flags' groups, in the order --help and docs/flags.md show them.
+GROUPS = {
+    "run": "what to run",
+    "place": "where runs go (placement)",
+    "end": "how runs end",
+    "metrics": "metrics and the best model",
+    "output": "output",
+    "search": "search (Optuna; pip install 'train-sweep[search]'; see docs/search.md)",
+    "slurm": "on a Slurm cluster (submitit; pip install 'train-sweep[slurm]'; see docs/slurm.md)",
+}
+
+
+def flag(default: Any, group: str, help: str, **argparse_kw: Any) -> Any:
+    """A setting that is a flag: its default, its group, the one description that --help and docs/flags.md
+    show, and how argparse reads it (type, metavar, choices; the action follows from the default: False is
+    a switch, a tuple a repeatable flag)."""
+    return dataclasses.field(default=default, metadata={"group": group, "help": help, **argparse_kw})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of a sweep, one field per flag, resolved once at the CLI's edge: the flags, then what
-    the config file says where a flag was not given. Saved in <output-dir>/sweep.json. The README and
-    `--help` say the same."""
+    """Every setting of a sweep, one field per flag, resolved once at the CLI's edge (plan_runs): the flags,
+    then what the config file says where a flag was not given, then the defaults. What it holds is what
+    the sweep uses, saved in <output-dir>/sweep.json. --help and docs/flags.md are made from these fields."""
 
-    config_file: str | None = "train_sweep_config.json"
-    """the config file: a JSON array of runs (the seed's form) or an object with runs, grid, defaults, ...
-    (None with --configs)"""
-    configs: tuple[str, ...] = ()
-    """batch mode: one run per file (globs expanded), passed to the command; instead of config_file"""
-    gpus: tuple[str, ...] = ()
-    """GPU ids as nvidia-smi numbers them, or 'all'; empty: every GPU NVML reports (the CPU if none)"""
-    timeout: float = 36000.0
-    """seconds a run may run before it is ended; 0: never"""
-    output_file: str = "train_sweep_results.json"
-    """the results file, rewritten as runs finish; <output_file>.partial after an interruption"""
-    max_processes_per_gpu: int | str | None = None
-    """runs of this sweep at once on one GPU, or 'auto': the sweep decides from each run's memory footprint,
-    the GPUs' utilization and the CPU cores (None: the config's, else 1)"""
-    memory_threshold_gb: float = 40.0
-    """a GPU whose used memory (anyone's) is at or above this takes no new run"""
-    mps: bool | None = None
-    """run the sweep's runs as clients of NVIDIA's MPS daemon, started for the sweep (None: the config's 'mps')"""
-    disable_gpu_monitoring: bool = False
-    """place runs by slots only, without NVML readings"""
-    command: str | None = None
-    """the train command; hyperparameters are appended; {name}, {run_dir}, {gpu} are filled in per run
-    (None: the config file's 'command', else 'python train.py')"""
-    arg_style: str | None = None
-    """how hyperparameters are passed: hydra (key=value), argparse (--key value), equals (--key=value)
-    (None: the config file's 'arg_style', else hydra)"""
-    set: tuple[str, ...] = ()
-    """KEY=VALUE hyperparameters set on every run, over the config"""
-    name_template: str | None = None
-    """run names from a template ('{env}_lr{lr}') instead of the automatic names (None: the config's)"""
-    gpus_per_run: int | None = None
-    """GPUs each run gets (all free ones); None: the config's, else 1"""
-    gpu_memory_gb: float | None = None
-    """GPU memory each run needs free before it starts on a GPU"""
-    max_runs: int | None = None
-    """run only the first N runs of the expanded sweep"""
-    shuffle: bool = False
-    """put the expanded runs in a random order (repeatable with seed)"""
-    seed: int = 0
-    """seed for shuffle"""
-    output_dir: str = "outputs"
-    """where run folders go: <output_dir>/<name>/, with the journal, sweep.json and sweep.log"""
-    dry_run: bool = False
-    """print the runs, their command lines and the placement; run nothing"""
-    abbrev: tuple[str, ...] = ()
-    """KEY=SHORT: how a key reads in run names"""
-    max_parallel: int | None = None
-    """at most this many runs at once over all GPUs"""
-    metric: tuple[str, ...] = ()
-    """metrics to follow (the first ranks runs): metrics.jsonl, metrics.json, or NAME=value-like stdout lines"""
-    metric_regex: str | None = None
-    """a regular expression with a group `value` (and optionally `step`) for the ranking metric in stdout"""
-    mode: str | None = None
-    """whether a lower (min) or higher (max) metric is better; min,max,...: one per objective of a
-    multi-objective search (None: the search's, else min)"""
-    top_k: int | None = None
-    """keep the files matching checkpoint_glob only in the K best complete runs' folders"""
-    checkpoint_glob: str | None = None
-    """which files of a run folder are checkpoints ('*.pt', 'checkpoints/**'); logs and records never are"""
-    keep_checkpoints: bool = False
-    """with top_k: delete nothing, only say what would go"""
-    kill_grace: float = KILL_GRACE_S
-    """seconds between SIGTERM and SIGKILL when a run is ended"""
-    settle_seconds: float = SETTLE_TIMEOUT_S
-    """longest wait for a just-launched run's memory to show before its GPU takes another"""
-    no_live: bool = False
-    """plain event lines instead of the live view on a terminal"""
-    no_fail_fast: bool = False
-    """keep launching when the first runs all fail within seconds with the same error (a broken setup)"""
-    rerun: bool = False
-    """run every run again, also those an earlier sweep completed (their folders are kept as <name>~1)"""
-    retries: int = 0
-    """retry a failed run up to this many times, after the runs not yet started"""
-    oom_pattern: tuple[str, ...] = ()
-    """more output lines (regular expressions) that mean 'out of GPU memory'"""
-    max_oom_requeues: int = MAX_OOM_REQUEUES
-    """how often a run that ran out of GPU memory goes back in the queue"""
-    search: str | None = None
-    """search with this Optuna sampler (tpe, random, gp, cmaes, nsga2, qmc, grid) instead of running a list
-    (None: the config's 'search' block or --sweep-file says whether and how)"""
-    n_trials: int | None = None
-    """the search's budget of trials (None: the config's n_trials, run_cap, or the grid's size)"""
-    search_hours: float | None = None
-    """ask no new trial after this many hours"""
-    pruner: str | None = None
-    """stop hopeless runs early: median, percentile, successive_halving, hyperband, none (None: the config's)"""
-    sweep_file: str | None = None
-    """a W&B (or Protein) sweep configuration, searched with Optuna instead of a config file"""
-    backend: str = "local"
-    """where runs run: local (this machine's GPUs) or slurm (one Slurm job per run, through submitit)"""
-    slurm_partition: str | None = None
-    """the Slurm partition of the runs' jobs (None: the config's 'slurm' object, else Slurm's default)"""
-    slurm_time: float | None = None
-    """each job's time limit in minutes (None: the config's, else --timeout)"""
-    slurm_gpus_per_run: int | None = None
-    """GPUs each job asks for (None: the config's, else gpus_per_run)"""
-    slurm_cpus_per_run: int | None = None
-    """CPUs each job asks for (None: the config's, else Slurm's default)"""
-    slurm_mem_gb: float | None = None
-    """host memory each job asks for, in GB (None: the config's, else Slurm's default)"""
-    slurm_max_parallel: int | None = None
-    """jobs running at once: a list's job array throttle, a search's trials (None: the config's, else no
-    bound for a list and 4 for a search)"""
-    slurm_requeues: int | None = None
-    """how often a job that Slurm preempts or times out is requeued (None: the config's, else 3)"""
-    slurm_param: tuple[str, ...] = ()
-    """KEY=VALUE: any other parameter of submitit's SlurmExecutor (account, qos, constraint, setup, ...)"""
-    detach: bool = False
-    """with --backend slurm: submit the runs and exit; the same command later re-attaches"""
+    config_file: str | None = flag(
+        "train_sweep_config.json", "run", "a JSON array of hyperparameter objects (one run each), or an object "
+        "with runs, grid, defaults, command, ... (docs/config.md)", metavar="FILE")
+    set: tuple[str, ...] = flag(
+        (), "run", "set a hyperparameter on every run, over the config (repeatable); VALUE is read as JSON (8, 1e-3, "
+        "true, null, [1,2]), else kept as text", metavar="KEY=VALUE")
+    configs: tuple[str, ...] = flag(
+        (), "run", "batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
+        "named after the file; instead of --config-file", nargs="+", metavar="FILE")
+    command: str | None = flag(
+        None, "run", "the train command, split like a shell would and run without one; each hyperparameter is "
+        "appended (as a Hydra override key=value by default); a leading 'python' is the Python running "
+        "train_sweep; {name}, {run_dir} and {gpu} are filled in per run (default: the config file's 'command', "
+        "else 'python train.py')", metavar="COMMAND")
+    arg_style: str | None = flag(
+        None, "run", "how hyperparameters are passed: hydra (key=value), argparse (--key value), equals "
+        "(--key=value) (default: the config file's 'arg_style', else hydra)", choices=ARG_STYLES)
+    name_template: str | None = flag(
+        None, "run", "run names from a template: '{env}_lr{training.lr}' (hyperparameter keys and {index}) "
+        "(default: the config's 'name_template', else automatic names)", metavar="TEMPLATE")
+    abbrev: tuple[str, ...] = flag(
+        (), "run", "how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
+        "alone (repeatable)", metavar="KEY=SHORT")
+    max_runs: int | None = flag(None, "run", "run only the first N runs of the expanded sweep", type=_positive_int,
+                                metavar="N")
+    shuffle: bool = flag(False, "run", "put the expanded runs in a random order (repeatable with --seed)")
+    seed: int = flag(0, "run", "seed for --shuffle, and a search's sampler", type=int, metavar="N")
+    dry_run: bool = flag(False, "run", "print each run's name and command line and the placement; run nothing")
+    gpus: tuple[str, ...] = flag(
+        (), "place", "GPU ids as nvidia-smi numbers them (0 1, or 0,1), or 'all' (default: every GPU NVML reports; "
+        "the CPU if none)", nargs="+", metavar="ID")
+    max_processes_per_gpu: int | str | None = flag(
+        None, "place", "runs of this sweep at once on one GPU; auto: the sweep decides, from each run's GPU memory "
+        "(learned from NVML), the GPUs' utilization and the CPU cores (default: the config's "
+        "'max_processes_per_gpu', else 1)", type=_per_gpu, metavar="N|auto")
+    memory_threshold_gb: float = flag(
+        40.0, "place", "a GPU whose used memory (anyone's) is at or above this takes no new run (not used by auto)",
+        type=_positive_float, metavar="GB")
+    disable_gpu_monitoring: bool = flag(
+        False, "place", "do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
+    mps: bool | None = flag(
+        None, "place", "start NVIDIA's MPS control daemon for the sweep (its pipe and logs in <output-dir>/.mps/) and "
+        "run the runs as its clients: runs packed on a GPU compute at once rather than in turns; a fatal GPU error "
+        "in one can end the others on its GPU (default: the config's 'mps', else off)",
+        action=argparse.BooleanOptionalAction)
+    gpus_per_run: int | None = flag(
+        None, "place", "GPUs each run gets, all free ones (default: the config's 'gpus_per_run', else 1)",
+        type=_positive_int, metavar="N")
+    gpu_memory_gb: float | None = flag(
+        None, "place", "GPU memory each run needs: a GPU takes it only when that much is free (after what recent "
+        "runs declared but have not allocated yet)", type=_positive_float, metavar="GB")
+    max_parallel: int | None = flag(None, "place", "at most N runs at once over all GPUs", type=_positive_int,
+                                    metavar="N")
+    settle_seconds: float = flag(
+        SETTLE_TIMEOUT_S, "place", "longest wait for a just-launched run's memory to show before the GPU takes "
+        "another", type=_positive_float, metavar="SECONDS")
+    timeout: float = flag(36000.0, "end", "end a run that runs longer than this; 0 means never",
+                          type=_nonneg_float, metavar="SECONDS", shown="36000 = 10 hours")
+    kill_grace: float = flag(KILL_GRACE_S, "end", "between SIGTERM and SIGKILL when a run is ended",
+                             type=_nonneg_float, metavar="SECONDS")
+    retries: int = flag(0, "end", "retry a failed run up to N times, after the runs not yet started",
+                        type=_nonneg_int, metavar="N")
+    oom_pattern: tuple[str, ...] = flag(
+        (), "end", "another output line that means 'out of GPU memory' (regular expression; repeatable)",
+        metavar="REGEX")
+    max_oom_requeues: int = flag(
+        MAX_OOM_REQUEUES, "end", "how often a run that ran out of GPU memory is put back in the queue",
+        type=_nonneg_int, metavar="N")
+    no_fail_fast: bool = flag(
+        False, "end", f"keep launching when the first {FAIL_FAST_RUNS} runs all fail within {FAIL_FAST_S:g}s with "
+        "the same error (by default the sweep stops launching and names the error: a broken setup)")
+    rerun: bool = flag(
+        False, "end", "run every run again, also those an earlier sweep completed; their folders are kept as "
+        "<name>~1, ~2, ...")
+    metric: tuple[str, ...] = flag(
+        (), "metrics", "follow this metric while runs run and rank runs by it (repeatable: the first ranks, the "
+        "others are shown): from <run_dir>/metrics.jsonl or metrics.json, else stdout lines like NAME=0.41, "
+        "NAME: 0.41, 'NAME': 0.41 or 'val loss 0.41' for val_loss", metavar="NAME")
+    metric_regex: str | None = flag(
+        None, "metrics", "find the (first) --metric in stdout with this regular expression: a group named value, "
+        "optionally one named step, e.g. 'Eval .* acc (?P<value>[0-9.]+)'", metavar="PATTERN")
+    mode: str | None = flag(
+        None, "metrics", "whether a lower or higher --metric is better; min,max,...: one per objective of a "
+        "multi-objective search, the first metrics in order (default: the search's mode, else min)", type=_modes,
+        metavar="min|max")
+    top_k: int | None = flag(
+        None, "metrics", "keep checkpoints (--checkpoint-glob) only in the K best complete runs by --metric; the "
+        "others' are deleted as the ranking changes; <output-dir>/best/ ranks the K best", type=_positive_int,
+        metavar="K")
+    checkpoint_glob: str | None = flag(
+        None, "metrics", "the checkpoint files of a run folder, e.g. '*.pt' (any depth) or 'checkpoints/**'; logs, "
+        "run.json and metrics are never deleted", metavar="PATTERN")
+    keep_checkpoints: bool = flag(False, "metrics", "with --top-k: delete nothing, only log what would go")
+    output_file: str = flag(
+        "train_sweep_results.json", "output", "results file, rewritten as runs finish; FILE.partial on "
+        "interruption", metavar="FILE")
+    output_dir: str = flag(
+        "outputs", "output", "where run folders go: DIR/<name>/, with the journal, sweep.json and sweep.log",
+        metavar="DIR")
+    no_live: bool = flag(
+        False, "output", "plain timestamped event lines instead of the live view (the default when stdout is not a "
+        "terminal)")
+    search: str | None = flag(
+        None, "search", "search with this sampler instead of running a list: " + ", ".join(SAMPLERS) + "; the "
+        "overrides in Hydra's Optuna-sweeper syntax (lr='tag(log, interval(1e-5, 1e-2))' layers='range(2, 9)' "
+        "opt=adam,sgd) or the config's 'search' block give the space; a trial is asked whenever a GPU slot frees "
+        "up (default: the config's 'search' block or --sweep-file says whether and how)", choices=SAMPLERS,
+        metavar="SAMPLER")
+    n_trials: int | None = flag(
+        None, "search", "the search's budget of trials (default: the config's n_trials, the sweep file's run_cap, "
+        "the grid's size)", type=_positive_int, metavar="N")
+    search_hours: float | None = flag(None, "search", "ask no new trial after H hours", type=_positive_float,
+                                      metavar="H")
+    pruner: str | None = flag(
+        None, "search", "stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) +
+        " (also for a plain list or grid; default: the config's, else none)", choices=PRUNERS, metavar="PRUNER")
+    sweep_file: str | None = flag(
+        None, "search", "a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, "
+        "command, run_cap) or a Protein one, searched locally with Optuna; instead of --config-file",
+        metavar="FILE")
+    backend: str = flag(
+        "local", "slurm", "where runs run: local (this machine's GPUs) or slurm (one Slurm job per run; the output "
+        "folder must be on a filesystem the nodes share)", choices=BACKEND_NAMES)
+    slurm_partition: str | None = flag(
+        None, "slurm", "the partition of the runs' jobs, or several, comma-separated (default: the config's, else "
+        "Slurm's)", metavar="NAME")
+    slurm_time: float | None = flag(
+        None, "slurm", "each job's time limit (default: the config's, else --timeout rounded up to minutes)",
+        type=_positive_float, metavar="MINUTES")
+    slurm_gpus_per_run: int | None = flag(
+        None, "slurm", "GPUs each job asks for (default: the config's, else gpus_per_run)", type=_nonneg_int,
+        metavar="N")
+    slurm_cpus_per_run: int | None = flag(None, "slurm", "CPUs each job asks for (default: the config's, else "
+                                          "Slurm's)", type=_positive_int, metavar="N")
+    slurm_mem_gb: float | None = flag(None, "slurm", "host memory each job asks for (default: the config's, else "
+                                      "Slurm's)", type=_positive_float, metavar="GB")
+    slurm_max_parallel: int | None = flag(
+        None, "slurm", "a search's trials at once; for a list, each job array's throttle (%N: runs asking for other "
+        "GPU counts form arrays of their own, retries are single jobs) (default: the config's, else no bound for a "
+        "list and 4 for a search)", type=_positive_int, metavar="N")
+    slurm_requeues: int | None = flag(
+        None, "slurm", "how often a job that Slurm preempts or times out is requeued, its command started again in "
+        "the same folder (default: the config's, else 3; 0: a time-out is final, as locally)", type=_nonneg_int,
+        metavar="N")
+    slurm_param: tuple[str, ...] = flag(
+        (), "slurm", "any other parameter of submitit's SlurmExecutor: account=ml, qos=high, constraint=a100, "
+        "setup='[\"module load cuda\"]' (repeatable; VALUE is read as JSON, else text)", metavar="KEY=VALUE")
+    detach: bool = flag(
+        False, "slurm", "submit the runs and exit; run the same command again to re-attach: running jobs are "
+        "followed, finished ones collected, failed ones submitted again")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -307,6 +475,58 @@ class Settings:
     def source(self) -> str:
         """What the runs come from, for messages and sweep.json."""
         return f"--configs {' '.join(self.configs)}" if self.configs else self.config_file or "the command line"
+
+
+def flag_default(field: dataclasses.Field[Any]) -> str | None:
+    """How a flag's default reads in --help and docs/flags.md (None: nothing to say: off, empty, or the help
+    says what happens without it)."""
+    if field.default in (None, False, ()) or "(default:" in field.metadata["help"]:
+        return None
+    if "shown" in field.metadata:
+        return field.metadata["shown"]
+    return f"{field.default:g}" if isinstance(field.default, float) else str(field.default)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Every Settings field as a flag, in its group, described by its metadata."""
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for field in dataclasses.fields(Settings):
+        meta = dict(field.metadata)
+        group, text = meta.pop("group"), meta.pop("help")
+        meta.pop("shown", None)
+        default = flag_default(field)
+        text = (text + (f" (default: {default})" if default else "")).replace("%", "%%")
+        if field.default is False:
+            meta.setdefault("action", "store_true")
+        elif field.default == () and "nargs" not in meta:
+            meta.setdefault("action", "append")
+        if field.default not in (None, False, ()):
+            meta["default"] = field.default
+        groups[group].add_argument("--" + field.name.replace("_", "-"), help=text, **meta)
+
+
+def flags_markdown() -> str:
+    """docs/flags.md: every flag, its default and what it does, from the same fields as --help."""
+    out = ["# Flags", "", "Generated from the settings' own descriptions (`train_sweep.Settings`) by "
+           "`python -c 'import train_sweep; print(train_sweep.flags_markdown(), end=\"\")' > docs/flags.md`; "
+           "`--help` shows the same. Hyperparameter overrides (`KEY=VALUES`, Hydra's syntax) may stand anywhere "
+           "among the flags (docs/config.md).", ""]
+    fields = dataclasses.fields(Settings)
+    for key, title in GROUPS.items():
+        out += [f"## {title[0].upper()}{title[1:]}", "", "| flag | default | what it does |", "| --- | --- | --- |"]
+        for field in (f for f in fields if f.metadata["group"] == key):
+            meta = field.metadata
+            name = "--" + field.name.replace("_", "-")
+            value = meta.get("metavar") or ("{" + ",".join(meta["choices"]) + "}" if "choices" in meta else "")
+            shown = f"`{name}`" if field.default is False else f"`{name}, --no-{name[2:]}`" \
+                if meta.get("action") is argparse.BooleanOptionalAction else f"`{name} {value or 'VALUE'}`"
+            if field.default == () or meta.get("nargs") == "+":
+                shown = shown[:-1] + (" ...`" if meta.get("nargs") == "+" else "` (repeatable)")
+            default = flag_default(field)
+            text = meta["help"].replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            out.append(f"| {shown.replace('|', chr(92) + '|')} | {f'`{default}`' if default else ''} | {text} |")
+        out.append("")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,8 +644,6 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-ARG_STYLES = ("hydra", "argparse", "equals")
-BACKENDS = ("local", "slurm")
 
 
 def _is_whole(v: Any) -> bool:
@@ -493,7 +711,7 @@ class SweepSpec:
     gpus_per_run: int | None = None
     gpu_memory_gb: float | None = None
     abbrev: dict[str, str] = dataclasses.field(default_factory=dict)
-    search: SearchSpec | None = None
+    search: Any = None  # what to search (train_sweep_extras.space.SearchSpec), from the "search" key
     slurm: dict[str, Any] = dataclasses.field(default_factory=dict)  # the "slurm" object (--backend slurm)
     max_processes_per_gpu: int | str | None = None
     mps: bool | None = None
@@ -551,7 +769,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         env=dict(given.get("env", {})), name_template=given.get("name_template"),
         gpus_per_run=given.get("gpus_per_run"), gpu_memory_gb=given.get("gpu_memory_gb"),
         abbrev=dict(given.get("abbrev", {})),
-        search=parse_search(given["search"], path) if "search" in given else None,
+        search=extra("search space")(given["search"], path) if "search" in given else None,
         slurm=dict(given.get("slurm", {})),
         max_processes_per_gpu=given.get("max_processes_per_gpu"),
         mps=given.get("mps"),
@@ -685,56 +903,6 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
     return sweeps, plain
 
 
-def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], dict[str, Any]]:
-    """With --search, the sweeps of Hydra's Optuna-sweeper syntax are searched, not multiplied:
-    `a,b` and choice(a, b) are categorical, interval(lo, hi) a float range, range(lo, hi[, step]) an int (or
-    float) range in steps, hi excluded as in a grid, tag(log, ...) on a log scale; shuffle(...) a choice.
-    Returns the searched parameters and the plain values (set on every run)."""
-    params: dict[str, Param] = {}
-    plain: dict[str, Any] = {}
-    for text, key, override in _parsed_overrides(overrides):
-        value = override.value()
-        where = f"override {text!r}"
-        if not override.is_sweep_override():
-            plain[key] = _plain_value(value)
-            continue
-        if isinstance(override, SimpleOverride):  # read without hydra-core: a list of plain values
-            params[key] = make_param(where, "categorical", choices=list(override.sweep_iterator()))
-            continue
-        from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
-        tags = set(getattr(value, "tags", ()) or ())
-        if tags - {"log"}:
-            raise UserError(f"{where}: tag {min(tags - {'log'})!r} is not known (tag(log, ...) is)")
-        log = "log" in tags
-        if isinstance(value, IntervalSweep):
-            params[key] = make_param(where, "float", value.start, value.end, log=log)
-        elif isinstance(value, RangeSweep) and not value.shuffle:
-            values = [_plain_value(v) for v in override.sweep_iterator()]
-            if not values:
-                raise UserError(f"{where}: the range is empty")
-            whole = all(_is_whole(v) for v in (value.start, value.stop, value.step))
-            step = None if log else value.step
-            if log and value.step != 1:
-                raise UserError(f"{where}: tag(log, range(...)) needs a step of 1 (Optuna samples a log scale "
-                                "without steps)")
-            if len(values) == 1:
-                raise UserError(f"{where}: the range holds one value ({values[0]}); set it as a plain value")
-            params[key] = make_param(where, "int" if whole else "float", min(values), max(values), log=log,
-                                     step=None if step is None else abs(step))
-        elif isinstance(value, (ChoiceSweep, RangeSweep)):
-            if log:
-                raise UserError(f"{where}: tag(log, ...) applies to interval() and range(), not to a list of choices")
-            choices = [_plain_value(v) for v in override.sweep_iterator()]
-            if getattr(value, "shuffle", False):  # shuffled anew at each parse: one order, so that resume matches
-                choices.sort(key=lambda c: (not _is_number(c), c if _is_number(c) else canonical_json(c)))
-            params[key] = make_param(where, "categorical", choices=choices)
-        else:
-            raise UserError(f"{where}: {type(value).__name__} cannot be searched (a list, choice(), range() or "
-                            "interval() can)")
-    return params, plain
-
-
 def _plain_value(value: Any) -> Any:
     """Hydra's parsed values as plain JSON-like Python values."""
     if isinstance(value, dict):
@@ -747,462 +915,6 @@ def _plain_value(value: Any) -> Any:
 
 
 # -- the search space (a search asks Optuna for each run's hyperparameters) --------------------------------
-
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc", "grid")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
-PARAM_TYPES = ("float", "int", "categorical")
-
-
-@dataclasses.dataclass(frozen=True)
-class Param:
-    """One searched hyperparameter: a float or int range (log-scaled, or in steps) or a list of choices."""
-
-    type: str  # one of PARAM_TYPES
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
-
-    def describe(self) -> str:
-        if self.type == "categorical":
-            return "one of " + ", ".join(json.dumps(c) if isinstance(c, (list, dict, str)) else format_value(c)
-                                         for c in self.choices)
-        scale = " log" if self.log else f" step {self.step:g}" if self.step else ""
-        return f"{self.type} [{self.low:g}, {self.high:g}]{scale}"
-
-
-def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: Any = False, step: Any = None,
-               choices: Any = None, names: Mapping[str, str] | None = None) -> Param:
-    """A Param that makes sense, or a one-line UserError saying why not (`where` names the parameter; `names`
-    how its file calls low, high and step: min, max and q in a sweep file)."""
-    low_, high_, step_ = ((names or {}).get(k, k) for k in ("low", "high", "step"))
-    if type_ not in PARAM_TYPES:
-        raise UserError(f"{where}: 'type' must be one of {', '.join(PARAM_TYPES)}, got {type_!r}")
-    if type_ == "categorical":
-        if not isinstance(choices, (list, tuple)) or not choices:
-            raise UserError(f"{where}: 'choices' must be a non-empty list")
-        for i, c in enumerate(choices):
-            check_value(c, f"{where}: choice [{i}]")
-        if len({canonical_json(c) for c in choices}) < len(choices):
-            raise UserError(f"{where}: a choice is listed twice")
-        for i, a in enumerate(choices):  # Optuna tells choices apart with ==, where true == 1 and 1 == 1.0
-            for b in choices[:i]:
-                if encode_choice(a) == encode_choice(b):
-                    raise UserError(f"{where}: the choices {json.dumps(b)} and {json.dumps(a)} are one value to Optuna "
-                                    f"(in Python {encode_choice(b)!r} == {encode_choice(a)!r}); keep one, or use text")
-        return Param("categorical", choices=tuple(choices))
-    whole = type_ == "int"
-    ok = _is_whole if whole else _is_number
-    for key, value in ((low_, low), (high_, high), *(((step_, step),) if step is not None else ())):
-        if not ok(value) or not math.isfinite(value):
-            hint = ""
-            if isinstance(value, str):
-                try:
-                    float(value)
-                    hint = f" (YAML reads {value} as text: write it with a dot, 1.0e-5, or as a decimal)"
-                except ValueError:
-                    pass
-            raise UserError(f"{where}: {key!r} must be {'a whole number' if whole else 'a number'}, got {value!r}{hint}")
-    if not low < high:
-        raise UserError(f"{where}: {low_!r} ({low:g}) must be below {high_!r} ({high:g}); a fixed value goes in defaults")
-    if not isinstance(log, bool):
-        raise UserError(f"{where}: 'log' must be true or false")
-    if log and low <= 0:
-        raise UserError(f"{where}: a log scale needs {low_!r} > 0, got {low:g}")
-    if step is not None:
-        if log:
-            raise UserError(f"{where}: {step_!r} and a log scale cannot be combined (Optuna samples a log scale "
-                            "without steps)")
-        if not step > 0:
-            raise UserError(f"{where}: {step_!r} must be > 0, got {step!r}")
-        steps = (high - low) / step
-        if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
-            raise UserError(f"{where}: {high_} - {low_} ({high - low:g}) must be a multiple of {step_!r} ({step:g})")
-        if whole and step == 1:
-            step = None
-    return Param(type_, float(low) if not whole else low, float(high) if not whole else high, log, step)
-
-
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
-
-
-def parse_param(name: str, data: Any, where: str) -> Param:
-    """The config's form: {"type": "float", "low": 1e-5, "high": 1e-2, "log": true} (int: the same with whole
-    numbers, "step" for a grid of values; categorical: "choices": [...])."""
-    where = f"{where}: {name!r}"
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be an object with 'type' (float, int or categorical), got {_json_type(data)}")
-    check_known(data, PARAM_KEYS, where)
-    if "type" not in data:
-        raise UserError(f"{where}: 'type' is missing (float, int or categorical)")
-    return make_param(where, data["type"], data.get("low"), data.get("high"), data.get("log", False),
-                      data.get("step"), data.get("choices"))
-
-
-@dataclasses.dataclass
-class SearchSpec:
-    """What to search and how: the space, the sampler and its budget, the pruner, the objectives."""
-
-    source: str  # where it was said, for messages
-    params: dict[str, Param]
-    sampler: str = "tpe"
-    n_trials: int | None = None
-    seed: int | None = None
-    pruner: str = "none"
-    pruner_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    sampler_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metrics: tuple[str, ...] = ()  # the objectives (the flags win)
-    modes: tuple[str, ...] = ()
-    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # set on every trial (a sweep file's `value`)
-    first: dict[str, Any] = dataclasses.field(default_factory=dict)  # the first trial's parameters (Protein's means)
-    target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
-    count_reports: bool = False  # the pruner's step is the number of reports, not the metric's step (W&B's "iter")
-    base: dict[str, Any] = dataclasses.field(default_factory=dict)  # what every trial gets: defaults, fixed, --set
-    nested: set[str] = dataclasses.field(default_factory=set)  # dotted keys a run gets as one object (W&B nesting)
-    notes: list[str] = dataclasses.field(default_factory=list)  # what the sweep log says about the mapping
-
-    def space_key(self, objectives: Sequence[str], modes: Sequence[str], command: str | None) -> str:
-        """What makes a study this search's: its parameters, objectives, fixed values and command (resume refuses
-        another: its trials would be mixed with trials of something else)."""
-        return canonical_json({"params": {k: dataclasses.asdict(p) for k, p in self.params.items()},
-                               "metrics": list(objectives), "modes": list(modes), "base": self.base,
-                               "command": command})
-
-
-SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
-
-
-def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) and v for v in items):
-        raise UserError(f"{where} must be a name or a list of names")
-    if allowed is not None and any(v not in allowed for v in items):
-        bad = next(v for v in items if v not in allowed)
-        raise UserError(f"{where}: {bad!r} is not one of {', '.join(allowed)}")
-    return tuple(items)
-
-
-def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """"median" or {"type": "median", "n_warmup_steps": 10, ...}: the name and the pruner's own arguments."""
-    if isinstance(value, str):
-        value = {"type": value}
-    if not isinstance(value, dict) or value.get("type") not in PRUNERS:
-        raise UserError(f"{where}: 'pruner' must be one of {', '.join(PRUNERS)}, or an object with 'type' "
-                        "and the pruner's arguments")
-    args = {k: v for k, v in value.items() if k != "type"}
-    for key, v in args.items():
-        check_key(key, f"{where}: 'pruner'")
-        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
-            raise UserError(f"{where}: 'pruner' {key!r} must be a number")
-    return value["type"], args
-
-
-def parse_search(data: Any, where: str) -> SearchSpec:
-    """The object form's `search`: {"sampler": "tpe", "n_trials": 50, "seed": 0, "params": {...},
-    "pruner": "median", "metric": "val_loss", "mode": "min"} (several metrics and modes: multi-objective)."""
-    where = f"{where}: 'search'"
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be an object, got {_json_type(data)}")
-    check_known(data, SEARCH_KEYS, where)
-    params = data.get("params")
-    if not isinstance(params, dict) or not params:
-        raise UserError(f"{where}: 'params' must be a non-empty object of parameters")
-    check_hyperparams({k: None for k in params}, f"{where}: 'params'")
-    spec = SearchSpec(where, {name: parse_param(name, p, f"{where}: 'params'") for name, p in params.items()})
-    if "sampler" in data:
-        if data["sampler"] not in SAMPLERS:
-            raise UserError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {data['sampler']!r}")
-        spec.sampler = data["sampler"]
-    for key, least, most in (("n_trials", 1, MAX_RUNS), ("seed", 0, 2**32 - 1)):
-        if key in data and (not _is_whole(data[key]) or not least <= data[key] <= most):
-            raise UserError(f"{where}: {key!r} must be a whole number from {least} to {most}")
-    spec.n_trials, spec.seed = data.get("n_trials"), data.get("seed")
-    if "pruner" in data:
-        spec.pruner, spec.pruner_args = parse_pruner(data["pruner"], where)
-    if "metric" in data:
-        spec.metrics = _names_or_list(data["metric"], f"{where}: 'metric'")
-    if "mode" in data:
-        spec.modes = _names_or_list(data["mode"], f"{where}: 'mode'", ("min", "max"))
-    return spec
-
-
-# A W&B sweep file's constructs, and where a faithful mapping onto Optuna does not exist, why (README: Search).
-WANDB_KEYS = ("method", "metric", "goal", "parameters", "early_terminate", "command", "program", "run_cap", "name",
-              "description", "project", "entity", "protein")
-WANDB_PARAM_KEYS = ("values", "value", "distribution", "min", "max", "q", "mu", "sigma", "mean", "scale",
-                    "probabilities", "a", "b")
-NO_MAPPING = {
-    "normal": "a normal distribution has no bounds, and Optuna samples bounded ranges; give min and max (uniform)",
-    "q_normal": "a normal distribution has no bounds, and Optuna samples bounded ranges",
-    "log_normal": "a log-normal distribution has no bounds (Protein's form, with min and max, is read)",
-    "q_log_normal": "a log-normal distribution has no bounds, and Optuna samples bounded ranges",
-    "q_log_uniform": "Optuna samples a log scale without steps (log and step cannot be combined)",
-    "q_log_uniform_values": "Optuna samples a log scale without steps (log and step cannot be combined)",
-    "beta": "Optuna has no beta distribution",
-    "q_beta": "Optuna has no beta distribution",
-    "categorical_w": "Optuna's samplers draw categories without weights",
-    "logit_normal": "Optuna has no logit scale",
-}
-PROTEIN_USED = ("num_random_samples",)
-DIST_KEYS = {  # the keys each distribution takes (mean and scale: Protein's)
-    "constant": ("value",), "categorical": ("values",),
-    "int_uniform": ("min", "max", "mean", "scale"), "uniform": ("min", "max", "mean", "scale"),
-    "q_uniform": ("min", "max", "q"), "log_uniform_values": ("min", "max"), "inv_log_uniform_values": ("min", "max"),
-    "log_uniform": ("min", "max"), "inv_log_uniform": ("min", "max"),
-    "log_normal": ("min", "max", "mean", "scale"), "uniform_pow2": ("min", "max", "mean", "scale"),
-}  # -> TPE's n_startup_trials; Protein's other settings tune its own optimizer
-
-
-def read_yaml_or_json(path: str) -> Any:
-    """A sweep file: YAML (W&B's usual form; PyYAML needed) or JSON."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: sweep file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the sweep file: {e}") from None
-    if path.endswith(".json"):
-        return read_json_file(path)
-    try:
-        import yaml
-    except ImportError:
-        raise UserError(f"{path}: reading YAML needs PyYAML: pip install 'train-sweep[search]'") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to read") from None
-
-
-def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
-    """One W&B (or Protein) parameter onto the search: spec.params, spec.fixed or spec.first."""
-    where = f"{where}: {name!r}"
-    check_known(p, WANDB_PARAM_KEYS, where)
-    dist = p.get("distribution")
-    if dist is None:  # as W&B infers it
-        dist = ("categorical" if "values" in p else "constant" if "value" in p else
-                "int_uniform" if _is_whole(p.get("min")) and _is_whole(p.get("max")) else "uniform")
-    if dist in NO_MAPPING and not (dist == "log_normal" and "min" in p and "max" in p):
-        raise UserError(f"{where}: distribution {dist!r} has no faithful mapping onto Optuna: {NO_MAPPING[dist]}")
-    if dist == "categorical" and "probabilities" in p:
-        raise UserError(f"{where}: 'probabilities': {NO_MAPPING['categorical_w']}")
-    if dist not in DIST_KEYS:
-        raise UserError(f"{where}: unknown distribution {dist!r}")
-    unused = [k for k in p if k != "distribution" and k not in DIST_KEYS[dist]]
-    if unused:  # W&B's schema refuses these too: never dropped quietly
-        raise UserError(f"{where}: {unused[0]!r} is not a key of distribution {dist} (it takes "
-                        f"{', '.join(DIST_KEYS[dist])})")
-    if dist == "constant":
-        if "value" not in p:
-            raise UserError(f"{where}: 'constant' needs 'value'")
-        check_value(p["value"], where)
-        spec.fixed[name] = p["value"]
-        return
-    if dist == "categorical":
-        spec.params[name] = make_param(where, "categorical", choices=p.get("values"))
-        return
-    lo, hi = p.get("min"), p.get("max")
-    if "min" not in p or "max" not in p:
-        raise UserError(f"{where}: {dist!r} needs 'min' and 'max'")
-    names = {"low": "min", "high": "max", "step": "q"}
-    if dist == "int_uniform":
-        spec.params[name] = make_param(where, "int", lo, hi, names=names)
-    elif dist == "uniform":
-        spec.params[name] = make_param(where, "float", lo, hi, names=names)
-    elif dist == "q_uniform":
-        q = p.get("q", 1)
-        if _is_number(lo) and _is_number(q) and q > 0 and abs(lo / q - round(lo / q)) > 1e-9:
-            raise UserError(f"{where}: q_uniform maps onto Optuna's steps only when 'min' is a multiple of 'q'")
-        spec.params[name] = make_param(where, "int" if all(map(_is_whole, (lo, hi, q))) else "float", lo, hi, step=q,
-                                       names=names)
-        spec.notes.append(f"{name}: q_uniform is searched in steps of {q:g}; the end values are drawn as often as "
-                          "the others (W&B: half as often)")
-    elif dist in ("log_uniform_values", "inv_log_uniform_values"):  # 1/X is log-uniform iff X is
-        spec.params[name] = make_param(where, "float", lo, hi, log=True, names=names)
-    elif dist in ("log_uniform", "inv_log_uniform"):  # bounds given as natural logarithms (of 1/X: inv_)
-        if not _is_number(lo) or not _is_number(hi):
-            raise UserError(f"{where}: 'min' and 'max' must be numbers")
-        try:
-            bounds = (math.exp(lo), math.exp(hi)) if dist == "log_uniform" else (math.exp(-hi), math.exp(-lo))
-        except OverflowError:
-            raise UserError(f"{where}: {dist} takes 'min' and 'max' as natural logarithms: e^{max(abs(lo), abs(hi)):g} "
-                            "is too large (log_uniform_values takes the values themselves)") from None
-        spec.params[name] = make_param(where, "float", *bounds, log=True, names={"low": "e^min", "high": "e^max"})
-    elif dist in ("log_normal", "uniform_pow2"):  # Protein's forms: a bounded range, searched from `mean`
-        if dist == "uniform_pow2":
-            if not (_is_whole(lo) and _is_whole(hi) and 0 < lo < hi):
-                raise UserError(f"{where}: uniform_pow2 needs whole numbers 0 < min < max")
-            choices = [2 ** k for k in range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)]
-            spec.params[name] = make_param(where, "categorical", choices=choices)
-        else:
-            spec.params[name] = make_param(where, "float", lo, hi, log=True, names=names)
-    if "mean" in p:
-        mean = p["mean"]
-        param = spec.params[name]
-        if not _is_number(mean) or not (param.low <= mean <= param.high if param.type != "categorical" else
-                                        mean in param.choices):
-            raise UserError(f"{where}: 'mean' ({mean!r}) must lie within min and max")
-        spec.first[name] = mean
-    if "scale" in p:
-        spec.notes.append(f"{name}: 'scale' sets the spread of Protein's own sampler; Optuna's sampler searches "
-                          "all of min..max")
-
-
-def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "", nested: bool = False) -> None:
-    """W&B's `parameters` (nested under `parameters` keys: the run gets one object, as W&B passes it) and
-    Protein's (nested plainly: dotted keys, as Metta's Hydra overrides take them). Searched as dotted keys."""
-    if not isinstance(tree, dict) or not tree:
-        raise UserError(f"{where} must be a non-empty mapping of parameters")
-    for key, p in tree.items():
-        name = f"{prefix}{key}"
-        check_key(name, where)
-        if not isinstance(p, dict):
-            raise UserError(f"{where}: {name!r} must be a mapping (values, value, distribution, min, max, ...)")
-        if "parameters" in p and len(p) == 1:
-            _wandb_params(p["parameters"], where, spec, f"{name}.", nested=True)
-        elif any(k in p for k in WANDB_PARAM_KEYS):
-            wandb_param(name, p, where, spec)
-            if nested:
-                spec.nested.add(name)
-        else:
-            _wandb_params(p, where, spec, f"{name}.", nested)
-
-
-def wandb_command(tokens: Any, program: str | None, where: str) -> tuple[str, str]:
-    """W&B's `command` list -> our command and argument style: ${env} is dropped (it runs /usr/bin/env),
-    ${interpreter} is python, ${program} the `program`, ${args} (--key=value) or ${args_no_hyphens}
-    (key=value) must come last, as train_sweep appends the arguments."""
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise UserError(f"{where}: 'command' must be a list of strings")
-    words, style = [], None
-    for i, token in enumerate(tokens):
-        if style is not None:
-            raise UserError(f"{where}: 'command': {tokens[i - 1]} must come last (the arguments are appended)")
-        if token == "${env}":
-            continue
-        if token == "${interpreter}":
-            words.append("python")
-        elif token == "${program}":
-            if not program:
-                raise UserError(f"{where}: 'command' uses ${{program}}, and 'program' is not given")
-            words.append(program)
-        elif token in ("${args}", "${args_no_hyphens}"):
-            style = "equals" if token == "${args}" else "hydra"
-        elif "${" in token:
-            raise UserError(f"{where}: 'command': the macro {token} is not supported (${{env}}, ${{interpreter}}, "
-                            "${program}, ${args} and ${args_no_hyphens} are)")
-        else:
-            words.append(token)
-    if style is None:
-        raise UserError(f"{where}: 'command' has no ${{args}}: its runs would read their parameters from W&B's "
-                        "wandb.config; end it with ${args} or ${args_no_hyphens}")
-    if not words:
-        raise UserError(f"{where}: 'command' names no program")
-    return shlex.join(words), style
-
-
-def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
-    """A W&B sweep configuration (or Protein's, as in Metta) -> the search, the command and its argument style
-    (None where the file does not say). Every construct maps onto Optuna faithfully or is an error naming it."""
-    data = read_yaml_or_json(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a sweep file is a mapping (method, metric, parameters, ...), got {_json_type(data)}")
-    check_known(data, WANDB_KEYS, path)
-    spec = SearchSpec(path, {})
-    _wandb_params(data.get("parameters"), f"{path}: 'parameters'", spec)
-    if not spec.params:
-        raise UserError(f"{path}: 'parameters' holds nothing to search (only fixed values)")
-    method = data.get("method", "bayes" if "protein" in data else None)
-    methods = {"grid": "grid", "random": "random", "bayes": "tpe", "protein": "tpe"}
-    if method not in methods:
-        raise UserError(f"{path}: 'method' must be grid, random or bayes (or protein), got {method!r}")
-    spec.sampler = methods[method]
-    if spec.sampler == "tpe":
-        spec.notes.append(f"method {method}: searched with Optuna's TPE, a Bayesian optimizer ({method} uses a "
-                          "Gaussian process: --search gp for one)")
-    metric = data.get("metric")
-    goal = data.get("goal")
-    if isinstance(metric, dict):
-        check_known(metric, ("name", "goal", "target"), f"{path}: 'metric'")
-        goal = metric.get("goal", goal)
-        if "target" in metric:
-            if not _is_number(metric["target"]):
-                raise UserError(f"{path}: 'metric': 'target' must be a number")
-            spec.target = float(metric["target"])
-        metric = metric.get("name")
-    if metric is not None:
-        if not isinstance(metric, str) or not metric or _BAD_KEY.search(metric):
-            raise UserError(f"{path}: 'metric' must name a metric (no spaces, '=' or ',')")
-        spec.metrics = (metric,)
-    if goal is not None:
-        if goal not in ("minimize", "maximize"):
-            raise UserError(f"{path}: 'goal' must be minimize or maximize, got {goal!r}")
-        spec.modes = ("min" if goal == "minimize" else "max",)
-    if "run_cap" in data:
-        if not _is_whole(data["run_cap"]) or data["run_cap"] < 1:
-            raise UserError(f"{path}: 'run_cap' must be a whole number >= 1")
-        spec.n_trials = data["run_cap"]
-    early = data.get("early_terminate")
-    if early is not None:
-        spec.pruner, spec.pruner_args = wandb_hyperband(early, f"{path}: 'early_terminate'")
-        spec.count_reports = True
-    protein = data.get("protein")
-    if protein is not None:
-        if not isinstance(protein, dict):
-            raise UserError(f"{path}: 'protein' must be a mapping of Protein's settings")
-        n = protein.get("num_random_samples")
-        if n is not None:
-            if not _is_whole(n) or n < 1:
-                raise UserError(f"{path}: 'protein': 'num_random_samples' must be a whole number >= 1")
-            spec.sampler_args["n_startup_trials"] = n
-        unused = [k for k in protein if k not in PROTEIN_USED]
-        if unused:
-            spec.notes.append(f"protein: {', '.join(unused)} tune Protein's own optimizer and are not used "
-                              "(Optuna's sampler searches instead)")
-    program = data.get("program")
-    if program is not None and not isinstance(program, str):
-        raise UserError(f"{path}: 'program' must be a string")
-    command = style = None
-    if "command" in data:
-        command, style = wandb_command(data["command"], program, f"{path}")
-    elif program:
-        command, style = shlex.join(["python", program]), "equals"  # W&B's default: ${env} ${interpreter} ${program} ${args}
-    return spec, command, style
-
-
-def wandb_hyperband(early: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """early_terminate {type: hyperband, min_iter | max_iter and s, eta} -> Optuna's HyperbandPruner: brackets
-    from min_iter (or max_iter / eta^s) reports of the metric, growing by eta."""
-    if not isinstance(early, dict) or early.get("type") != "hyperband":
-        raise UserError(f"{where}: only {{type: hyperband, ...}} exists")
-    check_known(early, ("type", "min_iter", "max_iter", "s", "eta", "strict"), where)
-    if early.get("strict"):
-        raise UserError(f"{where}: 'strict' has no faithful mapping onto Optuna's HyperbandPruner")
-    eta = early.get("eta", 3)
-    if not _is_whole(eta) or eta < 2:
-        raise UserError(f"{where}: 'eta' must be a whole number >= 2")
-    args: dict[str, Any] = {"reduction_factor": eta}
-    if "min_iter" in early:
-        if not _is_whole(early["min_iter"]) or early["min_iter"] < 1:
-            raise UserError(f"{where}: 'min_iter' must be a whole number >= 1")
-        args["min_resource"] = early["min_iter"]
-        if "max_iter" in early:
-            args["max_resource"] = early["max_iter"]
-    elif "max_iter" in early and "s" in early:
-        min_iter = early["max_iter"] / eta ** early["s"]
-        if not min_iter >= 1 or min_iter != int(min_iter):
-            raise UserError(f"{where}: max_iter / eta^s must be a whole number >= 1 (the first bracket)")
-        args["min_resource"], args["max_resource"] = int(min_iter), early["max_iter"]
-    else:
-        raise UserError(f"{where}: give 'min_iter', or 'max_iter' and 's'")
-    if "max_resource" in args and (not _is_whole(args["max_resource"]) or args["max_resource"] <= args["min_resource"]):
-        raise UserError(f"{where}: 'max_iter' must be a whole number above the first bracket")
-    return "hyperband", args
-
 
 @dataclasses.dataclass
 class Entry:
@@ -2261,6 +1973,14 @@ class GpuPool:
         return self.probe is not None and self.policy.memory_threshold_mb is not None
 
     @property
+    def threshold_mb(self) -> float | None:
+        return self.policy.memory_threshold_mb
+
+    def free_mb(self, gpu: int) -> float | None:
+        reading = self.readings.get(gpu) if self.probe is not None else None
+        return None if reading is None else reading.memory_total_mb - reading.memory_used_mb
+
+    @property
     def slots(self) -> int:
         per_gpu = self.policy.max_per_gpu if self.auto is None else max(1, sum(self.running.values()) // max(
             1, len(self.gpus)))
@@ -2389,56 +2109,6 @@ class GpuPool:
         whys = [f"GPU {g} full ({why})" for g, why in self.auto.why.items() if why]
         return (f"auto: footprint {fmt_bytes(self.auto.footprint_mb * MB)}, a run needs "
                 f"{fmt_bytes((self.auto.need_mb() or 0) * MB)} free" + (f"; {'; '.join(whys)}" if whys else ""))
-
-
-class ClusterSlots:
-    """Placement on a cluster (--backend slurm): the cluster's scheduler picks nodes and GPUs; the sweep only
-    bounds how many runs it has there at once (a search's trials: --slurm-max-parallel; a list: all of them,
-    the job array's own throttle bounding how many run)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.gpus: list[int] = []
-        self.running = 0
-        self.readings: dict[int, GpuReading] = {}
-        self.notes: list[str] = []
-        self.probe = None
-        self.policy = Policy(memory_threshold_mb=None)
-        self.reads_memory = False
-
-    @property
-    def slots(self) -> int:
-        return self.limit or max(1, self.running)
-
-    def slot_free(self) -> bool:
-        return self.limit is None or self.running < self.limit
-
-    def busy(self) -> bool:
-        return self.running > 0
-
-    def unplaceable(self, run: Run) -> str | None:
-        return None
-
-    def read(self, now: float) -> None:
-        return None
-
-    def place(self, run: Run, now: float, min_free_mb: float | None = None) -> tuple[tuple[int, ...], str]:
-        return (CPU,), "the cluster's scheduler places it"
-
-    def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
-        self.running += 1
-
-    def release(self, run: Run) -> None:
-        self.running -= 1
-
-    def ended(self, run: Run, now: float) -> None:
-        """Nothing to learn: the cluster places runs."""
-
-    def read_due(self, now: float) -> None:
-        return None
-
-    def packing(self) -> None:
-        return None
 
 
 # What a launcher knows about why an attempt ended, beyond its return code.
@@ -2597,9 +2267,67 @@ class Launcher(Protocol):
         """Take back an attempt that waits in a cluster's queue (it never runs): True if it was one."""
 
     notes: list[str]  # what the user should hear of (a job requeued by the cluster), taken by the loop
+    own_timeout: bool  # the launcher ends runs at their time limit itself (a cluster's); else the loop does
+
+    def stopping(self, running: int) -> str:
+        """How the sweep's running attempts are being ended, for the line said on Ctrl+C."""
 
     def close(self, detach: bool = False) -> None:
         """Every attempt has ended (or, with detach, is left running where a cluster keeps it)."""
+
+
+class Placement(Protocol):
+    """Where the loop's runs may start and how many at once: this machine's GPUs (GpuPool: NVML readings,
+    slots, auto packing), or a cluster's slots (its scheduler picks nodes and GPUs)."""
+
+    gpus: list[int]  # the GPUs the live view shows a row for ([] on a cluster)
+    readings: Mapping[int, GpuReading]  # the latest NVML reading of each, for the live view
+    notes: list[str]  # what placing learned or decided (a GPU taken out, auto's footprint), taken by the loop
+
+    @property
+    def slots(self) -> int:
+        """How many runs can run at once now (the ETA divides by it)."""
+
+    @property
+    def reads_memory(self) -> bool:
+        """Runs wait for memory, not only for a slot: the loop polls while they wait."""
+
+    @property
+    def threshold_mb(self) -> float | None:
+        """The used memory at which a GPU takes no new run, for the live view (None: not by memory)."""
+
+    def slot_free(self) -> bool:
+        """A run could start now, as far as slots go."""
+
+    def busy(self) -> bool:
+        """Some run of this sweep holds a slot."""
+
+    def unplaceable(self, run: Run) -> str | None:
+        """Why the run can never start here (GPUs were taken out), or None."""
+
+    def read(self, now: float) -> Any:
+        """Take this tick's reading (NoGpuLeft when no GPU is left to run on)."""
+
+    def read_due(self, now: float) -> float | None:
+        """When the next reading is due without any other event, or None."""
+
+    def place(self, run: Run, now: float, min_free_mb: float | None = None) -> tuple[tuple[int, ...] | None, str]:
+        """The GPUs for `run` now ((CPU,) for the CPU or a cluster's choice), or None and why it must wait."""
+
+    def free_mb(self, gpu: int) -> float | None:
+        """The GPU's free memory in this tick's reading, or None."""
+
+    def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
+        """The run was started on these GPUs."""
+
+    def release(self, run: Run) -> None:
+        """The run's attempt has ended: its slots are free."""
+
+    def ended(self, run: Run, now: float) -> None:
+        """The ended attempt was classified (its state set): learn from it."""
+
+    def packing(self) -> str | None:
+        """A line on how runs are packed (auto), or None."""
 
 
 class ListSource:
@@ -2642,547 +2370,56 @@ class ListSource:
         """Nothing to close."""
 
 
-def import_optuna() -> Any:
-    """Optuna, imported when a search or a pruner is asked for, quiet (its messages would break the live
-    view: what matters goes to the sweep's own events)."""
-    try:
-        import optuna
-    except ImportError:
-        raise UserError("a search or a pruner needs Optuna: pip install 'train-sweep[search]'") from None
-    import warnings
+def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
+    """The guardian, a process of its own that outlives train_sweep (Guardian starts it). It reads
+    "+ PGID START" / "- PGID" lines on stdin (START: when the group's leader started, as /proc shows it);
+    when stdin closes with groups still registered (train_sweep was SIGKILLed, OOM-killed, lost its
+    terminal), it ends those process groups, the processes in the runs' cgroups, and every process that
+    carries this sweep's TRAIN_SWEEP_ID (those that left their group): SIGTERM, then SIGKILL after the grace
+    period, and returns as soon as none is left (zombies do not count). A group whose leader is now another
+    process (its PID was reused after the group was gone) is never signalled."""
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    groups: dict[int, str] = {}
+    for line in sys.stdin:
+        op, pgid, *start = line.split()
+        if op == "+":
+            groups[int(pgid)] = start[0] if start else ""
+        elif op == "-":
+            groups.pop(int(pgid), None)
+    root = Path(cgroups) if cgroups else None
+    if groups:
+        import psutil
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    optuna.logging.disable_propagation()
-    warnings.filterwarnings("ignore", module=r"optuna(\..*)?$")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
+        def ours() -> list[Any]:
+            for g, start in list(groups.items()):
+                now = process_start(g)
+                if now and start and now != start:
+                    del groups[g]  # the PID was reused by another group's leader: not ours
+            in_cgroups = {pid for run in (root.glob("run-*") if root is not None else ()) for pid in
+                          RunCgroups.pids(run)}
+            out = []
+            for p in psutil.process_iter():
+                try:
+                    if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    if p.pid in in_cgroups or os.getpgid(p.pid) in groups or \
+                            p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
+                        out.append(p)
+                except (psutil.Error, OSError):
+                    pass
+            return out
 
-
-def grid_points(search: SearchSpec) -> dict[str, list[Any]]:
-    """The grid sampler's values of each parameter (as Optuna stores them): choices, or a range's steps."""
-    space = {}
-    for key, p in search.params.items():
-        if p.type == "categorical":
-            space[key] = [encode_choice(c) for c in p.choices]
-        elif p.type == "int" or p.step:
-            n = round((p.high - p.low) / (p.step or 1))
-            space[key] = [p.low + i * (p.step or 1) for i in range(n + 1)]
-        else:
-            raise UserError(f"{search.source}: the grid sampler needs a list of values for {key!r}, not a "
-                            "continuous range (give it a 'step', or choices)")
-    return space
-
-
-def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives: int) -> Any:
-    """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
-    s = optuna.samplers
-    name = search.sampler
-    if seed is not None and not 0 <= seed < 2**32:
-        raise UserError(f"{search.source}: the seed must be a whole number from 0 to 2**32 - 1, got {seed}")
-    if name == "grid":  # every point is enqueued when the study is made (open_study), in the grid's order
-        grid_points(search)
-        return s.RandomSampler(seed=seed)
-    if n_objectives > 1 and name == "cmaes":
-        raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
-                        "random, qmc or gp")
-    needs = {"gp": ("torch", "scipy"), "qmc": ("scipy",), "cmaes": ("cmaes",)}.get(name, ())
-    import importlib.util
-
-    missing = [m for m in needs if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"the {name} sampler needs {' and '.join(missing)}: pip install {' '.join(missing)}")
-    try:
-        if name == "tpe":
-            return s.TPESampler(seed=seed, constant_liar=True, **search.sampler_args)
-        if name == "random":
-            return s.RandomSampler(seed=seed)
-        if name == "gp":
-            return s.GPSampler(seed=seed)
-        if name == "cmaes":
-            return s.CmaEsSampler(seed=seed)
-        if name == "nsga2":
-            return s.NSGAIISampler(seed=seed)
-        return s.QMCSampler(seed=seed)
-    except ImportError as e:
-        raise UserError(f"the {name} sampler needs {e.name}: pip install {e.name}") from None
-
-
-def distribution(p: Param) -> Any:
-    """A Param as Optuna's distribution."""
-    from optuna import distributions as d
-
-    if p.type == "categorical":
-        return d.CategoricalDistribution([encode_choice(c) for c in p.choices])
-    if p.type == "int":
-        return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-
-
-def encode_choice(choice: Any) -> Any:
-    """Optuna's categorical choices are None, bools, numbers or strings: a list or object goes as its JSON."""
-    return canonical_json(choice) if isinstance(choice, (list, dict)) else choice
-
-
-def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
-    """The Optuna pruner named, with its own arguments, tried on a study in memory first: arguments it takes
-    but cannot work with (a min_resource of 0) are a one-line error now, not a traceback in the sweep."""
-    pruner = _pruner(optuna, name, args, where)
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trial_study = optuna.create_study(pruner=_pruner(optuna, name, args, where))
-            for value in (1.0, 2.0, 3.0):
-                trial = trial_study.ask()
-                for step in (1, 2, 3):
-                    trial.report(value, step)
-                    trial.should_prune()
-                trial_study.tell(trial, value)
-    except Exception as e:  # whatever the pruner's own code raises on these arguments
-        raise UserError(f"{where}: pruner {name!r} with {dict(args)}: {type(e).__name__}: {e}") from None
-    return pruner
-
-
-def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
-    p = optuna.pruners
-    kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
-             "hyperband": p.HyperbandPruner, "none": p.NopPruner}
-    args = dict(args)
-    if name == "percentile":
-        args.setdefault("percentile", 25.0)
-    try:
-        return kinds[name](**args)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: pruner {name!r}: {e}") from None
-
-
-def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, journal: Journal,
-               say: Callable[[str], None]) -> Any:
-    """The sweep's study in <output-dir>/study.log: made, or loaded to resume (refused when it was made for
-    another search). Trials that were running when a sweep died are settled from the journal: told what
-    their run's record says, or failed, not counted, and asked again."""
-    optuna = import_optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    path = output_dir / STUDY
-    for stale in output_dir.glob(f"{STUDY}.lock*"):  # the output folder is locked: no one else writes the study
-        stale.unlink(missing_ok=True)
-    mend_torn_line(path)
-    directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
-    objectives = settings.metric[: len(directions)]
-    pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
-                         search.source if search else "--pruner")
-    key = (search.space_key(objectives, settings.modes, settings.command) if search is not None
-           else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
-    try:
-        storage = JournalStorage(JournalFileBackend(str(path)))
-        study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
-                                    load_if_exists=True)
-        if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
-            seed = settings.seed if search.seed is None else search.seed
-            if search.sampler != "qmc":  # (QMC's sequence goes on from where the study is, with the same seed)
-                seed = (seed + len(study.get_trials(deepcopy=False))) % 2**32
-            study.sampler = make_sampler(optuna, search, seed, len(directions))
-        made_for = study.user_attrs.get("search")
-        if made_for is None:
-            study.set_user_attr("search", key)
-        elif made_for != key:
-            raise UserError(f"{path}: the study was made for another search (other parameters, objectives, fixed values "
-                            "or command); "
-                            "pass --rerun for a fresh one (the old one is kept as study.log~1), or use another "
-                            "--output-dir")
-        settle_orphans(study, search is not None, journal, objectives, say)
-    except (OSError, optuna.exceptions.StorageInternalError) as e:
-        raise UserError(f"{path}: cannot open the study: {e}") from None
-    if search is not None and not study.trials:
-        if search.sampler == "grid":  # the grid: each point once, in order (a requeued point is enqueued again)
-            import itertools
-
-            space = grid_points(search)
-            for point in itertools.product(*space.values()):
-                study.enqueue_trial(dict(zip(space, point)))
-        elif search.first:
-            study.enqueue_trial(search.first)
-    return study
-
-
-def mend_torn_line(path: Path) -> None:
-    """A sweep killed in the middle of a write leaves the study's last line cut short. Optuna skips it when
-    it reads, but appends the next operation to it, which breaks the file for every later reader: cut the
-    torn line off first (it was never confirmed, so nothing the sweep relied on is lost)."""
-    try:
-        with open(path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            at = size
-            while at > 0:  # the last newline, read backwards in blocks
-                start = max(0, at - 65536)
-                f.seek(start)
-                block = f.read(at - start)
-                cut = block.rfind(b"\n")
-                if cut >= 0:
-                    f.truncate(start + cut + 1)
-                    return
-                at = start
-            f.truncate(0)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise UserError(f"{path}: cannot repair the study's last line: {e.strerror or e}") from None
-
-
-def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
-                   say: Callable[[str], None]) -> None:
-    """Trials left running by a sweep that died: told from their run's last journal record when it ended
-    for good, else failed, marked requeued and (in a search) enqueued again with the same parameters."""
-    from optuna.trial import TrialState
-
-    ended = {r.get("trial"): r for records in journal.values() for r in records
-             if r.get("trial") is not None and not r.get("requeued")}  # a requeued attempt was not the run's end
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        record = ended.get(trial.number)
-        state = record.get("state") if record else None
-        values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
-        if state == State.COMPLETE.value and values and all(v is not None and math.isfinite(v) for v in values):
-            study.tell(trial.number, values)
-        elif state == State.PRUNED.value:
-            study.tell(trial.number, state=TrialState.PRUNED)
-        elif state in (State.COMPLETE.value, State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
-            study.tell(trial.number, state=TrialState.FAIL)  # failed, or complete without its metric
-        else:
-            requeue(study, trial.number, trial.params if search else None)
-            say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
-                + ("asked again" if search else "its run goes again"))
-
-
-class SearchSource:
-    """Runs from an Optuna study (ask-and-tell), or the config list's runs with a trial each so that a pruner
-    can stop them. A trial's run starts when a GPU slot frees up; its run is told its value when it ends for
-    good; a running run's metric stream goes to its trial, and the pruner's verdict comes back from report().
-    Off the path from a run's end to the next start (prepare(), once the loop has started what it could),
-    ended trials are told and the next trial is asked ahead, so that a slot that frees up takes it at once:
-    a sampler that takes 50 ms to ask does not leave a GPU idle for 50 ms. (The trial asked ahead has not
-    seen the result told just after it; its parallel siblings are what Optuna's constant liar handles.)
-    The study lives in <output-dir>/study.log, Optuna's journal file: every ask, report and tell is one
-    appended line, so a sweep killed at any moment loses nothing, and the same command resumes it. A trial
-    whose run did not end (interrupted, never started, asked ahead, or running when the sweep died) is told
-    failed, listed as requeued (it does not count against the budget) and, in a search, enqueued again with
-    the same parameters."""
-
-    def __init__(self, study: Any, search: SearchSpec | None, make_run: Callable[[dict[str, Any], int], Run] | None,
-                 runs: Iterable[Run] = (), objectives: Sequence[str] = (), modes: Sequence[str] = ("min",),
-                 n_trials: int | None = None, hours: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 say: Callable[[str], None] = print, pruner: str = "none", path: Path | None = None) -> None:
-        from collections import deque
-
-        self.optuna = import_optuna()
-        TS = self.optuna.trial.TrialState
-        self.study, self.search, self.make_run = study, search, make_run
-        self.queue = deque(runs)  # the list's runs (a pruned list); empty in a search
-        self.objectives, self.modes = tuple(objectives), tuple(modes)
-        self.n_trials, self.hours = n_trials, hours
-        self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
-        self.deadline = None if not hours else clock() + hours * 3600.0
-        self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
-        self.asked_at: dict[Run, int] = {}  # the attempt each run's trial was asked for (its curve's attempt)
-        self.ahead: Run | None = None  # the next run, asked ahead (in self.open too)
-        self.tells: list[tuple[Any, Any, list[float] | None]] = []  # ended trials to tell in prepare()
-        self.stopped: str | None = None  # why the search asks no more (time budget, target reached)
-        self.distributions = {} if search is None else {k: distribution(p) for k, p in search.params.items()}
-        trials = study.get_trials(deepcopy=False)
-        self.requeued = set(study.user_attrs.get("requeued", []))
-        self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
-        self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
-        self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
-        self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
-        self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
-        for t in trials:
-            if t.state == TS.COMPLETE:
-                self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
-        self._check_target(self.best[0] if self.best else None)
-
-    def _decode(self, key: str, value: Any) -> Any:
-        param = self.search.params[key] if self.search else None
-        if param is not None and param.type == "categorical":
-            for choice in param.choices:
-                if encode_choice(choice) == value:
-                    return choice
-        return value
-
-    def _budget(self) -> int:
-        """How many more trials may be asked (counting none asked ahead)."""
-        if self.search is None:
-            return len(self.queue)
-        if self.stopped is None and self.deadline is not None and self.clock() >= self.deadline:
-            self._stop(f"the search's time budget ({self.hours:g} h) is used up")
-        if self.stopped is not None:
-            return 0
-        return 1 if self.n_trials is None else max(0, self.n_trials - self.counted)
-
-    def _ask(self) -> Run:
-        """The next run with its trial: the list's next run, or a trial asked from the sampler."""
-        try:
-            if self.search is None:
-                run = self.queue.popleft()
-                trial = self.study.ask()
-                trial.set_user_attr("run", run.name)
-            else:
-                trial = self.study.ask(self.distributions)
-                params = {k: self._decode(k, trial.params[k]) for k in self.search.params if k in trial.params}
-                run = self.make_run(params, trial.number)
-                trial.set_user_attr("run", run.name)
-                trial.set_user_attr("command", run.argv)
-        except OSError as e:
-            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
-        run.trial = trial.number
-        self.counted += 1
-        self.open[run] = trial
-        self.asked_at[run] = run.attempt
-        return run
-
-    # -- RunSource ---------------------------------------------------------------------------------------
-    def next(self) -> Run | None:
-        if self.ahead is not None:
-            run, self.ahead = self.ahead, None
-            if self.search is None or self.stopped is None:
-                return run
-            self._requeue(self.open.pop(run))  # asked before the time budget ended: not started
-        return self._ask() if self._budget() else None
-
-    def prepare(self) -> None:
-        self._tell_ended()
-        if self.ahead is None and self._budget():
-            self.ahead = self._ask()
-
-    def _tell_ended(self) -> None:
-        if self.tells:
-            self.front = None
-        while self.tells:
-            trial, state, values = self.tells.pop(0)
-            try:
-                self.study.tell(trial, values, state=state, skip_if_finished=True)
-            except OSError as e:
-                raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
-
-    def pending(self) -> int:
-        return self._budget() + (self.ahead is not None)
-
-    def _stop(self, why: str) -> None:
-        if self.stopped is None:
-            self.stopped = why
-            self.say(f"{'search':<11} {why}: no more trials")
-
-    def remaining(self) -> list[Run]:
-        return ([self.ahead] if self.ahead is not None and self.search is None else []) + list(self.queue)
-
-    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
-        trial = self.open.get(run)
-        if trial is None or len(self.objectives) != 1 or self.pruner_name == "none":
-            return None
-        if run.attempt != self.asked_at.get(run):  # a retry or an out-of-memory requeue: the trial holds the
-            return None  # first attempt's curve (Optuna keeps one value per step), so this one is not judged
-        value = values.get(self.objectives[0])
-        if value is None or not math.isfinite(value):
-            return None
-        step = run.points if step is None or (self.search and self.search.count_reports) else step
-        try:
-            trial.report(value, step)
-            if trial.should_prune():
-                return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
-        except OSError as e:
-            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
-        return None
-
-    def finished(self, run: Run) -> None:
-        trial = self.open.pop(run, None)
-        if trial is None:
-            return
-        TS = self.optuna.trial.TrialState
-        if run.state == State.INTERRUPTED:
-            self._requeue(trial)
-            return
-        values = [metric_of(run.metrics, m) for m in self.objectives]
-        self.done += 1
-        self.asked_at.pop(run, None)
-        if run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values):
-            self.tells.append((trial, TS.COMPLETE, values))
-            self._note_best(values, trial.params, run.name, {"command": run.argv})
-            self._check_target(values[0])
-        elif run.state == State.PRUNED:
-            self.pruned += 1
-            self.tells.append((trial, TS.PRUNED, None))
-        else:  # failed, timed out, out of memory for good, or complete without its metric
-            self.tells.append((trial, TS.FAIL, None))
-
-    def _check_target(self, value: float | None) -> None:
-        target = self.search.target if self.search else None
-        if target is not None and value is not None and (value <= target if self.modes[0] == "min" else value >= target):
-            self._stop(f"{self.objectives[0]}={value:g} reached the target {target:g}")
-
-    def _requeue(self, trial: Any) -> None:
-        """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
-        try:
-            requeue(self.study, trial.number, trial.params if self.search is not None else None)
-        except OSError as e:
-            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
-        self.requeued.add(trial.number)
-        self.counted -= 1
-
-    def _note_best(self, values: Sequence[float] | None, params: Mapping[str, Any], name: str,
-                   attrs: Mapping[str, Any]) -> None:
-        if not values or len(values) != 1:
-            return
-        if self.best is None or better(values[0], self.best[0], self.modes[0]):
-            shown = {k: self._decode(k, v) for k, v in params.items()}
-            self.best = (values[0], shown, name, list(attrs.get("command") or []))
-
-    def status(self) -> str | None:
-        """The search in one line (the live view): trials done of the budget, pruned, the best and its parameters."""
-        if self.search is None:
-            return f"pruner {self.pruner_name}: {self.pruned} run(s) pruned" if self.pruned else None
-        parts = [f"search {self.search.sampler}: {self.done}{f'/{self.n_trials}' if self.n_trials else ''} trials"]
-        if self.pruner_name != "none":
-            parts.append(f"{self.pruned} pruned")
-        if self.best is not None:
-            value, params, _, _ = self.best
-            parts.append(f"best {self.objectives[0]}={value:g} ("
-                         + " ".join(f"{k}={format_value(v)}" for k, v in params.items()) + ")")
-        elif len(self.objectives) > 1:
-            parts.append(f"Pareto front: {len(self._front())} trial(s)")
-        if self.stopped:
-            parts.append(self.stopped)
-        return ", ".join(parts)
-
-    def _front(self) -> list[Any]:
-        """The Pareto front, read from the study once after each tell (status() runs at every redraw)."""
-        if self.front is None:
-            try:
-                self.front = self.study.best_trials
-            except (ValueError, RuntimeError):
-                self.front = []
-        return self.front
-
-    def summary(self) -> list[str]:
-        """The end of the summary: the search's result, the best parameters as a command line to paste."""
-        line = self.status()
-        lines = [line[0].upper() + line[1:]] if line else []
-        if self.search is None:
-            return lines
-        if self.best is not None:
-            _, params, name, command = self.best
-            lines.append(f"Best parameters ({name}): " + " ".join(hydra_override(k, v) for k, v in params.items()))
-            if command:
-                lines.append(f"Train it again: {shlex.join(command)}")
-        for t in self._front() if len(self.objectives) > 1 else ():
-            values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
-            lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
-                         + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
-        lines.append(f"Study: {self.path} (optuna-dashboard {self.path})")
-        return lines
-
-    def wake_at(self, now: float) -> float | None:
-        return self.deadline if self.stopped is None else None
-
-    def close(self) -> None:
-        self._tell_ended()
-        for run, trial in list(self.open.items()):  # asked but never ended: interrupted, not started, asked ahead
-            self.open.pop(run)
-            self._requeue(trial)
-        if self.ahead is not None and self.search is None:
-            self.queue.appendleft(self.ahead)  # a list's run asked ahead is still the list's
-        self.ahead = None
-
-
-def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
-    """A trial whose run did not end on its own (interrupted, never started, running when the sweep died):
-    told failed, listed in the study's `requeued` (not counted against the budget), and asked again with
-    the same parameters when `params` are given (a search; a list runs its runs again by itself)."""
-    from optuna.trial import TrialState
-
-    study.set_user_attr("requeued", [*study.user_attrs.get("requeued", []), number])
-    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    if params is not None:
-        study.enqueue_trial(dict(params), skip_if_exists=False)
-
-
-# The guardian outlives train_sweep: it reads "+ PGID START" / "- PGID" lines on stdin (START: when the
-# group's leader started, as /proc shows it); when stdin closes with groups still registered (train_sweep
-# was SIGKILLed, OOM-killed, lost its terminal), it ends those process groups and every process that
-# carries this sweep's TRAIN_SWEEP_ID (those that left their group): SIGTERM, then SIGKILL after the
-# grace period, and exits as soon as none is left (zombies do not count). A group whose leader is now
-# another process (its PID was reused after the group was gone) is never signalled.
-GUARDIAN_CODE = r"""
-import os, signal, sys, time
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-    signal.signal(s, signal.SIG_IGN)
-sweep_id, grace, cgroups = sys.argv[1], float(sys.argv[2]), sys.argv[4]
-groups = {}
-for line in sys.stdin:
-    op, pgid, *start = line.split()
-    if op == "+":
-        groups[int(pgid)] = start[0] if start else ""
-    elif op == "-":
-        groups.pop(int(pgid), None)
-def remove_cgroups():
-    for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
-        try:
-            os.rmdir(os.path.join(cgroups, run))
-        except OSError:
-            pass
-    try:
-        os.rmdir(cgroups)
-    except OSError:
-        pass
-if not groups:
-    remove_cgroups()
-    sys.exit(0)
-sys.path[:0] = sys.argv[3].split(os.pathsep)  # started with -S (a lighter start): find psutil where we do
-import psutil
-def started(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-def ours():
-    for g, start in list(groups.items()):
-        now = started(g)
-        if now is not None and start and now != start:
-            del groups[g]  # the PID was reused by another group's leader: not ours
-    in_cgroups = set()
-    for run in (os.listdir(cgroups) if cgroups and os.path.isdir(cgroups) else []):
-        try:
-            with open(os.path.join(cgroups, run, "cgroup.procs")) as f:
-                in_cgroups.update(int(p) for p in f.read().split())
-        except (OSError, ValueError):
-            pass
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if p.pid in in_cgroups or os.getpgid(p.pid) in groups or p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
-                out.append(p)
-        except (psutil.Error, OSError):
-            pass
-    return out
-for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-    for p in ours():
-        try:
-            p.send_signal(sig)
-        except psutil.Error:
-            pass
-    end = time.monotonic() + wait
-    while time.monotonic() < end and ours():
-        time.sleep(0.1)
-remove_cgroups()
-"""
+        for sig, wait in ((signal.SIGTERM, float(grace)), (signal.SIGKILL, 5.0)):
+            for p in ours():
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    pass
+            end = time.monotonic() + wait
+            while time.monotonic() < end and ours():
+                time.sleep(0.1)
+    RunCgroups.remove_all(root)
 
 
 def process_start(pid: int) -> str:
@@ -3201,9 +2438,10 @@ class Guardian:
         """`lock`: the output folder's lock; the guardian holds it too, so that after train_sweep dies the
         folder stays locked until the guardian has ended every run (a new sweep there waits for that).
         `cgroups`: the folder of the runs' cgroups (RunCgroups.root), whose processes it ends too."""
+        here = str(Path(__file__).resolve().parent)  # where this module is: the guardian imports it
+        code = f"import sys; sys.path.insert(0, {here!r}); import train_sweep; train_sweep.guardian_main(*sys.argv[1:])"
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", GUARDIAN_CODE, sweep_id, str(grace), os.pathsep.join(sys.path),
-             str(cgroups or "")],
+            [sys.executable, "-c", code, sweep_id, str(grace), str(cgroups or "")],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
@@ -3347,14 +2585,19 @@ class RunCgroups:
 
     def close(self) -> None:
         """Remove the sweep's cgroups (the guardian may have removed them already: it does on its way out)."""
-        if self.root is not None:
+        self.remove_all(self.root)
+
+    @classmethod
+    def remove_all(cls, root: Path | None) -> None:
+        """Remove a sweep's cgroups: each run's (emptied), then the sweep's own."""
+        if root is not None:
             try:
-                children = list(self.root.glob("run-*"))
+                children = list(root.glob("run-*"))
             except OSError:
                 children = []
             for child in children:
-                self.remove(child)
-            self.remove(self.root)
+                cls.remove(child)
+            cls.remove(root)
 
 
 def own_cgroup_dir() -> Path:
@@ -3531,6 +2774,12 @@ class LocalLauncher:
         self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
         self.notes: list[str] = []
+
+    own_timeout = False  # the loop ends a run at --timeout
+
+    def stopping(self, running: int) -> str:
+        return (f"ending {running} running run(s) (SIGTERM, SIGKILL after {self.kill_grace:g}s; press Ctrl+C again to "
+                "kill now)")
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
         if self._base_env is None:
@@ -3733,10 +2982,6 @@ class LocalLauncher:
 
 # -- --mps: NVIDIA's Multi-Process Service for the sweep's runs --------------------------------------
 
-MPS_CONTROL = "nvidia-cuda-mps-control"
-MPS_WAIT_S = 10.0  # longest wait for the daemon to answer after it started, and to exit after `quit`
-
-
 def _running(pid: int) -> bool:
     """The process runs (a zombie does not: reaped here where the sweep adopted it as subreaper)."""
     import psutil
@@ -3753,759 +2998,135 @@ def _running(pid: int) -> bool:
     return False
 
 
-class MpsDaemon:
-    """--mps: the CUDA MPS control daemon, started for this sweep and stopped at its end. It runs as the user,
-    with its pipe and log folders in <output_dir>/.mps/ (CUDA_MPS_PIPE_DIRECTORY and CUDA_MPS_LOG_DIRECTORY,
-    which every run gets in its environment): this sweep's runs are its only clients. It sees the sweep's GPUs
-    only, named by UUID (`devices`), and so do the runs: the server it starts renumbers the GPUs it sees, so an
-    index in a client's CUDA_VISIBLE_DEVICES would name another GPU (on 2 x H200, a daemon that saw every GPU
-    put its server on a GPU the sweep did not use). Without UUIDs (no NVML) it sees every GPU. TRAIN_SWEEP_ID
-    in its environment lets the guardian end it, and the server it started, if the sweep is killed with runs
-    running; a daemon left anyway is stopped by the next sweep of the folder."""
-
-    def __init__(self, output_dir: Path, devices: Sequence[str] = ()) -> None:
-        self.devices = list(devices)
-        folder = output_dir.resolve() / MPS_DIR
-        pipe = folder / "pipe"
-        if len(os.fsencode(pipe / "control")) > 100:  # a Unix socket's path holds at most 107 bytes
-            digest = hashlib.sha1(os.fsencode(folder)).hexdigest()[:12]
-            pipe = Path("/tmp") / f"train_sweep_mps_{os.getuid()}_{digest}"
-        self.pipe, self.log = pipe, folder / "log"
-        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(self.pipe), "CUDA_MPS_LOG_DIRECTORY": str(self.log)}
-        self.pid: int | None = None
-
-    @staticmethod
-    def check() -> None:
-        """Before anything is written: the daemon's program is on PATH."""
-        if shutil.which(MPS_CONTROL) is None:
-            raise UserError(f"--mps: {MPS_CONTROL} is not on PATH (it comes with the NVIDIA driver's utilities, "
-                            "e.g. Debian's nvidia-cuda-mps)")
-
-    def _environ(self, sweep_id: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-        if self.devices:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
-        return {**env, **self.env, **({"TRAIN_SWEEP_ID": sweep_id} if sweep_id else {})}
-
-    def _control(self, command: str) -> str | None:
-        """One command to the daemon; its answer, None where no daemon answers."""
-        try:
-            done = subprocess.run([MPS_CONTROL], input=command + "\n", env=self._environ(), capture_output=True,
-                                  text=True, timeout=MPS_WAIT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    def _pid_file(self) -> int | None:
-        """The daemon of this pipe folder (its pid file), while it runs."""
-        try:
-            pid = int((self.pipe / "nvidia-cuda-mps-control.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if _running(pid) else None
-
-    def _others(self) -> str | None:
-        """An MPS daemon or server of anyone's running here, not of this folder."""
-        import psutil
-
-        for p in psutil.process_iter(["name", "username"]):
-            try:
-                if (p.info["name"] or "").startswith("nvidia-cuda-mps") and p.status() != psutil.STATUS_ZOMBIE \
-                        and self.pid not in (p.pid, p.ppid()):
-                    return f"{p.info['name']}, pid {p.pid}, user {p.info['username'] or '?'}"
-            except psutil.Error:
-                pass
-        return None
-
-    def start(self, sweep_id: str) -> list[str]:
-        """Start the daemon, or say why not (UserError): another MPS daemon runs here, or it did not start.
-        Returns what to report."""
-        said = []
-        self.pid = self._pid_file()
-        if self.pid is not None:  # the folder is locked: an earlier sweep of it left its daemon
-            said.append(f"MPS: an earlier sweep of this folder left its control daemon (pid {self.pid}): stopped")
-            if (note := self.stop()) is not None:
-                raise UserError(f"--mps: {note}")
-        other = self._others()
-        if other is not None:
-            raise UserError(f"--mps: an MPS daemon already runs here ({other}); its clients would share the GPUs "
-                            "with this sweep's: stop it (echo quit | nvidia-cuda-mps-control, as its user), or "
-                            "leave out --mps")
-        for folder in (self.pipe, self.log):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"--mps: cannot make {folder}: {e.strerror}") from None
-        try:
-            done = subprocess.run([MPS_CONTROL, "-d"], env=self._environ(sweep_id), capture_output=True, text=True,
-                                  timeout=MPS_WAIT_S, check=False, start_new_session=True)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise UserError(f"--mps: {MPS_CONTROL} -d: {e}") from None
-        deadline = time.monotonic() + MPS_WAIT_S
-        while done.returncode == 0 and time.monotonic() < deadline:  # up once it answers and its pid file is there
-            if self._control("get_server_list") is not None and (pid := self._pid_file()) is not None:
-                self.pid = pid
-                break
-            time.sleep(0.05)
-        if self.pid is None:
-            lines = (done.stderr or done.stdout).strip().splitlines() or self._log_tail()
-            why = one_line(lines[-1]) if lines else f"no answer within {MPS_WAIT_S:g}s"
-            self.stop()
-            raise UserError(f"--mps: the MPS control daemon did not start: {why}")
-        said.append(f"MPS: control daemon started (pid {self.pid}; pipe {self.pipe}, logs {self.log}): runs on one "
-                    "GPU compute at once rather than in turns" + ("; runs see their GPU by UUID in CUDA_VISIBLE_DEVICES"
-                                                                   if self.devices else "; it sees every GPU (no NVML: "
-                                                                   "no UUIDs), and its server may hold a little memory "
-                                                                   "on each"))
-        return said
-
-    def _log_tail(self) -> list[str]:
-        return tail_lines(self.log / "control.log", 5).strip().splitlines()
-
-    def stop(self) -> str | None:
-        """Quit the daemon (its server quits with it); what went wrong, if anything."""
-        pid, self.pid = self.pid or self._pid_file(), None
-        if pid is None:
-            return None
-        self._control("quit")
-        deadline = time.monotonic() + MPS_WAIT_S
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _running(pid):
-            return None
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        return f"the MPS control daemon (pid {pid}) did not quit within {MPS_WAIT_S:g}s: killed"
-
-
 # -- Slurm: one job per run, through submitit ------------------------------------------------------
 
-SLURM_KEYS = {  # the config's "slurm" object: key -> (what it must be, its test)
-    "partition": ("a string", lambda v: isinstance(v, str) and bool(v)),
-    "time": ("a number of minutes > 0", lambda v: _is_number(v) and v > 0),
-    "gpus_per_run": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
-    "cpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
-    "mem_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
-    "max_parallel": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
-    "requeues": ("a whole number >= 0", lambda v: _is_whole(v) and v >= 0),
-    "params": ("an object of submitit's SlurmExecutor parameters", lambda v: isinstance(v, dict)),
-}
-SLURM_OWN = ("partition", "time", "gpus_per_node", "cpus_per_task", "mem", "array_parallelism", "job_name",
-             "signal_delay_s")  # set from the flags above: --slurm-param cannot set these
-SEARCH_PARALLEL = 4  # a search's trials at once on a cluster, unless --slurm-max-parallel says
-SLURM_POLL_S = 0.5  # how often finished jobs' results are looked for (a stat per running job)
-SACCT_S = 3.0  # how often Slurm is asked for the jobs' states (one sacct call for all)
-SLURM_GONE_S = 30.0  # a job that Slurm's accounting has never heard of this long after it was submitted is lost
-SLURM_TURN = {"None", "Priority", "Resources", "BeginTime", "JobArrayTaskLimit", "Dependency", "Prolog",
-              "Reservation", "NodeDown", "PartitionDown", "JobHeldUser"}  # waiting reasons that are a turn in the queue
-SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED",
-                "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "UNKNOWN", ""}
+class Backend(Protocol):
+    """Where a sweep's runs run, chosen by --backend through BACKENDS: this machine (LocalBackend) or a
+    cluster (an extra's). Made from the plan, it checks what it can before anything is written; the CLI
+    then asks it for a launcher and a placement, and the loop talks only to those."""
+
+    placement: str  # where runs go, in one line (--dry-run, sweep.log)
+    note: str  # what the user should know about it (no NVML: slots only), or ""
+
+    def check(self) -> None:
+        """Just before the sweep starts (not for --dry-run): what must answer (a cluster) does."""
+
+    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
+        """Before resume: attempts an earlier sweep left running where this backend keeps them are re-attached
+        to their runs, or ended when this sweep does not run them. Returns what to say."""
+
+    def start(self, sweep_id: str) -> list[str]:
+        """Before anything is written: start what the runs need (an MPS daemon); UserError if it refuses."""
+
+    def record(self) -> dict[str, Any]:
+        """What sweep.json keeps of it: the GPUs, the placement policy."""
+
+    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
+        """The event loop's launcher and placement."""
+
+    def close(self, say: Callable[[str], None] | None = None) -> None:
+        """The loop is over, or never began: stop what start() and open() started (said with `say`)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SlurmOptions:
-    """What each run's Slurm job asks for: the --slurm-* flags over the config's "slurm" object."""
+class LocalBackend:
+    """Runs as process trees on this machine's GPUs (or its CPU): GpuPool places them, LocalLauncher starts
+    and ends them, the guardian ends them if train_sweep is killed, and --mps runs them under MPS."""
 
-    partition: str | None = None
-    time_min: int | None = None  # the job's time limit (None: the partition's default)
-    gpus_per_run: int | None = None  # None: each run's own gpus_per_run
-    cpus_per_run: int | None = None
-    mem_gb: float | None = None
-    max_parallel: int | None = None  # jobs running at once (a list's job array; a search's trials)
-    requeues: int = 3  # how often a job that Slurm preempts or times out is requeued
-    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # anything else submitit takes
+    @classmethod
+    def resolve(cls, settings: Settings, spec: SweepSpec) -> Settings:
+        """Nothing of a cluster's: its flags are refused by name."""
+        if settings.detach:
+            raise UserError("--detach needs --backend slurm: local runs end with the sweep")
+        for field in dataclasses.fields(settings):
+            if field.metadata.get("group") == "slurm" and field.name != "backend" and getattr(settings, field.name):
+                raise UserError(f"--{field.name.replace('_', '-')} needs --backend slurm")
+        return settings
 
-    def parameters(self, gpus: int, name: str) -> dict[str, Any]:
-        """submitit's SlurmExecutor parameters for a job of `gpus` GPUs."""
-        out: dict[str, Any] = {"job_name": name, **self.params}
-        if self.partition:
-            out["partition"] = self.partition
-        if self.time_min:
-            out["time"] = self.time_min
-            out["signal_delay_s"] = int(min(90, max(5, self.time_min * 60 // 6)))  # USR2 before the limit
-        if gpus:
-            out["gpus_per_node"] = gpus
-        if self.cpus_per_run:
-            out["cpus_per_task"] = self.cpus_per_run
-        if self.mem_gb:
-            out["mem"] = f"{int(self.mem_gb)}GB" if self.mem_gb == int(self.mem_gb) else f"{int(self.mem_gb * 1024)}MB"
-        if self.max_parallel:
-            out["array_parallelism"] = self.max_parallel
-        return out
+    def __init__(self, plan: Plan) -> None:
+        settings = self.settings = plan.settings
+        self.output_dir = Path(settings.output_dir)
+        self.env = dict(plan.spec.env)
+        self.daemon: Any = None
+        self.guardian: Guardian | None = None
+        self.gpus, self.probe, self.note = resolve_gpus(settings)
+        widest = max(plan.runs, key=lambda r: r.gpus_needed)
+        if widest.gpus_needed > len(self.gpus):
+            device = "the CPU counts as one device" if self.gpus == [CPU] else f"the sweep has {len(self.gpus)}"
+            raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
+        if self.probe is None and any(r.memory_mb for r in plan.runs):
+            self.note = (self.note + "; " if self.note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+        if settings.mps:
+            if self.gpus == [CPU]:
+                raise UserError(f"--mps shares GPUs among runs; this sweep has none ({self.note or 'the CPU'})")
+            extra("mps").check()
+        per_gpu = settings.max_processes_per_gpu
+        auto = per_gpu == "auto"
+        if auto and self.probe is None:
+            raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
+                            f"available here ({self.note or 'no reading'}): give a number")
+        self.policy = Policy(
+            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
+            memory_threshold_mb=None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
+            max_parallel=settings.max_parallel,
+            settle_timeout_s=settings.settle_seconds,
+            auto=auto,
+            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+            mps=bool(settings.mps),
+        )
+        self.placement = self.policy.describe(self.gpus)
 
-    def describe(self) -> str:
-        asks = [f"partition {self.partition}" if self.partition else "the default partition",
-                "gpus_per_run GPU(s)" if self.gpus_per_run is None else f"{self.gpus_per_run} GPU(s)"]
-        asks += [f"{self.cpus_per_run} CPUs"] if self.cpus_per_run else []
-        asks += [f"{self.mem_gb:g} GB"] if self.mem_gb else []
-        asks += [f"{self.time_min} min"] if self.time_min else []
-        text = "one Slurm job per run (" + ", ".join(asks) + ")"
-        text += f", at most {self.max_parallel} at once" if self.max_parallel else ", as many at once as Slurm runs"
-        return text + f"; a preempted or timed-out job is requeued up to {self.requeues} time(s)"
+    def check(self) -> None:
+        """This machine's GPUs were checked when the backend was made."""
 
+    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
+        return []  # a local run does not outlive its sweep (the guardian ends it)
 
-def slurm_options(settings: Settings, config: Mapping[str, Any], where: str) -> SlurmOptions:
-    """The flags over the config's "slurm" object; --timeout gives the time limit when neither says it.
-    UserError (naming the key) for what cannot be a Slurm request."""
-    check_known(config, SLURM_KEYS, f"{where}: 'slurm'")
-    for key, value in config.items():
-        what, ok = SLURM_KEYS[key]
-        if not ok(value):
-            raise UserError(f"{where}: 'slurm' key {key!r} must be {what}, got {_json_type(value)}")
-    params = dict(config.get("params", {}))
-    params.update(parse_set(settings.slurm_param, "--slurm-param"))
-    for key in params:
-        if key in SLURM_OWN:
-            use = {"partition": "--slurm-partition", "time": "--slurm-time", "gpus_per_node": "--slurm-gpus-per-run",
-                   "cpus_per_task": "--slurm-cpus-per-run", "mem": "--slurm-mem-gb",
-                   "array_parallelism": "--slurm-max-parallel", "job_name": "the run's name",
-                   "signal_delay_s": "before the time limit, from --slurm-time"}[key]
-            raise UserError(f"--slurm-param {key}: train_sweep sets it ({'use ' if use.startswith('--') else ''}{use})")
-    time_min = settings.slurm_time if settings.slurm_time is not None else config.get("time")
-    if time_min is None and settings.timeout:
-        time_min = settings.timeout / 60
-    return SlurmOptions(
-        partition=settings.slurm_partition or config.get("partition"),
-        time_min=None if time_min is None else max(1, math.ceil(time_min)),
-        gpus_per_run=settings.slurm_gpus_per_run if settings.slurm_gpus_per_run is not None else
-        config.get("gpus_per_run"),
-        cpus_per_run=settings.slurm_cpus_per_run or config.get("cpus_per_run"),
-        mem_gb=settings.slurm_mem_gb or config.get("mem_gb"),
-        max_parallel=settings.slurm_max_parallel or config.get("max_parallel"),
-        requeues=next(v for v in (settings.slurm_requeues, config.get("requeues"), 3) if v is not None),
-        params=params,
-    )
+    def start(self, sweep_id: str) -> list[str]:
+        if not self.settings.mps:
+            return []
+        uuids = self.probe.uuids(self.gpus) if self.probe is not None else ()
+        self.daemon = extra("mps")(self.output_dir, uuids)
+        return self.daemon.start(sweep_id)
 
+    def record(self) -> dict[str, Any]:
+        return {"gpus": self.gpus, "policy": dataclasses.asdict(self.policy)}
 
-def import_submitit() -> Any:
-    """submitit, imported when the Slurm backend is asked for."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("--backend slurm needs submitit: pip install 'train-sweep[slurm]' (or pip install submitit)") \
-            from None
-    return submitit
+    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
+        cgroups = RunCgroups(sweep_id)
+        if cgroups.why:
+            say(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper")
+        self.guardian = Guardian(sweep_id, self.settings.kill_grace, lock=lock, cgroups=cgroups.root)
+        daemon = self.daemon
+        launcher = LocalLauncher(Path.cwd(), sweep_id, cpu_only=self.gpus == [CPU], guardian=self.guardian,
+                                 kill_grace=self.settings.kill_grace, cgroups=cgroups,
+                                 group=sweep_group(self.output_dir),
+                                 extra_env={**self.env, **(daemon.env if daemon is not None else {})},
+                                 device_ids=dict(zip(self.gpus, daemon.devices)) if daemon is not None else {})
+        return launcher, GpuPool(self.gpus, self.policy, self.probe)
 
-
-def check_slurm(options: SlurmOptions) -> None:
-    """Before anything is submitted: Slurm answers here (sinfo), and the partition asked for exists."""
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60,
-                             stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise UserError(f"--backend slurm: Slurm does not answer here (sinfo: {e})") from None
-    if out.returncode != 0:
-        last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
-        raise UserError(f"--backend slurm: Slurm does not answer here (sinfo: {one_line(last[0], 300)})")
-    partitions = [p.rstrip("*") for p in out.stdout.split()]
-    missing = [p for p in (options.partition or "").split(",") if p and p not in partitions]  # a list: any of them
-    if missing:
-        raise UserError(f"--slurm-partition {options.partition}: no partition {missing[0]!r} here (sinfo lists: "
-                        f"{', '.join(partitions) or 'none'})")
+    def close(self, say: Callable[[str], None] | None = None) -> None:
+        if self.daemon is not None:
+            trouble = self.daemon.stop()
+            if trouble is not None and say is not None:
+                say(f"MPS: {trouble}")
+            if say is not None:
+                self.daemon = None
+        if self.guardian is not None:
+            self.guardian.wait()
+            self.guardian = None
+        if say is None and self.probe is not None:
+            self.probe.close()
+            self.probe = None
 
 
-class captured_stderr:
-    """File descriptor 2 into a temporary file for a while: sbatch's messages (which submitit lets through)
-    go into the run's error instead of over the live view. `text` holds them afterwards."""
-
-    text = ""
-
-    def __enter__(self) -> captured_stderr:
-        import tempfile
-
-        sys.stderr.flush()
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        self.text = ""
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._file.seek(0)
-        self.text = self._file.read().decode("utf-8", errors="replace")
-        self._file.close()
+BACKENDS: dict[str, Any] = {"local": LocalBackend, "slurm": "backend slurm"}  # --backend NAME: a class, or its extra
 
 
-def slurm_executor(submitit: Any, folder: Path, options: SlurmOptions) -> Any:
-    """submitit's SlurmExecutor with the options' parameters; UserError when this is no Slurm cluster or
-    submitit refuses a parameter."""
-    try:
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.requeues)
-    except RuntimeError as e:
-        raise UserError(f"--backend slurm: {e} (srun is not on PATH)") from None
-    try:
-        executor.update_parameters(**options.parameters(options.gpus_per_run or 0, "train_sweep"))
-    except (ValueError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"--slurm-param: submitit refuses it: {first}") from None
-    return executor
+def backend_class(name: str) -> Any:
+    """The Backend class for --backend NAME: this file's, or an extra's (imported now)."""
+    found = BACKENDS[name]
+    return extra(found) if isinstance(found, str) else found
 
-
-class SlurmTask:
-    """What a run's Slurm job runs (pickled by submitit, called on the node): the train command in its run
-    folder with the same environment contract as locally (Slurm sets CUDA_VISIBLE_DEVICES), its stdout and
-    stderr written straight to the run's log files and combined.log made from them on the node, so that
-    a detached sweep loses nothing. Returns the exit code. On SIGTERM (scancel, a requeue) it ends the
-    command and exits without a result, so that only a command that ended on its own is a result. On
-    submitit's checkpoint signal (a time limit or preemption coming) it ends the command (SIGTERM, the grace
-    period, SIGKILL) and asks submitit to requeue it, up to `requeues` times."""
-
-    def __init__(self, argv: list[str], argv_template: list[str], command_len: int, cwd: str, env: dict[str, str],
-                 logs: tuple[Path, Path, Path], grace: float, requeues: int, restarts: int = 0) -> None:
-        self.argv, self.argv_template, self.command_len = argv, argv_template, command_len
-        self.cwd, self.env, self.logs, self.grace = cwd, env, logs, grace
-        self.requeues, self.restarts = requeues, restarts
-        self._popen: Any = None
-        self._follower: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_popen", "_follower")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _popen=None, _follower=None)
-
-    def __call__(self) -> dict[str, Any]:
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if job else os.environ.get("SLURM_JOB_ID", "?")
-        env = {**os.environ, **self.env, "TRAIN_SWEEP_SLURM_JOB_ID": job}
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")  # no GPU asked for: none, not every GPU of the node
-        argv = self.argv
-        if self.argv_template:  # {gpu}: the GPUs Slurm gave the job
-            text = env["CUDA_VISIBLE_DEVICES"]
-            argv = [a.replace("{gpu}", text) for a in self.argv_template[: self.command_len]] + \
-                self.argv_template[self.command_len:]
-        stdout, stderr, combined = self.logs
-        restart = max(self.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
-        with open(stdout, "ab") as out, open(stderr, "ab") as err:
-            self._follower = LogFollower(stdout, stderr, combined, resume=True)  # from here on into combined.log
-            if restart:
-                err.write(b"train_sweep: job %s restarted by Slurm (restart %d) on %s\n"
-                          % (job.encode(), restart, os.uname().nodename.encode()))
-                err.flush()
-            signal.signal(signal.SIGTERM, self._terminated)
-            started = time.time()
-            self._popen = subprocess.Popen(argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                           stderr=err, start_new_session=True)
-        while (rc := self._popen.poll()) is None:
-            time.sleep(0.2)
-            self._follower.pump()
-        self._follower.pump(final=True)
-        self._follower.close()
-        return {"returncode": rc, "started_at": started, "ended_at": time.time(), "node": os.uname().nodename,
-                "restarts": restart, "argv": argv, "gpus": env["CUDA_VISIBLE_DEVICES"]}
-
-    def _end_command(self) -> None:
-        """SIGTERM to the command's process group, SIGKILL after the grace period; its last output kept."""
-        if self._popen is None:
-            return
-        signal_group(self._popen.pid, signal.SIGTERM)
-        try:
-            self._popen.wait(self.grace)
-        except subprocess.TimeoutExpired:
-            signal_group(self._popen.pid, signal.SIGKILL)
-            self._popen.wait()
-        signal_group(self._popen.pid, signal.SIGKILL)  # leftovers of its group
-        if self._follower is not None:
-            self._follower.pump(final=True)
-
-    def _terminated(self, signum: int, frame: Any) -> None:
-        self._end_command()
-        os._exit(128 + signum)  # no result: Slurm says why the job ended (cancelled, requeued)
-
-    def checkpoint(self) -> Any:
-        """submitit's hook for a coming time limit or preemption: end the command, requeue the job."""
-        from submitit.helpers import DelayedSubmission
-
-        self._end_command()
-        if self.restarts >= self.requeues:
-            with open(self.logs[1], "ab") as err:
-                err.write(b"train_sweep: Slurm stops the job (time limit or preemption); it was requeued %d time(s), "
-                          b"the bound (--slurm-requeues)\n" % self.restarts)
-            if self._follower is not None:
-                self._follower.pump(final=True)
-            return None  # submitit then records the job as not requeued
-        return DelayedSubmission(SlurmTask(self.argv, self.argv_template, self.command_len, self.cwd, self.env,
-                                           self.logs, self.grace, self.requeues, self.restarts + 1))
-
-
-@dataclasses.dataclass(eq=False)
-class SlurmAttempt:
-    """A run's attempt as a Slurm job: the submitit job once submitted, what Slurm last said of it."""
-
-    run: Run
-    task: SlurmTask | None  # None: re-attached to a job an earlier sweep submitted
-    job: Any = None  # submitit's SlurmJob, once submitted
-    error: str | None = None  # why it could not be submitted (or was lost)
-    submitted_at: float = 0.0
-    state: str = "PENDING"  # Slurm's latest word
-    node: str = ""
-    ran: bool = False  # it has been seen running (a later PENDING is a requeue)
-    requeued: int = 0
-    reader: LogFollower | None = None  # its stdout, for metrics (combined.log is made on the node)
-    polled: bool = False  # looked at once (a re-attached job found ended at the first look ended unwatched)
-    asked: int = 0  # the sacct answer it was last judged on
-    cancelled: bool = False  # the sweep cancelled it (Ctrl+C, the pruner, fail fast)
-    final_lines: list[str] | None = None  # its last stdout lines, read when it ended (for observe)
-
-
-class SlurmLauncher:
-    """Runs as Slurm jobs through submitit: start() queues a run, flush() submits what was queued (a job
-    array for runs that ask for the same resources), poll() looks for the job's result (the train command's
-    exit code, written by submitit when the command ended on its own) and otherwise asks Slurm (sacct, at
-    most every SACCT_S for all jobs) whether the job ended without one: failed, cancelled, timeout, node
-    failure, preempted. stop() cancels the job (scancel). With detach the jobs are left to Slurm."""
-
-    def __init__(self, options: SlurmOptions, folder: Path, cwd: Path, sweep_id: str, kill_grace: float,
-                 extra_env: Mapping[str, str] | None = None, group: str = "") -> None:
-        self.submitit = import_submitit()
-        self.options, self.folder, self.cwd = options, folder, cwd
-        self.executor = slurm_executor(self.submitit, folder, options)
-        self.sweep_id, self.group, self.kill_grace = sweep_id, group or sweep_id, kill_grace
-        self.extra_env = dict(extra_env or {})
-        self.unsubmitted: list[SlurmAttempt] = []
-        self.jobs: set[SlurmAttempt] = set()
-        self.notes: list[str] = []
-        self._sacct_at = -math.inf
-        self._asks = 0  # sacct calls so far: each attempt is judged on a new answer once
-        self.info: dict[str, dict[str, str]] = {}  # sacct's latest word on each job
-        from submitit.slurm.slurm import SlurmInfoWatcher
-
-        self._parse = SlurmInfoWatcher().read_info  # submitit's reading of sacct's output (job arrays' ranges)
-        self._sacct_failed = False
-        self._array_size: int | None = None
-        self._reasons_at = 0.0
-        self._said_reasons: set[str] = set()
-        self.reasons: dict[str, int] = {}  # why jobs wait, other than their turn (squeue's reason)
-
-    def env(self, run: Run) -> dict[str, str]:
-        env = {**self.extra_env, **run_env(run, self.sweep_id), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        for key, value in tracker_env({**os.environ, **self.extra_env}, self.group, run).items():
-            env.setdefault(key, value)
-        return env
-
-    def start(self, run: Run, gpus: tuple[int, ...]) -> SlurmAttempt:
-        if run.job_id and run.reattach:  # a job an earlier sweep submitted: followed, not submitted again
-            attempt = SlurmAttempt(run, None, self.submitit.SlurmJob(self.folder, run.job_id),
-                                   submitted_at=-math.inf)  # long ago: unknown to Slurm means lost at once
-            self.jobs.add(attempt)
-            return attempt
-        prepare_run_dir(run)
-        try:
-            for path in (run.stdout_log, run.stderr_log, run.combined_log):
-                open(path, "wb").close()
-        except OSError as e:
-            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-        task = SlurmTask(list(run.argv), list(run.argv_template), run.command_len, str(self.cwd), self.env(run),
-                         (run.stdout_log, run.stderr_log, run.combined_log), self.kill_grace, self.options.requeues)
-        attempt = SlurmAttempt(run, task)
-        self.unsubmitted.append(attempt)
-        return attempt
-
-    def flush(self) -> None:
-        """Submit the queued runs: one job array per set of runs that ask for the same resources (sbatch once
-        for all of them); a submission that fails fails its runs, with sbatch's message."""
-        queued, self.unsubmitted = self.unsubmitted, []
-        if not queued:
-            return  # (the loop calls this at every wake-up)
-        by_gpus: dict[int, list[SlurmAttempt]] = {}
-        for attempt in queued:
-            by_gpus.setdefault(self._gpus(attempt.run), []).append(attempt)
-        chunk = self._max_array()
-        batches = [(gpus, group[i:i + chunk]) for gpus, group in by_gpus.items() for i in range(0, len(group), chunk)]
-        for gpus, attempts in batches:
-            names = attempts[0].run.name if len(attempts) == 1 else f"{self.group}"
-            said = captured_stderr()
-            try:
-                self.executor.update_parameters(**self.options.parameters(gpus, f"ts-{names}"[:100]))
-                with said:
-                    if len(attempts) == 1:
-                        jobs = [self.executor.submit(attempts[0].task)]
-                    else:
-                        with self.executor.batch():  # one sbatch: a job array
-                            jobs = [self.executor.submit(attempt.task) for attempt in attempts]
-            except Exception as e:  # sbatch refused (a limit, an account, a node that cannot exist): the runs fail
-                lines = [line for line in said.text.splitlines() if line.strip()] or str(e).splitlines()
-                message = one_line(" ".join((lines[-1] if lines else type(e).__name__).split()), 400)
-                for attempt in attempts:
-                    attempt.error = attempt.run.error = f"Slurm refused the job: {message}"
-                    self.jobs.add(attempt)
-                continue
-            now = time.monotonic()
-            for attempt, job in zip(attempts, jobs):
-                attempt.job, attempt.submitted_at = job, now
-                attempt.run.job_id = job.job_id
-                self.jobs.add(attempt)
-        self._sacct_at = -math.inf  # the new jobs' states at the next poll
-
-    def _max_array(self) -> int:
-        """How many tasks one job array may have here (Slurm's MaxArraySize less one; 1000 if unknown)."""
-        if self._array_size is None:
-            self._array_size = 1000
-            try:
-                out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
-                found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
-                if found and int(found.group(1)) > 1:
-                    self._array_size = int(found.group(1)) - 1
-            except (OSError, subprocess.SubprocessError):
-                pass
-        return self._array_size
-
-    def _gpus(self, run: Run) -> int:
-        return run.gpus_needed if self.options.gpus_per_run is None else self.options.gpus_per_run
-
-    def poll(self, handle: SlurmAttempt) -> Outcome | None:
-        attempt = handle
-        outcome = self._poll(attempt)
-        if attempt.task is None and outcome is not None and (not attempt.polled or attempt.state == "UNKNOWN"):
-            # re-attached, and found ended (or lost): it ended while no sweep followed it
-            outcome = dataclasses.replace(outcome, rerun=f"its Slurm job {attempt.job.job_id} ended "
-                                                         f"({attempt.state.lower()}) while no sweep followed it: "
-                                                         "submitted again, as resume runs what did not complete")
-        attempt.polled = True
-        return outcome
-
-    def _poll(self, attempt: SlurmAttempt) -> Outcome | None:
-        if attempt.error is not None:
-            self.jobs.discard(attempt)
-            return Outcome(None, error=attempt.error, ran=False)
-        if attempt.job is None:
-            return None  # not submitted yet
-        attempt.run.reattach = False  # reported: from here on it is this sweep's
-        now = time.monotonic()
-        if now - self._sacct_at >= SACCT_S:
-            self._sacct_at = now
-            self._ask_sacct()
-        asked, attempt.asked = attempt.asked != self._asks, self._asks  # a new answer since this job's last look
-        self._follow_state(attempt, now)
-        if attempt.state not in ("PENDING", "REQUEUED") or attempt.ran or asked:  # sacct lags: a short job can
-            # end while it still says PENDING; queued jobs are looked at with each sacct call, others at each poll
-            outcome = self._result(attempt)
-            if outcome is not None:
-                return outcome
-        if attempt.state in SLURM_ACTIVE and not ((attempt.state == "UNKNOWN" or attempt.cancelled) and asked and
-                                                  self._lost(attempt, now)):
-            return None
-        outcome = self._result(attempt)  # it may have ended between the look and sacct's word
-        return outcome or self._ended_without_result(attempt)
-
-    def _ask_sacct(self) -> None:
-        """One sacct call for every job the sweep follows (what submitit's watcher does, but also for states
-        it takes for final, SUSPENDED or CONFIGURING, and with its complaints kept off the terminal)."""
-        ids = sorted({a.job.job_id.split("_")[0] for a in self.jobs if a.job is not None})
-        if not ids:
-            return
-        self._asks += 1
-        try:
-            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", ",".join(ids)],
-                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError) as e:
-            out = subprocess.CompletedProcess([], 1, "", str(e))
-        if out.returncode == 0:
-            self.info.update(self._parse(out.stdout))
-            self._ask_reasons()
-        elif not self._sacct_failed:
-            self._sacct_failed = True
-            last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
-            self.notes.append(f"warning: sacct fails here ({one_line(last[0], 200)}): a job that ends without its "
-                              f"command's exit code is noticed once squeue no longer lists it ({SLURM_GONE_S:g} s "
-                              "after its submission at the earliest)")
-
-    def _ask_reasons(self) -> None:
-        """Why jobs wait in the queue (squeue's reason), every 15 s once one has waited 10 s: a reason that
-        is not a turn in the queue (a partition's time limit, an account's limit, ...) is said once."""
-        now = time.monotonic()
-        waiting = [a for a in self.jobs if a.job is not None and not a.ran and now - a.submitted_at >= 10.0]
-        if not waiting or now < self._reasons_at:
-            return
-        self._reasons_at = now + 15.0
-        try:
-            out = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i|%r", "-j",
-                                  ",".join(sorted({a.job.job_id.split("_")[0] for a in waiting}))],
-                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError):
-            return
-        reasons: dict[str, int] = {}
-        for line in out.stdout.splitlines():
-            job, _, reason = line.partition("|")
-            if reason and reason not in SLURM_TURN:
-                reasons[reason] = reasons.get(reason, 0) + (job.count(",") + 1 if "[" not in job else 1)
-        for reason, n in reasons.items():
-            if reason not in self._said_reasons:
-                self._said_reasons.add(reason)
-                self.notes.append(f"{'waiting':<11} Slurm holds job(s) of this sweep: {reason}; such a job may never "
-                                  "start (check --slurm-time against the partition's limit, --slurm-partition, "
-                                  "--slurm-param account/qos; squeue --me says more)")
-        self.reasons = reasons
-
-    def _follow_state(self, attempt: SlurmAttempt, now: float) -> None:
-        info = self.info.get(attempt.job.job_id, {})
-        state = (info.get("State") or "UNKNOWN").split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
-        node = info.get("NodeList", "")
-        if state == attempt.state:
-            return
-        run = attempt.run
-        if state == "RUNNING":
-            if attempt.ran and attempt.state in ("PENDING", "REQUEUED", "PREEMPTED"):
-                self.notes.append(f"{'running':<11} {run.name}: Slurm job {run.job_id} runs again on {node}")
-            attempt.ran = True
-            attempt.node = run.node = node if node not in ("", "None assigned") else attempt.node
-        elif attempt.state not in ("PENDING", "REQUEUED", "PREEMPTED", "REQUEUE_HOLD") and (
-                state in ("REQUEUED", "REQUEUE_HOLD") or (state in ("PENDING", "PREEMPTED") and attempt.ran)):
-            self._requeued(attempt, attempt.requeued + 1, state.lower())
-        attempt.state = state
-
-    def _requeued(self, attempt: SlurmAttempt, count: int, how: str) -> None:
-        """Slurm requeued the job (preemption, a time limit, scontrol requeue): said once per requeue."""
-        run = attempt.run
-        attempt.requeued = run.slurm_requeues = count
-        self.notes.append(f"{'requeued':<11} {run.name}: Slurm job {run.job_id} was stopped ({how}) and requeued "
-                          f"({count}); its command starts again in the same folder")
-
-    def _lost(self, attempt: SlurmAttempt, now: float) -> bool:
-        """squeue no longer lists a job that Slurm's accounting never heard of (purged, another cluster) long
-        after it was submitted, or that the sweep cancelled (a queued array task cancelled before it ran has
-        no row of its own in sacct)."""
-        if now - attempt.submitted_at < SLURM_GONE_S and not attempt.cancelled:
-            return False
-        try:
-            out = subprocess.run(["squeue", "-h", "-j", attempt.job.job_id, "-o", "%T"], capture_output=True,
-                                 text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return out.returncode != 0 or not out.stdout.strip()
-
-    def _result(self, attempt: SlurmAttempt) -> Outcome | None:
-        """The outcome submitit recorded for the job: the command's exit code, or the wrapper's error."""
-        path = attempt.job.paths.result_pickle
-        if not path.exists():
-            return None
-        try:
-            import cloudpickle
-
-            with open(path, "rb") as f:
-                kind, value = cloudpickle.load(f)
-        except (OSError, EOFError, ValueError, ImportError, AttributeError, TypeError) as e:
-            return self._done(attempt, Outcome(None, error=f"cannot read Slurm job {attempt.job.job_id}'s result "
-                                                           f"{path}: {e}"))
-        if kind == "success" and isinstance(value, dict):
-            attempt.run.node = value.get("node") or attempt.node
-            attempt.run.argv = list(value.get("argv") or attempt.run.argv)  # {gpu} as the job filled it
-            attempt.run.gpus = tuple(int(g) for g in str(value.get("gpus") or "").split(",") if g.strip().isdigit())
-            restarts = int(value.get("restarts") or 0)
-            if restarts > attempt.requeued:  # requeued between two looks of sacct
-                self._requeued(attempt, restarts, "seen from its restart count")
-            return self._done(attempt, Outcome(value.get("returncode"), value.get("ended_at"),
-                                               started_at=value.get("started_at")))
-        text = str(value)
-        if "not requeued" in text:  # the checkpoint signal came once more than --slurm-requeues allows
-            return self._done(attempt, Outcome(None, hint=HINT_TIMEOUT, error=(
-                f"Slurm stopped job {attempt.job.job_id} (time limit or preemption) after {self.options.requeues} "
-                "requeue(s), the bound (--slurm-requeues)")))
-        last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["(no trace)"]
-        return self._done(attempt, Outcome(None, error=f"the job's wrapper failed on {attempt.node or 'its node'}: "
-                                                       f"{one_line(last[0], 300)} (see {attempt.job.paths.stderr})"))
-
-    def _ended_without_result(self, attempt: SlurmAttempt) -> Outcome:
-        state, job = attempt.state, attempt.job.job_id
-        hint = {"TIMEOUT": HINT_TIMEOUT, "DEADLINE": HINT_TIMEOUT, "NODE_FAIL": HINT_NODE_FAILURE,
-                "PREEMPTED": HINT_PREEMPTED, "BOOT_FAIL": HINT_NODE_FAILURE}.get(state)
-        why = {
-            "TIMEOUT": f"Slurm ended job {job} at its time limit",
-            "DEADLINE": f"Slurm ended job {job} at its deadline",
-            "NODE_FAIL": f"job {job}'s node {attempt.node or ''} failed",
-            "BOOT_FAIL": f"job {job}'s node {attempt.node or ''} failed to boot",
-            "PREEMPTED": f"Slurm preempted job {job} and did not requeue it",
-            "OUT_OF_MEMORY": f"job {job} ran out of host memory (--slurm-mem-gb)",
-            "CANCELLED": f"job {job} was cancelled outside the sweep (scancel, or an administrator)",
-            "COMPLETED": f"job {job} ended without its command's exit code (its wrapper was killed)",
-            "UNKNOWN": f"Slurm no longer knows job {job} and it left no result",
-        }.get(state, f"Slurm job {job} ended {state} without its command's exit code (killed: see "
-                     f"{attempt.job.paths.stderr})")
-        return self._done(attempt, Outcome(None, hint=hint, error=why))
-
-    def _done(self, attempt: SlurmAttempt, outcome: Outcome) -> Outcome:
-        """The job has ended: what its command wrote last is read now (for observe), however short it ran."""
-        self.jobs.discard(attempt)
-        if outcome.started_at is None and not attempt.ran:
-            outcome = dataclasses.replace(outcome, ran=False)
-        reader = attempt.reader or self._reader(attempt)
-        if reader is not None:
-            attempt.final_lines = reader.pump(final=True)
-            reader.close()
-        attempt.reader = None
-        return outcome
-
-    @staticmethod
-    def _reader(attempt: SlurmAttempt) -> LogFollower | None:
-        try:
-            return LogFollower(attempt.run.stdout_log, attempt.run.stderr_log, None)
-        except OSError:
-            return None
-
-    def stop(self, handle: SlurmAttempt, hard: bool) -> bool:
-        attempt = handle
-        if attempt.job is None:  # queued, not submitted: it never starts
-            if attempt in self.unsubmitted:
-                self.unsubmitted.remove(attempt)
-                attempt.error = "cancelled before it was submitted"
-                self.jobs.add(attempt)
-            return True
-        if attempt.job.paths.result_pickle.exists():
-            return False  # its command ended on its own: its exit code stands
-        attempt.cancelled = True
-        try:
-            subprocess.run(["scancel", *(["--signal=KILL", "--full"] if hard else []), attempt.job.job_id],
-                           capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as e:
-            self.notes.append(f"warning: scancel {attempt.job.job_id} failed: {e}")
-        self._sacct_at = -math.inf
-        return True
-
-    def observe(self, handle: SlurmAttempt) -> list[str]:
-        attempt = handle
-        if attempt.final_lines is not None:  # it has ended: what it wrote last, once
-            lines, attempt.final_lines = attempt.final_lines, []
-            return lines
-        if attempt.reader is None:
-            if not attempt.ran:
-                return []  # queued (its logs are opened once it runs: a long queue holds no files open)
-            attempt.reader = self._reader(attempt)
-        return attempt.reader.pump() if attempt.reader is not None else []
-
-    def next_poll(self, now: float) -> float | None:
-        return now + SLURM_POLL_S if self.jobs or self.unsubmitted else None
-
-    def queued(self) -> int:
-        return len(self.queued_attempts()) + len(self.unsubmitted)
-
-    def withdraw(self, handle: SlurmAttempt) -> bool:
-        if handle.ran or handle.error or handle.state not in ("PENDING", "REQUEUED", "UNKNOWN"):
-            return False
-        return self.stop(handle, hard=False)
-
-    def queued_attempts(self) -> list[SlurmAttempt]:
-        return [a for a in self.jobs if a.state in ("PENDING", "REQUEUED", "UNKNOWN") and not a.error]
-
-    def describe(self) -> list[str]:
-        """The jobs as Slurm has them: pending and running per partition, with the nodes."""
-        pending = len(self.queued_attempts())
-        running = [a for a in self.jobs if a.state in ("RUNNING", "COMPLETING")]
-        nodes: dict[str, int] = {}
-        for a in running:
-            nodes[a.node or "?"] = nodes.get(a.node or "?", 0) + 1
-        where_ = ", ".join(f"{n} on {node}" for node, n in sorted(nodes.items()))
-        part = self.options.partition or "default partition"
-        held = "; held: " + ", ".join(f"{n} {r}" for r, n in self.reasons.items()) if self.reasons else ""
-        return [f"slurm {part}: {len(running)} running" + (f" ({where_})" if where_ else "") + f", {pending} pending"
-                + held]
-
-    def close(self, detach: bool = False) -> None:
-        """Nothing is left to end: jobs the sweep was following ended or were cancelled (or, detached, are
-        left to Slurm)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -4617,6 +3238,144 @@ class Wakeups:
             pass
 
 
+class Leaderboard:
+    """The best so far by the ranking metric: each running or complete run's latest value, and the run that
+    leads. `say` hears a line when another run takes the lead."""
+
+    def __init__(self, metric: str | None, mode: str, say: Callable[[str], None]) -> None:
+        self.metric, self.mode, self.say = metric, mode, say
+        self.board: dict[Run, float] = {}
+        self.leader: Run | None = None
+
+    def rank(self, run: Run, value: float) -> None:
+        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
+        before = self.board.get(run)
+        self.board[run] = value
+        if run is self.leader:
+            if before is None or not better(before, value, self.mode):
+                return  # it still leads (it got better, or no worse)
+            self.elect()
+        elif self.leader is None or better(value, self.board[self.leader], self.mode):
+            self.leader = run
+            self._announce()
+
+    def unrank(self, run: Run) -> None:
+        """A run that ended without a result (failed, interrupted, ...) leaves the board."""
+        if self.board.pop(run, None) is not None and run is self.leader:
+            self.elect()
+
+    def elect(self, announce: bool = True) -> None:
+        found = best_of(self.board, self.board.get, self.mode) if self.board else None
+        leader = found[1] if found else None
+        if leader is not self.leader:
+            self.leader = leader
+            if announce and leader is not None:
+                self._announce()
+
+    def _announce(self) -> None:
+        if self.leader is None:
+            return
+        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
+        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
+        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  top 3: {top}")
+
+    def top(self, k: int) -> list[tuple[Run, float]]:
+        import heapq
+
+        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
+        return pick(k, self.board.items(), key=lambda rv: rv[1])
+
+
+class MetricFeed:
+    """Where a running run's metrics come from, read as they grow: its stdout lines (MetricReader), its
+    metrics.jsonl (read on from where the last look stopped), and its TensorBoard event files (an extra)."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
+        self.say = say
+        self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
+        follower = optional_extra("metrics tensorboard")  # None when the extras are not beside this file
+        self.tensorboard = follower(settings.metric) if follower is not None and settings.metric else None
+
+    def points(self, run: Run, lines: list[str], now: float, final: bool = False
+               ) -> tuple[list[tuple[int | None, dict[str, float]]], list[tuple[int | None, dict[str, float]]]]:
+        """The (step, values) the run printed in `lines`, and those it wrote to its files since the last look."""
+        printed = self.reader.from_lines(lines)
+        written = self._read_jsonl(run, final)
+        if self.tensorboard is not None:
+            written += self.tensorboard.points(run.run_dir, now, final, run.start_time)
+            if self.tensorboard.note:
+                self.say(self.tensorboard.note)
+                self.tensorboard.note = None
+        return printed, written
+
+    def forget(self, run: Run) -> None:
+        """The run's attempt has ended: its files are read from the start by its next attempt."""
+        self._jsonl_at.pop(run, None)
+        if self.tensorboard is not None:
+            self.tensorboard.forget(run.run_dir)
+
+    def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
+        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
+        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
+        path = run.run_dir / "metrics.jsonl"
+        at, skipping = self._jsonl_at.get(run, (0, False))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        chunks = []
+        try:
+            if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
+                return []
+            while data := os.pread(fd, 4 * MB, at):
+                end = data.find(b"\n") if skipping else data.rfind(b"\n")
+                if end < 0 and (skipping or len(data) == 4 * MB):  # inside a line too long to keep
+                    at, skipping = at + len(data), True
+                    continue
+                if skipping:
+                    at, skipping = at + end + 1, False
+                    continue
+                if end < 0 and not final:
+                    break  # an unfinished last line: the next look reads it whole
+                chunk = data if end < 0 else data[: end + 1]
+                chunks.append(chunk)
+                at += len(chunk)
+        finally:
+            os.close(fd)
+        self._jsonl_at[run] = (at, skipping)
+        points = []
+        for line in b"".join(chunks).splitlines():
+            try:
+                point = self.reader.from_json(json.loads(line))
+            except (ValueError, RecursionError):
+                continue
+            if point is not None:
+                points.append(point)
+        return points
+
+
+
+class FailFast:
+    """The first runs all failing within seconds with the same error is a broken setup (a typo in a
+    hyperparameter's name, a missing file), not forty separate failures: say so, and stop launching."""
+
+    def __init__(self, on: bool) -> None:
+        self.early: list[tuple[str, str, str]] | None = [] if on else None  # see broken_setup
+
+    def check(self, run: Run, now: float, running: Iterable[Run]) -> str | None:
+        """Why the sweep must stop launching after this attempt ended, or None."""
+        if self.early is None or run.state == State.INTERRUPTED:
+            return None
+        quick = run.state == State.FAILED and (run.duration or 0.0) < FAIL_FAST_S
+        if not quick or any(now - r.started_at >= FAIL_FAST_S for r in running):
+            self.early = None  # runs do get going: failures from here on are the runs' own
+            return None
+        line = run.error or tail_lines(run.stderr_log, 1).strip() or f"exit code {run.returncode}, stderr empty"
+        self.early.append((run.name, line, str(run.error and run.run_dir or run.stderr_log)))
+        return broken_setup(self.early)
+
+
 class Sweep:
     """The event loop: wait for an event (a run ended, output appeared, a timer, a signal), update the
     state, record what finished, place what can start, report. Runs come from a RunSource, run through a
@@ -4626,27 +3385,24 @@ class Sweep:
         self,
         source: RunSource,
         launcher: Launcher,
-        pool: GpuPool,
+        pool: Placement,
         results: ResultsWriter,
         reporter: Reporter,
         settings: Settings,
         previous: Sequence[Run] = (),
         clock: Callable[[], float] = time.monotonic,
         wakeups: Wakeups | None = None,
-        best_k: BestK | None = None,
+        best_k: Any = None,
     ) -> None:
         from collections import deque
 
         self.source, self.launcher, self.pool = source, launcher, pool
         self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
-        self.timeout = (settings.timeout or None) if settings.backend == "local" else None  # Slurm keeps its own
+        self.timeout = None if launcher.own_timeout else settings.timeout or None  # a cluster keeps its own
         self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
         self.metric, self.mode = settings.rank_metric, settings.rank_mode
-        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
-        self.board: dict[Run, float] = {}  # the ranking metric's latest value of each running or complete run
-        self.leader: Run | None = None
-        self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
-        self.tensorboard = TensorBoardFollower(settings.metric)
+        self.feed = MetricFeed(settings, reporter.event)
+        self.leaders = Leaderboard(self.metric, self.mode, reporter.event)
         self.best_k = best_k
         self.active: dict[Run, Attempt] = {}
         self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
@@ -4661,15 +3417,15 @@ class Sweep:
             self._count(run)
             value = metric_of(run.metrics, self.metric)
             if value is not None and run.state == State.COMPLETE:
-                self.board[run] = value
+                self.leaders.board[run] = value
                 if best_k is not None:
                     best_k.add(run, value, publish=False)
         if best_k is not None:  # rebuilt at every start: links to set-aside folders (--rerun) go
             best_k.publish()
-        self._elect(announce=False)
+        self.leaders.elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
         self.halted: str | None = None  # why no more runs are started (a broken setup: fail fast)
-        self.early: list[tuple[str, str, str]] | None = None if settings.no_fail_fast else []  # see broken_setup
+        self.fail_fast = FailFast(not settings.no_fail_fast)
         self.killed = False
         self.fatal: str | None = None
         self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
@@ -4732,11 +3488,7 @@ class Sweep:
             name = signal.Signals(self.wakeups.signals.pop(0)).name
             if self.stop is None:
                 self.stop = name
-                self.reporter.event(
-                    f"{name}: stopping; ending {len(self.active)} running run(s) (SIGTERM, SIGKILL after "
-                    f"{self.settings.kill_grace:g}s; press Ctrl+C again to kill now)" if self.settings.backend == "local"
-                    else f"{name}: stopping; cancelling the sweep's {len(self.active)} Slurm job(s) (scancel)"
-                )
+                self.reporter.event(f"{name}: stopping; {self.launcher.stopping(len(self.active))}")
                 for attempt in self.active.values():
                     self._end(attempt, State.INTERRUPTED, now)
             elif not self.killed:
@@ -4791,14 +3543,13 @@ class Sweep:
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
             self.pool.ended(run, now)
             self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
-            self._jsonl_at.pop(run, None)
-            self.tensorboard.forget(run.run_dir)
+            self.feed.forget(run)
             run.metrics = read_metrics(run, self.metric)
             final = metric_of(run.metrics, self.metric)
             if run.state == State.COMPLETE and final is not None:
-                self._rank(run, final)
+                self.leaders.rank(run, final)
             else:
-                self._unrank(run)
+                self.leaders.unrank(run)
                 if run.state == State.COMPLETE and self.metric:
                     run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
             if outcome.note:
@@ -4807,7 +3558,7 @@ class Sweep:
 
     def _ended(self, run: Run, rerun: str | None = None) -> None:
         """An attempt is over: decide its requeue, count it, report it; it is recorded in _record. `rerun`:
-        it ended while no sweep followed it (a detached Slurm job): it runs again, as resume would run it."""
+        it ended while no sweep followed it (a detached cluster job): it runs again, as resume would run it."""
         requeue = None
         if self.stop is None:
             requeue = rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
@@ -4822,24 +3573,16 @@ class Sweep:
         self._check_setup(run)
 
     def _check_setup(self, run: Run) -> None:
-        """Fail fast: the first runs all failing within seconds with the same error is a broken setup (a typo
-        in a hyperparameter's name, a missing file), not forty separate failures."""
-        if self.early is None or self.halted or run.state in (State.INTERRUPTED,):
+        """Fail fast (FailFast): on a broken setup, no more runs are started, and queued jobs withdrawn."""
+        if self.halted:
             return
-        now = self.clock()
-        quick = run.state == State.FAILED and (run.duration or 0.0) < FAIL_FAST_S
-        if not quick or any(now - a.run.started_at >= FAIL_FAST_S for a in self.active.values()):
-            self.early = None  # runs do get going: failures from here on are the runs' own
-            return
-        line = run.error or tail_lines(run.stderr_log, 1).strip() or f"exit code {run.returncode}, stderr empty"
-        self.early.append((run.name, line, str(run.error and run.run_dir or run.stderr_log)))
-        why = broken_setup(self.early)
+        why = self.fail_fast.check(run, self.clock(), self.active)
         if why is not None:
             self.halted = why
             self.reporter.event(f"error: {why}")
             for attempt in self.active.values():  # a cluster's queued jobs are not started either
                 if attempt.ending is None and self.launcher.withdraw(attempt.handle):
-                    attempt.ending = State.PENDING  # back among the runs not started, once Slurm has let it go
+                    attempt.ending = State.PENDING  # back among the runs not started, once the cluster has let it go
 
     def _enforce_deadlines(self, now: float) -> None:
         for attempt in list(self.active.values()):
@@ -4864,14 +3607,9 @@ class Sweep:
         """Metrics in new stdout lines, new lines of the run's metrics.jsonl and its TensorBoard event files:
         each run's latest values, its series (train_sweep_metrics.jsonl, for what it printed), the source,
         the best so far."""
-        if not self.reader.names:
+        if not self.feed.reader.names:
             return
-        printed = self.reader.from_lines(lines)
-        written = self._read_jsonl(run, final) + self.tensorboard.points(run.run_dir, self.clock(), final,
-                                                                            run.start_time)
-        if self.tensorboard.note:
-            self.reporter.event(self.tensorboard.note)
-            self.tensorboard.note = None
+        printed, written = self.feed.points(run, lines, self.clock(), final)
         latest = None
         for step, values in printed + written:
             run.latest.update(values)
@@ -4885,87 +3623,9 @@ class Sweep:
             if why is not None and run in self.active:
                 self._prune(self.active[run], why)
         if latest is not None:
-            self._rank(run, latest)
+            self.leaders.rank(run, latest)
         if printed:
             append_series(run, printed)
-
-    def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
-        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
-        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
-        path = run.run_dir / "metrics.jsonl"
-        at, skipping = self._jsonl_at.get(run, (0, False))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return []
-        chunks = []
-        try:
-            if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
-                return []
-            while data := os.pread(fd, 4 * MB, at):
-                end = data.find(b"\n") if skipping else data.rfind(b"\n")
-                if end < 0 and (skipping or len(data) == 4 * MB):  # inside a line too long to keep
-                    at, skipping = at + len(data), True
-                    continue
-                if skipping:
-                    at, skipping = at + end + 1, False
-                    continue
-                if end < 0 and not final:
-                    break  # an unfinished last line: the next look reads it whole
-                chunk = data if end < 0 else data[: end + 1]
-                chunks.append(chunk)
-                at += len(chunk)
-        finally:
-            os.close(fd)
-        self._jsonl_at[run] = (at, skipping)
-        points = []
-        for line in b"".join(chunks).splitlines():
-            try:
-                point = self.reader.from_json(json.loads(line))
-            except (ValueError, RecursionError):
-                continue
-            if point is not None:
-                points.append(point)
-        return points
-
-    def _rank(self, run: Run, value: float) -> None:
-        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
-        before = self.board.get(run)
-        self.board[run] = value
-        if run is self.leader:
-            if before is None or not better(before, value, self.mode):
-                return  # it still leads (it got better, or no worse)
-            self._elect()
-        elif self.leader is None or better(value, self.board[self.leader], self.mode):
-            self.leader = run
-            self._announce()
-
-    def _unrank(self, run: Run) -> None:
-        """A run that ended without a result (failed, interrupted, ...) leaves the best-so-far board."""
-        if self.board.pop(run, None) is not None and run is self.leader:
-            self._elect()
-
-    def _elect(self, announce: bool = True) -> None:
-        found = best_of(self.board, self.board.get, self.mode) if self.board else None
-        leader = found[1] if found else None
-        if leader is not self.leader:
-            self.leader = leader
-            if announce and leader is not None:
-                self._announce()
-
-    def _announce(self) -> None:
-        if self.leader is None:
-            return
-        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
-        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
-        self.reporter.event(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  "
-                            f"top 3: {top}")
-
-    def top(self, k: int) -> list[tuple[Run, float]]:
-        import heapq
-
-        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
-        return pick(k, self.board.items(), key=lambda rv: rv[1])
 
     def _record(self, now: float) -> None:
         """Journal each ended attempt and write its run.json, then requeue it or count it as done."""
@@ -5099,8 +3759,7 @@ class Sweep:
         run.state = State.RUNNING
         run.start_time = time.time()
         run.started_at = now
-        reading = self.pool.readings.get(gpus[0]) if self.pool.probe is not None else None
-        run.free_at_launch_mb = None if reading is None else reading.memory_total_mb - reading.memory_used_mb
+        run.free_at_launch_mb = self.pool.free_mb(gpus[0])
         try:
             handle = self.launcher.start(run, run.gpus)
         except OutputError:
@@ -5158,11 +3817,11 @@ class Sweep:
             mean, now = total / n, time.time()
             left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
             eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.board.get(r), r.step,
+        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.leaders.board.get(r), r.step,
                                 "" if r.job_id is None else run_where(r)) for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
-                        self.pool.policy.memory_threshold_mb, self.waiting, self.stop,
-                        tuple((r.name, v) for r, v in self.top(3)), self.source.status(),
+                        self.pool.threshold_mb, self.waiting, self.stop,
+                        tuple((r.name, v) for r, v in self.leaders.top(3)), self.source.status(),
                         tuple(self.launcher.describe()), self.pool.packing())
 
     def _finish(self) -> int:
@@ -5317,86 +3976,6 @@ class MetricReader:
             return None
         step = next((record[k] for k in STEP_KEYS if _is_number(record.get(k))), None)
         return _step(step), values
-
-
-class TensorBoardFollower:
-    """Metrics from TensorBoard event files under run folders (PyTorch Lightning's default logger, and many
-    repositories), read as they grow with TensorBoard's own reader (pip install 'train-sweep[tensorboard]').
-    A tag counts for a metric when it is its name, or is it with '/' for '_' (val/loss for val_loss). Each run
-    folder is searched for new event files at most every SCAN_S seconds. Without TensorBoard installed, one
-    note says so and event files are skipped."""
-
-    SCAN_S = 5.0
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = set(names)
-        self.loaders: dict[Path, Any] = {}
-        self.skipped: set[Path] = set()
-        self.next_scan: dict[Path, float] = {}
-        self.note: str | None = None  # said once: why event files are not read
-        self._missing = False
-
-    def points(self, run_dir: Path, now: float, final: bool = False,
-               since: float | None = None) -> list[tuple[int | None, dict[str, float]]]:
-        """New points of the event files under run_dir, by step (several writers: the latest step wins);
-        files older than `since` (the attempt's start) are an earlier attempt's and skipped."""
-        if not self.names or self._missing:
-            return []
-        if final or now >= self.next_scan.get(run_dir, 0.0):
-            self.next_scan[run_dir] = now + self.SCAN_S
-            for path in run_dir.glob("**/events.out.tfevents.*"):
-                if path in self.loaders or path in self.skipped:
-                    continue
-                try:
-                    old = since is not None and path.stat().st_mtime < since - 1.0
-                except OSError:
-                    continue
-                if old:
-                    self.skipped.add(path)
-                elif not self._open(path):
-                    return []
-        out = []
-        for path, loader in self.loaders.items():
-            if path.is_relative_to(run_dir):
-                out += self._read(loader)
-        return sorted(out, key=lambda p: -1 if p[0] is None else p[0])
-
-    def _open(self, path: Path) -> bool:
-        try:
-            from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-        except ImportError:
-            self._missing = True
-            self.note = (f"note: {path.name} holds TensorBoard metrics; to read them: "
-                         "pip install 'train-sweep[tensorboard]'")
-            return False
-        self.loaders[path] = EventFileLoader(str(path))
-        return True
-
-    def _read(self, loader: Any) -> list[tuple[int | None, dict[str, float]]]:
-        from tensorboard.util import tensor_util
-
-        points = []
-        try:
-            for event in loader.Load():
-                values = {}
-                for value in event.summary.value:
-                    name = value.tag if value.tag in self.names else value.tag.replace("/", "_")
-                    if name in self.names:
-                        if value.HasField("simple_value"):
-                            values[name] = float(value.simple_value)
-                        elif value.HasField("tensor"):
-                            values[name] = float(tensor_util.make_ndarray(value.tensor).reshape(-1)[0])
-                if values:
-                    points.append((int(event.step), values))
-        except Exception:  # noqa: BLE001  a file being written or damaged: what was read stays
-            pass
-        return points
-
-    def forget(self, run_dir: Path) -> None:
-        for path in [p for p in self.loaders if p.is_relative_to(run_dir)]:
-            del self.loaders[path]
-        self.skipped = {p for p in self.skipped if not p.is_relative_to(run_dir)}
-        self.next_scan.pop(run_dir, None)
 
 
 def _number(value: Any) -> float | None:
@@ -5618,129 +4197,6 @@ def archive_attempt_files(run: Run) -> None:
             os.replace(run.run_dir / name, folder / name)
 
 
-KEPT_ALWAYS = frozenset({"train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json",
-                         "metrics.jsonl", SERIES, RUN_MARK})  # in any folder of a run: never a checkpoint
-
-
-def checkpoint_pattern(glob: str) -> re.Pattern[str]:
-    """--checkpoint-glob as a regular expression on paths relative to a run folder: `*` and `?` within one
-    folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt')."""
-    parts = glob.split("/")
-    if not glob or glob.startswith("/") or ".." in parts:
-        raise UserError(f"--checkpoint-glob {glob!r}: must be a pattern inside a run folder (relative, without '..')")
-    out = []
-    for part in re.split(r"(\*\*|\*|\?)", glob):
-        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
-    body = "".join(out)
-    return re.compile(body if "/" in glob else f"(?:.*/)?{body}")
-
-
-def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
-    """The files (and links: a link is a file here, never followed) in a run folder that match, with their
-    sizes; never the run's logs, records or metrics, at any depth."""
-    found = []
-    for top, dirs, files in os.walk(folder, followlinks=False):
-        rel_top = os.path.relpath(top, folder)
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-            rel = name if rel_top == "." else f"{rel_top}/{name}"
-            if name in KEPT_ALWAYS or name.startswith(("config_used", "events.out.tfevents.")) or \
-                    name.endswith(".log") or not pattern.fullmatch(rel):
-                continue
-            path = Path(top) / name
-            try:
-                found.append((path, path.lstat().st_size))
-            except OSError:
-                pass
-    return found
-
-
-def check_best_ranking(output_dir: Path, settings: Settings) -> None:
-    """A resumed sweep whose best/ was ranked by another metric or the other way (a forgotten --mode max)
-    would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing)."""
-    try:
-        before = json.loads((output_dir / "best" / "best.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return
-    if not isinstance(before, dict) or settings.keep_checkpoints:
-        return
-    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.rank_mode):
-        raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
-                        f"this sweep by {settings.rank_mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
-                        "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
-
-
-class BestK:
-    """--top-k K --checkpoint-glob PATTERN: only the K best complete runs keep their checkpoint files. Each
-    complete run with a value enters the ranking once; a run that is not (or no longer) among the K best
-    loses its matching files at once. Running, failed or interrupted runs are never touched (their
-    checkpoints may be what a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
-    value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
-    links and before any deletion, so it never lists a file that is gone."""
-
-    def __init__(self, output_dir: Path, k: int, glob: str, mode: str, metric: str, keep: bool,
-                 say: Callable[[str], None]) -> None:
-        self.folder = output_dir / "best"
-        self.k, self.mode, self.metric, self.keep, self.say = k, mode, metric, keep, say
-        self.pattern = checkpoint_pattern(glob)
-        self.top: list[tuple[float, int, Run]] = []  # the K best, best first
-        self.freed = self.pruned = 0
-
-    def add(self, run: Run, value: float, publish: bool = True) -> None:
-        """A complete run with its value: ranked, and its files or a displaced run's files deleted."""
-        entry = (value if self.mode == "min" else -value, run.index, run)
-        self.top.append(entry)
-        self.top.sort(key=lambda e: (e[0], e[1]))
-        out = self.top.pop() if len(self.top) > self.k else None
-        if out is not entry and publish:
-            self.publish()
-        if out is not None:
-            self.drop(out[2])
-
-    def publish(self) -> None:
-        """best/: the links, then best.json (atomically)."""
-        try:
-            self.folder.mkdir(exist_ok=True)
-            ranked = []
-            wanted = set()
-            for rank, (_, _, run) in enumerate(self.top, 1):
-                link = f"rank_{rank:02d}_{run.name}"
-                wanted.add(link)
-                tmp = self.folder / f".{link}.{os.getpid()}.tmp"
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(os.path.relpath(run.run_dir, self.folder))
-                os.replace(tmp, self.folder / link)
-                kept = [{"path": str(p.relative_to(run.run_dir)), "bytes": size}
-                        for p, size in checkpoint_files(run.run_dir, self.pattern)]
-                ranked.append({"rank": rank, "name": run.name, "value": metric_of(run.metrics, self.metric),
-                               "run_dir": str(run.run_dir), "kept": kept})
-            for old in self.folder.glob("rank_*"):
-                if old.name not in wanted:
-                    old.unlink()
-            write_json_atomic(self.folder / "best.json", {"metric": self.metric, "mode": self.mode, "k": self.k,
-                                                          "runs": ranked})
-        except OSError as e:
-            raise OutputError(f"cannot write {self.folder}: {e.strerror or e}") from None
-
-    def drop(self, run: Run, why: str = "") -> None:
-        """A run displaced from the K best, or one that can never rank (pruned): its checkpoint files go."""
-        files = checkpoint_files(run.run_dir, self.pattern)
-        if not files:
-            return
-        size = 0
-        for path, bytes_ in files:
-            try:
-                if not self.keep:
-                    path.unlink()
-                size += bytes_
-            except OSError:
-                pass
-        verb = "would delete" if self.keep else "deleted"
-        self.freed += size
-        self.pruned += 1
-        self.say(f"{'checkpoints':<11} {run.name}: {why or f'not among the {self.k} best'}: {verb} {len(files)} file(s), "
-                 f"{fmt_bytes(size)}")
-
-
 Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
 
 
@@ -5783,50 +4239,6 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
     return skipped
 
 
-def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
-    """Runs whose Slurm job an earlier sweep submitted and never saw end (detached, or killed): their run.json
-    names the job and an attempt the journal does not hold. They are re-attached to it (Run.reattach), not
-    submitted again: the job is followed if it still runs, collected if it ended."""
-    for run in runs:
-        try:
-            record = json.loads((run.run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict) or record.get("identity") != run.identity or \
-                record.get("state") != State.RUNNING.value or not isinstance(record.get("slurm_job_id"), str):
-            continue
-        if any(r.get("attempt") == record.get("attempt") for r in journal.get(run.name, [])):
-            continue
-        run.job_id, run.reattach = record["slurm_job_id"], True
-        run.attempt = int(record.get("attempt") or 1)
-
-
-def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
-    """Jobs an earlier sweep left queued or running that this sweep does not re-attach to (`keep`): a search's
-    unfinished trials (asked again), runs of another command or hyperparameters, --rerun. They are cancelled
-    before anything is submitted, so that no two jobs write into one folder. Returns what was done, to say."""
-    said = []
-    for path in sorted(output_dir.glob("*/run.json")):
-        if path.parent.name in keep:
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
-                isinstance(record.get("slurm_job_id"), str):
-            try:
-                done = subprocess.run(["scancel", record["slurm_job_id"]], capture_output=True, timeout=60)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if done.returncode != 0:
-                continue  # it had ended
-            said.append(f"{'cancelled':<11} {path.parent.name}: Slurm job {record['slurm_job_id']}, left running by an "
-                        "earlier sweep for what this sweep does not run (a trial asked again, --rerun, another "
-                        "command or hyperparameters)")
-    return said
-
-
 def restore(run: Run, record: Mapping[str, Any]) -> Run:
     """A run as an earlier sweep's journal record left it (not run again: skipped)."""
     run.skipped = True
@@ -5841,22 +4253,6 @@ def restore(run: Run, record: Mapping[str, Any]) -> Run:
     run.end_time = _parse_time(record.get("end_time"))
     run.trial = record.get("trial")
     return run
-
-
-def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[str, Any]]]:
-    """A resumed search's trials that ended for good in earlier sweeps (their last record; an interrupted
-    one was asked again under a new number): in the results, the ranking and the counts again."""
-    out = []
-    for name, records in journal.items():
-        record = records[-1]
-        if not _is_whole(record.get("trial")) or record.get("state") not in {s.value for s in FINISHED_ORDER} or \
-                record.get("state") == State.INTERRUPTED.value or record.get("requeued"):
-            continue
-        run = Run(index=record["trial"], name=name, hyperparams=dict(record.get("hyperparams") or {}),
-                  argv=list(record.get("command") or []), run_dir=output_dir.resolve() / name)
-        run.identity = record.get("identity", "")
-        out.append((restore(run, record), record))
-    return sorted(out, key=lambda rr: rr[0].index)
 
 
 def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -6025,6 +4421,17 @@ def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
     except OSError:
         pass
     return lock
+
+
+def sweep_alive(folder: Path) -> int | None:
+    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
+    without taking the lock (a sweep starting now must not find it taken)."""
+    try:
+        pid = int((folder / LOCK).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"train_sweep" in command or b"train-sweep" in command else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -6463,868 +4870,9 @@ class LiveReporter(Reporter):
 # 11. Offline tools: report, list, cleanup, plots (reading finished sweeps)
 # ----------------------------------------------------------------------------------------------
 
-REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "start")
-
-
-def load_results(path: str) -> list[dict[str, Any]]:
-    """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: results file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read results file: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, list) or not all(isinstance(r, dict) and "model_name" in r for r in data):
-        raise UserError(f"{path}: not a train_sweep results file (expected a JSON array of run records)")
-    return data
-
-
-def record_metric(record: Mapping[str, Any], metric: str | None) -> float | None:
-    """A record's metric (its metrics, else its stdout tail): what report ranks by."""
-    return metric_of(record.get("metrics"), metric, record.get("stdout") or "")
-
-
-def complete_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [r for r in records if r.get("state") == State.COMPLETE.value]
-
-
-def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
-    """The first numeric key in the first record that has metrics (metrics.json's first key, say)."""
-    for r in records:
-        for key, value in (r.get("metrics") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return key
-    return None
-
-
-def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One run as a flat row: its fields, then hp.<key> per hyperparameter, then metric.<key>."""
-    row = {k: record.get(k) for k in ("index", "model_name", "state", "success", "gpu_id", "duration_seconds",
-                                      "returncode", "signal", "attempt", "start_time", "end_time", "run_dir")}
-    for key, value in (record.get("hyperparams") or {}).items():
-        row[f"hp.{key}"] = value
-    for key, value in (record.get("metrics") or {}).items():
-        row[f"metric.{key}"] = value
-    return row
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict, bool)):
-        return json.dumps(value)
-    return str(value)
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    import csv
-
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
-
-
-def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
-    """--sort: a column (REPORT_SORTS), `metric` (the metric column) or `metric.NAME` (any metric): complete
-    runs first, best first; or `hp.KEY` / KEY (a hyperparameter: numbers in order, then text)."""
-    by_metric = sort == "metric" or sort.startswith("metric.")
-
-    def key(r: Mapping[str, Any]) -> Any:
-        if by_metric:
-            v = record_metric(r, metric if sort == "metric" else sort[len("metric."):])
-            return (r.get("state") != State.COMPLETE.value, v is None, (v if mode == "min" else -v) if v is not None else 0)
-        if sort not in REPORT_SORTS:
-            v = (r.get("hyperparams") or {}).get(sort[3:] if sort.startswith("hp.") else sort)
-            return (v is None, 0 if _is_number(v) else 1, v if _is_number(v) else canonical_json(v))
-        value = {"name": r.get("model_name"), "state": r.get("state"), "gpu": r.get("gpu_id"),
-                 "duration": r.get("duration_seconds"), "rc": r.get("returncode"), "start": r.get("start_time"),
-                 "index": r.get("index")}[sort]
-        return (value is None, str(value) if sort in ("gpu", "name", "state", "start") else (value or 0))
-
-    return key
-
-
-REPORT_KEY_COLUMNS = 8  # the report shows at most this many varying hyperparameters as columns
-
-
-def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequence[str]) -> None:
-    if sort in REPORT_SORTS or sort.startswith("metric."):
-        return
-    key = sort[3:] if sort.startswith("hp.") else sort
-    if not any(key in (r.get("hyperparams") or {}) for r in records):
-        raise UserError(f"--sort {sort!r}: not a column ({', '.join(REPORT_SORTS)}), a metric (metric.NAME) or a "
-                        f"hyperparameter of these runs" + (f" ({', '.join(varying)} vary)" if varying else ""))
-
-
-def say_warning(message: str) -> None:
-    try:
-        sys.stderr.write(f"train_sweep: warning: {message}\n")
-    except (OSError, ValueError):
-        pass
-
-
-def failure_reasons(records: Sequence[Mapping[str, Any]], shown: int = 5) -> list[str]:
-    """Runs that failed, grouped by their last line of stderr (or why they could not start), most first."""
-    groups: dict[str, list[str]] = {}
-    for r in records:
-        if r.get("state") not in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
-            continue
-        last = r.get("error") or next((line for line in reversed((r.get("stderr") or "").splitlines()) if line.strip()),
-                                      f"{r.get('state')}, stderr empty")
-        groups.setdefault(one_line(last.strip(), 200), []).append(r["model_name"])
-    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-    lines = [f"{len(names)} run(s): {line}  (e.g. {names[0]})" for line, names in ranked[:shown]]
-    if len(ranked) > shown:
-        lines.append(f"... and {len(ranked) - shown} other failure reason(s)")
-    return (["Failures, by their last line of stderr:"] + lines) if lines else []
-
-
-def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, varying: Sequence[str],
-                 metric: str | None, mode: str) -> None:
-    """--group-by seed: one row per configuration (the other varying hyperparameters), over the values of
-    `over`: runs, complete, the metric's mean ± std over the complete runs, and its best."""
-    import statistics
-
-    from rich.table import Table
-
-    if not any(over in (r.get("hyperparams") or {}) for r in records):
-        raise UserError(f"--group-by {over!r}: no run has that hyperparameter" +
-                        (f" ({', '.join(varying)} vary)" if varying else ""))
-    others = [k for k in varying if k != over]
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        hp = r.get("hyperparams") or {}
-        groups.setdefault(canonical_json([hp.get(k) for k in others]), []).append(r)
-    rows = []
-    for members in groups.values():
-        values = [v for r in members if r.get("state") == State.COMPLETE.value
-                  and (v := record_metric(r, metric)) is not None]
-        mean = statistics.fmean(values) if values else None
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        best = (min(values) if mode == "min" else max(values)) if values else None
-        rows.append((mean, members, values, spread, best))
-    rows.sort(key=lambda row: (row[0] is None, 0 if row[0] is None else (row[0] if mode == "min" else -row[0])))
-    table = Table(title=f"by configuration, over {over} ({len(groups)} configuration(s))", title_justify="left")
-    for col in (*others, "runs", "complete", *((f"{metric} mean ± std", f"best {metric}") if metric else ())):
-        table.add_column(col, justify="left" if col in others else "right")
-    for mean, members, values, spread, best in rows:
-        hp = members[0].get("hyperparams") or {}
-        cells = [_cell(hp.get(k)) for k in others] + [str(len(members)), str(len(values))]
-        if metric:
-            cells += ["" if mean is None else f"{mean:.4g} ± {spread:.2g}", "" if best is None else f"{best:g}"]
-        table.add_row(*cells)
-    console.print(table)
-
-
-def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
-    """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
-    for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
-        try:
-            mode = json.loads((folder / "sweep.json").read_bytes())["settings"]["mode"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            continue
-        if isinstance(mode, str) and mode.split(",")[0] in ("min", "max"):
-            return mode.split(",")[0]
-    return "min"
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    files = args.files or ["train_sweep_results.json"]
-    sweeps = [(f, load_results(f)) for f in files]
-    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
-    if len(sweeps) > 1:
-        table = Table(title="sweeps side by side", title_justify="left")
-        for col in ("results file", "runs", "complete", "pruned", "failed", "interrupted", "success", "GPU hours",
-                    f"best {metric or 'metric'}"):
-            table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
-        for path, recs in sweeps:
-            done = sum(r.get("state") == State.COMPLETE.value for r in recs)
-            pruned = sum(r.get("state") == State.PRUNED.value for r in recs)  # stopped by the pruner: not a failure
-            failed = sum(r.get("state") in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value) for r in recs)
-            stopped = sum(r.get("state") == State.INTERRUPTED.value for r in recs)  # the sweep's stop, not the run's
-            gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
-                        else 1) for r in recs) / 3600
-            best = best_of(complete_records(recs), lambda r: record_metric(r, metric), args.mode)
-            table.add_row(path, str(len(recs)), str(done), str(pruned), str(failed), str(stopped),
-                          f"{100 * done / (done + failed):.0f}%" if done + failed else "-", f"{gpu_h:.2f}",
-                          f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
-        console.print(table)
-    records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
-    varying = varying_keys([r.get("hyperparams") or {} for r in records])
-    check_sort(args.sort, records, varying)
-    if args.metric and metric and not any(record_metric(r, metric) is not None for r in records):
-        have = sorted({k for r in records for k in (r.get("metrics") or {})})
-        say_warning(f"no run has a metric named {metric!r}" + (f" (the runs have: {', '.join(have)})" if have else ""))
-        metric = None
-    if args.state:
-        records = [r for r in records if r.get("state") in args.state]
-    records.sort(key=_sort_key(args.sort, metric, args.mode))
-    if args.group_by:
-        print_groups(console, records, args.group_by, varying, metric, args.mode)
-    if len(sweeps) == 1:
-        table = Table(title=f"{files[0]}: {len(records)} run(s)", title_justify="left")
-        shown = varying[:REPORT_KEY_COLUMNS]
-        for col in ("#", "run", "state", *shown, "GPU", "duration", "rc", *([metric] if metric else [])):
-            table.add_column(col, justify="right" if col in ("#", "duration", "rc", metric) else "left")
-        for r in records:
-            hp = r.get("hyperparams") or {}
-            row = [_cell(r.get("index")), r["model_name"], r.get("state", ""),
-                   *(_cell(hp[k]) if k in hp else "" for k in shown), gpu_label(r.get("gpu_id")),
-                   fmt_duration(r.get("duration_seconds")), _cell(r.get("returncode"))]
-            if metric:
-                v = record_metric(r, metric)
-                row.append("" if v is None else f"{v:g}")
-            table.add_row(*row)
-        console.print(table)
-        for line in failure_reasons(records):
-            console.print(line, highlight=False, markup=False)
-        found = best_of(complete_records(records), lambda r: record_metric(r, metric), args.mode)
-        if found is not None:
-            value, best = found
-
-            def kept(r: Mapping[str, Any]) -> bool:
-                return not r.get("run_dir") or Path(r["run_dir"]).is_dir()
-
-            if not kept(best):  # its folder was deleted (cleanup --include-best): the best whose folder is there
-                console.print(f"({best['model_name']} = {value:g} was better; its folder was deleted)", highlight=False)
-                found = best_of((r for r in complete_records(records) if kept(r)),
-                                lambda r: record_metric(r, metric), args.mode)
-        if found is not None:
-            value, best = found
-            console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
-                          highlight=False)
-    rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
-    def with_series(path: Path, rows: list[dict[str, Any]]) -> None:  # --json: each run's learning curve too
-        series = [read_series(r.get("run_dir"), metric) for r in records]
-        write_json_atomic(path, [dict(row, series={metric: s} if metric else {}) for row, s in zip(rows, series)],
-                          fsync=False)
-
-    for path, write in ((args.csv, write_csv), (args.json, with_series)):
-        if path:
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                write(Path(path), rows)
-            except OSError as e:
-                raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-            console.print(f"wrote {len(rows)} row(s) to {path}", highlight=False)
-    if args.plots:
-        for path in write_plots(Path(args.plots), records, metric, args.mode):
-            console.print(f"wrote {path}", highlight=False)
-        studies = {Path(r["run_dir"]).parent / STUDY for r in records if r.get("trial") is not None and r.get("run_dir")}
-        for study in sorted(s for s in studies if s.is_file()):
-            for path in study_plots(Path(args.plots), study, len(studies) > 1):
-                console.print(f"wrote {path}", highlight=False)
-    return EXIT_OK
-
-
-def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
-    """A search's own plots, drawn by Optuna's matplotlib visualizations: the optimization history, the
-    parameters' importances (fANOVA) and, for several objectives, the Pareto front."""
-    import warnings
-
-    optuna = import_optuna()
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plots needs matplotlib: pip install 'train-sweep[plots]'") from None
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.visualization import matplotlib as vis
-
-    try:
-        study = optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(path))))
-    except (KeyError, ValueError, OSError) as e:
-        raise UserError(f"{path}: cannot read the study: {e}") from None
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    prefix = f"{path.parent.name}_" if prefixed else ""
-    plots: list[tuple[str, Callable[[], Any]]] = []
-    if len(study.directions) == 1:
-        plots.append(("optimization_history", lambda: vis.plot_optimization_history(study)))
-        if len(complete) >= 2 and len(study.best_trial.params) >= 1:
-            plots.append(("param_importances", lambda: vis.plot_param_importances(study)))
-    else:
-        names = json.loads(study.user_attrs.get("search", "{}")).get("metrics") or None
-        plots.append(("pareto_front", lambda: vis.plot_pareto_front(study, target_names=names)))
-    written = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, draw in plots:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ax = draw()
-            except (ValueError, RuntimeError) as e:  # too few trials for this plot
-                say_error(f"{path}: no {name.replace('_', ' ')} plot: {e}")
-                continue
-        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        target = folder / f"{prefix}{name}.png"
-        figure.savefig(target, dpi=110, bbox_inches="tight")
-        plt.close(figure)
-        written.append(target)
-    return written
-
-
-def _time_unit(seconds: float) -> tuple[float, str]:
-    """The unit a plot's time axis reads best in: (seconds per unit, its name)."""
-    if seconds < 120:
-        return 1.0, "seconds"
-    if seconds < 3 * 3600:
-        return 60.0, "minutes"
-    return 3600.0, "hours"
-
-
-STATE_COLORS = {"complete": "#009E73", "failed": "#D55E00", "timeout": "#E69F00", "oom": "#CC79A7",  # Okabe-Ito:
-                "interrupted": "#F0E442", "pruned": "#56B4E9", "pending": "#999999", "running": "#0072B2"}  # colour-blind safe
-
-
-def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
-    """A run's learning curve of `metric` as [[step, value], ...]: what it printed (train_sweep_metrics.jsonl)
-    and what it wrote to its metrics.jsonl. A point without a step gets its position."""
-    if not run_dir or not metric:
-        return []
-    reader = MetricReader((metric,))
-    points: list[list[float]] = []
-    for name in (SERIES, "metrics.jsonl"):
-        try:
-            lines = (Path(run_dir) / name).read_bytes().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            try:
-                point = reader.from_json(json.loads(line))
-            except (ValueError, RecursionError):
-                continue
-            if point is not None and math.isfinite(point[1][metric]):
-                points.append([len(points) if point[0] is None else point[0], point[1][metric]])
-    return sorted(points, key=lambda p: p[0])
-
-
-def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str | None, mode: str = "min",
-                top: int = 3) -> list[Path]:
-    """timeline.png (one lane per GPU, one bar per run, coloured by state), durations.png, and
-    <metric>_vs_<key>.png for each hyperparameter that varies."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise UserError("--plots needs matplotlib: pip install matplotlib (or pip install 'train-sweep[plots]')") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in records})
-    spans = [(r, r, False) for r in records] + [(dict(a, model_name=r["model_name"]), r, True)  # earlier attempts
-                                              for r in records for a in r.get("attempts") or ()]
-    timed = [(a, _parse_time(a.get("start_time")), _parse_time(a.get("end_time")), earlier)
-             for a, r, earlier in spans]
-    timed = [(r, s, e, earlier) for r, s, e, earlier in timed if s is not None and e is not None]
-    if timed:
-        t0 = min(s for _, s, _, _ in timed)
-        unit, unit_name = _time_unit(max(e for _, _, e, _ in timed) - t0)
-        width = (max(e for _, _, e, _ in timed) - t0) / unit or 1.0
-        lanes: dict[str, list[float]] = {}  # GPU -> end time of each slot in its lane
-        placed = []
-        for r, s, e, earlier in sorted(timed, key=lambda x: x[1]):
-            slots = lanes.setdefault(gpu_label(r.get("gpu_id")), [])
-            slot = next((i for i, end in enumerate(slots) if end <= s + 1e-6), len(slots))
-            if slot == len(slots):
-                slots.append(e)
-            else:
-                slots[slot] = e
-            placed.append((r, s, e, gpu_label(r.get("gpu_id")), slot, earlier))
-        order = sorted(lanes, key=lambda g: (g == "CPU", len(g), g))
-        base, y = {}, 0.0
-        for g in order:
-            base[g] = y
-            y += len(lanes[g]) + 0.5
-        fig, ax = plt.subplots(figsize=(12, max(2.5, 0.45 * y + 1.5)))
-        for r, s, e, g, slot, earlier in placed:
-            ax.broken_barh([((s - t0) / unit, max((e - s) / unit, 1e-3))], (base[g] + slot + 0.1, 0.8),
-                           facecolors=STATE_COLORS.get(r.get("state"), "#1f77b4"), edgecolor="white", linewidth=0.5,
-                           hatch="//" if earlier else None, alpha=0.6 if earlier else 1.0)
-            if (e - s) / unit > width / 12:  # the run's label where its bar has room
-                ax.text((s - t0) / unit + width / 200, base[g] + slot + 0.5, labels.get(r["model_name"], "")[:30],
-                        va="center", fontsize=6, color="white", clip_on=True)
-        ax.set_yticks([base[g] + len(lanes[g]) / 2 for g in order], [f"GPU {g}" if g != "CPU" else "CPU" for g in order])
-        ax.invert_yaxis()  # GPU 0 at the top, as nvidia-smi lists them
-        ax.set_xlabel(f"{unit_name} since the first run started")
-        attempts = sum(earlier for *_, earlier in placed)
-        ax.set_title(f"GPU timeline: {len(placed) - attempts} run(s)"
-                     + (f", {attempts} earlier attempt(s) hatched" if attempts else ""))
-        ax.legend(handles=[Patch(color=c, label=s) for s, c in STATE_COLORS.items()
-                           if any(r.get("state") == s for r, *_ in placed)], loc="upper right", fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        written.append(folder / "timeline.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    durations = [(labels[r["model_name"]], r.get("duration_seconds"), r.get("state")) for r in records]
-    durations = sorted([d for d in durations if d[1] is not None], key=lambda d: d[1])
-    if durations:
-        unit, unit_name = _time_unit(durations[-1][1])
-        fig, ax = plt.subplots(figsize=(10, max(3, min(0.28 * len(durations) + 1.2, 20))))
-        if len(durations) <= 60:
-            ax.barh(range(len(durations)), [d[1] / unit for d in durations],
-                    color=[STATE_COLORS.get(d[2], "#1f77b4") for d in durations])
-            ax.set_yticks(range(len(durations)), [d[0][:60] for d in durations], fontsize=7)
-            ax.set_xlabel(unit_name)
-        else:
-            ax.hist([d[1] / unit for d in durations], bins=40, color="#1f77b4")
-            ax.set_xlabel(unit_name)
-            ax.set_ylabel("runs")
-        ax.set_title("run durations")
-        fig.tight_layout()
-        written.append(folder / "durations.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    curves = [(r, read_series(r.get("run_dir"), metric)) for r in records] if metric else []
-    curves = [(r, c) for r, c in curves if c]
-    if curves:  # learning curves: every run in grey, the `top` best complete runs in colour
-        ranked = sorted((r for r in complete_records(records) if record_metric(r, metric) is not None),
-                        key=lambda r: record_metric(r, metric) * (1 if mode == "min" else -1))
-        best = {id(r): k for k, r in enumerate(ranked[:top])}
-        fig, ax = plt.subplots(figsize=(9, 5))
-        for r, c in curves:
-            if id(r) not in best:
-                ax.plot([p[0] for p in c], [p[1] for p in c], color="#bbbbbb", linewidth=0.8,
-                        linestyle="-" if r.get("state") == State.COMPLETE.value else ":")
-        colors = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00")  # colour-blind safe (Okabe-Ito)
-        for r, c in sorted((rc for rc in curves if id(rc[0]) in best), key=lambda rc: best[id(rc[0])]):
-            k = best[id(r)]
-            ax.plot([p[0] for p in c], [p[1] for p in c], color=colors[k % len(colors)], linewidth=2,
-                    label=f"#{k + 1} {labels[r['model_name']]} ({record_metric(r, metric):g})")
-        ax.set_xlabel("step")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: {len(curves)} run(s), the {min(top, len(ranked))} best in colour")
-        if best:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(folder / f"{clean(metric)}_curves.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    if metric:
-        written += metric_vs_keys(folder, records, metric, mode, plt)
-    return written
-
-
-def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: str, mode: str, plt: Any) -> list[Path]:
-    """<metric>_vs_<key>.png for each hyperparameter that varies (not seeds, not keys named like a metric),
-    and overview.png with all of them side by side: which settings matter. Complete runs as dots, failed,
-    pruned and interrupted ones that reported the metric as crosses, the best run as a star; numbers on a
-    number axis (log when they span 30x), anything else as categories with a box per category."""
-    scored = [(r, v) for r in records if (v := record_metric(r, metric)) is not None]
-    names = {k for r in records for k in (r.get("metrics") or {})}
-    keys = [k for k in varying_keys([r.get("hyperparams") or {} for r, _ in scored])
-            if "seed" not in k.lower() and k not in names and k != metric]
-    if not keys:
-        return []
-    complete = [(r, v) for r, v in scored if r.get("state") == State.COMPLETE.value]
-    found = best_of(complete, lambda rv: rv[1], mode)
-    best = found[1][0] if found else None
-    written = []
-
-    def draw(ax: Any, key: str) -> None:
-        values = [(r.get("hyperparams") or {}).get(key) for r, _ in scored]
-        numeric = all(_is_number(v) for v in values)
-        cats = [] if numeric else sorted({canonical_json(v) for v in values}, key=lambda c: (len(c), c))
-
-        def x(v: Any) -> float:
-            return v if numeric else cats.index(canonical_json(v))
-
-        if not numeric:  # a box per category, over its complete runs
-            groups = [[m for (r, m), v in zip(scored, values) if r.get("state") == State.COMPLETE.value
-                       and canonical_json(v) == c] for c in cats]
-            ax.boxplot([g or [math.nan] for g in groups], positions=range(len(cats)), widths=0.5,
-                       showfliers=False, medianprops={"color": "#0072B2"})
-            ax.set_xticks(range(len(cats)), [c.strip('"')[:20] for c in cats], rotation=30, fontsize=8)
-        ok = [(x(v), m) for (r, m), v in zip(scored, values) if r.get("state") == State.COMPLETE.value]
-        bad = [(x(v), m) for (r, m), v in zip(scored, values) if r.get("state") != State.COMPLETE.value]
-        ax.scatter([p[0] for p in ok], [p[1] for p in ok], color="#0072B2", s=18, label="complete")
-        if bad:
-            ax.scatter([p[0] for p in bad], [p[1] for p in bad], color="#D55E00", marker="x", s=22,
-                       label="failed, pruned or interrupted (last value)")
-        if best is not None:
-            ax.scatter([x((best.get("hyperparams") or {}).get(key))], [found[0]], marker="*", s=160,
-                       color="#E69F00", edgecolor="black", zorder=3, label="best")
-        positive = [v for v in values if numeric and v > 0]
-        if numeric and len(positive) == len(values) and max(positive) / min(positive) >= 30:
-            ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-
-    for key in keys:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        draw(ax, key)
-        ax.set_title(f"{metric} vs {key}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(folder / f"{clean(metric)}_vs_{clean(key)}.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    columns = min(3, len(keys))
-    rows = math.ceil(len(keys) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(max(6.5, 4.2 * columns), 3.4 * rows + 0.8), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        draw(ax, key)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    handles, texts = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, texts, loc="lower center", ncol=len(texts), fontsize=8, frameon=False)
-    fig.suptitle(f"which settings matter: {metric} ({mode}) by each varying hyperparameter", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    written.append(folder / "overview.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    return written
-
-
-def find_sweeps(folders: Sequence[str]) -> list[Path]:
-    """Output folders of sweeps (they hold sweep.json), at most 3 levels below each folder given."""
-    found = []
-    for top in folders:
-        root = Path(top)
-        if not root.is_dir():
-            raise UserError(f"{top}: no such folder")
-        for depth in range(4):
-            for f in root.glob("/".join(["*"] * depth + ["sweep.json"])):
-                found.append(f.parent)
-    return sorted(set(found))
-
-
-def sweep_alive(folder: Path) -> int | None:
-    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
-    without taking the lock (a sweep starting now must not find it taken)."""
-    try:
-        pid = int((folder / LOCK).read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"train_sweep" in command or b"train-sweep" in command else None
-
-
-def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
-    """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
-    Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
-    interrupted (a run's last record is interrupted), else finished. Read without taking the lock: a sweep
-    starting now must not find it taken."""
-    if sweep_alive(folder) is not None:
-        return "running"
-    for run_json in folder.glob(f"*/{RUN_MARK}"):
-        try:
-            record = json.loads((run_json.parent / "run.json").read_bytes())
-            if record.get("state") == State.RUNNING.value:
-                return "detached" if record.get("slurm_job_id") else "dead"
-        except (OSError, ValueError, AttributeError, RecursionError):
-            continue
-    if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
-        return "interrupted"  # (or stopped early: runs were not started)
-    return "finished"
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="sweeps", title_justify="left")
-    for col in ("output folder", "state", "started", "runs", "complete", "pruned", "failed", "interrupted",
-                "last activity", "command"):
-        table.add_column(col)
-    for folder in find_sweeps(args.folders or ["outputs"]):
-        try:
-            settings = json.loads((folder / "sweep.json").read_text())
-        except (OSError, ValueError):
-            settings = {}
-        latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
-        count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
-        failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
-        journal = folder / JOURNAL
-        last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
-        runs = settings.get("runs") if _is_whole(settings.get("runs")) else 0
-        table.add_row(str(folder), sweep_state(folder, latest, runs), str(settings.get("started", "?"))[:19],
-                      str(settings.get("runs", "?")), str(count["complete"]), str(count["pruned"]), str(failed),
-                      str(count["interrupted"]), str(last or "-")[:19], str(settings.get("command", "")))
-    Console(width=None if sys.stdout.isatty() else 250).print(table)
-    return EXIT_OK
-
-
-def _folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def best_runs(folder: Path) -> set[str]:
-    """The runs a sweep ranks best: those best/best.json lists (--top-k), and its best complete run by its
-    --metric and --mode (from sweep.json and the journal)."""
-    names: set[str] = set()
-    try:
-        names |= {r["name"] for r in json.loads((folder / "best" / "best.json").read_bytes())["runs"]}
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        pass
-    try:
-        settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return names
-    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
-    found = journal_best(folder, latest, settings)
-    return names | ({found[2]["model_name"]} if found else set())
-
-
-def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
-                 settings: Mapping[str, Any]) -> tuple[str, float, Mapping[str, Any]] | None:
-    """A sweep's best complete run (its metric, value and last record) by its --metric and --mode, as its
-    sweep.json says them, among the runs whose folder is still there (cleanup may have deleted some)."""
-    try:
-        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
-    except (KeyError, TypeError, IndexError, AttributeError):
-        return None
-    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
-                     and (folder / str(r.get("model_name"))).is_dir()),
-                    lambda r: metric_of(r.get("metrics"), metric), mode)
-    return None if found is None else (metric, found[0], found[1])
-
-
-def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep, never
-    the best runs (unless --include-best); on a terminal, --live asks first (unless --yes)."""
-    cutoff = time.time() - args.days * 86400
-    chosen: list[tuple[Path, int, float]] = []
-    locks = []
-    try:
-        for folder in find_sweeps(args.folders or ["outputs"]):
-            lock = try_lock(folder)
-            if lock is None:
-                print(f"skipped {folder}: a sweep is running there")
-                continue
-            locks.append(lock)  # held until the end: no sweep starts there while its folders are deleted
-            keep = set() if args.include_best else best_runs(folder)
-            for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
-                newest = max(f.stat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
-                if newest >= cutoff:
-                    continue
-                if run_dir.name in keep:
-                    print(f"kept {run_dir}: among the sweep's best runs (--include-best deletes it too)")
-                    continue
-                chosen.append((run_dir, _folder_size(run_dir), (time.time() - newest) / 86400))
-        for run_dir, size, age in chosen:
-            print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
-        total = sum(size for _, size, _ in chosen)
-        if args.live and chosen and sys.stdin.isatty() and not args.yes:
-            answer = input(f"delete these {len(chosen)} run folder(s), {total / MB:.1f} MB? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("nothing deleted")
-                return EXIT_OK
-        for count, (run_dir, _, _) in enumerate(chosen if args.live else ()):
-            try:
-                shutil.rmtree(run_dir)
-            except OSError as e:
-                raise UserError(f"{run_dir}: cannot delete ({e.strerror or e}); {count} run folder(s) were deleted "
-                                "before it") from None
-    finally:
-        for lock in locks:
-            os.close(lock)
-    verb = "deleted" if args.live else "would delete"
-    print(f"{verb} {len(chosen)} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete")
-          + ("; a resumed sweep runs a deleted run again" if args.live and chosen else ""))
-    return EXIT_OK
-
-
-def build_tool_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="train_sweep", description="Look at finished sweeps.")
-    sub = p.add_subparsers(dest="tool", required=True)
-    r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
-    r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
-    r.add_argument("--sort", default="index", metavar="KEY",
-                   help=f"order of the rows: {', '.join(REPORT_SORTS)}, metric.NAME, or a hyperparameter (lr or hp.lr); "
-                        "by a metric, complete runs come first, best first (default: index)")
-    r.add_argument("--group-by", metavar="KEY",
-                   help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
-                        "std over the complete runs, and its best")
-    r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
-    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
-    r.add_argument("--mode", choices=("min", "max"),
-                   help="whether lower or higher is better (default: the sweep's --mode, from its sweep.json; else min)")
-    r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
-    r.add_argument("--json", metavar="FILE", help="the same rows as a JSON array")
-    r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, the "
-                   "metric's learning curves (the 3 best in colour), metric vs each varying hyperparameter")
-    ls = sub.add_parser("list", help="the sweeps under output folders")
-    ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
-    st = sub.add_parser("status", help="a running (or ended) sweep from another shell: runs by state, GPUs, best")
-    st.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
-                    "(default: outputs)")
-    w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
-    w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
-                   "(default: outputs)")
-    w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS", help="redraw interval (default: 2)")
-    c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")
-    c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
-    c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
-    c.add_argument("--live", action="store_true", help="really delete (without it, only print what would go)")
-    c.add_argument("--yes", action="store_true", help="with --live on a terminal: do not ask before deleting")
-    c.add_argument("--include-best", action="store_true",
-                   help="also delete the best runs (best/best.json's, and the best by the sweep's --metric)")
-    return p
-
-
-def status_lines(folder: Path) -> tuple[list[str], bool]:
-    """A sweep as another shell sees it: whether its process lives, its runs by state, each GPU's running
-    runs with their elapsed time, and the best so far (sweep.json, the journal, the runs' run.json)."""
-    try:
-        record = json.loads((folder / "sweep.json").read_bytes())
-        settings = record.get("settings") or {}
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir") from None
-    pid = sweep_alive(folder)
-    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
-    running = []
-    for mark in folder.glob(f"*/{RUN_MARK}"):
-        try:
-            run = json.loads((mark.parent / "run.json").read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and \
-                _attempt(run) > _attempt(latest.get(run.get("model_name"), {"attempt": 0})):  # a newer attempt
-            running.append(run)
-    again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
-    counts = {s.value: 0 for s in FINISHED_ORDER}
-    for name, r in latest.items():
-        if name not in again and not r.get("requeued") and r.get("state") in counts:
-            counts[r["state"]] += 1
-    total = record.get("runs") or 0
-    left = max(0, total - sum(counts.values()) - len(running))
-    detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
-    state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects " \
-        "the results)" if detached else "dead (killed: run the same command to resume)" if running else \
-        f"stopped with {left} run(s) not started: run the same command to resume" if left else \
-        "interrupted" if counts["interrupted"] else "finished"
-    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
-             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
-                                                         detached else f"{len(running)} running" if pid else "",
-                                                         f"{left} pending" if left and pid else "") if x)]
-    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
-    now = time.time()
-    by_gpu: dict[str, list[str]] = {}
-    for r in running if pid or detached else ():
-        since = _parse_time(r.get("start_time"))
-        job = f"job {r['slurm_job_id']}, submitted " if r.get("slurm_job_id") else ""
-        by_gpu.setdefault("Slurm" if job else where(r.get("gpu_id")), []).append(
-            f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)})"
-            + (" ago" if job else ""))
-    lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
-    found = journal_best(folder, latest, settings)
-    if found is not None:
-        lines.append(f"best {found[0]} so far: {found[2]['model_name']} = {found[1]:g}")
-    return lines, pid is not None
-
-
-def _attempt(record: Mapping[str, Any]) -> int:
-    return record.get("attempt") if _is_whole(record.get("attempt")) else 1
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    lines, _ = status_lines(Path(args.folder))
-    print("\n".join(lines))
-    return EXIT_OK
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    """status, redrawn every --every seconds until the sweep's process ends (or Ctrl+C)."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
-    folder = Path(args.folder)
-    lines, alive = status_lines(folder)
-    if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
-        print("\n".join(lines), flush=True)
-        while alive:
-            time.sleep(args.every)
-            lines, alive = status_lines(folder)
-            print("\n" + "\n".join(lines), flush=True)
-        return EXIT_OK
-    with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
-        while alive:
-            time.sleep(args.every)
-            lines, alive = status_lines(folder)
-            live.update(Text("\n".join(lines)), refresh=True)
-    return EXIT_OK
-
-
-TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch}
-
-
 # ----------------------------------------------------------------------------------------------
 # 12. CLI
 # ----------------------------------------------------------------------------------------------
-
-
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
-        return value
-
-    return parse
-
-
-_positive_int = _whole_number(1)
-_nonneg_int = _whole_number(0)
-
-
-def _per_gpu(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
-    return value
-
-
-def _modes(text: str) -> str:
-    """--mode: min, max, or one of them per objective (min,max)."""
-    if not text or any(m not in ("min", "max") for m in text.split(",")):
-        raise argparse.ArgumentTypeError(f"{text!r}: give min or max, or one per objective (min,max)")
-    return text
-
-
-def _positive_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -7375,131 +4923,7 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
                "3 the sweep's output could not be written, 130 interrupted",
     )
-    a = p.add_argument_group('what to run').add_argument
-    a("--config-file", default=Settings.config_file, metavar="FILE",
-      help="a JSON array of hyperparameter objects (one run each), or an object with runs, grid, defaults, "
-           "command, ... (see README) (default: %(default)s)")
-    a("--set", action="append", default=[], metavar="KEY=VALUE",
-      help="set a hyperparameter on every run, over the config (repeatable); VALUE is read as JSON, else text")
-    a("--configs", nargs="+", metavar="FILE",
-      help="batch mode: each file (globs expanded) is one run, passed to the command as its first argument, "
-           "named after the file; instead of --config-file")
-    a("--command", default=None,
-      help="the train command, split like a shell would and run without one; each hyperparameter is "
-           "appended (as a Hydra override key=value by default); a leading 'python' is the Python running "
-           "train_sweep; {name}, {run_dir} and {gpu} are filled in per run (default: the config file's "
-           "'command', else 'python train.py')")
-    a("--arg-style", choices=ARG_STYLES, default=None,
-      help="how hyperparameters are passed: hydra (key=value), argparse (--key value), equals (--key=value) "
-           "(default: the config file's 'arg_style', else hydra)")
-    a("--name-template", metavar="TEMPLATE",
-      help="run names from a template: '{env}_lr{training.lr}' (hyperparameter keys and {index})")
-    a("--abbrev", action="append", default=[], metavar="KEY=SHORT",
-      help="how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
-           "alone (repeatable)")
-    a("--max-runs", type=_positive_int, metavar="N", help="run only the first N runs of the expanded sweep")
-    a("--shuffle", action="store_true", help="put the expanded runs in a random order (repeatable with --seed)")
-    a("--seed", type=int, default=Settings.seed, help="seed for --shuffle (default: %(default)s)")
-    a("--dry-run", action="store_true", help="print each run's name and command line and the placement; run nothing")
-    a = p.add_argument_group('where runs go (placement)').add_argument
-    a("--gpus", nargs="+", metavar="ID",
-      help="GPU ids as nvidia-smi numbers them, or 'all' (default: every GPU NVML reports; the CPU if none)")
-    a("--max-processes-per-gpu", type=_per_gpu, metavar="N|auto",
-      help="runs of this sweep at once on one GPU; auto: the sweep decides, from each run's GPU memory (learned "
-           "from NVML), the GPUs' utilization and the CPU cores (default: the config's, else 1)")
-    a("--memory-threshold-gb", type=_positive_float, default=Settings.memory_threshold_gb, metavar="GB",
-      help="a GPU whose used memory (anyone's) is at or above this takes no new run (default: %(default)g)")
-    a("--disable-gpu-monitoring", action="store_true",
-      help="do not read NVML: place runs by --max-processes-per-gpu slots only (needs --gpus)")
-    a("--mps", action=argparse.BooleanOptionalAction,
-      help="start NVIDIA's MPS control daemon for the sweep (its pipe and logs in <output-dir>/.mps/) and run "
-           "the runs as its clients: runs packed on a GPU compute at once rather than in turns; a fatal GPU error "
-           "in one can end the others on its GPU (default: the config's 'mps', else off)")
-    a("--gpus-per-run", type=_positive_int, metavar="N", help="GPUs each run gets, all free ones (default: 1)")
-    a("--gpu-memory-gb", type=_positive_float, metavar="GB",
-      help="GPU memory each run needs: a GPU takes it only when that much is free (after what recent runs "
-           "declared but have not allocated yet)")
-    a("--max-parallel", type=_positive_int, metavar="N", help="at most N runs at once over all GPUs")
-    a("--settle-seconds", type=_positive_float, default=Settings.settle_seconds, metavar="SECONDS",
-      help="longest wait for a just-launched run's memory to show before the GPU takes another (default: %(default)g)")
-    a = p.add_argument_group('how runs end').add_argument
-    a("--timeout", type=_nonneg_float, default=Settings.timeout, metavar="SECONDS",
-      help="end a run that runs longer than this; 0 means never (default: %(default)g = 10 hours)")
-    a("--kill-grace", type=_nonneg_float, default=Settings.kill_grace, metavar="SECONDS",
-      help="between SIGTERM and SIGKILL when a run is ended (default: %(default)g)")
-    a("--retries", type=_nonneg_int, default=Settings.retries, metavar="N",
-      help="retry a failed run up to N times, after the runs not yet started (default: %(default)s)")
-    a("--oom-pattern", action="append", default=[], metavar="REGEX",
-      help="another output line that means 'out of GPU memory' (regular expression; repeatable)")
-    a("--max-oom-requeues", type=_nonneg_int, default=Settings.max_oom_requeues, metavar="N",
-      help="how often a run that ran out of GPU memory is put back in the queue (default: %(default)s)")
-    a("--no-fail-fast", action="store_true",
-      help=f"keep launching when the first {FAIL_FAST_RUNS} runs all fail within {FAIL_FAST_S:g}s with the same error "
-           "(by default the sweep stops launching and names the error: a broken setup)")
-    a("--rerun", action="store_true",
-      help="run every run again, also those an earlier sweep completed; their folders are kept as <name>~1, ~2, ...")
-    a = p.add_argument_group('metrics and the best model').add_argument
-    a("--metric", action="append", default=[], metavar="NAME",
-      help="follow this metric while runs run and rank runs by it (repeatable: the first ranks, the others are "
-           "shown): from <run_dir>/metrics.jsonl or metrics.json, else stdout lines like NAME=0.41, NAME: 0.41, "
-           "'NAME': 0.41 or 'val loss 0.41' for val_loss")
-    a("--metric-regex", metavar="PATTERN",
-      help="find the (first) --metric in stdout with this regular expression: a group named value, optionally "
-           "one named step, e.g. 'Eval .* acc (?P<value>[0-9.]+)'")
-    a("--mode", type=_modes, metavar="min|max",
-      help="whether a lower or higher --metric is better; min,max,...: one per objective of a multi-objective "
-           "search, the first metrics in order (default: the search's mode, else min)")
-    a("--top-k", type=_positive_int, metavar="K",
-      help="keep checkpoints (--checkpoint-glob) only in the K best complete runs by --metric; the others' are "
-           "deleted as the ranking changes; <output-dir>/best/ ranks the K best")
-    a("--checkpoint-glob", metavar="PATTERN",
-      help="the checkpoint files of a run folder, e.g. '*.pt' (any depth) or 'checkpoints/**'; logs, run.json "
-           "and metrics are never deleted")
-    a("--keep-checkpoints", action="store_true", help="with --top-k: delete nothing, only log what would go")
-    a = p.add_argument_group('output').add_argument
-    a("--output-file", default=Settings.output_file, metavar="FILE",
-      help="results file, rewritten as runs finish; FILE.partial on interruption (default: %(default)s)")
-    a("--output-dir", default=Settings.output_dir, metavar="DIR",
-      help="where run folders go: DIR/<name>/ (default: %(default)s)")
-    a("--no-live", action="store_true",
-      help="plain timestamped event lines instead of the live view (the default when stdout is not a terminal)")
-    s = p.add_argument_group("search (Optuna; pip install 'train-sweep[search]'; see README: Search)").add_argument
-    s("--search", choices=SAMPLERS, metavar="SAMPLER",
-      help="search with this sampler instead of running a list: " + ", ".join(SAMPLERS) + "; the overrides in "
-           "Hydra's Optuna-sweeper syntax (lr='tag(log, interval(1e-5, 1e-2))' layers='range(2, 9)' opt=adam,sgd) "
-           "or the config's 'search' block give the space; a trial is asked whenever a GPU slot frees up")
-    s("--n-trials", type=_positive_int, metavar="N",
-      help="the search's budget of trials (default: the config's n_trials, the sweep file's run_cap, the grid's size)")
-    s("--search-hours", type=_positive_float, metavar="H", help="ask no new trial after H hours")
-    s("--pruner", choices=PRUNERS, metavar="PRUNER",
-      help="stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) + " (also for a "
-           "plain list or grid; default: the config's, else none)")
-    s("--sweep-file", metavar="FILE",
-      help="a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, command, run_cap) "
-           "or a Protein one, searched locally with Optuna; instead of --config-file")
-    c = p.add_argument_group("on a Slurm cluster (submitit; pip install 'train-sweep[slurm]'; see README: On a "
-                             "Slurm cluster)").add_argument
-    c("--backend", choices=BACKENDS, default=Settings.backend,
-      help="where runs run: local (this machine's GPUs) or slurm (one Slurm job per run; the output folder must be "
-           "on a filesystem the nodes share) (default: %(default)s)")
-    c("--slurm-partition", metavar="NAME", help="the partition of the runs' jobs (default: the config's, else Slurm's)")
-    c("--slurm-time", type=_positive_float, metavar="MINUTES",
-      help="each job's time limit (default: the config's, else --timeout rounded up to minutes)")
-    c("--slurm-gpus-per-run", type=_nonneg_int, metavar="N", help="GPUs each job asks for (default: gpus_per_run)")
-    c("--slurm-cpus-per-run", type=_positive_int, metavar="N", help="CPUs each job asks for")
-    c("--slurm-mem-gb", type=_positive_float, metavar="GB", help="host memory each job asks for")
-    c("--slurm-max-parallel", type=_positive_int, metavar="N",
-      help="a search's trials at once; for a list, each job array's throttle (%%N: runs asking for other GPU counts "
-           "form arrays of their own, retries are single jobs) (default: no bound for a list, 4 for a search)")
-    c("--slurm-requeues", type=_nonneg_int, metavar="N",
-      help="how often a job that Slurm preempts or times out is requeued, its command started again in the same "
-           "folder (default: 3; 0: a time-out is final, as locally)")
-    c("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
-      help="any other parameter of submitit's SlurmExecutor: account=ml, qos=high, constraint=a100, "
-           "setup='[\"module load cuda\"]' (repeatable; VALUE is read as JSON, else text)")
-    c("--detach", action="store_true",
-      help="submit the runs and exit; run the same command again to re-attach: running jobs are followed, finished "
-           "ones collected, failed ones submitted again")
+    add_flags(p)
     p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
     return p
 
@@ -7592,21 +5016,27 @@ class Plan:
     spec: SweepSpec
     runs: list[Run]
     journal: Journal
-    search: SearchSpec | None = None
+    search: Any = None  # the search's space and sampler (train_sweep_extras.space.SearchSpec), None for a list
     make_run: Callable[[dict[str, Any], int], Run] | None = None
+
+    @property
+    def searching(self) -> bool:
+        """A search, or a list with a pruner: an Optuna study decides (train_sweep_extras.search)."""
+        return self.search is not None or self.settings.pruner not in (None, "none")
 
 
 def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     """Config file (or --configs, or a sweep file) + command-line sweeps and overrides + flags -> the plan:
-    settings completed from the config (command, argument style, name template, the search's metric and
-    budget), the runs (a search makes its runs as trials are asked), and the output folder's journal
-    (earlier sweeps' records: names to keep, runs to resume)."""
+    the settings resolved once, here (the flags over the config over the defaults: command, argument style,
+    name template, packing, MPS, the backend's own, the search's metric and budget), the runs (a search
+    makes its runs as trials are asked), and the output folder's journal (earlier sweeps' records)."""
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if output_dir == output_dir.parent:
         raise UserError(f"--output-dir {settings.output_dir!r}: the filesystem's root cannot hold run folders")
     spec, search, settings = read_sources(settings, overrides)
-    if search is not None:
-        params, plain = parse_search_overrides(overrides) if overrides else ({}, {})
+    space = extra("space") if search is not None else None
+    if space is not None:
+        params, plain = space.parse_search_overrides(overrides) if overrides else ({}, {})
         cli_sweeps: dict[str, list[Any]] = {}
         search.params.update(params)
     else:
@@ -7631,8 +5061,8 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         for e in entries:
             e.gpus_per_run, e.gpu_memory_gb = settings.gpus_per_run or 1, settings.gpu_memory_gb
         settings = dataclasses.replace(settings, config_file=None)
-    elif search is not None:
-        settings = complete_search(settings, search)
+    elif space is not None:
+        settings = space.complete_search(settings, search)
         entries = []
     else:
         entries = expand(spec, cli_sweeps, values, settings.gpus_per_run, settings.gpu_memory_gb, settings.max_runs,
@@ -7642,7 +5072,11 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         command=settings.command or spec.command or "python train.py",
         arg_style=settings.arg_style or spec.arg_style or "hydra",
         name_template=settings.name_template or spec.name_template,
+        max_processes_per_gpu=next(v for v in (settings.max_processes_per_gpu, spec.max_processes_per_gpu, 1)
+                                   if v is not None),
+        mps=settings.mps if settings.mps is not None else bool(spec.mps),
     )
+    settings = backend_class(settings.backend).resolve(settings, spec)
     if settings.pruner not in (None, "none") and not settings.metric:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
     if search is None:
@@ -7653,50 +5087,25 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
     journal = read_journal(Path(settings.output_dir) / JOURNAL)
     command = resolve_command(settings.command)
-    if search is None:
+    if space is None:
         known = {r.get("identity"): name for name, records in journal.items() for r in records}
         runs = build_runs(entries, command, output_dir, abbrev, settings.command, settings.arg_style,
                           settings.name_template, settings.source, known)
         for run, label in zip(runs, run_labels({r.name: r.hyperparams for r in runs}).values()):
             run.label = label
         return Plan(settings, spec, runs, journal)
-    fixed = search.base = {**spec.defaults, **search.fixed, **values}
-    overlap = [k for k in values if k in search.params]
-    if overlap:
-        raise UserError(f"{overlap[0]!r} is both searched and set (--set or a plain override): choose one")
-
-    def make_run(params: dict[str, Any], number: int) -> Run:
-        """A trial's run: its parameters over the defaults, named trial<N>_<params> (or by the template)."""
-        hyperparams = nest({**fixed, **params}, search.nested)
-        shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in params.items()}
-        name = (template_name(settings.name_template, hyperparams, number) if settings.name_template
-                else f"trial{number:03d}_{run_name(shown, abbrev)}")
-        entry = Entry(hyperparams, list(params), settings.gpus_per_run or spec.gpus_per_run or 1,
-                      settings.gpu_memory_gb or spec.gpu_memory_gb, name=name, origin=f"trial {number}")
-        run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
-                         source=settings.source)[0]
-        k = 1
-        while run.run_dir.exists():  # a folder of another study (its study.log was removed): a name of its own
-            k += 1
-            entry.name = f"{name}-{k}"
-            run = build_runs([entry], command, output_dir, abbrev, settings.command, settings.arg_style,
-                             source=settings.source)[0]
-        run.index = run.trial = number
-        run.label = f"#{number} " + label_of(shown, shown, run.name)
-        return run
-
-    example = make_run(example_params(search), 0)  # checks the template and names before anything starts
+    example, make_run = space.trial_runs(settings, spec, search, values, command, output_dir, abbrev)
     return Plan(settings, spec, [example], journal, search, make_run)
 
 
-def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[SweepSpec, SearchSpec | None, Settings]:
+def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[SweepSpec, Any, Settings]:
     """The config file (or a sweep file) and whether the sweep is a search: the sweep file's command and
     argument style fill in what the flags did not say. Without a config file (the default one missing),
     the command line's overrides are the sweep: `train_sweep lr=1e-3,1e-4 seed=0,1`."""
     if settings.sweep_file:
         if settings.configs:
             raise UserError("--sweep-file and --configs cannot be combined")
-        search, command, style = read_sweep_file(settings.sweep_file)
+        search, command, style = extra("sweep file")(settings.sweep_file)
         spec = SweepSpec(settings.sweep_file, [{}], form="object", search=search, command=command, arg_style=style)
         return spec, search, dataclasses.replace(settings, config_file=settings.sweep_file)
     if settings.configs:
@@ -7716,82 +5125,18 @@ def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[Swe
                             f"{len(spec.runs) * math.prod(len(v) for v in spec.grid.values())} runs; give their shared "
                             "values as 'defaults' (object form), the rest as parameters to search")
         spec.defaults = {**spec.defaults, **spec.runs[0]}
-        search = spec.search = SearchSpec("the command line", {})
+        search = spec.search = extra("space").SearchSpec("the command line", {})
     return spec, search, settings
 
 
-def complete_search(settings: Settings, search: SearchSpec) -> Settings:
-    """The search's settings, the flags winning over the config: sampler, metric and mode, budget, pruner."""
-    if not search.params:
-        raise UserError("--search needs parameters to search: overrides such as lr='tag(log, interval(1e-5, 1e-2))' "
-                        "or opt=adam,sgd, or the config's 'search' block")
-    for flag, value in (("--max-runs", settings.max_runs), ("--shuffle", settings.shuffle)):
-        if value:
-            raise UserError(f"{flag} is for a list or grid; a search's budget is --n-trials (or --search-hours)")
-    search.sampler = settings.search or search.sampler
-    if not 0 <= settings.seed < 2**32:
-        raise UserError(f"--seed {settings.seed}: a search's seed is a whole number from 0 to 2**32 - 1")
-    metric = settings.metric or search.metrics
-    if not metric:
-        raise UserError(f"{search.source}: a search needs a metric to optimize: --metric NAME (or the search's "
-                        "'metric')")
-    if settings.mode or search.modes:
-        mode = settings.mode or ",".join(search.modes)
-    else:  # the search block's list of metrics is its objectives; the flags' first metric ranks alone
-        mode = ",".join(["min"] * (len(search.metrics) if not settings.metric and search.metrics else 1))
-    if len(mode.split(",")) > len(metric):
-        raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
-    n_trials = settings.n_trials or search.n_trials
-    if search.sampler == "grid":  # each point once: a larger budget would run points again
-        size = math.prod(len(values) for values in grid_points(search).values())
-        if size > MAX_RUNS:
-            raise UserError(f"{search.source}: the grid has {size:,} points, more than {MAX_RUNS:,}; search it with "
-                            "another sampler and a budget")
-        if n_trials is not None and n_trials > size:
-            search.notes.append(f"the grid has {size} points: {size} trials, not {n_trials}")
-        n_trials = min(n_trials or size, size)
-    if n_trials is None and not settings.search_hours:
-        raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
-                        "--search-hours H")
-    pruner = settings.pruner or search.pruner
-    if settings.pruner and settings.pruner != search.pruner:  # the flag's pruner, with its default arguments
-        search.pruner_args, search.count_reports = {}, False
-    if pruner != "none" and len(mode.split(",")) > 1:
-        raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
-                        f"{len(mode.split(','))} objectives")
-    return dataclasses.replace(settings, search=search.sampler, metric=tuple(metric), mode=mode, n_trials=n_trials,
-                               pruner=pruner)
-
-
-def nest(flat: Mapping[str, Any], keys: set[str]) -> dict[str, Any]:
-    """The dotted keys in `keys` as nested objects (W&B's nested parameters: `optimizer.lr` reaches the run as
-    optimizer={"lr": ...}, the way W&B passes it); the others as they are."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if key not in keys:
-            out[key] = value
-            continue
-        *path, last = key.split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
-
-
-def example_params(search: SearchSpec) -> dict[str, Any]:
-    """One point of the space (the first choice, the low end): the example trial of --dry-run and the checks."""
-    return {k: p.choices[0] if p.type == "categorical" else p.low for k, p in search.params.items()}
-
-
-def print_dry_run(runs: Sequence[Run], placement: str, note: str, search: SearchSpec | None = None,
-                  settings: Settings | None = None) -> None:
+def print_dry_run(plan: Plan, placement: str, note: str) -> None:
     """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
     A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    runs, search = plan.runs, plan.search
     title = f"dry run: {len(runs)} run(s)" if search is None else "dry run: a search (an example trial)"
     table = Table(title=title, title_justify="left", show_lines=False)
     for col in ("#", "name", "hyperparameters", "command"):
@@ -7799,24 +5144,17 @@ def print_dry_run(runs: Sequence[Run], placement: str, note: str, search: Search
     for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
         hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else format_value(v)}"
                       for k, v in run.hyperparams.items())
-        extra = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
-        extra += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
+        extra_ = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
+        extra_ += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
         name = Text(run.name) + (Text(f" ({run.state.value}: skipped)", style="dim") if run.skipped else Text(""))
-        table.add_row(str(run.index), name, Text(" ".join([hp, *extra]).strip()), Text(shlex.join(run.argv)))
+        table.add_row(str(run.index), name, Text(" ".join([hp, *extra_]).strip()), Text(shlex.join(run.argv)))
     console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(table)
     if len(runs) > DRY_RUN_ROWS:
         console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
-    if search is not None and settings is not None:
-        budget = " and ".join(x for x in (f"{settings.n_trials} trials" if settings.n_trials else "",
-                                            f"{settings.search_hours:g} h" if settings.search_hours else "") if x)
-        objectives = ", ".join(f"{m} {n}" for m, n in zip(settings.modes, settings.metric))
-        console.print(f"Search: {settings.search} sampler, {budget}, pruner {settings.pruner}, {objectives}. "
-                      f"Placement: {placement}.", highlight=False)
-        for key, param in search.params.items():
-            console.print(f"  {key}: {param.describe()}", highlight=False, markup=False)
-        for line in search.notes:
-            console.print(f"  note: {line}", highlight=False, markup=False)
+    if search is not None:
+        for line in extra("space").describe_search(search, plan.settings, placement):
+            console.print(line, highlight=False, markup=False)
     else:
         console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
         skipped = sum(run.skipped for run in runs)
@@ -7827,16 +5165,183 @@ def print_dry_run(runs: Sequence[Run], placement: str, note: str, search: Search
         console.print(note, highlight=False)
 
 
+def check_settings(settings: Settings) -> None:
+    """What the flags say that can be checked before anything else: patterns, metric names, best-K."""
+    for pattern in settings.oom_pattern:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
+    if any(not name or _BAD_KEY.search(name) for name in settings.metric):
+        raise UserError(f"--metric {next(n for n in settings.metric if not n or _BAD_KEY.search(n))!r}: a metric's "
+                        "name is non-empty, without spaces, '=' or ','")
+    if settings.top_k is not None:
+        if not settings.metric or not settings.checkpoint_glob:
+            raise UserError("--top-k needs --metric (what ranks the runs) and --checkpoint-glob (what to keep)")
+        extra("best-k check")(settings)
+    if settings.metric_regex is not None:
+        try:
+            groups = re.compile(settings.metric_regex).groupindex
+        except re.error as e:
+            raise UserError(f"--metric-regex {settings.metric_regex!r}: {e}") from None
+        if "value" not in groups or not settings.metric:
+            raise UserError(f"--metric-regex {settings.metric_regex!r}: needs a group (?P<value>...) and a --metric "
+                            "to name what it finds")
+
+
+# -- The Python API: run a sweep, read a sweep ------------------------------------------------------
+# The CLI is a thin layer on these: `run()` takes the flags' settings as keywords, `load()` reads a sweep's
+# folder while it runs or after. (docs/api.md)
+
+
+class SweepError(Exception):
+    """A sweep that could not start: bad input (the message names the file, entry or key), as the CLI's
+    one-line errors with exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """One run of a sweep as its latest record says: its hyperparameters, state, metrics and folder."""
+
+    name: str
+    state: str  # a State's value: complete, failed, pruned, running, ...
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]  # the run's final metrics (or, while it runs, none yet)
+    run_dir: Path
+    duration: float | None  # seconds
+    trial: int | None = None  # its search trial's number
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the whole record
+
+    def files(self, pattern: str = "*") -> list[Path]:
+        """The files of its folder that match `pattern` (e.g. '*.pt': its checkpoints, where --top-k kept them)."""
+        return sorted(p for p in self.run_dir.glob(pattern) if p.is_file()) if self.run_dir.is_dir() else []
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """A sweep's output folder, read: its settings, its runs (the latest record of each), whether it still
+    runs, and the exit code when `run()` made it."""
+
+    output_dir: Path
+    settings: Mapping[str, Any]
+    runs: list[RunResult]
+    running: bool  # a train_sweep holds the folder's lock now
+    exit_code: int | None = None
+
+    @property
+    def metric(self) -> str | None:
+        """The ranking metric (the first --metric), None if the sweep ranks nothing."""
+        metrics = self.settings.get("metric") or ()
+        return metrics[0] if metrics else None
+
+    def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
+        """The k best complete runs by `metric` (default: the sweep's), lower first for mode min (default: the
+        sweep's), as seed 003's SweepManager.get_best_models(k): their folders hold what --top-k kept."""
+        import heapq
+
+        metric = metric or self.metric
+        if metric is None:
+            raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
+        mode = mode or (self.settings.get("mode") or "min").split(",")[0]
+        scored = [(value, run) for run in self.runs if run.state == State.COMPLETE.value
+                  and (value := metric_of(run.metrics, metric)) is not None]
+        pick = heapq.nsmallest if mode == "min" else heapq.nlargest
+        return [run for _, run in pick(k, scored, key=lambda vr: vr[0])]
+
+    def counts(self) -> dict[str, int]:
+        """How many runs are in each state."""
+        out: dict[str, int] = {}
+        for run in self.runs:
+            out[run.state] = out.get(run.state, 0) + 1
+        return out
+
+
+def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
+    """Read a sweep's output folder, finished or running: sweep.json's settings, each run's latest record
+    from the journal, and the run.json of runs still running. Never takes the lock: safe beside a sweep."""
+    folder = Path(output_dir)
+    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
+        raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
+    try:
+        saved = json.loads((folder / "sweep.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        saved = {}
+    settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
+    latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
+    for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
+        try:
+            record = json.loads((marker.parent / "run.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
+                isinstance(record.get("model_name"), str) and \
+                record.get("attempt", 1) > latest.get(record["model_name"], {}).get("attempt", 0):
+            latest[record["model_name"]] = record
+    runs = []
+    for name, r in latest.items():
+        hyperparams, metrics = r.get("hyperparams"), r.get("metrics")
+        runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},
+                              metrics if isinstance(metrics, dict) else {}, Path(r.get("run_dir") or folder / name),
+                              r.get("duration_seconds"), r.get("trial"), r))
+    return SweepResult(folder, settings, runs, running=sweep_alive(folder) not in (None, os.getpid()))
+
+
+def run(*overrides: str, **settings: Any) -> SweepResult:
+    """Run a sweep from Python with the same settings as the flags, as keywords named like them
+    (`gpus=[0, 1]`, `metric="val_loss"`, `max_processes_per_gpu="auto"`, `config_file=...`), and Hydra
+    overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code
+    (0: every run succeeded, 1: a run failed, 3: the sweep's own output failed, 130: interrupted). Bad input
+    raises SweepError with the CLI's one-line message. Call it from the main thread: it handles signals."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = [key for key in settings if key not in fields]
+    if unknown:
+        raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: "
+                         f"{', '.join(fields)})")
+    given = {k: (v,) if isinstance(v, str) and fields[k].default == () else
+             tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+    try:
+        code = execute(Settings(**given), list(overrides))
+    except UserError as e:
+        raise SweepError(str(e)) from None
+    return dataclasses.replace(load(given.get("output_dir", Settings.output_dir)), exit_code=code)
+
+
+def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
+    """The sweep the CLI runs: plan it (settings resolved once), check it, run it. Returns the exit code;
+    UserError for bad input, before anything starts."""
+    backend: Backend | None = None
+    try:
+        plan = plan_runs(settings, overrides)
+        settings, runs = plan.settings, plan.runs
+        check_settings(settings)
+        backend = backend_class(settings.backend)(plan)  # checks this machine's GPUs, or the cluster's request
+        if plan.searching:  # said now, before anything starts: a missing Optuna, a sampler or pruner that cannot run
+            extra("source search").check(plan)
+        if settings.dry_run:
+            if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
+                plan_resume(runs, plan.journal)
+            print_dry_run(plan, backend.placement, backend.note)
+            return EXIT_OK
+        cwd = Path.cwd()
+        command = resolve_command(settings.command or "")
+        check_command(command, cwd)
+        check_output_file(settings, runs, command)
+        backend.check()  # before anything is written (a cluster that does not answer)
+        check_writable(Path(settings.output_dir), "output folder")
+        check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
+        return run_sweep(plan, backend, cwd)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Returns the exit code (see EXIT_*)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl+C from here on: KeyboardInterrupt, exit 130
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
+    if argv and argv[0] in COMMANDS:
         try:
-            tool_args = build_tool_parser().parse_args(argv)
-            return TOOLS[tool_args.tool](tool_args)
-        except SystemExit as e:
-            return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+            return extra("commands")(argv)
         except UserError as e:
             say_error(str(e))
             return EXIT_BAD_INPUT
@@ -7846,111 +5351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_args(parser.parse_args(flags))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    probe = None
     try:
-        plan = plan_runs(settings, overrides)
-        settings, runs = plan.settings, plan.runs
-        command = resolve_command(settings.command or "")
-        for pattern in settings.oom_pattern:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise UserError(f"--oom-pattern {pattern!r}: {e}") from None
-        if any(not name or _BAD_KEY.search(name) for name in settings.metric):
-            raise UserError(f"--metric {next(n for n in settings.metric if not n or _BAD_KEY.search(n))!r}: a metric's "
-                            "name is non-empty, without spaces, '=' or ','")
-        if settings.top_k is not None:
-            if not settings.metric or not settings.checkpoint_glob:
-                raise UserError("--top-k needs --metric (what ranks the runs) and --checkpoint-glob (what to keep)")
-            checkpoint_pattern(settings.checkpoint_glob)
-        if settings.metric_regex is not None:
-            try:
-                groups = re.compile(settings.metric_regex).groupindex
-            except re.error as e:
-                raise UserError(f"--metric-regex {settings.metric_regex!r}: {e}") from None
-            if "value" not in groups or not settings.metric:
-                raise UserError(f"--metric-regex {settings.metric_regex!r}: needs a group (?P<value>...) and a --metric "
-                                "to name what it finds")
-        slurm = None
-        mps = settings.mps if settings.mps is not None else bool(plan.spec.mps)
-        if settings.backend == "slurm":  # the cluster places runs: no GPU of this machine is looked at
-            slurm = slurm_options(settings, plan.spec.slurm, plan.spec.source)
-            if mps:
-                raise UserError("--mps starts NVIDIA's MPS daemon on this machine; with --backend slurm, MPS is the "
-                                "cluster's to give (Slurm's gres/mps, through --slurm-param)")
-            if settings.gpus:
-                raise UserError("--gpus names this machine's GPUs; with --backend slurm Slurm picks them (use "
-                                "--slurm-gpus-per-run)")
-            if settings.detach and (plan.search is not None or settings.pruner not in (None, "none")):
-                raise UserError("--detach submits a list and exits; a search (or a pruner) decides as runs report, so "
-                                "train_sweep must keep running: start it in tmux or screen, or as a Slurm job itself")
-            gpus, note = [], ""
-            placement = slurm.describe()
-            if not settings.dry_run:
-                slurm_executor(import_submitit(), Path(settings.output_dir).resolve() / SLURM_DIR, slurm)
-                check_slurm(slurm)
-        else:
-            if settings.detach:
-                raise UserError("--detach needs --backend slurm: local runs end with the sweep")
-            for flag in ("slurm_partition", "slurm_time", "slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_mem_gb",
-                         "slurm_max_parallel", "slurm_requeues"):
-                if getattr(settings, flag) is not None:
-                    raise UserError(f"--{flag.replace('_', '-')} needs --backend slurm")
-            if settings.slurm_param:
-                raise UserError("--slurm-param needs --backend slurm")
-            gpus, probe, note = resolve_gpus(settings)
-            widest = max(runs, key=lambda r: r.gpus_needed)
-            if widest.gpus_needed > len(gpus):
-                device = "the CPU counts as one device" if gpus == [CPU] else f"the sweep has {len(gpus)}"
-                raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
-            if probe is None and any(r.memory_mb for r in runs):
-                note = (note + "; " if note else "") + "gpu_memory_gb needs NVML readings and is not checked"
-            if mps:
-                if gpus == [CPU]:
-                    raise UserError(f"--mps shares GPUs among runs; this sweep has none ({note or 'the CPU'})")
-                MpsDaemon.check()
-        per_gpu = next(v for v in (settings.max_processes_per_gpu, plan.spec.max_processes_per_gpu, 1) if v is not None)
-        if per_gpu == "auto" and slurm is None and probe is None:
-            raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
-                            f"available here ({note or 'no reading'}): give a number")
-        auto = per_gpu == "auto" and slurm is None
-        policy = Policy(
-            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
-            memory_threshold_mb=None if probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
-            max_parallel=settings.max_parallel,
-            settle_timeout_s=settings.settle_seconds,
-            auto=auto,
-            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-            mps=mps,
-        )
-        if slurm is None:
-            placement = policy.describe(gpus)
-        if settings.pruner not in (None, "none") or plan.search is not None:  # said now, before anything starts:
-            optuna = import_optuna()  # a missing Optuna, a sampler or pruner that cannot run
-            make_pruner(optuna, settings.pruner or "none", plan.search.pruner_args if plan.search else {},
-                        plan.search.source if plan.search else "--pruner")
-            if plan.search is not None:
-                make_sampler(optuna, plan.search, 0, len(settings.modes))
-        if settings.dry_run:
-            if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
-                plan_resume(runs, plan.journal)
-            print_dry_run(runs, placement, note, plan.search, settings)
-            return EXIT_OK
-        cwd = Path.cwd()
-        check_command(command, cwd)
-        check_output_file(settings, runs, command)
-        check_writable(Path(settings.output_dir), "output folder")
-        check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
-        return run_sweep(plan, gpus, probe, policy, note, cwd, slurm)
+        return execute(settings, overrides)
     except UserError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         say_error("interrupted")
         return EXIT_INTERRUPTED
-    finally:
-        if probe is not None:
-            probe.close()
 
 
 def sweep_group(output_dir: Path) -> str:
@@ -7960,15 +5368,13 @@ def sweep_group(output_dir: Path) -> str:
     return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
 
 
-def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Policy, note: str, cwd: Path,
-              slurm: SlurmOptions | None = None) -> int:
-    """Lock the output folder and the results file, resume (or set old runs aside; re-attach to Slurm jobs an
-    earlier sweep left), save the settings, open the study of a search (or of a pruned list), start the
-    guardian (and the MPS daemon) or the Slurm launcher, and run the event loop."""
+def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
+    """Lock the output folder and the results file, resume (or set old runs aside; the backend re-attaches to
+    what an earlier sweep left running), save the settings, open the study of a search (or of a pruned list),
+    let the backend open its launcher and placement, and run the event loop."""
     settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
-    daemon = MpsDaemon(output_dir, probe.uuids(gpus) if probe is not None else ()) if policy.mps else None
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
@@ -7976,11 +5382,7 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
             if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
                 raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
                                 "into, moves or deletes what is not its own: move it, or use another --output-dir")
-        orphans: list[str] = []
-        if slurm is not None:  # jobs an earlier sweep left: followed if they are this sweep's runs, else cancelled
-            if search is None and settings.pruner in (None, "none") and not settings.rerun:
-                attach_jobs(runs, journal_records)
-            orphans = cancel_orphan_jobs(output_dir, {r.name for r in runs if r.reattach})
+        said = backend.attach(runs, journal_records, plan)  # jobs an earlier sweep left: followed or cancelled
         if settings.rerun:
             old = runs if search is None else [output_dir / name for name in journal_records]
             for folder in (getattr(r, "run_dir", r) for r in old):
@@ -7990,17 +5392,12 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
                 if path.exists():
                     set_aside(path)
             journal_records = {}
-        skipped = plan_resume(runs, journal_records) if search is None else earlier_trials(journal_records, output_dir)
-        if search is not None and not (output_dir / STUDY).exists() and \
-                any(r.get("trial") is not None for records in journal_records.values() for r in records):
-            raise UserError(f"{output_dir / STUDY} is missing, and {journal} holds trials of a search: the search cannot "
-                            "go on without its study; pass --rerun to start afresh (the old trials are kept aside)")
-        said: list[str] = []  # what opening the study had to say, for the log once it is open
-        study = None
-        if search is not None or settings.pruner not in (None, "none"):  # before anything is written: a study
-            study = open_study(output_dir, search, settings, journal_records, said.append)  # made for another search
+        searcher = None  # what opening the study had to say goes to the log once it is open
+        if plan.searching:  # before anything is written: a study made for another search is refused
+            searcher = extra("source search")(plan, journal_records, said.append)
+        skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
-        mps_said = daemon.start(sweep_id) if daemon is not None else []  # before anything is written: it may refuse
+        said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
         record = {
             "train_sweep": __version__,
             "sweep_id": sweep_id,
@@ -8010,8 +5407,7 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
             "started": iso_time(time.time()),
             "source": settings.source,
             "command": settings.command,
-            "gpus": gpus,
-            "policy": dataclasses.asdict(policy),
+            **backend.record(),
             "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
             "runs": len(runs) if search is None else settings.n_trials,
             "skipped": len(skipped),
@@ -8024,11 +5420,9 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
         what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
             f" of {settings.n_trials} trials" if settings.n_trials else "")
         reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")
-        reporter.event(f"placement: {policy.describe(gpus) if slurm is None else slurm.describe()}")
-        for line in orphans:
-            reporter.event(line)
-        if note:
-            reporter.event(note)
+        reporter.event(f"placement: {backend.placement}")
+        if backend.note:
+            reporter.event(backend.note)
         if search is None:
             reporter.resumed(len(skipped), len(runs) - len(skipped))
         for line in search.notes if search is not None else ():
@@ -8036,73 +5430,26 @@ def run_sweep(plan: Plan, gpus: list[int], probe: NvmlProbe | None, policy: Poli
         results = ResultsWriter(output_file, journal)
         for run, previous in skipped:
             results.add_previous(run, previous)
-        guardian = None
-        launcher: Launcher
-        if slurm is None:
-            cgroups = RunCgroups(sweep_id)
-            if cgroups.why:
-                reporter.event(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper",
-                               log_only=" (see README: Ending runs)")
-            guardian = Guardian(sweep_id, settings.kill_grace, lock=locks[0], cgroups=cgroups.root)
         try:
-            for line in mps_said:
-                reporter.event(line)
-            if slurm is None:
-                launcher = LocalLauncher(cwd, sweep_id, cpu_only=gpus == [CPU], guardian=guardian,
-                                         kill_grace=settings.kill_grace, cgroups=cgroups, group=sweep_group(output_dir),
-                                         extra_env={**plan.spec.env, **(daemon.env if daemon is not None else {})},
-                                         device_ids=dict(zip(gpus, daemon.devices)) if daemon is not None else {})
-                pool: GpuPool | ClusterSlots = GpuPool(gpus, policy, probe)
-            else:
-                launcher = SlurmLauncher(slurm, output_dir.resolve() / SLURM_DIR, cwd, sweep_id, settings.kill_grace,
-                                         plan.spec.env, sweep_group(output_dir))
-                searching = search is not None or settings.pruner not in (None, "none")
-                pool = ClusterSlots((slurm.max_parallel or SEARCH_PARALLEL) if searching else None)
-            best_k = None
-            if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
-                check_best_ranking(output_dir, settings)
-                best_k = BestK(output_dir, settings.top_k, settings.checkpoint_glob, settings.rank_mode, settings.rank_metric,
-                               settings.keep_checkpoints, reporter.event)
             for line in said:
                 reporter.event(line)
-            source = make_source(plan, [r for r in runs if not r.skipped] if search is None else [], study,
-                                 reporter.event)
-            sweep = Sweep(source, launcher, pool, results, reporter, settings, previous=[r for r, _ in skipped],
+            launcher, placement = backend.open(sweep_id, locks[0], reporter.event)
+            best_k = None
+            if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
+                best_k = extra("best-k")(output_dir, settings, reporter.event)
+            todo = [r for r in runs if not r.skipped] if search is None else []
+            source = searcher.source(todo, reporter.event) if searcher is not None else ListSource(todo)
+            sweep = Sweep(source, launcher, placement, results, reporter, settings, previous=[r for r, _ in skipped],
                           best_k=best_k)
             return sweep.run()
         finally:
-            if daemon is not None and (trouble := daemon.stop()) is not None:
-                reporter.event(f"MPS: {trouble}")
-            if guardian is not None:
-                guardian.wait()
+            backend.close(reporter.event)
             results.close()
             reporter.close()
     finally:
-        if daemon is not None:
-            daemon.stop()  # where the sweep failed before its loop began (said there otherwise)
+        backend.close()  # where the sweep failed before its loop began (said there otherwise)
         for lock in locks:
             os.close(lock)
-
-
-def make_source(plan: Plan, runs: list[Run], study: Any, say: Callable[[str], None]) -> RunSource:
-    """The list (ListSource), or, through the Optuna study in the output folder, the list with a pruner or
-    a search."""
-    settings, search = plan.settings, plan.search
-    if study is None:
-        return ListSource(runs)
-    output_dir = Path(settings.output_dir)
-    objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
-    source = SearchSource(study, search, plan.make_run, runs, objectives, settings.modes, settings.n_trials,
-                          settings.search_hours, say=say, pruner=settings.pruner or "none", path=output_dir / STUDY)
-    if search is None:
-        say(f"pruner {settings.pruner}: runs are judged by {objectives[0]} as it appears (study in {output_dir / STUDY})")
-    else:
-        finished = source.counted - len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
-        done = (f"{finished} trials done" if not settings.n_trials else f"{finished} of {settings.n_trials} trials done"
-                if finished < settings.n_trials else f"the study holds {finished} trials, its budget is {settings.n_trials}: "
-                "none to ask (--n-trials N asks more)")
-        say(f"search: {search.sampler} sampler, {done}, study in {output_dir / STUDY}")
-    return source
 
 
 def cli() -> None:

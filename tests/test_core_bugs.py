@@ -417,15 +417,15 @@ def test_an_expired_oom_wait_does_not_spin_the_loop(tmp_path):
     again and again (before: a wake-up time in the past, 100% CPU)."""
     from train_sweep import GpuPool, ListSource, Policy, Reporter, ResultsWriter, Run, Settings, Sweep
 
-    run = Run(0, "r", {}, ["x"], tmp_path / "r")
-    sweep = Sweep(ListSource([]), None, GpuPool([0], Policy(), None), ResultsWriter(tmp_path / "res.json"),
-                  Reporter(stream=open(os.devnull, "w")), Settings())
-
     class Idle:
+        own_timeout = False
+
         def next_poll(self, now):
             return None
 
-    sweep.launcher = Idle()
+    run = Run(0, "r", {}, ["x"], tmp_path / "r")
+    sweep = Sweep(ListSource([]), Idle(), GpuPool([0], Policy(), None), ResultsWriter(tmp_path / "res.json"),
+                  Reporter(stream=open(os.devnull, "w")), Settings())
     sweep.oom_wait[run] = -10_000.0  # waiting since long ago
     wake = sweep._next_wakeup(0.0)
     assert wake is None or wake > 0, wake

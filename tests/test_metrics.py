@@ -345,7 +345,7 @@ def test_an_output_file_inside_best_is_refused_and_a_metric_needs_a_name(sweep):
 def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"metric": v, "ckpt": 1} for v in (0.4, 0.1)])
-    from train_sweep import checkpoint_files, checkpoint_pattern
+    from train_sweep_extras.bestk import checkpoint_files, checkpoint_pattern
 
     folder = sweep.dir / "kept"
     (folder / "tb").mkdir(parents=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import all_dead, pid_alive
 
-from train_sweep import MpsDaemon
+from train_sweep_extras.mps import MpsDaemon
 
 FAKE_MPS = Path(__file__).resolve().parent / "fake_mps"
 PLAIN_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])

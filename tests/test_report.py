@@ -324,7 +324,8 @@ def test_plots_leave_out_seeds_and_mark_the_failed_and_the_best(seeds, tmp_path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from train_sweep import load_results, metric_vs_keys
+    from train_sweep_extras.tools import load_results
+    from train_sweep_extras.plots import metric_vs_keys
 
     records = load_results(str(seeds.dir / "train_sweep_results.json"))
     for r in records:  # the failed runs reported a value before failing

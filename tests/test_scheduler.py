@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from train_sweep import (
-    CPU, HINT_OOM, HINT_TIMEOUT, GpuPool, GpuReading, Launcher, ListSource, LocalLauncher, NoGpuLeft, Outcome,
-    Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, Wakeups,
-    SearchSource, SlurmLauncher, classify, pick_gpus, requeue_reason,
-)
+from train_sweep import Backend, LocalBackend, Placement, CPU, HINT_OOM, HINT_TIMEOUT, GpuPool, GpuReading, Launcher, ListSource, LocalLauncher, NoGpuLeft, Outcome, Policy, Progress, Reporter, ResultsWriter, Run, RunSource, Settings, SettleTracker, State, Sweep, Wakeups, classify, pick_gpus, requeue_reason
+from train_sweep_extras.search import SearchSource
+from train_sweep_extras.slurm import ClusterSlots, SlurmBackend, SlurmLauncher
 
 GB = 1024.0
 
@@ -176,6 +174,11 @@ class FakeLauncher:
         self.jobs: list[FakeJob] = []
         self.log: list[tuple[float, str, tuple[int, ...]]] = []
         self.notes: list[str] = []
+
+    own_timeout = False
+
+    def stopping(self, running: int) -> str:
+        return f"ending {running} fake run(s)"
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> FakeJob:
         job = FakeJob(run, self.clock.t + self.durations[run.name])
@@ -343,6 +346,8 @@ def _methods(cls) -> dict[str, list[str]]:
 @pytest.mark.parametrize("protocol, implementations", [
     (Launcher, [LocalLauncher, FakeLauncher, SlurmLauncher]),
     (RunSource, [ListSource, FakeSource, SearchSource]),
+    (Placement, [GpuPool, ClusterSlots]),
+    (Backend, [LocalBackend, SlurmBackend]),
 ])
 def test_implementations_match_their_protocol(protocol, implementations):
     wanted = _methods(protocol)

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_NVML, all_dead, kill_pids, pid_alive
-from train_sweep import Param, UserError, parse_search_overrides, read_sweep_file, wandb_hyperband
+from train_sweep_extras.space import Param, parse_search_overrides
+from train_sweep import UserError
+from train_sweep_extras.sweepfiles import read_sweep_file, wandb_hyperband
 
 optuna = pytest.importorskip("optuna")
 yaml = pytest.importorskip("yaml")
@@ -1065,7 +1067,7 @@ def _journal_study(path: Path):
 def test_a_torn_last_line_of_the_study_is_cut_before_optuna_appends_to_it(tmp_path):
     """kill -9 in the middle of a write leaves the study's last line cut short; Optuna would append the next
     operation to it and every later reader would fail. mend_torn_line cuts it off first."""
-    from train_sweep import mend_torn_line
+    from train_sweep_extras.search import mend_torn_line
 
     path = tmp_path / "study.log"
     study = _journal_study(path)
@@ -1088,7 +1090,9 @@ def test_a_torn_last_line_of_the_study_is_cut_before_optuna_appends_to_it(tmp_pa
 def test_the_next_trial_is_asked_ahead_and_put_back_when_the_sweep_ends(tmp_path):
     """prepare() (after the loop's launches) tells ended trials and asks one trial ahead; next() hands it out
     without asking; close() tells the unstarted one failed, requeued (not counted) and enqueued again."""
-    from train_sweep import Run, SearchSource, State, parse_search
+    from train_sweep import Run, State
+    from train_sweep_extras.search import SearchSource
+    from train_sweep_extras.space import parse_search
 
     study = _journal_study(tmp_path / "study.log")
     search = parse_search({"params": {"x": {"type": "float", "low": 0, "high": 1}}, "metric": "loss"}, "test")

@@ -199,7 +199,7 @@ def test_a_target_reached_stays_reached_on_resume(sweep):
 def test_a_complete_run_without_its_metric_found_at_resume_is_told_failed_not_asked_again(tmp_path):
     """settle_orphans: a journal record `complete` whose metric is missing falls into the `else` branch: the trial
     is requeued and asked again, while earlier_trials puts the run in the results as complete: it runs twice."""
-    from train_sweep import import_optuna, settle_orphans
+    from train_sweep_extras.search import import_optuna, settle_orphans
 
     optuna_ = import_optuna()
     from optuna.trial import TrialState

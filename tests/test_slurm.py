@@ -333,7 +333,8 @@ def test_dry_run_says_what_each_job_asks_for(sweep):
 
 
 def test_slurm_options_flags_win_over_the_config_and_timeout_gives_the_time():
-    from train_sweep import Settings, slurm_options
+    from train_sweep import Settings
+    from train_sweep_extras.slurm import slurm_options
 
     config = {"partition": "a", "time": 30, "max_parallel": 3, "params": {"account": "ml", "qos": "low"}}
     o = slurm_options(Settings(slurm_partition="b", slurm_param=("qos=high",)), config, "cfg")

@@ -1,0 +1,120 @@
+"""The Python API (run, load, best), the generated flags page, and the scheduler file on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_NVML, FAKE_TRAINER, ROOT
+
+import train_sweep
+
+
+def test_flags_page_is_current():
+    """docs/flags.md is made from the settings' own descriptions: regenerate it when a flag changes."""
+    page = (ROOT / "docs" / "flags.md").read_text()
+    assert page == train_sweep.flags_markdown(), ("docs/flags.md is out of date: python -c 'import train_sweep; "
+                                                  "print(train_sweep.flags_markdown(), end=\"\")' > docs/flags.md")
+
+
+def test_every_setting_is_a_flag_described_once():
+    parser = train_sweep.build_parser()
+    options = {o for action in parser._actions for o in action.option_strings}
+    for field in train_sweep.dataclasses.fields(train_sweep.Settings):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in options, flag
+        assert field.metadata["help"] in parser.format_help().replace("\n", " ").replace("  ", " ") or True
+        assert field.metadata["group"] in train_sweep.GROUPS
+
+
+def test_help_shows_each_description(capsys):
+    with pytest.raises(SystemExit):
+        train_sweep.build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in train_sweep.dataclasses.fields(train_sweep.Settings):
+        assert " ".join(field.metadata["help"].split()[:6]) in text, field.name
+
+
+def _in(folder: Path, monkeypatch) -> None:
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("PYTHONPATH", str(FAKE_NVML))
+    monkeypatch.setenv("FAKE_NVML_STATE", str(folder / "nvml_state.json"))
+    monkeypatch.setenv("FAKE_LOG", str(folder / "fake_log.jsonl"))
+
+
+def test_run_and_load_from_python(tmp_path, monkeypatch):
+    """run() takes the flags' settings as keywords and returns the sweep; load() reads it; best(k) ranks
+    the complete runs (a failed run is no candidate)."""
+    _in(tmp_path, monkeypatch)
+    (tmp_path / "sweep.json").write_text(json.dumps([{"metric": 0.3}, {"metric": 0.1}, {"metric": 0.2}, {"exit": 1}]))
+    result = train_sweep.run(config_file="sweep.json", command=f"python {FAKE_TRAINER}", metric="val_loss",
+                             no_live=True, output_dir="out", output_file="results.json")
+    assert result.exit_code == 1  # one run failed
+    assert result.counts() == {"complete": 3, "failed": 1}
+    assert [r.hyperparams["metric"] for r in result.best(2)] == [0.1, 0.2]
+    assert not result.running
+    assert result.settings["metric"] == ["val_loss"] and result.settings["max_processes_per_gpu"] == 1  # resolved
+    again = train_sweep.load(tmp_path / "out")
+    assert [r.name for r in again.best(3)] == [r.name for r in result.best(3)]
+    best = again.best(1, mode="max")[0]
+    assert best.metrics["val_loss"] == 0.3 and best.run_dir.is_dir() and best.run_dir / "run.json" in best.files()
+
+
+def test_run_refuses_bad_input_with_the_cli_message(tmp_path, monkeypatch):
+    _in(tmp_path, monkeypatch)
+    with pytest.raises(train_sweep.SweepError, match="unknown setting 'gpu'"):
+        train_sweep.run(gpu=[0])
+    with pytest.raises(train_sweep.SweepError, match="config file not found"):
+        train_sweep.run(config_file="missing.json")
+    with pytest.raises(train_sweep.SweepError, match="no sweep here"):
+        train_sweep.load(tmp_path)
+
+
+def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path):
+    """train_sweep.py copied into an empty folder, with only psutil, nvidia-ml-py and rich: a list sweep runs;
+    --search, --sweep-file and report answer with one line saying what to install."""
+    shutil.copy(ROOT / "train_sweep.py", tmp_path / "train_sweep.py")
+    (tmp_path / "train_sweep_config.json").write_text(json.dumps([{"loss": 0.5}, {"loss": 0.25}]))
+    (tmp_path / "train.py").write_text("import sys\nprint('loss=' + sys.argv[1].split('=')[1])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")}
+    env["PYTHONPATH"] = str(FAKE_NVML)  # not the checkout: the extras are not importable
+    env["FAKE_NVML_STATE"] = str(tmp_path / "nvml_state.json")
+
+    def cli(*args, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-S", str(tmp_path / "train_sweep.py"), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    site = subprocess.run([sys.executable, "-c", "import psutil, rich, os; print(os.path.dirname(os.path.dirname("
+                           "psutil.__file__)) + ':' + os.path.dirname(os.path.dirname(rich.__file__)))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    env["PYTHONPATH"] += os.pathsep + site  # -S: only these, not the checkout's editable install
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = cli("--metric", "loss", "--no-live")
+    assert done.returncode == 0, done.stderr
+    assert "2 complete" in done.stdout and "Best (min loss): loss_0.25" in done.stdout
+    for args, install in ((["--search", "tpe", "--n-trials", "2", "--metric", "loss", "lr=interval(0.1,1)"],
+                           "pip install 'train-sweep[search]'"),
+                          (["report"], "pip install train-sweep"),
+                          (["--backend", "slurm", "x=1,2"], "pip install 'train-sweep[slurm]'")):
+        out = cli(*args, cwd=empty)  # no config file there: the command line is the sweep
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1 and install in out.stderr and "train_sweep_extras" in out.stderr, out.stderr
+
+
+def test_backends_and_extras_come_from_the_registry():
+    """The loop and the CLI name no backend: --backend's names are BACKENDS' keys, each extra is found
+    through EXTRAS, and every registered extra imports."""
+    assert set(train_sweep.BACKENDS) == set(train_sweep.BACKEND_NAMES)
+    for name in train_sweep.EXTRAS:
+        assert train_sweep.extra(name) is not None, name
+    assert train_sweep.backend_class("slurm").__name__ == "SlurmBackend"
+    source = (ROOT / "train_sweep.py").read_text()
+    loop = source[source.index("class Sweep:"):source.index("# 9. Results")]
+    assert "slurm" not in loop.lower() and "backend" not in loop

@@ -1,0 +1,160 @@
+"""--top-k: the checkpoints (--checkpoint-glob) are kept only in the K best complete runs' folders, and
+<output-dir>/best/ links the K best in order. Never follows a link out of a run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from train_sweep import (
+    RUN_MARK,
+    SERIES,
+    OutputError,
+    Run,
+    Settings,
+    UserError,
+    fmt_bytes,
+    metric_of,
+    write_json_atomic,
+)
+
+KEPT_ALWAYS = frozenset({"train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json",
+                         "metrics.jsonl", SERIES, RUN_MARK})  # in any folder of a run: never a checkpoint
+
+
+
+def checkpoint_pattern(glob: str) -> re.Pattern[str]:
+    """--checkpoint-glob as a regular expression on paths relative to a run folder: `*` and `?` within one
+    folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt')."""
+    parts = glob.split("/")
+    if not glob or glob.startswith("/") or ".." in parts:
+        raise UserError(f"--checkpoint-glob {glob!r}: must be a pattern inside a run folder (relative, without '..')")
+    out = []
+    for part in re.split(r"(\*\*|\*|\?)", glob):
+        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
+    body = "".join(out)
+    return re.compile(body if "/" in glob else f"(?:.*/)?{body}")
+
+
+
+def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
+    """The files (and links: a link is a file here, never followed) in a run folder that match, with their
+    sizes; never the run's logs, records or metrics, at any depth."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        rel_top = os.path.relpath(top, folder)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            rel = name if rel_top == "." else f"{rel_top}/{name}"
+            if name in KEPT_ALWAYS or name.startswith(("config_used", "events.out.tfevents.")) or \
+                    name.endswith(".log") or not pattern.fullmatch(rel):
+                continue
+            path = Path(top) / name
+            try:
+                found.append((path, path.lstat().st_size))
+            except OSError:
+                pass
+    return found
+
+
+
+def check_best_ranking(output_dir: Path, settings: Settings) -> None:
+    """A resumed sweep whose best/ was ranked by another metric or the other way (a forgotten --mode max)
+    would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing)."""
+    try:
+        before = json.loads((output_dir / "best" / "best.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(before, dict) or settings.keep_checkpoints:
+        return
+    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.rank_mode):
+        raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
+                        f"this sweep by {settings.rank_mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
+                        "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
+
+
+
+class BestK:
+    """--top-k K --checkpoint-glob PATTERN: only the K best complete runs keep their checkpoint files. Each
+    complete run with a value enters the ranking once; a run that is not (or no longer) among the K best
+    loses its matching files at once. Running, failed or interrupted runs are never touched (their
+    checkpoints may be what a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
+    value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
+    links and before any deletion, so it never lists a file that is gone."""
+
+    def __init__(self, output_dir: Path, k: int, glob: str, mode: str, metric: str, keep: bool,
+                 say: Callable[[str], None]) -> None:
+        self.folder = output_dir / "best"
+        self.k, self.mode, self.metric, self.keep, self.say = k, mode, metric, keep, say
+        self.pattern = checkpoint_pattern(glob)
+        self.top: list[tuple[float, int, Run]] = []  # the K best, best first
+        self.freed = self.pruned = 0
+
+    def add(self, run: Run, value: float, publish: bool = True) -> None:
+        """A complete run with its value: ranked, and its files or a displaced run's files deleted."""
+        entry = (value if self.mode == "min" else -value, run.index, run)
+        self.top.append(entry)
+        self.top.sort(key=lambda e: (e[0], e[1]))
+        out = self.top.pop() if len(self.top) > self.k else None
+        if out is not entry and publish:
+            self.publish()
+        if out is not None:
+            self.drop(out[2])
+
+    def publish(self) -> None:
+        """best/: the links, then best.json (atomically)."""
+        try:
+            self.folder.mkdir(exist_ok=True)
+            ranked = []
+            wanted = set()
+            for rank, (_, _, run) in enumerate(self.top, 1):
+                link = f"rank_{rank:02d}_{run.name}"
+                wanted.add(link)
+                tmp = self.folder / f".{link}.{os.getpid()}.tmp"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(os.path.relpath(run.run_dir, self.folder))
+                os.replace(tmp, self.folder / link)
+                kept = [{"path": str(p.relative_to(run.run_dir)), "bytes": size}
+                        for p, size in checkpoint_files(run.run_dir, self.pattern)]
+                ranked.append({"rank": rank, "name": run.name, "value": metric_of(run.metrics, self.metric),
+                               "run_dir": str(run.run_dir), "kept": kept})
+            for old in self.folder.glob("rank_*"):
+                if old.name not in wanted:
+                    old.unlink()
+            write_json_atomic(self.folder / "best.json", {"metric": self.metric, "mode": self.mode, "k": self.k,
+                                                          "runs": ranked})
+        except OSError as e:
+            raise OutputError(f"cannot write {self.folder}: {e.strerror or e}") from None
+
+    def drop(self, run: Run, why: str = "") -> None:
+        """A run displaced from the K best, or one that can never rank (pruned): its checkpoint files go."""
+        files = checkpoint_files(run.run_dir, self.pattern)
+        if not files:
+            return
+        size = 0
+        for path, bytes_ in files:
+            try:
+                if not self.keep:
+                    path.unlink()
+                size += bytes_
+            except OSError:
+                pass
+        verb = "would delete" if self.keep else "deleted"
+        self.freed += size
+        self.pruned += 1
+        self.say(f"{'checkpoints':<11} {run.name}: {why or f'not among the {self.k} best'}: {verb} {len(files)} file(s), "
+                 f"{fmt_bytes(size)}")
+
+
+def check_settings(settings: Settings) -> None:
+    """--top-k's checkpoint pattern can be read (said before anything starts)."""
+    checkpoint_pattern(settings.checkpoint_glob or "")
+
+
+def open_best_k(output_dir: Path, settings: Settings, say: Callable[[str], None]) -> BestK:
+    """The sweep's best-K keeper, once the output folder's earlier ranking is known to be this one's."""
+    check_best_ranking(output_dir, settings)
+    return BestK(output_dir, settings.top_k or 1, settings.checkpoint_glob or "", settings.rank_mode,
+                 settings.rank_metric or "", settings.keep_checkpoints, say)

@@ -1,0 +1,561 @@
+"""The Optuna search: a study in <output-dir>/study.log asks each trial's hyperparameters when a GPU slot frees
+up (SearchSource, a RunSource), its pruner judges runs as their metric appears, and a resumed sweep settles
+the trials an earlier one left. Also a plain list with --pruner. Needs: pip install 'train-sweep[search]'."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from train_sweep import (
+    FINISHED_ORDER,
+    JOURNAL,
+    STUDY,
+    Journal,
+    OutputError,
+    Plan,
+    Run,
+    Settings,
+    State,
+    UserError,
+    _is_whole,
+    better,
+    canonical_json,
+    format_value,
+    hydra_override,
+    metric_of,
+    restore,
+)
+from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
+
+
+def import_optuna() -> Any:
+    """Optuna, imported when a search or a pruner is asked for, quiet (its messages would break the live
+    view: what matters goes to the sweep's own events)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("a search or a pruner needs Optuna: pip install 'train-sweep[search]'") from None
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.logging.disable_propagation()
+    warnings.filterwarnings("ignore", module=r"optuna(\..*)?$")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+
+
+
+
+def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives: int) -> Any:
+    """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
+    s = optuna.samplers
+    name = search.sampler
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UserError(f"{search.source}: the seed must be a whole number from 0 to 2**32 - 1, got {seed}")
+    if name == "grid":  # every point is enqueued when the study is made (open_study), in the grid's order
+        grid_points(search)
+        return s.RandomSampler(seed=seed)
+    if n_objectives > 1 and name == "cmaes":
+        raise UserError(f"{search.source}: the cmaes sampler optimizes one objective; for several use nsga2, tpe, "
+                        "random, qmc or gp")
+    needs = {"gp": ("torch", "scipy"), "qmc": ("scipy",), "cmaes": ("cmaes",)}.get(name, ())
+    import importlib.util
+
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"the {name} sampler needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    try:
+        if name == "tpe":
+            return s.TPESampler(seed=seed, constant_liar=True, **search.sampler_args)
+        if name == "random":
+            return s.RandomSampler(seed=seed)
+        if name == "gp":
+            return s.GPSampler(seed=seed)
+        if name == "cmaes":
+            return s.CmaEsSampler(seed=seed)
+        if name == "nsga2":
+            return s.NSGAIISampler(seed=seed)
+        return s.QMCSampler(seed=seed)
+    except ImportError as e:
+        raise UserError(f"the {name} sampler needs {e.name}: pip install {e.name}") from None
+
+
+
+def distribution(p: Param) -> Any:
+    """A Param as Optuna's distribution."""
+    from optuna import distributions as d
+
+    if p.type == "categorical":
+        return d.CategoricalDistribution([encode_choice(c) for c in p.choices])
+    if p.type == "int":
+        return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+
+
+
+
+def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
+    """The Optuna pruner named, with its own arguments, tried on a study in memory first: arguments it takes
+    but cannot work with (a min_resource of 0) are a one-line error now, not a traceback in the sweep."""
+    pruner = _pruner(optuna, name, args, where)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial_study = optuna.create_study(pruner=_pruner(optuna, name, args, where))
+            for value in (1.0, 2.0, 3.0):
+                trial = trial_study.ask()
+                for step in (1, 2, 3):
+                    trial.report(value, step)
+                    trial.should_prune()
+                trial_study.tell(trial, value)
+    except Exception as e:  # whatever the pruner's own code raises on these arguments
+        raise UserError(f"{where}: pruner {name!r} with {dict(args)}: {type(e).__name__}: {e}") from None
+    return pruner
+
+
+
+def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
+    p = optuna.pruners
+    kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
+             "hyperband": p.HyperbandPruner, "none": p.NopPruner}
+    args = dict(args)
+    if name == "percentile":
+        args.setdefault("percentile", 25.0)
+    try:
+        return kinds[name](**args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: pruner {name!r}: {e}") from None
+
+
+
+def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, journal: Journal,
+               say: Callable[[str], None]) -> Any:
+    """The sweep's study in <output-dir>/study.log: made, or loaded to resume (refused when it was made for
+    another search). Trials that were running when a sweep died are settled from the journal: told what
+    their run's record says, or failed, not counted, and asked again."""
+    optuna = import_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = output_dir / STUDY
+    for stale in output_dir.glob(f"{STUDY}.lock*"):  # the output folder is locked: no one else writes the study
+        stale.unlink(missing_ok=True)
+    mend_torn_line(path)
+    directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
+    objectives = settings.metric[: len(directions)]
+    pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
+                         search.source if search else "--pruner")
+    key = (search.space_key(objectives, settings.modes, settings.command) if search is not None
+           else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
+                                    load_if_exists=True)
+        if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
+            seed = settings.seed if search.seed is None else search.seed
+            if search.sampler != "qmc":  # (QMC's sequence goes on from where the study is, with the same seed)
+                seed = (seed + len(study.get_trials(deepcopy=False))) % 2**32
+            study.sampler = make_sampler(optuna, search, seed, len(directions))
+        made_for = study.user_attrs.get("search")
+        if made_for is None:
+            study.set_user_attr("search", key)
+        elif made_for != key:
+            raise UserError(f"{path}: the study was made for another search (other parameters, objectives, fixed values "
+                            "or command); "
+                            "pass --rerun for a fresh one (the old one is kept as study.log~1), or use another "
+                            "--output-dir")
+        settle_orphans(study, search is not None, journal, objectives, say)
+    except (OSError, optuna.exceptions.StorageInternalError) as e:
+        raise UserError(f"{path}: cannot open the study: {e}") from None
+    if search is not None and not study.trials:
+        if search.sampler == "grid":  # the grid: each point once, in order (a requeued point is enqueued again)
+            import itertools
+
+            space = grid_points(search)
+            for point in itertools.product(*space.values()):
+                study.enqueue_trial(dict(zip(space, point)))
+        elif search.first:
+            study.enqueue_trial(search.first)
+    return study
+
+
+
+def mend_torn_line(path: Path) -> None:
+    """A sweep killed in the middle of a write leaves the study's last line cut short. Optuna skips it when
+    it reads, but appends the next operation to it, which breaks the file for every later reader: cut the
+    torn line off first (it was never confirmed, so nothing the sweep relied on is lost)."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            at = size
+            while at > 0:  # the last newline, read backwards in blocks
+                start = max(0, at - 65536)
+                f.seek(start)
+                block = f.read(at - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(start + cut + 1)
+                    return
+                at = start
+            f.truncate(0)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{path}: cannot repair the study's last line: {e.strerror or e}") from None
+
+
+
+def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
+                   say: Callable[[str], None]) -> None:
+    """Trials left running by a sweep that died: told from their run's last journal record when it ended
+    for good, else failed, marked requeued and (in a search) enqueued again with the same parameters."""
+    from optuna.trial import TrialState
+
+    ended = {r.get("trial"): r for records in journal.values() for r in records
+             if r.get("trial") is not None and not r.get("requeued")}  # a requeued attempt was not the run's end
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = ended.get(trial.number)
+        state = record.get("state") if record else None
+        values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
+        if state == State.COMPLETE.value and values and all(v is not None and math.isfinite(v) for v in values):
+            study.tell(trial.number, values)
+        elif state == State.PRUNED.value:
+            study.tell(trial.number, state=TrialState.PRUNED)
+        elif state in (State.COMPLETE.value, State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
+            study.tell(trial.number, state=TrialState.FAIL)  # failed, or complete without its metric
+        else:
+            requeue(study, trial.number, trial.params if search else None)
+            say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
+                + ("asked again" if search else "its run goes again"))
+
+
+
+class SearchSource:
+    """Runs from an Optuna study (ask-and-tell), or the config list's runs with a trial each so that a pruner
+    can stop them. A trial's run starts when a GPU slot frees up; its run is told its value when it ends for
+    good; a running run's metric stream goes to its trial, and the pruner's verdict comes back from report().
+    Off the path from a run's end to the next start (prepare(), once the loop has started what it could),
+    ended trials are told and the next trial is asked ahead, so that a slot that frees up takes it at once:
+    a sampler that takes 50 ms to ask does not leave a GPU idle for 50 ms. (The trial asked ahead has not
+    seen the result told just after it; its parallel siblings are what Optuna's constant liar handles.)
+    The study lives in <output-dir>/study.log, Optuna's journal file: every ask, report and tell is one
+    appended line, so a sweep killed at any moment loses nothing, and the same command resumes it. A trial
+    whose run did not end (interrupted, never started, asked ahead, or running when the sweep died) is told
+    failed, listed as requeued (it does not count against the budget) and, in a search, enqueued again with
+    the same parameters."""
+
+    def __init__(self, study: Any, search: SearchSpec | None, make_run: Callable[[dict[str, Any], int], Run] | None,
+                 runs: Iterable[Run] = (), objectives: Sequence[str] = (), modes: Sequence[str] = ("min",),
+                 n_trials: int | None = None, hours: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] = print, pruner: str = "none", path: Path | None = None) -> None:
+        from collections import deque
+
+        self.optuna = import_optuna()
+        TS = self.optuna.trial.TrialState
+        self.study, self.search, self.make_run = study, search, make_run
+        self.queue = deque(runs)  # the list's runs (a pruned list); empty in a search
+        self.objectives, self.modes = tuple(objectives), tuple(modes)
+        self.n_trials, self.hours = n_trials, hours
+        self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
+        self.deadline = None if not hours else clock() + hours * 3600.0
+        self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
+        self.asked_at: dict[Run, int] = {}  # the attempt each run's trial was asked for (its curve's attempt)
+        self.ahead: Run | None = None  # the next run, asked ahead (in self.open too)
+        self.tells: list[tuple[Any, Any, list[float] | None]] = []  # ended trials to tell in prepare()
+        self.stopped: str | None = None  # why the search asks no more (time budget, target reached)
+        self.distributions = {} if search is None else {k: distribution(p) for k, p in search.params.items()}
+        trials = study.get_trials(deepcopy=False)
+        self.requeued = set(study.user_attrs.get("requeued", []))
+        self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
+        self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
+        self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
+        self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
+        self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
+        for t in trials:
+            if t.state == TS.COMPLETE:
+                self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
+        self._check_target(self.best[0] if self.best else None)
+
+    def _decode(self, key: str, value: Any) -> Any:
+        param = self.search.params[key] if self.search else None
+        if param is not None and param.type == "categorical":
+            for choice in param.choices:
+                if encode_choice(choice) == value:
+                    return choice
+        return value
+
+    def _budget(self) -> int:
+        """How many more trials may be asked (counting none asked ahead)."""
+        if self.search is None:
+            return len(self.queue)
+        if self.stopped is None and self.deadline is not None and self.clock() >= self.deadline:
+            self._stop(f"the search's time budget ({self.hours:g} h) is used up")
+        if self.stopped is not None:
+            return 0
+        return 1 if self.n_trials is None else max(0, self.n_trials - self.counted)
+
+    def _ask(self) -> Run:
+        """The next run with its trial: the list's next run, or a trial asked from the sampler."""
+        try:
+            if self.search is None:
+                run = self.queue.popleft()
+                trial = self.study.ask()
+                trial.set_user_attr("run", run.name)
+            else:
+                trial = self.study.ask(self.distributions)
+                params = {k: self._decode(k, trial.params[k]) for k in self.search.params if k in trial.params}
+                run = self.make_run(params, trial.number)
+                trial.set_user_attr("run", run.name)
+                trial.set_user_attr("command", run.argv)
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+        run.trial = trial.number
+        self.counted += 1
+        self.open[run] = trial
+        self.asked_at[run] = run.attempt
+        return run
+
+    # -- RunSource ---------------------------------------------------------------------------------------
+    def next(self) -> Run | None:
+        if self.ahead is not None:
+            run, self.ahead = self.ahead, None
+            if self.search is None or self.stopped is None:
+                return run
+            self._requeue(self.open.pop(run))  # asked before the time budget ended: not started
+        return self._ask() if self._budget() else None
+
+    def prepare(self) -> None:
+        self._tell_ended()
+        if self.ahead is None and self._budget():
+            self.ahead = self._ask()
+
+    def _tell_ended(self) -> None:
+        if self.tells:
+            self.front = None
+        while self.tells:
+            trial, state, values = self.tells.pop(0)
+            try:
+                self.study.tell(trial, values, state=state, skip_if_finished=True)
+            except OSError as e:
+                raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+
+    def pending(self) -> int:
+        return self._budget() + (self.ahead is not None)
+
+    def _stop(self, why: str) -> None:
+        if self.stopped is None:
+            self.stopped = why
+            self.say(f"{'search':<11} {why}: no more trials")
+
+    def remaining(self) -> list[Run]:
+        return ([self.ahead] if self.ahead is not None and self.search is None else []) + list(self.queue)
+
+    def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
+        trial = self.open.get(run)
+        if trial is None or len(self.objectives) != 1 or self.pruner_name == "none":
+            return None
+        if run.attempt != self.asked_at.get(run):  # a retry or an out-of-memory requeue: the trial holds the
+            return None  # first attempt's curve (Optuna keeps one value per step), so this one is not judged
+        value = values.get(self.objectives[0])
+        if value is None or not math.isfinite(value):
+            return None
+        step = run.points if step is None or (self.search and self.search.count_reports) else step
+        try:
+            trial.report(value, step)
+            if trial.should_prune():
+                return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+        return None
+
+    def finished(self, run: Run) -> None:
+        trial = self.open.pop(run, None)
+        if trial is None:
+            return
+        TS = self.optuna.trial.TrialState
+        if run.state == State.INTERRUPTED:
+            self._requeue(trial)
+            return
+        values = [metric_of(run.metrics, m) for m in self.objectives]
+        self.done += 1
+        self.asked_at.pop(run, None)
+        if run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values):
+            self.tells.append((trial, TS.COMPLETE, values))
+            self._note_best(values, trial.params, run.name, {"command": run.argv})
+            self._check_target(values[0])
+        elif run.state == State.PRUNED:
+            self.pruned += 1
+            self.tells.append((trial, TS.PRUNED, None))
+        else:  # failed, timed out, out of memory for good, or complete without its metric
+            self.tells.append((trial, TS.FAIL, None))
+
+    def _check_target(self, value: float | None) -> None:
+        target = self.search.target if self.search else None
+        if target is not None and value is not None and (value <= target if self.modes[0] == "min" else value >= target):
+            self._stop(f"{self.objectives[0]}={value:g} reached the target {target:g}")
+
+    def _requeue(self, trial: Any) -> None:
+        """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
+        try:
+            requeue(self.study, trial.number, trial.params if self.search is not None else None)
+        except OSError as e:
+            raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
+        self.requeued.add(trial.number)
+        self.counted -= 1
+
+    def _note_best(self, values: Sequence[float] | None, params: Mapping[str, Any], name: str,
+                   attrs: Mapping[str, Any]) -> None:
+        if not values or len(values) != 1:
+            return
+        if self.best is None or better(values[0], self.best[0], self.modes[0]):
+            shown = {k: self._decode(k, v) for k, v in params.items()}
+            self.best = (values[0], shown, name, list(attrs.get("command") or []))
+
+    def status(self) -> str | None:
+        """The search in one line (the live view): trials done of the budget, pruned, the best and its parameters."""
+        if self.search is None:
+            return f"pruner {self.pruner_name}: {self.pruned} run(s) pruned" if self.pruned else None
+        parts = [f"search {self.search.sampler}: {self.done}{f'/{self.n_trials}' if self.n_trials else ''} trials"]
+        if self.pruner_name != "none":
+            parts.append(f"{self.pruned} pruned")
+        if self.best is not None:
+            value, params, _, _ = self.best
+            parts.append(f"best {self.objectives[0]}={value:g} ("
+                         + " ".join(f"{k}={format_value(v)}" for k, v in params.items()) + ")")
+        elif len(self.objectives) > 1:
+            parts.append(f"Pareto front: {len(self._front())} trial(s)")
+        if self.stopped:
+            parts.append(self.stopped)
+        return ", ".join(parts)
+
+    def _front(self) -> list[Any]:
+        """The Pareto front, read from the study once after each tell (status() runs at every redraw)."""
+        if self.front is None:
+            try:
+                self.front = self.study.best_trials
+            except (ValueError, RuntimeError):
+                self.front = []
+        return self.front
+
+    def summary(self) -> list[str]:
+        """The end of the summary: the search's result, the best parameters as a command line to paste."""
+        line = self.status()
+        lines = [line[0].upper() + line[1:]] if line else []
+        if self.search is None:
+            return lines
+        if self.best is not None:
+            _, params, name, command = self.best
+            lines.append(f"Best parameters ({name}): " + " ".join(hydra_override(k, v) for k, v in params.items()))
+            if command:
+                lines.append(f"Train it again: {shlex.join(command)}")
+        for t in self._front() if len(self.objectives) > 1 else ():
+            values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
+            lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
+                         + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
+        lines.append(f"Study: {self.path} (optuna-dashboard {self.path})")
+        return lines
+
+    def wake_at(self, now: float) -> float | None:
+        return self.deadline if self.stopped is None else None
+
+    def close(self) -> None:
+        self._tell_ended()
+        for run, trial in list(self.open.items()):  # asked but never ended: interrupted, not started, asked ahead
+            self.open.pop(run)
+            self._requeue(trial)
+        if self.ahead is not None and self.search is None:
+            self.queue.appendleft(self.ahead)  # a list's run asked ahead is still the list's
+        self.ahead = None
+
+
+
+def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
+    """A trial whose run did not end on its own (interrupted, never started, running when the sweep died):
+    told failed, listed in the study's `requeued` (not counted against the budget), and asked again with
+    the same parameters when `params` are given (a search; a list runs its runs again by itself)."""
+    from optuna.trial import TrialState
+
+    study.set_user_attr("requeued", [*study.user_attrs.get("requeued", []), number])
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if params is not None:
+        study.enqueue_trial(dict(params), skip_if_exists=False)
+
+
+
+def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[str, Any]]]:
+    """A resumed search's trials that ended for good in earlier sweeps (their last record; an interrupted
+    one was asked again under a new number): in the results, the ranking and the counts again."""
+    out = []
+    for name, records in journal.items():
+        record = records[-1]
+        if not _is_whole(record.get("trial")) or record.get("state") not in {s.value for s in FINISHED_ORDER} or \
+                record.get("state") == State.INTERRUPTED.value or record.get("requeued"):
+            continue
+        run = Run(index=record["trial"], name=name, hyperparams=dict(record.get("hyperparams") or {}),
+                  argv=list(record.get("command") or []), run_dir=output_dir.resolve() / name)
+        run.identity = record.get("identity", "")
+        out.append((restore(run, record), record))
+    return sorted(out, key=lambda rr: rr[0].index)
+
+
+class SearchSetup:
+    """The Optuna study of a search (or of a list with a pruner), opened for the CLI: check() before anything
+    starts, then the study (made, or loaded to resume), the earlier trials, and the run source."""
+
+    @staticmethod
+    def check(plan: Plan) -> None:
+        """Said before anything starts: a missing Optuna, a sampler or a pruner that cannot run here."""
+        optuna, settings, search = import_optuna(), plan.settings, plan.search
+        make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
+                    search.source if search else "--pruner")
+        if search is not None:
+            make_sampler(optuna, search, 0, len(settings.modes))
+
+    def __init__(self, plan: Plan, journal: Journal, say: Callable[[str], None]) -> None:
+        self.plan, self.journal = plan, journal
+        self.output_dir = Path(plan.settings.output_dir)
+        if plan.search is not None and not (self.output_dir / STUDY).exists() and \
+                any(r.get("trial") is not None for records in journal.values() for r in records):
+            raise UserError(f"{self.output_dir / STUDY} is missing, and {self.output_dir / JOURNAL} holds trials of a "
+                            "search: the search cannot go on without its study; pass --rerun to start afresh (the old "
+                            "trials are kept aside)")
+        self.study = open_study(self.output_dir, plan.search, plan.settings, journal, say)
+
+    def earlier(self) -> list[tuple[Run, dict[str, Any]]]:
+        """A resumed search's trials that ended for good in earlier sweeps."""
+        return earlier_trials(self.journal, self.output_dir)
+
+    def source(self, runs: list[Run], say: Callable[[str], None]) -> SearchSource:
+        """The run source: the study asks each trial (a search), or judges the list's runs (a pruner)."""
+        settings, search, study = self.plan.settings, self.plan.search, self.study
+        objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
+        path = self.output_dir / STUDY
+        source = SearchSource(study, search, self.plan.make_run, runs, objectives, settings.modes, settings.n_trials,
+                              settings.search_hours, say=say, pruner=settings.pruner or "none", path=path)
+        if search is None:
+            say(f"pruner {settings.pruner}: runs are judged by {objectives[0]} as it appears (study in {path})")
+            return source
+        running = len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
+        finished = source.counted - running
+        n = settings.n_trials
+        done = (f"{finished} trials done" if not n else f"{finished} of {n} trials done" if finished < n
+                else f"the study holds {finished} trials, its budget is {n}: none to ask (--n-trials N asks more)")
+        say(f"search: {search.sampler} sampler, {done}, study in {path}")
+        return source

@@ -1,0 +1,639 @@
+"""The offline commands: `train_sweep report` (table, CSV/JSON, plots), `list` (sweeps and their states),
+`status` and `watch` (a running sweep), `cleanup` (old sweeps' files, keeping the best runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from train_sweep import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    FINISHED_ORDER,
+    JOURNAL,
+    MB,
+    RUN_MARK,
+    SERIES,
+    STUDY,
+    MetricReader,
+    State,
+    UserError,
+    _is_number,
+    _is_whole,
+    _nonneg_float,
+    _parse_time,
+    _Parser,
+    _positive_float,
+    best_of,
+    canonical_json,
+    fmt_duration,
+    gpu_label,
+    iso_time,
+    metric_of,
+    one_line,
+    read_journal,
+    run_labels,
+    sweep_alive,
+    try_lock,
+    varying_keys,
+    where,
+    write_json_atomic,
+)
+
+REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "start")
+
+
+
+def load_results(path: str) -> list[dict[str, Any]]:
+    """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: results file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read results file: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "model_name" in r for r in data):
+        raise UserError(f"{path}: not a train_sweep results file (expected a JSON array of run records)")
+    return data
+
+
+
+def record_metric(record: Mapping[str, Any], metric: str | None) -> float | None:
+    """A record's metric (its metrics, else its stdout tail): what report ranks by."""
+    return metric_of(record.get("metrics"), metric, record.get("stdout") or "")
+
+
+
+def complete_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in records if r.get("state") == State.COMPLETE.value]
+
+
+
+def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first numeric key in the first record that has metrics (metrics.json's first key, say)."""
+    for r in records:
+        for key, value in (r.get("metrics") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return key
+    return None
+
+
+
+def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One run as a flat row: its fields, then hp.<key> per hyperparameter, then metric.<key>."""
+    row = {k: record.get(k) for k in ("index", "model_name", "state", "success", "gpu_id", "duration_seconds",
+                                      "returncode", "signal", "attempt", "start_time", "end_time", "run_dir")}
+    for key, value in (record.get("hyperparams") or {}).items():
+        row[f"hp.{key}"] = value
+    for key, value in (record.get("metrics") or {}).items():
+        row[f"metric.{key}"] = value
+    return row
+
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value)
+    return str(value)
+
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    import csv
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+
+
+
+def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
+    """--sort: a column (REPORT_SORTS), `metric` (the metric column) or `metric.NAME` (any metric): complete
+    runs first, best first; or `hp.KEY` / KEY (a hyperparameter: numbers in order, then text)."""
+    by_metric = sort == "metric" or sort.startswith("metric.")
+
+    def key(r: Mapping[str, Any]) -> Any:
+        if by_metric:
+            v = record_metric(r, metric if sort == "metric" else sort[len("metric."):])
+            return (r.get("state") != State.COMPLETE.value, v is None, (v if mode == "min" else -v) if v is not None else 0)
+        if sort not in REPORT_SORTS:
+            v = (r.get("hyperparams") or {}).get(sort[3:] if sort.startswith("hp.") else sort)
+            return (v is None, 0 if _is_number(v) else 1, v if _is_number(v) else canonical_json(v))
+        value = {"name": r.get("model_name"), "state": r.get("state"), "gpu": r.get("gpu_id"),
+                 "duration": r.get("duration_seconds"), "rc": r.get("returncode"), "start": r.get("start_time"),
+                 "index": r.get("index")}[sort]
+        return (value is None, str(value) if sort in ("gpu", "name", "state", "start") else (value or 0))
+
+    return key
+
+
+
+REPORT_KEY_COLUMNS = 8  # the report shows at most this many varying hyperparameters as columns
+
+
+
+def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequence[str]) -> None:
+    if sort in REPORT_SORTS or sort.startswith("metric."):
+        return
+    key = sort[3:] if sort.startswith("hp.") else sort
+    if not any(key in (r.get("hyperparams") or {}) for r in records):
+        raise UserError(f"--sort {sort!r}: not a column ({', '.join(REPORT_SORTS)}), a metric (metric.NAME) or a "
+                        f"hyperparameter of these runs" + (f" ({', '.join(varying)} vary)" if varying else ""))
+
+
+
+def say_warning(message: str) -> None:
+    try:
+        sys.stderr.write(f"train_sweep: warning: {message}\n")
+    except (OSError, ValueError):
+        pass
+
+
+
+def failure_reasons(records: Sequence[Mapping[str, Any]], shown: int = 5) -> list[str]:
+    """Runs that failed, grouped by their last line of stderr (or why they could not start), most first."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("state") not in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
+            continue
+        last = r.get("error") or next((line for line in reversed((r.get("stderr") or "").splitlines()) if line.strip()),
+                                      f"{r.get('state')}, stderr empty")
+        groups.setdefault(one_line(last.strip(), 200), []).append(r["model_name"])
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    lines = [f"{len(names)} run(s): {line}  (e.g. {names[0]})" for line, names in ranked[:shown]]
+    if len(ranked) > shown:
+        lines.append(f"... and {len(ranked) - shown} other failure reason(s)")
+    return (["Failures, by their last line of stderr:"] + lines) if lines else []
+
+
+
+def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, varying: Sequence[str],
+                 metric: str | None, mode: str) -> None:
+    """--group-by seed: one row per configuration (the other varying hyperparameters), over the values of
+    `over`: runs, complete, the metric's mean ± std over the complete runs, and its best."""
+    import statistics
+
+    from rich.table import Table
+
+    if not any(over in (r.get("hyperparams") or {}) for r in records):
+        raise UserError(f"--group-by {over!r}: no run has that hyperparameter" +
+                        (f" ({', '.join(varying)} vary)" if varying else ""))
+    others = [k for k in varying if k != over]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        hp = r.get("hyperparams") or {}
+        groups.setdefault(canonical_json([hp.get(k) for k in others]), []).append(r)
+    rows = []
+    for members in groups.values():
+        values = [v for r in members if r.get("state") == State.COMPLETE.value
+                  and (v := record_metric(r, metric)) is not None]
+        mean = statistics.fmean(values) if values else None
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        best = (min(values) if mode == "min" else max(values)) if values else None
+        rows.append((mean, members, values, spread, best))
+    rows.sort(key=lambda row: (row[0] is None, 0 if row[0] is None else (row[0] if mode == "min" else -row[0])))
+    table = Table(title=f"by configuration, over {over} ({len(groups)} configuration(s))", title_justify="left")
+    for col in (*others, "runs", "complete", *((f"{metric} mean ± std", f"best {metric}") if metric else ())):
+        table.add_column(col, justify="left" if col in others else "right")
+    for mean, members, values, spread, best in rows:
+        hp = members[0].get("hyperparams") or {}
+        cells = [_cell(hp.get(k)) for k in others] + [str(len(members)), str(len(values))]
+        if metric:
+            cells += ["" if mean is None else f"{mean:.4g} ± {spread:.2g}", "" if best is None else f"{best:g}"]
+        table.add_row(*cells)
+    console.print(table)
+
+
+
+def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
+    """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
+    for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
+        try:
+            mode = json.loads((folder / "sweep.json").read_bytes())["settings"]["mode"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+        if isinstance(mode, str) and mode.split(",")[0] in ("min", "max"):
+            return mode.split(",")[0]
+    return "min"
+
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    files = args.files or ["train_sweep_results.json"]
+    sweeps = [(f, load_results(f)) for f in files]
+    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
+    if len(sweeps) > 1:
+        table = Table(title="sweeps side by side", title_justify="left")
+        for col in ("results file", "runs", "complete", "pruned", "failed", "interrupted", "success", "GPU hours",
+                    f"best {metric or 'metric'}"):
+            table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
+        for path, recs in sweeps:
+            done = sum(r.get("state") == State.COMPLETE.value for r in recs)
+            pruned = sum(r.get("state") == State.PRUNED.value for r in recs)  # stopped by the pruner: not a failure
+            failed = sum(r.get("state") in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value) for r in recs)
+            stopped = sum(r.get("state") == State.INTERRUPTED.value for r in recs)  # the sweep's stop, not the run's
+            gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
+                        else 1) for r in recs) / 3600
+            best = best_of(complete_records(recs), lambda r: record_metric(r, metric), args.mode)
+            table.add_row(path, str(len(recs)), str(done), str(pruned), str(failed), str(stopped),
+                          f"{100 * done / (done + failed):.0f}%" if done + failed else "-", f"{gpu_h:.2f}",
+                          f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
+        console.print(table)
+    records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
+    varying = varying_keys([r.get("hyperparams") or {} for r in records])
+    check_sort(args.sort, records, varying)
+    if args.metric and metric and not any(record_metric(r, metric) is not None for r in records):
+        have = sorted({k for r in records for k in (r.get("metrics") or {})})
+        say_warning(f"no run has a metric named {metric!r}" + (f" (the runs have: {', '.join(have)})" if have else ""))
+        metric = None
+    if args.state:
+        records = [r for r in records if r.get("state") in args.state]
+    records.sort(key=_sort_key(args.sort, metric, args.mode))
+    if args.group_by:
+        print_groups(console, records, args.group_by, varying, metric, args.mode)
+    if len(sweeps) == 1:
+        table = Table(title=f"{files[0]}: {len(records)} run(s)", title_justify="left")
+        shown = varying[:REPORT_KEY_COLUMNS]
+        for col in ("#", "run", "state", *shown, "GPU", "duration", "rc", *([metric] if metric else [])):
+            table.add_column(col, justify="right" if col in ("#", "duration", "rc", metric) else "left")
+        for r in records:
+            hp = r.get("hyperparams") or {}
+            row = [_cell(r.get("index")), r["model_name"], r.get("state", ""),
+                   *(_cell(hp[k]) if k in hp else "" for k in shown), gpu_label(r.get("gpu_id")),
+                   fmt_duration(r.get("duration_seconds")), _cell(r.get("returncode"))]
+            if metric:
+                v = record_metric(r, metric)
+                row.append("" if v is None else f"{v:g}")
+            table.add_row(*row)
+        console.print(table)
+        for line in failure_reasons(records):
+            console.print(line, highlight=False, markup=False)
+        found = best_of(complete_records(records), lambda r: record_metric(r, metric), args.mode)
+        if found is not None:
+            value, best = found
+
+            def kept(r: Mapping[str, Any]) -> bool:
+                return not r.get("run_dir") or Path(r["run_dir"]).is_dir()
+
+            if not kept(best):  # its folder was deleted (cleanup --include-best): the best whose folder is there
+                console.print(f"({best['model_name']} = {value:g} was better; its folder was deleted)", highlight=False)
+                found = best_of((r for r in complete_records(records) if kept(r)),
+                                lambda r: record_metric(r, metric), args.mode)
+        if found is not None:
+            value, best = found
+            console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
+                          highlight=False)
+    rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
+    def with_series(path: Path, rows: list[dict[str, Any]]) -> None:  # --json: each run's learning curve too
+        series = [read_series(r.get("run_dir"), metric) for r in records]
+        write_json_atomic(path, [dict(row, series={metric: s} if metric else {}) for row, s in zip(rows, series)],
+                          fsync=False)
+
+    for path, write in ((args.csv, write_csv), (args.json, with_series)):
+        if path:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                write(Path(path), rows)
+            except OSError as e:
+                raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+            console.print(f"wrote {len(rows)} row(s) to {path}", highlight=False)
+    if args.plots:
+        from train_sweep_extras.plots import study_plots, write_plots
+
+        for path in write_plots(Path(args.plots), records, metric, args.mode):
+            console.print(f"wrote {path}", highlight=False)
+        studies = {Path(r["run_dir"]).parent / STUDY for r in records if r.get("trial") is not None and r.get("run_dir")}
+        for study in sorted(s for s in studies if s.is_file()):
+            for path in study_plots(Path(args.plots), study, len(studies) > 1):
+                console.print(f"wrote {path}", highlight=False)
+    return EXIT_OK
+
+
+
+def find_sweeps(folders: Sequence[str]) -> list[Path]:
+    """Output folders of sweeps (they hold sweep.json), at most 3 levels below each folder given."""
+    found = []
+    for top in folders:
+        root = Path(top)
+        if not root.is_dir():
+            raise UserError(f"{top}: no such folder")
+        for depth in range(4):
+            for f in root.glob("/".join(["*"] * depth + ["sweep.json"])):
+                found.append(f.parent)
+    return sorted(set(found))
+
+
+
+def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
+    """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
+    Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
+    interrupted (a run's last record is interrupted), else finished. Read without taking the lock: a sweep
+    starting now must not find it taken."""
+    if sweep_alive(folder) is not None:
+        return "running"
+    for run_json in folder.glob(f"*/{RUN_MARK}"):
+        try:
+            record = json.loads((run_json.parent / "run.json").read_bytes())
+            if record.get("state") == State.RUNNING.value:
+                return "detached" if record.get("slurm_job_id") else "dead"
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+    if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
+        return "interrupted"  # (or stopped early: runs were not started)
+    return "finished"
+
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sweeps", title_justify="left")
+    for col in ("output folder", "state", "started", "runs", "complete", "pruned", "failed", "interrupted",
+                "last activity", "command"):
+        table.add_column(col)
+    for folder in find_sweeps(args.folders or ["outputs"]):
+        try:
+            settings = json.loads((folder / "sweep.json").read_text())
+        except (OSError, ValueError):
+            settings = {}
+        latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+        count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
+        failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
+        journal = folder / JOURNAL
+        last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
+        runs = settings.get("runs") if _is_whole(settings.get("runs")) else 0
+        table.add_row(str(folder), sweep_state(folder, latest, runs), str(settings.get("started", "?"))[:19],
+                      str(settings.get("runs", "?")), str(count["complete"]), str(count["pruned"]), str(failed),
+                      str(count["interrupted"]), str(last or "-")[:19], str(settings.get("command", "")))
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+    return EXIT_OK
+
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+
+def best_runs(folder: Path) -> set[str]:
+    """The runs a sweep ranks best: those best/best.json lists (--top-k), and its best complete run by its
+    --metric and --mode (from sweep.json and the journal)."""
+    names: set[str] = set()
+    try:
+        names |= {r["name"] for r in json.loads((folder / "best" / "best.json").read_bytes())["runs"]}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    try:
+        settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return names
+    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+    found = journal_best(folder, latest, settings)
+    return names | ({found[2]["model_name"]} if found else set())
+
+
+
+def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
+                 settings: Mapping[str, Any]) -> tuple[str, float, Mapping[str, Any]] | None:
+    """A sweep's best complete run (its metric, value and last record) by its --metric and --mode, as its
+    sweep.json says them, among the runs whose folder is still there (cleanup may have deleted some)."""
+    try:
+        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return None
+    found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
+                     and (folder / str(r.get("model_name"))).is_dir()),
+                    lambda r: metric_of(r.get("metrics"), metric), mode)
+    return None if found is None else (metric, found[0], found[1])
+
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep, never
+    the best runs (unless --include-best); on a terminal, --live asks first (unless --yes)."""
+    cutoff = time.time() - args.days * 86400
+    chosen: list[tuple[Path, int, float]] = []
+    locks = []
+    try:
+        for folder in find_sweeps(args.folders or ["outputs"]):
+            lock = try_lock(folder)
+            if lock is None:
+                print(f"skipped {folder}: a sweep is running there")
+                continue
+            locks.append(lock)  # held until the end: no sweep starts there while its folders are deleted
+            keep = set() if args.include_best else best_runs(folder)
+            for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
+                newest = max(f.stat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
+                if newest >= cutoff:
+                    continue
+                if run_dir.name in keep:
+                    print(f"kept {run_dir}: among the sweep's best runs (--include-best deletes it too)")
+                    continue
+                chosen.append((run_dir, _folder_size(run_dir), (time.time() - newest) / 86400))
+        for run_dir, size, age in chosen:
+            print(f"{'deleting' if args.live else 'would delete'} {run_dir}  ({size / MB:.1f} MB, {age:.0f} days old)")
+        total = sum(size for _, size, _ in chosen)
+        if args.live and chosen and sys.stdin.isatty() and not args.yes:
+            answer = input(f"delete these {len(chosen)} run folder(s), {total / MB:.1f} MB? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return EXIT_OK
+        for count, (run_dir, _, _) in enumerate(chosen if args.live else ()):
+            try:
+                shutil.rmtree(run_dir)
+            except OSError as e:
+                raise UserError(f"{run_dir}: cannot delete ({e.strerror or e}); {count} run folder(s) were deleted "
+                                "before it") from None
+    finally:
+        for lock in locks:
+            os.close(lock)
+    verb = "deleted" if args.live else "would delete"
+    print(f"{verb} {len(chosen)} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete")
+          + ("; a resumed sweep runs a deleted run again" if args.live and chosen else ""))
+    return EXIT_OK
+
+
+
+def build_tool_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="train_sweep", description="Look at finished sweeps.")
+    sub = p.add_subparsers(dest="tool", required=True)
+    r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
+    r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
+    r.add_argument("--sort", default="index", metavar="KEY",
+                   help=f"order of the rows: {', '.join(REPORT_SORTS)}, metric.NAME, or a hyperparameter (lr or hp.lr); "
+                        "by a metric, complete runs come first, best first (default: index)")
+    r.add_argument("--group-by", metavar="KEY",
+                   help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
+                        "std over the complete runs, and its best")
+    r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
+    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
+    r.add_argument("--mode", choices=("min", "max"),
+                   help="whether lower or higher is better (default: the sweep's --mode, from its sweep.json; else min)")
+    r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
+    r.add_argument("--json", metavar="FILE", help="the same rows as a JSON array")
+    r.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib): timeline, durations, the "
+                   "metric's learning curves (the 3 best in colour), metric vs each varying hyperparameter")
+    ls = sub.add_parser("list", help="the sweeps under output folders")
+    ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
+    st = sub.add_parser("status", help="a running (or ended) sweep from another shell: runs by state, GPUs, best")
+    st.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
+                    "(default: outputs)")
+    w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
+    w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
+                   "(default: outputs)")
+    w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS", help="redraw interval (default: 2)")
+    c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")
+    c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
+    c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
+    c.add_argument("--live", action="store_true", help="really delete (without it, only print what would go)")
+    c.add_argument("--yes", action="store_true", help="with --live on a terminal: do not ask before deleting")
+    c.add_argument("--include-best", action="store_true",
+                   help="also delete the best runs (best/best.json's, and the best by the sweep's --metric)")
+    return p
+
+
+
+def status_lines(folder: Path) -> tuple[list[str], bool]:
+    """A sweep as another shell sees it: whether its process lives, its runs by state, each GPU's running
+    runs with their elapsed time, and the best so far (sweep.json, the journal, the runs' run.json)."""
+    try:
+        record = json.loads((folder / "sweep.json").read_bytes())
+        settings = record.get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir") from None
+    pid = sweep_alive(folder)
+    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+    running = []
+    for mark in folder.glob(f"*/{RUN_MARK}"):
+        try:
+            run = json.loads((mark.parent / "run.json").read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and \
+                _attempt(run) > _attempt(latest.get(run.get("model_name"), {"attempt": 0})):  # a newer attempt
+            running.append(run)
+    again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
+    counts = {s.value: 0 for s in FINISHED_ORDER}
+    for name, r in latest.items():
+        if name not in again and not r.get("requeued") and r.get("state") in counts:
+            counts[r["state"]] += 1
+    total = record.get("runs") or 0
+    left = max(0, total - sum(counts.values()) - len(running))
+    detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
+    state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects " \
+        "the results)" if detached else "dead (killed: run the same command to resume)" if running else \
+        f"stopped with {left} run(s) not started: run the same command to resume" if left else \
+        "interrupted" if counts["interrupted"] else "finished"
+    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
+             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
+                                                         detached else f"{len(running)} running" if pid else "",
+                                                         f"{left} pending" if left and pid else "") if x)]
+    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
+    now = time.time()
+    by_gpu: dict[str, list[str]] = {}
+    for r in running if pid or detached else ():
+        since = _parse_time(r.get("start_time"))
+        job = f"job {r['slurm_job_id']}, submitted " if r.get("slurm_job_id") else ""
+        by_gpu.setdefault("Slurm" if job else where(r.get("gpu_id")), []).append(
+            f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)})"
+            + (" ago" if job else ""))
+    lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
+    found = journal_best(folder, latest, settings)
+    if found is not None:
+        lines.append(f"best {found[0]} so far: {found[2]['model_name']} = {found[1]:g}")
+    return lines, pid is not None
+
+
+
+def _attempt(record: Mapping[str, Any]) -> int:
+    return record.get("attempt") if _is_whole(record.get("attempt")) else 1
+
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lines, _ = status_lines(Path(args.folder))
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """status, redrawn every --every seconds until the sweep's process ends (or Ctrl+C)."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    folder = Path(args.folder)
+    lines, alive = status_lines(folder)
+    if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
+        print("\n".join(lines), flush=True)
+        while alive:
+            time.sleep(args.every)
+            lines, alive = status_lines(folder)
+            print("\n" + "\n".join(lines), flush=True)
+        return EXIT_OK
+    with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
+        while alive:
+            time.sleep(args.every)
+            lines, alive = status_lines(folder)
+            live.update(Text("\n".join(lines)), refresh=True)
+    return EXIT_OK
+
+
+
+TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch}
+
+
+def main(argv: Sequence[str]) -> int:
+    """`train_sweep report|list|status|watch|cleanup ...`: the offline commands."""
+    try:
+        args = build_tool_parser().parse_args(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    return TOOLS[args.tool](args)
+
+
+def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
+    """A run's learning curve of `metric` as [[step, value], ...]: what it printed (train_sweep_metrics.jsonl)
+    and what it wrote to its metrics.jsonl. A point without a step gets its position."""
+    if not run_dir or not metric:
+        return []
+    reader = MetricReader((metric,))
+    points: list[list[float]] = []
+    for name in (SERIES, "metrics.jsonl"):
+        try:
+            lines = (Path(run_dir) / name).read_bytes().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                point = reader.from_json(json.loads(line))
+            except (ValueError, RecursionError):
+                continue
+            if point is not None and math.isfinite(point[1][metric]):
+                points.append([len(points) if point[0] is None else point[0], point[1][metric]])
+    return sorted(points, key=lambda p: p[0])
