@@ -3,45 +3,44 @@
 
 Reads a JSON list of hyperparameter dicts (or an object with a grid), gives each run a readable name,
 and keeps every listed GPU busy with `train.py` subprocesses: one folder, live logs and a run.json per
-run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared memory); never leaving
-a process behind (timeouts, Ctrl+C, even kill -9 of the sweep); never losing a finished result (a
-journal, resume, retries, out-of-memory requeue); and showing what runs where and which run won. Or it
-searches a space with Optuna: a trial for each GPU slot that frees up, a pruner that kills hopeless runs.
-On a Slurm cluster (--backend slurm) the same sweep runs as one Slurm job per run, through submitit.
+run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared memory, or `auto`:
+learned footprints); never leaving a process behind (timeouts, Ctrl+C, even kill -9 of the sweep: the
+guardian); never losing a finished result (a journal, resume, retries, out-of-memory requeue); and
+showing what runs where and which run won. This file is the scheduler, and needs only psutil,
+nvidia-ml-py and rich. What is optional (an Optuna search, W&B sweep files, Slurm, MPS, TensorBoard,
+best-K checkpoints, report/list/status/watch/cleanup and plots) lives in the package beside it,
+train_sweep_extras/, found through EXTRAS below.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
-    python train_sweep.py --gpus 0 1 --max-processes-per-gpu 2 --memory-threshold-gb 30
+    python train_sweep.py --gpus 0 1 --max-processes-per-gpu auto --metric val_loss
     python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
     python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log, interval(1e-5, 1e-2))'
-    python train_sweep.py --sweep-file sweep.yaml --gpus 0 1     # a W&B (or Protein) sweep, searched with Optuna
     python train_sweep.py --backend slurm --slurm-partition gpu --detach   # Slurm jobs; run it again to re-attach
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
     python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
     tail -f outputs/<name>/combined.log                          # follow one run
+    python -c "import train_sweep; print(train_sweep.load('outputs').best(3))"   # the Python API
 
-Map of this file (sections in the order data flows):
-    1. Constants and states       exit codes, run states, out-of-memory patterns, say_error
-    2. Settings                   every flag as one typed field (Settings), resolved once at the CLI's edge
-    3. Config                     the config file's two forms (SPEC_FIELDS), grids, command-line sweeps, --set;
-                                  a search's space (Param, SearchSpec) from the config, Hydra's syntax, W&B
-                                  and Protein sweep files
-    4. Runs and names             readable names, labels (what varies), templates, argument styles, Runs
-    5. GPU probe                  NVML readings through pynvml, in one place
-    6. Scheduling core            placement (pick_gpus, settling, declared memory, AutoPacker for auto;
-                                  GpuPool; ClusterSlots on Slurm), classify, requeue_reason, broken_setup
-    7. Sources and launchers      the RunSource and Launcher protocols; ListSource; SearchSource (an Optuna
-                                  study: ask, tell, prune); the guardian, LogFollower and LocalLauncher;
-                                  MpsDaemon (--mps: NVIDIA's MPS for the local runs); Slurm through
-                                  submitit (SlurmOptions, SlurmTask run in the job, SlurmLauncher)
-    8. The event loop             Sweep: reap, observe, record, launch, report; Wakeups (sleep, signals);
-                                  Progress snapshots
-    9. Results and metrics        records, atomic writes, tails; metrics (MetricReader, TensorBoardFollower,
-                                  read_metrics); best-K checkpoints (BestK); the journal, resume (re-attaching
-                                  to Slurm jobs), the locks
-    10. Reporting                 event lines, sweep.log, the live view, the summary
-    11. Offline tools             report (with a study's plots), list (sweep states), cleanup (keeps the best)
-    12. CLI                       argparse, plan_runs, main(), run_sweep, cli() (the command)
+Map of this file (sections in the order data flows; each uses only what comes before it):
+    1. Constants and helpers    exit codes, run states (State), OOM patterns, formatting; EXTRAS, extra()
+    2. Settings                 every flag as one typed field with its one description (--help, docs/flags.md);
+                                Ranking: which metric ranks, and which way
+    3. Config                   the config file's two forms (SPEC_FIELDS), grids, Hydra overrides, --set
+    4. Runs and names           readable names, labels, templates, argument styles, Run, run folders
+    5. GPU probe                NVML readings through pynvml, in one place
+    6. Placement                pick_gpus, settling, declared memory, AutoPacker (auto), GpuPool; classify,
+                                requeue_reason, broken_setup
+    7. Sources and launchers    the RunSource, Launcher and Placement protocols; ListSource; the guardian,
+                                cgroups, LogFollower, LocalLauncher
+    8. Results and metrics      records, atomic writes, tails; MetricReader, read_metrics; the journal,
+                                resume, the locks
+    9. Reporting                Progress snapshots, event lines, sweep.log, the live view, the summary
+    10. The event loop          Sweep (wait for an event, update, place what can start, report) with its
+                                Leaderboard, MetricFeed and FailFast; Wakeups (sleep, signals)
+    11. Running a sweep         plan_runs (settings resolved once), the Backend protocol and LocalBackend,
+                                run_sweep; the Python API: run(), load(), SweepResult
+    12. CLI                     argparse from the settings, main(), cli() (the command)
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ from typing import Any, NamedTuple, Protocol
 __version__ = "0.1.0"
 
 # ----------------------------------------------------------------------------------------------
-# 1. Constants and states
+# 1. Constants, states, helpers and the registry of extras
 # ----------------------------------------------------------------------------------------------
 
 EXIT_OK = 0  # every run succeeded
@@ -207,9 +206,72 @@ def optional_extra(name: str) -> Any:
         return None
 
 
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def gpu_label(gpus: Any) -> str:
+    """Where a run ran, from a Run's gpus or a record's gpu_id: `0`, `0,1`, or `CPU`."""
+    if isinstance(gpus, int) and gpus != CPU:
+        return str(gpus)
+    if isinstance(gpus, (list, tuple)) and gpus:
+        return ",".join(map(str, gpus))
+    return "CPU"
+
+
+def where(gpus: Any) -> str:
+    label = gpu_label(gpus)
+    return label if label == "CPU" else f"GPU {label}"
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """A line fit to show: at most `limit` characters, cut with a marker."""
+    return text if len(text) <= limit else text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value as it reads in a name: 5e-06, 1 (for 1.0), none, 1-2-3 (for [1, 2, 3])."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, list):
+        return "-".join(format_value(v) for v in value) or "empty"
+    if isinstance(value, dict):
+        return "-".join(f"{k}-{format_value(v)}" for k, v in value.items()) or "empty"
+    return str(value)
+
+
+def signal_name(returncode: int | None) -> str | None:
+    """The signal that killed a process, from Popen's negative return code."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
 
 # ----------------------------------------------------------------------------------------------
-# 2. Settings
+# 2. Settings: every flag, described once
 # ----------------------------------------------------------------------------------------------
 
 
@@ -458,9 +520,14 @@ class Settings:
                 given[field.name] = value
         return cls(**given)
 
+    @functools.cached_property
+    def ranking(self) -> Ranking:
+        """The first --metric, the way --mode says (the first objective of a multi-objective search)."""
+        return Ranking(self.metric[0] if self.metric else None, self.modes[0])
+
     @property
     def rank_metric(self) -> str | None:
-        return self.metric[0] if self.metric else None
+        return self.ranking.metric
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -469,12 +536,36 @@ class Settings:
 
     @property
     def rank_mode(self) -> str:
-        return self.modes[0]
+        return self.ranking.mode
 
     @property
     def source(self) -> str:
         """What the runs come from, for messages and sweep.json."""
         return f"--configs {' '.join(self.configs)}" if self.configs else self.config_file or "the command line"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """Which metric ranks the runs, and which way: made once from the settings (Settings.ranking; a saved
+    sweep's: Ranking.saved) and handed to whatever ranks runs: the loop's leaderboard, the reporters,
+    best-K, the offline tools. `metric` None: nothing ranks."""
+
+    metric: str | None = None
+    mode: str = "min"
+
+    @classmethod
+    def saved(cls, settings: Any) -> Ranking:
+        """The ranking a saved sweep used (sweep.json's settings, best.json); Ranking() if it says none."""
+        try:
+            metric = settings["metric"]
+            metric = metric[0] if isinstance(metric, list) else metric
+            mode = str(settings.get("mode") or "min").split(",")[0]
+        except (KeyError, TypeError, IndexError, AttributeError):
+            return cls()
+        return cls(metric, mode) if isinstance(metric, str) and mode in ("min", "max") else cls()
+
+    def __str__(self) -> str:
+        return f"{self.mode} {self.metric}"
 
 
 def flag_default(field: dataclasses.Field[Any]) -> str | None:
@@ -642,8 +733,6 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
             raise UserError(f"--abbrev {pair!r}: expected KEY=SHORT (SHORT may be empty)")
         out[key] = short
     return out
-
-
 
 
 def _is_whole(v: Any) -> bool:
@@ -1018,7 +1107,7 @@ def expand_config_files(patterns: Sequence[str], overrides: Mapping[str, Any]) -
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Runs and names
+# 4. Runs, names and run folders
 # ----------------------------------------------------------------------------------------------
 
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -1030,23 +1119,6 @@ def clean(text: str) -> str:
     text = re.sub(r"\.{2,}", ".", text)
     text = re.sub(r"_{2,}", "_", text)
     return text.strip("._-")
-
-
-def format_value(value: Any) -> str:
-    """A hyperparameter value as it reads in a name: 5e-06, 1 (for 1.0), none, 1-2-3 (for [1, 2, 3])."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, list):
-        return "-".join(format_value(v) for v in value) or "empty"
-    if isinstance(value, dict):
-        return "-".join(f"{k}-{format_value(v)}" for k, v in value.items()) or "empty"
-    return str(value)
 
 
 def default_short(key: str) -> str:
@@ -1164,13 +1236,32 @@ def hydra_override(key: str, value: Any) -> str:
 
 @dataclasses.dataclass(eq=False)
 class Run:
-    """One training run: what to run (fixed at expansion) and how it went (filled in as it runs)."""
+    """One training run: what it is (fixed when it is made), what its attempts add up to, and what its
+    current attempt did (filled in as it runs; next_attempt keeps a summary and resets it). What only a
+    cluster launcher knows of an attempt is its own record (`job`), not fields here."""
 
+    # -- what the run is: fixed when it is made
     index: int  # position in the config list
     name: str
     hyperparams: dict[str, Any]
     argv: list[str]
     run_dir: Path
+    identity: str = ""  # what makes two runs "the same" for resume: hash of hyperparameters + --command
+    label: str = ""  # how the view and the summary show it: the hyperparameters that tell it apart
+    argv_template: list[str] = dataclasses.field(default_factory=list)  # argv before {gpu} is filled in
+    command_len: int = 0  # how many leading argv words are the command (where placeholders are filled)
+    gpus_needed: int = 1  # gpus_per_run
+    memory_mb: float | None = None  # gpu_memory_gb: free memory a GPU needs to take this run
+    config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
+    trial: int | None = None  # the number of its Optuna trial (a search, or a list with a pruner)
+    # -- across its attempts
+    attempt: int = 1  # this attempt's number (retries, OOM requeues and resumed sweeps add attempts)
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier attempts, summarized
+    retries_used: int = 0
+    ooms: int = 0
+    min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
+    skipped: bool = False  # already complete in an earlier sweep: not run again
+    # -- what its current attempt did (next_attempt resets it)
     state: State = State.PENDING
     gpus: tuple[int, ...] = ()
     start_time: float | None = None  # wall clock (time.time())
@@ -1185,26 +1276,12 @@ class Run:
     best: float | None = None  # the best value of the ranking metric seen in this attempt
     points: int = 0  # how many values of the ranking metric were seen
     metric_note: str | None = None  # why a complete run has no ranking metric
-    identity: str = ""  # what makes two runs "the same" for resume: hash of hyperparameters + --command
-    attempt: int = 1  # this attempt's number (retries, OOM requeues and resumed sweeps add attempts)
-    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # earlier attempts, summarized
-    retries_used: int = 0
-    ooms: int = 0
     free_at_launch_mb: float | None = None  # the GPU's free memory when this attempt started
-    min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
-    skipped: bool = False  # already complete in an earlier sweep: not run again
-    argv_template: list[str] = dataclasses.field(default_factory=list)  # argv before {gpu} is filled in
-    command_len: int = 0  # how many leading argv words are the command (where placeholders are filled)
-    gpus_needed: int = 1  # gpus_per_run
-    memory_mb: float | None = None  # gpu_memory_gb: free memory a GPU needs to take this run
-    config_file: str | None = None  # --configs: the file passed to the command, copied as config_used<ext>
-    trial: int | None = None  # the number of its Optuna trial (a search, or a list with a pruner)
-    label: str = ""  # how the view and the summary show it: the hyperparameters that tell it apart
-    job_id: str | None = None  # its Slurm job (--backend slurm), once submitted
-    reattach: bool = False  # ... submitted by an earlier sweep and still Slurm's: followed, not submitted again
-    node: str | None = None  # the node its Slurm job ran on
-    slurm_requeues: int = 0  # how often Slurm requeued its job (preemption, time limit)
     pgid: int | None = None  # the process group of its local attempt (auto learns its GPU memory by it)
+    job: dict[str, Any] = dataclasses.field(default_factory=dict)  # a cluster launcher's own record of this
+    # attempt (Slurm's: slurm_job_id, node, slurm_requeues), kept as it is in run.json, the journal and results
+    location: str = ""  # where a cluster runs this attempt, in words ("job 41_3 on node2"); "": its GPUs say it
+    reattach: bool = False  # the attempt an earlier sweep left with the launcher: followed, not started again
 
     def assign(self, gpus: tuple[int, ...]) -> None:
         """The GPUs of this attempt (() is the CPU), filled into {gpu} in the command."""
@@ -1214,17 +1291,16 @@ class Run:
             head = [a.replace("{gpu}", text) for a in self.argv_template[: self.command_len]]
             self.argv = head + self.argv_template[self.command_len :]
 
-    def next_attempt(self) -> None:
-        """Keep a summary of this attempt and reset for the next one."""
-        self.attempts.append(attempt_summary(run_record(self, tails=False)))
+    def next_attempt(self, summary: dict[str, Any]) -> None:
+        """Keep this attempt's summary (attempt_summary of its record) and reset for the next one."""
+        self.attempts.append(summary)
         self.attempt += 1
         self.state = State.PENDING
         self.gpus = ()
         self.start_time = self.end_time = None
         self.returncode = None
         self.signal_name = self.error = None
-        self.job_id = self.node = None
-        self.slurm_requeues = 0
+        self.job, self.location = {}, ""
         self.metrics = self.best = self.step = self.metric_note = None
         self.latest = {}
         self.points = 0
@@ -1459,6 +1535,54 @@ def _file_hash(path: str) -> str:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
+
+
+def make_run_dir(folder: Path) -> None:
+    """A run folder of the sweep's own: made, and marked as made by train_sweep (RUN_MARK)."""
+    folder.mkdir(exist_ok=True)
+    (folder / RUN_MARK).touch()
+
+
+def owned(folder: Path, name: str) -> bool:
+    """Did train_sweep make this folder (its mark, or a run.json of that run from an earlier version)?"""
+    if (folder / RUN_MARK).exists():
+        return True
+    try:
+        return json.loads((folder / "run.json").read_bytes()).get("model_name") == name
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def set_aside(path: Path) -> Path:
+    """Rename path to path~1 (or ~2, ...: the first free one). '~' is never in a run name."""
+    k = 1
+    while path.with_name(f"{path.name}~{k}").exists():
+        k += 1
+    target = path.with_name(f"{path.name}~{k}")
+    path.rename(target)
+    return target
+
+
+def archive_attempt_files(run: Run) -> None:
+    """Before an attempt starts, move an earlier attempt's logs and run.json into attempt_<n>/."""
+    if not run.stdout_log.exists() and not run.stderr_log.exists():
+        return
+    n = run.attempt - 1
+    try:
+        n = int(json.loads((run.run_dir / "run.json").read_text()).get("attempt", n))
+    except (OSError, ValueError, AttributeError):
+        pass
+    folder = run.run_dir / f"attempt_{max(n, 1)}"
+    if folder.exists():
+        set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
+    folder.mkdir()
+    for name in ("train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json", "metrics.jsonl",
+                 SERIES):
+        if (run.run_dir / name).exists():
+            os.replace(run.run_dir / name, folder / name)
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. GPU probe
 # ----------------------------------------------------------------------------------------------
@@ -1567,7 +1691,7 @@ def open_probe() -> tuple[NvmlProbe | None, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Scheduling core: placement and outcome rules (pure functions; GpuPool holds the GPUs' state)
+# 6. Placement and outcome rules (pure functions; GpuPool holds the GPUs' state)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -2176,18 +2300,8 @@ def broken_setup(failures: Sequence[tuple[str, str, str]], runs: int = FAIL_FAST
             "launching)")
 
 
-def signal_name(returncode: int | None) -> str | None:
-    """The signal that killed a process, from Popen's negative return code."""
-    if returncode is None or returncode >= 0:
-        return None
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
-
-
 # ----------------------------------------------------------------------------------------------
-# 7. Sources and launchers: where runs come from, where they run
+# 7. Sources and launchers: where runs come from, where they run (process supervision, the guardian)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -2271,6 +2385,9 @@ class Launcher(Protocol):
 
     def stopping(self, running: int) -> str:
         """How the sweep's running attempts are being ended, for the line said on Ctrl+C."""
+
+    def detached(self, runs: Sequence[Run], pending: int) -> list[str]:
+        """What to say when the sweep exits leaving these runs to the cluster (--detach)."""
 
     def close(self, detach: bool = False) -> None:
         """Every attempt has ended (or, with detach, is left running where a cluster keeps it)."""
@@ -2781,6 +2898,9 @@ class LocalLauncher:
         return (f"ending {running} running run(s) (SIGTERM, SIGKILL after {self.kill_grace:g}s; press Ctrl+C again to "
                 "kill now)")
 
+    def detached(self, runs: Sequence[Run], pending: int) -> list[str]:
+        return []  # local runs end with the sweep
+
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
         if self._base_env is None:
             self._base_env = {**os.environ, **self.extra_env}
@@ -3000,859 +3120,9 @@ def _running(pid: int) -> bool:
 
 # -- Slurm: one job per run, through submitit ------------------------------------------------------
 
-class Backend(Protocol):
-    """Where a sweep's runs run, chosen by --backend through BACKENDS: this machine (LocalBackend) or a
-    cluster (an extra's). Made from the plan, it checks what it can before anything is written; the CLI
-    then asks it for a launcher and a placement, and the loop talks only to those."""
-
-    placement: str  # where runs go, in one line (--dry-run, sweep.log)
-    note: str  # what the user should know about it (no NVML: slots only), or ""
-
-    def check(self) -> None:
-        """Just before the sweep starts (not for --dry-run): what must answer (a cluster) does."""
-
-    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
-        """Before resume: attempts an earlier sweep left running where this backend keeps them are re-attached
-        to their runs, or ended when this sweep does not run them. Returns what to say."""
-
-    def start(self, sweep_id: str) -> list[str]:
-        """Before anything is written: start what the runs need (an MPS daemon); UserError if it refuses."""
-
-    def record(self) -> dict[str, Any]:
-        """What sweep.json keeps of it: the GPUs, the placement policy."""
-
-    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
-        """The event loop's launcher and placement."""
-
-    def close(self, say: Callable[[str], None] | None = None) -> None:
-        """The loop is over, or never began: stop what start() and open() started (said with `say`)."""
-
-
-class LocalBackend:
-    """Runs as process trees on this machine's GPUs (or its CPU): GpuPool places them, LocalLauncher starts
-    and ends them, the guardian ends them if train_sweep is killed, and --mps runs them under MPS."""
-
-    @classmethod
-    def resolve(cls, settings: Settings, spec: SweepSpec) -> Settings:
-        """Nothing of a cluster's: its flags are refused by name."""
-        if settings.detach:
-            raise UserError("--detach needs --backend slurm: local runs end with the sweep")
-        for field in dataclasses.fields(settings):
-            if field.metadata.get("group") == "slurm" and field.name != "backend" and getattr(settings, field.name):
-                raise UserError(f"--{field.name.replace('_', '-')} needs --backend slurm")
-        return settings
-
-    def __init__(self, plan: Plan) -> None:
-        settings = self.settings = plan.settings
-        self.output_dir = Path(settings.output_dir)
-        self.env = dict(plan.spec.env)
-        self.daemon: Any = None
-        self.guardian: Guardian | None = None
-        self.gpus, self.probe, self.note = resolve_gpus(settings)
-        widest = max(plan.runs, key=lambda r: r.gpus_needed)
-        if widest.gpus_needed > len(self.gpus):
-            device = "the CPU counts as one device" if self.gpus == [CPU] else f"the sweep has {len(self.gpus)}"
-            raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
-        if self.probe is None and any(r.memory_mb for r in plan.runs):
-            self.note = (self.note + "; " if self.note else "") + "gpu_memory_gb needs NVML readings and is not checked"
-        if settings.mps:
-            if self.gpus == [CPU]:
-                raise UserError(f"--mps shares GPUs among runs; this sweep has none ({self.note or 'the CPU'})")
-            extra("mps").check()
-        per_gpu = settings.max_processes_per_gpu
-        auto = per_gpu == "auto"
-        if auto and self.probe is None:
-            raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
-                            f"available here ({self.note or 'no reading'}): give a number")
-        self.policy = Policy(
-            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
-            memory_threshold_mb=None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
-            max_parallel=settings.max_parallel,
-            settle_timeout_s=settings.settle_seconds,
-            auto=auto,
-            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-            mps=bool(settings.mps),
-        )
-        self.placement = self.policy.describe(self.gpus)
-
-    def check(self) -> None:
-        """This machine's GPUs were checked when the backend was made."""
-
-    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
-        return []  # a local run does not outlive its sweep (the guardian ends it)
-
-    def start(self, sweep_id: str) -> list[str]:
-        if not self.settings.mps:
-            return []
-        uuids = self.probe.uuids(self.gpus) if self.probe is not None else ()
-        self.daemon = extra("mps")(self.output_dir, uuids)
-        return self.daemon.start(sweep_id)
-
-    def record(self) -> dict[str, Any]:
-        return {"gpus": self.gpus, "policy": dataclasses.asdict(self.policy)}
-
-    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
-        cgroups = RunCgroups(sweep_id)
-        if cgroups.why:
-            say(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper")
-        self.guardian = Guardian(sweep_id, self.settings.kill_grace, lock=lock, cgroups=cgroups.root)
-        daemon = self.daemon
-        launcher = LocalLauncher(Path.cwd(), sweep_id, cpu_only=self.gpus == [CPU], guardian=self.guardian,
-                                 kill_grace=self.settings.kill_grace, cgroups=cgroups,
-                                 group=sweep_group(self.output_dir),
-                                 extra_env={**self.env, **(daemon.env if daemon is not None else {})},
-                                 device_ids=dict(zip(self.gpus, daemon.devices)) if daemon is not None else {})
-        return launcher, GpuPool(self.gpus, self.policy, self.probe)
-
-    def close(self, say: Callable[[str], None] | None = None) -> None:
-        if self.daemon is not None:
-            trouble = self.daemon.stop()
-            if trouble is not None and say is not None:
-                say(f"MPS: {trouble}")
-            if say is not None:
-                self.daemon = None
-        if self.guardian is not None:
-            self.guardian.wait()
-            self.guardian = None
-        if say is None and self.probe is not None:
-            self.probe.close()
-            self.probe = None
-
-
-BACKENDS: dict[str, Any] = {"local": LocalBackend, "slurm": "backend slurm"}  # --backend NAME: a class, or its extra
-
-
-def backend_class(name: str) -> Any:
-    """The Backend class for --backend NAME: this file's, or an extra's (imported now)."""
-    found = BACKENDS[name]
-    return extra(found) if isinstance(found, str) else found
-
-
 
 # ----------------------------------------------------------------------------------------------
-# 8. The event loop
-# ----------------------------------------------------------------------------------------------
-
-
-class RunView(NamedTuple):
-    """A running run, as reporters see it."""
-
-    name: str  # its label (the hyperparameters that tell it apart), else its name
-    gpus: tuple[int, ...]
-    start_time: float | None
-    value: float | None = None  # the latest value of the ranking metric
-    step: int | None = None
-    where: str = ""  # on a cluster: its job and node
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """The sweep at one moment: everything a reporter may read (made fresh each time, never changed)."""
-
-    counts: Mapping[str, int]  # finished runs by state, then "running" and "pending"
-    total: int
-    eta: float | None  # seconds until the last run ends, from the mean duration of complete runs
-    running: tuple[RunView, ...]
-    gpus: tuple[int, ...]
-    readings: Mapping[int, GpuReading]
-    threshold_mb: float | None
-    waiting: str | None  # why runs cannot start now (memory)
-    stopping: str | None  # the signal (or "error") that is stopping the sweep
-    top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
-    search: str | None = None  # the source's line: a search's trials, pruned runs, best parameters
-    cluster: tuple[str, ...] = ()  # the launcher's lines (a cluster's jobs), shown instead of the GPU rows
-    packing: str | None = None  # --max-processes-per-gpu auto: the footprint, and why GPUs take no more
-
-    @property
-    def unfinished(self) -> int:
-        return self.counts["running"] + self.counts.get("queued", 0) + self.counts["pending"]
-
-    def bracket(self) -> str:
-        """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
-        shown = [(k, n) for k, n in self.counts.items() if n or k in ("complete", "running", "pending")]
-        return "[" + " | ".join(f"{k} {n}" for k, n in shown) + "]"
-
-
-@dataclasses.dataclass(eq=False)
-class Attempt:
-    """A run the loop has started: the launcher's handle, and whether (and why) the loop is ending it."""
-
-    run: Run
-    handle: Any
-    deadline: float | None  # when --timeout ends it
-    ending: State | None = None  # TIMEOUT or INTERRUPTED once the loop decided to end it
-    kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
-
-
-FINISHED_ORDER = (State.COMPLETE, State.PRUNED, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
-
-
-class Wakeups:
-    """Where the loop sleeps: select() on a self-pipe that signal handlers write to, SIGCHLD included, so a
-    run that exits wakes the loop at once. Ctrl+C, SIGTERM and SIGHUP are queued in `signals` for the loop
-    (SIGHUP is left alone where it is ignored, as under nohup: a hang-up is then meant to be ignored)."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-
-    def install(self) -> Callable[[], None]:
-        """Take the signals; returns the function that gives them back."""
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(r, selectors.EVENT_READ)
-        self._wake_r = r
-        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        handled = [signal.SIGCHLD, signal.SIGINT, signal.SIGTERM]
-        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-            handled.append(signal.SIGHUP)
-        old = {s: signal.getsignal(s) for s in handled}
-
-        def handler(signum: int, frame: Any) -> None:
-            if signum != signal.SIGCHLD:
-                self.signals.append(signum)
-
-        for s in handled:
-            signal.signal(s, handler)
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-            signal.set_wakeup_fd(old_fd)
-            self._selector.close()
-            os.close(r)
-            os.close(w)
-
-        return restore
-
-    def wait(self, timeout: float | None) -> None:
-        """Sleep until a signal (a run exited, Ctrl+C) or `timeout` seconds (None: no limit)."""
-        if timeout is not None and timeout <= 0:
-            return
-        self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-
-class Leaderboard:
-    """The best so far by the ranking metric: each running or complete run's latest value, and the run that
-    leads. `say` hears a line when another run takes the lead."""
-
-    def __init__(self, metric: str | None, mode: str, say: Callable[[str], None]) -> None:
-        self.metric, self.mode, self.say = metric, mode, say
-        self.board: dict[Run, float] = {}
-        self.leader: Run | None = None
-
-    def rank(self, run: Run, value: float) -> None:
-        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
-        before = self.board.get(run)
-        self.board[run] = value
-        if run is self.leader:
-            if before is None or not better(before, value, self.mode):
-                return  # it still leads (it got better, or no worse)
-            self.elect()
-        elif self.leader is None or better(value, self.board[self.leader], self.mode):
-            self.leader = run
-            self._announce()
-
-    def unrank(self, run: Run) -> None:
-        """A run that ended without a result (failed, interrupted, ...) leaves the board."""
-        if self.board.pop(run, None) is not None and run is self.leader:
-            self.elect()
-
-    def elect(self, announce: bool = True) -> None:
-        found = best_of(self.board, self.board.get, self.mode) if self.board else None
-        leader = found[1] if found else None
-        if leader is not self.leader:
-            self.leader = leader
-            if announce and leader is not None:
-                self._announce()
-
-    def _announce(self) -> None:
-        if self.leader is None:
-            return
-        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
-        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
-        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  top 3: {top}")
-
-    def top(self, k: int) -> list[tuple[Run, float]]:
-        import heapq
-
-        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
-        return pick(k, self.board.items(), key=lambda rv: rv[1])
-
-
-class MetricFeed:
-    """Where a running run's metrics come from, read as they grow: its stdout lines (MetricReader), its
-    metrics.jsonl (read on from where the last look stopped), and its TensorBoard event files (an extra)."""
-
-    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
-        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
-        self.say = say
-        self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
-        follower = optional_extra("metrics tensorboard")  # None when the extras are not beside this file
-        self.tensorboard = follower(settings.metric) if follower is not None and settings.metric else None
-
-    def points(self, run: Run, lines: list[str], now: float, final: bool = False
-               ) -> tuple[list[tuple[int | None, dict[str, float]]], list[tuple[int | None, dict[str, float]]]]:
-        """The (step, values) the run printed in `lines`, and those it wrote to its files since the last look."""
-        printed = self.reader.from_lines(lines)
-        written = self._read_jsonl(run, final)
-        if self.tensorboard is not None:
-            written += self.tensorboard.points(run.run_dir, now, final, run.start_time)
-            if self.tensorboard.note:
-                self.say(self.tensorboard.note)
-                self.tensorboard.note = None
-        return printed, written
-
-    def forget(self, run: Run) -> None:
-        """The run's attempt has ended: its files are read from the start by its next attempt."""
-        self._jsonl_at.pop(run, None)
-        if self.tensorboard is not None:
-            self.tensorboard.forget(run.run_dir)
-
-    def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
-        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
-        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
-        path = run.run_dir / "metrics.jsonl"
-        at, skipping = self._jsonl_at.get(run, (0, False))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return []
-        chunks = []
-        try:
-            if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
-                return []
-            while data := os.pread(fd, 4 * MB, at):
-                end = data.find(b"\n") if skipping else data.rfind(b"\n")
-                if end < 0 and (skipping or len(data) == 4 * MB):  # inside a line too long to keep
-                    at, skipping = at + len(data), True
-                    continue
-                if skipping:
-                    at, skipping = at + end + 1, False
-                    continue
-                if end < 0 and not final:
-                    break  # an unfinished last line: the next look reads it whole
-                chunk = data if end < 0 else data[: end + 1]
-                chunks.append(chunk)
-                at += len(chunk)
-        finally:
-            os.close(fd)
-        self._jsonl_at[run] = (at, skipping)
-        points = []
-        for line in b"".join(chunks).splitlines():
-            try:
-                point = self.reader.from_json(json.loads(line))
-            except (ValueError, RecursionError):
-                continue
-            if point is not None:
-                points.append(point)
-        return points
-
-
-
-class FailFast:
-    """The first runs all failing within seconds with the same error is a broken setup (a typo in a
-    hyperparameter's name, a missing file), not forty separate failures: say so, and stop launching."""
-
-    def __init__(self, on: bool) -> None:
-        self.early: list[tuple[str, str, str]] | None = [] if on else None  # see broken_setup
-
-    def check(self, run: Run, now: float, running: Iterable[Run]) -> str | None:
-        """Why the sweep must stop launching after this attempt ended, or None."""
-        if self.early is None or run.state == State.INTERRUPTED:
-            return None
-        quick = run.state == State.FAILED and (run.duration or 0.0) < FAIL_FAST_S
-        if not quick or any(now - r.started_at >= FAIL_FAST_S for r in running):
-            self.early = None  # runs do get going: failures from here on are the runs' own
-            return None
-        line = run.error or tail_lines(run.stderr_log, 1).strip() or f"exit code {run.returncode}, stderr empty"
-        self.early.append((run.name, line, str(run.error and run.run_dir or run.stderr_log)))
-        return broken_setup(self.early)
-
-
-class Sweep:
-    """The event loop: wait for an event (a run ended, output appeared, a timer, a signal), update the
-    state, record what finished, place what can start, report. Runs come from a RunSource, run through a
-    Launcher, and take GPUs from a GpuPool. It sleeps in Wakeups: a run that exits wakes it at once."""
-
-    def __init__(
-        self,
-        source: RunSource,
-        launcher: Launcher,
-        pool: Placement,
-        results: ResultsWriter,
-        reporter: Reporter,
-        settings: Settings,
-        previous: Sequence[Run] = (),
-        clock: Callable[[], float] = time.monotonic,
-        wakeups: Wakeups | None = None,
-        best_k: Any = None,
-    ) -> None:
-        from collections import deque
-
-        self.source, self.launcher, self.pool = source, launcher, pool
-        self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
-        self.timeout = None if launcher.own_timeout else settings.timeout or None  # a cluster keeps its own
-        self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
-        self.metric, self.mode = settings.rank_metric, settings.rank_mode
-        self.feed = MetricFeed(settings, reporter.event)
-        self.leaders = Leaderboard(self.metric, self.mode, reporter.event)
-        self.best_k = best_k
-        self.active: dict[Run, Attempt] = {}
-        self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
-        self.retry: deque[Run] = deque()  # failed runs to try again, after the source's runs
-        self.oom_wait: dict[Run, float] = {}  # ran out of GPU memory: waiting (since when) for a GPU with more room
-        self._said_waiting: set[Run] = set()
-        self.ended: list[tuple[Run, str | None]] = []  # ended attempts, not recorded yet (and why requeued)
-        self.done: list[Run] = list(previous)
-        self.counts = {s.value: 0 for s in FINISHED_ORDER}
-        self._durations = [0.0, 0]  # sum and count of complete runs' durations, for the ETA
-        for run in self.done:
-            self._count(run)
-            value = metric_of(run.metrics, self.metric)
-            if value is not None and run.state == State.COMPLETE:
-                self.leaders.board[run] = value
-                if best_k is not None:
-                    best_k.add(run, value, publish=False)
-        if best_k is not None:  # rebuilt at every start: links to set-aside folders (--rerun) go
-            best_k.publish()
-        self.leaders.elect(announce=False)
-        self.stop: str | None = None  # the signal (or "error") that stopped the sweep
-        self.halted: str | None = None  # why no more runs are started (a broken setup: fail fast)
-        self.fail_fast = FailFast(not settings.no_fail_fast)
-        self.killed = False
-        self.fatal: str | None = None
-        self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
-        self.poll_interval = POLL_MIN_S
-        self._next_observe = 0.0
-        self.wakeups = wakeups or Wakeups()
-        self._ticks = 0  # passes of the loop so far
-
-    # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> int:
-        restore = self.wakeups.install()
-        self.reporter.begin(self.progress())
-        try:
-            while True:
-                now = self.clock()
-                self._handle_signals(now)  # Ctrl+C, SIGTERM, SIGHUP: end the runs
-                self._reap(now)  # attempts that ended: their state, their GPUs freed, reported
-                self._enforce_deadlines(now)  # --timeout, SIGKILL after the grace period
-                self._observe(now)  # what running runs wrote since the last look
-                try:
-                    self._record(now)  # journal what ended, before anything else; requeue
-                    if self.stop is None and self.halted is None:
-                        self._launch(now)  # place what can start
-                        self.source.prepare()  # then a search tells what ended and asks the next trial ahead
-                    self.results.flush()
-                    due = self.pool.read_due(now)
-                    if self.reporter.refresh_s or (due is not None and now >= due):
-                        self.pool.read(now)  # the live view shows this tick's reading; auto learns from it
-                except (OutputError, NoGpuLeft) as e:  # the sweep's own failure: stop cleanly, keep results
-                    self._fail(str(e), now)
-                for notes in (self.pool.notes, self.launcher.notes):
-                    while notes:
-                        self.reporter.event(notes.pop(0))
-                if self._over() or (self.settings.detach and self._ticks and not self.ended):
-                    break  # detached: what was submitted is left to the cluster (what it refused is recorded)
-                self._ticks += 1
-                if self.reporter.refresh_s:
-                    self.reporter.tick(self.progress())
-                self.wakeups.wait(self._next_wakeup(self.clock()))
-        except BaseException:
-            for attempt in self.active.values():  # never leave a run behind, whatever happened
-                self.launcher.stop(attempt.handle, hard=True)
-            raise
-        finally:
-            self.reporter.end()
-            restore()
-            self.launcher.close(detach=self.settings.detach)  # every run has ended (or was just killed, or
-            # detached: left to the cluster): the guardian can go
-        self.source.close()
-        return self._finish()
-
-    def _over(self) -> bool:
-        if self.active or self.ended:
-            return False
-        return self.stop is not None or self.halted is not None or not self.pending()
-
-    # -- signals ------------------------------------------------------------------------------
-    def _handle_signals(self, now: float) -> None:
-        while self.wakeups.signals:
-            name = signal.Signals(self.wakeups.signals.pop(0)).name
-            if self.stop is None:
-                self.stop = name
-                self.reporter.event(f"{name}: stopping; {self.launcher.stopping(len(self.active))}")
-                for attempt in self.active.values():
-                    self._end(attempt, State.INTERRUPTED, now)
-            elif not self.killed:
-                self.killed = True
-                self.reporter.event(f"{name} again: killing every run now")
-                for attempt in self.active.values():
-                    self.launcher.stop(attempt.handle, hard=True)
-
-    def _end(self, attempt: Attempt, state: State, now: float) -> None:
-        """End a running attempt (timeout, interrupted): SIGTERM now, SIGKILL after the grace period. One
-        whose main process has already exited keeps its own exit code."""
-        if attempt.ending is None and self.launcher.stop(attempt.handle, hard=False):
-            attempt.ending = state
-            attempt.kill_at = now + self.settings.kill_grace
-
-    def _prune(self, attempt: Attempt, why: str) -> None:
-        """The pruner gave up on a run: its whole process tree is killed at once (nothing of it is kept but
-        its logs and record), its GPUs go to the next run as soon as it is gone."""
-        if attempt.ending is None and self.stop is None and self.launcher.stop(attempt.handle, hard=True):
-            attempt.ending = State.PRUNED
-            attempt.kill_at = None
-            self.reporter.event(f"{'pruning':<11} {attempt.run.name}: {why}")
-
-    def _fail(self, message: str, now: float) -> None:
-        """The sweep cannot go on: stop launching, end the runs cleanly, keep every result."""
-        if self.fatal is None:
-            self.fatal = message
-            self.reporter.event(f"error: {message}; stopping the sweep")
-        if self.stop is None:
-            self.stop = "error"
-            for attempt in self.active.values():
-                self._end(attempt, State.INTERRUPTED, now)
-
-    # -- runs that ended ----------------------------------------------------------------------
-    def _reap(self, now: float) -> None:
-        for attempt in list(self.active.values()):
-            outcome = self.launcher.poll(attempt.handle)
-            if outcome is None:
-                continue
-            run = attempt.run
-            del self.active[run]
-            self.pool.release(run)
-            if attempt.ending == State.PENDING:  # withdrawn from a cluster's queue: it never ran, no attempt
-                run.state, run.start_time, run.job_id = State.PENDING, None, None
-                self.retry.appendleft(run)
-                continue
-            run.end_time = outcome.ended_at or time.time()
-            run.start_time = outcome.started_at or run.start_time if outcome.ran else None
-            run.error = outcome.error or run.error
-            run.returncode = outcome.returncode
-            run.signal_name = signal_name(outcome.returncode)
-            run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
-            self.pool.ended(run, now)
-            self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
-            self.feed.forget(run)
-            run.metrics = read_metrics(run, self.metric)
-            final = metric_of(run.metrics, self.metric)
-            if run.state == State.COMPLETE and final is not None:
-                self.leaders.rank(run, final)
-            else:
-                self.leaders.unrank(run)
-                if run.state == State.COMPLETE and self.metric:
-                    run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
-            if outcome.note:
-                self.reporter.event(outcome.note)
-            self._ended(run, outcome.rerun if run.state != State.COMPLETE else None)
-
-    def _ended(self, run: Run, rerun: str | None = None) -> None:
-        """An attempt is over: decide its requeue, count it, report it; it is recorded in _record. `rerun`:
-        it ended while no sweep followed it (a detached cluster job): it runs again, as resume would run it."""
-        requeue = None
-        if self.stop is None:
-            requeue = rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
-        if requeue is None:
-            self._count(run)
-        elif run.state == State.OOM:
-            run.ooms += 1
-        elif rerun is None:
-            run.retries_used += 1
-        self.ended.append((run, requeue))
-        self.reporter.finished(run, self.progress(), requeue)
-        self._check_setup(run)
-
-    def _check_setup(self, run: Run) -> None:
-        """Fail fast (FailFast): on a broken setup, no more runs are started, and queued jobs withdrawn."""
-        if self.halted:
-            return
-        why = self.fail_fast.check(run, self.clock(), self.active)
-        if why is not None:
-            self.halted = why
-            self.reporter.event(f"error: {why}")
-            for attempt in self.active.values():  # a cluster's queued jobs are not started either
-                if attempt.ending is None and self.launcher.withdraw(attempt.handle):
-                    attempt.ending = State.PENDING  # back among the runs not started, once the cluster has let it go
-
-    def _enforce_deadlines(self, now: float) -> None:
-        for attempt in list(self.active.values()):
-            if attempt.deadline is not None and now >= attempt.deadline and attempt.ending is None:
-                attempt.deadline = None
-                self._end(attempt, State.TIMEOUT, now)
-                if attempt.ending == State.TIMEOUT:
-                    self.reporter.event(f"timeout: {attempt.run.name} ran past {self.timeout:g}s; ending it")
-            if attempt.kill_at is not None and now >= attempt.kill_at:
-                self.launcher.stop(attempt.handle, hard=True)
-                attempt.kill_at = None
-
-    def _observe(self, now: float) -> None:
-        """New output of running runs (the launcher keeps combined.log): their metrics, as they appear."""
-        if now < self._next_observe or not self.active:
-            return
-        self._next_observe = now + FOLLOW_S
-        for attempt in self.active.values():
-            self._take_metrics(attempt.run, self.launcher.observe(attempt.handle))
-
-    def _take_metrics(self, run: Run, lines: list[str], final: bool = False) -> None:
-        """Metrics in new stdout lines, new lines of the run's metrics.jsonl and its TensorBoard event files:
-        each run's latest values, its series (train_sweep_metrics.jsonl, for what it printed), the source,
-        the best so far."""
-        if not self.feed.reader.names:
-            return
-        printed, written = self.feed.points(run, lines, self.clock(), final)
-        latest = None
-        for step, values in printed + written:
-            run.latest.update(values)
-            run.step = step if step is not None else run.step
-            value = values.get(self.metric) if self.metric else None
-            if value is not None and math.isfinite(value):
-                run.points += 1
-                run.best = value if better(value, run.best, self.mode) else run.best
-                latest = value
-            why = self.source.report(run, step, values)
-            if why is not None and run in self.active:
-                self._prune(self.active[run], why)
-        if latest is not None:
-            self.leaders.rank(run, latest)
-        if printed:
-            append_series(run, printed)
-
-    def _record(self, now: float) -> None:
-        """Journal each ended attempt and write its run.json, then requeue it or count it as done."""
-        while self.ended:
-            run, requeue = self.ended.pop(0)
-            record = run_record(run)
-            if requeue is not None:
-                record["requeued"] = requeue  # not the run's end: resume does not take it for one
-            if requeue is None:
-                self._done(run, record)
-            try:
-                self.results.attempt_finished(run, record)
-            except OSError as e:  # the output folder failed: the record still goes to the results file
-                if requeue is not None:
-                    self._count(run)
-                    self._done(run, record)
-                raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
-            if requeue is None:  # journaled: now its checkpoints may be ranked (and others' deleted)
-                value = metric_of(run.metrics, self.metric)
-                if self.best_k is not None and run.state == State.COMPLETE and value is not None:
-                    self.best_k.add(run, value)
-                elif self.best_k is not None and run.state == State.PRUNED:
-                    self.best_k.drop(run, "pruned")
-                continue
-            if run.state == State.OOM:
-                free = run.free_at_launch_mb
-                run.next_attempt()
-                run.min_free_mb = free
-                self.oom_wait[run] = now
-            else:
-                run.next_attempt()
-                self.retry.append(run)
-
-    def _done(self, run: Run, record: dict[str, Any]) -> None:
-        """A run has ended for good: in the results (at the next flush), and the source told."""
-        self.done.append(run)
-        self.results.run_finished(run, record)
-        self.source.finished(run)
-
-    def _count(self, run: Run) -> None:
-        self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
-        if run.state == State.COMPLETE and run.duration is not None:
-            self._durations[0] += run.duration
-            self._durations[1] += 1
-
-    # -- starting runs ------------------------------------------------------------------------
-    def _launch(self, now: float) -> None:
-        """Start runs while a GPU can take one: runs that ran out of memory first (when a GPU has room for
-        them), then the head of the queue (the source's runs, then retries), first come, first served."""
-        self.waiting = None
-        started: list[tuple[Run, str]] = []
-        try:
-            while self.pool.slot_free():
-                picked = self._pick_oom_waiter(now) or self._pick_next(now)
-                while self.pool.notes:  # what placing learned (auto's footprint) before the starts it allows
-                    self.reporter.event(self.pool.notes.pop(0))
-                if picked is None:
-                    break
-                if self._start(*picked, now):
-                    started.append((picked[0], picked[2]))
-                self.poll_interval = POLL_MIN_S
-        finally:
-            self.launcher.flush()  # a cluster submits what was started, as one job array where it can
-            for run, why in started:
-                if run not in self.active or run.error:
-                    continue  # it could not be submitted: it ends (failed, with why) at the next poll
-                try:
-                    self.results.run_started(run)  # run.json says "running" (with its job id, to re-attach to)
-                except OSError as e:
-                    raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-                self.reporter.started(run, self.progress(), why)
-
-    def _pick_next(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
-        while True:
-            if self.head is None:
-                self.head = self.source.next() or (self.retry.popleft() if self.retry else None)
-            if self.head is None or self._can_start(self.head):
-                break
-            self.head = None
-        if self.head is None:
-            return None
-        gpus, why = self.pool.place(self.head, now)
-        if gpus is None:
-            self._note_waiting(why)
-            return None
-        run, self.head = self.head, None
-        return run, gpus, why
-
-    def _pick_oom_waiter(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
-        """A run that ran out of memory waits for a GPU with more free memory than it had then (or an empty
-        one); when nothing of this sweep's is running that could free more, or after OOM_WAIT_S, it takes
-        what there is."""
-        for run, since in list(self.oom_wait.items()):
-            if not self._can_start(run):
-                del self.oom_wait[run]
-                continue
-            min_free = run.min_free_mb if run.min_free_mb is not None else math.inf
-            gpus, why = self.pool.place(run, now, min_free)
-            if gpus is None and (not self.pool.busy() or now - since >= OOM_WAIT_S):
-                gpus, why = self.pool.place(run, now)
-                if gpus is not None:
-                    why += ("; no run of this sweep is left to free more memory" if not self.pool.busy()
-                            else f"; it waited {OOM_WAIT_S:g}s for more free memory")
-            if gpus is not None:
-                del self.oom_wait[run]
-                self._said_waiting.discard(run)
-                return run, gpus, why
-            if run not in self._said_waiting:
-                self._said_waiting.add(run)
-                self.reporter.event(f"{'waiting':<11} {run.name}: ran out of GPU memory; it waits for more free "
-                                    f"memory than it had then ({why})")
-            self._note_waiting(why)
-        return None
-
-    def _can_start(self, run: Run) -> bool:
-        """False for a run that needs more GPUs than are left (GPUs were taken out): it fails, with why."""
-        why = self.pool.unplaceable(run)
-        if why is None:
-            return True
-        run.error = why
-        run.state, run.end_time = State.FAILED, time.time()
-        self._ended(run)
-        return False
-
-    def _note_waiting(self, why: str) -> None:
-        if self.pool.reads_memory:
-            self.waiting = why  # runs wait for memory, not for a slot: poll NVML
-
-    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
-        run.assign(() if gpus == (CPU,) else gpus)
-        run.state = State.RUNNING
-        run.start_time = time.time()
-        run.started_at = now
-        run.free_at_launch_mb = self.pool.free_mb(gpus[0])
-        try:
-            handle = self.launcher.start(run, run.gpus)
-        except OutputError:
-            run.state = State.PENDING
-            if self.head is None:  # not started: it stays first in line (and in the .partial file)
-                self.head = run
-            else:
-                self.retry.appendleft(run)
-            raise
-        except LaunchError as e:
-            run.error = str(e)
-            run.state = State.FAILED
-            run.end_time = time.time()
-            self._ended(run)
-            return False
-        self.pool.launched(run, gpus, now)
-        self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None)
-        return True
-
-    # -- waiting ------------------------------------------------------------------------------
-    def _next_wakeup(self, now: float) -> float | None:
-        if self.ended or self.wakeups.signals:
-            return 0.0
-        times = [a.deadline for a in self.active.values() if a.deadline is not None]
-        times += [a.kill_at for a in self.active.values() if a.kill_at is not None]
-        times += [t for t in (self.launcher.next_poll(now), self.source.wake_at(now), self.results.flush_due(),
-                              self.pool.read_due(now)) if t is not None]
-        if self.active:
-            times.append(self._next_observe)
-        waits_end = [since + OOM_WAIT_S for since in self.oom_wait.values() if since + OOM_WAIT_S > now]
-        if waits_end and self.stop is None:
-            times.append(min(waits_end))
-        if self.waiting and self.stop is None:
-            times.append(now + self.poll_interval)
-            self.poll_interval = min(self.poll_interval * 2, POLL_MAX_S)
-        if self.reporter.refresh_s:
-            times.append(now + self.reporter.refresh_s)
-        return max(0.0, min(times) - now) if times else None
-
-    # -- progress -----------------------------------------------------------------------------
-    def pending(self) -> int:
-        requeued = sum(1 for _, requeue in self.ended if requeue)
-        return self.source.pending() + (self.head is not None) + len(self.retry) + len(self.oom_wait) + requeued
-
-    def progress(self) -> Progress:
-        counts = dict(self.counts)
-        queued = self.launcher.queued()
-        counts["running"] = len(self.active) - queued
-        if queued:
-            counts["queued"] = queued  # in a cluster's queue
-        counts["pending"] = self.pending()
-        total, n = self._durations
-        eta = None
-        if n and self.stop is None:
-            mean, now = total / n, time.time()
-            left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
-            eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.leaders.board.get(r), r.step,
-                                "" if r.job_id is None else run_where(r)) for r in self.active)
-        return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
-                        self.pool.threshold_mb, self.waiting, self.stop,
-                        tuple((r.name, v) for r, v in self.leaders.top(3)), self.source.status(),
-                        tuple(self.launcher.describe()), self.pool.packing())
-
-    def _finish(self) -> int:
-        if self.settings.detach and self.stop is None and self.active:  # the jobs are left to the cluster: no
-            self.reporter.detached(list(self.active), self.pending())  # results file until a re-attached sweep ends
-            return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
-        pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
-        try:
-            self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
-        except OutputError as e:
-            self.fatal = self.fatal or str(e)
-        except OSError as e:
-            self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
-        extra = self.source.summary()
-        if self.halted:
-            extra.append(f"Stopped early: {self.halted}")
-        if self.best_k is not None:
-            verb = "would free" if self.best_k.keep else "freed"
-            extra.append(f"Checkpoints: the {self.best_k.k} best runs keep theirs ({self.best_k.folder}); {verb} "
-                         f"{fmt_bytes(self.best_k.freed)} in {self.best_k.pruned} other run(s)")
-        self.reporter.summary(self.done, pending, self.progress(), self.results, extra)
-        if self.fatal:
-            self.reporter.error(self.fatal)
-            return EXIT_SWEEP_ERROR
-        if self.stop:
-            return EXIT_INTERRUPTED
-        return EXIT_OK if all(r.state in (State.COMPLETE, State.PRUNED) for r in self.done) else EXIT_RUN_FAILED
-
-
-# ----------------------------------------------------------------------------------------------
-# 9. Results and metrics
+# 8. Results and metrics
 # ----------------------------------------------------------------------------------------------
 
 
@@ -4125,8 +3395,7 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "attempt": run.attempt,
         "attempts": run.attempts,
     }
-    if run.job_id is not None:
-        record.update(slurm_job_id=run.job_id, node=run.node, slurm_requeues=run.slurm_requeues)
+    record.update(run.job)
     if not tails:
         del record["stdout"], record["stderr"]
     return record
@@ -4141,22 +3410,6 @@ def write_run_json(run: Run, body: Mapping[str, Any]) -> None:
         write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
 
 
-def make_run_dir(folder: Path) -> None:
-    """A run folder of the sweep's own: made, and marked as made by train_sweep (RUN_MARK)."""
-    folder.mkdir(exist_ok=True)
-    (folder / RUN_MARK).touch()
-
-
-def owned(folder: Path, name: str) -> bool:
-    """Did train_sweep make this folder (its mark, or a run.json of that run from an earlier version)?"""
-    if (folder / RUN_MARK).exists():
-        return True
-    try:
-        return json.loads((folder / "run.json").read_bytes()).get("model_name") == name
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
-
-
 def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier attempt, as kept in a run's `attempts` list. Its logs were moved to attempt_<n>/."""
     folder = Path(record["run_dir"]) / f"attempt_{record.get('attempt', 1)}"
@@ -4166,38 +3419,6 @@ def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     out["stdout_log"] = str(folder / "train_stdout.log")
     out["stderr_log"] = str(folder / "train_stderr.log")
     return out
-
-
-def set_aside(path: Path) -> Path:
-    """Rename path to path~1 (or ~2, ...: the first free one). '~' is never in a run name."""
-    k = 1
-    while path.with_name(f"{path.name}~{k}").exists():
-        k += 1
-    target = path.with_name(f"{path.name}~{k}")
-    path.rename(target)
-    return target
-
-
-def archive_attempt_files(run: Run) -> None:
-    """Before an attempt starts, move an earlier attempt's logs and run.json into attempt_<n>/."""
-    if not run.stdout_log.exists() and not run.stderr_log.exists():
-        return
-    n = run.attempt - 1
-    try:
-        n = int(json.loads((run.run_dir / "run.json").read_text()).get("attempt", n))
-    except (OSError, ValueError, AttributeError):
-        pass
-    folder = run.run_dir / f"attempt_{max(n, 1)}"
-    if folder.exists():
-        set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
-    folder.mkdir()
-    for name in ("train_stdout.log", "train_stderr.log", "combined.log", "run.json", "metrics.json", "metrics.jsonl",
-                 SERIES):
-        if (run.run_dir / name).exists():
-            os.replace(run.run_dir / name, folder / name)
-
-
-Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
 
 
 def read_journal(path: Path) -> Journal:
@@ -4465,52 +3686,52 @@ def lock_results_file(output_file: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# 10. Reporting
+# 9. Reporting
 # ----------------------------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(minutes, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """The sweep at one moment: everything a reporter may read (made fresh each time, never changed)."""
+
+    counts: Mapping[str, int]  # finished runs by state, then "running" and "pending"
+    total: int
+    eta: float | None  # seconds until the last run ends, from the mean duration of complete runs
+    running: tuple[RunView, ...]
+    gpus: tuple[int, ...]
+    readings: Mapping[int, GpuReading]
+    threshold_mb: float | None
+    waiting: str | None  # why runs cannot start now (memory)
+    stopping: str | None  # the signal (or "error") that is stopping the sweep
+    top: tuple[tuple[str, float], ...] = ()  # the best runs so far by the ranking metric (latest values)
+    search: str | None = None  # the source's line: a search's trials, pruned runs, best parameters
+    cluster: tuple[str, ...] = ()  # the launcher's lines (a cluster's jobs), shown instead of the GPU rows
+    packing: str | None = None  # --max-processes-per-gpu auto: the footprint, and why GPUs take no more
+
+    @property
+    def unfinished(self) -> int:
+        return self.counts["running"] + self.counts.get("queued", 0) + self.counts["pending"]
+
+    def bracket(self) -> str:
+        """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
+        shown = [(k, n) for k, n in self.counts.items() if n or k in ("complete", "running", "pending")]
+        return "[" + " | ".join(f"{k} {n}" for k, n in shown) + "]"
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+class RunView(NamedTuple):
+    """A running run, as reporters see it."""
 
-
-def gpu_label(gpus: Any) -> str:
-    """Where a run ran, from a Run's gpus or a record's gpu_id: `0`, `0,1`, or `CPU`."""
-    if isinstance(gpus, int) and gpus != CPU:
-        return str(gpus)
-    if isinstance(gpus, (list, tuple)) and gpus:
-        return ",".join(map(str, gpus))
-    return "CPU"
-
-
-def where(gpus: Any) -> str:
-    label = gpu_label(gpus)
-    return label if label == "CPU" else f"GPU {label}"
+    name: str  # its label (the hyperparameters that tell it apart), else its name
+    gpus: tuple[int, ...]
+    start_time: float | None
+    value: float | None = None  # the latest value of the ranking metric
+    step: int | None = None
+    where: str = ""  # on a cluster: its job and node
 
 
 def run_where(run: Run) -> str:
-    """Where a run runs: its GPUs, or its Slurm job and node."""
-    if run.job_id is None:
-        return where(run.gpus)
-    return f"job {run.job_id}" + (f" on {run.node}" if run.node else "")
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    """A line fit to show: at most `limit` characters, cut with a marker."""
-    return text if len(text) <= limit else text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
+    """Where a run runs: its GPUs, or a cluster's job and node."""
+    return run.location or where(run.gpus)
 
 
 class Reporter:
@@ -4521,10 +3742,9 @@ class Reporter:
 
     refresh_s: float | None = None  # the live view asks the loop to wake this often
 
-    def __init__(self, metric: str | None = None, mode: str = "min", stream: Any = None,
-                 log_path: Path | None = None) -> None:
-        self.metric = metric
-        self.mode = mode
+    def __init__(self, ranking: Ranking = Ranking(), stream: Any = None, log_path: Path | None = None) -> None:
+        self.ranking = ranking
+        self.metric, self.mode = ranking.metric, ranking.mode
         self.stream = stream or sys.stdout
         self.silent = False  # the stream broke (EIO after a hang-up, EPIPE): nothing more is shown
         self._log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None
@@ -4574,7 +3794,7 @@ class Reporter:
 
     def started(self, run: Run, progress: Progress, why: str = "") -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
-        verb = "start" if run.job_id is None else "attach" if run.reattach else "submit"
+        verb = "start" if not run.job else "attach" if run.reattach else "submit"
         self.event(f"{verb:<11} {run.name}{attempt}  {run_where(run)}  {progress.bracket()}",
                    log_only=f"  placed: {why}" if why else "")
 
@@ -4597,13 +3817,10 @@ class Reporter:
             details.append(requeue)
         self.event("  ".join(parts), details)
 
-    def detached(self, runs: Sequence[Run], pending: int) -> None:
-        jobs = [r.job_id for r in runs if r.job_id]
-        shown = ", ".join(jobs[:4]) + (f", ... {jobs[-1]}" if len(jobs) > 4 else "")
-        self._print(f"Detached: {len(jobs)} run(s) left to Slurm as jobs {shown}" +
-                    (f"; {pending} not submitted yet" if pending else "") + ".")
-        self._print("Run the same command again to re-attach: running jobs are followed, ended ones collected (their "
-                    "results file written), failed ones submitted again. squeue --me lists them.")
+    def detached(self, lines: Sequence[str]) -> None:
+        """The sweep exits with its runs left to a cluster (--detach): the launcher's word on them."""
+        for line in lines:
+            self._print(line)
 
     def resumed(self, skipped: int, to_run: int) -> None:
         if skipped:
@@ -4866,66 +4083,728 @@ class LiveReporter(Reporter):
         return line
 
 
-# ----------------------------------------------------------------------------------------------
-# 11. Offline tools: report, list, cleanup, plots (reading finished sweeps)
-# ----------------------------------------------------------------------------------------------
+def print_dry_run(plan: Plan, placement: str, note: str) -> None:
+    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
+    A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    runs, search = plan.runs, plan.search
+    title = f"dry run: {len(runs)} run(s)" if search is None else "dry run: a search (an example trial)"
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("#", "name", "hyperparameters", "command"):
+        table.add_column(col, overflow="fold")
+    for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
+        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else format_value(v)}"
+                      for k, v in run.hyperparams.items())
+        extra_ = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
+        extra_ += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
+        name = Text(run.name) + (Text(f" ({run.state.value}: skipped)", style="dim") if run.skipped else Text(""))
+        table.add_row(str(run.index), name, Text(" ".join([hp, *extra_]).strip()), Text(shlex.join(run.argv)))
+    console = Console(width=None if sys.stdout.isatty() else 250)
+    console.print(table)
+    if len(runs) > DRY_RUN_ROWS:
+        console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
+    if search is not None:
+        for line in extra("space").describe_search(search, plan.settings, placement):
+            console.print(line, highlight=False, markup=False)
+    else:
+        console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
+        skipped = sum(run.skipped for run in runs)
+        if skipped:
+            console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters and "
+                          f"command are skipped; {len(runs) - skipped} to run (--rerun runs them all).", highlight=False)
+    if note:
+        console.print(note, highlight=False)
+
 
 # ----------------------------------------------------------------------------------------------
-# 12. CLI
+# 10. The event loop
 # ----------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, no usage block; a misspelled flag gets the right one
-        import difflib
+@dataclasses.dataclass(eq=False)
+class Attempt:
+    """A run the loop has started: the launcher's handle, and whether (and why) the loop is ending it."""
 
-        if message.startswith("unrecognized arguments:"):
-            options = [o for action in self._actions for o in action.option_strings]
-            for word in message.split(":", 1)[1].split():
-                guess = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
-                if word.startswith("-") and guess:
-                    message += f" (did you mean {guess[0]}?)"
+    run: Run
+    handle: Any
+    deadline: float | None  # when --timeout ends it
+    ending: State | None = None  # TIMEOUT or INTERRUPTED once the loop decided to end it
+    kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
+
+
+FINISHED_ORDER = (State.COMPLETE, State.PRUNED, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
+
+
+class Wakeups:
+    """Where the loop sleeps: select() on a self-pipe that signal handlers write to, SIGCHLD included, so a
+    run that exits wakes the loop at once. Ctrl+C, SIGTERM and SIGHUP are queued in `signals` for the loop
+    (SIGHUP is left alone where it is ignored, as under nohup: a hang-up is then meant to be ignored)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def install(self) -> Callable[[], None]:
+        """Take the signals; returns the function that gives them back."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(r, selectors.EVENT_READ)
+        self._wake_r = r
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        handled = [signal.SIGCHLD, signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            handled.append(signal.SIGHUP)
+        old = {s: signal.getsignal(s) for s in handled}
+
+        def handler(signum: int, frame: Any) -> None:
+            if signum != signal.SIGCHLD:
+                self.signals.append(signum)
+
+        for s in handled:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+            signal.set_wakeup_fd(old_fd)
+            self._selector.close()
+            os.close(r)
+            os.close(w)
+
+        return restore
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until a signal (a run exited, Ctrl+C) or `timeout` seconds (None: no limit)."""
+        if timeout is not None and timeout <= 0:
+            return
+        self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+class Leaderboard:
+    """The best so far by the ranking metric: each running or complete run's latest value, and the run that
+    leads. `say` hears a line when another run takes the lead."""
+
+    def __init__(self, ranking: Ranking, say: Callable[[str], None]) -> None:
+        self.metric, self.mode, self.say = ranking.metric, ranking.mode, say
+        self.board: dict[Run, float] = {}
+        self.leader: Run | None = None
+
+    def rank(self, run: Run, value: float) -> None:
+        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
+        before = self.board.get(run)
+        self.board[run] = value
+        if run is self.leader:
+            if before is None or not better(before, value, self.mode):
+                return  # it still leads (it got better, or no worse)
+            self.elect()
+        elif self.leader is None or better(value, self.board[self.leader], self.mode):
+            self.leader = run
+            self._announce()
+
+    def unrank(self, run: Run) -> None:
+        """A run that ended without a result (failed, interrupted, ...) leaves the board."""
+        if self.board.pop(run, None) is not None and run is self.leader:
+            self.elect()
+
+    def elect(self, announce: bool = True) -> None:
+        found = best_of(self.board, self.board.get, self.mode) if self.board else None
+        leader = found[1] if found else None
+        if leader is not self.leader:
+            self.leader = leader
+            if announce and leader is not None:
+                self._announce()
+
+    def _announce(self) -> None:
+        if self.leader is None:
+            return
+        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
+        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
+        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  top 3: {top}")
+
+    def top(self, k: int) -> list[tuple[Run, float]]:
+        import heapq
+
+        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
+        return pick(k, self.board.items(), key=lambda rv: rv[1])
+
+
+class MetricFeed:
+    """Where a running run's metrics come from, read as they grow: its stdout lines (MetricReader), its
+    metrics.jsonl (read on from where the last look stopped), and its TensorBoard event files (an extra)."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
+        self.say = say
+        self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
+        follower = optional_extra("metrics tensorboard")  # None when the extras are not beside this file
+        self.tensorboard = follower(settings.metric) if follower is not None and settings.metric else None
+
+    def points(self, run: Run, lines: list[str], now: float, final: bool = False
+               ) -> tuple[list[tuple[int | None, dict[str, float]]], list[tuple[int | None, dict[str, float]]]]:
+        """The (step, values) the run printed in `lines`, and those it wrote to its files since the last look."""
+        printed = self.reader.from_lines(lines)
+        written = self._read_jsonl(run, final)
+        if self.tensorboard is not None:
+            written += self.tensorboard.points(run.run_dir, now, final, run.start_time)
+            if self.tensorboard.note:
+                self.say(self.tensorboard.note)
+                self.tensorboard.note = None
+        return printed, written
+
+    def forget(self, run: Run) -> None:
+        """The run's attempt has ended: its files are read from the start by its next attempt."""
+        self._jsonl_at.pop(run, None)
+        if self.tensorboard is not None:
+            self.tensorboard.forget(run.run_dir)
+
+    def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
+        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
+        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
+        path = run.run_dir / "metrics.jsonl"
+        at, skipping = self._jsonl_at.get(run, (0, False))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        chunks = []
+        try:
+            if at == 0 and run.start_time and os.fstat(fd).st_mtime < run.start_time - 1.0:
+                return []
+            while data := os.pread(fd, 4 * MB, at):
+                end = data.find(b"\n") if skipping else data.rfind(b"\n")
+                if end < 0 and (skipping or len(data) == 4 * MB):  # inside a line too long to keep
+                    at, skipping = at + len(data), True
+                    continue
+                if skipping:
+                    at, skipping = at + end + 1, False
+                    continue
+                if end < 0 and not final:
+                    break  # an unfinished last line: the next look reads it whole
+                chunk = data if end < 0 else data[: end + 1]
+                chunks.append(chunk)
+                at += len(chunk)
+        finally:
+            os.close(fd)
+        self._jsonl_at[run] = (at, skipping)
+        points = []
+        for line in b"".join(chunks).splitlines():
+            try:
+                point = self.reader.from_json(json.loads(line))
+            except (ValueError, RecursionError):
+                continue
+            if point is not None:
+                points.append(point)
+        return points
+
+
+class FailFast:
+    """The first runs all failing within seconds with the same error is a broken setup (a typo in a
+    hyperparameter's name, a missing file), not forty separate failures: say so, and stop launching."""
+
+    def __init__(self, on: bool) -> None:
+        self.early: list[tuple[str, str, str]] | None = [] if on else None  # see broken_setup
+
+    def check(self, run: Run, now: float, running: Iterable[Run]) -> str | None:
+        """Why the sweep must stop launching after this attempt ended, or None."""
+        if self.early is None or run.state == State.INTERRUPTED:
+            return None
+        quick = run.state == State.FAILED and (run.duration or 0.0) < FAIL_FAST_S
+        if not quick or any(now - r.started_at >= FAIL_FAST_S for r in running):
+            self.early = None  # runs do get going: failures from here on are the runs' own
+            return None
+        line = run.error or tail_lines(run.stderr_log, 1).strip() or f"exit code {run.returncode}, stderr empty"
+        self.early.append((run.name, line, str(run.error and run.run_dir or run.stderr_log)))
+        return broken_setup(self.early)
+
+
+class Sweep:
+    """The event loop: wait for an event (a run ended, output appeared, a timer, a signal), update the
+    state, record what finished, place what can start, report. Runs come from a RunSource, run through a
+    Launcher, and take GPUs from a GpuPool. It sleeps in Wakeups: a run that exits wakes it at once."""
+
+    def __init__(
+        self,
+        source: RunSource,
+        launcher: Launcher,
+        pool: Placement,
+        results: ResultsWriter,
+        reporter: Reporter,
+        settings: Settings,
+        previous: Sequence[Run] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wakeups: Wakeups | None = None,
+        best_k: Any = None,
+    ) -> None:
+        from collections import deque
+
+        self.source, self.launcher, self.pool = source, launcher, pool
+        self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
+        self.timeout = None if launcher.own_timeout else settings.timeout or None  # a cluster keeps its own
+        self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
+        self.ranking = settings.ranking
+        self.metric, self.mode = self.ranking.metric, self.ranking.mode
+        self.feed = MetricFeed(settings, reporter.event)
+        self.leaders = Leaderboard(self.ranking, reporter.event)
+        self.best_k = best_k
+        self.active: dict[Run, Attempt] = {}
+        self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
+        self.retry: deque[Run] = deque()  # failed runs to try again, after the source's runs
+        self.oom_wait: dict[Run, float] = {}  # ran out of GPU memory: waiting (since when) for a GPU with more room
+        self._said_waiting: set[Run] = set()
+        self.ended: list[tuple[Run, str | None]] = []  # ended attempts, not recorded yet (and why requeued)
+        self.done: list[Run] = list(previous)
+        self.counts = {s.value: 0 for s in FINISHED_ORDER}
+        self._durations = [0.0, 0]  # sum and count of complete runs' durations, for the ETA
+        for run in self.done:
+            self._count(run)
+            value = metric_of(run.metrics, self.metric)
+            if value is not None and run.state == State.COMPLETE:
+                self.leaders.board[run] = value
+                if best_k is not None:
+                    best_k.add(run, value, publish=False)
+        if best_k is not None:  # rebuilt at every start: links to set-aside folders (--rerun) go
+            best_k.publish()
+        self.leaders.elect(announce=False)
+        self.stop: str | None = None  # the signal (or "error") that stopped the sweep
+        self.halted: str | None = None  # why no more runs are started (a broken setup: fail fast)
+        self.fail_fast = FailFast(not settings.no_fail_fast)
+        self.killed = False
+        self.fatal: str | None = None
+        self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
+        self.poll_interval = POLL_MIN_S
+        self._next_observe = 0.0
+        self.wakeups = wakeups or Wakeups()
+        self._ticks = 0  # passes of the loop so far
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        restore = self.wakeups.install()
+        self.reporter.begin(self.progress())
+        try:
+            while True:
+                now = self.clock()
+                self._handle_signals(now)  # Ctrl+C, SIGTERM, SIGHUP: end the runs
+                self._reap(now)  # attempts that ended: their state, their GPUs freed, reported
+                self._enforce_deadlines(now)  # --timeout, SIGKILL after the grace period
+                self._observe(now)  # what running runs wrote since the last look
+                try:
+                    self._record(now)  # journal what ended, before anything else; requeue
+                    if self.stop is None and self.halted is None:
+                        self._launch(now)  # place what can start
+                        self.source.prepare()  # then a search tells what ended and asks the next trial ahead
+                    self.results.flush()
+                    due = self.pool.read_due(now)
+                    if self.reporter.refresh_s or (due is not None and now >= due):
+                        self.pool.read(now)  # the live view shows this tick's reading; auto learns from it
+                except (OutputError, NoGpuLeft) as e:  # the sweep's own failure: stop cleanly, keep results
+                    self._fail(str(e), now)
+                for notes in (self.pool.notes, self.launcher.notes):
+                    while notes:
+                        self.reporter.event(notes.pop(0))
+                if self._over() or (self.settings.detach and self._ticks and not self.ended):
+                    break  # detached: what was submitted is left to the cluster (what it refused is recorded)
+                self._ticks += 1
+                if self.reporter.refresh_s:
+                    self.reporter.tick(self.progress())
+                self.wakeups.wait(self._next_wakeup(self.clock()))
+        except BaseException:
+            for attempt in self.active.values():  # never leave a run behind, whatever happened
+                self.launcher.stop(attempt.handle, hard=True)
+            raise
+        finally:
+            self.reporter.end()
+            restore()
+            self.launcher.close(detach=self.settings.detach)  # every run has ended (or was just killed, or
+            # detached: left to the cluster): the guardian can go
+        self.source.close()
+        return self._finish()
+
+    def _over(self) -> bool:
+        if self.active or self.ended:
+            return False
+        return self.stop is not None or self.halted is not None or not self.pending()
+
+    # -- signals ------------------------------------------------------------------------------
+    def _handle_signals(self, now: float) -> None:
+        while self.wakeups.signals:
+            name = signal.Signals(self.wakeups.signals.pop(0)).name
+            if self.stop is None:
+                self.stop = name
+                self.reporter.event(f"{name}: stopping; {self.launcher.stopping(len(self.active))}")
+                for attempt in self.active.values():
+                    self._end(attempt, State.INTERRUPTED, now)
+            elif not self.killed:
+                self.killed = True
+                self.reporter.event(f"{name} again: killing every run now")
+                for attempt in self.active.values():
+                    self.launcher.stop(attempt.handle, hard=True)
+
+    def _end(self, attempt: Attempt, state: State, now: float) -> None:
+        """End a running attempt (timeout, interrupted): SIGTERM now, SIGKILL after the grace period. One
+        whose main process has already exited keeps its own exit code."""
+        if attempt.ending is None and self.launcher.stop(attempt.handle, hard=False):
+            attempt.ending = state
+            attempt.kill_at = now + self.settings.kill_grace
+
+    def _prune(self, attempt: Attempt, why: str) -> None:
+        """The pruner gave up on a run: its whole process tree is killed at once (nothing of it is kept but
+        its logs and record), its GPUs go to the next run as soon as it is gone."""
+        if attempt.ending is None and self.stop is None and self.launcher.stop(attempt.handle, hard=True):
+            attempt.ending = State.PRUNED
+            attempt.kill_at = None
+            self.reporter.event(f"{'pruning':<11} {attempt.run.name}: {why}")
+
+    def _fail(self, message: str, now: float) -> None:
+        """The sweep cannot go on: stop launching, end the runs cleanly, keep every result."""
+        if self.fatal is None:
+            self.fatal = message
+            self.reporter.event(f"error: {message}; stopping the sweep")
+        if self.stop is None:
+            self.stop = "error"
+            for attempt in self.active.values():
+                self._end(attempt, State.INTERRUPTED, now)
+
+    # -- runs that ended ----------------------------------------------------------------------
+    def _reap(self, now: float) -> None:
+        for attempt in list(self.active.values()):
+            outcome = self.launcher.poll(attempt.handle)
+            if outcome is None:
+                continue
+            run = attempt.run
+            del self.active[run]
+            self.pool.release(run)
+            if attempt.ending == State.PENDING:  # withdrawn from a cluster's queue: it never ran, no attempt
+                run.state, run.start_time, run.job, run.location = State.PENDING, None, {}, ""
+                self.retry.appendleft(run)
+                continue
+            run.end_time = outcome.ended_at or time.time()
+            run.start_time = outcome.started_at or run.start_time if outcome.ran else None
+            run.error = outcome.error or run.error
+            run.returncode = outcome.returncode
+            run.signal_name = signal_name(outcome.returncode)
+            run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
+            self.pool.ended(run, now)
+            self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
+            self.feed.forget(run)
+            run.metrics = read_metrics(run, self.metric)
+            final = metric_of(run.metrics, self.metric)
+            if run.state == State.COMPLETE and final is not None:
+                self.leaders.rank(run, final)
+            else:
+                self.leaders.unrank(run)
+                if run.state == State.COMPLETE and self.metric:
+                    run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
+            if outcome.note:
+                self.reporter.event(outcome.note)
+            self._ended(run, outcome.rerun if run.state != State.COMPLETE else None)
+
+    def _ended(self, run: Run, rerun: str | None = None) -> None:
+        """An attempt is over: decide its requeue, count it, report it; it is recorded in _record. `rerun`:
+        it ended while no sweep followed it (a detached cluster job): it runs again, as resume would run it."""
+        requeue = None
+        if self.stop is None:
+            requeue = rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
+        if requeue is None:
+            self._count(run)
+        elif run.state == State.OOM:
+            run.ooms += 1
+        elif rerun is None:
+            run.retries_used += 1
+        self.ended.append((run, requeue))
+        self.reporter.finished(run, self.progress(), requeue)
+        self._check_setup(run)
+
+    def _check_setup(self, run: Run) -> None:
+        """Fail fast (FailFast): on a broken setup, no more runs are started, and queued jobs withdrawn."""
+        if self.halted:
+            return
+        why = self.fail_fast.check(run, self.clock(), self.active)
+        if why is not None:
+            self.halted = why
+            self.reporter.event(f"error: {why}")
+            for attempt in self.active.values():  # a cluster's queued jobs are not started either
+                if attempt.ending is None and self.launcher.withdraw(attempt.handle):
+                    attempt.ending = State.PENDING  # back among the runs not started, once the cluster has let it go
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for attempt in list(self.active.values()):
+            if attempt.deadline is not None and now >= attempt.deadline and attempt.ending is None:
+                attempt.deadline = None
+                self._end(attempt, State.TIMEOUT, now)
+                if attempt.ending == State.TIMEOUT:
+                    self.reporter.event(f"timeout: {attempt.run.name} ran past {self.timeout:g}s; ending it")
+            if attempt.kill_at is not None and now >= attempt.kill_at:
+                self.launcher.stop(attempt.handle, hard=True)
+                attempt.kill_at = None
+
+    def _observe(self, now: float) -> None:
+        """New output of running runs (the launcher keeps combined.log): their metrics, as they appear."""
+        if now < self._next_observe or not self.active:
+            return
+        self._next_observe = now + FOLLOW_S
+        for attempt in self.active.values():
+            self._take_metrics(attempt.run, self.launcher.observe(attempt.handle))
+
+    def _take_metrics(self, run: Run, lines: list[str], final: bool = False) -> None:
+        """Metrics in new stdout lines, new lines of the run's metrics.jsonl and its TensorBoard event files:
+        each run's latest values, its series (train_sweep_metrics.jsonl, for what it printed), the source,
+        the best so far."""
+        if not self.feed.reader.names:
+            return
+        printed, written = self.feed.points(run, lines, self.clock(), final)
+        latest = None
+        for step, values in printed + written:
+            run.latest.update(values)
+            run.step = step if step is not None else run.step
+            value = values.get(self.metric) if self.metric else None
+            if value is not None and math.isfinite(value):
+                run.points += 1
+                run.best = value if better(value, run.best, self.mode) else run.best
+                latest = value
+            why = self.source.report(run, step, values)
+            if why is not None and run in self.active:
+                self._prune(self.active[run], why)
+        if latest is not None:
+            self.leaders.rank(run, latest)
+        if printed:
+            append_series(run, printed)
+
+    def _record(self, now: float) -> None:
+        """Journal each ended attempt and write its run.json, then requeue it or count it as done."""
+        while self.ended:
+            run, requeue = self.ended.pop(0)
+            record = run_record(run)
+            if requeue is not None:
+                record["requeued"] = requeue  # not the run's end: resume does not take it for one
+            if requeue is None:
+                self._done(run, record)
+            try:
+                self.results.attempt_finished(run, record)
+            except OSError as e:  # the output folder failed: the record still goes to the results file
+                if requeue is not None:
+                    self._count(run)
+                    self._done(run, record)
+                raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
+            if requeue is None:  # journaled: now its checkpoints may be ranked (and others' deleted)
+                value = metric_of(run.metrics, self.metric)
+                if self.best_k is not None and run.state == State.COMPLETE and value is not None:
+                    self.best_k.add(run, value)
+                elif self.best_k is not None and run.state == State.PRUNED:
+                    self.best_k.drop(run, "pruned")
+                continue
+            if run.state == State.OOM:
+                free = run.free_at_launch_mb
+                run.next_attempt(attempt_summary(record))
+                run.min_free_mb = free
+                self.oom_wait[run] = now
+            else:
+                run.next_attempt(attempt_summary(record))
+                self.retry.append(run)
+
+    def _done(self, run: Run, record: dict[str, Any]) -> None:
+        """A run has ended for good: in the results (at the next flush), and the source told."""
+        self.done.append(run)
+        self.results.run_finished(run, record)
+        self.source.finished(run)
+
+    def _count(self, run: Run) -> None:
+        self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
+        if run.state == State.COMPLETE and run.duration is not None:
+            self._durations[0] += run.duration
+            self._durations[1] += 1
+
+    # -- starting runs ------------------------------------------------------------------------
+    def _launch(self, now: float) -> None:
+        """Start runs while a GPU can take one: runs that ran out of memory first (when a GPU has room for
+        them), then the head of the queue (the source's runs, then retries), first come, first served."""
+        self.waiting = None
+        started: list[tuple[Run, str]] = []
+        try:
+            while self.pool.slot_free():
+                picked = self._pick_oom_waiter(now) or self._pick_next(now)
+                while self.pool.notes:  # what placing learned (auto's footprint) before the starts it allows
+                    self.reporter.event(self.pool.notes.pop(0))
+                if picked is None:
                     break
-        self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
+                if self._start(*picked, now):
+                    started.append((picked[0], picked[2]))
+                self.poll_interval = POLL_MIN_S
+        finally:
+            self.launcher.flush()  # a cluster submits what was started, as one job array where it can
+            for run, why in started:
+                if run not in self.active or run.error:
+                    continue  # it could not be submitted: it ends (failed, with why) at the next poll
+                try:
+                    self.results.run_started(run)  # run.json says "running" (with its job id, to re-attach to)
+                except OSError as e:
+                    raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
+                self.reporter.started(run, self.progress(), why)
+
+    def _pick_next(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
+        while True:
+            if self.head is None:
+                self.head = self.source.next() or (self.retry.popleft() if self.retry else None)
+            if self.head is None or self._can_start(self.head):
+                break
+            self.head = None
+        if self.head is None:
+            return None
+        gpus, why = self.pool.place(self.head, now)
+        if gpus is None:
+            self._note_waiting(why)
+            return None
+        run, self.head = self.head, None
+        return run, gpus, why
+
+    def _pick_oom_waiter(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
+        """A run that ran out of memory waits for a GPU with more free memory than it had then (or an empty
+        one); when nothing of this sweep's is running that could free more, or after OOM_WAIT_S, it takes
+        what there is."""
+        for run, since in list(self.oom_wait.items()):
+            if not self._can_start(run):
+                del self.oom_wait[run]
+                continue
+            min_free = run.min_free_mb if run.min_free_mb is not None else math.inf
+            gpus, why = self.pool.place(run, now, min_free)
+            if gpus is None and (not self.pool.busy() or now - since >= OOM_WAIT_S):
+                gpus, why = self.pool.place(run, now)
+                if gpus is not None:
+                    why += ("; no run of this sweep is left to free more memory" if not self.pool.busy()
+                            else f"; it waited {OOM_WAIT_S:g}s for more free memory")
+            if gpus is not None:
+                del self.oom_wait[run]
+                self._said_waiting.discard(run)
+                return run, gpus, why
+            if run not in self._said_waiting:
+                self._said_waiting.add(run)
+                self.reporter.event(f"{'waiting':<11} {run.name}: ran out of GPU memory; it waits for more free "
+                                    f"memory than it had then ({why})")
+            self._note_waiting(why)
+        return None
+
+    def _can_start(self, run: Run) -> bool:
+        """False for a run that needs more GPUs than are left (GPUs were taken out): it fails, with why."""
+        why = self.pool.unplaceable(run)
+        if why is None:
+            return True
+        run.error = why
+        run.state, run.end_time = State.FAILED, time.time()
+        self._ended(run)
+        return False
+
+    def _note_waiting(self, why: str) -> None:
+        if self.pool.reads_memory:
+            self.waiting = why  # runs wait for memory, not for a slot: poll NVML
+
+    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
+        run.assign(() if gpus == (CPU,) else gpus)
+        run.state = State.RUNNING
+        run.start_time = time.time()
+        run.started_at = now
+        run.free_at_launch_mb = self.pool.free_mb(gpus[0])
+        try:
+            handle = self.launcher.start(run, run.gpus)
+        except OutputError:
+            run.state = State.PENDING
+            if self.head is None:  # not started: it stays first in line (and in the .partial file)
+                self.head = run
+            else:
+                self.retry.appendleft(run)
+            raise
+        except LaunchError as e:
+            run.error = str(e)
+            run.state = State.FAILED
+            run.end_time = time.time()
+            self._ended(run)
+            return False
+        self.pool.launched(run, gpus, now)
+        self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None)
+        return True
+
+    # -- waiting ------------------------------------------------------------------------------
+    def _next_wakeup(self, now: float) -> float | None:
+        if self.ended or self.wakeups.signals:
+            return 0.0
+        times = [a.deadline for a in self.active.values() if a.deadline is not None]
+        times += [a.kill_at for a in self.active.values() if a.kill_at is not None]
+        times += [t for t in (self.launcher.next_poll(now), self.source.wake_at(now), self.results.flush_due(),
+                              self.pool.read_due(now)) if t is not None]
+        if self.active:
+            times.append(self._next_observe)
+        waits_end = [since + OOM_WAIT_S for since in self.oom_wait.values() if since + OOM_WAIT_S > now]
+        if waits_end and self.stop is None:
+            times.append(min(waits_end))
+        if self.waiting and self.stop is None:
+            times.append(now + self.poll_interval)
+            self.poll_interval = min(self.poll_interval * 2, POLL_MAX_S)
+        if self.reporter.refresh_s:
+            times.append(now + self.reporter.refresh_s)
+        return max(0.0, min(times) - now) if times else None
+
+    # -- progress -----------------------------------------------------------------------------
+    def pending(self) -> int:
+        requeued = sum(1 for _, requeue in self.ended if requeue)
+        return self.source.pending() + (self.head is not None) + len(self.retry) + len(self.oom_wait) + requeued
+
+    def progress(self) -> Progress:
+        counts = dict(self.counts)
+        queued = self.launcher.queued()
+        counts["running"] = len(self.active) - queued
+        if queued:
+            counts["queued"] = queued  # in a cluster's queue
+        counts["pending"] = self.pending()
+        total, n = self._durations
+        eta = None
+        if n and self.stop is None:
+            mean, now = total / n, time.time()
+            left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
+            eta = (left + mean * counts["pending"]) / self.pool.slots
+        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.leaders.board.get(r), r.step,
+                                r.location) for r in self.active)
+        return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
+                        self.pool.threshold_mb, self.waiting, self.stop,
+                        tuple((r.name, v) for r, v in self.leaders.top(3)), self.source.status(),
+                        tuple(self.launcher.describe()), self.pool.packing())
+
+    def _finish(self) -> int:
+        if self.settings.detach and self.stop is None and self.active:  # the jobs are left to the cluster: no
+            self.reporter.detached(self.launcher.detached(list(self.active), self.pending()))  # results file until a re-attached sweep ends
+            return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
+        pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
+        try:
+            self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
+        except OutputError as e:
+            self.fatal = self.fatal or str(e)
+        except OSError as e:
+            self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
+        extra = self.source.summary()
+        if self.halted:
+            extra.append(f"Stopped early: {self.halted}")
+        if self.best_k is not None:
+            verb = "would free" if self.best_k.keep else "freed"
+            extra.append(f"Checkpoints: the {self.best_k.k} best runs keep theirs ({self.best_k.folder}); {verb} "
+                         f"{fmt_bytes(self.best_k.freed)} in {self.best_k.pruned} other run(s)")
+        self.reporter.summary(self.done, pending, self.progress(), self.results, extra)
+        if self.fatal:
+            self.reporter.error(self.fatal)
+            return EXIT_SWEEP_ERROR
+        if self.stop:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if all(r.state in (State.COMPLETE, State.PRUNED) for r in self.done) else EXIT_RUN_FAILED
 
 
-def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate Hydra-style overrides (`lr=1e-3,1e-4`) from the flags, wherever they stand: a word with '='
-    that is not a flag and not the value of a flag that takes one value."""
-    single = {opt for action in parser._actions for opt in action.option_strings if action.nargs is None}
-    flags: list[str] = []
-    overrides: list[str] = []
-    takes_value = False
-    for word in argv:
-        if takes_value:
-            flags.append(word)
-            takes_value = False
-        elif word.startswith("-"):
-            flags.append(word)
-            takes_value = word in single
-        elif "=" in word:
-            overrides.append(word)
-        else:
-            flags.append(word)
-    return flags, overrides
-
-
-def build_parser() -> argparse.ArgumentParser:
-    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ("", "-c") else ""
-    p = _Parser(
-        prog=invoked or "train_sweep",  # the command as it was typed: train_sweep.py or train-sweep
-        description="Train one model per hyperparameter set, keeping every listed GPU busy. KEY=VALUES "
-                    "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
-                    "multiplies the runs, seed=0 sets a value on every run.",
-        epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
-               "'train_sweep status [OUTPUT_DIR]', 'train_sweep watch [OUTPUT_DIR]', "
-               "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
-               "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
-               "3 the sweep's output could not be written, 130 interrupted",
-    )
-    add_flags(p)
-    p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
-    return p
+# ----------------------------------------------------------------------------------------------
+# 11. Running a sweep: the plan, the backends, the Python API (run, load)
+# ----------------------------------------------------------------------------------------------
 
 
 def parse_gpu_ids(values: Sequence[str] | None) -> list[int] | None:
@@ -5129,42 +5008,6 @@ def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[Swe
     return spec, search, settings
 
 
-def print_dry_run(plan: Plan, placement: str, note: str) -> None:
-    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
-    A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    runs, search = plan.runs, plan.search
-    title = f"dry run: {len(runs)} run(s)" if search is None else "dry run: a search (an example trial)"
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for col in ("#", "name", "hyperparameters", "command"):
-        table.add_column(col, overflow="fold")
-    for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
-        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else format_value(v)}"
-                      for k, v in run.hyperparams.items())
-        extra_ = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
-        extra_ += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
-        name = Text(run.name) + (Text(f" ({run.state.value}: skipped)", style="dim") if run.skipped else Text(""))
-        table.add_row(str(run.index), name, Text(" ".join([hp, *extra_]).strip()), Text(shlex.join(run.argv)))
-    console = Console(width=None if sys.stdout.isatty() else 250)
-    console.print(table)
-    if len(runs) > DRY_RUN_ROWS:
-        console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
-    if search is not None:
-        for line in extra("space").describe_search(search, plan.settings, placement):
-            console.print(line, highlight=False, markup=False)
-    else:
-        console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
-        skipped = sum(run.skipped for run in runs)
-        if skipped:
-            console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters and "
-                          f"command are skipped; {len(runs) - skipped} to run (--rerun runs them all).", highlight=False)
-    if note:
-        console.print(note, highlight=False)
-
-
 def check_settings(settings: Settings) -> None:
     """What the flags say that can be checked before anything else: patterns, metric names, best-K."""
     for pattern in settings.oom_pattern:
@@ -5189,9 +5032,222 @@ def check_settings(settings: Settings) -> None:
                             "to name what it finds")
 
 
-# -- The Python API: run a sweep, read a sweep ------------------------------------------------------
-# The CLI is a thin layer on these: `run()` takes the flags' settings as keywords, `load()` reads a sweep's
-# folder while it runs or after. (docs/api.md)
+def sweep_group(output_dir: Path) -> str:
+    """The sweep's name for trackers: its output folder's name, with the folder above it when that is the
+    default `outputs` (so that two projects' sweeps do not share a group)."""
+    folder = output_dir.resolve()
+    return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
+
+
+class Backend(Protocol):
+    """Where a sweep's runs run, chosen by --backend through BACKENDS: this machine (LocalBackend) or a
+    cluster (an extra's). Made from the plan, it checks what it can before anything is written; the CLI
+    then asks it for a launcher and a placement, and the loop talks only to those."""
+
+    placement: str  # where runs go, in one line (--dry-run, sweep.log)
+    note: str  # what the user should know about it (no NVML: slots only), or ""
+
+    def check(self) -> None:
+        """Just before the sweep starts (not for --dry-run): what must answer (a cluster) does."""
+
+    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
+        """Before resume: attempts an earlier sweep left running where this backend keeps them are re-attached
+        to their runs, or ended when this sweep does not run them. Returns what to say."""
+
+    def start(self, sweep_id: str) -> list[str]:
+        """Before anything is written: start what the runs need (an MPS daemon); UserError if it refuses."""
+
+    def record(self) -> dict[str, Any]:
+        """What sweep.json keeps of it: the GPUs, the placement policy."""
+
+    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
+        """The event loop's launcher and placement."""
+
+    def close(self, say: Callable[[str], None] | None = None) -> None:
+        """The loop is over, or never began: stop what start() and open() started (said with `say`)."""
+
+
+class LocalBackend:
+    """Runs as process trees on this machine's GPUs (or its CPU): GpuPool places them, LocalLauncher starts
+    and ends them, the guardian ends them if train_sweep is killed, and --mps runs them under MPS."""
+
+    @classmethod
+    def resolve(cls, settings: Settings, spec: SweepSpec) -> Settings:
+        """Nothing of a cluster's: its flags are refused by name."""
+        if settings.detach:
+            raise UserError("--detach needs --backend slurm: local runs end with the sweep")
+        for field in dataclasses.fields(settings):
+            if field.metadata.get("group") == "slurm" and field.name != "backend" and getattr(settings, field.name):
+                raise UserError(f"--{field.name.replace('_', '-')} needs --backend slurm")
+        return settings
+
+    def __init__(self, plan: Plan) -> None:
+        settings = self.settings = plan.settings
+        self.output_dir = Path(settings.output_dir)
+        self.env = dict(plan.spec.env)
+        self.daemon: Any = None
+        self.guardian: Guardian | None = None
+        self.gpus, self.probe, self.note = resolve_gpus(settings)
+        widest = max(plan.runs, key=lambda r: r.gpus_needed)
+        if widest.gpus_needed > len(self.gpus):
+            device = "the CPU counts as one device" if self.gpus == [CPU] else f"the sweep has {len(self.gpus)}"
+            raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
+        if self.probe is None and any(r.memory_mb for r in plan.runs):
+            self.note = (self.note + "; " if self.note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+        if settings.mps:
+            if self.gpus == [CPU]:
+                raise UserError(f"--mps shares GPUs among runs; this sweep has none ({self.note or 'the CPU'})")
+            extra("mps").check()
+        per_gpu = settings.max_processes_per_gpu
+        auto = per_gpu == "auto"
+        if auto and self.probe is None:
+            raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
+                            f"available here ({self.note or 'no reading'}): give a number")
+        self.policy = Policy(
+            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
+            memory_threshold_mb=None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
+            max_parallel=settings.max_parallel,
+            settle_timeout_s=settings.settle_seconds,
+            auto=auto,
+            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+            mps=bool(settings.mps),
+        )
+        self.placement = self.policy.describe(self.gpus)
+
+    def check(self) -> None:
+        """This machine's GPUs were checked when the backend was made."""
+
+    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
+        return []  # a local run does not outlive its sweep (the guardian ends it)
+
+    def start(self, sweep_id: str) -> list[str]:
+        if not self.settings.mps:
+            return []
+        uuids = self.probe.uuids(self.gpus) if self.probe is not None else ()
+        self.daemon = extra("mps")(self.output_dir, uuids)
+        return self.daemon.start(sweep_id)
+
+    def record(self) -> dict[str, Any]:
+        return {"gpus": self.gpus, "policy": dataclasses.asdict(self.policy)}
+
+    def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
+        cgroups = RunCgroups(sweep_id)
+        if cgroups.why:
+            say(f"note: {cgroups.why}: runs are tracked by process group, marker and subreaper")
+        self.guardian = Guardian(sweep_id, self.settings.kill_grace, lock=lock, cgroups=cgroups.root)
+        daemon = self.daemon
+        launcher = LocalLauncher(Path.cwd(), sweep_id, cpu_only=self.gpus == [CPU], guardian=self.guardian,
+                                 kill_grace=self.settings.kill_grace, cgroups=cgroups,
+                                 group=sweep_group(self.output_dir),
+                                 extra_env={**self.env, **(daemon.env if daemon is not None else {})},
+                                 device_ids=dict(zip(self.gpus, daemon.devices)) if daemon is not None else {})
+        return launcher, GpuPool(self.gpus, self.policy, self.probe)
+
+    def close(self, say: Callable[[str], None] | None = None) -> None:
+        if self.daemon is not None:
+            trouble = self.daemon.stop()
+            if trouble is not None and say is not None:
+                say(f"MPS: {trouble}")
+            if say is not None:
+                self.daemon = None
+        if self.guardian is not None:
+            self.guardian.wait()
+            self.guardian = None
+        if say is None and self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+
+BACKENDS: dict[str, Any] = {"local": LocalBackend, "slurm": "backend slurm"}  # --backend NAME: a class, or its extra
+
+
+def backend_class(name: str) -> Any:
+    """The Backend class for --backend NAME: this file's, or an extra's (imported now)."""
+    found = BACKENDS[name]
+    return extra(found) if isinstance(found, str) else found
+
+
+def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
+    """Lock the output folder and the results file, resume (or set old runs aside; the backend re-attaches to
+    what an earlier sweep left running), save the settings, open the study of a search (or of a pruned list),
+    let the backend open its launcher and placement, and run the event loop."""
+    settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
+    output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
+    locks = [lock_output_dir(output_dir)]
+    try:
+        locks.append(lock_results_file(output_file))
+        journal = output_dir / JOURNAL
+        for run in runs if search is None else ():
+            if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
+                raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
+                                "into, moves or deletes what is not its own: move it, or use another --output-dir")
+        said = backend.attach(runs, journal_records, plan)  # jobs an earlier sweep left: followed or cancelled
+        if settings.rerun:
+            old = runs if search is None else [output_dir / name for name in journal_records]
+            for folder in (getattr(r, "run_dir", r) for r in old):
+                if folder.is_dir() and owned(folder, folder.name):
+                    set_aside(folder)
+            for path in (journal, output_dir / STUDY):
+                if path.exists():
+                    set_aside(path)
+            journal_records = {}
+        searcher = None  # what opening the study had to say goes to the log once it is open
+        if plan.searching:  # before anything is written: a study made for another search is refused
+            searcher = extra("source search")(plan, journal_records, said.append)
+        skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
+        sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
+        said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
+        record = {
+            "train_sweep": __version__,
+            "sweep_id": sweep_id,
+            "argv": sys.argv,
+            "cwd": str(cwd),
+            "python": sys.executable,
+            "started": iso_time(time.time()),
+            "source": settings.source,
+            "command": settings.command,
+            **backend.record(),
+            "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
+            "runs": len(runs) if search is None else settings.n_trials,
+            "skipped": len(skipped),
+            "settings": dataclasses.asdict(settings),
+        }
+        write_json_atomic(output_dir / "sweep.json", record)
+        live = sys.stdout.isatty() and not settings.no_live
+        reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
+        what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
+            f" of {settings.n_trials} trials" if settings.n_trials else "")
+        reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")
+        reporter.event(f"placement: {backend.placement}")
+        if backend.note:
+            reporter.event(backend.note)
+        if search is None:
+            reporter.resumed(len(skipped), len(runs) - len(skipped))
+        for line in search.notes if search is not None else ():
+            reporter.event(f"{'search':<11} {line}")
+        results = ResultsWriter(output_file, journal)
+        for run, previous in skipped:
+            results.add_previous(run, previous)
+        try:
+            for line in said:
+                reporter.event(line)
+            launcher, placement = backend.open(sweep_id, locks[0], reporter.event)
+            best_k = None
+            if settings.top_k and settings.checkpoint_glob and settings.ranking.metric:
+                best_k = extra("best-k")(output_dir, settings, reporter.event)
+            todo = [r for r in runs if not r.skipped] if search is None else []
+            source = searcher.source(todo, reporter.event) if searcher is not None else ListSource(todo)
+            sweep = Sweep(source, launcher, placement, results, reporter, settings, previous=[r for r, _ in skipped],
+                          best_k=best_k)
+            return sweep.run()
+        finally:
+            backend.close(reporter.event)
+            results.close()
+            reporter.close()
+    finally:
+        backend.close()  # where the sweep failed before its loop began (said there otherwise)
+        for lock in locks:
+            os.close(lock)
 
 
 class SweepError(Exception):
@@ -5231,18 +5287,17 @@ class SweepResult:
     @property
     def metric(self) -> str | None:
         """The ranking metric (the first --metric), None if the sweep ranks nothing."""
-        metrics = self.settings.get("metric") or ()
-        return metrics[0] if metrics else None
+        return Ranking.saved(self.settings).metric
 
     def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
         """The k best complete runs by `metric` (default: the sweep's), lower first for mode min (default: the
         sweep's), as seed 003's SweepManager.get_best_models(k): their folders hold what --top-k kept."""
         import heapq
 
-        metric = metric or self.metric
+        saved = Ranking.saved(self.settings)
+        metric, mode = metric or saved.metric, mode or saved.mode
         if metric is None:
             raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
-        mode = mode or (self.settings.get("mode") or "min").split(",")[0]
         scored = [(value, run) for run in self.runs if run.state == State.COMPLETE.value
                   and (value := metric_of(run.metrics, metric)) is not None]
         pick = heapq.nsmallest if mode == "min" else heapq.nlargest
@@ -5335,6 +5390,69 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
             backend.close()
 
 
+# ----------------------------------------------------------------------------------------------
+# 12. CLI
+# ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no usage block; a misspelled flag gets the right one
+        import difflib
+
+        if message.startswith("unrecognized arguments:"):
+            options = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                guess = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+                if word.startswith("-") and guess:
+                    message += f" (did you mean {guess[0]}?)"
+                    break
+        self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra-style overrides (`lr=1e-3,1e-4`) from the flags, wherever they stand: a word with '='
+    that is not a flag and not the value of a flag that takes one value."""
+    single = {opt for action in parser._actions for opt in action.option_strings if action.nargs is None}
+    flags: list[str] = []
+    overrides: list[str] = []
+    takes_value = False
+    for word in argv:
+        if takes_value:
+            flags.append(word)
+            takes_value = False
+        elif word.startswith("-"):
+            flags.append(word)
+            takes_value = word in single
+        elif "=" in word:
+            overrides.append(word)
+        else:
+            flags.append(word)
+    return flags, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] not in ("", "-c") else ""
+    p = _Parser(
+        prog=invoked or "train_sweep",  # the command as it was typed: train_sweep.py or train-sweep
+        description="Train one model per hyperparameter set, keeping every listed GPU busy. KEY=VALUES "
+                    "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
+                    "multiplies the runs, seed=0 sets a value on every run.",
+        epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
+               "'train_sweep status [OUTPUT_DIR]', 'train_sweep watch [OUTPUT_DIR]', "
+               "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
+               "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
+               "3 the sweep's output could not be written, 130 interrupted",
+    )
+    add_flags(p)
+    p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
+    return p
+
+
+# -- The Python API: run a sweep, read a sweep ------------------------------------------------------
+# The CLI is a thin layer on these: `run()` takes the flags' settings as keywords, `load()` reads a sweep's
+# folder while it runs or after. (docs/api.md)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Returns the exit code (see EXIT_*)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl+C from here on: KeyboardInterrupt, exit 130
@@ -5359,97 +5477,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say_error("interrupted")
         return EXIT_INTERRUPTED
-
-
-def sweep_group(output_dir: Path) -> str:
-    """The sweep's name for trackers: its output folder's name, with the folder above it when that is the
-    default `outputs` (so that two projects' sweeps do not share a group)."""
-    folder = output_dir.resolve()
-    return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
-
-
-def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
-    """Lock the output folder and the results file, resume (or set old runs aside; the backend re-attaches to
-    what an earlier sweep left running), save the settings, open the study of a search (or of a pruned list),
-    let the backend open its launcher and placement, and run the event loop."""
-    settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
-    output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
-    locks = [lock_output_dir(output_dir)]
-    try:
-        locks.append(lock_results_file(output_file))
-        journal = output_dir / JOURNAL
-        for run in runs if search is None else ():
-            if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
-                raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "
-                                "into, moves or deletes what is not its own: move it, or use another --output-dir")
-        said = backend.attach(runs, journal_records, plan)  # jobs an earlier sweep left: followed or cancelled
-        if settings.rerun:
-            old = runs if search is None else [output_dir / name for name in journal_records]
-            for folder in (getattr(r, "run_dir", r) for r in old):
-                if folder.is_dir() and owned(folder, folder.name):
-                    set_aside(folder)
-            for path in (journal, output_dir / STUDY):
-                if path.exists():
-                    set_aside(path)
-            journal_records = {}
-        searcher = None  # what opening the study had to say goes to the log once it is open
-        if plan.searching:  # before anything is written: a study made for another search is refused
-            searcher = extra("source search")(plan, journal_records, said.append)
-        skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
-        sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
-        said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
-        record = {
-            "train_sweep": __version__,
-            "sweep_id": sweep_id,
-            "argv": sys.argv,
-            "cwd": str(cwd),
-            "python": sys.executable,
-            "started": iso_time(time.time()),
-            "source": settings.source,
-            "command": settings.command,
-            **backend.record(),
-            "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
-            "runs": len(runs) if search is None else settings.n_trials,
-            "skipped": len(skipped),
-            "settings": dataclasses.asdict(settings),
-        }
-        write_json_atomic(output_dir / "sweep.json", record)
-        live = sys.stdout.isatty() and not settings.no_live
-        reporter = (LiveReporter if live else Reporter)(settings.rank_metric, settings.rank_mode,
-                                                        log_path=output_dir / "sweep.log")
-        what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
-            f" of {settings.n_trials} trials" if settings.n_trials else "")
-        reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")
-        reporter.event(f"placement: {backend.placement}")
-        if backend.note:
-            reporter.event(backend.note)
-        if search is None:
-            reporter.resumed(len(skipped), len(runs) - len(skipped))
-        for line in search.notes if search is not None else ():
-            reporter.event(f"{'search':<11} {line}")
-        results = ResultsWriter(output_file, journal)
-        for run, previous in skipped:
-            results.add_previous(run, previous)
-        try:
-            for line in said:
-                reporter.event(line)
-            launcher, placement = backend.open(sweep_id, locks[0], reporter.event)
-            best_k = None
-            if settings.top_k and settings.checkpoint_glob and settings.rank_metric:
-                best_k = extra("best-k")(output_dir, settings, reporter.event)
-            todo = [r for r in runs if not r.skipped] if search is None else []
-            source = searcher.source(todo, reporter.event) if searcher is not None else ListSource(todo)
-            sweep = Sweep(source, launcher, placement, results, reporter, settings, previous=[r for r, _ in skipped],
-                          best_k=best_k)
-            return sweep.run()
-        finally:
-            backend.close(reporter.event)
-            results.close()
-            reporter.close()
-    finally:
-        backend.close()  # where the sweep failed before its loop began (said there otherwise)
-        for lock in locks:
-            os.close(lock)
 
 
 def cli() -> None:

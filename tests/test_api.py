@@ -116,5 +116,5 @@ def test_backends_and_extras_come_from_the_registry():
         assert train_sweep.extra(name) is not None, name
     assert train_sweep.backend_class("slurm").__name__ == "SlurmBackend"
     source = (ROOT / "train_sweep.py").read_text()
-    loop = source[source.index("class Sweep:"):source.index("# 9. Results")]
+    loop = source[source.index("class Leaderboard:"):source.index("# 11. Running a sweep")]
     assert "slurm" not in loop.lower() and "backend" not in loop

@@ -182,14 +182,14 @@ def test_gpu_rows_say_who_holds_a_gpu():
 
     from rich.console import Console
 
-    from train_sweep import GpuReading, LiveReporter, Progress, RunView
+    from train_sweep import GpuReading, LiveReporter, Progress, Ranking, RunView
 
     readings = {0: GpuReading(0, "A", 9000, 81920, 50, frozenset({11})), 1: GpuReading(1, "B", 9000, 81920, 50),
                 2: GpuReading(2, "C", 50000, 81920, 90, frozenset({99})), 3: GpuReading(3, "D", 500, 81920, 0)}
     progress = Progress({"complete": 0, "running": 1, "pending": 0}, 1, None,
                         (RunView("lr=0.1", (0, 1), None),), (0, 1, 2, 3), readings, 40 * 1024, None, None)
     out = io.StringIO()
-    Console(file=out, width=200).print(LiveReporter("loss", "min", stream=io.StringIO()).render(progress))
+    Console(file=out, width=200).print(LiveReporter(Ranking("loss", "min"), stream=io.StringIO()).render(progress))
     rows = {line.split()[0]: line for line in out.getvalue().splitlines() if line[:1].isdigit()}
     assert "lr=0.1 (" in rows["0"]
     assert "lr=0.1 (also GPU 0)" in rows["1"] and "idle" not in rows["1"]
@@ -214,13 +214,13 @@ def test_a_terminal_shorter_than_the_gpu_list_keeps_the_progress_line_and_the_fa
 
     from rich.console import Console
 
-    from train_sweep import GpuReading, LiveReporter, Progress, RunView
+    from train_sweep import GpuReading, LiveReporter, Progress, Ranking, RunView
 
     gpus = tuple(range(8))
     readings = {g: GpuReading(g, f"G{g}", 1000, 81920, 10) for g in gpus}
     progress = Progress({"complete": 0, "failed": 1, "running": 8, "pending": 3}, 12, None,
                         tuple(RunView(f"lr={g}", (g,), None) for g in gpus), gpus, readings, None, None, None)
-    reporter = LiveReporter("loss", "min", stream=io.StringIO())
+    reporter = LiveReporter(Ranking("loss", "min"), stream=io.StringIO())
     reporter.last_failure = "last failure: lr=9 (failed): boom"
     reporter._live = SimpleNamespace(console=SimpleNamespace(size=(60, 8)))
     out = io.StringIO()

@@ -180,6 +180,9 @@ class FakeLauncher:
     def stopping(self, running: int) -> str:
         return f"ending {running} fake run(s)"
 
+    def detached(self, runs, pending: int) -> list[str]:
+        return []
+
     def start(self, run: Run, gpus: tuple[int, ...]) -> FakeJob:
         job = FakeJob(run, self.clock.t + self.durations[run.name])
         self.jobs.append(job)

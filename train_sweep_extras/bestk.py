@@ -13,6 +13,7 @@ from train_sweep import (
     RUN_MARK,
     SERIES,
     OutputError,
+    Ranking,
     Run,
     Settings,
     UserError,
@@ -69,9 +70,9 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
         return
     if not isinstance(before, dict) or settings.keep_checkpoints:
         return
-    if (before.get("metric"), before.get("mode")) != (settings.rank_metric, settings.rank_mode):
+    if Ranking.saved(before) != settings.ranking:
         raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
-                        f"this sweep by {settings.rank_mode} {settings.rank_metric}: its kept checkpoints would be deleted; "
+                        f"this sweep by {settings.ranking}: its kept checkpoints would be deleted; "
                         "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
 
 
@@ -84,10 +85,10 @@ class BestK:
     value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
     links and before any deletion, so it never lists a file that is gone."""
 
-    def __init__(self, output_dir: Path, k: int, glob: str, mode: str, metric: str, keep: bool,
+    def __init__(self, output_dir: Path, k: int, glob: str, ranking: Ranking, keep: bool,
                  say: Callable[[str], None]) -> None:
         self.folder = output_dir / "best"
-        self.k, self.mode, self.metric, self.keep, self.say = k, mode, metric, keep, say
+        self.k, self.mode, self.metric, self.keep, self.say = k, ranking.mode, ranking.metric, keep, say
         self.pattern = checkpoint_pattern(glob)
         self.top: list[tuple[float, int, Run]] = []  # the K best, best first
         self.freed = self.pruned = 0
@@ -156,5 +157,5 @@ def check_settings(settings: Settings) -> None:
 def open_best_k(output_dir: Path, settings: Settings, say: Callable[[str], None]) -> BestK:
     """The sweep's best-K keeper, once the output folder's earlier ranking is known to be this one's."""
     check_best_ranking(output_dir, settings)
-    return BestK(output_dir, settings.top_k or 1, settings.checkpoint_glob or "", settings.rank_mode,
-                 settings.rank_metric or "", settings.keep_checkpoints, say)
+    return BestK(output_dir, settings.top_k or 1, settings.checkpoint_glob or "", settings.ranking,
+                 settings.keep_checkpoints, say)

@@ -146,6 +146,19 @@ SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "
 
 
 
+def set_job(run: Run, job_id: str | None = None, node: str | None = None, requeues: int | None = None) -> None:
+    """What the run's record keeps of its Slurm job (Run.job), and where it runs in words (Run.location)."""
+    job = run.job
+    if job_id is not None:
+        job.update(slurm_job_id=job_id, node=None, slurm_requeues=0)
+    if node is not None:
+        job["node"] = node
+    if requeues is not None:
+        job["slurm_requeues"] = requeues
+    if job:
+        run.location = f"job {job['slurm_job_id']}" + (f" on {job['node']}" if job.get("node") else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class SlurmOptions:
     """What each run's Slurm job asks for: the --slurm-* flags over the config's "slurm" object."""
@@ -438,6 +451,14 @@ class SlurmLauncher:
     def stopping(self, running: int) -> str:
         return f"cancelling the sweep's {running} Slurm job(s) (scancel)"
 
+    def detached(self, runs: Sequence[Run], pending: int) -> list[str]:
+        jobs = [r.job["slurm_job_id"] for r in runs if r.job.get("slurm_job_id")]
+        shown = ", ".join(jobs[:4]) + (f", ... {jobs[-1]}" if len(jobs) > 4 else "")
+        return [f"Detached: {len(jobs)} run(s) left to Slurm as jobs {shown}" +
+                (f"; {pending} not submitted yet" if pending else "") + ".",
+                "Run the same command again to re-attach: running jobs are followed, ended ones collected (their "
+                "results file written), failed ones submitted again. squeue --me lists them."]
+
     def env(self, run: Run) -> dict[str, str]:
         env = {**self.extra_env, **run_env(run, self.sweep_id), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         for key, value in tracker_env({**os.environ, **self.extra_env}, self.group, run).items():
@@ -445,8 +466,8 @@ class SlurmLauncher:
         return env
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> SlurmAttempt:
-        if run.job_id and run.reattach:  # a job an earlier sweep submitted: followed, not submitted again
-            attempt = SlurmAttempt(run, None, self.submitit.SlurmJob(self.folder, run.job_id),
+        if run.job.get("slurm_job_id") and run.reattach:  # a job an earlier sweep submitted: followed, not again
+            attempt = SlurmAttempt(run, None, self.submitit.SlurmJob(self.folder, run.job["slurm_job_id"]),
                                    submitted_at=-math.inf)  # long ago: unknown to Slurm means lost at once
             self.jobs.add(attempt)
             return attempt
@@ -494,7 +515,7 @@ class SlurmLauncher:
             now = time.monotonic()
             for attempt, job in zip(attempts, jobs):
                 attempt.job, attempt.submitted_at = job, now
-                attempt.run.job_id = job.job_id
+                set_job(attempt.run, job_id=job.job_id)
                 self.jobs.add(attempt)
         self._sacct_at = -math.inf  # the new jobs' states at the next poll
 
@@ -607,9 +628,10 @@ class SlurmLauncher:
         run = attempt.run
         if state == "RUNNING":
             if attempt.ran and attempt.state in ("PENDING", "REQUEUED", "PREEMPTED"):
-                self.notes.append(f"{'running':<11} {run.name}: Slurm job {run.job_id} runs again on {node}")
+                self.notes.append(f"{'running':<11} {run.name}: Slurm job {run.job.get('slurm_job_id')} runs again on {node}")
             attempt.ran = True
-            attempt.node = run.node = node if node not in ("", "None assigned") else attempt.node
+            attempt.node = node if node not in ("", "None assigned") else attempt.node
+            set_job(run, node=attempt.node)
         elif attempt.state not in ("PENDING", "REQUEUED", "PREEMPTED", "REQUEUE_HOLD") and (
                 state in ("REQUEUED", "REQUEUE_HOLD") or (state in ("PENDING", "PREEMPTED") and attempt.ran)):
             self._requeued(attempt, attempt.requeued + 1, state.lower())
@@ -618,8 +640,9 @@ class SlurmLauncher:
     def _requeued(self, attempt: SlurmAttempt, count: int, how: str) -> None:
         """Slurm requeued the job (preemption, a time limit, scontrol requeue): said once per requeue."""
         run = attempt.run
-        attempt.requeued = run.slurm_requeues = count
-        self.notes.append(f"{'requeued':<11} {run.name}: Slurm job {run.job_id} was stopped ({how}) and requeued "
+        attempt.requeued = count
+        set_job(run, requeues=count)
+        self.notes.append(f"{'requeued':<11} {run.name}: Slurm job {run.job.get('slurm_job_id')} was stopped ({how}) and requeued "
                           f"({count}); its command starts again in the same folder")
 
     def _lost(self, attempt: SlurmAttempt, now: float) -> bool:
@@ -649,7 +672,7 @@ class SlurmLauncher:
             return self._done(attempt, Outcome(None, error=f"cannot read Slurm job {attempt.job.job_id}'s result "
                                                            f"{path}: {e}"))
         if kind == "success" and isinstance(value, dict):
-            attempt.run.node = value.get("node") or attempt.node
+            set_job(attempt.run, node=value.get("node") or attempt.node)
             attempt.run.argv = list(value.get("argv") or attempt.run.argv)  # {gpu} as the job filled it
             attempt.run.gpus = tuple(int(g) for g in str(value.get("gpus") or "").split(",") if g.strip().isdigit())
             restarts = int(value.get("restarts") or 0)
@@ -780,7 +803,8 @@ def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
             continue
         if any(r.get("attempt") == record.get("attempt") for r in journal.get(run.name, [])):
             continue
-        run.job_id, run.reattach = record["slurm_job_id"], True
+        set_job(run, job_id=record["slurm_job_id"])
+        run.reattach = True
         run.attempt = int(record.get("attempt") or 1)
 
 

@@ -24,6 +24,7 @@ from train_sweep import (
     SERIES,
     STUDY,
     MetricReader,
+    Ranking,
     State,
     UserError,
     _is_number,
@@ -420,14 +421,13 @@ def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
                  settings: Mapping[str, Any]) -> tuple[str, float, Mapping[str, Any]] | None:
     """A sweep's best complete run (its metric, value and last record) by its --metric and --mode, as its
     sweep.json says them, among the runs whose folder is still there (cleanup may have deleted some)."""
-    try:
-        metric, mode = settings["metric"][0], (settings.get("mode") or "min").split(",")[0]
-    except (KeyError, TypeError, IndexError, AttributeError):
+    ranking = Ranking.saved(settings)
+    if ranking.metric is None:
         return None
     found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
                      and (folder / str(r.get("model_name"))).is_dir()),
-                    lambda r: metric_of(r.get("metrics"), metric), mode)
-    return None if found is None else (metric, found[0], found[1])
+                    lambda r: metric_of(r.get("metrics"), ranking.metric), ranking.mode)
+    return None if found is None else (ranking.metric, found[0], found[1])
 
 
 
