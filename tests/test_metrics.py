@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -353,3 +354,28 @@ def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
         (folder / name).write_text("x")
     found = {p.relative_to(folder).as_posix() for p, _ in checkpoint_files(folder, checkpoint_pattern("**"))}
     assert found == {"model.pt"}
+
+
+def test_top_k_never_follows_a_run_folder_replaced_by_a_link(sweep):
+    """A complete run's folder replaced by a link to a folder the sweep did not make (even one holding a copy
+    of the run mark): when that run leaves the K best, nothing there is deleted (before: os.walk followed the
+    link and deleted model.pt in the other folder)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.5, "ckpt": 1}, {"metric": 0.1, "ckpt": 1, "sleep": 3}])
+    other = sweep.dir / "someone_else"
+    other.mkdir()
+    (other / "model.pt").write_bytes(b"not the sweep's")
+    proc = sweep.start("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")
+    first = sweep.dir / "outputs" / "metric_0.5_ckpt_1"
+    try:
+        sweep.wait_for(lambda: any(e["event"] == "end" and e["name"] == first.name for e in sweep.events())
+                       and (sweep.dir / "outputs" / "journal.jsonl").exists(), timeout=30, what="the first run")
+        (other / ".train_sweep_run").write_bytes((first / ".train_sweep_run").read_bytes())
+        shutil.rmtree(first)
+        first.symlink_to(other)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_pids(run_pids(sweep))
+    assert proc.returncode == 0, out + err
+    assert (other / "model.pt").read_bytes() == b"not the sweep's"
+    assert "not a folder of the sweep's own" in (sweep.dir / "outputs" / "sweep.log").read_text()

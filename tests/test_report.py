@@ -198,7 +198,7 @@ def test_list_says_whether_a_sweep_runs_was_interrupted_or_died(sweep):
 def _age(folder: Path, days: float = 8) -> None:
     then = time.time() - days * 86400
     for f in [folder, *folder.rglob("*")]:
-        os.utime(f, (then, then))
+        os.utime(f, (then, then), follow_symlinks=False)
 
 
 def test_cleanup_keeps_the_best_runs_and_resume_runs_a_deleted_run_again(finished):
@@ -386,3 +386,85 @@ def test_status_best_is_never_a_deleted_run(finished):
     shutil.rmtree(finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2")
     p = finished.run("status", trainer=False)
     assert "best val_loss so far: lr_0.1_depth_4_metric_0.3 = 0.3" in p.stdout
+
+
+def test_cleanup_keeps_the_best_when_sweep_json_lost_its_metric_or_the_journal_is_gone(finished):
+    """The same command resumed without --metric rewrites sweep.json with no metric; a lost journal.jsonl:
+    the best run is still known from run.json (or cleanup is told with --metric), and never deleted; where
+    the best cannot be known, cleanup deletes nothing in that sweep and says why (before: the best went)."""
+    out = finished.dir / "outputs"
+    best = out / "lr_0.01_depth_2_metric_0.2"
+    finished.run("--max-processes-per-gpu", "2")  # resumed without --metric: nothing runs, sweep.json has none
+    assert json.loads((out / "sweep.json").read_text())["settings"]["metric"] == []
+    (out / "journal.jsonl").unlink()
+    for run_dir in [p for p in out.iterdir() if p.is_dir()]:
+        _age(run_dir)
+    p = finished.run("cleanup", "--days", "7", "--live", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert best.is_dir() and "deleted 0 run folder(s)" in p.stdout, p.stdout
+    assert "the sweep's ranking metric is not known" in p.stdout and "--metric NAME" in p.stdout, p.stdout
+    p = finished.run("cleanup", "--days", "7", "--live", "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert best.is_dir() and f"kept outputs/{best.name}: among the sweep's best runs" in p.stdout, p.stdout
+    assert "deleted 3 run folder(s)" in p.stdout, p.stdout
+
+
+def test_cleanup_skips_links_and_dangling_links_without_a_traceback(finished, tmp_path):
+    """A run folder that is a link (to a folder the sweep did not make) is skipped, not followed, and does not
+    stop the cleanup; a dangling link inside a run folder (latest.pt -> ckpt_100.pt) is no FileNotFoundError."""
+    out = finished.dir / "outputs"
+    other = tmp_path / "someone_elses"
+    other.mkdir()
+    (other / "run.json").write_text("{}")
+    (other / "data.bin").write_bytes(b"x")
+    (out / "linked_run").symlink_to(other)
+    old = out / "lr_0.001_depth_2_metric_0.5"
+    (old / "latest.pt").symlink_to("ckpt_100.pt")  # dangling
+    for run_dir in [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]:
+        _age(run_dir)
+    p = finished.run("cleanup", "--days", "7", "--live", trainer=False)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert (other / "data.bin").exists() and (out / "linked_run").is_symlink()
+    assert "skipped outputs/linked_run: a link, not a run folder of the sweep's own" in p.stdout, p.stdout
+    assert not old.exists() and "deleted 3 run folder(s)" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("damage, command", [
+    ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
+    ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),
+    ("results_hyperparams_text", "report"),
+])
+def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, command):
+    """A damaged record (a run.json nested 100,000 deep, without model_name or with a list as one; journal
+    lines of the wrong shape; a sweep.json whose runs is text, or that is an array; a result whose
+    hyperparams is text): the command shows the rest, with a warning naming what it skipped; no traceback."""
+    out = finished.dir / "outputs"
+    some = out / "lr_0.001_depth_2_metric_0.5"
+    running = {"model_name": some.name, "state": "running", "attempt": 9, "hyperparams": {"lr": 1}}
+    if damage == "run_json_deep":
+        (some / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "run_json_no_name":
+        (some / "run.json").write_text(json.dumps({k: v for k, v in running.items() if k != "model_name"}))
+    elif damage == "run_json_list_name":
+        (some / "run.json").write_text(json.dumps(dict(running, model_name=["a", "b"])))
+    elif damage == "journal_wrong_shape":
+        with open(out / "journal.jsonl", "a") as f:
+            f.write(json.dumps({"model_name": "x", "state": 5, "hyperparams": "lr=1", "attempt": "two",
+                                "metrics": [1, 2], "start_time": 7}) + "\n[1, 2]\n\"text\"\n")
+    elif damage == "sweep_json_runs_text":
+        record = json.loads((out / "sweep.json").read_text())
+        (out / "sweep.json").write_text(json.dumps(dict(record, runs="many", started=5)))
+    elif damage == "sweep_json_array":
+        (out / "sweep.json").write_text("[1, 2, 3]")
+    elif damage == "results_hyperparams_text":
+        results = finished.results()
+        results[0]["hyperparams"] = "lr=0.001"
+        results[1]["metrics"] = "fast"
+        (finished.dir / "train_sweep_results.json").write_text(json.dumps(results))
+    args = {"status": ["status", "outputs"], "watch": ["watch", "outputs"], "list": ["list"],
+            "report": ["report"]}[command]
+    p = finished.run(*args, trainer=False, timeout=30)
+    assert "Traceback" not in p.stderr and p.returncode == 0, p.stderr
+    assert "warning" in p.stderr and "skipped" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 3, p.stderr
+    assert p.stdout.strip(), "the rest is shown"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,9 +42,20 @@ def checkpoint_pattern(glob: str) -> re.Pattern[str]:
 
 
 
+def own_folder(folder: Path) -> bool:
+    """A run folder the sweep may act in: a real folder (not a link to one) with the run mark, a plain file."""
+    try:
+        return not folder.is_symlink() and folder.is_dir() and stat.S_ISREG((folder / RUN_MARK).lstat().st_mode)
+    except OSError:
+        return False
+
+
 def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
     """The files (and links: a link is a file here, never followed) in a run folder that match, with their
-    sizes; never the run's logs, records or metrics, at any depth."""
+    sizes; never the run's logs, records or metrics, at any depth. Nothing in a folder that is not the
+    sweep's own (own_folder: a folder replaced by a link, or without the run mark)."""
+    if not own_folder(folder):
+        return []
     found = []
     for top, dirs, files in os.walk(folder, followlinks=False):
         rel_top = os.path.relpath(top, folder)
@@ -131,6 +143,11 @@ class BestK:
 
     def drop(self, run: Run, why: str = "") -> None:
         """A run displaced from the K best, or one that can never rank (pruned): its checkpoint files go."""
+        if not own_folder(run.run_dir):
+            if os.path.lexists(run.run_dir):
+                self.say(f"{'checkpoints':<11} {run.name}: {run.run_dir} is not a folder of the sweep's own (a link, or "
+                         "no run mark): nothing in it is deleted")
+            return
         files = checkpoint_files(run.run_dir, self.pattern)
         if not files:
             return

@@ -63,9 +63,13 @@ def load_results(path: str) -> list[dict[str, Any]]:
         raise UserError(f"{path}: cannot read results file: {e}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, list) or not all(isinstance(r, dict) and "model_name" in r for r in data):
+    sound = [r for r in data if damage(r) is None] if isinstance(data, list) else []
+    if not sound and data != []:
         raise UserError(f"{path}: not a train_sweep results file (expected a JSON array of run records)")
-    return data
+    for i, record in enumerate(data):
+        if (why := damage(record)) is not None:
+            SKIPPED(f"{path} [{i}]", why)
+    return sound
 
 
 
@@ -223,6 +227,98 @@ def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, 
 
 
 
+# -- reading what a sweep left, whatever shape it is in: a damaged record is skipped, with one warning ------
+
+RECORD_TYPES = (("hyperparams", dict), ("metrics", dict), ("state", str), ("attempts", list), ("metric", dict),
+                ("run_dir", str), ("start_time", str), ("end_time", str))
+
+
+def damage(record: Any) -> str | None:
+    """Why a run record (a journal line, a run.json, a result) cannot be shown, or None if it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("model_name"), str) or not record["model_name"]:
+        return "no model_name (text)"
+    for key, kind in RECORD_TYPES:
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}"
+    if record.get("attempt") is not None and not _is_whole(record["attempt"]):
+        return "its 'attempt' is not a whole number"
+    return None
+
+
+class Skipped:
+    """Damaged records met while reading (watch reads them again and again): said once, at the end, as one
+    warning naming the first and how many."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, where: Any, why: str) -> None:
+        self.seen.setdefault(f"{where}: {why}", why)
+
+    def say(self) -> None:
+        if self.seen:
+            first, more = next(iter(self.seen)), len(self.seen) - 1
+            say_warning(f"skipped {len(self.seen)} damaged record(s): {first}" + (f" and {more} more" if more else ""))
+            self.seen.clear()
+
+
+SKIPPED = Skipped()
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value, or None where it is missing, unreadable, not JSON or nested too deeply."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def sound_journal(folder: Path) -> dict[str, Mapping[str, Any]]:
+    """Each run's latest journal record, damaged ones skipped (and counted in SKIPPED)."""
+    latest = {}
+    for name, records in read_journal(folder / JOURNAL).items():
+        why = damage(records[-1])
+        if why is None:
+            latest[name] = records[-1]
+        else:
+            SKIPPED(folder / JOURNAL, f"{name!r}: {why}")
+    return latest
+
+
+def run_jsons(folder: Path) -> list[dict[str, Any]]:
+    """The run.json of each run folder the sweep made (a folder that is a link is no run of its own);
+    damaged ones skipped (and counted in SKIPPED)."""
+    out = []
+    for mark in sorted(folder.glob(f"*/{RUN_MARK}")):
+        if mark.parent.is_symlink() or not (mark.parent / "run.json").exists():
+            continue
+        record = read_json(mark.parent / "run.json")
+        why = "not readable JSON (or nested too deeply)" if record is None else damage(record)
+        if why is None:
+            out.append(record)
+        else:
+            SKIPPED(mark.parent / "run.json", why)
+    return out
+
+
+def sweep_record(folder: Path) -> dict[str, Any] | None:
+    """sweep.json as an object whose fields have the types read from it (a damaged field is dropped, with a
+    warning); None where there is no sweep.json to read."""
+    record = read_json(folder / "sweep.json")
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        SKIPPED(folder / "sweep.json", "not a JSON object")
+        return {}
+    for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str)):
+        if key in record and not isinstance(record[key], kind) or kind is int and isinstance(record.get(key), bool):
+            SKIPPED(folder / "sweep.json", f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}")
+            del record[key]
+    return record
+
+
 def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
     """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
     for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
@@ -354,13 +450,9 @@ def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: in
     starting now must not find it taken."""
     if sweep_alive(folder) is not None:
         return "running"
-    for run_json in folder.glob(f"*/{RUN_MARK}"):
-        try:
-            record = json.loads((run_json.parent / "run.json").read_bytes())
-            if record.get("state") == State.RUNNING.value:
-                return "detached" if record.get("slurm_job_id") else "dead"
-        except (OSError, ValueError, AttributeError, RecursionError):
-            continue
+    for record in run_jsons(folder):
+        if record.get("state") == State.RUNNING.value:
+            return "detached" if record.get("slurm_job_id") else "dead"
     if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
         return "interrupted"  # (or stopped early: runs were not started)
     return "finished"
@@ -376,11 +468,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "last activity", "command"):
         table.add_column(col)
     for folder in find_sweeps(args.folders or ["outputs"]):
-        try:
-            settings = json.loads((folder / "sweep.json").read_text())
-        except (OSError, ValueError):
-            settings = {}
-        latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+        settings = sweep_record(folder) or {}
+        latest = sound_journal(folder)
         count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
         failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
         journal = folder / JOURNAL
@@ -399,9 +488,22 @@ def _folder_size(path: Path) -> int:
 
 
 
-def best_runs(folder: Path) -> set[str]:
+def latest_records(folder: Path) -> dict[str, Mapping[str, Any]]:
+    """Each run's latest record in a sweep folder, from every record that has one: the journal, and the run
+    folders' run.json (a journal lost or cut short still leaves these), whichever attempt is later."""
+    latest = sound_journal(folder)
+    for record in run_jsons(folder):
+        name = record["model_name"]
+        if _attempt(record) >= _attempt(latest.get(name, {"attempt": 0})):
+            latest[name] = record
+    return latest
+
+
+def best_runs(folder: Path, ranking: Ranking | None = None) -> tuple[set[str], str | None]:
     """The runs a sweep ranks best: those best/best.json lists (--top-k), and its best complete run by its
-    --metric and --mode (from sweep.json and the journal)."""
+    ranking (sweep.json's --metric and --mode, else `ranking`, cleanup's --metric) over each run's latest
+    record. Returns the names and, where the best cannot be known (no metric named, and complete runs that
+    have metrics), why."""
     names: set[str] = set()
     try:
         names |= {r["name"] for r in json.loads((folder / "best" / "best.json").read_bytes())["runs"]}
@@ -410,11 +512,17 @@ def best_runs(folder: Path) -> set[str]:
     try:
         settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return names
-    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
+        settings = {}
+    saved = Ranking.saved(settings)
+    if saved.metric is None and ranking is not None:
+        settings = {"metric": [ranking.metric], "mode": ranking.mode}
+    latest = latest_records(folder)
+    if Ranking.saved(settings).metric is None:
+        if any(r.get("state") == State.COMPLETE.value and r.get("metrics") for r in latest.values()):
+            return names, "the sweep's ranking metric is not known (its sweep.json names none)"
+        return names, None
     found = journal_best(folder, latest, settings)
-    return names | ({found[2]["model_name"]} if found else set())
-
+    return names | ({found[2]["model_name"]} if found else set()), None
 
 
 def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
@@ -435,6 +543,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep, never
     the best runs (unless --include-best); on a terminal, --live asks first (unless --yes)."""
     cutoff = time.time() - args.days * 86400
+    args.ranking = Ranking(args.metric, args.mode) if args.metric else None
     chosen: list[tuple[Path, int, float]] = []
     locks = []
     try:
@@ -444,9 +553,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 print(f"skipped {folder}: a sweep is running there")
                 continue
             locks.append(lock)  # held until the end: no sweep starts there while its folders are deleted
-            keep = set() if args.include_best else best_runs(folder)
+            keep, unknown = (set(), None) if args.include_best else best_runs(folder, args.ranking)
+            if unknown:
+                print(f"skipped {folder}: {unknown}, so its best run cannot be told apart and nothing there is "
+                      "deleted; pass --metric NAME (and --mode) to say which ranks, or --include-best")
+                continue
             for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
-                newest = max(f.stat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
+                if run_dir.is_symlink():
+                    print(f"skipped {run_dir}: a link, not a run folder of the sweep's own")
+                    continue
+                newest = max(f.lstat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
                 if newest >= cutoff:
                     continue
                 if run_dir.name in keep:
@@ -512,6 +628,9 @@ def build_tool_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="with --live on a terminal: do not ask before deleting")
     c.add_argument("--include-best", action="store_true",
                    help="also delete the best runs (best/best.json's, and the best by the sweep's --metric)")
+    c.add_argument("--metric", metavar="NAME",
+                   help="the metric that ranks the runs where a sweep's sweep.json names none (resumed without it)")
+    c.add_argument("--mode", choices=("min", "max"), default="min", help="with --metric: which way is better")
     return p
 
 
@@ -519,22 +638,14 @@ def build_tool_parser() -> argparse.ArgumentParser:
 def status_lines(folder: Path) -> tuple[list[str], bool]:
     """A sweep as another shell sees it: whether its process lives, its runs by state, each GPU's running
     runs with their elapsed time, and the best so far (sweep.json, the journal, the runs' run.json)."""
-    try:
-        record = json.loads((folder / "sweep.json").read_bytes())
-        settings = record.get("settings") or {}
-    except (OSError, ValueError, AttributeError):
-        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir") from None
+    record = sweep_record(folder)
+    if record is None:
+        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir")
+    settings = record.get("settings") or {}
     pid = sweep_alive(folder)
-    latest = {name: recs[-1] for name, recs in read_journal(folder / JOURNAL).items()}
-    running = []
-    for mark in folder.glob(f"*/{RUN_MARK}"):
-        try:
-            run = json.loads((mark.parent / "run.json").read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(run, dict) and run.get("state") == State.RUNNING.value and \
-                _attempt(run) > _attempt(latest.get(run.get("model_name"), {"attempt": 0})):  # a newer attempt
-            running.append(run)
+    latest = sound_journal(folder)
+    running = [run for run in run_jsons(folder) if run.get("state") == State.RUNNING.value and
+               _attempt(run) > _attempt(latest.get(run["model_name"], {"attempt": 0}))]  # a newer attempt
     again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
     counts = {s.value: 0 for s in FINISHED_ORDER}
     for name, r in latest.items():
@@ -614,7 +725,10 @@ def main(argv: Sequence[str]) -> int:
         args = build_tool_parser().parse_args(list(argv))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    return TOOLS[args.tool](args)
+    try:
+        return TOOLS[args.tool](args)
+    finally:
+        SKIPPED.say()
 
 
 def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
