@@ -308,3 +308,87 @@ def test_wandb_errors_name_the_files_keys(sweep):
     p = sweep.run("--sweep-file", "s.yaml", "--dry-run")
     assert p.returncode == 2
     assert "'step'" not in p.stderr and "low" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("damage", ["emptied", "half_cut"])
+def test_an_emptied_or_cut_study_beside_a_journal_of_trials_is_refused(sweep, damage):
+    """study.log emptied, or cut to its first trials, beside a journal of 4 trials: refused like a missing one
+    (before: a fresh study asked the earlier trials' values again under the same seed, and the rewritten
+    results file dropped the earlier trials' records); nothing is written, no result is lost."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    args = ("--command", cmd, "--search", "random", "--n-trials", "4", "--metric", "loss", "--no-live",
+            "x=interval(0, 1)")
+    assert sweep.run(*args, trainer=False).returncode == 0
+    study = sweep.dir / "outputs" / "study.log"
+    lines = study.read_bytes().splitlines(keepends=True)
+    if damage == "emptied":
+        study.write_bytes(b"")
+    else:  # the study as it was after its second trial was asked
+        asked = [i for i, line in enumerate(lines) if b'"op_code": 4' in line or b'"op_code":4' in line]
+        study.write_bytes(b"".join(lines[: asked[1] + 1]))
+    before = sweep.results()
+    p = sweep.run(*args, "--n-trials", "6", trainer=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert "study.log" in p.stderr and "--rerun" in p.stderr and "trial" in p.stderr, p.stderr
+    assert sweep.results() == before and len(before) == 4
+
+
+@pytest.mark.parametrize("garbage", [b"this is not json\n", b'{"op_code": 99, "worker_id": "x"}\n', b"[1, 2]\n"])
+def test_a_damaged_line_in_the_study_is_one_line_not_a_traceback(sweep, garbage):
+    """A garbage line, or a JSON line that is no Optuna operation, in study.log: one line naming the file and
+    --rerun, exit 2 (before: JSONDecodeError or 'AssertionError: Should not reach.')."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    args = ("--command", cmd, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
+            "x=interval(0, 1)")
+    assert sweep.run(*args, trainer=False).returncode == 0
+    study = sweep.dir / "outputs" / "study.log"
+    lines = study.read_bytes().splitlines(keepends=True)
+    study.write_bytes(b"".join(lines[:3]) + garbage + b"".join(lines[3:]))
+    p = sweep.run(*args, "--n-trials", "3", trainer=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and "study.log" in p.stderr and "--rerun" in p.stderr, p.stderr
+    assert len(sweep.results()) == 2
+
+
+BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+method: random
+metric: {name: loss}
+parameters: {x: {values: *i}}
+"""
+
+
+@pytest.mark.parametrize("case", ["dev_zero", "alias_bomb", "huge_categorical", "huge_n_trials"])
+def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep, case):
+    """--sweep-file /dev/zero (read without limit: MemoryError), an 872-byte YAML alias bomb (never finished),
+    a categorical of 50,000 choices (its duplicate check was pairwise: --dry-run hung), --n-trials 10**12 (the
+    config's n_trials is refused above 100,000): each is one line and exit 2, or (the categorical) runs."""
+    sweep.gpus.set(count=1)
+    if case == "dev_zero":
+        args = ["--sweep-file", "/dev/zero"]
+    elif case == "alias_bomb":
+        (sweep.dir / "bomb.yaml").write_text(BOMB)
+        args = ["--sweep-file", "bomb.yaml"]
+    elif case == "huge_categorical":
+        sweep.config({"search": {"params": {"x": {"type": "categorical", "choices": list(range(50_000))}},
+                                 "metric": "loss", "n_trials": 3}})
+        args = ["--dry-run"]
+    else:
+        args = ["--search", "random", "--metric", "loss", "--n-trials", "1000000000000", "x=interval(0, 1)"]
+    p = sweep.run(*args, "--no-live", timeout=60)
+    no_traceback(p)
+    if case == "huge_categorical":
+        assert p.returncode == 0 and "one of 0, 1, 2" in p.stdout, p.stdout[-500:] + p.stderr
+        return
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert {"dev_zero": "larger than 16 MB", "alias_bomb": "aliases expand to more than",
+            "huge_n_trials": "at most 100,000 trials"}[case] in p.stderr, p.stderr

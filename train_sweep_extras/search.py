@@ -29,6 +29,7 @@ from train_sweep import (
     format_value,
     hydra_override,
     metric_of,
+    one_line,
     restore,
 )
 from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
@@ -163,6 +164,19 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
         storage = JournalStorage(JournalFileBackend(str(path)))
         study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
                                     load_if_exists=True)
+    except (ValueError, AssertionError, KeyError, TypeError, IndexError, AttributeError) as e:  # a damaged line
+        raise UserError(f"{path}: the study cannot be read ({type(e).__name__}: {one_line(str(e), 120)}): a line of it "
+                        "is damaged; pass --rerun to start afresh (the old study and trials are kept aside)") from None
+    except (OSError, optuna.exceptions.StorageInternalError) as e:
+        raise UserError(f"{path}: cannot open the study: {e}") from None
+    known = {t.number for t in study.get_trials(deepcopy=False)}
+    lost = sorted({r["trial"] for records in journal.values() for r in records
+                   if _is_whole(r.get("trial")) and r["trial"] not in known})
+    if lost:  # a fresh or cut study would ask those trials' numbers (and, seeded alike, their values) again
+        raise UserError(f"{path} knows {len(known)} trial(s), and {output_dir / JOURNAL} holds trials it does not know "
+                        f"({', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}): the study was emptied or "
+                        "cut short; pass --rerun to start afresh (the old study and trials are kept aside)")
+    try:
         if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
             seed = settings.seed if search.seed is None else search.seed
             if search.sampler != "qmc":  # (QMC's sequence goes on from where the study is, with the same seed)
@@ -531,11 +545,12 @@ class SearchSetup:
     def __init__(self, plan: Plan, journal: Journal, say: Callable[[str], None]) -> None:
         self.plan, self.journal = plan, journal
         self.output_dir = Path(plan.settings.output_dir)
-        if plan.search is not None and not (self.output_dir / STUDY).exists() and \
+        study = self.output_dir / STUDY
+        if (not study.exists() or study.stat().st_size == 0) and \
                 any(r.get("trial") is not None for records in journal.values() for r in records):
-            raise UserError(f"{self.output_dir / STUDY} is missing, and {self.output_dir / JOURNAL} holds trials of a "
-                            "search: the search cannot go on without its study; pass --rerun to start afresh (the old "
-                            "trials are kept aside)")
+            raise UserError(f"{study} is {'missing' if not study.exists() else 'empty'}, and {self.output_dir / JOURNAL} "
+                            "holds trials of its study: the sweep cannot go on without it; pass --rerun to start afresh "
+                            "(the old trials are kept aside)")
         self.study = open_study(self.output_dir, plan.search, plan.settings, journal, say)
 
     def earlier(self) -> list[tuple[Run, dict[str, Any]]]:

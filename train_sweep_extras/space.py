@@ -134,11 +134,12 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
             check_value(c, f"{where}: choice [{i}]")
         if len({canonical_json(c) for c in choices}) < len(choices):
             raise UserError(f"{where}: a choice is listed twice")
-        for i, a in enumerate(choices):  # Optuna tells choices apart with ==, where true == 1 and 1 == 1.0
-            for b in choices[:i]:
-                if encode_choice(a) == encode_choice(b):
-                    raise UserError(f"{where}: the choices {json.dumps(b)} and {json.dumps(a)} are one value to Optuna "
-                                    f"(in Python {encode_choice(b)!r} == {encode_choice(a)!r}); keep one, or use text")
+        first: dict[Any, int] = {}  # Optuna tells choices apart with ==, where true == 1 == 1.0, as a dict's keys
+        for i, a in enumerate(choices):
+            b = choices[first.setdefault(encode_choice(a), i)]
+            if b is not a:
+                raise UserError(f"{where}: the choices {json.dumps(b)} and {json.dumps(a)} are one value to Optuna "
+                                f"(in Python {encode_choice(b)!r} == {encode_choice(a)!r}); keep one, or use text")
         return Param("categorical", choices=tuple(choices))
     whole = type_ == "int"
     ok = _is_whole if whole else _is_number
@@ -324,6 +325,8 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if len(mode.split(",")) > len(metric):
         raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
     n_trials = settings.n_trials or search.n_trials
+    if n_trials is not None and n_trials > MAX_RUNS:  # as the config's n_trials: a budget beyond any sweep's
+        raise UserError(f"--n-trials {n_trials:,}: at most {MAX_RUNS:,} trials (or --search-hours for a time budget)")
     if search.sampler == "grid":  # each point once: a larger budget would run points again
         size = math.prod(len(values) for values in grid_points(search).values())
         if size > MAX_RUNS:

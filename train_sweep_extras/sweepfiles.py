@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from train_sweep import (
     _BAD_KEY,
+    MB,
     UserError,
     _is_number,
     _is_whole,
@@ -62,14 +62,35 @@ DIST_KEYS = {  # the keys each distribution takes (mean and scale: Protein's)
 
 
 
+MAX_SWEEP_FILE = 16 * MB  # a sweep file is a page of settings: one far larger is not one (/dev/zero)
+MAX_YAML_VALUES = 1_000_000  # values a YAML file may stand for once its aliases are expanded (an alias bomb)
+
+
+def yaml_values(node: Any, sizes: dict[int, int]) -> int:
+    """How many values a composed YAML node stands for, its aliases expanded (each node counted once, so an
+    alias bomb is measured without being built)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that refers to itself counts once
+    children = node.value if isinstance(node.value, list) else []
+    total = 1 + sum(yaml_values(n, sizes) for child in children for n in (child if isinstance(child, tuple) else (child,)))
+    sizes[id(node)] = total
+    return total
+
+
 def read_yaml_or_json(path: str) -> Any:
-    """A sweep file: YAML (W&B's usual form; PyYAML needed) or JSON."""
+    """A sweep file: YAML (W&B's usual form; PyYAML needed) or JSON, at most MAX_SWEEP_FILE bytes and, with
+    its aliases expanded, MAX_YAML_VALUES values."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SWEEP_FILE + 1)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: sweep file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the sweep file: {e}") from None
+    if len(data) > MAX_SWEEP_FILE:
+        raise UserError(f"{path}: larger than {MAX_SWEEP_FILE // MB} MB: not a sweep file")
     if path.endswith(".json"):
         return read_json_file(path)
     try:
@@ -77,7 +98,14 @@ def read_yaml_or_json(path: str) -> Any:
     except ImportError:
         raise UserError(f"{path}: reading YAML needs PyYAML: pip install 'train-sweep[search]'") from None
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and yaml_values(node, {}) > MAX_YAML_VALUES:
+                raise UserError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values: not a sweep file")
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
