@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,6 +23,49 @@ TRAIN_SWEEP = ROOT / "train_sweep.py"
 FAKE_NVML = Path(__file__).resolve().parent / "fake_nvml"
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 sys.path.insert(0, str(ROOT))
+
+
+# -- the session: inherited signal dispositions, markers ------------------------------------------------------
+# A signal ignored (SIG_IGN) stays ignored across fork and exec: under `nohup` SIGHUP is, in a shell's
+# background job (`cmd &`) SIGINT and SIGQUIT are, and every CLI, trainer and daemon the tests start would
+# inherit that (the CLI rightly keeps an ignored SIGHUP ignored, as under nohup: then the SIGHUP tests fail).
+# A *caught* signal is reset to SIG_DFL by exec: so each of these that this pytest inherited as ignored gets a
+# handler that does nothing, for the session. pytest itself still ignores it (a `nohup pytest` survives the
+# hang-up it was started to survive), and what the tests start gets the default disposition, as from a
+# terminal. Not SIGPIPE: every Python ignores it itself (so ignored says nothing of what was inherited), and
+# subprocess already resets it to SIG_DFL in the processes it starts (restore_signals).
+INHERITED_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM")
+_ignored_at_start: list[signal.Signals] = []
+
+
+def _still_ignored(signum, frame) -> None:
+    """The handler of a signal pytest inherited as ignored: still nothing happens to pytest."""
+
+
+def pytest_configure(config) -> None:
+    for name in INHERITED_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, _still_ignored)
+            _ignored_at_start.append(sig)
+    config.addinivalue_line("markers", "postgres: needs a PostgreSQL (TRAIN_SWEEP_TEST_PG; .ci/run starts one)")
+
+
+def pytest_unconfigure(config) -> None:
+    while _ignored_at_start:
+        signal.signal(_ignored_at_start.pop(), signal.SIG_IGN)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests that use the Slurm cluster, or the PostgreSQL, carry the marker `slurm` (`postgres`): so
+    `-m slurm` runs them, and `-m "not slurm"` leaves them out."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "slurm_cluster" in names:
+            item.add_marker(pytest.mark.slurm)
+        if "postgres_url" in names:
+            item.add_marker(pytest.mark.postgres)
 
 
 class FakeGpus:
@@ -249,3 +296,140 @@ def mount_tmpfs(path: Path, size: str) -> bool:
         return False
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True).returncode == 0
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+PG_VARIABLE = "TRAIN_SWEEP_TEST_PG"
+PG_HOW = (".ci/run starts a PostgreSQL and sets it (as root with apt, or where PostgreSQL is installed): "
+          f"{PG_VARIABLE}=postgresql://USER:PASSWORD@127.0.0.1:PORT/DATABASE")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL's URL (TRAIN_SWEEP_TEST_PG, postgresql://USER:PASSWORD@HOST:PORT/DATABASE) once it
+    answers; skips, saying why, where the variable is unset or nothing answers. Nothing is started here."""
+    url = os.environ.get(PG_VARIABLE, "")
+    if not url:
+        pytest.skip(f"no PostgreSQL: {PG_VARIABLE} is not set; {PG_HOW}")
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError as e:  # a port that is not a number
+        pytest.skip(f"{PG_VARIABLE}={_redacted(url)}: {e}; {PG_HOW}")
+    if parts.scheme not in ("postgresql", "postgres") or not host:
+        pytest.skip(f"{PG_VARIABLE}={_redacted(url)} is not a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        pytest.skip(f"{PG_VARIABLE}={_redacted(url)}: nothing answers on {host}:{port} ({e.strerror or e}); {PG_HOW}")
+    if shutil.which("psql"):  # where the client is installed: the URL's user, password and database are right
+        try:
+            check = subprocess.run(["psql", "-X", "-A", "-t", "-w", "-d", url, "-c", "SELECT 1"], capture_output=True,
+                                   text=True, timeout=20, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{PG_VARIABLE}={_redacted(url)}: psql got no answer within 20 s")
+        if check.returncode != 0:
+            said = " ".join(check.stderr.split()).replace(parts.password or "\0", "***")[:300]
+            pytest.skip(f"{PG_VARIABLE}={_redacted(url)}: psql cannot connect: {said}")
+    return url
+
+
+# -- the machine's MPS daemons ------------------------------------------------------------------------------
+# The CLI refuses --mps while any MPS daemon runs on the machine (anyone's process named nvidia-cuda-mps*;
+# the fake daemon of tests/fake_mps takes that name too). So a test whose sweep starts one (or that starts a
+# daemon itself) would fail beside another test run's daemons: the suite of another clone run at the same
+# time, a test run killed mid-test. With the fixture `mps_alone`, such a test runs alone on the machine:
+#   - it holds MPS_HOST_LOCK (an flock, freed when its file closes or pytest dies): another run of this
+#     suite waits for it;
+#   - its daemons carry MPS_RUN_MARK in their environment (inherited through the CLI): one still running at
+#     its end is killed; and FAKE_MPS_WATCH_PID: a fake daemon ends by itself once this pytest is gone;
+#   - a daemon not of this run (a real MPS daemon, one of a suite that takes no lock) is waited for up to
+#     MPS_FOREIGN_WAIT_S, then the test is skipped, saying which daemon.
+MPS_HOST_LOCK = Path("/tmp/train_sweep_tests_mps.lock")  # not $TMPDIR: every run on the machine must share it
+MPS_LOCK_WAIT_S = 600.0  # another run holds it a few seconds a test
+MPS_FOREIGN_WAIT_S = 30.0
+MPS_RUN_MARK = ("TRAIN_SWEEP_TEST_MPS_RUN", f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+_mps_lasting: set[int] = set()  # daemons not of this run that outlasted one wait: not waited for again
+
+
+def _mps_host_lock() -> int | None:
+    """A file descriptor that holds MPS_HOST_LOCK (flock), None where the file cannot be opened; skips after
+    MPS_LOCK_WAIT_S."""
+    import fcntl
+
+    try:  # without O_CREAT first: /tmp's protected_regular refuses O_CREAT on another user's file
+        fd = os.open(MPS_HOST_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            fd = os.open(MPS_HOST_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    end = time.monotonic() + MPS_LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > end:
+                os.close(fd)
+                pytest.skip(f"another test run held {MPS_HOST_LOCK} (its MPS tests) for {MPS_LOCK_WAIT_S:g} s")
+            time.sleep(0.05)
+
+
+def _mps_daemons() -> list[tuple[int, str, bool]]:
+    """The machine's processes the CLI takes for MPS daemons: (pid, 'name, pid, user', whether of this run)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name", "username"]):
+        try:
+            if not (p.info["name"] or "").startswith("nvidia-cuda-mps") or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            try:
+                ours = p.environ().get(MPS_RUN_MARK[0]) == MPS_RUN_MARK[1]
+            except psutil.AccessDenied:  # another user's
+                ours = False
+            found.append((p.pid, f"{p.info['name']}, pid {p.pid}, user {p.info['username'] or '?'}", ours))
+        except psutil.Error:
+            pass
+    return found
+
+
+def _end_our_mps_daemons() -> None:
+    ours = [pid for pid, _, mine in _mps_daemons() if mine]
+    kill_pids(ours)
+    all_dead(ours, 10)
+
+
+@pytest.fixture
+def mps_alone(monkeypatch):
+    """No MPS daemon but this test's on the machine while it runs (see above)."""
+    fd = _mps_host_lock()
+    try:
+        monkeypatch.setenv(*MPS_RUN_MARK)
+        monkeypatch.setenv("FAKE_MPS_WATCH_PID", str(os.getpid()))
+        _end_our_mps_daemons()  # an earlier test's, normally none
+        end = time.monotonic() + MPS_FOREIGN_WAIT_S
+        while others := [(pid, what) for pid, what, mine in _mps_daemons() if not mine]:
+            if {pid for pid, _ in others} <= _mps_lasting or time.monotonic() > end:
+                _mps_lasting.update(pid for pid, _ in others)
+                pytest.skip(f"an MPS daemon not of this test run runs on this machine ({others[0][1]}), and the CLI "
+                            "refuses --mps beside any: stop it (echo quit | nvidia-cuda-mps-control, with its "
+                            "CUDA_MPS_PIPE_DIRECTORY) to run this test")
+            time.sleep(0.2)
+        yield
+        _end_our_mps_daemons()
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -168,7 +168,7 @@ def mps_processes() -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("nvidia-cuda-mps-control") is None, reason="needs nvidia-cuda-mps-control")
-def test_mps_the_runs_are_clients_of_the_sweep_s_daemon_and_nothing_is_left(gsweep):
+def test_mps_the_runs_are_clients_of_the_sweep_s_daemon_and_nothing_is_left(gsweep, mps_alone):
     import psutil
 
     assert mps_processes() == [], "an MPS daemon already runs here"

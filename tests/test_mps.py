@@ -1,7 +1,11 @@
 """--mps: the real CLI starts NVIDIA's MPS control daemon for the sweep, runs the runs as its clients and
 stops it, whatever way the sweep ends. The daemon is tests/fake_mps/nvidia-cuda-mps-control, with the real
 one's command line: `-d` starts it in the background (its pid file and control socket in
-$CUDA_MPS_PIPE_DIRECTORY), commands go to it on stdin (`get_server_list`, `quit`)."""
+$CUDA_MPS_PIPE_DIRECTORY), commands go to it on stdin (`get_server_list`, `quit`).
+
+The CLI refuses --mps beside any MPS daemon on the machine, another test run's fake one included: each test
+whose sweep starts a daemon takes the fixture `mps_alone` (conftest.py), which runs it alone on the machine
+(other runs of the suite wait), ends the daemons it left, and skips, saying which, beside one not of this run."""
 
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ def daemon_of(sweep) -> dict:
 
 
 @pytest.fixture
-def daemons():
-    """Fake daemons a test starts by hand; any still running at the end are killed."""
+def daemons(mps_alone):
+    """Fake daemons a test starts by hand; any still running at the end are stopped (`quit`)."""
     started: list[dict[str, str]] = []
     yield started
     for env in started:
@@ -49,7 +53,7 @@ def start_daemon(daemons, pipe: Path, log: Path) -> int:
     return int((pipe / "nvidia-cuda-mps-control.pid").read_text())
 
 
-def test_the_runs_are_the_daemon_s_clients_and_it_stops_with_the_sweep(sweep):
+def test_the_runs_are_the_daemon_s_clients_and_it_stops_with_the_sweep(sweep, mps_alone):
     sweep.gpus.set(count=2)
     sweep.config([{"n": i, "sleep": 0.5} for i in range(4)])
     p = sweep.run("--mps", "--gpus", "0", "1", "--max-processes-per-gpu", "2", "--no-live",
@@ -82,7 +86,7 @@ def test_a_long_output_path_puts_the_pipe_in_tmp(tmp_path):
     assert MpsDaemon(tmp_path).pipe == tmp_path.resolve() / ".mps" / "pipe"
 
 
-def test_ctrl_c_stops_the_daemon(sweep):
+def test_ctrl_c_stops_the_daemon(sweep, mps_alone):
     sweep.gpus.set(count=1)
     sweep.config([{"n": i, "sleep": 30} for i in range(2)])
     proc = sweep.start("--mps", "--gpus", "0", "--max-processes-per-gpu", "2", "--no-live", **with_fake_mps())
@@ -96,7 +100,7 @@ def test_ctrl_c_stops_the_daemon(sweep):
     assert (sweep.dir / "train_sweep_results.json.partial").exists()
 
 
-def test_kill_9_of_the_sweep_the_guardian_ends_the_daemon(sweep):
+def test_kill_9_of_the_sweep_the_guardian_ends_the_daemon(sweep, mps_alone):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0, "sleep": 60}])
     proc = sweep.start("--mps", "--gpus", "0", "--no-live", "--kill-grace", "1", **with_fake_mps())
@@ -132,7 +136,7 @@ def test_another_mps_daemon_is_refused_before_anything_runs(sweep, daemons, tmp_
     assert not (sweep.dir / "train_sweep_results.json").exists()
 
 
-def test_a_daemon_that_cannot_start_is_one_line_and_nothing_runs(sweep):
+def test_a_daemon_that_cannot_start_is_one_line_and_nothing_runs(sweep, mps_alone):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}])
     p = sweep.run("--mps", "--gpus", "0", **with_fake_mps(FAKE_MPS_FAIL="An instance of this daemon is already running"))
@@ -141,10 +145,8 @@ def test_a_daemon_that_cannot_start_is_one_line_and_nothing_runs(sweep):
     assert sweep.events() == []
 
 
-def test_a_daemon_that_will_not_quit_is_killed_and_said(sweep, monkeypatch):
-    import train_sweep
-
-    monkeypatch.setattr(train_sweep, "MPS_WAIT_S", 1.0)  # in-process, to wait less
+def test_a_daemon_that_will_not_quit_is_killed_and_said(sweep, monkeypatch, mps_alone):
+    monkeypatch.setattr(sys.modules[MpsDaemon.__module__], "MPS_WAIT_S", 1.0)  # in-process, to wait less
     for key, value in sweep.env(**with_fake_mps(FAKE_MPS_DEAF="1")).items():
         monkeypatch.setenv(key, value)
     daemon = MpsDaemon(sweep.dir / "outputs")
@@ -188,7 +190,7 @@ def test_the_config_turns_it_on_and_the_flag_off(sweep):
     assert p.returncode == 0 and "MPS" not in p.stdout
 
 
-def test_without_nvml_the_daemon_sees_every_gpu_and_says_so(sweep):
+def test_without_nvml_the_daemon_sees_every_gpu_and_says_so(sweep, mps_alone):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}])
     p = sweep.run("--mps", "--gpus", "0", "--disable-gpu-monitoring", "--no-live", **with_fake_mps())

@@ -1,7 +1,8 @@
 """--backend slurm against a real Slurm on localhost: slurmctld, slurmd, slurmdbd (MariaDB) and munge,
 started by tests/slurm/setup.sh, with 4 fake GPUs as GRES (so Slurm sets each job's CUDA_VISIBLE_DEVICES).
-The real CLI, the fake trainer, submitit's real jobs. Skipped, with the reason, where a Slurm cannot be had
-(not root, no apt-get). The flag checks at the end need no Slurm."""
+The real CLI, the fake trainer, submitit's real jobs. The cluster is started before the tests (.ci/run, or
+tests/slurm/setup.sh by hand, as root) and found through SLURM_TEST_STATE; without one these tests are skipped,
+saying how to start one. The flag checks at the end need no Slurm."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Review of the Slurm backend (537f130): one test per bug found. Each failed on 537f130.
 
-Against a real localhost Slurm (tests/slurm/setup.sh). To reuse a cluster already started with
-`bash tests/slurm/setup.sh /tmp/rv_slurm`, set REVIEW_SLURM_STATE=/tmp/rv_slurm; otherwise the session
-fixture of tests/slurm/cluster.py starts one. Run one test at a time on a small machine:
+Against a real localhost Slurm that .ci/run starts, or `bash tests/slurm/setup.sh /tmp/rv_slurm` (as root),
+found through SLURM_TEST_STATE=/tmp/rv_slurm (or REVIEW_SLURM_STATE, as before); skipped, saying how to start
+one, without it. Run one test at a time on a small machine:
 
-    REVIEW_SLURM_STATE=/tmp/rv_slurm python -m pytest -q tests/test_slurm_review.py -k NAME
+    SLURM_TEST_STATE=/tmp/rv_slurm python -m pytest -q tests/test_slurm_review.py -k NAME
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from test_slurm import interrupted, ours, run, start
 
 
 @pytest.fixture(scope="session")
-def cluster(request):
-    state = os.environ.get("REVIEW_SLURM_STATE")
-    if state and (Path(state) / "slurm.conf").exists():
-        conf = Path(state) / "slurm.conf"
-        return SlurmCluster(Path(state), {"SLURM_CONF": str(conf), "SLURM_TEST_PARTITION": "debug",
-                                          "SLURM_TEST_GPUS": "4"})
-    return request.getfixturevalue("slurm_cluster")
+def cluster(slurm_cluster):
+    """The running test cluster (tests/slurm/cluster.py: SLURM_TEST_STATE, or REVIEW_SLURM_STATE)."""
+    return slurm_cluster
 
 
 def job_of(sweep, name: str) -> str:

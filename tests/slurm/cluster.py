@@ -1,4 +1,9 @@
-"""A real single-node Slurm cluster on localhost for end-to-end tests (setup.sh and teardown.sh beside this file).
+"""A real single-node Slurm cluster on localhost for end-to-end tests: the tests only *use* one; it is started
+(packages installed where missing, daemons started) outside the tests, by `.ci/run` (as root), or by hand:
+
+    sudo bash tests/slurm/setup.sh /tmp/slurm-test       # as root: installs what is missing, starts it (~5 s)
+    SLURM_TEST_STATE=/tmp/slurm-test python -m pytest -q -m slurm
+    sudo bash tests/slurm/teardown.sh /tmp/slurm-test    # cancels its jobs, stops its daemons
 
 In a test module:
 
@@ -7,15 +12,16 @@ In a test module:
     def test_something(slurm_cluster):
         subprocess.run([...], env=slurm_cluster.env)   # sbatch, squeue, sacct, submitit all find the cluster
 
-The fixture skips (with the reason) where no real Slurm can be had: not Linux, not root, or neither
-slurmctld installed nor apt-get to install it. Starting takes ~5 s with the packages installed, ~30 s with
-the install. Clients find the cluster through SLURM_CONF, which is in `.env` (not in os.environ).
+The fixture finds the cluster through SLURM_TEST_STATE (the folder setup.sh was given; REVIEW_SLURM_STATE is
+the older name) and skips, with the reason and how to start one, where none is set or it does not answer. It
+never installs, starts or stops anything: it is only ever given a cluster that setup.sh started (with its
+partition `debug`, 4 fake GPUs, fast scheduling), never a real one that SLURM_CONF may name. Clients find
+the cluster through SLURM_CONF, which is in `.env` (not in os.environ).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,19 +31,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SETUP = HERE / "setup.sh"
 TEARDOWN = HERE / "teardown.sh"
-SETUP_TIMEOUT_S = 600  # the package install included
-
-
-def skip_reason() -> str | None:
-    """Why a real Slurm cluster cannot be started here, or None if it can."""
-    if platform.system() != "Linux":
-        return f"a real Slurm cluster needs Linux, not {platform.system()}"
-    if os.geteuid() != 0:
-        return "a real Slurm cluster needs root (its daemons run as root; munge and mknod need it)"
-    sbin_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    if shutil.which("slurmctld", path=sbin_path) is None and shutil.which("apt-get") is None:
-        return "Slurm is not installed (no slurmctld) and there is no apt-get to install it"
-    return None
+STATE_VARIABLES = ("SLURM_TEST_STATE", "REVIEW_SLURM_STATE")  # the first one set names the cluster's folder
+HOW_TO_START = ".ci/run starts one (tests/slurm/setup.sh STATE_DIR, as root; then SLURM_TEST_STATE=STATE_DIR)"
+PING_TIMEOUT_S = 15
 
 
 class SlurmCluster:
@@ -50,7 +46,6 @@ class SlurmCluster:
         self.partition = variables.get("SLURM_TEST_PARTITION", "debug")
         self.gpus = int(variables.get("SLURM_TEST_GPUS", "0"))
         self.cpus = int(variables.get("SLURM_TEST_CPUS", "1"))
-        self._stopped = False
 
     def run(self, *argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         """A Slurm client command (sbatch, squeue, sacct, scontrol, scancel) against this cluster."""
@@ -75,20 +70,6 @@ class SlurmCluster:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self) -> None:
-        """Cancels every job, then stops the daemons (teardown.sh). Safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        subprocess.run(["bash", str(TEARDOWN), str(self.state_dir)], check=False, capture_output=True, text=True,
-                       timeout=120)
-
-    def __enter__(self) -> SlurmCluster:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def _user_name() -> str:
     import pwd
@@ -96,35 +77,48 @@ def _user_name() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def start_cluster(folder) -> SlurmCluster:
-    """Starts the cluster with its state in `folder` (a path, or pytest's tmp_path_factory: a fresh folder
-    from it). Raises RuntimeError with setup.sh's output when it fails. Usable as a context manager."""
-    if hasattr(folder, "mktemp"):
-        folder = folder.mktemp("slurm")
-    state_dir = Path(folder).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["bash", str(SETUP), str(state_dir)], check=False, capture_output=True, text=True,
-                          timeout=SETUP_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tests/slurm/setup.sh failed (exit {proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    variables = {}
-    for line in proc.stdout.splitlines():
+def _variables(state_dir: Path) -> dict[str, str]:
+    """What setup.sh printed for this folder (it keeps a copy in STATE_DIR/cluster.env); for a folder set up
+    before that copy was kept: SLURM_CONF and the facts every such cluster has."""
+    variables = {"SLURM_CONF": str(state_dir / "slurm.conf"), "SLURM_TEST_STATE": str(state_dir),
+                 "SLURM_TEST_PARTITION": "debug", "SLURM_TEST_GPUS": "4", "SLURM_TEST_CPUS": "8"}
+    try:
+        text = (state_dir / "cluster.env").read_text()
+    except OSError:
+        return variables
+    for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.isidentifier():
             variables[key] = value
-    if "SLURM_CONF" not in variables:
-        raise RuntimeError(f"tests/slurm/setup.sh printed no SLURM_CONF:\n{proc.stdout}\n{proc.stderr}")
-    return SlurmCluster(state_dir, variables)
+    return variables
+
+
+def running_cluster() -> SlurmCluster | str:
+    """The test cluster that setup.sh started and SLURM_TEST_STATE names, if it answers; else why not (the
+    skip reason, with how to start one)."""
+    name = next((v for v in STATE_VARIABLES if os.environ.get(v)), None)
+    if name is None:
+        return f"no Slurm on localhost: {HOW_TO_START}"
+    state_dir = Path(os.environ[name]).resolve()
+    if not (state_dir / "slurm.conf").is_file():
+        return f"{name}={state_dir} has no slurm.conf (not a folder of tests/slurm/setup.sh): {HOW_TO_START}"
+    cluster = SlurmCluster(state_dir, _variables(state_dir))
+    if shutil.which("scontrol", path=cluster.env.get("PATH")) is None:
+        return f"{name}={state_dir}, but no Slurm client (scontrol) is on PATH: {HOW_TO_START}"
+    try:
+        ping = cluster.run("scontrol", "ping", timeout=PING_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return f"the Slurm of {name}={state_dir} does not answer within {PING_TIMEOUT_S} s: {HOW_TO_START}"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        said = " ".join((ping.stdout + ping.stderr).split())[:200]
+        return f"the Slurm of {name}={state_dir} does not answer (scontrol ping: {said}): {HOW_TO_START}"
+    return cluster
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """One real Slurm cluster for the whole session; skips where none can be had."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def slurm_cluster() -> SlurmCluster:
+    """The running test cluster (see the module's docstring); skips, saying why, where there is none."""
+    found = running_cluster()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found

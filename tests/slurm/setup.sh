@@ -3,11 +3,15 @@
 #
 #   tests/slurm/setup.sh STATE_DIR      (as root, on Linux; Debian/Ubuntu for the package install)
 #
+# Run by .ci/run (as root, before the tests) or by hand, never by the tests: they only use the cluster
+# (tests/slurm/cluster.py finds it through SLURM_TEST_STATE=STATE_DIR, and skips where there is none).
 # Installs what is missing (slurmctld slurmd slurm-client slurmdbd munge mariadb-server, with apt-get, only
-# when a binary is missing), writes every config under STATE_DIR, and starts, each with its pid and log
-# file under STATE_DIR, in this order: mariadbd (slurmdbd's database), munged, slurmdbd, slurmctld, slurmd.
+# when a binary is missing; .ci/run installs them beforehand with its other packages, in one apt-get run),
+# writes every config under STATE_DIR, and starts, each with its pid and log file under STATE_DIR, in this
+# order: mariadbd (slurmdbd's database), munged, slurmdbd, slurmctld, slurmd.
 # Waits (bounded) until the node is idle and sacct answers, then prints on stdout the variables a client
-# needs, one KEY=VALUE a line (SLURM_CONF=STATE_DIR/slurm.conf ...); everything else goes to stderr.
+# needs, one KEY=VALUE a line (SLURM_CONF=STATE_DIR/slurm.conf ...), also kept in STATE_DIR/cluster.env;
+# everything else goes to stderr.
 # The PIDs it started are in STATE_DIR/pids ("PID NAME" a line, in start order); teardown.sh stops them.
 #
 # Idempotent: it first stops the daemons recorded in STATE_DIR/pids (if any), then rewrites the configs and
@@ -23,10 +27,27 @@
 #   - nothing else: munged gets its key, seed, socket, pid and log under STATE_DIR (no /etc/munge/munge.key,
 #     no /run/munge), MariaDB its data dir, socket and port, the Slurm daemons their state and spool dirs.
 #     The clients find the config through SLURM_CONF (no /etc/slurm/slurm.conf is written).
+#
+#   tests/slurm/setup.sh --missing-packages   prints the Debian packages it would install (one a line, none
+#                                             when all are there) and exits: .ci/run installs them
 set -euo pipefail
 
+missing_packages() {  # the packages of the programs not installed, one a line, sorted
+    local pair bin pkg
+    for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client sacct:slurm-client slurmdbd:slurmdbd \
+                munged:munge mariadbd:mariadb-server mariadb-install-db:mariadb-server mariadb:mariadb-client; do
+        bin="${pair%%:*}" pkg="${pair#*:}"
+        if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1; then
+            echo "$pkg"
+        fi
+    done | sort -u
+}
+if [ "${1:-}" = --missing-packages ] && [ $# -eq 1 ]; then
+    missing_packages
+    exit 0
+fi
 if [ $# -ne 1 ]; then
-    echo "usage: $0 STATE_DIR" >&2
+    echo "usage: $0 STATE_DIR   (or: $0 --missing-packages)" >&2
     exit 2
 fi
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -41,18 +62,10 @@ die() { echo "slurm setup: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (the daemons run as root; munge and mknod need it)"
 
 # ---------------------------------------------------------------------------------------------- packages
-need_install=()
-for pair in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client sacct:slurm-client slurmdbd:slurmdbd \
-            munged:munge mariadbd:mariadb-server mariadb-install-db:mariadb-server mariadb:mariadb-client; do
-    bin="${pair%%:*}" pkg="${pair#*:}"
-    if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1; then
-        need_install+=("$pkg")
-    fi
-done
+mapfile -t need_install < <(missing_packages)
 export PATH="$PATH:/usr/sbin:/sbin"
 if [ ${#need_install[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "missing ${need_install[*]} and no apt-get to install them"
-    mapfile -t need_install < <(printf '%s\n' "${need_install[@]}" | sort -u)
     say "installing ${need_install[*]} with apt-get"
     made_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then  # keep the packages' maintainer scripts from starting services
@@ -295,10 +308,14 @@ wait_for slurmd 60 "node $NODE is idle" node_idle
 wait_for slurmdbd 60 "sacct answers" timeout 10 sacct -n -X -S now
 
 say "ready"
-echo "SLURM_CONF=$SLURM_CONF_FILE"
-echo "SLURM_TEST_STATE=$STATE"
-echo "SLURM_TEST_NODE=$NODE"
-echo "SLURM_TEST_PARTITION=debug"
-echo "SLURM_TEST_CLUSTER=$CLUSTER"
-echo "SLURM_TEST_GPUS=4"
-echo "SLURM_TEST_CPUS=8"
+# on stdout, and in STATE/cluster.env, where tests/slurm/cluster.py reads them (given SLURM_TEST_STATE=STATE)
+{
+    echo "SLURM_CONF=$SLURM_CONF_FILE"
+    echo "SLURM_TEST_STATE=$STATE"
+    echo "SLURM_TEST_NODE=$NODE"
+    echo "SLURM_TEST_PARTITION=debug"
+    echo "SLURM_TEST_CLUSTER=$CLUSTER"
+    echo "SLURM_TEST_GPUS=4"
+    echo "SLURM_TEST_CPUS=8"
+} > "$STATE/cluster.env"
+cat "$STATE/cluster.env"
