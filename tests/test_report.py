@@ -56,7 +56,7 @@ def test_report_json_export(finished):
     out = finished.dir / "runs.json"
     assert report(finished, "--json", str(out)).returncode == 0
     rows = json.loads(out.read_text())
-    assert rows[1]["hp.lr"] == 0.01 and rows[1]["metric.val_loss"] == 0.2
+    assert rows[0]["hp.lr"] == 0.01 and rows[0]["metric.val_loss"] == 0.2  # best first: sorted by the metric
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -283,7 +283,7 @@ def test_report_group_by_seed(seeds):
     table = p.stdout.split("by configuration, over seed (3 configuration(s))")[1]
     rows = _rows(table)[:3]
     assert rows[0][:3] == ["0.01", "3", "3"] and rows[0][3].startswith("0.011 ± 0.001") and rows[0][4] == "0.01"
-    assert rows[2][:3] == ["1.0", "3", "0"] and rows[2][3] == ""
+    assert rows[2][:3] == ["1", "3", "0"] and rows[2][3] == ""  # 4 significant digits: 1.0 reads 1
     p = report(seeds, "--group-by", "nope")
     assert p.returncode == 2 and "--group-by 'nope': no run has that hyperparameter" in p.stderr
 
@@ -468,3 +468,33 @@ def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, comm
     assert "warning" in p.stderr and "skipped" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) <= 3, p.stderr
     assert p.stdout.strip(), "the rest is shown"
+
+
+def test_report_reads_as_a_person_would_sort_it(sweep):
+    """issue 26 (4, 6): hyperparameters show 4 significant digits (the CSV and the results keep them whole),
+    and with a metric the rows come best first (before: by index, and lr as 0.0015676677195506068)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"lr": lr, "metric": m} for lr, m in ((0.0015676677195506068, 0.5), (0.02, 0.1), (0.3, 0.3))])
+    assert sweep.run("--metric", "val_loss").returncode == 0
+    p = report(sweep)
+    assert p.returncode == 0, p.stderr
+    assert "│ 0.001568 │" in p.stdout and "│ 0.0015676677195506068 │" not in p.stdout  # (the name keeps it)
+    rows = [line for line in p.stdout.splitlines() if "lr_" in line and "complete" in line]
+    assert [("0.02" in r, "0.3" in r, "0.001568" in r) for r in rows] == [(True, False, False), (False, True, False),
+                                                                           (False, False, True)], rows
+    out = sweep.dir / "runs.csv"
+    assert report(sweep, "--csv", str(out), "--sort", "index").returncode == 0
+    assert "0.0015676677195506068" in out.read_text()
+
+
+def test_report_plots_without_matplotlib_says_so_before_anything_else(finished, tmp_path):
+    """issue 26 (8): `report --plots` without matplotlib printed the whole table, then the error at the
+    bottom; it is checked first, as every other command does: one line, exit 2, nothing else printed."""
+    hide = tmp_path / "no_matplotlib"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = finished.env()
+    p = finished.run("report", "--plots", str(tmp_path / "plots"), trainer=False,
+                     PYTHONPATH=os.pathsep.join([str(hide), env["PYTHONPATH"]]))
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert len(p.stderr.strip().splitlines()) == 1 and "pip install 'train-sweep[plots]'" in p.stderr, p.stderr

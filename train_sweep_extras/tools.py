@@ -107,11 +107,12 @@ def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> str:
+    """A value as a person reads it in a table: 4 significant digits (the results and CSV keep every digit)."""
     if value is None:
         return ""
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value)
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 
@@ -336,6 +337,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args.plots:  # said before anything is printed
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("report --plots needs matplotlib: pip install 'train-sweep[plots]'") from None
     files = args.files or ["train_sweep_results.json"]
     sweeps = [(f, load_results(f)) for f in files]
     args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
@@ -360,6 +366,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         console.print(table)
     records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
     varying = varying_keys([r.get("hyperparams") or {} for r in records])
+    args.sort = args.sort or ("metric" if metric else "index")
     check_sort(args.sort, records, varying)
     if args.metric and metric and not any(record_metric(r, metric) is not None for r in records):
         have = sorted({k for r in records for k in (r.get("metrics") or {})})
@@ -598,9 +605,10 @@ def build_tool_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="tool", required=True)
     r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
     r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
-    r.add_argument("--sort", default="index", metavar="KEY",
+    r.add_argument("--sort", metavar="KEY",
                    help=f"order of the rows: {', '.join(REPORT_SORTS)}, metric.NAME, or a hyperparameter (lr or hp.lr); "
-                        "by a metric, complete runs come first, best first (default: index)")
+                        "by a metric, complete runs come first, best first (default: metric, where there is one, "
+                        "else index)")
     r.add_argument("--group-by", metavar="KEY",
                    help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
                         "std over the complete runs, and its best")
