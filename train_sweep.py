@@ -1,21 +1,20 @@
 #!/usr/bin/env python3
 """train_sweep: train many models with different hyperparameters on the GPUs of one machine, and walk away.
 
-Reads a JSON list of hyperparameter dicts (or an object with a grid), gives each run a readable name,
-and keeps every listed GPU busy with `train.py` subprocesses: one folder, live logs and a run.json per
-run; never overpacking a GPU (NVML memory readings, per-GPU run counts, declared memory, or `auto`:
-learned footprints); never leaving a process behind (timeouts, Ctrl+C, even kill -9 of the sweep: the
-guardian); never losing a finished result (a journal, resume, retries, out-of-memory requeue); and
-showing what runs where and which run won. This file is the scheduler, and needs only psutil,
-nvidia-ml-py and rich. What is optional (an Optuna search, W&B sweep files, Slurm, MPS, TensorBoard,
-best-K checkpoints, report/list/status/watch/cleanup and plots) lives in the package beside it,
-train_sweep_extras/, found through EXTRAS below.
+Reads a JSON list of hyperparameter dicts (or an object with a grid), names each run readably and keeps every
+listed GPU busy with `train.py` subprocesses: a folder, live logs and a run.json per run; never overpacking a GPU
+(NVML memory readings, per-GPU run counts, declared memory, or `auto`: learned footprints); never leaving a
+process behind (timeouts, Ctrl+C, even kill -9 of the sweep: the guardian); never losing a finished result (a
+journal, resume, retries, out-of-memory requeue); showing what runs where and which run won. This file is the
+scheduler and needs only psutil, nvidia-ml-py and rich; what is optional (an Optuna search, W&B sweep files,
+Slurm, MPS, TensorBoard, best-K checkpoints, report/list/status/watch/cleanup, plots) lives in the package
+beside it, train_sweep_extras/, found through EXTRAS below.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
     python train_sweep.py --gpus 0 1 --max-processes-per-gpu auto --metric val_loss
     python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
-    python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log, interval(1e-5, 1e-2))'
+    python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log,interval(1e-5,1e-2))'
     python train_sweep.py --backend slurm --slurm-partition gpu --detach   # Slurm jobs; run it again to re-attach
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
     python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
@@ -51,14 +50,15 @@ import os
 if __name__ == "__main__":  # until main() takes over, Ctrl+C ends the script at once: nothing is written yet
     _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))
     import sys
-
     sys.modules.setdefault("train_sweep", sys.modules[__name__])  # the extras' `import train_sweep` is this module
 
 import argparse
+import ast
 import dataclasses
 import enum
 import functools
 import hashlib
+import importlib
 import json
 import math
 import re
@@ -69,7 +69,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -127,19 +129,13 @@ class State(str, enum.Enum):
     OOM = "oom"  # failed with a GPU out-of-memory error (requeued until --max-oom-requeues)
     PRUNED = "pruned"  # stopped early by the pruner: its metric was hopeless (not a failure)
 
-    def __str__(self) -> str:
-        return self.value
+    def __str__(self) -> str: return self.value
+
 
 # Out-of-memory errors, as PyTorch, cuBLAS, JAX/XLA and TensorFlow print them (extended by --oom-pattern).
-OOM_PATTERNS = (
-    r"CUDA out of memory",
-    r"torch\.(cuda\.)?OutOfMemoryError",
-    r"CUBLAS_STATUS_ALLOC_FAILED",
-    r"CUDNN_STATUS_(NOT_SUPPORTED|ALLOC_FAILED).*memory|cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
-    r"RESOURCE_EXHAUSTED: Out of memory",
-    r"CUDA_ERROR_OUT_OF_MEMORY",
-    r"HIP out of memory",
-)
+OOM_PATTERNS = (r"CUDA out of memory", r"torch\.(cuda\.)?OutOfMemoryError", r"CUBLAS_STATUS_ALLOC_FAILED",
+                r"CUDNN_STATUS_(NOT_SUPPORTED|ALLOC_FAILED).*memory|cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                r"RESOURCE_EXHAUSTED: Out of memory", r"CUDA_ERROR_OUT_OF_MEMORY", r"HIP out of memory")
 
 
 class UserError(Exception):
@@ -152,18 +148,14 @@ class OutputError(Exception):
 
 def say_error(message: str) -> None:
     """`train_sweep: error: ...` on stderr, one line; a closed or hung-up terminal is no reason to crash."""
-    try:
+    with suppress(OSError, ValueError):
         sys.stderr.write(f"train_sweep: error: {message}\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # -- The registry of extras ---------------------------------------------------------------------
-# What is optional lives in the package beside this file (train_sweep_extras/), one module per concern. The
-# core knows an extra only by its name here, imports it when it is first needed, and reaches it only
-# through the protocols below (a RunSource, a Launcher, a Placement, a Backend): a new backend is one new
-# module and one line here. Each extra says in one line what to install when its own library is missing.
+# The optional features are modules of train_sweep_extras/, known here only by name, imported when first needed
+# and reached only through the protocols (RunSource, Launcher, Placement, Backend): a backend is a module and a line.
 EXTRAS_PACKAGE = "train_sweep_extras"
 EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the package, the pip extra it needs)
     "space": ("space", "search"),  # a search's space: the config's "search", Hydra's interval()/tag(log, ...)
@@ -181,10 +173,7 @@ COMMANDS = ("report", "list", "cleanup", "status", "watch")  # `train_sweep COMM
 
 
 def extra(name: str) -> Any:
-    """The extra registered as `name` (a module, or an object in it), imported now. Without the package
-    beside this file (train_sweep.py copied alone), one line says what to install."""
-    import importlib
-
+    """The extra registered as `name`, imported now (a UserError says what to install if it is missing)."""
     where, pip_extra = EXTRAS[name]
     module, _, attr = where.partition(":")
     try:
@@ -194,7 +183,8 @@ def extra(name: str) -> Any:
             raise
         install = f"pip install 'train-sweep[{pip_extra}]'" if pip_extra else "pip install train-sweep"
         raise UserError(f"{name.split()[-1]} is an extra of train_sweep, in the package {EXTRAS_PACKAGE}/ beside "
-                        f"train_sweep.py, which is not here: {install} (or copy that folder beside the script)") from None
+                        f"train_sweep.py, which is not here: {install} (or copy that folder beside the "
+                        "script)") from None
     return getattr(found, attr) if attr else found
 
 
@@ -207,6 +197,7 @@ def optional_extra(name: str) -> Any:
 
 
 def fmt_duration(seconds: float | None) -> str:
+    """12.3s, 4:05 or 1:02:03 (`-` for none)."""
     if seconds is None:
         return "-"
     if seconds < 60:
@@ -217,23 +208,23 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    """512 bytes, 1.5 KB, 2.0 MB, 3.1 GB (GB the largest unit)."""
+    for unit in ("bytes", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return f"{n:.1f} GB"
 
 
 def gpu_label(gpus: Any) -> str:
     """Where a run ran, from a Run's gpus or a record's gpu_id: `0`, `0,1`, or `CPU`."""
     if isinstance(gpus, int) and gpus != CPU:
         return str(gpus)
-    if isinstance(gpus, (list, tuple)) and gpus:
-        return ",".join(map(str, gpus))
-    return "CPU"
+    return ",".join(map(str, gpus)) if isinstance(gpus, (list, tuple)) and gpus else "CPU"
 
 
 def where(gpus: Any) -> str:
+    """`GPU 0,1` or `CPU`."""
     label = gpu_label(gpus)
     return label if label == "CPU" else f"GPU {label}"
 
@@ -250,9 +241,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        return repr(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
     if isinstance(value, list):
         return "-".join(format_value(v) for v in value) or "empty"
     if isinstance(value, dict):
@@ -274,10 +263,8 @@ def signal_name(returncode: int | None) -> str | None:
 # 2. Settings: every flag, described once
 # ----------------------------------------------------------------------------------------------
 
-
 def _whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least `minimum`."""
-
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -286,7 +273,6 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
         return value
-
     return parse
 
 
@@ -332,30 +318,24 @@ SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc", "grid")  # --search 
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")  # --pruner
 BACKEND_NAMES = ("local", "slurm")  # --backend (BACKENDS, below, says where each lives)
 
-# The flags' groups, in the order --help and docs/flags.md show them.
-GROUPS = {
-    "run": "what to run",
-    "place": "where runs go (placement)",
-    "end": "how runs end",
-    "metrics": "metrics and the best model",
-    "output": "output",
+GROUPS = {  # the flags' groups, in the order --help and docs/flags.md show them
+    "run": "what to run", "place": "where runs go (placement)", "end": "how runs end",
+    "metrics": "metrics and the best model", "output": "output",
     "search": "search (Optuna; pip install 'train-sweep[search]'; see docs/search.md)",
     "slurm": "on a Slurm cluster (submitit; pip install 'train-sweep[slurm]'; see docs/slurm.md)",
 }
 
 
 def flag(default: Any, group: str, help: str, **argparse_kw: Any) -> Any:
-    """A setting that is a flag: its default, its group, the one description that --help and docs/flags.md
-    show, and how argparse reads it (type, metavar, choices; the action follows from the default: False is
-    a switch, a tuple a repeatable flag)."""
+    """A setting that is a flag: its default, its group, its one description (--help, docs/flags.md) and how
+    argparse reads it (type, metavar, choices; a False default makes a switch, a tuple a repeatable flag)."""
     return dataclasses.field(default=default, metadata={"group": group, "help": help, **argparse_kw})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every setting of a sweep, one field per flag, resolved once at the CLI's edge (plan_runs): the flags,
-    then what the config file says where a flag was not given, then the defaults. What it holds is what
-    the sweep uses, saved in <output-dir>/sweep.json. --help and docs/flags.md are made from these fields."""
+    """Every setting of a sweep, one field per flag, resolved once (plan_runs): the flags, then the config file,
+    then the defaults. Saved in <output-dir>/sweep.json; --help and docs/flags.md are made from these fields."""
 
     config_file: str | None = flag(
         "train_sweep_config.json", "run", "a JSON array of hyperparameter objects (one run each), or an object "
@@ -511,14 +491,8 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The flags as parsed; lists become tuples, flags not given keep the defaults above."""
-        given = {}
-        for field in dataclasses.fields(cls):
-            value = getattr(args, field.name, None)
-            if isinstance(value, list):
-                value = tuple(value)
-            if value is not None:
-                given[field.name] = value
-        return cls(**given)
+        given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None})
 
     @functools.cached_property
     def ranking(self) -> Ranking:
@@ -526,17 +500,9 @@ class Settings:
         return Ranking(self.metric[0] if self.metric else None, self.modes[0])
 
     @property
-    def rank_metric(self) -> str | None:
-        return self.ranking.metric
-
-    @property
     def modes(self) -> tuple[str, ...]:
         """The direction of each objective: one, or one per metric of a multi-objective search."""
         return tuple((self.mode or "min").split(","))
-
-    @property
-    def rank_mode(self) -> str:
-        return self.ranking.mode
 
     @property
     def source(self) -> str:
@@ -546,9 +512,7 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Ranking:
-    """Which metric ranks the runs, and which way: made once from the settings (Settings.ranking; a saved
-    sweep's: Ranking.saved) and handed to whatever ranks runs: the loop's leaderboard, the reporters,
-    best-K, the offline tools. `metric` None: nothing ranks."""
+    """Which metric ranks the runs, and which way (None: nothing ranks): made once and handed to all that ranks."""
 
     metric: str | None = None
     mode: str = "min"
@@ -564,13 +528,11 @@ class Ranking:
             return cls()
         return cls(metric, mode) if isinstance(metric, str) and mode in ("min", "max") else cls()
 
-    def __str__(self) -> str:
-        return f"{self.mode} {self.metric}"
+    def __str__(self) -> str: return f"{self.mode} {self.metric}"
 
 
 def flag_default(field: dataclasses.Field[Any]) -> str | None:
-    """How a flag's default reads in --help and docs/flags.md (None: nothing to say: off, empty, or the help
-    says what happens without it)."""
+    """How a flag's default reads in --help and docs/flags.md (None: off, empty, or the help says it)."""
     if field.default in (None, False, ()) or "(default:" in field.metadata["help"]:
         return None
     if "shown" in field.metadata:
@@ -628,8 +590,7 @@ _BAD_KEY = re.compile(r"[\s=,]")
 
 
 class JsonObject(dict):  # type: ignore[type-arg]
-    """A JSON object as read from a config file; `duplicate` names a key it had twice (reported where the
-    entry it belongs to is known)."""
+    """A JSON object as read from a config file; `duplicate`: a key it had twice (reported where known)."""
 
     duplicate: str | None = None
 
@@ -647,8 +608,8 @@ MAX_DEPTH = 64  # nesting of a hyperparameter's value (lists in lists ...)
 
 
 def check_value(value: Any, where: str) -> None:
-    """A hyperparameter value that can reach a command line and a JSON results file unchanged: no NUL, no
-    lone surrogate, no NaN or Infinity, no key twice in an object, nested at most MAX_DEPTH deep."""
+    """A value that reaches a command line and JSON unchanged: no NUL, lone surrogate, NaN, Infinity, key twice
+    in an object, or nesting over MAX_DEPTH."""
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -673,8 +634,8 @@ def check_value(value: Any, where: str) -> None:
 
 
 def check_key(key: Any, where: str) -> None:
-    """A hyperparameter key that survives every argument style: non-empty text without spaces, '=' or ',',
-    not starting with '-'. The one key rule, for entries, defaults, grids and --set."""
+    """The one key rule (entries, defaults, grids, --set): non-empty text without spaces, '=' or ',', not
+    starting with '-', so that it survives every argument style."""
     if not isinstance(key, str) or not key:
         raise UserError(f"{where} has an empty key")
     if _BAD_KEY.search(key):
@@ -684,8 +645,7 @@ def check_key(key: Any, where: str) -> None:
 
 
 def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
-    """Check that `data` is a non-empty list of hyperparameter objects with usable keys. (Identical runs are
-    found once, after expansion, by build_runs.)"""
+    """`data` is a non-empty list of hyperparameter objects with usable keys (build_runs finds twins)."""
     if not isinstance(data, list):
         raise UserError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
     if not data:
@@ -743,8 +703,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# The object form's keys: what each must be, the test of it, and for objects the test of each value. The
-# one place a config key is checked.
+# The object form's keys: what each must be and its test (SPEC_VALUES: of each value). The one place a key is checked.
 SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "command": ("a string", lambda v: isinstance(v, str)),
     "arg_style": (f"one of {', '.join(ARG_STYLES)}", lambda v: v in ARG_STYLES),
@@ -764,14 +723,13 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
               "README: On a Slurm cluster)", lambda v: isinstance(v, dict)),
 }
 SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "env": ("a string", lambda v: isinstance(v, str)),
-    "abbrev": ("a string", lambda v: isinstance(v, str)),
-    "grid": ("a non-empty list of values", lambda v: isinstance(v, list) and bool(v)),
-}
+    "env": ("a string", lambda v: isinstance(v, str)), "abbrev": ("a string", lambda v: isinstance(v, str)),
+    "grid": ("a non-empty list of values", lambda v: isinstance(v, list) and bool(v))}
 RUN_SETTINGS = ("gpus_per_run", "gpu_memory_gb")  # in the object form's run entries: settings, not hyperparameters
 
 
 def check_field(key: str, value: Any, where: str) -> Any:
+    """The value of a config key, as SPEC_FIELDS and SPEC_VALUES say it must be (else a UserError)."""
     what, ok = SPEC_FIELDS[key]
     if not ok(value):
         shown = repr(value) if isinstance(value, str) else _json_type(value)
@@ -807,6 +765,7 @@ class SweepSpec:
 
 
 def read_json_file(path: str) -> Any:
+    """A config file's JSON; every way it cannot be read is a UserError that names the file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -852,22 +811,15 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         for key in RUN_SETTINGS:
             if key in run:
                 check_field(key, run[key], f"{path}: 'runs' entry [{i}]")
-    return SweepSpec(
-        path, [dict(r) for r in runs], form="object", grid=dict(given.get("grid", {})),
-        defaults=dict(given.get("defaults", {})), command=given.get("command"), arg_style=given.get("arg_style"),
-        env=dict(given.get("env", {})), name_template=given.get("name_template"),
-        gpus_per_run=given.get("gpus_per_run"), gpu_memory_gb=given.get("gpu_memory_gb"),
-        abbrev=dict(given.get("abbrev", {})),
-        search=extra("search space")(given["search"], path) if "search" in given else None,
-        slurm=dict(given.get("slurm", {})),
-        max_processes_per_gpu=given.get("max_processes_per_gpu"),
-        mps=given.get("mps"),
-    )
+    values = {k: given.get(k) for k in ("command", "arg_style", "name_template", "gpus_per_run", "gpu_memory_gb",
+                                        "max_processes_per_gpu", "mps")}
+    objects = {k: dict(given.get(k, {})) for k in ("grid", "defaults", "env", "abbrev", "slurm")}
+    search = extra("search space")(given["search"], path) if "search" in given else None
+    return SweepSpec(path, [dict(r) for r in runs], form="object", search=search, **values, **objects)
 
 
 def parse_set(pairs: Sequence[str], flag: str = "--set") -> dict[str, Any]:
-    """--set key=value (and --slurm-param): the value is read as JSON (8, 1e-3, true, null, [1,2]) and else
-    kept as text (cuda)."""
+    """--set key=value (and --slurm-param): the value read as JSON (8, 1e-3, true, null, [1,2]), else as text."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -895,8 +847,8 @@ _SIMPLE_WORDS = (  # the plain values whose reading by Hydra's grammar is known 
 
 class SimpleOverride:
     """`key=value` or `key=a,b,c` of plain numbers, booleans, null and words, read as Hydra reads them (1e-3 a
-    float, 8 an int, true a boolean, null None, adam text) without hydra-core, which only Hydra's richer
-    syntax (range(), interval(), quotes, lists, ...) and values of less obvious reading (1.2.3, 007) need."""
+    float, 8 an int, true, null, adam) without hydra-core, which only richer syntax (range(), interval(),
+    quotes, lists, ...) and values of less obvious reading (1.2.3, 007) need."""
 
     def __init__(self, key: str, words: list[str]) -> None:
         self.key_or_group, self._values = key, [self._scalar(w) for w in words]
@@ -916,53 +868,41 @@ class SimpleOverride:
 
     @staticmethod
     def _scalar(word: str) -> Any:
-        for pattern, read in _SIMPLE_WORDS:
-            if pattern.fullmatch(word):
-                return read(word)
-        return word  # key= : the empty string
+        return next((read(word) for pattern, read in _SIMPLE_WORDS if pattern.fullmatch(word)), word)  # key=: ""
 
-    def is_sweep_override(self) -> bool:
-        return self._sweep
-
-    def sweep_iterator(self) -> Iterator[Any]:
-        return iter(self._values)
-
-    def value(self) -> Any:
-        return self._values[0]
+    def is_sweep_override(self) -> bool: return self._sweep
+    def sweep_iterator(self) -> Iterator[Any]: return iter(self._values)
+    def value(self) -> Any: return self._values[0]
 
 
 def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]]:
-    """Each override as Hydra's own parser reads it: (its text, its key, the parsed override). Without
-    hydra-core, plain ones (SimpleOverride) still are."""
+    """Each override as (text, key, parsed), by Hydra's parser (without hydra-core: SimpleOverride)."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
     except ImportError:
-        seen_simple: dict[str, str] = {}
-        for text in overrides:
-            simple = SimpleOverride.parse(text)
-            if simple is None:
-                raise UserError(f"override {text!r} is read with Hydra's parser: pip install hydra-core (plain "
-                                "key=value and key=a,b need no Hydra)") from None
-            if simple.key_or_group in seen_simple:
-                raise UserError(f"override {text!r}: {simple.key_or_group!r} is already given by "
-                                f"{seen_simple[simple.key_or_group]!r}; give each key once")
-            seen_simple[simple.key_or_group] = text
-            yield text, simple.key_or_group, simple
-        return
-    parser = OverridesParser.create()
+        parser = None
+    else:
+        parser = OverridesParser.create()
     seen: dict[str, str] = {}
     for text in overrides:
-        try:
-            override = parser.parse_override(text)
-        except HydraException as e:
-            raise UserError(f"override {text!r}: {str(e).splitlines()[0]}") from None
-        prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
-        if prefix == "~":
-            raise UserError(f"override {text!r}: deleting a key (~key) is not supported in a sweep")
-        if override.package:
-            raise UserError(f"override {text!r}: package overrides (@pkg) are not supported")
-        key = prefix + override.key_or_group
+        if parser is None:
+            override: Any = SimpleOverride.parse(text)
+            if override is None:
+                raise UserError(f"override {text!r} is read with Hydra's parser: pip install hydra-core (plain "
+                                "key=value and key=a,b need no Hydra)") from None
+            key = override.key_or_group
+        else:
+            try:
+                override = parser.parse_override(text)
+            except HydraException as e:
+                raise UserError(f"override {text!r}: {str(e).splitlines()[0]}") from None
+            prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
+            if prefix == "~":
+                raise UserError(f"override {text!r}: deleting a key (~key) is not supported in a sweep")
+            if override.package:
+                raise UserError(f"override {text!r}: package overrides (@pkg) are not supported")
+            key = prefix + override.key_or_group
         if key in seen:
             raise UserError(f"override {text!r}: {key!r} is already given by {seen[key]!r}; give each key once")
         seen[key] = text
@@ -970,8 +910,7 @@ def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]
 
 
 def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Hydra multirun overrides (`lr=1e-3,1e-4 depth=range(2,5) opt=adam,sgd seed=0`), read with Hydra's
-    own parser: sweeps (each multiplies the runs) and plain values (set on every run)."""
+    """Hydra multirun overrides: sweeps (`lr=1e-3,1e-4`: more runs) and plain values (`seed=0`: on every run)."""
     sweeps: dict[str, list[Any]] = {}
     plain: dict[str, Any] = {}
     for text, key, override in _parsed_overrides(overrides):
@@ -998,12 +937,8 @@ def _plain_value(value: Any) -> Any:
         return {str(k): _plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain_value(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
-
-# -- the search space (a search asks Optuna for each run's hyperparameters) --------------------------------
 
 @dataclasses.dataclass
 class Entry:
@@ -1018,26 +953,17 @@ class Entry:
     origin: str = ""  # where it came from, for messages: "entry [2]", "'runs' entry [0] with lr=0.1", a file
 
 
-def expand(
-    spec: SweepSpec,
-    cli_sweeps: Mapping[str, list[Any]] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    gpus_per_run: int | None = None,
-    gpu_memory_gb: float | None = None,
-    max_runs: int | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-) -> list[Entry]:
-    """The runs of a sweep, in order: for each entry of `runs`, each combination of `grid` (the last key
-    varies fastest), each combination of the command-line sweeps. A key's value comes from, weakest first:
-    `defaults`, the run entry, `grid`, the command-line sweeps, plain overrides and --set. Names are built
-    from the keys the run entry, grid and sweeps set, in that order (not from defaults and overrides, which
-    are the same for every run: so names stay stable when runs are added).
-    The runs are counted before they are made: `shuffle` (with `seed`) puts them in a random but repeatable
-    order and `max_runs` keeps the first N; a sweep of more than MAX_RUNS runs is made only with max_runs,
-    taking the first N, or with shuffle a random sample of N, without making the others."""
+def expand(spec: SweepSpec, cli_sweeps: Mapping[str, list[Any]] | None = None,
+           overrides: Mapping[str, Any] | None = None, gpus_per_run: int | None = None,
+           gpu_memory_gb: float | None = None, max_runs: int | None = None, shuffle: bool = False,
+           seed: int = 0) -> list[Entry]:
+    """The runs of a sweep, in order: each entry of `runs` x each combination of `grid` x each of the command-line
+    sweeps (the last key varies fastest). A key's value comes from, weakest first: `defaults`, the entry, `grid`,
+    the sweeps, plain overrides and --set. Names come from the keys the entry, grid and sweeps set (not those
+    the same for every run: so names stay stable as runs are added). Runs are counted before they are made:
+    `shuffle` (with `seed`) orders them repeatably, `max_runs` keeps the first N; over MAX_RUNS runs need
+    max_runs (the first N, or with shuffle a sample of N) and are never made whole."""
     import random
-
     cli_sweeps = dict(cli_sweeps or {})
     overrides = dict(overrides or {})
     keys = [*spec.grid, *cli_sweeps]
@@ -1069,13 +995,9 @@ def expand(
         origin = ("entry" if spec.form == "array" else "'runs' entry") + f" [{i}]"
         if swept:
             origin += " with " + " ".join(f"{k}={format_value(v)}" for k, v in swept.items())
-        return Entry(
-            {**spec.defaults, **own, **swept, **overrides}, list(dict.fromkeys([*own, *keys])),
-            gpus_per_run=gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
-            gpu_memory_gb=gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb,
-            origin=origin,
-        )
-
+        return Entry({**spec.defaults, **own, **swept, **overrides}, list(dict.fromkeys([*own, *keys])),
+                     gpus_per_run or settings.get("gpus_per_run") or spec.gpus_per_run or 1,
+                     gpu_memory_gb or settings.get("gpu_memory_gb") or spec.gpu_memory_gb, origin=origin)
     return [entry(k) for k in picks]
 
 
@@ -1083,7 +1005,6 @@ def select_entries(entries: list[Entry], max_runs: int | None, shuffle: bool, se
     """--shuffle (with --seed) puts the runs in a random but repeatable order; --max-runs N keeps the first N."""
     if shuffle:
         import random
-
         entries = list(entries)
         random.Random(seed).shuffle(entries)
     return entries[:max_runs] if max_runs else entries
@@ -1092,7 +1013,6 @@ def select_entries(entries: list[Entry], max_runs: int | None, shuffle: bool, se
 def expand_config_files(patterns: Sequence[str], overrides: Mapping[str, Any]) -> list[Entry]:
     """--configs: each file (globs expanded here too, for quoted patterns) is one run, named after its stem."""
     import glob
-
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -1130,11 +1050,9 @@ LABEL_CHARS = 48  # a run's label in the live view, the summary and plots is cut
 
 
 def label_of(hyperparams: Mapping[str, Any], keys: Iterable[str], fallback: str) -> str:
-    """A run as the view shows it: `lr=0.001 seed=2` for the keys given (those that tell the sweep's runs
-    apart), cut to LABEL_CHARS; its name when there are none."""
+    """A run as the view shows it: `lr=0.001 seed=2` for `keys`, cut to LABEL_CHARS; `fallback` without keys."""
     def shown(value: Any) -> str:
         return json.dumps(value) if isinstance(value, (list, dict)) else format_value(value)
-
     text = " ".join(f"{default_short(k)}={shown(hyperparams[k])}" for k in keys if k in hyperparams)
     return (text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…") or fallback
 
@@ -1146,8 +1064,7 @@ def varying_keys(sets: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def run_labels(sets: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Each run's label by the keys whose values differ across the sweep (names stay as they are: stable as
-    runs are added; labels tell apart the runs of this sweep, whatever keys the names were built from)."""
+    """Each run's label by the keys whose values differ across the sweep (names stay stable as runs are added)."""
     varying = varying_keys(list(sets.values()))
     return {name: label_of(hp, varying, name) for name, hp in sets.items()}
 
@@ -1156,9 +1073,7 @@ def name_part(key: str, value: Any, abbrev: Mapping[str, str]) -> str:
     """One `short_value` piece of a name. Booleans read `short` / `no_short`; an empty short keeps the value."""
     short = abbrev.get(key, default_short(key))
     if isinstance(value, bool):
-        if not short:
-            return format_value(value)
-        return short if value else f"no_{short}"
+        return format_value(value) if not short else short if value else f"no_{short}"
     text = format_value(value)
     return f"{short}_{text}" if short else text
 
@@ -1169,6 +1084,7 @@ def params_hash(hyperparams: Mapping[str, Any]) -> str:
 
 
 def _with_hash(name: str, hyperparams: Mapping[str, Any], limit: int = MAX_NAME_BYTES) -> str:
+    """The name cut to fit `limit` bytes with the hyperparameters' hash: unique, whatever the cut."""
     suffix = "_" + params_hash(hyperparams)
     room = limit - len(suffix)
     cut = name.encode()[:room].decode(errors="ignore").rstrip("._-")
@@ -1179,9 +1095,7 @@ def run_name(hyperparams: Mapping[str, Any], abbrev: Mapping[str, str] | None = 
     """The readable name of one run: `short_value` pieces in the entry's key order, joined by `_`."""
     abbrev = abbrev or {}
     name = clean("_".join(name_part(k, v, abbrev) for k, v in hyperparams.items())) or "run"
-    if len(name.encode()) > MAX_NAME_BYTES:
-        name = _with_hash(name, hyperparams)
-    return name
+    return _with_hash(name, hyperparams) if len(name.encode()) > MAX_NAME_BYTES else name
 
 
 # Hydra override values. A string goes bare when Hydra reads it back as the same string, else quoted.
@@ -1215,11 +1129,7 @@ def hydra_value(value: Any) -> str:
 
 
 def _hydra_string(text: str) -> str:
-    if (
-        _HYDRA_BARE.fullmatch(text)
-        and not _HYDRA_KEYWORDS.fullmatch(text)
-        and not re.match(r"\.[0-9]", text)
-    ):
+    if _HYDRA_BARE.fullmatch(text) and not _HYDRA_KEYWORDS.fullmatch(text) and not re.match(r"\.[0-9]", text):
         return text
     # OmegaConf resolves ${...} even inside quotes: escape it (and double the backslashes before it).
     text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
@@ -1236,9 +1146,8 @@ def hydra_override(key: str, value: Any) -> str:
 
 @dataclasses.dataclass(eq=False)
 class Run:
-    """One training run: what it is (fixed when it is made), what its attempts add up to, and what its
-    current attempt did (filled in as it runs; next_attempt keeps a summary and resets it). What only a
-    cluster launcher knows of an attempt is its own record (`job`), not fields here."""
+    """One training run: what it is (fixed when made), what its attempts add up to, and what its current attempt
+    did (next_attempt keeps a summary and resets it). What only a cluster knows of an attempt is in `job`."""
 
     # -- what the run is: fixed when it is made
     index: int  # position in the config list
@@ -1295,33 +1204,21 @@ class Run:
         """Keep this attempt's summary (attempt_summary of its record) and reset for the next one."""
         self.attempts.append(summary)
         self.attempt += 1
-        self.state = State.PENDING
-        self.gpus = ()
-        self.start_time = self.end_time = None
-        self.returncode = None
-        self.signal_name = self.error = None
-        self.job, self.location = {}, ""
+        self.state, self.gpus, self.job, self.location, self.latest, self.points = State.PENDING, (), {}, "", {}, 0
+        self.start_time = self.end_time = self.returncode = self.signal_name = self.error = None
         self.metrics = self.best = self.step = self.metric_note = None
-        self.latest = {}
-        self.points = 0
 
     @property
     def duration(self) -> float | None:
-        if self.start_time is None or self.end_time is None:
-            return None
-        return self.end_time - self.start_time
+        """Seconds from start to end of this attempt (None until it ended)."""
+        return None if self.start_time is None or self.end_time is None else self.end_time - self.start_time
 
     @functools.cached_property
-    def stdout_log(self) -> Path:
-        return self.run_dir / "train_stdout.log"
-
+    def stdout_log(self) -> Path: return self.run_dir / "train_stdout.log"
     @functools.cached_property
-    def stderr_log(self) -> Path:
-        return self.run_dir / "train_stderr.log"
-
+    def stderr_log(self) -> Path: return self.run_dir / "train_stderr.log"
     @functools.cached_property
-    def combined_log(self) -> Path:
-        return self.run_dir / "combined.log"
+    def combined_log(self) -> Path: return self.run_dir / "combined.log"
 
 
 def resolve_command(command: str) -> list[str]:
@@ -1346,12 +1243,9 @@ def check_command(argv: Sequence[str], cwd: Path) -> None:
     elif shutil.which(program) is None:
         raise UserError(f"train command not found on PATH: {program}")
     if Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-"):
-        script = cwd / argv[1]
-        if not script.is_file():
-            raise UserError(
-                f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it "
-                "or pass --command)"
-            )
+        if not (cwd / argv[1]).is_file():
+            raise UserError(f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it "
+                            "or pass --command)")
 
 
 def run_identity(hyperparams: Mapping[str, Any], command: str) -> str:
@@ -1360,9 +1254,7 @@ def run_identity(hyperparams: Mapping[str, Any], command: str) -> str:
 
 
 def template_name(template: str, hyperparams: Mapping[str, Any], index: int) -> str:
-    """--name-template "{env}_lr{training.bisim_lr}": fields are hyperparameter keys (dots allowed) and
-    {index}; each value is written and cleaned as in default names."""
-
+    """--name-template "{env}_lr{training.lr}": fields are hyperparameter keys and {index}, cleaned as in names."""
     def field(m: re.Match[str]) -> str:
         key = m.group(1)
         if key == "index":
@@ -1370,7 +1262,6 @@ def template_name(template: str, hyperparams: Mapping[str, Any], index: int) -> 
         if key not in hyperparams:
             raise UserError(f"--name-template: run [{index}] has no hyperparameter {key!r}")
         return format_value(hyperparams[key])
-
     return clean(re.sub(r"\{([^{}]+)\}", field, template)) or "run"
 
 
@@ -1405,51 +1296,30 @@ def _arg_text(value: Any) -> str:
         return value
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, (dict, list, bool)) or value is None:
-        return json.dumps(value)
-    return str(value)
+    return json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else str(value)
 
 
 def _python_literal(value: Any) -> str:
-    import ast
-
     if isinstance(value, str):
         try:
             ast.literal_eval(value)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return value  # the configurator keeps it as text
-        return repr(value)
     return repr(value)
 
 
 def dedupe_names(names: list[str], hash_sources: Sequence[Mapping[str, Any]]) -> list[str]:
     """Runs whose names would clash (ignoring case) get a hash of their full hyperparameters each."""
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(name.lower(), []).append(i)
-    names = list(names)
-    for members in groups.values():
-        if len(members) > 1:
-            for i in members:
-                names[i] = _with_hash(names[i], hash_sources[i])
-    return names
+    count = Counter(name.lower() for name in names)
+    return [_with_hash(name, hash_sources[i]) if count[name.lower()] > 1 else name for i, name in enumerate(names)]
 
 
-def build_runs(
-    entries: Sequence[Entry | Mapping[str, Any]],
-    command: Sequence[str],
-    output_dir: Path,
-    abbrev: Mapping[str, str] | None = None,
-    command_text: str = "",
-    arg_style: str = "hydra",
-    name_template: str | None = None,
-    source: str = "",
-    known: Mapping[str, str] | None = None,
-) -> list[Run]:
-    """Expanded entries -> Runs: a unique name, a folder inside output_dir, the argv (command with its
-    placeholders, then the config file for --configs, then the hyperparameters in `arg_style`).
-    `known` (identity -> name, from the output folder's journal): a run an earlier sweep already ran keeps
-    the name it had there, so that adding a run whose name clashes renames only the new one."""
+def build_runs(entries: Sequence[Entry | Mapping[str, Any]], command: Sequence[str], output_dir: Path,
+               abbrev: Mapping[str, str] | None = None, command_text: str = "", arg_style: str = "hydra",
+               name_template: str | None = None, source: str = "", known: Mapping[str, str] | None = None) -> list[Run]:
+    """Expanded entries -> Runs: a unique name, a folder in output_dir, the argv (the command with its placeholders,
+    the --configs file, the hyperparameters in `arg_style`). `known` (identity -> name, from the journal): a run
+    an earlier sweep ran keeps its name there, so that a clash renames only the new run."""
     entries = [e if isinstance(e, Entry) else Entry(dict(e), list(e)) for e in entries]
     sources = [e.hyperparams if e.config_file is None else {"config_file": e.config_file, **e.hyperparams}
                for e in entries]
@@ -1461,29 +1331,21 @@ def build_runs(
             raise UserError(f"{source + ': ' if source else ''}{first} and {second} are identical runs "
                             "(the same hyperparameters)")
         seen[canon] = i
-    text = command_text or shlex.join(command)
-    identities = []
-    for entry in entries:
-        identity_text = text + (f" {entry.config_file} {_file_hash(entry.config_file)}" if entry.config_file else "")
-        identities.append(run_identity(entry.hyperparams, identity_text + ("" if arg_style == "hydra"
-                                                                           else f" [{arg_style}]")))
+    text, style = command_text or shlex.join(command), "" if arg_style == "hydra" else f" [{arg_style}]"
+    identities = [run_identity(e.hyperparams, text + (f" {e.config_file} {_file_hash(e.config_file)}" if e.config_file
+                                                      else "") + style) for e in entries]
     if name_template:
         names = [template_name(name_template, e.hyperparams, i) for i, e in enumerate(entries)]
         names = [_with_hash(n, s) if len(n.encode()) > MAX_NAME_BYTES else n for n, s in zip(names, sources)]
         first_of: dict[str, int] = {}
         for i, name in enumerate(names):
             if name.lower() in first_of:
-                raise UserError(f"--name-template gives runs [{first_of[name.lower()]}] and [{i}] the same name {name!r}")
+                raise UserError(f"--name-template gives runs [{first_of[name.lower()]}] and [{i}] the same name "
+                                f"{name!r}")
             first_of[name.lower()] = i
     else:
-        base = []
-        for e in entries:
-            if e.name is not None:
-                base.append(e.name)
-            elif e.config_file is not None:
-                base.append(clean(Path(e.config_file).stem) or "run")
-            else:
-                base.append(run_name({k: e.hyperparams[k] for k in e.name_keys}, abbrev))
+        base = [e.name if e.name is not None else (clean(Path(e.config_file).stem) or "run") if e.config_file
+                is not None else run_name({k: e.hyperparams[k] for k in e.name_keys}, abbrev) for e in entries]
         names = dedupe_names(base, sources)
         if known:
             names = _keep_known_names(names, base, sources, identities, known)
@@ -1500,20 +1362,16 @@ def build_runs(
         if entry.config_file is not None:
             head.append(entry.config_file)
         argv = [*head, *render_args(entry.hyperparams, arg_style)]
-        run = Run(index=i, name=name, hyperparams=dict(entry.hyperparams), argv=argv, run_dir=run_dir)
-        run.argv_template, run.command_len = list(argv), len(head)
-        run.gpus_needed = entry.gpus_per_run
-        run.memory_mb = None if entry.gpu_memory_gb is None else entry.gpu_memory_gb * 1024
-        run.config_file = entry.config_file
-        run.identity = identities[i]
-        runs.append(run)
+        runs.append(Run(i, name, dict(entry.hyperparams), argv, run_dir, identity=identities[i],
+                        argv_template=list(argv), command_len=len(head), gpus_needed=entry.gpus_per_run,
+                        memory_mb=None if entry.gpu_memory_gb is None else entry.gpu_memory_gb * 1024,
+                        config_file=entry.config_file))
     return runs
 
 
 def _keep_known_names(names: list[str], base: list[str], sources: Sequence[Mapping[str, Any]],
                       identities: Sequence[str], known: Mapping[str, str]) -> list[str]:
-    """Give back to each run that an earlier sweep ran the name it had then (its plain or its hashed name),
-    unless that would make two names clash."""
+    """Give back to each run an earlier sweep ran its name then (plain or hashed), unless two names would clash."""
     kept = list(names)
     for i, identity in enumerate(identities):
         prior = known.get(identity)
@@ -1529,6 +1387,7 @@ def _keep_known_names(names: list[str], base: list[str], sources: Sequence[Mappi
 
 
 def _file_hash(path: str) -> str:
+    """12 hex digits of a --configs file's content: part of its run's identity."""
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     except OSError as e:
@@ -1536,12 +1395,6 @@ def _file_hash(path: str) -> str:
 
 
 Journal = dict[str, list[dict[str, Any]]]  # records of finished attempts by run name, oldest first
-
-
-def make_run_dir(folder: Path) -> None:
-    """A run folder of the sweep's own: made, and marked as made by train_sweep (RUN_MARK)."""
-    folder.mkdir(exist_ok=True)
-    (folder / RUN_MARK).touch()
 
 
 def owned(folder: Path, name: str) -> bool:
@@ -1569,10 +1422,8 @@ def archive_attempt_files(run: Run) -> None:
     if not run.stdout_log.exists() and not run.stderr_log.exists():
         return
     n = run.attempt - 1
-    try:
+    with suppress(OSError, ValueError, AttributeError):
         n = int(json.loads((run.run_dir / "run.json").read_text()).get("attempt", n))
-    except (OSError, ValueError, AttributeError):
-        pass
     folder = run.run_dir / f"attempt_{max(n, 1)}"
     if folder.exists():
         set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
@@ -1587,7 +1438,6 @@ def archive_attempt_files(run: Run) -> None:
 # 5. GPU probe
 # ----------------------------------------------------------------------------------------------
 
-
 @dataclasses.dataclass(frozen=True)
 class GpuReading:
     """What NVML says about one GPU at one moment."""
@@ -1601,8 +1451,7 @@ class GpuReading:
     pid_mb: Mapping[int, float | None] = dataclasses.field(default_factory=dict)  # their memory (None: unknown)
 
     @property
-    def processes(self) -> int:
-        return len(self.pids)
+    def processes(self) -> int: return len(self.pids)
 
 
 class NvmlProbe:
@@ -1610,7 +1459,6 @@ class NvmlProbe:
 
     def __init__(self) -> None:
         import pynvml  # nvidia-ml-py; imported here so that the tool runs without a GPU
-
         self._nvml = pynvml
         pynvml.nvmlInit()
         self.count = pynvml.nvmlDeviceGetCount()
@@ -1631,9 +1479,8 @@ class NvmlProbe:
         return [u.decode() if isinstance(u, bytes) else str(u) for u in uuids]
 
     def read(self, indexes: Iterable[int]) -> dict[int, GpuReading]:
-        """One reading per GPU. A GPU whose NVML calls fail is left out of the reading; once they have failed
-        NVML_FAILS times in a row over at least NVML_FAIL_S seconds, it is remembered in `failed` (a
-        transient error does not take a GPU out)."""
+        """One reading per GPU. A GPU whose NVML calls fail is left out; after NVML_FAILS failures in a row over at
+        least NVML_FAIL_S, it goes in `failed` (a transient error takes no GPU out)."""
         out = {}
         for i in indexes:
             if i in self.failed:
@@ -1657,21 +1504,17 @@ class NvmlProbe:
             util = None
         pid_mb: dict[int, float | None] = {}
         for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-            try:
+            with suppress(nv.NVMLError, AttributeError):
                 for p in getattr(nv, getter)(handle):
                     used = getattr(p, "usedGpuMemory", None)  # None where the driver does not tell (containers)
                     mb = used / MB if isinstance(used, int) else None
                     before = pid_mb.get(p.pid)
                     pid_mb[p.pid] = before if mb is None else mb + (before or 0.0)
-            except (nv.NVMLError, AttributeError):
-                pass
         return GpuReading(i, self.name(i), mem.used / MB, mem.total / MB, util, frozenset(pid_mb), pid_mb)
 
     def close(self) -> None:
-        try:
+        with suppress(Exception):
             self._nvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def open_probe() -> tuple[NvmlProbe | None, str]:
@@ -1694,7 +1537,6 @@ def open_probe() -> tuple[NvmlProbe | None, str]:
 # 6. Placement and outcome rules (pure functions; GpuPool holds the GPUs' state)
 # ----------------------------------------------------------------------------------------------
 
-
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """How runs are placed. `memory_threshold_mb` None means slots only (no NVML readings)."""
@@ -1710,25 +1552,21 @@ class Policy:
     settle_growth_mb: float = SETTLE_GROWTH_MB
 
     def describe(self, gpus: Sequence[int]) -> str:
-        return self._describe(gpus) + ("; under MPS (--mps): the runs on a GPU compute at once" if self.mps else "")
-
-    def _describe(self, gpus: Sequence[int]) -> str:
+        """The placement in one line, for --dry-run and sweep.log."""
         where = "the CPU" if list(gpus) == [CPU] else "GPU " + " ".join(str(g) for g in gpus)
         if self.auto:
             bound = f"{self.max_parallel} in all (--max-parallel)" if self.max_parallel else \
                 f"{self.cpu_cores} in all (the CPU cores)"
-            return (f"auto on {where}: one run a GPU until a run's memory footprint is known, then as many as free "
+            text = (f"auto on {where}: one run a GPU until a run's memory footprint is known, then as many as free "
                     f"memory takes (footprint x{AUTO_MARGIN:g}, at least +{AUTO_MARGIN_MB / 1024:g} GB), at most "
                     f"{bound}, none more on a GPU {AUTO_UTIL_FULL:g}% busy")
-        text = f"up to {self.max_per_gpu} run(s) at once on {where}"
-        if self.max_parallel:
-            text += f", at most {self.max_parallel} in all"
-        if self.memory_threshold_mb is None:
-            return text + " (slots only: no memory readings)"
-        return (
-            text + f"; a GPU takes a run while its used memory is below {self.memory_threshold_mb / 1024:g} GB, "
-            "lowest memory use first, then fewest processes"
-        )
+        else:
+            text = f"up to {self.max_per_gpu} run(s) at once on {where}"
+            text += f", at most {self.max_parallel} in all" if self.max_parallel else ""
+            text += " (slots only: no memory readings)" if self.memory_threshold_mb is None else (
+                f"; a GPU takes a run while its used memory is below {self.memory_threshold_mb / 1024:g} GB, "
+                "lowest memory use first, then fewest processes")
+        return text + ("; under MPS (--mps): the runs on a GPU compute at once" if self.mps else "")
 
 
 @dataclasses.dataclass
@@ -1739,22 +1577,16 @@ class _Settling:
 
 
 class SettleTracker:
-    """A run just launched has not allocated its memory yet, so the GPU's reading is stale.
-
-    After a launch on a GPU, that GPU takes no further run until its reading has settled: the used
-    memory has grown by `settle_growth_mb` over the reading before the launch and then stayed within
-    max(64 MB, 2%) of itself for `settle_stable_s`; or `settle_timeout_s` has passed; or the run ended.
-    """
+    """A run just launched has not allocated its memory yet, so its GPU's reading is stale: the GPU takes no
+    more runs until its memory grew by `settle_growth_mb` and then held within max(64 MB, 2%) for
+    `settle_stable_s`, or `settle_timeout_s` passed, or the run ended."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._gpus: dict[int, _Settling] = {}
 
-    def launched(self, gpu: int, now: float, used_mb: float) -> None:
-        self._gpus[gpu] = _Settling(now, used_mb, [])
-
-    def ended(self, gpu: int) -> None:
-        self._gpus.pop(gpu, None)
+    def launched(self, gpu: int, now: float, used_mb: float) -> None: self._gpus[gpu] = _Settling(now, used_mb, [])
+    def ended(self, gpu: int) -> None: self._gpus.pop(gpu, None)
 
     def observe(self, gpu: int, now: float, used_mb: float) -> None:
         s = self._gpus.get(gpu)
@@ -1774,10 +1606,7 @@ class SettleTracker:
         return True
 
     def _stable(self, s: _Settling, now: float) -> bool:
-        if not s.samples:
-            return False
-        latest = s.samples[-1][1]
-        if latest < s.baseline_mb + self.policy.settle_growth_mb:
+        if not s.samples or (latest := s.samples[-1][1]) < s.baseline_mb + self.policy.settle_growth_mb:
             return False
         tolerance = max(64.0, 0.02 * latest)
         steady_since = now
@@ -1788,31 +1617,18 @@ class SettleTracker:
         return steady_since <= now - self.policy.settle_stable_s
 
 
-def pick_gpus(
-    gpus: Sequence[int],
-    running: Mapping[int, int],
-    readings: Mapping[int, GpuReading] | None,
-    settling: Callable[[int], bool],
-    policy: Policy,
-    n: int = 1,
-    min_free_mb: float | None = None,
-    need_mb: float | None = None,
-    pending_mb: Callable[[int], float] | None = None,
-    limits: Mapping[int, int] | None = None,
-) -> tuple[tuple[int, ...] | None, str]:
-    """Choose the GPU(s) for the next run, or None and why no choice is possible now.
+def pick_gpus(gpus: Sequence[int], running: Mapping[int, int], readings: Mapping[int, GpuReading] | None,
+              settling: Callable[[int], bool], policy: Policy, n: int = 1, min_free_mb: float | None = None,
+              need_mb: float | None = None, pending_mb: Callable[[int], float] | None = None,
+              limits: Mapping[int, int] | None = None) -> tuple[tuple[int, ...] | None, str]:
+    """Choose the GPU(s) for the next run, or None and why it must wait.
 
-    A GPU can take a run when this sweep runs fewer than `max_per_gpu` runs on it (none at all for a run
-    of n > 1 GPUs), its used memory (everyone's, not only ours) is below the threshold, and its reading
-    is not stale after a launch. Among those: the lowest memory use, then the fewest processes, then the
-    lowest index; a run of n GPUs takes the n best. Without readings (slots only): the fewest runs of
-    ours, then the lowest index.
-    `need_mb` (gpu_memory_gb): the GPU's free memory, less what runs launched on it recently declared but
-    have not allocated yet (`pending_mb`), must be at least that; such a run does not wait for settling.
-    `min_free_mb` (a run that ran out of memory): the GPU must also have more free memory than that,
-    or be empty (no process of anyone's; without readings: no run of ours).
-    `limits` (auto): each GPU's own maximum of runs, instead of `max_per_gpu`.
-    """
+    A GPU takes a run while this sweep runs fewer than `max_per_gpu` on it (`limits`, auto: its own; none for a
+    run of n > 1 GPUs), its used memory (everyone's) is below the threshold and its reading is not stale after a
+    launch: lowest memory use first, then fewest processes, then lowest index. Without readings: fewest runs of
+    ours, then lowest index. `need_mb` (gpu_memory_gb): free memory less what recent runs declared but have not
+    allocated (`pending_mb`) must cover it (no settle wait then). `min_free_mb` (after an OOM): more free memory
+    than that, or an empty GPU."""
     total = sum(running.values())
     if policy.max_parallel is not None and total >= policy.max_parallel:
         return None, f"--max-parallel {policy.max_parallel} reached"
@@ -1828,8 +1644,7 @@ def pick_gpus(
             if len(free) < n:
                 return None, "after running out of memory it waits for a GPU of its own"
         return tuple(sorted(free, key=lambda g: (running.get(g, 0), g))[:n]), "free slot"
-    reasons = []
-    candidates = []
+    reasons, candidates = [], []
     for g in free:
         r = readings.get(g)
         if r is None:
@@ -1837,15 +1652,15 @@ def pick_gpus(
             continue
         free_mb = r.memory_total_mb - r.memory_used_mb
         if r.memory_used_mb >= policy.memory_threshold_mb:
-            reasons.append(
-                f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= {policy.memory_threshold_mb / 1024:g} GB"
-            )
+            reasons.append(f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= "
+                           f"{policy.memory_threshold_mb / 1024:g} GB")
         elif need_mb is not None and free_mb - (pending_mb(g) if pending_mb else 0.0) < need_mb:
             reasons.append(f"GPU {g}: less than the {need_mb / 1024:g} GB the run needs is free")
         elif need_mb is None and settling(g):
             reasons.append(f"GPU {g}: waiting for the last run's memory to show")
         elif min_free_mb is not None and not (free_mb > min_free_mb or (r.processes == 0 and running.get(g, 0) == 0)):
-            reasons.append(f"GPU {g}: not more free memory than when the run ran out of it ({min_free_mb / 1024:.1f} GB)")
+            reasons.append(f"GPU {g}: not more free memory than when the run ran out of it "
+                           f"({min_free_mb / 1024:.1f} GB)")
         else:
             candidates.append(r)
     if len(candidates) < n:
@@ -1856,12 +1671,9 @@ def pick_gpus(
 
 
 class MemoryPledges:
-    """gpu_memory_gb: memory that runs launched recently on a GPU declared but may not have allocated yet.
-
-    For the runs launched on a GPU within the settle timeout that declared their memory, the pending
-    amount is their declared total minus how much the GPU's used memory has grown since the earliest of
-    them started (never below 0): conservative when several start close together, released as they
-    allocate, and forgotten when they end or the timeout passes."""
+    """gpu_memory_gb: memory that runs launched recently on a GPU declared but may not have allocated yet: for
+    those launched within the settle timeout, their declared total less the GPU's growth since the earliest
+    started (never below 0): conservative when several start together, released as they allocate."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -1899,30 +1711,21 @@ class _Footprint:
 
 
 class AutoPacker:
-    """--max-processes-per-gpu auto: how many runs each GPU takes, decided from what NVML shows.
+    """--max-processes-per-gpu auto: how many runs each GPU takes, from what NVML shows.
 
-    Memory: each run's footprint is learned from NVML, as the memory of the processes of its process group
-    (per-process memory), or where NVML does not show them (containers) as the GPU's growth over what it
-    used before our runs started on it, shared by our runs there. Once a run's memory has not grown for
-    AUTO_STABLE_S while its GPU computed (utilization > 0 at least AUTO_QUIET_S after it last grew: not a
-    CUDA context, whose creation shows as a blip of utilization, waiting for its model), or the run ended, the
-    sweep's footprint is the largest learned. The CUDA MPS server's memory (NVML lists it beside its clients)
-    is no run's; a new run needs footprint x AUTO_MARGIN
-    (at least + AUTO_MARGIN_MB), or its declared gpu_memory_gb. Until the first footprint is known each GPU
-    takes one run; from then on runs start at once wherever free memory, less what runs just started
-    have not allocated yet, covers the need (MemoryPledges): no settle wait.
-    Throughput: a training process keeps a CPU core busy driving its GPU (measured on an H100 with 16
-    cores: 1 to 16 small runs at once raise runs a minute 5.7x, the CPUs 90% busy at 16; bench/README.md),
-    so the sweep runs at most as many runs as it has CPU cores (or --max-parallel), shared among the GPUs,
-    and a GPU whose utilization reaches AUTO_UTIL_FULL (the mean over AUTO_WINDOW_S) keeps the number of runs
-    that did it as its limit: adding runs then no longer raises throughput.
-    Out of memory: the footprint is raised to what the run reached and the margin grows x1.5, so the same
-    packing is not tried again."""
+    Memory: a run's footprint is its process group's memory or, where NVML hides processes (containers), its share
+    of the GPU's growth; it is learned once the run's memory held still for AUTO_STABLE_S while its GPU computed
+    (utilization > 0 at least AUTO_QUIET_S after it grew: not a CUDA context's blip), or the run ended; the sweep's
+    is the largest (the MPS server's memory is no run's). A new run needs footprint x AUTO_MARGIN (at least +
+    AUTO_MARGIN_MB) or its gpu_memory_gb; until a footprint is known a GPU takes one run, then runs start at once
+    wherever free memory, less what just-started runs have not allocated (MemoryPledges), covers the need.
+    Throughput: a training process keeps a CPU core busy (an H100 with 16 cores: 1 to 16 small runs at once raise
+    runs a minute 5.7x, the CPUs 90% busy at 16; bench/README.md), so at most one run a CPU core (or --max-parallel)
+    runs; a GPU AUTO_UTIL_FULL busy (mean over AUTO_WINDOW_S) keeps the runs that did it as its limit.
+    Out of memory: the footprint is raised to what the run reached and the margin grows x1.5."""
 
     def __init__(self, gpus: Sequence[int], cpu_cores: int, group_of: Callable[[int], int | None] | None = None,
                  is_service: Callable[[int], bool] | None = None):
-        from collections import deque
-
         self.cores = max(1, cpu_cores)
         self.per_gpu_cap = max(1, min(AUTO_MAX_PER_GPU, self.cores // max(1, len(gpus))))
         self.footprint_mb: float | None = None
@@ -1939,11 +1742,8 @@ class AutoPacker:
 
     # -- what NVML shows ------------------------------------------------------------------------
     def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]]) -> None:
-        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still
-        while its GPU computes."""
+        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still."""
         self.now = now
-        from collections import deque
-
         for g, r in readings.items():
             runs = on_gpu.get(g, ())
             if r.utilization is not None:
@@ -2014,9 +1814,8 @@ class AutoPacker:
     # -- decisions -------------------------------------------------------------------------------
     def need_mb(self) -> float | None:
         """The free memory a new run needs (None: no footprint known yet)."""
-        if self.footprint_mb is None:
-            return None
-        return max(self.footprint_mb * self.margin, self.footprint_mb + AUTO_MARGIN_MB)
+        fp = self.footprint_mb
+        return None if fp is None else max(fp * self.margin, fp + AUTO_MARGIN_MB)
 
     def limit(self, g: int, running: int, total: int) -> tuple[int, str | None]:
         """How many runs GPU g may hold now, and why not more (None: only memory decides)."""
@@ -2030,9 +1829,8 @@ class AutoPacker:
         if g in self.full:
             return self.full[g], (f"{self.full[g]} run(s) made it {AUTO_UTIL_FULL:g}% busy or more: adding more "
                                   "no longer raises throughput")
-        if running < self.per_gpu_cap:
-            return self.per_gpu_cap, None
-        return self.per_gpu_cap, f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all"
+        return self.per_gpu_cap, (None if running < self.per_gpu_cap else
+                                  f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
 
     def _mean(self, samples: Any) -> float | None:
         recent = [v for t, v in samples or () if t >= self.now - AUTO_WINDOW_S]
@@ -2058,10 +1856,8 @@ def _process_group(pid: int) -> int | None:
 
 
 def _is_mps_server(pid: int) -> bool:
-    """nvidia-cuda-mps-server (its name as Linux keeps it: nvidia-cuda-mps): NVML lists it with memory of
-    its own on every GPU that has MPS clients."""
+    """nvidia-cuda-mps-server (`nvidia-cuda-mps` to Linux): NVML lists it, with memory, beside MPS clients."""
     import psutil
-
     try:
         return psutil.Process(pid).name().startswith("nvidia-cuda-mps")
     except psutil.Error:
@@ -2073,18 +1869,14 @@ class NoGpuLeft(Exception):
 
 
 class GpuPool:
-    """The sweep's GPUs and what runs on them. `place` decides where a run goes (pick_gpus), counting
-    the memory a launch has not shown yet (settling, declared memory); `release` frees a run's GPUs.
-    NVML is read at most once per tick of the loop (`read(now)`), and the live view shows that reading."""
+    """The sweep's GPUs and what runs on them: `place` (pick_gpus, counting memory a launch has not shown yet),
+    `release`. NVML is read at most once a tick of the loop (`read(now)`); the live view shows that reading."""
 
     def __init__(self, gpus: Sequence[int], policy: Policy, probe: NvmlProbe | None,
                  group_of: Callable[[int], int | None] | None = None) -> None:
-        self.gpus = list(gpus)
-        self.policy = policy
-        self.probe = probe
+        self.gpus, self.policy, self.probe = list(gpus), policy, probe
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
-        self.settle = SettleTracker(policy)
-        self.pledges = MemoryPledges(policy.settle_timeout_s)
+        self.settle, self.pledges = SettleTracker(policy), MemoryPledges(policy.settle_timeout_s)
         self.readings: dict[int, GpuReading] = {}  # the latest reading, shared with the reporters
         self._read_at: float | None = None
         self.notes: list[str] = []  # GPUs taken out (and auto's decisions) since the loop last looked
@@ -2093,12 +1885,9 @@ class GpuPool:
             if policy.auto and probe is not None else None
 
     @property
-    def reads_memory(self) -> bool:
-        return self.probe is not None and self.policy.memory_threshold_mb is not None
-
+    def reads_memory(self) -> bool: return self.probe is not None and self.policy.memory_threshold_mb is not None
     @property
-    def threshold_mb(self) -> float | None:
-        return self.policy.memory_threshold_mb
+    def threshold_mb(self) -> float | None: return self.policy.memory_threshold_mb
 
     def free_mb(self, gpu: int) -> float | None:
         reading = self.readings.get(gpu) if self.probe is not None else None
@@ -2120,12 +1909,9 @@ class GpuPool:
 
     def read_due(self, now: float) -> float | None:
         """auto: NVML is read at least every second while runs run (footprints, utilization, CPU load)."""
-        if self.auto is None or not self.busy():
-            return None
-        return (self._read_at or now) + 1.0
+        return None if self.auto is None or not self.busy() else (self._read_at or now) + 1.0
 
-    def busy(self) -> bool:
-        return any(self.running.values())
+    def busy(self) -> bool: return any(self.running.values())
 
     def unplaceable(self, run: Run) -> str | None:
         """Why the run can never start here (GPUs were taken out), or None."""
@@ -2135,8 +1921,8 @@ class GpuPool:
                 "calls failed)")
 
     def read(self, now: float) -> dict[int, GpuReading] | None:
-        """This tick's NVML reading (None when placing by slots only). A GPU whose calls keep failing, and
-        that runs nothing of ours, is taken out of the pool; NoGpuLeft when none is left."""
+        """This tick's NVML reading (None: slots only); an idle GPU whose calls keep failing is taken out
+        (NoGpuLeft when none is left)."""
         if self.probe is None:
             return None
         if self._read_at != now:
@@ -2199,13 +1985,10 @@ class GpuPool:
         for g in gpus:
             self.running[g] += 1
             self.on_gpu.setdefault(g, []).append(run)
-
             r = self.readings.get(g) if self.probe is not None else None
-            if r is None:
-                continue
-            if need is not None:
+            if r is not None and need is not None:
                 self.pledges.launched(g, now, r.memory_used_mb, need, run)
-            else:
+            elif r is not None:
                 self.settle.launched(g, now, r.memory_used_mb)
 
     def release(self, run: Run) -> None:
@@ -2259,11 +2042,10 @@ def is_oom(text: str, patterns: Sequence[str]) -> bool:
 
 
 def classify(outcome: Outcome, ending: State | None, oom: Callable[[], bool]) -> State:
-    """The state of an ended attempt: what the sweep was ending it for (timeout, interrupted) wins, then
-    the launcher's hint, then the return code; `oom` (reading the logs) is asked only for a failure. (A run
-    whose main process had exited before the sweep began to end it keeps its own code: Launcher.stop says
-    so and `ending` stays None. One that exits 0 after SIGTERM, as `sys.exit(0)` in a SIGTERM handler does,
-    did not finish: it is interrupted, and resume runs it again.)"""
+    """The state of an ended attempt: why the sweep ended it (timeout, interrupted) wins, then the launcher's
+    hint, then the return code; `oom` (reads logs) is asked only for a failure. (A run that exited before the
+    sweep ended it keeps its code: Launcher.stop says so and `ending` stays None. One that exits 0 after
+    SIGTERM did not finish: it is interrupted, and resume runs it again.)"""
     if ending is not None:
         return ending
     if outcome.hint == HINT_TIMEOUT:
@@ -2272,14 +2054,11 @@ def classify(outcome: Outcome, ending: State | None, oom: Callable[[], bool]) ->
         return State.INTERRUPTED
     if outcome.returncode == 0:
         return State.COMPLETE
-    if outcome.hint == HINT_OOM or oom():
-        return State.OOM
-    return State.FAILED
+    return State.OOM if outcome.hint == HINT_OOM or oom() else State.FAILED
 
 
 def requeue_reason(run: Run, retries: int, max_oom_requeues: int) -> str | None:
-    """Why an ended attempt goes back in the queue (out of memory, --retries), or None. The caller counts
-    the requeue (run.ooms, run.retries_used)."""
+    """Why an ended attempt is requeued (out of memory, --retries), or None; the caller counts it."""
     if run.state == State.OOM and run.ooms < max_oom_requeues:
         return f"out of GPU memory: requeued ({run.ooms + 1}/{max_oom_requeues}) for a GPU with more free memory"
     if run.state == State.FAILED and run.retries_used < retries:
@@ -2288,9 +2067,9 @@ def requeue_reason(run: Run, retries: int, max_oom_requeues: int) -> str | None:
 
 
 def broken_setup(failures: Sequence[tuple[str, str, str]], runs: int = FAIL_FAST_RUNS) -> str | None:
-    """Why the sweep should stop launching, or None: the first `runs` runs to end (run name, last line of
-    stderr, its log) all failed within FAIL_FAST_S with the same last line, while none completed or ran
-    longer (the caller keeps that list: a complete, a slow or a differently failing run empties it for good)."""
+    """Why the sweep should stop launching, or None: the first `runs` runs to end (name, last stderr line, log)
+    all failed within FAIL_FAST_S with the same line (the caller empties the list for good once a run
+    completes, runs longer or fails otherwise)."""
     names = list(dict.fromkeys(name for name, _, _ in failures))
     if len(names) < runs or len({line for _, line, _ in failures}) != 1:
         return None
@@ -2304,10 +2083,9 @@ def broken_setup(failures: Sequence[tuple[str, str, str]], runs: int = FAIL_FAST
 # 7. Sources and launchers: where runs come from, where they run (process supervision, the guardian)
 # ----------------------------------------------------------------------------------------------
 
-
 class RunSource(Protocol):
-    """Where runs come from: the config list (ListSource), or a search that makes each run when a slot frees
-    up. Whether a run already completed in an earlier sweep (resume) is decided before, not here."""
+    """Where runs come from: the config list (ListSource), or a search that makes each run as a slot frees up.
+    Whether a run already completed in an earlier sweep (resume) is decided before, not here."""
 
     def next(self) -> Run | None:
         """The next run to start, made now if need be (named and built like any other); None: none now."""
@@ -2319,8 +2097,7 @@ class RunSource(Protocol):
         """The runs it would still give, for the .partial file of an interrupted sweep."""
 
     def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
-        """Metrics a running run has just written. Returns why the run should stop now (a pruner's verdict)
-        or None."""
+        """Metrics a running run has just written; why it should stop now (a pruner's verdict), or None."""
 
     def finished(self, run: Run) -> None:
         """A run ended for good (not requeued); also called when its record could not be written."""
@@ -2329,8 +2106,7 @@ class RunSource(Protocol):
         """When the loop should wake up for the source (a search's time budget), or None."""
 
     def prepare(self) -> None:
-        """The loop has started what it could: work that should not delay a start goes here (a search tells
-        ended trials and asks the next trial ahead)."""
+        """The loop has started what it could: work that should not delay a start (a search's next trial)."""
 
     def status(self) -> str | None:
         """A line on the source for the live view (a search's progress and best so far), or None."""
@@ -2347,26 +2123,23 @@ class LaunchError(Exception):
 
 
 class Launcher(Protocol):
-    """Where runs run: local processes (LocalLauncher), or jobs of a cluster. The handle is the launcher's
-    own; nothing outside the launcher touches processes, PIDs or job ids."""
+    """Where runs run: local processes or a cluster's jobs; only the launcher touches what its handle holds."""
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> Any:
-        """Start the run's current attempt on these GPUs (() is the CPU) in its folder, its logs written there.
-        LaunchError if its program cannot start; OutputError if its folder cannot be written."""
+        """Start the run's attempt on these GPUs (() is the CPU) in its folder, its logs there. LaunchError if its
+        program cannot start; OutputError if its folder cannot be written."""
 
     def poll(self, handle: Any) -> Outcome | None:
         """None while any process of the attempt lives; its Outcome once all are gone."""
 
     def stop(self, handle: Any, hard: bool) -> bool:
-        """End the attempt: politely (SIGTERM) or at once (SIGKILL). False if it had already ended on its own
-        (its main process exited), so that its own exit code stands."""
+        """End the attempt: SIGTERM, or SIGKILL if `hard`. False if its main process had exited (its code stands)."""
 
     def observe(self, handle: Any) -> list[str]:
         """The stdout lines the attempt wrote since the last call (complete lines only)."""
 
     def next_poll(self, now: float) -> float | None:
-        """When poll() should be called again without any other event (cleanup of leftovers, a cluster's
-        jobs), or None."""
+        """When poll() is due without another event (leftovers, a cluster's jobs), or None."""
 
     def flush(self) -> None:
         """The loop has started what it could: a cluster submits those runs now (one job array)."""
@@ -2379,7 +2152,6 @@ class Launcher(Protocol):
 
     def withdraw(self, handle: Any) -> bool:
         """Take back an attempt that waits in a cluster's queue (it never runs): True if it was one."""
-
     notes: list[str]  # what the user should hear of (a job requeued by the cluster), taken by the loop
     own_timeout: bool  # the launcher ends runs at their time limit itself (a cluster's); else the loop does
 
@@ -2394,8 +2166,7 @@ class Launcher(Protocol):
 
 
 class Placement(Protocol):
-    """Where the loop's runs may start and how many at once: this machine's GPUs (GpuPool: NVML readings,
-    slots, auto packing), or a cluster's slots (its scheduler picks nodes and GPUs)."""
+    """Where and how many runs may start: this machine's GPUs (GpuPool), or a cluster's slots."""
 
     gpus: list[int]  # the GPUs the live view shows a row for ([] on a cluster)
     readings: Mapping[int, GpuReading]  # the latest NVML reading of each, for the live view
@@ -2450,19 +2221,10 @@ class Placement(Protocol):
 class ListSource:
     """The runs of the config list, in order: the first RunSource."""
 
-    def __init__(self, runs: Iterable[Run]) -> None:
-        from collections import deque
-
-        self._queue = deque(runs)
-
-    def next(self) -> Run | None:
-        return self._queue.popleft() if self._queue else None
-
-    def pending(self) -> int:
-        return len(self._queue)
-
-    def remaining(self) -> list[Run]:
-        return list(self._queue)
+    def __init__(self, runs: Iterable[Run]) -> None: self._queue = deque(runs)
+    def next(self) -> Run | None: return self._queue.popleft() if self._queue else None
+    def pending(self) -> int: return len(self._queue)
+    def remaining(self) -> list[Run]: return list(self._queue)
 
     def report(self, run: Run, step: int | None, values: Mapping[str, float]) -> str | None:
         """A fixed list does not change course on metrics."""
@@ -2471,30 +2233,24 @@ class ListSource:
     def finished(self, run: Run) -> None:
         """A fixed list has nothing to learn from a result."""
 
-    def wake_at(self, now: float) -> float | None:
-        return None
+    def wake_at(self, now: float) -> float | None: return None
 
     def prepare(self) -> None:
         """Nothing to prepare: the list is made."""
 
-    def status(self) -> str | None:
-        return None
-
-    def summary(self) -> list[str]:
-        return []
+    def status(self) -> str | None: return None
+    def summary(self) -> list[str]: return []
 
     def close(self) -> None:
         """Nothing to close."""
 
 
 def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
-    """The guardian, a process of its own that outlives train_sweep (Guardian starts it). It reads
-    "+ PGID START" / "- PGID" lines on stdin (START: when the group's leader started, as /proc shows it);
-    when stdin closes with groups still registered (train_sweep was SIGKILLed, OOM-killed, lost its
-    terminal), it ends those process groups, the processes in the runs' cgroups, and every process that
-    carries this sweep's TRAIN_SWEEP_ID (those that left their group): SIGTERM, then SIGKILL after the grace
-    period, and returns as soon as none is left (zombies do not count). A group whose leader is now another
-    process (its PID was reused after the group was gone) is never signalled."""
+    """The guardian, a process that outlives train_sweep (Guardian starts it). It reads "+ PGID START" and
+    "- PGID" lines on stdin (START: when the group's leader started); when stdin closes with groups still
+    registered (train_sweep was SIGKILLed, OOM-killed, lost its terminal), it ends those groups, the processes
+    in the runs' cgroups and every process carrying this TRAIN_SWEEP_ID: SIGTERM, then SIGKILL after the grace
+    period, until none is left. A group whose leader's PID was reused is never signalled."""
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     groups: dict[int, str] = {}
@@ -2510,84 +2266,70 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
 
         def ours() -> list[Any]:
             for g, start in list(groups.items()):
-                now = process_start(g)
+                now = proc_stat(g, 19)
                 if now and start and now != start:
                     del groups[g]  # the PID was reused by another group's leader: not ours
             in_cgroups = {pid for run in (root.glob("run-*") if root is not None else ()) for pid in
                           RunCgroups.pids(run)}
             out = []
             for p in psutil.process_iter():
-                try:
+                with suppress(psutil.Error, OSError):
                     if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
                         continue
                     if p.pid in in_cgroups or os.getpgid(p.pid) in groups or \
                             p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
                         out.append(p)
-                except (psutil.Error, OSError):
-                    pass
             return out
 
         for sig, wait in ((signal.SIGTERM, float(grace)), (signal.SIGKILL, 5.0)):
             for p in ours():
-                try:
+                with suppress(psutil.Error):
                     p.send_signal(sig)
-                except psutil.Error:
-                    pass
             end = time.monotonic() + wait
             while time.monotonic() < end and ours():
                 time.sleep(0.1)
     RunCgroups.remove_all(root)
 
 
-def process_start(pid: int) -> str:
-    """When a process started, as /proc shows it (clock ticks since boot); "" where there is no /proc."""
+def proc_stat(pid: int, field: int) -> str | None:
+    """Field `field` of /proc/PID/stat after the name (0: state, Z a zombie; 19: start time), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
-        return ""
+        return None
 
 
 class Guardian:
     """Starts the guardian process and tells it which process groups belong to the sweep."""
 
     def __init__(self, sweep_id: str, grace: float, lock: int | None = None, cgroups: Path | None = None) -> None:
-        """`lock`: the output folder's lock; the guardian holds it too, so that after train_sweep dies the
-        folder stays locked until the guardian has ended every run (a new sweep there waits for that).
-        `cgroups`: the folder of the runs' cgroups (RunCgroups.root), whose processes it ends too."""
+        """`lock`: the output folder's lock, held by the guardian too: after train_sweep dies the folder stays
+        locked until every run has ended. `cgroups`: the runs' cgroups (RunCgroups.root), which it ends too."""
         here = str(Path(__file__).resolve().parent)  # where this module is: the guardian imports it
         code = f"import sys; sys.path.insert(0, {here!r}); import train_sweep; train_sweep.guardian_main(*sys.argv[1:])"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, sweep_id, str(grace), str(cgroups or "")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl+C in the terminal and SIGHUP do not reach it
-            pass_fds=() if lock is None else (lock,),
-        )
+        self.proc = subprocess.Popen([sys.executable, "-c", code, sweep_id, str(grace), str(cgroups or "")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     pass_fds=() if lock is None else (lock,),
+                                     start_new_session=True)  # Ctrl+C in the terminal and SIGHUP do not reach it
         assert self.proc.stdin is not None
         self._fd = self.proc.stdin.fileno()
 
     def _send(self, line: str) -> None:
-        try:
+        with suppress(OSError):  # else the guardian is gone; the sweep itself still ends its runs
             os.write(self._fd, (line + "\n").encode())  # one small write: no buffering to flush
-        except OSError:
-            pass  # the guardian is gone; the sweep itself still ends its runs
 
-    def add(self, pgid: int) -> None:
-        self._send(f"+ {pgid} {process_start(pgid)}")
-
-    def remove(self, pgid: int) -> None:
-        self._send(f"- {pgid}")
+    def add(self, pgid: int) -> None: self._send(f"+ {pgid} {proc_stat(pgid, 19) or ''}")
+    def remove(self, pgid: int) -> None: self._send(f"- {pgid}")
 
     def close(self) -> None:
         """EOF on its stdin: the guardian exits (after ending any group still registered). Returns at once."""
-        try:
+        with suppress(OSError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-        except OSError:
-            pass
 
     def wait(self) -> None:
+        """Close, and wait up to 5 s for the guardian to exit (then kill it)."""
         self.close()
         try:
             self.proc.wait(timeout=5)
@@ -2601,23 +2343,20 @@ def become_subreaper() -> bool:
         return False
     try:
         import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False
 
 
 def own_children() -> set[int]:
-    """PIDs of our direct children, from one /proc file: 48 us, where psutil's children() scans every process
-    (3.7 ms with 8 children on a 2-CPU VM, measured), and it runs for every exit. psutil is the fallback.
-    Only the main thread forks, and orphans re-parented to a subreaper go to its thread-group leader."""
+    """PIDs of our direct children, from one /proc file: 48 us, where psutil scans every process (3.7 ms with
+    8 children on a 2-CPU VM), for every exit. Only the main thread forks, and a subreaper's orphans go to
+    its thread-group leader."""
     try:
         with open(f"/proc/self/task/{os.getpid()}/children") as f:
             return {int(p) for p in f.read().split()}
     except OSError:
         import psutil
-
         return {p.pid for p in psutil.Process().children()}
 
 
@@ -2633,18 +2372,16 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 class RunCgroups:
-    """Each run's processes in a cgroup v2 of their own, where the system lets the sweep make cgroups (Linux
-    as root, or in a delegated cgroup: `systemd-run --user --scope -p Delegate=yes train-sweep ...`). Every
-    process a run starts is found there, also one that double-forked, left its session and cleared its
-    environment, which process groups and the environment marker cannot see. Elsewhere `root` is None and
-    `why` says why: runs are then tracked by process group, the marker and the subreaper (see README)."""
+    """Each run's processes in a cgroup v2 of their own, where the sweep may make cgroups (root, or a delegated
+    cgroup: `systemd-run --user --scope -p Delegate=yes train-sweep ...`): a process that double-forked,
+    left its session and cleared its environment is found there too. Elsewhere `root` is None, `why` says why,
+    and runs are tracked by process group, marker and subreaper (see README)."""
 
     def __init__(self, sweep_id: str) -> None:
         self.root: Path | None = None
         self.why = ""
         try:
-            base = own_cgroup_dir()
-            path = base / f"train_sweep-{sweep_id}"
+            path = own_cgroup_dir() / f"train_sweep-{sweep_id}"
             path.mkdir()
             self.root = path
         except (OSError, ValueError) as e:
@@ -2662,14 +2399,10 @@ class RunCgroups:
 
     @staticmethod
     def join(path: Path, pid: int) -> None:
-        """Move a run's main process into its cgroup, as soon as it has started (Popen returns once the
-        program is executing, before it has had time to start others; what it forked before stays tracked
-        by process group and marker). Done here, not in the child before exec: a preexec_fn makes Python
-        fork the slow way, which cost 15% of dispatch on the tiny benchmark (measured)."""
-        try:
+        """Move a run's main process into its cgroup once it started (what it forked before is tracked by group and
+        marker). Not in the child before exec: a preexec_fn makes Python fork the slow way (15% of dispatch)."""
+        with suppress(OSError):
             (path / "cgroup.procs").write_text(str(pid))
-        except OSError:
-            pass
 
     @staticmethod
     def pids(path: Path) -> list[int]:
@@ -2678,27 +2411,21 @@ class RunCgroups:
             pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
         except (OSError, ValueError):
             return []
-        return [p for p in pids if process_state(p) not in ("Z", None)]
+        return [p for p in pids if proc_stat(p, 0) not in ("Z", None)]
 
     def signal(self, path: Path, sig: int) -> None:
         if sig == signal.SIGKILL:
-            try:
+            with suppress(OSError):
                 (path / "cgroup.kill").write_text("1")  # Linux 5.14+: every process, atomically
-            except OSError:
-                pass
         for pid in self.pids(path):
-            try:
+            with suppress(OSError):
                 os.kill(pid, sig)
-            except OSError:
-                pass
 
     @staticmethod
     def remove(path: Path | None) -> None:
         if path is not None:
-            try:
+            with suppress(OSError):
                 path.rmdir()
-            except OSError:
-                pass
 
     def close(self) -> None:
         """Remove the sweep's cgroups (the guardian may have removed them already: it does on its way out)."""
@@ -2708,12 +2435,9 @@ class RunCgroups:
     def remove_all(cls, root: Path | None) -> None:
         """Remove a sweep's cgroups: each run's (emptied), then the sweep's own."""
         if root is not None:
-            try:
-                children = list(root.glob("run-*"))
-            except OSError:
-                children = []
-            for child in children:
-                cls.remove(child)
+            with suppress(OSError):
+                for child in list(root.glob("run-*")):
+                    cls.remove(child)
             cls.remove(root)
 
 
@@ -2728,27 +2452,16 @@ def own_cgroup_dir() -> Path:
     return Path(mounts[0]) / paths[0].lstrip("/")
 
 
-def process_state(pid: int) -> str | None:
-    """A process's state letter as /proc shows it (Z: zombie), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 class LogFollower:
-    """Follows the stdout and stderr log files that a run writes itself (so a sweep that dies loses none of
-    its output) and makes combined.log from them: each new line stamped with the time it was read and its
-    stream. Reads only what was appended since the last call, at most READ_MAX bytes a stream a call (the
-    rest on the next), and holds at most LINE_MAX bytes of an unfinished line: a longer one is cut there."""
+    """Follows the stdout and stderr logs a run writes itself (a sweep that dies loses none of its output) into
+    combined.log, each line stamped with when it was read and its stream. Reads at most READ_MAX bytes a
+    stream a call, and cuts an unfinished line at LINE_MAX bytes."""
 
     LINE_MAX = 65536
     READ_MAX = 4 * MB
 
     def __init__(self, stdout: Path, stderr: Path, combined: Path | None, resume: bool = False) -> None:
-        """`combined` None: only the stdout lines are wanted (for metrics). `resume`: the logs hold an earlier
-        start's output, already in combined.log: read from their ends, append to it."""
+        """`combined` None: stdout lines only (metrics). `resume`: read from the logs' ends, append to combined.log."""
         self.streams = []  # [tag, fd, offset, unfinished line]
         for tag, path in ((b"out", stdout), (b"err", stderr)):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -2763,8 +2476,7 @@ class LogFollower:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)).encode() + b".%03d" % int(now % 1 * 1000)
 
     def pump(self, final: bool = False) -> list[str]:
-        """Read what was appended; write it to combined.log; return the new complete stdout lines. `final`:
-        the run has ended: read to the end and keep the last unfinished lines too."""
+        """Append what was written to combined.log; return the new stdout lines (`final`: and the unfinished last)."""
         out_lines: list[bytes] = []
         combined: list[bytes] = []
         for stream in self.streams:
@@ -2779,10 +2491,7 @@ class LogFollower:
                 offset += len(data)
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop()
-                if len(partial) >= self.LINE_MAX:
-                    lines.append(partial)
-                    partial = b""
-                if final and not data and partial:
+                if len(partial) >= self.LINE_MAX or (final and not data and partial):  # cut, or the last
                     lines.append(partial)
                     partial = b""
                 if lines:
@@ -2830,14 +2539,12 @@ class Proc:
     kill_at: float | None = None  # leftovers get SIGKILL after this
 
     @property
-    def pgid(self) -> int:
-        return self.popen.pid  # start_new_session: the main process leads its own group
+    def pgid(self) -> int: return self.popen.pid  # start_new_session: the main process leads its own group
 
 
 def tracker_env(env: Mapping[str, str], group: str, run: Run) -> dict[str, str]:
-    """Grouping variables for W&B and MLflow, when their settings are in the environment (a WANDB_* or
-    MLFLOW_* variable): the sweep as the group or experiment, the run's name, its folder. Never imports
-    them; the caller keeps any the user set."""
+    """W&B's and MLflow's grouping variables, where their settings are in the environment: the sweep as group or
+    experiment, the run's name and folder (never imports them; the caller keeps what the user set)."""
     out: dict[str, str] = {}
     if any(k.startswith("WANDB_") for k in env):
         out.update(WANDB_RUN_GROUP=group, WANDB_NAME=run.name, WANDB_TAGS="train_sweep", WANDB_DIR=str(run.run_dir))
@@ -2853,8 +2560,7 @@ def run_env(run: Run, sweep_id: str) -> dict[str, str]:
 
 
 def prepare_run_dir(run: Run) -> None:
-    """The run's folder for a new attempt: made, or an earlier attempt's files moved into attempt_<n>/;
-    the --configs file copied in. OutputError when the folder cannot be written."""
+    """A new attempt's folder: made, or the last attempt's files moved to attempt_<n>/ (OutputError if it can't)."""
     try:
         try:
             os.mkdir(run.run_dir)  # a new folder: no earlier attempt to set aside
@@ -2868,25 +2574,19 @@ def prepare_run_dir(run: Run) -> None:
 
 
 class LocalLauncher:
-    """Runs as local processes, each in its own session and process group, writing its stdout and stderr
-    straight to its log files. A run has ended when its main process has exited and no process of it is
-    left: leftovers (its group, orphans re-parented to us as subreaper) get SIGTERM, then SIGKILL after
-    the grace period. The guardian ends everything if train_sweep itself dies."""
+    """Runs as local processes, each in its own session and group, writing straight to its log files. A run
+    has ended when its main process exited and no process of it is left: leftovers (its group, orphans
+    adopted as subreaper) get SIGTERM, then SIGKILL after the grace period. The guardian ends all if we die."""
 
     def __init__(self, cwd: Path, sweep_id: str, cpu_only: bool, guardian: Guardian | None,
                  kill_grace: float = KILL_GRACE_S, extra_env: Mapping[str, str] | None = None,
                  cgroups: RunCgroups | None = None, group: str = "",
                  device_ids: Mapping[int, str] | None = None) -> None:
         """`device_ids`: how CUDA_VISIBLE_DEVICES names a GPU where not by its index (--mps: its UUID)."""
-        self.cwd = cwd
-        self.extra_env = dict(extra_env or {})
-        self.device_ids = dict(device_ids or {})
+        self.cwd, self.sweep_id, self.group, self.cpu_only = cwd, sweep_id, group or sweep_id, cpu_only
+        self.extra_env, self.device_ids = dict(extra_env or {}), dict(device_ids or {})
         self._base_env: dict[str, str] | None = None
-        self.sweep_id = sweep_id
-        self.group = group or sweep_id
-        self.cpu_only = cpu_only
-        self.guardian = guardian
-        self.kill_grace = kill_grace
+        self.guardian, self.kill_grace = guardian, kill_grace
         self.subreaper = become_subreaper()
         self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
@@ -2898,56 +2598,39 @@ class LocalLauncher:
         return (f"ending {running} running run(s) (SIGTERM, SIGKILL after {self.kill_grace:g}s; press Ctrl+C again to "
                 "kill now)")
 
-    def detached(self, runs: Sequence[Run], pending: int) -> list[str]:
-        return []  # local runs end with the sweep
+    def detached(self, runs: Sequence[Run], pending: int) -> list[str]: return []  # local runs end with the sweep
 
     def env(self, run: Run, gpus: Sequence[int]) -> dict[str, str]:
         if self._base_env is None:
             self._base_env = {**os.environ, **self.extra_env}
         env = dict(self._base_env)
-        env.update(
-            CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(self.device_ids.get(g, str(g)) for g in gpus),
-            CUDA_DEVICE_ORDER="PCI_BUS_ID",  # so the id is the GPU that nvidia-smi and NVML show
-            **run_env(run, self.sweep_id),
-        )
+        env.update(CUDA_VISIBLE_DEVICES="" if self.cpu_only else ",".join(self.device_ids.get(g, str(g)) for g in gpus),
+                   CUDA_DEVICE_ORDER="PCI_BUS_ID", **run_env(run, self.sweep_id))  # ids as nvidia-smi and NVML show
         for key, value in tracker_env(self._base_env, self.group, run).items():
             env.setdefault(key, value)  # what the user set wins
         return env
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> Proc:
         prepare_run_dir(run)
-        try:
-            out = open(run.stdout_log, "wb")
+        with ExitStack() as logs:  # our copies of the log files are closed once the run has its own
             try:
-                err = open(run.stderr_log, "wb")
-            except BaseException:
-                out.close()
-                raise
-        except OSError as e:
-            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-        env = self.env(run, gpus)
-        try:
-            # before the run starts: one that deletes its folder at once loses nothing
-            follower = LogFollower(run.stdout_log, run.stderr_log, run.combined_log)
-        except OSError as e:
-            out.close()
-            err.close()
-            raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
-        cgroup = self.cgroups.make(run)
-        try:
-            with out, err:
+                out = logs.enter_context(open(run.stdout_log, "wb"))
+                err = logs.enter_context(open(run.stderr_log, "wb"))
+                # before the run starts: one that deletes its folder at once loses nothing
+                follower = LogFollower(run.stdout_log, run.stderr_log, run.combined_log)
+            except OSError as e:
+                raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
+            env, cgroup = self.env(run, gpus), self.cgroups.make(run)
+            try:
                 popen = subprocess.Popen(run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=err, start_new_session=True)
-        except OSError as e:
-            follower.close()
-            self.cgroups.remove(cgroup)
-            message = f"could not start {run.argv[0]}: {e.strerror or e}"
-            try:
-                with open(run.stderr_log, "a") as f:
+            except OSError as e:
+                follower.close()
+                self.cgroups.remove(cgroup)
+                message = f"could not start {run.argv[0]}: {e.strerror or e}"
+                with suppress(OSError), open(run.stderr_log, "a") as f:
                     f.write(f"train_sweep: {message}\n")
-            except OSError:
-                pass
-            raise LaunchError(message) from None
+                raise LaunchError(message) from None
         if cgroup is not None:
             self.cgroups.join(cgroup, popen.pid)
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower, cgroup)
@@ -3003,18 +2686,12 @@ class LocalLauncher:
     def flush(self) -> None:
         """Local runs start at once."""
 
-    def describe(self) -> list[str]:
-        return []
-
-    def queued(self) -> int:
-        return 0
-
-    def withdraw(self, handle: Proc) -> bool:
-        return False  # a local run starts at once
+    def describe(self) -> list[str]: return []
+    def queued(self) -> int: return 0
+    def withdraw(self, handle: Proc) -> bool: return False  # a local run starts at once
 
     def close(self, detach: bool = False) -> None:
-        """Every run has ended: remove the cgroups, and let the guardian go (it exits while the summary is
-        printed)."""
+        """Every run has ended: remove the cgroups, let the guardian go (it exits during the summary)."""
         self.cgroups.close()
         if self.guardian:
             self.guardian.close()
@@ -3045,34 +2722,26 @@ class LocalLauncher:
         if not children:
             return []
         import psutil
-
         out = []
         for pid in children:
-            try:
+            with suppress(psutil.Error, OSError):
                 p = psutil.Process(pid)
                 if p.environ().get("TRAIN_SWEEP_RUN_ID") == proc.run_id:
                     out.append(p)
                     out.extend(p.children(recursive=True))
-            except (psutil.Error, OSError):
-                pass
         return out
 
     def _signal_tree(self, proc: Proc, sig: int) -> None:
         """Signal everything the run started: its group, its descendants, and adopted leftovers."""
         import psutil
-
         procs = self._adopted(proc)
         if proc.exited_at is None:
-            try:
+            with suppress(psutil.Error):
                 procs.extend(psutil.Process(proc.popen.pid).children(recursive=True))
-            except psutil.Error:
-                pass
         signal_group(proc.pgid, sig)
         for p in procs:
-            try:
+            with suppress(psutil.Error):
                 p.send_signal(sig)
-            except psutil.Error:
-                pass
         if proc.cgroup is not None:
             self.cgroups.signal(proc.cgroup, sig)
 
@@ -3090,45 +2759,19 @@ class LocalLauncher:
         if not children:
             return False
         import psutil
-
         for p in self._adopted(proc, children):
-            try:
+            with suppress(psutil.Error):  # it ended between the listing and the look
                 if p.status() != psutil.STATUS_ZOMBIE:
                     return True
-            except psutil.Error:  # it ended between the listing and the look
-                pass
         return False
-
-
-# -- --mps: NVIDIA's Multi-Process Service for the sweep's runs --------------------------------------
-
-def _running(pid: int) -> bool:
-    """The process runs (a zombie does not: reaped here where the sweep adopted it as subreaper)."""
-    import psutil
-
-    try:
-        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            return True
-    except psutil.Error:
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return False
-
-
-# -- Slurm: one job per run, through submitit ------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------
 # 8. Results and metrics
 # ----------------------------------------------------------------------------------------------
 
-
 def iso_time(t: float | None) -> str | None:
-    """Local time to the millisecond with its UTC offset, as datetime's isoformat writes it
-    (2026-11-22T22:14:10.123+01:00), from the time module: 4 per run, and datetime's astimezone is slow."""
+    """Local time to the millisecond and UTC offset, as isoformat writes it (datetime's astimezone is slow)."""
     if t is None:
         return None
     seconds, micros = divmod(round(t * 1_000_000), 1_000_000)  # datetime's rounding: to the microsecond
@@ -3139,8 +2782,7 @@ def iso_time(t: float | None) -> str | None:
 
 
 def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool = False) -> None:
-    """Write JSON to a temp file in the same folder, fsync it (unless told not to), and os.replace it into
-    place: readers see the old file or the new one, never a half-written one."""
+    """Write JSON to a temp file beside `path`, fsync it (unless told not to) and os.replace it into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(data, list):  # results: one record per line (json's fast C encoder; grep-friendly)
         text = "[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in data) + "\n]\n"
@@ -3160,17 +2802,14 @@ def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool =
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
 
 
 def tail_lines(path: Path, n: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> str:
-    """The last n lines of a file, from at most its last `max_bytes` (logs can be gigabytes, and one line
-    can be too). A carriage return ends a line too (progress bars). A line cut by the window, or longer
-    than LINE_SHOW characters, is cut with a visible marker."""
+    """The last n lines of a file, from at most its last `max_bytes` (logs can be gigabytes, and so one line).
+    A carriage return ends a line too; a line cut by the window or longer than LINE_SHOW is marked."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -3195,27 +2834,25 @@ _STEP = re.compile(rf"(?<![\w.])['\"]?(?:{'|'.join(STEP_KEYS)})['\"]?\s*(?:[=:]\
 
 
 def _metric_pattern(name: str) -> re.Pattern[str]:
-    """A metric in a line as scripts print it: `val_loss=0.41`, `val_loss: 0.41`, `'val_loss': 0.41` (a Python
-    dict, as the Hugging Face Trainer prints), `"val_loss": 0.41` (JSON), and `val loss 0.41` (a space for
-    the `_`, as nanoGPT's `step 500: train loss 1.69, val loss 1.85`)."""
+    """A metric as scripts print it: `val_loss=0.41`, `val_loss: 0.41`, `'val_loss': 0.41` (Hugging Face),
+    `"val_loss": 0.41` (JSON), and `val loss 0.41` (nanoGPT's `step 500: train loss 1.69, val loss 1.85`)."""
     spelled = r"[ _]".join(re.escape(part) for part in name.split("_"))
     return re.compile(rf"(?<![\w.])['\"]?{spelled}['\"]?\s*(?:[=:]\s*|\s+)({NUMBER})(?![\w.])")
 
 
 @dataclasses.dataclass
 class MetricReader:
-    """Finds the metrics a run reports, in what it already writes: stdout lines in the common forms (or a
-    --metric-regex with a group `value` and an optional group `step`), and JSON lines of a metrics.jsonl
-    ({"step": 3, "val_loss": 0.41}). A number after step, iter, iteration, epoch or global_step on the same
-    line becomes the step."""
+    """Finds the metrics a run reports in what it writes anyway: stdout lines in the common forms (or a
+    --metric-regex with groups `value` and optional `step`) and metrics.jsonl records; a number after step,
+    iter, iteration, epoch or global_step on the line is the step."""
 
     names: tuple[str, ...]
     regex: re.Pattern[str] | None = None
 
-    def __post_init__(self) -> None:
-        self._patterns = {name: _metric_pattern(name) for name in self.names}
+    def __post_init__(self) -> None: self._patterns = {name: _metric_pattern(name) for name in self.names}
 
     def from_lines(self, lines: Iterable[str]) -> list[tuple[int | None, dict[str, float]]]:
+        """The (step, values) of each line that reports a metric."""
         points = []
         for line in lines:
             values: dict[str, float] = {}
@@ -3227,21 +2864,20 @@ class MetricReader:
                     values[self.names[0]] = value
                     step_text = m.groupdict().get("step")
             for name, pattern in self._patterns.items():
-                if name not in values:
-                    found = pattern.findall(line)
-                    if found:
-                        values[name] = float(found[-1])
+                if name not in values and (found := pattern.findall(line)):
+                    values[name] = float(found[-1])
             if values:
-                if step_text is None:
-                    m = _STEP.search(line)
-                    step_text = m.group(1) if m else None
+                if step_text is None and (m := _STEP.search(line)):
+                    step_text = m.group(1)
                 points.append((_step(step_text), values))
         return points
 
     def from_json(self, record: Any) -> tuple[int | None, dict[str, float]] | None:
+        """The (step, values) of one metrics.jsonl record, or None if it reports no metric."""
         if not isinstance(record, dict):
             return None
-        values = {k: f for k, v in record.items() if k in self.names and _is_number(v) and (f := _number(v)) is not None}
+        values = {k: f for k, v in record.items()
+                  if k in self.names and _is_number(v) and (f := _number(v)) is not None}
         if not values:
             return None
         step = next((record[k] for k in STEP_KEYS if _is_number(record.get(k))), None)
@@ -3257,10 +2893,8 @@ def _number(value: Any) -> float | None:
 
 
 def _step(value: Any) -> int | None:
-    try:
-        return None if value is None else int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        return None
+    number = None if value is None else _number(value)
+    return int(number) if number is not None and math.isfinite(number) else None
 
 
 def better(a: float, b: float | None, mode: str) -> bool:
@@ -3269,10 +2903,9 @@ def better(a: float, b: float | None, mode: str) -> bool:
 
 
 def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
-    """A run's metrics: the JSON object in <run_dir>/metrics.json if this attempt wrote one (a file older than
-    the attempt is an earlier one's, and ignored); else, for --metric NAME, the last `NAME=value` or
-    `NAME: value` in its stdout. Only plain values are kept (numbers, text, booleans), NaN and Infinity as
-    null, so that the results stay standard JSON whatever the trainer wrote."""
+    """A run's metrics: what it printed, overridden by <run_dir>/metrics.json if this attempt wrote one (an older
+    file is ignored); else for --metric NAME the last value in its stdout. Plain values only, NaN and Infinity
+    as null, so the results stay standard JSON."""
     path = run.run_dir / "metrics.json"
     try:
         fresh = run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0
@@ -3291,19 +2924,16 @@ def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
 
 
 def append_series(run: Run, points: Sequence[tuple[int | None, Mapping[str, float]]]) -> None:
-    """The metrics a run printed, appended to <run_dir>/train_sweep_metrics.jsonl (its own metrics.jsonl, if
-    it writes one, is left as it is): {"step": 500, "time": ..., "val_loss": 1.85} a line."""
+    """The metrics a run printed, appended to <run_dir>/train_sweep_metrics.jsonl (one JSON object a line)."""
     now = round(time.time(), 3)
     text = "".join(json.dumps({"step": step, "time": now, **{k: plain_metric(v) for k, v in values.items()}}) + "\n"
                    for step, values in points)
-    try:
+    with suppress(OSError):  # the series is a convenience: its values are in run.json and the results as well
         fd = os.open(run.run_dir / SERIES, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, text.encode())
         finally:
             os.close(fd)
-    except OSError:
-        pass  # the series is a convenience: its values are in run.json and the results as well
 
 
 def metric_missing(run: Run, metric: str, regex: str | None) -> str:
@@ -3335,8 +2965,7 @@ def log_tail(run: Run) -> str:
 
 
 def metric_of(metrics: Mapping[str, Any] | None, name: str | None, stdout: str = "") -> float | None:
-    """A metric's value: from a run's metrics, else the last `NAME=value` in `stdout` (a record's stdout tail);
-    None when it is absent or not a number."""
+    """A metric's value from a run's metrics, else the last in `stdout`; None if absent or not a number."""
     if not name:
         return None
     value = (metrics or {}).get(name)
@@ -3352,47 +2981,24 @@ def metric_of(metrics: Mapping[str, Any] | None, name: str | None, stdout: str =
 def best_of(items: Iterable[Any], value: Callable[[Any], float | None], mode: str) -> tuple[float, Any] | None:
     """The best (value, item) by `mode` (min or max) among items that have a value; None if none has."""
     scored = [(v, item) for item in items if (v := value(item)) is not None]
-    if not scored:
-        return None
-    return (min if mode == "min" else max)(scored, key=lambda vi: vi[0])
+    return (min if mode == "min" else max)(scored, key=lambda vi: vi[0]) if scored else None
 
 
 def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
-    """One run in the results file: the seed's fields first, then ours. Also the body of run.json and
-    of each journal line (run.json leaves out the stdout/stderr tails: the logs are beside it)."""
-    gpu: int | list[int] | None = None
-    if len(run.gpus) == 1:
-        gpu = run.gpus[0]
-    elif run.gpus:
-        gpu = list(run.gpus)
-    duration = run.duration
-    started = run.start_time is not None
-    record: dict[str, Any] = {
-        "model_name": run.name,
-        "hyperparams": run.hyperparams,
-        "success": run.state == State.COMPLETE,
-        "returncode": run.returncode,
-        "duration_seconds": None if duration is None else round(duration, 3),
-        "gpu_id": gpu,
-        "stdout": tail_lines(run.stdout_log) if started and tails else "",
-        "stderr": tail_lines(run.stderr_log) if started and tails else "",
-        "state": run.state.value,
-        "start_time": iso_time(run.start_time),
-        "end_time": iso_time(run.end_time),
-        "run_dir": str(run.run_dir),
-        "stdout_log": str(run.stdout_log),
-        "stderr_log": str(run.stderr_log),
-        "command": run.argv,
-        "config_file": run.config_file,
-        "signal": run.signal_name,
-        "error": run.error,
-        "metrics": run.metrics,
-        "metric": None if not (run.points or run.metric_note) else
+    """One run in the results file (the seed's fields first), run.json (without log tails) and the journal."""
+    gpu = run.gpus[0] if len(run.gpus) == 1 else list(run.gpus) if run.gpus else None
+    duration, logs = run.duration, tails and run.start_time is not None  # the log tails, if it started
+    record: dict[str, Any] = {  # in this order: the seed's fields (model_name to stderr), then ours
+        "model_name": run.name, "hyperparams": run.hyperparams, "success": run.state == State.COMPLETE,
+        "returncode": run.returncode, "duration_seconds": None if duration is None else round(duration, 3),
+        "gpu_id": gpu, "stdout": tail_lines(run.stdout_log) if logs else "",
+        "stderr": tail_lines(run.stderr_log) if logs else "",
+        "state": run.state.value, "start_time": iso_time(run.start_time), "end_time": iso_time(run.end_time),
+        "run_dir": str(run.run_dir), "stdout_log": str(run.stdout_log), "stderr_log": str(run.stderr_log),
+        "command": run.argv, "config_file": run.config_file, "signal": run.signal_name, "error": run.error,
+        "metrics": run.metrics, "metric": None if not (run.points or run.metric_note) else
         {"best": run.best, "step": run.step, "points": run.points, "note": run.metric_note},
-        "index": run.index,
-        "trial": run.trial,
-        "identity": run.identity,
-        "attempt": run.attempt,
+        "index": run.index, "trial": run.trial, "identity": run.identity, "attempt": run.attempt,
         "attempts": run.attempts,
     }
     record.update(run.job)
@@ -3406,7 +3012,8 @@ def write_run_json(run: Run, body: Mapping[str, Any]) -> None:
     try:
         write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
     except FileNotFoundError:
-        make_run_dir(run.run_dir)
+        run.run_dir.mkdir(exist_ok=True)
+        (run.run_dir / RUN_MARK).touch()  # made by the sweep
         write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
 
 
@@ -3415,15 +3022,12 @@ def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     folder = Path(record["run_dir"]) / f"attempt_{record.get('attempt', 1)}"
     keep = ("attempt", "state", "returncode", "signal", "error", "gpu_id", "start_time", "end_time",
             "duration_seconds")
-    out = {k: record.get(k) for k in keep}
-    out["stdout_log"] = str(folder / "train_stdout.log")
-    out["stderr_log"] = str(folder / "train_stderr.log")
-    return out
+    return {**{k: record.get(k) for k in keep}, "stdout_log": str(folder / "train_stdout.log"),
+            "stderr_log": str(folder / "train_stderr.log")}
 
 
 def read_journal(path: Path) -> Journal:
-    """The journal's records by run name, oldest first. A line cut short by a crash (even inside a UTF-8
-    character) or otherwise unreadable is skipped; a missing or unreadable journal is an empty one."""
+    """The journal's records by run name, oldest first; unreadable lines (cut by a crash) are skipped."""
     out: Journal = {}
     try:
         with open(path, "rb") as f:
@@ -3431,18 +3035,15 @@ def read_journal(path: Path) -> Journal:
     except OSError:
         return out
     for line in lines:
-        try:
+        with suppress(ValueError, KeyError, TypeError, RecursionError):
             record = json.loads(line.decode("utf-8"))
             out.setdefault(record["model_name"], []).append(record)
-        except (ValueError, KeyError, TypeError, RecursionError):
-            continue
     return out
 
 
 def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]) -> list[tuple[Run, dict[str, Any]]]:
-    """Mark the runs that already completed (or were pruned) in an earlier sweep (same name, hyperparameters
-    and command) as skipped, and give the others their earlier attempts. Returns the skipped runs with their
-    records."""
+    """Skip the runs an earlier sweep completed or pruned (returned, with their records); give the others their
+    earlier attempts."""
     skipped = []
     for run in runs:
         past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
@@ -3450,8 +3051,7 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
         if crashed:
             past.append(crashed)
         complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
-        if complete and run.run_dir.is_dir():  # complete, or pruned (the pruner's verdict stands); a run whose
-            # folder was deleted (cleanup) runs again
+        if complete and run.run_dir.is_dir():  # the pruner's verdict stands; a run whose folder is gone runs again
             skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
@@ -3464,28 +3064,22 @@ def restore(run: Run, record: Mapping[str, Any]) -> Run:
     """A run as an earlier sweep's journal record left it (not run again: skipped)."""
     run.skipped = True
     run.state = State(record.get("state", State.COMPLETE.value))
-    run.returncode = record.get("returncode")
+    run.returncode, run.metrics, run.trial = record.get("returncode"), record.get("metrics"), record.get("trial")
     gpu = record.get("gpu_id")
     run.gpus = tuple(gpu) if isinstance(gpu, list) else (gpu,) if isinstance(gpu, int) else ()
-    run.metrics = record.get("metrics")
-    run.attempt = record.get("attempt", 1)
-    run.attempts = list(record.get("attempts") or [])
-    run.start_time = _parse_time(record.get("start_time"))
-    run.end_time = _parse_time(record.get("end_time"))
-    run.trial = record.get("trial")
+    run.attempt, run.attempts = record.get("attempt", 1), list(record.get("attempts") or [])
+    run.start_time, run.end_time = _parse_time(record.get("start_time")), _parse_time(record.get("end_time"))
     return run
 
 
 def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """An attempt that run.json shows but the journal does not: the sweep died while it ran (or just
-    after it finished). Its run.json holds everything but the log tails."""
+    """An attempt that run.json shows but the journal does not (the sweep died meanwhile)."""
     try:
         record = json.loads((run.run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("identity") != run.identity:
-        return None
-    if any(r.get("attempt") == record.get("attempt") for r in journaled):
+    if not isinstance(record, dict) or record.get("identity") != run.identity or \
+            any(r.get("attempt") == record.get("attempt") for r in journaled):
         return None
     if record.get("state") in (State.RUNNING.value, State.PENDING.value):
         record["state"] = State.INTERRUPTED.value
@@ -3496,7 +3090,6 @@ def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[s
 
 def _parse_time(text: Any) -> float | None:
     import datetime
-
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except (TypeError, ValueError):
@@ -3504,14 +3097,12 @@ def _parse_time(text: Any) -> float | None:
 
 
 class ResultsWriter:
-    """Every finished attempt is appended to the journal (a crash loses nothing finished) and written to
-    its run.json; the results file is rewritten from memory, atomically: after a run finishes, at most
-    every max(0.25 s, 50 x the time a rewrite takes), so that it stays cheap for sweeps of thousands of
-    runs; and always at the end."""
+    """Every finished attempt is appended to the journal (a crash loses nothing finished) and its run.json;
+    the results file is rewritten atomically after a run finishes, at most every max(0.25 s, 50 x a
+    rewrite's time) so that it stays cheap for thousands of runs, and at the end."""
 
     def __init__(self, output_file: Path, journal: Path | None = None) -> None:
-        self.output_file = output_file
-        self.partial_file = output_file.with_name(output_file.name + ".partial")
+        self.output_file, self.partial_file = output_file, output_file.with_name(output_file.name + ".partial")
         self.records: dict[int, dict[str, Any]] = {}
         self._journal: int | None = None  # a plain descriptor, O_APPEND: each line is one write, never buffered
         self._torn = False  # the last journal line was cut short (disk full)
@@ -3521,16 +3112,14 @@ class ResultsWriter:
             if size and os.pread(self._journal, 1, size - 1) != b"\n":  # a line torn by a crash: start anew
                 os.write(self._journal, b"\n")
         self.dirty = False
-        self._next_write = 0.0  # time.monotonic() before which a rewrite waits (the throttle)
-        self._next_sync = 0.0  # time.monotonic() before which the journal is not fsynced again
+        self._next_write = self._next_sync = 0.0  # time.monotonic() before which no rewrite (no journal fsync)
 
     def add_previous(self, run: Run, record: dict[str, Any]) -> None:
         """A run completed by an earlier sweep keeps its record, at its place in today's config."""
         self.records[run.index] = dict(record, index=run.index)
         self.dirty = True
 
-    def run_started(self, run: Run) -> None:
-        write_run_json(run, run_record(run, tails=False))
+    def run_started(self, run: Run) -> None: write_run_json(run, run_record(run, tails=False))
 
     def attempt_finished(self, run: Run, record: dict[str, Any]) -> None:
         """Record one finished attempt (also one that will be retried): journal line, then run.json."""
@@ -3569,36 +3158,28 @@ class ResultsWriter:
         return self._next_write if self.dirty else None
 
     def finish(self, pending: Sequence[Run], interrupted: bool) -> None:
-        """At the end: on interruption, <output-file>.partial holds every run, the unstarted ones as
-        `pending`; after a full sweep, a stale .partial from an earlier interrupted sweep is removed."""
+        """At the end: interrupted, <output-file>.partial holds every run; else a stale .partial is removed."""
         self.dirty = True
         self.flush(force=True)
         if interrupted:
             everything = list(self.records.values()) + [run_record(r) for r in pending]
             write_json_atomic(self.partial_file, sorted(everything, key=lambda r: r["index"]))
         else:
-            try:
-                self.partial_file.unlink()
-            except FileNotFoundError:
-                pass
+            self.partial_file.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._journal is not None:
-            try:
+            with suppress(OSError):  # a failed write was reported when it happened
                 os.fsync(self._journal)
-            except OSError:
-                pass  # a failed write was reported when it happened
             os.close(self._journal)
             self._journal = None
 
 
 def try_lock(path: Path) -> int | None:
-    """An exclusive flock on `path` (a file, made if missing, or a folder), without waiting: the open
-    descriptor (close it to unlock), or None if another process holds it. The kernel frees an flock when
-    its holder dies, so a crash leaves no stale lock. (fcntl directly: one system call, where importing
-    filelock cost 35 ms of every sweep's start.)"""
+    """An exclusive flock on `path` (a file, made if missing, or a folder) without waiting: its descriptor, or
+    None if another process holds it. The kernel frees it when its holder dies: no stale lock. (fcntl: one
+    system call; importing filelock cost 35 ms of every start.)"""
     import fcntl
-
     if path.is_dir():
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     else:
@@ -3615,10 +3196,8 @@ def try_lock(path: Path) -> int | None:
 
 
 def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
-    """One sweep per output folder: a lock on the folder itself (deleting a file in it cannot undo it), and
-    our PID in LOCK beside it. When the sweep that holds it is gone but the lock is still held, its guardian
-    is still ending that sweep's runs: wait for it (at most `wait_s`), so that no run starts while a process
-    of its earlier attempt lives."""
+    """One sweep per output folder: a lock on the folder (deleting a file cannot undo it), our PID in LOCK. If
+    its holder is gone but the lock still held, its guardian is ending its runs: wait for that (at most `wait_s`)."""
     lock = try_lock(output_dir)
     deadline, said = time.monotonic() + wait_s, False
     while lock is None:
@@ -3627,26 +3206,21 @@ def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
         except (OSError, ValueError):
             holder = 0
         if not holder or pid_alive(holder) or time.monotonic() > deadline:
-            raise UserError(
-                f"{output_dir}: another train_sweep (PID {holder or 'unknown'}) is running a sweep in this output "
-                "folder; wait for it to finish or use another --output-dir"
-            )
+            raise UserError(f"{output_dir}: another train_sweep (PID {holder or 'unknown'}) is running a sweep in this "
+                            "output folder; wait for it to finish or use another --output-dir")
         if not said:
             print(f"{output_dir}: the sweep that ran here (PID {holder}) is gone; waiting for its runs to end",
                   file=sys.stderr, flush=True)
             said = True
         time.sleep(0.1)
         lock = try_lock(output_dir)
-    try:
+    with suppress(OSError):
         (output_dir / LOCK).write_text(f"{os.getpid()}\n")
-    except OSError:
-        pass
     return lock
 
 
 def sweep_alive(folder: Path) -> int | None:
-    """The PID of the train_sweep running a sweep in this output folder, or None: read from its lock file,
-    without taking the lock (a sweep starting now must not find it taken)."""
+    """The PID of the train_sweep in this output folder, or None: from its lock file, without taking the lock."""
     try:
         pid = int((folder / LOCK).read_text().strip())
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -3656,28 +3230,27 @@ def sweep_alive(folder: Path) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Does a process of this PID live (ours or another user's)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's
+        pass
     return True
 
 
 def lock_results_file(output_file: Path) -> int:
-    """One sweep per results file too (two sweeps of one folder with other output folders would overwrite
-    each other's): a lock on the hidden file .<name>.lock beside it, holding our PID."""
+    """One sweep per results file too: a lock on .<name>.lock beside it, holding our PID."""
     path = output_file.with_name(f".{output_file.name}.lock")
     try:
         lock = try_lock(path)
     except OSError as e:
         raise UserError(f"{path}: cannot lock the results file ({e.strerror or e})") from None
     if lock is None:
-        try:
+        holder = "unknown"
+        with suppress(OSError):
             holder = path.read_text().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
         raise UserError(f"{output_file}: another train_sweep (PID {holder}) writes its results to this file; "
                         "pass --output-file to give this sweep its own")
     os.ftruncate(lock, 0)
@@ -3688,7 +3261,6 @@ def lock_results_file(output_file: Path) -> int:
 # ----------------------------------------------------------------------------------------------
 # 9. Reporting
 # ----------------------------------------------------------------------------------------------
-
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -3709,8 +3281,7 @@ class Progress:
     packing: str | None = None  # --max-processes-per-gpu auto: the footprint, and why GPUs take no more
 
     @property
-    def unfinished(self) -> int:
-        return self.counts["running"] + self.counts.get("queued", 0) + self.counts["pending"]
+    def unfinished(self) -> int: return self.counts["running"] + self.counts.get("queued", 0) + self.counts["pending"]
 
     def bracket(self) -> str:
         """`[complete 3 | failed 1 | running 2 | pending 4]`: states that did not occur are left out."""
@@ -3735,10 +3306,9 @@ def run_where(run: Run) -> str:
 
 
 class Reporter:
-    """Plain, timestamped event lines (one per start and finish) on stdout, every event also in
-    <output-dir>/sweep.log (with the date and the reason for each placement), and a summary at the end.
-    Reads nothing of the sweep but the Progress snapshots it is given. A terminal that went away (hang-up,
-    a closed pipe) only silences it: the sweep goes on and ends as it would."""
+    """Timestamped event lines on stdout (a start, a finish), each also in <output-dir>/sweep.log (with the date
+    and why a run was placed there), and a summary at the end; it reads only the Progress snapshots given. A
+    terminal that went away only silences it: the sweep goes on."""
 
     refresh_s: float | None = None  # the live view asks the loop to wake this often
 
@@ -3762,12 +3332,10 @@ class Reporter:
         """One event: shown (with `details` on lines below it) and written to sweep.log (plus `log_only`)."""
         now = time.time()
         if self._log is not None:
-            try:
+            with suppress(OSError):  # the sweep's own output errors are reported where results are written
                 self._log.write(f"{iso_time(now)} {text}{log_only}\n")
                 for line in details:
                     self._log.write(f"{'':30}{line}\n")
-            except OSError:
-                pass  # the sweep's own output errors are reported where results are written
         self.show(time.strftime("%H:%M:%S", time.localtime(now)), text, details)
 
     def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
@@ -3803,8 +3371,7 @@ class Reporter:
         parts = [f"{run.state.value:<11} {run.name}{attempt}  {run_where(run)}  {fmt_duration(run.duration)}"]
         if run.state not in (State.COMPLETE, State.PRUNED):
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
-        value = metric_of(run.metrics, self.metric)
-        if value is not None:
+        if (value := metric_of(run.metrics, self.metric)) is not None:
             parts.append(f"{self.metric}={value:g}")
         parts.append(progress.bracket())
         if progress.eta is not None and progress.unfinished:
@@ -3824,37 +3391,31 @@ class Reporter:
 
     def resumed(self, skipped: int, to_run: int) -> None:
         if skipped:
-            self.event(f"resume: {skipped} run(s) already complete (or pruned) with the same hyperparameters and command are "
-                       f"skipped (--rerun runs them again); {to_run} to run")
+            self.event(f"resume: {skipped} run(s) already complete (or pruned) with the same hyperparameters and "
+                       f"command are skipped (--rerun runs them again); {to_run} to run")
 
     SUMMARY_ROWS = 50
 
     def summary(self, done: Sequence[Run], pending: Sequence[Run], progress: Progress, results: ResultsWriter,
                 extra: Sequence[str] = ()) -> None:
-        """A table of the runs (every run up to 50, else those that did not complete), the counts, where the
-        results are, and the best run."""
+        """A table of the runs (all up to SUMMARY_ROWS, else those not complete), the counts, the results, the best."""
         runs = sorted(done, key=lambda r: r.index)
         if self.metric:  # ranked: the best complete run first, runs without the metric after, by index
             def rank(r: Run) -> tuple[int, float, int]:
                 v = metric_of(r.metrics, self.metric) if r.state == State.COMPLETE else None
                 return (v is None, 0.0 if v is None else (v if self.mode == "min" else -v), r.index)
-
             runs.sort(key=rank)
-        shown = runs if len(runs) <= self.SUMMARY_ROWS else [r for r in runs if r.state != State.COMPLETE]
-        shown = shown[: self.SUMMARY_ROWS]
+        rows_max = self.SUMMARY_ROWS
+        shown = (runs if len(runs) <= rows_max else [r for r in runs if r.state != State.COMPLETE])[:rows_max]
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
         rows = []
         for r in shown:
             row = [str(r.index), r.label or r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""),
-                   run_where(r),
-                   fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
+                   run_where(r), fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
             if self.metric:
-                v = metric_of(r.metrics, self.metric)
-                row.append("" if v is None else f"{v:g}")
+                row.append("" if (v := metric_of(r.metrics, self.metric)) is None else f"{v:g}")
             rows.append(row)
-        counts: dict[str, int] = {}
-        for r in runs:
-            counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        counts = dict(Counter(r.state.value for r in runs))
         if pending:
             counts["not started"] = len(pending)
         text = ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -3876,8 +3437,7 @@ class Reporter:
         self.print_summary(header, rows, [r.state for r in shown], lines)
 
     def print_summary(self, header: list[str], rows: list[list[str]], states: list[State], lines: list[str]) -> None:
-        """Plain text for logs and pipes: aligned columns, no colour, no box drawing (rich's import and
-        rendering cost 45-75 ms and 1.4 ms a row, measured: too much for a summary nobody sees in colour)."""
+        """Plain aligned columns for logs and pipes: rich's import and rendering cost 45-75 ms and 1.4 ms a row."""
         if rows:
             widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
             self._print("train_sweep summary")
@@ -3890,24 +3450,18 @@ class Reporter:
 
 
 class LiveReporter(Reporter):
-    """On a terminal: a live view redrawn four times a second, on the alternate screen (a resize leaves no
-    debris), fitted to the terminal: one line per GPU (memory bar, utilization, its runs with their elapsed
-    time), the overall progress with ETA, the last failure, and as many of the last events as the height
-    leaves room for. On a narrow terminal the GPU's name goes first, then the bars shrink and go; runs'
-    labels are cut, never wrapped. Everything still goes to sweep.log; at the end the last frame is printed
-    on the normal screen and the summary below it."""
+    """On a terminal: a live view, redrawn 4 times a second on the alternate screen (no debris on resize), fitted
+    to the terminal: a line per GPU (memory bar, utilization, runs), progress with ETA, the last failure and as
+    many recent events as fit (narrow: the GPU's name goes, then the bars). The last frame stays at the end."""
 
     refresh_s = 0.25
     EVENTS = 200
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from collections import deque
-
         super().__init__(*args, **kwargs)
         self.events: deque[str] = deque(maxlen=self.EVENTS)
         self._live: Any = None
-        self._next_draw = 0.0
-        self._started = time.time()
+        self._next_draw, self._started = 0.0, time.time()
         self._last: Progress | None = None
         self.last_failure: str | None = None
 
@@ -3920,10 +3474,8 @@ class LiveReporter(Reporter):
     def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
         if self._live is None:  # before the loop starts and after it ends: plain lines
             super().show(stamp, text, details)
-            return
-        self.events.append(f"{stamp} {text}")
-        for line in details:
-            self.events.append(f"         {line}")
+        else:
+            self.events.extend([f"{stamp} {text}", *(f"         {line}" for line in details)])
 
     def _draw(self, progress: Progress) -> None:
         if self.silent:
@@ -3936,7 +3488,6 @@ class LiveReporter(Reporter):
     def begin(self, progress: Progress) -> None:
         from rich.console import Console
         from rich.live import Live
-
         self._live = Live(console=Console(file=self.stream), auto_refresh=False, transient=True, screen=True,
                           redirect_stdout=False, redirect_stderr=False)
         try:
@@ -3972,7 +3523,6 @@ class LiveReporter(Reporter):
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
-
         if self.silent:
             return
         colors = {State.COMPLETE: "green", State.FAILED: "red", State.TIMEOUT: "red", State.OOM: "red",
@@ -3995,7 +3545,6 @@ class LiveReporter(Reporter):
         """The frame, fitted to the terminal's width and height (see the class)."""
         from rich.console import Group
         from rich.text import Text
-
         width, height = self._live.console.size if self._live is not None else (120, 40)
         width = max(20, width - 1)
         now = time.time()
@@ -4013,31 +3562,23 @@ class LiveReporter(Reporter):
             f"elapsed {fmt_duration(now - self._started)}"
             + (f"  ETA {fmt_duration(progress.eta)}" if progress.eta is not None and progress.unfinished
                else ""))
-        fixed = [progress_line]
-        if progress.top:
-            fixed.append(Text(f"best {self.metric} so far: " + ", ".join(f"{name} {value:g}" for name, value in
-                                                                        progress.top), style="green"))
-        if progress.search:
-            fixed.append(Text(progress.search, style="cyan"))
-        if progress.packing:
-            fixed.append(Text(progress.packing, style="cyan"))
-        if progress.waiting and progress.stopping is None:
-            fixed.append(Text(f"waiting for GPU memory: {progress.waiting}", style="yellow"))
-        if progress.stopping:
-            fixed.append(Text(f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL after "
-                              "the grace period; Ctrl+C again kills them now)", style="yellow"))
-        if self.last_failure:
-            fixed.append(Text(self.last_failure, style="red"))
+        top = ", ".join(f"{name} {value:g}" for name, value in progress.top)
+        fixed = [progress_line] + [Text(text, style=style) for text, style in (
+            (progress.top and f"best {self.metric} so far: {top}", "green"), (progress.search, "cyan"),
+            (progress.packing, "cyan"),
+            (progress.stopping is None and progress.waiting and f"waiting for GPU memory: {progress.waiting}",
+             "yellow"),
+            (progress.stopping and f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL "
+             "after the grace period; Ctrl+C again kills them now)", "yellow"),
+            (self.last_failure, "red")) if text]
         fit = height - 2 - len(fixed)  # a terminal shorter than the GPU list: the rows that fit, then a count
-        if room_for_events is None and len(rows) > max(1, fit) and progress.cluster:
-            keep = max(1, fit - 1)
-            rows = rows[:keep] + [Text(f"… {len(rows) - keep} more run(s) (a taller terminal shows them)", style="dim")]
-        elif room_for_events is None and len(rows) > max(1, fit):
+        if room_for_events is None and len(rows) > max(1, fit):
             keep = max(1, fit - 1)
             hidden = progress.gpus[keep:]
             busy = sum(1 for x in progress.running if (x.gpus[0] if x.gpus else CPU) in hidden)
-            rows = rows[:keep] + [Text(f"… {len(hidden)} more GPU(s), {busy} run(s) on them (a taller terminal "
-                                       "shows them)", style="dim")]
+            more = f"{len(rows) - keep} more run(s)" if progress.cluster else \
+                f"{len(hidden)} more GPU(s), {busy} run(s) on them"
+            rows = rows[:keep] + [Text(f"… {more} (a taller terminal shows them)", style="dim")]
         room = room_for_events if room_for_events is not None else height - 2 - len(rows) - len(fixed)
         events = list(self.events)[-room:] if room > 0 else []
         lines = [Text("train_sweep", style="bold"), *rows, *fixed, *(Text(e, style="dim") for e in events)]
@@ -4053,10 +3594,9 @@ class LiveReporter(Reporter):
                    if x.value is not None else "") + ")")
 
     def _gpu_line(self, g: int, progress: Progress, width: int, now: float) -> Any:
-        """One GPU on one line: id, name (from 120 columns), memory bar (20 wide from 140, 10 from 100, none
-        below), used/total, utilization, and its runs, cut to what is left."""
+        """One GPU on one line: id, name (from 120 columns), memory bar (20 wide from 140, 10 from 100), used/total,
+        utilization, and its runs, cut to what is left."""
         from rich.text import Text
-
         r = progress.readings.get(g)
         line = Text(f"{'CPU' if g == CPU else g:<4}")
         threshold = progress.threshold_mb
@@ -4084,12 +3624,10 @@ class LiveReporter(Reporter):
 
 
 def print_dry_run(plan: Plan, placement: str, note: str) -> None:
-    """The expanded sweep as a table: name, hyperparameters, command line; then the count and placement.
-    A search: its example trial, then the space, the sampler, the budget, the pruner and the objectives."""
+    """The expanded sweep as a table (name, hyperparameters, command), the count and placement; or the search."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
     runs, search = plan.runs, plan.search
     title = f"dry run: {len(runs)} run(s)" if search is None else "dry run: a search (an example trial)"
     table = Table(title=title, title_justify="left", show_lines=False)
@@ -4105,7 +3643,8 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 250)
     console.print(table)
     if len(runs) > DRY_RUN_ROWS:
-        console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)", highlight=False)
+        console.print(f"... {len(runs) - DRY_RUN_ROWS:,} more run(s) not shown (left out of this table)",
+                      highlight=False)
     if search is not None:
         for line in extra("space").describe_search(search, plan.settings, placement):
             console.print(line, highlight=False, markup=False)
@@ -4113,8 +3652,9 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
         console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
         skipped = sum(run.skipped for run in runs)
         if skipped:
-            console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters and "
-                          f"command are skipped; {len(runs) - skipped} to run (--rerun runs them all).", highlight=False)
+            console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters "
+                          f"and command are skipped; {len(runs) - skipped} to run (--rerun runs them all).",
+                          highlight=False)
     if note:
         console.print(note, highlight=False)
 
@@ -4122,7 +3662,6 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # 10. The event loop
 # ----------------------------------------------------------------------------------------------
-
 
 @dataclasses.dataclass(eq=False)
 class Attempt:
@@ -4139,12 +3678,11 @@ FINISHED_ORDER = (State.COMPLETE, State.PRUNED, State.FAILED, State.TIMEOUT, Sta
 
 
 class Wakeups:
-    """Where the loop sleeps: select() on a self-pipe that signal handlers write to, SIGCHLD included, so a
-    run that exits wakes the loop at once. Ctrl+C, SIGTERM and SIGHUP are queued in `signals` for the loop
-    (SIGHUP is left alone where it is ignored, as under nohup: a hang-up is then meant to be ignored)."""
+    """Where the loop sleeps: select() on a self-pipe that signal handlers write to (SIGCHLD too: an exit wakes
+    the loop at once). Ctrl+C, SIGTERM and SIGHUP are queued in `signals` (SIGHUP not where it is ignored, as
+    under nohup)."""
 
-    def __init__(self) -> None:
-        self.signals: list[int] = []
+    def __init__(self) -> None: self.signals: list[int] = []
 
     def install(self) -> Callable[[], None]:
         """Take the signals; returns the function that gives them back."""
@@ -4163,7 +3701,6 @@ class Wakeups:
         def handler(signum: int, frame: Any) -> None:
             if signum != signal.SIGCHLD:
                 self.signals.append(signum)
-
         for s in handled:
             signal.signal(s, handler)
 
@@ -4174,7 +3711,6 @@ class Wakeups:
             self._selector.close()
             os.close(r)
             os.close(w)
-
         return restore
 
     def wait(self, timeout: float | None) -> None:
@@ -4182,16 +3718,13 @@ class Wakeups:
         if timeout is not None and timeout <= 0:
             return
         self._selector.select(None if timeout is None else min(timeout, 3600.0))  # epoll takes at most ~24 days
-        try:
+        with suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        except BlockingIOError:
-            pass
 
 
 class Leaderboard:
-    """The best so far by the ranking metric: each running or complete run's latest value, and the run that
-    leads. `say` hears a line when another run takes the lead."""
+    """The best so far by the ranking metric (each run's latest value); `say` hears when the lead changes."""
 
     def __init__(self, ranking: Ranking, say: Callable[[str], None]) -> None:
         self.metric, self.mode, self.say = ranking.metric, ranking.mode, say
@@ -4232,18 +3765,15 @@ class Leaderboard:
 
     def top(self, k: int) -> list[tuple[Run, float]]:
         import heapq
-
-        pick = heapq.nsmallest if self.mode == "min" else heapq.nlargest
-        return pick(k, self.board.items(), key=lambda rv: rv[1])
+        return (heapq.nsmallest if self.mode == "min" else heapq.nlargest)(k, self.board.items(), key=lambda rv: rv[1])
 
 
 class MetricFeed:
-    """Where a running run's metrics come from, read as they grow: its stdout lines (MetricReader), its
-    metrics.jsonl (read on from where the last look stopped), and its TensorBoard event files (an extra)."""
+    """A running run's metrics as they grow: stdout, metrics.jsonl (read on) and TensorBoard events (an extra)."""
 
     def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
-        self.reader = MetricReader(settings.metric, re.compile(settings.metric_regex) if settings.metric_regex else None)
-        self.say = say
+        regex = re.compile(settings.metric_regex) if settings.metric_regex else None
+        self.reader, self.say = MetricReader(settings.metric, regex), say
         self._jsonl_at: dict[Run, tuple[int, bool]] = {}  # how far each run's metrics.jsonl was read (in a long line?)
         follower = optional_extra("metrics tensorboard")  # None when the extras are not beside this file
         self.tensorboard = follower(settings.metric) if follower is not None and settings.metric else None
@@ -4267,8 +3797,8 @@ class MetricFeed:
             self.tensorboard.forget(run.run_dir)
 
     def _read_jsonl(self, run: Run, final: bool = False) -> list[tuple[int | None, dict[str, float]]]:
-        """New complete lines of <run_dir>/metrics.jsonl (one written before this attempt began is not its);
-        at the run's end its last line too. A line longer than 4 MB (a logged matrix) is skipped."""
+        """New complete lines of <run_dir>/metrics.jsonl (a file older than the attempt is not its), at the end the
+        last too; a line over 4 MB (a logged matrix) is skipped."""
         path = run.run_dir / "metrics.jsonl"
         at, skipping = self._jsonl_at.get(run, (0, False))
         try:
@@ -4297,18 +3827,13 @@ class MetricFeed:
         self._jsonl_at[run] = (at, skipping)
         points = []
         for line in b"".join(chunks).splitlines():
-            try:
-                point = self.reader.from_json(json.loads(line))
-            except (ValueError, RecursionError):
-                continue
-            if point is not None:
-                points.append(point)
-        return points
+            with suppress(ValueError, RecursionError):
+                points.append(self.reader.from_json(json.loads(line)))
+        return [p for p in points if p is not None]
 
 
 class FailFast:
-    """The first runs all failing within seconds with the same error is a broken setup (a typo in a
-    hyperparameter's name, a missing file), not forty separate failures: say so, and stop launching."""
+    """The first runs failing within seconds with one error is a broken setup, not forty failures: stop launching."""
 
     def __init__(self, on: bool) -> None:
         self.early: list[tuple[str, str, str]] | None = [] if on else None  # see broken_setup
@@ -4327,34 +3852,20 @@ class FailFast:
 
 
 class Sweep:
-    """The event loop: wait for an event (a run ended, output appeared, a timer, a signal), update the
-    state, record what finished, place what can start, report. Runs come from a RunSource, run through a
-    Launcher, and take GPUs from a GpuPool. It sleeps in Wakeups: a run that exits wakes it at once."""
+    """The event loop: wait for an event (a run ended, output, a timer, a signal), update the state, record what
+    finished, place what can start, report. A RunSource, a Launcher and a Placement; it sleeps in Wakeups."""
 
-    def __init__(
-        self,
-        source: RunSource,
-        launcher: Launcher,
-        pool: Placement,
-        results: ResultsWriter,
-        reporter: Reporter,
-        settings: Settings,
-        previous: Sequence[Run] = (),
-        clock: Callable[[], float] = time.monotonic,
-        wakeups: Wakeups | None = None,
-        best_k: Any = None,
-    ) -> None:
-        from collections import deque
-
+    def __init__(self, source: RunSource, launcher: Launcher, pool: Placement, results: ResultsWriter,
+                 reporter: Reporter, settings: Settings, previous: Sequence[Run] = (),
+                 clock: Callable[[], float] = time.monotonic, wakeups: Wakeups | None = None,
+                 best_k: Any = None) -> None:
         self.source, self.launcher, self.pool = source, launcher, pool
         self.results, self.reporter, self.settings, self.clock = results, reporter, settings, clock
         self.timeout = None if launcher.own_timeout else settings.timeout or None  # a cluster keeps its own
         self.oom_patterns = [*OOM_PATTERNS, *settings.oom_pattern]
-        self.ranking = settings.ranking
+        self.ranking, self.best_k = settings.ranking, best_k
         self.metric, self.mode = self.ranking.metric, self.ranking.mode
-        self.feed = MetricFeed(settings, reporter.event)
-        self.leaders = Leaderboard(self.ranking, reporter.event)
-        self.best_k = best_k
+        self.feed, self.leaders = MetricFeed(settings, reporter.event), Leaderboard(self.ranking, reporter.event)
         self.active: dict[Run, Attempt] = {}
         self.head: Run | None = None  # taken from the source, waiting for its GPUs (first come, first served)
         self.retry: deque[Run] = deque()  # failed runs to try again, after the source's runs
@@ -4376,14 +3887,10 @@ class Sweep:
         self.leaders.elect(announce=False)
         self.stop: str | None = None  # the signal (or "error") that stopped the sweep
         self.halted: str | None = None  # why no more runs are started (a broken setup: fail fast)
-        self.fail_fast = FailFast(not settings.no_fail_fast)
-        self.killed = False
-        self.fatal: str | None = None
+        self.fatal: str | None = None  # the sweep's own error
         self.waiting: str | None = None  # why pending runs cannot start now (memory): poll NVML
-        self.poll_interval = POLL_MIN_S
-        self._next_observe = 0.0
-        self.wakeups = wakeups or Wakeups()
-        self._ticks = 0  # passes of the loop so far
+        self.fail_fast, self.killed, self.wakeups = FailFast(not settings.no_fail_fast), False, wakeups or Wakeups()
+        self.poll_interval, self._next_observe, self._ticks = POLL_MIN_S, 0.0, 0  # _ticks: passes of the loop
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -4423,15 +3930,13 @@ class Sweep:
         finally:
             self.reporter.end()
             restore()
-            self.launcher.close(detach=self.settings.detach)  # every run has ended (or was just killed, or
-            # detached: left to the cluster): the guardian can go
+            self.launcher.close(detach=self.settings.detach)  # every run ended (killed, or left to the cluster)
         self.source.close()
         return self._finish()
 
     def _over(self) -> bool:
-        if self.active or self.ended:
-            return False
-        return self.stop is not None or self.halted is not None or not self.pending()
+        return not (self.active or self.ended) and (self.stop is not None or self.halted is not None
+                                                    or not self.pending())
 
     # -- signals ------------------------------------------------------------------------------
     def _handle_signals(self, now: float) -> None:
@@ -4449,18 +3954,14 @@ class Sweep:
                     self.launcher.stop(attempt.handle, hard=True)
 
     def _end(self, attempt: Attempt, state: State, now: float) -> None:
-        """End a running attempt (timeout, interrupted): SIGTERM now, SIGKILL after the grace period. One
-        whose main process has already exited keeps its own exit code."""
+        """End a running attempt: SIGTERM, SIGKILL after the grace period (one that exited keeps its own code)."""
         if attempt.ending is None and self.launcher.stop(attempt.handle, hard=False):
-            attempt.ending = state
-            attempt.kill_at = now + self.settings.kill_grace
+            attempt.ending, attempt.kill_at = state, now + self.settings.kill_grace
 
     def _prune(self, attempt: Attempt, why: str) -> None:
-        """The pruner gave up on a run: its whole process tree is killed at once (nothing of it is kept but
-        its logs and record), its GPUs go to the next run as soon as it is gone."""
+        """The pruner gave up on a run: its process tree is killed at once, its GPUs go to the next run."""
         if attempt.ending is None and self.stop is None and self.launcher.stop(attempt.handle, hard=True):
-            attempt.ending = State.PRUNED
-            attempt.kill_at = None
+            attempt.ending, attempt.kill_at = State.PRUNED, None
             self.reporter.event(f"{'pruning':<11} {attempt.run.name}: {why}")
 
     def _fail(self, message: str, now: float) -> None:
@@ -4486,11 +3987,9 @@ class Sweep:
                 run.state, run.start_time, run.job, run.location = State.PENDING, None, {}, ""
                 self.retry.appendleft(run)
                 continue
-            run.end_time = outcome.ended_at or time.time()
+            run.end_time, run.error = outcome.ended_at or time.time(), outcome.error or run.error
             run.start_time = outcome.started_at or run.start_time if outcome.ran else None
-            run.error = outcome.error or run.error
-            run.returncode = outcome.returncode
-            run.signal_name = signal_name(outcome.returncode)
+            run.returncode, run.signal_name = outcome.returncode, signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
             self.pool.ended(run, now)
             self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
@@ -4508,11 +4007,10 @@ class Sweep:
             self._ended(run, outcome.rerun if run.state != State.COMPLETE else None)
 
     def _ended(self, run: Run, rerun: str | None = None) -> None:
-        """An attempt is over: decide its requeue, count it, report it; it is recorded in _record. `rerun`:
-        it ended while no sweep followed it (a detached cluster job): it runs again, as resume would run it."""
-        requeue = None
-        if self.stop is None:
-            requeue = rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
+        """An attempt is over: decide its requeue, count and report it (_record records it). `rerun`: it ended while
+        no sweep followed it (a detached job): it runs again, as resume would run it."""
+        requeue = (rerun or requeue_reason(run, self.settings.retries, self.settings.max_oom_requeues)
+                   if self.stop is None else None)
         if requeue is None:
             self._count(run)
         elif run.state == State.OOM:
@@ -4555,9 +4053,7 @@ class Sweep:
             self._take_metrics(attempt.run, self.launcher.observe(attempt.handle))
 
     def _take_metrics(self, run: Run, lines: list[str], final: bool = False) -> None:
-        """Metrics in new stdout lines, new lines of the run's metrics.jsonl and its TensorBoard event files:
-        each run's latest values, its series (train_sweep_metrics.jsonl, for what it printed), the source,
-        the best so far."""
+        """Metrics in new output: the run's latest values, its series (what it printed), the source, the leader."""
         if not self.feed.reader.names:
             return
         printed, written = self.feed.points(run, lines, self.clock(), final)
@@ -4570,8 +4066,7 @@ class Sweep:
                 run.points += 1
                 run.best = value if better(value, run.best, self.mode) else run.best
                 latest = value
-            why = self.source.report(run, step, values)
-            if why is not None and run in self.active:
+            if (why := self.source.report(run, step, values)) is not None and run in self.active:
                 self._prune(self.active[run], why)
         if latest is not None:
             self.leaders.rank(run, latest)
@@ -4601,13 +4096,11 @@ class Sweep:
                 elif self.best_k is not None and run.state == State.PRUNED:
                     self.best_k.drop(run, "pruned")
                 continue
-            if run.state == State.OOM:
-                free = run.free_at_launch_mb
-                run.next_attempt(attempt_summary(record))
-                run.min_free_mb = free
-                self.oom_wait[run] = now
+            oom, free = run.state == State.OOM, run.free_at_launch_mb
+            run.next_attempt(attempt_summary(record))
+            if oom:
+                run.min_free_mb, self.oom_wait[run] = free, now
             else:
-                run.next_attempt(attempt_summary(record))
                 self.retry.append(run)
 
     def _done(self, run: Run, record: dict[str, Any]) -> None:
@@ -4624,8 +4117,8 @@ class Sweep:
 
     # -- starting runs ------------------------------------------------------------------------
     def _launch(self, now: float) -> None:
-        """Start runs while a GPU can take one: runs that ran out of memory first (when a GPU has room for
-        them), then the head of the queue (the source's runs, then retries), first come, first served."""
+        """Start runs while a GPU can take one: out-of-memory waiters first (where a GPU has room), then the head of
+        the queue (the source's runs, then retries), first come, first served."""
         self.waiting = None
         started: list[tuple[Run, str]] = []
         try:
@@ -4666,9 +4159,8 @@ class Sweep:
         return run, gpus, why
 
     def _pick_oom_waiter(self, now: float) -> tuple[Run, tuple[int, ...], str] | None:
-        """A run that ran out of memory waits for a GPU with more free memory than it had then (or an empty
-        one); when nothing of this sweep's is running that could free more, or after OOM_WAIT_S, it takes
-        what there is."""
+        """A run that ran out of memory waits for a GPU with more free memory than it had (or an empty one); with no
+        run of ours left to free more, or after OOM_WAIT_S, it takes what there is."""
         for run, since in list(self.oom_wait.items()):
             if not self._can_start(run):
                 del self.oom_wait[run]
@@ -4694,10 +4186,11 @@ class Sweep:
     def _can_start(self, run: Run) -> bool:
         """False for a run that needs more GPUs than are left (GPUs were taken out): it fails, with why."""
         why = self.pool.unplaceable(run)
-        if why is None:
-            return True
-        run.error = why
-        run.state, run.end_time = State.FAILED, time.time()
+        return why is None or self._not_started(run, why)
+
+    def _not_started(self, run: Run, why: str) -> bool:
+        """A run that cannot start fails, with why; the sweep goes on. Returns False."""
+        run.error, run.state, run.end_time = why, State.FAILED, time.time()
         self._ended(run)
         return False
 
@@ -4707,9 +4200,7 @@ class Sweep:
 
     def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
         run.assign(() if gpus == (CPU,) else gpus)
-        run.state = State.RUNNING
-        run.start_time = time.time()
-        run.started_at = now
+        run.state, run.start_time, run.started_at = State.RUNNING, time.time(), now
         run.free_at_launch_mb = self.pool.free_mb(gpus[0])
         try:
             handle = self.launcher.start(run, run.gpus)
@@ -4721,11 +4212,7 @@ class Sweep:
                 self.retry.appendleft(run)
             raise
         except LaunchError as e:
-            run.error = str(e)
-            run.state = State.FAILED
-            run.end_time = time.time()
-            self._ended(run)
-            return False
+            return self._not_started(run, str(e))
         self.pool.launched(run, gpus, now)
         self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None)
         return True
@@ -4776,8 +4263,8 @@ class Sweep:
                         tuple(self.launcher.describe()), self.pool.packing())
 
     def _finish(self) -> int:
-        if self.settings.detach and self.stop is None and self.active:  # the jobs are left to the cluster: no
-            self.reporter.detached(self.launcher.detached(list(self.active), self.pending()))  # results file until a re-attached sweep ends
+        if self.settings.detach and self.stop is None and self.active:  # left to the cluster: no results file
+            self.reporter.detached(self.launcher.detached(list(self.active), self.pending()))  # until re-attached
             return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
         pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
         try:
@@ -4805,7 +4292,6 @@ class Sweep:
 # ----------------------------------------------------------------------------------------------
 # 11. Running a sweep: the plan, the backends, the Python API (run, load)
 # ----------------------------------------------------------------------------------------------
-
 
 def parse_gpu_ids(values: Sequence[str] | None) -> list[int] | None:
     """--gpus values -> ids, or None for every GPU ('all' or no flag). Accepts '0 1' and '0,1'."""
@@ -4841,9 +4327,8 @@ def resolve_gpus(settings: Settings) -> tuple[list[int], NvmlProbe | None, str]:
     unknown = [i for i in ids if i >= probe.count]
     if unknown:
         probe.close()
-        raise UserError(
-            f"--gpus: GPU {unknown[0]} not found: NVML reports {probe.count} GPU(s), ids 0-{probe.count - 1}"
-        )
+        raise UserError(f"--gpus: GPU {unknown[0]} not found: NVML reports {probe.count} GPU(s), ids "
+                        f"0-{probe.count - 1}")
     return list(ids), probe, ""
 
 
@@ -4868,8 +4353,7 @@ def resolve_path(text: str, flag: str) -> Path:
 
 
 def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence[str]) -> None:
-    """--output-file must be a file of its own: not a folder, not an input of the sweep (the config file,
-    a --configs file, the train script), not a file the sweep keeps itself (journal, sweep.json, ...)."""
+    """--output-file must be a file of its own: not a folder, an input of the sweep, or a file the sweep keeps."""
     text = settings.output_file
     path = resolve_path(text, "--output-file")
     if text.endswith(os.sep) or path.is_dir() or path.name in ("", ".", ".."):
@@ -4879,7 +4363,8 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
         inputs.append(command[1])
     for name in inputs:
         if name and resolve_path(name, "input") in (path, path.with_name(path.name + ".partial")):
-            raise UserError(f"--output-file {text!r} would overwrite {name}, an input of the sweep; choose another file")
+            raise UserError(f"--output-file {text!r} would overwrite {name}, an input of the sweep; choose another "
+                            "file")
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if path == output_dir or (path.parent == output_dir and path.name in OWNED_FILES) or \
             path.parent == output_dir / "best" or any(path.parent == run.run_dir for run in runs):
@@ -4888,8 +4373,7 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
 
 @dataclasses.dataclass
 class Plan:
-    """What a sweep will do: its settings completed from the config, the runs of a list (or, in a search,
-    one example trial's run and the factory of trials' runs), and the output folder's journal."""
+    """What a sweep will do: resolved settings, the runs (a search: an example and a factory), the journal."""
 
     settings: Settings
     spec: SweepSpec
@@ -4905,10 +4389,9 @@ class Plan:
 
 
 def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
-    """Config file (or --configs, or a sweep file) + command-line sweeps and overrides + flags -> the plan:
-    the settings resolved once, here (the flags over the config over the defaults: command, argument style,
-    name template, packing, MPS, the backend's own, the search's metric and budget), the runs (a search
-    makes its runs as trials are asked), and the output folder's journal (earlier sweeps' records)."""
+    """Config file (or --configs, or a sweep file) + overrides + flags -> the plan: the settings resolved once,
+    here (the flags over the config over the defaults), the runs (a search makes its own as trials are
+    asked), and the output folder's journal."""
     output_dir = resolve_path(settings.output_dir, "--output-dir")
     if output_dir == output_dir.parent:
         raise UserError(f"--output-dir {settings.output_dir!r}: the filesystem's root cannot hold run folders")
@@ -4932,9 +4415,9 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
                             "runs the same: drop one of them")
         if key in plain:
             raise UserError(f"--set {key}=... and the override {key}=... both set {key!r}: give it once")
+    if settings.configs and cli_sweeps:
+        raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
     if settings.configs:
-        if cli_sweeps:
-            raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
         entries = select_entries(expand_config_files(settings.configs, values), settings.max_runs, settings.shuffle,
                                  settings.seed)
         for e in entries:
@@ -4946,15 +4429,11 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
     else:
         entries = expand(spec, cli_sweeps, values, settings.gpus_per_run, settings.gpu_memory_gb, settings.max_runs,
                          settings.shuffle, settings.seed)
+    per_gpu = next(v for v in (settings.max_processes_per_gpu, spec.max_processes_per_gpu, 1) if v is not None)
     settings = dataclasses.replace(
-        settings,
-        command=settings.command or spec.command or "python train.py",
-        arg_style=settings.arg_style or spec.arg_style or "hydra",
-        name_template=settings.name_template or spec.name_template,
-        max_processes_per_gpu=next(v for v in (settings.max_processes_per_gpu, spec.max_processes_per_gpu, 1)
-                                   if v is not None),
-        mps=settings.mps if settings.mps is not None else bool(spec.mps),
-    )
+        settings, command=settings.command or spec.command or "python train.py", max_processes_per_gpu=per_gpu,
+        arg_style=settings.arg_style or spec.arg_style or "hydra", name_template=settings.name_template or
+        spec.name_template, mps=settings.mps if settings.mps is not None else bool(spec.mps))
     settings = backend_class(settings.backend).resolve(settings, spec)
     if settings.pruner not in (None, "none") and not settings.metric:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
@@ -4978,9 +4457,8 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
 
 
 def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[SweepSpec, Any, Settings]:
-    """The config file (or a sweep file) and whether the sweep is a search: the sweep file's command and
-    argument style fill in what the flags did not say. Without a config file (the default one missing),
-    the command line's overrides are the sweep: `train_sweep lr=1e-3,1e-4 seed=0,1`."""
+    """The config file (or a sweep file) and whether the sweep is a search. Without a config file (the default
+    missing) the overrides are the sweep: `train_sweep lr=1e-3,1e-4 seed=0,1`."""
     if settings.sweep_file:
         if settings.configs:
             raise UserError("--sweep-file and --configs cannot be combined")
@@ -5033,16 +4511,14 @@ def check_settings(settings: Settings) -> None:
 
 
 def sweep_group(output_dir: Path) -> str:
-    """The sweep's name for trackers: its output folder's name, with the folder above it when that is the
-    default `outputs` (so that two projects' sweeps do not share a group)."""
+    """The sweep's name for trackers: its output folder's name (with its parent's for the default `outputs`)."""
     folder = output_dir.resolve()
     return f"{folder.parent.name}-{folder.name}" if folder.name == "outputs" else folder.name
 
 
 class Backend(Protocol):
-    """Where a sweep's runs run, chosen by --backend through BACKENDS: this machine (LocalBackend) or a
-    cluster (an extra's). Made from the plan, it checks what it can before anything is written; the CLI
-    then asks it for a launcher and a placement, and the loop talks only to those."""
+    """Where runs run (--backend, BACKENDS): this machine (LocalBackend) or a cluster (an extra's). Made from the
+    plan, it checks what it can before anything is written, then gives the loop a launcher and a placement."""
 
     placement: str  # where runs go, in one line (--dry-run, sweep.log)
     note: str  # what the user should know about it (no NVML: slots only), or ""
@@ -5051,8 +4527,7 @@ class Backend(Protocol):
         """Just before the sweep starts (not for --dry-run): what must answer (a cluster) does."""
 
     def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
-        """Before resume: attempts an earlier sweep left running where this backend keeps them are re-attached
-        to their runs, or ended when this sweep does not run them. Returns what to say."""
+        """Before resume: re-attach what an earlier sweep left running here, or end it. Returns what to say."""
 
     def start(self, sweep_id: str) -> list[str]:
         """Before anything is written: start what the runs need (an MPS daemon); UserError if it refuses."""
@@ -5068,8 +4543,7 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Runs as process trees on this machine's GPUs (or its CPU): GpuPool places them, LocalLauncher starts
-    and ends them, the guardian ends them if train_sweep is killed, and --mps runs them under MPS."""
+    """Runs as process trees on this machine's GPUs (or CPU): GpuPool, LocalLauncher, the guardian, --mps."""
 
     @classmethod
     def resolve(cls, settings: Settings, spec: SweepSpec) -> Settings:
@@ -5083,8 +4557,7 @@ class LocalBackend:
 
     def __init__(self, plan: Plan) -> None:
         settings = self.settings = plan.settings
-        self.output_dir = Path(settings.output_dir)
-        self.env = dict(plan.spec.env)
+        self.output_dir, self.env = Path(settings.output_dir), dict(plan.spec.env)
         self.daemon: Any = None
         self.guardian: Guardian | None = None
         self.gpus, self.probe, self.note = resolve_gpus(settings)
@@ -5103,22 +4576,16 @@ class LocalBackend:
         if auto and self.probe is None:
             raise UserError("--max-processes-per-gpu auto learns each run's GPU memory from NVML, which is not "
                             f"available here ({self.note or 'no reading'}): give a number")
-        self.policy = Policy(
-            max_per_gpu=AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1,
-            memory_threshold_mb=None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024,
-            max_parallel=settings.max_parallel,
-            settle_timeout_s=settings.settle_seconds,
-            auto=auto,
-            cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-            mps=bool(settings.mps),
-        )
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threshold = None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024
+        self.policy = Policy(AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1, threshold,
+                             settings.max_parallel, auto, cores, bool(settings.mps), settings.settle_seconds)
         self.placement = self.policy.describe(self.gpus)
 
     def check(self) -> None:
         """This machine's GPUs were checked when the backend was made."""
 
-    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]:
-        return []  # a local run does not outlive its sweep (the guardian ends it)
+    def attach(self, runs: Sequence[Run], journal: Journal, plan: Plan) -> list[str]: return []  # ends with the sweep
 
     def start(self, sweep_id: str) -> list[str]:
         if not self.settings.mps:
@@ -5127,8 +4594,7 @@ class LocalBackend:
         self.daemon = extra("mps")(self.output_dir, uuids)
         return self.daemon.start(sweep_id)
 
-    def record(self) -> dict[str, Any]:
-        return {"gpus": self.gpus, "policy": dataclasses.asdict(self.policy)}
+    def record(self) -> dict[str, Any]: return {"gpus": self.gpus, "policy": dataclasses.asdict(self.policy)}
 
     def open(self, sweep_id: str, lock: int, say: Callable[[str], None]) -> tuple[Launcher, Placement]:
         cgroups = RunCgroups(sweep_id)
@@ -5168,9 +4634,8 @@ def backend_class(name: str) -> Any:
 
 
 def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
-    """Lock the output folder and the results file, resume (or set old runs aside; the backend re-attaches to
-    what an earlier sweep left running), save the settings, open the study of a search (or of a pruned list),
-    let the backend open its launcher and placement, and run the event loop."""
+    """Lock the output folder and results file, resume (or set old runs aside; the backend re-attaches what an
+    earlier sweep left running), save the settings, open a search's study, and run the event loop."""
     settings, runs, journal_records, search = plan.settings, plan.runs, plan.journal, plan.search
     output_dir, output_file = Path(settings.output_dir), Path(settings.output_file)
     locks = [lock_output_dir(output_dir)]
@@ -5187,31 +4652,20 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
             for folder in (getattr(r, "run_dir", r) for r in old):
                 if folder.is_dir() and owned(folder, folder.name):
                     set_aside(folder)
-            for path in (journal, output_dir / STUDY):
-                if path.exists():
-                    set_aside(path)
+            for path in (p for p in (journal, output_dir / STUDY) if p.exists()):
+                set_aside(path)
             journal_records = {}
-        searcher = None  # what opening the study had to say goes to the log once it is open
-        if plan.searching:  # before anything is written: a study made for another search is refused
-            searcher = extra("source search")(plan, journal_records, said.append)
+        # before anything is written: a study made for another search is refused (what it says is logged later)
+        searcher = extra("source search")(plan, journal_records, said.append) if plan.searching else None
         skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
-        record = {
-            "train_sweep": __version__,
-            "sweep_id": sweep_id,
-            "argv": sys.argv,
-            "cwd": str(cwd),
-            "python": sys.executable,
-            "started": iso_time(time.time()),
-            "source": settings.source,
-            "command": settings.command,
-            **backend.record(),
-            "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
-            "runs": len(runs) if search is None else settings.n_trials,
-            "skipped": len(skipped),
-            "settings": dataclasses.asdict(settings),
-        }
+        record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": sys.argv, "cwd": str(cwd),
+                  "python": sys.executable, "started": iso_time(time.time()), "source": settings.source,
+                  "command": settings.command, **backend.record(),
+                  "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
+                  "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
+                  "settings": dataclasses.asdict(settings)}
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
@@ -5232,9 +4686,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
             for line in said:
                 reporter.event(line)
             launcher, placement = backend.open(sweep_id, locks[0], reporter.event)
-            best_k = None
-            if settings.top_k and settings.checkpoint_glob and settings.ranking.metric:
-                best_k = extra("best-k")(output_dir, settings, reporter.event)
+            best_k = extra("best-k")(output_dir, settings, reporter.event) if settings.top_k and \
+                settings.checkpoint_glob and settings.ranking.metric else None
             todo = [r for r in runs if not r.skipped] if search is None else []
             source = searcher.source(todo, reporter.event) if searcher is not None else ListSource(todo)
             sweep = Sweep(source, launcher, placement, results, reporter, settings, previous=[r for r, _ in skipped],
@@ -5250,9 +4703,10 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
             os.close(lock)
 
 
+# -- The Python API (docs/api.md): run() takes the flags as keywords, load() reads a sweep's folder -----------
+
 class SweepError(Exception):
-    """A sweep that could not start: bad input (the message names the file, entry or key), as the CLI's
-    one-line errors with exit code 2."""
+    """A sweep that could not start: bad input, with the CLI's one-line message (exit code 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5275,8 +4729,7 @@ class RunResult:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    """A sweep's output folder, read: its settings, its runs (the latest record of each), whether it still
-    runs, and the exit code when `run()` made it."""
+    """A sweep's output folder, read: settings, runs (latest records), whether it runs, `run()`'s exit code."""
 
     output_dir: Path
     settings: Mapping[str, Any]
@@ -5290,10 +4743,9 @@ class SweepResult:
         return Ranking.saved(self.settings).metric
 
     def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
-        """The k best complete runs by `metric` (default: the sweep's), lower first for mode min (default: the
-        sweep's), as seed 003's SweepManager.get_best_models(k): their folders hold what --top-k kept."""
+        """The k best complete runs by `metric` and `mode` (default: the sweep's), best first, as seed 003's
+        SweepManager.get_best_models(k): their folders hold what --top-k kept."""
         import heapq
-
         saved = Ranking.saved(self.settings)
         metric, mode = metric or saved.metric, mode or saved.mode
         if metric is None:
@@ -5305,22 +4757,18 @@ class SweepResult:
 
     def counts(self) -> dict[str, int]:
         """How many runs are in each state."""
-        out: dict[str, int] = {}
-        for run in self.runs:
-            out[run.state] = out.get(run.state, 0) + 1
-        return out
+        return dict(Counter(run.state for run in self.runs))
 
 
 def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
-    """Read a sweep's output folder, finished or running: sweep.json's settings, each run's latest record
-    from the journal, and the run.json of runs still running. Never takes the lock: safe beside a sweep."""
+    """Read a sweep's output folder, finished or running (never takes the lock): sweep.json's settings, each
+    run's latest record in the journal, the run.json of runs still running."""
     folder = Path(output_dir)
     if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
-    try:
+    saved = {}
+    with suppress(OSError, ValueError, RecursionError):
         saved = json.loads((folder / "sweep.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
-        saved = {}
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
@@ -5342,16 +4790,14 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
 
 
 def run(*overrides: str, **settings: Any) -> SweepResult:
-    """Run a sweep from Python with the same settings as the flags, as keywords named like them
-    (`gpus=[0, 1]`, `metric="val_loss"`, `max_processes_per_gpu="auto"`, `config_file=...`), and Hydra
-    overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code
-    (0: every run succeeded, 1: a run failed, 3: the sweep's own output failed, 130: interrupted). Bad input
-    raises SweepError with the CLI's one-line message. Call it from the main thread: it handles signals."""
+    """Run a sweep from Python: the flags as keywords (`gpus=[0, 1]`, `metric="val_loss"`, ...) and Hydra
+    overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code (0, 1:
+    a run failed, 3: the sweep's own output failed, 130: interrupted); bad input raises SweepError. Call it
+    from the main thread: it handles signals."""
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     unknown = [key for key in settings if key not in fields]
     if unknown:
-        raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: "
-                         f"{', '.join(fields)})")
+        raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: {', '.join(fields)})")
     given = {k: (v,) if isinstance(v, str) and fields[k].default == () else
              tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
     try:
@@ -5362,8 +4808,7 @@ def run(*overrides: str, **settings: Any) -> SweepResult:
 
 
 def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
-    """The sweep the CLI runs: plan it (settings resolved once), check it, run it. Returns the exit code;
-    UserError for bad input, before anything starts."""
+    """The sweep the CLI runs: plan, check, run; returns the exit code (UserError before anything starts)."""
     backend: Backend | None = None
     try:
         plan = plan_runs(settings, overrides)
@@ -5394,11 +4839,11 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
 # 12. CLI
 # ----------------------------------------------------------------------------------------------
 
-
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, no usage block; a misspelled flag gets the right one
-        import difflib
+    """argparse whose errors are one line (no usage block), naming the flag a misspelled one meant."""
 
+    def error(self, message: str) -> Any:
+        import difflib
         if message.startswith("unrecognized arguments:"):
             options = [o for action in self._actions for o in action.option_strings]
             for word in message.split(":", 1)[1].split():
@@ -5410,23 +4855,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate Hydra-style overrides (`lr=1e-3,1e-4`) from the flags, wherever they stand: a word with '='
-    that is not a flag and not the value of a flag that takes one value."""
+    """Split the flags from Hydra-style overrides (`lr=1e-3,1e-4`): words with '=' that are no flag or value of one."""
     single = {opt for action in parser._actions for opt in action.option_strings if action.nargs is None}
     flags: list[str] = []
     overrides: list[str] = []
-    takes_value = False
+    takes_value = False  # the word before was a flag that takes one value
     for word in argv:
-        if takes_value:
-            flags.append(word)
-            takes_value = False
-        elif word.startswith("-"):
-            flags.append(word)
-            takes_value = word in single
-        elif "=" in word:
-            overrides.append(word)
-        else:
-            flags.append(word)
+        (overrides if not takes_value and not word.startswith("-") and "=" in word else flags).append(word)
+        takes_value = not takes_value and word.startswith("-") and word in single
     return flags, overrides
 
 
@@ -5441,16 +4877,10 @@ def build_parser() -> argparse.ArgumentParser:
                "'train_sweep status [OUTPUT_DIR]', 'train_sweep watch [OUTPUT_DIR]', "
                "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "
-               "3 the sweep's output could not be written, 130 interrupted",
-    )
+               "3 the sweep's output could not be written, 130 interrupted")
     add_flags(p)
     p.add_argument("--version", action="version", version=f"train_sweep {__version__}")
     return p
-
-
-# -- The Python API: run a sweep, read a sweep ------------------------------------------------------
-# The CLI is a thin layer on these: `run()` takes the flags' settings as keywords, `load()` reads a sweep's
-# folder while it runs or after. (docs/api.md)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -5480,19 +4910,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """`python train_sweep.py` and the `train-sweep` command: main(), then exit without the interpreter's
-    module-by-module teardown (25 ms once rich is loaded). main() has closed every file it wrote; the
-    standard streams are flushed here."""
+    """`python train_sweep.py` and `train-sweep`: main(), then exit without the interpreter's teardown (25 ms
+    once rich is loaded); main() has closed its files, the standard streams are flushed here."""
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C outside the event loop, which handles its own: every file is closed
         say_error("interrupted")
         code = EXIT_INTERRUPTED
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
 
 

@@ -27,7 +27,6 @@ KEPT_ALWAYS = frozenset({"train_stdout.log", "train_stderr.log", "combined.log",
                          "metrics.jsonl", SERIES, RUN_MARK})  # in any folder of a run: never a checkpoint
 
 
-
 def checkpoint_pattern(glob: str) -> re.Pattern[str]:
     """--checkpoint-glob as a regular expression on paths relative to a run folder: `*` and `?` within one
     folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt')."""
@@ -39,7 +38,6 @@ def checkpoint_pattern(glob: str) -> re.Pattern[str]:
         out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
     body = "".join(out)
     return re.compile(body if "/" in glob else f"(?:.*/)?{body}")
-
 
 
 def own_folder(folder: Path) -> bool:
@@ -72,7 +70,6 @@ def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path,
     return found
 
 
-
 def check_best_ranking(output_dir: Path, settings: Settings) -> None:
     """A resumed sweep whose best/ was ranked by another metric or the other way (a forgotten --mode max)
     would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing)."""
@@ -86,7 +83,6 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
         raise UserError(f"{output_dir / 'best' / 'best.json'} ranks by {before.get('mode')} {before.get('metric')}, "
                         f"this sweep by {settings.ranking}: its kept checkpoints would be deleted; "
                         "pass the same --metric and --mode, or --keep-checkpoints, or move best/ away")
-
 
 
 class BestK:

@@ -15,7 +15,6 @@ from pathlib import Path
 from train_sweep import (
     MPS_DIR,
     UserError,
-    _running,
     one_line,
     tail_lines,
 )
@@ -23,9 +22,23 @@ from train_sweep import (
 MPS_CONTROL = "nvidia-cuda-mps-control"
 
 
-
 MPS_WAIT_S = 10.0  # longest wait for the daemon to answer after it started, and to exit after `quit`
 
+
+def _running(pid: int) -> bool:
+    """The process runs (a zombie does not: reaped here where the sweep adopted it as subreaper)."""
+    import psutil
+
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.Error:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return False
 
 
 class MpsDaemon:

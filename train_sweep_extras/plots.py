@@ -75,7 +75,6 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
     return written
 
 
-
 def _time_unit(seconds: float) -> tuple[float, str]:
     """The unit a plot's time axis reads best in: (seconds per unit, its name)."""
     if seconds < 120:
@@ -85,13 +84,8 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return 3600.0, "hours"
 
 
-
 STATE_COLORS = {"complete": "#009E73", "failed": "#D55E00", "timeout": "#E69F00", "oom": "#CC79A7",  # Okabe-Ito:
                 "interrupted": "#F0E442", "pruned": "#56B4E9", "pending": "#999999", "running": "#0072B2"}  # colour-blind safe
-
-
-
-
 
 
 def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str | None, mode: str = "min",
@@ -202,7 +196,6 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
     if metric:
         written += metric_vs_keys(folder, records, metric, mode, plt)
     return written
-
 
 
 def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: str, mode: str, plt: Any) -> list[Path]:

@@ -51,10 +51,6 @@ def import_optuna() -> Any:
     return optuna
 
 
-
-
-
-
 def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives: int) -> Any:
     """The Optuna sampler a search names (with its seed), or a one-line UserError when it cannot run here."""
     s = optuna.samplers
@@ -89,7 +85,6 @@ def make_sampler(optuna: Any, search: SearchSpec, seed: int | None, n_objectives
         raise UserError(f"the {name} sampler needs {e.name}: pip install {e.name}") from None
 
 
-
 def distribution(p: Param) -> Any:
     """A Param as Optuna's distribution."""
     from optuna import distributions as d
@@ -99,10 +94,6 @@ def distribution(p: Param) -> Any:
     if p.type == "int":
         return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
     return d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-
-
-
-
 
 
 def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
@@ -126,7 +117,6 @@ def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> 
     return pruner
 
 
-
 def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
     p = optuna.pruners
     kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
@@ -138,7 +128,6 @@ def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
         return kinds[name](**args)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: pruner {name!r}: {e}") from None
-
 
 
 def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, journal: Journal,
@@ -205,7 +194,6 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     return study
 
 
-
 def mend_torn_line(path: Path) -> None:
     """A sweep killed in the middle of a write leaves the study's last line cut short. Optuna skips it when
     it reads, but appends the next operation to it, which breaks the file for every later reader: cut the
@@ -235,7 +223,6 @@ def mend_torn_line(path: Path) -> None:
         raise UserError(f"{path}: cannot repair the study's last line: {e.strerror or e}") from None
 
 
-
 def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
                    say: Callable[[str], None]) -> None:
     """Trials left running by a sweep that died: told from their run's last journal record when it ended
@@ -258,7 +245,6 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
             requeue(study, trial.number, trial.params if search else None)
             say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
                 + ("asked again" if search else "its run goes again"))
-
 
 
 class SearchSource:
@@ -499,7 +485,6 @@ class SearchSource:
         self.ahead = None
 
 
-
 def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
     """A trial whose run did not end on its own (interrupted, never started, running when the sweep died):
     told failed, listed in the study's `requeued` (not counted against the budget), and asked again with
@@ -510,7 +495,6 @@ def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     if params is not None:
         study.enqueue_trial(dict(params), skip_if_exists=False)
-
 
 
 def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[str, Any]]]:

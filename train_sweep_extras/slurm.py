@@ -101,7 +101,6 @@ class ClusterSlots:
         return None
 
 
-
 SLURM_KEYS = {  # the config's "slurm" object: key -> (what it must be, its test)
     "partition": ("a string", lambda v: isinstance(v, str) and bool(v)),
     "time": ("a number of minutes > 0", lambda v: _is_number(v) and v > 0),
@@ -114,36 +113,28 @@ SLURM_KEYS = {  # the config's "slurm" object: key -> (what it must be, its test
 }
 
 
-
 SLURM_OWN = ("partition", "time", "gpus_per_node", "cpus_per_task", "mem", "array_parallelism", "job_name",
              "signal_delay_s")  # set from the flags above: --slurm-param cannot set these
-
 
 
 SEARCH_PARALLEL = 4  # a search's trials at once on a cluster, unless --slurm-max-parallel says
 
 
-
 SLURM_POLL_S = 0.5  # how often finished jobs' results are looked for (a stat per running job)
-
 
 
 SACCT_S = 3.0  # how often Slurm is asked for the jobs' states (one sacct call for all)
 
 
-
 SLURM_GONE_S = 30.0  # a job that Slurm's accounting has never heard of this long after it was submitted is lost
-
 
 
 SLURM_TURN = {"None", "Priority", "Resources", "BeginTime", "JobArrayTaskLimit", "Dependency", "Prolog",
               "Reservation", "NodeDown", "PartitionDown", "JobHeldUser"}  # waiting reasons that are a turn in the queue
 
 
-
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED",
                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "UNKNOWN", ""}
-
 
 
 def set_job(run: Run, job_id: str | None = None, node: str | None = None, requeues: int | None = None) -> None:
@@ -201,7 +192,6 @@ class SlurmOptions:
         return text + f"; a preempted or timed-out job is requeued up to {self.requeues} time(s)"
 
 
-
 def slurm_options(settings: Settings, config: Mapping[str, Any], where: str) -> SlurmOptions:
     """The flags over the config's "slurm" object; --timeout gives the time limit when neither says it.
     UserError (naming the key) for what cannot be a Slurm request."""
@@ -235,7 +225,6 @@ def slurm_options(settings: Settings, config: Mapping[str, Any], where: str) -> 
     )
 
 
-
 def import_submitit() -> Any:
     """submitit, imported when the Slurm backend is asked for."""
     try:
@@ -244,7 +233,6 @@ def import_submitit() -> Any:
         raise UserError("--backend slurm needs submitit: pip install 'train-sweep[slurm]' (or pip install submitit)") \
             from None
     return submitit
-
 
 
 def check_slurm(options: SlurmOptions) -> None:
@@ -262,7 +250,6 @@ def check_slurm(options: SlurmOptions) -> None:
     if missing:
         raise UserError(f"--slurm-partition {options.partition}: no partition {missing[0]!r} here (sinfo lists: "
                         f"{', '.join(partitions) or 'none'})")
-
 
 
 class captured_stderr:
@@ -289,7 +276,6 @@ class captured_stderr:
         self._file.close()
 
 
-
 def slurm_executor(submitit: Any, folder: Path, options: SlurmOptions) -> Any:
     """submitit's SlurmExecutor with the options' parameters; UserError when this is no Slurm cluster or
     submitit refuses a parameter."""
@@ -303,7 +289,6 @@ def slurm_executor(submitit: Any, folder: Path, options: SlurmOptions) -> Any:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"--slurm-param: submitit refuses it: {first}") from None
     return executor
-
 
 
 class SlurmTask:
@@ -393,7 +378,6 @@ class SlurmTask:
                                            self.logs, self.grace, self.requeues, self.restarts + 1))
 
 
-
 @dataclasses.dataclass(eq=False)
 class SlurmAttempt:
     """A run's attempt as a Slurm job: the submitit job once submitted, what Slurm last said of it."""
@@ -412,7 +396,6 @@ class SlurmAttempt:
     asked: int = 0  # the sacct answer it was last judged on
     cancelled: bool = False  # the sweep cancelled it (Ctrl+C, the pruner, fail fast)
     final_lines: list[str] | None = None  # its last stdout lines, read when it ended (for observe)
-
 
 
 class SlurmLauncher:
@@ -788,7 +771,6 @@ class SlurmLauncher:
         left to Slurm)."""
 
 
-
 def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
     """Runs whose Slurm job an earlier sweep submitted and never saw end (detached, or killed): their run.json
     names the job and an attempt the journal does not hold. They are re-attached to it (Run.reattach), not
@@ -806,7 +788,6 @@ def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
         set_job(run, job_id=record["slurm_job_id"])
         run.reattach = True
         run.attempt = int(record.get("attempt") or 1)
-
 
 
 def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
@@ -833,7 +814,6 @@ def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
                         "earlier sweep for what this sweep does not run (a trial asked again, --rerun, another "
                         "command or hyperparameters)")
     return said
-
 
 
 class SlurmBackend:

@@ -89,15 +89,7 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
     return params, plain
 
 
-
-
-
-
-
-
-
 PARAM_TYPES = ("float", "int", "categorical")
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +109,6 @@ class Param:
                                          for c in self.choices)
         scale = " log" if self.log else f" step {self.step:g}" if self.step else ""
         return f"{self.type} [{self.low:g}, {self.high:g}]{scale}"
-
 
 
 def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: Any = False, step: Any = None,
@@ -173,9 +164,7 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
     return Param(type_, float(low) if not whole else low, float(high) if not whole else high, log, step)
 
 
-
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
-
 
 
 def parse_param(name: str, data: Any, where: str) -> Param:
@@ -189,7 +178,6 @@ def parse_param(name: str, data: Any, where: str) -> Param:
         raise UserError(f"{where}: 'type' is missing (float, int or categorical)")
     return make_param(where, data["type"], data.get("low"), data.get("high"), data.get("log", False),
                       data.get("step"), data.get("choices"))
-
 
 
 @dataclasses.dataclass
@@ -222,9 +210,7 @@ class SearchSpec:
                                "command": command})
 
 
-
 SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
-
 
 
 def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -235,7 +221,6 @@ def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None)
         bad = next(v for v in items if v not in allowed)
         raise UserError(f"{where}: {bad!r} is not one of {', '.join(allowed)}")
     return tuple(items)
-
 
 
 def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
@@ -251,7 +236,6 @@ def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
         if not isinstance(v, (int, float, str)) or isinstance(v, bool):
             raise UserError(f"{where}: 'pruner' {key!r} must be a number")
     return value["type"], args
-
 
 
 def parse_search(data: Any, where: str) -> SearchSpec:

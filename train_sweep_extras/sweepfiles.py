@@ -27,10 +27,8 @@ WANDB_KEYS = ("method", "metric", "goal", "parameters", "early_terminate", "comm
               "description", "project", "entity", "protein")
 
 
-
 WANDB_PARAM_KEYS = ("values", "value", "distribution", "min", "max", "q", "mu", "sigma", "mean", "scale",
                     "probabilities", "a", "b")
-
 
 
 NO_MAPPING = {
@@ -47,9 +45,7 @@ NO_MAPPING = {
 }
 
 
-
 PROTEIN_USED = ("num_random_samples",)
-
 
 
 DIST_KEYS = {  # the keys each distribution takes (mean and scale: Protein's)
@@ -59,7 +55,6 @@ DIST_KEYS = {  # the keys each distribution takes (mean and scale: Protein's)
     "log_uniform": ("min", "max"), "inv_log_uniform": ("min", "max"),
     "log_normal": ("min", "max", "mean", "scale"), "uniform_pow2": ("min", "max", "mean", "scale"),
 }  # -> TPE's n_startup_trials; Protein's other settings tune its own optimizer
-
 
 
 MAX_SWEEP_FILE = 16 * MB  # a sweep file is a page of settings: one far larger is not one (/dev/zero)
@@ -112,7 +107,6 @@ def read_yaml_or_json(path: str) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to read") from None
-
 
 
 def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
@@ -189,7 +183,6 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
                           "all of min..max")
 
 
-
 def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "", nested: bool = False) -> None:
     """W&B's `parameters` (nested under `parameters` keys: the run gets one object, as W&B passes it) and
     Protein's (nested plainly: dotted keys, as Metta's Hydra overrides take them). Searched as dotted keys."""
@@ -208,7 +201,6 @@ def _wandb_params(tree: Any, where: str, spec: SearchSpec, prefix: str = "", nes
                 spec.nested.add(name)
         else:
             _wandb_params(p, where, spec, f"{name}.", nested)
-
 
 
 def wandb_command(tokens: Any, program: str | None, where: str) -> tuple[str, str]:
@@ -242,7 +234,6 @@ def wandb_command(tokens: Any, program: str | None, where: str) -> tuple[str, st
     if not words:
         raise UserError(f"{where}: 'command' names no program")
     return shlex.join(words), style
-
 
 
 def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
@@ -312,7 +303,6 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
     elif program:
         command, style = shlex.join(["python", program]), "equals"  # W&B's default: ${env} ${interpreter} ${program} ${args}
     return spec, command, style
-
 
 
 def wandb_hyperband(early: Any, where: str) -> tuple[str, dict[str, Any]]:

@@ -52,7 +52,6 @@ from train_sweep import (
 REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "start")
 
 
-
 def load_results(path: str) -> list[dict[str, Any]]:
     """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
     try:
@@ -72,16 +71,13 @@ def load_results(path: str) -> list[dict[str, Any]]:
     return sound
 
 
-
 def record_metric(record: Mapping[str, Any], metric: str | None) -> float | None:
     """A record's metric (its metrics, else its stdout tail): what report ranks by."""
     return metric_of(record.get("metrics"), metric, record.get("stdout") or "")
 
 
-
 def complete_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in records if r.get("state") == State.COMPLETE.value]
-
 
 
 def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -91,7 +87,6 @@ def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return key
     return None
-
 
 
 def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +100,6 @@ def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-
 def _cell(value: Any) -> str:
     """A value as a person reads it in a table: 4 significant digits (the results and CSV keep every digit)."""
     if value is None:
@@ -113,7 +107,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -127,7 +120,6 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _cell(row.get(k)) for k in columns})
-
 
 
 def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -150,9 +142,7 @@ def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str
     return key
 
 
-
 REPORT_KEY_COLUMNS = 8  # the report shows at most this many varying hyperparameters as columns
-
 
 
 def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequence[str]) -> None:
@@ -164,13 +154,11 @@ def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequenc
                         f"hyperparameter of these runs" + (f" ({', '.join(varying)} vary)" if varying else ""))
 
 
-
 def say_warning(message: str) -> None:
     try:
         sys.stderr.write(f"train_sweep: warning: {message}\n")
     except (OSError, ValueError):
         pass
-
 
 
 def failure_reasons(records: Sequence[Mapping[str, Any]], shown: int = 5) -> list[str]:
@@ -187,7 +175,6 @@ def failure_reasons(records: Sequence[Mapping[str, Any]], shown: int = 5) -> lis
     if len(ranked) > shown:
         lines.append(f"... and {len(ranked) - shown} other failure reason(s)")
     return (["Failures, by their last line of stderr:"] + lines) if lines else []
-
 
 
 def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, varying: Sequence[str],
@@ -225,7 +212,6 @@ def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, 
             cells += ["" if mean is None else f"{mean:.4g} ± {spread:.2g}", "" if best is None else f"{best:g}"]
         table.add_row(*cells)
     console.print(table)
-
 
 
 # -- reading what a sweep left, whatever shape it is in: a damaged record is skipped, with one warning ------
@@ -332,7 +318,6 @@ def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
     return "min"
 
 
-
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -410,6 +395,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
                           highlight=False)
     rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
+
     def with_series(path: Path, rows: list[dict[str, Any]]) -> None:  # --json: each run's learning curve too
         series = [read_series(r.get("run_dir"), metric) for r in records]
         write_json_atomic(path, [dict(row, series={metric: s} if metric else {}) for row, s in zip(rows, series)],
@@ -435,7 +421,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def find_sweeps(folders: Sequence[str]) -> list[Path]:
     """Output folders of sweeps (they hold sweep.json), at most 3 levels below each folder given."""
     found = []
@@ -447,7 +432,6 @@ def find_sweeps(folders: Sequence[str]) -> list[Path]:
             for f in root.glob("/".join(["*"] * depth + ["sweep.json"])):
                 found.append(f.parent)
     return sorted(set(found))
-
 
 
 def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
@@ -463,7 +447,6 @@ def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: in
     if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
         return "interrupted"  # (or stopped early: runs were not started)
     return "finished"
-
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -489,10 +472,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
 
 
 def latest_records(folder: Path) -> dict[str, Mapping[str, Any]]:
@@ -543,7 +524,6 @@ def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
                      and (folder / str(r.get("model_name"))).is_dir()),
                     lambda r: metric_of(r.get("metrics"), ranking.metric), ranking.mode)
     return None if found is None else (ranking.metric, found[0], found[1])
-
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -599,7 +579,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def build_tool_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="train_sweep", description="Look at finished sweeps.")
     sub = p.add_subparsers(dest="tool", required=True)
@@ -640,7 +619,6 @@ def build_tool_parser() -> argparse.ArgumentParser:
                    help="the metric that ranks the runs where a sweep's sweep.json names none (resumed without it)")
     c.add_argument("--mode", choices=("min", "max"), default="min", help="with --metric: which way is better")
     return p
-
 
 
 def status_lines(folder: Path) -> tuple[list[str], bool]:
@@ -687,17 +665,14 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
     return lines, pid is not None
 
 
-
 def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
-
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     lines, _ = status_lines(Path(args.folder))
     print("\n".join(lines))
     return EXIT_OK
-
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -721,7 +696,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
             lines, alive = status_lines(folder)
             live.update(Text("\n".join(lines)), refresh=True)
     return EXIT_OK
-
 
 
 TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch}
