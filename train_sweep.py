@@ -764,10 +764,27 @@ class SweepSpec:
     mps: bool | None = None
 
 
+MAX_CONFIG_BYTES = 1 << 30  # a config file larger than this is refused with its size (a pipe: 256 MB read)
+
+
+def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """A file's bytes, refused past `limit` before it is read (a pipe or device, such as /dev/zero, is read to
+    a quarter of it): a config is a page of settings, and one without end would take all the memory."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if os.path.isfile(path) and size > limit:
+            raise UserError(f"{path}: {fmt_bytes(size)}, larger than {fmt_bytes(limit)}: not a config file")
+        cap = limit if os.path.isfile(path) else limit // 4
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise UserError(f"{path}: larger than {fmt_bytes(cap)} (it reads without end): not a config file")
+    return data
+
+
 def read_json_file(path: str) -> Any:
     """A config file's JSON; every way it cannot be read is a UserError that names the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path).decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found (pass --config-file)") from None
     except IsADirectoryError:
@@ -1695,6 +1712,7 @@ class MemoryPledges:
 
 
 AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footprint x 1.15, and at least + 512 MB
+AUTO_MARGIN_MAX = 3.0  # each out-of-memory end raises the margin x1.5, to this at most
 AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
 AUTO_QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
 AUTO_WINDOW_S = 5.0  # a GPU's utilization is judged over this window
@@ -1805,8 +1823,8 @@ class AutoPacker:
         if run in self.runs:
             self._learn(now, run)
             del self.runs[run]
-        if oom:
-            self.margin *= 1.5
+        if oom:  # more room for the next runs, up to a ceiling (a need past any GPU then runs alone: GpuPool._alone)
+            self.margin = min(self.margin * 1.5, AUTO_MARGIN_MAX)
             self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory: a run now needs "
                               f"{fmt_bytes(self.need_mb() * MB) if self.footprint_mb else 'a GPU of its own'} "
                               f"(footprint x{self.margin:.2f}), so that packing is not tried again")
@@ -1969,6 +1987,8 @@ class GpuPool:
         need = run.memory_mb or self.auto.need_mb()
         gpus, why = pick_gpus(self.gpus, self.running, readings, lambda gpu: False, self.policy, run.gpus_needed,
                               min_free_mb, need, pending, limits)
+        if gpus is None and need is not None and readings and run.gpus_needed == 1:
+            gpus, why = self._alone(run, need, readings) or (gpus, why)
         if gpus is None and whys and "maximum number of runs" in why:
             why = "; ".join(whys)
         elif gpus is None and need is not None:
@@ -1979,6 +1999,25 @@ class GpuPool:
         self.notes += self.auto.notes
         self.auto.notes.clear()
         return gpus, why
+
+    def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int], str] | None:
+        """Never wait for what cannot come: a need larger than any GPU can offer (its total memory less others'
+        use: what it holds while no run of ours is on it) starts alone on the idle GPU that offers the most, and
+        fails with its own reason if it runs out of memory there. Otherwise a GPU of ours will offer it once its
+        runs end: a wait that ends."""
+        def offer(g: int) -> float:
+            r = readings.get(g)
+            foreign = r.memory_used_mb if self.running[g] == 0 else self.auto.baseline.get(g, 0.0)
+            return r.memory_total_mb - foreign if r is not None else 0.0
+
+        idle = [g for g in self.gpus if self.running[g] == 0 and g in readings]
+        if not idle or need <= max(offer(g) for g in self.gpus):
+            return None
+        g = max(idle, key=lambda g: (offer(g), -g))
+        why = (f"it needs {fmt_bytes(need * MB)} free, more than any GPU offers: it runs alone on GPU {g} "
+               f"({fmt_bytes(offer(g) * MB)} free)")
+        self.notes.append(f"{'packing':<11} {run.name}: {why}")
+        return (g,), why
 
     def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
         need = run.memory_mb or (self.auto.need_mb() if self.auto is not None else None)
@@ -2469,6 +2508,7 @@ class LogFollower:
         self.combined: int | None = None if combined is None else os.open(
             combined, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC) | os.O_CLOEXEC, 0o644)
         self.error: str | None = None  # why combined.log stopped being written (disk full, ...)
+        self.read_any = False
 
     @staticmethod
     def _stamp() -> bytes:
@@ -2479,6 +2519,7 @@ class LogFollower:
         """Append what was written to combined.log; return the new stdout lines (`final`: and the unfinished last)."""
         out_lines: list[bytes] = []
         combined: list[bytes] = []
+        self.read_any = False  # whether this call found anything new (a drained run's last look finds nothing)
         for stream in self.streams:
             tag, fd, offset, partial = stream
             if fd is None:
@@ -2488,6 +2529,7 @@ class LogFollower:
                     data = os.pread(fd, self.READ_MAX, offset)
                 except OSError:
                     data = b""
+                self.read_any = self.read_any or bool(data)
                 offset += len(data)
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop()
@@ -2530,9 +2572,9 @@ class Proc:
     run: Run
     popen: subprocess.Popen[bytes]
     run_id: str  # TRAIN_SWEEP_RUN_ID, which every process of the run inherits
-    follower: LogFollower
+    follower: LogFollower | None  # None once its logs were read to the end and closed
     cgroup: Path | None = None  # the run's own cgroup v2, where there is one
-    final_lines: list[str] | None = None  # the last stdout lines, read once it ended (for observe)
+    ended: bool = False  # all its processes are gone: observe() reads what its logs hold still, then closes them
     returncode: int | None = None
     exited_at: float | None = None  # the main process has exited; leftovers are being ended
     exited_wall: float | None = None  # ... at this wall-clock time (the run's end_time)
@@ -2590,6 +2632,7 @@ class LocalLauncher:
         self.subreaper = become_subreaper()
         self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
+        self.draining: set[Proc] = set()  # ended, their logs not read to the end yet (observe)
         self.notes: list[str] = []
 
     own_timeout = False  # the loop ends a run at --timeout
@@ -2672,10 +2715,21 @@ class LocalLauncher:
         return proc.exited_at is None
 
     def observe(self, handle: Proc) -> list[str]:
-        if handle.final_lines is not None:  # it has ended: what it wrote last, once
-            lines, handle.final_lines = handle.final_lines, []
-            return lines
-        return handle.follower.pump()
+        if not handle.ended:
+            return handle.follower.pump()
+        while handle.follower is not None:  # it has ended: what it left unread, a chunk at a time (a run that
+            lines = handle.follower.pump()  # flooded its output is never held whole), [] once all is read
+            if not handle.follower.read_any:
+                lines += handle.follower.pump(final=True)  # the unfinished last lines
+                if handle.follower.error:
+                    self.notes.append(f"warning: {handle.run.name}: {handle.follower.error}")
+                handle.follower.close()
+                handle.follower = None
+                self.draining.discard(handle)
+                return lines
+            if lines:
+                return lines
+        return []
 
     def next_poll(self, now: float) -> float | None:
         times = [p.kill_at for p in self.procs if p.kill_at is not None]
@@ -2692,16 +2746,19 @@ class LocalLauncher:
 
     def close(self, detach: bool = False) -> None:
         """Every run has ended: remove the cgroups, let the guardian go (it exits during the summary)."""
+        for proc in self.draining:
+            if proc.follower is not None:
+                proc.follower.close()
         self.cgroups.close()
         if self.guardian:
             self.guardian.close()
 
     def _ended(self, proc: Proc, note: str | None = None) -> Outcome:
         self.procs.discard(proc)
-        proc.final_lines = proc.follower.pump(final=True)
-        if proc.follower.error:
+        proc.ended = True  # observe() reads what it left, then closes its logs (close() if the loop does not)
+        self.draining.add(proc)
+        if proc.follower is not None and proc.follower.error:
             note = note or f"warning: {proc.run.name}: {proc.follower.error}"
-        proc.follower.close()
         self.cgroups.remove(proc.cgroup)
         if self.guardian:
             self.guardian.remove(proc.pgid)
@@ -3253,8 +3310,13 @@ def lock_results_file(output_file: Path) -> int:
             holder = path.read_text().strip() or "unknown"
         raise UserError(f"{output_file}: another train_sweep (PID {holder}) writes its results to this file; "
                         "pass --output-file to give this sweep its own")
-    os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # a full disk: nothing has started, so this is bad input, not the sweep's failure
+        os.close(lock)
+        raise UserError(f"{output_file}: cannot write beside the results file ({path.name}: {e.strerror or e})") \
+            from None
     return lock
 
 
@@ -3992,7 +4054,9 @@ class Sweep:
             run.returncode, run.signal_name = outcome.returncode, signal_name(outcome.returncode)
             run.state = classify(outcome, attempt.ending, lambda run=run: is_oom(log_tail(run), self.oom_patterns))
             self.pool.ended(run, now)
-            self._take_metrics(run, self.launcher.observe(attempt.handle), final=True)  # what it wrote last
+            while lines := self.launcher.observe(attempt.handle):  # what it wrote last, a chunk at a time
+                self._take_metrics(run, lines)
+            self._take_metrics(run, [], final=True)  # its metrics files' last lines
             self.feed.forget(run)
             run.metrics = read_metrics(run, self.metric)
             final = metric_of(run.metrics, self.metric)

@@ -27,6 +27,7 @@
     rmdir_self=1   delete $TRAIN_SWEEP_RUN_DIR (shutil.rmtree) and exit 0 at once
     term_delay=S   on SIGTERM: log a "term" event, sleep S seconds, log an "exit" event, exit 143
     big_line_mb=N  print one N MB line to stdout (the newline only at its end)
+    flood_mb=N     print N MB of 100-byte lines to stdout as fast as it can, then go on
     cr_bar=N       write N tqdm-style progress updates to stderr, '\r'-separated, no newline
     err_mb=N       print one N MB line as the last stderr line
     bad_metrics=K  write a metrics.json that is not plain JSON: K=surrogate (a lone "\ud800" escape)
@@ -114,6 +115,11 @@ if "term_delay" in args:
 
     signal.signal(signal.SIGTERM, _slow_term)
 
+if "flood_mb" in args:
+    block = "".join(f"flood line {i:08d} " + "x" * 79 + "\n" for i in range(10_000)).encode()  # 1 MB
+    for _ in range(int(args["flood_mb"])):
+        sys.stdout.buffer.write(block)
+    sys.stdout.flush()
 if "big_line_mb" in args:
     sys.stdout.write("x" * (int(args["big_line_mb"]) * 1024 * 1024) + "\n")
     sys.stdout.flush()

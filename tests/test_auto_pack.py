@@ -268,3 +268,38 @@ def test_a_cuda_context_s_start_is_not_the_run_computing():
         learned[t] = auto.footprint_mb
     assert learned[5.0] is None  # the context alone, however long it waits
     assert learned[10.0] == pytest.approx(1442)
+
+
+@pytest.mark.parametrize("cause", ["ooms_raise_the_need", "foreign_memory_charged"])
+def test_an_idle_gpu_always_takes_a_run_whatever_auto_learned(sweep, cause):
+    """issue 24 (4, 5): runs that ran out of memory together raise the margin until a run "needs" more than a
+    GPU has (16 GB GPUs, a need of 25 GB); or another user's unlisted 12 GB, there while the first run ran,
+    is taken for that run's footprint. Before: the requeued runs waited forever with both GPUs idle (also
+    past the OOM wait's fallback). Now a GPU with no run of the sweep always takes the next run (alone,
+    where its need is larger than any GPU), and the margin has a ceiling: every run completes."""
+    sweep.gpus.set(count=2, total_mb=16000, used_mb=500, util=30)
+    marks = [sweep.dir / f"oomed_{i}" for i in range(5)]
+    mem = {"mem_mb": 3000} if cause == "ooms_raise_the_need" else {}  # else no memory NVML lists: the GPU's growth
+    runs = [{"n": 0, "sleep": 4, "mem_after": 0.3, **mem}]
+    runs += [{"n": i + 1, "sleep": 1, "oom_once": str(m), **mem} for i, m in enumerate(marks)]
+    sweep.config({"runs": runs, "max_processes_per_gpu": "auto"})
+    proc = sweep.start("--no-live", "--gpus", "0", "1")
+    try:
+        if cause == "foreign_memory_charged":  # unlisted memory on the first run's GPU while it runs
+            sweep.wait_for(lambda: len(sweep.started()) >= 1, timeout=20, what="the first run")
+            sweep.gpus.update(0, used_mb=12500)
+            sweep.gpus.update(1, used_mb=12500)
+            sweep.wait_for(lambda: " a run (n_0" in (sweep.dir / "outputs" / "sweep.log").read_text(),
+                           timeout=30, what="the first footprint")
+            sweep.gpus.update(0, used_mb=500)  # the other user's process has gone
+            sweep.gpus.update(1, used_mb=500)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:] + err
+    assert sorted(r["state"] for r in sweep.results()) == ["complete"] * 6
+    log = (sweep.dir / "outputs" / "sweep.log").read_text()
+    if cause == "ooms_raise_the_need":
+        assert "ran out of GPU memory" in log

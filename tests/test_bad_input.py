@@ -124,3 +124,30 @@ def test_parse_gpu_ids():
     assert parse_gpu_ids(["all"]) is None
     assert parse_gpu_ids(["0", "2"]) == [0, 2]
     assert parse_gpu_ids(["0,1", "3"]) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom"])
+def test_a_config_file_without_end_is_refused_with_its_size(sweep, path):
+    """issue 24 (7): --config-file /dev/zero read without limit (a MemoryError traceback, or all the RAM);
+    a config is read to a bound and refused past it, in one line."""
+    p = sweep.run("--config-file", path, "--dry-run", timeout=60)
+    check_refused(p, path, "larger than")
+
+
+def test_a_full_disk_for_the_results_lock_is_one_line(sweep):
+    """issue 24 (12): --output-file where no byte can be written (a full disk; here a file-size limit of 0):
+    writing the PID into the results file's lock raised an uncaught OSError (a traceback, exit 1); nothing
+    had started, so it is one line and exit 2."""
+    import resource
+    import subprocess
+
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}])
+
+    def no_bytes() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    p = subprocess.run(sweep.argv("--no-live"), cwd=sweep.dir, env=sweep.env(), capture_output=True, text=True,
+                       timeout=60, preexec_fn=no_bytes)
+    check_refused(p, "train_sweep_results.json", "cannot")
+    assert not sweep.started()

@@ -379,3 +379,30 @@ def test_top_k_never_follows_a_run_folder_replaced_by_a_link(sweep):
     assert proc.returncode == 0, out + err
     assert (other / "model.pt").read_bytes() == b"not the sweep's"
     assert "not a folder of the sweep's own" in (sweep.dir / "outputs" / "sweep.log").read_text()
+
+
+def test_a_run_that_floods_its_output_does_not_grow_the_sweep_s_memory(sweep):
+    """A run that prints 300 MB and exits before the sweep has read it: the final read of its log streams it in
+    bounded chunks (before: the whole backlog went into lists first, 2.1-2.8 GB of RSS for 500 MB). The sweep's
+    peak resident memory (VmHWM) is read while a second run keeps it alive."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "flood_mb": 300}, {"n": 1, "sleep": 6}])
+    proc = sweep.start("--no-live", "--max-processes-per-gpu", "2", "--metric", "val_loss")
+    peak = 0
+    try:
+        end = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < end:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(peak, int(next(line.split()[1] for line in status.splitlines()
+                                          if line.startswith("VmHWM:"))))
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_pids(run_pids(sweep))
+        for log in (sweep.dir / "outputs").glob("n_0*/*.log"):
+            log.unlink()
+    assert proc.returncode == 0, out[-2000:] + err
+    assert 0 < peak < 150 * 1024, f"the sweep's peak memory was {peak / 1024:.0f} MB"
