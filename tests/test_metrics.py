@@ -352,6 +352,8 @@ def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
     (folder / "tb").mkdir(parents=True)
     for name in ("model.pt", "train.log", "tb/events.out.tfevents.1.host", "run.json", "metrics.jsonl"):
         (folder / name).write_text("x")
+    assert checkpoint_files(folder, checkpoint_pattern("**")) == []  # no run mark: not a folder of the sweep's
+    (folder / ".train_sweep_run").touch()
     found = {p.relative_to(folder).as_posix() for p, _ in checkpoint_files(folder, checkpoint_pattern("**"))}
     assert found == {"model.pt"}
 
