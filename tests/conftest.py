@@ -433,3 +433,12 @@ def mps_alone(monkeypatch):
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def communicate(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{what}: train_sweep still running after {timeout:g}s\n{out}\n{err}") from None

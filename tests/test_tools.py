@@ -1,4 +1,5 @@
-"""train_sweep report / list / cleanup on real results written by the CLI."""
+"""The offline commands on real results written by the CLI: report (tables, exports, plots), list, status,
+watch and cleanup, also on damaged records."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Regression tests for the core bugs of issue 10: progress counts, a run that exits during Ctrl+C, terminal
-hang-up, nohup, the out-of-memory wait, NVML failing on every GPU, a full disk, two sweeps sharing a results
-file, --configs in the settings, and names that stay stable when a run is added.
-
-End to end like the rest: the real CLI as a subprocess, the fake pynvml, the fake trainer."""
+"""The event loop end to end, through the CLI: progress counts, a run that exits during Ctrl+C, a terminal's
+hang-up and nohup, the out-of-memory wait, NVML failing on every GPU, a full disk, two sweeps sharing a
+results file, names that stay stable when a run is added. Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_dead, kill_pids, mount_tmpfs, pid_alive, run_pids
+from conftest import all_dead, communicate, kill_pids, mount_tmpfs, pid_alive, run_pids
 
 # -- event lines and their counts ---------------------------------------------------------------------------
 
@@ -63,15 +61,6 @@ def run_jsons(folder: Path) -> list[dict]:
         except (OSError, ValueError):
             pass
     return out
-
-
-def communicate(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"{what}: train_sweep still running after {timeout:g}s\n{out}\n{err}") from None
 
 
 # -- bug 1 ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
-"""Issue 16: hardening. Bad input, data safety, pathological output and scale, end to end.
-
-Each test encodes a contract of issue 16 and failed on the code before the fix (see the docstrings).
-"""
+"""Limits and hostile inputs, end to end: odd values and paths, files the sweep must never touch, stale files,
+huge grids, huge lines and progress bars, the guardian's and the cgroups' edge cases, daemons that escape.
+Each test failed on the code before its fix (see the docstrings)."""
 
 from __future__ import annotations
 

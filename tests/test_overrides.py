@@ -1,5 +1,5 @@
-"""A sweep said on the command line alone (issue 15's safety rails): no config file needed for a command-line
-grid, and plain key=value overrides read without hydra-core exactly as Hydra reads them."""
+"""A sweep said on the command line: a grid with no config file, plain key=value overrides read without
+hydra-core as Hydra reads them, conflicting overrides, --help and misspelled flags, labels of what varies."""
 
 from __future__ import annotations
 
