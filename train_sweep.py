@@ -11,14 +11,12 @@ Slurm, MPS, TensorBoard, best-K checkpoints, report/list/status/watch/cleanup, p
 beside it, train_sweep_extras/, found through EXTRAS below.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
-    python train_sweep.py --config-file sweep.json --gpus 0 1 --timeout 7200 --output-file my_results.json
     python train_sweep.py --gpus 0 1 --max-processes-per-gpu auto --metric val_loss
     python train_sweep.py --gpus 0 1 lr=1e-3,1e-4 model.depth='range(2,5)'   # a grid in Hydra's syntax
     python train_sweep.py --search tpe --n-trials 50 --metric val_loss --pruner median lr='tag(log,interval(1e-5,1e-2))'
     python train_sweep.py --backend slurm --slurm-partition gpu --detach   # Slurm jobs; run it again to re-attach
     python train_sweep.py --dry-run                              # names, command lines, placement; runs nothing
     python train_sweep.py report --plots plots/                  # table, CSV/JSON, PNGs of a finished sweep
-    tail -f outputs/<name>/combined.log                          # follow one run
     python -c "import train_sweep; print(train_sweep.load('outputs').best(3))"   # the Python API
 
 Map of this file (sections in the order data flows; each uses only what comes before it):
@@ -169,7 +167,11 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
     "best-k check": ("bestk:check_settings", ""),
     "commands": ("tools:main", ""),  # report, list, status, watch, cleanup
 }
-COMMANDS = ("report", "list", "cleanup", "status", "watch")  # `train_sweep COMMAND ...`: the "commands" extra
+COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
+NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block", "source search": "--search or --pruner",
+             "sweep file": "--sweep-file", "backend slurm": "--backend slurm", "mps": "--mps",
+             "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
+             "commands": "report, list, status, watch, cleanup and flags"}  # how the messages name what needs an extra
 
 
 def extra(name: str) -> Any:
@@ -182,9 +184,8 @@ def extra(name: str) -> Any:
         if e.name not in (EXTRAS_PACKAGE, f"{EXTRAS_PACKAGE}.{module}"):
             raise
         install = f"pip install 'train-sweep[{pip_extra}]'" if pip_extra else "pip install train-sweep"
-        raise UserError(f"{name.split()[-1]} is an extra of train_sweep, in the package {EXTRAS_PACKAGE}/ beside "
-                        f"train_sweep.py, which is not here: {install} (or copy that folder beside the "
-                        "script)") from None
+        raise UserError(f"{NEEDED_BY.get(name, name)} needs {EXTRAS_PACKAGE}/, the package beside train_sweep.py, "
+                        f"which is not here: {install} (or copy that folder beside the script)") from None
     return getattr(found, attr) if attr else found
 
 
@@ -533,7 +534,7 @@ class Ranking:
 
 def flag_default(field: dataclasses.Field[Any]) -> str | None:
     """How a flag's default reads in --help and docs/flags.md (None: off, empty, or the help says it)."""
-    if field.default in (None, False, ()) or "(default:" in field.metadata["help"]:
+    if field.default is None or field.default is False or field.default == () or "(default:" in field.metadata["help"]:
         return None
     if "shown" in field.metadata:
         return field.metadata["shown"]
@@ -556,30 +557,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if field.default not in (None, False, ()):
             meta["default"] = field.default
         groups[group].add_argument("--" + field.name.replace("_", "-"), help=text, **meta)
-
-
-def flags_markdown() -> str:
-    """docs/flags.md: every flag, its default and what it does, from the same fields as --help."""
-    out = ["# Flags", "", "Generated from the settings' own descriptions (`train_sweep.Settings`) by "
-           "`python -c 'import train_sweep; print(train_sweep.flags_markdown(), end=\"\")' > docs/flags.md`; "
-           "`--help` shows the same. Hyperparameter overrides (`KEY=VALUES`, Hydra's syntax) may stand anywhere "
-           "among the flags (docs/config.md).", ""]
-    fields = dataclasses.fields(Settings)
-    for key, title in GROUPS.items():
-        out += [f"## {title[0].upper()}{title[1:]}", "", "| flag | default | what it does |", "| --- | --- | --- |"]
-        for field in (f for f in fields if f.metadata["group"] == key):
-            meta = field.metadata
-            name = "--" + field.name.replace("_", "-")
-            value = meta.get("metavar") or ("{" + ",".join(meta["choices"]) + "}" if "choices" in meta else "")
-            shown = f"`{name}`" if field.default is False else f"`{name}, --no-{name[2:]}`" \
-                if meta.get("action") is argparse.BooleanOptionalAction else f"`{name} {value or 'VALUE'}`"
-            if field.default == () or meta.get("nargs") == "+":
-                shown = shown[:-1] + (" ...`" if meta.get("nargs") == "+" else "` (repeatable)")
-            default = flag_default(field)
-            text = meta["help"].replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            out.append(f"| {shown.replace('|', chr(92) + '|')} | {f'`{default}`' if default else ''} | {text} |")
-        out.append("")
-    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -768,8 +745,7 @@ MAX_CONFIG_BYTES = 1 << 30  # a config file larger than this is refused with its
 
 
 def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """A file's bytes, refused past `limit` before it is read (a pipe or device, such as /dev/zero, is read to
-    a quarter of it): a config is a page of settings, and one without end would take all the memory."""
+    """A file's bytes, refused past `limit` before it is read (a pipe or device such as /dev/zero: a quarter)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if os.path.isfile(path) and size > limit:
@@ -2001,14 +1977,13 @@ class GpuPool:
         return gpus, why
 
     def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int], str] | None:
-        """Never wait for what cannot come: a need larger than any GPU can offer (its total memory less others'
-        use: what it holds while no run of ours is on it) starts alone on the idle GPU that offers the most, and
-        fails with its own reason if it runs out of memory there. Otherwise a GPU of ours will offer it once its
-        runs end: a wait that ends."""
-        def offer(g: int) -> float:
+        """Never wait for what cannot come: a need larger than any GPU offers (its total less others' use) starts
+        alone on the idle GPU that offers most; a smaller one waits for our runs on a GPU to end."""
+        def offer(g: int) -> float:  # a GPU without this tick's reading offers nothing now
             r = readings.get(g)
-            foreign = r.memory_used_mb if self.running[g] == 0 else self.auto.baseline.get(g, 0.0)
-            return r.memory_total_mb - foreign if r is not None else 0.0
+            if r is None:
+                return 0.0
+            return r.memory_total_mb - (r.memory_used_mb if self.running[g] == 0 else self.auto.baseline.get(g, 0.0))
 
         idle = [g for g in self.gpus if self.running[g] == 0 and g in readings]
         if not idle or need <= max(offer(g) for g in self.gpus):
@@ -4631,6 +4606,12 @@ class LocalBackend:
             raise UserError(f"run [{widest.index}] {widest.name} needs {widest.gpus_needed} GPUs; {device}")
         if self.probe is None and any(r.memory_mb for r in plan.runs):
             self.note = (self.note + "; " if self.note else "") + "gpu_memory_gb needs NVML readings and is not checked"
+        elif self.probe is not None and any(r.memory_mb for r in plan.runs):  # a need no GPU has: a wait without end
+            largest = max(r.memory_total_mb for r in self.probe.read(self.gpus).values())
+            big = next((r for r in plan.runs if (r.memory_mb or 0) > largest), None)
+            if big is not None:
+                raise UserError(f"run [{big.index}] {big.name} needs {fmt_bytes(big.memory_mb * MB)} of GPU memory "
+                                f"(gpu_memory_gb); the largest GPU of the sweep has {fmt_bytes(largest * MB)}")
         if settings.mps:
             if self.gpus == [CPU]:
                 raise UserError(f"--mps shares GPUs among runs; this sweep has none ({self.note or 'the CPU'})")
@@ -4846,10 +4827,12 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
             latest[record["model_name"]] = record
     runs = []
     for name, r in latest.items():
-        hyperparams, metrics = r.get("hyperparams"), r.get("metrics")
+        hyperparams, metrics, run_dir = r.get("hyperparams"), r.get("metrics"), r.get("run_dir")
+        duration, trial = r.get("duration_seconds"), r.get("trial")  # a damaged field reads as absent
         runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},
-                              metrics if isinstance(metrics, dict) else {}, Path(r.get("run_dir") or folder / name),
-                              r.get("duration_seconds"), r.get("trial"), r))
+                              metrics if isinstance(metrics, dict) else {},
+                              Path(run_dir) if isinstance(run_dir, str) and run_dir else folder / name,
+                              duration if _is_number(duration) else None, trial if _is_whole(trial) else None, r))
     return SweepResult(folder, settings, runs, running=sweep_alive(folder) not in (None, os.getpid()))
 
 
@@ -4862,13 +4845,36 @@ def run(*overrides: str, **settings: Any) -> SweepResult:
     unknown = [key for key in settings if key not in fields]
     if unknown:
         raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: {', '.join(fields)})")
-    given = {k: (v,) if isinstance(v, str) and fields[k].default == () else
-             tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+    argv: list[str] = []  # the keywords as the flags they are, so that they are checked as the flags are
+    for key, value in settings.items():
+        flag, meta = "--" + key.replace("_", "-"), fields[key].metadata
+        if meta.get("action") is argparse.BooleanOptionalAction:
+            argv += [flag if value else "--no-" + flag[2:]] if value is not None else []
+        elif fields[key].default is False:
+            if not isinstance(value, bool):
+                raise SweepError(f"{flag} is a switch: True or False, got {value!r}")
+            argv += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)] if meta.get("nargs") == "+" else [w for v in value for w in (flag, str(v))]
+        elif value is not None:
+            argv += [flag, str(value)]
+    import contextlib
+    import io
+
+    said = io.StringIO()
     try:
-        code = execute(Settings(**given), list(overrides))
+        with contextlib.redirect_stderr(said):
+            flags = build_parser().parse_args(argv)
+    except SystemExit:
+        raise SweepError(said.getvalue().strip().removeprefix("train_sweep: error: ")) from None
+    try:
+        code = execute(Settings.from_args(flags), list(overrides))
     except UserError as e:
         raise SweepError(str(e)) from None
-    return dataclasses.replace(load(given.get("output_dir", Settings.output_dir)), exit_code=code)
+    folder = Path(flags.output_dir)
+    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():  # --dry-run: nothing ran
+        return SweepResult(folder, {}, [], running=False, exit_code=code)
+    return dataclasses.replace(load(folder), exit_code=code)
 
 
 def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:

@@ -18,9 +18,10 @@ import train_sweep
 
 def test_flags_page_is_current():
     """docs/flags.md is made from the settings' own descriptions: regenerate it when a flag changes."""
+    from train_sweep_extras.tools import flags_markdown
+
     page = (ROOT / "docs" / "flags.md").read_text()
-    assert page == train_sweep.flags_markdown(), ("docs/flags.md is out of date: python -c 'import train_sweep; "
-                                                  "print(train_sweep.flags_markdown(), end=\"\")' > docs/flags.md")
+    assert page == flags_markdown(), "docs/flags.md is out of date: python train_sweep.py flags > docs/flags.md"
 
 
 def test_every_setting_is_a_flag_described_once():
@@ -118,3 +119,28 @@ def test_backends_and_extras_come_from_the_registry():
     source = (ROOT / "train_sweep.py").read_text()
     loop = source[source.index("class Leaderboard:"):source.index("# 11. Running a sweep")]
     assert "slurm" not in loop.lower() and "backend" not in loop
+
+
+def test_run_checks_its_keywords_as_the_flags_are_checked(tmp_path, monkeypatch):
+    """An adversarial pass: run() took keywords as they came (timeout='abc' crashed mid-sweep, a negative
+    max_processes_per_gpu waited forever); each goes through the flags' own checks now, before anything
+    starts; --dry-run returns a result with nothing in it."""
+    _in(tmp_path, monkeypatch)
+    for bad, fragment in (({"timeout": "abc"}, "--timeout"), ({"max_processes_per_gpu": -1}, "--max-processes-per-gpu"),
+                          ({"mode": "up"}, "--mode"), ({"retries": -3}, "--retries"), ({"shuffle": "yes"}, "--shuffle")):
+        with pytest.raises(train_sweep.SweepError, match=fragment):
+            train_sweep.run("x=1", command=f"python {FAKE_TRAINER}", **bad)
+    assert not (tmp_path / "outputs").exists()
+    result = train_sweep.run("x=1,2", command=f"python {FAKE_TRAINER}", dry_run=True)
+    assert result.exit_code == 0 and result.runs == []
+
+
+def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
+    _in(tmp_path, monkeypatch)
+    train_sweep.run("metric=0.1,0.2", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True)
+    with open(tmp_path / "outputs" / "journal.jsonl", "a") as f:
+        f.write(json.dumps({"model_name": "x_9", "state": "complete", "metrics": {"val_loss": 0.01}, "run_dir": 5,
+                            "duration_seconds": "long", "trial": [1]}) + "\n")
+    result = train_sweep.load(tmp_path / "outputs")
+    damaged = next(r for r in result.runs if r.name == "x_9")
+    assert damaged.run_dir == tmp_path / "outputs" / "x_9" and damaged.duration is None and damaged.trial is None

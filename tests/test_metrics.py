@@ -408,3 +408,12 @@ def test_a_run_that_floods_its_output_does_not_grow_the_sweep_s_memory(sweep):
             log.unlink()
     assert proc.returncode == 0, out[-2000:] + err
     assert 0 < peak < 150 * 1024, f"the sweep's peak memory was {peak / 1024:.0f} MB"
+
+
+def test_a_globstar_folder_pattern_matches_files_at_the_top_too():
+    """An adversarial pass: `**/*.pt` kept the losing runs' top-level model.pt (`**/` matched one folder or more;
+    as in the shell's globstar and pathlib it matches none too)."""
+    from train_sweep_extras.bestk import checkpoint_pattern
+
+    pattern = checkpoint_pattern("**/*.pt")
+    assert pattern.fullmatch("model.pt") and pattern.fullmatch("a/b/model.pt") and not pattern.fullmatch("model.pth")

@@ -303,3 +303,30 @@ def test_an_idle_gpu_always_takes_a_run_whatever_auto_learned(sweep, cause):
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     if cause == "ooms_raise_the_need":
         assert "ran out of GPU memory" in log
+
+
+def test_a_gpu_without_a_reading_offers_nothing_to_a_run_that_must_run_alone(tmp_path):
+    """An adversarial pass: an idle GPU whose reading failed this tick crashed the run-alone rule (a traceback,
+    exit 1); it offers nothing now, and the run goes alone to the GPU that has a reading."""
+    auto, _ = learned_packer()
+    policy = Policy(max_per_gpu=64, memory_threshold_mb=float("inf"), auto=True, cpu_cores=16)
+
+    class Probe:
+        failed = {}
+
+        def read(self, indexes):
+            return {0: reading(0, 0.5)}  # GPU 1's reading failed
+
+    pool = GpuPool([0, 1], policy, Probe())
+    pool.auto = auto
+    run = Run(1, "b", {}, ["x"], tmp_path / "b")
+    run.memory_mb = 200 * GB
+    assert pool.place(run, 10.0)[0] == (0,)
+
+
+def test_a_declared_need_larger_than_every_gpu_is_refused_before_anything_runs(sweep):
+    """An adversarial pass: --gpu-memory-gb 100 on 16 GB GPUs (no auto) waited forever, saying nothing."""
+    sweep.gpus.set(count=2, total_mb=16000)
+    p = sweep.run("--gpu-memory-gb", "100", "--gpus", "0", "1", "x=1,2")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "needs 100.0 GB of GPU memory" in p.stderr and "the largest GPU of the sweep has 15.6 GB" in p.stderr, p.stderr

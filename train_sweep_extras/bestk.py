@@ -34,8 +34,8 @@ def checkpoint_pattern(glob: str) -> re.Pattern[str]:
     if not glob or glob.startswith("/") or ".." in parts:
         raise UserError(f"--checkpoint-glob {glob!r}: must be a pattern inside a run folder (relative, without '..')")
     out = []
-    for part in re.split(r"(\*\*|\*|\?)", glob):
-        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
+    for part in re.split(r"(\*\*/|\*\*|\*|\?)", glob):  # `**/` is any number of folders, none included
+        out.append({"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
     body = "".join(out)
     return re.compile(body if "/" in glob else f"(?:.*/)?{body}")
 

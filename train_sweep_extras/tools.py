@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from train_sweep import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     FINISHED_ORDER,
+    GROUPS,
     JOURNAL,
     MB,
     RUN_MARK,
@@ -25,6 +27,7 @@ from train_sweep import (
     STUDY,
     MetricReader,
     Ranking,
+    Settings,
     State,
     UserError,
     _is_number,
@@ -35,6 +38,7 @@ from train_sweep import (
     _positive_float,
     best_of,
     canonical_json,
+    flag_default,
     fmt_duration,
     gpu_label,
     iso_time,
@@ -618,6 +622,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", metavar="NAME",
                    help="the metric that ranks the runs where a sweep's sweep.json names none (resumed without it)")
     c.add_argument("--mode", choices=("min", "max"), default="min", help="with --metric: which way is better")
+    sub.add_parser("flags", help="docs/flags.md: every flag, its default and what it does (markdown)")
     return p
 
 
@@ -698,7 +703,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch}
+def cmd_flags(args: argparse.Namespace) -> int:
+    print(flags_markdown(), end="")
+    return EXIT_OK
+
+
+TOOLS = {"report": cmd_report, "list": cmd_list, "cleanup": cmd_cleanup, "status": cmd_status, "watch": cmd_watch,
+         "flags": cmd_flags}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -733,3 +744,27 @@ def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
             if point is not None and math.isfinite(point[1][metric]):
                 points.append([len(points) if point[0] is None else point[0], point[1][metric]])
     return sorted(points, key=lambda p: p[0])
+
+
+def flags_markdown() -> str:
+    """docs/flags.md: every flag, its default and what it does, from the same fields as --help."""
+    out = ["# Flags", "", "Generated from the settings' own descriptions (`train_sweep.Settings`) by "
+           "`python train_sweep.py flags > docs/flags.md`; "
+           "`--help` shows the same. Hyperparameter overrides (`KEY=VALUES`, Hydra's syntax) may stand anywhere "
+           "among the flags (docs/config.md).", ""]
+    fields = dataclasses.fields(Settings)
+    for key, title in GROUPS.items():
+        out += [f"## {title[0].upper()}{title[1:]}", "", "| flag | default | what it does |", "| --- | --- | --- |"]
+        for field in (f for f in fields if f.metadata["group"] == key):
+            meta = field.metadata
+            name = "--" + field.name.replace("_", "-")
+            value = meta.get("metavar") or ("{" + ",".join(meta["choices"]) + "}" if "choices" in meta else "")
+            shown = f"`{name}`" if field.default is False else f"`{name}, --no-{name[2:]}`" \
+                if meta.get("action") is argparse.BooleanOptionalAction else f"`{name} {value or 'VALUE'}`"
+            if field.default == () or meta.get("nargs") == "+":
+                shown = shown[:-1] + (" ...`" if meta.get("nargs") == "+" else "` (repeatable)")
+            default = flag_default(field)
+            text = meta["help"].replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            out.append(f"| {shown.replace('|', chr(92) + '|')} | {f'`{default}`' if default else ''} | {text} |")
+        out.append("")
+    return "\n".join(out)
