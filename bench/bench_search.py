@@ -127,11 +127,13 @@ def seeded_study(work: Path, n: int, command: str) -> None:
     would have left them (so that the sweep resumes it)."""
     sys.path.insert(0, str(ROOT))
     import optuna
-    import train_sweep
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    spec = train_sweep.parse_search({"params": SPACE, "metric": "loss", "mode": "min"}, "bench")
+    from train_sweep_extras.search import distribution
+    from train_sweep_extras.space import parse_search
+
+    spec = parse_search({"params": SPACE, "metric": "loss", "mode": "min"}, "bench")
     (work / "outputs").mkdir()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(work / "outputs" / "study.log"))),
@@ -139,7 +141,7 @@ def seeded_study(work: Path, n: int, command: str) -> None:
                                 sampler=optuna.samplers.RandomSampler(seed=1))
     study.set_user_attr("search", spec.space_key(["loss"], ["min"], command))
     for _ in range(n):
-        trial = study.ask({k: train_sweep.distribution(p) for k, p in spec.params.items()})
+        trial = study.ask({k: distribution(p) for k, p in spec.params.items()})
         study.tell(trial, sum(abs(v) for v in trial.params.values() if isinstance(v, float)))
 
 

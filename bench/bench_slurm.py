@@ -34,13 +34,14 @@ FAKE_TRAINER = ROOT / "tests" / "fake_trainer.py"
 
 def submit_times(n: int, partition: str | None, folder: Path) -> dict[str, float]:
     import train_sweep as ts
+    from train_sweep_extras.slurm import SlurmLauncher, SlurmOptions
 
     out = {}
     for how in ("array", "one by one"):
         work = folder / how.replace(" ", "_")
         work.mkdir()
-        options = ts.SlurmOptions(partition=partition, gpus_per_run=0, time_min=5)
-        launcher = ts.SlurmLauncher(options, work / ts.SLURM_DIR, work, "bench", 5.0)
+        options = SlurmOptions(partition=partition, gpus_per_run=0, time_min=5)
+        launcher = SlurmLauncher(options, work / ts.SLURM_DIR, work, "bench", 5.0)
         runs = [ts.Run(i, f"r{i}", {}, ["true"], work / f"r{i}") for i in range(n)]
         start = time.perf_counter()
         for run in runs:
