@@ -1,9 +1,12 @@
-"""Shared fixtures: the real CLI as a subprocess, with a fake pynvml first on PYTHONPATH."""
+"""Shared fixtures: the real CLI as a subprocess, with a fake pynvml first on PYTHONPATH; the Slurm cluster, the
+PostgreSQL and MPS fixtures; helpers that several test files use (at the end)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import select
 import shutil
 import signal
@@ -13,10 +16,13 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from slurm.cluster import slurm_cluster  # noqa: F401  (the fixture of test_slurm.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SWEEP = ROOT / "train_sweep.py"
@@ -442,3 +448,161 @@ def communicate(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str,
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"{what}: train_sweep still running after {timeout:g}s\n{out}\n{err}") from None
+
+
+# -- helpers that several test files use: the CLI's result, one-line errors, strict JSON -------------------------
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str, elapsed: float) -> None:
+        self.returncode, self.stdout, self.stderr, self.elapsed = returncode, stdout, stderr, elapsed
+
+
+def _limit_memory(gb: float):
+    def apply() -> None:
+        limit = int(gb * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def cli(sweep, *args: str, timeout: float = 60, trainer: bool = True, memory_gb: float | None = None,
+        **env) -> Result:
+    """The CLI as a subprocess; output decoded leniently (a lone surrogate must not break the test
+    itself). A run past `timeout` is killed and fails the test with what it printed so far."""
+    proc = subprocess.Popen(
+        sweep.argv(*args, trainer=trainer), cwd=sweep.dir, env=sweep.env(**env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+        preexec_fn=_limit_memory(memory_gb) if memory_gb else None,
+    )
+    start = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a helper process still holds the pipes
+            out, err = "", ""
+        pytest.fail(f"train_sweep {' '.join(args)[:200]} ran past {timeout} s\nstdout: {out[-2000:]}\n"
+                    f"stderr: {err[-2000:]}")
+    return Result(proc.returncode, out, err, time.monotonic() - start)
+
+
+def assert_one_line_error(p, *fragments: str) -> None:
+    """Exit code 2; stderr is exactly one line, `train_sweep: error: ...`, holding each fragment."""
+    both = p.stdout + p.stderr
+    assert "Traceback" not in both, both[-4000:]
+    assert p.returncode == 2, (p.returncode, both[-4000:])
+    lines = p.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and lines[0], p.stderr[-4000:]
+    assert lines[0].startswith("train_sweep: error:"), lines[0][:1000]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0][:1000])
+
+
+def check_refused(p, *fragments: str) -> None:
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("train_sweep: error: "), lines[0]
+    assert "Traceback" not in p.stderr + p.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def no_traceback(p) -> None:
+    assert "Traceback" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-4000:]
+
+
+def strict_json(text: str):
+    """Standard JSON only: NaN, Infinity and -Infinity are refused."""
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def strict_results(sweep, name: str = "train_sweep_results.json") -> list[dict]:
+    return strict_json((sweep.dir / name).read_text(encoding="utf-8"))
+
+
+# -- helpers that several test files use: what the runs did, the event lines, a signal ---------------------------
+
+def starts(sweep) -> Counter:
+    return Counter(sweep.started())
+
+
+def run_jsons(folder: Path) -> list[dict]:
+    out = []
+    for f in folder.glob("*/run.json"):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+EVENT = re.compile(r"^\d\d:\d\d:\d\d (start|complete|failed|timeout|oom|interrupted)\s+(\S+)")
+
+
+def event_lines(stdout: str) -> list[tuple[str, str, str]]:
+    """(kind, run name, line) of every start and finish line."""
+    out = []
+    for line in stdout.splitlines():
+        m = EVENT.match(line)
+        if m:
+            out.append((m.group(1), m.group(2), line))
+    return out
+
+
+def signal_when_two_run(sweep, proc, sig):
+    """Send `sig` to train_sweep once two runs have started; its output (every run process cleaned up)."""
+    try:
+        sweep.wait_for(lambda: len(sweep.started()) == 2, timeout=30, what="two runs")
+        proc.send_signal(sig)
+        return communicate(proc, 30, f"after {signal.Signals(sig).name}")
+    finally:
+        kill_pids(run_pids(sweep))
+
+
+def no_hydra(tmp_path) -> str:
+    """A PYTHONPATH on which `import hydra` fails, as where hydra-core is not installed."""
+    fake = tmp_path / "no_hydra" / "hydra"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'hydra'\", name='hydra')\n")
+    return os.pathsep.join([str(fake.parent), str(FAKE_NVML)])
+
+
+# -- helpers that several test files use: a train script, the search's study -------------------------------------
+
+def script(sweep, name: str, body: str) -> str:
+    """A train script taking key=value arguments (train_sweep's default Hydra style); returns its command."""
+    path = sweep.dir / name
+    path.write_text("import json, os, sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+                    "RUN_DIR = os.environ['TRAIN_SWEEP_RUN_DIR']\n" + body)
+    return f"python {path}"
+
+
+def load_study(folder: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(folder / "study.log"))))
+
+
+def states(study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+QUADRATIC = "x = float(args['x']); y = int(args.get('y', 0))\nprint(f\"loss={(x - 0.3) ** 2 + 0.01 * y}\", flush=True)\n"
+
+
+SLOW_QUADRATIC = ("x = float(args['x']); lr = float(args.get('lr', 0))\n"
+                  "time.sleep(float(args.get('sleep', 0)))\n"
+                  "print(f\"loss={(x - 0.3) ** 2 + lr}\", flush=True)\n")
+
+
+def points(records, *keys):
+    return Counter(tuple(r["hyperparams"][k] for k in keys) for r in records if r["state"] == "complete")

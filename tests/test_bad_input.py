@@ -1,22 +1,19 @@
-"""Every bad input: one line on stderr naming the file/entry/key, exit 2, no traceback, nothing launched."""
+"""Every bad input: one line on stderr naming the file/entry/key, exit 2, no traceback, nothing launched. Bad
+config files and values (also ones Python's json accepts or chokes on), flags (a misspelled one is named),
+GPUs, output folders and results files (a symlink loop, '/', the config file or the journal itself), run
+names that are the sweep's own files, a config file without end, a full disk for the results lock."""
 
 from __future__ import annotations
 
 import os
+import random
+import shutil
+from pathlib import Path
 
 import pytest
 
+from conftest import assert_one_line_error, check_refused, cli
 from train_sweep import UserError, load_spec, parse_gpu_ids
-
-
-def check_refused(p, *fragments: str) -> None:
-    assert p.returncode == 2, p.stdout + p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("train_sweep: error: ")
-    assert "Traceback" not in p.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.mark.parametrize(
@@ -107,6 +104,11 @@ def test_bad_flags(sweep, args, fragment):
     check_refused(sweep.run(*args), fragment)
 
 
+def test_a_misspelled_flag_suggests_the_right_one(sweep):
+    p = sweep.run("--metrc", "loss")
+    assert p.returncode == 2 and "(did you mean --metric?)" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
 def test_dict_value_with_an_unpassable_key(sweep):
     sweep.config([{"d": {"a b": 1}}])
     check_refused(sweep.run(), "dict key 'a b' cannot be passed to Hydra")
@@ -125,6 +127,119 @@ def test_parse_gpu_ids():
     assert parse_gpu_ids(["0", "2"]) == [0, 2]
     assert parse_gpu_ids(["0,1", "3"]) == [0, 1, 3]
 
+
+# -- values and paths that would do harm -------------------------------------------------------------------------
+
+CONFIG = "train_sweep_config.json"
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        pytest.param('[{"big": 1' + "0" * 4999 + "}]", [CONFIG], id="5000-digit-integer"),
+        pytest.param('[{"deep": ' + DEEP + "}]", [CONFIG], id="100000-deep-list"),
+        pytest.param(r'[{"s": "x\ud800y"}]', [CONFIG], id="lone-surrogate"),
+        pytest.param('[{"a": 1}, {"lossw": NaN}]', [CONFIG, "[1]", "lossw"], id="NaN"),
+        pytest.param('[{"a": 1}, {"lossw": Infinity}]', [CONFIG, "[1]", "lossw"], id="Infinity"),
+        pytest.param('[{"a": 1}, {"lossw": -Infinity}]', [CONFIG, "[1]", "lossw"], id="-Infinity"),
+        pytest.param('{"runs": [{"a": 1}], "env": {"MY=VAR": "x"}}', [CONFIG, "env"], id="env-key-with-equals"),
+        pytest.param(r'{"runs": [{"a": 1}], "env": {"MY\u0000VAR": "x"}}', [CONFIG, "env"], id="env-key-with-NUL"),
+        pytest.param(r'[{"a": 1}, {"myhp": "x\u0000y"}]', [CONFIG, "[1]", "myhp"], id="NUL-in-value"),
+        pytest.param('[{"a": 1}, {"a": 2}, {"a": 3, "dupk": 1, "dupk": 2}]', ["[2]", "dupk"],
+                     id="duplicate-key-in-entry-2"),
+    ],
+)
+def test_bad_config_values_are_one_line(sweep, text, fragments):
+    """issue 16: a config value Python's json accepts or chokes on (huge integer, deep nesting, lone
+    surrogate, NaN/Infinity, '=' or NUL in an env name, NUL in a value, a duplicate key) is refused
+    before anything starts: exit 2, one line naming the file (and entry and key where it has them)."""
+    (sweep.dir / CONFIG).write_text(text)
+    p = cli(sweep)
+    assert_one_line_error(p, *fragments)
+    assert not sweep.events()
+
+
+def _loop(sweep) -> str:
+    os.symlink("loop", sweep.dir / "loop")
+    return "loop"
+
+
+@pytest.mark.parametrize(
+    "flag,value,fragments",
+    [
+        pytest.param("--output-dir", _loop, ["loop"], id="output-dir-symlink-loop"),
+        pytest.param("--output-file", _loop, ["loop"], id="output-file-symlink-loop"),
+        pytest.param("--output-file", ".", ["--output-file"], id="output-file-dot"),
+        pytest.param("--output-file", "", ["--output-file"], id="output-file-empty"),
+        pytest.param("--output-file", "/", ["--output-file"], id="output-file-root"),
+        pytest.param("--output-file", "outputs/journal.jsonl", ["journal.jsonl"], id="output-file-is-the-journal"),
+    ],
+)
+def test_bad_output_paths(sweep, flag, value, fragments):
+    """issue 16: an output folder or results file that is a symlink loop, '.', '', '/', or a file the
+    sweep itself owns (the journal) is refused up front: exit 2, one line, nothing started."""
+    sweep.config([{"a": 1}])
+    if callable(value):
+        value = value(sweep)
+    p = cli(sweep, flag, value)
+    assert_one_line_error(p, *fragments)
+    assert not sweep.events()
+
+
+def test_output_file_equal_to_the_config_file_is_refused_and_the_config_kept(sweep):
+    """issue 16 (severe 1): `--output-file` naming the config file would overwrite the user's config with
+    results. Refused (exit 2, one line naming the file); the config is byte-for-byte unchanged."""
+    path = sweep.config([{"a": 1}, {"a": 2}])
+    before = path.read_bytes()
+    p = cli(sweep, "--output-file", CONFIG)
+    assert path.read_bytes() == before
+    assert_one_line_error(p, CONFIG)
+    assert not sweep.events()
+
+
+def test_output_dir_root_is_refused(sweep):
+    """issue 16: `--output-dir /` would put run folders, the journal and the lock in /. Refused: exit 2,
+    one line. (As root the old code wrote into /; this test removes what it made there.)"""
+    name = f"h16_probe_{os.getpid()}_{random.randrange(10**9)}"
+    mine = ["journal.jsonl", "sweep.json", "sweep.log", ".train_sweep.lock", ".train_sweep.lock.pid", name]
+    if any(os.path.lexists(f"/{n}") for n in mine):
+        pytest.skip("/ already holds a file that a sweep in / would write")
+    sweep.config([{"a": 1}])
+    try:
+        p = cli(sweep, "--output-dir", "/", "--name-template", name)
+        assert_one_line_error(p)
+        assert not sweep.events()
+    finally:
+        for n in mine:
+            target = Path("/") / n
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif os.path.lexists(target):
+                target.unlink()
+
+
+def test_set_key_starting_with_dash_is_refused(sweep):
+    """issue 16: `--set=-rf=1` made a hyperparameter `-rf` that reached the train command as `-rf=1`.
+    A key starting with '-' is refused: exit 2, one line naming the key."""
+    sweep.config([{"a": 1}])
+    p = cli(sweep, "--set=-rf=1")
+    assert_one_line_error(p, "-rf")
+    assert not sweep.events()
+
+
+@pytest.mark.parametrize("name", ["journal.jsonl", "sweep.log", "sweep.json"])
+def test_run_named_like_a_file_the_sweep_owns_is_refused(sweep, name):
+    """issue 16: a run whose folder would be a file the sweep owns in the output folder
+    (`--name-template journal.jsonl`) is refused: exit 2, one line naming it."""
+    sweep.config([{"a": 1}])
+    p = cli(sweep, "--name-template", name)
+    assert_one_line_error(p, name)
+    assert not sweep.events()
+
+
+# -- inputs without end, a full disk -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom"])
 def test_a_config_file_without_end_is_refused_with_its_size(sweep, path):

@@ -1,14 +1,24 @@
-"""Saying the sweep: the object config form, grids, Hydra sweep overrides, --set, names, argument styles,
---configs, runs of several GPUs, gpu_memory_gb packing, --max-parallel."""
+"""Saying the sweep: the config file's forms (a list of runs; the object form with defaults, grids, env),
+--set, --configs, a sweep on the command line (plain key=value overrides, read without hydra-core as Hydra
+reads them; Hydra's sweep syntax; conflicting overrides), argument styles against real parsers, --max-runs
+and --shuffle, grids of a billion runs."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
-from train_sweep import Entry, SweepSpec, UserError, build_runs, expand, render_args, select_entries, template_name
+from conftest import assert_one_line_error, cli, no_hydra, no_traceback
+from train_sweep import (
+    Entry, SimpleOverride, SweepSpec, UserError, build_runs, expand, render_args, select_entries, template_name,
+)
+
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,8 +28,7 @@ def names(p) -> list[str]:
             line.split("│")[1].strip().isdigit()]
 
 
-# -- expansion (pure) ---------------------------------------------------------------------------
-
+# -- expansion (pure) --------------------------------------------------------------------------------------------
 
 def test_grid_product_order_and_precedence():
     spec = SweepSpec("s.json", [{"model": "small"}, {"model": "big", "lr": 9}], form="object",
@@ -57,16 +66,7 @@ def test_templates():
         build_runs([{"a": 1, "b": 1}, {"a": 2, "b": 1}, {"a": 1, "b": 2}], ["x"], Path("/tmp/o"), name_template="a_{a}")
 
 
-def test_names_stay_stable_when_a_run_is_added():
-    spec = SweepSpec("s.json", [{"lr": 1}], form="object", defaults={"epochs": 5})
-    before = build_runs(expand(spec), ["x"], Path("/tmp/o"))[0].name
-    spec.runs.append({"lr": 2, "epochs": 7})
-    after = build_runs(expand(spec), ["x"], Path("/tmp/o"))
-    assert after[0].name == before == "lr_1" and after[1].name == "lr_2_epochs_7"
-
-
-# -- argument styles against real parsers ---------------------------------------------------------
-
+# -- argument styles against real parsers ------------------------------------------------------------------------
 
 def test_argparse_style_rendering():
     assert render_args({"lr": 1e-4, "amp": True, "fp16": False, "opt": None, "layers": [64, 32], "shift": -1.5},
@@ -99,8 +99,7 @@ def test_equals_style_against_a_nanogpt_configurator(sweep):
                    "wandb_project": "my run,1", "betas": [0.8, 0.99], "init_from": None, "tag": "123"}
 
 
-# -- the object form and the command line, end to end ---------------------------------------------
-
+# -- the object form and the command line, end to end ------------------------------------------------------------
 
 def test_object_form_end_to_end(sweep):
     sweep.gpus.set(count=2)
@@ -202,50 +201,142 @@ def test_configs_batch_with_globs_and_set(sweep):
     assert p.returncode == 2 and "--configs 'cfg/*.yaml': no file matches" in p.stderr
 
 
-# -- placement: several GPUs, declared memory, --max-parallel --------------------------------------
-
-
-def spans(sweep) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for e in sweep.events():
-        out.setdefault(e["name"], {})[e["event"]] = e["t"]
-        out[e["name"]]["gpu"] = e["gpu"]
-    return out
-
-
-def test_a_two_gpu_run_waits_for_two_free_gpus_while_others_keep_running(sweep):
-    sweep.gpus.set(count=3)
-    sweep.config({"runs": [{"n": "a", "sleep": 1.0}, {"n": "b", "sleep": 2.0}, {"n": "wide", "sleep": 1.0,
-                  "gpus_per_run": 2}, {"n": "c", "sleep": 0.5}]})
-    p = sweep.run()
+def test_configs_sweep_does_not_name_the_default_config_file(sweep):
+    """issue 10 bug 10: with --configs, neither the first event line nor outputs/sweep.json name
+    train_sweep_config.json (there is none); sweep.json names the --configs files."""
+    sweep.gpus.set(count=1)
+    (sweep.dir / "a.py").write_text("lr = 1\n")
+    (sweep.dir / "b.py").write_text("lr = 2\n")
+    p = sweep.run("--configs", "a.py", "b.py")
     assert p.returncode == 0, p.stdout + p.stderr
-    s = spans(sweep)
-    wide = s["n_wide_sleep_1"]
-    assert len(wide["gpu"].split(",")) == 2
-    assert wide["start"] >= s["n_a_sleep_1"]["end"] - 0.05  # waited for a second free GPU
-    for name, span in s.items():  # nothing else ran on its GPUs while it ran
-        if name != "n_wide_sleep_1" and set(span["gpu"].split(",")) & set(wide["gpu"].split(",")):
-            assert span["end"] <= wide["start"] + 0.05 or span["start"] >= wide["end"] - 0.05, name
-    assert sweep.results()[2]["gpu_id"] == [int(g) for g in wide["gpu"].split(",")]
-    p = sweep.run("--gpus", "0", "--rerun")
-    assert p.returncode == 2 and "needs 2 GPUs; the sweep has 1" in p.stderr
+    assert not (sweep.dir / "train_sweep_config.json").exists()
+    assert "train_sweep_config.json" not in p.stdout, p.stdout
+    text = (sweep.dir / "outputs" / "sweep.json").read_text()
+    settings = json.loads(text)
+    assert settings.get("config_file") != "train_sweep_config.json", settings
+    assert "train_sweep_config.json" not in text, text
+    assert "a.py" in text
 
 
-def test_gpu_memory_gb_packs_without_guessing_processes_per_gpu(sweep):
-    sweep.gpus.set(count=1, total_mb=81920, used_mb=500)
-    sweep.config({"gpu_memory_gb": 30, "runs": [{"n": i, "mem_mb": 30000, "mem_after": 0.5, "sleep": 1.5}
-                                                for i in range(4)]})
-    p = sweep.run("--max-processes-per-gpu", "8", "--memory-threshold-gb", "79")
-    assert p.returncode == 0, p.stdout + p.stderr
-    s = sorted(spans(sweep).values(), key=lambda x: x["start"])
-    assert s[1]["start"] - s[0]["start"] < 0.5  # no waiting for the first one's memory: it was declared
-    for t in (x["start"] + 0.01 for x in s):
-        assert sum(x["start"] <= t < x["end"] for x in s) <= 2  # 80 GB: two 30 GB runs, never three
+# -- a sweep said on the command line: no config file, no hydra-core needed --------------------------------------
 
-
-def test_max_parallel_one_runs_one_after_another(sweep):
+def test_a_command_line_grid_needs_no_config_file(sweep):
     sweep.gpus.set(count=2)
-    sweep.config([{"n": i, "sleep": 0.3} for i in range(3)])
-    assert sweep.run("--max-parallel", "1", "--max-processes-per-gpu", "2").returncode == 0
-    s = sorted(spans(sweep).values(), key=lambda x: x["start"])
-    assert all(b["start"] >= a["end"] - 0.02 for a, b in zip(s, s[1:]))
+    assert not (sweep.dir / "train_sweep_config.json").exists()
+    p = sweep.run("--no-live", "lr=1e-3,1e-4", "seed=0,1", "depth=3")
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = sorted((r["hyperparams"]["lr"], r["hyperparams"]["seed"], r["hyperparams"]["depth"]) for r in sweep.results())
+    assert runs == [(1e-4, 0, 3), (1e-4, 1, 3), (1e-3, 0, 3), (1e-3, 1, 3)]
+    assert "4 run(s) from the command line" in p.stdout
+
+
+def test_without_overrides_a_missing_config_file_is_still_an_error(sweep):
+    p = sweep.run("--no-live")
+    assert p.returncode == 2 and "train_sweep_config.json: config file not found" in p.stderr
+
+
+def test_plain_overrides_need_no_hydra(sweep, tmp_path):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", "lr=1e-3,1e-4", "opt=adam", "flag=true", PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(r["hyperparams"]["lr"] for r in sweep.results()) == [1e-4, 1e-3]
+    assert {(r["hyperparams"]["opt"], r["hyperparams"]["flag"]) for r in sweep.results()} == {("adam", True)}
+
+
+@pytest.mark.parametrize("override", ["depth=range(2,5)", "lr='1e-3'", "x=[1,2]", "y=choice(a,b)"])
+def test_richer_syntax_without_hydra_says_what_to_install(sweep, tmp_path, override):
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", override, PYTHONPATH=no_hydra(tmp_path))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"override {override!r} is read with Hydra's parser: pip install hydra-core" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def _hydra(text: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_override(text)
+    return list(override.sweep_iterator()) if override.is_sweep_override() else override.value()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+WORDS = st.text(alphabet="abeEfilnrstuAF0123456789._+-", min_size=1, max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(values=st.lists(WORDS, min_size=1, max_size=3))
+def test_simple_overrides_read_as_hydra_reads_them(values):
+    """Whatever SimpleOverride accepts, it reads to the same values (and types) as Hydra's own parser."""
+    pytest.importorskip("hydra")
+    text = "key=" + ",".join(values)
+    simple = SimpleOverride.parse(text)
+    if simple is None:
+        return
+    mine = list(simple.sweep_iterator()) if simple.is_sweep_override() else simple.value()
+    assert _same(mine, _hydra(text)), (text, mine, _hydra(text))
+
+
+@pytest.mark.parametrize("text", ["lr=1e-3,1e-4", "seed=0,1", "flag=TRUE", "n=null", "y=.5", "z=5.",
+                                  "i=-inf", "q=", "k=e5", "a.b=3", "d=+4", "w=abc-def", "c=3.0e-2"])
+def test_simple_overrides_examples(text):
+    """Plain values are read without Hydra (those of less obvious reading, 1_000 or 007, go to Hydra)."""
+    pytest.importorskip("hydra")
+    simple = SimpleOverride.parse(text)
+    assert simple is not None
+    mine = list(simple.sweep_iterator()) if simple.is_sweep_override() else simple.value()
+    assert _same(mine, _hydra(text))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["lr=1,2", "lr=3"], "override 'lr=3': 'lr' is already given by 'lr=1,2'; give each key once"),
+    (["--set", "lr=5", "lr=1,2"], "--set lr=...: 'lr' is swept by a command-line sweep"),
+    (["lr=1", "--set", "lr=2"], "--set lr=... and the override lr=... both set 'lr'"),
+    (["lr=1,2,1"], "override 'lr=1,2,1': the value 1 is listed twice"),
+])
+def test_conflicting_overrides_name_the_cause(sweep, args, fragment):
+    p = sweep.run("--dry-run", *args)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert fragment in p.stderr and "identical runs" not in p.stderr
+
+
+def test_set_over_a_config_grid_names_the_grid(sweep):
+    sweep.config({"grid": {"lr": [1, 2], "wandb": [True]}})
+    p = sweep.run("--dry-run", "--set", "lr=3")
+    assert p.returncode == 2 and "'lr' is swept by train_sweep_config.json's 'grid'" in p.stderr
+    assert sweep.run("--dry-run", "--set", "wandb=false").returncode == 0  # one value: nothing collapses
+
+
+# -- grids of a billion runs -------------------------------------------------------------------------------------
+
+def _billion_grid(sweep) -> None:
+    values = list(range(1000))
+    sweep.config({"grid": {"a": values, "b": values, "c": values}})
+
+
+def test_a_billion_run_grid_is_refused_fast(sweep):
+    """issue 16: a grid of 10^9 combinations was expanded in memory (minutes, then MemoryError; here under
+    a 2 GB address-space cap). Contract: exit 2 within ~10 s, one line with the count and --max-runs."""
+    _billion_grid(sweep)
+    p = cli(sweep, timeout=25, memory_gb=2)
+    assert_one_line_error(p, "--max-runs")
+    assert "1000000000" in p.stderr or "1,000,000,000" in p.stderr, p.stderr
+    assert p.elapsed < 20, p.elapsed
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["first-3", "shuffled-3"])
+def test_a_billion_run_grid_with_max_runs(sweep, shuffle):
+    """issue 16: `--max-runs 3 [--shuffle] --dry-run` on a 10^9 grid expanded all of it first. Contract:
+    exit 0 within ~10 s, listing 3 runs."""
+    _billion_grid(sweep)
+    p = cli(sweep, "--max-runs", "3", *(["--shuffle"] if shuffle else []), "--dry-run", timeout=25, memory_gb=2)
+    no_traceback(p)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert re.search(r"\b3 run", p.stdout), p.stdout[-3000:]
+    assert p.elapsed < 20, p.elapsed

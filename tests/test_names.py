@@ -1,25 +1,35 @@
-"""Run names: readable, deterministic, safe as folder names, unique."""
+"""Run names: readable, deterministic, safe as folder names (values that look like paths stay inside the
+output folder), unique, and stable: a run keeps its name when runs are added."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from conftest import starts
 from train_sweep import (
-    MAX_NAME_BYTES, SweepSpec, UserError, build_runs, clean, dedupe_names, expand, params_hash, run_name, validate_entries,
+    MAX_NAME_BYTES, SweepSpec, UserError, build_runs, clean, dedupe_names, expand, params_hash, run_name,
+    validate_entries,
 )
+
 
 SEED_ENTRY = {
     "env": "point_maze", "frameskip": 5, "num_hist": 3, "training.epochs": 50, "bisim_latent_dim": 512,
     "bisim_hidden_dim": 1024, "model.bypass_dinov2": True, "training.bisim_lr": 5e-6, "var_loss_coef": 1.0,
     "num_pcs": 10, "VC_target": 1, "PCA1_loss_target": 0.01, "PCAloss_epoch": 50,
 }
+
+
 SEED_ABBREV = {
     "env": "", "frameskip": "fs", "num_hist": "hist", "bisim_latent_dim": "bisim", "bisim_hidden_dim": "hidden",
     "model.bypass_dinov2": "no_dino", "training.bisim_lr": "lr", "var_loss_coef": "varloss_coef",
     "num_pcs": "numpcs", "VC_target": "vctarget", "PCA1_loss_target": "pca1target", "PCAloss_epoch": "pcaepoch",
 }
+
+
 SAFE = re.compile(r"[A-Za-z0-9._=+-]+")
 
 
@@ -94,8 +104,48 @@ def test_a_run_keeps_the_name_an_earlier_sweep_gave_it(tmp_path):
     assert build_runs([{"s": "a b"}, {"s": "a_b"}], ["python", "train.py"], tmp_path)[0].name != "s_a_b"
 
 
+def test_names_stay_stable_when_a_run_is_added():
+    spec = SweepSpec("s.json", [{"lr": 1}], form="object", defaults={"epochs": 5})
+    before = build_runs(expand(spec), ["x"], Path("/tmp/o"))[0].name
+    spec.runs.append({"lr": 2, "epochs": 7})
+    after = build_runs(expand(spec), ["x"], Path("/tmp/o"))
+    assert after[0].name == before == "lr_1" and after[1].name == "lr_2_epochs_7"
+
+
 def test_run_folders_are_inside_the_output_folder(tmp_path):
     runs = build_runs([{"p": "../../x"}, {"p": "/etc"}], ["python", "train.py"], tmp_path / "out")
     for run in runs:
         assert run.run_dir.parent == (tmp_path / "out").resolve()
     assert runs[0].argv == ["python", "train.py", "p=../../x"]
+
+
+# -- through the CLI ---------------------------------------------------------------------------------------------
+
+def test_adding_a_run_whose_name_clashes_keeps_the_existing_runs_name(sweep):
+    """issue 10 bug 11: a complete run keeps its name when a new run whose name cleans to the same text is
+    added: it is skipped, the new one gets another name."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"s": "a b"}])
+    p = sweep.run()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (sweep.dir / "outputs" / "s_a_b" / "run.json").exists()
+    sweep.config([{"s": "a b"}, {"s": "a_b"}])
+    p = sweep.run()
+    assert p.returncode == 0, p.stdout + p.stderr
+    results = sweep.results()
+    names = [r["model_name"] for r in results]
+    assert names[0] == "s_a_b", names
+    assert names[1].startswith("s_a_b_") and names[1] != "s_a_b", names
+    assert [r["hyperparams"] for r in results] == [{"s": "a b"}, {"s": "a_b"}]
+    assert all(r["state"] == "complete" for r in results)
+    assert starts(sweep) == Counter({"s_a_b": 1, names[1]: 1}), starts(sweep)
+
+
+def test_values_that_look_dangerous_stay_inside_the_output_folder(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"path": "../../etc/passwd"}, {"path": "/abs/x"}, {"path": ".."}])
+    p = sweep.run()
+    assert p.returncode == 0, p.stderr
+    for r in sweep.results():
+        assert Path(r["run_dir"]).parent == sweep.dir / "outputs"
+    assert sweep.fake(sweep.results()[0]["model_name"])["argv"] == ["path=../../etc/passwd"]

@@ -1,16 +1,27 @@
-"""--max-processes-per-gpu auto: the placement core driven by a fake clock and fake NVML readings in which
-each run's memory appears after a delay (the decisions, not the timing), then the real CLI with the fake
-pynvml (per-process memory, as NVML shows it)."""
+"""Placement: which GPU takes a run, and how many runs a GPU holds.
+
+--max-processes-per-gpu auto: the placement core driven by a fake clock and fake NVML readings in which each
+run's memory appears after a delay (the decisions, not the timing), then the real CLI with the fake pynvml
+(per-process memory, as NVML shows it). The rest through the real CLI with the fake pynvml: the GPU with the
+least memory in use first, a GPU full of someone else's memory, --gpus all, no NVML (the CPU),
+--disable-gpu-monitoring, slots and the memory threshold, two sweeps sharing GPUs, runs of several GPUs,
+declared memory, --max-parallel, GPUs whose NVML calls fail."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
-from train_sweep import (AUTO_MARGIN, AUTO_STABLE_S, AutoPacker, GpuPool, GpuReading, Policy, ResultsWriter, Run,
-                         Settings, State)
+from train_sweep import (
+    AUTO_MARGIN, AUTO_STABLE_S, AutoPacker, GpuPool, GpuReading, Policy, ResultsWriter, Run, Settings, State,
+)
+
+
+# -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
 
 GB = 1024.0
 
@@ -182,7 +193,7 @@ def test_a_declared_gpu_memory_wins(tmp_path):
     assert gpus is None and "less than the 10 GB the run needs is free" in why
 
 
-# -- the real CLI, the fake pynvml ----------------------------------------------------------------------
+# -- --max-processes-per-gpu auto: the real CLI, the fake pynvml -------------------------------------------------
 
 def test_auto_packs_after_the_first_footprint_and_says_why(sweep):
     sweep.gpus.set(count=2, total_mb=16000, used_mb=500, util=30)  # the runs compute
@@ -330,3 +341,227 @@ def test_a_declared_need_larger_than_every_gpu_is_refused_before_anything_runs(s
     p = sweep.run("--gpu-memory-gb", "100", "--gpus", "0", "1", "x=1,2")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "needs 100.0 GB of GPU memory" in p.stderr and "the largest GPU of the sweep has 15.6 GB" in p.stderr, p.stderr
+
+
+# -- which GPU, how many runs on it ------------------------------------------------------------------------------
+
+def test_lowest_memory_gpu_is_chosen_first(sweep):
+    sweep.gpus.set(count=3, used_mb=[9000, 3000, 6000])
+    sweep.config([{"n": 0}])
+    assert sweep.run().returncode == 0
+    assert sweep.results()[0]["gpu_id"] == 1
+
+
+def test_a_gpu_full_of_someone_elses_memory_gets_nothing(sweep):
+    sweep.gpus.set(count=2, used_mb=[60000, 1000])  # GPU 0: 58.6 GB used by another user
+    sweep.config([{"n": i, "sleep": 0.1} for i in range(4)])
+    p = sweep.run("--memory-threshold-gb", "40")
+    assert p.returncode == 0, p.stderr
+    assert {r["gpu_id"] for r in sweep.results()} == {1}
+
+
+def test_gpus_all_and_default_use_every_nvml_gpu(sweep):
+    sweep.gpus.set(count=3)
+    sweep.config([{"n": i, "sleep": 0.3} for i in range(6)])
+    assert sweep.run("--gpus", "all").returncode == 0
+    assert {r["gpu_id"] for r in sweep.results()} == {0, 1, 2}
+
+
+def test_no_nvml_runs_on_the_cpu_and_says_so(sweep):
+    sweep.config([{"n": 0}, {"n": 1}])
+    p = sweep.run()  # no state file: the fake pynvml fails like a machine without a driver
+    assert p.returncode == 0, p.stderr
+    assert "running on the CPU" in p.stdout
+    assert sweep.fake("n_0")["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert sweep.results()[0]["gpu_id"] is None
+
+
+def test_disable_gpu_monitoring_places_by_slots(sweep):
+    sweep.gpus.set(count=2, used_mb=[79000, 79000])  # would block everything if it were read
+    sweep.config([{"n": i} for i in range(4)])
+    p = sweep.run("--gpus", "0", "1", "--disable-gpu-monitoring")
+    assert p.returncode == 0, p.stderr
+    assert "slots only" in p.stdout
+    assert {r["gpu_id"] for r in sweep.results()} == {0, 1}
+
+
+def test_a_finished_run_frees_its_slot_for_the_next(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": i, "sleep": 0.2} for i in range(5)])
+    p = sweep.run()
+    assert p.returncode == 0
+    spans = {}
+    for e in sweep.events():
+        spans.setdefault(e["name"], {})[e["event"]] = e["t"]
+    ordered = sorted(spans.values(), key=lambda s: s["start"])
+    assert all(b["start"] >= a["end"] for a, b in zip(ordered, ordered[1:]))  # one at a time on 1 slot
+
+
+def test_packing_two_per_gpu_waits_for_the_memory_reading(sweep):
+    """With 2 slots on one GPU, the second run starts only after the first one's memory shows up."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "mem_mb": 20000, "mem_after": 1.0, "sleep": 3},
+                  {"n": 1, "mem_mb": 20000, "sleep": 0.5}])
+    p = sweep.run("--max-processes-per-gpu", "2", "--memory-threshold-gb", "40", "--settle-seconds", "30")
+    assert p.returncode == 0, p.stdout + p.stderr
+    starts = {e["name"]: e["t"] for e in sweep.events() if e["event"] == "start"}
+    first = sweep.fake("n_0_mem_mb_20000_mem_after_1_sleep_3")
+    gap = starts["n_1_mem_mb_20000_sleep_0.5"] - first["start"]
+    assert gap >= 1.0, f"second run started {gap:.2f}s after the first, before its memory showed"
+
+
+def test_packing_respects_the_memory_threshold(sweep):
+    """Two slots, but after the first run's 30 GB show, the GPU is over the 25 GB threshold: runs go one by one."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": i, "mem_mb": 30000, "sleep": 0.5} for i in range(3)])
+    p = sweep.run("--max-processes-per-gpu", "2", "--memory-threshold-gb", "25")
+    assert p.returncode == 0, p.stderr
+    spans = {}
+    for e in sweep.events():
+        spans.setdefault(e["name"], {})[e["event"]] = e["t"]
+    ordered = sorted(spans.values(), key=lambda s: s["start"])
+    for a, b in zip(ordered, ordered[1:]):
+        assert b["start"] >= a["end"] - 0.05, "two runs overlapped on a GPU that was over the threshold"
+
+
+def test_two_sweeps_sharing_gpus_see_each_others_memory(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"big": 1, "mem_mb": 50000, "sleep": 4}], "a.json")
+    first = sweep.start("--config-file", "a.json", "--output-dir", "out_a", "--output-file", "a_results.json")
+    sweep.wait_for(lambda: any(sweep.gpus.procs_dir.glob("*.json")), what="the first sweep's memory")
+    sweep.config([{"n": i, "sleep": 0.2} for i in range(4)], "b.json")
+    p = sweep.run("--config-file", "b.json", "--output-dir", "out_b", "--output-file", "b_results.json",
+                  "--max-processes-per-gpu", "2")
+    first.communicate(timeout=30)
+    big_gpu = json.loads((sweep.dir / "a_results.json").read_text())[0]["gpu_id"]
+    assert p.returncode == 0
+    assert {r["gpu_id"] for r in sweep.results("b_results.json")} == {1 - big_gpu}
+
+
+# -- runs of several GPUs, declared memory, --max-parallel -------------------------------------------------------
+
+def spans(sweep) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for e in sweep.events():
+        out.setdefault(e["name"], {})[e["event"]] = e["t"]
+        out[e["name"]]["gpu"] = e["gpu"]
+    return out
+
+
+def test_a_two_gpu_run_waits_for_two_free_gpus_while_others_keep_running(sweep):
+    sweep.gpus.set(count=3)
+    sweep.config({"runs": [{"n": "a", "sleep": 1.0}, {"n": "b", "sleep": 2.0}, {"n": "wide", "sleep": 1.0,
+                  "gpus_per_run": 2}, {"n": "c", "sleep": 0.5}]})
+    p = sweep.run()
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = spans(sweep)
+    wide = s["n_wide_sleep_1"]
+    assert len(wide["gpu"].split(",")) == 2
+    assert wide["start"] >= s["n_a_sleep_1"]["end"] - 0.05  # waited for a second free GPU
+    for name, span in s.items():  # nothing else ran on its GPUs while it ran
+        if name != "n_wide_sleep_1" and set(span["gpu"].split(",")) & set(wide["gpu"].split(",")):
+            assert span["end"] <= wide["start"] + 0.05 or span["start"] >= wide["end"] - 0.05, name
+    assert sweep.results()[2]["gpu_id"] == [int(g) for g in wide["gpu"].split(",")]
+    p = sweep.run("--gpus", "0", "--rerun")
+    assert p.returncode == 2 and "needs 2 GPUs; the sweep has 1" in p.stderr
+
+
+def test_gpu_memory_gb_packs_without_guessing_processes_per_gpu(sweep):
+    sweep.gpus.set(count=1, total_mb=81920, used_mb=500)
+    sweep.config({"gpu_memory_gb": 30, "runs": [{"n": i, "mem_mb": 30000, "mem_after": 0.5, "sleep": 1.5}
+                                                for i in range(4)]})
+    p = sweep.run("--max-processes-per-gpu", "8", "--memory-threshold-gb", "79")
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = sorted(spans(sweep).values(), key=lambda x: x["start"])
+    assert s[1]["start"] - s[0]["start"] < 0.5  # no waiting for the first one's memory: it was declared
+    for t in (x["start"] + 0.01 for x in s):
+        assert sum(x["start"] <= t < x["end"] for x in s) <= 2  # 80 GB: two 30 GB runs, never three
+
+
+def test_max_parallel_one_runs_one_after_another(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"n": i, "sleep": 0.3} for i in range(3)])
+    assert sweep.run("--max-parallel", "1", "--max-processes-per-gpu", "2").returncode == 0
+    s = sorted(spans(sweep).values(), key=lambda x: x["start"])
+    assert all(b["start"] >= a["end"] - 0.02 for a, b in zip(s, s[1:]))
+
+
+# -- GPUs whose NVML calls fail: taken out after a few failures, not after one -----------------------------------
+
+def test_failing_gpu_is_dropped_and_the_sweep_goes_on(sweep):
+    """A GPU whose NVML calls keep failing (3 times over 2 s) is taken out; until then it takes no run."""
+    sweep.gpus.set(count=2)
+    sweep.gpus.update(0, fail=True)
+    sweep.config([{"n": i, "sleep": 1} for i in range(3)])
+    p = sweep.run("--gpus", "0", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "warning: GPU 0 taken out of the pool: its NVML calls fail (GPU is lost)" in p.stdout
+    assert {r["gpu_id"] for r in sweep.results()} == {1}
+
+
+def test_gpu_that_starts_failing_mid_sweep_is_taken_out(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"n": i, "sleep": 0.5} for i in range(8)])
+    proc = sweep.start("--gpus", "0", "1")
+    sweep.wait_for(lambda: len(sweep.started()) >= 2, what="two runs")
+    sweep.gpus.update(0, fail=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert out.count("taken out of the pool") == 1
+    gpus = [r["gpu_id"] for r in sweep.results()]
+    assert gpus[-1] == 1 and gpus.count(0) <= 3
+
+
+def test_one_transient_nvml_error_does_not_take_a_gpu_out(sweep):
+    """issue 16 item 9: one failed NVML call on every GPU at once is retried: no GPU is taken out, the sweep
+    goes on and every run completes."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "flaky_nvml": 1}, {"n": 1}])
+    p = sweep.run("--gpus", "0", timeout=40)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "taken out" not in p.stdout
+    assert [r["state"] for r in sweep.results()] == ["complete", "complete"]
+
+
+def test_a_run_of_two_gpus_fails_when_one_is_taken_out(sweep):
+    """issue 16 item 9: a 2-GPU run waiting for its GPUs, when one of the two GPUs is taken out (its NVML calls
+    keep failing), fails with the reason instead of waiting forever."""
+    sweep.gpus.set(count=2)
+    sweep.config({"runs": [{"n": 0, "sleep": 4, "break_gpu": 1}, {"n": 1, "gpus_per_run": 2}]})
+    p = sweep.run("--gpus", "0", "1", timeout=40)
+    assert "Traceback" not in p.stderr, p.stderr
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert records["n_0_sleep_4_break_gpu_1"]["state"] == "complete", p.stdout
+    two = records["n_1"]
+    assert two["state"] == "failed" and "needs 2 GPUs and 1 are left" in two["error"], two
+    assert p.returncode == 1, p.stdout + p.stderr
+
+
+def test_an_oom_requeued_run_that_needs_more_gpus_than_are_left_fails(sweep):
+    """A run that ran out of memory waits; one of its 2 GPUs is taken out meanwhile: it fails with the reason
+    (before: the sweep never ended)."""
+    sweep.gpus.set(count=2)
+    marker = sweep.dir / "oomed"
+    sweep.config({"runs": [{"n": 0, "oom_once": str(marker), "break_gpu": 1, "gpus_per_run": 2}]})
+    p = sweep.run("--gpus", "0", "1", timeout=40)
+    (record,) = sweep.results()
+    assert record["state"] == "failed" and "needs 2 GPUs and 1 are left" in (record["error"] or ""), record
+    assert p.returncode == 1, p.stdout + p.stderr
+
+
+def test_nvml_failing_on_every_gpu_keeps_finished_runs_and_exits_3(sweep):
+    """issue 10 bug 6: every GPU's NVML calls fail from the moment the first run ends (the second is queued):
+    the finished run is recorded, nothing is left `running`, exit 3 with one error line about NVML."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "break_nvml": 1}, {"n": 1}])
+    p = sweep.run(timeout=60)
+    kill_pids(run_pids(sweep))
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert p.returncode == 3, p.stdout + p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_sweep: error:") and "NVML" in err[0], p.stderr
+    results = sweep.results()
+    first = next(r for r in results if r["model_name"] == "n_0_break_nvml_1")
+    assert first["state"] == "complete", results
+    left = [r["model_name"] for r in run_jsons(sweep.dir / "outputs") if r.get("state") == "running"]
+    assert not left, f"run.json still says running: {left}"

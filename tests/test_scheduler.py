@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -336,6 +337,25 @@ def test_sim_no_polling_while_runs_wait_only_for_slots(tmp_path):
                       Settings(timeout=0), clock)
     assert sweep.run() == 0
     assert probe.reads <= 8  # one read per tick that places runs (4 ticks here), not a polling loop
+
+
+def test_an_expired_oom_wait_does_not_spin_the_loop(tmp_path):
+    """After OOM_WAIT_S, a waiter that still cannot start (no free slot) must not make the loop wake at once
+    again and again (before: a wake-up time in the past, 100% CPU)."""
+    from train_sweep import GpuPool, ListSource, Policy, Reporter, ResultsWriter, Run, Settings, Sweep
+
+    class Idle:
+        own_timeout = False
+
+        def next_poll(self, now):
+            return None
+
+    run = Run(0, "r", {}, ["x"], tmp_path / "r")
+    sweep = Sweep(ListSource([]), Idle(), GpuPool([0], Policy(), None), ResultsWriter(tmp_path / "res.json"),
+                  Reporter(stream=open(os.devnull, "w")), Settings())
+    sweep.oom_wait[run] = -10_000.0  # waiting since long ago
+    wake = sweep._next_wakeup(0.0)
+    assert wake is None or wake > 0, wake
 
 
 # -- the protocols: the real classes and the fakes cannot drift apart ---------------------------

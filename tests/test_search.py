@@ -1,83 +1,38 @@
-"""Search (issue 12): Optuna on the GPU queue through the real CLI. Each sampler end to end; Hydra's
-Optuna-sweeper syntax; W&B and Protein sweep files (each distribution, each error); bad input as one line;
-resume after SIGINT and kill -9 (no trial lost or told twice); pruning that ends a run's process tree and
-hands its slot on at once; multi-objective Pareto front; top-K checkpoints of pruned runs; no Optuna."""
+"""The search (issue 12): Optuna on the GPU queue through the real CLI. Each sampler end to end, grids and
+budgets, the config's search block, trials in parallel, failed and out-of-memory trials; the pruners fed the
+metric stream (pruning ends a run's process tree and hands its slot on at once, top-K checkpoints of pruned
+runs, a retry is not judged on its first attempt's curve); multi-objective Pareto front; bad search input as
+one line; no Optuna."""
 
 from __future__ import annotations
 
 import datetime
 import importlib.util
 import json
-import math
 import os
 import shlex
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_NVML, all_dead, kill_pids, pid_alive
-from train_sweep_extras.space import Param, parse_search_overrides
-from train_sweep import UserError
-from train_sweep_extras.sweepfiles import read_sweep_file, wandb_hyperband
+from conftest import FAKE_NVML, QUADRATIC, all_dead, check_refused, kill_pids, load_study, no_traceback, script, states
+
 
 optuna = pytest.importorskip("optuna")
+
 yaml = pytest.importorskip("yaml")
-
-
-# -- helpers -----------------------------------------------------------------------------------------------
-
-def script(sweep, name: str, body: str) -> str:
-    """A train script taking key=value arguments (train_sweep's default Hydra style); returns its command."""
-    path = sweep.dir / name
-    path.write_text("import json, os, sys, time\nargs = dict(a.split('=', 1) for a in sys.argv[1:])\n"
-                    "RUN_DIR = os.environ['TRAIN_SWEEP_RUN_DIR']\n" + body)
-    return f"python {path}"
-
-
-def load_study(folder: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(folder / "study.log"))))
-
-
-def states(study) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
-
-
-def check_refused(p, *fragments: str) -> None:
-    assert p.returncode == 2, p.stdout + p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("train_sweep: error: "), lines[0]
-    assert "Traceback" not in p.stderr + p.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def ts(text: str) -> float:
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
-def write_yaml(path: Path, data) -> str:
-    path.write_text(yaml.safe_dump(data, sort_keys=False) if not isinstance(data, str) else data)
-    return str(path)
-
-
-QUADRATIC = "x = float(args['x']); y = int(args.get('y', 0))\nprint(f\"loss={(x - 0.3) ** 2 + 0.01 * y}\", flush=True)\n"
-
-
 def loss_of(record) -> float:
     return record["metrics"]["loss"]
 
 
-# -- 1. each sampler end to end ----------------------------------------------------------------------------
+# -- each sampler end to end; budgets, slots, failed trials ------------------------------------------------------
 
 def _has(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
@@ -269,6 +224,8 @@ def test_dry_run_of_a_search_shows_the_space(sweep):
     assert not (sweep.dir / "outputs").exists()
 
 
+# -- pruners: fed the metric stream; pruning ends a real process tree, its slot goes on at once ------------------
+
 @pytest.mark.parametrize("pruner", ["percentile", "successive_halving", "hyperband"])
 def test_other_pruners_are_fed_the_metric_stream(sweep, pruner):
     sweep.gpus.set(count=1)
@@ -284,595 +241,35 @@ def test_other_pruners_are_fed_the_metric_stream(sweep, pruner):
     assert first.values == [pytest.approx(0.3 + 1 / 3)]
 
 
-def test_wandb_hyperband_early_terminate_end_to_end(sweep):
+@pytest.mark.parametrize("flag", ["none", "hyperband"])
+def test_the_pruner_flag_wins_with_its_default_arguments(sweep, flag):
+    """README: `--pruner` wins (with the default arguments). open_study/main pass the config's pruner arguments
+    (search.pruner_args) to the flag's pruner: `--pruner none` cannot even switch a config's median pruner off."""
     sweep.gpus.set(count=1)
-    write_yaml(sweep.dir / "hb.yaml", {
-        "method": "random", "run_cap": 4, "metric": {"name": "loss", "goal": "minimize"},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
-        "parameters": {"x": {"min": 0.0, "max": 1.0}}})
-    body = "x = float(args['x'])\nfor step in range(3):\n    print(f'step {step} loss={x + 1 / (step + 1)}', flush=True)\n"
-    p = sweep.run("--sweep-file", "hb.yaml", "--command", script(sweep, "hb.py", body), "--no-live", trainer=False)
+    sweep.config({"search": {"n_trials": 2, "metric": "loss", "pruner": {"type": "median", "n_warmup_steps": 5},
+                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
+    p = sweep.run("--pruner", flag, "--dry-run")
     assert p.returncode == 0, p.stdout + p.stderr
-    study = load_study(sweep.dir / "outputs")
-    assert len(study.trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
-    assert all(t.intermediate_values for t in study.trials)  # the metric stream reached each trial
 
 
-# -- 2. Hydra's Optuna-sweeper syntax ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("override, expected", [
-    ("lr=interval(1e-5, 1e-2)", Param("float", 1e-5, 1e-2)),
-    ("lr=tag(log, interval(1e-5, 1e-2))", Param("float", 1e-5, 1e-2, log=True)),
-    ("x=interval(1, 10)", Param("float", 1.0, 10.0)),
-    ("layers=range(2, 9)", Param("int", 2, 8)),  # the stop is excluded, as in a grid
-    ("layers=range(2, 10, 2)", Param("int", 2, 8, step=2)),
-    ("n=tag(log, range(1, 9))", Param("int", 1, 8, log=True)),
-    ("x=range(0, 1, 0.25)", Param("float", 0.0, 0.75, step=0.25)),
-    ("x=range(0.5, 2.0, 0.5)", Param("float", 0.5, 1.5, step=0.5)),
-    ("opt=adam,sgd", Param("categorical", choices=("adam", "sgd"))),
-    ("opt=choice(adam, sgd)", Param("categorical", choices=("adam", "sgd"))),
-    ("n=choice(1, 2, 3)", Param("categorical", choices=(1, 2, 3))),
-    ("opt=shuffle(adam, sgd)", Param("categorical", choices=("adam", "sgd"))),
-    ("n=shuffle(range(1, 4))", Param("categorical", choices=(1, 2, 3))),
-])
-def test_hydra_search_syntax(override, expected):
-    params, plain = parse_search_overrides([override])
-    key = override.split("=", 1)[0]
-    if "shuffle" in override:  # shuffle(...) is a choice; the order of its choices means nothing to a search
-        params = {k: Param(p.type, choices=tuple(sorted(p.choices))) for k, p in params.items()}
-    assert plain == {} and params == {key: expected}
-    assert type(params[key].low) is type(expected.low)
-
-
-def test_shuffle_is_the_same_search_space_every_time():
-    """shuffle() draws a new order at every parse; the search space (and so the study's key) must not change
-    with it, or the same command cannot resume its study."""
-    spaces = {parse_search_overrides(["n=shuffle(range(1, 9))"])[0]["n"] for _ in range(5)}
-    assert len(spaces) == 1, spaces
-
-
-def test_resume_a_search_over_a_shuffle(sweep):
+def test_a_retry_is_not_judged_on_the_first_attempts_curve(sweep):
+    """The trial stays open across attempts and Optuna keeps one value per step: a retry's values at steps its
+    first attempt reported would be ignored and the pruner would judge a mix of both curves. A retry is not
+    judged at all; the trial is told the retry's own final value."""
     sweep.gpus.set(count=1)
-    command = script(sweep, "shuf.py", "print(f\"loss={int(args['n'])}\")\n")
-    base = ["--command", command, "--search", "random", "--metric", "loss", "--no-live", "n=shuffle(range(1, 9))"]
-    assert sweep.run(*base, "--n-trials", "2", trainer=False).returncode == 0
-    p = sweep.run(*base, "--n-trials", "3", trainer=False)  # the same space, one more trial
-    assert p.returncode == 0, p.stderr
-    assert sorted(r["trial"] for r in sweep.results()) == [0, 1, 2]
-
-
-def test_hydra_search_syntax_plain_values_and_several():
-    params, plain = parse_search_overrides(["seed=3", "name=abc", "+extra=1.5", "lr=interval(0, 1)", "opt=a,b"])
-    assert plain == {"seed": 3, "name": "abc", "+extra": 1.5}
-    assert list(params) == ["lr", "opt"]
-
-
-@pytest.mark.parametrize("override, fragment", [
-    ("lr=tag(foo, interval(0, 1))", "tag 'foo' is not known"),
-    ("opt=tag(log, choice(1, 2))", "tag(log, ...) applies to interval() and range()"),
-    ("n=range(3, 4)", "the range holds one value (3)"),
-    ("n=range(1, 1)", "the range is empty"),
-    ("n=tag(log, range(1, 9, 2))", "needs a step of 1"),
-    ("x=tag(log, interval(0, 1))", "a log scale needs 'low' > 0"),
-    ("x=interval(1, 1)", "'low' (1) must be below 'high' (1)"),
-    ("opt=adam,adam", "a choice is listed twice"),
-    ("opt=glob(*)", "Glob cannot be searched"),
-    ("lr=interval(0, 1", "override 'lr=interval(0, 1'"),  # Hydra's own parse error, one line
-    ("~lr", "deleting a key"),
-])
-def test_hydra_search_syntax_errors(override, fragment):
-    with pytest.raises(UserError) as e:
-        parse_search_overrides([override])
-    assert fragment in str(e.value) and "\n" not in str(e.value)
-
-
-# -- 3. W&B and Protein sweep files ------------------------------------------------------------------------
-
-def wandb(tmp_path: Path, params=None, **top):
-    data = {"method": "random", "metric": {"name": "loss", "goal": "minimize"},
-            "parameters": params if params is not None else {"x": {"min": 0.0, "max": 1.0}}}
-    data.update(top)
-    data = {k: v for k, v in data.items() if v is not None}
-    return read_sweep_file(write_yaml(tmp_path / "sweep.yaml", data))
-
-
-E = math.e
-
-
-@pytest.mark.parametrize("p, expected", [
-    ({"values": [1, 2, "a"]}, Param("categorical", choices=(1, 2, "a"))),
-    ({"distribution": "categorical", "values": [0.1, 0.2]}, Param("categorical", choices=(0.1, 0.2))),
-    ({"distribution": "int_uniform", "min": 1, "max": 5}, Param("int", 1, 5)),
-    ({"min": 1, "max": 5}, Param("int", 1, 5)),  # inferred as W&B does: whole numbers -> int_uniform
-    ({"distribution": "uniform", "min": 0, "max": 2}, Param("float", 0.0, 2.0)),
-    ({"min": 0.5, "max": 1.5}, Param("float", 0.5, 1.5)),
-    ({"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}, Param("float", 0.0, 1.0, step=0.25)),
-    ({"distribution": "q_uniform", "min": 0, "max": 10, "q": 2}, Param("int", 0, 10, step=2)),
-    ({"distribution": "log_uniform", "min": 0, "max": 2}, Param("float", 1.0, E ** 2, log=True)),
-    ({"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2}, Param("float", 1e-5, 1e-2, log=True)),
-    ({"distribution": "inv_log_uniform", "min": 0, "max": 2}, Param("float", E ** -2, 1.0, log=True)),
-    ({"distribution": "inv_log_uniform_values", "min": 0.01, "max": 1.0}, Param("float", 0.01, 1.0, log=True)),
-    ({"distribution": "log_normal", "min": 1e-4, "max": 1e-3, "mean": 5e-4, "scale": 0.5},
-     Param("float", 1e-4, 1e-3, log=True)),
-    ({"distribution": "uniform_pow2", "min": 3, "max": 70}, Param("categorical", choices=(4, 8, 16, 32, 64))),
-])
-def test_wandb_distribution_mapping(tmp_path, p, expected):
-    spec, command, style = wandb(tmp_path, {"p": p})
-    got = spec.params["p"]
-    assert (got.type, got.log, got.step, got.choices) == (expected.type, expected.log, expected.step, expected.choices)
-    assert got.low == pytest.approx(expected.low) and got.high == pytest.approx(expected.high)
-    assert (command, style) == (None, None)
-    if "mean" in p:  # Protein: the search starts from the mean
-        assert spec.first == {"p": p["mean"]}
-        assert any("scale" in note for note in spec.notes)
-
-
-def test_wandb_constant_is_a_fixed_value(tmp_path):
-    spec, _, _ = wandb(tmp_path, {"epochs": {"value": 3}, "mode": {"distribution": "constant", "value": "fast"},
-                                  "x": {"values": [1, 2]}})
-    assert spec.fixed == {"epochs": 3, "mode": "fast"} and list(spec.params) == ["x"]
-
-
-@pytest.mark.parametrize("p, fragment", [
-    ({"distribution": "normal", "mu": 0, "sigma": 1}, "distribution 'normal' has no faithful mapping"),
-    ({"distribution": "q_normal", "mu": 0, "sigma": 1, "q": 1}, "distribution 'q_normal' has no faithful mapping"),
-    ({"distribution": "log_normal", "mu": 0, "sigma": 1}, "distribution 'log_normal' has no faithful mapping"),
-    ({"distribution": "q_log_normal", "mu": 0, "sigma": 1}, "'q_log_normal' has no faithful mapping"),
-    ({"distribution": "q_log_uniform", "min": 0, "max": 2, "q": 1}, "'q_log_uniform' has no faithful mapping"),
-    ({"distribution": "q_log_uniform_values", "min": 1, "max": 100, "q": 1},
-     "'q_log_uniform_values' has no faithful mapping"),
-    ({"distribution": "beta", "a": 1, "b": 2}, "'beta' has no faithful mapping"),
-    ({"values": [1, 2], "probabilities": [0.3, 0.7]}, "'probabilities'"),
-    ({"values": [1, 2], "color": "red"}, "unknown key 'color'"),
-    ({"distribution": "zipf", "min": 1, "max": 3}, "unknown distribution 'zipf'"),
-    ({"distribution": "uniform", "min": 0}, "'uniform' needs 'min' and 'max'"),
-    ({"distribution": "log_uniform_values", "max": 1}, "'log_uniform_values' needs 'min' and 'max'"),
-    ({"distribution": "log_uniform_values", "min": 0, "max": 1}, "a log scale needs 'min' > 0"),
-    ({"distribution": "int_uniform", "min": 5, "max": 5}, "'min' (5) must be below 'max'"),
-    ({"distribution": "uniform", "min": 0.0, "max": 1.0, "q": 0.1}, "'q' is not a key of distribution uniform"),
-    ({"values": [1, 2], "min": 0}, "'min' is not a key of distribution categorical"),
-    ({"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.3}, "max - min (1) must be a multiple of 'q' (0.3)"),
-    ({"distribution": "uniform", "min": "1e-5", "max": 1.0}, "YAML reads 1e-5 as text"),
-    ({"distribution": "log_uniform", "min": 0, "max": 1000}, "too large"),
-    ({"distribution": "q_uniform", "min": 0.1, "max": 1, "q": 0.25}, "q_uniform maps onto Optuna's steps only"),
-    ({"distribution": "log_normal", "min": 1e-4, "max": 1e-3, "mean": 1e-2}, "'mean' (0.01) must lie within"),
-    ({"distribution": "uniform_pow2", "min": 0, "max": 8}, "uniform_pow2 needs whole numbers 0 < min < max"),
-    ({"distribution": "constant"}, "'constant' needs 'value'"),
-    ({"values": []}, "'choices' must be a non-empty list"),
-])
-def test_wandb_parameter_errors(tmp_path, p, fragment):
-    with pytest.raises(UserError) as e:
-        wandb(tmp_path, {"x": {"min": 0.0, "max": 1.0}, "p": p})
-    message = str(e.value)
-    assert fragment in message and "\n" not in message, message
-    assert "'p'" in message  # the key is named
-
-
-@pytest.mark.parametrize("top, fragment", [
-    ({"method": None}, "'method' must be grid, random or bayes (or protein), got None"),
-    ({"method": "hyperband"}, "'method' must be grid, random or bayes (or protein), got 'hyperband'"),
-    ({"metric": {"name": "loss", "goal": "lower"}}, "'goal' must be minimize or maximize, got 'lower'"),
-    ({"metric": "loss", "goal": "up"}, "'goal' must be minimize or maximize"),
-    ({"metric": {"name": "loss", "gaol": "minimize"}}, "'metric': unknown key 'gaol'"),
-    ({"metric": {"name": "loss", "target": "low"}}, "'target' must be a number"),
-    ({"metric": {"name": "val loss"}}, "'metric' must name a metric"),
-    ({"colour": "blue"}, "unknown key 'colour'"),
-    ({"run_cap": 0}, "'run_cap' must be a whole number >= 1"),
-    ({"command": ["${env}", "${interpreter}", "train.py", "${args_json}"]}, "the macro ${args_json} is not supported"),
-    ({"command": ["python", "train.py", "${args}", "--fast"]}, "${args} must come last"),
-    ({"command": ["python", "train.py"]}, "'command' has no ${args}"),
-    ({"command": ["${interpreter}", "${program}", "${args}"]}, "'program' is not given"),
-    ({"command": "python train.py ${args}"}, "'command' must be a list of strings"),
-    ({"command": ["${env}", "${args}"]}, "'command' names no program"),
-    ({"parameters": {"x": {"value": 1}}}, "holds nothing to search"),
-    ({"parameters": {}}, "must be a non-empty mapping of parameters"),
-    ({"parameters": {"x": 5}}, "'x' must be a mapping"),
-    ({"protein": {"num_random_samples": 0}}, "'num_random_samples' must be a whole number >= 1"),
-    ({"early_terminate": {"type": "envelope"}}, "only {type: hyperband, ...} exists"),
-    ({"early_terminate": {"type": "hyperband", "min_iter": 3, "strict": True}}, "'strict' has no faithful mapping"),
-    ({"early_terminate": {"type": "hyperband"}}, "give 'min_iter', or 'max_iter' and 's'"),
-    ({"early_terminate": {"type": "hyperband", "max_iter": 27}}, "give 'min_iter', or 'max_iter' and 's'"),
-    ({"early_terminate": {"type": "hyperband", "max_iter": 10, "s": 2}}, "max_iter / eta^s must be a whole number"),
-    ({"early_terminate": {"type": "hyperband", "min_iter": 3, "eta": 1}}, "'eta' must be a whole number >= 2"),
-    ({"early_terminate": {"type": "hyperband", "min_iter": 0}}, "'min_iter' must be a whole number >= 1"),
-    ({"early_terminate": {"type": "hyperband", "min_iter": 9, "max_iter": 9}}, "'max_iter' must be a whole number"),
-    ({"early_terminate": {"type": "hyperband", "min_iter": 3, "bands": 2}}, "unknown key 'bands'"),
-])
-def test_wandb_file_errors(tmp_path, top, fragment):
-    with pytest.raises(UserError) as e:
-        wandb(tmp_path, top.pop("parameters", None), **top)
-    message = str(e.value)
-    assert fragment in message and "\n" not in message, message
-
-
-@pytest.mark.parametrize("early, expected", [
-    ({"type": "hyperband", "min_iter": 3}, {"reduction_factor": 3, "min_resource": 3}),
-    ({"type": "hyperband", "min_iter": 2, "eta": 2}, {"reduction_factor": 2, "min_resource": 2}),
-    ({"type": "hyperband", "min_iter": 1, "max_iter": 27}, {"reduction_factor": 3, "min_resource": 1, "max_resource": 27}),
-    ({"type": "hyperband", "max_iter": 27, "s": 2}, {"reduction_factor": 3, "min_resource": 3, "max_resource": 27}),
-    ({"type": "hyperband", "max_iter": 16, "s": 2, "eta": 2}, {"reduction_factor": 2, "min_resource": 4, "max_resource": 16}),
-    ({"type": "hyperband", "min_iter": 3, "strict": False}, {"reduction_factor": 3, "min_resource": 3}),
-])
-def test_wandb_early_terminate(tmp_path, early, expected):
-    assert wandb_hyperband(early, "x") == ("hyperband", expected)
-    spec, _, _ = wandb(tmp_path, early_terminate=early)
-    assert (spec.pruner, spec.pruner_args) == ("hyperband", expected)
-    optuna.pruners.HyperbandPruner(**expected)  # Optuna takes these arguments
-
-
-def test_wandb_metric_goal_target_run_cap_and_methods(tmp_path):
-    spec, _, _ = wandb(tmp_path, metric={"name": "acc", "goal": "maximize", "target": 0.99}, run_cap=7)
-    assert (spec.metrics, spec.modes, spec.target, spec.n_trials, spec.sampler) == (("acc",), ("max",), 0.99, 7, "random")
-    spec, _, _ = wandb(tmp_path, metric="loss", goal="minimize", method="bayes")  # Protein's top-level goal
-    assert (spec.metrics, spec.modes, spec.sampler) == (("loss",), ("min",), "tpe")
-    assert wandb(tmp_path, method="grid")[0].sampler == "grid"
-    spec, _, _ = wandb(tmp_path, metric=None)
-    assert spec.metrics == () and spec.modes == () and spec.n_trials is None and spec.pruner == "none"
-
-
-@pytest.mark.parametrize("command, program, expected", [
-    (["${env}", "${interpreter}", "${program}", "${args}"], "train.py", ("python train.py", "equals")),
-    (["${env}", "${interpreter}", "${program}", "--fast", "${args_no_hyphens}"], "train.py",
-     ("python train.py --fast", "hydra")),
-    (["torchrun", "--nproc_per_node=2", "${program}", "${args}"], "my train.py",
-     ("torchrun --nproc_per_node=2 'my train.py'", "equals")),
-    (None, "train.py", ("python train.py", "equals")),  # W&B's default command
-    (None, None, (None, None)),
-])
-def test_wandb_command_macros(tmp_path, command, program, expected):
-    _, got_command, style = wandb(tmp_path, command=command, program=program)
-    assert (got_command, style) == expected
-
-
-def test_wandb_nested_parameters_become_dotted_keys(tmp_path):
-    spec, _, _ = wandb(tmp_path, {
-        "optimizer": {"parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
-                                     "kind": {"values": ["adam", "sgd"]},
-                                     "betas": {"parameters": {"b1": {"value": 0.9}}}}},
-        "epochs": {"value": 3},
-    })
-    assert list(spec.params) == ["optimizer.lr", "optimizer.kind"]
-    assert spec.fixed == {"optimizer.betas.b1": 0.9, "epochs": 3}
-
-
-SEED_002 = """\
-# configs/sweep/quick.yaml
-protein:
-  num_random_samples: 5
-  max_suggestion_cost: 3600
-  resample_frequency: 0
-  global_search_scale: 1
-  random_suggestions: 1024
-  suggestions_per_pareto: 256
-
-metric: reward
-goal: maximize
-method: bayes
-
-parameters:
-  trainer:
-    optimizer:
-      learning_rate:
-        distribution: log_normal
-        min: 0.0001
-        max: 0.001
-        mean: 0.0005
-        scale: 0.5
-"""
-
-
-def test_protein_seed_002_file_is_read(tmp_path):
-    spec, command, style = read_sweep_file(write_yaml(tmp_path / "quick.yaml", SEED_002))
-    assert list(spec.params) == ["trainer.optimizer.learning_rate"]
-    p = spec.params["trainer.optimizer.learning_rate"]
-    assert (p.type, p.low, p.high, p.log) == ("float", 1e-4, 1e-3, True)
-    assert spec.first == {"trainer.optimizer.learning_rate": 0.0005}
-    assert (spec.metrics, spec.modes, spec.sampler) == (("reward",), ("max",), "tpe")
-    assert spec.sampler_args == {"n_startup_trials": 5}
-    assert (command, style) == (None, None)
-    assert any("max_suggestion_cost" in note for note in spec.notes)
-
-
-def test_protein_seed_002_end_to_end(sweep):
-    sweep.gpus.set(count=1)
-    (sweep.dir / "quick.yaml").write_text(SEED_002)
-    command = script(sweep, "protein_train.py",
-                     "import math\nlr = float(args['trainer.optimizer.learning_rate'])\n"
-                     "print(f'reward={-abs(math.log10(lr) + 3.5)}', flush=True)\n")
-    p = sweep.run("--sweep-file", "quick.yaml", "--command", command, "--n-trials", "3", "--no-live", trainer=False)
+    body = ("first = not os.path.exists(os.path.join(RUN_DIR, 'attempt_1'))\n"
+            "odd = args.get('fake') == 'odd'\n"
+            "for s in range(1, 6 if not (odd and first) else 3):\n"
+            "    print(f'step={s} loss={(0.001 if first else 100.0) if odd else 1.0 / s}', flush=True)\n"
+            "    time.sleep(0.05)\n"
+            "sys.exit(1 if odd and first else 0)\n")
+    sweep.config([{}])
+    p = sweep.run("--command", script(sweep, "r.py", body), "--metric", "loss", "--pruner", "median", "--retries", "1",
+                  "--no-live", "seed=1,2,3,4,5,6", "fake=no,odd", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
-    records = sorted(sweep.results(), key=lambda r: r["trial"])
-    assert [r["state"] for r in records] == ["complete"] * 3
-    lrs = [r["hyperparams"]["trainer.optimizer.learning_rate"] for r in records]
-    assert lrs[0] == 0.0005  # the search starts from Protein's mean
-    assert all(1e-4 <= lr <= 1e-3 for lr in lrs)
-    assert "trainer.optimizer.learning_rate=0.0005" in records[0]["command"]
-    study = load_study(sweep.dir / "outputs")
-    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
-    best = max(records, key=lambda r: r["metrics"]["reward"])
-    assert f"Best (max reward): {best['model_name']}" in p.stdout
+    retried = [r for r in sweep.results() if r["hyperparams"]["fake"] == "odd"]
+    assert [(r["state"], r["attempt"], r["metrics"]["loss"]) for r in retried] == [("complete", 2, 100.0)] * 6
 
-
-WANDB_E2E = """\
-program: wb_train.py
-method: random
-metric:
-  name: val_loss
-  goal: minimize
-run_cap: 3
-command:
-  - ${env}
-  - ${interpreter}
-  - ${program}
-  - ${args}
-parameters:
-  lr:
-    distribution: log_uniform_values
-    min: 0.0001
-    max: 0.1
-  batch_size:
-    values: [16, 32]
-  optimizer:
-    parameters:
-      momentum:
-        min: 0.0
-        max: 0.9
-  epochs:
-    value: 2
-"""
-
-WB_TRAIN = """\
-import argparse, ast, json, math, os, sys
-p = argparse.ArgumentParser()
-p.add_argument('--lr', type=float, required=True)
-p.add_argument('--batch_size', type=int, required=True)
-p.add_argument('--optimizer', type=ast.literal_eval, required=True)  # W&B passes a nested parameter as one dict
-p.add_argument('--epochs', type=int, required=True)
-a = p.parse_args()
-a.momentum = a.optimizer['momentum']
-with open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'args.json'), 'w') as f:
-    json.dump({'argv': sys.argv[1:], **vars(a)}, f)
-print(f'val_loss={abs(math.log10(a.lr) + 2) + a.momentum + a.batch_size / 100}', flush=True)
-"""
-
-
-def test_wandb_sweep_file_end_to_end(sweep):
-    sweep.gpus.set(count=1)
-    (sweep.dir / "sweep.yaml").write_text(WANDB_E2E)
-    (sweep.dir / "wb_train.py").write_text(WB_TRAIN)
-    p = sweep.run("--sweep-file", "sweep.yaml", "--no-live", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    records = sweep.results()
-    assert len(records) == 3 and all(r["state"] == "complete" for r in records), p.stdout
-    for r in records:
-        got = json.loads((Path(r["run_dir"]) / "args.json").read_text())
-        assert 1e-4 <= got["lr"] <= 0.1 and got["batch_size"] in (16, 32) and 0 <= got["momentum"] <= 0.9
-        assert got["epochs"] == 2
-        assert all(a.startswith("--") and "=" in a for a in got["argv"]), got["argv"]  # ${args}: --key=value
-        assert any(a.startswith("--optimizer={'momentum': ") for a in got["argv"])  # a nested key: one dict, as W&B
-        assert r["command"][1].endswith("wb_train.py")
-        assert r["metrics"]["val_loss"] == pytest.approx(
-            abs(math.log10(got["lr"]) + 2) + got["momentum"] + got["batch_size"] / 100)
-
-
-def test_wandb_metric_target_stops_the_search(sweep):
-    sweep.gpus.set(count=1)
-    write_yaml(sweep.dir / "target.yaml", {
-        "method": "random", "run_cap": 6, "metric": {"name": "loss", "goal": "minimize", "target": 0.5},
-        "parameters": {"x": {"min": 0.0, "max": 1.0}}})
-    command = script(sweep, "zero.py", "print('loss=0.1')\n")
-    p = sweep.run("--sweep-file", "target.yaml", "--command", command, "--no-live", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert len(sweep.results()) == 1
-    assert "reached the target 0.5" in p.stdout
-
-
-# -- 4. bad input: one line, exit 2, no traceback ----------------------------------------------------------
-
-X = {"x": {"type": "float", "low": 0, "high": 1}}
-
-
-def block(**search):
-    return {"search": {"sampler": "tpe", "n_trials": 2, "metric": "loss", "params": X, **search}}
-
-
-@pytest.mark.parametrize("config, args, fragments", [
-    (block(n_trial=3), [], ["'search': unknown key 'n_trial'"]),
-    (block(params={"x": {"type": "float", "low": 1, "high": 1}}), [], ["'x'", "'low' (1) must be below 'high' (1)"]),
-    (block(params={"x": {"type": "float", "low": 0, "high": 1, "log": True}}), [], ["'x'", "a log scale needs 'low' > 0"]),
-    (block(params={"n": {"type": "int", "low": 0, "high": 10, "step": 3}}), [], ["'n'", "must be a multiple of 'step'"]),
-    (block(params={"o": {"type": "categorical", "choices": []}}), [], ["'o'", "'choices' must be a non-empty list"]),
-    (block(params={"o": {"type": "categorical", "choices": ["a", "a"]}}), [], ["'o'", "a choice is listed twice"]),
-    (block(params={"o": {"type": "enum", "choices": ["a"]}}), [], ["'o'", "'type' must be one of"]),
-    (block(params={"x": {"type": "float", "low": 0, "high": 1, "scale": 2}}), [], ["'x'", "unknown key 'scale'"]),
-    (block(params={}), [], ["'params' must be a non-empty object"]),
-    (block(sampler="bayes"), [], ["'sampler' must be one of tpe, random, gp, cmaes, nsga2, qmc, grid, got 'bayes'"]),
-    (block(pruner="aggressive"), [], ["'pruner' must be one of"]),
-    (block(mode="up"), [], ["'mode': 'up' is not one of min, max"]),
-    (block(n_trials=0), [], ["'n_trials' must be a whole number from 1 to 100000"]),
-    ({"search": {"sampler": "tpe", "n_trials": 2, "params": X}}, [], ["a search needs a metric to optimize"]),
-    ({"search": {"sampler": "tpe", "metric": "loss", "params": X}}, [], ["a search needs a budget"]),
-    (block(metric=["loss", "acc"], mode=["min", "max"], pruner="median"), [],
-     ["pruner median", "2 objectives"]),
-    (block(metric=["loss", "acc"], mode=["min", "max"], sampler="cmaes"), [], ["cmaes sampler optimizes one objective"]),
-    (block(mode=["min", "max"]), [], ["2 objectives, and only 1 metric"]),
-    (block(sampler="grid"), [], ["the grid sampler needs a list of values for 'x'"]),
-    ({**block(), "runs": [{"a": 1}]}, [], ["'runs' and 'grid' cannot go with it"]),
-    (block(pruner={"type": "median", "n_startup_trials": -1}), [], ["pruner 'median'"]),
-    ([{"a": 1}, {"a": 2}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=interval(0, 1)"],
-     ["--search searches one space, and this config lists 2 runs"]),
-    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss"], ["--search needs parameters to search"]),
-    ([{"a": 1}], ["--search", "grid", "--metric", "loss", "x=interval(0, 1)"],
-     ["the grid sampler needs a list of values for 'x'"]),
-    ([{"a": 1}], ["--search", "tpe", "--metric", "loss", "x=interval(0, 1)"], ["a search needs a budget"]),
-    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "x=interval(0, 1)"], ["a search needs a metric"]),
-    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--set", "x=3", "x=interval(0, 1)"],
-     ["'x' is both searched and set"]),
-    ([{"a": 1}], ["--search", "cmaes", "--n-trials", "2", "--metric", "loss", "--metric", "acc", "--mode", "min,max",
-                  "x=interval(0, 1)"], ["cmaes sampler optimizes one objective"]),
-    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--metric", "acc", "--mode", "min,max",
-                  "--pruner", "median", "x=interval(0, 1)"], ["pruner median", "2 objectives"]),
-    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=tag(foo, interval(0, 1))"],
-     ["tag 'foo' is not known"]),
-    ([{"a": 1}], ["--pruner", "median"], ["--pruner median needs --metric"]),
-    ([{"a": 1}], ["--search", "bayes"], ["argument --search"]),
-    ([{"a": 1}], ["--mode", "min,up"], ["give min or max"]),
-])
-def test_bad_search_input_is_one_line(sweep, config, args, fragments):
-    sweep.gpus.set(count=1)
-    sweep.config(config)
-    p = sweep.run("--no-live", *args)
-    check_refused(p, *fragments)
-    assert not (sweep.dir / "outputs").exists() and not sweep.events()
-
-
-@pytest.mark.parametrize("text, fragments", [
-    ("method: random\nparameters: [unclosed\n", ["invalid YAML at line"]),
-    ("method: random\nparameters:\n  x: {min: 0, max: 1\n", ["invalid YAML"]),
-    ("- a\n- b\n", ["a sweep file is a mapping"]),
-    ("method: random\nmetric: {name: loss}\nparameters:\n  x: {distribution: normal, mu: 0, sigma: 1}\n",
-     ["'x'", "distribution 'normal' has no faithful mapping"]),
-    ("method: grid\nmetric: {name: loss}\nrun_cap: 3\nparameters:\n  x: {min: 0.0, max: 1.0}\n",
-     ["the grid sampler needs a list of values for 'x'"]),
-    ("method: random\nrun_cap: 3\nparameters:\n  x: {min: 0.0, max: 1.0}\n", ["a search needs a metric"]),
-    ("method: random\nmetric: {name: loss}\nparameters:\n  x: {min: 0.0, max: 1.0}\n", ["a search needs a budget"]),
-])
-def test_bad_sweep_file_is_one_line(sweep, text, fragments):
-    sweep.gpus.set(count=1)
-    (sweep.dir / "bad.yaml").write_text(text)
-    check_refused(sweep.run("--sweep-file", "bad.yaml", "--no-live"), "bad.yaml", *fragments)
-    assert not (sweep.dir / "outputs").exists()
-
-
-def test_missing_sweep_file_and_json_sweep_file(sweep):
-    sweep.gpus.set(count=1)
-    check_refused(sweep.run("--sweep-file", "nope.yaml"), "nope.yaml: sweep file not found")
-    (sweep.dir / "bad.json").write_text('{"method": "random", "parameters": ')
-    check_refused(sweep.run("--sweep-file", "bad.json"), "bad.json: invalid JSON")
-
-
-def test_resume_with_another_search_space_is_refused(sweep):
-    sweep.gpus.set(count=1)
-    command = script(sweep, "quad.py", QUADRATIC)
-    base = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live"]
-    assert sweep.run(*base, "x=interval(0, 1)", trainer=False).returncode == 0
-    kept = {name: (sweep.dir / "outputs" / name).read_bytes() for name in ("sweep.json", "sweep.log")}
-    p = sweep.run(*base, "x=interval(0, 2)", trainer=False)
-    check_refused(p, "study.log", "made for another search", "--rerun")
-    assert states(load_study(sweep.dir / "outputs")) == {"COMPLETE": 2}  # nothing asked, nothing told
-    assert len(sweep.results()) == 2
-    for name, before in kept.items():  # refused before anything was written
-        assert (sweep.dir / "outputs" / name).read_bytes() == before, name
-
-
-@pytest.mark.parametrize("change", [["--mode", "max"], ["--metric", "acc"]], ids=["mode", "metric"])
-def test_resume_with_other_objectives_from_the_flags_is_refused(sweep, change):
-    """The study minimizes loss; the same space with --mode max (or another --metric) is another search: the
-    loaded study would go on minimizing while the sweep ranks by the new objective."""
-    sweep.gpus.set(count=1)
-    command = script(sweep, "quad.py", QUADRATIC + "print('acc=0.5')\n")
-    base = ["--command", command, "--search", "random", "--n-trials", "2", "--no-live", "x=interval(0, 1)"]
-    assert sweep.run(*base, "--metric", "loss", trainer=False).returncode == 0
-    args = [*base, "--metric", "loss", *change] if change[0] == "--mode" else [*base, *change]
-    p = sweep.run(*args, "--n-trials", "3", trainer=False)
-    check_refused(p, "made for another search")
-    assert states(load_study(sweep.dir / "outputs")) == {"COMPLETE": 2}
-
-
-def test_rerun_sets_the_study_aside(sweep):
-    sweep.gpus.set(count=1)
-    command = script(sweep, "quad.py", QUADRATIC)
-    base = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live"]
-    assert sweep.run(*base, "x=interval(0, 1)", trainer=False).returncode == 0
-    p = sweep.run(*base, "x=interval(0, 2)", "--rerun", trainer=False)  # a fresh study: another space is fine
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = sweep.dir / "outputs"
-    assert (out / "study.log~1").is_file()
-    assert states(load_study(out)) == {"COMPLETE": 2}
-    assert len(sweep.results()) == 2
-    p = sweep.run(*base, "x=interval(0, 2)", "--n-trials", "3", trainer=False)  # resumes: one more trial
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert states(load_study(out)) == {"COMPLETE": 3}
-    assert sorted(r["trial"] for r in sweep.results()) == [0, 1, 2]
-
-
-# -- 5. resume after SIGINT and after kill -9 --------------------------------------------------------------
-
-HOLD_THIRD = """\
-with open({log!r}, 'a') as f:
-    f.write(os.environ['TRAIN_SWEEP_RUN_NAME'] + ' ' + str(os.getpid()) + '\\n')
-n = len(open({log!r}).read().splitlines())
-x = float(args['x'])
-if n == 3:  # the third run started: it holds until the sweep is stopped
-    print('holding', flush=True)
-    time.sleep(120)
-print(f'loss={{(x - 0.3) ** 2}}', flush=True)
-"""
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "kill9"])
-def test_resume_after_the_sweep_died_loses_no_trial(sweep, sig):
-    sweep.gpus.set(count=1)
-    log = sweep.dir / "starts.log"
-    command = script(sweep, "hold.py", HOLD_THIRD.format(log=str(log)))
-    args = ["--command", command, "--search", "random", "--n-trials", "5", "--metric", "loss", "--no-live",
-            "x=interval(0, 1)"]
-    proc = sweep.start(*args, trainer=False)
-    held = None
-    try:
-        sweep.wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, what="the third trial")
-        held = int(log.read_text().splitlines()[2].split()[1])
-        time.sleep(0.3)
-        assert proc.poll() is None and pid_alive(held)
-        proc.send_signal(sig)
-        first_out, _ = proc.communicate(timeout=30)
-        assert all_dead([held], 15), "the held run outlived its sweep"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if held:
-            kill_pids([held])
-    out = sweep.dir / "outputs"
-    study = load_study(out)
-    third = study.trials[2]
-    if sig == signal.SIGKILL:
-        assert third.state.name == "RUNNING"  # the sweep could tell it nothing
-    else:
-        # the third trial, and the trial asked ahead for the next free slot (never started)
-        assert third.state.name == "FAIL" and 2 in study.user_attrs.get("requeued")
-    held_params = dict(third.params)
-    if sig == signal.SIGINT:  # the interrupted trial does not count against the budget: 2 of 5 are done
-        assert "Search random: 2/5 trials" in first_out, first_out[-800:]
-
-    p = sweep.run(*args, trainer=False)  # the same command again
-    assert p.returncode == 0, p.stdout + p.stderr
-    if sig == signal.SIGKILL:
-        assert "trial 2 had not ended when the sweep stopped: asked again" in p.stdout
-    study = load_study(out)
-    requeued = set(study.user_attrs.get("requeued", []))
-    trials = study.get_trials(deepcopy=False)
-    assert all(t.state.is_finished() for t in trials), states(study)  # nothing left running or waiting
-    assert study.trials[2].state.name == "FAIL"
-    complete = [t for t in trials if t.state.name == "COMPLETE" and t.number not in requeued]
-    assert len(complete) == 5 and {t.state.name for t in trials if t.number in requeued} == {"FAIL"}, states(study)
-    assert len(trials) == 5 + len(requeued)
-    records = {r["trial"]: r for r in sweep.results()}
-    assert sorted(records) == [t.number for t in complete]  # the two of the first sweep kept, none twice
-    assert [0, 1] == sorted(records)[:2]
-    # requeued: the held trial, and at most one trial asked ahead for the next slot, which never started
-    assert 2 in requeued and len(requeued) <= 2 and not requeued & set(records)
-    first_reasked = min(n for n in records if n > 2)
-    assert study.trials[first_reasked].params == held_params  # the interrupted trial's parameters are asked again first
-    assert all(r["state"] == "complete" for r in records.values())
-    for t in complete:  # each told once, its own run's value
-        assert t.values == [pytest.approx(records[t.number]["metrics"]["loss"])]
-        assert t.user_attrs["run"] == records[t.number]["model_name"]
-    names = [line.split()[0] for line in log.read_text().splitlines()]
-    assert len(names) == 6 and len(set(names)) == 6 and names[:2] == [records[0]["model_name"], records[1]["model_name"]]
-    assert "5/5 trials" in p.stdout
-
-
-# -- 6. pruning ends a real process tree, its slot goes on at once -----------------------------------------
 
 PRUNE_TRAIN = """\
 bad = args.get('bad') == '1'
@@ -987,7 +384,7 @@ def test_pruning_in_a_search(sweep):
     assert f"{len(pruned)} pruned" in p.stdout
 
 
-# -- 7. multi-objective --------------------------------------------------------------------------------------
+# -- multi-objective ---------------------------------------------------------------------------------------------
 
 MO_TRAIN = "x = float(args['x'])\nprint(f'loss={x:.4f} acc={x * x:.4f}', flush=True)\n"
 
@@ -1024,7 +421,151 @@ def test_multi_objective_pareto_front(sweep, form):
     assert (plots / "pareto_front.png").stat().st_size > 1000
 
 
-# -- 8. no Optuna ------------------------------------------------------------------------------------------
+def test_a_metric_list_without_modes_is_not_silently_one_objective(sweep):
+    """search.metric: [loss, acc] with no mode runs a single-objective search on loss (mode 'min' alone)."""
+    sweep.gpus.set(count=1)
+    sweep.config({"search": {"n_trials": 2, "metric": ["loss", "acc"],
+                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
+    p = sweep.run("--command", script(sweep, "m.py", "print('loss=1 acc=2', flush=True)\n"), "--dry-run", trainer=False)
+    out = " ".join(p.stdout.split())
+    assert p.returncode == 2 or "acc" in out.split("Search:")[1].split("Placement")[0], out
+
+
+# -- bad input: one line, exit 2, no traceback -------------------------------------------------------------------
+
+X = {"x": {"type": "float", "low": 0, "high": 1}}
+
+
+def block(**search):
+    return {"search": {"sampler": "tpe", "n_trials": 2, "metric": "loss", "params": X, **search}}
+
+
+@pytest.mark.parametrize("config, args, fragments", [
+    (block(n_trial=3), [], ["'search': unknown key 'n_trial'"]),
+    (block(params={"x": {"type": "float", "low": 1, "high": 1}}), [], ["'x'", "'low' (1) must be below 'high' (1)"]),
+    (block(params={"x": {"type": "float", "low": 0, "high": 1, "log": True}}), [], ["'x'", "a log scale needs 'low' > 0"]),
+    (block(params={"n": {"type": "int", "low": 0, "high": 10, "step": 3}}), [], ["'n'", "must be a multiple of 'step'"]),
+    (block(params={"o": {"type": "categorical", "choices": []}}), [], ["'o'", "'choices' must be a non-empty list"]),
+    (block(params={"o": {"type": "categorical", "choices": ["a", "a"]}}), [], ["'o'", "a choice is listed twice"]),
+    (block(params={"o": {"type": "enum", "choices": ["a"]}}), [], ["'o'", "'type' must be one of"]),
+    (block(params={"x": {"type": "float", "low": 0, "high": 1, "scale": 2}}), [], ["'x'", "unknown key 'scale'"]),
+    (block(params={}), [], ["'params' must be a non-empty object"]),
+    (block(sampler="bayes"), [], ["'sampler' must be one of tpe, random, gp, cmaes, nsga2, qmc, grid, got 'bayes'"]),
+    (block(pruner="aggressive"), [], ["'pruner' must be one of"]),
+    (block(mode="up"), [], ["'mode': 'up' is not one of min, max"]),
+    (block(n_trials=0), [], ["'n_trials' must be a whole number from 1 to 100000"]),
+    ({"search": {"sampler": "tpe", "n_trials": 2, "params": X}}, [], ["a search needs a metric to optimize"]),
+    ({"search": {"sampler": "tpe", "metric": "loss", "params": X}}, [], ["a search needs a budget"]),
+    (block(metric=["loss", "acc"], mode=["min", "max"], pruner="median"), [],
+     ["pruner median", "2 objectives"]),
+    (block(metric=["loss", "acc"], mode=["min", "max"], sampler="cmaes"), [], ["cmaes sampler optimizes one objective"]),
+    (block(mode=["min", "max"]), [], ["2 objectives, and only 1 metric"]),
+    (block(sampler="grid"), [], ["the grid sampler needs a list of values for 'x'"]),
+    ({**block(), "runs": [{"a": 1}]}, [], ["'runs' and 'grid' cannot go with it"]),
+    (block(pruner={"type": "median", "n_startup_trials": -1}), [], ["pruner 'median'"]),
+    ([{"a": 1}, {"a": 2}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=interval(0, 1)"],
+     ["--search searches one space, and this config lists 2 runs"]),
+    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss"], ["--search needs parameters to search"]),
+    ([{"a": 1}], ["--search", "grid", "--metric", "loss", "x=interval(0, 1)"],
+     ["the grid sampler needs a list of values for 'x'"]),
+    ([{"a": 1}], ["--search", "tpe", "--metric", "loss", "x=interval(0, 1)"], ["a search needs a budget"]),
+    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "x=interval(0, 1)"], ["a search needs a metric"]),
+    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--set", "x=3", "x=interval(0, 1)"],
+     ["'x' is both searched and set"]),
+    ([{"a": 1}], ["--search", "cmaes", "--n-trials", "2", "--metric", "loss", "--metric", "acc", "--mode", "min,max",
+                  "x=interval(0, 1)"], ["cmaes sampler optimizes one objective"]),
+    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--metric", "acc", "--mode", "min,max",
+                  "--pruner", "median", "x=interval(0, 1)"], ["pruner median", "2 objectives"]),
+    ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=tag(foo, interval(0, 1))"],
+     ["tag 'foo' is not known"]),
+    ([{"a": 1}], ["--pruner", "median"], ["--pruner median needs --metric"]),
+    ([{"a": 1}], ["--search", "bayes"], ["argument --search"]),
+    ([{"a": 1}], ["--mode", "min,up"], ["give min or max"]),
+])
+def test_bad_search_input_is_one_line(sweep, config, args, fragments):
+    sweep.gpus.set(count=1)
+    sweep.config(config)
+    p = sweep.run("--no-live", *args)
+    check_refused(p, *fragments)
+    assert not (sweep.dir / "outputs").exists() and not sweep.events()
+
+
+def test_choices_equal_under_python_eq_are_refused(sweep):
+    """Optuna's CategoricalDistribution tells choices apart with ==: False == 0, True == 1 == 1.0; a grid over
+    them would run true twice and false twice and never 0 or 1. Refused, naming the two choices."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "c.py", "print('loss=1', flush=True)\n")
+    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live", "opt=false,0,true,1",
+                  trainer=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert "the choices false and 0 are one value to Optuna" in p.stderr
+    no_traceback(p)
+
+
+@pytest.mark.parametrize("sweep_file, config", [
+    ({"method": "random", "metric": {"name": "loss"}, "run_cap": 2,
+      "parameters": {"x": {"distribution": "log_uniform", "min": 0, "max": 1000}}}, None),
+    (None, {"search": {"n_trials": 2, "metric": "loss", "pruner": {"type": "hyperband", "min_resource": 0},
+                       "params": {"x": {"type": "float", "low": 0, "high": 1}}}}),
+    (None, {"search": {"n_trials": 2, "seed": 4294967296, "metric": "loss",
+                       "params": {"x": {"type": "float", "low": 0, "high": 1}}}}),
+])
+def test_bad_values_are_one_line_errors(sweep, sweep_file, config):
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "s.py", "for s in range(1, 4):\n    print(f'step={s} loss={1 / s}', flush=True)\n")
+    if sweep_file is not None:
+        (sweep.dir / "s.yaml").write_text(yaml.safe_dump(sweep_file))
+        p = sweep.run("--command", cmd, "--sweep-file", "s.yaml", "--no-live", trainer=False)
+    else:
+        sweep.config(config)
+        p = sweep.run("--command", cmd, "--no-live", trainer=False)
+    no_traceback(p)
+    assert p.returncode == 2, p.stdout + p.stderr
+
+
+BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+method: random
+metric: {name: loss}
+parameters: {x: {values: *i}}
+"""
+
+
+@pytest.mark.parametrize("case", ["dev_zero", "alias_bomb", "huge_categorical", "huge_n_trials"])
+def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep, case):
+    """--sweep-file /dev/zero (read without limit: MemoryError), an 872-byte YAML alias bomb (never finished),
+    a categorical of 50,000 choices (its duplicate check was pairwise: --dry-run hung), --n-trials 10**12 (the
+    config's n_trials is refused above 100,000): each is one line and exit 2, or (the categorical) runs."""
+    sweep.gpus.set(count=1)
+    if case == "dev_zero":
+        args = ["--sweep-file", "/dev/zero"]
+    elif case == "alias_bomb":
+        (sweep.dir / "bomb.yaml").write_text(BOMB)
+        args = ["--sweep-file", "bomb.yaml"]
+    elif case == "huge_categorical":
+        sweep.config({"search": {"params": {"x": {"type": "categorical", "choices": list(range(50_000))}},
+                                 "metric": "loss", "n_trials": 3}})
+        args = ["--dry-run"]
+    else:
+        args = ["--search", "random", "--metric", "loss", "--n-trials", "1000000000000", "x=interval(0, 1)"]
+    p = sweep.run(*args, "--no-live", timeout=60)
+    no_traceback(p)
+    if case == "huge_categorical":
+        assert p.returncode == 0 and "one of 0, 1, 2" in p.stdout, p.stdout[-500:] + p.stderr
+        return
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert {"dev_zero": "larger than 16 MB", "alias_bomb": "aliases expand to more than",
+            "huge_n_trials": "at most 100,000 trials"}[case] in p.stderr, p.stderr
+
+
+# -- no Optuna ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, args", [
     ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=interval(0, 1)"]),
@@ -1051,75 +592,3 @@ def test_missing_optuna_does_not_touch_plain_sweeps(sweep, tmp_path):
     p = sweep.run("--no-live", "--metric", "loss", PYTHONPATH=os.pathsep.join([str(fake.parent), str(FAKE_NVML)]))
     assert p.returncode == 0, p.stdout + p.stderr
     assert not (sweep.dir / "outputs" / "study.log").exists()
-
-
-# -- the study's file and the source, called directly ------------------------------------------------------
-
-def _journal_study(path: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="train_sweep",
-                               load_if_exists=True)
-
-
-def test_a_torn_last_line_of_the_study_is_cut_before_optuna_appends_to_it(tmp_path):
-    """kill -9 in the middle of a write leaves the study's last line cut short; Optuna would append the next
-    operation to it and every later reader would fail. mend_torn_line cuts it off first."""
-    from train_sweep_extras.search import mend_torn_line
-
-    path = tmp_path / "study.log"
-    study = _journal_study(path)
-    for x in (0.1, 0.2):
-        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-        study.tell(trial, x)
-    whole = path.read_bytes()
-    assert whole.endswith(b"\n")
-    mend_torn_line(path)
-    assert path.read_bytes() == whole  # a whole file is left alone
-    path.write_bytes(whole + b'{"op_code": 4, "worker_id": "x", "study_id": 0, "dat')  # a write cut short
-    mend_torn_line(path)
-    assert path.read_bytes() == whole
-    study = _journal_study(path)
-    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.3)  # writes go on
-    assert [t.value for t in _journal_study(path).trials] == [0.1, 0.2, 0.3]
-    mend_torn_line(tmp_path / "missing.log")  # nothing to mend
-
-
-def test_the_next_trial_is_asked_ahead_and_put_back_when_the_sweep_ends(tmp_path):
-    """prepare() (after the loop's launches) tells ended trials and asks one trial ahead; next() hands it out
-    without asking; close() tells the unstarted one failed, requeued (not counted) and enqueued again."""
-    from train_sweep import Run, State
-    from train_sweep_extras.search import SearchSource
-    from train_sweep_extras.space import parse_search
-
-    study = _journal_study(tmp_path / "study.log")
-    search = parse_search({"params": {"x": {"type": "float", "low": 0, "high": 1}}, "metric": "loss"}, "test")
-    made = []
-
-    def make_run(params, number):
-        run = Run(index=number, name=f"trial{number}", hyperparams=params, argv=[], run_dir=tmp_path / str(number))
-        made.append(run)
-        return run
-
-    source = SearchSource(study, search, make_run, objectives=["loss"], n_trials=3, path=tmp_path / "study.log")
-    first = source.next()
-    assert first.trial == 0 and len(study.trials) == 1 and source.pending() == 2
-    source.prepare()
-    assert len(study.trials) == 2 and source.ahead is not None and source.pending() == 2  # asked, not started
-    first.state, first.metrics = State.COMPLETE, {"loss": 0.5}
-    source.finished(first)
-    assert study.trials[0].state.name == "RUNNING"  # told in prepare(), off the path to the next start
-    second = source.next()
-    assert second is made[1] and len(study.trials) == 2  # handed out without asking
-    source.prepare()
-    assert study.trials[0].state.name == "COMPLETE" and study.trials[0].value == 0.5
-    assert len(study.trials) == 3 and source.pending() == 1  # the third and last, asked ahead
-    source.close()  # the sweep stops: the second ran no end, the third never started
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
-    assert study.user_attrs["requeued"] == [1, 2]
-    assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [study.trials[1].params, study.trials[2].params]
-    again = SearchSource(study, search, make_run, objectives=["loss"], n_trials=3, path=tmp_path / "study.log")
-    assert again.counted == 1 and again.pending() == 2  # the requeued and the waiting ones do not count
-    assert again.next().hyperparams == study.trials[1].params  # the interrupted trial is asked again first

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from slurm.cluster import slurm_cluster  # noqa: F401  (the fixture)
-
 from conftest import FAKE_TRAINER, communicate, interrupt
 
 
@@ -346,7 +344,7 @@ def test_slurm_options_flags_win_over_the_config_and_timeout_gives_the_time():
     assert params == {"job_name": "x", "time": 2, "signal_delay_s": 20, "gpus_per_node": 2, "mem": "1536MB"}
 
 
-# -- found in reviews: Slurm's accounting, requeues, re-attaching, cancelling --------------------------------
+# -- helpers: the cluster (as `cluster`), a run's job, a sacct that counts its calls -------------------------
 
 @pytest.fixture(scope="session")
 def cluster(slurm_cluster):
@@ -370,7 +368,7 @@ def sacct_wrapper(sweep, fail: bool = False) -> tuple[Path, Path]:
     return bin_, calls
 
 
-# -- 1. sacct is asked in a busy loop, not "at most every 3 seconds" ----------------------------------------
+# -- sacct: asked at most every 3 seconds, and quietly where it fails ----------------------------------------
 
 def test_sacct_is_asked_at_most_every_3_seconds(sweep, cluster):
     """SlurmLauncher.flush() (called at every loop pass, from Sweep._launch's finally) resets _sacct_at to
@@ -397,7 +395,7 @@ def test_without_sacct_the_sweep_neither_spins_nor_floods_the_terminal(sweep, cl
     assert len(p.stderr.splitlines()) <= 5, p.stderr[:1000]
 
 
-# -- 2. a job suspended at a sacct look is never looked at again: the sweep hangs, even after Ctrl+C ---------
+# -- a job suspended, then cancelled -------------------------------------------------------------------------
 
 def test_a_suspended_then_cancelled_job_is_noticed(sweep, cluster):
     """submitit's watcher drops jobs whose state is not in its own 'incomplete' list (SUSPENDED, CONFIGURING,
@@ -430,7 +428,7 @@ def test_a_suspended_then_cancelled_job_is_noticed(sweep, cluster):
     assert record["state"] == "failed" and "cancelled outside the sweep" in record["error"], record
 
 
-# -- 3. fail fast does not stop a list's queued jobs ------------------------------------------------------
+# -- fail fast stops the queued jobs of a list ---------------------------------------------------------------
 
 def test_fail_fast_stops_the_queued_jobs_of_the_array(sweep, cluster):
     """README: 'the sweep stops starting runs ... the others stay pending in .partial'. On Slurm the whole
@@ -446,7 +444,7 @@ def test_fail_fast_stops_the_queued_jobs_of_the_array(sweep, cluster):
     assert any(r["state"] == "pending" for r in partial)
 
 
-# -- 4. --detach with a refused submission exits 0 and says nothing ------------------------------------------
+# -- --detach: a refused submission, status while the jobs run, --rerun, re-attaching ------------------------
 
 def test_detach_when_sbatch_refuses_says_so(sweep, cluster):
     """Sweep.run breaks out of the loop right after _launch when detached (`detach and not self.ended`), before
@@ -457,8 +455,6 @@ def test_detach_when_sbatch_refuses_says_so(sweep, cluster):
     assert "Invalid node name specified" in p.stdout + p.stderr, p.stdout + p.stderr
     assert p.returncode != 0 and "Detached: 0 run(s)" not in p.stdout, p.stdout
 
-
-# -- 5. status / list of a detached sweep: "dead (killed)" while its jobs run -------------------------------
 
 def test_status_of_a_detached_sweep_says_its_jobs_run(sweep, cluster):
     """status_lines: no PID holds the lock, a run.json says running -> 'dead (killed: run the same command to
@@ -474,8 +470,6 @@ def test_status_of_a_detached_sweep_says_its_jobs_run(sweep, cluster):
         for job in ours(cluster, sweep):
             cluster.run("scancel", job, check=False)
 
-
-# -- 6. --rerun leaves the earlier sweep's jobs running, writing into the new run folders ---------------------
 
 def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     """run_sweep sets the old run folders aside for --rerun but never cancels their jobs (cancel_orphan_jobs is
@@ -499,8 +493,6 @@ def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
         ours(cluster, sweep, wait=30)  # gone before the next test wants the GPUs
 
 
-# -- 7. re-attach to a job Slurm no longer knows: recorded failed after 30 s, not submitted again --------------
-
 def test_reattach_to_a_job_slurm_forgot_submits_the_run_again(sweep, cluster):
     """README: a job that ended while no sweep followed it and did not complete is submitted again. A job that
     Slurm no longer knows (purged from accounting; another cluster's id) is found out only after SLURM_GONE_S,
@@ -519,7 +511,7 @@ def test_reattach_to_a_job_slurm_forgot_submits_the_run_again(sweep, cluster):
     assert p.returncode == 0 and result["state"] == "complete" and result["attempt"] == 2, (p.stdout, result)
 
 
-# -- 9. a job cancelled while queued gets its time in the queue as duration ----------------------------------
+# -- what is recorded: durations, GPUs and commands, the restart line ----------------------------------------
 
 def test_a_job_cancelled_while_queued_has_no_duration(sweep, cluster):
     """README: 'A run's duration is its command's, without the time its job waited in the queue'. A job that
@@ -540,8 +532,6 @@ def test_a_job_cancelled_while_queued_has_no_duration(sweep, cluster):
                                                                 for r in never_ran]
 
 
-# -- 10. the results file says CPU and records a command that is not what ran --------------------------------
-
 def test_results_record_the_gpus_and_command_the_job_had(sweep, cluster):
     """Runs on Slurm are assigned (CPU,) (ClusterSlots.place), so gpu_id is null and `train_sweep report` shows
     'CPU' for every run, and the recorded command has '{gpu}' filled with '' (the login node's view), while
@@ -556,8 +546,6 @@ def test_results_record_the_gpus_and_command_the_job_had(sweep, cluster):
     assert record["command"][2:] == ran, (record["command"], ran)
     assert record["gpu_id"] is not None
 
-
-# -- 11. combined.log loses the restart line ---------------------------------------------------------------
 
 def test_combined_log_has_the_restart_line(sweep, cluster):
     """README: after a requeue 'the logs are appended to, after a line train_sweep: job <id> restarted by Slurm'.
@@ -580,7 +568,7 @@ def test_combined_log_has_the_restart_line(sweep, cluster):
     assert "restarted by Slurm" in (folder / "combined.log").read_text()
 
 
-# -- 12. a list longer than Slurm's MaxArraySize: every run fails -------------------------------------------
+# -- Slurm's limits: MaxArraySize, a partition's MaxTime -----------------------------------------------------
 
 def test_a_list_longer_than_max_array_size_is_submitted(sweep, cluster):
     """SlurmLauncher.flush submits all runs of a GPU count as ONE job array. Slurm's MaxArraySize (default 1001,
@@ -600,8 +588,6 @@ def test_a_list_longer_than_max_array_size_is_submitted(sweep, cluster):
         for job in {j.split("_")[0] for j in ours(cluster, sweep)}:
             cluster.run("scancel", job, check=False)
 
-
-# -- 13. a job that can never start is waited on forever, silently ------------------------------------------
 
 def test_a_job_that_can_never_start_is_reported(sweep, cluster):
     """The default --timeout (36000 s) makes every job ask for 600 min. On a partition with MaxTime 2 h (and

@@ -1,86 +1,103 @@
-"""The search's study across sweeps, through the real CLI: resuming a grid or a search after SIGINT or kill -9,
-requeued and retried trials, a deleted, emptied, cut or damaged study.log, refusals of values Optuna would
-mistake, and inputs that would read or check without end. Each test failed on the code before its fix."""
+"""A search across sweeps, through the real CLI: its study (outputs/study.log) resumed by the same command
+after SIGINT or kill -9 (no trial lost or told twice; requeued and retried trials; the trial asked ahead put
+back), grids resumed with a larger budget, a target already reached, another space or other objectives
+refused, --rerun setting the study aside; a deleted, emptied, cut, torn or damaged study.log."""
 
 from __future__ import annotations
 
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from conftest import interrupt
-from test_search import script, states
+from conftest import (
+    QUADRATIC, SLOW_QUADRATIC, all_dead, check_refused, interrupt, kill_pids, load_study, no_traceback, pid_alive,
+    points, script, states,
+)
+
 
 optuna = pytest.importorskip("optuna")
+
 yaml = pytest.importorskip("yaml")
 
-SLOW_QUADRATIC = ("x = float(args['x']); lr = float(args.get('lr', 0))\n"
-                  "time.sleep(float(args.get('sleep', 0)))\n"
-                  "print(f\"loss={(x - 0.3) ** 2 + lr}\", flush=True)\n")
+
+# -- resume after SIGINT and after kill -9 -----------------------------------------------------------------------
+
+HOLD_THIRD = """\
+with open({log!r}, 'a') as f:
+    f.write(os.environ['TRAIN_SWEEP_RUN_NAME'] + ' ' + str(os.getpid()) + '\\n')
+n = len(open({log!r}).read().splitlines())
+x = float(args['x'])
+if n == 3:  # the third run started: it holds until the sweep is stopped
+    print('holding', flush=True)
+    time.sleep(120)
+print(f'loss={{(x - 0.3) ** 2}}', flush=True)
+"""
 
 
-def no_traceback(p) -> None:
-    assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
-
-
-def points(records, *keys):
-    return Counter(tuple(r["hyperparams"][k] for k in keys) for r in records if r["state"] == "complete")
-
-
-# -- grid sampler and resume --------------------------------------------------------------------------
-
-def test_grid_resumed_with_a_larger_budget_runs_each_point_once(sweep):
-    """open_study reseeds the sampler with seed + len(trials); GridSampler shuffles its grid with that seed, so the
-    earlier trials' grid ids name other points: points run twice, others never."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "kill9"])
+def test_resume_after_the_sweep_died_loses_no_trial(sweep, sig):
     sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    space = ("x=0.1,0.2,0.3", "lr=0.01,0.1")
-    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "3", "--metric", "loss", "--no-live", *space,
-                  trainer=False)
+    log = sweep.dir / "starts.log"
+    command = script(sweep, "hold.py", HOLD_THIRD.format(log=str(log)))
+    args = ["--command", command, "--search", "random", "--n-trials", "5", "--metric", "loss", "--no-live",
+            "x=interval(0, 1)"]
+    proc = sweep.start(*args, trainer=False)
+    held = None
+    try:
+        sweep.wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, what="the third trial")
+        held = int(log.read_text().splitlines()[2].split()[1])
+        time.sleep(0.3)
+        assert proc.poll() is None and pid_alive(held)
+        proc.send_signal(sig)
+        first_out, _ = proc.communicate(timeout=30)
+        assert all_dead([held], 15), "the held run outlived its sweep"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if held:
+            kill_pids([held])
+    out = sweep.dir / "outputs"
+    study = load_study(out)
+    third = study.trials[2]
+    if sig == signal.SIGKILL:
+        assert third.state.name == "RUNNING"  # the sweep could tell it nothing
+    else:
+        # the third trial, and the trial asked ahead for the next free slot (never started)
+        assert third.state.name == "FAIL" and 2 in study.user_attrs.get("requeued")
+    held_params = dict(third.params)
+    if sig == signal.SIGINT:  # the interrupted trial does not count against the budget: 2 of 5 are done
+        assert "Search random: 2/5 trials" in first_out, first_out[-800:]
+
+    p = sweep.run(*args, trainer=False)  # the same command again
     assert p.returncode == 0, p.stdout + p.stderr
-    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "6", "--metric", "loss", "--no-live", *space,
-                  trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
+    if sig == signal.SIGKILL:
+        assert "trial 2 had not ended when the sweep stopped: asked again" in p.stdout
+    study = load_study(out)
+    requeued = set(study.user_attrs.get("requeued", []))
+    trials = study.get_trials(deepcopy=False)
+    assert all(t.state.is_finished() for t in trials), states(study)  # nothing left running or waiting
+    assert study.trials[2].state.name == "FAIL"
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.number not in requeued]
+    assert len(complete) == 5 and {t.state.name for t in trials if t.number in requeued} == {"FAIL"}, states(study)
+    assert len(trials) == 5 + len(requeued)
+    records = {r["trial"]: r for r in sweep.results()}
+    assert sorted(records) == [t.number for t in complete]  # the two of the first sweep kept, none twice
+    assert [0, 1] == sorted(records)[:2]
+    # requeued: the held trial, and at most one trial asked ahead for the next slot, which never started
+    assert 2 in requeued and len(requeued) <= 2 and not requeued & set(records)
+    first_reasked = min(n for n in records if n > 2)
+    assert study.trials[first_reasked].params == held_params  # the interrupted trial's parameters are asked again first
+    assert all(r["state"] == "complete" for r in records.values())
+    for t in complete:  # each told once, its own run's value
+        assert t.values == [pytest.approx(records[t.number]["metrics"]["loss"])]
+        assert t.user_attrs["run"] == records[t.number]["model_name"]
+    names = [line.split()[0] for line in log.read_text().splitlines()]
+    assert len(names) == 6 and len(set(names)) == 6 and names[:2] == [records[0]["model_name"], records[1]["model_name"]]
+    assert "5/5 trials" in p.stdout
 
-
-def test_grid_resumed_after_sigint_finishes_without_a_traceback(sweep):
-    """A requeued trial is enqueued with fixed params: the grid sampler gives it no grid_id, and its after_trial
-    raises KeyError('grid_id') when one grid point is left (SearchSource._tell_ended catches RuntimeError only)."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    space = ("x=0.1,0.2,0.3", "lr=0.01,0.1")
-    proc = sweep.start("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live",
-                       "--max-processes-per-gpu", "2", "sleep=0.5", *space, trainer=False)
-    sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("trial00[23]*"))) == 2, timeout=30,
-                   what="the third and fourth trials")
-    interrupt(proc)
-    proc.communicate(timeout=30)
-    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live", "--max-processes-per-gpu", "2",
-                  "sleep=0.5", *space, trainer=False)  # the same command (another sleep= would be another search)
-    no_traceback(p)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
-
-
-def test_grid_with_a_protein_mean_runs_every_point(sweep):
-    """The Protein `mean` trial is enqueued: no grid_id, so the grid runs that point again and, the budget capped
-    at the grid's size, never runs another."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    path = sweep.dir / "p.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "bayes", "metric": "loss", "goal": "minimize",
-        "parameters": {"x": {"distribution": "uniform_pow2", "min": 1, "max": 8, "mean": 2},
-                       "lr": {"distribution": "int_uniform", "min": 0, "max": 2}}}))
-    p = sweep.run("--command", cmd, "--sweep-file", str(path), "--search", "grid", "--no-live", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (1, 2, 4, 8) for lr in (0, 1, 2)})
-
-
-# -- trials whose run was requeued (out of memory, --retries) ------------------------------------------------
 
 def test_an_oom_requeued_trial_running_at_kill_9_is_asked_again_not_lost(sweep):
     """settle_orphans and earlier_trials take the journal's last record: the requeued first attempt's `oom`. The
@@ -128,38 +145,190 @@ def test_a_trial_waiting_for_its_retry_at_sigint_is_not_a_failed_result_on_resum
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_a_retry_is_not_judged_on_the_first_attempts_curve(sweep):
-    """The trial stays open across attempts and Optuna keeps one value per step: a retry's values at steps its
-    first attempt reported would be ignored and the pruner would judge a mix of both curves. A retry is not
-    judged at all; the trial is told the retry's own final value."""
+def test_a_complete_run_without_its_metric_found_at_resume_is_told_failed_not_asked_again(tmp_path):
+    """settle_orphans: a journal record `complete` whose metric is missing falls into the `else` branch: the trial
+    is requeued and asked again, while earlier_trials puts the run in the results as complete: it runs twice."""
+    from train_sweep_extras.search import import_optuna, settle_orphans
+
+    optuna_ = import_optuna()
+    from optuna.trial import TrialState
+
+    study = optuna_.create_study()
+    trial = study.ask({"x": optuna_.distributions.FloatDistribution(0, 1)})
+    journal = {"trial000": [{"trial": trial.number, "state": "complete", "metrics": {"loss": None}}]}
+    settle_orphans(study, True, journal, ("loss",), lambda line: None)
+    assert study.trials[0].state == TrialState.FAIL
+    assert states(study) == {"FAIL": 1}, states(study)  # not a WAITING copy to run again
+
+
+def _journal_study(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="train_sweep",
+                               load_if_exists=True)
+
+
+def test_the_next_trial_is_asked_ahead_and_put_back_when_the_sweep_ends(tmp_path):
+    """prepare() (after the loop's launches) tells ended trials and asks one trial ahead; next() hands it out
+    without asking; close() tells the unstarted one failed, requeued (not counted) and enqueued again."""
+    from train_sweep import Run, State
+    from train_sweep_extras.search import SearchSource
+    from train_sweep_extras.space import parse_search
+
+    study = _journal_study(tmp_path / "study.log")
+    search = parse_search({"params": {"x": {"type": "float", "low": 0, "high": 1}}, "metric": "loss"}, "test")
+    made = []
+
+    def make_run(params, number):
+        run = Run(index=number, name=f"trial{number}", hyperparams=params, argv=[], run_dir=tmp_path / str(number))
+        made.append(run)
+        return run
+
+    source = SearchSource(study, search, make_run, objectives=["loss"], n_trials=3, path=tmp_path / "study.log")
+    first = source.next()
+    assert first.trial == 0 and len(study.trials) == 1 and source.pending() == 2
+    source.prepare()
+    assert len(study.trials) == 2 and source.ahead is not None and source.pending() == 2  # asked, not started
+    first.state, first.metrics = State.COMPLETE, {"loss": 0.5}
+    source.finished(first)
+    assert study.trials[0].state.name == "RUNNING"  # told in prepare(), off the path to the next start
+    second = source.next()
+    assert second is made[1] and len(study.trials) == 2  # handed out without asking
+    source.prepare()
+    assert study.trials[0].state.name == "COMPLETE" and study.trials[0].value == 0.5
+    assert len(study.trials) == 3 and source.pending() == 1  # the third and last, asked ahead
+    source.close()  # the sweep stops: the second ran no end, the third never started
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
+    assert study.user_attrs["requeued"] == [1, 2]
+    assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [study.trials[1].params, study.trials[2].params]
+    again = SearchSource(study, search, make_run, objectives=["loss"], n_trials=3, path=tmp_path / "study.log")
+    assert again.counted == 1 and again.pending() == 2  # the requeued and the waiting ones do not count
+    assert again.next().hyperparams == study.trials[1].params  # the interrupted trial is asked again first
+
+
+# -- grids, budgets, targets and seeds on resume -----------------------------------------------------------------
+
+def test_grid_resumed_with_a_larger_budget_runs_each_point_once(sweep):
+    """open_study reseeds the sampler with seed + len(trials); GridSampler shuffles its grid with that seed, so the
+    earlier trials' grid ids name other points: points run twice, others never."""
     sweep.gpus.set(count=1)
-    body = ("first = not os.path.exists(os.path.join(RUN_DIR, 'attempt_1'))\n"
-            "odd = args.get('fake') == 'odd'\n"
-            "for s in range(1, 6 if not (odd and first) else 3):\n"
-            "    print(f'step={s} loss={(0.001 if first else 100.0) if odd else 1.0 / s}', flush=True)\n"
-            "    time.sleep(0.05)\n"
-            "sys.exit(1 if odd and first else 0)\n")
-    sweep.config([{}])
-    p = sweep.run("--command", script(sweep, "r.py", body), "--metric", "loss", "--pruner", "median", "--retries", "1",
-                  "--no-live", "seed=1,2,3,4,5,6", "fake=no,odd", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    retried = [r for r in sweep.results() if r["hyperparams"]["fake"] == "odd"]
-    assert [(r["state"], r["attempt"], r["metrics"]["loss"]) for r in retried] == [("complete", 2, 100.0)] * 6
-
-
-# -- categorical choices, the study and the journal ------------------------------------------------------------
-
-def test_choices_equal_under_python_eq_are_refused(sweep):
-    """Optuna's CategoricalDistribution tells choices apart with ==: False == 0, True == 1 == 1.0; a grid over
-    them would run true twice and false twice and never 0 or 1. Refused, naming the two choices."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "c.py", "print('loss=1', flush=True)\n")
-    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live", "opt=false,0,true,1",
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    space = ("x=0.1,0.2,0.3", "lr=0.01,0.1")
+    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "3", "--metric", "loss", "--no-live", *space,
                   trainer=False)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
-    assert "the choices false and 0 are one value to Optuna" in p.stderr
-    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "6", "--metric", "loss", "--no-live", *space,
+                  trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
 
+
+def test_grid_resumed_after_sigint_finishes_without_a_traceback(sweep):
+    """A requeued trial is enqueued with fixed params: the grid sampler gives it no grid_id, and its after_trial
+    raises KeyError('grid_id') when one grid point is left (SearchSource._tell_ended catches RuntimeError only)."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    space = ("x=0.1,0.2,0.3", "lr=0.01,0.1")
+    proc = sweep.start("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live",
+                       "--max-processes-per-gpu", "2", "sleep=0.5", *space, trainer=False)
+    sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("trial00[23]*"))) == 2, timeout=30,
+                   what="the third and fourth trials")
+    interrupt(proc)
+    proc.communicate(timeout=30)
+    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "loss", "--no-live", "--max-processes-per-gpu", "2",
+                  "sleep=0.5", *space, trainer=False)  # the same command (another sleep= would be another search)
+    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
+
+
+def test_resume_a_search_over_a_shuffle(sweep):
+    sweep.gpus.set(count=1)
+    command = script(sweep, "shuf.py", "print(f\"loss={int(args['n'])}\")\n")
+    base = ["--command", command, "--search", "random", "--metric", "loss", "--no-live", "n=shuffle(range(1, 9))"]
+    assert sweep.run(*base, "--n-trials", "2", trainer=False).returncode == 0
+    p = sweep.run(*base, "--n-trials", "3", trainer=False)  # the same space, one more trial
+    assert p.returncode == 0, p.stderr
+    assert sorted(r["trial"] for r in sweep.results()) == [0, 1, 2]
+
+
+def test_a_target_reached_stays_reached_on_resume(sweep):
+    """The W&B metric.target is checked only when a run ends: the same command again starts new trials although
+    the study's best already reached it."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    path = sweep.dir / "s.yaml"
+    path.write_text(yaml.safe_dump({"method": "random", "metric": {"name": "loss", "goal": "minimize", "target": 10},
+                                    "run_cap": 20, "parameters": {"x": {"min": 0.0, "max": 1.0}}}))
+    assert sweep.run("--command", cmd, "--sweep-file", str(path), "--no-live", trainer=False).returncode == 0
+    assert len(sweep.results()) == 1
+    p = sweep.run("--command", cmd, "--sweep-file", str(path), "--no-live", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len(sweep.results()) == 1, [r["model_name"] for r in sweep.results()]
+
+
+def test_a_resumed_search_near_the_top_seed_does_not_crash(sweep):
+    """open_study seeds the sampler with seed + trials so far: past 2**32 - 1 numpy raises (a traceback)."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    args = ("--command", cmd, "--search", "tpe", "--seed", str(2 ** 32 - 1), "--n-trials", "2", "--metric", "loss",
+            "--no-live", "x=interval(0, 1)")
+    assert sweep.run(*args, "--n-trials", "1", trainer=False).returncode == 0
+    p = sweep.run(*args, trainer=False)
+    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# -- another search in the same folder; --rerun ------------------------------------------------------------------
+
+def test_resume_with_another_search_space_is_refused(sweep):
+    sweep.gpus.set(count=1)
+    command = script(sweep, "quad.py", QUADRATIC)
+    base = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live"]
+    assert sweep.run(*base, "x=interval(0, 1)", trainer=False).returncode == 0
+    kept = {name: (sweep.dir / "outputs" / name).read_bytes() for name in ("sweep.json", "sweep.log")}
+    p = sweep.run(*base, "x=interval(0, 2)", trainer=False)
+    check_refused(p, "study.log", "made for another search", "--rerun")
+    assert states(load_study(sweep.dir / "outputs")) == {"COMPLETE": 2}  # nothing asked, nothing told
+    assert len(sweep.results()) == 2
+    for name, before in kept.items():  # refused before anything was written
+        assert (sweep.dir / "outputs" / name).read_bytes() == before, name
+
+
+@pytest.mark.parametrize("change", [["--mode", "max"], ["--metric", "acc"]], ids=["mode", "metric"])
+def test_resume_with_other_objectives_from_the_flags_is_refused(sweep, change):
+    """The study minimizes loss; the same space with --mode max (or another --metric) is another search: the
+    loaded study would go on minimizing while the sweep ranks by the new objective."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "quad.py", QUADRATIC + "print('acc=0.5')\n")
+    base = ["--command", command, "--search", "random", "--n-trials", "2", "--no-live", "x=interval(0, 1)"]
+    assert sweep.run(*base, "--metric", "loss", trainer=False).returncode == 0
+    args = [*base, "--metric", "loss", *change] if change[0] == "--mode" else [*base, *change]
+    p = sweep.run(*args, "--n-trials", "3", trainer=False)
+    check_refused(p, "made for another search")
+    assert states(load_study(sweep.dir / "outputs")) == {"COMPLETE": 2}
+
+
+def test_rerun_sets_the_study_aside(sweep):
+    sweep.gpus.set(count=1)
+    command = script(sweep, "quad.py", QUADRATIC)
+    base = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live"]
+    assert sweep.run(*base, "x=interval(0, 1)", trainer=False).returncode == 0
+    p = sweep.run(*base, "x=interval(0, 2)", "--rerun", trainer=False)  # a fresh study: another space is fine
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = sweep.dir / "outputs"
+    assert (out / "study.log~1").is_file()
+    assert states(load_study(out)) == {"COMPLETE": 2}
+    assert len(sweep.results()) == 2
+    p = sweep.run(*base, "x=interval(0, 2)", "--n-trials", "3", trainer=False)  # resumes: one more trial
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert states(load_study(out)) == {"COMPLETE": 3}
+    assert sorted(r["trial"] for r in sweep.results()) == [0, 1, 2]
+
+
+# -- the study's file: deleted, emptied, cut, damaged, torn ------------------------------------------------------
 
 def test_a_deleted_study_with_the_journal_kept_is_refused(sweep):
     """A fresh study would number its trials from 0 again, over the journal's trials of the same numbers (the
@@ -178,135 +347,6 @@ def test_a_deleted_study_with_the_journal_kept_is_refused(sweep):
     assert p.returncode == 0, p.stdout + p.stderr
     records = sweep.results()
     assert sorted(r["trial"] for r in records) == [0, 1] and (sweep.dir / "outputs" / "journal.jsonl~1").exists()
-
-
-def test_a_target_reached_stays_reached_on_resume(sweep):
-    """The W&B metric.target is checked only when a run ends: the same command again starts new trials although
-    the study's best already reached it."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    path = sweep.dir / "s.yaml"
-    path.write_text(yaml.safe_dump({"method": "random", "metric": {"name": "loss", "goal": "minimize", "target": 10},
-                                    "run_cap": 20, "parameters": {"x": {"min": 0.0, "max": 1.0}}}))
-    assert sweep.run("--command", cmd, "--sweep-file", str(path), "--no-live", trainer=False).returncode == 0
-    assert len(sweep.results()) == 1
-    p = sweep.run("--command", cmd, "--sweep-file", str(path), "--no-live", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert len(sweep.results()) == 1, [r["model_name"] for r in sweep.results()]
-
-
-def test_a_complete_run_without_its_metric_found_at_resume_is_told_failed_not_asked_again(tmp_path):
-    """settle_orphans: a journal record `complete` whose metric is missing falls into the `else` branch: the trial
-    is requeued and asked again, while earlier_trials puts the run in the results as complete: it runs twice."""
-    from train_sweep_extras.search import import_optuna, settle_orphans
-
-    optuna_ = import_optuna()
-    from optuna.trial import TrialState
-
-    study = optuna_.create_study()
-    trial = study.ask({"x": optuna_.distributions.FloatDistribution(0, 1)})
-    journal = {"trial000": [{"trial": trial.number, "state": "complete", "metrics": {"loss": None}}]}
-    settle_orphans(study, True, journal, ("loss",), lambda line: None)
-    assert study.trials[0].state == TrialState.FAIL
-    assert states(study) == {"FAIL": 1}, states(study)  # not a WAITING copy to run again
-
-
-# -- one-line errors, never a traceback ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("sweep_file, config", [
-    ({"method": "random", "metric": {"name": "loss"}, "run_cap": 2,
-      "parameters": {"x": {"distribution": "log_uniform", "min": 0, "max": 1000}}}, None),
-    (None, {"search": {"n_trials": 2, "metric": "loss", "pruner": {"type": "hyperband", "min_resource": 0},
-                       "params": {"x": {"type": "float", "low": 0, "high": 1}}}}),
-    (None, {"search": {"n_trials": 2, "seed": 4294967296, "metric": "loss",
-                       "params": {"x": {"type": "float", "low": 0, "high": 1}}}}),
-])
-def test_bad_values_are_one_line_errors(sweep, sweep_file, config):
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "s.py", "for s in range(1, 4):\n    print(f'step={s} loss={1 / s}', flush=True)\n")
-    if sweep_file is not None:
-        (sweep.dir / "s.yaml").write_text(yaml.safe_dump(sweep_file))
-        p = sweep.run("--command", cmd, "--sweep-file", "s.yaml", "--no-live", trainer=False)
-    else:
-        sweep.config(config)
-        p = sweep.run("--command", cmd, "--no-live", trainer=False)
-    no_traceback(p)
-    assert p.returncode == 2, p.stdout + p.stderr
-
-
-def test_a_resumed_search_near_the_top_seed_does_not_crash(sweep):
-    """open_study seeds the sampler with seed + trials so far: past 2**32 - 1 numpy raises (a traceback)."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    args = ("--command", cmd, "--search", "tpe", "--seed", str(2 ** 32 - 1), "--n-trials", "2", "--metric", "loss",
-            "--no-live", "x=interval(0, 1)")
-    assert sweep.run(*args, "--n-trials", "1", trainer=False).returncode == 0
-    p = sweep.run(*args, trainer=False)
-    no_traceback(p)
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-# -- objectives and report -----------------------------------------------------------------------------------
-
-def test_a_metric_list_without_modes_is_not_silently_one_objective(sweep):
-    """search.metric: [loss, acc] with no mode runs a single-objective search on loss (mode 'min' alone)."""
-    sweep.gpus.set(count=1)
-    sweep.config({"search": {"n_trials": 2, "metric": ["loss", "acc"],
-                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
-    p = sweep.run("--command", script(sweep, "m.py", "print('loss=1 acc=2', flush=True)\n"), "--dry-run", trainer=False)
-    out = " ".join(p.stdout.split())
-    assert p.returncode == 2 or "acc" in out.split("Search:")[1].split("Placement")[0], out
-
-
-def test_report_of_a_max_search_names_the_max_as_best(sweep):
-    """report defaults to --mode min; for a search (its direction is in the study and sweep.json) the 'best' is
-    the worst run."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "a.py", "print(f\"acc={float(args['x'])}\", flush=True)\n")
-    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "acc", "--mode", "max", "--no-live", "x=0.1,0.9",
-                  trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    r = sweep.run("report", "train_sweep_results.json", trainer=False)
-    best = [line for line in r.stdout.splitlines() if line.startswith("Best")]
-    assert best and "x_0.9" in best[0], best
-
-
-# -- the --pruner flag over a config's or sweep file's pruner ----------------------------------------------------
-
-@pytest.mark.parametrize("flag", ["none", "hyperband"])
-def test_the_pruner_flag_wins_with_its_default_arguments(sweep, flag):
-    """README: `--pruner` wins (with the default arguments). open_study/main pass the config's pruner arguments
-    (search.pruner_args) to the flag's pruner: `--pruner none` cannot even switch a config's median pruner off."""
-    sweep.gpus.set(count=1)
-    sweep.config({"search": {"n_trials": 2, "metric": "loss", "pruner": {"type": "median", "n_warmup_steps": 5},
-                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
-    p = sweep.run("--pruner", flag, "--dry-run")
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-# -- W&B keys that have no mapping are errors, not ignored -----------------------------------------------------
-
-@pytest.mark.parametrize("param", [
-    {"distribution": "uniform", "min": 0.0, "max": 1.0, "q": 0.1},  # q is q_uniform's; W&B's schema refuses it here
-    {"values": [1, 2], "min": 0},
-])
-def test_wandb_keys_a_distribution_does_not_use_are_not_silently_ignored(sweep, param):
-    sweep.gpus.set(count=1)
-    (sweep.dir / "s.yaml").write_text(yaml.safe_dump({"method": "random", "metric": {"name": "loss"}, "run_cap": 2,
-                                                      "parameters": {"x": param}}))
-    p = sweep.run("--sweep-file", "s.yaml", "--dry-run")
-    assert p.returncode == 2, p.stdout + p.stderr
-
-
-def test_wandb_errors_name_the_files_keys(sweep):
-    """make_param's messages speak of 'low', 'high' and 'step'; a sweep file says min, max and q."""
-    sweep.gpus.set(count=1)
-    (sweep.dir / "s.yaml").write_text(yaml.safe_dump({"method": "random", "metric": {"name": "loss"}, "run_cap": 2,
-                                                      "parameters": {"x": {"distribution": "q_uniform", "min": 0.0,
-                                                                           "max": 1.0, "q": 0.3}}}))
-    p = sweep.run("--sweep-file", "s.yaml", "--dry-run")
-    assert p.returncode == 2
-    assert "'step'" not in p.stderr and "low" not in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("damage", ["emptied", "half_cut"])
@@ -351,43 +391,24 @@ def test_a_damaged_line_in_the_study_is_one_line_not_a_traceback(sweep, garbage)
     assert len(sweep.results()) == 2
 
 
-BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
-f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
-g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
-h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
-i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
-method: random
-metric: {name: loss}
-parameters: {x: {values: *i}}
-"""
+def test_a_torn_last_line_of_the_study_is_cut_before_optuna_appends_to_it(tmp_path):
+    """kill -9 in the middle of a write leaves the study's last line cut short; Optuna would append the next
+    operation to it and every later reader would fail. mend_torn_line cuts it off first."""
+    from train_sweep_extras.search import mend_torn_line
 
-
-@pytest.mark.parametrize("case", ["dev_zero", "alias_bomb", "huge_categorical", "huge_n_trials"])
-def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep, case):
-    """--sweep-file /dev/zero (read without limit: MemoryError), an 872-byte YAML alias bomb (never finished),
-    a categorical of 50,000 choices (its duplicate check was pairwise: --dry-run hung), --n-trials 10**12 (the
-    config's n_trials is refused above 100,000): each is one line and exit 2, or (the categorical) runs."""
-    sweep.gpus.set(count=1)
-    if case == "dev_zero":
-        args = ["--sweep-file", "/dev/zero"]
-    elif case == "alias_bomb":
-        (sweep.dir / "bomb.yaml").write_text(BOMB)
-        args = ["--sweep-file", "bomb.yaml"]
-    elif case == "huge_categorical":
-        sweep.config({"search": {"params": {"x": {"type": "categorical", "choices": list(range(50_000))}},
-                                 "metric": "loss", "n_trials": 3}})
-        args = ["--dry-run"]
-    else:
-        args = ["--search", "random", "--metric", "loss", "--n-trials", "1000000000000", "x=interval(0, 1)"]
-    p = sweep.run(*args, "--no-live", timeout=60)
-    no_traceback(p)
-    if case == "huge_categorical":
-        assert p.returncode == 0 and "one of 0, 1, 2" in p.stdout, p.stdout[-500:] + p.stderr
-        return
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert {"dev_zero": "larger than 16 MB", "alias_bomb": "aliases expand to more than",
-            "huge_n_trials": "at most 100,000 trials"}[case] in p.stderr, p.stderr
+    path = tmp_path / "study.log"
+    study = _journal_study(path)
+    for x in (0.1, 0.2):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        study.tell(trial, x)
+    whole = path.read_bytes()
+    assert whole.endswith(b"\n")
+    mend_torn_line(path)
+    assert path.read_bytes() == whole  # a whole file is left alone
+    path.write_bytes(whole + b'{"op_code": 4, "worker_id": "x", "study_id": 0, "dat')  # a write cut short
+    mend_torn_line(path)
+    assert path.read_bytes() == whole
+    study = _journal_study(path)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.3)  # writes go on
+    assert [t.value for t in _journal_study(path).trials] == [0.1, 0.2, 0.3]
+    mend_torn_line(tmp_path / "missing.log")  # nothing to mend

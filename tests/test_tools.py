@@ -1,17 +1,23 @@
-"""The offline commands on real results written by the CLI: report (tables, exports, plots), list, status,
-watch and cleanup, also on damaged records."""
+"""The offline commands on real results written by the CLI: report (tables, exports, also into a missing
+folder, plots; a search's direction), list, status, watch and cleanup (also on a read-only sweep folder),
+also on damaged records."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
+import shutil
 import struct
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import cli, no_traceback, script
 
 
 @pytest.fixture
@@ -499,3 +505,54 @@ def test_report_plots_without_matplotlib_says_so_before_anything_else(finished, 
                      PYTHONPATH=os.pathsep.join([str(hide), env["PYTHONPATH"]]))
     assert p.returncode == 2 and p.stdout == "", p.stdout
     assert len(p.stderr.strip().splitlines()) == 1 and "pip install 'train-sweep[plots]'" in p.stderr, p.stderr
+
+
+# -- exports into a missing folder, a read-only sweep folder, a search's direction -------------------------------
+
+@pytest.mark.parametrize("flag,target", [("--csv", "missing_dir/out.csv"), ("--json", "missing_dir/out.json")])
+def test_report_export_into_a_missing_folder(sweep, flag, target):
+    """issue 16: `report --csv missing_dir/out.csv` (and --json) crashed with a traceback. Contract: the
+    folder is created, the file written, exit 0."""
+    sweep.config([{"a": 1}])
+    assert cli(sweep).returncode == 0
+    p = cli(sweep, "report", flag, target, trainer=False)
+    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (sweep.dir / target).is_file() and (sweep.dir / target).stat().st_size > 0
+
+
+def test_cleanup_on_a_read_only_sweep_folder(sweep):
+    """issue 16: `cleanup --days 0 --live` on a sweep folder that cannot be changed crashed with a
+    PermissionError traceback. Contract: no traceback, non-zero exit, one line on stderr naming the folder."""
+    sweep.config([{"a": 1}])
+    assert cli(sweep).returncode == 0
+    out = sweep.dir / "outputs"
+    if os.geteuid() == 0:
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode:
+            pytest.skip("root ignores permissions, and chattr +i is not available here")
+        undo = ["chattr", "-i", str(out)]
+    else:
+        out.chmod(0o555)
+        undo = ["chmod", "755", str(out)]
+    try:
+        p = cli(sweep, "cleanup", "--days", "0", "--live", "outputs", trainer=False)
+    finally:
+        subprocess.run(undo, capture_output=True)
+    no_traceback(p)
+    assert p.returncode != 0, p.stdout + p.stderr
+    lines = p.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and "outputs" in lines[0], p.stderr[-4000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="a search needs Optuna")
+def test_report_of_a_max_search_names_the_max_as_best(sweep):
+    """report defaults to --mode min; for a search (its direction is in the study and sweep.json) the 'best' is
+    the worst run."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "a.py", "print(f\"acc={float(args['x'])}\", flush=True)\n")
+    p = sweep.run("--command", cmd, "--search", "grid", "--metric", "acc", "--mode", "max", "--no-live", "x=0.1,0.9",
+                  trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = sweep.run("report", "train_sweep_results.json", trainer=False)
+    best = [line for line in r.stdout.splitlines() if line.startswith("Best")]
+    assert best and "x_0.9" in best[0], best

@@ -1,17 +1,22 @@
-"""Seeing the sweep: the live view in a real terminal (tmux), plain lines under a pipe, live logs."""
+"""What the sweep shows: plain event lines under a pipe and their counts, sweep.log, live logs, a run's huge
+lines cut where they are shown or recorded, the live view in a real terminal (tmux) and its labels, the dry
+run's table, the summary."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import FAKE_TRAINER, TRAIN_SWEEP
+from conftest import FAKE_TRAINER, TRAIN_SWEEP, cli, event_lines, no_traceback, signal_when_two_run, strict_results
 
+
+# -- plain event lines and their counts --------------------------------------------------------------------------
 
 def _counts(line: str) -> dict[str, int]:
     m = re.search(r"\[([a-z]+ \d+(?: \| [a-z]+ \d+)*)\]", line)
@@ -33,6 +38,65 @@ def test_plain_event_lines_when_stdout_is_a_pipe(sweep):
     assert lines[failed + 1].strip() == f"see {sweep.dir}/outputs/n_1_exit_2_err_KeyError_lr/train_stderr.log: KeyError:lr"
     assert "\x1b[" not in p.stdout.split("train_sweep summary")[0]  # no terminal codes in the event lines
 
+
+COUNTS = re.compile(r"\[([a-z]+ \d+(?: \| [a-z]+ \d+)*)\]")
+
+ORDER = ["complete", "failed", "timeout", "oom", "interrupted", "running", "pending"]
+
+ALWAYS = {"complete", "running", "pending"}
+
+
+def parse_counts(line: str) -> dict[str, int]:
+    """`[complete 3 | failed 1 | running 0 | pending 0]` -> {"complete": 3, ...}, checked against the format:
+    complete, running and pending always; failed, timeout, oom, interrupted only when non-zero, in that order."""
+    m = COUNTS.search(line)
+    assert m, f"no [counts] bracket in {line!r}"
+    pairs = [part.split(" ") for part in m.group(1).split(" | ")]
+    names = [k for k, _ in pairs]
+    counts = {k: int(v) for k, v in pairs}
+    assert set(names) <= set(ORDER) and ALWAYS <= set(names), f"bad count names {names} in {line!r}"
+    assert names == sorted(names, key=ORDER.index), f"counts out of order in {line!r}"
+    assert all(counts[k] > 0 for k in names if k not in ALWAYS), f"a zero optional group in {line!r}"
+    return counts
+
+
+def test_progress_counts_add_up_and_count_the_run_that_just_finished(sweep):
+    """issue 10 bug 1: every start and finish line's counts add up to the number of runs; a finish line already
+    counts its own run; the first finish line carries an ETA while runs remain."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": i, "sleep": s} for i, s in enumerate([0.3, 1.2, 0.6, 0.9])])
+    p = sweep.run("--max-processes-per-gpu", "2", "--settle-seconds", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    events = event_lines(p.stdout)
+    assert [k for k, _, _ in events].count("start") == 4 and [k for k, _, _ in events].count("complete") == 4, p.stdout
+    for _, _, line in events:
+        c = parse_counts(line)
+        assert sum(c.values()) == 4, f"counts do not add up to the 4 runs: {line!r}"
+    finishes = [line for kind, _, line in events if kind != "start"]
+    for k, line in enumerate(finishes, 1):
+        assert parse_counts(line)["complete"] == k, f"finish line {k} does not count its own run: {line!r}"
+    assert parse_counts(finishes[-1]) == {"complete": 4, "running": 0, "pending": 0}, finishes[-1]
+    assert "ETA " in finishes[0], f"no ETA on the first finish line while runs remain: {finishes[0]!r}"
+
+
+def test_interrupted_runs_are_counted_as_interrupted_not_failed(sweep):
+    """issue 10 bug 1: after Ctrl+C, the finish lines of the interrupted runs count them under `interrupted`;
+    there is no `failed` group when nothing failed; the counts still add up to the number of runs."""
+    sweep.gpus.set(count=2)
+    sweep.config([{"n": i, "sleep": 60} for i in range(3)])
+    proc = sweep.start("--gpus", "0", "1", "--kill-grace", "5")
+    out, err = signal_when_two_run(sweep, proc, signal.SIGINT)
+    assert proc.returncode == 130, out + err
+    finishes = [line for kind, _, line in event_lines(out) if kind != "start"]
+    assert len(finishes) == 2 and all(" interrupted " in f"{line} " for line in finishes), out
+    for k, line in enumerate(finishes, 1):
+        c = parse_counts(line)
+        assert "failed" not in c, f"an interrupted run counted as failed: {line!r}"
+        assert c.get("interrupted") == k, f"finish line {k} does not count its interrupted run: {line!r}"
+        assert sum(c.values()) == 3, f"counts do not add up to the 3 runs: {line!r}"
+
+
+# -- sweep.log and the runs' logs --------------------------------------------------------------------------------
 
 def test_sweep_log_has_every_event_with_placement_reasons(sweep):
     sweep.gpus.set(count=2, used_mb=[3000, 1000])
@@ -73,6 +137,67 @@ def test_logs_are_written_live_and_combined_log_interleaves_in_order(sweep):
     proc.communicate(timeout=30)
     assert (run_dir / "combined.log").read_text().splitlines()[-1].endswith("out | partial line without newline")
 
+
+# -- a run's huge lines ------------------------------------------------------------------------------------------
+
+KB = 1024
+
+CUT_MARKERS = ("…", "[cut", "truncated")
+
+
+def test_one_50_mb_stdout_line(sweep):
+    """issue 16: a run printing one 50 MB line put all of it in the record's `stdout` (a 50 MB results
+    file). Contract: recorded within ~15 s of the run's exit; results file under 1 MB; `stdout` under
+    64 KB with a visible cut marker."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"big_line_mb": 50}])
+    p = cli(sweep, timeout=120)
+    done = time.time()
+    no_traceback(p)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    end = next(e["t"] for e in sweep.events() if e["event"] == "end")
+    assert done - end < 15, done - end
+    results = sweep.dir / "train_sweep_results.json"
+    assert results.stat().st_size < 1024 * KB, results.stat().st_size
+    (record,) = strict_results(sweep)
+    assert record["state"] == "complete"
+    assert len(record["stdout"].encode()) < 64 * KB, len(record["stdout"].encode())
+    assert any(m in record["stdout"] for m in CUT_MARKERS), record["stdout"][-300:]
+
+
+def _long_lines(text: str, limit: int = 10 * KB) -> list[int]:
+    return [len(line.encode()) for line in text.split("\n") if len(line.encode()) >= limit]
+
+
+def test_a_progress_bar_on_stderr_then_a_failure(sweep):
+    """issue 16: a tqdm-style bar (200,000 '\\r' updates, no newline) then `boom` and exit 1: the record's
+    `stderr` held the whole 8 MB line and the failure line showed it. Contract: `stderr` under 64 KB; the
+    failure event line in stdout mentions `boom` and is short; every sweep.log line is under 10 KB."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"cr_bar": 200000, "err": "boom", "exit": 1}])
+    p = cli(sweep, "--no-live", timeout=120)
+    no_traceback(p)
+    assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+    (record,) = strict_results(sweep)
+    assert len(record["stderr"].encode()) < 64 * KB, len(record["stderr"].encode())
+    boom = [line for line in p.stdout.split("\n") if "boom" in line]
+    assert boom and all(len(line.encode()) < 10 * KB for line in boom), [len(x) for x in boom]
+    assert not _long_lines((sweep.dir / "outputs" / "sweep.log").read_text(errors="replace"))
+
+
+def test_a_5_mb_last_stderr_line(sweep):
+    """issue 16: a failed run whose last stderr line is 5 MB: train_sweep echoed that line into its own
+    output and sweep.log. Contract: every stdout line and every sweep.log line is under 10 KB."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"err_mb": 5, "exit": 1}])
+    p = cli(sweep, "--no-live", timeout=120)
+    no_traceback(p)
+    assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+    assert not _long_lines(p.stdout)
+    assert not _long_lines((sweep.dir / "outputs" / "sweep.log").read_text(errors="replace"))
+
+
+# -- the live view in a real terminal ----------------------------------------------------------------------------
 
 def _tmux_available() -> bool:
     return shutil.which("tmux") is not None
@@ -181,3 +306,141 @@ def test_live_view_fits_the_terminal(sweep, cols, rows):
         sweep.wait_for(lambda: "train_sweep summary" in pane() or "run(s):" in pane(), timeout=30, what="the summary")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session])
+
+
+def test_runs_are_labelled_by_what_varies():
+    from train_sweep import LABEL_CHARS, run_labels
+
+    common = {f"k{i}": i for i in range(11)}  # the README's style: many keys, lr and seed last
+    sets = {f"run{i}": {**common, "lr": lr, "seed": seed} for i, (lr, seed) in
+            enumerate([(1e-3, 0), (1e-3, 1), (1e-4, 0), (1e-4, 1)])}
+    assert list(run_labels(sets).values()) == ["lr=0.001 seed=0", "lr=0.001 seed=1", "lr=0.0001 seed=0",
+                                               "lr=0.0001 seed=1"]
+    assert run_labels({"a": {"x": 1}, "b": {"x": 1}}) == {"a": "a", "b": "b"}  # nothing varies: the names
+    assert run_labels({"a": {"m.depth": [1, 2]}, "b": {"m.depth": [3]}}) == {"a": "depth=[1, 2]", "b": "depth=[3]"}
+    assert run_labels({"a": {"x": 1}, "b": {"x": 1, "y": 2}}) == {"a": "a", "b": "y=2"}  # a lacks y: its name
+    long = run_labels({"a": {"x": "a" * 100}, "b": {"x": "b"}})["a"]
+    assert len(long) == LABEL_CHARS and long.endswith("…")
+
+
+def test_gpu_rows_say_who_holds_a_gpu():
+    """A GPU held by the second half of a 2-GPU run, or filled by someone else's processes, is not 'idle'."""
+    import io
+
+    from rich.console import Console
+
+    from train_sweep import GpuReading, LiveReporter, Progress, Ranking, RunView
+
+    readings = {0: GpuReading(0, "A", 9000, 81920, 50, frozenset({11})), 1: GpuReading(1, "B", 9000, 81920, 50),
+                2: GpuReading(2, "C", 50000, 81920, 90, frozenset({99})), 3: GpuReading(3, "D", 500, 81920, 0)}
+    progress = Progress({"complete": 0, "running": 1, "pending": 0}, 1, None,
+                        (RunView("lr=0.1", (0, 1), None),), (0, 1, 2, 3), readings, 40 * 1024, None, None)
+    out = io.StringIO()
+    Console(file=out, width=200).print(LiveReporter(Ranking("loss", "min"), stream=io.StringIO()).render(progress))
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines() if line[:1].isdigit()}
+    assert "lr=0.1 (" in rows["0"]
+    assert "lr=0.1 (also GPU 0)" in rows["1"] and "idle" not in rows["1"]
+    assert "in use by other processes" in rows["2"]
+    assert "idle" in rows["3"]
+
+
+def test_a_terminal_shorter_than_the_gpu_list_keeps_the_progress_line_and_the_failure():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from train_sweep import GpuReading, LiveReporter, Progress, Ranking, RunView
+
+    gpus = tuple(range(8))
+    readings = {g: GpuReading(g, f"G{g}", 1000, 81920, 10) for g in gpus}
+    progress = Progress({"complete": 0, "failed": 1, "running": 8, "pending": 3}, 12, None,
+                        tuple(RunView(f"lr={g}", (g,), None) for g in gpus), gpus, readings, None, None, None)
+    reporter = LiveReporter(Ranking("loss", "min"), stream=io.StringIO())
+    reporter.last_failure = "last failure: lr=9 (failed): boom"
+    reporter._live = SimpleNamespace(console=SimpleNamespace(size=(60, 8)))
+    out = io.StringIO()
+    Console(file=out, width=60).print(reporter.render(progress))
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 8, lines
+    assert any("running 8" in line for line in lines) and any(line.startswith("last failure") for line in lines)
+    assert any("more GPU(s)" in line for line in lines), lines
+
+
+# -- the dry run -------------------------------------------------------------------------------------------------
+
+def test_dry_run_launches_nothing(sweep):
+    sweep.gpus.set(count=2)
+    sweep.config([{"training.bisim_lr": 5e-6, "env": "point_maze"}, {"training.bisim_lr": 1e-4, "env": "pusht"}])
+    p = sweep.run("--dry-run", "--abbrev", "training.bisim_lr=lr", "--abbrev", "env=")
+    assert p.returncode == 0, p.stderr
+    row = next(line for line in p.stdout.splitlines() if re.match(r"│\s*0\s*│", line))
+    assert re.search(r"│\s*lr_5e-06_point_maze\s*│\s*training\.bisim_lr=5e-06 env=point_maze\s*│", row), row
+    assert row.rstrip(" │").endswith("training.bisim_lr=5e-06 env=point_maze")
+    assert "2 run(s). Placement: up to 1 run(s) at once on GPU 0 1" in p.stdout
+    assert not (sweep.dir / "outputs").exists()
+    assert not sweep.events()
+
+
+def test_dry_run_shows_markup_and_lists_literally(sweep):
+    """issue 16: --dry-run printed values through rich markup: `[bold]x` lost its brackets, `[/x]` crashed
+    it (MarkupError traceback), and a list of strings showed as `'layers='` in the command column.
+    Contract: exit 0, values shown literally: `[bold]x` and `[/x]` appear, and every `layers=` is followed
+    by its values."""
+    sweep.config([{"tag": "[bold]x"}, {"tag": "[/x]"}, {"layers": [1, 2]}, {"layers": ["u", "v"]}])
+    p = cli(sweep, "--dry-run")
+    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "[bold]x" in p.stdout and "[/x]" in p.stdout, p.stdout
+    shown = [m.group(1).split("\u2502")[0] for m in re.finditer(r"layers=([^\n]{0,40})", p.stdout)]
+    assert len(shown) >= 2, p.stdout
+    for text in shown:  # each column that shows the value: the hyperparameters and the command line
+        assert text[:1] not in ("", " ") and ({"1", "2"} <= set(text) or {"u", "v"} <= set(text)), (text, p.stdout)
+
+
+def test_dry_run_of_50000_entries_is_summarized(sweep):
+    """issue 16: `--dry-run` of 50,000 entries printed a 50,000-row table. Contract: exit 0 within ~60 s,
+    stdout under 200 KB, past a few hundred rows a line says how many were left out (49,xxx)."""
+    sweep.config([{"i": k} for k in range(50_000)])
+    p = cli(sweep, "--dry-run", timeout=120)
+    no_traceback(p)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert len(p.stdout.encode()) < 200 * KB, len(p.stdout.encode())
+    assert re.search(r"\b49[,.\u202f ]?\d{3}\b", p.stdout), p.stdout[-3000:]
+    assert p.elapsed < 60, p.elapsed
+
+
+# -- the summary -------------------------------------------------------------------------------------------------
+
+def test_metric_and_best_run(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.5}, {"metric": 0.25}, {"metric": 0.75}])
+    p = sweep.run("--metric", "val_loss")
+    assert p.returncode == 0
+    assert "Best (min val_loss): metric_0.25 = 0.25" in p.stdout
+    assert sweep.results()[1]["metrics"] == {"val_loss": 0.25}
+    # not a terminal: the summary is plain aligned text, the metric's column on the right
+    table = p.stdout.split("train_sweep summary\n")[1].splitlines()[:4]
+    assert table[0].split() == ["#", "run", "state", "where", "duration", "rc", "val_loss"]
+    ranked = [line.split()[:2] for line in table[1:]]  # ranked by the metric, best first
+    assert ranked == [["1", "metric=0.25"], ["0", "metric=0.5"], ["2", "metric=0.75"]] and table[1].endswith("    0.25")
+    assert len({len(line) for line in table}) == 1 and not any("│" in line for line in table)
+    p = sweep.run("--metric", "val_loss", "--mode", "max")
+    assert "Best (max val_loss): metric_0.75 = 0.75" in p.stdout
+    table = p.stdout.split("train_sweep summary\n")[1].splitlines()[:4]
+    assert [line.split()[1] for line in table[1:]] == ["metric=0.75", "metric=0.5", "metric=0.25"]
+
+
+def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
+    from conftest import interrupt
+
+    sweep.gpus.set(count=1)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    proc = sweep.start("--no-live", "--command", f"python {slow}", "x=1,2,3,4,5", trainer=False)
+    sweep.wait_for(lambda: (sweep.dir / "outputs").exists() and any((sweep.dir / "outputs").glob("x_1/run.json")),
+                   what="the first run")
+    interrupt(proc)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]

@@ -5,9 +5,8 @@
     SLURM_TEST_STATE=/tmp/slurm-test python -m pytest -q -m slurm
     sudo bash tests/slurm/teardown.sh /tmp/slurm-test    # cancels its jobs, stops its daemons
 
-In a test module:
-
-    from slurm.cluster import slurm_cluster  # noqa: F401  (the session-scoped fixture)
+tests/conftest.py imports the session-scoped fixture (`from slurm.cluster import slurm_cluster`); a test asks
+for it by name:
 
     def test_something(slurm_cluster):
         subprocess.run([...], env=slurm_cluster.env)   # sbatch, squeue, sacct, submitit all find the cluster
