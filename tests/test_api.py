@@ -91,10 +91,17 @@ def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path
         return subprocess.run([sys.executable, "-S", str(tmp_path / "train_sweep.py"), *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=60)
 
-    site = subprocess.run([sys.executable, "-c", "import psutil, rich, os; print(os.path.dirname(os.path.dirname("
-                           "psutil.__file__)) + ':' + os.path.dirname(os.path.dirname(rich.__file__)))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    env["PYTHONPATH"] += os.pathsep + site  # -S: only these, not the checkout's editable install
+    import importlib.util
+
+    site = tmp_path / "site"  # -S, and only these packages: not site-packages, where pip may have put the extras
+    site.mkdir()
+    for name in ("psutil", "rich", "pygments", "markdown_it", "mdurl", "typing_extensions"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            found = Path(spec.origin)
+            found = found.parent if found.name == "__init__.py" else found
+            (site / found.name).symlink_to(found)
+    env["PYTHONPATH"] += os.pathsep + str(site)
     empty = tmp_path / "empty"
     empty.mkdir()
     done = cli("--metric", "loss", "--no-live")
