@@ -349,18 +349,23 @@ def test_a_deleted_study_with_the_journal_kept_is_refused(sweep):
     assert sorted(r["trial"] for r in records) == [0, 1] and (sweep.dir / "outputs" / "journal.jsonl~1").exists()
 
 
+def searched(sweep, n: int) -> tuple[tuple[str, ...], Path, list[bytes]]:
+    """A finished random search of n trials: its arguments, its study.log and the study's lines."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
+    args = ("--command", cmd, "--search", "random", "--n-trials", str(n), "--metric", "loss", "--no-live",
+            "x=interval(0, 1)")
+    assert sweep.run(*args, trainer=False).returncode == 0
+    study = sweep.dir / "outputs" / "study.log"
+    return args, study, study.read_bytes().splitlines(keepends=True)
+
+
 @pytest.mark.parametrize("damage", ["emptied", "half_cut"])
 def test_an_emptied_or_cut_study_beside_a_journal_of_trials_is_refused(sweep, damage):
     """study.log emptied, or cut to its first trials, beside a journal of 4 trials: refused like a missing one
     (before: a fresh study asked the earlier trials' values again under the same seed, and the rewritten
     results file dropped the earlier trials' records); nothing is written, no result is lost."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    args = ("--command", cmd, "--search", "random", "--n-trials", "4", "--metric", "loss", "--no-live",
-            "x=interval(0, 1)")
-    assert sweep.run(*args, trainer=False).returncode == 0
-    study = sweep.dir / "outputs" / "study.log"
-    lines = study.read_bytes().splitlines(keepends=True)
+    args, study, lines = searched(sweep, 4)
     if damage == "emptied":
         study.write_bytes(b"")
     else:  # the study as it was after its second trial was asked
@@ -377,13 +382,7 @@ def test_an_emptied_or_cut_study_beside_a_journal_of_trials_is_refused(sweep, da
 def test_a_damaged_line_in_the_study_is_one_line_not_a_traceback(sweep, garbage):
     """A garbage line, or a JSON line that is no Optuna operation, in study.log: one line naming the file and
     --rerun, exit 2 (before: JSONDecodeError or 'AssertionError: Should not reach.')."""
-    sweep.gpus.set(count=1)
-    cmd = script(sweep, "q.py", SLOW_QUADRATIC)
-    args = ("--command", cmd, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
-            "x=interval(0, 1)")
-    assert sweep.run(*args, trainer=False).returncode == 0
-    study = sweep.dir / "outputs" / "study.log"
-    lines = study.read_bytes().splitlines(keepends=True)
+    args, study, lines = searched(sweep, 2)
     study.write_bytes(b"".join(lines[:3]) + garbage + b"".join(lines[3:]))
     p = sweep.run(*args, "--n-trials", "3", trainer=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
