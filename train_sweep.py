@@ -26,7 +26,7 @@ Map of this file (sections in the order data flows; each uses only what comes be
     3. Config                   the config file's two forms (SPEC_FIELDS), grids, Hydra overrides, --set
     4. Runs and names           readable names, labels, templates, argument styles, Run, run folders
     5. GPU probe                NVML readings through pynvml, in one place
-    6. Placement                pick_gpus, settling, declared memory, AutoPacker (auto), GpuPool; classify,
+    6. Placement                pick_gpus, settling, declared memory, GpuPool (auto: extras' packing); classify,
                                 requeue_reason, broken_setup
     7. Sources and launchers    the RunSource, Launcher and Placement protocols; ListSource; the guardian,
                                 cgroups, LogFollower, LocalLauncher
@@ -102,6 +102,7 @@ FOLLOW_S = 0.2  # how often running runs' new output is read (combined.log, metr
 OOM_WAIT_S = 600.0  # longest wait of a run that ran out of memory for a GPU with more free memory
 NVML_FAILS, NVML_FAIL_S = 3, 2.0  # a GPU is taken out after its NVML calls failed this often, this long
 MAX_OOM_REQUEUES = 3  # default bound on out-of-memory requeues of one run (--max-oom-requeues)
+SUMMARY_TOP = 10  # the best complete runs the summary always shows
 FAIL_FAST_RUNS, FAIL_FAST_S = 3, 10.0  # the first 3 runs failing within 10 s with the same last line: stop launching
 SLURM_DIR = ".slurm"  # in the output folder: submitit's files of each Slurm job (its pickles, sbatch script, logs)
 JOURNAL = "journal.jsonl"  # in the output folder: one line per finished attempt, appended and fsynced
@@ -159,8 +160,10 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
     "space": ("space", "search"),  # a search's space: the config's "search", Hydra's interval()/tag(log, ...)
     "search space": ("space:parse_search", "search"),
     "source search": ("search:SearchSetup", "search"),  # --search, --pruner: an Optuna study as the run source
+    "search choices": ("search:describe_choices", "search"),  # --dry-run: the sampler's and pruner's settings
     "sweep file": ("sweepfiles:read_sweep_file", "search"),  # --sweep-file: W&B and Protein sweep files
     "backend slurm": ("slurm:SlurmBackend", "slurm"),  # --backend slurm: jobs through submitit
+    "packing": ("packing", ""),  # --max-processes-per-gpu auto: footprints per configuration, remembered
     "mps": ("mps:MpsDaemon", ""),  # --mps: NVIDIA's MPS daemon for the local runs
     "metrics tensorboard": ("tensorboard:TensorBoardFollower", "tensorboard"),  # metrics from event files
     "best-k": ("bestk:open_best_k", ""),  # --top-k: checkpoints kept in the K best runs only
@@ -169,7 +172,8 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
 }
 COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
 NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block", "source search": "--search or --pruner",
-             "sweep file": "--sweep-file", "backend slurm": "--backend slurm", "mps": "--mps",
+             "search choices": "--pruner",
+             "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto", "backend slurm": "--backend slurm", "mps": "--mps",
              "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
              "commands": "report, list, status, watch, cleanup and flags"}  # how the messages name what needs an extra
 
@@ -371,8 +375,11 @@ class Settings:
         "the CPU if none)", nargs="+", metavar="ID")
     max_processes_per_gpu: int | str | None = flag(
         None, "place", "runs of this sweep at once on one GPU; auto: the sweep decides, from each run's GPU memory "
-        "(learned from NVML), the GPUs' utilization and the CPU cores (default: the config's "
-        "'max_processes_per_gpu', else 1)", type=_per_gpu, metavar="N|auto")
+        "(learned from NVML, per configuration, remembered across sweeps), the GPUs' utilization and the CPU "
+        "cores (default: the config's 'max_processes_per_gpu', else 1)", type=_per_gpu, metavar="N|auto")
+    no_footprint_cache: bool = flag(
+        False, "place", "auto: neither use nor keep the footprints remembered across sweeps (in "
+        "$XDG_CACHE_HOME/train_sweep/footprints.jsonl, else ~/.cache/train_sweep/)")
     memory_threshold_gb: float = flag(
         40.0, "place", "a GPU whose used memory (anyone's) is at or above this takes no new run (not used by auto)",
         type=_positive_float, metavar="GB")
@@ -1537,7 +1544,7 @@ class Policy:
     max_per_gpu: int = 1
     memory_threshold_mb: float | None = 40.0 * 1024
     max_parallel: int | None = None  # cap on runs at once over all GPUs
-    auto: bool = False  # --max-processes-per-gpu auto: AutoPacker decides how many runs each GPU takes
+    auto: bool = False  # --max-processes-per-gpu auto: the extras' Packer decides how many runs a GPU takes
     cpu_cores: int = 1  # ... bounded by the CPU cores the sweep may use
     mps: bool = False  # --mps: the runs are clients of the sweep's MPS daemon (said here; MpsDaemon runs it)
     settle_timeout_s: float = SETTLE_TIMEOUT_S
@@ -1548,11 +1555,7 @@ class Policy:
         """The placement in one line, for --dry-run and sweep.log."""
         where = "the CPU" if list(gpus) == [CPU] else "GPU " + " ".join(str(g) for g in gpus)
         if self.auto:
-            bound = f"{self.max_parallel} in all (--max-parallel)" if self.max_parallel else \
-                f"{self.cpu_cores} in all (the CPU cores)"
-            text = (f"auto on {where}: one run a GPU until a run's memory footprint is known, then as many as free "
-                    f"memory takes (footprint x{AUTO_MARGIN:g}, at least +{AUTO_MARGIN_MB / 1024:g} GB), at most "
-                    f"{bound}, none more on a GPU {AUTO_UTIL_FULL:g}% busy")
+            text = extra("packing").describe(self, where)
         else:
             text = f"up to {self.max_per_gpu} run(s) at once on {where}"
             text += f", at most {self.max_parallel} in all" if self.max_parallel else ""
@@ -1687,159 +1690,7 @@ class MemoryPledges:
         return max(0.0, sum(p[2] for p in live) - growth)
 
 
-AUTO_MARGIN, AUTO_MARGIN_MB = 1.15, 512.0  # a run's predicted need: the footprint x 1.15, and at least + 512 MB
-AUTO_MARGIN_MAX = 3.0  # each out-of-memory end raises the margin x1.5, to this at most
-AUTO_STABLE_S = 2.0  # a run's memory is its footprint once it has not grown for this long
-AUTO_QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
-AUTO_WINDOW_S = 5.0  # a GPU's utilization is judged over this window
-AUTO_UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
-AUTO_MAX_PER_GPU = 64
-
-
-@dataclasses.dataclass
-class _Footprint:
-    peak_mb: float = 0.0  # the most memory seen for the run
-    grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
-    how: str = ""  # per-process memory, or the GPU's growth
-    computed_at: float | None = None  # its GPU last seen computing (util > 0, or unknown), AUTO_QUIET_S after it grew
-
-
-class AutoPacker:
-    """--max-processes-per-gpu auto: how many runs each GPU takes, from what NVML shows.
-
-    Memory: a run's footprint is its process group's memory or, where NVML hides processes (containers), its share
-    of the GPU's growth; it is learned once the run's memory held still for AUTO_STABLE_S while its GPU computed
-    (utilization > 0 at least AUTO_QUIET_S after it grew: not a CUDA context's blip), or the run ended; the sweep's
-    is the largest (the MPS server's memory is no run's). A new run needs footprint x AUTO_MARGIN (at least +
-    AUTO_MARGIN_MB) or its gpu_memory_gb; until a footprint is known a GPU takes one run, then runs start at once
-    wherever free memory, less what just-started runs have not allocated (MemoryPledges), covers the need.
-    Throughput: a training process keeps a CPU core busy (an H100 with 16 cores: 1 to 16 small runs at once raise
-    runs a minute 5.7x, the CPUs 90% busy at 16; bench/README.md), so at most one run a CPU core (or --max-parallel)
-    runs; a GPU AUTO_UTIL_FULL busy (mean over AUTO_WINDOW_S) keeps the runs that did it as its limit.
-    Out of memory: the footprint is raised to what the run reached and the margin grows x1.5."""
-
-    def __init__(self, gpus: Sequence[int], cpu_cores: int, group_of: Callable[[int], int | None] | None = None,
-                 is_service: Callable[[int], bool] | None = None):
-        self.cores = max(1, cpu_cores)
-        self.per_gpu_cap = max(1, min(AUTO_MAX_PER_GPU, self.cores // max(1, len(gpus))))
-        self.footprint_mb: float | None = None
-        self.margin = AUTO_MARGIN
-        self.runs: dict[Run, _Footprint] = {}
-        self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
-        self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
-        self.why: dict[int, str] = {}  # each GPU's latest reason to take no more runs (said when it changes)
-        self.full: dict[int, int] = {}  # GPUs seen saturated, with the runs that did it: their limit from then on
-        self.notes: list[str] = []
-        self.group_of = group_of or _process_group
-        self.is_service = functools.lru_cache(maxsize=4096)(is_service or _is_mps_server)
-        self.now = 0.0  # the latest reading's time: older samples than the window do not count
-
-    # -- what NVML shows ------------------------------------------------------------------------
-    def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]]) -> None:
-        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still."""
-        self.now = now
-        for g, r in readings.items():
-            runs = on_gpu.get(g, ())
-            if r.utilization is not None:
-                self._window(self.util.setdefault(g, deque()), now, r.utilization)
-            groups: dict[int | None, float] = {}
-            used = r.memory_used_mb  # less what the MPS server holds: no run's
-            for pid, mb in r.pid_mb.items():
-                if mb is not None and self.is_service(pid):
-                    used -= mb
-                elif mb is not None:
-                    group = self.group_of(pid)
-                    groups[group] = groups.get(group, 0.0) + mb
-            if not runs:
-                self.baseline[g] = used
-                continue
-            unattributed = [run for run in runs if not groups.get(run.pgid)]
-            growth = max(0.0, used - self.baseline.get(g, used))
-            shared = (growth - sum(groups.get(run.pgid, 0.0) for run in runs)) / len(unattributed) if unattributed \
-                else 0.0
-            for run in runs:
-                mine = groups.get(run.pgid)
-                self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
-                           r.utilization != 0)
-        self._learn(now)
-
-    @staticmethod
-    def _window(samples: Any, now: float, value: float) -> None:
-        samples.append((now, value))
-        while samples and samples[0][0] < now - AUTO_WINDOW_S:
-            samples.popleft()
-
-    def _seen(self, run: Run, now: float, mb: float, how: str, computing: bool) -> None:
-        f = self.runs.setdefault(run, _Footprint(grew_at=now))
-        if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
-            f.grew_at = now
-        if mb > f.peak_mb:
-            f.peak_mb, f.how = mb, how
-        if computing and now - f.grew_at >= AUTO_QUIET_S:
-            f.computed_at = now
-
-    def _learn(self, now: float, run: Run | None = None) -> None:
-        """The footprint: the largest peak of a run whose memory has held still (or that ended)."""
-        settled = [(f.peak_mb, r) for r, f in self.runs.items() if f.peak_mb >= 64.0 and (r is run or (
-            now - f.grew_at >= AUTO_STABLE_S and f.computed_at is not None and f.computed_at > f.grew_at))]
-        if not settled:
-            return
-        mb, who = max(settled, key=lambda x: x[0])
-        if self.footprint_mb is None or mb > self.footprint_mb * 1.1:
-            first = self.footprint_mb is None
-            self.footprint_mb = mb
-            self.notes.append(f"{'footprint':<11} {fmt_bytes(mb * MB)} a run ({who.name}, from {self.runs[who].how})"
-                              + ("; runs now start at once where a GPU has " if first else "; a GPU now needs ")
-                              + f"{fmt_bytes(self.need_mb() * MB)} free for the next")
-        elif mb > self.footprint_mb:
-            self.footprint_mb = mb
-
-    def ended(self, run: Run, now: float, oom: bool) -> None:
-        """A run ended: its peak counts as learned; after running out of memory, more margin."""
-        if run in self.runs:
-            self._learn(now, run)
-            del self.runs[run]
-        if oom:  # more room for the next runs, up to a ceiling (a need past any GPU then runs alone: GpuPool._alone)
-            self.margin = min(self.margin * 1.5, AUTO_MARGIN_MAX)
-            self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory: a run now needs "
-                              f"{fmt_bytes(self.need_mb() * MB) if self.footprint_mb else 'a GPU of its own'} "
-                              f"(footprint x{self.margin:.2f}), so that packing is not tried again")
-
-    # -- decisions -------------------------------------------------------------------------------
-    def need_mb(self) -> float | None:
-        """The free memory a new run needs (None: no footprint known yet)."""
-        fp = self.footprint_mb
-        return None if fp is None else max(fp * self.margin, fp + AUTO_MARGIN_MB)
-
-    def limit(self, g: int, running: int, total: int) -> tuple[int, str | None]:
-        """How many runs GPU g may hold now, and why not more (None: only memory decides)."""
-        if self.footprint_mb is None:
-            return 1, "learning the memory footprint of a first run"
-        if total >= self.cores:
-            return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
-        util = self._mean(self.util.get(g))
-        if util is not None and util >= AUTO_UTIL_FULL and g not in self.full:
-            self.full[g] = max(1, running)  # from now on: what saturated it (a run that ends is replaced)
-        if g in self.full:
-            return self.full[g], (f"{self.full[g]} run(s) made it {AUTO_UTIL_FULL:g}% busy or more: adding more "
-                                  "no longer raises throughput")
-        return self.per_gpu_cap, (None if running < self.per_gpu_cap else
-                                  f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
-
-    def _mean(self, samples: Any) -> float | None:
-        recent = [v for t, v in samples or () if t >= self.now - AUTO_WINDOW_S]
-        return sum(recent) / len(recent) if recent else None
-
-    def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
-        """Why GPU g takes no more runs, in sweep.log when it changes."""
-        if why == self.why.get(g):
-            return
-        self.why[g] = why
-        if why is None:
-            return
-        used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
-        fp = f", footprint {fmt_bytes(self.footprint_mb * MB)}" if self.footprint_mb else ""
-        self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}{fp}; no more: {why}")
+AUTO_MAX_PER_GPU = 64  # --max-processes-per-gpu auto: train_sweep_extras/packing.py decides below this
 
 
 def _process_group(pid: int) -> int | None:
@@ -1867,7 +1718,9 @@ class GpuPool:
     `release`. NVML is read at most once a tick of the loop (`read(now)`); the live view shows that reading."""
 
     def __init__(self, gpus: Sequence[int], policy: Policy, probe: NvmlProbe | None,
-                 group_of: Callable[[int], int | None] | None = None) -> None:
+                 group_of: Callable[[int], int | None] | None = None,
+                 footprint_cache: dict[str, Any] | None = None) -> None:
+        """`footprint_cache` (auto): the command, cwd and GPU model under which footprints are remembered."""
         self.gpus, self.policy, self.probe = list(gpus), policy, probe
         self.running: dict[int, int] = {g: 0 for g in self.gpus}
         self.settle, self.pledges = SettleTracker(policy), MemoryPledges(policy.settle_timeout_s)
@@ -1875,8 +1728,8 @@ class GpuPool:
         self._read_at: float | None = None
         self.notes: list[str] = []  # GPUs taken out (and auto's decisions) since the loop last looked
         self.on_gpu: dict[int, list[Run]] = {g: [] for g in self.gpus}
-        self.auto = AutoPacker(self.gpus, policy.max_parallel or policy.cpu_cores, group_of) \
-            if policy.auto and probe is not None else None
+        self.auto = extra("packing").open_packer(self, policy.max_parallel or policy.cpu_cores, group_of,
+                                                 footprint_cache) if policy.auto and probe is not None else None
 
     @property
     def reads_memory(self) -> bool: return self.probe is not None and self.policy.memory_threshold_mb is not None
@@ -1898,12 +1751,12 @@ class GpuPool:
         if self.policy.max_parallel is not None and total >= self.policy.max_parallel:
             return False
         if self.auto is not None:  # place() says why a GPU takes no more (and the loop polls NVML meanwhile)
-            return total < self.auto.cores and any(n < self.auto.per_gpu_cap for n in self.running.values())
+            return self.auto.slot_free()
         return any(n < self.policy.max_per_gpu for n in self.running.values())
 
     def read_due(self, now: float) -> float | None:
         """auto: NVML is read at least every second while runs run (footprints, utilization, CPU load)."""
-        return None if self.auto is None or not self.busy() else (self._read_at or now) + 1.0
+        return None if self.auto is None or not self.busy() else (self._read_at or now) + self.auto.read_every()
 
     def busy(self) -> bool: return any(self.running.values())
 
@@ -1951,51 +1804,15 @@ class GpuPool:
         if self.auto is None:
             return pick_gpus(self.gpus, self.running, readings, lambda gpu: self.settle.settling(gpu, now),
                              self.policy, run.gpus_needed, min_free_mb, run.memory_mb, pending)
-        total = sum(self.running.values())
-        limits, whys = {}, []
-        for g in self.gpus:
-            limits[g], why = self.auto.limit(g, self.running[g], total)
-            if self.running[g] >= limits[g] and why:
-                self.auto.say(g, why, self.running[g], self.readings.get(g))
-                whys.append(f"GPU {g}: {why}")
-            elif self.running[g] < limits[g] and (self.auto.why.get(g) or "").startswith(("learning", "at most")):
-                self.auto.say(g, None, self.running[g], None)  # room again: a later limit is said anew
-        need = run.memory_mb or self.auto.need_mb()
-        gpus, why = pick_gpus(self.gpus, self.running, readings, lambda gpu: False, self.policy, run.gpus_needed,
-                              min_free_mb, need, pending, limits)
-        if gpus is None and need is not None and readings and run.gpus_needed == 1:
-            gpus, why = self._alone(run, need, readings) or (gpus, why)
-        if gpus is None and whys and "maximum number of runs" in why:
-            why = "; ".join(whys)
-        elif gpus is None and need is not None:
-            for g in self.gpus:  # memory decides: said once a GPU is full
-                if self.running[g] < limits[g] and self.running[g]:
-                    self.auto.say(g, f"no room for another {fmt_bytes(need * MB)}", self.running[g],
-                                  self.readings.get(g))
+        gpus, why = self.auto.place(run, now, min_free_mb, readings, pending)
         self.notes += self.auto.notes
         self.auto.notes.clear()
         return gpus, why
 
-    def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int], str] | None:
-        """Never wait for what cannot come: a need larger than any GPU offers (its total less others' use) starts
-        alone on the idle GPU that offers most; a smaller one waits for our runs on a GPU to end."""
-        def offer(g: int) -> float:  # a GPU without this tick's reading offers nothing now
-            r = readings.get(g)
-            if r is None:
-                return 0.0
-            return r.memory_total_mb - (r.memory_used_mb if self.running[g] == 0 else self.auto.baseline.get(g, 0.0))
-
-        idle = [g for g in self.gpus if self.running[g] == 0 and g in readings]
-        if not idle or need <= max(offer(g) for g in self.gpus):
-            return None
-        g = max(idle, key=lambda g: (offer(g), -g))
-        why = (f"it needs {fmt_bytes(need * MB)} free, more than any GPU offers: it runs alone on GPU {g} "
-               f"({fmt_bytes(offer(g) * MB)} free)")
-        self.notes.append(f"{'packing':<11} {run.name}: {why}")
-        return (g,), why
-
     def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
-        need = run.memory_mb or (self.auto.need_mb() if self.auto is not None else None)
+        need = self.auto.need_mb(run) if self.auto is not None else run.memory_mb
+        if self.auto is not None:
+            self.auto.launched(run)
         for g in gpus:
             self.running[g] += 1
             self.on_gpu.setdefault(g, []).append(run)
@@ -2022,14 +1839,10 @@ class GpuPool:
             self.auto.notes.clear()
 
     def packing(self) -> str | None:
-        """auto's line for the live view: the footprint, the need, and why GPUs take no more runs."""
-        if self.auto is None:
-            return None
-        if self.auto.footprint_mb is None:
-            return "auto: learning a run's memory footprint (one run a GPU until then)"
-        whys = [f"GPU {g} full ({why})" for g, why in self.auto.why.items() if why]
-        return (f"auto: footprint {fmt_bytes(self.auto.footprint_mb * MB)}, a run needs "
-                f"{fmt_bytes((self.auto.need_mb() or 0) * MB)} free" + (f"; {'; '.join(whys)}" if whys else ""))
+        """auto's line for the live view: the footprints, and why GPUs take no more runs."""
+        return None if self.auto is None else self.auto.line()
+
+    def summary(self) -> list[str]: return [] if self.auto is None else self.auto.summary()
 
 
 # What a launcher knows about why an attempt ended, beyond its return code.
@@ -2231,6 +2044,9 @@ class Placement(Protocol):
     def packing(self) -> str | None:
         """A line on how runs are packed (auto), or None."""
 
+    def summary(self) -> list[str]:
+        """Lines for the sweep's summary (a tip on packing), or none."""
+
 
 class ListSource:
     """The runs of the config list, in order: the first RunSource."""
@@ -2268,12 +2084,19 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     groups: dict[int, str] = {}
+    screen = ""  # "t TTY": the live view holds that terminal's alternate screen ("t -": it gave it back)
     for line in sys.stdin:
         op, pgid, *start = line.split()
         if op == "+":
             groups[int(pgid)] = start[0] if start else ""
         elif op == "-":
             groups.pop(int(pgid), None)
+        elif op == "t":
+            screen = "" if pgid == "-" else pgid
+    if screen:  # train_sweep died with the live view up: the terminal back to its normal screen, its cursor shown
+        with suppress(OSError), open(screen, "w") as tty:
+            tty.write(f"\x1b[?25h\x1b[?1049l\ntrain_sweep was killed with its live view up; its guardian ends its "
+                      f"{len(groups)} running run(s). Run the same command again to resume.\n")
     root = Path(cgroups) if cgroups else None
     if groups:
         import psutil
@@ -2335,6 +2158,7 @@ class Guardian:
 
     def add(self, pgid: int) -> None: self._send(f"+ {pgid} {proc_stat(pgid, 19) or ''}")
     def remove(self, pgid: int) -> None: self._send(f"- {pgid}")
+    def screen(self, tty: str | None) -> None: self._send(f"t {tty or '-'}")  # the live view holds tty (None: no)
 
     def close(self) -> None:
         """EOF on its stdin: the guardian exits (after ending any group still registered). Returns at once."""
@@ -2604,6 +2428,7 @@ class LocalLauncher:
         self.extra_env, self.device_ids = dict(extra_env or {}), dict(device_ids or {})
         self._base_env: dict[str, str] | None = None
         self.guardian, self.kill_grace = guardian, kill_grace
+        self.screen = guardian.screen if guardian is not None else None  # the live view tells it (see Reporter)
         self.subreaper = become_subreaper()
         self.cgroups = cgroups if cgroups is not None else RunCgroups(sweep_id)
         self.procs: set[Proc] = set()
@@ -2968,12 +2793,32 @@ def append_series(run: Run, points: Sequence[tuple[int | None, Mapping[str, floa
             os.close(fd)
 
 
+_PRINTED = re.compile(rf"(?<![\w.])['\"]?([A-Za-z][\w./-]*)['\"]?\s*[=:]\s*({NUMBER})(?![\w.])")
+_NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time", "seed"}
+
+
+def printed_metrics(run: Run) -> list[str]:
+    """The metric names a run reported (its metrics.json keys, stdout lines like NAME=0.41, most frequent first):
+    what --metric could have been."""
+    names: Counter[str] = Counter(k for k, v in (read_metrics(run) or {}).items() if isinstance(v, (int, float)))
+    names.update(m.group(1) for m in _PRINTED.finditer(tail_lines(run.stdout_log, 200, 64 * 1024)))
+    return [n for n, _ in names.most_common() if n.lower() not in _NOT_METRICS][:6]
+
+
 def metric_missing(run: Run, metric: str, regex: str | None) -> str:
-    """Why a complete run has no value of the ranking metric, in words a user can act on."""
+    """Why a complete run has no value of the ranking metric, in words a user can act on: what it did report."""
     where = [name for name in ("metrics.json", "metrics.jsonl") if (run.run_dir / name).exists()]
     found = f"{' and '.join(where)} without {metric!r}" if where else "no metrics.json or metrics.jsonl"
     printed = "no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"
-    return f"{found}; {printed}"
+    seen = printed_metrics(run)
+    return f"{found}; {printed}" + (f"; it reported {', '.join(seen)}" if seen else "")
+
+
+def metric_hint(metric: str, seen: Sequence[str]) -> str:
+    """`--metric val_loss`: the reported name most like the one asked for (or the first reported)."""
+    import difflib
+    close = difflib.get_close_matches(metric, seen, n=1, cutoff=0.5) if metric else []
+    return f"--metric {(close or list(seen))[0]}" if seen else ""
 
 
 def plain_metric(value: Any) -> Any:
@@ -3337,6 +3182,13 @@ class RunView(NamedTuple):
     where: str = ""  # on a cluster: its job and node
 
 
+def shown_path(path: Path) -> str:
+    """A path as a person reads it: relative to the working folder when it is inside it."""
+    with suppress(ValueError, OSError):
+        return str(path.absolute().relative_to(Path.cwd()))
+    return str(path)
+
+
 def run_where(run: Run) -> str:
     """Where a run runs: its GPUs, or a cluster's job and node."""
     return run.location or where(run.gpus)
@@ -3348,6 +3200,7 @@ class Reporter:
     terminal that went away only silences it: the sweep goes on."""
 
     refresh_s: float | None = None  # the live view asks the loop to wake this often
+    on_screen: Callable[[str | None], None] | None = None  # told the terminal a live view holds (a launcher's guardian)
 
     def __init__(self, ranking: Ranking = Ranking(), stream: Any = None, log_path: Path | None = None) -> None:
         self.ranking = ranking
@@ -3416,7 +3269,7 @@ class Reporter:
         details = []
         if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
             last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
-            details.append(f"see {run.stderr_log}: {one_line(last)}")
+            details.append(f"see {shown_path(run.stderr_log)}: {one_line(last)}")
         if requeue:
             details.append(requeue)
         self.event("  ".join(parts), details)
@@ -3431,7 +3284,7 @@ class Reporter:
             self.event(f"resume: {skipped} run(s) already complete (or pruned) with the same hyperparameters and "
                        f"command are skipped (--rerun runs them again); {to_run} to run")
 
-    SUMMARY_ROWS = 50
+    SUMMARY_ROWS = 50  # more runs than this: the table holds the SUMMARY_TOP best and those that did not complete
 
     def summary(self, done: Sequence[Run], pending: Sequence[Run], progress: Progress, results: ResultsWriter,
                 extra: Sequence[str] = ()) -> None:
@@ -3443,7 +3296,10 @@ class Reporter:
                 return (v is None, 0.0 if v is None else (v if self.mode == "min" else -v), r.index)
             runs.sort(key=rank)
         rows_max = self.SUMMARY_ROWS
-        shown = (runs if len(runs) <= rows_max else [r for r in runs if r.state != State.COMPLETE])[:rows_max]
+        shown = runs
+        if len(runs) > rows_max:  # the top complete runs (by the metric), then those that did not complete
+            top = [r for r in runs if r.state == State.COMPLETE][:SUMMARY_TOP]
+            shown = (top + [r for r in runs if r.state != State.COMPLETE])[:rows_max]
         header = ["#", "run", "state", "where", "duration", "rc"] + ([self.metric] if self.metric else [])
         rows = []
         for r in shown:
@@ -3457,6 +3313,9 @@ class Reporter:
             counts["not started"] = len(pending)
         text = ", ".join(f"{n} {s}" for s, n in counts.items())
         lines = [f"{len(runs) + len(pending)} run(s): {text}. Results: {results.output_file}"]
+        if len(shown) < len(runs):
+            lines.append(f"The table shows {len(shown)} of them: the {SUMMARY_TOP} best complete ones and those that "
+                         f"did not complete (train_sweep.py report lists all)")
         if progress.stopping:
             lines.append(f"Interrupted: every run's record is in {results.partial_file}")
             left = len(pending) + sum(r.state not in (State.COMPLETE, State.PRUNED) for r in runs)
@@ -3470,6 +3329,11 @@ class Reporter:
         if missing:
             lines.append(f"{len(missing)} complete run(s) reported no {self.metric}: {missing[0].metric_note} "
                          f"(e.g. {missing[0].name}; see README: Metrics)")
+        complete = [r for r in runs if r.state == State.COMPLETE]
+        if not self.metric and complete and (seen := list(dict.fromkeys(
+                n for r in complete[:3] for n in printed_metrics(r)))):
+            lines.append(f"No metric ranks the runs: they reported {', '.join(seen)}; rank them with "
+                         f"{metric_hint('loss', seen)} (or any of these)")
         lines += extra
         self.print_summary(header, rows, [r.state for r in shown], lines)
 
@@ -3506,12 +3370,15 @@ class LiveReporter(Reporter):
         super().finished(run, progress, requeue)
         if run.state in (State.FAILED, State.TIMEOUT, State.OOM):
             last = run.error or (tail_lines(run.stderr_log, 1).strip() or "(stderr is empty)")
-            self.last_failure = f"last failure: {run.label or run.name} ({run.state.value}): {one_line(last, 300)}"
+            rc = f", rc {run.returncode}" if run.returncode is not None else ""
+            self.last_failure = (f"last failure: {run.label or run.name} ({run.state.value}{rc}): {one_line(last, 300)}"
+                                 f" (see {shown_path(run.stderr_log)})")
 
     def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
         if self._live is None:  # before the loop starts and after it ends: plain lines
             super().show(stamp, text, details)
-        else:
+        else:  # the counts and the ETA are on the progress line: not repeated on each event
+            text = re.sub(r"  \[complete \d+[^\]]*\](  ETA \S+)?", "", text)
             self.events.extend([f"{stamp} {text}", *(f"         {line}" for line in details)])
 
     def _draw(self, progress: Progress) -> None:
@@ -3531,6 +3398,9 @@ class LiveReporter(Reporter):
             self._live.start()
         except (OSError, ValueError):
             self.silent = True
+        if self.on_screen is not None and not self.silent:  # someone to give the terminal back after a kill -9
+            with suppress(OSError, ValueError, AttributeError):
+                self.on_screen(os.ttyname(self.stream.fileno()))
         self.tick(progress)
 
     def tick(self, progress: Progress) -> None:
@@ -3552,6 +3422,8 @@ class LiveReporter(Reporter):
                 self.silent = True
             finally:
                 self._live = None
+                if self.on_screen is not None:
+                    self.on_screen(None)
 
     EVENTS_AT_END = 8  # events in the last frame printed at the end
 
@@ -3566,13 +3438,22 @@ class LiveReporter(Reporter):
                   State.INTERRUPTED: "yellow", State.PRUNED: "magenta"}
         console = Console(file=self.stream, soft_wrap=True)
         try:
-            if rows:
+            if rows:  # one line a run: the columns that fit (where, rc, duration go first), the names cut
+                keep = list(range(len(header)))
+                widths = [max(len(c) for c in col) + 3 for col in zip(header, *rows)]
+                for optional in ("where", "rc", "duration"):
+                    if sum(widths[i] for i in keep) + 1 > console.width and optional in header:
+                        keep.remove(header.index(optional))
+                name_w = max(8, console.width - 1 - sum(widths[i] for i in keep if header[i] != "run") - 3)
                 table = Table(title="train_sweep summary", title_justify="left")
-                for col in header:
-                    table.add_column(col, overflow="fold", justify="right" if col == self.metric else "left")
+                for i in keep:
+                    table.add_column(header[i], no_wrap=True, justify="right" if header[i] == self.metric else "left")
                 for row, state in zip(rows, states):
-                    table.add_row(*row[:2], Text(row[2], style=colors.get(state, "")), *row[3:])
-                console.print(table)
+                    cells = [Text(row[i], style=colors.get(state, "")) if i == 2 else
+                             (row[i] if len(row[i]) <= name_w or header[i] != "run" else row[i][: name_w - 1] + "…")
+                             for i in keep]  # only the names are cut
+                    table.add_row(*cells)
+                console.print(table, soft_wrap=False)  # fitted to the width (the lines below may wrap)
             for line in lines:
                 console.print(line, highlight=False, markup=False)
         except (OSError, ValueError):
@@ -3592,7 +3473,7 @@ class LiveReporter(Reporter):
             rows = [self._gpu_line(g, progress, width, now) for g in progress.gpus]
         c = progress.counts
         finished = progress.total - c["running"] - c.get("queued", 0) - c["pending"]
-        bar = 40 if width >= 120 else 20 if width >= 90 else 10 if width >= 60 else 0
+        bar = 40 if width >= 120 else 20 if width >= 90 else 10 if width >= 50 else 0
         filled = round(bar * finished / progress.total) if progress.total else bar
         progress_line = Text("█" * filled, style="cyan") + Text("░" * (bar - filled), style="dim") + Text(
             f"{' ' if bar else ''}{finished}/{progress.total}  {progress.bracket()[1:-1].replace(' |', ' ')}  "
@@ -3616,15 +3497,33 @@ class LiveReporter(Reporter):
             more = f"{len(rows) - keep} more run(s)" if progress.cluster else \
                 f"{len(hidden)} more GPU(s), {busy} run(s) on them"
             rows = rows[:keep] + [Text(f"… {more} (a taller terminal shows them)", style="dim")]
+        fixed = [part for line in fixed for part in self._fold(line, width, 4)]  # the failure's reason and log
         room = room_for_events if room_for_events is not None else height - 2 - len(rows) - len(fixed)
-        events = list(self.events)[-room:] if room > 0 else []
-        lines = [Text("train_sweep", style="bold"), *rows, *fixed, *(Text(e, style="dim") for e in events)]
+        events: list[Any] = []  # the latest that fit, each wrapped (a failure's log path and reason are kept)
+        for e in reversed(self.events):
+            folded = self._fold(Text(e, style="dim"), width)
+            if len(events) + len(folded) > max(0, room):
+                break
+            events[:0] = folded
+        lines = [Text("train_sweep", style="bold"), *rows, *fixed, *events]
         for line in lines:
             line.no_wrap = True
             line.truncate(width, overflow="ellipsis")
         return Group(*lines)
 
-    def _run_note(self, x: RunView, now: float) -> str:
+    @staticmethod
+    def _fold(line: Any, width: int, most: int = 3) -> list[Any]:
+        """A long line as up to `most` lines of the width (indented), the last one cut."""
+        if line.cell_len <= width:
+            return [line]
+        parts, rest = [], line
+        while rest.cell_len > width and len(parts) < most - 1:
+            head, rest = rest[:width], rest[width:]
+            parts.append(head)
+            rest = type(line)("    ") + rest
+        return parts + [rest]
+
+    def _run_note(self, x: RunView, now: float) -> str:  # (x_metric_only() keeps the metric of it when narrow)
         """` (3m12s, val_loss 0.41 @1200)`: how long a run has run, its latest metric."""
         return (f" ({fmt_duration(now - (x.start_time or now))}"
                 + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "")
@@ -3650,14 +3549,27 @@ class LiveReporter(Reporter):
         elif g != CPU:
             line += Text("(no reading)  ", style="dim")
         mine = [x for x in progress.running if (x.gpus[0] if x.gpus else CPU) == g]
-        runs = [f"{x.name}{self._run_note(x, now)}" for x in mine]
-        runs += [f"{x.name} (also GPU {x.gpus[0]})" for x in progress.running if g in x.gpus[1:]]
-        if runs:
-            line += Text(", ".join(runs))
+        runs = [(x.name, self._run_note(x, now)) for x in mine]
+        runs += [(x.name, f" (also GPU {x.gpus[0]})") for x in progress.running if g in x.gpus[1:]]
+        if runs:  # each run its share of the width: its name is cut before its metric is
+            share = max(8, (width - line.cell_len) // len(runs) - 2)
+            texts = []
+            for name, note in runs:
+                if len(name) + len(note) > share and x_metric_only(note) != note:
+                    note = x_metric_only(note)
+                keep = max(4, share - len(note))
+                texts.append((name if len(name) <= keep else name[: keep - 1] + "…") + note)
+            line += Text(", ".join(texts))
         else:  # nothing of this sweep's: idle, unless someone else's processes fill it
             others = r is not None and (r.processes or (threshold is not None and r.memory_used_mb >= threshold))
             line += Text("in use by other processes" if others else "idle", style="yellow" if others else "dim")
         return line
+
+
+def x_metric_only(note: str) -> str:
+    """` (3m12s, val_loss 0.41 @1200)` -> ` (val_loss 0.41)`: what a narrow row keeps of a run's note."""
+    found = re.search(r", (\S+ \S+?)(?: @\S+)?\)$", note)
+    return f" ({found.group(1)})" if found else note
 
 
 def print_dry_run(plan: Plan, placement: str, note: str) -> None:
@@ -3687,6 +3599,8 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
             console.print(line, highlight=False, markup=False)
     else:
         console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
+        for line in extra("search choices")(None, plan.settings) if plan.searching else ():  # --pruner on a list
+            console.print(f"  {line}", highlight=False, markup=False)
         skipped = sum(run.skipped for run in runs)
         if skipped:
             console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters "
@@ -3761,27 +3675,29 @@ class Wakeups:
 
 
 class Leaderboard:
-    """The best so far by the ranking metric (each run's latest value); `say` hears when the lead changes."""
+    """The best so far by the ranking metric: complete runs' final values, ranked against each other only; a running
+    run's latest value is kept beside (`latest`, for its row in the view), never ranked against final ones. `say`
+    hears when a finished run takes the lead."""
 
     def __init__(self, ranking: Ranking, say: Callable[[str], None]) -> None:
         self.metric, self.mode, self.say = ranking.metric, ranking.mode, say
-        self.board: dict[Run, float] = {}
+        self.board: dict[Run, float] = {}  # complete runs: their final value
+        self.latest: dict[Run, float] = {}  # running runs: their latest value
         self.leader: Run | None = None
 
+    def running(self, run: Run, value: float) -> None: self.latest[run] = value
+
     def rank(self, run: Run, value: float) -> None:
-        """A run's latest value of the ranking metric: the best so far changes when another run leads."""
-        before = self.board.get(run)
+        """A complete run's final value: it leads if it beats the best finished run."""
+        self.latest.pop(run, None)
         self.board[run] = value
-        if run is self.leader:
-            if before is None or not better(before, value, self.mode):
-                return  # it still leads (it got better, or no worse)
-            self.elect()
-        elif self.leader is None or better(value, self.board[self.leader], self.mode):
+        if self.leader is None or better(value, self.board[self.leader], self.mode):
             self.leader = run
             self._announce()
 
     def unrank(self, run: Run) -> None:
         """A run that ended without a result (failed, interrupted, ...) leaves the board."""
+        self.latest.pop(run, None)
         if self.board.pop(run, None) is not None and run is self.leader:
             self.elect()
 
@@ -3796,9 +3712,8 @@ class Leaderboard:
     def _announce(self) -> None:
         if self.leader is None:
             return
-        top = ", ".join(f"{run.name} {value:g}" for run, value in self.top(3))
-        step = f" (step {self.leader.step})" if self.leader.step is not None else ""
-        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:g}{step}  top 3: {top}")
+        top = ", ".join(f"{run.name} {value:.4g}" for run, value in self.top(3))
+        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:.4g}  (complete runs: {top})")
 
     def top(self, k: int) -> list[tuple[Run, float]]:
         import heapq
@@ -3870,10 +3785,29 @@ class MetricFeed:
 
 
 class FailFast:
-    """The first runs failing within seconds with one error is a broken setup, not forty failures: stop launching."""
+    """The first runs failing within seconds with one error is a broken setup, not forty failures: stop launching.
+    So is a ranking metric that none of the first complete runs reported (a misspelled --metric)."""
 
     def __init__(self, on: bool) -> None:
         self.early: list[tuple[str, str, str]] | None = [] if on else None  # see broken_setup
+        self.unranked: list[Run] | None = [] if on else None  # the first complete runs, while none has the metric
+
+    def check_metric(self, run: Run, metric: str | None, value: float | None) -> str | None:
+        """After a complete run: why the sweep must stop launching (no ranking metric in any of the first ones)."""
+        if self.unranked is None or not metric or run.state != State.COMPLETE:
+            return None
+        if value is not None:
+            self.unranked = None
+            return None
+        self.unranked.append(run)
+        if len(self.unranked) < FAIL_FAST_RUNS:
+            return None
+        seen = list(dict.fromkeys(n for r in self.unranked for n in printed_metrics(r)))
+        did = f"they reported {', '.join(seen)}" if seen else "they reported no metric at all (see README: Metrics)"
+        hint = metric_hint(metric, seen)
+        return (f"the first {FAIL_FAST_RUNS} complete runs reported no {metric} ({did}; e.g. {run.stdout_log}); no "
+                f"more runs are started: {'run again with ' + hint if hint else 'fix --metric'} (--no-fail-fast "
+                "keeps launching)")
 
     def check(self, run: Run, now: float, running: Iterable[Run]) -> str | None:
         """Why the sweep must stop launching after this attempt ended, or None."""
@@ -4035,15 +3969,17 @@ class Sweep:
             self.feed.forget(run)
             run.metrics = read_metrics(run, self.metric)
             final = metric_of(run.metrics, self.metric)
-            if run.state == State.COMPLETE and final is not None:
-                self.leaders.rank(run, final)
-            else:
+            ranked = run.state == State.COMPLETE and final is not None
+            if not ranked:
                 self.leaders.unrank(run)
                 if run.state == State.COMPLETE and self.metric:
                     run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)
             if outcome.note:
                 self.reporter.event(outcome.note)
             self._ended(run, outcome.rerun if run.state != State.COMPLETE else None)
+            if ranked:  # after its end is said: `best` names a run the user has seen complete
+                self.leaders.rank(run, final)
+            self._halt(self.fail_fast.check_metric(run, self.metric, final))
 
     def _ended(self, run: Run, rerun: str | None = None) -> None:
         """An attempt is over: decide its requeue, count and report it (_record records it). `rerun`: it ended while
@@ -4062,10 +3998,11 @@ class Sweep:
 
     def _check_setup(self, run: Run) -> None:
         """Fail fast (FailFast): on a broken setup, no more runs are started, and queued jobs withdrawn."""
-        if self.halted:
-            return
-        why = self.fail_fast.check(run, self.clock(), self.active)
-        if why is not None:
+        self._halt(self.fail_fast.check(run, self.clock(), self.active))
+
+    def _halt(self, why: str | None) -> None:
+        """Start no more runs (a broken setup), and withdraw a cluster's queued jobs."""
+        if why is not None and not self.halted:
             self.halted = why
             self.reporter.event(f"error: {why}")
             for attempt in self.active.values():  # a cluster's queued jobs are not started either
@@ -4108,7 +4045,7 @@ class Sweep:
             if (why := self.source.report(run, step, values)) is not None and run in self.active:
                 self._prune(self.active[run], why)
         if latest is not None:
-            self.leaders.rank(run, latest)
+            self.leaders.running(run, latest)
         if printed:
             append_series(run, printed)
 
@@ -4294,7 +4231,7 @@ class Sweep:
             mean, now = total / n, time.time()
             left = sum(max(0.0, mean - (now - (r.start_time or now))) for r in self.active)
             eta = (left + mean * counts["pending"]) / self.pool.slots
-        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.leaders.board.get(r), r.step,
+        running = tuple(RunView(r.label or r.name, r.gpus, r.start_time, self.leaders.latest.get(r), r.step,
                                 r.location) for r in self.active)
         return Progress(counts, sum(counts.values()), eta, running, tuple(self.pool.gpus), dict(self.pool.readings),
                         self.pool.threshold_mb, self.waiting, self.stop,
@@ -4312,7 +4249,7 @@ class Sweep:
             self.fatal = self.fatal or str(e)
         except OSError as e:
             self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
-        extra = self.source.summary()
+        extra = self.source.summary() + self.pool.summary()
         if self.halted:
             extra.append(f"Stopped early: {self.halted}")
         if self.best_k is not None:
@@ -4325,7 +4262,8 @@ class Sweep:
             return EXIT_SWEEP_ERROR
         if self.stop:
             return EXIT_INTERRUPTED
-        return EXIT_OK if all(r.state in (State.COMPLETE, State.PRUNED) for r in self.done) else EXIT_RUN_FAILED
+        return EXIT_OK if not self.halted and all(r.state in (State.COMPLETE, State.PRUNED) for r in self.done) \
+            else EXIT_RUN_FAILED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -4652,7 +4590,12 @@ class LocalBackend:
                                  group=sweep_group(self.output_dir),
                                  extra_env={**self.env, **(daemon.env if daemon is not None else {})},
                                  device_ids=dict(zip(self.gpus, daemon.devices)) if daemon is not None else {})
-        return launcher, GpuPool(self.gpus, self.policy, self.probe)
+        cache = None  # auto: footprints remembered under this command, folder and GPU model
+        if self.policy.auto and not self.settings.no_footprint_cache and self.probe is not None:
+            with suppress(Exception):
+                cache = {"command": [self.settings.command], "cwd": Path.cwd(),
+                         "gpu_model": self.probe.name(self.gpus[0])}
+        return launcher, GpuPool(self.gpus, self.policy, self.probe, footprint_cache=cache)
 
     def close(self, say: Callable[[str], None] | None = None) -> None:
         if self.daemon is not None:
@@ -4731,6 +4674,7 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
             for line in said:
                 reporter.event(line)
             launcher, placement = backend.open(sweep_id, locks[0], reporter.event)
+            reporter.on_screen = getattr(launcher, "screen", None)  # gives the terminal back after a kill -9
             best_k = extra("best-k")(output_dir, settings, reporter.event) if settings.top_k and \
                 settings.checkpoint_glob and settings.ranking.metric else None
             todo = [r for r in runs if not r.skipped] if search is None else []

@@ -8,6 +8,8 @@ CUDA_VISIBLE_DEVICES. Takes key=value arguments (train_sweep's default style):
     model=big     the same transformer, wide (width 2048, batch 64): compute-bound, and it holds `hold` of the
                   GPU's memory (default 0.65) as a real large run would (activations, optimizer state), so
                   only one fits on a GPU
+    model=sized   the same transformer sized by width=, layers=, batch= (defaults 384, 6, 32) and lr= (3e-4):
+                  a grid over them differs 20x in memory (bench/bench_gpu_auto.py)
     steps=N       training steps (default 300 small, 60 big)
     seed=S        ignored but for the run's name
 
@@ -25,6 +27,8 @@ model_kind = args.get("model", "small")
 big = model_kind == "big"
 steps = int(args.get("steps", 60 if big else 300))
 width, layers, batch, ctx, vocab = (2048, 4, 64, 128, 256) if big else (384, 6, 32, 128, 256)
+if model_kind == "sized":
+    width, layers, batch = int(args.get("width", width)), int(args.get("layers", layers)), int(args.get("batch", batch))
 device = torch.device("cuda")
 torch.manual_seed(int(args.get("seed", 0)))
 hold = None
@@ -64,7 +68,7 @@ class Model(torch.nn.Module):
 
 
 model = Model().to(device)
-opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+opt = torch.optim.AdamW(model.parameters(), lr=float(args.get("lr", 3e-4)))
 params = sum(p.numel() for p in model.parameters())
 print(f"model={model_kind} params={params / 1e6:.1f}M device={torch.cuda.get_device_name(device)} "
       f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)

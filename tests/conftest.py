@@ -29,6 +29,8 @@ TRAIN_SWEEP = ROOT / "train_sweep.py"
 FAKE_NVML = Path(__file__).resolve().parent / "fake_nvml"
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 sys.path.insert(0, str(ROOT))
+# auto packing remembers footprints in the user's cache folder: the tests' own folder instead, never the host's
+os.environ["XDG_CACHE_HOME"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"train_sweep_tests_cache_{os.getpid()}")
 
 
 # -- the session: inherited signal dispositions, markers ------------------------------------------------------
@@ -130,6 +132,7 @@ class Sweep:
         env["FAKE_NVML_STATE"] = str(self.gpus.state_file)
         env["FAKE_LOG"] = str(self.log)
         env["COLUMNS"] = "200"
+        env["XDG_CACHE_HOME"] = str(self.dir / "cache")  # auto's remembered footprints: this test's own
         env.update(extra)
         return env
 

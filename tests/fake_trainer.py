@@ -10,6 +10,7 @@
     mem_mb=N       "use" N MB on the GPU in CUDA_VISIBLE_DEVICES (via the fake pynvml's procs_dir)
     mem_after=S    ... only after S seconds (a real run allocates after start-up)
     metric=V       print val_loss=V
+    early_metric=V print step=1 val_loss=V before the sleep (a running run's latest value)
     fail_once=P    exit 1 if the file P does not exist yet (and create it): fails the first attempt only
     oom_once=P     likewise, printing PyTorch's CUDA out-of-memory error first
     oom=1          always print the out-of-memory error and exit 1
@@ -221,6 +222,8 @@ if "spam" in args:
         i += 1
         time.sleep(0.001)
 
+if "early_metric" in args:
+    print(f"step=1 val_loss={args['early_metric']}", flush=True)
 time.sleep(float(args.get("sleep", 0)))
 if "metric" in args:
     print(f"val_loss={args['metric']}")

@@ -79,7 +79,7 @@ def test_run_refuses_bad_input_with_the_cli_message(tmp_path, monkeypatch):
 
 def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path):
     """train_sweep.py copied into an empty folder, with only psutil, nvidia-ml-py and rich: a list sweep runs;
-    --search, --sweep-file and report answer with one line saying what to install."""
+    --search, --sweep-file, report and --max-processes-per-gpu auto answer with one line saying what to install."""
     shutil.copy(ROOT / "train_sweep.py", tmp_path / "train_sweep.py")
     (tmp_path / "train_sweep_config.json").write_text(json.dumps([{"loss": 0.5}, {"loss": 0.25}]))
     (tmp_path / "train.py").write_text("import sys\nprint('loss=' + sys.argv[1].split('=')[1])\n")
@@ -114,6 +114,10 @@ def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path
         out = cli(*args, cwd=empty)  # no config file there: the command line is the sweep
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1 and install in out.stderr and "train_sweep_extras" in out.stderr, out.stderr
+    (tmp_path / "nvml_state.json").write_text(json.dumps({"gpus": [{"name": "Fake", "total_mb": 16000, "used_mb": 500}]}))
+    out = cli("--max-processes-per-gpu", "auto", "x=1,2", cwd=empty)  # auto packing is an extra too
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--max-processes-per-gpu auto needs train_sweep_extras/" in out.stderr and "pip install train-sweep" in out.stderr
 
 
 def test_backends_and_extras_come_from_the_registry():

@@ -44,7 +44,7 @@ def test_failed_run_exit_code_1_and_summary_names_the_log(sweep):
     failed, ok = sweep.results()
     assert failed["state"] == "failed" and failed["returncode"] == 3 and failed["success"] is False
     assert ok["state"] == "complete"
-    assert f"{failed['stderr_log']}: ValueError:boom" in p.stdout
+    assert "see outputs/exit_3_err_ValueError_boom/train_stderr.log: ValueError:boom" in p.stdout  # relative: shorter
 
 
 def test_help_is_grouped_and_named_as_invoked(sweep):

@@ -68,3 +68,39 @@ def test_slow_failures_are_the_runs_own(sweep):
                   trainer=False, timeout=90)
     assert p.returncode == 1 and "Stopped early" not in p.stdout
     assert [r["state"] for r in sweep.results()] == ["failed"] * 4
+
+
+def test_a_metric_no_run_reports_stops_the_sweep_and_names_what_they_did_report(sweep):
+    """issue 25: a script printing val_loss, run with --metric val_acc: a 12-trial search ran to the end, told
+    Optuna 12 failures and exited 0, the last line naming no metric the runs printed. Now the first 3 complete
+    runs without the metric stop the launches (exit 1), naming what they reported and the likely flag."""
+    sweep.gpus.set(count=1)
+    body = "print('step=1 val_loss=0.9 train_loss=1.2', flush=True)\nprint('step=2 val_loss=0.5 train_loss=0.8')\n"
+    command = f"python {sweep.dir / 'train.py'}"
+    (sweep.dir / "train.py").write_text(body)
+    p = sweep.run("--no-live", "--command", command, "--metric", "val_acc", "x=1,2,3,4,5,6,7,8", trainer=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "the first 3 complete runs reported no val_acc (they reported val_loss, train_loss" in p.stdout
+    assert "run again with --metric val_loss" in p.stdout and "Stopped early:" in p.stdout
+    assert "8 run(s): 3 complete, 5 not started" in p.stdout
+    p = sweep.run("--no-live", "--command", command, "--metric", "val_loss", "x=1,2,3,4,5,6,7,8", trainer=False)
+    assert p.returncode == 0 and "8 complete" in p.stdout  # fixed: the 3 are kept, the 5 others run
+
+
+def test_a_search_with_a_misspelled_metric_stops_asking_trials(sweep):
+    sweep.gpus.set(count=1)
+    (sweep.dir / "train.py").write_text("print('val_loss=0.5')\n")
+    p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "--search", "random", "--n-trials",
+                  "12", "--metric", "val_acc", "lr=interval(0.1,1)", trainer=False, timeout=120)
+    assert p.returncode == 1 and "reported no val_acc (they reported val_loss" in p.stdout, p.stdout + p.stderr
+    assert len(sweep.results()) <= 4  # 3, and at most one more that had started
+
+
+def test_without_a_metric_the_summary_names_the_metrics_the_runs_reported(sweep):
+    """issue 26 (7): a script printing val_loss= at every step, run without --metric, got no metric column, no
+    best, and no hint."""
+    sweep.gpus.set(count=1)
+    (sweep.dir / "train.py").write_text("for s in range(3):\n    print(f'step={s} val_loss={1 / (s + 1)}')\n")
+    p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "x=1,2", trainer=False)
+    assert p.returncode == 0
+    assert "No metric ranks the runs: they reported val_loss; rank them with --metric val_loss" in p.stdout

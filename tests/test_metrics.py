@@ -75,7 +75,24 @@ def test_a_metric_is_read_while_the_run_is_still_running(sweep):
         out, _ = proc.communicate(timeout=30)
     finally:
         kill_pids(run_pids(sweep))
-    assert " best        x_1  val_loss=0.3 (step 7)  top 3: x_1 0.3" in out
+    assert " best " not in out  # a running run's value is no result: only complete runs are ranked
+
+
+def test_best_events_come_when_a_complete_run_takes_the_lead(sweep):
+    """issue 26 (2): a 16-run sweep logged 17 `best` events for 16 starts, ranking a running run's step-2 value
+    against other runs' final values. Now: one `best` line each time a complete run takes the lead."""
+    sweep.gpus.set(count=2)
+    body = ("k = float(args['k'])\nfor s in range(4):\n    print(f'step={s} loss={k + 1 / (s + 1):.4f}', flush=True)\n"
+            "    time.sleep(0.1)\n")
+    p = sweep.run("--command", script(sweep, "c.py", body), "--metric", "loss", "--max-processes-per-gpu", "2",
+                  "--no-live", "k=5,4,3,6,2,7,1,8", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    bests = [i for i, line in enumerate(lines) if line.split()[1:2] == ["best"]]
+    assert 1 <= len(bests) <= 5 and all("(step" not in lines[i] for i in bests)
+    for i in bests:  # each names a run whose end was reported before it
+        name = lines[i].split()[2]
+        assert any(line.split()[1:3] == ["complete", name] for line in lines[:i]), (name, lines[:i])
 
 
 def test_metrics_jsonl_written_by_the_script_is_followed(sweep):

@@ -10,15 +10,15 @@ declared memory, --max-parallel, GPUs whose NVML calls fail."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
-from train_sweep import (
-    AUTO_MARGIN, AUTO_STABLE_S, AutoPacker, GpuPool, GpuReading, Policy, ResultsWriter, Run, Settings, State,
-)
+from train_sweep import HINT_OOM, GpuPool, GpuReading, Outcome, Policy, ResultsWriter, Run, Settings, State
+from train_sweep_extras.packing import MARGIN, MARGIN_MAX, STABLE_S, Footprints, Packer
 
 
 # -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
@@ -79,13 +79,13 @@ def test_one_run_a_gpu_until_a_footprint_is_known_then_every_slot_at_once(tmp_pa
     first = [e for e in log if e[0] == 0.0]
     assert sorted(g for _, _, g in first) == [(0,), (1,)]  # learning: one run a GPU
     learned = next(t for t, text in notes if text.startswith("footprint"))
-    assert 1.0 + AUTO_STABLE_S <= learned <= 1.0 + AUTO_STABLE_S + 1.0  # allocated at 1 s, held still 2 s
+    assert 1.0 + STABLE_S <= learned <= 1.0 + STABLE_S + 1.0  # allocated at 1 s, held still 2 s
     fill = [e for e in log if 0 < e[0] < 30]
     assert fill and all(s == fill[0][0] for s, _, _ in fill) and fill[0][0] - learned < 2.0  # all in one go
     # 16 GB, 0.5 used, 3 GB a run: the next needs max(3 x 1.15, 3 + 0.5) = 3.5 GB free: 4 runs a GPU
     peak = running_at(log, 30, fill[0][0])
     assert sorted(g for _, _, g in peak).count((0,)) == 4 and sorted(g for _, _, g in peak).count((1,)) == 4
-    assert pool.auto.footprint_mb == 3 * GB
+    assert footprint(pool.auto) == 3 * GB
     assert any("no room for another 3.5 GB" in text for _, text in notes)
     assert all(r.state == State.COMPLETE for r in runs)
 
@@ -98,7 +98,7 @@ def test_the_cpu_cores_bound_the_runs(tmp_path):
 
 def test_without_per_process_memory_the_gpu_s_growth_is_the_footprint(tmp_path):
     log, notes, pool, _ = simulate_auto(tmp_path, runs=8, duration=30, mem_gb=3, per_process=False)
-    assert pool.auto.footprint_mb == pytest.approx(3 * GB)
+    assert footprint(pool.auto) == pytest.approx(3 * GB)
     assert any("from the GPU's growth" in text for _, text in notes)
     assert max(len(running_at(log, 30, s)) for s, _, _ in log) == 8
 
@@ -108,26 +108,60 @@ def reading(g, used_gb, util=20, pid_mb=None):
     return GpuReading(g, "Fake", used_gb * GB, 80 * GB, util, frozenset(pid_mb), pid_mb)
 
 
-def learned_packer(cores=16) -> tuple[AutoPacker, Run]:
-    auto = AutoPacker([0, 1], cores, group_of=lambda pid: pid)
-    run = Run(0, "a", {}, ["x"], Path("a"))
-    run.pgid = 7
+class ReadingsProbe:
+    """NVML as a test sets it: `readings` each call (by GPU)."""
+
+    def __init__(self, readings=None) -> None:
+        self.readings, self.failed = readings or {}, {}
+
+    def read(self, indexes):
+        return {g: r for g, r in self.readings.items() if g in indexes}
+
+
+def make_packer(gpus=(0,), cores=16, group_of=lambda pid: pid, is_service=lambda pid: False, probe=None):
+    """A Packer inside a real GpuPool (auto, no footprint cache)."""
+    policy = Policy(max_per_gpu=64, memory_threshold_mb=float("inf"), auto=True, cpu_cores=cores)
+    pool = GpuPool(list(gpus), policy, probe or ReadingsProbe(), group_of=group_of)
+    pool.auto = Packer(pool, cores, group_of, is_service=is_service)
+    return pool.auto
+
+
+def footprint(auto: Packer) -> float | None:
+    return auto.model.largest()
+
+
+def launch(auto: Packer, run: Run, gpu: int = 0, now: float = 0.0) -> Run:
+    """The run starts on the GPU, as the loop starts it (pgid 7 unless it has one)."""
+    run.pgid, run.gpus = run.pgid or 7, (gpu,)
+    auto.pool.launched(run, (gpu,), now)
+    return run
+
+
+def learned_packer(cores=16, probe=None, ended=False, gpus=(0, 1)) -> tuple[Packer, Run]:
+    """A packer that learned a 4 GB run on GPU 0 (`ended`: which has ended)."""
+    auto = make_packer(gpus, cores, probe=probe)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
     auto.observe(0.0, {0: reading(0, 0.5), 1: reading(1, 0.5)}, {})
     for t in (1.0, 2.0, 3.5):
         auto.observe(t, {0: reading(0, 4.5, pid_mb={7: 4 * GB})}, {0: [run]})
+    if ended:
+        auto.pool.release(run)
+        auto.ended(run, 4.0, oom=False)
     return auto, run
 
 
 def test_the_footprint_waits_for_the_memory_to_hold_still_and_the_need_has_a_margin():
-    auto = AutoPacker([0], 16, group_of=lambda pid: pid)
-    run = Run(0, "a", {}, ["x"], Path("a"))
-    run.pgid = 7
-    for t, gb in ((0.0, 1), (1.0, 2), (2.0, 4), (3.0, 4), (3.9, 4.05)):  # still growing at 2 s
+    auto = make_packer([0], 16)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
+    for t, gb in ((0.0, 1), (0.5, 2), (1.0, 4), (1.5, 4), (1.9, 4.2)):  # still growing at 1.9 s
         auto.observe(t, {0: reading(0, gb + 0.5, pid_mb={7: gb * GB})}, {0: [run]})
-    assert auto.footprint_mb is None and auto.limit(0, 1, 1)[0] == 1
-    auto.observe(4.1, {0: reading(0, 4.55, pid_mb={7: 4.05 * GB})}, {0: [run]})
-    assert auto.footprint_mb == pytest.approx(4.05 * GB)
-    assert auto.need_mb() == pytest.approx(4.05 * GB * AUTO_MARGIN)
+    n, why = auto.limit(0, 1, 1)
+    assert footprint(auto) is None and n == 1 and why.startswith("learning the memory footprint of a")
+    auto.observe(2.5, {0: reading(0, 4.7, pid_mb={7: 4.2 * GB})}, {0: [run]})
+    assert auto.limit(0, 1, 1) == (1, why)  # held still for 0.6 s
+    auto.observe(3.4, {0: reading(0, 4.7, pid_mb={7: 4.2 * GB})}, {0: [run]})
+    assert footprint(auto) == pytest.approx(4.2 * GB)
+    assert auto.need_mb(Run(1, "b", {}, ["x"], Path("b"))) == pytest.approx(4.2 * GB * MARGIN)
     assert auto.limit(0, 1, 1) == (16, None)
 
 
@@ -148,38 +182,190 @@ def test_a_busy_gpu_or_busy_cpus_take_no_more_runs():
 def test_a_cuda_context_that_holds_still_before_the_model_is_not_the_footprint():
     """A run's CUDA context (0.5 GB) holds still for seconds while its model loads, the GPU idle: that is not
     its footprint; the memory it holds while its GPU computes is."""
-    auto = AutoPacker([0], 16, group_of=lambda pid: pid)
-    run = Run(0, "a", {}, ["x"], Path("a"))
-    run.pgid = 7
+    auto = make_packer([0], 16)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
     for t in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0):
         auto.observe(t, {0: reading(0, 1.0, util=0, pid_mb={7: 0.5 * GB})}, {0: [run]})
-    assert auto.footprint_mb is None
+    assert footprint(auto) is None
     for t in (6.0, 7.0, 8.5):
         auto.observe(t, {0: reading(0, 30.5, util=60, pid_mb={7: 30 * GB})}, {0: [run]})
-    assert auto.footprint_mb == 30 * GB
+    assert footprint(auto) == 30 * GB
 
 
 def test_out_of_memory_raises_the_need_so_that_packing_is_not_tried_again():
     auto, run = learned_packer()
-    before = auto.need_mb()
+    before = auto.need_mb(run)
     run.state = State.OOM
+    auto.pool.release(run)
     auto.ended(run, 5.0, oom=True)
-    assert auto.need_mb() == pytest.approx(before * 1.5)
+    assert auto.need_mb(run) == pytest.approx(before * 1.5)
     assert "ran out of GPU memory" in auto.notes[-1]
 
 
+# -- issue 23: runs that differ in memory (footprints per configuration) ------------------------------------------
+
+class ShapeLauncher(GroupLauncher):
+    """Runs whose memory depends on their hyperparameters (`mem_of(hp)` GB), allocated 1 s after they start, as
+    a real training's model and optimizer are. A GPU asked for more than it has: the run that allocates then
+    ends out of memory (the others keep theirs). A loop still waiting at `limit_t` waits for what cannot come."""
+
+    def __init__(self, clock, durations, mem_of, total_gb, limit_t):
+        super().__init__(clock, durations, 0.0)
+        self.mem_of, self.total, self.limit_t = mem_of, total_gb, limit_t
+        self.oom: set[int] = set()
+        self.begun: dict[int, tuple[float, int]] = {}  # each job's start and GPU
+
+    def start(self, run, gpus):
+        job = super().start(run, gpus)
+        self.begun[id(job)] = (self.clock.t, gpus[0])
+        return job
+
+    def _alive(self, g):
+        """The jobs holding memory on GPU g now, in the order they allocated; the first past the total OOMs."""
+        assert self.clock.t < self.limit_t, f"still waiting at {self.clock.t:.0f}s: a wait that cannot end"
+        self.calls = getattr(self, "calls", 0) + 1
+        assert self.calls < 200_000, f"the loop spins at {self.clock.t:.0f}s"
+        jobs = sorted((j for j in self.jobs if self.begun[id(j)][1] == g and not j.killed and id(j) not in self.oom
+                       and self.begun[id(j)][0] + 1.0 <= self.clock.t < j.end), key=lambda j: self.begun[id(j)])
+        used, alive = 0.5, []
+        for j in jobs:
+            mb = self.mem_of(j.run.hyperparams)
+            if used + mb > self.total:
+                self.oom.add(id(j))
+                continue
+            used += mb
+            alive.append(j)
+        return alive
+
+    def poll(self, handle):
+        for g in {gpu for _, gpu in self.begun.values()}:
+            self._alive(g)
+        if id(handle) in self.oom:
+            return Outcome(1, hint=HINT_OOM)
+        return super().poll(handle)
+
+
+class ShapeProbe:
+    def __init__(self, launcher: ShapeLauncher) -> None:
+        self.launcher, self.failed = launcher, {}
+
+    def read(self, indexes):
+        out = {}
+        for g in indexes:
+            alive = self.launcher._alive(g)
+            pid_mb = {1000 + j.run.index: self.launcher.mem_of(j.run.hyperparams) * GB for j in alive}
+            out[g] = GpuReading(g, "Fake", (0.5 * GB + sum(pid_mb.values())), self.launcher.total * GB, 40,
+                                frozenset(pid_mb), pid_mb)
+        return out
+
+
+def grid_mem(hp) -> float:
+    """A transformer's footprint (GB) over batch size, depth and width: 1.4 to 39 GB; lr moves nothing."""
+    return 0.8 + 1.22e-5 * hp["batch"] * hp["depth"] * hp["width"]
+
+
+def simulate_shapes(tmp_path: Path, hps: list[dict], total_gb: float = 80, gpus=(0,), cores: int = 16):
+    clock = Clock()
+    names = [f"r{i}" for i in range(len(hps))]
+    durations = {name: 10 + grid_mem(hp) for name, hp in zip(names, hps)}
+    items = [Run(i, name, hp, ["x"], tmp_path / name) for i, (name, hp) in enumerate(zip(names, hps))]
+    for run in items:
+        run.run_dir.mkdir()
+    serial = sum(durations.values())
+    launcher = ShapeLauncher(clock, durations, grid_mem, total_gb, limit_t=serial * 2)
+    pool = GpuPool(list(gpus), Policy(max_per_gpu=64, memory_threshold_mb=float("inf"), auto=True, cpu_cores=cores),
+                   ShapeProbe(launcher), group_of=lambda pid: pid)
+    notes: list[tuple[float, str]] = []
+    sweep = sim_sweep(FakeSource(items), launcher, pool, ResultsWriter(tmp_path / "results.json"),
+                      Settings(timeout=0, kill_grace=1.0, max_oom_requeues=3), clock)
+    event = sweep.reporter.event
+    sweep.reporter.event = lambda text, *a, **k: (notes.append((clock.t, text)), event(text, *a, **k))[1]
+    code = sweep.run()
+    return code, launcher, notes, items, clock.t, serial
+
+
+GRID = [{"batch": b, "depth": d, "width": w, "lr": lr}
+        for b in (64, 512) for d in (2, 8) for w in (384, 768) for lr in (1e-3, 1e-4)]
+
+
+@pytest.mark.parametrize("order", ["config", "shuffled", "largest_last"])
+def test_a_grid_whose_runs_differ_20x_in_memory_completes_packed(tmp_path, order):
+    """issue 23 (1): on an 80 GB H100, a grid over batch size, depth and width (1.4 to 32 GB) learned 1.4 GB from
+    its first run, launched 15 at once, ran out of memory 3 times, raised one sweep-wide margin x3.88, and its last
+    run waited forever with the GPU idle for "124.2 GB free". Footprints per configuration: every run completes,
+    no wait that cannot end, at most one out-of-memory end, and much faster than one run at a time."""
+    hps = list(GRID)
+    if order == "shuffled":
+        import random
+        random.Random(3).shuffle(hps)
+    elif order == "largest_last":
+        hps.sort(key=grid_mem)
+    code, launcher, notes, runs, wall, serial = simulate_shapes(tmp_path, hps)
+    assert code == 0 and all(r.state == State.COMPLETE for r in runs), [(r.name, r.state) for r in runs]
+    assert len(launcher.oom) <= 1, notes
+    assert wall < 0.5 * serial, (wall, serial)
+    said = "\n".join(text for _, text in notes)
+    assert "memory moves with batch, depth, width" in said  # lr does not: learned, not listed
+
+
+def test_an_unseen_shape_has_its_gpu_to_itself_until_its_footprint_is_known(tmp_path):
+    """A run of a shape not seen before may use any amount: its GPU takes no other run until its footprint
+    is known; runs of a known shape then pack beside it."""
+    hps = [{"batch": 64, "depth": 2, "width": 384, "lr": 1e-3}] * 3 + [{"batch": 512, "depth": 8, "width": 768,
+                                                                         "lr": 1e-3}] * 3
+    code, launcher, notes, runs, wall, serial = simulate_shapes(tmp_path, hps)
+    assert code == 0 and not launcher.oom
+    big = [t for t, name, _ in launcher.log if name in ("r3", "r4", "r5")]
+    small = [t for t, name, _ in launcher.log if name in ("r0", "r1", "r2")]
+    assert small[1] - small[0] < 3  # the first small one learned in seconds, then the others at once
+    assert big[0] >= small[1]  # the big one waits for nothing but the first's footprint ...
+    assert big[1] - big[0] >= 1.0 + STABLE_S  # ... and has the GPU to itself until its own is known
+    assert any("learning the memory footprint of r3" in text for _, text in notes)
+
+
+def test_the_keys_that_move_memory_are_learned_from_the_footprints():
+    fp = Footprints()
+    fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 64}, 2000, "a")
+    assert fp.predict({"lr": 1e-4, "dropout": 0.2, "layers": 4, "batch": 64}) is None  # no evidence yet
+    fp.add({"lr": 1e-4, "dropout": 0.3, "layers": 4, "batch": 64}, 2040, "b")  # lr and dropout moved nothing
+    assert fp.movers() == ("batch", "layers")
+    point, how = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 4, "batch": 64})
+    assert point.mb == 2040 and how.startswith("runs of its memory shape")
+    point, how = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 2, "batch": 32})  # smaller in both: bounded
+    assert point.mb == 2040 and how.startswith("a run at least as large")
+    assert fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64}) is None  # larger: unseen
+    fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 512}, 9000, "c")
+    fp.add({"lr": 1e-2, "dropout": 0.1, "layers": 4, "batch": 512}, 9100, "d")
+    assert fp.movers() == ("batch", "layers")  # batch did move it: it stays
+
+
+def test_an_oom_is_charged_to_the_run_that_grew_not_to_the_run_that_died():
+    auto = make_packer([0], 16)
+    a = launch(auto, Run(0, "a", {"k": 1}, ["x"], Path("a")))
+    for t in (1.0, 2.0, 3.0, 3.5):
+        auto.observe(t, {0: reading(0, 4.5, pid_mb={7: 4 * GB})}, {0: [a]})
+    b = launch(auto, Run(1, "b", {"k": 1}, ["x"], Path("b")), now=4.0)  # predicted 4 GB, like a
+    b.pgid = 8
+    for t in (5.0, 6.0):  # b grows to 20 GB
+        auto.observe(t, {0: reading(0, 24.5, pid_mb={7: 4 * GB, 8: 20 * GB})}, {0: [a, b]})
+    a.state = State.OOM
+    auto.pool.release(a)
+    auto.ended(a, 6.5, oom=True)
+    assert "ran out of GPU memory after b grew to 20.0 GB (predicted 4.0 GB)" in auto.notes[-1]
+    assert auto.model.get({"k": 1}).margin == pytest.approx(MARGIN * 1.5)
+    assert auto.need_mb(a) >= 20 * GB * MARGIN * 1.5  # b's peak and more room: for every run like b
+
+
+def test_the_margin_has_a_ceiling():
+    auto, run = learned_packer()
+    for _ in range(10):
+        auto.ended(run, 5.0, oom=True)
+    assert auto.model.get({}).margin == MARGIN_MAX
+
+
 def test_a_declared_gpu_memory_wins(tmp_path):
-    auto, _ = learned_packer()
-    policy = Policy(max_per_gpu=64, memory_threshold_mb=float("inf"), auto=True, cpu_cores=16)
-
-    class Probe:
-        failed = {}
-
-        def read(self, indexes):
-            return {g: reading(g, 0.5) for g in indexes}
-
-    pool = GpuPool([0], policy, Probe())
-    pool.auto = auto
+    auto, _ = learned_packer(probe=ReadingsProbe({0: reading(0, 0.5)}), ended=True, gpus=[0])
+    pool = auto.pool
     run = Run(1, "b", {}, ["x"], tmp_path / "b")
     run.memory_mb = 70 * GB  # more than the learned 4 GB x 1.15
     gpus, why = pool.place(run, 10.0)
@@ -203,7 +389,8 @@ def test_auto_packs_after_the_first_footprint_and_says_why(sweep):
     assert p.returncode == 0, p.stdout + p.stderr
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     assert "placement: auto on GPU 0 1" in log and "at most 16 in all (--max-parallel)" in log
-    assert "footprint   2.9 GB a run" in log and "from per-process memory" in log
+    assert "footprint   2.9 GB for n_0 (a first run of its memory shape, from per-process memory)" in log
+    assert "the same memory for every configuration so far" in log  # n_1 on the other GPU: n moves nothing
     assert "no more: no room for another 3.4 GB" in log
     events = sweep.events()
     starts = sorted(e["t"] for e in events if e["event"] == "start")
@@ -213,6 +400,58 @@ def test_auto_packs_after_the_first_footprint_and_says_why(sweep):
                for s in events if s["event"] == "start")
     assert most == 4  # 16 GB: 0.5 used, 3.4 GB a run
     assert all(r["state"] == "complete" for r in sweep.results())
+
+
+def first_starts(sweep, after: float) -> list[float]:
+    return sorted(e["t"] for e in sweep.events() if e["event"] == "start" and e["t"] >= after)
+
+
+def test_a_repeated_sweep_packs_from_its_first_second_with_remembered_footprints(sweep):
+    """issue 23: footprints are remembered across sweeps (the user's cache folder, keyed by command, folder, GPU
+    model and hyperparameters): the same runs again, in a new output folder, start packed at once."""
+    sweep.gpus.set(count=1, total_mb=16000, used_mb=500, util=30)
+    sweep.config({"grid": {"n": list(range(6))}, "defaults": {"sleep": 3, "mem_mb": 1000, "mem_after": 0.3},
+                  "max_processes_per_gpu": "auto"})
+    p = sweep.run("--max-parallel", "8", "--no-live", timeout=90)
+    assert p.returncode == 0, p.stdout + p.stderr
+    first = first_starts(sweep, 0)
+    assert first[2] - first[0] > 1.0  # learning: the first two runs' footprints before the others
+    cache = sweep.dir / "cache" / "train_sweep" / "footprints.jsonl"
+    assert len(cache.read_text().splitlines()) == 6
+    assert "--mps would likely run them faster" in p.stdout  # 1 GB runs, packed, the GPU theirs alone
+    t0 = time.time()
+    p = sweep.run("--max-parallel", "8", "--no-live", "--output-dir", "again", timeout=90)
+    assert p.returncode == 0, p.stdout + p.stderr
+    again = first_starts(sweep, t0)
+    assert len(again) == 6 and again[5] - again[0] < 1.0  # all six at once: nothing to learn
+    assert "6 footprint(s) remembered from earlier sweeps" in (sweep.dir / "again" / "sweep.log").read_text()
+    t0 = time.time()
+    p = sweep.run("--max-parallel", "8", "--no-live", "--output-dir", "third", "--no-footprint-cache", timeout=90)
+    assert p.returncode == 0
+    assert first_starts(sweep, t0)[2] - first_starts(sweep, t0)[0] > 1.0  # learns again
+    assert len(cache.read_text().splitlines()) == 12  # and keeps nothing new
+
+
+@pytest.mark.parametrize("damage", ["not_a_folder", "damaged_lines"])
+def test_a_footprint_cache_that_cannot_be_used_is_said_once_and_the_sweep_goes_on(sweep, damage):
+    sweep.gpus.set(count=1, total_mb=16000, used_mb=500, util=30)
+    sweep.config({"grid": {"n": list(range(3))}, "defaults": {"sleep": 1, "mem_mb": 1000, "mem_after": 0.2},
+                  "max_processes_per_gpu": "auto"})
+    if damage == "not_a_folder":
+        (sweep.dir / "cache").write_text("a file where the cache folder would be")
+    else:
+        (sweep.dir / "cache" / "train_sweep").mkdir(parents=True)
+        (sweep.dir / "cache" / "train_sweep" / "footprints.jsonl").write_bytes(b'{"key": 1\n\xff\xfe[]\n{}\n')
+    p = sweep.run("--no-live", timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    log = (sweep.dir / "outputs" / "sweep.log").read_text()
+    assert all(r["state"] == "complete" for r in sweep.results())
+    if damage == "not_a_folder":
+        assert log.count("warning: footprint cache: cannot") == 1
+    else:  # the damaged lines are skipped; the new footprints are added after them
+        assert "warning" not in log
+        lines = (sweep.dir / "cache" / "train_sweep" / "footprints.jsonl").read_bytes().splitlines()
+        assert len(lines) == 6
 
 
 def test_auto_without_nvml_is_a_one_line_error(sweep):
@@ -246,37 +485,35 @@ def test_the_mps_server_s_memory_is_no_run_s_footprint():
     """Under MPS, NVML lists the MPS server (66 MB on an H200) as soon as the first run connects, a moment
     before the run's own process: the GPU's growth then is the server's, not the run's (measured: auto
     learned a 74 MB footprint from it and packed on it). The run's footprint waits for its own process."""
-    auto = AutoPacker([0], 16, group_of=lambda pid: pid, is_service=lambda pid: pid == 99)
-    run = Run(0, "a", {}, ["x"], Path("a"))
-    run.pgid = 7
+    auto = make_packer([0], 16, is_service=lambda pid: pid == 99)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
     auto.observe(0.0, {0: reading(0, 0.6)}, {})
     for t in (1.0, 2.0, 3.0, 4.0, 5.0):  # the server, and 8 MB of the run not yet shown as its own
         auto.observe(t, {0: reading(0, 0.6 + 74 / GB, pid_mb={99: 66.0})}, {0: [run]})
-    assert auto.footprint_mb is None
+    assert footprint(auto) is None
     for t in (6.0, 7.0, 8.0, 9.0):
         auto.observe(t, {0: reading(0, 0.6 + 1.5, pid_mb={99: 66.0, 7: 1.4 * GB})}, {0: [run]})
-    assert auto.footprint_mb == pytest.approx(1.4 * GB)
+    assert footprint(auto) == pytest.approx(1.4 * GB)
     # and where NVML shows no process of this machine (a container), the growth less the server's is the run's
-    auto = AutoPacker([0], 16, group_of=lambda pid: None, is_service=lambda pid: pid == 99)
+    auto = make_packer([0], 16, group_of=lambda pid: None, is_service=lambda pid: pid == 99)
     auto.observe(0.0, {0: reading(0, 0.6)}, {})
     for t in (1.0, 2.0, 3.0, 4.0):
         auto.observe(t, {0: reading(0, 0.6 + 66 / GB + 1.4, pid_mb={99: 66.0, 12345: 1.4 * GB})}, {0: [run]})
-    assert auto.footprint_mb == pytest.approx(1.4 * GB)
+    assert footprint(auto) == pytest.approx(1.4 * GB)
 
 
 def test_a_cuda_context_s_start_is_not_the_run_computing():
     """As NVML showed it on an H200 (bench/README.md): a small PyTorch training's CUDA context (564 MB) comes
     with a blip of utilization (3%), then 4 s of loading with the GPU idle, then the model and its optimizer
     (1442 MB in all). The context is no footprint: computing counts only once the memory has held still."""
-    auto = AutoPacker([0], 16, group_of=lambda pid: pid)
-    run = Run(0, "a", {}, ["x"], Path("a"))
-    run.pgid = 7
+    auto = make_packer([0], 16)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
     timeline = [(0.0, 564, 0), (1.0, 564, 3)] + [(t, 564, 0) for t in (2.0, 3.0, 4.0, 5.0)] + \
         [(6.0, 1318, 2), (7.0, 1442, 4), (8.0, 1442, 9), (9.0, 1442, 6), (10.0, 1442, 8)]
     learned = {}
     for t, mb, util in timeline:
         auto.observe(t, {0: reading(0, 0.6 + mb / GB, util=util, pid_mb={7: float(mb)})}, {0: [run]})
-        learned[t] = auto.footprint_mb
+        learned[t] = footprint(auto)
     assert learned[5.0] is None  # the context alone, however long it waits
     assert learned[10.0] == pytest.approx(1442)
 
@@ -300,7 +537,7 @@ def test_an_idle_gpu_always_takes_a_run_whatever_auto_learned(sweep, cause):
             sweep.wait_for(lambda: len(sweep.started()) >= 1, timeout=20, what="the first run")
             sweep.gpus.update(0, used_mb=12500)
             sweep.gpus.update(1, used_mb=12500)
-            sweep.wait_for(lambda: " a run (n_0" in (sweep.dir / "outputs" / "sweep.log").read_text(),
+            sweep.wait_for(lambda: " for n_0_" in (sweep.dir / "outputs" / "sweep.log").read_text(),
                            timeout=30, what="the first footprint")
             sweep.gpus.update(0, used_mb=500)  # the other user's process has gone
             sweep.gpus.update(1, used_mb=500)
@@ -319,17 +556,8 @@ def test_an_idle_gpu_always_takes_a_run_whatever_auto_learned(sweep, cause):
 def test_a_gpu_without_a_reading_offers_nothing_to_a_run_that_must_run_alone(tmp_path):
     """An adversarial pass: an idle GPU whose reading failed this tick crashed the run-alone rule (a traceback,
     exit 1); it offers nothing now, and the run goes alone to the GPU that has a reading."""
-    auto, _ = learned_packer()
-    policy = Policy(max_per_gpu=64, memory_threshold_mb=float("inf"), auto=True, cpu_cores=16)
-
-    class Probe:
-        failed = {}
-
-        def read(self, indexes):
-            return {0: reading(0, 0.5)}  # GPU 1's reading failed
-
-    pool = GpuPool([0, 1], policy, Probe())
-    pool.auto = auto
+    auto, _ = learned_packer(probe=ReadingsProbe({0: reading(0, 0.5)}), ended=True)  # GPU 1's reading failed
+    pool = auto.pool
     run = Run(1, "b", {}, ["x"], tmp_path / "b")
     run.memory_mb = 200 * GB
     assert pool.place(run, 10.0)[0] == (0,)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import shutil
 import struct
 import subprocess
@@ -309,7 +310,7 @@ def test_status_from_another_shell(sweep):
         p = sweep.run("status", trainer=False)
         assert p.returncode == 0 and f"outputs: running (PID {proc.pid})" in p.stdout, p.stdout
         assert re.search(r"GPU 0: s=3[01] \(\d", p.stdout) and re.search(r"GPU 1: s=3[01] \(\d", p.stdout), p.stdout
-        assert "best loss so far: s_0.2 = 0.2" in p.stdout
+        assert "best loss so far (complete runs): s_0.2 = 0.2" in p.stdout
     finally:
         interrupt(proc)
         proc.communicate(timeout=30)
@@ -323,8 +324,8 @@ def test_status_from_another_shell(sweep):
 
 
 def test_plots_leave_out_seeds_and_mark_the_failed_and_the_best(seeds, tmp_path):
-    """No metric-vs-seed plot; the overview draws lr (a number) with the failed runs as crosses and the best as a
-    star (checked through matplotlib's own objects)."""
+    """No metric-vs-seed plot; the overview draws lr (a number) with the failed runs as marks on the axis and the
+    best as a star (checked through matplotlib's own objects)."""
     pytest.importorskip("matplotlib")
     import matplotlib
 
@@ -353,7 +354,11 @@ def test_plots_leave_out_seeds_and_mark_the_failed_and_the_best(seeds, tmp_path)
     assert sorted(p.name for p in written) == ["overview.png", "val_loss_vs_lr.png"]  # not seed
     fig = dict(saved)["val_loss_vs_lr.png"]
     kinds = {c.get_label(): len(c.get_offsets()) for c in fig.axes[0].collections}
-    assert kinds == {"complete": 6, "failed, pruned or interrupted (last value)": 3, "best": 1}
+    assert kinds == {"complete (final value)": 6, "pruned, failed or interrupted (where tried; no final value)": 3,
+                     "best": 1}
+    # issue 26 (5): their early values are not drawn among the final ones: they sit on the axis, below the values
+    marks = next(c for c in fig.axes[0].collections if c.get_label().startswith("pruned"))
+    assert marks.get_transform() is not fig.axes[0].transData and {y for _, y in marks.get_offsets()} == {0.02}
 
 
 def test_status_shows_runs_running_again_and_runs_never_started(sweep):
@@ -389,10 +394,10 @@ def test_status_best_is_never_a_deleted_run(finished):
     import shutil
 
     p = finished.run("status", trainer=False)
-    assert "best val_loss so far: lr_0.01_depth_2_metric_0.2 = 0.2" in p.stdout
+    assert "best val_loss so far (complete runs): lr_0.01_depth_2_metric_0.2 = 0.2" in p.stdout
     shutil.rmtree(finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2")
     p = finished.run("status", trainer=False)
-    assert "best val_loss so far: lr_0.1_depth_4_metric_0.3 = 0.3" in p.stdout
+    assert "best val_loss so far (complete runs): lr_0.1_depth_4_metric_0.3 = 0.3" in p.stdout
 
 
 def test_cleanup_keeps_the_best_when_sweep_json_lost_its_metric_or_the_journal_is_gone(finished):
@@ -556,3 +561,45 @@ def test_report_of_a_max_search_names_the_max_as_best(sweep):
     r = sweep.run("report", "train_sweep_results.json", trainer=False)
     best = [line for line in r.stdout.splitlines() if line.startswith("Best")]
     assert best and "x_0.9" in best[0], best
+
+
+def test_status_shows_each_running_run_s_metric_the_eta_and_why_runs_failed(sweep):
+    """issue 26 (10): status and watch showed no metric per run, no ETA and no failure reasons."""
+    sweep.gpus.set(count=2)
+    sweep.config([{"n": 0, "exit": 3, "err": "CUDA error: device-side assert"}, {"n": 1, "metric": 0.5},
+                  {"n": 2, "sleep": 30, "early_metric": 0.25}, {"n": 3, "sleep": 30, "early_metric": 0.75},
+                  {"n": 4, "sleep": 30}])
+    proc = sweep.start("--metric", "val_loss", "--no-live", "--no-fail-fast")
+    try:
+        sweep.wait_for(lambda: len(sweep.started()) >= 4, timeout=30, what="the long runs")
+        time.sleep(1.0)
+        out = sweep.run("status", "outputs", trainer=False).stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert "val_loss 0.25" in out and "val_loss 0.75" in out, out  # each running run's latest value
+    assert re.search(r"1 pending, ETA \d", out), out
+    assert "Failures, by their last line of stderr:" in out and "CUDA error: device-side assert" in out, out
+
+
+def test_status_reads_on_from_where_it_stopped(tmp_path):
+    """watch redraws every few seconds: the journal is read from its last offset, a run.json only once it changed."""
+    from train_sweep_extras import tools
+
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"runs": 3, "settings": {"metric": ["loss"]}}))
+    record = {"model_name": "a", "state": "complete", "attempt": 1, "metrics": {"loss": 1.0}, "duration_seconds": 1}
+    (folder / "journal.jsonl").write_text(json.dumps(record) + "\n")
+    status = tools.SweepStatus(folder)
+    lines, _ = status.lines()
+    assert "1 complete" in lines[1]
+    offset = status._offset
+    with open(folder / "journal.jsonl", "a") as f:
+        f.write(json.dumps(dict(record, model_name="b")) + "\n" + '{"model_name": "c", "sta')  # c: being written
+    lines, _ = status.lines()
+    assert "2 complete" in lines[1] and status._offset > offset
+    with open(folder / "journal.jsonl", "a") as f:
+        f.write('te": "failed", "attempt": 1}\n')
+    lines, _ = status.lines()
+    assert "2 complete, 1 failed" in lines[1]

@@ -4,6 +4,7 @@ run's table, the summary."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import FAKE_TRAINER, TRAIN_SWEEP, cli, event_lines, no_traceback, signal_when_two_run, strict_results
+from conftest import FAKE_TRAINER, TRAIN_SWEEP, cli, kill_pids, run_pids, event_lines, no_traceback, signal_when_two_run, strict_results
 
 
 # -- plain event lines and their counts --------------------------------------------------------------------------
@@ -35,7 +36,7 @@ def test_plain_event_lines_when_stdout_is_a_pipe(sweep):
     assert c["complete"] == 1 and "failed" not in c and sum(c.values()) == 2, complete
     failed = next(i for i, line in enumerate(lines) if " failed      n_1_exit_2" in line)
     assert lines[failed].endswith("[complete 1 | failed 1 | running 0 | pending 0]"), lines[failed]
-    assert lines[failed + 1].strip() == f"see {sweep.dir}/outputs/n_1_exit_2_err_KeyError_lr/train_stderr.log: KeyError:lr"
+    assert lines[failed + 1].strip() == "see outputs/n_1_exit_2_err_KeyError_lr/train_stderr.log: KeyError:lr"
     assert "\x1b[" not in p.stdout.split("train_sweep summary")[0]  # no terminal codes in the event lines
 
 
@@ -231,6 +232,36 @@ def test_live_view_in_a_real_terminal(sweep):
         subprocess.run(["tmux", "kill-session", "-t", session])
 
 
+@pytest.mark.skipif(not _tmux_available(), reason="needs tmux")
+def test_after_kill_9_the_terminal_gets_its_normal_screen_and_cursor_back(sweep):
+    """issue 26 (9): after `kill -9` of the sweep the terminal stayed on the alternate screen with its cursor
+    hidden, and the resumed sweep's lines vanished with it. The guardian, which outlives the sweep, gives the
+    terminal back and says what happened."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": i, "sleep": 30} for i in range(2)])
+    session, pane = in_tmux(sweep, 100, 30, "")
+    try:
+        sweep.wait_for(lambda: "running 1" in pane(), what="the live view")
+
+        def flag(name: str) -> str:
+            return subprocess.run(["tmux", "display", "-p", "-t", session, f"#{{{name}}}"], capture_output=True,
+                                  text=True).stdout.strip()
+
+        assert flag("alternate_on") == "1" and flag("cursor_flag") == "0"
+        import psutil  # the sweep: the process running train_sweep.py in this test's folder (not its guardian)
+
+        pids = [p.pid for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(sweep.dir)
+                and str(TRAIN_SWEEP) in (p.info["cmdline"] or ())]
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        sweep.wait_for(lambda: flag("alternate_on") == "0", timeout=15, what="the normal screen back")
+        sweep.wait_for(lambda: "train_sweep was killed" in pane(), timeout=10, what="the guardian's line")
+        assert flag("cursor_flag") == "1"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session])
+        kill_pids(run_pids(sweep))
+
+
 def in_tmux(sweep, cols: int, rows: int, flags: str):
     """The CLI (the fake trainer, then `flags`, shell text) in a tmux session of cols x rows: the session's
     name and a function that captures its screen."""
@@ -284,9 +315,9 @@ def test_live_view_fits_the_terminal(sweep, cols, rows):
     progress line and the last failure show, no line wraps, and on a tall terminal more events show."""
     sweep.gpus.set(count=8)
     common = {f"training.option_{i}": i for i in range(10)}
-    sweep.config([{**common, "exit": 3} if n == 0 else {**common, "sleep": 30, "lr": 10 ** -n, "seed": n}
-                  for n in range(12)])
-    session, pane = in_tmux(sweep, cols, rows, "--no-fail-fast --settle-seconds 1")
+    sweep.config([{**common, "exit": 3} if n == 0 else {**common, "sleep": 30, "lr": 10 ** -n, "seed": n,
+                                                         "early_metric": round(1 / n, 3)} for n in range(12)])
+    session, pane = in_tmux(sweep, cols, rows, "--no-fail-fast --settle-seconds 1 --metric val_loss")
     try:
         sweep.wait_for(lambda: "running 8" in pane() and "last failure" in pane(), timeout=30,
                        what="8 runs and the failure in the live view")
@@ -298,12 +329,25 @@ def test_live_view_fits_the_terminal(sweep, cols, rows):
         assert any(re.search(r"\d+/12\s+complete 0\s+failed 1\s+running 8\s+pending 3", line) for line in screen), screen
         assert any(line.startswith("last failure: ") and "failed" in line for line in screen), screen
         assert all(len(line) <= cols for line in screen)
+        # issue 26 (3): what matters is kept at 80 and 60 columns: each run's metric, the failure's reason and log
+        assert all(re.search(r"val_loss [01]", line) for line in gpu_rows), "\n".join(screen)
+        text = "\n".join(screen)
+        assert "exit 3" in text.replace("\n", "") or "rc 3" in text, screen
+        assert "train_stderr.log" in text.replace("\n", ""), screen
+        assert "[complete" not in text  # the progress line says it once, not each event line
         events = [line for line in screen if re.match(r"\d\d:\d\d:\d\d ", line)]
         assert len(events) >= (10 if rows >= 45 else 1), screen  # the height is used (the old view showed 8)
         if cols >= 120:
             assert "Fake GPU 0" in gpu_rows[0] and "░" in gpu_rows[0]  # the name and the memory bar
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
-        sweep.wait_for(lambda: "train_sweep summary" in pane() or "run(s):" in pane(), timeout=30, what="the summary")
+        sweep.wait_for(lambda: "run(s):" in pane(), timeout=30, what="the summary")
+        time.sleep(0.5)
+        subprocess.run(["tmux", "resize-window", "-t", session, "-y", "200"], check=False)
+        full = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-300", "-t", session], capture_output=True,
+                              text=True).stdout.splitlines()
+        table = [line for line in full if re.match(r"[│|]\s*\d+\s*[│|]", line)]
+        assert len(table) == 9, "\n".join(full)  # the summary table: one line a run (the 3 not started are counted)
+        assert all(len(line) <= cols for line in full)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session])
 
@@ -444,3 +488,17 @@ def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]
+
+
+def test_a_summary_of_many_runs_keeps_the_best_ones(sweep):
+    """issue 26 (6): with more than 50 runs the end table listed only the runs that did not complete: a fully
+    complete 100-trial search printed no ranking at all. It shows the 10 best, then those that did not."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"i": i, "metric": round((i * 37 % 60) / 60, 3)} for i in range(60)])
+    p = sweep.run("--metric", "val_loss", "--no-live", "--max-processes-per-gpu", "8", "--memory-threshold-gb", "80",
+                  timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    table = p.stdout[p.stdout.index("train_sweep summary"):].splitlines()[2:12]
+    assert [float(line.split()[-1]) for line in table] == sorted(float(line.split()[-1]) for line in table)
+    assert float(table[0].split()[-1]) == 0.0
+    assert "The table shows 10 of them: the 10 best complete ones" in p.stdout

@@ -100,6 +100,9 @@ class ClusterSlots:
     def packing(self) -> None:
         return None
 
+    def summary(self) -> list[str]:
+        return []
+
 
 SLURM_KEYS = {  # the config's "slurm" object: key -> (what it must be, its test)
     "partition": ("a string", lambda v: isinstance(v, str) and bool(v)),

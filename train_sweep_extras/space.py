@@ -392,5 +392,8 @@ def describe_search(search: SearchSpec, settings: Settings, placement: str) -> l
     objectives = ", ".join(f"{m} {n}" for m, n in zip(settings.modes, settings.metric))
     lines = [f"Search: {settings.search} sampler, {budget}, pruner {settings.pruner}, {objectives}. "
              f"Placement: {placement}."]
+    from .search import describe_choices
+
+    lines += [f"  {line}" for line in describe_choices(search, settings)]
     lines += [f"  {key}: {param.describe()}" for key, param in search.params.items()]
     return lines + [f"  note: {line}" for line in search.notes]

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from train_sweep import (
     read_journal,
     run_labels,
     sweep_alive,
+    tail_lines,
     try_lock,
     varying_keys,
     where,
@@ -626,48 +628,145 @@ def build_tool_parser() -> argparse.ArgumentParser:
     return p
 
 
+class SweepStatus:
+    """A sweep as another shell sees it, read incrementally (`watch` redraws it every few seconds, also for
+    10,000 runs): the journal from where the last reading stopped, a run.json again only when it changed, a
+    running run's latest metric from the end of its series file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.latest: dict[str, Mapping[str, Any]] = {}  # each run's latest journal record
+        self._offset = 0
+        self._runs: dict[Path, tuple[int, Mapping[str, Any] | None]] = {}  # run.json: (mtime_ns, record)
+        self._tails: dict[tuple[str, int], str] = {}  # a failed attempt's last stderr lines
+
+    def _journal(self) -> None:
+        try:
+            with open(self.folder / JOURNAL, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next reading
+        self._offset += end
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+                name = record["model_name"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue
+            why = damage(record)
+            if why is None:
+                self.latest[name] = record
+            else:
+                SKIPPED(self.folder / JOURNAL, f"{name!r}: {why}")
+
+    def _run_jsons(self) -> list[Mapping[str, Any]]:
+        out = []
+        for mark in self.folder.glob(f"*/{RUN_MARK}"):
+            path = mark.parent / "run.json"
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            seen = self._runs.get(path)
+            if seen is None or seen[0] != mtime:
+                if mark.parent.is_symlink():  # a folder that is a link is no run of its own
+                    seen = self._runs[path] = (mtime, None)
+                    continue
+                record = read_json(path)
+                why = "not readable JSON (or nested too deeply)" if record is None else damage(record)
+                if why is not None:
+                    SKIPPED(path, why)
+                seen = self._runs[path] = (mtime, record if why is None else None)
+            if seen[1] is not None:
+                out.append(seen[1])
+        return out
+
+    def lines(self) -> tuple[list[str], bool]:
+        """Whether its process lives, its runs by state, the ETA, each GPU's running runs with their elapsed
+        time and latest metric, the best so far and why runs failed."""
+        folder = self.folder
+        record = sweep_record(folder)
+        if record is None:
+            raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir")
+        settings = record.get("settings") or {}
+        ranking = Ranking.saved(settings)
+        pid = sweep_alive(folder)
+        self._journal()
+        latest = self.latest
+        running = [run for run in self._run_jsons() if run.get("state") == State.RUNNING.value and
+                   _attempt(run) > _attempt(latest.get(run["model_name"], {"attempt": 0}))]  # a newer attempt
+        again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
+        counts = {s.value: 0 for s in FINISHED_ORDER}
+        for name, r in latest.items():
+            if name not in again and not r.get("requeued") and r.get("state") in counts:
+                counts[r["state"]] += 1
+        total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
+        left = max(0, total - sum(counts.values()) - len(running))
+        detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
+        state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects" \
+            " the results)" if detached else "dead (killed: run the same command to resume)" if running else \
+            f"stopped with {left} run(s) not started: run the same command to resume" if left else \
+            "interrupted" if counts["interrupted"] else "finished"
+        shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        now = time.time()
+        durations = [d for r in latest.values() if r.get("state") == State.COMPLETE.value
+                     and isinstance(d := r.get("duration_seconds"), (int, float))]
+        eta = ""
+        if pid and durations and (running or left):
+            mean = sum(durations) / len(durations)
+            ahead = sum(max(0.0, mean - (now - (_parse_time(r.get("start_time")) or now))) for r in running)
+            eta = f", ETA {fmt_duration((ahead + mean * left) / max(1, len(running)))}"
+        lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
+                 f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
+                                                             detached else f"{len(running)} running" if pid else "",
+                                                             f"{left} pending" if left and pid else "") if x) + eta]
+        labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
+        by_gpu: dict[str, list[str]] = {}
+        for r in running if pid or detached else ():
+            since = _parse_time(r.get("start_time"))
+            job = f"job {r['slurm_job_id']}, submitted " if r.get("slurm_job_id") else ""
+            value = self._latest_value(r, ranking.metric)
+            by_gpu.setdefault("Slurm" if job else where(r.get("gpu_id")), []).append(
+                f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)}"
+                + (" ago" if job else "") + (f", {ranking.metric} {value:.4g}" if value is not None else "") + ")")
+        lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
+        found = journal_best(folder, latest, settings)
+        if found is not None:
+            lines.append(f"best {found[0]} so far (complete runs): {found[2]['model_name']} = {found[1]:.4g}")
+        lines += [f"  {line}" if i else line for i, line in enumerate(failure_reasons(self._failures(), 3))]
+        return lines, pid is not None
+
+    def _failures(self) -> list[Mapping[str, Any]]:
+        """The latest 200 failed runs, each with its last stderr line (read once: the journal keeps no tails)."""
+        failed = [r for r in self.latest.values() if r.get("state") in (State.FAILED.value, State.TIMEOUT.value,
+                                                                        State.OOM.value)][-200:]
+        out = []
+        for r in failed:
+            key = (r["model_name"], _attempt(r))
+            if key not in self._tails:
+                stderr = r.get("stderr") or (tail_lines(Path(r["run_dir"]) / "train_stderr.log", 3)
+                                             if isinstance(r.get("run_dir"), str) else "")
+                self._tails[key] = stderr
+            out.append({**r, "stderr": self._tails[key]})
+        return out
+
+    def _latest_value(self, run: Mapping[str, Any], metric: str | None) -> float | None:
+        """A running run's latest value of the metric: the last line of its series that has it."""
+        if not metric or not run.get("run_dir"):
+            return None
+        for line in reversed(tail_lines(Path(run["run_dir"]) / SERIES, 20, 16 * 1024).splitlines()):
+            with suppress(ValueError, TypeError, AttributeError):
+                value = json.loads(line).get(metric)
+                if isinstance(value, (int, float)):
+                    return float(value)
+        return None
+
+
 def status_lines(folder: Path) -> tuple[list[str], bool]:
-    """A sweep as another shell sees it: whether its process lives, its runs by state, each GPU's running
-    runs with their elapsed time, and the best so far (sweep.json, the journal, the runs' run.json)."""
-    record = sweep_record(folder)
-    if record is None:
-        raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir")
-    settings = record.get("settings") or {}
-    pid = sweep_alive(folder)
-    latest = sound_journal(folder)
-    running = [run for run in run_jsons(folder) if run.get("state") == State.RUNNING.value and
-               _attempt(run) > _attempt(latest.get(run["model_name"], {"attempt": 0}))]  # a newer attempt
-    again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
-    counts = {s.value: 0 for s in FINISHED_ORDER}
-    for name, r in latest.items():
-        if name not in again and not r.get("requeued") and r.get("state") in counts:
-            counts[r["state"]] += 1
-    total = record.get("runs") or 0
-    left = max(0, total - sum(counts.values()) - len(running))
-    detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
-    state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects " \
-        "the results)" if detached else "dead (killed: run the same command to resume)" if running else \
-        f"stopped with {left} run(s) not started: run the same command to resume" if left else \
-        "interrupted" if counts["interrupted"] else "finished"
-    shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
-             f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
-                                                         detached else f"{len(running)} running" if pid else "",
-                                                         f"{left} pending" if left and pid else "") if x)]
-    labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
-    now = time.time()
-    by_gpu: dict[str, list[str]] = {}
-    for r in running if pid or detached else ():
-        since = _parse_time(r.get("start_time"))
-        job = f"job {r['slurm_job_id']}, submitted " if r.get("slurm_job_id") else ""
-        by_gpu.setdefault("Slurm" if job else where(r.get("gpu_id")), []).append(
-            f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)})"
-            + (" ago" if job else ""))
-    lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
-    found = journal_best(folder, latest, settings)
-    if found is not None:
-        lines.append(f"best {found[0]} so far: {found[2]['model_name']} = {found[1]:g}")
-    return lines, pid is not None
+    """status, read once."""
+    return SweepStatus(folder).lines()
 
 
 def _attempt(record: Mapping[str, Any]) -> int:
@@ -686,19 +785,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    folder = Path(args.folder)
-    lines, alive = status_lines(folder)
+    status = SweepStatus(Path(args.folder))  # read on from where each reading stopped
+    lines, alive = status.lines()
     if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
         print("\n".join(lines), flush=True)
         while alive:
             time.sleep(args.every)
-            lines, alive = status_lines(folder)
+            lines, alive = status.lines()
             print("\n" + "\n".join(lines), flush=True)
         return EXIT_OK
     with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
         while alive:
             time.sleep(args.every)
-            lines, alive = status_lines(folder)
+            lines, alive = status.lines()
             live.update(Text("\n".join(lines)), refresh=True)
     return EXIT_OK
 

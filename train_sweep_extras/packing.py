@@ -1,0 +1,549 @@
+"""--max-processes-per-gpu auto: how many runs each GPU takes, learned from what NVML shows.
+
+GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NVML reading, `place` a run,
+`launched`, `ended`, `line` for the live view and `summary` at the end.
+
+- A run's footprint is the memory of its process group (or, where NVML hides processes, its share of its
+  GPU's growth) once that memory has held still for STABLE_S while its GPU computed.
+- Footprints are kept per configuration (`Footprints`). Which hyperparameters move memory is learned from the
+  footprints themselves: a key stops counting once runs that differ in it, and agree on every key that counts,
+  used the same memory. A run is predicted from runs of its memory shape, or from a run at least as large in
+  every numeric key that counts (memory grows with batch size, width, depth, ...).
+- A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen, and
+  its GPU takes nothing else until its own footprint is known (seconds).
+- An out-of-memory end raises the margin of the run that grew past its prediction (the one that died when none
+  did); a run that died unseen leaves its peak as a floor. A need larger than any GPU offers runs alone.
+- Footprints are remembered across sweeps (FootprintCache, in the user's cache folder), keyed by command,
+  working folder, GPU model and hyperparameters: a repeated sweep packs from its first second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import itertools
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import train_sweep as ts
+from train_sweep import MB, GpuReading, Run, canonical_json, fmt_bytes
+
+MARGIN, MARGIN_MB = 1.15, 512.0  # a run's predicted need: its footprint x 1.15, and at least + 512 MB
+MARGIN_MAX = 3.0  # each out-of-memory end raises the margin of the run that grew x1.5, to this at most
+STABLE_S = 1.0  # a run's memory is its footprint once it has not grown for this long
+QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
+WINDOW_S = 5.0  # a GPU's utilization is judged over this window
+UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
+SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the same
+MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
+MOVERS_TRIES = 4096  # ... trying at most this many sets of keys to leave out
+CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints are compacted beyond this
+CACHE_LINES = 20_000  # ... to the latest this many
+MPS_SMALL = 1 / 8  # runs at most this share of their GPU, packed and alone on it: --mps would likely pay
+
+
+def describe(policy: Any, where: str) -> str:
+    bound = f"{policy.max_parallel} in all (--max-parallel)" if policy.max_parallel else \
+        f"{policy.cpu_cores} in all (the CPU cores)"
+    return (f"auto on {where}: as many runs a GPU as free memory takes, each run's footprint predicted from "
+            f"runs of its memory shape (x{MARGIN:g}, at least +{MARGIN_MB / 1024:g} GB); a run of an unseen shape "
+            f"has its GPU to itself until its footprint is known; at most {bound}, none more on a GPU "
+            f"{UTIL_FULL:g}% busy")
+
+
+# -- footprints per configuration -------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Point:
+    hp: Mapping[str, Any]  # the run's hyperparameters
+    mb: float  # the most memory it used (floor: what it had reached when it ran out of memory)
+    source: str  # the run's name, or "remembered"
+    margin: float = MARGIN
+    floor: bool = False
+
+
+def same(a: float, b: float) -> bool:
+    return abs(a - b) <= max(SAME[0] * max(a, b), SAME[1])
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_MISSING = object()
+
+
+class Footprints:
+    """The footprints seen, one per configuration, and predictions for configurations not seen."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, Point] = {}
+        self._movers: tuple[str, ...] | None = None
+
+    def add(self, hp: Mapping[str, Any], mb: float, source: str, floor: bool = False) -> Point:
+        """A footprint seen (floor: what a run had reached when it ran out of memory: it needs more)."""
+        key = canonical_json(dict(hp))
+        old = self.points.get(key)
+        if old is not None and floor:
+            old.mb = max(old.mb, mb)
+        else:
+            self.points[key] = Point(dict(hp), mb, source, old.margin if old is not None else MARGIN, floor)
+        self._movers = None
+        return self.points[key]
+
+    def get(self, hp: Mapping[str, Any]) -> Point | None: return self.points.get(canonical_json(dict(hp)))
+
+    def raise_margin(self, hp: Mapping[str, Any], peak_mb: float, source: str) -> Point:
+        """Out of memory: this configuration needs at least what it reached, and more room (x1.5, to MARGIN_MAX)."""
+        point = self.add(hp, peak_mb, source, floor=True)
+        point.margin = min(point.margin * 1.5, MARGIN_MAX)
+        return point
+
+    def largest(self) -> float | None:
+        return max((p.mb for p in self.points.values()), default=None)
+
+    def movers(self) -> tuple[str, ...]:
+        """The keys that move memory: every key, less those shown not to (cached until a footprint is added)."""
+        if self._movers is None:
+            self._movers = self._find_movers(list(self.points.values())[-MOVERS_POINTS:])
+        return self._movers
+
+    @staticmethod
+    def _find_movers(points: Sequence[Point]) -> tuple[str, ...]:
+        """Leave out a set of keys while the runs that agree on every other key used the same memory, and each
+        left-out key took two values among such runs (evidence, not absence of it)."""
+        keep = set().union(*(p.hp for p in points)) if points else set()
+        values = [{k: canonical_json(p.hp[k]) if k in p.hp else "\0" for k in keep} for p in points]
+        tries = 0
+
+        def groups(keys: Iterable[str]) -> Iterable[list[int]]:
+            keys = sorted(keys)
+            by: dict[tuple[str, ...], list[int]] = {}
+            for i, v in enumerate(values):
+                by.setdefault(tuple(v[k] for k in keys), []).append(i)
+            return by.values()
+
+        def may_leave(out: tuple[str, ...]) -> bool:
+            varied: set[str] = set()
+            for group in groups(keep - set(out)):
+                if len(group) < 2:
+                    continue
+                if not same(max(points[i].mb for i in group), min(points[i].mb for i in group)):
+                    return False
+                varied |= {k for k in out if len({values[i][k] for i in group}) > 1}
+            return varied == set(out)
+
+        while True:
+            for size in range(1, len(keep) + 1):
+                found = None
+                for out in itertools.combinations(sorted(keep), size):
+                    tries += 1
+                    if tries > MOVERS_TRIES:
+                        return tuple(sorted(keep))
+                    if may_leave(out):
+                        found = out
+                        break
+                if found:
+                    keep -= set(found)
+                    break
+            else:
+                return tuple(sorted(keep))
+
+    def predict(self, hp: Mapping[str, Any]) -> tuple[Point, str] | None:
+        """The point that bounds this configuration's footprint, and how it was found; None: an unseen shape."""
+        own = self.get(hp)
+        if own is not None:
+            return own, "its own"
+        movers = self.movers()
+        like = [p for p in self.points.values() if all(p.hp.get(k, _MISSING) == hp.get(k, _MISSING) for k in movers)]
+        if like:
+            top = max(like, key=lambda p: p.mb)
+            return dataclasses.replace(top, margin=max(p.margin for p in like)), \
+                f"runs of its memory shape ({len(like)})"
+        larger = [p for p in self.points.values() if all(
+            p.hp.get(k, _MISSING) == hp.get(k, _MISSING) or (
+                _numeric(p.hp.get(k)) and _numeric(hp.get(k)) and p.hp[k] >= hp[k]) for k in movers)]
+        if not larger:
+            return None
+
+        def shape_of(p: Point) -> Point:  # the largest footprint of p's memory shape
+            return max((q for q in self.points.values()
+                        if all(q.hp.get(k, _MISSING) == p.hp.get(k, _MISSING) for k in movers)), key=lambda q: q.mb)
+
+        top = min((shape_of(p) for p in larger), key=lambda p: p.mb)
+        return top, f"a run at least as large ({top.source})"
+
+
+class FootprintCache:
+    """Footprints remembered across sweeps: one JSON line each in $XDG_CACHE_HOME/train_sweep/footprints.jsonl
+    (~/.cache/... without it), under a key of the command, the working folder and the GPU model. Never in the
+    way: a cache that cannot be read or written is said once and left alone."""
+
+    def __init__(self, folder: Path, command: Sequence[str], cwd: Path, gpu_model: str) -> None:
+        self.path = folder / "footprints.jsonl"
+        self.key = hashlib.sha256(canonical_json([list(command), str(cwd), gpu_model]).encode()).hexdigest()[:16]
+        self.trouble: str | None = None
+
+    @staticmethod
+    def folder() -> Path:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "train_sweep"
+
+    def load(self) -> list[tuple[dict[str, Any], float]]:
+        """This key's footprints, the latest of each configuration."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(CACHE_BYTES * 4)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self.trouble = f"cannot read {self.path}: {e.strerror or e}"
+            return []
+        found: dict[str, tuple[dict[str, Any], float]] = {}
+        for line in data.splitlines():
+            try:
+                item = json.loads(line)
+                if item["key"] == self.key and isinstance(item["hp"], dict) and _numeric(item["mb"]):
+                    found[canonical_json(item["hp"])] = (item["hp"], float(item["mb"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged line (a crash mid-write, an edit): skipped
+        return list(found.values())
+
+    def add(self, hp: Mapping[str, Any], mb: float) -> None:
+        if self.trouble:
+            return
+        line = json.dumps({"key": self.key, "hp": dict(hp), "mb": round(mb, 1), "at": round(time.time())},
+                          separators=(",", ":")) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a+b") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)  # sweeps that end at once append whole lines
+                f.write(line.encode())
+                f.flush()
+                if f.tell() > CACHE_BYTES:
+                    self._compact(f)
+        except (OSError, TypeError, ValueError) as e:
+            self.trouble = f"cannot write {self.path}: {getattr(e, 'strerror', None) or e}"
+
+    def _compact(self, f: Any) -> None:
+        """The latest line of each (key, configuration), the newest CACHE_LINES of them, rewritten in place."""
+        f.seek(0)
+        latest: dict[tuple[str, str], bytes] = {}
+        for line in f.read().splitlines():
+            try:
+                item = json.loads(line)
+                latest.pop((item["key"], canonical_json(item["hp"])), None)
+                latest[(item["key"], canonical_json(item["hp"]))] = line
+            except (ValueError, KeyError, TypeError):
+                continue
+        f.seek(0)
+        f.truncate()
+        f.write(b"".join(line + b"\n" for line in list(latest.values())[-CACHE_LINES:]))
+        f.flush()
+
+
+# -- the packer ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Seen:
+    peak_mb: float = 0.0  # the most memory seen for the run
+    grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
+    how: str = ""  # per-process memory, or the GPU's growth
+    computed_at: float | None = None  # its GPU last seen computing (util > 0, or unknown), QUIET_S after it grew
+    learned: float = 0.0  # the footprint recorded for it so far
+
+
+class Packer:
+    """GpuPool's decisions under --max-processes-per-gpu auto (see the module's doc)."""
+
+    def __init__(self, pool: Any, cpu_cores: int, group_of: Callable[[int], int | None] | None = None,
+                 is_service: Callable[[int], bool] | None = None, cache: FootprintCache | None = None) -> None:
+        self.pool = pool
+        gpus = pool.gpus
+        self.cores = max(1, cpu_cores)
+        self.per_gpu_cap = max(1, min(ts.AUTO_MAX_PER_GPU, self.cores // max(1, len(gpus))))
+        self.model = Footprints()
+        self.runs: dict[Run, _Seen] = {}
+        self.predicted: dict[Run, float | None] = {}  # what each running run was expected to use (None: unseen)
+        self.probes: set[Run] = set()  # running runs of an unseen shape, until their footprint is known
+        self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
+        self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
+        self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
+        self.full: dict[int, int] = {}  # GPUs seen saturated, with the runs that did it: their limit from then on
+        self.most: dict[int, int] = {}  # the most runs each GPU held at once
+        self.total_mb: dict[int, float] = {}
+        self.notes: list[str] = []
+        self.group_of = group_of or ts._process_group
+        self.is_service = functools.lru_cache(maxsize=4096)(is_service or ts._is_mps_server)
+        self.now = 0.0
+        self.cache = cache
+        self.remembered = 0
+        if cache is not None:
+            for hp, mb in cache.load():
+                self.model.add(hp, mb, "remembered")
+                self.remembered += 1
+            if self.remembered:
+                self.notes.append(f"{'footprint':<11} {self.remembered} footprint(s) remembered from earlier sweeps "
+                                  f"of this command on this GPU model ({cache.path}; --no-footprint-cache ignores "
+                                  "them)")
+            self._cache_trouble()
+
+    def _cache_trouble(self) -> None:
+        if self.cache is not None and self.cache.trouble:
+            self.notes.append(f"warning: footprint cache: {self.cache.trouble}; footprints are not remembered")
+            self.cache = None
+
+    # -- what NVML shows ------------------------------------------------------------------------
+    def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]]) -> None:
+        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still."""
+        self.now = now
+        for g, r in readings.items():
+            runs = on_gpu.get(g, ())
+            self.total_mb[g] = r.memory_total_mb
+            self.most[g] = max(self.most.get(g, 0), len(runs))
+            if r.utilization is not None:
+                self._window(self.util.setdefault(g, deque()), now, r.utilization)
+            groups: dict[int | None, float] = {}
+            used = r.memory_used_mb  # less what the MPS server holds: no run's
+            for pid, mb in r.pid_mb.items():
+                if mb is not None and self.is_service(pid):
+                    used -= mb
+                elif mb is not None:
+                    group = self.group_of(pid)
+                    groups[group] = groups.get(group, 0.0) + mb
+            if not runs:
+                self.baseline[g] = used
+                continue
+            unattributed = [run for run in runs if not groups.get(run.pgid)]
+            growth = max(0.0, used - self.baseline.get(g, used))
+            shared = (growth - sum(groups.get(run.pgid, 0.0) for run in runs)) / len(unattributed) if unattributed \
+                else 0.0
+            for run in runs:
+                mine = groups.get(run.pgid)
+                self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
+                           r.utilization != 0)
+        for run, seen in list(self.runs.items()):
+            if seen.peak_mb >= 64.0 and now - seen.grew_at >= STABLE_S and seen.computed_at is not None and \
+                    seen.computed_at > seen.grew_at:
+                self._learn(run, seen)
+
+    @staticmethod
+    def _window(samples: Any, now: float, value: float) -> None:
+        samples.append((now, value))
+        while samples and samples[0][0] < now - WINDOW_S:
+            samples.popleft()
+
+    def _seen(self, run: Run, now: float, mb: float, how: str, computing: bool) -> None:
+        f = self.runs.setdefault(run, _Seen(grew_at=now))
+        if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
+            f.grew_at = now
+        if mb > f.peak_mb:
+            f.peak_mb, f.how = mb, how
+        if computing and now - f.grew_at >= QUIET_S:
+            f.computed_at = now
+
+    def _learn(self, run: Run, seen: _Seen) -> None:
+        """The run's memory held still (or it ended): its configuration's footprint, said when it is news."""
+        if seen.learned and not seen.peak_mb > seen.learned + max(64.0, 0.02 * seen.learned):
+            return
+        expected = self.predicted.get(run)
+        seen.learned = seen.peak_mb
+        self.model.add(run.hyperparams, seen.peak_mb, run.name)
+        if self.cache is not None:
+            self.cache.add(run.hyperparams, seen.peak_mb)
+            self._cache_trouble()
+        first = run in self.probes
+        self.probes.discard(run)
+        if self.predicted.get(run) is None and run in self.predicted:
+            self.predicted[run] = seen.peak_mb  # what it is expected to use from now on
+        if first or (expected is not None and not same(expected, seen.peak_mb)):
+            what = "a first run of its memory shape" if first else f"predicted {fmt_bytes(expected * MB)}"
+            self.notes.append(f"{'footprint':<11} {fmt_bytes(seen.peak_mb * MB)} for {run.name} ({what}, from "
+                              f"{seen.how}){self._movers_text('; ')}")
+
+    def ended(self, run: Run, now: float, oom: bool) -> None:
+        """A run ended: its peak is its footprint; out of memory: more room for the run that grew past its need."""
+        seen = self.runs.pop(run, None)
+        expected = self.predicted.pop(run, None)
+        was_probe = run in self.probes
+        if not oom:
+            if seen is not None and seen.peak_mb >= 64.0:
+                self._learn(run, seen)
+            self.probes.discard(run)
+            return
+        self.probes.discard(run)
+        peak = seen.peak_mb if seen is not None else 0.0
+        grew = [r for g in run.gpus or () for r in self.pool.on_gpu.get(g, ()) if r in self.runs and
+                self.predicted.get(r) is not None and not same(self.runs[r].peak_mb, self.predicted[r]) and
+                self.runs[r].peak_mb > self.predicted[r]]
+        if was_probe or expected is None or peak > expected or not grew:
+            point = self.model.raise_margin(run.hyperparams, peak, run.name)
+            at = f"at {fmt_bytes(peak * MB)}" if peak >= 64.0 else "before its memory showed"
+            self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory {at}: runs like it now need "
+                              f"{self._need_text(point)}")
+        for r in grew:  # a neighbour grew past what it was expected to use: it is the cause, not the victim
+            point = self.model.raise_margin(r.hyperparams, self.runs[r].peak_mb, r.name)
+            self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory after {r.name} grew to "
+                              f"{fmt_bytes(self.runs[r].peak_mb * MB)} (predicted "
+                              f"{fmt_bytes((self.predicted[r] or 0) * MB)}): runs like {r.name} now need "
+                              f"{self._need_text(point)}")
+
+    def _movers_text(self, lead: str) -> str:
+        """What the footprints say moves memory: the keys that count and took several values."""
+        points = list(self.model.points.values())
+        if len(points) < 2:
+            return ""
+        varied = [k for k in self.model.movers() if len({canonical_json(p.hp.get(k)) for p in points}) > 1]
+        return f"{lead}memory moves with {', '.join(varied)}" if varied else \
+            f"{lead}the same memory for every configuration so far"
+
+    def _need_text(self, point: Point) -> str:
+        need = max(point.mb * point.margin, point.mb + MARGIN_MB)
+        return f"{fmt_bytes(need * MB)} free (footprint x{point.margin:.2f})"
+
+    # -- decisions -------------------------------------------------------------------------------
+    def prediction(self, run: Run) -> float | None:
+        """The run's predicted footprint, or None for an unseen shape."""
+        found = self.model.predict(run.hyperparams)
+        return None if found is None else found[0].mb
+
+    def need_mb(self, run: Run) -> float | None:
+        """The free memory a new run needs: its declared memory, its prediction with its margin, the largest
+        footprint seen for an unseen shape (None: nothing is known yet)."""
+        if run.memory_mb:
+            return run.memory_mb
+        found = self.model.predict(run.hyperparams)
+        if found is None:
+            largest = self.model.largest()
+            return None if largest is None else max(largest * MARGIN, largest + MARGIN_MB)
+        point = found[0]
+        return max(point.mb * point.margin, point.mb + MARGIN_MB)
+
+    def limit(self, g: int, running: int, total: int) -> tuple[int, str | None]:
+        """How many runs GPU g may hold now, and why not more (None: only memory decides)."""
+        probe = next((r for r in self.pool.on_gpu.get(g, ()) if r in self.probes), None)
+        if probe is not None:
+            return running, f"learning the memory footprint of {probe.name} (a shape not seen before)"
+        if total >= self.cores:
+            return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
+        util = self._mean(self.util.get(g))
+        if util is not None and util >= UTIL_FULL and g not in self.full:
+            self.full[g] = max(1, running)  # from now on: what saturated it (a run that ends is replaced)
+        if g in self.full:
+            return self.full[g], (f"{self.full[g]} run(s) made it {UTIL_FULL:g}% busy or more: adding more "
+                                  "no longer raises throughput")
+        return self.per_gpu_cap, (None if running < self.per_gpu_cap else
+                                  f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
+
+    def _mean(self, samples: Any) -> float | None:
+        recent = [v for t, v in samples or () if t >= self.now - WINDOW_S]
+        return sum(recent) / len(recent) if recent else None
+
+    def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
+        """Why GPU g takes no more runs, in sweep.log when it changes."""
+        if why == self.why.get(g):
+            return
+        self.why[g] = why
+        if why is None:
+            return
+        used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
+        self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}; no more: {why}")
+
+    def place(self, run: Run, now: float, min_free_mb: float | None, readings: Mapping[int, GpuReading] | None,
+              pending: Callable[[int], float]) -> tuple[tuple[int, ...] | None, str]:
+        pool = self.pool
+        total = sum(pool.running.values())
+        limits, whys = {}, []
+        for g in pool.gpus:
+            limits[g], why = self.limit(g, pool.running[g], total)
+            if pool.running[g] >= limits[g] and why:
+                self.say(g, why, pool.running[g], pool.readings.get(g))
+                whys.append(f"GPU {g}: {why}")
+            elif pool.running[g] < limits[g] and (self.why.get(g) or "").startswith(("learning", "at most")):
+                self.say(g, None, pool.running[g], None)  # room again: a later limit is said anew
+        need = self.need_mb(run)
+        gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
+                                 min_free_mb, need, pending, limits)
+        if gpus is None and need is not None and readings and run.gpus_needed == 1:
+            gpus, why = self._alone(run, need, readings) or (gpus, why)
+        if gpus is None and whys and "maximum number of runs" in why:
+            why = "; ".join(whys)
+        elif gpus is None and need is not None:
+            for g in pool.gpus:  # memory decides: said once a GPU is full
+                if pool.running[g] < limits[g] and pool.running[g]:
+                    self.say(g, f"no room for another {fmt_bytes(need * MB)}", pool.running[g], pool.readings.get(g))
+        return gpus, why
+
+    def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int], str] | None:
+        """Never wait for what cannot come: a need larger than any GPU offers (its total less others' use) starts
+        alone on the idle GPU that offers most; a smaller one waits for our runs on a GPU to end."""
+        pool = self.pool
+
+        def offer(g: int) -> float:  # a GPU without this tick's reading offers nothing now
+            r = readings.get(g)
+            if r is None:
+                return 0.0
+            return r.memory_total_mb - (r.memory_used_mb if pool.running[g] == 0 else self.baseline.get(g, 0.0))
+
+        idle = [g for g in pool.gpus if pool.running[g] == 0 and g in readings]
+        if not idle or need <= max(offer(g) for g in pool.gpus):
+            return None
+        g = max(idle, key=lambda g: (offer(g), -g))
+        why = (f"it needs {fmt_bytes(need * MB)} free, more than any GPU offers: it runs alone on GPU {g} "
+               f"({fmt_bytes(offer(g) * MB)} free)")
+        self.notes.append(f"{'packing':<11} {run.name}: {why}")
+        return (g,), why
+
+    def launched(self, run: Run) -> None:
+        found = None if run.memory_mb else self.model.predict(run.hyperparams)
+        self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
+        if self.predicted[run] is None:
+            self.probes.add(run)
+
+    def read_every(self) -> float:
+        """Seconds between NVML readings while runs run: faster while a footprint is being learned."""
+        return 0.5 if self.probes else 1.0
+
+    def slot_free(self) -> bool:
+        return sum(self.pool.running.values()) < self.cores and \
+            any(n < self.per_gpu_cap for n in self.pool.running.values())
+
+    # -- what the user reads ------------------------------------------------------------------------
+    def line(self) -> str:
+        """For the live view: the footprints, what moves them, and why GPUs take no more runs."""
+        points = self.model.points.values()
+        if not points:
+            return "auto: learning a run's memory footprint (one run a GPU until then)"
+        low, high = min(p.mb for p in points), max(p.mb for p in points)
+        span = fmt_bytes(low * MB) if same(low, high) else f"{fmt_bytes(low * MB)} to {fmt_bytes(high * MB)}"
+        whys = [f"GPU {g} full ({why})" for g, why in self.why.items() if why]
+        return (f"auto: footprints {span} ({len(self.model.points)} configuration(s){self._movers_text(', ')})"
+                + (f"; {'; '.join(whys)}" if whys else ""))
+
+    def summary(self) -> list[str]:
+        """A tip when --mps would likely pay: small runs, packed, their GPUs to themselves."""
+        if self.pool.policy.mps or not self.model.points:
+            return []
+        largest = self.model.largest() or 0.0
+        mine = [g for g, n in self.most.items() if n >= 2 and self.baseline.get(g, 0.0) < 1024 and
+                largest <= MPS_SMALL * self.total_mb.get(g, 0.0)]
+        if not mine:
+            return []
+        gpus = " ".join(map(str, sorted(mine)))
+        return [(f"Tip: these runs are small (largest footprint {fmt_bytes(largest * MB)}) and had GPU {gpus} to "
+                 "themselves: --mps would likely run them faster (1.3x for 12 small transformer runs on one H100; "
+                 "docs/packing.md)")]
+
+
+def open_packer(pool: Any, cores: int, group_of: Callable[[int], int | None] | None, cache: dict[str, Any] | None
+                ) -> Packer:
+    """The packer for GpuPool; `cache` (command, cwd, gpu_model) remembers footprints across sweeps, None: not."""
+    store = FootprintCache(FootprintCache.folder(), **cache) if cache is not None else None
+    return Packer(pool, cores, group_of, cache=store)
