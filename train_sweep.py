@@ -173,7 +173,8 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
 COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
 NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block", "source search": "--search or --pruner",
              "search choices": "--pruner",
-             "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto", "backend slurm": "--backend slurm", "mps": "--mps",
+             "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto",
+             "backend slurm": "--backend slurm", "mps": "--mps",
              "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
              "commands": "report, list, status, watch, cleanup and flags"}  # how the messages name what needs an extra
 
@@ -1051,7 +1052,9 @@ LABEL_CHARS = 48  # a run's label in the live view, the summary and plots is cut
 
 def label_of(hyperparams: Mapping[str, Any], keys: Iterable[str], fallback: str) -> str:
     """A run as the view shows it: `lr=0.001 seed=2` for `keys`, cut to LABEL_CHARS; `fallback` without keys."""
-    def shown(value: Any) -> str:
+    def shown(value: Any) -> str:  # 4 significant digits: a person reads it (the results keep every digit)
+        if isinstance(value, float) and not value.is_integer():
+            return f"{value:.4g}"
         return json.dumps(value) if isinstance(value, (list, dict)) else format_value(value)
     text = " ".join(f"{default_short(k)}={shown(hyperparams[k])}" for k in keys if k in hyperparams)
     return (text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…") or fallback
@@ -3713,7 +3716,8 @@ class Leaderboard:
         if self.leader is None:
             return
         top = ", ".join(f"{run.name} {value:.4g}" for run, value in self.top(3))
-        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={self.board[self.leader]:.4g}  (complete runs: {top})")
+        value = self.board[self.leader]
+        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={value:.4g}  (complete runs: {top})")
 
     def top(self, k: int) -> list[tuple[Run, float]]:
         import heapq

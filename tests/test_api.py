@@ -114,10 +114,12 @@ def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path
         out = cli(*args, cwd=empty)  # no config file there: the command line is the sweep
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1 and install in out.stderr and "train_sweep_extras" in out.stderr, out.stderr
-    (tmp_path / "nvml_state.json").write_text(json.dumps({"gpus": [{"name": "Fake", "total_mb": 16000, "used_mb": 500}]}))
+    state = {"gpus": [{"name": "Fake", "total_mb": 16000, "used_mb": 500}]}
+    (tmp_path / "nvml_state.json").write_text(json.dumps(state))
     out = cli("--max-processes-per-gpu", "auto", "x=1,2", cwd=empty)  # auto packing is an extra too
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "--max-processes-per-gpu auto needs train_sweep_extras/" in out.stderr and "pip install train-sweep" in out.stderr
+    assert "--max-processes-per-gpu auto needs train_sweep_extras/" in out.stderr
+    assert "pip install train-sweep" in out.stderr
 
 
 def test_backends_and_extras_come_from_the_registry():

@@ -793,3 +793,12 @@ def test_nvml_failing_on_every_gpu_keeps_finished_runs_and_exits_3(sweep):
     assert first["state"] == "complete", results
     left = [r["model_name"] for r in run_jsons(sweep.dir / "outputs") if r.get("state") == "running"]
     assert not left, f"run.json still says running: {left}"
+
+
+def test_a_key_no_footprint_has_makes_a_run_unseen():
+    """Footprints remembered from an earlier sweep without `batch`: a run that sets it is not predicted from them."""
+    fp = Footprints()
+    fp.add({"lr": 1e-3}, 2000, "a")
+    fp.add({"lr": 1e-4}, 2010, "b")
+    assert fp.predict({"lr": 1e-2})[0].mb == 2010
+    assert fp.predict({"lr": 1e-2, "batch": 512}) is None

@@ -603,3 +603,36 @@ def test_status_reads_on_from_where_it_stopped(tmp_path):
         f.write('te": "failed", "attempt": 1}\n')
     lines, _ = status.lines()
     assert "2 complete, 1 failed" in lines[1]
+
+
+def test_timeline_labels_carry_the_run_number_and_fit_their_bar_and_durations_have_a_legend(seeds, tmp_path):
+    """issue 26 (5): timeline labels were cut before the second parameter and ran over the next bar, with no #N
+    to match the summary; durations.png had no legend (checked through matplotlib's own objects)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train_sweep_extras.plots import write_plots
+    from train_sweep_extras.tools import load_results
+
+    records = load_results(str(seeds.dir / "train_sweep_results.json"))
+    saved = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, path, **kw):
+        saved[Path(path).name] = fig
+        return real(fig, path, **kw)
+
+    plt.Figure.savefig = keep
+    try:
+        write_plots(tmp_path, records, "val_loss")
+    finally:
+        plt.Figure.savefig = real
+    ax = saved["timeline.png"].axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts and all(re.match(r"#\d+ ", t) for t in texts), texts
+    assert any("lr=0.1 seed=0" in t for t in texts), texts  # 4 digits, both parameters where the bar has room
+    legend = saved["durations.png"].axes[0].get_legend()
+    assert legend is not None and {t.get_text() for t in legend.get_texts()} == {"complete", "failed"}

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from conftest import FAKE_TRAINER, TRAIN_SWEEP, cli, kill_pids, run_pids, event_lines, no_traceback, signal_when_two_run, strict_results
+from conftest import (
+    FAKE_TRAINER, TRAIN_SWEEP, cli, event_lines, kill_pids, no_traceback, run_pids, signal_when_two_run, strict_results,
+)
 
 
 # -- plain event lines and their counts --------------------------------------------------------------------------

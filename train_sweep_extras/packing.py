@@ -86,6 +86,7 @@ class Footprints:
     def __init__(self) -> None:
         self.points: dict[str, Point] = {}
         self._movers: tuple[str, ...] | None = None
+        self._known: set[str] | None = None  # every key of every footprint
 
     def add(self, hp: Mapping[str, Any], mb: float, source: str, floor: bool = False) -> Point:
         """A footprint seen (floor: what a run had reached when it ran out of memory: it needs more)."""
@@ -95,7 +96,7 @@ class Footprints:
             old.mb = max(old.mb, mb)
         else:
             self.points[key] = Point(dict(hp), mb, source, old.margin if old is not None else MARGIN, floor)
-        self._movers = None
+        self._movers = self._known = None
         return self.points[key]
 
     def get(self, hp: Mapping[str, Any]) -> Point | None: return self.points.get(canonical_json(dict(hp)))
@@ -105,6 +106,11 @@ class Footprints:
         point = self.add(hp, peak_mb, source, floor=True)
         point.margin = min(point.margin * 1.5, MARGIN_MAX)
         return point
+
+    def _keys(self) -> set[str]:
+        if self._known is None:
+            self._known = set().union(*(p.hp for p in self.points.values()))
+        return self._known
 
     def largest(self) -> float | None:
         return max((p.mb for p in self.points.values()), default=None)
@@ -161,6 +167,8 @@ class Footprints:
         own = self.get(hp)
         if own is not None:
             return own, "its own"
+        if set(hp) - self._keys():
+            return None  # a key no footprint has: what it does to memory is unknown
         movers = self.movers()
         like = [p for p in self.points.values() if all(p.hp.get(k, _MISSING) == hp.get(k, _MISSING) for k in movers)]
         if like:

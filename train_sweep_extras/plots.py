@@ -100,9 +100,9 @@ def param_importances(study: Any) -> dict[str, float]:
 
 
 def _importances_plot(vis: Any, study: Any, evaluator: Any) -> Any:
-    ax = vis.plot_param_importances(study, evaluator=evaluator)
     names = json.loads(study.user_attrs.get("search", "{}")).get("metrics") or ["the metric"]
-    ax.set_title(f"fANOVA importance: the share of {names[0]}'s variance each parameter explains")
+    ax = vis.plot_param_importances(study, evaluator=evaluator, target_name=names[0])
+    ax.set_title(f"fANOVA: the share of {names[0]}'s variance each parameter explains", loc="left")
     ax.set_xlabel("importance (fANOVA, sums to 1)")
     return ax
 
@@ -277,6 +277,10 @@ def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: s
         positive = [v for v in values if numeric and v > 0]
         if numeric and len(positive) == len(values) and max(positive) / min(positive) >= 30:
             ax.set_xscale("log")
+            ax.set_xlim(min(positive) / 1.3, max(positive) * 1.3)  # the axis marks too (they add no data limits)
+        elif numeric and values:
+            pad = (max(values) - min(values)) * 0.05 or 0.5
+            ax.set_xlim(min(values) - pad, max(values) + pad)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

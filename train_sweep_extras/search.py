@@ -27,12 +27,16 @@ from train_sweep import (
     better,
     canonical_json,
     format_value,
-    hydra_override,
     metric_of,
     one_line,
     restore,
 )
 from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
+
+
+def readable(value: Any) -> str:
+    """A value as a person reads it: 4 significant digits for a fraction (the results keep every digit)."""
+    return f"{value:.4g}" if isinstance(value, float) and not value.is_integer() else format_value(value)
 
 
 def import_optuna() -> Any:
@@ -478,8 +482,8 @@ class SearchSource:
             parts.append(f"{self.pruned} pruned")
         if self.best is not None:
             value, params, _, _ = self.best
-            parts.append(f"best {self.objectives[0]}={value:g} ("
-                         + " ".join(f"{k}={format_value(v)}" for k, v in params.items()) + ")")
+            parts.append(f"best {self.objectives[0]}={value:.4g} (" + " ".join(f"{k}={readable(v)}" for k, v in
+                                                                             params.items()) + ")")
         elif len(self.objectives) > 1:
             parts.append(f"Pareto front: {len(self._front())} trial(s)")
         if self.stopped:
@@ -503,13 +507,14 @@ class SearchSource:
             return lines
         if self.best is not None:
             _, params, name, command = self.best
-            lines.append(f"Best parameters ({name}): " + " ".join(hydra_override(k, v) for k, v in params.items()))
+            lines.append(f"Best parameters ({name}): " + " ".join(f"{k}={readable(v)}" for k, v in params.items())
+                         + ("  (every digit: the line below, and the results)" if command else ""))
             if command:
                 lines.append(f"Train it again: {shlex.join(command)}")
         for t in self._front() if len(self.objectives) > 1 else ():
-            values = ", ".join(f"{m}={v:g}" for m, v in zip(self.objectives, t.values))
+            values = ", ".join(f"{m}={v:.4g}" for m, v in zip(self.objectives, t.values))
             lines.append(f"Pareto front: {t.user_attrs.get('run', t.number)}: {values}  "
-                         + " ".join(f"{k}={format_value(self._decode(k, v))}" for k, v in t.params.items()))
+                         + " ".join(f"{k}={readable(self._decode(k, v))}" for k, v in t.params.items()))
         import importlib.util
         install = "" if importlib.util.find_spec("optuna_dashboard") else "pip install optuna-dashboard; then "
         lines.append(f"Study: {self.path} (to browse it: {install}optuna-dashboard {self.path})")

@@ -718,7 +718,8 @@ class SweepStatus:
             mean = sum(durations) / len(durations)
             ahead = sum(max(0.0, mean - (now - (_parse_time(r.get("start_time")) or now))) for r in running)
             eta = f", ETA {fmt_duration((ahead + mean * left) / max(1, len(running)))}"
-        lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + f", started {record.get('started', '?')[:19]}",
+        started = f", started {record.get('started', '?')[:19]}"
+        lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + started,
                  f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
                                                              detached else f"{len(running)} running" if pid else "",
                                                              f"{left} pending" if left and pid else "") if x) + eta]
