@@ -459,6 +459,11 @@ class Settings:
         "the grid's size)", type=_positive_int, metavar="N")
     search_hours: float | None = flag(None, "search", "ask no new trial after H hours", type=_positive_float,
                                       metavar="H")
+    warm_start: str | None = flag(
+        None, "search", "seed a new search's study with the complete trials of an earlier sweep (its --output-dir) "
+        "that fall in this search's space and were ranked by the same metric: they guide the sampler from its first "
+        "trial, and count in neither the budget nor the results; it says what it took and what it left",
+        metavar="DIR")
     pruner: str | None = flag(
         None, "search", "stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) +
         " (also for a plain list or grid; default: the config's, else none)", choices=PRUNERS, metavar="PRUNER")
@@ -3309,7 +3314,7 @@ class Reporter:
             row = [str(r.index), r.label or r.name, r.state.value + (" (earlier sweep)" if r.skipped else ""),
                    run_where(r), fmt_duration(r.duration), "" if r.returncode is None else str(r.returncode)]
             if self.metric:
-                row.append("" if (v := metric_of(r.metrics, self.metric)) is None else f"{v:g}")
+                row.append("" if (v := metric_of(r.metrics, self.metric)) is None else f"{v:.4g}")
             rows.append(row)
         counts = dict(Counter(r.state.value for r in runs))
         if pending:
@@ -3327,7 +3332,7 @@ class Reporter:
         best = best_of((r for r in runs if r.state == State.COMPLETE), lambda r: metric_of(r.metrics, self.metric),
                        self.mode)
         if best is not None:
-            lines.append(f"Best ({self.mode} {self.metric}): {best[1].name} = {best[0]:g}  ({best[1].run_dir})")
+            lines.append(f"Best ({self.mode} {self.metric}): {best[1].name} = {best[0]:.4g}  ({best[1].run_dir})")
         missing = [r for r in runs if r.metric_note]
         if missing:
             lines.append(f"{len(missing)} complete run(s) reported no {self.metric}: {missing[0].metric_note} "
@@ -4420,7 +4425,8 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
     if search is None:
         given = [flag for flag, value in (("--n-trials", settings.n_trials), ("--search-hours", settings.search_hours),
-                                          (f"--mode {settings.mode}", len(settings.modes) > 1)) if value]
+                                          (f"--mode {settings.mode}", len(settings.modes) > 1),
+                                          ("--warm-start", settings.warm_start)) if value]
         if given:
             raise UserError(f"{given[0]} is for a search (--search, the config's 'search' block or --sweep-file)")
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}

@@ -639,3 +639,51 @@ def test_a_pruner_from_the_command_line_has_a_warm_up_and_startup_trials(sweep):
     assert p.returncode == 0, p.stdout + p.stderr
     late = next(r for r in sweep.results() if r["hyperparams"].get("late") == 1)
     assert late["state"] == "complete" and late["metrics"]["loss"] == 0.1
+
+
+WARM = "import math\nprint(f\"loss={(math.log10(float(args['lr'])) + 3) ** 2 + 0.1 * int(args['layers'])}\")\n"
+
+
+def test_warm_start_seeds_a_new_study_with_an_earlier_sweeps_trials_in_its_space(sweep):
+    """issue 25: --warm-start DIR takes the complete trials of an earlier search whose values fall in this space
+    (and ranked by the same metric), says what it took and left; they guide the sampler, but count in neither
+    the budget nor the results."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "w.py", WARM)
+    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "10", "--metric", "loss", "--no-live",
+                  "--output-dir", "first", *space, trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    inside = sum(1e-4 <= r["hyperparams"]["lr"] <= 1e-2 for r in sweep.results())
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "4", "--metric", "loss", "--no-live",
+                  "--output-dir", "second", "--output-file", "second.json", "--warm-start", "first",
+                  "lr=tag(log,interval(1e-4,1e-2))", "layers=range(1,6)", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"warm start: {inside} of 10 complete trial(s) of first/study.log taken" in p.stdout
+    assert f"({10 - inside} left: {10 - inside} with lr outside this space)" in p.stdout or inside == 10
+    assert len(sweep.results("second.json")) == 4 and "4/4 trials" in p.stdout
+    study = load_study(sweep.dir / "second")
+    assert sum("warm_start" in t.user_attrs for t in study.trials) == inside
+
+
+@pytest.mark.parametrize("case, error", [
+    ("no_study", "--warm-start empty: no study.log there: pass the output folder of an earlier search"),
+    ("other_metric", "--warm-start first: its search ranked by ['loss'] (['min']); this one by ['acc'] (['max'])"),
+    ("no_search", "--warm-start is for a search"),
+])
+def test_a_warm_start_that_cannot_be_is_one_line_before_anything_runs(sweep, case, error):
+    sweep.gpus.set(count=1)
+    command = script(sweep, "w.py", WARM)
+    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "3", "--metric", "loss", "--no-live",
+                  "--output-dir", "first", *space, trainer=False)
+    assert p.returncode == 0
+    (sweep.dir / "empty").mkdir()
+    args = {"no_study": ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--warm-start", "empty", *space],
+            "other_metric": ["--search", "tpe", "--n-trials", "2", "--metric", "acc", "--mode", "max",
+                             "--warm-start", "first", *space],
+            "no_search": ["--metric", "loss", "--warm-start", "first", "lr=1,2", "layers=1"]}[case]
+    p = sweep.run("--command", command, "--no-live", "--output-dir", "second", "--output-file", "second.json", *args,
+                  trainer=False)
+    assert p.returncode == 2 and error in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (sweep.dir / "second.json").exists() and not (sweep.dir / "second" / "study.log").exists()

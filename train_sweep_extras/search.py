@@ -4,10 +4,12 @@ the trials an earlier one left. Also a plain list with --pruner. Needs: pip inst
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,9 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                          search.source if search else "--pruner")
     key = (search.space_key(objectives, settings.modes, settings.command) if search is not None
            else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
+    fresh = not path.exists() or path.stat().st_size == 0
+    warm = warm_start(optuna, Path(settings.warm_start), search, objectives, settings.modes, say) \
+        if settings.warm_start and search is not None and fresh else None  # checked before the study is made
     try:
         storage = JournalStorage(JournalFileBackend(str(path)))
         study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
@@ -227,6 +232,8 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     except (OSError, optuna.exceptions.StorageInternalError) as e:
         raise UserError(f"{path}: cannot open the study: {e}") from None
     if search is not None and not study.trials:
+        if warm is not None:
+            warm(study)
         if search.sampler == "grid":  # the grid: each point once, in order (a requeued point is enqueued again)
             import itertools
 
@@ -236,6 +243,65 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
         elif search.first:
             study.enqueue_trial(search.first)
     return study
+
+
+def warm_start(optuna: Any, folder: Path, search: SearchSpec, objectives: Sequence[str], modes: Sequence[str],
+               say: Callable[[str], None]) -> Callable[[Any], None]:
+    """--warm-start DIR: the complete trials of DIR's study whose parameters are all in this space (each value
+    within its range or choices) and whose objectives are this search's, checked now (a one-line error) and
+    added by the function returned to the new study as finished trials (user attribute warm_start: the budget,
+    the results and the best leave them out)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = folder / STUDY
+    if search.sampler == "grid":
+        raise UserError(f"--warm-start {folder}: a grid runs every point anyway; warm start is for a sampler that "
+                        "learns (tpe, gp, cmaes, ...)")
+    if not path.is_file():
+        raise UserError(f"--warm-start {folder}: no {STUDY} there: pass the output folder of an earlier search")
+    try:
+        earlier = optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(path))))
+        trials = earlier.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        made_for = json.loads(earlier.user_attrs.get("search", "{}"))
+    except Exception as e:  # a damaged or foreign journal: whatever Optuna raises reading it
+        raise UserError(f"--warm-start {folder}: {path} cannot be read ({type(e).__name__}: {one_line(str(e), 120)})"
+                        ) from None
+    ranked = (made_for.get("metrics"), made_for.get("modes"))
+    if ranked != (list(objectives), list(modes)):
+        raise UserError(f"--warm-start {folder}: its search ranked by {ranked[0]} ({ranked[1]}); this one by "
+                        f"{list(objectives)} ({list(modes)}): its values would mislead the sampler")
+    dists = {k: distribution(p) for k, p in search.params.items()}
+    taken, left = [], Counter()
+    for t in trials:
+        why = next((f"no {k}" for k in dists if k not in t.params), None) or next(
+            (f"{k} is not searched here" for k in t.params if k not in dists), None) or next(
+            (f"{k} outside this space" for k, d in dists.items() if not _within(d, t.params[k])), None)
+        if why is None:
+            taken.append(t)
+        else:
+            left[why] += 1
+    rest = "; ".join(f"{n} with {why}" for why, n in left.most_common())
+    old_base = made_for.get("base") or {}
+    changed = [k for k in sorted(set(old_base) & set(search.base)) if old_base[k] != search.base[k]]
+
+    def add(study: Any) -> None:
+        for t in taken:
+            study.add_trial(optuna.trial.create_trial(
+                params={k: t.params[k] for k in dists}, distributions=dists, values=t.values,
+                user_attrs={"warm_start": str(folder), "run": t.user_attrs.get("run", f"trial {t.number}")}))
+        say(f"{'search':<11} warm start: {len(taken)} of {len(trials)} complete trial(s) of {path} taken"
+            + (f" ({sum(left.values())} left: {rest})" if left else "")
+            + (f"; note: its fixed values differ in {', '.join(changed)}" if changed else ""))
+
+    return add
+
+
+def _within(dist: Any, value: Any) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
 
 
 def mend_torn_line(path: Path) -> None:
@@ -328,6 +394,7 @@ class SearchSource:
         self.distributions = {} if search is None else {k: distribution(p) for k, p in search.params.items()}
         trials = study.get_trials(deepcopy=False)
         self.requeued = set(study.user_attrs.get("requeued", []))
+        trials = [t for t in trials if "warm_start" not in t.user_attrs]  # --warm-start's: guides, not trials
         self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
         self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
