@@ -44,9 +44,13 @@ def stamp(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def sweep(folder: Path, workload: str, k: str, gpus: list[str], cache: Path, shuffle: bool = False) -> dict:
-    work = folder / f"{workload}_{k}{'_shuffled' if shuffle else ''}_{time.monotonic_ns()}"
-    work.mkdir()
+def sweep(folder: Path, workload: str, k: str, gpus: list[str], cache: Path, shuffle: bool = False,
+          again: Path | None = None) -> dict:
+    """One sweep in a folder of its own; `again`: the same runs again in that sweep's folder (the footprints are
+    remembered per command, folder and GPU model), into a new output folder."""
+    work = again or folder / f"{workload}_{k}{'_shuffled' if shuffle else ''}_{time.monotonic_ns()}"
+    out = ["--output-dir", "outputs_again", "--output-file", "again.json"] if again else []
+    work.mkdir(exist_ok=again is not None)
     (work / "cfg.json").write_text(json.dumps({"grid": WORKLOADS[workload]}))
     threshold = ["--memory-threshold-gb", "60"] if k != "auto" else []
     sampler = Sampler(max(int(g) for g in gpus) + 1)
@@ -54,7 +58,7 @@ def sweep(folder: Path, workload: str, k: str, gpus: list[str], cache: Path, shu
     start = time.time()
     p = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
                         f"python {TRAINER}", "--max-processes-per-gpu", k, *threshold, "--metric", "loss",
-                        "--no-live", "--gpus", *gpus, *(["--shuffle", "--seed", "1"] if shuffle else [])],
+                        "--no-live", "--gpus", *gpus, *(["--shuffle", "--seed", "1"] if shuffle else []), *out],
                        check=False, cwd=work, capture_output=True, text=True, timeout=1800,
                        env={**os.environ, "XDG_CACHE_HOME": str(cache)})
     wall = time.time() - start
@@ -62,7 +66,7 @@ def sweep(folder: Path, workload: str, k: str, gpus: list[str], cache: Path, shu
     sampler.join()
     if p.returncode != 0:
         print(p.stdout[-2000:], p.stderr[-2000:], file=sys.stderr)
-    records = json.loads((work / "train_sweep_results.json").read_text())
+    records = json.loads((work / ("again.json" if again else "train_sweep_results.json")).read_text())
     ooms = sum(1 for r in records for a in [*r.get("attempts", []), r] if a.get("state") == "oom")
     spans = []  # every attempt's (start, end)
     for r in records:
@@ -81,10 +85,10 @@ def sweep(folder: Path, workload: str, k: str, gpus: list[str], cache: Path, shu
             idle_from = at
     first = min(s for s, _ in spans) if spans else start
     early = sum(1 for s, _ in spans if s - first < 2.0)
-    log = (work / "outputs" / "sweep.log").read_text().splitlines()
+    log = (work / ("outputs_again" if again else "outputs") / "sweep.log").read_text().splitlines()
     decisions = [line.split(" ", 1)[1] for line in log if " packing " in line or " footprint " in line]
     complete = sum(r["state"] == "complete" for r in records)
-    return {"wall": wall, "ooms": ooms, "most": most, "gap": gap, "early": early, "complete": complete,
+    return {"work": work, "wall": wall, "ooms": ooms, "most": most, "gap": gap, "early": early, "complete": complete,
             "runs": len(records), "ok": p.returncode == 0, "decisions": decisions,
             "tip": [line for line in p.stdout.splitlines() if line.startswith("Tip:")]}
 
@@ -140,7 +144,8 @@ def main() -> int:
                 rows[key] = sweep(folder, workload, "auto", gpus, cache, shuffle)
                 print(f"# {workload} {key}: {rows[key]['wall']:.1f} s", file=sys.stderr, flush=True)
             if "c" in args.parts:  # (c) the same runs again, a new output folder, the footprints remembered
-                rows["auto again (remembered)"] = sweep(folder, workload, "auto", gpus, caches[workload])
+                rows["auto again (remembered)"] = sweep(folder, workload, "auto", gpus, caches[workload],
+                                                        again=rows["auto"]["work"])
             runs = rows[ks[0]]["runs"] if ks else 0
             table(f"({part}) {workload}: {runs} runs", rows)
     return 0

@@ -17,6 +17,8 @@ Methods, all in this harness and run (a config file's "search" block each):
   tpe+hyperband TPE with Optuna's Hyperband pruner (min_resource 1, max_resource 52, reduction factor 3)
   tpe+asha      TPE with asynchronous successive halving (Optuna's SuccessiveHalvingPruner: min_resource 1,
                 reduction factor 3)
+  tpe+asha6     the same, its first rung at epoch 6 (rungs 6, 18, 54: the last is the full run)
+  tpe+median    TPE with the median pruner (4 start-up trials, no verdict before epoch 6)
 
 Prints per instance, medians over seeds: the regret at the end of the budget; the regret after 25% and 50% of
 the budget; and the simulated wall time (real time / scale) each method took to reach the regret random search
@@ -66,7 +68,11 @@ METHODS = {
                                                    "reduction_factor": 3}},
     "tpe+asha": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 1,
                                               "reduction_factor": 3}},
+    "tpe+asha6": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
+                                               "reduction_factor": 3}},
+    "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
 }
+DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]
 
 
 class Surrogate:
@@ -194,11 +200,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "benchmarks" / "yahpo_data")
     parser.add_argument("--instances", nargs="+", default=INSTANCES)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--slots", type=int, default=8, help="trials at once")
     parser.add_argument("--run-seconds", type=float, default=0.5, help="real seconds of a median full run")
     parser.add_argument("--raw", type=Path, help="also write every sweep's epochs here (JSON)")
+    parser.add_argument("--load", type=Path, nargs="*", default=[],
+                        help="earlier --raw files: their sweeps join the table (e.g. random search's, measured once)")
     args = parser.parse_args()
     surrogate = Surrogate(args.data.resolve())
     scale = {i: args.run_seconds / surrogate.median_run_time(i) for i in args.instances}
@@ -225,8 +233,23 @@ def main() -> int:
         finally:
             server.shutdown()
     if args.raw:
-        args.raw.write_text(json.dumps({" ".join(map(str, k)): v for k, v in results.items()}))
-    summarize(results, trial_counts, surrogate, scale, args.methods)
+        args.raw.write_text(json.dumps({" ".join(map(str, k)): {"events": v, "trials": trial_counts[k]}
+                                        for k, v in results.items()}))
+    methods = list(args.methods)
+    for path in args.load:
+        for key, value in json.loads(path.read_text()).items():
+            parts = key.split()
+            if parts[0] == "trials":  # an older file: the count under its own key
+                trial_counts[(parts[1], parts[2], int(parts[3]))] = value
+                continue
+            method, instance, seed = parts[0], parts[1], int(parts[2])
+            if instance not in args.instances or (method, instance, seed) in results:
+                continue
+            events = value["events"] if isinstance(value, dict) else value
+            results[(method, instance, seed)] = [tuple(e) for e in events]
+            trial_counts.setdefault((method, instance, seed), value["trials"] if isinstance(value, dict) else 0)
+            methods += [method] if method not in methods else []
+    summarize(results, trial_counts, surrogate, scale, [m for m in METHODS if m in methods])
     return 0
 
 

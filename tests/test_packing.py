@@ -326,14 +326,17 @@ def test_an_unseen_shape_has_its_gpu_to_itself_until_its_footprint_is_known(tmp_
 def test_the_keys_that_move_memory_are_learned_from_the_footprints():
     fp = Footprints()
     fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 64}, 2000, "a")
-    assert fp.predict({"lr": 1e-4, "dropout": 0.2, "layers": 4, "batch": 64}) is None  # no evidence yet
+    point, how = fp.predict({"lr": 1e-4, "dropout": 0.2, "layers": 4, "batch": 64})  # no evidence yet: a bound
+    assert point.bound and point.mb == pytest.approx(2000 * 2 ** 2) and how.startswith("a bound from a")
     fp.add({"lr": 1e-4, "dropout": 0.3, "layers": 4, "batch": 64}, 2040, "b")  # lr and dropout moved nothing
     assert fp.movers() == ("batch", "layers")
     point, how = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 4, "batch": 64})
     assert point.mb == 2040 and how.startswith("runs of its memory shape")
     point, how = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 2, "batch": 32})  # smaller in both: bounded
     assert point.mb == 2040 and how.startswith("a run at least as large")
-    assert fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64}) is None  # larger: unseen
+    point, _ = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64})  # larger: bounded, not seen
+    assert point.bound and point.mb == pytest.approx(2000 * 2 ** 2)
+    assert fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64, "model": "vit"}) is None  # a new key
     fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 512}, 9000, "c")
     fp.add({"lr": 1e-2, "dropout": 0.1, "layers": 4, "batch": 512}, 9100, "d")
     assert fp.movers() == ("batch", "layers")  # batch did move it: it stays

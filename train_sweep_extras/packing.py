@@ -25,6 +25,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import time
 from collections import deque
@@ -42,6 +43,8 @@ QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it 
 WINDOW_S = 5.0  # a GPU's utilization is judged over this window
 UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
 SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the same
+CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
+GROWTH_POWER = 2  # an unseen run's bound: memory grows at most as the square of each numeric key that moves it
 MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
 MOVERS_TRIES = 4096  # ... trying at most this many sets of keys to leave out
 CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints are compacted beyond this
@@ -67,6 +70,7 @@ class Point:
     source: str  # the run's name, or "remembered"
     margin: float = MARGIN
     floor: bool = False
+    bound: bool = False  # not seen: an upper bound from a smaller run (Footprints._bound)
 
 
 def same(a: float, b: float) -> bool:
@@ -179,7 +183,7 @@ class Footprints:
             p.hp.get(k, _MISSING) == hp.get(k, _MISSING) or (
                 _numeric(p.hp.get(k)) and _numeric(hp.get(k)) and p.hp[k] >= hp[k]) for k in movers)]
         if not larger:
-            return None
+            return self._bound(hp, movers)
 
         def shape_of(p: Point) -> Point:  # the largest footprint of p's memory shape
             return max((q for q in self.points.values()
@@ -187,6 +191,28 @@ class Footprints:
 
         top = min((shape_of(p) for p in larger), key=lambda p: p.mb)
         return top, f"a run at least as large ({top.source})"
+
+    def _bound(self, hp: Mapping[str, Any], movers: Sequence[str]) -> tuple[Point, str] | None:
+        """A run larger than any seen in some numeric keys: a bound from the run it is closest to, assuming memory
+        grows at most as the square of each such key (batch size and depth: linearly; width: its weights as the
+        square); None where a key that moves memory is not a positive number, or differs in kind."""
+        best: tuple[float, Point] | None = None
+        for p in self.points.values():
+            factor = 1.0
+            for k in movers:
+                a, b = p.hp.get(k, _MISSING), hp.get(k, _MISSING)
+                if a == b:
+                    continue
+                if not (_numeric(a) and _numeric(b) and a > 0 and b > 0):
+                    break
+                factor *= max(1.0, b / a) ** GROWTH_POWER
+            else:
+                if best is None or p.mb * factor < best[0]:
+                    best = (p.mb * factor, p)
+        if best is None:
+            return None
+        return Point(dict(hp), best[0], best[1].source, best[1].margin, bound=True), \
+            f"a bound from {best[1].source} (memory at most the square of each key)"
 
 
 class FootprintCache:
@@ -266,6 +292,7 @@ class _Seen:
     how: str = ""  # per-process memory, or the GPU's growth
     computed_at: float | None = None  # its GPU last seen computing (util > 0, or unknown), QUIET_S after it grew
     learned: float = 0.0  # the footprint recorded for it so far
+    past_context: bool = False  # its memory grew past the level it first showed (its CUDA context, alone)
 
 
 class Packer:
@@ -338,7 +365,7 @@ class Packer:
                 self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
                            r.utilization != 0)
         for run, seen in list(self.runs.items()):
-            if seen.peak_mb >= 64.0 and now - seen.grew_at >= STABLE_S and seen.computed_at is not None and \
+            if seen.past_context and now - seen.grew_at >= STABLE_S and seen.computed_at is not None and \
                     seen.computed_at > seen.grew_at:
                 self._learn(run, seen)
 
@@ -352,6 +379,8 @@ class Packer:
         f = self.runs.setdefault(run, _Seen(grew_at=now))
         if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
             f.grew_at = now
+            if f.peak_mb >= 64.0 or mb > CONTEXT_MB:  # grown past the level it first showed, or a model at once
+                f.past_context = True
         if mb > f.peak_mb:
             f.peak_mb, f.how = mb, how
         if computing and now - f.grew_at >= QUIET_S:
@@ -417,9 +446,17 @@ class Packer:
         return f"{fmt_bytes(need * MB)} free (footprint x{point.margin:.2f})"
 
     # -- decisions -------------------------------------------------------------------------------
+    def _predict(self, run: Run) -> tuple[Point, str] | None:
+        """The point that bounds the run's footprint; None for an unseen shape (or a bound no GPU could hold)."""
+        found = self.model.predict(run.hyperparams)
+        if found is not None and found[0].bound and found[0].mb * found[0].margin > max(self.total_mb.values(),
+                                                                                         default=math.inf):
+            return None
+        return found
+
     def prediction(self, run: Run) -> float | None:
         """The run's predicted footprint, or None for an unseen shape."""
-        found = self.model.predict(run.hyperparams)
+        found = self._predict(run)
         return None if found is None else found[0].mb
 
     def need_mb(self, run: Run) -> float | None:
@@ -427,7 +464,7 @@ class Packer:
         footprint seen for an unseen shape (None: nothing is known yet)."""
         if run.memory_mb:
             return run.memory_mb
-        found = self.model.predict(run.hyperparams)
+        found = self._predict(run)
         if found is None:
             largest = self.model.largest()
             return None if largest is None else max(largest * MARGIN, largest + MARGIN_MB)
@@ -510,7 +547,7 @@ class Packer:
         return (g,), why
 
     def launched(self, run: Run) -> None:
-        found = None if run.memory_mb else self.model.predict(run.hyperparams)
+        found = None if run.memory_mb else self._predict(run)
         self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
         if self.predicted[run] is None:
             self.probes.add(run)
