@@ -805,3 +805,39 @@ def test_a_key_no_footprint_has_makes_a_run_unseen():
     fp.add({"lr": 1e-4}, 2010, "b")
     assert fp.predict({"lr": 1e-2})[0].mb == 2010
     assert fp.predict({"lr": 1e-2, "batch": 512}) is None
+
+
+def test_a_packed_run_s_cuda_context_is_not_its_footprint():
+    """Measured on an H100 (bench/README.md): beside a run that computes, a new run's CUDA context (762 MB) held
+    still for seconds while the GPU was busy, and was learned as its footprint; the run then grew to 16.4 GB. A
+    footprint is learned only once the run's memory grew past the level it first showed."""
+    auto = make_packer([0], 16)
+    a = launch(auto, Run(0, "a", {"batch": 64}, ["x"], Path("a")))
+    for t in (0.0, 1.0, 2.0, 3.0, 4.0):
+        auto.observe(t, {0: reading(0, 0.6 + (0.5 if t < 1 else 1.4), util=60,
+                                    pid_mb={7: (0.5 if t < 1 else 1.4) * GB})}, {0: [a]})
+    assert footprint(auto) == pytest.approx(1.4 * GB)
+    b = Run(1, "b", {"batch": 512, "model": "wide"}, ["x"], Path("b"))  # a key no footprint has: unseen
+    b.pgid = 8
+    launch(auto, b, now=4.5)
+    for t in (5.0, 6.0, 7.0, 8.0, 9.0):  # its context, still, while a computes (the GPU 60% busy)
+        auto.observe(t, {0: reading(0, 2.6, util=60, pid_mb={7: 1.4 * GB, 8: 762.0})}, {0: [a, b]})
+    assert b in auto.probes and auto.limit(0, 2, 2)[0] == 2  # still learning: its GPU takes no other run
+    for t in (10.0, 11.0, 12.0, 13.0):
+        auto.observe(t, {0: reading(0, 18.4, util=90, pid_mb={7: 1.4 * GB, 8: 16.4 * GB})}, {0: [a, b]})
+    assert b not in auto.probes and auto.model.get(b.hyperparams).mb == pytest.approx(16.4 * GB)
+
+
+def test_a_run_larger_than_any_seen_packs_within_a_bound_the_gpu_can_hold():
+    """issue 23: in config order each new, larger shape had its GPU to itself until learned, one after another
+    (1.28 of the best fixed K on an H100). A run larger in numeric keys gets a bound from the closest smaller run,
+    memory at most the square of each ratio, and packs at once where a GPU holds that; beyond, it is unseen."""
+    auto, run = learned_packer()  # batch-less run a: 4 GB
+    auto.total_mb = {0: 80 * GB, 1: 80 * GB}
+    auto.model.add({"batch": 64}, 1.4 * GB, "s")  # a run of batch 64 used 1.4 GB
+    twice = Run(2, "t", {"batch": 128}, ["x"], Path("t"))
+    assert auto.prediction(twice) == pytest.approx(1.4 * GB * 4)
+    launch(auto, twice, gpu=1, now=5.0)
+    assert twice not in auto.probes and auto.limit(1, 1, 2)[0] > 1  # its GPU goes on packing
+    huge = Run(3, "h", {"batch": 1024}, ["x"], Path("h"))  # 1.4 GB x 16^2: no GPU holds that bound
+    assert auto.prediction(huge) is None
