@@ -3226,14 +3226,18 @@ class Reporter:
         except (OSError, ValueError):
             self.silent = True  # a closed pager or a hung-up terminal must not stop the sweep
 
-    def event(self, text: str, details: Sequence[str] = (), log_only: str = "") -> None:
-        """One event: shown (with `details` on lines below it) and written to sweep.log (plus `log_only`)."""
+    def event(self, text: str, details: Sequence[str] = (), log_only: str = "", label: tuple[str, str] = ("", "")
+              ) -> None:
+        """One event: shown (with `details` on lines below it) and written to sweep.log (plus `log_only`). `label`
+        (name, label): the live view shows the run's label where the text has its name (what varies, shorter)."""
         now = time.time()
         if self._log is not None:
             with suppress(OSError):  # the sweep's own output errors are reported where results are written
                 self._log.write(f"{iso_time(now)} {text}{log_only}\n")
                 for line in details:
                     self._log.write(f"{'':30}{line}\n")
+        if self.refresh_s is not None and all(label):
+            text = text.replace(label[0], label[1], 1)
         self.show(time.strftime("%H:%M:%S", time.localtime(now)), text, details)
 
     def show(self, stamp: str, text: str, details: Sequence[str]) -> None:
@@ -3262,7 +3266,7 @@ class Reporter:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
         verb = "start" if not run.job else "attach" if run.reattach else "submit"
         self.event(f"{verb:<11} {run.name}{attempt}  {run_where(run)}  {progress.bracket()}",
-                   log_only=f"  placed: {why}" if why else "")
+                   log_only=f"  placed: {why}" if why else "", label=(run.name, run.label))
 
     def finished(self, run: Run, progress: Progress, requeue: str | None = None) -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
@@ -3270,7 +3274,7 @@ class Reporter:
         if run.state not in (State.COMPLETE, State.PRUNED):
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
         if (value := metric_of(run.metrics, self.metric)) is not None:
-            parts.append(f"{self.metric}={value:g}")
+            parts.append(f"{self.metric}={value:.4g}")
         parts.append(progress.bracket())
         if progress.eta is not None and progress.unfinished:
             parts.append(f"ETA {fmt_duration(progress.eta)}")
@@ -3280,7 +3284,7 @@ class Reporter:
             details.append(f"see {shown_path(run.stderr_log)}: {one_line(last)}")
         if requeue:
             details.append(requeue)
-        self.event("  ".join(parts), details)
+        self.event("  ".join(parts), details, label=(run.name, run.label))
 
     def detached(self, lines: Sequence[str]) -> None:
         """The sweep exits with its runs left to a cluster (--detach): the launcher's word on them."""
@@ -3488,7 +3492,7 @@ class LiveReporter(Reporter):
             f"elapsed {fmt_duration(now - self._started)}"
             + (f"  ETA {fmt_duration(progress.eta)}" if progress.eta is not None and progress.unfinished
                else ""))
-        top = ", ".join(f"{name} {value:g}" for name, value in progress.top)
+        top = ", ".join(f"{name} {value:.4g}" for name, value in progress.top)
         fixed = [progress_line] + [Text(text, style=style) for text, style in (
             (progress.top and f"best {self.metric} so far: {top}", "green"), (progress.search, "cyan"),
             (progress.packing, "cyan"),
@@ -3534,7 +3538,7 @@ class LiveReporter(Reporter):
     def _run_note(self, x: RunView, now: float) -> str:  # (x_metric_only() keeps the metric of it when narrow)
         """` (3m12s, val_loss 0.41 @1200)`: how long a run has run, its latest metric."""
         return (f" ({fmt_duration(now - (x.start_time or now))}"
-                + (f", {self.metric} {x.value:g}" + (f" @{x.step}" if x.step is not None else "")
+                + (f", {self.metric} {x.value:.4g}" + (f" @{x.step}" if x.step is not None else "")
                    if x.value is not None else "") + ")")
 
     def _gpu_line(self, g: int, progress: Progress, width: int, now: float) -> Any:
@@ -3720,7 +3724,7 @@ class Leaderboard:
     def _announce(self) -> None:
         if self.leader is None:
             return
-        top = ", ".join(f"{run.name} {value:.4g}" for run, value in self.top(3))
+        top = ", ".join(f"{run.label or run.name} {value:.4g}" for run, value in self.top(3))
         value = self.board[self.leader]
         self.say(f"{'best':<11} {self.leader.name}  {self.metric}={value:.4g}  (complete runs: {top})")
 

@@ -172,8 +172,8 @@ def summarize(results: dict, trial_counts: dict, surrogate: Surrogate, scale: di
         target = statistics.median(regret_at(e, BUDGET) for e in runs["random"]) if runs.get("random") else None
         random_time = statistics.median(e[-1][0] for e in runs["random"]) / scale[instance] if target else None
         print(f"### LCBench {instance} ({len(seeds)} seeds)\n")
-        print("| method | regret at 25% | at 50% | at the end | time to random's final regret | against random's "
-              "whole budget | trials |")
+        print("| method | regret at 25% | at 50% | at the end | time to random's final regret (median) | against "
+              "random's whole budget | trials |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for m in methods:
             if not runs.get(m):
@@ -189,10 +189,12 @@ def summarize(results: dict, trial_counts: dict, surrogate: Surrogate, scale: di
                 reach.append(when)
             reached = statistics.median(reach)
             trials = statistics.median(trial_counts[(m, instance, s)] for s in seeds if (m, instance, s) in results)
+            when = f"{reached:,.0f} s | {reached / random_time:.2f}" if math.isfinite(reached) else \
+                "not reached (in half the seeds or more) | -"
             print(f"| {m} | {statistics.median(regret_at(e, BUDGET // 4) for e in runs[m]):.4f} "
                   f"| {statistics.median(regret_at(e, BUDGET // 2) for e in runs[m]):.4f} "
                   f"| {statistics.median(regret_at(e, BUDGET) for e in runs[m]):.4f} "
-                  f"| {reached:,.0f} s | {reached / random_time:.2f} | {trials:.0f} |" if random_time else "")
+                  f"| {when} | {trials:.0f} |" if random_time else "")
         print(flush=True)
 
 
