@@ -3501,6 +3501,7 @@ class LiveReporter(Reporter):
             (progress.stopping and f"stopping ({progress.stopping}): ending the running runs (SIGTERM, then SIGKILL "
              "after the grace period; Ctrl+C again kills them now)", "yellow"),
             (self.last_failure, "red")) if text]
+        fixed = [part for line in fixed for part in self._fold(line, width, 4)]  # the failure's reason and log
         fit = height - 2 - len(fixed)  # a terminal shorter than the GPU list: the rows that fit, then a count
         if room_for_events is None and len(rows) > max(1, fit):
             keep = max(1, fit - 1)
@@ -3509,7 +3510,6 @@ class LiveReporter(Reporter):
             more = f"{len(rows) - keep} more run(s)" if progress.cluster else \
                 f"{len(hidden)} more GPU(s), {busy} run(s) on them"
             rows = rows[:keep] + [Text(f"… {more} (a taller terminal shows them)", style="dim")]
-        fixed = [part for line in fixed for part in self._fold(line, width, 4)]  # the failure's reason and log
         room = room_for_events if room_for_events is not None else height - 2 - len(rows) - len(fixed)
         events: list[Any] = []  # the latest that fit, each wrapped (a failure's log path and reason are kept)
         for e in reversed(self.events):
@@ -3809,7 +3809,7 @@ class FailFast:
         """After a complete run: why the sweep must stop launching (no ranking metric in any of the first ones)."""
         if self.unranked is None or not metric or run.state != State.COMPLETE:
             return None
-        if value is not None:
+        if value is not None or metric in (run.metrics or {}):  # reported (NaN, a run that diverged, counts)
             self.unranked = None
             return None
         self.unranked.append(run)

@@ -104,3 +104,14 @@ def test_without_a_metric_the_summary_names_the_metrics_the_runs_reported(sweep)
     p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "x=1,2", trainer=False)
     assert p.returncode == 0
     assert "No metric ranks the runs: they reported val_loss; rank them with --metric val_loss" in p.stdout
+
+
+def test_runs_that_diverged_to_nan_did_report_the_metric(sweep):
+    """An adversarial pass: the first 3 complete runs printing val_loss=nan (an lr too high) stopped the sweep as
+    a misspelled --metric, saying they reported no val_loss (and that they reported val_loss)."""
+    sweep.gpus.set(count=1)
+    (sweep.dir / "train.py").write_text("import sys\nlr = float(sys.argv[1].split('=')[1])\n"
+                                        "print(f'val_loss={\"nan\" if lr > 0.5 else lr}')\n")
+    p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "--metric", "val_loss",
+                  "lr=0.9,0.8,0.7,0.1,0.2", trainer=False)
+    assert "no more runs are started" not in p.stdout and "5 complete" in p.stdout, p.stdout

@@ -335,7 +335,7 @@ def test_the_keys_that_move_memory_are_learned_from_the_footprints():
     point, how = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 2, "batch": 32})  # smaller in both: bounded
     assert point.mb == 2040 and how.startswith("a run at least as large")
     point, _ = fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64})  # larger: bounded, not seen
-    assert point.bound and point.mb == pytest.approx(2000 * 2 ** 2)
+    assert point.bound and point.mb == pytest.approx(2040 * 2 ** 2)  # from its shape's largest
     assert fp.predict({"lr": 5e-3, "dropout": 0.0, "layers": 8, "batch": 64, "model": "vit"}) is None  # a new key
     fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 512}, 9000, "c")
     fp.add({"lr": 1e-2, "dropout": 0.1, "layers": 4, "batch": 512}, 9100, "d")
@@ -841,3 +841,53 @@ def test_a_run_larger_than_any_seen_packs_within_a_bound_the_gpu_can_hold():
     assert twice not in auto.probes and auto.limit(1, 1, 2)[0] > 1  # its GPU goes on packing
     huge = Run(3, "h", {"batch": 1024}, ["x"], Path("h"))  # 1.4 GB x 16^2: no GPU holds that bound
     assert auto.prediction(huge) is None
+
+
+# -- an adversarial review of the above (each failed before its fix) ---------------------------------------------
+
+def test_an_oom_before_any_memory_showed_leaves_no_zero_footprint():
+    auto = make_packer([0], 16)
+    auto.model.add({"bs": 32}, 20000.0, "a")
+    run = launch(auto, Run(1, "b", {"bs": 64}, ["x"], Path("b")))  # predicted from a bound: 80 GB
+    run.state = State.OOM
+    auto.pool.release(run)
+    auto.ended(run, 1.0, oom=True)  # it never showed memory
+    assert auto.need_mb(run) > 20000 and auto.need_mb(Run(2, "c", {"bs": 128}, ["x"], Path("c"))) > 20000
+
+
+def test_a_small_run_that_never_grows_past_its_first_level_is_learned_in_time():
+    auto = make_packer([0], 16)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
+    for t in range(0, 14):  # 600 MB from its first reading on, computing
+        auto.observe(float(t), {0: reading(0, 1.1, util=40, pid_mb={7: 600.0})}, {0: [run]})
+    assert run not in auto.probes and footprint(auto) == pytest.approx(600.0)
+
+
+def test_an_interrupted_run_s_cuda_context_is_not_remembered(tmp_path):
+    from train_sweep_extras.packing import FootprintCache
+    auto = make_packer([0], 16)
+    auto.cache = FootprintCache(tmp_path, ["python train.py"], tmp_path, "Fake")
+    run = launch(auto, Run(0, "a", {"lr": 1}, ["x"], Path("a")))
+    for t in (0.0, 1.0, 2.0):
+        auto.observe(t, {0: reading(0, 1.1, util=40, pid_mb={7: 564.0})}, {0: [run]})
+    run.state = State.INTERRUPTED  # Ctrl+C seconds after its start
+    auto.pool.release(run)
+    auto.ended(run, 3.0, oom=False)
+    assert auto.model.get({"lr": 1}) is None and not (tmp_path / "footprints.jsonl").exists()
+
+
+def test_a_run_of_two_gpus_whose_need_no_gpu_offers_runs_alone_on_two_idle_gpus():
+    auto = make_packer([0, 1], 16, probe=ReadingsProbe({0: reading(0, 0.5), 1: reading(1, 0.5)}))
+    auto.model.add({}, 4 * GB, "a")
+    run = Run(1, "b", {}, ["x"], Path("b"))
+    run.gpus_needed, run.memory_mb = 2, 200 * GB
+    gpus, why = auto.pool.place(run, 1.0)
+    assert gpus == (0, 1) and "runs alone on GPUs 0 1" in why
+
+
+def test_extreme_values_bound_nothing_rather_than_crash():
+    fp = Footprints()
+    fp.add({"eps": 1e-200}, 1000.0, "a")
+    fp.add({"n": 1}, 1000.0, "b")
+    fp.predict({"eps": 1.0})
+    fp.predict({"n": 10 ** 400})

@@ -636,3 +636,22 @@ def test_timeline_labels_carry_the_run_number_and_fit_their_bar_and_durations_ha
     assert any("lr=0.1 seed=0" in t for t in texts), texts  # 4 digits, both parameters where the bar has room
     legend = saved["durations.png"].axes[0].get_legend()
     assert legend is not None and {t.get_text() for t in legend.get_texts()} == {"complete", "failed"}
+
+
+def test_status_starts_over_when_the_journal_was_set_aside(tmp_path):
+    """An adversarial pass: --rerun sets the journal aside; watch kept the old sweep's counts and read the new
+    journal from the old offset."""
+    from train_sweep_extras import tools
+
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"runs": 20, "settings": {}}))
+    journal = folder / "journal.jsonl"
+    journal.write_text("".join(json.dumps({"model_name": f"r{i}", "state": "complete", "attempt": 1}) + "\n"
+                               for i in range(20)))
+    status = tools.SweepStatus(folder)
+    assert "20 complete" in status.lines()[0][1]
+    journal.rename(folder / "journal.jsonl~1")
+    journal.write_text(json.dumps({"model_name": "r0", "state": "failed", "attempt": 1}) + "\n")
+    line = status.lines()[0][1]
+    assert "1 failed" in line and "complete" not in line, line

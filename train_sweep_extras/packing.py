@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import train_sweep as ts
-from train_sweep import MB, GpuReading, Run, canonical_json, fmt_bytes
+from train_sweep import MB, GpuReading, Run, State, canonical_json, fmt_bytes
 
 MARGIN, MARGIN_MB = 1.15, 512.0  # a run's predicted need: its footprint x 1.15, and at least + 512 MB
 MARGIN_MAX = 3.0  # each out-of-memory end raises the margin of the run that grew x1.5, to this at most
@@ -44,11 +44,11 @@ WINDOW_S = 5.0  # a GPU's utilization is judged over this window
 UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
 SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the same
 CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
+PATIENCE_S = 10.0  # ... or held still this long (a small model may add less than 64 MB to its context)
 GROWTH_POWER = 2  # an unseen run's bound: memory grows at most as the square of each numeric key that moves it
 MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
-MOVERS_TRIES = 4096  # ... trying at most this many sets of keys to leave out
-CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints are compacted beyond this
-CACHE_LINES = 20_000  # ... to the latest this many
+MOVERS_TRIES = 512  # ... trying at most this many sets of keys to leave out (20 keys: 1.4 s at 4,096)
+CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints: compacted past this, to the newest half of it
 MPS_SMALL = 1 / 8  # runs at most this share of their GPU, packed and alone on it: --mps would likely pay
 
 
@@ -91,6 +91,7 @@ class Footprints:
         self.points: dict[str, Point] = {}
         self._movers: tuple[str, ...] | None = None
         self._known: set[str] | None = None  # every key of every footprint
+        self._groups: dict[tuple[str, ...], tuple[Point, float, int]] | None = None  # see _shapes
 
     def add(self, hp: Mapping[str, Any], mb: float, source: str, floor: bool = False) -> Point:
         """A footprint seen (floor: what a run had reached when it ran out of memory: it needs more)."""
@@ -100,7 +101,7 @@ class Footprints:
             old.mb = max(old.mb, mb)
         else:
             self.points[key] = Point(dict(hp), mb, source, old.margin if old is not None else MARGIN, floor)
-        self._movers = self._known = None
+        self._movers = self._known = self._groups = None
         return self.points[key]
 
     def get(self, hp: Mapping[str, Any]) -> Point | None: return self.points.get(canonical_json(dict(hp)))
@@ -109,6 +110,7 @@ class Footprints:
         """Out of memory: this configuration needs at least what it reached, and more room (x1.5, to MARGIN_MAX)."""
         point = self.add(hp, peak_mb, source, floor=True)
         point.margin = min(point.margin * 1.5, MARGIN_MAX)
+        self._groups = None
         return point
 
     def _keys(self) -> set[str]:
@@ -166,6 +168,18 @@ class Footprints:
             else:
                 return tuple(sorted(keep))
 
+    def _shapes(self) -> dict[tuple[str, ...], tuple[Point, float, int]]:
+        """Each memory shape (the values of the keys that move memory): its largest footprint, the largest margin
+        of its runs and how many there are (cached until a footprint is added)."""
+        if self._groups is None:
+            movers, groups = self.movers(), {}
+            for p in self.points.values():
+                key = tuple(canonical_json(p.hp.get(k)) if k in p.hp else "\0" for k in movers)
+                top, margin, n = groups.get(key, (p, p.margin, 0))
+                groups[key] = (p if p.mb > top.mb else top, max(margin, p.margin), n + 1)
+            self._groups = groups
+        return self._groups
+
     def predict(self, hp: Mapping[str, Any]) -> tuple[Point, str] | None:
         """The point that bounds this configuration's footprint, and how it was found; None: an unseen shape."""
         own = self.get(hp)
@@ -173,42 +187,41 @@ class Footprints:
             return own, "its own"
         if set(hp) - self._keys():
             return None  # a key no footprint has: what it does to memory is unknown
-        movers = self.movers()
-        like = [p for p in self.points.values() if all(p.hp.get(k, _MISSING) == hp.get(k, _MISSING) for k in movers)]
-        if like:
-            top = max(like, key=lambda p: p.mb)
-            return dataclasses.replace(top, margin=max(p.margin for p in like)), \
-                f"runs of its memory shape ({len(like)})"
-        larger = [p for p in self.points.values() if all(
-            p.hp.get(k, _MISSING) == hp.get(k, _MISSING) or (
-                _numeric(p.hp.get(k)) and _numeric(hp.get(k)) and p.hp[k] >= hp[k]) for k in movers)]
-        if not larger:
-            return self._bound(hp, movers)
+        movers, shapes = self.movers(), self._shapes()
+        key = tuple(canonical_json(hp.get(k)) if k in hp else "\0" for k in movers)
+        if key in shapes:
+            top, margin, n = shapes[key]
+            return dataclasses.replace(top, margin=margin), f"runs of its memory shape ({n})"
+        # a shape at least as large in every numeric key that moves memory bounds it (floors bound nothing above)
+        larger = [top for top, _, _ in shapes.values() if not top.floor and all(
+            top.hp.get(k, _MISSING) == hp.get(k, _MISSING) or (
+                _numeric(top.hp.get(k)) and _numeric(hp.get(k)) and top.hp[k] >= hp[k]) for k in movers)]
+        if larger:
+            top = min(larger, key=lambda p: p.mb)
+            return top, f"a run at least as large ({top.source})"
+        return self._bound(hp, movers, [top for top, _, _ in shapes.values() if not top.floor])
 
-        def shape_of(p: Point) -> Point:  # the largest footprint of p's memory shape
-            return max((q for q in self.points.values()
-                        if all(q.hp.get(k, _MISSING) == p.hp.get(k, _MISSING) for k in movers)), key=lambda q: q.mb)
-
-        top = min((shape_of(p) for p in larger), key=lambda p: p.mb)
-        return top, f"a run at least as large ({top.source})"
-
-    def _bound(self, hp: Mapping[str, Any], movers: Sequence[str]) -> tuple[Point, str] | None:
-        """A run larger than any seen in some numeric keys: a bound from the run it is closest to, assuming memory
+    @staticmethod
+    def _bound(hp: Mapping[str, Any], movers: Sequence[str], shapes: Sequence[Point]) -> tuple[Point, str] | None:
+        """A run larger than any seen in some numeric keys: a bound from the shape it is closest to, assuming memory
         grows at most as the square of each such key (batch size and depth: linearly; width: its weights as the
         square); None where a key that moves memory is not a positive number, or differs in kind."""
         best: tuple[float, Point] | None = None
-        for p in self.points.values():
+        for p in shapes:
             factor = 1.0
-            for k in movers:
-                a, b = p.hp.get(k, _MISSING), hp.get(k, _MISSING)
-                if a == b:
-                    continue
-                if not (_numeric(a) and _numeric(b) and a > 0 and b > 0):
-                    break
-                factor *= max(1.0, b / a) ** GROWTH_POWER
-            else:
-                if best is None or p.mb * factor < best[0]:
-                    best = (p.mb * factor, p)
+            try:
+                for k in movers:
+                    a, b = p.hp.get(k, _MISSING), hp.get(k, _MISSING)
+                    if a == b:
+                        continue
+                    if not (_numeric(a) and _numeric(b) and a > 0 and b > 0):
+                        break
+                    factor *= min(max(1.0, float(b) / float(a)), 1e6) ** GROWTH_POWER
+                else:
+                    if best is None or p.mb * factor < best[0]:
+                        best = (p.mb * factor, p)
+            except (OverflowError, ZeroDivisionError):
+                continue
         if best is None:
             return None
         return Point(dict(hp), best[0], best[1].source, best[1].margin, bound=True), \
@@ -231,10 +244,12 @@ class FootprintCache:
         return Path(base) / "train_sweep"
 
     def load(self) -> list[tuple[dict[str, Any], float]]:
-        """This key's footprints, the latest of each configuration."""
+        """This key's footprints, the latest of each configuration (from the newest CACHE_BYTES of the file)."""
         try:
             with open(self.path, "rb") as f:
-                data = f.read(CACHE_BYTES * 4)
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - CACHE_BYTES))
+                data = f.read(CACHE_BYTES)
         except FileNotFoundError:
             return []
         except OSError as e:
@@ -246,8 +261,8 @@ class FootprintCache:
                 item = json.loads(line)
                 if item["key"] == self.key and isinstance(item["hp"], dict) and _numeric(item["mb"]):
                     found[canonical_json(item["hp"])] = (item["hp"], float(item["mb"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a damaged line (a crash mid-write, an edit): skipped
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # a damaged line (a crash mid-write, an edit, the cut at the start): skipped
         return list(found.values())
 
     def add(self, hp: Mapping[str, Any], mb: float) -> None:
@@ -257,30 +272,37 @@ class FootprintCache:
                           separators=(",", ":")) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)  # sweeps that end at once append whole lines
-                f.write(line.encode())
-                f.flush()
-                if f.tell() > CACHE_BYTES:
-                    self._compact(f)
+            with open(self.path.with_suffix(".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # sweeps that learn at once append whole lines, compact alone
+                with open(self.path, "ab") as f:
+                    f.write(line.encode())
+                    size = f.tell()
+                if size > CACHE_BYTES:
+                    self._compact()
         except (OSError, TypeError, ValueError) as e:
             self.trouble = f"cannot write {self.path}: {getattr(e, 'strerror', None) or e}"
 
-    def _compact(self, f: Any) -> None:
-        """The latest line of each (key, configuration), the newest CACHE_LINES of them, rewritten in place."""
-        f.seek(0)
-        latest: dict[tuple[str, str], bytes] = {}
-        for line in f.read().splitlines():
+    def _compact(self) -> None:
+        """The latest line of each (key, configuration), newest first up to half of CACHE_BYTES, written to a new
+        file that replaces the old one at once (a reader sees the old file or the new one, never a half)."""
+        with open(self.path, "rb") as f:
+            lines = f.read().splitlines()
+        kept: dict[tuple[str, str], bytes] = {}
+        for line in reversed(lines):  # the newest first
             try:
                 item = json.loads(line)
-                latest.pop((item["key"], canonical_json(item["hp"])), None)
-                latest[(item["key"], canonical_json(item["hp"]))] = line
-            except (ValueError, KeyError, TypeError):
+                kept.setdefault((item["key"], canonical_json(item["hp"])), line)
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue
-        f.seek(0)
-        f.truncate()
-        f.write(b"".join(line + b"\n" for line in list(latest.values())[-CACHE_LINES:]))
-        f.flush()
+        out, size = [], 0
+        for line in kept.values():
+            size += len(line) + 1
+            if size > CACHE_BYTES // 2:
+                break
+            out.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in reversed(out)))
+        os.replace(tmp, self.path)
 
 
 # -- the packer ---------------------------------------------------------------------------------------------
@@ -365,9 +387,10 @@ class Packer:
                 self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
                            r.utilization != 0)
         for run, seen in list(self.runs.items()):
-            if seen.past_context and now - seen.grew_at >= STABLE_S and seen.computed_at is not None and \
-                    seen.computed_at > seen.grew_at:
-                self._learn(run, seen)
+            still = now - seen.grew_at
+            if seen.peak_mb >= 64.0 and (seen.past_context and still >= STABLE_S or still >= PATIENCE_S) and \
+                    seen.computed_at is not None and seen.computed_at > seen.grew_at:
+                self._learn(run, seen)  # (a small model may never grow past its first level: PATIENCE_S then)
 
     @staticmethod
     def _window(samples: Any, now: float, value: float) -> None:
@@ -410,26 +433,31 @@ class Packer:
         seen = self.runs.pop(run, None)
         expected = self.predicted.pop(run, None)
         was_probe = run in self.probes
-        if not oom:
-            if seen is not None and seen.peak_mb >= 64.0:
+        if not oom:  # its peak, where it is more than a CUDA context: a run that completed, or grew past it
+            if seen is not None and seen.peak_mb >= 64.0 and (seen.past_context or run.state == State.COMPLETE):
                 self._learn(run, seen)
             self.probes.discard(run)
             return
         self.probes.discard(run)
         peak = seen.peak_mb if seen is not None else 0.0
-        grew = [r for g in run.gpus or () for r in self.pool.on_gpu.get(g, ()) if r in self.runs and
-                self.predicted.get(r) is not None and not same(self.runs[r].peak_mb, self.predicted[r]) and
-                self.runs[r].peak_mb > self.predicted[r]]
+        neighbours = [r for g in run.gpus or () for r in self.pool.on_gpu.get(g, ()) if r in self.runs]
+        grew = [r for r in neighbours if r in self.probes or (  # a probe is unknown: a suspect too
+            self.predicted.get(r) is not None and not same(self.runs[r].peak_mb, self.predicted[r]) and
+            self.runs[r].peak_mb > self.predicted[r])]
         if was_probe or expected is None or peak > expected or not grew:
-            point = self.model.raise_margin(run.hyperparams, peak, run.name)
             at = f"at {fmt_bytes(peak * MB)}" if peak >= 64.0 else "before its memory showed"
-            self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory {at}: runs like it now need "
-                              f"{self._need_text(point)}")
+            floor = peak if peak >= 64.0 else max(expected or 0.0, self.model.largest() or 0.0)
+            if floor >= 64.0:  # (nothing known at all: it stays unseen, its GPU its own while it learns)
+                point = self.model.raise_margin(run.hyperparams, floor, run.name)
+                self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory {at}: runs like it now need "
+                                  f"{self._need_text(point)}")
         for r in grew:  # a neighbour grew past what it was expected to use: it is the cause, not the victim
+            if self.runs[r].peak_mb < 64.0:
+                continue
             point = self.model.raise_margin(r.hyperparams, self.runs[r].peak_mb, r.name)
+            was = f"predicted {fmt_bytes(self.predicted[r] * MB)}" if self.predicted.get(r) else "not seen before"
             self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory after {r.name} grew to "
-                              f"{fmt_bytes(self.runs[r].peak_mb * MB)} (predicted "
-                              f"{fmt_bytes((self.predicted[r] or 0) * MB)}): runs like {r.name} now need "
+                              f"{fmt_bytes(self.runs[r].peak_mb * MB)} ({was}): runs like {r.name} now need "
                               f"{self._need_text(point)}")
 
     def _movers_text(self, lead: str) -> str:
@@ -516,7 +544,7 @@ class Packer:
         need = self.need_mb(run)
         gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
                                  min_free_mb, need, pending, limits)
-        if gpus is None and need is not None and readings and run.gpus_needed == 1:
+        if gpus is None and need is not None and readings:
             gpus, why = self._alone(run, need, readings) or (gpus, why)
         if gpus is None and whys and "maximum number of runs" in why:
             why = "; ".join(whys)
@@ -526,10 +554,11 @@ class Packer:
                     self.say(g, f"no room for another {fmt_bytes(need * MB)}", pool.running[g], pool.readings.get(g))
         return gpus, why
 
-    def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int], str] | None:
+    def _alone(self, run: Run, need: float, readings: Mapping[int, GpuReading]) -> tuple[tuple[int, ...], str] | None:
         """Never wait for what cannot come: a need larger than any GPU offers (its total less others' use) starts
-        alone on the idle GPU that offers most; a smaller one waits for our runs on a GPU to end."""
-        pool = self.pool
+        alone on the idle GPU(s) that offer most (a run of n GPUs: the n idle ones); a smaller one waits for our runs
+        on a GPU to end."""
+        pool, n = self.pool, run.gpus_needed
 
         def offer(g: int) -> float:  # a GPU without this tick's reading offers nothing now
             r = readings.get(g)
@@ -537,14 +566,15 @@ class Packer:
                 return 0.0
             return r.memory_total_mb - (r.memory_used_mb if pool.running[g] == 0 else self.baseline.get(g, 0.0))
 
-        idle = [g for g in pool.gpus if pool.running[g] == 0 and g in readings]
-        if not idle or need <= max(offer(g) for g in pool.gpus):
+        idle = sorted((g for g in pool.gpus if pool.running[g] == 0 and g in readings), key=lambda g: (-offer(g), g))
+        if len(idle) < n or need <= sorted((offer(g) for g in pool.gpus), reverse=True)[n - 1]:
             return None
-        g = max(idle, key=lambda g: (offer(g), -g))
-        why = (f"it needs {fmt_bytes(need * MB)} free, more than any GPU offers: it runs alone on GPU {g} "
-               f"({fmt_bytes(offer(g) * MB)} free)")
+        gpus = tuple(sorted(idle[:n]))
+        where = f"GPU {gpus[0]}" if n == 1 else f"GPUs {' '.join(map(str, gpus))}"
+        why = (f"it needs {fmt_bytes(need * MB)} free, more than any GPU offers: it runs alone on {where} "
+               f"({fmt_bytes(min(offer(g) for g in gpus) * MB)} free)")
         self.notes.append(f"{'packing':<11} {run.name}: {why}")
-        return (g,), why
+        return gpus, why
 
     def launched(self, run: Run) -> None:
         found = None if run.memory_mb else self._predict(run)

@@ -242,6 +242,9 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                 study.enqueue_trial(dict(zip(space, point)))
         elif search.first:
             study.enqueue_trial(search.first)
+    warm_n = sum(1 for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs)
+    if warm_n and hasattr(pruner, "_n_startup_trials"):  # median, percentile: their start-up is this search's own
+        pruner._n_startup_trials += warm_n
     return study
 
 
@@ -561,7 +564,7 @@ class SearchSource:
         """The Pareto front, read from the study once after each tell (status() runs at every redraw)."""
         if self.front is None:
             try:
-                self.front = self.study.best_trials
+                self.front = [t for t in self.study.best_trials if "warm_start" not in t.user_attrs]
             except (ValueError, RuntimeError):
                 self.front = []
         return self.front

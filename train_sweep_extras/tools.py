@@ -636,13 +636,16 @@ class SweepStatus:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.latest: dict[str, Mapping[str, Any]] = {}  # each run's latest journal record
-        self._offset = 0
+        self._offset, self._file = 0, (0, 0)  # where the last reading stopped, in which file (device, inode)
         self._runs: dict[Path, tuple[int, Mapping[str, Any] | None]] = {}  # run.json: (mtime_ns, record)
         self._tails: dict[tuple[str, int], str] = {}  # a failed attempt's last stderr lines
 
     def _journal(self) -> None:
         try:
             with open(self.folder / JOURNAL, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if (stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset:  # set aside (--rerun)
+                    self._file, self._offset, self.latest = (stat.st_dev, stat.st_ino), 0, {}
                 f.seek(self._offset)
                 data = f.read()
         except OSError:
