@@ -3691,8 +3691,8 @@ class Leaderboard:
     run's latest value is kept beside (`latest`, for its row in the view), never ranked against final ones. `say`
     hears when a finished run takes the lead."""
 
-    def __init__(self, ranking: Ranking, say: Callable[[str], None]) -> None:
-        self.metric, self.mode, self.say = ranking.metric, ranking.mode, say
+    def __init__(self, ranking: Ranking, say: Callable[..., None]) -> None:
+        self.metric, self.mode, self.say = ranking.metric, ranking.mode, say  # Reporter.event
         self.board: dict[Run, float] = {}  # complete runs: their final value
         self.latest: dict[Run, float] = {}  # running runs: their latest value
         self.leader: Run | None = None
@@ -3725,8 +3725,9 @@ class Leaderboard:
         if self.leader is None:
             return
         top = ", ".join(f"{run.label or run.name} {value:.4g}" for run, value in self.top(3))
-        value = self.board[self.leader]
-        self.say(f"{'best':<11} {self.leader.name}  {self.metric}={value:.4g}  (complete runs: {top})")
+        value, leader = self.board[self.leader], self.leader
+        self.say(f"{'best':<11} {leader.name}  {self.metric}={value:.4g}  (complete runs: {top})",
+                 label=(leader.name, leader.label))
 
     def top(self, k: int) -> list[tuple[Run, float]]:
         import heapq
