@@ -4,15 +4,18 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
 `launched`, `ended`, `line` for the live view and `summary` at the end.
 
 - A run's footprint is the memory of its process group (or, where NVML hides processes, its share of its
-  GPU's growth) once that memory has held still for STABLE_S while its GPU computed.
+  GPU's growth) once that memory has grown past the level it first showed (its CUDA context) and held still
+  for STABLE_S while its GPU computed, or held still for PATIENCE_S.
 - Footprints are kept per configuration (`Footprints`). Which hyperparameters move memory is learned from the
   footprints themselves: a key stops counting once runs that differ in it, and agree on every key that counts,
-  used the same memory. A run is predicted from runs of its memory shape, or from a run at least as large in
-  every numeric key that counts (memory grows with batch size, width, depth, ...).
+  used the same memory. A run is predicted from runs of its memory shape, from a shape at least as large in
+  every numeric key that counts (memory grows with batch size, width, depth, ...), or bounded from a smaller
+  shape (at most the square of each ratio) where a GPU can hold that bound.
 - A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen, and
   its GPU takes nothing else until its own footprint is known (seconds).
-- An out-of-memory end raises the margin of the run that grew past its prediction (the one that died when none
-  did); a run that died unseen leaves its peak as a floor. A need larger than any GPU offers runs alone.
+- An out-of-memory end raises the margin of the run that grew past its prediction, or of a run not seen before
+  beside it (of the run that died when neither); it leaves what it reached as a floor. A need larger than any
+  GPU offers runs alone.
 - Footprints are remembered across sweeps (FootprintCache, in the user's cache folder), keyed by command,
   working folder, GPU model and hyperparameters: a repeated sweep packs from its first second.
 """
