@@ -71,6 +71,8 @@ METHODS = {
     "tpe+asha6": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
                                                "reduction_factor": 3}},
     "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
+    "tpe+multivariate": {"sampler": "tpe"},  # measured with TPE's multivariate=True (train_sweep's default since)
+    "tpe+startup8": {"sampler": "tpe"},  # measured with TPE's n_startup_trials=8 (one wave of the 8 slots)
 }
 DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]
 

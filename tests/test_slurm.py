@@ -213,7 +213,7 @@ for step in range(200):  # the good runs report every step the bad one will, so 
 
 
 def test_a_pruned_trial_s_job_is_cancelled(sweep, slurm_cluster):
-    sweep.config([{"k": k} for k in (0.5, 0.3, 0.4, 0.2, 0.6)] + [{"k": 9, "bad": 1}])
+    sweep.config([{"k": k} for k in (0.5, 0.3, 0.4, 0.2, 0.25)] + [{"k": 9, "bad": 1}])
     script = sweep.dir / "prune_train.py"
     script.write_text(PRUNE_TRAIN)
     p = run(sweep, slurm_cluster, "--slurm-gpus-per-run", "1", "--slurm-max-parallel", "5", "--command",
