@@ -13,7 +13,7 @@ min and max from global_statistics/instance_target_statistics.csv.
 
 Methods, all in this harness and run (a config file's "search" block each):
   random        Optuna's random sampler, no pruner
-  tpe           Optuna's TPE (train_sweep's default sampler), no pruner
+  tpe           Optuna's TPE (train_sweep's default sampler: 8 random start-up trials), no pruner
   tpe+hyperband TPE with Optuna's Hyperband pruner (min_resource 1, max_resource 52, reduction factor 3)
   tpe+asha      TPE with asynchronous successive halving (Optuna's SuccessiveHalvingPruner: min_resource 1,
                 reduction factor 3)
@@ -71,8 +71,8 @@ METHODS = {
     "tpe+asha6": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
                                                "reduction_factor": 3}},
     "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
-    "tpe+multivariate": {"sampler": "tpe"},  # measured with TPE's multivariate=True (train_sweep's default since)
-    "tpe+startup8": {"sampler": "tpe"},  # measured with TPE's n_startup_trials=8 (one wave of the 8 slots)
+    "tpe+multivariate": {"sampler": "tpe"},  # measured with TPESampler(multivariate=True) in a copy of the code
+    "tpe+startup8": {"sampler": "tpe"},  # measured with n_startup_trials=8 in a copy: what "tpe" runs since
 }
 DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]
 
