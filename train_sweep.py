@@ -30,8 +30,8 @@ Map of this file (sections in the order data flows; each uses only what comes be
                                 requeue_reason, broken_setup
     7. Sources and launchers    the RunSource, Launcher and Placement protocols; ListSource; the guardian,
                                 cgroups, LogFollower, LocalLauncher
-    8. Results and metrics      records, atomic writes, tails; MetricReader, read_metrics; the journal,
-                                resume, the locks
+    8. Results and metrics      records, atomic writes, tails; MetricReader, read_metrics, printed_metrics;
+                                the journal, resume, the locks
     9. Reporting                Progress snapshots, event lines, sweep.log, the live view, the summary
     10. The event loop          Sweep (wait for an event, update, place what can start, report) with its
                                 Leaderboard, MetricFeed and FailFast; Wakeups (sleep, signals)
@@ -253,6 +253,11 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict):
         return "-".join(f"{k}-{format_value(v)}" for k, v in value.items()) or "empty"
     return str(value)
+
+
+def readable(value: Any) -> str:
+    """A value as a person reads it: 4 significant digits for a fraction (the results keep every digit)."""
+    return f"{value:.4g}" if isinstance(value, float) and not value.is_integer() else format_value(value)
 
 
 def signal_name(returncode: int | None) -> str | None:
@@ -1057,10 +1062,8 @@ LABEL_CHARS = 48  # a run's label in the live view, the summary and plots is cut
 
 def label_of(hyperparams: Mapping[str, Any], keys: Iterable[str], fallback: str) -> str:
     """A run as the view shows it: `lr=0.001 seed=2` for `keys`, cut to LABEL_CHARS; `fallback` without keys."""
-    def shown(value: Any) -> str:  # 4 significant digits: a person reads it (the results keep every digit)
-        if isinstance(value, float) and not value.is_integer():
-            return f"{value:.4g}"
-        return json.dumps(value) if isinstance(value, (list, dict)) else format_value(value)
+    def shown(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, (list, dict)) else readable(value)
     text = " ".join(f"{default_short(k)}={shown(hyperparams[k])}" for k in keys if k in hyperparams)
     return (text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…") or fallback
 
@@ -1818,9 +1821,7 @@ class GpuPool:
         return gpus, why
 
     def launched(self, run: Run, gpus: Sequence[int], now: float) -> None:
-        need = self.auto.need_mb(run) if self.auto is not None else run.memory_mb
-        if self.auto is not None:
-            self.auto.launched(run)
+        need = self.auto.launched(run) if self.auto is not None else run.memory_mb
         for g in gpus:
             self.running[g] += 1
             self.on_gpu.setdefault(g, []).append(run)
@@ -1958,7 +1959,9 @@ class LaunchError(Exception):
 
 
 class Launcher(Protocol):
-    """Where runs run: local processes or a cluster's jobs; only the launcher touches what its handle holds."""
+    """Where runs run: local processes or a cluster's jobs; only the launcher touches what its handle holds. One
+    that outlives a kill -9 of the sweep may have `screen(tty | None)`: told the terminal the live view holds, it
+    gives that terminal back if the sweep dies (LocalLauncher's guardian)."""
 
     def start(self, run: Run, gpus: tuple[int, ...]) -> Any:
         """Start the run's attempt on these GPUs (() is the CPU) in its folder, its logs there. LaunchError if its
@@ -2806,9 +2809,9 @@ _NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time
 
 
 def printed_metrics(run: Run) -> list[str]:
-    """The metric names a run reported (its metrics.json keys, stdout lines like NAME=0.41, most frequent first):
-    what --metric could have been."""
-    names: Counter[str] = Counter(k for k, v in (read_metrics(run) or {}).items() if isinstance(v, (int, float)))
+    """The metric names a run reported (its metrics, read when it ended, and stdout lines like NAME=0.41, most
+    frequent first): what --metric could have been."""
+    names: Counter[str] = Counter(k for k, v in (run.metrics or {}).items() if isinstance(v, (int, float)))
     names.update(m.group(1) for m in _PRINTED.finditer(tail_lines(run.stdout_log, 200, 64 * 1024)))
     return [n for n, _ in names.most_common() if n.lower() not in _NOT_METRICS][:6]
 
@@ -3535,11 +3538,14 @@ class LiveReporter(Reporter):
             rest = type(line)("    ") + rest
         return parts + [rest]
 
-    def _run_note(self, x: RunView, now: float) -> str:  # (x_metric_only() keeps the metric of it when narrow)
-        """` (3m12s, val_loss 0.41 @1200)`: how long a run has run, its latest metric."""
-        return (f" ({fmt_duration(now - (x.start_time or now))}"
-                + (f", {self.metric} {x.value:.4g}" + (f" @{x.step}" if x.step is not None else "")
-                   if x.value is not None else "") + ")")
+    def _run_note(self, x: RunView, now: float, narrow: bool = False) -> str:
+        """` (3m12s, val_loss 0.41 @1200)`: how long a run has run, its latest metric; `narrow`: ` (val_loss 0.41)`
+        where it has one (what a narrow row keeps)."""
+        metric = f"{self.metric} {x.value:.4g}" if x.value is not None else ""
+        if narrow and metric:
+            return f" ({metric})"
+        return (f" ({fmt_duration(now - (x.start_time or now))}" + (f", {metric}" if metric else "")
+                + (f" @{x.step}" if metric and x.step is not None else "") + ")")
 
     def _gpu_line(self, g: int, progress: Progress, width: int, now: float) -> Any:
         """One GPU on one line: id, name (from 120 columns), memory bar (20 wide from 140, 10 from 100), used/total,
@@ -3561,14 +3567,14 @@ class LiveReporter(Reporter):
         elif g != CPU:
             line += Text("(no reading)  ", style="dim")
         mine = [x for x in progress.running if (x.gpus[0] if x.gpus else CPU) == g]
-        runs = [(x.name, self._run_note(x, now)) for x in mine]
-        runs += [(x.name, f" (also GPU {x.gpus[0]})") for x in progress.running if g in x.gpus[1:]]
+        runs = [(x.name, self._run_note(x, now), self._run_note(x, now, narrow=True)) for x in mine]
+        runs += [(x.name, f" (also GPU {x.gpus[0]})", f" (also GPU {x.gpus[0]})") for x in progress.running
+                 if g in x.gpus[1:]]
         if runs:  # each run its share of the width: its name is cut before its metric is
             share = max(8, (width - line.cell_len) // len(runs) - 2)
             texts = []
-            for name, note in runs:
-                if len(name) + len(note) > share and x_metric_only(note) != note:
-                    note = x_metric_only(note)
+            for name, note, short in runs:
+                note = note if len(name) + len(note) <= share else short
                 keep = max(4, share - len(note))
                 texts.append((name if len(name) <= keep else name[: keep - 1] + "…") + note)
             line += Text(", ".join(texts))
@@ -3576,12 +3582,6 @@ class LiveReporter(Reporter):
             others = r is not None and (r.processes or (threshold is not None and r.memory_used_mb >= threshold))
             line += Text("in use by other processes" if others else "idle", style="yellow" if others else "dim")
         return line
-
-
-def x_metric_only(note: str) -> str:
-    """` (3m12s, val_loss 0.41 @1200)` -> ` (val_loss 0.41)`: what a narrow row keeps of a run's note."""
-    found = re.search(r", (\S+ \S+?)(?: @\S+)?\)$", note)
-    return f" ({found.group(1)})" if found else note
 
 
 def print_dry_run(plan: Plan, placement: str, note: str) -> None:

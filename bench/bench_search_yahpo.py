@@ -19,6 +19,7 @@ Methods, all in this harness and run (a config file's "search" block each):
                 reduction factor 3)
   tpe+asha6     the same, its first rung at epoch 6 (rungs 6, 18, 54: the last is the full run)
   tpe+median    TPE with the median pruner (4 start-up trials, no verdict before epoch 6)
+--load adds sweeps saved by --raw, also of methods measured with other code (bench/README.md's TPE variants)
 
 Prints per instance, medians over seeds: the regret at the end of the budget; the regret after 25% and 50% of
 the budget; and the simulated wall time (real time / scale) each method took to reach the regret random search
@@ -71,8 +72,6 @@ METHODS = {
     "tpe+asha6": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
                                                "reduction_factor": 3}},
     "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
-    "tpe+multivariate": {"sampler": "tpe"},  # measured with TPESampler(multivariate=True) in a copy of the code
-    "tpe+startup8": {"sampler": "tpe"},  # measured with n_startup_trials=8 in a copy: what "tpe" runs since
 }
 DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]
 
@@ -240,20 +239,14 @@ def main() -> int:
         args.raw.write_text(json.dumps({" ".join(map(str, k)): {"events": v, "trials": trial_counts[k]}
                                         for k, v in results.items()}))
     methods = list(args.methods)
-    for path in args.load:
+    for path in args.load:  # (a method measured with another version of the code keeps the name it was saved as)
         for key, value in json.loads(path.read_text()).items():
-            parts = key.split()
-            if parts[0] == "trials":  # an older file: the count under its own key
-                trial_counts[(parts[1], parts[2], int(parts[3]))] = value
-                continue
-            method, instance, seed = parts[0], parts[1], int(parts[2])
-            if instance not in args.instances or (method, instance, seed) in results:
-                continue
-            events = value["events"] if isinstance(value, dict) else value
-            results[(method, instance, seed)] = [tuple(e) for e in events]
-            trial_counts.setdefault((method, instance, seed), value["trials"] if isinstance(value, dict) else 0)
-            methods += [method] if method not in methods else []
-    summarize(results, trial_counts, surrogate, scale, [m for m in METHODS if m in methods])
+            method, instance, seed = key.split()[0], key.split()[1], int(key.split()[2])
+            if instance in args.instances and (method, instance, seed) not in results:
+                results[(method, instance, seed)] = [tuple(e) for e in value["events"]]
+                trial_counts[(method, instance, seed)] = value["trials"]
+                methods += [method] if method not in methods else []
+    summarize(results, trial_counts, surrogate, scale, sorted(methods, key=lambda m: (m not in METHODS, m)))
     return 0
 
 

@@ -836,11 +836,11 @@ def test_a_run_larger_than_any_seen_packs_within_a_bound_the_gpu_can_hold():
     auto.total_mb = {0: 80 * GB, 1: 80 * GB}
     auto.model.add({"batch": 64}, 1.4 * GB, "s")  # a run of batch 64 used 1.4 GB
     twice = Run(2, "t", {"batch": 128}, ["x"], Path("t"))
-    assert auto.prediction(twice) == pytest.approx(1.4 * GB * 4)
+    assert auto._predict(twice)[0].mb == pytest.approx(1.4 * GB * 4)
     launch(auto, twice, gpu=1, now=5.0)
     assert twice not in auto.probes and auto.limit(1, 1, 2)[0] > 1  # its GPU goes on packing
     huge = Run(3, "h", {"batch": 1024}, ["x"], Path("h"))  # 1.4 GB x 16^2: no GPU holds that bound
-    assert auto.prediction(huge) is None
+    assert auto._predict(huge) is None
 
 
 # -- an adversarial review of the above (each failed before its fix) ---------------------------------------------

@@ -485,17 +485,14 @@ class Packer:
             return None
         return found
 
-    def prediction(self, run: Run) -> float | None:
-        """The run's predicted footprint, or None for an unseen shape."""
-        found = self._predict(run)
-        return None if found is None else found[0].mb
-
     def need_mb(self, run: Run) -> float | None:
         """The free memory a new run needs: its declared memory, its prediction with its margin, the largest
         footprint seen for an unseen shape (None: nothing is known yet)."""
+        return self._need(run, None if run.memory_mb else self._predict(run))
+
+    def _need(self, run: Run, found: tuple[Point, str] | None) -> float | None:
         if run.memory_mb:
             return run.memory_mb
-        found = self._predict(run)
         if found is None:
             largest = self.model.largest()
             return None if largest is None else max(largest * MARGIN, largest + MARGIN_MB)
@@ -579,11 +576,13 @@ class Packer:
         self.notes.append(f"{'packing':<11} {run.name}: {why}")
         return gpus, why
 
-    def launched(self, run: Run) -> None:
+    def launched(self, run: Run) -> float | None:
+        """The run started: what it is expected to use (an unseen one is a probe); returns its need, to pledge."""
         found = None if run.memory_mb else self._predict(run)
         self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
         if self.predicted[run] is None:
             self.probes.add(run)
+        return self._need(run, found)
 
     def read_every(self) -> float:
         """Seconds between NVML readings while runs run: faster while a footprint is being learned."""

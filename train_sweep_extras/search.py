@@ -29,16 +29,12 @@ from train_sweep import (
     better,
     canonical_json,
     format_value,
+    readable,
     metric_of,
     one_line,
     restore,
 )
 from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
-
-
-def readable(value: Any) -> str:
-    """A value as a person reads it: 4 significant digits for a fraction (the results keep every digit)."""
-    return f"{value:.4g}" if isinstance(value, float) and not value.is_integer() else format_value(value)
 
 
 def import_optuna() -> Any:
