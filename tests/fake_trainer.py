@@ -153,8 +153,9 @@ if args.get("daemon") == "1":  # a daemon the usual way: double fork, new sessio
     if first == 0:
         os.setsid()
         if os.fork() == 0:
-            with open(os.path.join(run_dir, "daemon.pid"), "w") as f:
+            with open(os.path.join(run_dir, "daemon.pid.tmp"), "w") as f:  # renamed: never seen empty
                 f.write(str(os.getpid()))
+            os.replace(os.path.join(run_dir, "daemon.pid.tmp"), os.path.join(run_dir, "daemon.pid"))
             os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)"], {})
         os._exit(0)
     os.waitpid(first, 0)
