@@ -160,6 +160,7 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
     "space": ("space", "search"),  # a search's space: the config's "search", Hydra's interval()/tag(log, ...)
     "search space": ("space:parse_search", "search"),
     "source search": ("search:SearchSetup", "search"),  # --search, --pruner: an Optuna study as the run source
+    "source shared": ("agents:SharedSetup", "agents"),  # --storage: one study in PostgreSQL, an agent per host
     "search choices": ("search:describe_choices", "search"),  # --dry-run: the sampler's and pruner's settings
     "sweep file": ("sweepfiles:read_sweep_file", "search"),  # --sweep-file: W&B and Protein sweep files
     "backend slurm": ("slurm:SlurmBackend", "slurm"),  # --backend slurm: jobs through submitit
@@ -171,8 +172,9 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
     "commands": ("tools:main", ""),  # report, list, status, watch, cleanup
 }
 COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
-NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block", "source search": "--search or --pruner",
-             "search choices": "--pruner",
+NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block",
+             "source search": "--search or --pruner",
+             "source shared": "--storage", "search choices": "--pruner",
              "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto",
              "backend slurm": "--backend slurm", "mps": "--mps",
              "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
@@ -233,6 +235,11 @@ def where(gpus: Any) -> str:
     """`GPU 0,1` or `CPU`."""
     label = gpu_label(gpus)
     return label if label == "CPU" else f"GPU {label}"
+
+
+def redact(text: str) -> str:
+    """A text (an argument, a URL) with the password of any URL in it as ***: what is printed or written."""
+    return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -334,6 +341,8 @@ GROUPS = {  # the flags' groups, in the order --help and docs/flags.md show them
     "metrics": "metrics and the best model", "output": "output",
     "search": "search (Optuna; pip install 'train-sweep[search]'; see docs/search.md)",
     "slurm": "on a Slurm cluster (submitit; pip install 'train-sweep[slurm]'; see docs/slurm.md)",
+    "agents": "several hosts without Slurm: an agent on each (PostgreSQL; pip install 'train-sweep[agents]'; see "
+              "docs/agents.md)",
 }
 
 
@@ -506,6 +515,18 @@ class Settings:
     detach: bool = flag(
         False, "slurm", "submit the runs and exit; run the same command again to re-attach: running jobs are "
         "followed, finished ones collected, failed ones submitted again")
+    storage: str | None = flag(
+        None, "agents", "the same command on several hosts joins one sweep: its study lives in this PostgreSQL "
+        "database (postgresql://USER@HOST:PORT/DATABASE; the password in ~/.pgpass or PGPASSWORD, or in the URL: it "
+        "is never printed or written); each host runs the list's runs or the search's trials as its GPUs free up, "
+        "into its own --output-dir", metavar="URL")
+    study_name: str | None = flag(
+        None, "agents", "the sweep's name in the --storage database: one name, one sweep (default: train_sweep)",
+        metavar="NAME")
+    agent_grace: float | None = flag(
+        None, "agents", "with --storage: a host whose agent has not been heard of for this long (killed, down, cut "
+        "off) loses its running trials to the other hosts, which run them again (default: 120)",
+        type=_positive_float, metavar="SECONDS")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -3327,7 +3348,7 @@ class Reporter:
         if pending:
             counts["not started"] = len(pending)
         text = ", ".join(f"{n} {s}" for s, n in counts.items())
-        lines = [f"{len(runs) + len(pending)} run(s): {text}. Results: {results.output_file}"]
+        lines = [f"{len(runs) + len(pending)} run(s){': ' + text if text else ''}. Results: {results.output_file}"]
         if len(shown) < len(runs):
             lines.append(f"The table shows {len(shown)} of them: the {SUMMARY_TOP} best complete ones and those that "
                          f"did not complete (train_sweep.py report lists all)")
@@ -4376,7 +4397,7 @@ class Plan:
     @property
     def searching(self) -> bool:
         """A search, or a list with a pruner: an Optuna study decides (train_sweep_extras.search)."""
-        return self.search is not None or self.settings.pruner not in (None, "none")
+        return self.search is not None or self.settings.pruner not in (None, "none") or bool(self.settings.storage)
 
 
 def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
@@ -4426,6 +4447,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         arg_style=settings.arg_style or spec.arg_style or "hydra", name_template=settings.name_template or
         spec.name_template, mps=settings.mps if settings.mps is not None else bool(spec.mps))
     settings = backend_class(settings.backend).resolve(settings, spec)
+    settings = resolve_storage(settings)
     if settings.pruner not in (None, "none") and not settings.metric:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")
     if search is None:
@@ -4476,6 +4498,23 @@ def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[Swe
         spec.defaults = {**spec.defaults, **spec.runs[0]}
         search = spec.search = extra("space").SearchSpec("the command line", {})
     return spec, search, settings
+
+
+def resolve_storage(settings: Settings) -> Settings:
+    """--storage: its study's name and grace period; what does not go with agents is refused by name."""
+    if not settings.storage:
+        for name, value in (("--study-name", settings.study_name), ("--agent-grace", settings.agent_grace)):
+            if value is not None:
+                raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
+        return settings
+    refused = [(flag, why) for flag, value, why in (
+        ("--backend slurm", settings.backend != "local", "Slurm shares a sweep's runs out itself: use one of them"),
+        ("--rerun", settings.rerun, "the study is every agent's: give a new --study-name to start afresh"),
+        ("--warm-start", settings.warm_start, "seed a single-host search instead")) if value]
+    if refused:
+        raise UserError(f"{refused[0][0]} does not go with --storage: {refused[0][1]}")
+    return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",
+                               agent_grace=settings.agent_grace or 120.0)
 
 
 def check_settings(settings: Settings) -> None:
@@ -4659,16 +4698,18 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
                 set_aside(path)
             journal_records = {}
         # before anything is written: a study made for another search is refused (what it says is logged later)
-        searcher = extra("source search")(plan, journal_records, said.append) if plan.searching else None
+        source_kind = "source shared" if settings.storage else "source search"  # agents' study, or this host's
+        searcher = extra(source_kind)(plan, journal_records, said.append) if plan.searching else None
         skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
-        record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": sys.argv, "cwd": str(cwd),
+        record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": [redact(a) for a in sys.argv],
+                  "cwd": str(cwd),
                   "python": sys.executable, "started": iso_time(time.time()), "source": settings.source,
                   "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
                   "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
-                  "settings": dataclasses.asdict(settings)}
+                  "settings": {**dataclasses.asdict(settings), "storage": settings.storage and redact(settings.storage)}}
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
@@ -4845,7 +4886,7 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
         check_settings(settings)
         backend = backend_class(settings.backend)(plan)  # checks this machine's GPUs, or the cluster's request
         if plan.searching:  # said now, before anything starts: a missing Optuna, a sampler or pruner that cannot run
-            extra("source search").check(plan)
+            extra("source shared" if settings.storage else "source search").check(plan)
         if settings.dry_run:
             if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
                 plan_resume(runs, plan.journal)

@@ -54,6 +54,6 @@ def test_help_is_grouped_and_named_as_invoked(sweep):
     heads = [line for line in p.stdout.splitlines() if line and not line[0].isspace() and line.endswith(":")]
     assert heads == ["options:", "what to run:", "where runs go (placement):", "how runs end:",
                      "metrics and the best model:", "output:"] + [h for h in heads if h.startswith("search")] + \
-        [h for h in heads if h.startswith("on a Slurm cluster")]
-    assert len(heads) == 8
+        [h for h in heads if h.startswith("on a Slurm cluster")] + [h for h in heads if h.startswith("several hosts")]
+    assert len(heads) == 9
     assert "(default: 36000 = 10 hours)" in " ".join(p.stdout.split())

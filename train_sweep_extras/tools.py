@@ -46,6 +46,7 @@ from train_sweep import (
     metric_of,
     one_line,
     read_journal,
+    redact,
     run_labels,
     sweep_alive,
     tail_lines,
@@ -333,8 +334,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UserError("report --plots needs matplotlib: pip install 'train-sweep[plots]'") from None
-    files = args.files or ["train_sweep_results.json"]
-    sweeps = [(f, load_results(f)) for f in files]
+    if args.storage:  # every agent's runs of a shared sweep, from its study
+        from train_sweep_extras.agents import gathered
+
+        if args.files:
+            raise UserError("report: give results files or --storage URL, not both")
+        sweeps = [(redact(args.storage), gathered(args.storage, args.study_name))]
+        if args.results:
+            write_json_atomic(Path(args.results), sweeps[0][1])
+            print(f"{len(sweeps[0][1])} run(s) of every agent written to {args.results}", file=sys.stderr)
+    elif args.results:
+        raise UserError("report --results FILE gathers a shared sweep's runs: it needs --storage URL")
+    else:
+        files = args.files or ["train_sweep_results.json"]
+        sweeps = [(f, load_results(f)) for f in files]
     args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
     console = Console(width=None if sys.stdout.isatty() else 200)
     metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
@@ -369,14 +382,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.group_by:
         print_groups(console, records, args.group_by, varying, metric, args.mode)
     if len(sweeps) == 1:
-        table = Table(title=f"{files[0]}: {len(records)} run(s)", title_justify="left")
+        table = Table(title=f"{sweeps[0][0]}: {len(records)} run(s)", title_justify="left")
         shown = varying[:REPORT_KEY_COLUMNS]
         for col in ("#", "run", "state", *shown, "GPU", "duration", "rc", *([metric] if metric else [])):
             table.add_column(col, justify="right" if col in ("#", "duration", "rc", metric) else "left")
         for r in records:
             hp = r.get("hyperparams") or {}
             row = [_cell(r.get("index")), r["model_name"], r.get("state", ""),
-                   *(_cell(hp[k]) if k in hp else "" for k in shown), gpu_label(r.get("gpu_id")),
+                   *(_cell(hp[k]) if k in hp else "" for k in shown),
+                   (f"{r['host']} " if r.get("host") else "") + gpu_label(r.get("gpu_id")),  # --storage: each host's
                    fmt_duration(r.get("duration_seconds")), _cell(r.get("returncode"))]
             if metric:
                 v = record_metric(r, metric)
@@ -590,6 +604,12 @@ def build_tool_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="tool", required=True)
     r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
     r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
+    r.add_argument("--storage", metavar="URL", help="instead of results files: every agent's finished runs of the "
+                   "shared sweep in this database (--storage of the sweep)")
+    r.add_argument("--study-name", default="train_sweep", metavar="NAME", help="with --storage: the sweep's "
+                   "--study-name (default: train_sweep)")
+    r.add_argument("--results", metavar="FILE", help="with --storage: also write every agent's runs to FILE, one "
+                   "results file (train_sweep_results.json's format, with each run's host)")
     r.add_argument("--sort", metavar="KEY",
                    help=f"order of the rows: {', '.join(REPORT_SORTS)}, metric.NAME, or a hyperparameter (lr or hp.lr); "
                         "by a metric, complete runs come first, best first (default: metric, where there is one, "
@@ -609,7 +629,10 @@ def build_tool_parser() -> argparse.ArgumentParser:
     ls.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
     st = sub.add_parser("status", help="a running (or ended) sweep from another shell: runs by state, GPUs, best")
     st.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
-                    "(default: outputs)")
+                    "(default: outputs), or the --storage URL of a sweep shared by agents")
+    st.add_argument("--storage", metavar="URL", help="a sweep shared by agents: every host's runs from its study")
+    st.add_argument("--study-name", default="train_sweep", metavar="NAME", help="with --storage: the sweep's "
+                    "--study-name (default: train_sweep)")
     w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
     w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
                    "(default: outputs)")
@@ -778,6 +801,12 @@ def _attempt(record: Mapping[str, Any]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    storage = args.storage or (args.folder if "://" in args.folder else None)
+    if storage:  # a shared sweep: every agent's runs, from its study
+        from train_sweep_extras.agents import status_lines as shared_lines
+
+        print("\n".join(shared_lines(storage, args.study_name)))
+        return EXIT_OK
     lines, _ = status_lines(Path(args.folder))
     print("\n".join(lines))
     return EXIT_OK

@@ -1,0 +1,247 @@
+"""--storage: agents on several hosts sharing one sweep through a PostgreSQL study (train_sweep_extras/agents.py).
+
+Each agent is the real CLI in a folder of its own with fake GPUs of its own, standing in for a host. The tests need
+a PostgreSQL (TRAIN_SWEEP_TEST_PG; .ci/run starts one) and skip, saying why, without one. Each test uses a study
+name of its own, so tests never see each other's trials."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import Sweep, assert_one_line_error, cli, communicate
+
+pytestmark = pytest.mark.postgres
+
+
+def study_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def agents(tmp_path: Path, n: int, gpus: int = 2) -> list[Sweep]:
+    """n stand-ins for hosts: each its own folder and fake GPUs (disjoint: GPU 0 of one is not GPU 0 of another)."""
+    out = []
+    for i in range(n):
+        folder = tmp_path / f"host{i}"
+        folder.mkdir()
+        s = Sweep(folder)
+        s.gpus.set(count=gpus)
+        out.append(s)
+    return out
+
+
+def start(s: Sweep, url: str, name: str, *args: str) -> subprocess.Popen:
+    return s.start("--storage", url, "--study-name", name, "--no-live", "--metric", "val_loss",
+                   "--max-processes-per-gpu", "2", *args)
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[str, str]]:
+    outs = [communicate(p, timeout, f"agent {i}") for i, p in enumerate(procs)]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, (p.returncode, out[-3000:], err[-3000:])
+        assert "Traceback" not in out + err
+    return outs
+
+
+def load(url: str, name: str):
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    parts = urlsplit(url)
+    return optuna.load_study(study_name=name, storage=url.replace(parts.scheme, "postgresql+psycopg", 1))
+
+
+def completed(study) -> Counter:
+    """Each run name's complete trials."""
+    return Counter(t.user_attrs["run"] for t in study.trials if t.state.name == "COMPLETE")
+
+
+def complete_runs(hosts: list[Sweep]) -> Counter:
+    """Each run name's complete records over every host's results file."""
+    return Counter(r["model_name"] for s in hosts for r in s.results() if r["state"] == "complete")
+
+
+def test_a_grid_is_run_exactly_once_by_three_agents(tmp_path, postgres_url):
+    hosts, name = agents(tmp_path, 3), study_name()
+    grid = {"grid": {"x": list(range(40)), "sleep": [0.3], "metric": [0.5]}}
+    for s in hosts:
+        s.config(grid)
+    finish([start(s, postgres_url, name) for s in hosts])
+    assert complete_runs(hosts) == Counter({f"x_{x}_sleep_0.3_metric_0.5": 1 for x in range(40)})
+    study = load(postgres_url, name)
+    assert len(study.trials) == 40 and completed(study) == complete_runs(hosts)
+    assert all(s.results() for s in hosts), "every agent ran some of the runs"
+    for s in hosts:  # no run of another host in a host's folder
+        assert {p.name for p in (s.dir / "outputs").iterdir() if p.is_dir()} == {r["model_name"] for r in s.results()}
+
+    status = cli(hosts[0], "status", postgres_url, "--study-name", name, trainer=False)
+    assert status.returncode == 0 and "40 of 40 done (40 complete" in status.stdout, status.stdout + status.stderr
+    gathered = hosts[0].dir / "all.json"
+    report = cli(hosts[0], "report", "--storage", postgres_url, "--study-name", name, "--results", str(gathered),
+                 trainer=False)
+    assert report.returncode == 0, report.stdout + report.stderr
+    records = json.loads(gathered.read_text())
+    assert Counter(r["model_name"] for r in records) == complete_runs(hosts)
+    assert {r["host"] for r in records} == {socket.gethostname()}
+    password = urlsplit(postgres_url).password
+    assert password not in report.stdout + report.stderr + status.stdout + status.stderr
+
+
+def test_a_search_asks_exactly_its_trials_across_agents(tmp_path, postgres_url):
+    hosts, name = agents(tmp_path, 3), study_name()
+    procs = [start(s, postgres_url, name, "--search", "tpe", "--n-trials", "40", "x=interval(0, 1)", "sleep=0.2",
+                   "metric=0.5") for s in hosts]
+    outs = finish(procs)
+    study = load(postgres_url, name)
+    assert len(study.trials) == 40 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len({t.params["x"] for t in study.trials}) == 40, "no two agents asked the same point"
+    assert sum(len(s.results()) for s in hosts) == 40
+    for out, _ in outs:
+        assert "40/40 done by every agent" in out, out[-2000:]
+
+
+def test_a_killed_agent_loses_only_its_running_trials(tmp_path, postgres_url):
+    hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    for s in hosts:
+        s.config({"grid": {"x": list(range(8)), "sleep": [1.5], "metric": [0.5]}})
+    doomed = start(hosts[0], postgres_url, name, "--agent-grace", "3", "--max-processes-per-gpu", "1")
+    hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's first run")
+    other = start(hosts[1], postgres_url, name, "--agent-grace", "3", "--max-processes-per-gpu", "1")
+    hosts[1].wait_for(lambda: len(hosts[1].started()) >= 1, timeout=30, what="the second agent's first run")
+    doomed.send_signal(signal.SIGKILL)  # the host is gone: its guardian ends its runs
+    doomed.communicate(timeout=30)
+    lost = hosts[0].started()[-1]
+    (out, err), = finish([other])
+    assert "takeover" in out and lost in out, out[-3000:]
+    study = load(postgres_url, name)
+    assert completed(study) == Counter({f"x_{x}_sleep_1.5_metric_0.5": 1 for x in range(8)})
+    taken = [t for t in study.trials if t.state.name == "FAIL"]
+    assert [t.user_attrs["run"] for t in taken] == [lost]
+    assert Counter(r["model_name"] for r in hosts[1].results() if r["state"] == "complete")[lost] == 1
+
+    (out, err), = finish([start(hosts[0], postgres_url, name, "--agent-grace", "3")])  # the host comes back
+    assert len(load(postgres_url, name).trials) == len(study.trials), "nothing is asked or run again"
+    assert "0 run(s). Results" in out, out[-3000:]  # its killed run went to the other host: none left here
+
+
+class Proxy:
+    """A TCP relay to the database that can be cut (every connection dropped, new ones closed at once) and
+    restored: a network cut between the agents and PostgreSQL."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.up, self.socks, self.lock = True, [], threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            for s in self.socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.socks.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_a_cut_to_the_database_is_waited_out(tmp_path, postgres_url):
+    parts = urlsplit(postgres_url)
+    proxy = Proxy(parts.hostname, parts.port or 5432)
+    url = postgres_url.replace(parts.netloc, f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}")
+    hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    try:
+        for s in hosts:
+            s.config({"grid": {"x": list(range(10)), "sleep": [0.8], "metric": [0.5]}})
+        procs = [start(s, url, name, "--agent-grace", "60", "--max-processes-per-gpu", "1") for s in hosts]
+        for s in hosts:
+            s.wait_for(lambda s=s: len(s.started()) >= 2, timeout=30, what="two runs on each agent")
+        proxy.cut()
+        time.sleep(4)
+        proxy.up = True
+        outs = finish(procs)
+    finally:
+        proxy.close()
+    said = "".join(out for out, _ in outs)
+    assert "does not answer" in said and "answers again" in said, said[-3000:]
+    study = load(postgres_url, name)
+    assert completed(study) == Counter({f"x_{x}_sleep_0.8_metric_0.5": 1 for x in range(10)})
+    assert complete_runs(hosts) == completed(study)
+
+
+def test_bad_storage_input_is_one_line_without_the_password(tmp_path, postgres_url):
+    s = agents(tmp_path, 1)[0]
+    s.config([{"x": 1, "metric": 0.5}])
+    parts = urlsplit(postgres_url)
+    password = parts.password
+    wrong = postgres_url.replace(f":{password}@", ":not-the-password@")
+    for url, said in ((wrong, "password authentication failed"),
+                      (postgres_url.replace(f":{parts.port}/", ":1/"), "cannot open the study's database"),
+                      ("mysql://me@db/sweeps", "give a PostgreSQL URL"),
+                      (postgres_url.rpartition("/")[0] + "/no_such_database", "no_such_database")):
+        p = cli(s, "--storage", url, "--no-live")
+        assert_one_line_error(p, said)
+        assert password not in p.stderr and "not-the-password" not in p.stderr
+    assert not (s.dir / "outputs").exists() or not any((s.dir / "outputs").iterdir())
+    assert_one_line_error(cli(s, "--study-name", "x", "--no-live"), "--study-name", "needs --storage")
+    assert_one_line_error(cli(s, "--storage", postgres_url, "--rerun", "--no-live"), "--rerun does not go with")
+
+    name = study_name()
+    p = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    written = [s.dir / "outputs" / f for f in ("sweep.json", "sweep.log")] + [s.dir / "train_sweep_results.json"]
+    for path in written:
+        assert password not in path.read_text(), path
+    assert password not in p.stdout + p.stderr
+    assert json.loads(written[0].read_text())["settings"]["storage"] == postgres_url.replace(password, "***")
+
+    (tmp_path / "other").mkdir()
+    other = agents(tmp_path / "other", 1)[0]
+    other.config([{"x": 2, "metric": 0.5}])  # another list under the same study name
+    assert_one_line_error(cli(other, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric",
+                              "val_loss"), "was made for another sweep", "--study-name")
