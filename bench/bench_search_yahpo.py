@@ -205,6 +205,8 @@ def main() -> int:
     parser.add_argument("--instances", nargs="+", default=INSTANCES)
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST_SEED .. FIRST_SEED+SEEDS-1 (more "
+                        "seeds for a file --load adds to)")
     parser.add_argument("--slots", type=int, default=8, help="trials at once")
     parser.add_argument("--run-seconds", type=float, default=0.5, help="real seconds of a median full run")
     parser.add_argument("--raw", type=Path, help="also write every sweep's epochs here (JSON)")
@@ -219,7 +221,7 @@ def main() -> int:
         socket_path = str(Path(tmp) / "surrogate.sock")
         server = serve(surrogate, socket_path)
         try:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for instance in args.instances:
                     for k, method in enumerate(args.methods):  # the order rotates: no method always first
                         method = args.methods[(k + seed) % len(args.methods)]

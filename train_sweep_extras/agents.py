@@ -404,7 +404,8 @@ class SharedSource(SearchSource):
     def pending(self) -> int:
         """The trials left to take, and the other agents' running ones (taken over if their agent dies): an
         agent waits for those before it ends."""
-        return self._left() + len(self.shared.others_running())
+        left = self._left()  # (the others' running ones count as one: the progress line counts this agent's runs)
+        return left or int(bool(self.shared.others_running()))
 
     def remaining(self) -> list[Run]:
         return []  # the study keeps what is left, for every agent
