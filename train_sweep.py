@@ -238,8 +238,13 @@ def where(gpus: Any) -> str:
 
 
 def redact(text: str) -> str:
-    """A text (an argument, a URL) with the password of any URL in it as ***: what is printed or written."""
-    return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+    """A text (an argument, a URL) with the passwords of the URLs in it as ***: USER:***@HOST (also with an @ in
+    the password) and ?password=***. What is printed or written."""
+    def netloc(m: re.Match) -> str:
+        user, at, host = m.group(1).rpartition("@")
+        return "://" + (user.split(":", 1)[0] + ":***" if ":" in user else user) + at + host
+    text = re.sub(r"://([^/\s?#]*)", netloc, text)
+    return re.sub(r"([?&]password=)[^&\s#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -3632,7 +3637,8 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
             console.print(line, highlight=False, markup=False)
     else:
         console.print(f"{len(runs)} run(s). Placement: {placement}.", highlight=False)
-        for line in extra("search choices")(None, plan.settings) if plan.searching else ():  # --pruner on a list
+        pruner = plan.settings.pruner not in (None, "none")
+        for line in extra("search choices")(None, plan.settings) if pruner else ():  # --pruner on a list
             console.print(f"  {line}", highlight=False, markup=False)
         skipped = sum(run.skipped for run in runs)
         if skipped:
@@ -4501,18 +4507,12 @@ def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[Swe
 
 
 def resolve_storage(settings: Settings) -> Settings:
-    """--storage: its study's name and grace period; what does not go with agents is refused by name."""
+    """--storage: its study's name and grace period (the agents extra checks the rest)."""
     if not settings.storage:
         for name, value in (("--study-name", settings.study_name), ("--agent-grace", settings.agent_grace)):
             if value is not None:
                 raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
         return settings
-    refused = [(flag, why) for flag, value, why in (
-        ("--backend slurm", settings.backend != "local", "Slurm shares a sweep's runs out itself: use one of them"),
-        ("--rerun", settings.rerun, "the study is every agent's: give a new --study-name to start afresh"),
-        ("--warm-start", settings.warm_start, "seed a single-host search instead")) if value]
-    if refused:
-        raise UserError(f"{refused[0][0]} does not go with --storage: {refused[0][1]}")
     return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",
                                agent_grace=settings.agent_grace or 120.0)
 
@@ -4709,7 +4709,7 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
                   "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
                   "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
-                  "settings": {**dataclasses.asdict(settings), "storage": settings.storage and redact(settings.storage)}}
+                  "settings": {**dataclasses.asdict(settings), "storage": redact(settings.storage or "") or None}}
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")

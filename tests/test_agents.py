@@ -110,8 +110,9 @@ def test_a_search_asks_exactly_its_trials_across_agents(tmp_path, postgres_url):
 
 def test_a_killed_agent_loses_only_its_running_trials(tmp_path, postgres_url):
     hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    runs = [{"x": x, "sleep": 6 if x == 0 else 1.5, "metric": 0.5} for x in range(8)]  # the first agent takes x=0
     for s in hosts:
-        s.config({"grid": {"x": list(range(8)), "sleep": [1.5], "metric": [0.5]}})
+        s.config(runs)
     doomed = start(hosts[0], postgres_url, name, "--agent-grace", "3", "--max-processes-per-gpu", "1")
     hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's first run")
     other = start(hosts[1], postgres_url, name, "--agent-grace", "3", "--max-processes-per-gpu", "1")
@@ -119,10 +120,11 @@ def test_a_killed_agent_loses_only_its_running_trials(tmp_path, postgres_url):
     doomed.send_signal(signal.SIGKILL)  # the host is gone: its guardian ends its runs
     doomed.communicate(timeout=30)
     lost = hosts[0].started()[-1]
+    assert lost == "x_0_sleep_6_metric_0.5", hosts[0].started()
     (out, err), = finish([other])
     assert "takeover" in out and lost in out, out[-3000:]
     study = load(postgres_url, name)
-    assert completed(study) == Counter({f"x_{x}_sleep_1.5_metric_0.5": 1 for x in range(8)})
+    assert completed(study) == Counter({f"x_{x}_sleep_{6 if x == 0 else 1.5}_metric_0.5": 1 for x in range(8)})
     taken = [t for t in study.trials if t.state.name == "FAIL"]
     assert [t.user_attrs["run"] for t in taken] == [lost]
     assert Counter(r["model_name"] for r in hosts[1].results() if r["state"] == "complete")[lost] == 1
@@ -242,6 +244,88 @@ def test_bad_storage_input_is_one_line_without_the_password(tmp_path, postgres_u
 
     (tmp_path / "other").mkdir()
     other = agents(tmp_path / "other", 1)[0]
-    other.config([{"x": 2, "metric": 0.5}])  # another list under the same study name
-    assert_one_line_error(cli(other, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric",
-                              "val_loss"), "was made for another sweep", "--study-name")
+    for config in ([{"x": 2, "metric": 0.5}], {"defaults": {"sleep": 0.1}, "runs": [{"x": 1, "metric": 0.5}]}):
+        other.config(config)  # another list under the same study name; the same run names with other values
+        assert_one_line_error(cli(other, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric",
+                                  "val_loss"), "was made for another sweep", "--study-name")
+
+
+def test_a_password_given_any_way_is_never_shown_or_written(tmp_path, postgres_url):
+    """The password in the query (?password=) was written to sweep.json, sweep.log and stdout; a URL given to
+    list or report as a file showed it whole."""
+    parts = urlsplit(postgres_url)
+    password = parts.password
+    in_query = postgres_url.replace(f":{password}@", "@") + f"?password={password}"
+    s = agents(tmp_path, 1)[0]
+    s.config([{"x": 1, "metric": 0.5}])
+    p = cli(s, "--storage", in_query, "--study-name", study_name(), "--no-live", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    for path in [s.dir / "outputs" / "sweep.json", s.dir / "outputs" / "sweep.log", s.dir / "train_sweep_results.json"]:
+        assert password not in path.read_text(), path
+    assert password not in p.stdout + p.stderr
+    for tool in (["report", postgres_url], ["list", postgres_url]):
+        p = cli(s, *tool, trainer=False)
+        assert_one_line_error(p, "a URL")
+        assert password not in p.stderr
+
+
+def test_a_search_stopped_on_one_agent_still_runs_its_whole_budget(tmp_path, postgres_url):
+    """Ctrl+C or SIGTERM of one agent puts its trial back; another agent runs it: the budget is met exactly (the
+    other agent once ended one trial short, counting the put-back trial as asked)."""
+    hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    space = ["--search", "random", "--n-trials", "3", "x=interval(0, 1)", "sleep=1", "metric=0.5"]
+    stopped = start(hosts[0], postgres_url, name, "--max-processes-per-gpu", "1", *space)
+    hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's trial")
+    other = start(hosts[1], postgres_url, name, "--max-processes-per-gpu", "1", *space)
+    hosts[1].wait_for(lambda: len(hosts[1].started()) >= 1, timeout=30, what="the second agent's trial")
+    stopped.send_signal(signal.SIGTERM)
+    communicate(stopped, 60, "the stopped agent")
+    assert stopped.returncode == 130
+    (out, _), = finish([other])
+    study = load(postgres_url, name)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3, [(t.number, t.state.name) for t in study.trials]
+    assert "3/3 done by every agent" in out, out[-2000:]
+
+
+def test_an_agent_suspended_past_the_grace_period_goes_on_without_a_traceback(tmp_path, postgres_url):
+    """An agent stopped (SIGSTOP: a host frozen, or cut off) longer than --agent-grace loses its trial to another
+    agent; when it comes back, telling that trial (finished by then) must not crash it (it did, with
+    UpdateFinishedTrialError)."""
+    hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    for s in hosts:
+        s.config([{"x": x, "sleep": 3, "metric": 0.5} for x in range(3)])
+    frozen = start(hosts[0], postgres_url, name, "--agent-grace", "2", "--max-processes-per-gpu", "1")
+    hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's run")
+    frozen.send_signal(signal.SIGSTOP)
+    other = start(hosts[1], postgres_url, name, "--agent-grace", "2", "--max-processes-per-gpu", "1")
+    hosts[1].wait_for(lambda: any("takeover" in line for line in
+                                  (hosts[1].dir / "outputs" / "sweep.log").read_text().splitlines())
+                      if (hosts[1].dir / "outputs" / "sweep.log").exists() else False, timeout=40, what="a takeover")
+    frozen.send_signal(signal.SIGCONT)
+    finish([frozen, other])
+    study = load(postgres_url, name)
+    assert completed(study) == Counter({f"x_{x}_sleep_3_metric_0.5": 1 for x in range(3)})
+
+
+def test_the_agents_lock_held_elsewhere_never_hangs_an_agent(tmp_path, postgres_url):
+    """The agents' lock held by someone who does not let go (an agent frozen in it): this agent starts nothing
+    meanwhile but goes on handling signals (it waited in PostgreSQL, deaf to SIGTERM, before)."""
+    import hashlib
+
+    import psycopg
+
+    s, name = agents(tmp_path, 1, gpus=1)[0], study_name()
+    s.config([{"x": x, "sleep": 0.5, "metric": 0.5} for x in range(20)])
+    proc = start(s, postgres_url, name, "--max-processes-per-gpu", "1")
+    s.wait_for(lambda: len(s.started()) >= 1, timeout=30, what="the first run")
+    key = int.from_bytes(hashlib.sha256(f"train_sweep:{name}".encode()).digest()[:8], "big", signed=True)
+    with psycopg.connect(postgres_url) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        time.sleep(2)
+        started = len(s.started())
+        time.sleep(2)
+        assert len(s.started()) == started, "nothing starts while the lock is held"
+        proc.send_signal(signal.SIGTERM)
+        begun = time.monotonic()
+        communicate(proc, 30, "the agent after SIGTERM")
+        assert proc.returncode == 130 and time.monotonic() - begun < 15

@@ -1,7 +1,7 @@
 """--storage URL: one sweep shared by train_sweep agents on several hosts, through an Optuna study in PostgreSQL.
 
 The same command, started on each host with the same --storage URL (and --study-name), joins one sweep:
-  - the study lives in the database (Optuna's RDBStorage, through SQLAlchemy and psycopg2); each agent keeps
+  - the study lives in the database (Optuna's RDBStorage, through SQLAlchemy and psycopg); each agent keeps
     its own output folder (its runs' folders and logs, journal, sweep.log, results file). Nothing but the study
     is shared, so no shared filesystem is needed (on one, give each host its own --output-dir);
   - a list or grid is enqueued once, by whichever agent comes first, under a PostgreSQL advisory lock: each run
@@ -15,7 +15,7 @@ The same command, started on each host with the same --storage URL (and --study-
   - a database that does not answer: the agent starts nothing new, its running runs go on and their results go
     to its journal; it tells the study once the database answers again, and gives up (exit 3) after
     UNREACHABLE_S.
-Needs: pip install 'train-sweep[agents]' (Optuna, SQLAlchemy, psycopg2)."""
+Needs: pip install 'train-sweep[agents]' (Optuna, SQLAlchemy, psycopg 3)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import importlib
 import math
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -61,6 +62,8 @@ POLL_S = 2.0  # how often an agent looks at the shared study: waiting trials, ot
 UNREACHABLE_S = 900.0  # an agent whose database has not answered this long stops (exit 3); nothing is lost
 CONNECT_TIMEOUT_S = 10  # a connection that is not made within this long counts as the database not answering
 MAX_RETRIES = 3  # a trial taken over this often (its agents keep dying) is not enqueued again
+OPEN_WAIT_S = 120.0  # an agent opening the study waits this long for the lock (another may be filling the study)
+LOCK_IDLE_S = 30  # PostgreSQL ends the session of an agent that holds the lock and sits idle this long
 
 
 def agent_name(output_dir: Path) -> str:
@@ -93,7 +96,7 @@ def _said(e: BaseException, url: str) -> str:
     while e.__cause__ is not None:  # Optuna's StorageInternalError hides SQLAlchemy's, which hides the driver's
         e = e.__cause__
     e = getattr(e, "orig", None) or e
-    text = one_line((str(e).strip().splitlines() or [type(e).__name__])[0], 200)
+    text = redact(one_line((str(e).strip().splitlines() or [type(e).__name__])[0], 200))
     password = urlsplit(url).password
     return text.replace(password, "***") if password else text
 
@@ -109,7 +112,8 @@ def open_storage(url: str, grace_s: float) -> Any:
         importlib.import_module(driver)
         from optuna.storages import RDBStorage
     except ImportError as e:
-        raise UserError(f"--storage needs {e.name or 'a newer Optuna (4.9)'}: {INSTALL}") from None
+        install = INSTALL if e.name in ("sqlalchemy", "psycopg") else f"pip install {e.name}"
+        raise UserError(f"--storage needs {e.name or 'a newer Optuna (4.9)'}: {install}") from None
 
     interval = max(1, round(grace_s / 6))
     try:
@@ -117,12 +121,16 @@ def open_storage(url: str, grace_s: float) -> Any:
                                               "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}},
                           heartbeat_interval=interval, grace_period=max(interval + 1, round(grace_s)),
                           heartbeat_stale_trial_callback=lambda study, trial: None)  # Shared.take_over, once made
-    except Exception as e:  # SQLAlchemy's and psycopg2's errors: unreachable, refused, bad credentials
+    except Exception as e:  # SQLAlchemy's and the driver's errors: unreachable, refused, bad credentials
         raise UserError(f"--storage {redact(given)}: cannot open the study's database: {_said(e, url)}") from None
 
 
 class Unreachable(Exception):
     """The study's database did not answer: nothing new starts until it does."""
+
+
+class Busy(Exception):
+    """Another agent held the agents' lock too long: try again at the next look."""
 
 
 class Shared:
@@ -148,6 +156,7 @@ class Shared:
         self.total = 0  # trials in the study
         self.open_at = -math.inf  # when the waiting and running trials were read
         self.best: Any = None  # the best complete trial (one objective)
+        self.budget: int | None = study.user_attrs.get("n_trials")  # a search's --n-trials, the last agent's
         storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = self.take_over
 
     def take_over(self, study: Any, trial: Any) -> None:
@@ -191,12 +200,21 @@ class Shared:
         return result
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Held by one agent at a time (a transaction-level advisory lock: freed when its transaction ends, or
-        when the agent dies and its connection closes)."""
+    def lock(self, wait_s: float = 2.0, idle_s: int = LOCK_IDLE_S) -> Iterator[None]:
+        """Held by one agent at a time: a transaction-level advisory lock, freed when its transaction ends, when
+        the agent dies and its connection closes, or when its holder sits idle in it for LOCK_IDLE_S (an agent
+        suspended or cut off while holding it: PostgreSQL ends that session; `idle_s`). Held by another for `wait_s`:
+        Busy (the agent tries again at its next look, its loop and signals going on meanwhile)."""
         conn = self.call(lambda: self.storage.engine.connect())
         try:
-            self.call(lambda: conn.execute(self.sql.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key}))
+            self.call(lambda: conn.execute(self.sql.text(
+                f"SET LOCAL idle_in_transaction_session_timeout = '{idle_s}s'")))
+            end = self.clock() + wait_s
+            while not self.call(lambda: conn.execute(self.sql.text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                                     {"k": self.key}).scalar()):
+                if self.clock() > end:
+                    raise Busy
+                time.sleep(0.02)
             yield
             self.call(conn.commit)
         finally:
@@ -205,13 +223,13 @@ class Shared:
             except Exception:  # a connection lost with the database: nothing to give back
                 pass
 
-    def refresh(self, whole: bool = True) -> None:
+    def refresh(self, whole: bool = True, force: bool = False) -> None:
         """The snapshot of the study. Always the waiting and running trials and how many there are; `whole`:
         every trial too (their states, which were requeued, the best), read again only once the last whole
         reading is POLL_S old and at least 10 times as old as it took (a study of many trials is read less often)."""
         TS = self.optuna.trial.TrialState
         sid, now = self.study._study_id, self.clock()
-        whole = whole and now - self.seen_at >= max(POLL_S, 10 * self.read_s)
+        whole = force or whole and now - self.seen_at >= max(POLL_S, 10 * self.read_s)
 
         def read() -> None:
             began = time.perf_counter()
@@ -223,6 +241,7 @@ class Shared:
             if not whole:
                 return
             trials = self.storage.get_all_trials(sid, deepcopy=False)
+            self.budget = self.storage.get_study_user_attrs(sid).get("n_trials")
             retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
             gone = {t.number for t in trials if t.state == TS.FAIL and (t.user_attrs.get("requeued")
                                                                        or t.number in retried)}
@@ -267,11 +286,14 @@ class Shared:
         return [t for t in self.running if t.user_attrs.get("agent") != self.agent]
 
     def hosts(self) -> dict[str, list[str]]:
-        """Each agent's host, with where its trials run now ("GPU 0", ...)."""
-        out: dict[str, list[str]] = {}
+        """Each agent, with where its trials run now ("GPU 0", ...): named by its host, or by its host and
+        output folder where a host has several agents."""
+        agents: dict[str, list[str]] = {}
         for t in self.running:
-            out.setdefault(host_of(t.user_attrs.get("agent", "?")), []).append(t.user_attrs.get("where", "starting"))
-        return out
+            agents.setdefault(t.user_attrs.get("agent", "?"), []).append(t.user_attrs.get("where", "starting"))
+        per_host = Counter(host_of(a) for a in agents)
+        return {host_of(a) if per_host[host_of(a)] == 1 else
+                f"{host_of(a)}:{'/'.join(Path(a.split(':', 1)[-1]).parts[-2:])}": w for a, w in agents.items()}
 
 
 def requeue_shared(study: Any, trial: Any, params: Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> None:
@@ -279,9 +301,14 @@ def requeue_shared(study: Any, trial: Any, params: Mapping[str, Any] | None, att
     again, with the same parameters (a search) or the same run's name (a list)."""
     from optuna.trial import TrialState
 
+    from optuna.exceptions import UpdateFinishedTrialError
+
     number = trial if isinstance(trial, int) else trial.number
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    study._storage.set_trial_user_attr(trial_id, "requeued", True)
+    try:
+        study._storage.set_trial_user_attr(trial_id, "requeued", True)
+    except UpdateFinishedTrialError:  # another agent took it over: its copy waits already
+        return
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     study.enqueue_trial(dict(params or {}), user_attrs={k: v for k, v in attrs.items() if k in ("run", "index")},
                         skip_if_exists=False)
@@ -314,20 +341,31 @@ class SharedSource(SearchSource):
             self._stop(f"the search's time budget ({self.hours:g} h) is used up")
         if self.stopped is not None:
             return 0
-        return 1 if self.n_trials is None else max(0, self.n_trials - self.shared.counted)
+        budget = self.shared.budget
+        return 1 if budget is None else max(0, budget - self.shared.counted)
 
     def _take(self) -> Run | None:
+        if not self._left() and self.clock() - self.shared.open_at < POLL_S:
+            return None  # the snapshot, under POLL_S old, has nothing to take: the database is left alone
         try:
             with self.shared.lock():
                 self.shared.refresh(whole=False)
-                while self._left():
+                while self._left() or self._recount():
                     run = self.shared.call(self._ask_one)
                     if run is not None:
                         return run
                     self.shared.refresh(whole=False)
-        except Unreachable:
+        except (Unreachable, Busy):
             return None
         return None
+
+    def _recount(self) -> bool:
+        """A search's budget seems spent: read every trial now, once after each look at the waiting and running
+        ones (a trial requeued since the last whole reading counts no more)."""
+        if self.search is None or self.shared.seen_at >= self.shared.open_at:
+            return False
+        self.shared.refresh(force=True)
+        return self._left() > 0
 
     def _ask_one(self) -> Run | None:
         """One trial, set running by Optuna in one row-locked update: a list's next waiting run (None if that
@@ -382,7 +420,8 @@ class SharedSource(SearchSource):
             self.shared.storage.record_heartbeat(trial._trial_id)
             if run not in self.said_where and run.gpus:
                 self.said_where.add(run)
-                trial.set_user_attr("where", ", ".join(f"GPU {g}" if g >= 0 else "CPU" for g in run.gpus))
+                with suppress(self.optuna.exceptions.UpdateFinishedTrialError):  # taken over meanwhile
+                    trial.set_user_attr("where", ", ".join(f"GPU {g}" if g >= 0 else "CPU" for g in run.gpus))
 
     def _tell_ended(self) -> None:
         while self.tells:
@@ -396,15 +435,21 @@ class SharedSource(SearchSource):
             self.front = None
 
     def _tell(self, trial: Any, state: Any, values: list[float] | None) -> None:
-        record = self.records.get(trial.number)
-        if record is not None:  # every agent's results in one place: report --storage
-            trial.set_user_attr("record", record)
-        self.study.tell(trial, values, state=state, skip_if_finished=True)
+        """Tell an ended trial, with its record (every agent's results in one place: report --storage); one
+        that another agent took over in the meantime is finished already: its copy is the one that counts."""
+        with suppress(self.optuna.exceptions.UpdateFinishedTrialError):
+            record = self.records.get(trial.number)
+            if record is not None:
+                trial.set_user_attr("record", record)
+            self.study.tell(trial, values, state=state, skip_if_finished=True)
 
     def pending(self) -> int:
         """The trials left to take, and the other agents' running ones (taken over if their agent dies): an
         agent waits for those before it ends."""
         left = self._left()  # (the others' running ones count as one: the progress line counts this agent's runs)
+        if not left:
+            with suppress(Unreachable):
+                left = self._recount()
         return left or int(bool(self.shared.others_running()))
 
     def remaining(self) -> list[Run]:
@@ -417,9 +462,8 @@ class SharedSource(SearchSource):
             return "another agent took its trial over (this agent's heartbeat was missed longer than --agent-grace)"
         try:
             return super().report(run, step, values)
-        except self.shared.sql.exc.SQLAlchemyError:
-            return None
-        except self.optuna.exceptions.StorageInternalError:
+        except (self.shared.sql.exc.SQLAlchemyError, self.optuna.exceptions.StorageInternalError,
+                self.optuna.exceptions.UpdateFinishedTrialError):  # the database down, the trial taken over
             return None
 
     def finished(self, run: Run) -> None:
@@ -440,7 +484,7 @@ class SharedSource(SearchSource):
 
     def status(self) -> str | None:
         s = self.shared
-        total = f"/{self.n_trials}" if self.search is not None and self.n_trials else \
+        total = f"/{s.budget}" if self.search is not None and s.budget else \
             f"/{s.done + len(s.running) + len(s.waiting)}" if self.search is None else ""
         what = f"search {self.search.sampler}" if self.search is not None else "runs"
         parts = [f"{what}: {s.done}{total} done by every agent"]
@@ -501,6 +545,12 @@ class SharedSetup:
     def check(plan: Plan) -> None:
         """Said before anything starts: a missing driver or Optuna, a sampler or a pruner that cannot run here."""
         settings, search = plan.settings, plan.search
+        refused = [(flag, why) for flag, value, why in (
+            ("--backend slurm", settings.backend != "local", "Slurm shares a sweep's runs out itself: use one of them"),
+            ("--rerun", settings.rerun, "the study is every agent's: give a new --study-name to start afresh"),
+            ("--warm-start", settings.warm_start, "seed a single-host search instead")) if value]
+        if refused:
+            raise UserError(f"{refused[0][0]} does not go with --storage: {refused[0][1]}")
         optuna = import_optuna()
         open_storage(settings.storage, 60.0).engine.dispose()  # reachable, with these credentials: or one line
         make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
@@ -520,11 +570,12 @@ class SharedSetup:
         directions = directions[: len(objectives) or 1]
         pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
                              search.source if search else "--pruner")
-        if search is not None:
-            key = search.space_key(objectives, settings.modes, settings.command)
-        else:
-            key = canonical_json({"list": [r.name for r in plan.runs], "metrics": list(objectives),
-                                  "modes": list(settings.modes), "command": settings.command})
+        if search is not None:  # its space, fixed values, metrics and command, and the sampler
+            key = canonical_json({"search": search.space_key(objectives, settings.modes, settings.command),
+                                  "sampler": search.sampler})
+        else:  # every run, its hyperparameters and command (identity), and the metrics
+            key = canonical_json({"list": [[r.name, r.identity] for r in plan.runs], "metrics": list(objectives),
+                                  "modes": list(settings.modes)})
         name, where = settings.study_name, f"the study {settings.study_name} in {redact(settings.storage)}"
         try:
             study = optuna.create_study(storage=storage, study_name=name, pruner=pruner, directions=directions,
@@ -533,18 +584,27 @@ class SharedSetup:
             raise UserError(f"{where}: {_said(e, settings.storage)}") from None
         self.shared = Shared(storage, study, self.agent, settings.storage, say)
         try:
-            with self.shared.lock():  # one agent at a time: the first one marks the study and enqueues the list
+            with self.shared.lock(OPEN_WAIT_S, idle_s=600):  # one at a time: the first fills the study
                 made_for = study.user_attrs.get("search")
                 if made_for is None:
                     study.set_user_attr("search", key)
                 elif made_for != key:
-                    raise UserError(f"{where} was made for another sweep (other runs, parameters, metrics or "
-                                    "command): give this one another --study-name")
+                    raise UserError(f"{where} was made for another sweep (other runs or values, search space, "
+                                    "sampler, metrics or command): give this one another --study-name")
                 if [d.name.lower() for d in study.directions] != directions:
                     raise UserError(f"{where} ranks by other objectives: give this sweep another --study-name")
                 self._fill(study, search)
+                budget = study.user_attrs.get("n_trials", settings.n_trials)
+                if search is not None and ("n_trials" not in study.user_attrs or budget != settings.n_trials):
+                    study.set_user_attr("n_trials", settings.n_trials)  # the last agent started says it
+                    if budget != settings.n_trials:
+                        say(f"{'search':<11} the study's budget was {budget or 'none'} trial(s); it is now "
+                            f"{settings.n_trials or 'none'} (this agent's --n-trials), for every agent")
         except Unreachable:
             raise UserError(f"{where}: the database stopped answering while the study was opened") from None
+        except Busy:
+            raise UserError(f"{where}: another agent has held the agents' lock for {OPEN_WAIT_S:.0f} s; try again "
+                            f"(PostgreSQL frees it within {LOCK_IDLE_S} s of its holder stopping)") from None
         if search is not None:  # each agent draws from a seed of its own: two agents never sample the same points
             seed = settings.seed if search.seed is None else search.seed
             seed = (seed + int(hashlib.sha256(self.agent.encode()).hexdigest()[:8], 16)) % 2**32
@@ -620,16 +680,18 @@ def open_study(url: str, study_name: str) -> tuple[Any, Any]:
     try:
         return optuna.load_study(study_name=study_name, storage=storage), storage
     except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise UserError(f"{redact(url)} has no study {study_name!r} (it has: {names}); --study-name NAME") from None
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "none"
+        raise UserError(f"{redact(url)} has no study {study_name!r} (it has {shown}); --study-name NAME") from None
 
 
-def status_lines(url: str, study_name: str) -> list[str]:
-    """`train_sweep status --storage URL`: every agent's trials by state, each host's running runs, the best."""
+def status_lines(url: str, study_name: str) -> tuple[list[str], bool]:
+    """`train_sweep status URL`: every agent's trials by state, each host's running runs, the best; and whether
+    any trial runs or waits."""
     study, storage = open_study(url, study_name)
     shared = Shared(storage, study, "", url, lambda _: None)
     shared.refresh()
-    total = shared.done + len(shared.running) + len(shared.waiting)
+    total = shared.budget or shared.done + len(shared.running) + len(shared.waiting)
     counts = ", ".join(f"{n} {k}" for k, n in shared.counts.items() if n) or "none"
     lines = [f"study {study_name} in {redact(url)}: {shared.done} of {total} done ({counts}; {shared.requeued} "
              f"taken over or requeued, not counted), {len(shared.running)} running, {len(shared.waiting)} waiting"]
@@ -639,7 +701,7 @@ def status_lines(url: str, study_name: str) -> list[str]:
         b = shared.best
         lines.append(f"best: {b.user_attrs.get('run', b.number)} {b.values[0]:.4g} on "
                      f"{(b.user_attrs.get('record') or {}).get('host', '?')}")
-    return lines
+    return lines, bool(shared.running or shared.waiting)
 
 
 def gathered(url: str, study_name: str) -> list[dict[str, Any]]:

@@ -346,6 +346,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.results:
         raise UserError("report --results FILE gathers a shared sweep's runs: it needs --storage URL")
     else:
+        no_url(args.files, "report")
         files = args.files or ["train_sweep_results.json"]
         sweeps = [(f, load_results(f)) for f in files]
     args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
@@ -473,6 +474,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    no_url(args.folders, "list")
     table = Table(title="sweeps", title_justify="left")
     for col in ("output folder", "state", "started", "runs", "complete", "pruned", "failed", "interrupted",
                 "last activity", "command"):
@@ -630,13 +632,15 @@ def build_tool_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="a running (or ended) sweep from another shell: runs by state, GPUs, best")
     st.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
                     "(default: outputs), or the --storage URL of a sweep shared by agents")
-    st.add_argument("--storage", metavar="URL", help="a sweep shared by agents: every host's runs from its study")
-    st.add_argument("--study-name", default="train_sweep", metavar="NAME", help="with --storage: the sweep's "
-                    "--study-name (default: train_sweep)")
     w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
     w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
-                   "(default: outputs)")
+                   "(default: outputs), or the --storage URL of a sweep shared by agents")
     w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS", help="redraw interval (default: 2)")
+    for parser in (st, w):
+        parser.add_argument("--storage", metavar="URL", help="a sweep shared by agents: every host's runs, from its "
+                            "study")
+        parser.add_argument("--study-name", default="train_sweep", metavar="NAME", help="with a URL: the sweep's "
+                            "--study-name (default: train_sweep)")
     c = sub.add_parser("cleanup", help="delete old run folders (a dry run unless --live)")
     c.add_argument("folders", nargs="*", metavar="DIR", help="where to look, 3 levels deep (default: outputs)")
     c.add_argument("--days", type=_nonneg_float, required=True, metavar="N", help="delete run folders untouched for N days")
@@ -791,23 +795,31 @@ class SweepStatus:
         return None
 
 
-def status_lines(folder: Path) -> tuple[list[str], bool]:
-    """status, read once."""
-    return SweepStatus(folder).lines()
-
-
 def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def status_reader(args: argparse.Namespace) -> Callable[[], tuple[list[str], bool]]:
+    """status and watch: a sweep's folder (read on from where each reading stopped), or a shared sweep's study
+    (`status URL`, `--storage URL`: every agent's runs)."""
     storage = args.storage or (args.folder if "://" in args.folder else None)
-    if storage:  # a shared sweep: every agent's runs, from its study
+    if storage:
         from train_sweep_extras.agents import status_lines as shared_lines
 
-        print("\n".join(shared_lines(storage, args.study_name)))
-        return EXIT_OK
-    lines, _ = status_lines(Path(args.folder))
+        return lambda: shared_lines(storage, args.study_name)
+    return SweepStatus(Path(args.folder)).lines
+
+
+def no_url(args: Sequence[str], what: str) -> None:
+    """A URL where a file or folder is meant (a shared sweep's --storage): one line, without its password."""
+    for arg in args:
+        if "://" in arg:
+            raise UserError(f"{what} {redact(arg)}: a URL; a shared sweep's runs are read with report --storage "
+                            "URL, status URL or watch URL")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lines, _ = status_reader(args)()
     print("\n".join(lines))
     return EXIT_OK
 
@@ -818,19 +830,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    status = SweepStatus(Path(args.folder))  # read on from where each reading stopped
-    lines, alive = status.lines()
+    read = status_reader(args)
+    lines, alive = read()
     if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
         print("\n".join(lines), flush=True)
         while alive:
             time.sleep(args.every)
-            lines, alive = status.lines()
+            lines, alive = read()
             print("\n" + "\n".join(lines), flush=True)
         return EXIT_OK
     with Live(Text("\n".join(lines)), console=Console(), auto_refresh=False) as live:
         while alive:
             time.sleep(args.every)
-            lines, alive = status.lines()
+            lines, alive = read()
             live.update(Text("\n".join(lines)), refresh=True)
     return EXIT_OK
 
