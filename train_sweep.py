@@ -4402,7 +4402,7 @@ class Plan:
 
     @property
     def searching(self) -> bool:
-        """A search, or a list with a pruner: an Optuna study decides (train_sweep_extras.search)."""
+        """A search, a list with a pruner, or agents (--storage): an Optuna study decides (the search extra)."""
         return self.search is not None or self.settings.pruner not in (None, "none") or bool(self.settings.storage)
 
 
@@ -4704,9 +4704,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
         record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": [redact(a) for a in sys.argv],
-                  "cwd": str(cwd),
-                  "python": sys.executable, "started": iso_time(time.time()), "source": settings.source,
-                  "command": settings.command, **backend.record(),
+                  "cwd": str(cwd), "python": sys.executable, "started": iso_time(time.time()),
+                  "source": settings.source, "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
                   "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
                   "settings": {**dataclasses.asdict(settings), "storage": redact(settings.storage or "") or None}}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import math
 import socket
 import time
@@ -184,37 +185,44 @@ class Shared:
         try:
             result = what()
         except errors as e:
-            now = self.clock()
-            if self.down_since is None:
-                self.down_since = now
-                self.say(f"{'database':<11} the study's database does not answer ({_said(e, self.url)}): no new "
-                         "run starts until it does; running runs go on")
-            elif now - self.down_since > UNREACHABLE_S:
-                raise OutputError(f"the study's database {redact(self.url)} has not answered for "
-                                  f"{UNREACHABLE_S / 60:.0f} min") from None
-            raise Unreachable from None
+            self._failed(e)
         if self.down_since is not None:
             self.say(f"{'database':<11} the study's database answers again after "
                      f"{self.clock() - self.down_since:.0f} s")
             self.down_since = None
         return result
 
+    def _failed(self, e: BaseException) -> None:
+        """The database did not answer: said once; Unreachable, or OutputError after UNREACHABLE_S."""
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            self.say(f"{'database':<11} the study's database does not answer ({_said(e, self.url)}): no new run "
+                     "starts until it does; running runs go on")
+        elif now - self.down_since > UNREACHABLE_S:
+            raise OutputError(f"the study's database {redact(self.url)} has not answered for "
+                              f"{UNREACHABLE_S / 60:.0f} min") from None
+        raise Unreachable from None
+
     @contextmanager
     def lock(self, wait_s: float = 2.0, idle_s: int = LOCK_IDLE_S) -> Iterator[None]:
         """Held by one agent at a time: a transaction-level advisory lock, freed when its transaction ends, when
-        the agent dies and its connection closes, or when its holder sits idle in it for LOCK_IDLE_S (an agent
-        suspended or cut off while holding it: PostgreSQL ends that session; `idle_s`). Held by another for `wait_s`:
-        Busy (the agent tries again at its next look, its loop and signals going on meanwhile)."""
+        the agent dies and its connection closes, or when its holder sits idle in it for `idle_s` (an agent
+        suspended or cut off while holding it: PostgreSQL ends that session). Held by another for `wait_s`: Busy
+        (the agent tries again at its next look, its loop and signals going on meanwhile)."""
         conn = self.call(lambda: self.storage.engine.connect())
         try:
             self.call(lambda: conn.execute(self.sql.text(
-                f"SET LOCAL idle_in_transaction_session_timeout = '{idle_s}s'")))
-            end = self.clock() + wait_s
-            while not self.call(lambda: conn.execute(self.sql.text("SELECT pg_try_advisory_xact_lock(:k)"),
-                                                     {"k": self.key}).scalar()):
-                if self.clock() > end:
-                    raise Busy
-                time.sleep(0.02)
+                "SELECT set_config('lock_timeout', :wait, true), "
+                "set_config('idle_in_transaction_session_timeout', :idle, true)"),
+                {"wait": str(round(wait_s * 1000)), "idle": str(idle_s * 1000)}))
+            try:  # a wait in PostgreSQL, bounded: a signal is handled once it returns
+                conn.execute(self.sql.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.key})
+            except self.sql.exc.SQLAlchemyError as e:
+                orig = getattr(e, "orig", None)
+                if getattr(orig, "sqlstate", None) == "55P03" or getattr(orig, "pgcode", None) == "55P03":
+                    raise Busy from None  # lock_not_available: the wait ran out
+                self._failed(e)
             yield
             self.call(conn.commit)
         finally:
@@ -551,6 +559,8 @@ class SharedSetup:
             ("--warm-start", settings.warm_start, "seed a single-host search instead")) if value]
         if refused:
             raise UserError(f"{refused[0][0]} does not go with --storage: {refused[0][1]}")
+        if importlib.util.find_spec("optuna") is None:
+            raise UserError(f"--storage needs Optuna: {INSTALL}")
         optuna = import_optuna()
         open_storage(settings.storage, 60.0).engine.dispose()  # reachable, with these credentials: or one line
         make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
