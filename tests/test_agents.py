@@ -226,12 +226,13 @@ def test_bad_storage_input_is_one_line_without_the_password(tmp_path, postgres_u
                       (postgres_url.replace(f":{parts.port}/", ":1/"), "cannot open the study's database"),
                       ("mysql://me@db/sweeps", "give a PostgreSQL URL"),
                       (postgres_url.rpartition("/")[0] + "/no_such_database", "no_such_database")):
-        p = cli(s, "--storage", url, "--no-live")
+        p = cli(s, "--storage", url, "--no-live", "--metric", "val_loss")
         assert_one_line_error(p, said)
         assert password not in p.stderr and "not-the-password" not in p.stderr
     assert not (s.dir / "outputs").exists() or not any((s.dir / "outputs").iterdir())
     assert_one_line_error(cli(s, "--study-name", "x", "--no-live"), "--study-name", "needs --storage")
     assert_one_line_error(cli(s, "--storage", postgres_url, "--rerun", "--no-live"), "--rerun does not go with")
+    assert_one_line_error(cli(s, "--storage", postgres_url, "--no-live"), "needs --metric")  # (it crashed an agent)
 
     name = study_name()
     p = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss")
@@ -329,3 +330,62 @@ def test_the_agents_lock_held_elsewhere_never_hangs_an_agent(tmp_path, postgres_
         begun = time.monotonic()
         communicate(proc, 30, "the agent after SIGTERM")
         assert proc.returncode == 130 and time.monotonic() - begun < 15
+
+
+def test_a_lists_failed_runs_go_again_when_an_agent_starts_again(tmp_path, postgres_url):
+    """As one host's resume runs its failed runs again, so does an agent's next start (they stayed failed)."""
+    s, name = agents(tmp_path, 1, gpus=1)[0], study_name()
+    s.config([{"x": 0, "metric": 0.5}, {"x": 1, "metric": 0.5, "fail_once": str(tmp_path / "failed_once")},
+              {"x": 2, "metric": 0.5}])
+    first = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss")
+    assert first.returncode == 1, first.stdout + first.stderr
+    again = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss")
+    assert again.returncode == 0 and "1 failed run(s) of the list go again" in again.stdout, again.stdout
+    assert set(completed(load(postgres_url, name))) == {r["model_name"] for r in s.results()}
+    assert len(completed(load(postgres_url, name))) == 3
+
+
+def test_an_agent_with_only_a_time_budget_keeps_the_studys_trial_budget(tmp_path, postgres_url):
+    """An agent given --search-hours and no --n-trials set the study's budget to none: the agents with a budget
+    then searched without end."""
+    hosts, name = agents(tmp_path, 2, gpus=1), study_name()
+    space = ["--search", "random", "x=interval(0, 1)", "sleep=0.5", "metric=0.5", "--max-processes-per-gpu", "1"]
+    bounded = start(hosts[0], postgres_url, name, "--n-trials", "6", *space)
+    hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's trial")
+    timed = start(hosts[1], postgres_url, name, "--search-hours", str(2 / 3600), *space)
+    finish([bounded, timed], timeout=60)
+    assert len(load(postgres_url, name).trials) == 6
+
+
+def test_watch_ends_when_a_grid_budget_is_spent(tmp_path, postgres_url):
+    """A grid search given fewer trials than points leaves the other points waiting: they never run, and watch
+    (which went on redrawing them) ends."""
+    s, name = agents(tmp_path, 1, gpus=1)[0], study_name()
+    p = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss", "--search",
+            "grid", "x=1,2,3", "y=10,20", "--n-trials", "3", "sleep=0.1", "metric=0.5")
+    assert p.returncode == 0, p.stdout + p.stderr
+    watch = cli(s, "watch", postgres_url, "--study-name", name, "--every", "0.2", trainer=False, timeout=20)
+    assert watch.returncode == 0 and "3 of 3 done" in watch.stdout, watch.stdout + watch.stderr
+
+
+def test_agents_starting_at_once_on_a_fresh_database(tmp_path, postgres_url):
+    """Agents started together on a database without Optuna's tables: each let Optuna make them, and all but one
+    could fail (duplicate key value violates unique constraint "pg_type_typname_nsp_index", as in CI). A race:
+    3 rounds of 4 agents, each on a fresh schema (before the fix, one round in 3 failed here)."""
+    import psycopg
+
+    for round_ in range(3):
+        schema = f"fresh_{uuid.uuid4().hex[:10]}"  # a database of its own, as far as Optuna sees: its own schema
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}options=-csearch_path%3D{schema}"
+        (tmp_path / str(round_)).mkdir()
+        hosts, name = agents(tmp_path / str(round_), 4, gpus=1), study_name()
+        try:
+            for s in hosts:
+                s.config([{"x": x, "metric": 0.5} for x in range(4)])
+            finish([start(s, url, name) for s in hosts])
+            assert complete_runs(hosts) == Counter({f"x_{x}_metric_0.5": 1 for x in range(4)})
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")

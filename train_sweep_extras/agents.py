@@ -63,6 +63,7 @@ POLL_S = 2.0  # how often an agent looks at the shared study: waiting trials, ot
 UNREACHABLE_S = 900.0  # an agent whose database has not answered this long stops (exit 3); nothing is lost
 CONNECT_TIMEOUT_S = 10  # a connection that is not made within this long counts as the database not answering
 MAX_RETRIES = 3  # a trial taken over this often (its agents keep dying) is not enqueued again
+TABLES_KEY = 0x7472_5377_5462_6C73  # the advisory lock under which an agent lets Optuna make its tables
 OPEN_WAIT_S = 120.0  # an agent opening the study waits this long for the lock (another may be filling the study)
 LOCK_IDLE_S = 30  # PostgreSQL ends the session of an agent that holds the lock and sits idle this long
 
@@ -116,12 +117,19 @@ def open_storage(url: str, grace_s: float) -> Any:
         install = INSTALL if e.name in ("sqlalchemy", "psycopg") else f"pip install {e.name}"
         raise UserError(f"--storage needs {e.name or 'a newer Optuna (4.9)'}: {install}") from None
 
-    interval = max(1, round(grace_s / 6))
+    import sqlalchemy
+
+    interval, connect = max(1, round(grace_s / 6)), {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True,
-                                              "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}},
-                          heartbeat_interval=interval, grace_period=max(interval + 1, round(grace_s)),
-                          heartbeat_stale_trial_callback=lambda study, trial: None)  # Shared.take_over, once made
+        engine = sqlalchemy.create_engine(url, connect_args=connect, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:  # Optuna makes its tables on first use: one agent at a time (two at once
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": TABLES_KEY})  # both made them)
+            try:
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "connect_args": connect},
+                                  heartbeat_interval=interval, grace_period=max(interval + 1, round(grace_s)),
+                                  heartbeat_stale_trial_callback=lambda study, trial: None)  # Shared.take_over
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": TABLES_KEY})
     except Exception as e:  # SQLAlchemy's and the driver's errors: unreachable, refused, bad credentials
         raise UserError(f"--storage {redact(given)}: cannot open the study's database: {_said(e, url)}") from None
 
@@ -249,12 +257,15 @@ class Shared:
             if not whole:
                 return
             trials = self.storage.get_all_trials(sid, deepcopy=False)
+            self.waiting = [t for t in trials if t.state == TS.WAITING]  # one snapshot with the counts below
+            self.running = [t for t in trials if t.state == TS.RUNNING]
+            self.total = len(trials)
             self.budget = self.storage.get_study_user_attrs(sid).get("n_trials")
             retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
             gone = {t.number for t in trials if t.state == TS.FAIL and (t.user_attrs.get("requeued")
                                                                        or t.number in retried)}
             self.requeued = len(gone)
-            self.counts = {s.name.lower(): sum(1 for t in trials if t.state == s and t.number not in gone)
+            self.counts = {("failed" if s == TS.FAIL else s.name.lower()): sum(1 for t in trials if t.state == s and t.number not in gone)
                            for s in (TS.COMPLETE, TS.PRUNED, TS.FAIL)}
             complete = [t for t in trials if t.state == TS.COMPLETE and t.values and len(t.values) == 1]
             self.best = None
@@ -500,8 +511,7 @@ class SharedSource(SearchSource):
         if hosts:
             parts.append("running: " + "; ".join(f"{h} {len(w)} ({', '.join(sorted(set(w)))})"
                                                  for h, w in sorted(hosts.items())))
-        if s.counts.get("pruned"):
-            parts.append(f"{s.counts['pruned']} pruned")
+        parts += [f"{s.counts[k]} {k}" for k in ("pruned", "failed") if s.counts.get(k)]
         if s.best is not None and self.objectives:
             shown = " ".join(f"{k}={readable(self._decode(k, v))}" for k, v in s.best.params.items())
             parts.append(f"best {self.objectives[0]}={s.best.values[0]:.4g} ({s.best.user_attrs.get('run', '')}"
@@ -531,8 +541,6 @@ class SharedSource(SearchSource):
         while True:
             try:
                 self._tell_ended()
-                self.shared.seen_at = -math.inf
-                self.shared.refresh()  # the summary's line: the study as this agent leaves it
                 break
             except Unreachable:
                 if self.clock() > end:
@@ -543,6 +551,8 @@ class SharedSource(SearchSource):
         for run, trial in list(self.open.items()):
             self.open.pop(run)
             self._requeue(trial)
+        with suppress(Unreachable):
+            self.shared.refresh(force=True)  # the summary's line: the study as this agent leaves it
 
 
 class SharedSetup:
@@ -563,6 +573,8 @@ class SharedSetup:
             raise UserError(f"--storage needs Optuna: {INSTALL}")
         optuna = import_optuna()
         open_storage(settings.storage, 60.0).engine.dispose()  # reachable, with these credentials: or one line
+        if not settings.metric:
+            raise UserError("--storage needs --metric NAME: the shared study records each run's result by it")
         make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
                     search.source if search else "--pruner")
         if search is not None:
@@ -605,11 +617,12 @@ class SharedSetup:
                     raise UserError(f"{where} ranks by other objectives: give this sweep another --study-name")
                 self._fill(study, search)
                 budget = study.user_attrs.get("n_trials", settings.n_trials)
-                if search is not None and ("n_trials" not in study.user_attrs or budget != settings.n_trials):
+                if search is not None and settings.n_trials is not None and \
+                        ("n_trials" not in study.user_attrs or budget != settings.n_trials):
                     study.set_user_attr("n_trials", settings.n_trials)  # the last agent started says it
                     if budget != settings.n_trials:
                         say(f"{'search':<11} the study's budget was {budget or 'none'} trial(s); it is now "
-                            f"{settings.n_trials or 'none'} (this agent's --n-trials), for every agent")
+                            f"{settings.n_trials} (this agent's --n-trials), for every agent")
         except Unreachable:
             raise UserError(f"{where}: the database stopped answering while the study was opened") from None
         except Busy:
@@ -623,16 +636,29 @@ class SharedSetup:
         self.study, self.objectives = study, objectives
 
     def _fill(self, study: Any, search: Any) -> None:
-        """What the sweep's study holds before any trial is asked: the list's runs (each once), a grid search's
-        points, a search's first point."""
+        """What the sweep's study holds before any trial is asked: the list's runs (each once; at every agent's
+        start, a run whose every trial failed goes again, as one host's resume runs its failed runs again), a
+        grid search's points, a search's first point."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        if search is None:
+            tried: dict[str, list[Any]] = {}
+            for t in trials:
+                tried.setdefault(t.user_attrs.get("run"), []).append(t)
+            again = 0
+            for run in self.plan.runs:
+                past = tried.get(run.name, [])
+                if not past or all(t.state == TrialState.FAIL for t in past):
+                    study.enqueue_trial({}, user_attrs={"run": run.name, "index": run.index})
+                    again += bool(past)
+            if again:
+                self.say(f"{'resume':<11} {again} failed run(s) of the list go again")
+            return
         if study.user_attrs.get("filled"):
             return
-        present = {t.user_attrs.get("run") for t in study.get_trials(deepcopy=False)}
-        if search is None:
-            for run in self.plan.runs:
-                if run.name not in present:
-                    study.enqueue_trial({}, user_attrs={"run": run.name, "index": run.index})
-        elif search.sampler == "grid" and not present - {None}:
+        present = {t.user_attrs.get("run") for t in trials}
+        if search.sampler == "grid" and not present - {None}:
             import itertools
             space = grid_points(search)
             for point in itertools.product(*space.values()):
@@ -711,7 +737,8 @@ def status_lines(url: str, study_name: str) -> tuple[list[str], bool]:
         b = shared.best
         lines.append(f"best: {b.user_attrs.get('run', b.number)} {b.values[0]:.4g} on "
                      f"{(b.user_attrs.get('record') or {}).get('host', '?')}")
-    return lines, bool(shared.running or shared.waiting)
+    left = shared.budget is None or shared.counted < shared.budget  # a grid's points past the budget never run
+    return lines, bool(shared.running or shared.waiting and left)
 
 
 def gathered(url: str, study_name: str) -> list[dict[str, Any]]:
