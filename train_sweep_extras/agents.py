@@ -318,9 +318,8 @@ class Shared:
 def requeue_shared(study: Any, trial: Any, params: Mapping[str, Any] | None, attrs: Mapping[str, Any]) -> None:
     """A trial whose run did not end on its own: marked requeued (its copy counts instead), failed, and enqueued
     again, with the same parameters (a search) or the same run's name (a list)."""
-    from optuna.trial import TrialState
-
     from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
 
     number = trial if isinstance(trial, int) else trial.number
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
