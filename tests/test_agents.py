@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Sweep, assert_one_line_error, cli, communicate
+from conftest import Sweep, assert_one_line_error, cli, communicate, script
 
 pytestmark = pytest.mark.postgres
 
@@ -389,3 +389,18 @@ def test_agents_starting_at_once_on_a_fresh_database(tmp_path, postgres_url):
         finally:
             with psycopg.connect(postgres_url, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_status_of_a_multi_objective_study_shows_its_pareto_front(tmp_path, postgres_url):
+    """status URL of a search with two objectives named no best (it has none): it shows the Pareto front."""
+    s, name = agents(tmp_path, 1, gpus=1)[0], study_name()
+    command = script(s, "mo.py", "x = float(args['x'])\nprint(f'loss={x:.4f} acc={x * x:.4f}', flush=True)\n")
+    p = cli(s, "--storage", postgres_url, "--study-name", name, "--no-live", "--command", command, "--search",
+            "nsga2", "--n-trials", "4", "--metric", "loss", "--metric", "acc", "--mode", "min,max", "x=interval(0, 1)",
+            trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    status = cli(s, "status", postgres_url, "--study-name", name, trainer=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    front = load(postgres_url, name).best_trials
+    assert f"Pareto front: {len(front)} trial(s): " in status.stdout, status.stdout
+    assert all(t.user_attrs["run"] in status.stdout for t in front[:5])

@@ -736,6 +736,11 @@ def status_lines(url: str, study_name: str) -> tuple[list[str], bool]:
         b = shared.best
         lines.append(f"best: {b.user_attrs.get('run', b.number)} {b.values[0]:.4g} on "
                      f"{(b.user_attrs.get('record') or {}).get('host', '?')}")
+    elif len(study.directions) > 1 and shared.counts.get("complete"):  # several objectives: the Pareto front
+        front = study.best_trials
+        lines.append(f"Pareto front: {len(front)} trial(s): " + ", ".join(
+            f"{t.user_attrs.get('run', t.number)} (" + ", ".join(f"{v:.4g}" for v in t.values) + ")"
+            for t in front[:5]) + (f" and {len(front) - 5} more" if len(front) > 5 else ""))
     left = shared.budget is None or shared.counted < shared.budget  # a grid's points past the budget never run
     return lines, bool(shared.running or shared.waiting and left)
 
