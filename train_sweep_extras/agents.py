@@ -41,7 +41,6 @@ from train_sweep import (
     Run,
     State,
     UserError,
-    _is_whole,
     canonical_json,
     metric_of,
     one_line,
@@ -56,6 +55,7 @@ from train_sweep_extras.search import (
     import_optuna,
     make_pruner,
     make_sampler,
+    settle_orphans,
 )
 
 INSTALL = "pip install 'train-sweep[agents]'"
@@ -667,27 +667,11 @@ class SharedSetup:
         study.set_user_attr("filled", True)
 
     def _settle(self, study: Any, objectives: Sequence[str]) -> None:
-        """This agent's trials left running when it died: told from its journal, else enqueued again."""
-        from optuna.trial import TrialState
-
-        ended = {r.get("trial"): r for records in self.journal.values() for r in records
-                 if _is_whole(r.get("trial")) and not r.get("requeued")}
-        mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.user_attrs.get("agent") == self.agent]
-        for trial in mine:
-            record = ended.get(trial.number)
-            state = record.get("state") if record else None
-            values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
-            if state == State.COMPLETE.value and values and all(v is not None and math.isfinite(v) for v in values):
-                study.tell(trial.number, values)
-            elif state == State.PRUNED.value:
-                study.tell(trial.number, state=TrialState.PRUNED)
-            elif state in (State.COMPLETE.value, State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
-                study.tell(trial.number, state=TrialState.FAIL)
-            else:
-                requeue_shared(study, trial, trial.params if self.plan.search is not None else None, trial.user_attrs)
-                self.say(f"{'resume':<11} trial {trial.number} had not ended when this agent stopped: "
-                         + ("asked again" if self.plan.search is not None else "its run goes again"))
+        """This agent's trials left running when it died: told from its journal, else put back."""
+        search = self.plan.search is not None
+        settle_orphans(study, search, self.journal, objectives, self.say,
+                       mine=lambda t: t.user_attrs.get("agent") == self.agent,
+                       put_back=lambda t: requeue_shared(study, t, t.params if search else None, t.user_attrs))
 
     def earlier(self) -> list[tuple[Run, dict[str, Any]]]:
         """This agent's trials that ended for good in its earlier sweeps (a search's; a list resumes by name)."""

@@ -28,7 +28,6 @@ from train_sweep import (
     _is_whole,
     better,
     canonical_json,
-    format_value,
     readable,
     metric_of,
     one_line,
@@ -340,14 +339,16 @@ def mend_torn_line(path: Path) -> None:
 
 
 def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],
-                   say: Callable[[str], None]) -> None:
-    """Trials left running by a sweep that died: told from their run's last journal record when it ended
-    for good, else failed, marked requeued and (in a search) enqueued again with the same parameters."""
+                   say: Callable[[str], None], mine: Callable[[Any], bool] = lambda trial: True,
+                   put_back: Callable[[Any], None] | None = None) -> None:
+    """Trials left running by a sweep that died (of them, those `mine` says are this sweep's: an agent's own):
+    told from their run's last journal record when it ended for good, else put back: failed, marked requeued
+    and (in a search) enqueued again with the same parameters (`put_back`, an agent's own way)."""
     from optuna.trial import TrialState
 
     ended = {r.get("trial"): r for records in journal.values() for r in records
              if r.get("trial") is not None and not r.get("requeued")}  # a requeued attempt was not the run's end
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in filter(mine, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         record = ended.get(trial.number)
         state = record.get("state") if record else None
         values = [metric_of(record.get("metrics"), m) for m in objectives] if record else []
@@ -358,7 +359,7 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
         elif state in (State.COMPLETE.value, State.FAILED.value, State.TIMEOUT.value, State.OOM.value):
             study.tell(trial.number, state=TrialState.FAIL)  # failed, or complete without its metric
         else:
-            requeue(study, trial.number, trial.params if search else None)
+            (put_back or (lambda t: requeue(study, t.number, t.params if search else None)))(trial)
             say(f"{'resume':<11} trial {trial.number} had not ended when the sweep stopped: "
                 + ("asked again" if search else "its run goes again"))
 
