@@ -1841,7 +1841,7 @@ class GpuPool:
         if self.auto is None:
             return pick_gpus(self.gpus, self.running, readings, lambda gpu: self.settle.settling(gpu, now),
                              self.policy, run.gpus_needed, min_free_mb, run.memory_mb, pending)
-        gpus, why = self.auto.place(run, now, min_free_mb, readings, pending)
+        gpus, why = self.auto.place(run, now, min_free_mb, readings)  # (its own pending memory)
         self.notes += self.auto.notes
         self.auto.notes.clear()
         return gpus, why

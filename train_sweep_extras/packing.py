@@ -10,7 +10,10 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
   footprints themselves: a key stops counting once runs that differ in it, and agree on every key that counts,
   used the same memory. A run is predicted from runs of its memory shape, from a shape at least as large in
   every numeric key that counts (memory grows with batch size, width, depth, ...), or bounded from a smaller
-  shape (at most the square of each ratio) where a GPU can hold that bound.
+  shape where a GPU can hold that bound: memory grows with each key as fast as runs that differ in it alone
+  showed (plus a slack), as its square where none did.
+- A run's need holds room on its GPU (free memory less the needs of the runs placed there, less what each has
+  shown) only until its footprint is learned: then its memory is in NVML's reading.
 - A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen, and
   its GPU takes nothing else until its own footprint is known (seconds).
 - An out-of-memory end raises the margin of the run that grew past its prediction, or of a run not seen before
@@ -49,6 +52,7 @@ SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the sam
 CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
 PATIENCE_S = 10.0  # ... or held still this long (a small model may add less than 64 MB to its context)
 GROWTH_POWER = 2  # an unseen run's bound: memory grows at most as the square of each numeric key that moves it
+EXPONENT_SLACK = 0.25  # ... or as fast as runs that differ in that key alone showed, plus this
 MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
 MOVERS_TRIES = 512  # ... trying at most this many sets of keys to leave out (20 keys: 1.4 s at 4,096)
 CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints: compacted past this, to the newest half of it
@@ -95,6 +99,7 @@ class Footprints:
         self._movers: tuple[str, ...] | None = None
         self._known: set[str] | None = None  # every key of every footprint
         self._groups: dict[tuple[str, ...], tuple[Point, float, int]] | None = None  # see _shapes
+        self._growth: dict[str, float] | None = None  # see growth
 
     def add(self, hp: Mapping[str, Any], mb: float, source: str, floor: bool = False) -> Point:
         """A footprint seen (floor: what a run had reached when it ran out of memory: it needs more)."""
@@ -104,7 +109,7 @@ class Footprints:
             old.mb = max(old.mb, mb)
         else:
             self.points[key] = Point(dict(hp), mb, source, old.margin if old is not None else MARGIN, floor)
-        self._movers = self._known = self._groups = None
+        self._movers = self._known = self._groups = self._growth = None
         return self.points[key]
 
     def get(self, hp: Mapping[str, Any]) -> Point | None: return self.points.get(canonical_json(dict(hp)))
@@ -113,7 +118,7 @@ class Footprints:
         """Out of memory: this configuration needs at least what it reached, and more room (x1.5, to MARGIN_MAX)."""
         point = self.add(hp, peak_mb, source, floor=True)
         point.margin = min(point.margin * 1.5, MARGIN_MAX)
-        self._groups = None
+        self._groups = self._growth = None
         return point
 
     def _keys(self) -> set[str]:
@@ -204,12 +209,33 @@ class Footprints:
             return top, f"a run at least as large ({top.source})"
         return self._bound(hp, movers, [top for top, _, _ in shapes.values() if not top.floor])
 
-    @staticmethod
-    def _bound(hp: Mapping[str, Any], movers: Sequence[str], shapes: Sequence[Point]) -> tuple[Point, str] | None:
-        """A run larger than any seen in some numeric keys: a bound from the shape it is closest to, assuming memory
-        grows at most as the square of each such key (batch size and depth: linearly; width: its weights as the
-        square); None where a key that moves memory is not a positive number, or differs in kind."""
+    def growth(self) -> dict[str, float]:
+        """How fast memory grows with each numeric key that moves it, learned from shapes that differ in that key
+        alone: the largest exponent seen (of the memory above half the smallest footprint, the CUDA context's share)
+        plus EXPONENT_SLACK, at most GROWTH_POWER; a key without such a pair grows as GROWTH_POWER."""
+        if self._growth is None:
+            movers, tops = self.movers(), [top for top, _, _ in self._shapes().values() if not top.floor]
+            base = 0.5 * min((p.mb for p in tops), default=0.0)
+            seen: dict[str, float] = {}
+            for a, b in itertools.combinations(tops, 2):
+                differ = [k for k in movers if a.hp.get(k, _MISSING) != b.hp.get(k, _MISSING)]
+                if len(differ) != 1 or not (_numeric(a.hp.get(differ[0])) and _numeric(b.hp.get(differ[0]))):
+                    continue
+                k = differ[0]
+                lo, hi = sorted((a, b), key=lambda p: p.hp[k])
+                if lo.hp[k] > 0 and hi.hp[k] > lo.hp[k] and lo.mb > base:
+                    power = math.log(max(hi.mb - base, lo.mb - base) / (lo.mb - base)) / math.log(hi.hp[k] / lo.hp[k])
+                    seen[k] = max(seen.get(k, 0.0), power)
+            self._growth = {k: min(GROWTH_POWER, v + EXPONENT_SLACK) for k, v in seen.items()}
+        return self._growth
+
+    def _bound(self, hp: Mapping[str, Any], movers: Sequence[str], shapes: Sequence[Point]) -> tuple[Point, str] | None:
+        """A run larger than any seen in some numeric keys: a bound from the shape it is closest to, memory growing
+        with each such key as `growth` learned (GROWTH_POWER, the square, where nothing was learned: batch size and
+        depth grow it linearly, width its weights as the square); None where a key that moves memory is not a
+        positive number, or differs in kind."""
         best: tuple[float, Point] | None = None
+        growth = self.growth()
         for p in shapes:
             factor = 1.0
             try:
@@ -219,7 +245,7 @@ class Footprints:
                         continue
                     if not (_numeric(a) and _numeric(b) and a > 0 and b > 0):
                         break
-                    factor *= min(max(1.0, float(b) / float(a)), 1e6) ** GROWTH_POWER
+                    factor *= min(max(1.0, float(b) / float(a)), 1e6) ** growth.get(k, GROWTH_POWER)
                 else:
                     if best is None or p.mb * factor < best[0]:
                         best = (p.mb * factor, p)
@@ -227,8 +253,11 @@ class Footprints:
                 continue
         if best is None:
             return None
+        learned = [k for k in movers if k in growth and best[1].hp.get(k, _MISSING) != hp.get(k, _MISSING)]
+        how = f"growth learned for {', '.join(learned)}; the square elsewhere" if learned else \
+            "memory at most the square of each key"
         return Point(dict(hp), best[0], best[1].source, best[1].margin, bound=True), \
-            f"a bound from {best[1].source} (memory at most the square of each key)"
+            f"a bound from {best[1].source} ({how})"
 
 
 class FootprintCache:
@@ -333,6 +362,7 @@ class Packer:
         self.runs: dict[Run, _Seen] = {}
         self.predicted: dict[Run, float | None] = {}  # what each running run was expected to use (None: unseen)
         self.probes: set[Run] = set()  # running runs of an unseen shape, until their footprint is known
+        self.needs: dict[Run, float] = {}  # the free memory each running run was placed with
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
@@ -435,6 +465,7 @@ class Packer:
         """A run ended: its peak is its footprint; out of memory: more room for the run that grew past its need."""
         seen = self.runs.pop(run, None)
         expected = self.predicted.pop(run, None)
+        self.needs.pop(run, None)
         was_probe = run in self.probes
         if not oom:  # its peak, where it is more than a CUDA context: a run that completed, or grew past it
             if seen is not None and seen.peak_mb >= 64.0 and (seen.past_context or run.state == State.COMPLETE):
@@ -529,8 +560,15 @@ class Packer:
         used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
         self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}; no more: {why}")
 
-    def place(self, run: Run, now: float, min_free_mb: float | None, readings: Mapping[int, GpuReading] | None,
-              pending: Callable[[int], float]) -> tuple[tuple[int, ...] | None, str]:
+    def pending(self, g: int) -> float:
+        """Memory GPU g's runs were placed with but do not hold yet: each run's need less the most it has shown,
+        until its footprint is learned (then its memory is in the reading, and its margin no longer holds room)."""
+        return sum(max(0.0, need - (self.runs[r].peak_mb if r in self.runs else 0.0))
+                   for r in self.pool.on_gpu.get(g, ()) if (need := self.needs.get(r)) is not None and
+                   not (r in self.runs and self.runs[r].learned))
+
+    def place(self, run: Run, now: float, min_free_mb: float | None, readings: Mapping[int, GpuReading] | None
+              ) -> tuple[tuple[int, ...] | None, str]:
         pool = self.pool
         total = sum(pool.running.values())
         limits, whys = {}, []
@@ -543,7 +581,7 @@ class Packer:
                 self.say(g, None, pool.running[g], None)  # room again: a later limit is said anew
         need = self.need_mb(run)
         gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
-                                 min_free_mb, need, pending, limits)
+                                 min_free_mb, need, self.pending, limits)
         if gpus is None and need is not None and readings:
             gpus, why = self._alone(run, need, readings) or (gpus, why)
         if gpus is None and whys and "maximum number of runs" in why:
@@ -582,7 +620,10 @@ class Packer:
         self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
         if self.predicted[run] is None:
             self.probes.add(run)
-        return self._need(run, found)
+        need = self._need(run, found)
+        if need is not None:
+            self.needs[run] = need
+        return need
 
     def read_every(self) -> float:
         """Seconds between NVML readings while runs run: faster while a footprint is being learned."""
