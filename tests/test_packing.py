@@ -19,7 +19,8 @@ import pytest
 from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
 from train_sweep import HINT_OOM, GpuPool, GpuReading, Outcome, Policy, ResultsWriter, Run, Settings, State
-from train_sweep_extras.packing import EXPONENT_SLACK, GROWTH_POWER, MARGIN, MARGIN_MAX, STABLE_S, Footprints, Packer
+from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, MARGIN, MARGIN_MAX, STABLE_S, Footprints,
+                                        Packer)
 
 
 # -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
