@@ -169,7 +169,15 @@ def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]
     optuna = import_optuna()
     lines = []
     if search is not None:
-        lines.append("sampler " + described(*sampler_spec(optuna, search, settings.seed, len(settings.modes))))
+        cls, kwargs = sampler_spec(optuna, search, settings.seed, len(settings.modes))
+        lines.append("sampler " + described(cls, kwargs))
+        if search.sampler in ("tpe", "gp"):
+            import inspect
+
+            wave = search.startup_at_once if search.startup_at_once is not None else \
+                kwargs.get("n_startup_trials", inspect.signature(cls).parameters["n_startup_trials"].default)
+            lines.append(f"startup_at_once {wave}: " + (f"at most {wave} trials at once until {wave} have ended (the "
+                                                        "sampler's random start-up)" if wave else "every slot at once"))
     name = settings.pruner or "none"
     given = search.pruner_args if search is not None else {}
     lines.append(f"pruner {name}: " + described(*pruner_spec(optuna, name, given))
@@ -401,12 +409,19 @@ class SearchSource:
         self.distributions = {} if search is None else {k: distribution(p) for k, p in search.params.items()}
         trials = study.get_trials(deepcopy=False)
         self.requeued = set(study.user_attrs.get("requeued", []))
+        self.warm = sum(1 for t in trials if "warm_start" in t.user_attrs)  # TPE counts them in its start-up
         trials = [t for t in trials if "warm_start" not in t.user_attrs]  # --warm-start's: guides, not trials
         self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
         self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
         self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
+        # TPE's and GP's first trials are random until `startup` have ended: no more than that run at once until
+        # then, so that the trials after them are informed by all of them instead of starting random beside them
+        startup = getattr(study.sampler, "_n_startup_trials", 0) if search is not None and \
+            search.sampler in ("tpe", "gp") else 0
+        self.wave = search.startup_at_once if search is not None and search.startup_at_once is not None else startup
+        self.held = False  # whether a slot waits for the first wave (said once)
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
@@ -458,11 +473,22 @@ class SearchSource:
             if self.search is None or self.stopped is None:
                 return run
             self._requeue(self.open.pop(run))  # asked before the time budget ended: not started
-        return self._ask() if self._budget() else None
+        return self._ask() if self._budget() and not self._hold() else None
+
+    def _hold(self) -> bool:
+        """Whether the next trial waits for the first wave: `wave` trials at once until that many have ended."""
+        if not (self.search is not None and self.done + self.warm < self.wave and len(self.open) >= self.wave):
+            return False
+        if not self.held:
+            self.held = True
+            self.say(f"{'search':<11} {self.wave} trials at once until {self.wave} have ended: the "
+                     f"{self.search.sampler} sampler's first trials are random, the ones after them are informed by "
+                     "them (the search's startup_at_once: 0 starts every slot at once)")
+        return True
 
     def prepare(self) -> None:
         self._tell_ended()
-        if self.ahead is None and self._budget():
+        if self.ahead is None and self._budget() and not self._hold():
             self.ahead = self._ask()
 
     def _tell_ended(self) -> None:
@@ -560,6 +586,8 @@ class SearchSource:
                                                                              params.items()) + ")")
         elif len(self.objectives) > 1:
             parts.append(f"Pareto front: {len(self._front())} trial(s)")
+        if self.held and self.done + self.warm < self.wave:
+            parts.append(f"the first {self.wave} at once until they end")
         if self.stopped:
             parts.append(self.stopped)
         return ", ".join(parts)

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Time to the best model on a real GPU (issue 25): a 12-run grid against the search, through the real CLI.
+
+The training is bench/ttb_trainer.py: a character-level transformer on real text (the Python standard
+library's sources), 1,500 steps, `val_loss` every 100. The space: lr 1e-4..1e-2 (log), layers 2..8,
+dropout 0..0.3.
+- grid: 12 runs, lr 1e-4, 1e-3, 1e-2 x layers 2, 8 x dropout 0, 0.3, one run a GPU (the seed's default
+  packing): its wall time W and its best val_loss B.
+- each search variant: 24 trials through `--search tpe` (TPE, train_sweep's defaults), on the same GPU(s),
+  with `--max-processes-per-gpu auto` unless the variant says otherwise. Its time to B: from the sweep's
+  start to the end of the first complete trial with val_loss <= B, as a share of W (the target is 0.25).
+
+    python bench/bench_gpu_time_to_best.py                     # the grid, then every variant
+    python bench/bench_gpu_time_to_best.py --variants default sha --trials 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINER = ROOT / "bench" / "ttb_trainer.py"
+SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+         "layers": {"type": "int", "low": 2, "high": 8},
+         "dropout": {"type": "float", "low": 0.0, "high": 0.3}}
+GRID = {"lr": [1e-4, 1e-3, 1e-2], "layers": [2, 8], "dropout": [0.0, 0.3]}
+VARIANTS = {  # name: (the search block's extra keys, extra flags)
+    "default": ({}, []),
+    "sha": ({"pruner": {"type": "successive_halving", "min_resource": 200}}, []),
+    "all": ({"startup_at_once": 0}, []),
+    "k8": ({}, ["--max-processes-per-gpu", "8"]),
+    "k4": ({}, ["--max-processes-per-gpu", "4"]),
+}
+
+
+def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict], str]:
+    work.mkdir()
+    (work / "cfg.json").write_text(json.dumps({"command": f"{sys.executable} {TRAINER}", **config}))
+    t0 = time.time()
+    done = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--no-live",
+                           "--metric", "val_loss", "--no-footprint-cache", *flags], cwd=work, capture_output=True,
+                          text=True)
+    wall = time.time() - t0
+    if done.returncode != 0:
+        print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+    records = json.loads((work / "train_sweep_results.json").read_text())
+    for r in records:
+        for key in ("start_time", "end_time"):
+            r[key] = datetime.fromisoformat(r[key]).timestamp() - t0 if r.get(key) else None
+    return wall, records, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def value(r: dict) -> float | None:
+    v = (r.get("metrics") or {}).get("val_loss")
+    return v if r.get("state") == "complete" and isinstance(v, (int, float)) else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=["default", "all", "sha"], choices=list(VARIANTS))
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    import pynvml
+    pynvml.nvmlInit()
+    name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    print(f"{pynvml.nvmlDeviceGetCount()} x {name}\n", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_ttb_") as tmp:
+        wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID}, ["--max-processes-per-gpu", "1"])
+        values = [v for r in records if (v := value(r)) is not None]
+        best = min(values)
+        first = min(r["end_time"] for r in records if value(r) == best)
+        print(f"# grid: wall {wall:.1f} s, best val_loss {best:.4f} at {first:.1f} s; {last}", file=sys.stderr,
+              flush=True)
+        rows.append(("grid, 12 runs, one a GPU", wall, best, first, len(values), 0, "-"))
+        for variant in args.variants:
+            extra, flags = VARIANTS[variant]
+            search = {"sampler": "tpe", "n_trials": args.trials, "seed": args.seed, "metric": "val_loss",
+                      "params": SPACE, **extra}
+            flags = flags or ["--max-processes-per-gpu", "auto"]
+            w, recs, last = sweep(Path(tmp) / variant, {"search": search}, flags)
+            done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
+            reach = next((t for t, v in done if v <= best), None)
+            pruned = sum(r.get("state") == "pruned" for r in recs)
+            top = min((v for _, v in done), default=float("nan"))
+            print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; {last}",
+                  file=sys.stderr, flush=True)
+            rows.append((f"search: {variant} ({' '.join(flags)})", w, top, reach, len(done), pruned,
+                         f"{reach / wall:.2f}" if reach is not None else "never"))
+    grid_wall = rows[0][1]
+    print(f"| sweep | wall | best val_loss | reached the grid's best at | as a share of the grid's wall time "
+          f"({grid_wall:.1f} s) | complete | pruned |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for what, w, top, reach, n, pruned, share in rows:
+        at = f"{reach:.1f} s" if reach is not None else "never"
+        print(f"| {what} | {w:.1f} s | {top:.4f} | {at} | {share if share != '-' else f'{reach / grid_wall:.2f}'} "
+              f"| {n} | {pruned} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
