@@ -2,7 +2,7 @@
 """Time to the best model on a real GPU (issue 25): a 12-run grid against the search, through the real CLI.
 
 The training is bench/ttb_trainer.py: a character-level transformer on real text (the Python standard
-library's sources), 1,500 steps, `val_loss` every 100. The space: lr 1e-4..1e-2 (log), layers 2..8,
+library's sources), 1,500 steps (--steps), `val_loss` every 100. The space: lr 1e-4..1e-2 (log), layers 2..8,
 dropout 0..0.3.
 - grid: 12 runs, lr 1e-4, 1e-3, 1e-2 x layers 2, 8 x dropout 0, 0.3, one run a GPU (the seed's default
   packing): its wall time W and its best val_loss B.
@@ -67,6 +67,7 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["default", "all", "sha"], choices=list(VARIANTS))
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1500, help="training steps a run")
     args = p.parse_args()
     import pynvml
     pynvml.nvmlInit()
@@ -74,7 +75,8 @@ def main() -> int:
     print(f"{pynvml.nvmlDeviceGetCount()} x {name}\n", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_ttb_") as tmp:
-        wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID}, ["--max-processes-per-gpu", "1"])
+        defaults = {"defaults": {"steps": args.steps}}
+        wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID, **defaults}, ["--max-processes-per-gpu", "1"])
         values = [v for r in records if (v := value(r)) is not None]
         best = min(values)
         first = min(r["end_time"] for r in records if value(r) == best)
@@ -86,7 +88,7 @@ def main() -> int:
             search = {"sampler": "tpe", "n_trials": args.trials, "seed": args.seed, "metric": "val_loss",
                       "params": SPACE, **extra}
             flags = flags or ["--max-processes-per-gpu", "auto"]
-            w, recs, last = sweep(Path(tmp) / variant, {"search": search}, flags)
+            w, recs, last = sweep(Path(tmp) / variant, {"search": search, **defaults}, flags)
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
