@@ -900,8 +900,7 @@ class SimpleOverride:
         return SimpleOverride(key, words)
 
     @staticmethod
-    def _known(word: str) -> bool:
-        return any(pattern.fullmatch(word) for pattern, _ in _SIMPLE_WORDS)
+    def _known(word: str) -> bool: return any(pattern.fullmatch(word) for pattern, _ in _SIMPLE_WORDS)
 
     @staticmethod
     def _scalar(word: str) -> Any:
@@ -1207,6 +1206,7 @@ class Run:
     ooms: int = 0
     min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
     skipped: bool = False  # already complete in an earlier sweep: not run again
+    resumed: bool = False  # paused by its source (freeze-thaw) and going on: TRAIN_SWEEP_RESUME=1, pause not its end
     # -- what its current attempt did (next_attempt resets it)
     state: State = State.PENDING
     gpus: tuple[int, ...] = ()
@@ -1950,7 +1950,7 @@ class RunSource(Protocol):
     Whether a run already completed in an earlier sweep (resume) is decided before, not here."""
 
     def next(self) -> Run | None:
-        """The next run to start, made now if need be (named and built like any other); None: none now."""
+        """The next run to start (made now, named and built like any other; or a paused one going on); None: none."""
 
     def pending(self) -> int:
         """How many more runs it will give, as far as it knows (progress and ETA)."""
@@ -2434,7 +2434,8 @@ def tracker_env(env: Mapping[str, str], group: str, run: Run) -> dict[str, str]:
 def run_env(run: Run, sweep_id: str) -> dict[str, str]:
     """The environment contract every run's command gets, wherever it runs (README: Writing train.py)."""
     return {"TRAIN_SWEEP_RUN_NAME": run.name, "TRAIN_SWEEP_RUN_DIR": str(run.run_dir), "TRAIN_SWEEP_ID": sweep_id,
-            "TRAIN_SWEEP_RUN_ID": f"{sweep_id}-{run.index}", "PYTHONUNBUFFERED": "1"}
+            "TRAIN_SWEEP_RUN_ID": f"{sweep_id}-{run.index}", "PYTHONUNBUFFERED": "1"} | (
+        {"TRAIN_SWEEP_RESUME": "1"} if run.resumed else {})
 
 
 def prepare_run_dir(run: Run) -> None:
@@ -4216,6 +4217,9 @@ class Sweep:
             self.waiting = why  # runs wait for memory, not for a slot: poll NVML
 
     def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
+        if run.resumed and run in self.done:  # paused by the source, going on: its pause was not its end
+            self.done.remove(run)
+            self.counts[State.PRUNED.value] -= 1
         run.assign(() if gpus == (CPU,) else gpus)
         run.state, run.start_time, run.started_at = State.RUNNING, time.time(), now
         run.free_at_launch_mb = self.pool.free_mb(gpus[0])

@@ -18,6 +18,7 @@ Methods, all in this harness and run (a config file's "search" block each):
   tpe+asha      TPE with asynchronous successive halving (Optuna's SuccessiveHalvingPruner: min_resource 1,
                 reduction factor 3)
   tpe+asha6     the same, its first rung at epoch 6 (rungs 6, 18, 54: the last is the full run)
+  tpe+asha6+pause  the same, pausing a run at its rung and going on from its checkpoint later (freeze-thaw)
   tpe+median    TPE with the median pruner (4 start-up trials, no verdict before epoch 6)
 --load adds sweeps saved by --raw, also of methods measured with other code (bench/README.md's TPE variants)
 
@@ -71,6 +72,8 @@ METHODS = {
                                               "reduction_factor": 3}},
     "tpe+asha6": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
                                                "reduction_factor": 3}},
+    "tpe+asha6+pause": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
+                                                     "reduction_factor": 3, "pause": True}},
     "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
 }
 DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]

@@ -726,3 +726,67 @@ def test_the_first_wave_runs_at_once_and_the_trials_after_it_wait_for_it(sweep, 
         assert "8 trials at once until 8 have ended" in (sweep.dir / "outputs" / "sweep.log").read_text()
     else:
         assert most_before_8_ended == 14, spans
+
+
+RESUMABLE = """x = float(args['x'])
+ckpt = os.path.join(RUN_DIR, 'ckpt.json')
+start = 1
+if os.environ.get('TRAIN_SWEEP_RESUME') == '1':
+    start = json.load(open(ckpt))['step'] + 1
+    print(f'resumed from step {start - 1}', flush=True)
+for step in range(start, 5):
+    time.sleep(0.3)
+    json.dump({'step': step}, open(ckpt, 'w'))  # the checkpoint, before the report the pruner judges
+    print(f'step={step} loss={x if step == 1 else 1 - x:.4f}', flush=True)
+"""
+
+
+def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(sweep):
+    """issue 25, freeze-thaw: successive halving with 'pause' stops a run at a rung without ending its trial;
+    once later trials rank below it there, it goes on from its checkpoint (TRAIN_SWEEP_RESUME=1, its folder)
+    instead of being lost or starting over. x=0.6 ranks 3rd of 3 at rung 0 and is paused; three worse runs
+    later it is in the top half, goes on from step 1, and becomes the best (1 - x after step 1)."""
+    sweep.gpus.set(count=1)
+    sweep.config({"command": script(sweep, "resumable.py", RESUMABLE),
+                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 6,
+                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
+                                        "pause": True},
+                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]}}}})
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = {r["hyperparams"]["x"]: r for r in sweep.results()}
+    assert len(sweep.results()) == 6
+    late = records[0.6]
+    assert late["state"] == "complete" and late["metrics"]["loss"] == pytest.approx(0.4), late
+    assert late["attempt"] == 2
+    folder = Path(late["run_dir"])
+    assert "resumed from step 1" in (folder / "train_stdout.log").read_text()
+    assert "step=1 " not in (folder / "train_stdout.log").read_text()  # it went on; it did not start over
+    assert "step=1 loss=0.6000" in (folder / "attempt_1" / "train_stdout.log").read_text()
+    assert {x: r["state"] for x, r in records.items()} == {0.5: "complete", 0.3: "pruned", 0.6: "complete",
+                                                          0.9: "pruned", 0.95: "pruned", 0.97: "pruned"}
+    study = load_study(sweep.dir / "outputs")
+    assert states(study) == {"COMPLETE": 2, "PRUNED": 4}
+    log = (sweep.dir / "outputs" / "sweep.log").read_text()
+    assert "successive halving pauses it" in log and "goes on from where it paused" in log
+    assert "Best (min loss): " in p.stdout and "0.6" in p.stdout.split("Best (min loss): ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("case, error", [
+    ({"type": "median", "pause": True}, "'pause' is for successive_halving"),
+    ({"type": "successive_halving", "pause": "yes"}, "'pause' must be true or false"),
+])
+def test_a_pause_that_cannot_be_is_one_line(sweep, case, error):
+    sweep.gpus.set(count=1)
+    sweep.config({"command": "python x.py", "search": {"sampler": "tpe", "metric": "loss", "n_trials": 2,
+                                                      "pruner": case,
+                                                      "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
+    check_refused(sweep.run("--no-live"), error)
+
+
+def test_pause_with_top_k_is_refused(sweep):
+    sweep.gpus.set(count=1)
+    sweep.config({"command": "python x.py", "search": {
+        "sampler": "tpe", "metric": "loss", "n_trials": 2, "params": {"x": {"type": "float", "low": 0, "high": 1}},
+        "pruner": {"type": "successive_halving", "pause": True}}})
+    check_refused(sweep.run("--no-live", "--top-k", "2"), "--top-k deletes a pruned run's checkpoint")

@@ -26,12 +26,14 @@ from train_sweep import (
     State,
     UserError,
     _is_whole,
+    attempt_summary,
     better,
     canonical_json,
     readable,
     metric_of,
     one_line,
     restore,
+    run_record,
 )
 from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
 
@@ -422,6 +424,11 @@ class SearchSource:
             search.sampler in ("tpe", "gp") else 0
         self.wave = search.startup_at_once if search is not None and search.startup_at_once is not None else startup
         self.held = False  # whether a slot waits for the first wave (said once)
+        # freeze-thaw (the pruner's pause): a run successive halving stops at a rung is paused, its trial left
+        # open, and goes on from its checkpoint (TRAIN_SWEEP_RESUME=1) once it ranks in that rung's top 1/eta
+        self.pause = search is not None and search.pause
+        self.pausing: set[Run] = set()  # stopped by the pruner just now: paused when they end
+        self.paused: dict[Run, Any] = {}  # paused runs and their trials (in self.open too)
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
@@ -468,6 +475,8 @@ class SearchSource:
 
     # -- RunSource ---------------------------------------------------------------------------------------
     def next(self) -> Run | None:
+        if (run := self._promoted()) is not None:
+            return run
         if self.ahead is not None:
             run, self.ahead = self.ahead, None
             if self.search is None or self.stopped is None:
@@ -477,7 +486,8 @@ class SearchSource:
 
     def _hold(self) -> bool:
         """Whether the next trial waits for the first wave: `wave` trials at once until that many have ended."""
-        if not (self.search is not None and self.done + self.warm < self.wave and len(self.open) >= self.wave):
+        ended = self.done + self.warm + len(self.paused)
+        if not (self.search is not None and ended < self.wave and len(self.open) - len(self.paused) >= self.wave):
             return False
         if not self.held:
             self.held = True
@@ -502,7 +512,47 @@ class SearchSource:
                 raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
 
     def pending(self) -> int:
-        return self._budget() + (self.ahead is not None)
+        return self._budget() + (self.ahead is not None) + (self._promotable() is not None)
+
+    def _rung(self, trial: Any) -> tuple[str, float] | None:
+        """A paused trial's highest rung of successive halving and its value there (Optuna's own record of it,
+        the trial's system attribute completed_rung_<k>)."""
+        attrs = trial.system_attrs
+        rungs = sorted((int(k.rsplit("_", 1)[1]), k) for k in attrs if k.startswith("completed_rung_"))
+        return (rungs[-1][1], attrs[rungs[-1][1]]) if rungs else None
+
+    def _promotable(self) -> Run | None:
+        """The paused run that now ranks in the top 1/eta of the trials that reached its rung (Optuna's rule for
+        going on: its best value when fewer than eta reached it), the best such; None: none."""
+        if not self.paused or self.stopped is not None:
+            return None
+        eta = getattr(self.study.pruner, "_reduction_factor", 4)
+        trials = self.study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        found: list[tuple[float, Run]] = []
+        for run, trial in self.paused.items():
+            rung = self._rung(by_number[trial.number])
+            if rung is None:
+                continue
+            key, value = rung
+            rivals = sorted((t.system_attrs[key] for t in trials if key in t.system_attrs),
+                            reverse=self.modes[0] == "max")
+            top = rivals[max(1, len(rivals) // eta) - 1]
+            if (value <= top) if self.modes[0] == "min" else (value >= top):
+                found.append((value if self.modes[0] == "min" else -value, run))
+        return min(found, key=lambda f: f[0])[1] if found else None
+
+    def _promoted(self) -> Run | None:
+        """A paused run that goes on now: a new attempt of the same run, in its folder, told TRAIN_SWEEP_RESUME=1."""
+        run = self._promotable()
+        if run is None:
+            return None
+        del self.paused[run]
+        run.next_attempt(attempt_summary(run_record(run)))
+        run.resumed = True
+        self.asked_at[run] = run.attempt
+        self.say(f"{'search':<11} {run.name} goes on from where it paused: it now ranks in the top of its rung")
+        return run
 
     def _stop(self, why: str) -> None:
         if self.stopped is None:
@@ -525,12 +575,21 @@ class SearchSource:
         try:
             trial.report(value, step)
             if run.points > self.warmup and trial.should_prune():
+                if self.pause:
+                    self.pausing.add(run)
+                    return (f"{self.objectives[0]}={value:g} at step {step}: successive halving pauses it (it goes "
+                            "on from its checkpoint if it ranks in the top of its rung later)")
                 return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
         except OSError as e:
             raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
         return None
 
     def finished(self, run: Run) -> None:
+        if run in self.pausing and run.state == State.PRUNED and run in self.open:
+            self.pausing.discard(run)
+            self.paused[run] = self.open[run]  # not told: it may go on
+            return
+        self.pausing.discard(run)
         trial = self.open.pop(run, None)
         if trial is None:
             return
@@ -579,14 +638,14 @@ class SearchSource:
             return f"pruner {self.pruner_name}: {self.pruned} run(s) pruned" if self.pruned else None
         parts = [f"search {self.search.sampler}: {self.done}{f'/{self.n_trials}' if self.n_trials else ''} trials"]
         if self.pruner_name != "none":
-            parts.append(f"{self.pruned} pruned")
+            parts.append(f"{self.pruned} pruned" + (f", {len(self.paused)} paused" if self.paused else ""))
         if self.best is not None:
             value, params, _, _ = self.best
             parts.append(f"best {self.objectives[0]}={value:.4g} (" + " ".join(f"{k}={readable(v)}" for k, v in
                                                                              params.items()) + ")")
         elif len(self.objectives) > 1:
             parts.append(f"Pareto front: {len(self._front())} trial(s)")
-        if self.held and self.done + self.warm < self.wave:
+        if self.held and self.done + self.warm + len(self.paused) < self.wave:
             parts.append(f"the first {self.wave} at once until they end")
         if self.stopped:
             parts.append(self.stopped)
@@ -626,6 +685,9 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
+        for run in list(self.paused):  # paused for good: pruned
+            del self.paused[run]
+            self.finished(run)
         self._tell_ended()
         for run, trial in list(self.open.items()):  # asked but never ended: interrupted, not started, asked ahead
             self.open.pop(run)

@@ -199,6 +199,7 @@ class SearchSpec:
     target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
     count_reports: bool = False  # the pruner's step is the number of reports, not the metric's step (W&B's "iter")
     startup_at_once: int | None = None  # trials at once until that many ended (None: the sampler's start-up)
+    pause: bool = False  # successive halving pauses a run at a rung; it goes on if it ranks there later
     base: dict[str, Any] = dataclasses.field(default_factory=dict)  # what every trial gets: defaults, fixed, --set
     nested: set[str] = dataclasses.field(default_factory=set)  # dotted keys a run gets as one object (W&B nesting)
     notes: list[str] = dataclasses.field(default_factory=list)  # what the sweep log says about the mapping
@@ -260,7 +261,15 @@ def parse_search(data: Any, where: str) -> SearchSpec:
             raise UserError(f"{where}: {key!r} must be a whole number from {least} to {most}")
     spec.n_trials, spec.seed, spec.startup_at_once = data.get("n_trials"), data.get("seed"), data.get("startup_at_once")
     if "pruner" in data:
-        spec.pruner, spec.pruner_args = parse_pruner(data["pruner"], where)
+        pruner = data["pruner"]
+        if isinstance(pruner, dict) and "pause" in pruner:
+            pruner, spec.pause = {k: v for k, v in pruner.items() if k != "pause"}, pruner["pause"]
+            if not isinstance(spec.pause, bool):
+                raise UserError(f"{where}: 'pruner' 'pause' must be true or false")
+            if spec.pause and pruner.get("type") != "successive_halving":
+                raise UserError(f"{where}: 'pruner' 'pause' is for successive_halving (its rungs are where a run "
+                                f"pauses and goes on), not {pruner.get('type')!r}")
+        spec.pruner, spec.pruner_args = parse_pruner(pruner, where)
     if "metric" in data:
         spec.metrics = _names_or_list(data["metric"], f"{where}: 'metric'")
     if "mode" in data:
@@ -325,7 +334,12 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
                         "--search-hours H")
     pruner = settings.pruner or search.pruner
     if settings.pruner and settings.pruner != search.pruner:  # the flag's pruner, with its default arguments
-        search.pruner_args, search.count_reports = {}, False
+        search.pruner_args, search.count_reports, search.pause = {}, False, False
+    for flag, value in (("--top-k", settings.top_k), ("--storage", settings.storage)):
+        if search.pause and value:
+            raise UserError(f"{search.source}: 'pruner' 'pause' keeps a paused run's folder and checkpoint on this "
+                            f"host to go on from; {flag} " + ("deletes a pruned run's checkpoint" if flag == "--top-k"
+                                                              else "lets another host run its trial"))
     if pruner != "none" and len(mode.split(",")) > 1:
         raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
                         f"{len(mode.split(','))} objectives")
