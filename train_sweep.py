@@ -173,8 +173,7 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
 }
 COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
 NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block",
-             "source search": "--search or --pruner",
-             "source shared": "--storage", "search choices": "--pruner",
+             "source search": "--search or --pruner", "source shared": "--storage", "search choices": "--pruner",
              "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto",
              "backend slurm": "--backend slurm", "mps": "--mps",
              "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
@@ -481,15 +480,13 @@ class Settings:
     warm_start: str | None = flag(
         None, "search", "seed a new search's study with the complete trials of an earlier sweep (its --output-dir) "
         "that fall in this search's space and were ranked by the same metric: they guide the sampler from its first "
-        "trial, and count in neither the budget nor the results; it says what it took and what it left",
-        metavar="DIR")
+        "trial, and count in neither the budget nor the results; it says what it took and what it left", metavar="DIR")
     pruner: str | None = flag(
         None, "search", "stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) +
         " (also for a plain list or grid; default: the config's, else none)", choices=PRUNERS, metavar="PRUNER")
     sweep_file: str | None = flag(
         None, "search", "a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, "
-        "command, run_cap) or a Protein one, searched locally with Optuna; instead of --config-file",
-        metavar="FILE")
+        "command, run_cap) or a Protein one, searched locally with Optuna; instead of --config-file", metavar="FILE")
     backend: str = flag(
         "local", "slurm", "where runs run: local (this machine's GPUs) or slurm (one Slurm job per run; the output "
         "folder must be on a filesystem the nodes share)", choices=BACKEND_NAMES)
@@ -716,12 +713,10 @@ def parse_abbreviations(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _is_whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _is_whole(v: Any) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_number(v: Any) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # The object form's keys: what each must be and its test (SPEC_VALUES: of each value). The one place a key is checked.
@@ -2935,8 +2930,7 @@ def write_run_json(run: Run, body: Mapping[str, Any]) -> None:
 def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """An earlier attempt, as kept in a run's `attempts` list. Its logs were moved to attempt_<n>/."""
     folder = Path(record["run_dir"]) / f"attempt_{record.get('attempt', 1)}"
-    keep = ("attempt", "state", "returncode", "signal", "error", "gpu_id", "start_time", "end_time",
-            "duration_seconds")
+    keep = ("attempt", "state", "returncode", "signal", "error", "gpu_id", "start_time", "end_time", "duration_seconds")
     return {**{k: record.get(k) for k in keep}, "stdout_log": str(folder / "train_stdout.log"),
             "stderr_log": str(folder / "train_stderr.log")}
 
@@ -4208,6 +4202,7 @@ class Sweep:
 
     def _not_started(self, run: Run, why: str) -> bool:
         """A run that cannot start fails, with why; the sweep goes on. Returns False."""
+        self._unpause(run)
         run.error, run.state, run.end_time = why, State.FAILED, time.time()
         self._ended(run)
         return False
@@ -4216,10 +4211,14 @@ class Sweep:
         if self.pool.reads_memory:
             self.waiting = why  # runs wait for memory, not for a slot: poll NVML
 
-    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
-        if run.resumed and run in self.done:  # paused by the source, going on: its pause was not its end
+    def _unpause(self, run: Run) -> None:
+        """A run its source paused (Run.resumed) starts, or cannot: its pause, counted as pruned, was not its end."""
+        if run.resumed and run in self.done:
             self.done.remove(run)
             self.counts[State.PRUNED.value] -= 1
+
+    def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
+        self._unpause(run)
         run.assign(() if gpus == (CPU,) else gpus)
         run.state, run.start_time, run.started_at = State.RUNNING, time.time(), now
         run.free_at_launch_mb = self.pool.free_mb(gpus[0])
@@ -4287,7 +4286,8 @@ class Sweep:
         if self.settings.detach and self.stop is None and self.active:  # left to the cluster: no results file
             self.reporter.detached(self.launcher.detached(list(self.active), self.pending()))  # until re-attached
             return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
-        pending = [r for r in (self.head, *self.retry, *self.oom_wait) if r is not None] + self.source.remaining()
+        pending = [r for r in (self.head, *self.retry, *self.oom_wait)  # (a paused run that did not go on: its pause)
+                   if r is not None and not (r.resumed and r in self.done)] + self.source.remaining()
         try:
             self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
         except OutputError as e:

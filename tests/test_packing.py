@@ -19,8 +19,8 @@ import pytest
 from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
 from train_sweep import HINT_OOM, GpuPool, GpuReading, Outcome, Policy, ResultsWriter, Run, Settings, State
-from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, MARGIN, MARGIN_MAX, STABLE_S, Footprints,
-                                        Packer)
+from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, HOLD_S, MARGIN, MARGIN_MAX, STABLE_S,
+                                        Footprints, Packer)
 
 
 # -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
@@ -90,7 +90,7 @@ def test_one_run_a_gpu_until_a_footprint_is_known_then_every_slot_at_once(tmp_pa
     assert sorted(g for _, _, g in peak).count((0,)) == 4 and sorted(g for _, _, g in peak).count((1,)) == 4
     peak = running_at(log, 30, fill[-1][0])
     assert sorted(g for _, _, g in peak).count((0,)) == 5 and sorted(g for _, _, g in peak).count((1,)) == 5
-    assert fill[-1][0] - fill[0][0] < 1.0 + STABLE_S + 1.0
+    assert fill[-1][0] - fill[0][0] <= HOLD_S + 1.0  # learned, and HOLD_S after they started
     assert footprint(pool.auto) == 3 * GB
     assert any("no room for another 3.5 GB" in text for _, text in notes)
     assert all(r.state == State.COMPLETE for r in runs)
@@ -856,29 +856,42 @@ def test_how_fast_memory_grows_with_a_key_is_learned_from_runs_that_differ_in_it
     """issue 23, config order (1.07 of the best fixed K on an H100): each larger shape was bounded by the square
     of every ratio, so a batch-512 run after batch-64 ones, or a deeper one, was "unseen" and held its GPU to
     itself while it learned. Runs that differ in one key alone show how memory grows with it: the bound uses that
-    (plus EXPONENT_SLACK, at most the square), and the square only for keys without such a pair."""
+    (at least linearly, plus EXPONENT_SLACK, at most the square), and the square for keys without such a pair."""
     fp = Footprints()
-    for depth, mb in ((2, 1000.0), (8, 1600.0)):  # 500 MB above half the smallest, then 1100: 4x depth, 2.2x
+    for depth, mb in ((2, 1000.0), (8, 3100.0)):  # 500 MB above half the smallest, then 2600: 4x depth, 5.2x
         fp.add({"batch": 64, "depth": depth}, mb, f"d{depth}")
-    power = math.log(1100 / 500) / math.log(4)
+    power = math.log(2600 / 500) / math.log(4)
     assert fp.growth() == {"depth": pytest.approx(power + EXPONENT_SLACK)}
     point, how = fp.predict({"batch": 64, "depth": 32})
-    assert point.mb == pytest.approx(1600 * 4 ** (power + EXPONENT_SLACK)) and "growth learned for depth" in how
+    assert point.mb == pytest.approx(3100 * 4 ** (power + EXPONENT_SLACK)) and "growth learned for depth" in how
     point, how = fp.predict({"batch": 128, "depth": 8})  # batch: nothing learned, the square
-    assert point.mb == pytest.approx(1600 * 2 ** GROWTH_POWER) and "the square of each key" in how
+    assert point.mb == pytest.approx(3100 * 2 ** GROWTH_POWER) and "the square of each key" in how
     fp.add({"batch": 128, "depth": 2}, 9000.0, "b128")  # 17x the memory above 500 for 2x batch: capped
     assert fp.growth()["batch"] == GROWTH_POWER
+
+
+def test_a_fixed_part_plus_a_linear_one_is_bounded_at_least_linearly():
+    """From the review: 3.5 GB of weights plus 4 MB a sample grows 7% from batch 64 to 128, an exponent of 0.43
+    fitted between small values; at batch 16384 that said 37 GB for a run of 67 GB. A learned rate is at least
+    linear (here: no GPU holds the bound, so the run is unseen and has its GPU to itself)."""
+    fp = Footprints()
+    fp.add({"batch": 64, "lr": 1e-3}, 3756.0, "a")
+    fp.add({"batch": 64, "lr": 1e-4}, 3756.0, "b")  # lr moves nothing
+    fp.add({"batch": 128, "lr": 1e-3}, 4012.0, "c")
+    assert fp.growth() == {"batch": pytest.approx(1.0 + EXPONENT_SLACK)}
+    point, _ = fp.predict({"batch": 16384, "lr": 1e-3})
+    assert point.mb >= 500 + 3000 + 4 * 16384
 
 
 def test_a_grid_in_config_order_packs_its_larger_shapes_from_learned_growth(tmp_path):
     """The grid of the H100 benchmark, in proportion (1.2 to 16 GB on 80 GB, its smallest shapes first): once the
     batch-64 runs show how memory grows with depth and width, the larger shapes pack at once within bounds, and
-    a run's margin stops holding room once its footprint is learned. Before: every run started by second 26."""
+    a run's margin stops holding room once its footprint is learned (and HOLD_S has passed)."""
     code, launcher, notes, runs, wall, serial = simulate_shapes(
         tmp_path, list(GRID), mem_of=lambda hp: 1.0 + 4.9e-6 * hp["batch"] * hp["depth"] * hp["width"])
     assert code == 0 and not launcher.oom and all(r.state == State.COMPLETE for r in runs)
     starts = sorted(t for t, _, _ in launcher.log)
-    assert starts[-1] < 15.0, starts  # every run on the GPU within 15 s (before: the last at 50 s or later)
+    assert starts[-1] < 18.0, starts  # every run on the GPU within 18 s (before: the last at 50 s or later)
     said = "\n".join(text for _, text in notes)
     assert said.count("learning the memory footprint") <= 3 and "memory moves with batch, depth, width" in said
 

@@ -790,3 +790,21 @@ def test_pause_with_top_k_is_refused(sweep):
         "sampler": "tpe", "metric": "loss", "n_trials": 2, "params": {"x": {"type": "float", "low": 0, "high": 1}},
         "pruner": {"type": "successive_halving", "pause": True}}})
     check_refused(sweep.run("--no-live", "--top-k", "2"), "--top-k deletes a pruned run's checkpoint")
+
+
+def test_a_paused_run_does_not_go_on_while_the_pruner_is_still_bootstrapping(sweep):
+    """From the review: with bootstrap_count 2 the pruner stops every run until more than 2 reached a rung; a
+    paused run went on at once (fewer than eta had reached it: "the best of them") and was paused again at
+    every rung, three attempts for one run."""
+    sweep.gpus.set(count=1)
+    sweep.config({"command": script(sweep, "resumable.py", RESUMABLE),
+                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 3,
+                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
+                                        "bootstrap_count": 2, "pause": True},
+                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6]}}}})
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    attempts = {r["hyperparams"]["x"]: r["attempt"] for r in sweep.results()}
+    assert attempts == {0.5: 1, 0.3: 2, 0.6: 1}, attempts  # 0.3 goes on once 3 reached rung 0, not before
+    log = (sweep.dir / "outputs" / "sweep.log").read_text()
+    assert log.index("start       trial002") < log.index("goes on from where it paused")

@@ -52,7 +52,8 @@ SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the sam
 CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
 PATIENCE_S = 10.0  # ... or held still this long (a small model may add less than 64 MB to its context)
 GROWTH_POWER = 2  # an unseen run's bound: memory grows at most as the square of each numeric key that moves it
-EXPONENT_SLACK = 0.25  # ... or as fast as runs that differ in that key alone showed, plus this
+EXPONENT_SLACK = 0.25  # ... or as fast as runs that differ in that key alone showed (at least linearly), plus this
+HOLD_S = 5.0  # a run's need holds room on its GPU until its footprint is learned, and at least this long
 MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
 MOVERS_TRIES = 512  # ... trying at most this many sets of keys to leave out (20 keys: 1.4 s at 4,096)
 CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints: compacted past this, to the newest half of it
@@ -211,8 +212,9 @@ class Footprints:
 
     def growth(self) -> dict[str, float]:
         """How fast memory grows with each numeric key that moves it, learned from shapes that differ in that key
-        alone: the largest exponent seen (of the memory above half the smallest footprint, the CUDA context's share)
-        plus EXPONENT_SLACK, at most GROWTH_POWER; a key without such a pair grows as GROWTH_POWER."""
+        alone: the largest exponent seen (of the memory above half the smallest footprint, the CUDA context's share),
+        at least 1 (a fixed part plus a linear one looks slower between small values than it grows), plus
+        EXPONENT_SLACK, at most GROWTH_POWER; a key without such a pair grows as GROWTH_POWER."""
         if self._growth is None:
             movers, tops = self.movers(), [top for top, _, _ in self._shapes().values() if not top.floor]
             base = 0.5 * min((p.mb for p in tops), default=0.0)
@@ -226,7 +228,7 @@ class Footprints:
                 if lo.hp[k] > 0 and hi.hp[k] > lo.hp[k] and lo.mb > base:
                     power = math.log(max(hi.mb - base, lo.mb - base) / (lo.mb - base)) / math.log(hi.hp[k] / lo.hp[k])
                     seen[k] = max(seen.get(k, 0.0), power)
-            self._growth = {k: min(GROWTH_POWER, v + EXPONENT_SLACK) for k, v in seen.items()}
+            self._growth = {k: min(GROWTH_POWER, max(1.0, v) + EXPONENT_SLACK) for k, v in seen.items()}
         return self._growth
 
     def _bound(self, hp: Mapping[str, Any], movers: Sequence[str], shapes: Sequence[Point]) -> tuple[Point, str] | None:
@@ -362,7 +364,7 @@ class Packer:
         self.runs: dict[Run, _Seen] = {}
         self.predicted: dict[Run, float | None] = {}  # what each running run was expected to use (None: unseen)
         self.probes: set[Run] = set()  # running runs of an unseen shape, until their footprint is known
-        self.needs: dict[Run, float] = {}  # the free memory each running run was placed with
+        self.needs: dict[Run, tuple[float, float]] = {}  # each running run's need when placed, and when
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
@@ -562,10 +564,11 @@ class Packer:
 
     def pending(self, g: int) -> float:
         """Memory GPU g's runs were placed with but do not hold yet: each run's need less the most it has shown,
-        until its footprint is learned (then its memory is in the reading, and its margin no longer holds room)."""
+        until its footprint is learned and HOLD_S has passed (then its memory is in the reading, and its margin
+        no longer holds room; a run that loads, then compiles for seconds before it allocates, keeps its room)."""
         return sum(max(0.0, need - (self.runs[r].peak_mb if r in self.runs else 0.0))
-                   for r in self.pool.on_gpu.get(g, ()) if (need := self.needs.get(r)) is not None and
-                   not (r in self.runs and self.runs[r].learned))
+                   for r in self.pool.on_gpu.get(g, ()) if r in self.needs for need, at in [self.needs[r]]
+                   if not (r in self.runs and self.runs[r].learned and self.now - at >= HOLD_S))
 
     def place(self, run: Run, now: float, min_free_mb: float | None, readings: Mapping[int, GpuReading] | None
               ) -> tuple[tuple[int, ...] | None, str]:
@@ -622,7 +625,7 @@ class Packer:
             self.probes.add(run)
         need = self._need(run, found)
         if need is not None:
-            self.needs[run] = need
+            self.needs[run] = need, self.now
         return need
 
     def read_every(self) -> float:

@@ -537,6 +537,8 @@ class SearchSource:
             key, value = rung
             rivals = sorted((t.system_attrs[key] for t in trials if key in t.system_attrs),
                             reverse=self.modes[0] == "max")
+            if len(rivals) <= getattr(self.study.pruner, "_bootstrap_count", 0):
+                continue  # the pruner stops every run until more than bootstrap_count reached the rung
             top = rivals[max(1, len(rivals) // eta) - 1]
             if (value <= top) if self.modes[0] == "min" else (value >= top):
                 found.append((value if self.modes[0] == "min" else -value, run))
@@ -685,8 +687,10 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
-        for run in list(self.paused):  # paused for good: pruned
-            del self.paused[run]
+        for run in [r for r in self.open if r in self.paused or (r.resumed and r.state == State.PENDING and
+                                                                   self.asked_at.get(r) == r.attempt)]:
+            self.paused.pop(run, None)  # paused for good (also one handed back to go on that never started): pruned
+            run.state = State.PRUNED
             self.finished(run)
         self._tell_ended()
         for run, trial in list(self.open.items()):  # asked but never ended: interrupted, not started, asked ahead
