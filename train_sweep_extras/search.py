@@ -184,7 +184,9 @@ def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]
     given = search.pruner_args if search is not None else {}
     lines.append(f"pruner {name}: " + described(*pruner_spec(optuna, name, given))
                  + ("; a run's first report is not judged" if name != "none" and not given
-                    else ""))
+                    else "")
+                 + ("; pause: a run it stops at a rung goes on from its checkpoint (TRAIN_SWEEP_RESUME=1) once it "
+                    "ranks in the top of that rung" if search is not None and search.pause else ""))
     return lines
 
 
