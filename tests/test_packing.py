@@ -896,6 +896,26 @@ def test_a_grid_in_config_order_packs_its_larger_shapes_from_learned_growth(tmp_
     assert said.count("learning the memory footprint") <= 3 and "memory moves with batch, depth, width" in said
 
 
+
+def test_a_run_seen_below_half_its_known_footprint_is_not_learned_until_it_ends():
+    """On an H100, a repeated sweep started 14 remembered runs at once; starting together, they showed only their
+    CUDA context (0.7 GB) for over 10 s, and that was learned as their footprint against 3.9 GB remembered
+    (predictions for their configuration fell 5x while they ran). A run whose configuration has a footprint and
+    shows less than half of it keeps that footprint while it runs; a lower one is learned at its end."""
+    auto = make_packer([0], 16)
+    hp = {"batch": 64, "layers": 8}
+    auto.model.add(hp, 3.9 * GB, "remembered")
+    run = launch(auto, Run(0, "a", dict(hp), ["x"], Path("a")))
+    auto.observe(0.0, {0: reading(0, 0.5)}, {})
+    for t in (1.0, 3.0, 6.0, 9.0, 12.0, 15.0):
+        auto.observe(t, {0: reading(0, 1.2, util=90, pid_mb={7: 0.7 * GB})}, {0: [run]})
+    assert auto.model.get(hp).mb == pytest.approx(3.9 * GB)  # still loading: not its footprint
+    run.state = State.COMPLETE
+    auto.pool.release(run)
+    auto.ended(run, 16.0, oom=False)
+    assert auto.model.get(hp).mb == pytest.approx(0.7 * GB)  # it ended so: that is what it used
+
+
 # -- an adversarial review of the above (each failed before its fix) ---------------------------------------------
 
 def test_an_oom_before_any_memory_showed_leaves_no_zero_footprint():

@@ -5,7 +5,8 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
 
 - A run's footprint is the memory of its process group (or, where NVML hides processes, its share of its
   GPU's growth) once that memory has grown past the level it first showed (its CUDA context) and held still
-  for STABLE_S while its GPU computed, or held still for PATIENCE_S.
+  for STABLE_S while its GPU computed, or held still for PATIENCE_S; a run of a configuration with a footprint
+  is not learned below half of it until it ends (it has not loaded its model yet).
 - Footprints are kept per configuration (`Footprints`). Which hyperparameters move memory is learned from the
   footprints themselves: a key stops counting once runs that differ in it, and agree on every key that counts,
   used the same memory. A run is predicted from runs of its memory shape, from a shape at least as large in
@@ -365,6 +366,10 @@ class Packer:
         self.predicted: dict[Run, float | None] = {}  # what each running run was expected to use (None: unseen)
         self.probes: set[Run] = set()  # running runs of an unseen shape, until their footprint is known
         self.needs: dict[Run, tuple[float, float]] = {}  # each running run's need when placed, and when
+        # running runs whose configuration (or memory shape) has a footprint: one seen at less than half of it
+        # while it runs has not loaded its model yet (14 runs started at once on an H100 showed their CUDA context,
+        # 0.7 GB, for over 10 s, against 3.9 GB remembered): it is learned lower only at its end
+        self.known: set[Run] = set()
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
@@ -424,7 +429,8 @@ class Packer:
         for run, seen in list(self.runs.items()):
             still = now - seen.grew_at
             if seen.peak_mb >= 64.0 and (seen.past_context and still >= STABLE_S or still >= PATIENCE_S) and \
-                    seen.computed_at is not None and seen.computed_at > seen.grew_at:
+                    seen.computed_at is not None and seen.computed_at > seen.grew_at and not (
+                    run in self.known and seen.peak_mb < 0.5 * self.predicted[run]):  # (below: at its end)
                 self._learn(run, seen)  # (a small model may never grow past its first level: PATIENCE_S then)
 
     @staticmethod
@@ -468,6 +474,7 @@ class Packer:
         seen = self.runs.pop(run, None)
         expected = self.predicted.pop(run, None)
         self.needs.pop(run, None)
+        self.known.discard(run)
         was_probe = run in self.probes
         if not oom:  # its peak, where it is more than a CUDA context: a run that completed, or grew past it
             if seen is not None and seen.peak_mb >= 64.0 and (seen.past_context or run.state == State.COMPLETE):
@@ -623,6 +630,8 @@ class Packer:
         self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
         if self.predicted[run] is None:
             self.probes.add(run)
+        elif found is not None and not found[0].bound and found[1].startswith(("its own", "runs of its")):
+            self.known.add(run)
         need = self._need(run, found)
         if need is not None:
             self.needs[run] = need, self.now
