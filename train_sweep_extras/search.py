@@ -582,7 +582,7 @@ class SearchSource:
                 if self.pause:
                     self.pausing.add(run)
                     return (f"{self.objectives[0]}={value:g} at step {step}: successive halving pauses it (it goes "
-                            "on from its checkpoint if it ranks in the top of its rung later)")
+                            "on if it ranks at its rung later)")
                 return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
         except OSError as e:
             raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
