@@ -3071,7 +3071,7 @@ class ResultsWriter:
         self.dirty = True
         self.flush(force=True)
         if interrupted:
-            everything = list(self.records.values()) + [run_record(r) for r in pending]
+            everything = {**self.records, **{r.index: run_record(r) for r in pending}}.values()  # (one a run)
             write_json_atomic(self.partial_file, sorted(everything, key=lambda r: r["index"]))
         else:
             self.partial_file.unlink(missing_ok=True)

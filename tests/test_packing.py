@@ -916,6 +916,42 @@ def test_a_run_seen_below_half_its_known_footprint_is_not_learned_until_it_ends(
     assert auto.model.get(hp).mb == pytest.approx(0.7 * GB)  # it ended so: that is what it used
 
 
+
+def test_a_floor_after_an_out_of_memory_end_is_not_a_known_footprint():
+    """From a second review: a run that ran out of memory before its memory showed leaves a guessed floor (the
+    largest footprint seen, 40 GB); its requeue really used 5 GB, but as a run of a "known" configuration it was
+    never learned while it ran, and its need held 64 GB of the GPU for ten minutes."""
+    auto = make_packer([0], 16)
+    auto.model.add({"m": "big"}, 40 * GB, "remembered")
+    small = {"m": "small"}
+    first = launch(auto, Run(0, "s1", dict(small), ["x"], Path("s1")))
+    auto.observe(0.0, {0: reading(0, 0.5)}, {})
+    first.state = State.OOM
+    auto.pool.release(first)
+    auto.ended(first, 1.0, oom=True)
+    again = launch(auto, Run(1, "s2", dict(small), ["x"], Path("s2")), now=2.0)
+    assert again not in auto.known
+    for t in range(3, 30):
+        auto.observe(float(t), {0: reading(0, 5.5, util=90, pid_mb={7: 5 * GB})}, {0: [again]})
+    assert auto.model.get(small).mb == pytest.approx(5 * GB) and auto.pending(0) == 0
+
+
+def test_a_known_configuration_s_pruned_run_lowers_its_footprint():
+    """From a second review: a remembered footprint gone stale (3.9 GB; the script now uses 0.8 GB) was lowered
+    only by a run that completed; with a pruner that stops most runs it stayed, and was remembered again."""
+    auto = make_packer([0], 16)
+    hp = {"batch": 64}
+    auto.model.add(hp, 3.9 * GB, "remembered")
+    run = launch(auto, Run(0, "a", dict(hp), ["x"], Path("a")))
+    auto.observe(0.0, {0: reading(0, 0.5)}, {})
+    for t in range(1, 40):
+        auto.observe(float(t), {0: reading(0, 1.3, util=90, pid_mb={7: 0.8 * GB})}, {0: [run]})
+    run.state = State.PRUNED
+    auto.pool.release(run)
+    auto.ended(run, 40.0, oom=False)
+    assert auto.model.get(hp).mb == pytest.approx(0.8 * GB)
+
+
 # -- an adversarial review of the above (each failed before its fix) ---------------------------------------------
 
 def test_an_oom_before_any_memory_showed_leaves_no_zero_footprint():

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import time
 from pathlib import Path
 
@@ -808,3 +809,35 @@ def test_a_paused_run_does_not_go_on_while_the_pruner_is_still_bootstrapping(swe
     assert attempts == {0.5: 1, 0.3: 2, 0.6: 1}, attempts  # 0.3 goes on once 3 reached rung 0, not before
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     assert log.index("start       trial002") < log.index("goes on from where it paused")
+
+
+def test_a_run_that_went_on_and_waits_again_is_once_in_the_partial_file_and_pruned(sweep):
+    """From a second review: a paused run went on, failed and waited for its retry when Ctrl+C came; the .partial
+    file held it twice (its pause, and pending) and its trial was asked again as a new one. Its pause is its
+    end: once in the files, its trial pruned, nothing asked again."""
+    fails = RESUMABLE.replace("    print(f'resumed from step {start - 1}', flush=True)\n",
+                              "    print(f'resumed from step {start - 1}', flush=True)\n"
+                              "    open(os.path.join(os.path.dirname(os.path.dirname(RUN_DIR)), 'failed'), 'a')\n"
+                              "    sys.exit(1)\n")
+    sweep.gpus.set(count=1)
+    sweep.config({"command": script(sweep, "resumable.py", fails),
+                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 9,
+                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
+                                        "pause": True},
+                             "params": {"x": {"type": "categorical",
+                                              "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]}}}})
+    p = sweep.start("--no-live", "--max-processes-per-gpu", "1", "--retries", "1", trainer=False)
+    deadline = time.monotonic() + 30
+    while not (sweep.dir / "failed").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (sweep.dir / "failed").exists(), p.communicate()
+    time.sleep(0.8)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    partial = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
+    assert len({r["index"] for r in partial}) == len(partial), [(r["index"], r["state"]) for r in partial]
+    study = load_study(sweep.dir / "outputs")
+    went_on = next(r for r in partial if r["hyperparams"]["x"] == 0.6)
+    assert study.trials[went_on["trial"]].state.name == "PRUNED"
+    again = [t for t in study.trials if t.state.name == "WAITING" and t.system_attrs["fixed_params"]["x"] == 0.6]
+    assert not again  # not asked again (the grid's points not yet run wait, as they should)

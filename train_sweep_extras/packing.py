@@ -474,10 +474,12 @@ class Packer:
         seen = self.runs.pop(run, None)
         expected = self.predicted.pop(run, None)
         self.needs.pop(run, None)
+        known = run in self.known
         self.known.discard(run)
         was_probe = run in self.probes
         if not oom:  # its peak, where it is more than a CUDA context: a run that completed, or grew past it
-            if seen is not None and seen.peak_mb >= 64.0 and (seen.past_context or run.state == State.COMPLETE):
+            if seen is not None and seen.peak_mb >= 64.0 and (seen.past_context or run.state == State.COMPLETE or (
+                    known and run.state == State.PRUNED)):  # (a pruned run trained: its peak is what it used)
                 self._learn(run, seen)
             self.probes.discard(run)
             return
@@ -630,7 +632,8 @@ class Packer:
         self.predicted[run] = run.memory_mb or (found[0].mb if found is not None else None)
         if self.predicted[run] is None:
             self.probes.add(run)
-        elif found is not None and not found[0].bound and found[1].startswith(("its own", "runs of its")):
+        elif found is not None and not (found[0].bound or found[0].floor) and \
+                found[1].startswith(("its own", "runs of its")):  # (measured: not a bound, nor an OOM's floor)
             self.known.add(run)
         need = self._need(run, found)
         if need is not None:

@@ -689,9 +689,8 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
-        for run in [r for r in self.open if r in self.paused or (r.resumed and r.state == State.PENDING and
-                                                                   self.asked_at.get(r) == r.attempt)]:
-            self.paused.pop(run, None)  # paused for good (also one handed back to go on that never started): pruned
+        for run in [r for r in self.open if r in self.paused or (r.resumed and r.state == State.PENDING)]:
+            self.paused.pop(run, None)  # paused for good (also one that went on and waits to start again): pruned
             run.state = State.PRUNED
             self.finished(run)
         self._tell_ended()
