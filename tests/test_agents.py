@@ -274,7 +274,7 @@ def test_a_search_stopped_on_one_agent_still_runs_its_whole_budget(tmp_path, pos
     """Ctrl+C or SIGTERM of one agent puts its trial back; another agent runs it: the budget is met exactly (the
     other agent once ended one trial short, counting the put-back trial as asked)."""
     hosts, name = agents(tmp_path, 2, gpus=1), study_name()
-    space = ["--search", "random", "--n-trials", "3", "x=interval(0, 1)", "sleep=1", "metric=0.5"]
+    space = ["--search", "random", "--n-trials", "3", "x=interval(0, 1)", "sleep=4", "metric=0.5"]
     stopped = start(hosts[0], postgres_url, name, "--max-processes-per-gpu", "1", *space)
     hosts[0].wait_for(lambda: len(hosts[0].started()) >= 1, timeout=30, what="the first agent's trial")
     other = start(hosts[1], postgres_url, name, "--max-processes-per-gpu", "1", *space)
