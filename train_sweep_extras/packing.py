@@ -14,7 +14,7 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
   shape where a GPU can hold that bound: memory grows with each key as fast as runs that differ in it alone
   showed (plus a slack), as its square where none did.
 - A run's need holds room on its GPU (free memory less the needs of the runs placed there, less what each has
-  shown) only until its footprint is learned: then its memory is in NVML's reading.
+  shown) only until its footprint is learned and HOLD_S has passed: then its memory is in NVML's reading.
 - A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen, and
   its GPU takes nothing else until its own footprint is known (seconds).
 - An out-of-memory end raises the margin of the run that grew past its prediction, or of a run not seen before
@@ -178,13 +178,17 @@ class Footprints:
             else:
                 return tuple(sorted(keep))
 
+    def shape(self, hp: Mapping[str, Any]) -> tuple[str, ...]:
+        """A configuration's memory shape: the values of the keys that move memory."""
+        return tuple(canonical_json(hp.get(k)) if k in hp else "\0" for k in self.movers())
+
     def _shapes(self) -> dict[tuple[str, ...], tuple[Point, float, int]]:
         """Each memory shape (the values of the keys that move memory): its largest footprint, the largest margin
         of its runs and how many there are (cached until a footprint is added)."""
         if self._groups is None:
-            movers, groups = self.movers(), {}
+            groups = {}
             for p in self.points.values():
-                key = tuple(canonical_json(p.hp.get(k)) if k in p.hp else "\0" for k in movers)
+                key = self.shape(p.hp)
                 top, margin, n = groups.get(key, (p, p.margin, 0))
                 groups[key] = (p if p.mb > top.mb else top, max(margin, p.margin), n + 1)
             self._groups = groups
@@ -198,7 +202,7 @@ class Footprints:
         if set(hp) - self._keys():
             return None  # a key no footprint has: what it does to memory is unknown
         movers, shapes = self.movers(), self._shapes()
-        key = tuple(canonical_json(hp.get(k)) if k in hp else "\0" for k in movers)
+        key = self.shape(hp)
         if key in shapes:
             top, margin, n = shapes[key]
             return dataclasses.replace(top, margin=margin), f"runs of its memory shape ({n})"
@@ -227,7 +231,7 @@ class Footprints:
                 k = differ[0]
                 lo, hi = sorted((a, b), key=lambda p: p.hp[k])
                 if lo.hp[k] > 0 and hi.hp[k] > lo.hp[k] and lo.mb > base:
-                    power = math.log(max(hi.mb - base, lo.mb - base) / (lo.mb - base)) / math.log(hi.hp[k] / lo.hp[k])
+                    power = math.log((max(hi.mb, lo.mb) - base) / (lo.mb - base)) / math.log(hi.hp[k] / lo.hp[k])
                     seen[k] = max(seen.get(k, 0.0), power)
             self._growth = {k: min(GROWTH_POWER, max(1.0, v) + EXPONENT_SLACK) for k, v in seen.items()}
         return self._growth
@@ -575,9 +579,13 @@ class Packer:
         """Memory GPU g's runs were placed with but do not hold yet: each run's need less the most it has shown,
         until its footprint is learned and HOLD_S has passed (then its memory is in the reading, and its margin
         no longer holds room; a run that loads, then compiles for seconds before it allocates, keeps its room)."""
-        return sum(max(0.0, need - (self.runs[r].peak_mb if r in self.runs else 0.0))
-                   for r in self.pool.on_gpu.get(g, ()) if r in self.needs for need, at in [self.needs[r]]
-                   if not (r in self.runs and self.runs[r].learned and self.now - at >= HOLD_S))
+        total = 0.0
+        for r in self.pool.on_gpu.get(g, ()):
+            need, at = self.needs.get(r, (0.0, 0.0))
+            seen = self.runs.get(r)
+            if not (seen is not None and seen.learned and self.now - at >= HOLD_S):
+                total += max(0.0, need - (seen.peak_mb if seen is not None else 0.0))
+        return total
 
     def place(self, run: Run, now: float, min_free_mb: float | None, readings: Mapping[int, GpuReading] | None
               ) -> tuple[tuple[int, ...] | None, str]:
@@ -633,7 +641,7 @@ class Packer:
         if self.predicted[run] is None:
             self.probes.add(run)
         elif found is not None and not (found[0].bound or found[0].floor) and \
-                found[1].startswith(("its own", "runs of its")):  # (measured: not a bound, nor an OOM's floor)
+                self.model.shape(found[0].hp) == self.model.shape(run.hyperparams):  # measured on its shape
             self.known.add(run)
         need = self._need(run, found)
         if need is not None:

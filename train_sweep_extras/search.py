@@ -531,14 +531,18 @@ class SearchSource:
         eta = getattr(self.study.pruner, "_reduction_factor", 4)
         trials = self.study.get_trials(deepcopy=False)
         by_number = {t.number: t for t in trials}
+        at_rung: dict[str, list[float]] = {}  # each rung's values, read once (not once a paused run)
+        for t in trials:
+            for key, value in t.system_attrs.items():
+                if key.startswith("completed_rung_"):
+                    at_rung.setdefault(key, []).append(value)
         found: list[tuple[float, Run]] = []
         for run, trial in self.paused.items():
             rung = self._rung(by_number[trial.number])
             if rung is None:
                 continue
             key, value = rung
-            rivals = sorted((t.system_attrs[key] for t in trials if key in t.system_attrs),
-                            reverse=self.modes[0] == "max")
+            rivals = sorted(at_rung[key], reverse=self.modes[0] == "max")
             if len(rivals) <= getattr(self.study.pruner, "_bootstrap_count", 0):
                 continue  # the pruner stops every run until more than bootstrap_count reached the rung
             top = rivals[max(1, len(rivals) // eta) - 1]
