@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,17 +27,21 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINER = ROOT / "bench" / "ttb_trainer.py"
+TRAINER = Path(os.environ.get("BENCH_TRAINER", ROOT / "bench" / "ttb_trainer.py"))  # another: a smoke test
 SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
          "layers": {"type": "int", "low": 2, "high": 8},
          "dropout": {"type": "float", "low": 0.0, "high": 0.3}}
 GRID = {"lr": [1e-4, 1e-3, 1e-2], "layers": [2, 8], "dropout": [0.0, 0.3]}
-VARIANTS = {  # name: (the search block's extra keys, extra flags)
-    "default": ({}, []),
-    "sha": ({"pruner": {"type": "successive_halving", "min_resource": 200}}, []),
-    "all": ({"startup_at_once": 0}, []),
-    "k8": ({}, ["--max-processes-per-gpu", "8"]),
-    "k4": ({}, ["--max-processes-per-gpu", "4"]),
+SHA = {"type": "successive_halving", "min_resource": 100, "reduction_factor": 3}  # rungs at steps 100, 300, 900
+VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' extra arguments, trials a --trials)
+    "default": ({}, [], {}, 1),
+    # successive halving: 1/3 of the runs go on at each rung, so 3x the trials spend about what the others do
+    # (at 800 steps: 72 x 100 + 24 x 200 + 8 x 500 = 16,000 steps, against 24 x 800 = 19,200)
+    "sha": ({"pruner": SHA}, [], {}, 3),
+    "pause": ({"pruner": {**SHA, "pause": True}}, [], {"checkpoint": 1}, 3),  # the trainer saves before a report
+    "all": ({"startup_at_once": 0}, [], {}, 1),
+    "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
+    "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }
 
 
@@ -57,6 +62,13 @@ def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict]
     return wall, records, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
+def save(folder: Path | None, name: str, records: list[dict]) -> None:
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparameters", "attempts")
+        (folder / f"{name}.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in records]))
+
+
 def value(r: dict) -> float | None:
     v = (r.get("metrics") or {}).get("val_loss")
     return v if r.get("state") == "complete" and isinstance(v, (int, float)) else None
@@ -68,6 +80,9 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1500, help="training steps a run")
+    p.add_argument("--grid", nargs=2, type=float, metavar=("WALL", "BEST"),
+                   help="skip the grid: its wall time and best val_loss from an earlier call on the same machine")
+    p.add_argument("--save", type=Path, help="write each sweep's results (times from its start) to SAVE/NAME.json")
     args = p.parse_args()
     import pynvml
     pynvml.nvmlInit()
@@ -75,35 +90,45 @@ def main() -> int:
     print(f"{pynvml.nvmlDeviceGetCount()} x {name}\n", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_ttb_") as tmp:
-        defaults = {"defaults": {"steps": args.steps}}
-        wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID, **defaults}, ["--max-processes-per-gpu", "1"])
-        values = [v for r in records if (v := value(r)) is not None]
-        best = min(values)
-        first = min(r["end_time"] for r in records if value(r) == best)
-        print(f"# grid: wall {wall:.1f} s, best val_loss {best:.4f} at {first:.1f} s; {last}", file=sys.stderr,
-              flush=True)
-        rows.append(("grid, 12 runs, one a GPU", wall, best, first, len(values), 0, "-"))
+        defaults = {"steps": args.steps}
+        if args.grid:
+            wall, best = args.grid
+            rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-"))
+        else:
+            wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID, "defaults": defaults},
+                                        ["--max-processes-per-gpu", "1"])
+            save(args.save, "grid", records)
+            values = [v for r in records if (v := value(r)) is not None]
+            best = min(values)
+            first = min(r["end_time"] for r in records if value(r) == best)
+            print(f"# grid: wall {wall:.1f} s, best val_loss {best:.4f} at {first:.1f} s; {last}", file=sys.stderr,
+                  flush=True)
+            rows.append(("grid, 12 runs, one a GPU", wall, best, first, len(values), 0, "-"))
         for variant in args.variants:
-            extra, flags = VARIANTS[variant]
-            search = {"sampler": "tpe", "n_trials": args.trials, "seed": args.seed, "metric": "val_loss",
+            extra, flags, run_args, times = VARIANTS[variant]
+            search = {"sampler": "tpe", "n_trials": args.trials * times, "seed": args.seed, "metric": "val_loss",
                       "params": SPACE, **extra}
             flags = flags or ["--max-processes-per-gpu", "auto"]
-            w, recs, last = sweep(Path(tmp) / variant, {"search": search, **defaults}, flags)
+            w, recs, last = sweep(Path(tmp) / variant, {"search": search, "defaults": {**defaults, **run_args}},
+                                  flags)
+            save(args.save, variant, recs)
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
             top = min((v for _, v in done), default=float("nan"))
             print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; {last}",
                   file=sys.stderr, flush=True)
-            rows.append((f"search: {variant} ({' '.join(flags)})", w, top, reach, len(done), pruned,
+            rows.append((f"search: {variant}, {args.trials * times} trials ({' '.join(flags)})", w, top, reach,
+                         len(done), pruned,
                          f"{reach / wall:.2f}" if reach is not None else "never"))
     grid_wall = rows[0][1]
     print(f"| sweep | wall | best val_loss | reached the grid's best at | as a share of the grid's wall time "
           f"({grid_wall:.1f} s) | complete | pruned |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for what, w, top, reach, n, pruned, share in rows:
-        at = f"{reach:.1f} s" if reach is not None else "never"
-        print(f"| {what} | {w:.1f} s | {top:.4f} | {at} | {share if share != '-' else f'{reach / grid_wall:.2f}'} "
+        at = f"{reach:.1f} s" if reach is not None else "never" if share != "-" else "-"
+        share = share if share != "-" else f"{reach / grid_wall:.2f}" if reach is not None else "-"
+        print(f"| {what} | {w:.1f} s | {top:.4f} | {at} | {share} "
               f"| {n} | {pruned} |")
     return 0
 

@@ -3,7 +3,10 @@
 context 128, batch 64, bf16 autocast) trained on real text, the Python standard library's own source files
 (present on every machine), with a held-out tenth for validation. key=value arguments: lr, layers, dropout,
 steps (default 1500), seed. Prints `step=K val_loss=V` every 100 steps (the loss on 8 fixed held-out
-batches), the metric the search ranks by and its pruner reads."""
+batches), the metric the search ranks by and its pruner reads. It keeps train_sweep's resume contract
+(docs/search.md, "Pause and go on"): with checkpoint=1, before each report it saves its model, optimizer
+and step to $TRAIN_SWEEP_RUN_DIR/checkpoint.pt (170 MB at 8 layers), and with TRAIN_SWEEP_RESUME=1 it goes on
+from there."""
 
 import os
 import sys
@@ -70,7 +73,16 @@ def loss_of(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 model = Model().to(device)
 opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-for step in range(1, steps + 1):
+checkpoint = Path(os.environ.get("TRAIN_SWEEP_RUN_DIR", ".")) / "checkpoint.pt"
+first = 1
+if os.environ.get("TRAIN_SWEEP_RESUME") == "1" and checkpoint.exists():
+    state = torch.load(checkpoint, map_location=device)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    first = state["step"] + 1
+    print(f"resumed from step {state['step']}", flush=True)
+for step in range(first, steps + 1):
     x, y = batch_of(train, torch.randint(0, len(train) - ctx - 1, (batch,)))
     loss = loss_of(model, x, y)
     opt.zero_grad(set_to_none=True)
@@ -83,4 +95,8 @@ for step in range(1, steps + 1):
             val_loss = sum(loss_of(model, *batch_of(val, s)).item() for s in val_starts) / len(val_starts)
         model.train()
         value = val_loss if val_loss == val_loss and val_loss < 1e9 else 1e9  # NaN or overflow: a poor value
+        if args.get("checkpoint") == "1" and "TRAIN_SWEEP_RUN_DIR" in os.environ and step < steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
+                        "step": step}, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
         print(f"step={step} val_loss={value:.4f} train_loss={loss.item():.4f}", flush=True)
