@@ -116,7 +116,9 @@ def main() -> int:
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
             top = min((v for _, v in done), default=float("nan"))
-            print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; {last}",
+            went_on = sum(bool(r.get("attempts")) for r in recs)  # a paused run that went on: a second attempt
+            print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; "
+                  f"{went_on} run(s) of more than one attempt; {last}",
                   file=sys.stderr, flush=True)
             rows.append((f"search: {variant}, {args.trials * times} trials ({' '.join(flags)})", w, top, reach,
                          len(done), pruned,
