@@ -62,9 +62,9 @@ def test_different_errors_or_a_complete_run_are_not_a_broken_setup(sweep):
 
 def test_slow_failures_are_the_runs_own(sweep):
     assert FAIL_FAST_S <= 30  # "within seconds"
-    sweep.gpus.set(count=1)
+    sweep.gpus.set(count=4)  # all four at once (on one GPU, each start waited for the last one's memory reading)
     slow = f"import sys, time\ntime.sleep({FAIL_FAST_S + 0.5})\nsys.exit('boom')\n"
-    p = sweep.run("--no-live", "--max-processes-per-gpu", "4", "--command", bad_script(sweep, slow), "x=1,2,3,4",
+    p = sweep.run("--no-live", "--command", bad_script(sweep, slow), "x=1,2,3,4",
                   trainer=False, timeout=90)
     assert p.returncode == 1 and "Stopped early" not in p.stdout
     assert [r["state"] for r in sweep.results()] == ["failed"] * 4
