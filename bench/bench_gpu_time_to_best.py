@@ -7,11 +7,13 @@ dropout 0..0.3.
 - grid: 12 runs, lr 1e-4, 1e-3, 1e-2 x layers 2, 8 x dropout 0, 0.3, one run a GPU (the seed's default
   packing): its wall time W and its best val_loss B.
 - each search variant: 24 trials through `--search tpe` (TPE, train_sweep's defaults), on the same GPU(s),
-  with `--max-processes-per-gpu auto` unless the variant says otherwise. Its time to B: from the sweep's
-  start to the end of the first complete trial with val_loss <= B, as a share of W (the target is 0.25).
+  with `--max-processes-per-gpu auto` unless the variant says otherwise: `default`; `sha`, successive halving
+  from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint; `k8` and
+  `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start to the end of the first complete trial with
+  val_loss <= B, as a share of W (the target is 0.25).
 
-    python bench/bench_gpu_time_to_best.py                     # the grid, then every variant
-    python bench/bench_gpu_time_to_best.py --variants default sha --trials 24
+    python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
+    python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
     # (at 800 steps: 72 x 100 + 24 x 200 + 8 x 500 = 16,000 steps, against 24 x 800 = 19,200)
     "sha": ({"pruner": SHA}, [], {}, 3),
     "pause": ({"pruner": {**SHA, "pause": True}}, [], {"checkpoint": 1}, 3),  # the trainer saves before a report
-    "all": ({"startup_at_once": 0}, [], {}, 1),
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
     "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }
@@ -76,7 +77,7 @@ def value(r: dict) -> float | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["default", "all", "sha"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["default", "sha", "pause"], choices=list(VARIANTS))
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1500, help="training steps a run")

@@ -54,9 +54,10 @@ def import_optuna() -> Any:
     return optuna
 
 
-# TPE's random start-up trials before it models the results (Optuna's default: 10). On YAHPO Gym's LCBench with 8
-# trials at once (bench/README.md, 10 seeds), 8 reached the regret random search ends with in 0.36, 0.25 and 0.24
-# of its time, against 0.40, 0.33 and 0.39 with 10: the second wave of trials is informed, not random.
+# TPE's random start-up: it models the results once this many trials have finished (Optuna's default: 10). On
+# YAHPO Gym's LCBench with 8 trials at once (bench/README.md, 10 seeds), 8 reached the regret random search ends
+# with in 0.36, 0.25 and 0.24 of its time, against 0.40, 0.33 and 0.39 with 10: a trial asked before the 8th (or
+# 10th) has finished is random, so that is 15 random trials instead of 17.
 TPE_STARTUP = 8
 
 
@@ -87,7 +88,7 @@ def sampler_spec(optuna: Any, search: SearchSpec, seed: int | None, n_objectives
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"the {name} sampler needs {' and '.join(missing)}: pip install {' '.join(missing)}")
-    if name == "tpe":  # informed trials once a first wave of runs has ended (TPE_STARTUP)
+    if name == "tpe":  # informed trials once TPE_STARTUP have finished
         return s.TPESampler, {"seed": seed, "constant_liar": True, "n_startup_trials": TPE_STARTUP,
                               **search.sampler_args}
     return {"random": s.RandomSampler, "gp": s.GPSampler, "cmaes": s.CmaEsSampler, "nsga2": s.NSGAIISampler,
@@ -173,13 +174,6 @@ def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]
     if search is not None:
         cls, kwargs = sampler_spec(optuna, search, settings.seed, len(settings.modes))
         lines.append("sampler " + described(cls, kwargs))
-        if search.sampler in ("tpe", "gp"):
-            import inspect
-
-            wave = search.startup_at_once if search.startup_at_once is not None else \
-                kwargs.get("n_startup_trials", inspect.signature(cls).parameters["n_startup_trials"].default)
-            lines.append(f"startup_at_once {wave}: " + (f"at most {wave} trials at once until {wave} have ended (the "
-                                                        "sampler's random start-up)" if wave else "every slot at once"))
     name = settings.pruner or "none"
     given = search.pruner_args if search is not None else {}
     lines.append(f"pruner {name}: " + described(*pruner_spec(optuna, name, given))
@@ -420,12 +414,6 @@ class SearchSource:
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
         self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
-        # TPE's and GP's first trials are random until `startup` have ended: no more than that run at once until
-        # then, so that the trials after them are informed by all of them instead of starting random beside them
-        startup = getattr(study.sampler, "_n_startup_trials", 0) if search is not None and \
-            search.sampler in ("tpe", "gp") else 0
-        self.wave = search.startup_at_once if search is not None and search.startup_at_once is not None else startup
-        self.held = False  # whether a slot waits for the first wave (said once)
         # freeze-thaw (the pruner's pause): a run successive halving stops at a rung is paused, its trial left
         # open, and goes on from its checkpoint (TRAIN_SWEEP_RESUME=1) once it ranks in that rung's top 1/eta
         self.pause = search is not None and search.pause
@@ -484,23 +472,11 @@ class SearchSource:
             if self.search is None or self.stopped is None:
                 return run
             self._requeue(self.open.pop(run))  # asked before the time budget ended: not started
-        return self._ask() if self._budget() and not self._hold() else None
-
-    def _hold(self) -> bool:
-        """Whether the next trial waits for the first wave: `wave` trials at once until that many have ended."""
-        ended = self.done + self.warm + len(self.paused)
-        if not (self.search is not None and ended < self.wave and len(self.open) - len(self.paused) >= self.wave):
-            return False
-        if not self.held:
-            self.held = True
-            self.say(f"{'search':<11} {self.wave} trials at once until {self.wave} have ended: the "
-                     f"{self.search.sampler} sampler's first trials are random, the ones after them are informed by "
-                     "them (the search's startup_at_once: 0 starts every slot at once)")
-        return True
+        return self._ask() if self._budget() else None
 
     def prepare(self) -> None:
         self._tell_ended()
-        if self.ahead is None and self._budget() and not self._hold():
+        if self.ahead is None and self._budget():
             self.ahead = self._ask()
 
     def _tell_ended(self) -> None:
@@ -653,8 +629,6 @@ class SearchSource:
                                                                              params.items()) + ")")
         elif len(self.objectives) > 1:
             parts.append(f"Pareto front: {len(self._front())} trial(s)")
-        if self.held and self.done + self.warm + len(self.paused) < self.wave:
-            parts.append(f"the first {self.wave} at once until they end")
         if self.stopped:
             parts.append(self.stopped)
         return ", ".join(parts)

@@ -198,7 +198,6 @@ class SearchSpec:
     first: dict[str, Any] = dataclasses.field(default_factory=dict)  # the first trial's parameters (Protein's means)
     target: float | None = None  # stop asking once the best value reaches this (W&B's metric.target)
     count_reports: bool = False  # the pruner's step is the number of reports, not the metric's step (W&B's "iter")
-    startup_at_once: int | None = None  # trials at once until that many ended (None: the sampler's start-up)
     pause: bool = False  # successive halving pauses a run at a rung; it goes on if it ranks there later
     base: dict[str, Any] = dataclasses.field(default_factory=dict)  # what every trial gets: defaults, fixed, --set
     nested: set[str] = dataclasses.field(default_factory=set)  # dotted keys a run gets as one object (W&B nesting)
@@ -212,7 +211,7 @@ class SearchSpec:
                                "command": command})
 
 
-SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode", "startup_at_once")
+SEARCH_KEYS = ("sampler", "n_trials", "seed", "params", "pruner", "metric", "mode")
 
 
 def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -256,10 +255,10 @@ def parse_search(data: Any, where: str) -> SearchSpec:
         if data["sampler"] not in SAMPLERS:
             raise UserError(f"{where}: 'sampler' must be one of {', '.join(SAMPLERS)}, got {data['sampler']!r}")
         spec.sampler = data["sampler"]
-    for key, least, most in (("n_trials", 1, MAX_RUNS), ("seed", 0, 2**32 - 1), ("startup_at_once", 0, MAX_RUNS)):
+    for key, least, most in (("n_trials", 1, MAX_RUNS), ("seed", 0, 2**32 - 1)):
         if key in data and (not _is_whole(data[key]) or not least <= data[key] <= most):
             raise UserError(f"{where}: {key!r} must be a whole number from {least} to {most}")
-    spec.n_trials, spec.seed, spec.startup_at_once = data.get("n_trials"), data.get("seed"), data.get("startup_at_once")
+    spec.n_trials, spec.seed = data.get("n_trials"), data.get("seed")
     if "pruner" in data:
         pruner = data["pruner"]
         if isinstance(pruner, dict) and "pause" in pruner:
