@@ -66,7 +66,7 @@ def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict]
 def save(folder: Path | None, name: str, records: list[dict]) -> None:
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
-        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparameters", "attempts")
+        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparams", "attempts")
         (folder / f"{name}.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in records]))
 
 

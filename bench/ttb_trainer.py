@@ -76,10 +76,11 @@ opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
 checkpoint = Path(os.environ.get("TRAIN_SWEEP_RUN_DIR", ".")) / "checkpoint.pt"
 first = 1
 if os.environ.get("TRAIN_SWEEP_RESUME") == "1" and checkpoint.exists():
-    state = torch.load(checkpoint, map_location=device)
+    state = torch.load(checkpoint, map_location="cpu")  # the RNG states must stay CPU tensors
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    torch.set_rng_state(state["rng"])
+    opt.load_state_dict(state["opt"])  # (moved to the parameters' device)
+    torch.set_rng_state(state["rng"])  # the batches'
+    torch.cuda.set_rng_state(state["cuda_rng"])  # dropout's
     first = state["step"] + 1
     print(f"resumed from step {state['step']}", flush=True)
 for step in range(first, steps + 1):
@@ -97,6 +98,6 @@ for step in range(first, steps + 1):
         value = val_loss if val_loss == val_loss and val_loss < 1e9 else 1e9  # NaN or overflow: a poor value
         if args.get("checkpoint") == "1" and "TRAIN_SWEEP_RUN_DIR" in os.environ and step < steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
-                        "step": step}, checkpoint.with_suffix(".tmp"))
+                        "cuda_rng": torch.cuda.get_rng_state(), "step": step}, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
         print(f"step={step} val_loss={value:.4f} train_loss={loss.item():.4f}", flush=True)
