@@ -389,6 +389,27 @@ def test_a_pruned_list_run_is_final_on_resume(sweep):
     assert states(load_study(sweep.dir / "outputs")) == {"COMPLETE": 6, "PRUNED": 1}
 
 
+def test_successive_halving_from_the_flag_first_judges_a_run_at_a_ninth_of_its_steps(sweep):
+    """issue 25: `--pruner successive_halving` took Optuna's defaults, its first rung at a hundredth of the steps
+    (min_resource "auto"): on LCBench the worst pruner measured. A run that is poor for its first steps and then
+    the best was stopped at its second report. Now the first rung is at a ninth of the first finished trial's
+    steps (36 here: step 4), reduction factor 3."""
+    sweep.gpus.set(count=1)
+    body = ("late = args['kind'] == 'late'\n"
+            "for s in range(1, 37):\n"
+            "    print(f'step={s} loss={(0.9 if s < 4 else 0.1) if late else 0.5}', flush=True)\n"
+            "    time.sleep(0.01)\n")
+    sweep.config([{"kind": "first"}, {"kind": "steady"}, {"kind": "late"}])
+    p = sweep.run("--command", script(sweep, "late.py", body), "--metric", "loss", "--pruner", "successive_halving",
+                  "--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert {r["hyperparams"]["kind"]: r["state"] for r in sweep.results()} == \
+        {"first": "complete", "steady": "complete", "late": "complete"}, p.stdout
+    assert "Best (min loss): kind_late = 0.1" in p.stdout
+    dry = sweep.run("--command", "python x.py", "--metric", "loss", "--pruner", "successive_halving", "--dry-run")
+    assert "SuccessiveHalvingFromANinth(fraction=9, reduction_factor=3)" in dry.stdout, dry.stdout
+
+
 def test_pruning_in_a_search(sweep):
     """A search block's pruner with its own arguments: hopeless trials are pruned, told PRUNED, counted in
     the budget, and the search still ends with every trial complete or pruned."""

@@ -149,11 +149,38 @@ PRUNER_DEFAULTS = {"median": {"n_startup_trials": 4}, "percentile": {"percentile
 WARMUP_REPORTS = 1  # ... and, for such a pruner, the reports of a run not judged (its first)
 
 
+class SuccessiveHalvingFromANinth:
+    """successive_halving with none of its arguments given: Optuna's successive halving with its first rung at a
+    ninth of the steps of the first trial to finish, reduction factor 3. Optuna's own default ("auto") puts the
+    first rung at a hundredth: on YAHPO Gym's LCBench (52 epochs, 10 seeds) that was the worst pruner measured,
+    final regret 0.150 against 0.064 with the first rung at epoch 6 (bench/README.md). No run is stopped before a
+    trial has finished."""
+
+    def __init__(self, fraction: int = 9, reduction_factor: int = 3) -> None:
+        self.fraction, self._reduction_factor, self._bootstrap_count = fraction, reduction_factor, 0
+        self.inner: Any = None  # the successive halving, once a trial has finished
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        if self.inner is None:
+            import optuna
+
+            steps = [t.last_step for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.last_step is not None]
+            if not steps:
+                return False
+            self.inner = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=max(max(steps) // self.fraction, 1), reduction_factor=self._reduction_factor)
+        return self.inner.prune(study, trial)
+
+
 def pruner_spec(optuna: Any, name: str, args: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The pruner's class and its arguments: the config's, else PRUNER_DEFAULTS."""
+    """The pruner's class and its arguments: the config's, else PRUNER_DEFAULTS (successive_halving:
+    SuccessiveHalvingFromANinth)."""
     p = optuna.pruners
     kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
              "hyperband": p.HyperbandPruner, "none": p.NopPruner}
+    if name == "successive_halving" and not args:
+        return SuccessiveHalvingFromANinth, {}
     return kinds[name], dict(args) if args else dict(PRUNER_DEFAULTS.get(name, {}))
 
 
