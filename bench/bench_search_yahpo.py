@@ -75,6 +75,9 @@ METHODS = {
     "tpe+asha6+pause": {"sampler": "tpe", "pruner": {"type": "successive_halving", "min_resource": 6,
                                                      "reduction_factor": 3, "pause": True}},
     "tpe+median": {"sampler": "tpe", "pruner": {"type": "median", "n_startup_trials": 4, "n_warmup_steps": 6}},
+    # --pruner successive_halving: the first rung at a ninth of the first finished trial's epochs, reduction factor 3
+    "tpe+sh": {"sampler": "tpe", "pruner": "successive_halving"},
+    "tpe+sh+pause": {"sampler": "tpe", "pruner": {"type": "successive_halving", "pause": True}},
 }
 DEFAULT_METHODS = ["random", "tpe", "tpe+hyperband", "tpe+asha"]
 
