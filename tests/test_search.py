@@ -410,6 +410,22 @@ def test_successive_halving_from_the_flag_first_judges_a_run_at_a_ninth_of_its_s
     assert "SuccessiveHalvingFromANinth(fraction=9, reduction_factor=3)" in dry.stdout, dry.stdout
 
 
+def test_successive_halving_from_the_flag_never_judges_a_run_at_a_rung_it_passed_before_the_rung_was_set(sweep):
+    """Review of issue 25's default: the rungs are set when the first trial finishes. A run then already past
+    the first rung had its value at a later step taken for its value there, and the next run, identical to it
+    and judged at the rung's own step, was stopped against it. Such a run is not judged; the next one is."""
+    sweep.gpus.set(count=1)
+    body = ("slow = args['kind'] == 'slow'\n"
+            "for s in range(1, 37):\n"
+            "    print(f'step={s} loss={0.1 + 1 / s if slow else 0.5}', flush=True)\n"
+            "    time.sleep(0.03 if slow and s > 6 else 0.01)\n")  # the first slow run is past step 4 unjudged
+    sweep.config([{"kind": "first"}, {"kind": "slow", "n": 1}, {"kind": "slow", "n": 2}])
+    p = sweep.run("--command", script(sweep, "curves.py", body), "--metric", "loss", "--pruner", "successive_halving",
+                  "--no-live", "--max-processes-per-gpu", "2", "--gpus", "0", "--disable-gpu-monitoring", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["state"] for r in sweep.results()] == ["complete"] * 3, p.stdout
+
+
 def test_pruning_in_a_search(sweep):
     """A search block's pruner with its own arguments: hopeless trials are pruned, told PRUNED, counted in
     the budget, and the search still ends with every trial complete or pruned."""

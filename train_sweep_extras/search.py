@@ -154,23 +154,30 @@ class SuccessiveHalvingFromANinth:
     ninth of the steps of the first trial to finish, reduction factor 3. Optuna's own default ("auto") puts the
     first rung at a hundredth: on YAHPO Gym's LCBench (52 epochs, 10 seeds) that was the worst pruner measured,
     final regret 0.150 against 0.064 with the first rung at epoch 6 (bench/README.md). No run is stopped before a
-    trial has finished."""
+    trial has finished, and the runs that were then already past the first rung are never judged: Optuna's
+    successive halving would take their value at a later step for their value at every rung they passed, and
+    judge the runs after them, at the rung's own step, against it."""
 
     def __init__(self, fraction: int = 9, reduction_factor: int = 3) -> None:
         self.fraction, self._reduction_factor, self._bootstrap_count = fraction, reduction_factor, 0
         self.inner: Any = None  # the successive halving, once a trial has finished
+        self.past: set[int] = set()  # the trials already past the first rung, unjudged, when it was set
 
     def prune(self, study: Any, trial: Any) -> bool:
         if self.inner is None:
             import optuna
+            from optuna.trial import TrialState
 
-            steps = [t.last_step for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            steps = [t.last_step for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if t.last_step is not None]
             if not steps:
                 return False
-            self.inner = optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=max(max(steps) // self.fraction, 1), reduction_factor=self._reduction_factor)
-        return self.inner.prune(study, trial)
+            first_rung = max(max(steps) // self.fraction, 1)
+            self.inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung,
+                                                                reduction_factor=self._reduction_factor)
+            self.past = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if (t.last_step or 0) > first_rung and "completed_rung_0" not in t.system_attrs}
+        return trial.number not in self.past and self.inner.prune(study, trial)
 
 
 def pruner_spec(optuna: Any, name: str, args: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
