@@ -848,26 +848,3 @@ def test_a_run_that_went_on_and_waits_again_is_once_in_the_partial_file_and_prun
     assert study.trials[went_on["trial"]].state.name == "PRUNED"
     again = [t for t in study.trials if t.state.name == "WAITING" and t.system_attrs["fixed_params"]["x"] == 0.6]
     assert not again  # not asked again (the grid's points not yet run wait, as they should)
-
-
-def test_a_pausing_search_models_its_paused_trials_as_pruned_ones(sweep):
-    """issue 25, let the sampler see results early: a paused trial stays open in Optuna so that it can go on, and
-    TPE counted none of them in its random start-up, so a pausing search stayed random until 8 trials had run to
-    the end (here, with a third going on at each rung, until about the 20th). Shown to TPE as the pruned trials
-    they are, they inform it from the 9th trial: with loss = x at each of 27 steps (rungs at 1, 3, 9 and 27), the
-    trials after the 12th keep to low x (before: 3 of 12 below 0.25)."""
-    sweep.gpus.set(count=1)
-    body = RESUMABLE.replace("range(start, 5)", "range(start, 28)").replace("time.sleep(0.3)", "time.sleep(0.02)") \
-        .replace("x if step == 1 else 1 - x", "x").replace("json.dump({'step': step}, open(ckpt, 'w'))",
-                                                          "json.dump({'step': step}, open(ckpt + '.new', 'w')); "
-                                                          "os.replace(ckpt + '.new', ckpt)")
-    sweep.config({"command": script(sweep, "resumable.py", body),
-                  "search": {"sampler": "tpe", "metric": "loss", "n_trials": 24, "seed": 3,
-                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3,
-                                        "pause": True},
-                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
-    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    study = load_study(sweep.dir / "outputs")
-    late = [t.params["x"] for t in study.trials if t.number >= 12]
-    assert len(late) == 12 and sorted(late)[6] < 0.25, sorted(late)  # 7 of the 12 below 0.25; random: 3 of 12

@@ -404,66 +404,6 @@ def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Seque
                 + ("asked again" if search else "its run goes again"))
 
 
-class PausedAsPruned:
-    """The sampler of a pausing search, shown each paused trial as the pruned trial it is until it goes on.
-    A paused trial stays open in Optuna (RUNNING), so that it can go on; without this, TPE counted none in its
-    random start-up (it stayed random until 8 trials had run to the end, which with pausing is most of a
-    search) and, with constant_liar, ranked each with the worst. Shown PRUNED with the values it reported, it
-    is ranked as Optuna ranks a pruned trial (by the step it reached, then its value), as it would be without
-    pausing. A paused trial that went on is shown so until it ends. Everything else is the sampler's own; the
-    samplers read trials through Study._get_trials, which is what this wraps."""
-
-    def __init__(self, sampler: Any, shown: Callable[[], set[int]]) -> None:
-        self.sampler, self.shown = sampler, shown
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sampler, name)
-
-    def _view(self, study: Any) -> Any:
-        numbers = self.shown()
-        return _PausedView(study, numbers) if numbers else study
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-        return self.sampler.infer_relative_search_space(self._view(study), trial)
-
-    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
-        return self.sampler.sample_relative(self._view(study), trial, search_space)
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        return self.sampler.sample_independent(self._view(study), trial, name, distribution)
-
-
-class _PausedView:
-    """A study whose paused trials read as pruned (PausedAsPruned); the rest is the study."""
-
-    def __init__(self, study: Any, numbers: set[int]) -> None:
-        self._study, self._numbers = study, numbers
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[Any]:
-        import copy
-
-        from optuna.trial import TrialState
-
-        out = []
-        for t in self._study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache):
-            if t.number in self._numbers and t.state == TrialState.RUNNING:
-                t = copy.copy(t)  # not the study's cached trial
-                t.state = TrialState.PRUNED
-            if states is None or t.state in states:
-                out.append(t)
-        return out
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[Any]:
-        return self._get_trials()
-
-
 class SearchSource:
     """Runs from an Optuna study (ask-and-tell), or the config list's runs with a trial each so that a pruner
     can stop them. A trial's run starts when a GPU slot frees up; its run is told its value when it ends for
@@ -513,9 +453,6 @@ class SearchSource:
         self.pause = search is not None and search.pause
         self.pausing: set[Run] = set()  # stopped by the pruner just now: paused when they end
         self.paused: dict[Run, Any] = {}  # paused runs and their trials (in self.open too)
-        if self.pause:
-            study.sampler = PausedAsPruned(study.sampler, lambda: {
-                t.number for r, t in self.open.items() if r in self.paused or r.resumed})
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
