@@ -777,7 +777,28 @@ def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(swee
     assert states(study) == {"COMPLETE": 2, "PRUNED": 4}
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     assert "successive halving pauses it" in log and "goes on from where it paused" in log
+    assert "started over" not in log
     assert "Best (min loss): " in p.stdout and "0.6" in p.stdout.split("Best (min loss): ")[1].splitlines()[0]
+
+
+def test_a_script_that_starts_over_instead_of_going_on_is_told_once(sweep):
+    """A script that ignores TRAIN_SWEEP_RESUME=1 trains a paused run's first steps again each time one goes on:
+    that costs time, and nothing said so. Its first report after going on is at a step it had already passed:
+    one line in sweep.log names the run and the contract; the sweep goes on as before."""
+    sweep.gpus.set(count=1)
+    ignores = RESUMABLE.replace("if os.environ.get('TRAIN_SWEEP_RESUME') == '1':", "if False:")
+    sweep.config({"command": script(sweep, "ignores.py", ignores),
+                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 6,
+                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
+                                        "pause": True},
+                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]}}}})
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    log = (sweep.dir / "outputs" / "sweep.log").read_text()
+    assert log.count("started over instead of loading its checkpoint") == 1, log
+    line = next(x for x in log.splitlines() if "started over" in x)
+    assert "trial002_x_0.6 reported step 1 after it went on from step" in line and "TRAIN_SWEEP_RESUME=1" in line
+    assert {r["hyperparams"]["x"]: r["state"] for r in sweep.results()}[0.6] == "complete"
 
 
 @pytest.mark.parametrize("case, error", [

@@ -453,6 +453,8 @@ class SearchSource:
         self.pause = search is not None and search.pause
         self.pausing: set[Run] = set()  # stopped by the pruner just now: paused when they end
         self.paused: dict[Run, Any] = {}  # paused runs and their trials (in self.open too)
+        self.paused_at: dict[Run, tuple[int, int]] = {}  # a paused run's attempt and last step: it goes on after
+        self.started_over = False  # a run that went on started over (said once)
         for t in trials:
             if t.state == TS.COMPLETE:
                 self._note_best(t.values, t.params, t.user_attrs.get("run", f"trial {t.number}"), t.user_attrs)
@@ -572,6 +574,16 @@ class SearchSource:
         self.say(f"{'search':<11} {run.name} goes on from where it paused: it now ranks in the top of its rung")
         return run
 
+    def _went_on(self, run: Run, paused_at: int, step: int, counted: bool) -> None:
+        """A paused run's first report after it went on: one that starts over at step 1 ignores the resume
+        contract, and pausing costs it the steps it runs again (said once, so that the user can fix it; not
+        known when the steps are counted reports)."""
+        if step <= paused_at and not counted and not self.started_over:
+            self.started_over = True
+            self.say(f"{'search':<11} {run.name} reported step {step} after it went on from step {paused_at}: the "
+                     "script started over instead of loading its checkpoint (TRAIN_SWEEP_RESUME=1; docs/search.md, "
+                     "'Pause and go on'), so each run that goes on trains its first steps again")
+
     def _stop(self, why: str) -> None:
         if self.stopped is None:
             self.stopped = why
@@ -589,12 +601,18 @@ class SearchSource:
         value = values.get(self.objectives[0])
         if value is None or not math.isfinite(value):
             return None
-        step = run.points if step is None or (self.search and self.search.count_reports) else step
+        counted = step is None or (self.search and self.search.count_reports)
+        step = run.points if counted else step
+        if run in self.paused_at and self.paused_at[run][0] != run.attempt:  # its first report since it went on
+            self._went_on(run, self.paused_at.pop(run)[1], step, counted)
         try:
             trial.report(value, step)
+            if run in self.pausing:  # reported before the pause ended it: its checkpoint may be this step's
+                self.paused_at[run] = (run.attempt, max(step, self.paused_at[run][1]))
             if run.points > self.warmup and trial.should_prune():
                 if self.pause:
                     self.pausing.add(run)
+                    self.paused_at[run] = (run.attempt, step)
                     return (f"{self.objectives[0]}={value:g} at step {step}: successive halving pauses it (it goes "
                             "on if it ranks at its rung later)")
                 return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
