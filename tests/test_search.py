@@ -795,7 +795,7 @@ def test_a_script_that_starts_over_instead_of_going_on_is_told_once(sweep):
     p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
-    assert log.count("started over instead of loading its checkpoint") == 1, log
+    assert log.count("the script started over, not from a checkpoint of that step") == 1, log
     line = next(x for x in log.splitlines() if "started over" in x)
     assert "trial002_x_0.6 reported step 1 after it went on from step" in line and "TRAIN_SWEEP_RESUME=1" in line
     assert {r["hyperparams"]["x"]: r["state"] for r in sweep.results()}[0.6] == "complete"

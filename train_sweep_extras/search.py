@@ -581,8 +581,9 @@ class SearchSource:
         if step <= paused_at and not counted and not self.started_over:
             self.started_over = True
             self.say(f"{'search':<11} {run.name} reported step {step} after it went on from step {paused_at}: the "
-                     "script started over instead of loading its checkpoint (TRAIN_SWEEP_RESUME=1; docs/search.md, "
-                     "'Pause and go on'), so each run that goes on trains its first steps again")
+                     "script started over, not from a checkpoint of that step (save one before each report, load it "
+                     "when TRAIN_SWEEP_RESUME=1: docs/search.md, 'Pause and go on'), so runs that go on train steps "
+                     "again")
 
     def _stop(self, why: str) -> None:
         if self.stopped is None:
