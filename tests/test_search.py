@@ -748,6 +748,15 @@ for step in range(start, 5):
     print(f'step={step} loss={x if step == 1 else 1 - x:.4f}', flush=True)
 """
 
+def pausing_grid(command: str, choices: list[float], **pruner) -> dict:
+    """A grid over x whose successive halving pauses runs (rungs at steps 1, 2, 4), one trial per choice."""
+    return {"command": command,
+            "search": {"sampler": "grid", "metric": "loss", "n_trials": len(choices),
+                       "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
+                                  **pruner, "pause": True},
+                       "params": {"x": {"type": "categorical", "choices": choices}}}}
+
+
 
 def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(sweep):
     """issue 25, freeze-thaw: successive halving with 'pause' stops a run at a rung without ending its trial;
@@ -755,11 +764,7 @@ def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(swee
     instead of being lost or starting over. x=0.6 ranks 3rd of 3 at rung 0 and is paused; three worse runs
     later it is in the top half, goes on from step 1, and becomes the best (1 - x after step 1)."""
     sweep.gpus.set(count=1)
-    sweep.config({"command": script(sweep, "resumable.py", RESUMABLE),
-                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 6,
-                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
-                                        "pause": True},
-                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]}}}})
+    sweep.config(pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]))
     p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     records = {r["hyperparams"]["x"]: r for r in sweep.results()}
@@ -787,11 +792,7 @@ def test_a_script_that_starts_over_instead_of_going_on_is_told_once(sweep):
     one line in sweep.log names the run and the contract; the sweep goes on as before."""
     sweep.gpus.set(count=1)
     ignores = RESUMABLE.replace("if os.environ.get('TRAIN_SWEEP_RESUME') == '1':", "if False:")
-    sweep.config({"command": script(sweep, "ignores.py", ignores),
-                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 6,
-                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
-                                        "pause": True},
-                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]}}}})
+    sweep.config(pausing_grid(script(sweep, "ignores.py", ignores), [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]))
     p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
@@ -826,11 +827,7 @@ def test_a_paused_run_does_not_go_on_while_the_pruner_is_still_bootstrapping(swe
     paused run went on at once (fewer than eta had reached it: "the best of them") and was paused again at
     every rung, three attempts for one run."""
     sweep.gpus.set(count=1)
-    sweep.config({"command": script(sweep, "resumable.py", RESUMABLE),
-                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 3,
-                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
-                                        "bootstrap_count": 2, "pause": True},
-                             "params": {"x": {"type": "categorical", "choices": [0.5, 0.3, 0.6]}}}})
+    sweep.config(pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6], bootstrap_count=2))
     p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     attempts = {r["hyperparams"]["x"]: r["attempt"] for r in sweep.results()}
@@ -848,12 +845,8 @@ def test_a_run_that_went_on_and_waits_again_is_once_in_the_partial_file_and_prun
                               "    open(os.path.join(os.path.dirname(os.path.dirname(RUN_DIR)), 'failed'), 'a')\n"
                               "    sys.exit(1)\n")
     sweep.gpus.set(count=1)
-    sweep.config({"command": script(sweep, "resumable.py", fails),
-                  "search": {"sampler": "grid", "metric": "loss", "n_trials": 9,
-                             "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
-                                        "pause": True},
-                             "params": {"x": {"type": "categorical",
-                                              "choices": [0.5, 0.3, 0.6, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]}}}})
+    sweep.config(pausing_grid(script(sweep, "resumable.py", fails),
+                              [0.5, 0.3, 0.6, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]))
     p = sweep.start("--no-live", "--max-processes-per-gpu", "1", "--retries", "1", trainer=False)
     deadline = time.monotonic() + 30
     while not (sweep.dir / "failed").exists() and time.monotonic() < deadline:

@@ -453,7 +453,7 @@ class SearchSource:
         self.pause = search is not None and search.pause
         self.pausing: set[Run] = set()  # stopped by the pruner just now: paused when they end
         self.paused: dict[Run, Any] = {}  # paused runs and their trials (in self.open too)
-        self.paused_at: dict[Run, tuple[int, int]] = {}  # a paused run's attempt and last step: it goes on after
+        self.paused_at: dict[Run, tuple[int, int]] = {}  # a paused run's attempt and last step (steps it reports)
         self.started_over = False  # a run that went on started over (said once)
         for t in trials:
             if t.state == TS.COMPLETE:
@@ -574,11 +574,10 @@ class SearchSource:
         self.say(f"{'search':<11} {run.name} goes on from where it paused: it now ranks in the top of its rung")
         return run
 
-    def _went_on(self, run: Run, paused_at: int, step: int, counted: bool) -> None:
+    def _went_on(self, run: Run, paused_at: int, step: int) -> None:
         """A paused run's first report after it went on: one that starts over at step 1 ignores the resume
-        contract, and pausing costs it the steps it runs again (said once, so that the user can fix it; not
-        known when the steps are counted reports)."""
-        if step <= paused_at and not counted and not self.started_over:
+        contract, and pausing costs it the steps it runs again (said once, so that the user can fix it)."""
+        if step <= paused_at and not self.started_over:
             self.started_over = True
             self.say(f"{'search':<11} {run.name} reported step {step} after it went on from step {paused_at}: the "
                      "script started over, not from a checkpoint of that step (save one before each report, load it "
@@ -605,15 +604,16 @@ class SearchSource:
         counted = step is None or (self.search and self.search.count_reports)
         step = run.points if counted else step
         if run in self.paused_at and self.paused_at[run][0] != run.attempt:  # its first report since it went on
-            self._went_on(run, self.paused_at.pop(run)[1], step, counted)
+            self._went_on(run, self.paused_at.pop(run)[1], step)
         try:
             trial.report(value, step)
-            if run in self.pausing:  # reported before the pause ended it: its checkpoint may be this step's
-                self.paused_at[run] = (run.attempt, max(step, self.paused_at[run][1]))
+            if run in self.pausing and not counted:  # reported before the pause ended it (its checkpoint's step)
+                self.paused_at[run] = (run.attempt, step)
             if run.points > self.warmup and trial.should_prune():
                 if self.pause:
                     self.pausing.add(run)
-                    self.paused_at[run] = (run.attempt, step)
+                    if not counted:  # (a counted report's step says nothing of where the script is)
+                        self.paused_at[run] = (run.attempt, step)
                     return (f"{self.objectives[0]}={value:g} at step {step}: successive halving pauses it (it goes "
                             "on if it ranks at its rung later)")
                 return f"{self.objectives[0]}={value:g} at step {step}: the {self.pruner_name} pruner stops it"
