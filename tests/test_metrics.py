@@ -322,11 +322,11 @@ def test_a_nan_metric_is_recorded_as_null(sweep):
 
 
 def test_a_run_that_floods_its_output_does_not_grow_the_sweep_s_memory(sweep):
-    """A run that prints 300 MB and exits before the sweep has read it: the final read of its log streams it in
+    """A run that prints 100 MB and exits before the sweep has read it: the final read of its log streams it in
     bounded chunks (before: the whole backlog went into lists first, 2.1-2.8 GB of RSS for 500 MB). The sweep's
     peak resident memory (VmHWM) is read while a second run keeps it alive."""
     sweep.gpus.set(count=1)
-    sweep.config([{"n": 0, "flood_mb": 300}, {"n": 1, "sleep": 6}])
+    sweep.config([{"n": 0, "flood_mb": 100}, {"n": 1, "sleep": 6}])
     proc = sweep.start("--no-live", "--max-processes-per-gpu", "2", "--metric", "val_loss")
     peak = 0
     try:
