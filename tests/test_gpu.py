@@ -1,5 +1,5 @@
 """On real NVIDIA GPUs (skipped without one): placement, CUDA_VISIBLE_DEVICES mapping, packing, and memory
-released after Ctrl+C. Run with `python -m pytest -m gpu -s tests/test_gpu.py` to see the figures."""
+released after Ctrl+C. Run with `python -m pytest -m gpu -s -n 0 tests/test_gpu.py` to see the figures."""
 
 from __future__ import annotations
 
