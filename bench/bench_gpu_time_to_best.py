@@ -8,9 +8,9 @@ dropout 0..0.3.
   packing): its wall time W and its best val_loss B.
 - each search variant: 24 trials through `--search tpe` (TPE, train_sweep's defaults), on the same GPU(s),
   with `--max-processes-per-gpu auto` unless the variant says otherwise: `default`; `sha`, successive halving
-  from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint; `k8` and
-  `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start to the end of the first complete trial with
-  val_loss <= B, as a share of W (the target is 0.25).
+  from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint;
+  `pause-mps`, those with `--mps`; `k8` and `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start
+  to the end of the first complete trial with val_loss <= B, as a share of W (the target is 0.25).
 
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
     python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
@@ -41,6 +41,8 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
     # (at 800 steps: 72 x 100 + 24 x 200 + 8 x 500 = 16,000 steps, against 24 x 800 = 19,200)
     "sha": ({"pruner": SHA}, [], {}, 3),
     "pause": ({"pruner": {**SHA, "pause": True}}, [], {"checkpoint": 1}, 3),  # the trainer saves before a report
+    "pause-mps": ({"pruner": {**SHA, "pause": True}}, ["--max-processes-per-gpu", "auto", "--mps"], {"checkpoint": 1},
+                  3),  # the same, the runs as clients of NVIDIA's MPS (runs packed on a GPU compute at once)
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
     "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }
@@ -63,11 +65,15 @@ def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict]
     return wall, records, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
-def save(folder: Path | None, name: str, records: list[dict]) -> None:
+def save(folder: Path | None, name: str, records: list[dict], work: Path) -> None:
+    """SAVE/NAME.json: the runs (hyperparameters, states, times from the sweep's start); SAVE/NAME.log: the
+    sweep's decisions (outputs/sweep.log: packing, footprints, the search's verdicts)."""
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
-        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparams", "attempts")
+        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparameters", "attempts")
         (folder / f"{name}.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in records]))
+        if (work / "outputs" / "sweep.log").exists():
+            (folder / f"{name}.log").write_bytes((work / "outputs" / "sweep.log").read_bytes())
 
 
 def value(r: dict) -> float | None:
@@ -94,17 +100,19 @@ def main() -> int:
         defaults = {"steps": args.steps}
         if args.grid:
             wall, best = args.grid
-            rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-"))
+            rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-", None))
         else:
             wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID, "defaults": defaults},
                                         ["--max-processes-per-gpu", "1"])
-            save(args.save, "grid", records)
+            save(args.save, "grid", records, Path(tmp) / "grid")
             values = [v for r in records if (v := value(r)) is not None]
             best = min(values)
             first = min(r["end_time"] for r in records if value(r) == best)
+            by_quarter = min((v for r in records if (v := value(r)) is not None and r["end_time"] <= wall / 4),
+                             default=None)
             print(f"# grid: wall {wall:.1f} s, best val_loss {best:.4f} at {first:.1f} s; {last}", file=sys.stderr,
                   flush=True)
-            rows.append(("grid, 12 runs, one a GPU", wall, best, first, len(values), 0, "-"))
+            rows.append(("grid, 12 runs, one a GPU", wall, best, first, len(values), 0, "-", by_quarter))
         for variant in args.variants:
             extra, flags, run_args, times = VARIANTS[variant]
             search = {"sampler": "tpe", "n_trials": args.trials * times, "seed": args.seed, "metric": "val_loss",
@@ -112,7 +120,7 @@ def main() -> int:
             flags = flags or ["--max-processes-per-gpu", "auto"]
             w, recs, last = sweep(Path(tmp) / variant, {"search": search, "defaults": {**defaults, **run_args}},
                                   flags)
-            save(args.save, variant, recs)
+            save(args.save, variant, recs, Path(tmp) / variant)
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
@@ -123,15 +131,17 @@ def main() -> int:
                   file=sys.stderr, flush=True)
             rows.append((f"search: {variant}, {args.trials * times} trials ({' '.join(flags)})", w, top, reach,
                          len(done), pruned,
-                         f"{reach / wall:.2f}" if reach is not None else "never"))
+                         f"{reach / wall:.2f}" if reach is not None else "never",
+                         min((v for t, v in done if t <= wall / 4), default=None)))
     grid_wall = rows[0][1]
     print(f"| sweep | wall | best val_loss | reached the grid's best at | as a share of the grid's wall time "
-          f"({grid_wall:.1f} s) | complete | pruned |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for what, w, top, reach, n, pruned, share in rows:
+          f"({grid_wall:.1f} s) | best by a quarter of it ({grid_wall / 4:.1f} s) | complete | pruned |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for what, w, top, reach, n, pruned, share, by_quarter in rows:
         at = f"{reach:.1f} s" if reach is not None else "never" if share != "-" else "-"
         share = share if share != "-" else f"{reach / grid_wall:.2f}" if reach is not None else "-"
-        print(f"| {what} | {w:.1f} s | {top:.4f} | {at} | {share} "
+        quarter = f"{by_quarter:.4f}" if by_quarter is not None else "-"
+        print(f"| {what} | {w:.1f} s | {top:.4f} | {at} | {share} | {quarter} "
               f"| {n} | {pruned} |")
     return 0
 
