@@ -3,6 +3,7 @@ PostgreSQL and MPS fixtures; helpers that several test files use (at the end).""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -29,8 +31,10 @@ TRAIN_SWEEP = ROOT / "train_sweep.py"
 FAKE_NVML = Path(__file__).resolve().parent / "fake_nvml"
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 sys.path.insert(0, str(ROOT))
-# auto packing remembers footprints in the user's cache folder: the tests' own folder instead, never the host's
-os.environ["XDG_CACHE_HOME"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"train_sweep_tests_cache_{os.getpid()}")
+# auto packing remembers footprints in the user's cache folder (and matplotlib its font list): this session's own
+# folder instead, never the host's, removed when the session (or xdist worker) ends
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="train_sweep_tests_cache_")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 # -- the session: inherited signal dispositions, markers ------------------------------------------------------

@@ -157,3 +157,20 @@ def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     result = train_sweep.load(tmp_path / "outputs")
     damaged = next(r for r in result.runs if r.name == "x_9")
     assert damaged.run_dir == tmp_path / "outputs" / "x_9" and damaged.duration is None and damaged.trial is None
+
+
+def test_a_test_session_leaves_no_cache_folder_behind(tmp_path):
+    """conftest.py points XDG_CACHE_HOME (the footprint cache, matplotlib's font list) at a folder of the pytest
+    process's own; it was never removed: one more folder in /tmp for each session and each xdist worker."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp_path / "test_cache.py").write_text(
+        "import os, pathlib\n\n\ndef test_writes_to_the_cache():\n"
+        "    folder = pathlib.Path(os.environ['XDG_CACHE_HOME']) / 'matplotlib'\n"
+        "    folder.mkdir(parents=True)\n"
+        "    (folder / 'fontlist.json').write_text('{}')\n")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
+                        "test_cache.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT / "tests")})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert list(tmp.iterdir()) == []
