@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_TRAINER, cli, kill_pids, no_traceback, run_pids, script, strict_results
+from conftest import FAKE_TRAINER, cli, kill_pids, no_traceback, run_jsons, run_pids, script, strict_results
 from train_sweep import MetricReader
 
 
@@ -452,15 +452,6 @@ def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
     assert found == {"model.pt"}
 
 
-def recorded(folder: Path) -> bool:
-    """The sweep has written the run's end into its run.json (after its journal line): nothing more goes there
-    until best-K judges it (a folder deleted before, at the trainer's own end, could be refilled meanwhile)."""
-    try:
-        return json.loads((folder / "run.json").read_text()).get("state") == "complete"
-    except (OSError, ValueError):
-        return False
-
-
 def test_top_k_never_follows_a_run_folder_replaced_by_a_link(sweep):
     """A complete run's folder replaced by a link to a folder the sweep did not make (even one holding a copy
     of the run mark): when that run leaves the K best, nothing there is deleted (before: os.walk followed the
@@ -473,7 +464,9 @@ def test_top_k_never_follows_a_run_folder_replaced_by_a_link(sweep):
     proc = sweep.start("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")
     first = sweep.dir / "outputs" / "metric_0.5_ckpt_1"
     try:
-        sweep.wait_for(lambda: recorded(first), timeout=30, what="the first run's record")  # its last write
+        sweep.wait_for(lambda: any(r.get("model_name") == first.name and r.get("state") == "complete"
+                                   for r in run_jsons(sweep.dir / "outputs")),  # the sweep's last write there
+                       timeout=30, what="the first run's run.json")
         (other / ".train_sweep_run").write_bytes((first / ".train_sweep_run").read_bytes())
         shutil.rmtree(first)
         first.symlink_to(other)

@@ -748,6 +748,7 @@ for step in range(start, 5):
     print(f'step={step} loss={x if step == 1 else 1 - x:.4f}', flush=True)
 """
 
+
 def pausing_grid(command: str, choices: list[float], **pruner) -> dict:
     """A grid over x whose successive halving pauses runs (rungs at steps 1, 2, 4), one trial per choice."""
     return {"command": command,
@@ -755,7 +756,6 @@ def pausing_grid(command: str, choices: list[float], **pruner) -> dict:
                        "pruner": {"type": "successive_halving", "min_resource": 1, "reduction_factor": 2,
                                   **pruner, "pause": True},
                        "params": {"x": {"type": "categorical", "choices": choices}}}}
-
 
 
 def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(sweep):
