@@ -70,7 +70,7 @@ def save(folder: Path | None, name: str, records: list[dict], work: Path) -> Non
     sweep's decisions (outputs/sweep.log: packing, footprints, the search's verdicts)."""
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
-        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparameters", "attempts")
+        keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparams", "attempts")
         (folder / f"{name}.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in records]))
         if (work / "outputs" / "sweep.log").exists():
             (folder / f"{name}.log").write_bytes((work / "outputs" / "sweep.log").read_bytes())
