@@ -482,8 +482,9 @@ class Settings:
         "that fall in this search's space and were ranked by the same metric: they guide the sampler from its first "
         "trial, and count in neither the budget nor the results; it says what it took and what it left", metavar="DIR")
     pruner: str | None = flag(
-        None, "search", "stop hopeless runs early from their --metric as it appears: " + ", ".join(PRUNERS) +
-        " (also for a plain list or grid; default: the config's, else none)", choices=PRUNERS, metavar="PRUNER")
+        None, "search", "stop hopeless runs early by their --metric as it appears (also in a plain list or grid): " +
+        ", ".join(PRUNERS) + ", or one with its arguments: 'successive_halving(min_resource=100,pause=true)' "
+        "(default: the config's, else none)", metavar="PRUNER")
     sweep_file: str | None = flag(
         None, "search", "a W&B sweep configuration (YAML or JSON: method, metric, parameters, early_terminate, "
         "command, run_cap) or a Protein one, searched locally with Optuna; instead of --config-file", metavar="FILE")
@@ -2909,8 +2910,7 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "metrics": run.metrics, "metric": None if not (run.points or run.metric_note) else
         {"best": run.best, "step": run.step, "points": run.points, "note": run.metric_note},
         "index": run.index, "trial": run.trial, "identity": run.identity, "attempt": run.attempt,
-        "attempts": run.attempts,
-    }
+        "attempts": run.attempts}
     record.update(run.job)
     if not tails:
         del record["stdout"], record["stderr"]

@@ -814,6 +814,58 @@ def test_a_pause_that_cannot_be_is_one_line(sweep, case, error):
     check_refused(sweep.run("--no-live"), error)
 
 
+def test_the_pruner_flag_takes_the_pruners_arguments_and_pause(sweep):
+    """issue 25: pausing successive halving, rungs in steps, could only be asked in the config's pruner object;
+    `--pruner` took a bare name (argparse's choices). NAME(key=value, ...) takes what the object holds besides
+    its type, pause included, and wins over the config's arguments: the same run as the config's goes on from
+    its checkpoint."""
+    sweep.gpus.set(count=1)
+    config = pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6, 0.9, 0.95, 0.97])
+    config["search"]["pruner"] = {"type": "successive_halving", "min_resource": 3}
+    sweep.config(config)
+    flag = "successive_halving(min_resource=1, reduction_factor=2, pause=true)"
+    p = sweep.run("--pruner", flag, "--dry-run", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"pruner {flag}" in p.stdout and "min_resource=1, reduction_factor=2" in p.stdout, p.stdout
+    assert "pause: a run it stops at a rung goes on from its checkpoint" in p.stdout
+    p = sweep.run("--pruner", flag, "--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    late = next(r for r in sweep.results() if r["hyperparams"]["x"] == 0.6)
+    assert late["state"] == "complete" and late["attempt"] == 2 and late["metrics"]["loss"] == pytest.approx(0.4)
+    assert "resumed from step 1" in (Path(late["run_dir"]) / "train_stdout.log").read_text()
+
+
+def test_the_pruner_flags_arguments_judge_a_lists_runs(sweep):
+    """A list with `--pruner NAME(...)`: the flag's arguments, and a run's first report judged as they say (the
+    bare name's warm-up of one report is for Optuna's defaults)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": k} for k in range(3)])
+    p = sweep.run("--pruner", "median(n_startup_trials=1,n_warmup_steps=2)", "--metric", "loss", "--dry-run")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "pruner median: MedianPruner(n_startup_trials=1, n_warmup_steps=2" in p.stdout, p.stdout
+    assert "first report is not judged" not in p.stdout
+
+
+@pytest.mark.parametrize("flag, search, error", [
+    ("medain", True, "--pruner medain: give one of median, percentile"),
+    ("median(n_warmup_steps=2", True, "its arguments closed by ')'"),
+    ("median(n_warmup_steps)", True, "'n_warmup_steps' is not key=value"),
+    ("median(n_warmpu_steps=2)", True, "--pruner median(n_warmpu_steps=2): pruner 'median': "),
+    ("median(pause=true)", True, "'pause' is for successive_halving"),
+    ("successive_halving(pause=1)", True, "'pause' must be true or false"),
+    ("successive_halving(min_resource=0)", True, "--pruner successive_halving(min_resource=0): pruner"),
+    ("successive_halving(pause=true)", False, "pause is for a search"),
+])
+def test_a_pruner_flag_that_cannot_be_is_one_line(sweep, flag, search, error):
+    sweep.gpus.set(count=1)
+    if search:
+        sweep.config({"command": "python x.py", "search": {"sampler": "tpe", "metric": "loss", "n_trials": 2,
+                                                          "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
+    else:
+        sweep.config([{"x": 1}])
+    check_refused(sweep.run("--no-live", "--pruner", flag, "--metric", "loss"), error)
+
+
 def test_pause_with_top_k_is_refused(sweep):
     sweep.gpus.set(count=1)
     sweep.config({"command": "python x.py", "search": {

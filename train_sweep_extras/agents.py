@@ -55,6 +55,7 @@ from train_sweep_extras.search import (
     import_optuna,
     make_pruner,
     make_sampler,
+    pruner_of,
     settle_orphans,
 )
 
@@ -574,8 +575,7 @@ class SharedSetup:
         open_storage(settings.storage, 60.0).engine.dispose()  # reachable, with these credentials: or one line
         if not settings.metric:
             raise UserError("--storage needs --metric NAME: the shared study records each run's result by it")
-        make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
-                    search.source if search else "--pruner")
+        make_pruner(optuna, *pruner_of(settings, search))
         if search is not None:
             make_sampler(optuna, search, 0, len(settings.modes))
 
@@ -589,8 +589,7 @@ class SharedSetup:
         directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
         objectives = settings.metric[: len(directions)] if search is not None else settings.metric[:1]
         directions = directions[: len(objectives) or 1]
-        pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
-                             search.source if search else "--pruner")
+        pruner = make_pruner(optuna, *pruner_of(settings, search))
         if search is not None:  # its space, fixed values, metrics and command, and the sampler
             key = canonical_json({"search": search.space_key(objectives, settings.modes, settings.command),
                                   "sampler": search.sampler})
@@ -682,7 +681,7 @@ class SharedSetup:
         self.shared.say = say  # the sweep's events from now on (takeovers, the database's outages)
         source = SharedSource(self.shared, self.plan.runs if search is None else [], search, self.plan.make_run,
                               objectives=self.objectives, modes=settings.modes, n_trials=settings.n_trials,
-                              hours=settings.search_hours, say=say, pruner=settings.pruner or "none",
+                              hours=settings.search_hours, say=say, pruner=pruner_of(settings, search)[:2],
                               path=Path(self.output_dir / JOURNAL))
         s = self.shared
         say(f"agents: this is {self.agent} on the study {self.study.study_name} in {redact(settings.storage)}: "

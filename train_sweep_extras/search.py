@@ -35,7 +35,7 @@ from train_sweep import (
     restore,
     run_record,
 )
-from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points
+from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points, pruner_flag
 
 
 def import_optuna() -> Any:
@@ -201,6 +201,20 @@ def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
         raise UserError(f"{where}: pruner {name!r}: {e}") from None
 
 
+def pruner_of(settings: Settings, search: SearchSpec | None) -> tuple[str, dict[str, Any], str]:
+    """The pruner's name, its own arguments and where they were given: a search's (complete_search weighed the
+    flag against its config), or a list's, from the flag (--pruner NAME or NAME(key=value, ...): no pause)."""
+    flag = f"--pruner {settings.pruner}"
+    if search is not None:  # settings.pruner: the flag as typed where its arguments won, else the name
+        name = (settings.pruner or "none").partition("(")[0].strip()
+        return name, search.pruner_args, flag if "(" in (settings.pruner or "") else search.source
+    name, args, pause = pruner_flag(settings.pruner or "none")
+    if pause:
+        raise UserError(f"{flag}: pause is for a search (--search, or the config's 'search'), whose trial goes on when "
+                        "it ranks at its rung later")
+    return name, args, flag
+
+
 def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]:
     """--dry-run: every setting of the sampler and the pruner."""
     optuna = import_optuna()
@@ -208,8 +222,7 @@ def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]
     if search is not None:
         cls, kwargs = sampler_spec(optuna, search, settings.seed, len(settings.modes))
         lines.append("sampler " + described(cls, kwargs))
-    name = settings.pruner or "none"
-    given = search.pruner_args if search is not None else {}
+    name, given, _ = pruner_of(settings, search)
     lines.append(f"pruner {name}: " + described(*pruner_spec(optuna, name, given))
                  + ("; a run's first report is not judged" if name != "none" and not given
                     else "")
@@ -233,8 +246,7 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     mend_torn_line(path)
     directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
     objectives = settings.metric[: len(directions)]
-    pruner = make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
-                         search.source if search else "--pruner")
+    pruner = make_pruner(optuna, *pruner_of(settings, search))
     key = (search.space_key(objectives, settings.modes, settings.command) if search is not None
            else canonical_json({"list": list(objectives), "modes": list(settings.modes)}))
     fresh = not path.exists() or path.stat().st_size == 0
@@ -421,7 +433,8 @@ class SearchSource:
     def __init__(self, study: Any, search: SearchSpec | None, make_run: Callable[[dict[str, Any], int], Run] | None,
                  runs: Iterable[Run] = (), objectives: Sequence[str] = (), modes: Sequence[str] = ("min",),
                  n_trials: int | None = None, hours: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 say: Callable[[str], None] = print, pruner: str = "none", path: Path | None = None) -> None:
+                 say: Callable[[str], None] = print, pruner: tuple[str, Mapping[str, Any]] = ("none", {}),
+                 path: Path | None = None) -> None:
         from collections import deque
 
         self.optuna = import_optuna()
@@ -430,8 +443,8 @@ class SearchSource:
         self.queue = deque(runs)  # the list's runs (a pruned list); empty in a search
         self.objectives, self.modes = tuple(objectives), tuple(modes)
         self.n_trials, self.hours = n_trials, hours
-        self.clock, self.say, self.pruner_name, self.path = clock, say, pruner, path
-        self.warmup = 0 if search is not None and search.pruner_args else WARMUP_REPORTS  # reports not judged
+        self.clock, self.say, self.pruner_name, self.path = clock, say, pruner[0], path
+        self.warmup = 0 if pruner[1] else WARMUP_REPORTS  # reports not judged: the flag's pruner without arguments
         self.deadline = None if not hours else clock() + hours * 3600.0
         self.open: dict[Run, Any] = {}  # runs asked and not yet told, with their trial
         self.asked_at: dict[Run, int] = {}  # the attempt each run's trial was asked for (its curve's attempt)
@@ -769,8 +782,7 @@ class SearchSetup:
     def check(plan: Plan) -> None:
         """Said before anything starts: a missing Optuna, a sampler or a pruner that cannot run here."""
         optuna, settings, search = import_optuna(), plan.settings, plan.search
-        make_pruner(optuna, settings.pruner or "none", search.pruner_args if search else {},
-                    search.source if search else "--pruner")
+        make_pruner(optuna, *pruner_of(settings, search))
         if search is not None:
             make_sampler(optuna, search, 0, len(settings.modes))
 
@@ -794,10 +806,11 @@ class SearchSetup:
         settings, search, study = self.plan.settings, self.plan.search, self.study
         objectives = settings.metric[: len(settings.modes)] if search is not None else settings.metric[:1]
         path = self.output_dir / STUDY
+        pruner = pruner_of(settings, search)[:2]
         source = SearchSource(study, search, self.plan.make_run, runs, objectives, settings.modes, settings.n_trials,
-                              settings.search_hours, say=say, pruner=settings.pruner or "none", path=path)
+                              settings.search_hours, say=say, pruner=pruner, path=path)
         if search is None:
-            say(f"pruner {settings.pruner}: runs are judged by {objectives[0]} as it appears (study in {path})")
+            say(f"pruner {pruner[0]}: runs are judged by {objectives[0]} as it appears (study in {path})")
             return source
         running = len(study.get_trials(deepcopy=False, states=(source.optuna.trial.TrialState.RUNNING,)))
         finished = source.counted - running

@@ -224,19 +224,47 @@ def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None)
     return tuple(items)
 
 
-def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """"median" or {"type": "median", "n_warmup_steps": 10, ...}: the name and the pruner's own arguments."""
+def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any], bool]:
+    """"median" or {"type": "median", "n_warmup_steps": 10, ...}: the name, the pruner's own arguments, and
+    pause (successive halving's "pause": true: a run it stops at a rung goes on later from its checkpoint)."""
     if isinstance(value, str):
         value = {"type": value}
     if not isinstance(value, dict) or value.get("type") not in PRUNERS:
         raise UserError(f"{where}: 'pruner' must be one of {', '.join(PRUNERS)}, or an object with 'type' "
                         "and the pruner's arguments")
-    args = {k: v for k, v in value.items() if k != "type"}
+    args = {k: v for k, v in value.items() if k not in ("type", "pause")}
     for key, v in args.items():
         check_key(key, f"{where}: 'pruner'")
         if not isinstance(v, (int, float, str)) or isinstance(v, bool):
             raise UserError(f"{where}: 'pruner' {key!r} must be a number")
-    return value["type"], args
+    pause = value.get("pause", False)
+    if not isinstance(pause, bool):
+        raise UserError(f"{where}: 'pruner' 'pause' must be true or false")
+    if pause and value["type"] != "successive_halving":
+        raise UserError(f"{where}: 'pruner' 'pause' is for successive_halving (its rungs are where a run pauses and "
+                        f"goes on), not {value['type']!r}")
+    return value["type"], args, pause
+
+
+def pruner_flag(text: str) -> tuple[str, dict[str, Any], bool]:
+    """--pruner NAME, or NAME(key=value, ...) with what the config's pruner object holds besides its type
+    (successive_halving(min_resource=100, pause=true)); each value is read as JSON, else as a string."""
+    name, paren, rest = text.partition("(")
+    value: dict[str, Any] = {"type": name.strip()}
+    if value["type"] not in PRUNERS:
+        raise UserError(f"--pruner {text}: give one of {', '.join(PRUNERS)}, or one with its arguments: "
+                        "NAME(key=value, ...)")
+    if paren and not rest.rstrip().endswith(")"):
+        raise UserError(f"--pruner {text}: give NAME or NAME(key=value, ...), its arguments closed by ')'")
+    for item in filter(None, (part.strip() for part in rest.rstrip()[:-1].split(","))):
+        key, eq, raw = (part.strip() for part in item.partition("="))
+        if not (key and eq and raw) or key == "type" or key in value:
+            raise UserError(f"--pruner {text}: {item!r} is not key=value (each key once; the name is before '(')")
+        try:
+            value[key] = json.loads(raw)
+        except ValueError:
+            value[key] = raw
+    return parse_pruner(value, f"--pruner {text}")
 
 
 def parse_search(data: Any, where: str) -> SearchSpec:
@@ -260,15 +288,7 @@ def parse_search(data: Any, where: str) -> SearchSpec:
             raise UserError(f"{where}: {key!r} must be a whole number from {least} to {most}")
     spec.n_trials, spec.seed = data.get("n_trials"), data.get("seed")
     if "pruner" in data:
-        pruner = data["pruner"]
-        if isinstance(pruner, dict) and "pause" in pruner:
-            pruner, spec.pause = {k: v for k, v in pruner.items() if k != "pause"}, pruner["pause"]
-            if not isinstance(spec.pause, bool):
-                raise UserError(f"{where}: 'pruner' 'pause' must be true or false")
-            if spec.pause and pruner.get("type") != "successive_halving":
-                raise UserError(f"{where}: 'pruner' 'pause' is for successive_halving (its rungs are where a run "
-                                f"pauses and goes on), not {pruner.get('type')!r}")
-        spec.pruner, spec.pruner_args = parse_pruner(pruner, where)
+        spec.pruner, spec.pruner_args, spec.pause = parse_pruner(data["pruner"], where)
     if "metric" in data:
         spec.metrics = _names_or_list(data["metric"], f"{where}: 'metric'")
     if "mode" in data:
@@ -331,9 +351,11 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if n_trials is None and not settings.search_hours:
         raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
                         "--search-hours H")
-    pruner = settings.pruner or search.pruner
-    if settings.pruner and settings.pruner != search.pruner:  # the flag's pruner, with its default arguments
-        search.pruner_args, search.count_reports, search.pause = {}, False, False
+    pruner = search.pruner
+    if settings.pruner:  # the flag wins: with its own arguments, else the config's for the same pruner, else defaults
+        pruner, args, pause = pruner_flag(settings.pruner)
+        if args or pause or pruner != search.pruner:
+            search.pruner_args, search.count_reports, search.pause = args, False, pause
     for flag, value in (("--top-k", settings.top_k), ("--storage", settings.storage)):
         if search.pause and value:
             raise UserError(f"{search.source}: 'pruner' 'pause' keeps a paused run's folder and checkpoint on this "
@@ -343,7 +365,7 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
         raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
                         f"{len(mode.split(','))} objectives")
     return dataclasses.replace(settings, search=search.sampler, metric=tuple(metric), mode=mode, n_trials=n_trials,
-                               pruner=pruner)
+                               pruner=settings.pruner if "(" in (settings.pruner or "") else pruner)  # (pruner_of)
 
 
 def nest(flat: Mapping[str, Any], keys: set[str]) -> dict[str, Any]:
