@@ -9,7 +9,7 @@ dropout 0..0.3.
 - each search variant: 24 trials through `--search tpe` (TPE, train_sweep's defaults), on the same GPU(s),
   with `--max-processes-per-gpu auto` unless the variant says otherwise: `default`; `sha`, successive halving
   from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint;
-  `pause-mps`, those with `--mps`; `k8` and `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start
+  `pause-late`, pausing from step 300 (2x the trials); `pause-mps`, `pause` with `--mps`; `k8` and `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start
   to the end of the first complete trial with val_loss <= B, as a share of W (the target is 0.25).
 
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
@@ -41,6 +41,9 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
     # (at 800 steps: 72 x 100 + 24 x 200 + 8 x 500 = 16,000 steps, against 24 x 800 = 19,200)
     "sha": ({"pruner": SHA}, [], {}, 3),
     "pause": ({"pruner": {**SHA, "pause": True}}, [], {"checkpoint": 1}, 3),  # the trainer saves before a report
+    # the first rung at step 300, not 100: at step 100 of 800 the deep runs were still on the loss's plateau (2.4)
+    # and the pause variants paused them there (H100, 2026-12-07); 2x the trials spend about what the others do
+    "pause-late": ({"pruner": {**SHA, "min_resource": 300, "pause": True}}, [], {"checkpoint": 1}, 2),
     "pause-mps": ({"pruner": {**SHA, "pause": True}}, ["--max-processes-per-gpu", "auto", "--mps"], {"checkpoint": 1},
                   3),  # the same, the runs as clients of NVIDIA's MPS (runs packed on a GPU compute at once)
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
@@ -126,8 +129,10 @@ def main() -> int:
             pruned = sum(r.get("state") == "pruned" for r in recs)
             top = min((v for _, v in done), default=float("nan"))
             went_on = sum(bool(r.get("attempts")) for r in recs)  # a paused run that went on: a second attempt
+            resumed = sum("resumed from step" in log.read_text(errors="replace")  # ... from its checkpoint
+                          for log in (Path(tmp) / variant / "outputs").glob("*/train_stdout.log"))
             print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; "
-                  f"{went_on} run(s) of more than one attempt; {last}",
+                  f"{went_on} run(s) of more than one attempt, {resumed} resumed from a checkpoint; {last}",
                   file=sys.stderr, flush=True)
             rows.append((f"search: {variant}, {args.trials * times} trials ({' '.join(flags)})", w, top, reach,
                          len(done), pruned,
