@@ -855,6 +855,12 @@ def test_the_pruner_flags_arguments_judge_a_lists_runs(sweep):
     ("successive_halving(pause=1)", True, "'pause' must be true or false"),
     ("successive_halving(min_resource=0)", True, "--pruner successive_halving(min_resource=0): pruner"),
     ("successive_halving(pause=true)", False, "pause is for a search"),
+    ("medain", False, "--pruner medain: give one of median"),  # (not "needs --metric" first: a list has none here)
+    ("successive_halving(reduction_factor=2.5)", True, "'reduction_factor' must be a whole number"),
+    ("median(n_warmup_steps=NaN,n_startup_trials=1)", True, "'n_warmup_steps' must be a whole number"),
+    ("percentile(percentile=Infinity)", True, "'percentile' must be a finite number"),
+    ("hyperband(min_resource=10,max_resource=5)", True, "'min_resource' 10 is above 'max_resource' 5"),
+    ("successive_halving(min_resource=fast)", True, "'min_resource' must be a whole number or \"auto\""),
 ])
 def test_a_pruner_flag_that_cannot_be_is_one_line(sweep, flag, search, error):
     sweep.gpus.set(count=1)
@@ -863,7 +869,45 @@ def test_a_pruner_flag_that_cannot_be_is_one_line(sweep, flag, search, error):
                                                           "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
     else:
         sweep.config([{"x": 1}])
-    check_refused(sweep.run("--no-live", "--pruner", flag, "--metric", "loss"), error)
+    metric = ("--metric", "loss") if "medain" not in flag else ()
+    check_refused(sweep.run("--no-live", "--pruner", flag, *metric), error)
+
+
+def test_a_pruner_argument_optuna_would_misread_is_refused_or_made_whole_in_the_config_too(sweep):
+    """From the review: a reduction factor of 2.5 passed --dry-run and crashed the sweep at the first rung with a
+    traceback (Optuna indexes its rungs by it), and a min_resource of 10.0 (1e1) was silently Optuna's "auto"
+    (a hundredth of the steps) while --dry-run said 10.0. A whole float is made whole; any other is refused."""
+    sweep.gpus.set(count=1)
+    space = {"x": {"type": "float", "low": 0, "high": 1}}
+    sweep.config({"command": "python x.py", "search": {"sampler": "tpe", "metric": "loss", "n_trials": 2,
+                                                      "pruner": {"type": "successive_halving", "reduction_factor": 2.5},
+                                                      "params": space}})
+    check_refused(sweep.run("--no-live"), "train_sweep_config.json: 'search': 'pruner' 'reduction_factor' must be a "
+                                          "whole number")
+    sweep.config({"command": "python x.py", "search": {"sampler": "tpe", "metric": "loss", "n_trials": 2,
+                                                      "params": space}})
+    p = sweep.run("--dry-run", "--pruner", "successive_halving(min_resource=1e1)")
+    assert p.returncode == 0 and "SuccessiveHalvingPruner(min_resource=10, " in p.stdout, p.stdout + p.stderr
+    p = sweep.run("--dry-run", "--pruner", "percentile(n_startup_trials=2)")
+    line = next(x for x in p.stdout.splitlines() if "PercentilePruner(" in x)
+    assert "n_startup_trials=2," in line and "percentile=25.0)" in line, line  # (it was left out: Optuna has no default)
+
+
+def test_the_pruner_flags_arguments_are_all_of_them(sweep):
+    """From the review: `--pruner 'successive_halving(pause=false)'` kept the config's pause (and its arguments):
+    the flag's form with parentheses is exactly what it says, so it switches pause off (and --top-k is then
+    allowed); a refusal caused by the flag names the flag, not the config."""
+    sweep.gpus.set(count=1)
+    sweep.config(pausing_grid("python x.py", [0.5, 0.3]))
+    p = sweep.run("--dry-run", "--pruner", "successive_halving(pause=false)", "--top-k", "1", "--checkpoint-glob", "*.pt")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "pause:" not in p.stdout and "min_resource=1," not in p.stdout, p.stdout
+    config = pausing_grid("python x.py", [0.5, 0.3])
+    del config["search"]["pruner"]
+    sweep.config(config)
+    check_refused(sweep.run("--no-live", "--pruner", "successive_halving(pause=true)", "--top-k", "1",
+                            "--checkpoint-glob", "*.pt"),
+                  "--pruner successive_halving(pause=true): 'pruner' 'pause' keeps", "--top-k deletes")
 
 
 def test_pause_with_top_k_is_refused(sweep):

@@ -188,13 +188,14 @@ def pruner_spec(optuna: Any, name: str, args: Mapping[str, Any]) -> tuple[Any, d
              "hyperband": p.HyperbandPruner, "none": p.NopPruner}
     if name == "successive_halving" and not args:
         return SuccessiveHalvingFromANinth, {}
-    return kinds[name], dict(args) if args else dict(PRUNER_DEFAULTS.get(name, {}))
+    kwargs = dict(args) if args else dict(PRUNER_DEFAULTS.get(name, {}))
+    if name == "percentile":
+        kwargs.setdefault("percentile", 25.0)  # (Optuna's has no default)
+    return kinds[name], kwargs
 
 
 def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
     cls, kwargs = pruner_spec(optuna, name, args)
-    if name == "percentile":
-        kwargs.setdefault("percentile", 25.0)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -224,6 +224,10 @@ def _names_or_list(value: Any, where: str, allowed: Sequence[str] | None = None)
     return tuple(items)
 
 
+WHOLE_ARGS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "min_resource", "max_resource",
+              "reduction_factor", "min_early_stopping_rate", "bootstrap_count")  # the pruners' counts of steps, trials
+
+
 def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any], bool]:
     """"median" or {"type": "median", "n_warmup_steps": 10, ...}: the name, the pruner's own arguments, and
     pause (successive halving's "pause": true: a run it stops at a rung goes on later from its checkpoint)."""
@@ -235,8 +239,18 @@ def parse_pruner(value: Any, where: str) -> tuple[str, dict[str, Any], bool]:
     args = {k: v for k, v in value.items() if k not in ("type", "pause")}
     for key, v in args.items():
         check_key(key, f"{where}: 'pruner'")
-        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
-            raise UserError(f"{where}: 'pruner' {key!r} must be a number")
+        auto = key in ("min_resource", "max_resource")  # Optuna's "auto": from the first trial's steps
+        if v == "auto" and auto:
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or \
+                key in WHOLE_ARGS and v != int(v):
+            raise UserError(f"{where}: 'pruner' {key!r} must be a " + ("whole number" if key in WHOLE_ARGS else
+                                                                      "finite number") + (' or "auto"' if auto else ""))
+        if key in WHOLE_ARGS:
+            args[key] = int(v)  # (Optuna reads a float min_resource as "auto", and a float reduction_factor fails)
+    low, high = args.get("min_resource"), args.get("max_resource")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        raise UserError(f"{where}: 'pruner' 'min_resource' {low} is above 'max_resource' {high}")
     pause = value.get("pause", False)
     if not isinstance(pause, bool):
         raise UserError(f"{where}: 'pruner' 'pause' must be true or false")
@@ -351,14 +365,15 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if n_trials is None and not settings.search_hours:
         raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
                         "--search-hours H")
-    pruner = search.pruner
-    if settings.pruner:  # the flag wins: with its own arguments, else the config's for the same pruner, else defaults
-        pruner, args, pause = pruner_flag(settings.pruner)
-        if args or pause or pruner != search.pruner:
+    pruner, where = search.pruner, search.source
+    if settings.pruner:  # the flag wins: NAME(...) with exactly its arguments; NAME with the config's for the same
+        pruner, args, pause = pruner_flag(settings.pruner)  # pruner, else with the defaults
+        if "(" in settings.pruner or pruner != search.pruner:
             search.pruner_args, search.count_reports, search.pause = args, False, pause
+            where = f"--pruner {settings.pruner}"
     for flag, value in (("--top-k", settings.top_k), ("--storage", settings.storage)):
         if search.pause and value:
-            raise UserError(f"{search.source}: 'pruner' 'pause' keeps a paused run's folder and checkpoint on this "
+            raise UserError(f"{where}: 'pruner' 'pause' keeps a paused run's folder and checkpoint on this "
                             f"host to go on from; {flag} " + ("deletes a pruned run's checkpoint" if flag == "--top-k"
                                                               else "lets another host run its trial"))
     if pruner != "none" and len(mode.split(",")) > 1:
