@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,13 +52,24 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
 }
 
 
+FOOTPRINTS: Path | None = None  # --footprint-cache: the sweeps remember footprints in this folder (else none)
+
+
+def workdir(tmp: str, name: str) -> Path:
+    """Where a sweep runs: a fresh temporary folder, or with --footprint-cache DIR/work/NAME, the same folder in
+    every call (footprints are remembered per command, working folder and GPU model)."""
+    return Path(tmp) / name if FOOTPRINTS is None else FOOTPRINTS / "work" / name
+
+
 def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict], str]:
-    work.mkdir()
+    shutil.rmtree(work, ignore_errors=True)  # (--footprint-cache: the previous call's sweep of this name)
+    work.mkdir(parents=True)
     (work / "cfg.json").write_text(json.dumps({"command": f"{sys.executable} {TRAINER}", **config}))
+    cache = ["--no-footprint-cache"] if FOOTPRINTS is None else []
+    env = {**os.environ, **({"XDG_CACHE_HOME": str(FOOTPRINTS)} if FOOTPRINTS is not None else {})}
     t0 = time.time()
     done = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--no-live",
-                           "--metric", "val_loss", "--no-footprint-cache", *flags], cwd=work, capture_output=True,
-                          text=True)
+                           "--metric", "val_loss", *cache, *flags], cwd=work, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
@@ -84,6 +96,18 @@ def value(r: dict) -> float | None:
     return v if r.get("state") == "complete" and isinstance(v, (int, float)) else None
 
 
+def ramp(records: list[dict]) -> str:
+    """How fast the packing filled the GPU: the most runs at once (their last attempts) and when it first was."""
+    events = sorted([(r["start_time"], 1) for r in records if r.get("start_time") is not None] +
+                    [(r["end_time"], -1) for r in records if r.get("end_time") is not None], key=lambda e: (e[0], e[1]))
+    running, most, at = 0, 0, 0.0
+    for t, step in events:
+        running += step
+        if running > most:
+            most, at = running, t
+    return f"at most {most} runs at once, first at {at:.1f} s"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["default", "sha", "pause"], choices=list(VARIANTS))
@@ -93,7 +117,13 @@ def main() -> int:
     p.add_argument("--grid", nargs=2, type=float, metavar=("WALL", "BEST"),
                    help="skip the grid: its wall time and best val_loss from an earlier call on the same machine")
     p.add_argument("--save", type=Path, help="write each sweep's results (times from its start) to SAVE/NAME.json")
+    p.add_argument("--footprint-cache", type=Path, metavar="DIR",
+                   help="the sweeps remember their runs' footprints in DIR (XDG_CACHE_HOME) and run in DIR/work/NAME,"
+                        " so that a later call's sweep of the same name starts from them; without it they remember "
+                        "nothing (--no-footprint-cache)")
     args = p.parse_args()
+    global FOOTPRINTS
+    FOOTPRINTS = args.footprint_cache
     import pynvml
     pynvml.nvmlInit()
     name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
@@ -105,9 +135,9 @@ def main() -> int:
             wall, best = args.grid
             rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-", None))
         else:
-            wall, records, last = sweep(Path(tmp) / "grid", {"grid": GRID, "defaults": defaults},
+            wall, records, last = sweep(workdir(tmp, "grid"), {"grid": GRID, "defaults": defaults},
                                         ["--max-processes-per-gpu", "1"])
-            save(args.save, "grid", records, Path(tmp) / "grid")
+            save(args.save, "grid", records, workdir(tmp, "grid"))
             values = [v for r in records if (v := value(r)) is not None]
             best = min(values)
             first = min(r["end_time"] for r in records if value(r) == best)
@@ -121,18 +151,19 @@ def main() -> int:
             search = {"sampler": "tpe", "n_trials": args.trials * times, "seed": args.seed, "metric": "val_loss",
                       "params": SPACE, **extra}
             flags = flags or ["--max-processes-per-gpu", "auto"]
-            w, recs, last = sweep(Path(tmp) / variant, {"search": search, "defaults": {**defaults, **run_args}},
+            w, recs, last = sweep(workdir(tmp, variant), {"search": search, "defaults": {**defaults, **run_args}},
                                   flags)
-            save(args.save, variant, recs, Path(tmp) / variant)
+            save(args.save, variant, recs, workdir(tmp, variant))
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
             top = min((v for _, v in done), default=float("nan"))
             went_on = sum(bool(r.get("attempts")) for r in recs)  # a paused run that went on: a second attempt
             resumed = sum("resumed from step" in log.read_text(errors="replace")  # ... from its checkpoint
-                          for log in (Path(tmp) / variant / "outputs").glob("*/train_stdout.log"))
+                          for log in (workdir(tmp, variant) / "outputs").glob("*/train_stdout.log"))
             print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; "
-                  f"{went_on} run(s) of more than one attempt, {resumed} resumed from a checkpoint; {last}",
+                  f"{went_on} run(s) of more than one attempt, {resumed} resumed from a checkpoint; {ramp(recs)}; "
+                  f"{last}",
                   file=sys.stderr, flush=True)
             rows.append((f"search: {variant}, {args.trials * times} trials ({' '.join(flags)})", w, top, reach,
                          len(done), pruned,
