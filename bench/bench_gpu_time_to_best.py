@@ -9,8 +9,9 @@ dropout 0..0.3.
 - each search variant: 24 trials through `--search tpe` (TPE, train_sweep's defaults), on the same GPU(s),
   with `--max-processes-per-gpu auto` unless the variant says otherwise: `default`; `sha`, successive halving
   from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint;
-  `pause-late`, pausing from step 300 (2x the trials); `pause-mps`, `pause` with `--mps`; `k8` and `k4`, 8 or 4 runs a GPU. Its time to B: from the sweep's start
-  to the end of the first complete trial with val_loss <= B, as a share of W (the target is 0.25).
+  `pause-late`, pausing from step 300 (2x the trials); `pause-mps`, `pause` with `--mps`; `k8` and `k4`, 8 or 4
+  runs a GPU. Its time to B: from the sweep's start to the end of the first complete trial with val_loss <= B, as
+  a share of W (the target is 0.25).
 
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
     python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
@@ -99,7 +100,7 @@ def value(r: dict) -> float | None:
 def ramp(records: list[dict]) -> str:
     """How fast the packing filled the GPU: the most runs at once (their last attempts) and when it first was."""
     events = sorted([(r["start_time"], 1) for r in records if r.get("start_time") is not None] +
-                    [(r["end_time"], -1) for r in records if r.get("end_time") is not None], key=lambda e: (e[0], e[1]))
+                    [(r["end_time"], -1) for r in records if r.get("end_time") is not None])  # (ends first)
     running, most, at = 0, 0, 0.0
     for t, step in events:
         running += step
@@ -135,9 +136,9 @@ def main() -> int:
             wall, best = args.grid
             rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-", None))
         else:
-            wall, records, last = sweep(workdir(tmp, "grid"), {"grid": GRID, "defaults": defaults},
-                                        ["--max-processes-per-gpu", "1"])
-            save(args.save, "grid", records, workdir(tmp, "grid"))
+            work = workdir(tmp, "grid")
+            wall, records, last = sweep(work, {"grid": GRID, "defaults": defaults}, ["--max-processes-per-gpu", "1"])
+            save(args.save, "grid", records, work)
             values = [v for r in records if (v := value(r)) is not None]
             best = min(values)
             first = min(r["end_time"] for r in records if value(r) == best)
@@ -151,16 +152,16 @@ def main() -> int:
             search = {"sampler": "tpe", "n_trials": args.trials * times, "seed": args.seed, "metric": "val_loss",
                       "params": SPACE, **extra}
             flags = flags or ["--max-processes-per-gpu", "auto"]
-            w, recs, last = sweep(workdir(tmp, variant), {"search": search, "defaults": {**defaults, **run_args}},
-                                  flags)
-            save(args.save, variant, recs, workdir(tmp, variant))
+            work = workdir(tmp, variant)
+            w, recs, last = sweep(work, {"search": search, "defaults": {**defaults, **run_args}}, flags)
+            save(args.save, variant, recs, work)
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
             pruned = sum(r.get("state") == "pruned" for r in recs)
             top = min((v for _, v in done), default=float("nan"))
             went_on = sum(bool(r.get("attempts")) for r in recs)  # a paused run that went on: a second attempt
             resumed = sum("resumed from step" in log.read_text(errors="replace")  # ... from its checkpoint
-                          for log in (workdir(tmp, variant) / "outputs").glob("*/train_stdout.log"))
+                          for log in (work / "outputs").glob("*/train_stdout.log"))
             print(f"# {variant}: wall {w:.1f} s, best {top:.4f}, reached the grid's best at {reach} s; "
                   f"{went_on} run(s) of more than one attempt, {resumed} resumed from a checkpoint; {ramp(recs)}; "
                   f"{last}",

@@ -205,15 +205,13 @@ def _pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> Any:
 def pruner_of(settings: Settings, search: SearchSpec | None) -> tuple[str, dict[str, Any], str]:
     """The pruner's name, its own arguments and where they were given: a search's (complete_search weighed the
     flag against its config), or a list's, from the flag (--pruner NAME or NAME(key=value, ...): no pause)."""
-    flag = f"--pruner {settings.pruner}"
-    if search is not None:  # settings.pruner: the flag as typed where its arguments won, else the name
-        name = (settings.pruner or "none").partition("(")[0].strip()
-        return name, search.pruner_args, flag if "(" in (settings.pruner or "") else search.source
+    if search is not None:  # (settings.pruner: its name, resolved by complete_search)
+        return settings.pruner or "none", search.pruner_args, search.pruner_from or search.source
     name, args, pause = pruner_flag(settings.pruner or "none")
     if pause:
-        raise UserError(f"{flag}: pause is for a search (--search, or the config's 'search'), whose trial goes on when "
-                        "it ranks at its rung later")
-    return name, args, flag
+        raise UserError(f"--pruner {settings.pruner}: pause is for a search (--search, or the config's 'search'), "
+                        "whose trial goes on when it ranks at its rung later")
+    return name, args, f"--pruner {settings.pruner}"
 
 
 def describe_choices(search: SearchSpec | None, settings: Settings) -> list[str]:

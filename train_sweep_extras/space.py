@@ -191,6 +191,7 @@ class SearchSpec:
     seed: int | None = None
     pruner: str = "none"
     pruner_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pruner_from: str = ""  # where the pruner's arguments were given, when not `source`: the --pruner flag
     sampler_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] = ()  # the objectives (the flags win)
     modes: tuple[str, ...] = ()
@@ -365,22 +366,22 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
     if n_trials is None and not settings.search_hours:
         raise UserError(f"{search.source}: a search needs a budget: --n-trials N (or 'n_trials', 'run_cap') or "
                         "--search-hours H")
-    pruner, where = search.pruner, search.source
+    pruner = search.pruner
     if settings.pruner:  # the flag wins: NAME(...) with exactly its arguments; NAME with the config's for the same
         pruner, args, pause = pruner_flag(settings.pruner)  # pruner, else with the defaults
         if "(" in settings.pruner or pruner != search.pruner:
             search.pruner_args, search.count_reports, search.pause = args, False, pause
-            where = f"--pruner {settings.pruner}"
+            search.pruner_from = f"--pruner {settings.pruner}"
     for flag, value in (("--top-k", settings.top_k), ("--storage", settings.storage)):
         if search.pause and value:
-            raise UserError(f"{where}: 'pruner' 'pause' keeps a paused run's folder and checkpoint on this "
-                            f"host to go on from; {flag} " + ("deletes a pruned run's checkpoint" if flag == "--top-k"
-                                                              else "lets another host run its trial"))
+            why = "deletes a pruned run's checkpoint" if flag == "--top-k" else "lets another host run its trial"
+            raise UserError(f"{search.pruner_from or search.source}: 'pruner' 'pause' keeps a paused run's folder and "
+                            f"checkpoint on this host to go on from; {flag} {why}")
     if pruner != "none" and len(mode.split(",")) > 1:
         raise UserError(f"pruner {pruner}: Optuna prunes single-objective searches only; this one has "
                         f"{len(mode.split(','))} objectives")
     return dataclasses.replace(settings, search=search.sampler, metric=tuple(metric), mode=mode, n_trials=n_trials,
-                               pruner=settings.pruner if "(" in (settings.pruner or "") else pruner)  # (pruner_of)
+                               pruner=pruner)
 
 
 def nest(flat: Mapping[str, Any], keys: set[str]) -> dict[str, Any]:
