@@ -57,13 +57,14 @@ FOOTPRINTS: Path | None = None  # --footprint-cache: the sweeps remember footpri
 
 
 def workdir(tmp: str, name: str) -> Path:
-    """Where a sweep runs: a fresh temporary folder, or with --footprint-cache DIR/work/NAME, the same folder in
-    every call (footprints are remembered per command, working folder and GPU model)."""
-    return Path(tmp) / name if FOOTPRINTS is None else FOOTPRINTS / "work" / name
+    """Where a sweep runs: a fresh temporary folder, or with --footprint-cache DIR/work, one folder for every
+    sweep of every call, as a user repeats searches in one project folder (footprints are remembered per command,
+    working folder and GPU model)."""
+    return Path(tmp) / name if FOOTPRINTS is None else FOOTPRINTS / "work"
 
 
 def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict], str]:
-    shutil.rmtree(work, ignore_errors=True)  # (--footprint-cache: the previous call's sweep of this name)
+    shutil.rmtree(work, ignore_errors=True)  # (--footprint-cache: the previous sweep, kept until now)
     work.mkdir(parents=True)
     (work / "cfg.json").write_text(json.dumps({"command": f"{sys.executable} {TRAINER}", **config}))
     cache = ["--no-footprint-cache"] if FOOTPRINTS is None else []
@@ -119,9 +120,9 @@ def main() -> int:
                    help="skip the grid: its wall time and best val_loss from an earlier call on the same machine")
     p.add_argument("--save", type=Path, help="write each sweep's results (times from its start) to SAVE/NAME.json")
     p.add_argument("--footprint-cache", type=Path, metavar="DIR",
-                   help="the sweeps remember their runs' footprints in DIR (XDG_CACHE_HOME) and run in DIR/work/NAME,"
-                        " so that a later call's sweep of the same name starts from them; without it they remember "
-                        "nothing (--no-footprint-cache)")
+                   help="the sweeps remember their runs' footprints in DIR (XDG_CACHE_HOME) and all run in DIR/work,"
+                        " so that each later sweep (of this call or a later one) starts from them; without it they "
+                        "remember nothing (--no-footprint-cache)")
     args = p.parse_args()
     global FOOTPRINTS
     FOOTPRINTS = args.footprint_cache
