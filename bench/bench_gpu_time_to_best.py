@@ -76,9 +76,10 @@ def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict]
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
     records = json.loads((work / "train_sweep_results.json").read_text())
-    for r in records:
-        for key in ("start_time", "end_time"):
-            r[key] = datetime.fromisoformat(r[key]).timestamp() - t0 if r.get(key) else None
+    for r in records:  # times from the sweep's start, the earlier attempts' too (a paused run that went on)
+        for item in (r, *(r.get("attempts") or ())):
+            for key in ("start_time", "end_time"):
+                item[key] = datetime.fromisoformat(item[key]).timestamp() - t0 if item.get(key) else None
     return wall, records, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
@@ -98,16 +99,26 @@ def value(r: dict) -> float | None:
     return v if r.get("state") == "complete" and isinstance(v, (int, float)) else None
 
 
+def spans(records: list[dict]) -> list[tuple[float, float]]:
+    """Every attempt's (start, end) from the sweep's start: a paused run that went on has several."""
+    return [(a["start_time"], a["end_time"]) for r in records for a in (*(r.get("attempts") or ()), r)
+            if a.get("start_time") is not None and a.get("end_time") is not None]
+
+
 def ramp(records: list[dict]) -> str:
-    """How fast the packing filled the GPU: the most runs at once (their last attempts) and when it first was."""
-    events = sorted([(r["start_time"], 1) for r in records if r.get("start_time") is not None] +
-                    [(r["end_time"], -1) for r in records if r.get("end_time") is not None])  # (ends first)
+    """How fast the packing filled the GPU: the most runs at once (every attempt) and when it first was, how many
+    started in the sweep's first 2 s, and when the first trial completed."""
+    attempts = spans(records)
+    events = sorted([(s, 1) for s, _ in attempts] + [(e, -1) for _, e in attempts])  # (ends first)
     running, most, at = 0, 0, 0.0
     for t, step in events:
         running += step
         if running > most:
             most, at = running, t
-    return f"at most {most} runs at once, first at {at:.1f} s"
+    early = sum(s <= 2.0 for s, _ in attempts)
+    first = min((r["end_time"] for r in records if value(r) is not None), default=None)
+    return (f"at most {most} runs at once, first at {at:.1f} s; {early} started in the first 2 s; the first "
+            f"result at {'-' if first is None else f'{first:.1f} s'}")
 
 
 def main() -> int:
