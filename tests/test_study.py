@@ -225,6 +225,34 @@ def test_grid_resumed_with_a_larger_budget_runs_each_point_once(sweep):
     assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
 
 
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_a_resumed_search_whose_journal_was_lost_keeps_its_finished_trials_from_their_run_json(sweep, damage):
+    """The study and the run folders say which trials finished; a journal deleted or cut short (a crash, a cleanup,
+    a copy) lost their records: a resume took them from the journal alone and rewrote the results file without
+    them, its best line naming a worse run than the search's."""
+    sweep.gpus.set(count=1)
+    cmd = script(sweep, "q.py", QUADRATIC)
+    space = ("x=0.1,2.0,3.0",)
+    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "2", "--metric", "loss", "--no-live", *space,
+                  trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    before = {r["model_name"]: r["metrics"]["loss"] for r in sweep.results()}
+    assert len(before) == 2
+    journal = sweep.dir / "outputs" / "journal.jsonl"
+    if damage == "deleted":
+        journal.unlink()
+    else:
+        journal.write_text(journal.read_text().splitlines(keepends=True)[0])
+    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "3", "--metric", "loss", "--no-live", *space,
+                  trainer=False)
+    no_traceback(p)
+    assert p.returncode == 0, p.stdout + p.stderr
+    after = {r["model_name"]: r["metrics"]["loss"] for r in sweep.results()}
+    assert len(after) == 3 and {k: after[k] for k in before} == before, after
+    best = min(after, key=after.get)
+    assert f"Best (min loss): {best} " in p.stdout, p.stdout[-1500:]
+
+
 def test_grid_resumed_after_sigint_finishes_without_a_traceback(sweep):
     """A requeued trial is enqueued with fixed params: the grid sampler gives it no grid_id, and its after_trial
     raises KeyError('grid_id') when one grid point is left (SearchSource._tell_ended catches RuntimeError only)."""

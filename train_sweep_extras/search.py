@@ -757,12 +757,25 @@ def requeue(study: Any, number: int, params: Mapping[str, Any] | None) -> None:
         study.enqueue_trial(dict(params), skip_if_exists=False)
 
 
-def earlier_trials(journal: Journal, output_dir: Path) -> list[tuple[Run, dict[str, Any]]]:
+def earlier_trials(journal: Journal, output_dir: Path, study: Any = None) -> list[tuple[Run, dict[str, Any]]]:
     """A resumed search's trials that ended for good in earlier sweeps (their last record; an interrupted
-    one was asked again under a new number): in the results, the ranking and the counts again."""
+    one was asked again under a new number): in the results, the ranking and the counts again. A trial the
+    study says ended whose record the journal lacks (a journal deleted or cut short) is taken from its run.json."""
+    from optuna.trial import TrialState
+    records = {name: records[-1] for name, records in journal.items()}
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=ended) if study is not None else ():
+        name = trial.user_attrs.get("run")
+        if not isinstance(name, str) or name in records or Path(name).name != name or name in ("", ".", ".."):
+            continue
+        try:
+            record = json.loads((output_dir / name / "run.json").read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and record.get("trial") == trial.number and record.get("model_name") == name:
+            records[name] = record
     out = []
-    for name, records in journal.items():
-        record = records[-1]
+    for name, record in records.items():
         if not _is_whole(record.get("trial")) or record.get("state") not in {s.value for s in FINISHED_ORDER} or \
                 record.get("state") == State.INTERRUPTED.value or record.get("requeued"):
             continue
@@ -798,7 +811,7 @@ class SearchSetup:
 
     def earlier(self) -> list[tuple[Run, dict[str, Any]]]:
         """A resumed search's trials that ended for good in earlier sweeps."""
-        return earlier_trials(self.journal, self.output_dir)
+        return earlier_trials(self.journal, self.output_dir, self.study)
 
     def source(self, runs: list[Run], say: Callable[[str], None]) -> SearchSource:
         """The run source: the study asks each trial (a search), or judges the list's runs (a pruner)."""
