@@ -20,7 +20,7 @@ from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
 from train_sweep import HINT_OOM, GpuPool, GpuReading, Outcome, Policy, ResultsWriter, Run, Settings, State
 from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, HOLD_S, MARGIN, MARGIN_MAX, STABLE_S,
-                                        Footprints, Packer)
+                                        FootprintCache, Footprints, Packer)
 
 
 # -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
@@ -348,6 +348,29 @@ def test_the_keys_that_move_memory_are_learned_from_the_footprints():
     fp.add({"lr": 1e-3, "dropout": 0.1, "layers": 4, "batch": 512}, 9000, "c")
     fp.add({"lr": 1e-2, "dropout": 0.1, "layers": 4, "batch": 512}, 9100, "d")
     assert fp.movers() == ("batch", "layers")  # batch did move it: it stays
+
+
+def test_a_huge_integer_key_gives_a_bound_or_none_not_an_overflow():
+    """Python's integers have no ceiling: 10**400 / 1 overflowed a float while learning how memory grows with a
+    key (OverflowError: a traceback in the middle of an auto sweep)."""
+    fp = Footprints()
+    fp.add({"batch": 1}, 1000, "a")
+    fp.add({"batch": 10 ** 400}, 3000, "b")
+    assert fp.growth()["batch"] >= 1.0
+    found = fp.predict({"batch": 10 ** 401})
+    assert found is None or found[0].mb >= 3000
+
+
+@pytest.mark.parametrize("mb", ["NaN", "Infinity", "-Infinity", "-9000", "0", "1e400"])
+def test_a_remembered_footprint_that_is_not_a_positive_finite_number_is_a_damaged_line(tmp_path, mb):
+    """A NaN or negative footprint passed as a number: runs of 9 GB were then all placed at once on a 20 GB GPU."""
+    cache = FootprintCache(tmp_path, ["python", "train.py"], tmp_path, "Fake H100")
+    cache.add({"lr": 0.1}, 9000)
+    line = json.loads(cache.path.read_text())
+    damaged = json.dumps({**line, "hp": {"lr": 0.2}}).replace('"mb": 9000', f'"mb": {mb}')
+    assert f'"mb": {mb}' in damaged
+    cache.path.write_text(cache.path.read_text() + damaged + "\n")
+    assert [hp for hp, _ in cache.load()] == [{"lr": 0.1}]
 
 
 def test_an_oom_is_charged_to_the_run_that_grew_not_to_the_run_that_died():

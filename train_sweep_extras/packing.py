@@ -230,9 +230,11 @@ class Footprints:
                     continue
                 k = differ[0]
                 lo, hi = sorted((a, b), key=lambda p: p.hp[k])
-                if lo.hp[k] > 0 and hi.hp[k] > lo.hp[k] and lo.mb > base:
-                    power = math.log((max(hi.mb, lo.mb) - base) / (lo.mb - base)) / math.log(hi.hp[k] / lo.hp[k])
-                    seen[k] = max(seen.get(k, 0.0), power)
+                if lo.hp[k] > 0 and hi.hp[k] > lo.hp[k] and lo.mb > base:  # (logs apart: 10**400 / 1 overflows)
+                    ratio = math.log(hi.hp[k]) - math.log(lo.hp[k])
+                    if 0 < ratio < math.inf:
+                        power = math.log((max(hi.mb, lo.mb) - base) / (lo.mb - base)) / ratio
+                        seen[k] = max(seen.get(k, 0.0), power)
             self._growth = {k: min(GROWTH_POWER, max(1.0, v) + EXPONENT_SLACK) for k, v in seen.items()}
         return self._growth
 
@@ -298,7 +300,8 @@ class FootprintCache:
         for line in data.splitlines():
             try:
                 item = json.loads(line)
-                if item["key"] == self.key and isinstance(item["hp"], dict) and _numeric(item["mb"]):
+                if item["key"] == self.key and isinstance(item["hp"], dict) and _numeric(item["mb"]) and \
+                        0 < item["mb"] < math.inf:  # (NaN, a negative or an infinite footprint: a damaged line)
                     found[canonical_json(item["hp"])] = (item["hp"], float(item["mb"]))
             except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # a damaged line (a crash mid-write, an edit, the cut at the start): skipped
