@@ -728,6 +728,30 @@ def test_a_warm_start_that_cannot_be_is_one_line_before_anything_runs(sweep, cas
     assert not (sweep.dir / "second.json").exists() and not (sweep.dir / "second" / "study.log").exists()
 
 
+@pytest.mark.parametrize("damage", ["null", "[1]", "7", "base_a_list"])
+def test_a_warm_start_from_a_study_whose_search_record_is_damaged_is_one_line(sweep, damage):
+    """The earlier study's record of its search (a JSON object in Optuna's journal) read as null, a list or a
+    number, or with a base that is a list: AttributeError or TypeError tracebacks."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "w.py", WARM)
+    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
+                  "--output-dir", "first", *space, trainer=False)
+    assert p.returncode == 0
+    study = sweep.dir / "first" / "study.log"
+    ops = [json.loads(line) for line in study.read_text().splitlines()]
+    for op in ops:
+        if (op.get("user_attr") or {}).get("search"):
+            op["user_attr"]["search"] = json.dumps({**json.loads(op["user_attr"]["search"]), "base": [[1]]}) \
+                if damage == "base_a_list" else damage
+    study.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "2", "--metric", "loss", "--no-live",
+                  "--output-dir", "second", "--output-file", "second.json", "--warm-start", "first", *space,
+                  trainer=False)
+    check_refused(p, "--warm-start first:", "study.log")
+    assert not (sweep.dir / "second.json").exists()
+
+
 def test_tpe_models_the_results_once_8_trials_have_finished(sweep):
     """issue 25: TPE's random start-up is 8 trials (Optuna's default 10): with 8 trials at once on YAHPO's LCBench,
     it reached random search's final regret sooner (bench/README.md)."""

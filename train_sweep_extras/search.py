@@ -323,6 +323,9 @@ def warm_start(optuna: Any, folder: Path, search: SearchSpec, objectives: Sequen
     except Exception as e:  # a damaged or foreign journal: whatever Optuna raises reading it
         raise UserError(f"--warm-start {folder}: {path} cannot be read ({type(e).__name__}: {one_line(str(e), 120)})"
                         ) from None
+    if not isinstance(made_for, dict) or not isinstance(made_for.get("base") or {}, dict):
+        raise UserError(f"--warm-start {folder}: {path} is damaged: its record of the search is not an object with "
+                        "an object for 'base'")
     ranked = (made_for.get("metrics"), made_for.get("modes"))
     if ranked != (list(objectives), list(modes)):
         raise UserError(f"--warm-start {folder}: its search ranked by {ranked[0]} ({ranked[1]}); this one by "
