@@ -441,6 +441,22 @@ def test_cleanup_skips_links_and_dangling_links_without_a_traceback(finished, tm
     assert not old.exists() and "deleted 3 run folder(s)" in p.stdout, p.stdout
 
 
+def test_cleanup_does_not_follow_a_link_to_another_sweep_out_of_the_folder_it_was_given(finished, tmp_path):
+    """outputs/teamlink -> a sweep elsewhere: cleanup found its sweep.json through the link and deleted that
+    sweep's run folders, outside the folder it was given."""
+    elsewhere = tmp_path / "elsewhere"
+    p = finished.run("--output-dir", str(elsewhere), "--output-file", str(tmp_path / "elsewhere.json"))
+    assert p.returncode != 2 and (elsewhere / "sweep.json").exists(), p.stderr
+    theirs = sorted(d.name for d in elsewhere.iterdir() if (d / "run.json").exists())
+    assert theirs
+    (finished.dir / "outputs" / "teamlink").symlink_to(elsewhere)
+    p = finished.run("cleanup", "--days", "0", "--include-best", "--live", "--yes", trainer=False)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert sorted(d.name for d in elsewhere.iterdir() if (d / "run.json").exists()) == theirs
+    assert "skipped outputs/teamlink: a link to a sweep folder, not followed" in p.stdout, p.stdout
+    assert not (finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2").exists()  # the folder given: cleaned
+
+
 @pytest.mark.parametrize("damage, command", [
     ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
     ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),

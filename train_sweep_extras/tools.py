@@ -455,6 +455,18 @@ def find_sweeps(folders: Sequence[str]) -> list[Path]:
     return sorted(set(found))
 
 
+def linked_below(folder: Path, tops: Sequence[str]) -> Path | None:
+    """The link a sweep folder was found through, below the folder given (a link to another sweep), or None."""
+    for top in tops:
+        with suppress(ValueError):
+            path = Path(top)
+            for part in folder.relative_to(top).parts:
+                path /= part
+                if path.is_symlink():
+                    return path
+    return None
+
+
 def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
     """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
     Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
@@ -556,7 +568,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     chosen: list[tuple[Path, int, float]] = []
     locks = []
     try:
-        for folder in find_sweeps(args.folders or ["outputs"]):
+        tops, links = args.folders or ["outputs"], set()
+        for folder in find_sweeps(tops):
+            if (link := linked_below(folder, tops)) is not None:  # never out of the folders given
+                if link not in links:
+                    print(f"skipped {link}: a link to a sweep folder, not followed")
+                links.add(link)
+                continue
             lock = try_lock(folder)
             if lock is None:
                 print(f"skipped {folder}: a sweep is running there")
