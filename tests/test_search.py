@@ -705,18 +705,24 @@ def test_warm_start_seeds_a_new_study_with_an_earlier_sweeps_trials_in_its_space
     assert sum("warm_start" in t.user_attrs for t in study.trials) == inside
 
 
+def earlier_search(sweep, trials: int) -> tuple[str, list[str]]:
+    """A finished random search in first/ to warm-start from: its command and space."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "w.py", WARM)
+    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", str(trials), "--metric", "loss",
+                  "--no-live", "--output-dir", "first", *space, trainer=False)
+    assert p.returncode == 0
+    return command, space
+
+
 @pytest.mark.parametrize("case, error", [
     ("no_study", "--warm-start empty: no study.log there: pass the output folder of an earlier search"),
     ("other_metric", "--warm-start first: its search ranked by ['loss'] (['min']); this one by ['acc'] (['max'])"),
     ("no_search", "--warm-start is for a search"),
 ])
 def test_a_warm_start_that_cannot_be_is_one_line_before_anything_runs(sweep, case, error):
-    sweep.gpus.set(count=1)
-    command = script(sweep, "w.py", WARM)
-    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
-    p = sweep.run("--command", command, "--search", "random", "--n-trials", "3", "--metric", "loss", "--no-live",
-                  "--output-dir", "first", *space, trainer=False)
-    assert p.returncode == 0
+    command, space = earlier_search(sweep, 3)
     (sweep.dir / "empty").mkdir()
     args = {"no_study": ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "--warm-start", "empty", *space],
             "other_metric": ["--search", "tpe", "--n-trials", "2", "--metric", "acc", "--mode", "max",
@@ -732,12 +738,7 @@ def test_a_warm_start_that_cannot_be_is_one_line_before_anything_runs(sweep, cas
 def test_a_warm_start_from_a_study_whose_search_record_is_damaged_is_one_line(sweep, damage):
     """The earlier study's record of its search (a JSON object in Optuna's journal) read as null, a list or a
     number, or with a base that is a list: AttributeError or TypeError tracebacks."""
-    sweep.gpus.set(count=1)
-    command = script(sweep, "w.py", WARM)
-    space = ["lr=tag(log,interval(1e-5,1e-1))", "layers=range(1,6)"]
-    p = sweep.run("--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
-                  "--output-dir", "first", *space, trainer=False)
-    assert p.returncode == 0
+    command, space = earlier_search(sweep, 2)
     study = sweep.dir / "first" / "study.log"
     ops = [json.loads(line) for line in study.read_text().splitlines()]
     for op in ops:
