@@ -4458,7 +4458,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         spec.name_template, mps=settings.mps if settings.mps is not None else bool(spec.mps))
     settings = backend_class(settings.backend).resolve(settings, spec)
     settings = resolve_storage(settings)
-    if settings.pruner not in (None, "none") and not settings.metric and settings.pruner.partition("(")[0] in PRUNERS:
+    if not settings.metric and (settings.pruner or "").partition("(")[0].strip() in set(PRUNERS) - {"none"}:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")  # (a typo: extras)
     if search is None:
         given = [flag for flag, value in (("--n-trials", settings.n_trials), ("--search-hours", settings.search_hours),

@@ -545,6 +545,7 @@ def block(**search):
     ([{"a": 1}], ["--search", "tpe", "--n-trials", "2", "--metric", "loss", "x=tag(foo, interval(0, 1))"],
      ["tag 'foo' is not known"]),
     ([{"a": 1}], ["--pruner", "median"], ["--pruner median needs --metric"]),
+    ([{"a": 1}], ["--pruner", "median (n_warmup_steps=1)"], ["--pruner median (n_warmup_steps=1) needs --metric"]),
     ([{"a": 1}], ["--search", "bayes"], ["argument --search"]),
     ([{"a": 1}], ["--mode", "min,up"], ["give min or max"]),
 ])
