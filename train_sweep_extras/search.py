@@ -769,7 +769,7 @@ def earlier_trials(journal: Journal, output_dir: Path, study: Any = None) -> lis
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     for trial in study.get_trials(deepcopy=False, states=ended) if study is not None else ():
         name = trial.user_attrs.get("run")
-        if not isinstance(name, str) or name in records or Path(name).name != name or name in ("", ".", ".."):
+        if not isinstance(name, str) or name in records or Path(name).name != name or name in ("", ".."):
             continue
         try:
             record = json.loads((output_dir / name / "run.json").read_text())
