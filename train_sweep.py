@@ -7,8 +7,8 @@ listed GPU busy with `train.py` subprocesses: a folder, live logs and a run.json
 process behind (timeouts, Ctrl+C, even kill -9 of the sweep: the guardian); never losing a finished result (a
 journal, resume, retries, out-of-memory requeue); showing what runs where and which run won. This file is the
 scheduler and needs only psutil, nvidia-ml-py and rich; what is optional (an Optuna search, W&B sweep files,
-Slurm, MPS, TensorBoard, best-K checkpoints, report/list/status/watch/cleanup, plots) lives in the package
-beside it, train_sweep_extras/, found through EXTRAS below.
+Slurm, MPS, TensorBoard, best-K checkpoints, report/list/status/watch/cleanup, plots, the Python API) lives in
+the package beside it, train_sweep_extras/, found through EXTRAS below.
 
     python train_sweep.py --gpus 0 1 2 3                       # train_sweep_config.json, python train.py
     python train_sweep.py --gpus 0 1 --max-processes-per-gpu auto --metric val_loss
@@ -36,7 +36,7 @@ Map of this file (sections in the order data flows; each uses only what comes be
     10. The event loop          Sweep (wait for an event, update, place what can start, report) with its
                                 Leaderboard, MetricFeed and FailFast; Wakeups (sleep, signals)
     11. Running a sweep         plan_runs (settings resolved once), the Backend protocol and LocalBackend,
-                                run_sweep; the Python API: run(), load(), SweepResult
+                                run_sweep; the Python API (run(), load(): the extras' api module), execute
     12. CLI                     argparse from the settings, main(), cli() (the command)
 """
 
@@ -170,6 +170,7 @@ EXTRAS: dict[str, tuple[str, str]] = {  # name -> ("module:object" in the packag
     "best-k": ("bestk:open_best_k", ""),  # --top-k: checkpoints kept in the K best runs only
     "best-k check": ("bestk:check_settings", ""),
     "commands": ("tools:main", ""),  # report, list, status, watch, cleanup
+    "api": ("api", ""),  # the Python API: run(), load(), SweepResult
 }
 COMMANDS = ("report", "list", "cleanup", "status", "watch", "flags")  # `train_sweep COMMAND ...`: the "commands" extra
 NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block",
@@ -177,7 +178,8 @@ NEEDED_BY = {"space": "a search", "search space": "the config's 'search' block",
              "sweep file": "--sweep-file", "packing": "--max-processes-per-gpu auto",
              "backend slurm": "--backend slurm", "mps": "--mps",
              "metrics tensorboard": "TensorBoard metrics", "best-k": "--top-k", "best-k check": "--top-k",
-             "commands": "report, list, status, watch, cleanup and flags"}  # how the messages name what needs an extra
+             "commands": "report, list, status, watch, cleanup and flags",
+             "api": "the Python API"}  # how the messages name what needs an extra
 
 
 def extra(name: str) -> Any:
@@ -4752,132 +4754,17 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
 
 
 # -- The Python API (docs/api.md): run() takes the flags as keywords, load() reads a sweep's folder -----------
-
-class SweepError(Exception):
-    """A sweep that could not start: bad input, with the CLI's one-line message (exit code 2)."""
+API = ("run", "load", "SweepResult", "RunResult", "SweepError")  # in the extras' api module
 
 
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    """One run of a sweep as its latest record says: its hyperparameters, state, metrics and folder."""
-
-    name: str
-    state: str  # a State's value: complete, failed, pruned, running, ...
-    hyperparams: dict[str, Any]
-    metrics: dict[str, Any]  # the run's final metrics (or, while it runs, none yet)
-    run_dir: Path
-    duration: float | None  # seconds
-    trial: int | None = None  # its search trial's number
-    record: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the whole record
-
-    def files(self, pattern: str = "*") -> list[Path]:
-        """The files of its folder that match `pattern` (e.g. '*.pt': its checkpoints, where --top-k kept them)."""
-        return sorted(p for p in self.run_dir.glob(pattern) if p.is_file()) if self.run_dir.is_dir() else []
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepResult:
-    """A sweep's output folder, read: settings, runs (latest records), whether it runs, `run()`'s exit code."""
-
-    output_dir: Path
-    settings: Mapping[str, Any]
-    runs: list[RunResult]
-    running: bool  # a train_sweep holds the folder's lock now
-    exit_code: int | None = None
-
-    @property
-    def metric(self) -> str | None:
-        """The ranking metric (the first --metric), None if the sweep ranks nothing."""
-        return Ranking.saved(self.settings).metric
-
-    def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
-        """The k best complete runs by `metric` and `mode` (default: the sweep's), best first, as seed 003's
-        SweepManager.get_best_models(k): their folders hold what --top-k kept."""
-        import heapq
-        saved = Ranking.saved(self.settings)
-        metric, mode = metric or saved.metric, mode or saved.mode
-        if metric is None:
-            raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
-        scored = [(value, run) for run in self.runs if run.state == State.COMPLETE.value
-                  and (value := metric_of(run.metrics, metric)) is not None]
-        pick = heapq.nsmallest if mode == "min" else heapq.nlargest
-        return [run for _, run in pick(k, scored, key=lambda vr: vr[0])]
-
-    def counts(self) -> dict[str, int]:
-        """How many runs are in each state."""
-        return dict(Counter(run.state for run in self.runs))
-
-
-def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
-    """Read a sweep's output folder, finished or running (never takes the lock): sweep.json's settings, each
-    run's latest record in the journal, the run.json of runs still running."""
-    folder = Path(output_dir)
-    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
-        raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
-    saved = {}
-    with suppress(OSError, ValueError, RecursionError):
-        saved = json.loads((folder / "sweep.json").read_bytes())
-    settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
-    latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
-    for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
-        try:
-            record = json.loads((marker.parent / "run.json").read_bytes())
-        except (OSError, ValueError, RecursionError):
-            continue
-        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
-                isinstance(record.get("model_name"), str) and \
-                record.get("attempt", 1) > latest.get(record["model_name"], {}).get("attempt", 0):
-            latest[record["model_name"]] = record
-    runs = []
-    for name, r in latest.items():
-        hyperparams, metrics, run_dir = r.get("hyperparams"), r.get("metrics"), r.get("run_dir")
-        duration, trial = r.get("duration_seconds"), r.get("trial")  # a damaged field reads as absent
-        runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},
-                              metrics if isinstance(metrics, dict) else {},
-                              Path(run_dir) if isinstance(run_dir, str) and run_dir else folder / name,
-                              duration if _is_number(duration) else None, trial if _is_whole(trial) else None, r))
-    return SweepResult(folder, settings, runs, running=sweep_alive(folder) not in (None, os.getpid()))
-
-
-def run(*overrides: str, **settings: Any) -> SweepResult:
-    """Run a sweep from Python: the flags as keywords (`gpus=[0, 1]`, `metric="val_loss"`, ...) and Hydra
-    overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code (0, 1:
-    a run failed, 3: the sweep's own output failed, 130: interrupted); bad input raises SweepError. Call it
-    from the main thread: it handles signals."""
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    unknown = [key for key in settings if key not in fields]
-    if unknown:
-        raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: {', '.join(fields)})")
-    argv: list[str] = []  # the keywords as the flags they are, so that they are checked as the flags are
-    for key, value in settings.items():
-        flag, meta = "--" + key.replace("_", "-"), fields[key].metadata
-        if meta.get("action") is argparse.BooleanOptionalAction:
-            argv += [flag if value else "--no-" + flag[2:]] if value is not None else []
-        elif fields[key].default is False:
-            if not isinstance(value, bool):
-                raise SweepError(f"{flag} is a switch: True or False, got {value!r}")
-            argv += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)] if meta.get("nargs") == "+" else [w for v in value for w in (flag, str(v))]
-        elif value is not None:
-            argv += [flag, str(value)]
-    import contextlib
-    import io
-
-    said = io.StringIO()
+def __getattr__(name: str) -> Any:
+    """`train_sweep.run`, `train_sweep.load`, ...: the Python API, from the package beside this file."""
+    if name not in API:
+        raise AttributeError(f"module 'train_sweep' has no attribute {name!r}")
     try:
-        with contextlib.redirect_stderr(said):
-            flags = build_parser().parse_args(argv)
-    except SystemExit:
-        raise SweepError(said.getvalue().strip().removeprefix("train_sweep: error: ")) from None
-    try:
-        code = execute(Settings.from_args(flags), list(overrides))
+        return getattr(extra("api"), name)
     except UserError as e:
-        raise SweepError(str(e)) from None
-    folder = Path(flags.output_dir)
-    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():  # --dry-run: nothing ran
-        return SweepResult(folder, {}, [], running=False, exit_code=code)
-    return dataclasses.replace(load(folder), exit_code=code)
+        raise AttributeError(f"train_sweep.{name}: {e}") from None
 
 
 def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:

@@ -120,6 +120,10 @@ def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "--max-processes-per-gpu auto needs train_sweep_extras/" in out.stderr
     assert "pip install train-sweep" in out.stderr
+    api = subprocess.run([sys.executable, "-S", "-c", "import train_sweep\ntry:\n    train_sweep.load\n"
+                          "except AttributeError as e:\n    print(e)"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)  # the Python API lives in the package too
+    assert api.returncode == 0 and "train_sweep.load: the Python API needs train_sweep_extras/" in api.stdout, api
 
 
 def test_backends_and_extras_come_from_the_registry():

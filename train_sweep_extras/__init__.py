@@ -13,4 +13,5 @@ install when it is missing.
     bestk.py        --top-k: checkpoints kept in the K best runs only
     tools.py        report, list, status, watch, cleanup
     plots.py        report --plots
+    api.py          the Python API: train_sweep.run(), train_sweep.load()
 """

@@ -1,0 +1,157 @@
+"""The Python API (docs/api.md): `train_sweep.run()` takes the flags as keywords and runs a sweep as the command
+line does; `train_sweep.load()` reads a sweep's output folder, finished or running; SweepResult and RunResult are
+what they return. train_sweep.py finds these here through its module __getattr__."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import heapq
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from train_sweep import (
+    JOURNAL,
+    RUN_MARK,
+    Ranking,
+    Settings,
+    State,
+    UserError,
+    _is_number,
+    _is_whole,
+    build_parser,
+    execute,
+    metric_of,
+    read_journal,
+    sweep_alive,
+)
+
+
+class SweepError(Exception):
+    """A sweep that could not start: bad input, with the CLI's one-line message (exit code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """One run of a sweep as its latest record says: its hyperparameters, state, metrics and folder."""
+
+    name: str
+    state: str  # a State's value: complete, failed, pruned, running, ...
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]  # the run's final metrics (or, while it runs, none yet)
+    run_dir: Path
+    duration: float | None  # seconds
+    trial: int | None = None  # its search trial's number
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the whole record
+
+    def files(self, pattern: str = "*") -> list[Path]:
+        """The files of its folder that match `pattern` (e.g. '*.pt': its checkpoints, where --top-k kept them)."""
+        return sorted(p for p in self.run_dir.glob(pattern) if p.is_file()) if self.run_dir.is_dir() else []
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """A sweep's output folder, read: settings, runs (latest records), whether it runs, `run()`'s exit code."""
+
+    output_dir: Path
+    settings: Mapping[str, Any]
+    runs: list[RunResult]
+    running: bool  # a train_sweep holds the folder's lock now
+    exit_code: int | None = None
+
+    @property
+    def metric(self) -> str | None:
+        """The ranking metric (the first --metric), None if the sweep ranks nothing."""
+        return Ranking.saved(self.settings).metric
+
+    def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
+        """The k best complete runs by `metric` and `mode` (default: the sweep's), best first, as seed 003's
+        SweepManager.get_best_models(k): their folders hold what --top-k kept."""
+        saved = Ranking.saved(self.settings)
+        metric, mode = metric or saved.metric, mode or saved.mode
+        if metric is None:
+            raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
+        scored = [(value, run) for run in self.runs if run.state == State.COMPLETE.value
+                  and (value := metric_of(run.metrics, metric)) is not None]
+        pick = heapq.nsmallest if mode == "min" else heapq.nlargest
+        return [run for _, run in pick(k, scored, key=lambda vr: vr[0])]
+
+    def counts(self) -> dict[str, int]:
+        """How many runs are in each state."""
+        return dict(Counter(run.state for run in self.runs))
+
+
+def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
+    """Read a sweep's output folder, finished or running (never takes the lock): sweep.json's settings, each
+    run's latest record in the journal, the run.json of runs still running."""
+    folder = Path(output_dir)
+    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
+        raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
+    saved = {}
+    with suppress(OSError, ValueError, RecursionError):
+        saved = json.loads((folder / "sweep.json").read_bytes())
+    settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
+    latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
+    for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
+        try:
+            record = json.loads((marker.parent / "run.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
+                isinstance(record.get("model_name"), str) and \
+                record.get("attempt", 1) > latest.get(record["model_name"], {}).get("attempt", 0):
+            latest[record["model_name"]] = record
+    runs = []
+    for name, r in latest.items():
+        hyperparams, metrics, run_dir = r.get("hyperparams"), r.get("metrics"), r.get("run_dir")
+        duration, trial = r.get("duration_seconds"), r.get("trial")  # a damaged field reads as absent
+        runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},
+                              metrics if isinstance(metrics, dict) else {},
+                              Path(run_dir) if isinstance(run_dir, str) and run_dir else folder / name,
+                              duration if _is_number(duration) else None, trial if _is_whole(trial) else None, r))
+    return SweepResult(folder, settings, runs, running=sweep_alive(folder) not in (None, os.getpid()))
+
+
+def run(*overrides: str, **settings: Any) -> SweepResult:
+    """Run a sweep from Python: the flags as keywords (`gpus=[0, 1]`, `metric="val_loss"`, ...) and Hydra
+    overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code (0, 1:
+    a run failed, 3: the sweep's own output failed, 130: interrupted); bad input raises SweepError. Call it
+    from the main thread: it handles signals."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = [key for key in settings if key not in fields]
+    if unknown:
+        raise SweepError(f"unknown setting {unknown[0]!r} (the settings are the flags' names: {', '.join(fields)})")
+    argv: list[str] = []  # the keywords as the flags they are, so that they are checked as the flags are
+    for key, value in settings.items():
+        flag, meta = "--" + key.replace("_", "-"), fields[key].metadata
+        if meta.get("action") is argparse.BooleanOptionalAction:
+            argv += [flag if value else "--no-" + flag[2:]] if value is not None else []
+        elif fields[key].default is False:
+            if not isinstance(value, bool):
+                raise SweepError(f"{flag} is a switch: True or False, got {value!r}")
+            argv += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)] if meta.get("nargs") == "+" else [w for v in value for w in (flag, str(v))]
+        elif value is not None:
+            argv += [flag, str(value)]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            flags = build_parser().parse_args(argv)
+    except SystemExit:
+        raise SweepError(said.getvalue().strip().removeprefix("train_sweep: error: ")) from None
+    try:
+        code = execute(Settings.from_args(flags), list(overrides))
+    except UserError as e:
+        raise SweepError(str(e)) from None
+    folder = Path(flags.output_dir)
+    if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():  # --dry-run: nothing ran
+        return SweepResult(folder, {}, [], running=False, exit_code=code)
+    return dataclasses.replace(load(folder), exit_code=code)
