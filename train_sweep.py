@@ -2937,6 +2937,28 @@ def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
             "stderr_log": str(folder / "train_stderr.log")}
 
 
+# A run record's fields that are read back (a journal line, a run.json, a results file's entry): what each must be
+# where it is not null. A hand-edited or damaged record fails here, not with a traceback wherever it is read.
+RECORD_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **{k: ("an object", lambda v: isinstance(v, dict)) for k in ("hyperparams", "metrics", "metric")},
+    **{k: ("text", lambda v: isinstance(v, str)) for k in ("identity", "run_dir", "start_time", "end_time")},
+    "state": ("a run state", lambda v: v in list(State)),
+    "attempt": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
+    **{k: ("a whole number", _is_whole) for k in ("returncode", "trial")}, "duration_seconds": ("a number", _is_number),
+    "gpu_id": ("a GPU id or a list of them", lambda v: _is_whole(v) or isinstance(v, list) and all(map(_is_whole, v))),
+    "attempts": ("a list of attempts", lambda v: isinstance(v, list) and not any(record_damage(a, False) for a in v))}
+
+
+def record_damage(record: Any, named: bool = True) -> str | None:
+    """Why a run record cannot be read back (RECORD_FIELDS), or None if it can."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    if named and not (isinstance(record.get("model_name"), str) and record["model_name"]):
+        return "it has no 'model_name' (text)"
+    bad = next((k for k, (_, ok) in RECORD_FIELDS.items() if record.get(k) is not None and not ok(record[k])), None)
+    return bad and f"its {bad!r} is {json.dumps(record[bad])[:60]}, not {RECORD_FIELDS[bad][0]}"
+
+
 def read_journal(path: Path) -> Journal:
     """The journal's records by run name, oldest first; unreadable lines (cut by a crash) are skipped."""
     out: Journal = {}
@@ -2992,6 +3014,8 @@ def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[s
     if not isinstance(record, dict) or record.get("identity") != run.identity or \
             any(r.get("attempt") == record.get("attempt") for r in journaled):
         return None
+    if why := record_damage(record):
+        raise UserError(f"{run.run_dir / 'run.json'} is damaged: {why} (mend or delete it)")
     if record.get("state") in (State.RUNNING.value, State.PENDING.value):
         record["state"] = State.INTERRUPTED.value
     record.setdefault("stdout", tail_lines(run.stdout_log))
@@ -4469,7 +4493,10 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         if given:
             raise UserError(f"{given[0]} is for a search (--search, the config's 'search' block or --sweep-file)")
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
-    journal = read_journal(Path(settings.output_dir) / JOURNAL)
+    journal = read_journal(path := Path(settings.output_dir) / JOURNAL)
+    for name, why in ((n, record_damage(r)) for n, records in journal.items() for r in records):
+        if why:  # refused, not half-read: a finished run it hid would be run again, into its own folder
+            raise UserError(f"{path}: the record of {name!r} is damaged: {why} (mend or delete that line)")
     command = resolve_command(settings.command)
     if space is None:
         known = {r.get("identity"): name for name, records in journal.items() for r in records}

@@ -400,6 +400,33 @@ def test_journal_survives_a_torn_last_line(sweep, text):
     assert [r["state"] for r in whole if r["model_name"] == torn] == ["complete"]
 
 
+@pytest.mark.parametrize("where, damage", [
+    ("journal", {"identity": [1]}), ("journal", {"state": "failed", "attempt": "x"}),
+    ("journal", {"attempts": 5}), ("journal", {"state": "finished"}), ("run.json", {"attempt": [2]}),
+], ids=["identity_a_list", "attempt_text", "attempts_a_number", "state_unknown", "run_json_attempt_a_list"])
+def test_resume_over_a_damaged_record_is_one_line_and_runs_nothing(sweep, where, damage):
+    """A journal line or a run.json whose fields have the wrong type (hand-edited, or another tool's): the same
+    command again was a traceback (unhashable identity, int('x'), list(5)) or, with an unknown state, ran the
+    finished run again into its folder. Now: one line naming the file, the run and the key; nothing runs."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0}, {"n": 1}])
+    assert sweep.run().returncode == 0
+    journal = sweep.dir / "outputs" / "journal.jsonl"
+    first, *rest = journal.read_text().splitlines()
+    if where == "journal":
+        journal.write_text("\n".join([json.dumps({**json.loads(first), **damage}), *rest]) + "\n")
+        (sweep.dir / "outputs" / "n_0" / "run.json").unlink()  # else it stands in for the damaged line
+    else:
+        journal.write_text("\n".join(rest) + "\n")  # the sweep died before the journal took n_0's record
+        run_json = sweep.dir / "outputs" / "n_0" / "run.json"
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **damage}))
+    before = starts(sweep)
+    p = sweep.run()
+    key = next(iter(damage)) if where == "run.json" or "state" not in damage or len(damage) == 1 else "attempt"
+    assert_one_line_error(p, "n_0", repr(key), "journal.jsonl" if where == "journal" else "n_0/run.json")
+    assert starts(sweep) == before
+
+
 def test_results_file_that_cannot_be_rewritten_stops_the_sweep_cleanly(sweep):
     """A results file whose folder disappears mid-sweep: one line, exit 3, the runs ended gracefully, no
     run.json left `running` (before: a traceback and every run SIGKILLed)."""

@@ -460,7 +460,8 @@ def test_cleanup_does_not_follow_a_link_to_another_sweep_out_of_the_folder_it_wa
 @pytest.mark.parametrize("damage, command", [
     ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
     ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),
-    ("results_hyperparams_text", "report"),
+    ("results_hyperparams_text", "report"), ("results_numbers_text", "report"),
+    ("results_attempts_numbers", "plots"),
 ])
 def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, command):
     """A damaged record (a run.json nested 100,000 deep, without model_name or with a list as one; journal
@@ -489,8 +490,15 @@ def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, comm
         results[0]["hyperparams"] = "lr=0.001"
         results[1]["metrics"] = "fast"
         (finished.dir / "train_sweep_results.json").write_text(json.dumps(results))
+    elif damage in ("results_numbers_text", "results_attempts_numbers"):  # a traceback before (sorting, the timeline)
+        results = finished.results()
+        results[0].update({"duration_seconds": "12 s", "returncode": [1]} if damage == "results_numbers_text" else
+                          {"attempts": [5, "two"]})
+        (finished.dir / "train_sweep_results.json").write_text(json.dumps(results))
+    if command == "plots":
+        pytest.importorskip("matplotlib")
     args = {"status": ["status", "outputs"], "watch": ["watch", "outputs"], "list": ["list"],
-            "report": ["report"]}[command]
+            "report": ["report"], "plots": ["report", "--plots", "plots"]}[command]
     p = finished.run(*args, trainer=False, timeout=30)
     assert "Traceback" not in p.stderr and p.returncode == 0, p.stderr
     assert "warning" in p.stderr and "skipped" in p.stderr, p.stderr

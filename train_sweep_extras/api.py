@@ -30,6 +30,7 @@ from train_sweep import (
     execute,
     metric_of,
     read_journal,
+    record_damage,
     sweep_alive,
 )
 
@@ -104,9 +105,10 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
             record = json.loads((marker.parent / "run.json").read_bytes())
         except (OSError, ValueError, RecursionError):
             continue
-        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
-                isinstance(record.get("model_name"), str) and \
-                record.get("attempt", 1) > latest.get(record["model_name"], {}).get("attempt", 0):
+        if record_damage(record) or record.get("state") != State.RUNNING.value:
+            continue
+        journaled = latest.get(record["model_name"], {}).get("attempt")
+        if (record.get("attempt") or 1) > (journaled if _is_whole(journaled) else 0):
             latest[record["model_name"]] = record
     runs = []
     for name, r in latest.items():

@@ -46,6 +46,7 @@ from train_sweep import (
     metric_of,
     one_line,
     read_journal,
+    record_damage,
     redact,
     run_labels,
     sweep_alive,
@@ -69,11 +70,11 @@ def load_results(path: str) -> list[dict[str, Any]]:
         raise UserError(f"{path}: cannot read results file: {e}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    sound = [r for r in data if damage(r) is None] if isinstance(data, list) else []
+    sound = [r for r in data if record_damage(r) is None] if isinstance(data, list) else []
     if not sound and data != []:
         raise UserError(f"{path}: not a train_sweep results file (expected a JSON array of run records)")
     for i, record in enumerate(data):
-        if (why := damage(record)) is not None:
+        if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
     return sound
 
@@ -223,24 +224,6 @@ def print_groups(console: Any, records: Sequence[Mapping[str, Any]], over: str, 
 
 # -- reading what a sweep left, whatever shape it is in: a damaged record is skipped, with one warning ------
 
-RECORD_TYPES = (("hyperparams", dict), ("metrics", dict), ("state", str), ("attempts", list), ("metric", dict),
-                ("run_dir", str), ("start_time", str), ("end_time", str))
-
-
-def damage(record: Any) -> str | None:
-    """Why a run record (a journal line, a run.json, a result) cannot be shown, or None if it can."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if not isinstance(record.get("model_name"), str) or not record["model_name"]:
-        return "no model_name (text)"
-    for key, kind in RECORD_TYPES:
-        if record.get(key) is not None and not isinstance(record[key], kind):
-            return f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}"
-    if record.get("attempt") is not None and not _is_whole(record["attempt"]):
-        return "its 'attempt' is not a whole number"
-    return None
-
-
 class Skipped:
     """Damaged records met while reading (watch reads them again and again): said once, at the end, as one
     warning naming the first and how many."""
@@ -273,7 +256,7 @@ def sound_journal(folder: Path) -> dict[str, Mapping[str, Any]]:
     """Each run's latest journal record, damaged ones skipped (and counted in SKIPPED)."""
     latest = {}
     for name, records in read_journal(folder / JOURNAL).items():
-        why = damage(records[-1])
+        why = record_damage(records[-1])
         if why is None:
             latest[name] = records[-1]
         else:
@@ -289,7 +272,7 @@ def run_jsons(folder: Path) -> list[dict[str, Any]]:
         if mark.parent.is_symlink() or not (mark.parent / "run.json").exists():
             continue
         record = read_json(mark.parent / "run.json")
-        why = "not readable JSON (or nested too deeply)" if record is None else damage(record)
+        why = "not readable JSON (or nested too deeply)" if record is None else record_damage(record)
         if why is None:
             out.append(record)
         else:
@@ -703,7 +686,7 @@ class SweepStatus:
                 name = record["model_name"]
             except (ValueError, KeyError, TypeError, RecursionError):
                 continue
-            why = damage(record)
+            why = record_damage(record)
             if why is None:
                 self.latest[name] = record
             else:
@@ -723,7 +706,7 @@ class SweepStatus:
                     seen = self._runs[path] = (mtime, None)
                     continue
                 record = read_json(path)
-                why = "not readable JSON (or nested too deeply)" if record is None else damage(record)
+                why = "not readable JSON (or nested too deeply)" if record is None else record_damage(record)
                 if why is not None:
                     SKIPPED(path, why)
                 seen = self._runs[path] = (mtime, record if why is None else None)
