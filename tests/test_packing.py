@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -466,13 +467,18 @@ def test_a_repeated_sweep_packs_from_its_first_second_with_remembered_footprints
     assert len(cache.read_text().splitlines()) == 12  # and keeps nothing new
 
 
-@pytest.mark.parametrize("damage", ["not_a_folder", "damaged_lines"])
+@pytest.mark.parametrize("damage", ["not_a_folder", "damaged_lines", "fifo", "fifo_lock"])
 def test_a_footprint_cache_that_cannot_be_used_is_said_once_and_the_sweep_goes_on(sweep, damage):
+    """... also a FIFO in the cache file's place, or its lock's: the sweep waited on it forever before."""
     sweep.gpus.set(count=1, total_mb=16000, used_mb=500, util=30)
     sweep.config({"grid": {"n": list(range(3))}, "defaults": {"sleep": 1, "mem_mb": 1000, "mem_after": 0.2},
                   "max_processes_per_gpu": "auto"})
     if damage == "not_a_folder":
         (sweep.dir / "cache").write_text("a file where the cache folder would be")
+    elif damage.startswith("fifo"):
+        (sweep.dir / "cache" / "train_sweep").mkdir(parents=True)
+        name = "footprints.lock" if damage == "fifo_lock" else "footprints.jsonl"
+        os.mkfifo(sweep.dir / "cache" / "train_sweep" / name)
     else:
         (sweep.dir / "cache" / "train_sweep").mkdir(parents=True)
         (sweep.dir / "cache" / "train_sweep" / "footprints.jsonl").write_bytes(b'{"key": 1\n\xff\xfe[]\n{}\n')
@@ -480,8 +486,8 @@ def test_a_footprint_cache_that_cannot_be_used_is_said_once_and_the_sweep_goes_o
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     assert all(r["state"] == "complete" for r in sweep.results())
-    if damage == "not_a_folder":
-        assert log.count("warning: footprint cache: cannot") == 1
+    if damage != "damaged_lines":
+        assert log.count("warning: footprint cache: cannot") == 1, log
     else:  # the damaged lines are skipped; the new footprints are added after them
         assert "warning" not in log
         lines = (sweep.dir / "cache" / "train_sweep" / "footprints.jsonl").read_bytes().splitlines()

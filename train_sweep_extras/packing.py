@@ -34,9 +34,11 @@ import itertools
 import json
 import math
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +271,14 @@ class Footprints:
             f"a bound from {best[1].source} ({how})"
 
 
+def _plain(path: Path, flags: int, mode: str) -> Any:
+    """`path` opened as a file object, never waiting on a FIFO (or a device) put in its place: OSError then."""
+    with suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(f"{path.name} is not a plain file")
+    return open(os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644), mode)
+
+
 class FootprintCache:
     """Footprints remembered across sweeps: one JSON line each in $XDG_CACHE_HOME/train_sweep/footprints.jsonl
     (~/.cache/... without it), under a key of the command, the working folder and the GPU model. Never in the
@@ -287,7 +297,7 @@ class FootprintCache:
     def load(self) -> list[tuple[dict[str, Any], float]]:
         """This key's footprints, the latest of each configuration (from the newest CACHE_BYTES of the file)."""
         try:
-            with open(self.path, "rb") as f:
+            with _plain(self.path, os.O_RDONLY, "rb") as f:
                 size = f.seek(0, os.SEEK_END)
                 f.seek(max(0, size - CACHE_BYTES))
                 data = f.read(CACHE_BYTES)
@@ -314,9 +324,9 @@ class FootprintCache:
                           separators=(",", ":")) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_suffix(".lock"), "a") as lock:
+            with _plain(self.path.with_suffix(".lock"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, "ab") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # sweeps that learn at once append whole lines, compact alone
-                with open(self.path, "ab") as f:
+                with _plain(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "ab") as f:
                     f.write(line.encode())
                     size = f.tell()
                 if size > CACHE_BYTES:
@@ -327,7 +337,7 @@ class FootprintCache:
     def _compact(self) -> None:
         """The latest line of each (key, configuration), newest first up to half of CACHE_BYTES, written to a new
         file that replaces the old one at once (a reader sees the old file or the new one, never a half)."""
-        with open(self.path, "rb") as f:
+        with _plain(self.path, os.O_RDONLY, "rb") as f:
             lines = f.read().splitlines()
         kept: dict[tuple[str, str], bytes] = {}
         for line in reversed(lines):  # the newest first
@@ -343,7 +353,8 @@ class FootprintCache:
                 break
             out.append(line)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in reversed(out)))
+        with _plain(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in reversed(out)))
         os.replace(tmp, self.path)
 
 
