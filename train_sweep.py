@@ -313,21 +313,17 @@ def _per_gpu(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{e} (or auto)") from None
 
 
-def _nonneg_float(text: str) -> float:
+def _nonneg_float(text: str, least: str = ">= 0") -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    if not (value > 0 if least == "> 0" else value >= 0) or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {least}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
+def _positive_float(text: str) -> float: return _nonneg_float(text, "> 0")
 
 
 def _modes(text: str) -> str:

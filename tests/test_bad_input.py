@@ -92,7 +92,11 @@ def test_output_folder_that_is_a_file(sweep):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--timeout", "-1"], "--timeout: '-1' must be a number >= 0"),
+        (["--timeout", "-1"], "--timeout: '-1' must be a finite number >= 0"),
+        (["--timeout", "inf"], "--timeout: 'inf' must be a finite number >= 0"),
+        # one rule, one wording: -1 and 0 were told "a number >= 0" and "greater than 0", which contradict
+        (["--search-hours", "-1"], "--search-hours: '-1' must be a finite number > 0"),
+        (["--search-hours", "0"], "--search-hours: '0' must be a finite number > 0"),
         (["--max-processes-per-gpu", "0"], "must be at least 1"),
         (["--memory-threshold-gb", "abc"], "'abc' is not a number"),
         (["--abbrev", "noequals"], "--abbrev 'noequals': expected KEY=SHORT"),
