@@ -4489,10 +4489,13 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         if given:
             raise UserError(f"{given[0]} is for a search (--search, the config's 'search' block or --sweep-file)")
     abbrev = {**spec.abbrev, **parse_abbreviations(settings.abbrev)}
-    journal = read_journal(path := Path(settings.output_dir) / JOURNAL)
-    for name, why in ((n, record_damage(r)) for n, records in journal.items() for r in records):
-        if why:  # refused, not half-read: a finished run it hid would be run again, into its own folder
-            raise UserError(f"{path}: the record of {name!r} is damaged: {why} (mend or delete that line)")
+    journal: Journal = {}  # a damaged record is refused, not passed over: a finished run it hid would run again
+    for name, records in read_journal(path := Path(settings.output_dir) / JOURNAL).items():  # (into its folder)
+        for record in records:
+            if (why := record_damage(record)) and not settings.rerun:  # (--rerun sets the journal aside)
+                raise UserError(f"{path}: the record of {name!r} is damaged: {why} (mend or delete that line)")
+            if not why:
+                journal.setdefault(name, []).append(record)
     command = resolve_command(settings.command)
     if space is None:
         known = {r.get("identity"): name for name, records in journal.items() for r in records}

@@ -425,6 +425,8 @@ def test_resume_over_a_damaged_record_is_one_line_and_runs_nothing(sweep, where,
     key = next(iter(damage)) if where == "run.json" or "state" not in damage or len(damage) == 1 else "attempt"
     assert_one_line_error(p, "n_0", repr(key), "journal.jsonl" if where == "journal" else "n_0/run.json")
     assert starts(sweep) == before
+    assert sweep.run("--rerun").returncode == 0  # which sets the journal and the folders aside: no refusal
+    assert all(r["state"] == "complete" for r in sweep.results())
 
 
 def test_results_file_that_cannot_be_rewritten_stops_the_sweep_cleanly(sweep):
