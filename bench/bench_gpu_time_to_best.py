@@ -15,6 +15,7 @@ dropout 0..0.3.
 
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
     python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
+    python bench/bench_gpu_time_to_best.py --steps 800 --probe  # the landscape at the grid's best, 10 runs
 """
 
 from __future__ import annotations
@@ -51,6 +52,27 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
     "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }
+
+
+# --probe: the landscape at the grid's best (lr 1e-3, 8 layers, dropout 0): its seed noise, and what a step away
+# in each direction costs; one list sweep of these 10 runs, 10 at once on the GPU
+PROBE = ([{"lr": 1e-3, "layers": 8, "dropout": 0.0, "seed": s} for s in (0, 1, 2)]
+         + [{"lr": 1e-3, "layers": 8, "dropout": d, "seed": 0} for d in (0.005, 0.01, 0.02, 0.04)]
+         + [{"lr": lr, "layers": 8, "dropout": 0.0, "seed": 0} for lr in (7.5e-4, 1.4e-3)]
+         + [{"lr": 1e-3, "layers": 7, "dropout": 0.0, "seed": 0}])
+
+
+def probe(steps: int, tmp: str) -> int:
+    work = workdir(tmp, "probe")
+    _, records, last = sweep(work, {"runs": PROBE, "defaults": {"steps": steps}}, ["--max-processes-per-gpu", "10"])
+    print("| lr | layers | dropout | seed | val_loss |\n| --- | --- | --- | --- | --- |")
+    for r in records:
+        hp = r["hyperparams"]
+        v = value(r)
+        shown = "-" if v is None else f"{v:.4f}"
+        print(f"| {hp['lr']:g} | {hp['layers']} | {hp['dropout']:g} | {hp['seed']} | {shown} |")
+    print(f"# {last}", file=sys.stderr)
+    return 0
 
 
 FOOTPRINTS: Path | None = None  # --footprint-cache: the sweeps remember footprints in this folder (else none)
@@ -134,6 +156,8 @@ def main() -> int:
                    help="the sweeps remember their runs' footprints in DIR (XDG_CACHE_HOME) and all run in DIR/work,"
                         " so that each later sweep (of this call or a later one) starts from them; without it they "
                         "remember nothing (--no-footprint-cache)")
+    p.add_argument("--probe", action="store_true",
+                   help="only the landscape at the grid's best: 10 runs near lr 1e-3, 8 layers, dropout 0 (PROBE)")
     args = p.parse_args()
     global FOOTPRINTS
     FOOTPRINTS = args.footprint_cache
@@ -143,6 +167,8 @@ def main() -> int:
     print(f"{pynvml.nvmlDeviceGetCount()} x {name}\n", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_ttb_") as tmp:
+        if args.probe:
+            return probe(args.steps, tmp)
         defaults = {"steps": args.steps}
         if args.grid:
             wall, best = args.grid
