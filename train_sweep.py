@@ -4402,6 +4402,8 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
     path = resolve_path(text, "--output-file")
     if text.endswith(os.sep) or path.is_dir() or path.name in ("", ".", ".."):
         raise UserError(f"--output-file {text!r}: names a folder; give it a file name")
+    if path.exists() and not path.is_file():  # the results replace it (a rename): /dev/null would be a file after
+        raise UserError(f"--output-file {text!r} is not a plain file (a device, a FIFO); give another file")
     inputs = [settings.config_file, *settings.configs]
     if Path(command[0]).name.startswith("python") and len(command) > 1:
         inputs.append(command[1])
@@ -4410,7 +4412,7 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
             raise UserError(f"--output-file {text!r} would overwrite {name}, an input of the sweep; choose another "
                             "file")
     output_dir = resolve_path(settings.output_dir, "--output-dir")
-    if path == output_dir or (path.parent == output_dir and path.name in OWNED_FILES) or \
+    if path == output_dir or (path.parent == output_dir and path.name.partition("~")[0] in OWNED_FILES) or \
             path.parent == output_dir / "best" or any(path.parent == run.run_dir for run in runs):
         raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,35 @@ def test_output_file_equal_to_the_config_file_is_refused_and_the_config_kept(swe
     assert path.read_bytes() == before
     assert_one_line_error(p, CONFIG)
     assert not sweep.events()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "set_aside_journal"])
+def test_output_file_that_is_a_fifo_a_device_or_a_set_aside_journal_is_refused(sweep, kind):
+    """The results are written by a rename over --output-file: a FIFO or a device node there (`/dev/null`) was
+    replaced by a plain file, and a lock file made beside it (in /dev); `outputs/journal.jsonl~1`, the journal
+    --rerun had just set aside, was overwritten. Refused now: one line, nothing touched, nothing run."""
+    sweep.config([{"a": 1}])
+    if kind == "fifo":
+        target = sweep.dir / "results.fifo"
+        os.mkfifo(target)
+    elif kind == "device":
+        target = sweep.dir / "null"
+        try:
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of its own: never the real one
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    else:
+        assert cli(sweep).returncode == 0
+        assert cli(sweep, "--rerun").returncode == 0
+        target = sweep.dir / "outputs" / "journal.jsonl~1"
+    before = target.lstat()
+    kept = target.read_bytes() if kind == "set_aside_journal" else None
+    p = cli(sweep, "--output-file", str(target), "--rerun")
+    assert_one_line_error(p, str(target))
+    after = target.lstat()
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert kept is None or target.read_bytes() == kept
+    assert not (target.parent / f".{target.name}.lock").exists()
 
 
 def test_output_dir_root_is_refused(sweep):
