@@ -457,6 +457,34 @@ def test_cleanup_does_not_follow_a_link_to_another_sweep_out_of_the_folder_it_wa
     assert not (finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2").exists()  # the folder given: cleaned
 
 
+@pytest.mark.parametrize("inner", ["finished", "running"])
+def test_cleanup_never_deletes_a_run_folder_that_holds_another_sweep(finished, inner):
+    """A sweep whose --output-dir is inside another sweep's run folder: cleanup said the inner one was running,
+    then deleted the run folder that held it, its journal, results and run folders with it (the inner sweep
+    failed with exit 3). The outer run folder is kept, and said why; the inner sweep's own old runs go."""
+    holder = finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2"
+    inner_dir = holder / "inner"
+    args = ["--output-dir", str(inner_dir), "--output-file", str(holder / "inner_results.json"), "--metric", "val_loss"]
+    finished.config([{"k": 1, "metric": 0.1}, {"k": 2, "metric": 0.3, "sleep": 30 if inner == "running" else 0}])
+    proc = None
+    try:
+        if inner == "running":
+            proc = finished.start(*args)
+            finished.wait_for(lambda: (inner_dir / "k_2_metric_0.3_sleep_30" / "fake.json").exists(), what="inner run")
+        else:
+            assert finished.run(*args).returncode == 0
+        p = finished.run("cleanup", "--days", "0", "--include-best", "--live", "--yes", trainer=False)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert holder.is_dir() and (inner_dir / "journal.jsonl").exists(), p.stdout
+    assert f"skipped outputs/{holder.name}: another sweep's folder is inside it" in p.stdout, p.stdout
+    assert not (finished.dir / "outputs" / "lr_0.001_depth_2_metric_0.5").exists()  # the others are cleaned
+    assert (inner_dir / "k_1_metric_0.1").exists() == (inner == "running")  # the inner sweep: its own rules
+
+
 @pytest.mark.parametrize("damage, command", [
     ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
     ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),

@@ -22,6 +22,7 @@ from train_sweep import (
     FINISHED_ORDER,
     GROUPS,
     JOURNAL,
+    LOCK,
     MB,
     RUN_MARK,
     SERIES,
@@ -572,7 +573,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 if run_dir.is_symlink():
                     print(f"skipped {run_dir}: a link, not a run folder of the sweep's own")
                     continue
-                newest = max(f.lstat().st_mtime for f in [run_dir, *run_dir.rglob("*")])
+                inside = [run_dir, *run_dir.rglob("*")]
+                nested = next((f.parent for f in inside if f.name in ("sweep.json", JOURNAL, LOCK)), None)
+                if nested is not None:  # a sweep's --output-dir put in a run folder: deleted with it, it was lost
+                    print(f"skipped {run_dir}: another sweep's folder is inside it ({nested}); cleanup deletes "
+                          "run folders, never a sweep")
+                    continue
+                newest = max(f.lstat().st_mtime for f in inside)
                 if newest >= cutoff:
                     continue
                 if run_dir.name in keep:
