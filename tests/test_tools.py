@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, no_traceback, script
+from conftest import assert_one_line_error, cli, no_traceback, script
 
 
 @pytest.fixture
@@ -455,6 +455,37 @@ def test_cleanup_does_not_follow_a_link_to_another_sweep_out_of_the_folder_it_wa
     assert sorted(d.name for d in elsewhere.iterdir() if (d / "run.json").exists()) == theirs
     assert "skipped outputs/teamlink: a link to a sweep folder, not followed" in p.stdout, p.stdout
     assert not (finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2").exists()  # the folder given: cleaned
+
+
+@pytest.mark.parametrize("flag, target", [
+    ("--csv", "train_sweep_results.json"), ("--csv", "outputs/journal.jsonl"), ("--json", "outputs/sweep.json"),
+    ("--csv", "outputs/lr_0.01_depth_2_metric_0.2/run.json"), ("--json", "outputs/lr_0.01_depth_2_metric_0.2/x.json"),
+    ("--json", "other_results.json"), ("--csv", "fifo"), ("--plots", "afile"), ("--plots", "/proc/no/such"),
+    ("input", "fifo"), ("input", "/dev/zero"),
+], ids=["its_input", "the_journal", "sweep_json", "a_run_json", "in_a_run_folder", "another_results_file",
+        "a_fifo", "plots_a_file", "plots_unwritable", "reads_a_fifo", "reads_a_device"])
+def test_report_never_overwrites_what_it_reads_or_what_a_sweep_keeps(finished, flag, target):
+    """`report --csv outputs/journal.jsonl` (or the results file it read, a run.json, sweep.json, another sweep's
+    results) replaced the file with report rows: a later resume ran a finished run again. `--plots` onto a file,
+    or where no folder can be made, was a traceback; reading a FIFO waited forever, /dev/zero ate the memory.
+    Each is one line now, exit 2, and every file is as it was."""
+    if flag == "--plots":
+        pytest.importorskip("matplotlib")
+    if target == "other_results.json":
+        shutil.copy(finished.dir / "train_sweep_results.json", finished.dir / target)
+    elif target == "afile":
+        (finished.dir / target).write_text("notes")
+    elif target == "fifo":
+        os.mkfifo(finished.dir / target)
+
+    def files():
+        return {f: f.read_bytes() for f in finished.dir.rglob("*") if f.is_file() and not f.name.endswith(".lock")
+                and f.relative_to(finished.dir).parts[0] != "cache"}  # (matplotlib's font list)
+
+    before = files()
+    p = finished.run("report", *([target] if flag == "input" else [flag, target]), trainer=False, timeout=30)
+    assert_one_line_error(p, target)
+    assert files() == before
 
 
 @pytest.mark.parametrize("inner", ["finished", "running"])

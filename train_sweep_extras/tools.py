@@ -24,6 +24,7 @@ from train_sweep import (
     JOURNAL,
     LOCK,
     MB,
+    OWNED_FILES,
     RUN_MARK,
     SERIES,
     STUDY,
@@ -63,6 +64,8 @@ REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "st
 
 def load_results(path: str) -> list[dict[str, Any]]:
     """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would be waited on, /dev/zero read forever
+        raise UserError(f"{path}: not a results file (a folder, a FIFO or a device)")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -309,6 +312,23 @@ def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
     return "min"
 
 
+def check_report_file(flag: str, target: str, inputs: Sequence[str]) -> None:
+    """report's --csv, --json and --results FILE: a file of its own; never a results file (the one it reads, or
+    another sweep's), a file a sweep keeps (its journal, sweep.json, a run.json), a FIFO or a device."""
+    path = Path(target).resolve()
+    if path.exists() and not path.is_file():
+        raise UserError(f"report {flag} {target!r} is not a plain file (a folder, a FIFO, a device); name a file")
+    if any(path == Path(i).resolve() for i in inputs):
+        raise UserError(f"report {flag} {target!r} is the results file it reads; give another file")
+    data = read_json(path) if path.is_file() else None
+    results = isinstance(data, list) and any(isinstance(r, dict) and isinstance(r.get("hyperparams"), dict)
+                                             and "model_name" in r for r in data)  # (report's rows have hp.*)
+    owned = path.name.partition("~")[0] in (*OWNED_FILES, "run.json", SERIES, RUN_MARK)
+    if owned or results or (path.parent / RUN_MARK).exists():
+        raise UserError(f"report {flag} {target!r} is a file a sweep keeps (its journal, sweep.json, a run's files "
+                        "or a results file); give another file")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -318,6 +338,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UserError("report --plots needs matplotlib: pip install 'train-sweep[plots]'") from None
+        if Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise UserError(f"report --plots {args.plots!r} is not a folder; give a folder for the PNGs")
+    for flag, target in (("--csv", args.csv), ("--json", args.json), ("--results", args.results)):
+        if target:
+            check_report_file(flag, target, args.files or ([] if args.storage else ["train_sweep_results.json"]))
     if args.storage:  # every agent's runs of a shared sweep, from its study
         from train_sweep_extras.agents import gathered
 
@@ -417,12 +442,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:
         from train_sweep_extras.plots import study_plots, write_plots
 
-        for path in write_plots(Path(args.plots), records, metric, args.mode):
-            console.print(f"wrote {path}", highlight=False)
-        studies = {Path(r["run_dir"]).parent / STUDY for r in records if r.get("trial") is not None and r.get("run_dir")}
-        for study in sorted(s for s in studies if s.is_file()):
-            for path in study_plots(Path(args.plots), study, len(studies) > 1):
+        try:
+            for path in write_plots(Path(args.plots), records, metric, args.mode):
                 console.print(f"wrote {path}", highlight=False)
+            studies = {Path(r["run_dir"]).parent / STUDY for r in records
+                       if r.get("trial") is not None and r.get("run_dir")}
+            for study in sorted(s for s in studies if s.is_file()):
+                for path in study_plots(Path(args.plots), study, len(studies) > 1):
+                    console.print(f"wrote {path}", highlight=False)
+        except OSError as e:
+            raise UserError(f"report --plots {args.plots}: cannot write ({e.strerror or e})") from None
     return EXIT_OK
 
 
