@@ -1386,7 +1386,7 @@ def build_runs(entries: Sequence[Entry | Mapping[str, Any]], command: Sequence[s
         run_dir = root / name  # a folder made where it exists already must be the sweep's own (see owned())
         if os.sep in name or name in (".", ".."):  # names are cleaned; this guards the rule itself
             raise UserError(f"entry [{i}]: run name {name!r} would leave the output folder")
-        if name.lower() in {f.lower() for f in OWNED_FILES}:
+        if name.lower() in {f.lower() for f in OWNED_FILES} or name.lower().startswith(f"{STUDY}.lock"):
             raise UserError(f"run [{i}] would be named {name!r}, a file the sweep keeps in its output folder; "
                             "give it another name")
         head = [a.replace("{name}", name).replace("{run_dir}", str(run_dir)) for a in command]

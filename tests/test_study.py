@@ -439,3 +439,37 @@ def test_a_torn_last_line_of_the_study_is_cut_before_optuna_appends_to_it(tmp_pa
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.3)  # writes go on
     assert [t.value for t in _journal_study(path).trials] == [0.1, 0.2, 0.3]
     mend_torn_line(tmp_path / "missing.log")  # nothing to mend
+
+
+# -- Optuna's lock beside the study: only its own files are removed ---------------------------------------------
+
+@pytest.mark.parametrize("case", ["user_files_kept", "lock_a_folder", "run_named_like_the_lock"])
+def test_only_optunas_own_lock_files_are_removed_beside_the_study(sweep, case):
+    """A search removed every outputs/study.log.lock* at its start (Optuna's lock, left by a crash), a user's
+    `study.log.lock_notes.txt` too; a run named `study.log.lock` was accepted, Optuna's lock then renamed its
+    folder away and the next sweep was a traceback, as was a folder named study.log.lock. Now only Optuna's
+    lock and its renamed copies go; the rest is kept, or refused in one line."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "q.py", QUADRATIC)
+    out = sweep.dir / "outputs"
+    out.mkdir()
+    args = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
+            "x=interval(0, 1)"]
+    if case == "user_files_kept":
+        (out / "study.log.lock_notes.txt").write_text("mine")
+        (out / "study.log.lock.d").mkdir()
+        for left in ("study.log.lock", "study.log.lock0b4a2c3e-1f2d-4e5f-8a9b-0c1d2e3f4a5b.rename"):
+            (out / left).write_text("")  # what a crash of Optuna's lock leaves
+        p = sweep.run(*args, trainer=False)
+        assert p.returncode == 0, p.stderr
+        assert (out / "study.log.lock_notes.txt").read_text() == "mine" and (out / "study.log.lock.d").is_dir()
+        assert not list(out.glob("*.rename"))
+    elif case == "lock_a_folder":
+        (out / "study.log.lock").mkdir()
+        (out / "study.log.lock" / "keep.txt").write_text("mine")
+        check_refused(sweep.run(*args, trainer=False), "study.log.lock is a folder")
+        assert (out / "study.log.lock" / "keep.txt").read_text() == "mine"
+    else:
+        p = sweep.run("--command", command, "--name-template", "study.log.lock", "--pruner", "median", "--metric",
+                      "loss", "--no-live", "x=0.5", trainer=False)
+        check_refused(p, "'study.log.lock'", "a file the sweep keeps")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import time
 from collections import Counter
@@ -241,7 +242,10 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
 
     path = output_dir / STUDY
     for stale in output_dir.glob(f"{STUDY}.lock*"):  # the output folder is locked: no one else writes the study
-        stale.unlink(missing_ok=True)
+        if stale.name == f"{STUDY}.lock" and stale.is_dir() and not stale.is_symlink():
+            raise UserError(f"{stale} is a folder where Optuna locks the study; move it out of the output folder")
+        if re.fullmatch(rf"{re.escape(STUDY)}\.lock([0-9a-f-]{{36}}\.rename)?", stale.name) and not stale.is_dir():
+            stale.unlink(missing_ok=True)  # Optuna's lock and its renamed copies, a crash left; nothing else
     mend_torn_line(path)
     directions = ["minimize" if m == "min" else "maximize" for m in settings.modes]
     objectives = settings.metric[: len(directions)]
