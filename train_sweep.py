@@ -946,7 +946,9 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
     for text, key, override in _parsed_overrides(overrides):
         if override.is_sweep_override():
             try:
-                values = [_plain_value(v) for v in override.sweep_iterator()]
+                values = sweep_values(text, override)
+            except UserError:
+                raise
             except Exception as e:  # interval() and other sweeps that need a search, not a list
                 raise UserError(f"override {text!r}: {e} (train_sweep expands lists, choice() and range(); "
                                 "interval() needs a search: --search tpe)") from None
@@ -959,6 +961,17 @@ def parse_sweep_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]
         else:
             plain[key] = _plain_value(override.value())
     return sweeps, plain
+
+
+def sweep_values(text: str, override: Any) -> list[Any]:
+    """An override's values; a range() is counted before it is listed (range(0, 10**9) would fill the memory)."""
+    value = override.value()
+    if all(hasattr(value, a) for a in ("start", "stop", "step")):
+        if value.step == 0:
+            raise UserError(f"override {text!r}: range() needs a step other than 0")
+        if (value.stop - value.start) / value.step > MAX_RUNS:
+            raise UserError(f"override {text!r}: range() makes more than {MAX_RUNS:,} values")
+    return [_plain_value(v) for v in override.sweep_iterator()]
 
 
 def _plain_value(value: Any) -> Any:

@@ -44,6 +44,7 @@ def write_yaml(path: Path, data) -> str:
     ("n=choice(1, 2, 3)", Param("categorical", choices=(1, 2, 3))),
     ("opt=shuffle(adam, sgd)", Param("categorical", choices=("adam", "sgd"))),
     ("n=shuffle(range(1, 4))", Param("categorical", choices=(1, 2, 3))),
+    ("seed=range(0, 1000000000)", Param("int", 0, 999_999_999)),  # counted, not listed (memory grew to GBs)
 ])
 def test_hydra_search_syntax(override, expected):
     params, plain = parse_search_overrides([override])
@@ -79,11 +80,35 @@ def test_hydra_search_syntax_plain_values_and_several():
     ("opt=glob(*)", "Glob cannot be searched"),
     ("lr=interval(0, 1", "override 'lr=interval(0, 1'"),  # Hydra's own parse error, one line
     ("~lr", "deleting a key"),
+    ("n=range(1, 5, 0)", "range() needs a step other than 0"),  # tracebacks before: Python's and Hydra's
+    ("x=range(0.1, 0.5, 0)", "range() needs a step other than 0"),
+    ("n=shuffle(range(0, 1000000000))", "range() makes more than 100,000 values"),  # a shuffle lists them all
+    ("x=range(0, 1e7, 0.01)", "range() makes more than 100,000 values"),
 ])
 def test_hydra_search_syntax_errors(override, fragment):
     with pytest.raises(UserError) as e:
         parse_search_overrides([override])
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, config, fragment", [
+    (["a=range(0,1000000000)"], None, "range() makes more than 100,000 values"),
+    (["a=range(1,5,0)"], None, "range() needs a step other than 0"),
+    ([], {"search": {"sampler": "grid", "metric": "val_loss", "n_trials": 5,
+                     "params": {"lr": {"type": "int", "low": 0, "high": 1_000_000_000}}}},
+     "the grid sampler would try 1,000,000,001 values of 'lr'"),
+    (["--sweep-file", "g.yaml"], "method: grid\nmetric: {name: val_loss}\nparameters:\n  a: {min: 0, max: 1000000000}\n",
+     "the grid sampler would try 1,000,000,001 values of 'a'"),
+], ids=["grid_override", "step_zero", "grid_sampler", "wandb_grid"])
+def test_a_huge_range_or_grid_is_refused_before_it_is_listed(sweep, args, config, fragment):
+    """range(0, 10**9) on the command line, or a grid sampler over an int range that wide (the config's or a W&B
+    file's), listed every value first: the CLI never answered and its memory grew by GBs. A step of 0 was a
+    traceback. Each is one line now, counted before anything is listed."""
+    if isinstance(config, dict):
+        sweep.config(config)
+    elif config:
+        (sweep.dir / "g.yaml").write_text(config)
+    check_refused(sweep.run("--dry-run", *args, timeout=60), fragment)
 
 
 def test_a_search_over_plain_lists_needs_no_hydra(sweep, tmp_path):

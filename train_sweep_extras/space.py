@@ -35,6 +35,7 @@ from train_sweep import (
     format_value,
     label_of,
     run_name,
+    sweep_values,
     template_name,
 )
 
@@ -64,10 +65,14 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
         if isinstance(value, IntervalSweep):
             params[key] = make_param(where, "float", value.start, value.end, log=log)
         elif isinstance(value, RangeSweep) and not value.shuffle:
-            values = [_plain_value(v) for v in override.sweep_iterator()]
+            whole = all(_is_whole(v) for v in (value.start, value.stop, value.step))
+            if whole and value.step:  # its bounds, counted: an int range may be wide (range(0, 10**9))
+                steps = range(value.start, value.stop, value.step)
+                values = [steps[0], steps[-1]] if len(steps) > 1 else list(steps)
+            else:  # a float range in steps: listed, as Hydra adds them up, if not absurdly many
+                values = sweep_values(text, override)
             if not values:
                 raise UserError(f"{where}: the range is empty")
-            whole = all(_is_whole(v) for v in (value.start, value.stop, value.step))
             step = None if log else value.step
             if log and value.step != 1:
                 raise UserError(f"{where}: tag(log, range(...)) needs a step of 1 (Optuna samples a log scale "
@@ -79,7 +84,7 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
         elif isinstance(value, (ChoiceSweep, RangeSweep)):
             if log:
                 raise UserError(f"{where}: tag(log, ...) applies to interval() and range(), not to a list of choices")
-            choices = [_plain_value(v) for v in override.sweep_iterator()]
+            choices = sweep_values(text, override)
             if getattr(value, "shuffle", False):  # shuffled anew at each parse: one order, so that resume matches
                 choices.sort(key=lambda c: (not _is_number(c), c if _is_number(c) else canonical_json(c)))
             params[key] = make_param(where, "categorical", choices=choices)
@@ -319,6 +324,9 @@ def grid_points(search: SearchSpec) -> dict[str, list[Any]]:
             space[key] = [encode_choice(c) for c in p.choices]
         elif p.type == "int" or p.step:
             n = round((p.high - p.low) / (p.step or 1))
+            if n + 1 > MAX_RUNS:  # counted before it is listed
+                raise UserError(f"{search.source}: the grid sampler would try {n + 1:,} values of {key!r}, more than "
+                                f"{MAX_RUNS:,}; search it with another sampler and a budget")
             space[key] = [p.low + i * (p.step or 1) for i in range(n + 1)]
         else:
             raise UserError(f"{search.source}: the grid sampler needs a list of values for {key!r}, not a "
