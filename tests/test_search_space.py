@@ -97,7 +97,8 @@ def test_hydra_search_syntax_errors(override, fragment):
     ([], {"search": {"sampler": "grid", "metric": "val_loss", "n_trials": 5,
                      "params": {"lr": {"type": "int", "low": 0, "high": 1_000_000_000}}}},
      "the grid sampler would try 1,000,000,001 values of 'lr'"),
-    (["--sweep-file", "g.yaml"], "method: grid\nmetric: {name: val_loss}\nparameters:\n  a: {min: 0, max: 1000000000}\n",
+    (["--sweep-file", "g.yaml"],
+     "method: grid\nmetric: {name: val_loss}\nparameters:\n  a: {min: 0, max: 1000000000}\n",
      "the grid sampler would try 1,000,000,001 values of 'a'"),
 ], ids=["grid_override", "step_zero", "grid_sampler", "wandb_grid"])
 def test_a_huge_range_or_grid_is_refused_before_it_is_listed(sweep, args, config, fragment):
@@ -493,6 +494,16 @@ def test_wandb_errors_name_the_files_keys(sweep):
      ["the grid sampler needs a list of values for 'x'"]),
     ("method: random\nrun_cap: 3\nparameters:\n  x: {min: 0.0, max: 1.0}\n", ["a search needs a metric"]),
     ("method: random\nmetric: {name: loss}\nparameters:\n  x: {min: 0.0, max: 1.0}\n", ["a search needs a budget"]),
+    # YAML that is not JSON: tracebacks before, from the names' canonical JSON and from PyYAML's int()
+    ("method: random\nmetric: {name: loss}\nrun_cap: 2\nparameters:\n  d: {values: [2020-01-01, 2021-01-01]}\n",
+     ["'parameters' 'd' 'values' [0]: 2020-01-01 is a YAML date"]),
+    ("method: random\nmetric: {name: loss}\nrun_cap: 2\nparameters:\n"
+     "  d: {value: !!binary aGVsbG8=}\n  x: {values: [1, 2]}\n",
+     ["'parameters' 'd' 'value': b'hello' is a YAML bytes"]),
+    ("method: random\nmetric: {name: loss}\nrun_cap: 2\nparameters:\n  d: {values: [" + "9" * 5001 + ", 1]}\n",
+     ["a value cannot be read", "4300 digits"]),
+    ("method: random\nmetric: {name: loss}\nrun_cap: 2\nparameters:\n  1: {values: [1, 2]}\n",
+     ["'parameters': the key 1 is not text"]),
 ])
 def test_bad_sweep_file_is_one_line(sweep, text, fragments):
     sweep.gpus.set(count=1)

@@ -98,7 +98,7 @@ def read_yaml_or_json(path: str) -> Any:
             node = loader.get_single_node()
             if node is not None and yaml_values(node, {}) > MAX_YAML_VALUES:
                 raise UserError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values: not a sweep file")
-            return loader.construct_document(node) if node is not None else None
+            data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
     except yaml.YAMLError as e:
@@ -107,6 +107,28 @@ def read_yaml_or_json(path: str) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to read") from None
+    except ValueError as e:  # an int of more than 4,300 digits
+        raise UserError(f"{path}: a value cannot be read: {str(e).split(';')[0]}") from None
+    if (bad := not_json(data)) is not None:
+        raise UserError(f"{path}: {bad}")
+    return data
+
+
+def not_json(value: Any) -> str | None:
+    """Where a YAML document holds what JSON cannot (a date, bytes, a set, a key that is not text), or None:
+    a sweep's values go to command lines and JSON records."""
+    stack = [(value, "")]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict):
+            if (key := next((k for k in item if not isinstance(k, str)), "")) != "":
+                return f"{at or 'the top'}: the key {key!r} is not text (quote it)"
+            stack += reversed([(sub, f"{at} {k!r}".strip()) for k, sub in item.items()])  # the first found first
+        elif isinstance(item, list):
+            stack += reversed([(sub, f"{at} [{i}]") for i, sub in enumerate(item)])
+        elif item is not None and not isinstance(item, (str, int, float, bool)):
+            return f"{at}: {str(item)[:40]} is a YAML {type(item).__name__}, not a JSON value (quote it to pass text)"
+    return None
 
 
 def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
