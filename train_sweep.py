@@ -2979,7 +2979,8 @@ def read_journal(path: Path) -> Journal:
     for line in lines:
         with suppress(ValueError, KeyError, TypeError, RecursionError):
             record = json.loads(line.decode("utf-8"))
-            out.setdefault(record["model_name"], []).append(record)
+            if isinstance(record["model_name"], str):  # else no run's: passed over
+                out.setdefault(record["model_name"], []).append(record)
     return out
 
 
@@ -4731,6 +4732,9 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
+        for path in (journal, output_dir / "sweep.json", output_dir / STUDY):
+            if path.exists() and not path.is_file():
+                raise UserError(f"{path} is not a file: the sweep keeps its {path.name} there; move it")
         for run in runs if search is None else ():
             if run.run_dir.exists() and not (run.run_dir.is_dir() and owned(run.run_dir, run.name)):
                 raise UserError(f"{run.run_dir} exists and was not made by train_sweep; the sweep never writes "

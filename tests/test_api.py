@@ -159,6 +159,7 @@ def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
         f.write(json.dumps({"model_name": "x_9", "state": "complete", "metrics": {"val_loss": 0.01}, "run_dir": 5,
                             "duration_seconds": "long", "trial": [1]}) + "\n")
         f.write(json.dumps({"model_name": "metric_0.2", "state": "failed", "attempt": "two"}) + "\n")
+        f.write(json.dumps({"model_name": 5, "state": "complete"}) + "\n")  # a TypeError before: folder / 5
     run_json = tmp_path / "outputs" / "metric_0.1" / "run.json"  # a TypeError before: "x" > 1, then 2 > "two"
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "state": "running", "attempt": "x"}))
     (tmp_path / "outputs" / "metric_0.2" / "run.json").write_text(json.dumps(
@@ -168,6 +169,9 @@ def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     assert damaged.run_dir == tmp_path / "outputs" / "x_9" and damaged.duration is None and damaged.trial is None
     states = {r.name: r.state for r in result.runs}
     assert states == {"metric_0.1": "complete", "metric_0.2": "running", "x_9": "complete"}
+    for bad in ({"k": "2"}, {"k": 0}, {"mode": "up"}):  # a TypeError, or taken for max, before
+        with pytest.raises(train_sweep.SweepError, match="k is a whole number >= 1, mode 'min' or 'max'"):
+            result.best(**bad)
 
 
 def test_a_test_session_leaves_no_cache_folder_behind(tmp_path):

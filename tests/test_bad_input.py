@@ -233,6 +233,15 @@ def test_output_file_that_is_a_fifo_a_device_or_a_set_aside_journal_is_refused(s
     assert not (target.parent / f".{target.name}.lock").exists()
 
 
+@pytest.mark.parametrize("name", ["journal.jsonl", "sweep.json", "study.log"])
+def test_a_folder_where_the_sweep_keeps_a_file_is_one_line(sweep, name):
+    """outputs/journal.jsonl made a folder (a mistaken mkdir, a sync tool): an IsADirectoryError traceback."""
+    sweep.config([{"a": 1}])
+    (sweep.dir / "outputs" / name).mkdir(parents=True)
+    assert_one_line_error(cli(sweep), f"outputs/{name} is not a file")
+    assert not sweep.events()
+
+
 def test_output_dir_root_is_refused(sweep):
     """issue 16: `--output-dir /` would put run folders, the journal and the lock in /. Refused: exit 2,
     one line. (As root the old code wrote into /; this test removes what it made there.)"""

@@ -112,6 +112,13 @@ def test_a_huge_range_or_grid_is_refused_before_it_is_listed(sweep, args, config
     check_refused(sweep.run("--dry-run", *args, timeout=60), fragment)
 
 
+def test_objectives_that_name_one_metric_twice_are_refused(sweep):
+    """A search block with metric ["a", "a"] and mode [min, max] ran: a front of a metric against itself."""
+    sweep.config({"search": {"metric": ["a", "a"], "mode": ["min", "max"], "n_trials": 2,
+                             "params": {"x": {"type": "float", "low": 0, "high": 1}}}})
+    check_refused(sweep.run("--dry-run"), "the objectives name 'a' twice")
+
+
 def test_a_search_over_plain_lists_needs_no_hydra(sweep, tmp_path):
     pytest.importorskip("optuna")
     sweep.gpus.set(count=1)

@@ -488,6 +488,16 @@ def test_report_never_overwrites_what_it_reads_or_what_a_sweep_keeps(finished, f
     assert files() == before
 
 
+def test_status_of_a_damaged_sweep_json_and_watch_with_a_huge_interval_are_one_line(finished):
+    """status over a damaged sweep.json said 'no sweep here (no sweep.json)'; watch --every 1e300 was an
+    OverflowError traceback from time.sleep()."""
+    p = finished.run("watch", "outputs", "--every", "1e300", trainer=False, timeout=30)
+    assert_one_line_error(p, "--every 1e+300: at most 86400 seconds")
+    (finished.dir / "outputs" / "sweep.json").write_text("{x")
+    p = finished.run("status", "outputs", trainer=False, timeout=30)
+    assert_one_line_error(p, "outputs: its sweep.json is damaged")
+
+
 @pytest.mark.parametrize("inner", ["finished", "running"])
 def test_cleanup_never_deletes_a_run_folder_that_holds_another_sweep(finished, inner):
     """A sweep whose --output-dir is inside another sweep's run folder: cleanup said the inner one was running,

@@ -75,6 +75,8 @@ class SweepResult:
     def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
         """The k best complete runs by `metric` and `mode` (default: the sweep's), best first, as seed 003's
         SweepManager.get_best_models(k): their folders hold what --top-k kept."""
+        if not _is_whole(k) or k < 1 or mode not in (None, "min", "max"):
+            raise SweepError(f"best(k={k!r}, mode={mode!r}): k is a whole number >= 1, mode 'min' or 'max'")
         saved = Ranking.saved(self.settings)
         metric, mode = metric or saved.metric, mode or saved.mode
         if metric is None:

@@ -360,6 +360,10 @@ def complete_search(settings: Settings, search: SearchSpec) -> Settings:
         mode = ",".join(["min"] * (len(search.metrics) if not settings.metric and search.metrics else 1))
     if len(mode.split(",")) > len(metric):
         raise UserError(f"--mode {mode}: {len(mode.split(','))} objectives, and only {len(metric)} metric(s) named")
+    objectives = list(metric)[: len(mode.split(","))]
+    if len(set(objectives)) < len(objectives):  # ["a", "a"] with min,max: a front of one metric against itself
+        raise UserError(f"{search.source}: the objectives name {max(objectives, key=objectives.count)!r} twice; "
+                        "each objective is a different metric")
     n_trials = settings.n_trials or search.n_trials
     if n_trials is not None and n_trials > MAX_RUNS:  # as the config's n_trials: a budget beyond any sweep's
         raise UserError(f"--n-trials {n_trials:,}: at most {MAX_RUNS:,} trials (or --search-hours for a time budget)")

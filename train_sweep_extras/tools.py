@@ -756,7 +756,9 @@ class SweepStatus:
         folder = self.folder
         record = sweep_record(folder)
         if record is None:
-            raise UserError(f"{folder}: no sweep here (no sweep.json): pass the sweep's --output-dir")
+            raise UserError(f"{folder}: " + ("its sweep.json is damaged (not a JSON object with settings)"
+                                            if (folder / "sweep.json").exists() else
+                                            "no sweep here (no sweep.json): pass the sweep's --output-dir"))
         settings = record.get("settings") or {}
         ranking = Ranking.saved(settings)
         pid = sweep_alive(folder)
@@ -867,6 +869,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
+    if args.every > 86400:  # time.sleep() overflows past about 10**11 s; a redraw a day is the most that means
+        raise UserError(f"watch --every {args.every:g}: at most 86400 seconds (a day)")
     read = status_reader(args)
     lines, alive = read()
     if not sys.stdout.isatty():  # a pipe or a file: each state, one after another
