@@ -45,8 +45,10 @@ from __future__ import annotations
 import _signal  # already loaded at the interpreter's start, like os: no time passes before the handler is set
 import os
 
-if __name__ == "__main__":  # until main() takes over, Ctrl+C ends the script at once: nothing is written yet
-    _signal.signal(_signal.SIGINT, lambda *_: os._exit(130))
+if __name__ == "__main__":  # until main() takes over, Ctrl+C (SIGTERM, SIGHUP) ends it at once: nothing is written yet
+    for _sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):  # exit 130, as interrupted later (not 143)
+        if _signal.getsignal(_sig) != _signal.SIG_IGN:  # (an ignored SIGHUP stays ignored: nohup)
+            _signal.signal(_sig, lambda *_: os._exit(130))
     import sys
     sys.modules.setdefault("train_sweep", sys.modules[__name__])  # the extras' `import train_sweep` is this module
 

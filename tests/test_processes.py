@@ -260,8 +260,8 @@ _h16_install()
 """
 
 
-def _sigint_once(sweep, delay: float) -> str | None:
-    """Start the CLI, send SIGINT `delay` s after train_sweep.py's first statement; what went wrong, if any."""
+def _sigint_once(sweep, delay: float, sig: signal.Signals = signal.SIGINT) -> str | None:
+    """Start the CLI, send `sig` `delay` s after train_sweep.py's first statement; what went wrong, if any."""
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0, "sleep": 5}, {"n": 1, "sleep": 5}])
     site = sweep.dir / "h16_site"
@@ -279,7 +279,7 @@ def _sigint_once(sweep, delay: float) -> str | None:
         if not marker.exists():
             return f"exited ({proc.returncode}) before the start-up marker was written"
         time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -295,6 +295,20 @@ def _sigint_once(sweep, delay: float) -> str | None:
             except ValueError as e:
                 return f"{name} is not valid JSON: {e}"
     return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_sigterm_and_sighup_very_early_exit_130_too(tmp_path, sig):
+    """SIGTERM or SIGHUP in the first moments (before main() takes over signals) ended the CLI by the signal
+    (exit 143, 129), not the 130 that the same signal a second later gives. The delays of the test below."""
+    rng = random.Random(16)
+    delays = [0.0, 0.02] + [rng.uniform(0, 0.15) for _ in range(3)]
+    problems = []
+    for k, delay in enumerate(delays):
+        (tmp_path / f"attempt_{k}").mkdir()
+        if problem := _sigint_once(Sweep(tmp_path / f"attempt_{k}"), delay, sig):
+            problems.append(f"{sig.name} after {delay * 1000:.1f} ms: {problem}")
+    assert not problems, "\n".join(problems)
 
 
 def test_sigint_very_early(tmp_path):
