@@ -672,8 +672,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="status, redrawn every few seconds until the sweep ends")
     w.add_argument("folder", nargs="?", default="outputs", metavar="OUTPUT_DIR", help="the sweep's --output-dir "
                    "(default: outputs), or the --storage URL of a sweep shared by agents")
-    w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS", help="redraw interval, at most a day "
-                   "(default: 2)")
+    w.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS",
+                   help="redraw interval, at most a day (default: 2)")
     for parser in (st, w):
         parser.add_argument("--storage", metavar="URL", help="a sweep shared by agents: every host's runs, from its "
                             "study")
