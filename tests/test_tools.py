@@ -584,7 +584,7 @@ def test_report_reads_as_a_person_would_sort_it(sweep):
     p = report(sweep)
     assert p.returncode == 0, p.stderr
     assert "│ 0.001568 │" in p.stdout and "│ 0.0015676677195506068 │" not in p.stdout  # (the name keeps it)
-    rows = [[c.strip() for c in line.split("│")] for line in p.stdout.splitlines() if "lr_" in line]
+    rows = [[c.strip() for c in line.split("│")] for line in p.stdout.splitlines() if "│ complete │" in line]
     # the lr column, after the state (a duration of 0.3s once read as lr 0.3 when the whole row was searched)
     assert [cells[cells.index("complete") + 1] for cells in rows] == ["0.02", "0.3", "0.001568"], rows
     out = sweep.dir / "runs.csv"
