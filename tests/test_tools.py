@@ -498,6 +498,19 @@ def test_status_of_a_damaged_sweep_json_and_watch_with_a_huge_interval_are_one_l
     assert_one_line_error(p, "outputs: its sweep.json is damaged")
 
 
+def test_report_results_rewrites_its_own_gathered_file(tmp_path):
+    """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
+    writing over a results file; --csv/--json onto such a file still are."""
+    from train_sweep import UserError
+    from train_sweep_extras.tools import check_report_file
+
+    gathered = tmp_path / "all.json"
+    gathered.write_text(json.dumps([{"model_name": "a", "hyperparams": {"lr": 1}, "state": "complete", "host": "h1"}]))
+    check_report_file("--results", str(gathered), [])
+    with pytest.raises(UserError, match="is a file a sweep keeps"):
+        check_report_file("--json", str(gathered), [])
+
+
 @pytest.mark.parametrize("inner", ["finished", "running"])
 def test_cleanup_never_deletes_a_run_folder_that_holds_another_sweep(finished, inner):
     """A sweep whose --output-dir is inside another sweep's run folder: cleanup said the inner one was running,

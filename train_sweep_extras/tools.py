@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -320,9 +321,12 @@ def check_report_file(flag: str, target: str, inputs: Sequence[str]) -> None:
         raise UserError(f"report {flag} {target!r} is not a plain file (a folder, a FIFO, a device); name a file")
     if any(path == Path(i).resolve() for i in inputs):
         raise UserError(f"report {flag} {target!r} is the results file it reads; give another file")
-    data = read_json(path) if path.is_file() else None
-    results = isinstance(data, list) and any(isinstance(r, dict) and isinstance(r.get("hyperparams"), dict)
-                                             and "model_name" in r for r in data)  # (report's rows have hp.*)
+    results = False  # a results file (another sweep's), told by its head: records with hyperparams objects
+    if flag != "--results" and path.is_file():  # (--results rewrites its own gathered file, as docs/agents.md says)
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+        results = head.lstrip()[:1] == b"[" and b'"model_name"' in head and \
+            re.search(rb'"hyperparams"\s*:\s*\{', head) is not None
     owned = path.name.partition("~")[0] in (*OWNED_FILES, "run.json", SERIES, RUN_MARK)
     if owned or results or (path.parent / RUN_MARK).exists():
         raise UserError(f"report {flag} {target!r} is a file a sweep keeps (its journal, sweep.json, a run's files "
