@@ -4512,8 +4512,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         for record in records:
             if (why := record_damage(record)) and not settings.rerun:  # (--rerun sets the journal aside)
                 raise UserError(f"{path}: the record of {name!r} is damaged: {why} (mend or delete that line)")
-            if not why:
-                journal.setdefault(name, []).append(record)
+            journal.setdefault(name, []).extend([] if why else [record])  # (--rerun sets its folder aside too)
     command = resolve_command(settings.command)
     if space is None:
         known = {r.get("identity"): name for name, records in journal.items() for r in records}
@@ -4734,7 +4733,7 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
     try:
         locks.append(lock_results_file(output_file))
         journal = output_dir / JOURNAL
-        for path in (journal, output_dir / "sweep.json", output_dir / STUDY):
+        for path in (journal, output_dir / "sweep.json", *([output_dir / STUDY] if plan.searching else [])):
             if path.exists() and not path.is_file():
                 raise UserError(f"{path} is not a file: the sweep keeps its {path.name} there; move it")
         for run in runs if search is None else ():

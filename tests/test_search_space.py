@@ -45,6 +45,7 @@ def write_yaml(path: Path, data) -> str:
     ("opt=shuffle(adam, sgd)", Param("categorical", choices=("adam", "sgd"))),
     ("n=shuffle(range(1, 4))", Param("categorical", choices=(1, 2, 3))),
     ("seed=range(0, 1000000000)", Param("int", 0, 999_999_999)),  # counted, not listed (memory grew to GBs)
+    ("seed=range(0, 10**30)".replace("10**30", str(10**30)), Param("int", 0, 10**30 - 1)),  # past len()'s reach
 ])
 def test_hydra_search_syntax(override, expected):
     params, plain = parse_search_overrides([override])
@@ -511,6 +512,8 @@ def test_wandb_errors_name_the_files_keys(sweep):
      ["a value cannot be read", "4300 digits"]),
     ("method: random\nmetric: {name: loss}\nrun_cap: 2\nparameters:\n  1: {values: [1, 2]}\n",
      ["'parameters': the key 1 is not text"]),
+    ("name: 2024-05-01\nmethod: random\nrun_cap: 2\nparameters:\n  x: {values: [1, 2]}\n",  # W&B's label: not read
+     ["a search needs a metric"]),
 ])
 def test_bad_sweep_file_is_one_line(sweep, text, fragments):
     sweep.gpus.set(count=1)

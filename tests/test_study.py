@@ -5,6 +5,7 @@ refused, --rerun setting the study aside; a deleted, emptied, cut, torn or damag
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -473,3 +474,21 @@ def test_only_optunas_own_lock_files_are_removed_beside_the_study(sweep, case):
         p = sweep.run("--command", command, "--name-template", "study.log.lock", "--pruner", "median", "--metric",
                       "loss", "--no-live", "x=0.5", trainer=False)
         check_refused(p, "'study.log.lock'", "a file the sweep keeps")
+
+
+def test_rerun_of_a_search_over_a_damaged_journal_sets_every_old_trial_aside(sweep):
+    """--rerun of a search takes the trials to set aside from the journal: a run whose only record was damaged
+    was left out, and its folder stayed among the new trials'."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "q.py", QUADRATIC)
+    args = ["--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
+            "x=interval(0, 1)"]
+    assert sweep.run(*args, trainer=False).returncode == 0
+    journal = sweep.dir / "outputs" / "journal.jsonl"
+    first, *rest = journal.read_text().splitlines()
+    damaged = json.loads(first)["model_name"]
+    journal.write_text("\n".join([json.dumps({**json.loads(first), "identity": [1]}), *rest]) + "\n")
+    check_refused(sweep.run(*args, trainer=False), "is damaged")
+    p = sweep.run(*args, "--rerun", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert (sweep.dir / "outputs" / f"{damaged}~1").is_dir()  # (the same seed makes a new trial of its name)

@@ -66,9 +66,9 @@ def parse_search_overrides(overrides: Sequence[str]) -> tuple[dict[str, Param], 
             params[key] = make_param(where, "float", value.start, value.end, log=log)
         elif isinstance(value, RangeSweep) and not value.shuffle:
             whole = all(_is_whole(v) for v in (value.start, value.stop, value.step))
-            if whole and value.step:  # its bounds, counted: an int range may be wide (range(0, 10**9))
+            if whole and value.step:  # its bounds, never listed: an int range may be wide (range(0, 10**30))
                 steps = range(value.start, value.stop, value.step)
-                values = [steps[0], steps[-1]] if len(steps) > 1 else list(steps)
+                values = [] if not steps else [steps[0]] if steps[0] == steps[-1] else [steps[0], steps[-1]]
             else:  # a float range in steps: listed, as Hydra adds them up, if not absurdly many
                 values = sweep_values(text, override)
             if not values:

@@ -109,7 +109,8 @@ def read_yaml_or_json(path: str) -> Any:
         raise UserError(f"{path}: nested too deeply to read") from None
     except ValueError as e:  # an int of more than 4,300 digits
         raise UserError(f"{path}: a value cannot be read: {str(e).split(';')[0]}") from None
-    if (bad := not_json(data)) is not None:
+    ignored = ("name", "description", "project", "entity")  # W&B's own labels: read by nothing here
+    if (bad := not_json({k: v for k, v in data.items() if k not in ignored} if isinstance(data, dict) else data)):
         raise UserError(f"{path}: {bad}")
     return data
 
