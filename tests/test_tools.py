@@ -539,6 +539,16 @@ def test_cleanup_never_deletes_a_run_folder_that_holds_another_sweep(finished, i
     assert (inner_dir / "k_1_metric_0.1").exists() == (inner == "running")  # the inner sweep: its own rules
 
 
+def test_cleanup_deletes_a_run_folder_whose_script_wrote_a_file_named_like_a_sweeps(finished):
+    """A training script's own sweep.json or journal.jsonl in its run folder is no sweep: the folder went
+    undeleted forever, said to hold another sweep."""
+    run_dir = finished.dir / "outputs" / "lr_0.001_depth_2_metric_0.5"
+    (run_dir / "sweep.json").write_text('{"lr": [0.001]}')
+    (run_dir / "journal.jsonl").write_text("{}\n")
+    p = finished.run("cleanup", "--days", "0", "--include-best", "--live", "--yes", trainer=False)
+    assert p.returncode == 0 and not run_dir.exists(), p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("damage, command", [
     ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
     ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),

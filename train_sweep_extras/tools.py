@@ -607,7 +607,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                     print(f"skipped {run_dir}: a link, not a run folder of the sweep's own")
                     continue
                 inside = [run_dir, *run_dir.rglob("*")]
-                nested = next((f.parent for f in inside if f.name in ("sweep.json", JOURNAL, LOCK)), None)
+                nested = next((f.parent for f in inside if f.name == LOCK or f.name == "sweep.json" and
+                               isinstance(saved := read_json(f), dict) and "train_sweep" in saved), None)
                 if nested is not None:  # a sweep's --output-dir put in a run folder: deleted with it, it was lost
                     print(f"skipped {run_dir}: another sweep's folder is inside it ({nested}); cleanup deletes "
                           "run folders, never a sweep")
