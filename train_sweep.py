@@ -2949,7 +2949,8 @@ def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # A run record's fields that are read back (a journal line, a run.json, a results file's entry): what each must be
-# where it is not null. A hand-edited or damaged record fails here, not with a traceback wherever it is read.
+# where it is not null (attempt, run_dir and state never are). A hand-edited or damaged record fails here, not with
+# a traceback wherever it is read.
 RECORD_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **{k: ("an object", lambda v: isinstance(v, dict)) for k in ("hyperparams", "metrics", "metric")},
     **{k: ("text", lambda v: isinstance(v, str)) for k in ("identity", "run_dir", "start_time", "end_time")},
@@ -2966,7 +2967,8 @@ def record_damage(record: Any, named: bool = True) -> str | None:
         return "it is not a JSON object"
     if named and not (isinstance(record.get("model_name"), str) and record["model_name"]):
         return "it has no 'model_name' (text)"
-    bad = next((k for k, (_, ok) in RECORD_FIELDS.items() if record.get(k) is not None and not ok(record[k])), None)
+    bad = next((k for k, (_, ok) in RECORD_FIELDS.items() if k in record and not ok(record[k]) and
+                (record[k] is not None or k in ("attempt", "run_dir", "state"))), None)  # (never written null)
     return bad and f"its {bad!r} is {json.dumps(record[bad])[:60]}, not {RECORD_FIELDS[bad][0]}"
 
 

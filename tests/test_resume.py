@@ -403,7 +403,9 @@ def test_journal_survives_a_torn_last_line(sweep, text):
 @pytest.mark.parametrize("where, damage", [
     ("journal", {"identity": [1]}), ("journal", {"state": "failed", "attempt": "x"}),
     ("journal", {"attempts": 5}), ("journal", {"state": "finished"}), ("run.json", {"attempt": [2]}),
-], ids=["identity_a_list", "attempt_text", "attempts_a_number", "state_unknown", "run_json_attempt_a_list"])
+    ("journal", {"state": "failed", "attempt": None}), ("journal", {"state": "failed", "run_dir": None}),
+], ids=["identity_a_list", "attempt_text", "attempts_a_number", "state_unknown", "run_json_attempt_a_list",
+        "attempt_null", "run_dir_null"])
 def test_resume_over_a_damaged_record_is_one_line_and_runs_nothing(sweep, where, damage):
     """A journal line or a run.json whose fields have the wrong type (hand-edited, or another tool's): the same
     command again was a traceback (unhashable identity, int('x'), list(5)) or, with an unknown state, ran the
@@ -422,7 +424,7 @@ def test_resume_over_a_damaged_record_is_one_line_and_runs_nothing(sweep, where,
         run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **damage}))
     before = starts(sweep)
     p = sweep.run()
-    key = next(iter(damage)) if where == "run.json" or "state" not in damage or len(damage) == 1 else "attempt"
+    key = next(iter(damage)) if where == "run.json" or "state" not in damage or len(damage) == 1 else list(damage)[1]
     assert_one_line_error(p, "n_0", repr(key), "journal.jsonl" if where == "journal" else "n_0/run.json")
     assert starts(sweep) == before
     assert sweep.run("--rerun").returncode == 0  # which sets the journal and the folders aside: no refusal
