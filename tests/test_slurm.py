@@ -600,3 +600,19 @@ def test_a_job_that_can_never_start_is_reported(sweep, cluster):
     finally:
         cluster.run("scontrol", "update", "PartitionName=debug", "MaxTime=INFINITE")
     assert "PartitionTimeLimit" in out + err or "time limit" in (out + err).lower(), out + err
+
+
+def test_reattaching_to_a_job_whose_run_json_is_damaged_is_one_line(tmp_path):
+    """A run.json that names a running Slurm job with an attempt of the wrong type: int('x') was a ValueError
+    traceback when the same command came back to re-attach."""
+    pytest.importorskip("submitit")
+    from train_sweep import Run, UserError
+    from train_sweep_extras.slurm import attach_jobs
+
+    run = Run(index=0, name="n_0", hyperparams={"n": 0}, argv=["python", "train.py", "n=0"], run_dir=tmp_path / "n_0")
+    run.identity = "abc"
+    run.run_dir.mkdir()
+    (run.run_dir / "run.json").write_text(json.dumps({"model_name": "n_0", "identity": "abc", "state": "running",
+                                                      "slurm_job_id": "123", "attempt": "x"}))
+    with pytest.raises(UserError, match=r"n_0/run.json is damaged: its 'attempt' is \"x\""):
+        attach_jobs([run], {})

@@ -226,7 +226,7 @@ def test_grid_resumed_with_a_larger_budget_runs_each_point_once(sweep):
     assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
 
 
-@pytest.mark.parametrize("damage", ["deleted", "cut"])
+@pytest.mark.parametrize("damage", ["deleted", "cut", "deleted_and_a_run_json_damaged"])
 def test_a_resumed_search_whose_journal_was_lost_keeps_its_finished_trials_from_their_run_json(sweep, damage):
     """The study and the run folders say which trials finished; a journal deleted or cut short (a crash, a cleanup,
     a copy) lost their records: a resume took them from the journal alone and rewrote the results file without
@@ -240,12 +240,17 @@ def test_a_resumed_search_whose_journal_was_lost_keeps_its_finished_trials_from_
     before = {r["model_name"]: r["metrics"]["loss"] for r in sweep.results()}
     assert len(before) == 2
     journal = sweep.dir / "outputs" / "journal.jsonl"
-    if damage == "deleted":
+    if damage.startswith("deleted"):
         journal.unlink()
     else:
         journal.write_text(journal.read_text().splitlines(keepends=True)[0])
-    p = sweep.run("--command", cmd, "--search", "grid", "--n-trials", "3", "--metric", "loss", "--no-live", *space,
-                  trainer=False)
+    again = ["--command", cmd, "--search", "grid", "--n-trials", "3", "--metric", "loss", "--no-live", *space]
+    if damage == "deleted_and_a_run_json_damaged":  # a TypeError traceback before: dict([1, 2])
+        run_json = next((sweep.dir / "outputs").glob("trial000_*/run.json"))
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "hyperparams": [1, 2]}))
+        check_refused(sweep.run(*again, trainer=False), "run.json is damaged", "'hyperparams'")
+        return
+    p = sweep.run(*again, trainer=False)
     no_traceback(p)
     assert p.returncode == 0, p.stdout + p.stderr
     after = {r["model_name"]: r["metrics"]["loss"] for r in sweep.results()}

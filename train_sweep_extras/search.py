@@ -33,6 +33,7 @@ from train_sweep import (
     readable,
     metric_of,
     one_line,
+    record_damage,
     restore,
     run_record,
 )
@@ -780,6 +781,8 @@ def earlier_trials(journal: Journal, output_dir: Path, study: Any = None) -> lis
         except (OSError, ValueError, RecursionError):
             continue
         if isinstance(record, dict) and record.get("trial") == trial.number and record.get("model_name") == name:
+            if why := record_damage(record):  # as a damaged journal line is
+                raise UserError(f"{output_dir / name / 'run.json'} is damaged: {why} (mend or delete it)")
             records[name] = record
     out = []
     for name, record in records.items():

@@ -41,6 +41,7 @@ from train_sweep import (
     one_line,
     parse_set,
     prepare_run_dir,
+    record_damage,
     run_env,
     signal_group,
     sweep_group,
@@ -788,6 +789,8 @@ def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
             continue
         if any(r.get("attempt") == record.get("attempt") for r in journal.get(run.name, [])):
             continue
+        if why := record_damage(record):
+            raise UserError(f"{run.run_dir / 'run.json'} is damaged: {why} (mend or delete it)")
         set_job(run, job_id=record["slurm_job_id"])
         run.reattach = True
         run.attempt = int(record.get("attempt") or 1)
