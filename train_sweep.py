@@ -4893,7 +4893,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Returns the exit code (see EXIT_*)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl+C from here on: KeyboardInterrupt, exit 130
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # from here on: KeyboardInterrupt, exit 130
+        if sig == signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN:  # (an ignored SIGHUP stays so: nohup)
+            signal.signal(sig, signal.default_int_handler)  # (the loop's Wakeups take them over while it runs)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         try:
