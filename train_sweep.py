@@ -4815,6 +4815,9 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"train_sweep.{name}: {e}") from None
 
 
+def __dir__() -> list[str]: return sorted([*globals(), *API])  # (a notebook's completion lists the API too)
+
+
 def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
     """The sweep the CLI runs: plan, check, run; returns the exit code (UserError before anything starts)."""
     backend: Backend | None = None

@@ -126,6 +126,10 @@ def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path
     assert api.returncode == 0 and "train_sweep.load: the Python API needs train_sweep_extras/" in api.stdout, api
 
 
+def test_the_api_is_listed_by_dir():
+    assert {"run", "load", "SweepResult", "RunResult", "SweepError", "main"} <= set(dir(train_sweep))
+
+
 def test_backends_and_extras_come_from_the_registry():
     """The loop and the CLI name no backend: --backend's names are BACKENDS' keys, each extra is found
     through EXTRAS, and every registered extra imports."""
