@@ -31,7 +31,7 @@ Map of this file (sections in the order data flows; each uses only what comes be
     7. Sources and launchers    the RunSource, Launcher and Placement protocols; ListSource; the guardian,
                                 cgroups, LogFollower, LocalLauncher
     8. Results and metrics      records, atomic writes, tails; MetricReader, read_metrics, printed_metrics;
-                                the journal, resume, the locks
+                                the records' check (RECORD_FIELDS), the journal, resume, the locks
     9. Reporting                Progress snapshots, event lines, sweep.log, the live view, the summary
     10. The event loop          Sweep (wait for an event, update, place what can start, report) with its
                                 Leaderboard, MetricFeed and FailFast; Wakeups (sleep, signals)
