@@ -72,7 +72,12 @@ def checkpoint_files(folder: Path, pattern: re.Pattern[str]) -> list[tuple[Path,
 
 def check_best_ranking(output_dir: Path, settings: Settings) -> None:
     """A resumed sweep whose best/ was ranked by another metric or the other way (a forgotten --mode max)
-    would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing)."""
+    would delete the checkpoints it kept: refused, unless --keep-checkpoints (which deletes nothing). A best/
+    that is a link, or not a folder, is refused: its links are replaced and deleted there, outside the sweep."""
+    best = output_dir / "best"
+    if best.is_symlink() or (best.exists() and not best.is_dir()):
+        raise UserError(f"{best} is {'a link' if best.is_symlink() else 'not a folder'}: --top-k keeps its ranking "
+                        "there and deletes the links it no longer needs; move it away")
     try:
         before = json.loads((output_dir / "best" / "best.json").read_bytes())
     except (OSError, ValueError, RecursionError):
