@@ -404,3 +404,20 @@ def test_status_of_a_multi_objective_study_shows_its_pareto_front(tmp_path, post
     front = load(postgres_url, name).best_trials
     assert f"Pareto front: {len(front)} trial(s): " in status.stdout, status.stdout
     assert all(t.user_attrs["run"] in status.stdout for t in front[:5])
+
+
+def test_an_agent_passes_over_a_damaged_trial_in_the_shared_study(tmp_path, postgres_url):
+    """A trial in the study whose `run` attribute is a list, or whose retry history is not a list of numbers
+    (another tool's, or damaged): the agent's start was a TypeError traceback. It is passed over now."""
+    optuna = pytest.importorskip("optuna")
+    name = study_name()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name=name, storage=postgres_url.replace(urlsplit(postgres_url).scheme,
+                                                                              "postgresql+psycopg", 1))
+    study.enqueue_trial({}, user_attrs={"run": ["x"]})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, system_attrs={"retry_history": 5}))
+    (host,) = agents(tmp_path, 1)
+    host.config([{"metric": 0.1}])
+    p = host.run("--storage", postgres_url, "--study-name", name, "--no-live", "--metric", "val_loss", timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    assert [r["state"] for r in host.results()] == ["complete"]

@@ -74,6 +74,12 @@ def agent_name(output_dir: Path) -> str:
     return f"{socket.gethostname()}:{output_dir.resolve()}"
 
 
+def retry_history(trial: Any) -> list[int]:
+    """The trial numbers a trial is a copy of (its system attribute), whatever a damaged study holds there."""
+    history = trial.system_attrs.get("retry_history")
+    return [n for n in history if isinstance(n, int) and not isinstance(n, bool)] if isinstance(history, list) else []
+
+
 def host_of(agent: str) -> str:
     return agent.split(":", 1)[0]
 
@@ -174,7 +180,7 @@ class Shared:
         parameters or run, without the dead agent's name (as Optuna's RetryHeartbeatStaleTrialCallback does, and
         that name is why it is not used: a copy taken by an agent that died before naming itself would look
         like the first agent's). At most MAX_RETRIES copies of a trial."""
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        history = [*retry_history(trial), trial.number]
         agent = trial.user_attrs.get("agent", "?")
         again = len(history) <= MAX_RETRIES
         if again:
@@ -262,7 +268,7 @@ class Shared:
             self.running = [t for t in trials if t.state == TS.RUNNING]
             self.total = len(trials)
             self.budget = self.storage.get_study_user_attrs(sid).get("n_trials")
-            retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+            retried = {n for t in trials for n in retry_history(t)}
             gone = {t.number for t in trials if t.state == TS.FAIL and (t.user_attrs.get("requeued")
                                                                        or t.number in retried)}
             self.requeued = len(gone)
@@ -392,7 +398,10 @@ class SharedSource(SearchSource):
         TS = self.optuna.trial.TrialState
         if self.search is None:
             trial = self.study.ask()
-            run = self.by_name[trial.user_attrs["run"]]  # the study holds this list's runs (its key says so)
+            run = self.by_name.get(name) if isinstance(name := trial.user_attrs.get("run"), str) else None
+            if run is None:  # the study holds this list's runs (its key says so): this one is damaged, or another's
+                self.study.tell(trial, state=TS.FAIL)
+                return None
             if run.skipped:  # completed here before, and the study was not told (the database was down)
                 values = [metric_of(run.metrics, m) for m in self.objectives]
                 ok = run.state == State.COMPLETE and all(v is not None and math.isfinite(v) for v in values)
@@ -643,7 +652,8 @@ class SharedSetup:
         if search is None:
             tried: dict[str, list[Any]] = {}
             for t in trials:
-                tried.setdefault(t.user_attrs.get("run"), []).append(t)
+                if isinstance(name := t.user_attrs.get("run"), str):  # (another tool's trial, or damaged: no run)
+                    tried.setdefault(name, []).append(t)
             again = 0
             for run in self.plan.runs:
                 past = tried.get(run.name, [])
