@@ -973,7 +973,9 @@ def sweep_values(text: str, override: Any) -> list[Any]:
             raise UserError(f"override {text!r}: range() needs a step other than 0")
         if (value.stop - value.start) / value.step > MAX_RUNS:
             raise UserError(f"override {text!r}: range() makes more than {MAX_RUNS:,} values")
-    return [_plain_value(v) for v in override.sweep_iterator()]
+    if not (values := [_plain_value(v) for v in override.sweep_iterator()]):  # range(0): not one run
+        raise UserError(f"override {text!r} gives no values")
+    return values
 
 
 def _plain_value(value: Any) -> Any:
@@ -2715,7 +2717,7 @@ def tail_lines(path: Path, n: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> 
     """The last n lines of a file, from at most its last `max_bytes` (logs can be gigabytes, and so one line).
     A carriage return ends a line too; a line cut by the window or longer than LINE_SHOW is marked."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # (a FIFO in its place: not waited on)
     except OSError:
         return ""
     try:
@@ -2812,7 +2814,7 @@ def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
     as null, so the results stay standard JSON."""
     path = run.run_dir / "metrics.json"
     try:
-        fresh = run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0
+        fresh = path.is_file() and (run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0)
         data = json.loads(path.read_bytes()) if fresh else None
     except (OSError, ValueError, RecursionError):
         data = None
@@ -2975,6 +2977,8 @@ def record_damage(record: Any, named: bool = True) -> str | None:
 def read_journal(path: Path) -> Journal:
     """The journal's records by run name, oldest first; unreadable lines (cut by a crash) are skipped."""
     out: Journal = {}
+    if not path.is_file():  # missing, or a FIFO (waited on forever) or a folder: no journal to read
+        return out
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
@@ -3830,7 +3834,9 @@ class MetricFeed:
         path = run.run_dir / "metrics.jsonl"
         at, skipping = self._jsonl_at.get(run, (0, False))
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if not path.is_file():  # missing, or a FIFO the run made: never waited on (the loop would stop)
+                return []
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return []
         chunks = []

@@ -195,6 +195,22 @@ def test_metrics_from_a_real_tensorboard_event_file(sweep):
     assert "Best (min val_loss): k_3 = 0.1" in p.stdout
 
 
+@pytest.mark.parametrize("name", ["events.out.tfevents.1.host", "metrics.jsonl", "metrics.json"])
+def test_a_fifo_a_run_makes_where_metrics_are_read_never_stops_the_sweep(sweep, name):
+    """A run that made a FIFO named like a TensorBoard event file (or metrics.jsonl, metrics.json) in its folder:
+    the sweep opened it to read metrics and waited forever, deaf to SIGTERM; no later run started."""
+    if name.startswith("events"):
+        pytest.importorskip("tensorboard", reason="the optional extra: pip install 'train-sweep[tensorboard]'")
+    sweep.gpus.set(count=1)
+    sweep.config([{"k": 1}, {"k": 2}])
+    body = (f"os.mkfifo(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], {name!r}))\n"
+            "print('val_loss=0.5', flush=True)\ntime.sleep(0.5)\n")
+    p = sweep.run("--command", script(sweep, "fifo_train.py", body), "--metric", "val_loss", "--no-live",
+                  trainer=False, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["state"] for r in sweep.results()] == ["complete", "complete"]
+
+
 def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
     pytest.importorskip("tensorboardX", reason="the writer the test uses")
     hide = sweep.dir / "no_tensorboard" / "tensorboard"
@@ -450,6 +466,26 @@ def test_best_k_never_deletes_tensorboard_files_or_logs(sweep):
     (folder / ".train_sweep_run").touch()
     found = {p.relative_to(folder).as_posix() for p, _ in checkpoint_files(folder, checkpoint_pattern("**"))}
     assert found == {"model.pt"}
+
+
+@pytest.mark.parametrize("kind", ["link", "file"])
+def test_top_k_with_best_a_link_or_a_file_is_one_line_and_touches_nothing(sweep, kind):
+    """outputs/best a link to a folder elsewhere: --top-k wrote best.json and rank links there and deleted a
+    rank_* file of the user's, outside the sweep. Refused now, before anything runs."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": m, "ckpt": 1} for m in (0.1, 0.2)])
+    (sweep.dir / "outputs").mkdir()
+    outside = sweep.dir / "outside"
+    outside.mkdir()
+    (outside / "rank_01_mine").write_text("precious")
+    if kind == "link":
+        (sweep.dir / "outputs" / "best").symlink_to(outside)
+    else:
+        (sweep.dir / "outputs" / "best").write_text("notes")
+    p = sweep.run("--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and ("is a link" if kind == "link" else "is not a folder") in p.stderr, p.stderr
+    assert sorted(f.name for f in outside.iterdir()) == ["rank_01_mine"] and not sweep.started()
 
 
 def test_top_k_never_follows_a_run_folder_replaced_by_a_link(sweep):

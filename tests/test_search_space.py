@@ -95,13 +95,15 @@ def test_hydra_search_syntax_errors(override, fragment):
 @pytest.mark.parametrize("args, config, fragment", [
     (["a=range(0,1000000000)"], None, "range() makes more than 100,000 values"),
     (["a=range(1,5,0)"], None, "range() needs a step other than 0"),
+    (["a=range(0)"], None, "override 'a=range(0)' gives no values"),  # a traceback before: max() of no runs
+    (["a=range(5,0)", "--shuffle"], None, "override 'a=range(5,0)' gives no values"),
     ([], {"search": {"sampler": "grid", "metric": "val_loss", "n_trials": 5,
                      "params": {"lr": {"type": "int", "low": 0, "high": 1_000_000_000}}}},
      "the grid sampler would try 1,000,000,001 values of 'lr'"),
     (["--sweep-file", "g.yaml"],
      "method: grid\nmetric: {name: val_loss}\nparameters:\n  a: {min: 0, max: 1000000000}\n",
      "the grid sampler would try 1,000,000,001 values of 'a'"),
-], ids=["grid_override", "step_zero", "grid_sampler", "wandb_grid"])
+], ids=["grid_override", "step_zero", "empty_range", "empty_range_shuffled", "grid_sampler", "wandb_grid"])
 def test_a_huge_range_or_grid_is_refused_before_it_is_listed(sweep, args, config, fragment):
     """range(0, 10**9) on the command line, or a grid sampler over an int range that wide (the config's or a W&B
     file's), listed every value first: the CLI never answered and its memory grew by GBs. A step of 0 was a

@@ -488,6 +488,25 @@ def test_report_never_overwrites_what_it_reads_or_what_a_sweep_keeps(finished, f
     assert files() == before
 
 
+@pytest.mark.parametrize("command", ["list", "status", "watch", "report", "cleanup"])
+def test_offline_commands_never_wait_on_a_fifo_in_a_sweep_folder(finished, command):
+    """A FIFO named sweep.json, journal.jsonl, best.json or a run's metrics file: list, status, watch, report
+    and cleanup opened it and waited forever."""
+    out = finished.dir / "outputs"
+    (out / "best").mkdir()
+    for fifo in (out / "journal.jsonl", out / "best" / "best.json",
+                 out / "lr_0.01_depth_2_metric_0.2" / "train_sweep_metrics.jsonl"):
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+    (finished.dir / "other").mkdir()
+    os.mkfifo(finished.dir / "other" / "sweep.json")
+    args = {"list": ["list", "outputs", "other"], "status": ["status", "outputs"], "watch": ["watch", "outputs"],
+            "report": ["report", "--json", "rows.json", "--metric", "val_loss"],
+            "cleanup": ["cleanup", "--days", "0", "outputs", "other"]}[command]
+    p = finished.run(*args, trainer=False, timeout=30)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+
+
 def test_status_of_a_damaged_sweep_json_and_watch_with_a_huge_interval_are_one_line(finished):
     """status over a damaged sweep.json said 'no sweep here (no sweep.json)'; watch --every 1e300 was an
     OverflowError traceback from time.sleep()."""

@@ -34,7 +34,7 @@ class TensorBoardFollower:
         if final or now >= self.next_scan.get(run_dir, 0.0):
             self.next_scan[run_dir] = now + self.SCAN_S
             for path in run_dir.glob("**/events.out.tfevents.*"):
-                if path in self.loaders or path in self.skipped:
+                if path in self.loaders or path in self.skipped or not path.is_file():  # (a FIFO: waited on)
                     continue
                 try:
                     old = since is not None and path.stat().st_mtime < since - 1.0

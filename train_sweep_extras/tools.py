@@ -250,9 +250,10 @@ SKIPPED = Skipped()
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's value, or None where it is missing, unreadable, not JSON or nested too deeply."""
+    """A JSON file's value, or None where it is missing, unreadable, not JSON, nested too deeply, or not a plain
+    file (a FIFO would be waited on forever)."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(path.read_bytes()) if path.is_file() else None
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -305,7 +306,7 @@ def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
     """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
     for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
         try:
-            mode = json.loads((folder / "sweep.json").read_bytes())["settings"]["mode"]
+            mode = read_json(folder / "sweep.json")["settings"]["mode"]
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
         if isinstance(mode, str) and mode.split(",")[0] in ("min", "max"):
@@ -545,11 +546,11 @@ def best_runs(folder: Path, ranking: Ranking | None = None) -> tuple[set[str], s
     have metrics), why."""
     names: set[str] = set()
     try:
-        names |= {r["name"] for r in json.loads((folder / "best" / "best.json").read_bytes())["runs"]}
+        names |= {r["name"] for r in read_json(folder / "best" / "best.json")["runs"]}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     try:
-        settings = json.loads((folder / "sweep.json").read_bytes())["settings"]
+        settings = read_json(folder / "sweep.json")["settings"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         settings = {}
     saved = Ranking.saved(settings)
@@ -711,6 +712,8 @@ class SweepStatus:
         self._tails: dict[tuple[str, int], str] = {}  # a failed attempt's last stderr lines
 
     def _journal(self) -> None:
+        if not (self.folder / JOURNAL).is_file():  # (a FIFO would be waited on)
+            return
         try:
             with open(self.folder / JOURNAL, "rb") as f:
                 stat = os.fstat(f.fileno())
@@ -924,7 +927,7 @@ def read_series(run_dir: str | None, metric: str | None) -> list[list[float]]:
     points: list[list[float]] = []
     for name in (SERIES, "metrics.jsonl"):
         try:
-            lines = (Path(run_dir) / name).read_bytes().splitlines()
+            lines = (Path(run_dir) / name).read_bytes().splitlines() if (Path(run_dir) / name).is_file() else []
         except OSError:
             continue
         for line in lines:
