@@ -173,6 +173,10 @@ def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     assert damaged.run_dir == tmp_path / "outputs" / "x_9" and damaged.duration is None and damaged.trial is None
     states = {r.name: r.state for r in result.runs}
     assert states == {"metric_0.1": "complete", "metric_0.2": "running", "x_9": "complete"}
+    for fifo in (tmp_path / "outputs" / "sweep.json", tmp_path / "outputs" / "metric_0.2" / "run.json"):
+        fifo.unlink()
+        os.mkfifo(fifo)  # load() waited on them forever
+    assert train_sweep.load(tmp_path / "outputs").settings == {}
     for bad in ({"k": "2"}, {"k": 0}, {"mode": "up"}):  # a TypeError, or taken for max, before
         with pytest.raises(train_sweep.SweepError, match="k is a whole number >= 1, mode 'min' or 'max'"):
             result.best(**bad)

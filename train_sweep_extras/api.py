@@ -98,13 +98,14 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
     saved = {}
-    with suppress(OSError, ValueError, RecursionError):
-        saved = json.loads((folder / "sweep.json").read_bytes())
+    with suppress(OSError, ValueError, RecursionError):  # (not a plain file, a FIFO: never waited on)
+        saved = json.loads((folder / "sweep.json").read_bytes()) if (folder / "sweep.json").is_file() else {}
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
         try:
-            record = json.loads((marker.parent / "run.json").read_bytes())
+            record = json.loads((marker.parent / "run.json").read_bytes()) if (marker.parent / "run.json").is_file() \
+                else None
         except (OSError, ValueError, RecursionError):
             continue
         if record_damage(record) or record.get("state") != State.RUNNING.value:
