@@ -797,6 +797,15 @@ def read_bounded(path: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
     return data
 
 
+def read_json(path: Path) -> Any:
+    """A record file's JSON (run.json, sweep.json, best.json), or None where it is missing, unreadable, not JSON,
+    nested too deeply, or not a plain file (a FIFO put in its place would be waited on forever)."""
+    try:
+        return json.loads(path.read_bytes()) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def read_json_file(path: str) -> Any:
     """A config file's JSON; every way it cannot be read is a UserError that names the file."""
     try:
@@ -1449,10 +1458,7 @@ def owned(folder: Path, name: str) -> bool:
     """Did train_sweep make this folder (its mark, or a run.json of that run from an earlier version)?"""
     if (folder / RUN_MARK).exists():
         return True
-    try:
-        return json.loads((folder / "run.json").read_bytes()).get("model_name") == name
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+    return isinstance(record := read_json(folder / "run.json"), dict) and record.get("model_name") == name
 
 
 def set_aside(path: Path) -> Path:
@@ -1469,9 +1475,8 @@ def archive_attempt_files(run: Run) -> None:
     """Before an attempt starts, move an earlier attempt's logs and run.json into attempt_<n>/."""
     if not run.stdout_log.exists() and not run.stderr_log.exists():
         return
-    n = run.attempt - 1
-    with suppress(OSError, ValueError, AttributeError):
-        n = int(json.loads((run.run_dir / "run.json").read_text()).get("attempt", n))
+    record = read_json(run.run_dir / "run.json")
+    n = record["attempt"] if isinstance(record, dict) and _is_whole(record.get("attempt")) else run.attempt - 1
     folder = run.run_dir / f"attempt_{max(n, 1)}"
     if folder.exists():
         set_aside(folder)  # an older folder of that name (from a --rerun-less restart) is kept as attempt_n~1
@@ -2814,9 +2819,8 @@ def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
     as null, so the results stay standard JSON."""
     path = run.run_dir / "metrics.json"
     try:
-        fresh = path.is_file() and (run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0)
-        data = json.loads(path.read_bytes()) if fresh else None
-    except (OSError, ValueError, RecursionError):
+        data = read_json(path) if run.start_time is None or path.stat().st_mtime >= run.start_time - 1.0 else None
+    except OSError:  # (no such file)
         data = None
     metrics = {name: plain_metric(v) for name, v in run.latest.items()}  # what it printed while it ran
     if isinstance(data, dict):
@@ -3025,10 +3029,7 @@ def restore(run: Run, record: Mapping[str, Any]) -> Run:
 
 def _crashed_attempt(run: Run, journaled: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """An attempt that run.json shows but the journal does not (the sweep died meanwhile)."""
-    try:
-        record = json.loads((run.run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
+    record = read_json(run.run_dir / "run.json")
     if not isinstance(record, dict) or record.get("identity") != run.identity or \
             any(r.get("attempt") == record.get("attempt") for r in journaled):
         return None

@@ -9,11 +9,9 @@ import contextlib
 import dataclasses
 import heapq
 import io
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from train_sweep import (
     execute,
     metric_of,
     read_journal,
+    read_json,
     record_damage,
     sweep_alive,
 )
@@ -97,17 +96,11 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     folder = Path(output_dir)
     if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
-    saved = {}
-    with suppress(OSError, ValueError, RecursionError):  # (not a plain file, a FIFO: never waited on)
-        saved = json.loads((folder / "sweep.json").read_bytes()) if (folder / "sweep.json").is_file() else {}
+    saved = read_json(folder / "sweep.json")
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
-        try:
-            record = json.loads((marker.parent / "run.json").read_bytes()) if (marker.parent / "run.json").is_file() \
-                else None
-        except (OSError, ValueError, RecursionError):
-            continue
+        record = read_json(marker.parent / "run.json")
         if record_damage(record) or record.get("state") != State.RUNNING.value:
             continue
         journaled = latest.get(record["model_name"], {}).get("attempt")

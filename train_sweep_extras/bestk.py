@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -20,6 +19,7 @@ from train_sweep import (
     UserError,
     fmt_bytes,
     metric_of,
+    read_json,
     write_json_atomic,
 )
 
@@ -78,10 +78,7 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
     if best.is_symlink() or (best.exists() and not best.is_dir()):
         raise UserError(f"{best} is {'a link' if best.is_symlink() else 'not a folder'}: --top-k keeps its ranking "
                         "there and deletes the links it no longer needs; move it away")
-    try:
-        before = json.loads((output_dir / "best" / "best.json").read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return
+    before = read_json(output_dir / "best" / "best.json")
     if not isinstance(before, dict) or settings.keep_checkpoints:
         return
     if Ranking.saved(before) != settings.ranking:

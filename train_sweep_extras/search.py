@@ -33,6 +33,7 @@ from train_sweep import (
     readable,
     metric_of,
     one_line,
+    read_json,
     record_damage,
     restore,
     run_record,
@@ -776,10 +777,7 @@ def earlier_trials(journal: Journal, output_dir: Path, study: Any = None) -> lis
         name = trial.user_attrs.get("run")
         if not isinstance(name, str) or name in records or Path(name).name != name or name in ("", ".."):
             continue
-        try:
-            record = json.loads((output_dir / name / "run.json").read_text())
-        except (OSError, ValueError, RecursionError):
-            continue
+        record = read_json(output_dir / name / "run.json")
         if isinstance(record, dict) and record.get("trial") == trial.number and record.get("model_name") == name:
             if why := record_damage(record):  # as a damaged journal line is
                 raise UserError(f"{output_dir / name / 'run.json'} is damaged: {why} (mend or delete it)")

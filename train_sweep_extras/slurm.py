@@ -5,7 +5,6 @@ Needs: pip install 'train-sweep[slurm]'."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -41,6 +40,7 @@ from train_sweep import (
     one_line,
     parse_set,
     prepare_run_dir,
+    read_json,
     record_damage,
     run_env,
     signal_group,
@@ -780,10 +780,7 @@ def attach_jobs(runs: Sequence[Run], journal: Journal) -> None:
     names the job and an attempt the journal does not hold. They are re-attached to it (Run.reattach), not
     submitted again: the job is followed if it still runs, collected if it ended."""
     for run in runs:
-        try:
-            record = json.loads((run.run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            continue
+        record = read_json(run.run_dir / "run.json")
         if not isinstance(record, dict) or record.get("identity") != run.identity or \
                 record.get("state") != State.RUNNING.value or not isinstance(record.get("slurm_job_id"), str):
             continue
@@ -804,10 +801,7 @@ def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
     for path in sorted(output_dir.glob("*/run.json")):
         if path.parent.name in keep:
             continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+        record = read_json(path)
         if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \
                 isinstance(record.get("slurm_job_id"), str):
             try:

@@ -49,6 +49,7 @@ from train_sweep import (
     metric_of,
     one_line,
     read_journal,
+    read_json,
     record_damage,
     redact,
     run_labels,
@@ -247,15 +248,6 @@ class Skipped:
 
 
 SKIPPED = Skipped()
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's value, or None where it is missing, unreadable, not JSON, nested too deeply, or not a plain
-    file (a FIFO would be waited on forever)."""
-    try:
-        return json.loads(path.read_bytes()) if path.is_file() else None
-    except (OSError, ValueError, RecursionError):
-        return None
 
 
 def sound_journal(folder: Path) -> dict[str, Mapping[str, Any]]:
