@@ -328,6 +328,15 @@ def _nonneg_float(text: str, least: str = ">= 0") -> float:
 def _positive_float(text: str) -> float: return _nonneg_float(text, "> 0")
 
 
+def _command_line(text: str) -> str:
+    try:
+        if shlex.split(text):
+            return text
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    raise argparse.ArgumentTypeError(f"{text!r} is empty")
+
+
 def _modes(text: str) -> str:
     """--mode: min, max, or one of them per objective (min,max)."""
     if not text or any(m not in ("min", "max") for m in text.split(",")):
@@ -374,7 +383,7 @@ class Settings:
         None, "run", "the train command, split like a shell would and run without one; each hyperparameter is "
         "appended (as a Hydra override key=value by default); a leading 'python' is the Python running "
         "train_sweep; {name}, {run_dir} and {gpu} are filled in per run (default: the config file's 'command', "
-        "else 'python train.py')", metavar="COMMAND")
+        "else 'python train.py')", type=_command_line, metavar="COMMAND")
     arg_style: str | None = flag(
         None, "run", "how hyperparameters are passed: hydra (key=value), argparse (--key value), equals "
         "(--key=value) (default: the config file's 'arg_style', else hydra)", choices=ARG_STYLES)
@@ -454,8 +463,8 @@ class Settings:
         "others' are deleted as the ranking changes; <output-dir>/best/ ranks the K best", type=_positive_int,
         metavar="K")
     checkpoint_glob: str | None = flag(
-        None, "metrics", "the checkpoint files of a run folder, e.g. '*.pt' (any depth) or 'checkpoints/**'; logs, "
-        "run.json and metrics are never deleted", metavar="PATTERN")
+        None, "metrics", "with --top-k: the checkpoint files of a run folder, e.g. '*.pt' (any depth), './*.pt' (its "
+        "top) or 'checkpoints/' (every file in it); logs, run.json and metrics are never deleted", metavar="PATTERN")
     keep_checkpoints: bool = flag(False, "metrics", "with --top-k: delete nothing, only log what would go")
     output_file: str = flag(
         "train_sweep_results.json", "output", "results file, rewritten as runs finish; FILE.partial on "
@@ -720,9 +729,17 @@ def _is_whole(v: Any) -> bool: return isinstance(v, int) and not isinstance(v, b
 def _is_number(v: Any) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _splits(command: str) -> bool:
+    """A command line a shell would split into at least one word."""
+    try:
+        return bool(_command_line(command))
+    except argparse.ArgumentTypeError:
+        return False
+
+
 # The object form's keys: what each must be and its test (SPEC_VALUES: of each value). The one place a key is checked.
 SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "command": ("a string", lambda v: isinstance(v, str)),
+    "command": ("a command line (not empty, its quotes closed)", lambda v: isinstance(v, str) and _splits(v)),
     "arg_style": (f"one of {', '.join(ARG_STYLES)}", lambda v: v in ARG_STYLES),
     "env": ("an object of strings", lambda v: isinstance(v, dict)),
     "defaults": ("an object of hyperparameters", lambda v: isinstance(v, dict)),
@@ -4371,7 +4388,7 @@ def parse_gpu_ids(values: Sequence[str] | None) -> list[int] | None:
         return None
     ids: list[int] = []
     for item in items:
-        if not item.isdigit():
+        if not (item.isascii() and item.isdigit()):  # (not '٣': int() reads any script's digits)
             raise UserError(f"--gpus: {item!r} is not a GPU id (use numbers as nvidia-smi shows them, or 'all')")
         if int(item) in ids:
             raise UserError(f"--gpus: GPU {item} is listed twice")
@@ -4585,6 +4602,9 @@ def check_settings(settings: Settings) -> None:
     if any(not name or _BAD_KEY.search(name) for name in settings.metric):
         raise UserError(f"--metric {next(n for n in settings.metric if not n or _BAD_KEY.search(n))!r}: a metric's "
                         "name is non-empty, without spaces, '=' or ','")
+    if settings.top_k is None and (settings.checkpoint_glob or settings.keep_checkpoints):
+        raise UserError(f"{'--checkpoint-glob' if settings.checkpoint_glob else '--keep-checkpoints'} is for --top-k "
+                        "K (keep checkpoints only in the K best runs); without it no checkpoint is deleted")
     if settings.top_k is not None:
         if not settings.metric or not settings.checkpoint_glob:
             raise UserError("--top-k needs --metric (what ranks the runs) and --checkpoint-glob (what to keep)")

@@ -66,6 +66,26 @@ def test_unknown_gpu(sweep):
     check_refused(sweep.run("--gpus", "0", "5"), "GPU 5 not found: NVML reports 2 GPU(s), ids 0-1")
     check_refused(sweep.run("--gpus", "zero"), "'zero' is not a GPU id")
     check_refused(sweep.run("--gpus", "1", "1"), "GPU 1 is listed twice")
+    check_refused(sweep.run("--gpus", "\u0663"), "is not a GPU id")  # an Arabic-Indic 3: was GPU 3
+
+
+@pytest.mark.parametrize("command", ["", "   ", "python 'unclosed"])
+def test_a_bad_command_in_the_config_names_the_file(sweep, command):
+    """A helper's pass: the config's 'command' with an open quote was blamed on --command, and an empty one ran
+    `python train.py` instead, without a word. Both are the file's key now, as --command '' is the flag."""
+    sweep.config({"command": command, "runs": [{"a": 1}]})
+    check_refused(sweep.run(), "train_sweep_config.json: 'command' must be a command line")
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--command", command), "argument --command")
+    assert not sweep.events()
+
+
+@pytest.mark.parametrize("flag", [["--checkpoint-glob", "*.pt"], ["--keep-checkpoints"]])
+def test_checkpoint_flags_without_top_k_are_refused(sweep, flag):
+    """They only act with --top-k: alone they were dropped without a word (a user who meant to keep the best
+    checkpoints kept all of them)."""
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run(*flag, "--metric", "loss"), f"{flag[0]} is for --top-k")
 
 
 def test_disable_monitoring_needs_gpus(sweep):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TRAINER, cli, kill_pids, no_traceback, run_jsons, run_pids, script, strict_results
-from train_sweep import MetricReader
+from train_sweep import MetricReader, UserError
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -521,3 +521,18 @@ def test_a_globstar_folder_pattern_matches_files_at_the_top_too():
 
     pattern = checkpoint_pattern("**/*.pt")
     assert pattern.fullmatch("model.pt") and pattern.fullmatch("a/b/model.pt") and not pattern.fullmatch("model.pth")
+
+
+def test_a_pattern_written_as_from_the_run_folder_matches():
+    """A helper's pass: './*.pt' and 'ckpt/' never matched anything, so --top-k kept every checkpoint it was to
+    delete, without a word. './' anchors at the run folder's top, as a shell's does; a folder ends in '/'."""
+    from train_sweep_extras.bestk import checkpoint_pattern
+
+    top = checkpoint_pattern("./*.pt")
+    assert top.fullmatch("model.pt") and not top.fullmatch("sub/model.pt")
+    assert checkpoint_pattern("./ckpt/*.pt").fullmatch("ckpt/a.pt")
+    folder = checkpoint_pattern("ckpt/")
+    assert folder.fullmatch("ckpt/a.pt") and folder.fullmatch("ckpt/x/b.bin") and not folder.fullmatch("ckpt2/a")
+    for bad in ("./", ".", "/abs/*.pt", "../*.pt"):
+        with pytest.raises(UserError):
+            checkpoint_pattern(bad)

@@ -234,6 +234,8 @@ def test_wandb_parameter_errors(tmp_path, p, fragment):
     ({"command": ["${interpreter}", "${program}", "${args}"]}, "'program' is not given"),
     ({"command": "python train.py ${args}"}, "'command' must be a list of strings"),
     ({"command": ["${env}", "${args}"]}, "'command' names no program"),
+    ({"program": ""}, "'program' must be the script's file name"),  # it ran `python train.py`, without a word
+    ({"program": 3}, "'program' must be the script's file name"),
     ({"parameters": {"x": {"value": 1}}}, "holds nothing to search"),
     ({"parameters": {}}, "must be a non-empty mapping of parameters"),
     ({"parameters": {"x": 5}}, "'x' must be a mapping"),

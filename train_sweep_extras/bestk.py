@@ -29,12 +29,17 @@ KEPT_ALWAYS = frozenset({"train_stdout.log", "train_stderr.log", "combined.log",
 
 def checkpoint_pattern(glob: str) -> re.Pattern[str]:
     """--checkpoint-glob as a regular expression on paths relative to a run folder: `*` and `?` within one
-    folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt')."""
+    folder level, `**` across levels; a pattern without '/' matches a file's name at any depth ('*.pt'); one
+    with '/' from the run folder ('./*.pt' only at its top); one ending in '/' every file in that folder."""
     parts = glob.split("/")
     if not glob or glob.startswith("/") or ".." in parts:
         raise UserError(f"--checkpoint-glob {glob!r}: must be a pattern inside a run folder (relative, without '..')")
+    inner = "/".join(p for p in parts if p not in (".", ""))  # './ckpt/*.pt' is 'ckpt/*.pt', at the top as a shell's
+    if not inner:
+        raise UserError(f"--checkpoint-glob {glob!r}: names no file (e.g. '*.pt')")
+    inner += "/**" if glob.endswith("/") else ""  # 'checkpoints/': every file in that folder
     out = []
-    for part in re.split(r"(\*\*/|\*\*|\*|\?)", glob):  # `**/` is any number of folders, none included
+    for part in re.split(r"(\*\*/|\*\*|\*|\?)", inner):  # `**/` is any number of folders, none included
         out.append({"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)))
     body = "".join(out)
     return re.compile(body if "/" in glob else f"(?:.*/)?{body}")

@@ -318,8 +318,8 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
             spec.notes.append(f"protein: {', '.join(unused)} tune Protein's own optimizer and are not used "
                               "(Optuna's sampler searches instead)")
     program = data.get("program")
-    if program is not None and not isinstance(program, str):
-        raise UserError(f"{path}: 'program' must be a string")
+    if program is not None and not (isinstance(program, str) and program.strip()):  # ('': was python train.py)
+        raise UserError(f"{path}: 'program' must be the script's file name")
     command = style = None
     if "command" in data:
         command, style = wandb_command(data["command"], program, f"{path}")
