@@ -311,6 +311,23 @@ def test_sigterm_and_sighup_very_early_exit_130_too(tmp_path, sig):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_sigterm_while_the_sweep_sets_up_is_an_orderly_interrupt(sweep, sig):
+    """Once main() runs, SIGTERM and SIGHUP stop the CLI as Ctrl+C does (it says so, its files are closed):
+    the start's handler (os._exit(130), for the imports) stayed in force until the event loop, so a SIGTERM
+    while the sweep set up (NVML, the lock, the journal) ended it without a word. Deterministic: a pynvml
+    stand-in sends the signal to its own process from nvmlInit."""
+    sweep.config([{"n": 0}])
+    fake = sweep.dir / "signalling_nvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(f"import os\n\ndef nvmlInit():\n    os.kill(os.getpid(), {int(sig)})\n")
+    env = sweep.env()
+    env["PYTHONPATH"] = os.pathsep.join([str(fake), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    p = subprocess.run(sweep.argv("--no-live"), cwd=sweep.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 130 and "interrupted" in p.stderr and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    assert not (sweep.dir / "outputs" / "n_0").exists()
+
+
 def test_sigint_very_early(tmp_path):
     """issue 16: SIGINT within 0-150 ms of train_sweep.py starting (its imports, argument parsing, config,
     lock, first launch) gave a KeyboardInterrupt traceback and exit -2. Contract, 10 times over: exit 130,
