@@ -1242,6 +1242,7 @@ class Run:
     retries_used: int = 0
     ooms: int = 0
     min_free_mb: float | None = None  # after an OOM: only a GPU with more free memory than this (or an empty one)
+    requeued: dict[str, Any] | None = None  # its ended attempt's record, while it waits to go again (its end if not)
     skipped: bool = False  # already complete in an earlier sweep: not run again
     resumed: bool = False  # paused by its source (freeze-thaw) and going on: TRAIN_SWEEP_RESUME=1, pause not its end
     # -- what its current attempt did (next_attempt resets it)
@@ -4172,10 +4173,9 @@ class Sweep:
                 elif self.best_k is not None and run.state == State.PRUNED:
                     self.best_k.drop(run, "pruned")
                 continue
-            oom, free = run.state == State.OOM, run.free_at_launch_mb
-            run.next_attempt(attempt_summary(record))
-            if oom:
-                run.min_free_mb, self.oom_wait[run] = free, now
+            run.requeued = record  # next_attempt when it goes again: if the sweep stops first, this is its end
+            if run.state == State.OOM:
+                run.min_free_mb, self.oom_wait[run] = run.free_at_launch_mb, now
             else:
                 self.retry.append(run)
 
@@ -4267,6 +4267,7 @@ class Sweep:
     def _not_started(self, run: Run, why: str) -> bool:
         """A run that cannot start fails, with why; the sweep goes on. Returns False."""
         self._unpause(run)
+        self._go_again(run)
         run.error, run.state, run.end_time = why, State.FAILED, time.time()
         self._ended(run)
         return False
@@ -4281,8 +4282,16 @@ class Sweep:
             self.done.remove(run)
             self.counts[State.PRUNED.value] -= 1
 
+    @staticmethod
+    def _go_again(run: Run) -> None:
+        """A requeued run (a retry, after an OOM) begins its next attempt."""
+        if run.requeued is not None:
+            run.next_attempt(attempt_summary(run.requeued))
+            run.requeued = None
+
     def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
         self._unpause(run)
+        self._go_again(run)
         run.assign(() if gpus == (CPU,) else gpus)
         run.state, run.start_time, run.started_at = State.RUNNING, time.time(), now
         run.free_at_launch_mb = self.pool.free_mb(gpus[0])
@@ -4352,6 +4361,10 @@ class Sweep:
             return EXIT_SWEEP_ERROR if self.fatal else EXIT_OK
         pending = [r for r in (self.head, *self.retry, *self.oom_wait)  # (a paused run that did not go on: its pause)
                    if r is not None and not (r.resumed and r in self.done)] + self.source.remaining()
+        for run in [r for r in pending if r.requeued is not None]:  # stopped before its retry: it failed (or OOM)
+            pending.remove(run)
+            self._count(run)
+            self._done(run, {k: v for k, v in run.requeued.items() if k != "requeued"})
         try:
             self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
         except OutputError as e:

@@ -41,6 +41,26 @@ def test_a_broken_setup_stops_the_sweep_early(sweep):
     assert [r["state"] for r in sweep.results()] == ["complete"] * 8
 
 
+def test_a_failed_run_whose_retry_never_started_is_failed_in_the_results(sweep):
+    """An adversarial pass: with --retries, fail fast stopped the sweep while the failed runs waited for their
+    retries, and they vanished: the summary said "8 run(s): 8 not started", the results file was empty and
+    .partial called them pending (never started). A retry that never started leaves its run failed."""
+    sweep.gpus.set(count=1)
+    p = sweep.run("--no-live", "--retries", "2", "--command", bad_script(sweep), "lrr=1,2,3,4,5,6,7,8", trainer=False)
+    assert p.returncode == 1 and "Stopped early:" in p.stdout, p.stdout + p.stderr
+    assert "8 run(s): 3 failed, 5 not started" in p.stdout, p.stdout
+    assert [(r["model_name"], r["state"], r["returncode"]) for r in sweep.results()] == \
+        [(f"lrr_{i}", "failed", 1) for i in (1, 2, 3)]
+    partial = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
+    assert [r["state"] for r in partial] == ["failed"] * 3 + ["pending"] * 5
+    assert all("requeued" not in r for r in partial)
+    fixed = sweep.dir / "bad.py"
+    fixed.write_text("print('fine')\n")  # fixed: the same command runs them all, the failed ones too
+    p = sweep.run("--no-live", "--retries", "2", "--command", f"python {fixed}", "lrr=1,2,3,4,5,6,7,8",
+                  trainer=False)
+    assert p.returncode == 0 and [r["state"] for r in sweep.results()] == ["complete"] * 8, p.stdout + p.stderr
+
+
 def test_no_fail_fast_keeps_launching(sweep):
     sweep.gpus.set(count=1)
     p = sweep.run("--no-live", "--no-fail-fast", "--command", bad_script(sweep), "lrr=1,2,3,4,5", trainer=False)

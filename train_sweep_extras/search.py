@@ -741,7 +741,7 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
-        for run in [r for r in self.open if r in self.paused or (r.resumed and r.state == State.PENDING)]:
+        for run in [r for r in self.open if r in self.paused or (r.resumed and (r.requeued or r.state == State.PENDING))]:
             self.paused.pop(run, None)  # paused for good (also one that went on and waits to start again): pruned
             run.state = State.PRUNED
             self.finished(run)
