@@ -517,6 +517,17 @@ def test_status_of_a_damaged_sweep_json_and_watch_with_a_huge_interval_are_one_l
     assert_one_line_error(p, "outputs: its sweep.json is damaged")
 
 
+def test_status_of_a_search_with_only_a_time_budget_warns_of_nothing(finished):
+    """An adversarial pass: a search given --search-hours and no --n-trials writes 'runs': null in its sweep.json
+    (no count is known), and every status and watch warned "skipped 1 damaged record(s): ... its 'runs' is
+    NoneType". Null is no count, not damage."""
+    record = json.loads((finished.dir / "outputs" / "sweep.json").read_text())
+    (finished.dir / "outputs" / "sweep.json").write_text(json.dumps({**record, "runs": None}))
+    for command in ("status", "list"):
+        p = finished.run(command, "outputs" if command == "status" else ".", trainer=False, timeout=30)
+        assert p.returncode == 0 and "damaged" not in p.stderr and "Traceback" not in p.stderr, p.stdout + p.stderr
+
+
 def test_report_results_rewrites_its_own_gathered_file(tmp_path):
     """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
     writing over a results file; --csv/--json onto such a file still are."""

@@ -288,7 +288,9 @@ def sweep_record(folder: Path) -> dict[str, Any] | None:
         SKIPPED(folder / "sweep.json", "not a JSON object")
         return {}
     for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str)):
-        if key in record and not isinstance(record[key], kind) or kind is int and isinstance(record.get(key), bool):
+        if record.get(key) is None:  # ('runs' of a search with a time budget only: null, no count to say)
+            record.pop(key, None)
+        elif not isinstance(record[key], kind) or kind is int and isinstance(record[key], bool):
             SKIPPED(folder / "sweep.json", f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}")
             del record[key]
     return record
