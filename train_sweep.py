@@ -751,10 +751,10 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "max_processes_per_gpu": ('a whole number >= 1 or "auto"', lambda v: v == "auto" or (_is_whole(v) and v >= 1)),
     "mps": ("true or false", lambda v: isinstance(v, bool)),
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),
-    "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see README: Search)",
+    "search": ("an object: sampler, n_trials, seed, params, pruner, metric, mode (see docs/search.md)",
                lambda v: isinstance(v, dict)),
     "slurm": ("an object: partition, time, gpus_per_run, cpus_per_run, mem_gb, max_parallel, requeues, params (see "
-              "README: On a Slurm cluster)", lambda v: isinstance(v, dict)),
+              "docs/slurm.md)", lambda v: isinstance(v, dict)),
 }
 SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("a string", lambda v: isinstance(v, str)), "abbrev": ("a string", lambda v: isinstance(v, str)),
@@ -847,7 +847,7 @@ def read_json_file(path: str) -> Any:
 
 
 def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
-    """Read a config file in either form: a JSON array of runs (the seed's), or an object (see README)."""
+    """Read a config file in either form: a JSON array of runs (the seed's), or an object (docs/config.md)."""
     path = str(path)
     data = read_json_file(path)
     if isinstance(data, list):
@@ -2284,7 +2284,7 @@ class RunCgroups:
     """Each run's processes in a cgroup v2 of their own, where the sweep may make cgroups (root, or a delegated
     cgroup: `systemd-run --user --scope -p Delegate=yes train-sweep ...`): a process that double-forked,
     left its session and cleared its environment is found there too. Elsewhere `root` is None, `why` says why,
-    and runs are tracked by process group, marker and subreaper (see README)."""
+    and runs are tracked by process group, marker and subreaper (docs/reliability.md)."""
 
     def __init__(self, sweep_id: str) -> None:
         self.root: Path | None = None
@@ -2466,7 +2466,7 @@ def tracker_env(env: Mapping[str, str], group: str, run: Run) -> dict[str, str]:
 
 
 def run_env(run: Run, sweep_id: str) -> dict[str, str]:
-    """The environment contract every run's command gets, wherever it runs (README: Writing train.py)."""
+    """The environment contract every run's command gets, wherever it runs (docs/config.md: What each run gets)."""
     return {"TRAIN_SWEEP_RUN_NAME": run.name, "TRAIN_SWEEP_RUN_DIR": str(run.run_dir), "TRAIN_SWEEP_ID": sweep_id,
             "TRAIN_SWEEP_RUN_ID": f"{sweep_id}-{run.index}", "PYTHONUNBUFFERED": "1"} | (
         {"TRAIN_SWEEP_RESUME": "1"} if run.resumed else {})
@@ -2878,6 +2878,8 @@ def printed_metrics(run: Run) -> list[str]:
 
 def metric_missing(run: Run, metric: str, regex: str | None) -> str:
     """Why a complete run has no value of the ranking metric, in words a user can act on: what it did report."""
+    if metric in (run.metrics or {}):  # reported, its last value NaN or infinite (plain_metric)
+        return f"its last {metric} was not a number (NaN or infinite: the training diverged?)"
     where = [name for name in ("metrics.json", "metrics.jsonl") if (run.run_dir / name).exists()]
     found = f"{' and '.join(where)} without {metric!r}" if where else "no metrics.json or metrics.jsonl"
     printed = "no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"
@@ -3426,8 +3428,8 @@ class Reporter:
             lines.append(f"Best ({self.mode} {self.metric}): {best[1].name} = {best[0]:.4g}  ({best[1].run_dir})")
         missing = [r for r in runs if r.metric_note]
         if missing:
-            lines.append(f"{len(missing)} complete run(s) reported no {self.metric}: {missing[0].metric_note} "
-                         f"(e.g. {missing[0].name}; see README: Metrics)")
+            lines.append(f"{len(missing)} complete run(s) have no {self.metric} to rank by: {missing[0].metric_note} "
+                         f"(e.g. {missing[0].name}; see docs/output.md: Metrics)")
         complete = [r for r in runs if r.state == State.COMPLETE]
         if not self.metric and complete and (seen := list(dict.fromkeys(
                 n for r in complete[:3] for n in printed_metrics(r)))):
@@ -3904,7 +3906,7 @@ class FailFast:
         if len(self.unranked) < FAIL_FAST_RUNS:
             return None
         seen = list(dict.fromkeys(n for r in self.unranked for n in printed_metrics(r)))
-        did = f"they reported {', '.join(seen)}" if seen else "they reported no metric at all (see README: Metrics)"
+        did = f"they reported {', '.join(seen)}" if seen else "they reported no metric at all (see docs/output.md: Metrics)"
         hint = metric_hint(metric, seen)
         return (f"the first {FAIL_FAST_RUNS} complete runs reported no {metric} ({did}; e.g. {run.stdout_log}); no "
                 f"more runs are started: {'run again with ' + hint if hint else 'fix --metric'} (--no-fail-fast "

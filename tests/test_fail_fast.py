@@ -135,3 +135,5 @@ def test_runs_that_diverged_to_nan_did_report_the_metric(sweep):
     p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "--metric", "val_loss",
                   "lr=0.9,0.8,0.7,0.1,0.2", trainer=False)
     assert "no more runs are started" not in p.stdout and "5 complete" in p.stdout, p.stdout
+    # and the summary says why they are not ranked: it said they reported no val_loss, and that they reported it
+    assert "3 complete run(s) have no val_loss to rank by: its last val_loss was not a number" in p.stdout, p.stdout

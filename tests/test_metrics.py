@@ -137,7 +137,7 @@ def test_a_complete_run_without_the_metric_is_flagged_with_the_reason(sweep):
     quiet = {r["model_name"]: r for r in sweep.results()}["n_1"]
     assert quiet["metrics"] is None
     assert quiet["metric"]["note"] == "no metrics.json or metrics.jsonl; no stdout line like 'val_loss=0.41'"
-    assert "1 complete run(s) reported no val_loss: no metrics.json or metrics.jsonl" in p.stdout
+    assert "1 complete run(s) have no val_loss to rank by: no metrics.json or metrics.jsonl" in p.stdout
 
 
 def test_ties_keep_the_config_order_and_several_metrics_are_kept(sweep):
@@ -170,7 +170,7 @@ def test_a_run_that_writes_no_metrics_costs_no_reading(sweep, tmp_path):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}])
     p = sweep.run()
-    assert p.returncode == 0 and "reported no" not in p.stdout
+    assert p.returncode == 0 and "to rank by" not in p.stdout
     assert not (sweep.dir / "outputs" / "n_0" / "train_sweep_metrics.jsonl").exists()
     assert sys.executable and FAKE_TRAINER.exists()
 
@@ -224,7 +224,7 @@ def test_without_tensorboard_event_files_are_skipped_with_a_note(sweep):
     p = sweep.run("--command", command, "--metric", "val_loss", trainer=False,
                   PYTHONPATH=f"{hide.parent}:{sweep.env()['PYTHONPATH']}")
     assert "pip install 'train-sweep[tensorboard]'" in p.stdout, p.stdout + p.stderr
-    assert "reported no val_loss" in p.stdout
+    assert "have no val_loss to rank by" in p.stdout
 
 
 # -- values that are no numbers; stale, damaged and huge metric files; a run flooding its output -----------------

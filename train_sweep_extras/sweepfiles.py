@@ -22,7 +22,7 @@ from train_sweep import (
 )
 from train_sweep_extras.space import SearchSpec, make_param
 
-# A W&B sweep file's constructs, and where a faithful mapping onto Optuna does not exist, why (README: Search).
+# A W&B sweep file's constructs, and where a faithful mapping onto Optuna does not exist, why (docs/search.md).
 WANDB_KEYS = ("method", "metric", "goal", "parameters", "early_terminate", "command", "program", "run_cap", "name",
               "description", "project", "entity", "protein")
 
