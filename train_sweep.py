@@ -3026,13 +3026,23 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
         if crashed:
             past.append(crashed)
         complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
-        if complete and run.run_dir.is_dir():  # the pruner's verdict stands; a run whose folder is gone runs again
+        if complete and holds_other(run) is False:  # the pruner's verdict stands; a run whose folder is gone (or
+            # holds a run of other hyperparameters that took its name since) runs again
             skipped.append((restore(run, complete[-1]), complete[-1]))
         elif past:
             run.attempts = [attempt_summary(r) for r in past]
             if not run.reattach:  # a re-attached job is the attempt its run.json names
                 run.attempt = max(int(r.get("attempt", 1)) for r in past) + 1
     return skipped
+
+
+def holds_other(run: Run) -> dict[str, Any] | bool | None:
+    """What the run's folder holds: None, no folder; False, this run (or a folder without a readable run.json);
+    else the run.json of another run that had its name (other hyperparameters or --command: a default edited)."""
+    if not run.run_dir.is_dir():
+        return None
+    record = read_json(run.run_dir / "run.json")
+    return record if isinstance(record, dict) and record.get("identity") not in (None, run.identity) else False
 
 
 def restore(run: Run, record: Mapping[str, Any]) -> Run:
@@ -4797,6 +4807,10 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         source_kind = "source shared" if settings.storage else "source search"  # agents' study, or this host's
         searcher = extra(source_kind)(plan, journal_records, said.append) if plan.searching else None
         skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
+        for run in (r for r in runs if not r.skipped and search is None):
+            if other := holds_other(run):  # never run into it: the finished run there would be lost
+                said.append(f"{'set aside':<11} {run.name}: its folder holds a run of other hyperparameters or command "
+                            f"({other.get('state')}); kept as {set_aside(run.run_dir).name}")
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
         record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": [redact(a) for a in sys.argv],

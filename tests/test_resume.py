@@ -85,6 +85,35 @@ def test_a_changed_command_is_a_different_run(sweep):
     assert starts(sweep)["n_0"] == 2
 
 
+def test_a_run_whose_default_changed_never_runs_into_the_old_run_s_folder(sweep):
+    """An adversarial pass: after a default was edited (its name unchanged), the run ran again in the folder of
+    the complete one and overwrote its checkpoint (only its logs went to attempt_1/); Ctrl+C and the edit undone,
+    the old record was skipped as complete over a folder that now held the other run. A folder holds one run:
+    another's is set aside as <name>~1 first, and a complete record is skipped only over its own folder."""
+    sweep.gpus.set(count=1)
+    sweep.config({"defaults": {"sleep": 0, "ckpt": 1}, "runs": [{"n": 0}]})
+    assert sweep.run("--metric", "val_loss").returncode == 0
+    out = sweep.dir / "outputs"
+    first = json.loads((out / "n_0" / "run.json").read_text())
+    sweep.config({"defaults": {"sleep": 60, "ckpt": 1}, "runs": [{"n": 0}]})  # a default edited
+    proc = sweep.start("--metric", "val_loss")
+    sweep.wait_for(lambda: starts(sweep)["n_0"] == 2, what="the edited run")
+    proc.send_signal(signal.SIGINT)
+    out2, _ = proc.communicate(timeout=30)
+    assert "set aside   n_0: its folder holds a run of other hyperparameters or command (complete); kept as n_0~1" \
+        in out2, out2
+    kept = json.loads((out / "n_0~1" / "run.json").read_text())
+    assert kept["state"] == "complete" and kept["hyperparams"] == first["hyperparams"]
+    assert (out / "n_0~1" / "model.pt").exists() and not (out / "n_0~1" / "attempt_1").exists()
+    sweep.config({"defaults": {"sleep": 0, "ckpt": 1}, "runs": [{"n": 0}]})  # the edit undone
+    p = sweep.run("--metric", "val_loss")
+    assert p.returncode == 0 and "kept as n_0~2" in p.stdout, p.stdout + p.stderr
+    (r,) = sweep.results()
+    held = json.loads((Path(r["run_dir"]) / "run.json").read_text())
+    assert r["state"] == "complete" and held["hyperparams"] == r["hyperparams"] == first["hyperparams"]
+    assert held["identity"] == r["identity"] and held["state"] == "complete"
+
+
 def test_rerun_runs_everything_and_keeps_old_folders(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}, {"n": 1}])
