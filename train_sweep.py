@@ -1764,22 +1764,6 @@ class MemoryPledges:
 AUTO_MAX_PER_GPU = 64  # --max-processes-per-gpu auto: train_sweep_extras/packing.py decides below this
 
 
-def _process_group(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _is_mps_server(pid: int) -> bool:
-    """nvidia-cuda-mps-server (`nvidia-cuda-mps` to Linux): NVML lists it, with memory, beside MPS clients."""
-    import psutil
-    try:
-        return psutil.Process(pid).name().startswith("nvidia-cuda-mps")
-    except psutil.Error:
-        return False
-
-
 class NoGpuLeft(Exception):
     """Every GPU of the sweep was taken out (its NVML calls kept failing): nothing new can start."""
 
@@ -3203,18 +3187,14 @@ def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
     return lock
 
 
-def sweep_alive(folder: Path) -> int | None:
-    """The PID of the train_sweep in this output folder, or None: from its lock file, without taking the lock."""
-    try:
-        pid = int((folder / LOCK).read_text().strip())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"train_sweep" in command or b"train-sweep" in command else None
-
-
 def pid_alive(pid: int) -> bool:
-    """Does a process of this PID live (ours or another user's)?"""
+    """Does a process of this PID live (ours or another user's)? Not a zombie: it has exited, its locks are gone
+    (a parent that killed the sweep and has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:  # gone, or hidden (/proc mounted hidepid): ask the kernel
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

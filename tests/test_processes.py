@@ -401,6 +401,26 @@ def test_after_kill_9_the_new_attempt_waits_for_the_old_processes(sweep):
                 proc.communicate(timeout=30)
 
 
+def test_after_kill_9_a_sweep_not_yet_reaped_is_waited_for_not_taken_for_running(sweep):
+    """An adversarial pass: a Python driver (a notebook) that kills the sweep and starts it again before it reaps
+    the first was refused: 'another train_sweep (PID N) is running', N a zombie. It waits for the runs instead."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 0, "sleep": 60, "term_delay": 2}])
+    first = sweep.start()
+    try:
+        sweep.wait_for(lambda: sweep.started(), what="the first attempt")
+        os.kill(first.pid, signal.SIGKILL)  # not reaped: a zombie until first.wait()
+        sweep.wait_for(lambda: Path(f"/proc/{first.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                       what="the killed sweep to be a zombie")
+        sweep.config([{"n": 1}])
+        p = sweep.run()
+        assert "another train_sweep" not in p.stderr and "is gone; waiting for its runs to end" in p.stderr, p.stderr
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
 def test_guardian_never_signals_a_group_whose_pid_was_reused():
     """issue 16 item 11: a registered group whose leader is now another process (its PID was reused after the
     run's group was gone) is not signalled when train_sweep dies."""

@@ -30,8 +30,8 @@ from train_sweep import (
     read_journal,
     read_json,
     record_damage,
-    sweep_alive,
 )
+from train_sweep_extras.tools import sweep_alive
 
 
 class SweepError(Exception):

@@ -360,6 +360,22 @@ class FootprintCache:
 
 # -- the packer ---------------------------------------------------------------------------------------------
 
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _is_mps_server(pid: int) -> bool:
+    """nvidia-cuda-mps-server (`nvidia-cuda-mps` to Linux): NVML lists it, with memory, beside MPS clients."""
+    import psutil
+    try:
+        return psutil.Process(pid).name().startswith("nvidia-cuda-mps")
+    except psutil.Error:
+        return False
+
+
 @dataclasses.dataclass
 class _Seen:
     peak_mb: float = 0.0  # the most memory seen for the run
@@ -395,8 +411,8 @@ class Packer:
         self.most: dict[int, int] = {}  # the most runs each GPU held at once
         self.total_mb: dict[int, float] = {}
         self.notes: list[str] = []
-        self.group_of = group_of or ts._process_group
-        self.is_service = functools.lru_cache(maxsize=4096)(is_service or ts._is_mps_server)
+        self.group_of = group_of or _process_group
+        self.is_service = functools.lru_cache(maxsize=4096)(is_service or _is_mps_server)
         self.now = 0.0
         self.cache = cache
         self.remembered = 0

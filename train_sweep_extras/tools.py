@@ -53,13 +53,22 @@ from train_sweep import (
     record_damage,
     redact,
     run_labels,
-    sweep_alive,
     tail_lines,
     try_lock,
     varying_keys,
     where,
     write_json_atomic,
 )
+
+def sweep_alive(folder: Path) -> int | None:
+    """The PID of the train_sweep in this output folder, or None: from its lock file, without taking the lock."""
+    try:
+        pid = int((folder / LOCK).read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"train_sweep" in command or b"train-sweep" in command else None
+
 
 REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "start")
 
