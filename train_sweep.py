@@ -3288,6 +3288,7 @@ class Reporter:
 
     refresh_s: float | None = None  # the live view asks the loop to wake this often
     on_screen: Callable[[str | None], None] | None = None  # told the terminal a live view holds (a launcher's guardian)
+    resume_hint = "{left} run(s) left: run the same command again to resume (complete runs are kept)"  # (run_sweep's)
 
     def __init__(self, ranking: Ranking = Ranking(), stream: Any = None, log_path: Path | None = None) -> None:
         self.ranking = ranking
@@ -3411,7 +3412,7 @@ class Reporter:
             lines.append(f"Interrupted: every run's record is in {results.partial_file}")
             left = len(pending) + sum(r.state not in (State.COMPLETE, State.PRUNED) for r in runs)
             if left and progress.stopping != "error":
-                lines.append(f"{left} run(s) left: run the same command again to resume (complete runs are kept)")
+                lines.append(self.resume_hint.format(left=left))
         best = best_of((r for r in runs if r.state == State.COMPLETE), lambda r: metric_of(r.metrics, self.metric),
                        self.mode)
         if best is not None:
@@ -4802,6 +4803,10 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
+        if search is not None or settings.rerun:  # the same command would not resume: --rerun runs everything again
+            reporter.resume_hint = ("The search stopped before its end: run the same command again to resume it "
+                                    "(finished trials are kept)" if search is not None else
+                                    Reporter.resume_hint.replace("same command again", "same command without --rerun"))
         what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
             f" of {settings.n_trials} trials" if settings.n_trials else "")
         reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")

@@ -492,6 +492,27 @@ def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
     assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]
 
 
+@pytest.mark.parametrize("how", ["rerun", "search"])
+def test_after_ctrl_c_of_a_rerun_or_a_search_the_way_to_resume_is_true(sweep, how):
+    """An adversarial pass: after Ctrl+C of a --rerun sweep, 'run the same command again to resume' ran every run
+    again (the same command has --rerun); after Ctrl+C of a search, '2 run(s) left' counted the interrupted
+    trials, not the 8 the search had still to ask."""
+    from conftest import interrupt
+
+    sweep.gpus.set(count=1)
+    slow = sweep.dir / "slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    args = ["--rerun", "x=1,2,3"] if how == "rerun" else ["--search", "grid", "--metric", "loss", "x=1,2,3"]
+    proc = sweep.start("--no-live", "--command", f"python {slow}", *args, trainer=False)
+    sweep.wait_for(lambda: any((sweep.dir / "outputs").glob("*/run.json")), what="the first run")
+    interrupt(proc)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out[-1500:]
+    expected = ("3 run(s) left: run the same command without --rerun to resume" if how == "rerun" else
+                "The search stopped before its end: run the same command again to resume it")
+    assert expected in out and "run(s) left: run the same command again" not in out, out[-1500:]
+
+
 def test_a_summary_of_many_runs_keeps_the_best_ones(sweep):
     """issue 26 (6): with more than 50 runs the end table listed only the runs that did not complete: a fully
     complete 100-trial search printed no ranking at all. It shows the 10 best, then those that did not."""
