@@ -4799,6 +4799,7 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
                   "source": settings.source, "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
                   "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
+                  "names": [r.name for r in runs] if search is None else None,  # (status: the runs of this sweep)
                   "settings": {**dataclasses.asdict(settings), "storage": redact(settings.storage or "") or None}}
         write_json_atomic(output_dir / "sweep.json", record)
         live = sys.stdout.isatty() and not settings.no_live

@@ -528,6 +528,31 @@ def test_status_of_a_search_with_only_a_time_budget_warns_of_nothing(finished):
         assert p.returncode == 0 and "damaged" not in p.stderr and "Traceback" not in p.stderr, p.stdout + p.stderr
 
 
+def test_status_and_list_count_the_runs_of_the_sweep_and_show_reruns_as_running(sweep):
+    """An adversarial pass: a run dropped from the config was still counted ('2 run(s): 3 complete') and named the
+    best by status and list; and a run running again after a default was edited (its attempts count from 1
+    again) was shown by its old record, 'complete, 0 running'."""
+    sweep.gpus.set(count=2)
+    sweep.config({"defaults": {"sleep": 0}, "runs": [{"n": 0, "metric": 0.5}, {"n": 1, "metric": 0.4},
+                                                     {"n": 2, "metric": 0.1}]})
+    assert sweep.run("--metric", "val_loss").returncode == 0
+    sweep.config({"defaults": {"sleep": 0}, "runs": [{"n": 0, "metric": 0.5}, {"n": 1, "metric": 0.4}]})
+    assert sweep.run("--metric", "val_loss").returncode == 0
+    p = sweep.run("status", trainer=False)
+    assert "2 run(s): 2 complete" in p.stdout and "n_1_metric_0.4 = 0.4" in p.stdout, p.stdout + p.stderr
+    row = next(line for line in sweep.run("list", trainer=False).stdout.splitlines() if "outputs" in line)
+    assert [cell.strip() for cell in row.split("│")][4:7] == ["2", "2", "0"], row
+    sweep.config({"defaults": {"sleep": 60}, "runs": [{"n": 0, "metric": 0.5}, {"n": 1, "metric": 0.4}]})
+    proc = sweep.start("--metric", "val_loss")
+    try:
+        sweep.wait_for(lambda: len(sweep.started()) >= 5, what="both runs again")
+        p = sweep.run("status", trainer=False)
+        assert "2 run(s): 2 running" in p.stdout and "best" not in p.stdout, p.stdout + p.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
 def test_report_results_rewrites_its_own_gathered_file(tmp_path):
     """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
     writing over a results file; --csv/--json onto such a file still are."""

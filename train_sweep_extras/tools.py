@@ -296,13 +296,20 @@ def sweep_record(folder: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         SKIPPED(folder / "sweep.json", "not a JSON object")
         return {}
-    for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str)):
+    for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str), ("names", list)):
         if record.get(key) is None:  # ('runs' of a search with a time budget only: null, no count to say)
             record.pop(key, None)
         elif not isinstance(record[key], kind) or kind is int and isinstance(record[key], bool):
             SKIPPED(folder / "sweep.json", f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}")
             del record[key]
     return record
+
+
+def of_this_sweep(latest: dict[str, Mapping[str, Any]], record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The records of the runs the sweep's last start ran (its sweep.json's names): not those of runs an earlier
+    start ran that its config no longer holds (a search's trials, and older sweeps', are all its own)."""
+    names = set(map(str, record["names"])) if isinstance(record.get("names"), list) else None
+    return latest if names is None else {name: r for name, r in latest.items() if name in names}
 
 
 def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
@@ -514,7 +521,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column(col)
     for folder in find_sweeps(args.folders or ["outputs"]):
         settings = sweep_record(folder) or {}
-        latest = sound_journal(folder)
+        latest = of_this_sweep(sound_journal(folder), settings)
         count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
         failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
         journal = folder / JOURNAL
@@ -775,9 +782,9 @@ class SweepStatus:
         ranking = Ranking.saved(settings)
         pid = sweep_alive(folder)
         self._journal()
-        latest = self.latest
+        latest = of_this_sweep(self.latest, record)
         running = [run for run in self._run_jsons() if run.get("state") == State.RUNNING.value and
-                   _attempt(run) > _attempt(latest.get(run["model_name"], {"attempt": 0}))]  # a newer attempt
+                   _newer(run, latest.get(run["model_name"]))]
         again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
         counts = {s.value: 0 for s in FINISHED_ORDER}
         for name, r in latest.items():
@@ -814,7 +821,7 @@ class SweepStatus:
                 f"{labels.get(r['model_name'], r['model_name'])} ({job}{fmt_duration(now - since if since else None)}"
                 + (" ago" if job else "") + (f", {ranking.metric} {value:.4g}" if value is not None else "") + ")")
         lines += [f"  {where}: {', '.join(runs)}" for where, runs in sorted(by_gpu.items())]
-        found = journal_best(folder, latest, settings)
+        found = journal_best(folder, {name: r for name, r in latest.items() if name not in again}, settings)
         if found is not None:
             lines.append(f"best {found[0]} so far (complete runs): {found[2]['model_name']} = {found[1]:.4g}")
         lines += [f"  {line}" if i else line for i, line in enumerate(failure_reasons(self._failures(), 3))]
@@ -848,6 +855,12 @@ class SweepStatus:
 
 def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
+
+
+def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
+    """A running run's run.json is not the run its latest record is: a later attempt, or another run that had its
+    name (a default edited: its attempts count from 1 again)."""
+    return latest is None or _attempt(running) > _attempt(latest) or running.get("identity") != latest.get("identity")
 
 
 def status_reader(args: argparse.Namespace) -> Callable[[], tuple[list[str], bool]]:
