@@ -4160,11 +4160,8 @@ class Sweep:
                     self._done(run, record)
                 raise OutputError(f"cannot record results in {run.run_dir.parent}: {e.strerror or e}") from None
             if requeue is None:  # journaled: now its checkpoints may be ranked (and others' deleted)
-                value = metric_of(run.metrics, self.metric)
-                if self.best_k is not None and run.state == State.COMPLETE and value is not None:
-                    self.best_k.add(run, value)
-                elif self.best_k is not None and run.state == State.PRUNED:
-                    self.best_k.drop(run, "pruned")
+                if self.best_k is not None:
+                    self.best_k.ended(run, metric_of(run.metrics, self.metric))
                 continue
             run.requeued = record  # next_attempt when it goes again: if the sweep stops first, this is its end
             if run.state == State.OOM:

@@ -376,6 +376,26 @@ def test_pruned_checkpoints_follow_top_k(sweep):
     assert [r["name"] for r in best["runs"]] == ["k_0.1"]
 
 
+@pytest.mark.parametrize("searching", [True, False], ids=["search", "list"])
+def test_a_search_s_interrupted_trials_lose_their_checkpoints_with_top_k(sweep, searching):
+    """An adversarial pass: Ctrl+C of a search with --top-k left the interrupted trials' checkpoints for good: the
+    search asks each again as a new trial in a new folder, so nothing ever resumed from them or freed them. A
+    list's interrupted run keeps its files (its next attempt, in the same folder, may start from them)."""
+    sweep.gpus.set(count=2)
+    space = ["--search", "random", "--n-trials", "3", "x=interval(0,1)"] if searching else ["x=0.1,0.2,0.3"]
+    proc = sweep.start("--no-live", "--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt", *space,
+                       "ckpt=1", "sleep=30", "metric=0.5")
+    sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/model.pt"))) == 2, what="two runs' checkpoints")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    left = sorted(p.parent.name for p in (sweep.dir / "outputs").glob("*/*.pt"))
+    if searching:
+        assert left == [] and out.count("interrupted (its trial is asked again): deleted 2 file(s)") == 2, out
+    else:
+        assert len(left) == 2 and "deleted" not in out, out
+
+
 def test_a_pruned_list_run_is_final_on_resume(sweep):
     """Pruned is not a failure: like a search's pruned trials (kept on resume), a pruned run of a list is not
     run again by the same command (it would only be pruned again, at the cost of its start-up)."""

@@ -16,6 +16,7 @@ from train_sweep import (
     Ranking,
     Run,
     Settings,
+    State,
     UserError,
     fmt_bytes,
     metric_of,
@@ -95,14 +96,15 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
 class BestK:
     """--top-k K --checkpoint-glob PATTERN: only the K best complete runs keep their checkpoint files. Each
     complete run with a value enters the ranking once; a run that is not (or no longer) among the K best
-    loses its matching files at once. Running, failed or interrupted runs are never touched (their
-    checkpoints may be what a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
+    loses its matching files at once, and so does a pruned run and a search's interrupted trial (asked again as
+    a new one). Running, failed or interrupted runs of a list are never touched (their checkpoints may be what
+    a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
     value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
     links and before any deletion, so it never lists a file that is gone."""
 
     def __init__(self, output_dir: Path, k: int, glob: str, ranking: Ranking, keep: bool,
-                 say: Callable[[str], None]) -> None:
-        self.folder = output_dir / "best"
+                 say: Callable[[str], None], searching: bool = False) -> None:
+        self.folder, self.searching = output_dir / "best", searching
         self.k, self.mode, self.metric, self.keep, self.say = k, ranking.mode, ranking.metric, keep, say
         self.pattern = checkpoint_pattern(glob)
         self.top: list[tuple[float, int, Run]] = []  # the K best, best first
@@ -118,6 +120,14 @@ class BestK:
             self.publish()
         if out is not None:
             self.drop(out[2])
+
+    def ended(self, run: Run, value: float | None) -> None:
+        """A run ended for good (journaled): ranked if complete with a value. One that can never rank loses its
+        files: pruned, or interrupted in a search (asked again as a new trial, in a new folder: never resumed)."""
+        if run.state == State.COMPLETE and value is not None:
+            self.add(run, value)
+        elif run.state == State.PRUNED or run.state == State.INTERRUPTED and self.searching:
+            self.drop(run, "pruned" if run.state == State.PRUNED else "interrupted (its trial is asked again)")
 
     def publish(self) -> None:
         """best/: the links, then best.json (atomically)."""
@@ -178,4 +188,4 @@ def open_best_k(output_dir: Path, settings: Settings, say: Callable[[str], None]
     """The sweep's best-K keeper, once the output folder's earlier ranking is known to be this one's."""
     check_best_ranking(output_dir, settings)
     return BestK(output_dir, settings.top_k or 1, settings.checkpoint_glob or "", settings.ranking,
-                 settings.keep_checkpoints, say)
+                 settings.keep_checkpoints, say, searching=settings.search is not None)
