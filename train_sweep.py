@@ -392,10 +392,10 @@ class Settings:
         "(default: the config's 'name_template', else automatic names)", metavar="TEMPLATE")
     abbrev: tuple[str, ...] = flag(
         (), "run", "how a key reads in run names, e.g. training.bisim_lr=lr; an empty SHORT (env=) shows the value "
-        "alone (repeatable)", metavar="KEY=SHORT")
+        "alone (repeatable: one KEY=SHORT a flag; a bare KEY=VALUE after it is an override)", metavar="KEY=SHORT")
     max_runs: int | None = flag(None, "run", "run only the first N runs of the expanded sweep", type=_positive_int,
                                 metavar="N")
-    shuffle: bool = flag(False, "run", "put the expanded runs in a random order (repeatable with --seed)")
+    shuffle: bool = flag(False, "run", "put the expanded runs in a random order (the same order for the same --seed)")
     seed: int = flag(0, "run", "seed for --shuffle, and a search's sampler", type=int, metavar="N")
     dry_run: bool = flag(False, "run", "print each run's name and command line and the placement; run nothing")
     gpus: tuple[str, ...] = flag(

@@ -553,6 +553,23 @@ def test_status_and_list_count_the_runs_of_the_sweep_and_show_reruns_as_running(
         proc.communicate(timeout=30)
 
 
+def test_report_of_a_sweep_s_output_folder_after_another_sweep_took_the_results_file(sweep):
+    """A docs review: the results file is in the folder a sweep starts from, so a later sweep there with another
+    --output-dir replaces it; `report` then had no way to show the first sweep (a folder was 'not a results
+    file'). It reads a sweep's output folder: the latest record of each run, from its journal and run folders."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"lr": 0.1, "metric": 0.3}, {"lr": 0.2, "metric": 0.2}])
+    assert sweep.run("--output-dir", "outputs/first", "--metric", "val_loss").returncode == 0
+    sweep.config([{"lr": 0.5, "metric": 0.9}])
+    assert sweep.run("--output-dir", "outputs/second", "--metric", "val_loss").returncode == 0
+    assert [r["model_name"] for r in sweep.results()] == ["lr_0.5_metric_0.9"]  # the first sweep's file was replaced
+    p = sweep.run("report", "outputs/first", trainer=False)
+    assert p.returncode == 0 and "outputs/first: 2 run(s)" in p.stdout and "lr_0.2_metric_0.2" in p.stdout, p.stdout
+    assert "lr_0.5" not in p.stdout and "Best (min val_loss): lr_0.2_metric_0.2 = 0.2" in p.stdout, p.stdout
+    p = sweep.run("report", "outputs", trainer=False)  # a folder that holds no sweep of its own: still refused
+    assert_one_line_error(p, "outputs: not a results file nor a sweep's output folder")
+
+
 def test_report_results_rewrites_its_own_gathered_file(tmp_path):
     """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
     writing over a results file; --csv/--json onto such a file still are."""

@@ -74,9 +74,14 @@ REPORT_SORTS = ("index", "name", "state", "gpu", "duration", "rc", "metric", "st
 
 
 def load_results(path: str) -> list[dict[str, Any]]:
-    """A results file (or .partial) as a list of records; bad files are a one-line UserError."""
-    if Path(path).exists() and not Path(path).is_file():  # a FIFO would be waited on, /dev/zero read forever
-        raise UserError(f"{path}: not a results file (a folder, a FIFO or a device)")
+    """A results file (or .partial), or a sweep's output folder (the latest record of each run of its last
+    start, from its journal and run folders), as a list of records; bad files are a one-line UserError."""
+    folder = Path(path)
+    if folder.is_dir() and ((folder / JOURNAL).is_file() or (folder / "sweep.json").is_file()):
+        latest = of_this_sweep(latest_records(folder), sweep_record(folder) or {})
+        return sorted(latest.values(), key=lambda r: r.get("index") if _is_whole(r.get("index")) else 0)
+    if folder.exists() and not folder.is_file():  # a FIFO would be waited on, /dev/zero read forever
+        raise UserError(f"{path}: not a results file nor a sweep's output folder (a folder, a FIFO or a device)")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
