@@ -882,6 +882,21 @@ def test_the_pruner_flag_takes_the_pruners_arguments_and_pause(sweep):
     assert "resumed from step 1" in (Path(late["run_dir"]) / "train_stdout.log").read_text()
 
 
+@pytest.mark.parametrize("given, shown", [
+    ("successive_halving(min_resource=6,pause=true)", "SuccessiveHalvingPruner(min_resource=6, reduction_factor=3,"),
+    ("successive_halving(reduction_factor=2)", "SuccessiveHalvingFromANinth(fraction=9, reduction_factor=2)"),
+    ("median(n_warmup_steps=5)", "MedianPruner(n_startup_trials=4, n_warmup_steps=5,"),
+])
+def test_a_pruner_given_some_arguments_gets_train_sweep_s_defaults_for_the_others(sweep, given, shown):
+    """A docs review: docs/search.md recommends successive_halving(min_resource=6,pause=true), measured with
+    reduction factor 3, and it ran with Optuna's 4; median with only its warm-up got Optuna's 5 start-up trials,
+    not the 4 of a bare `median`; successive_halving with only its factor put its first rung at a hundredth."""
+    sweep.gpus.set(count=1)
+    p = sweep.run("--search", "random", "--n-trials", "9", "--metric", "loss", "--pruner", given, "x=interval(0,1)",
+                  "--dry-run")
+    assert p.returncode == 0 and shown in p.stdout, p.stdout + p.stderr
+
+
 def test_the_pruner_flags_arguments_judge_a_lists_runs(sweep):
     """A list with `--pruner NAME(...)`: the flag's arguments, and a run's first report judged as they say (the
     bare name's warm-up of one report is for Optuna's defaults)."""

@@ -148,7 +148,8 @@ def make_pruner(optuna: Any, name: str, args: Mapping[str, Any], where: str) -> 
 # A pruner named on the command line, with no settings of the config's: a few trials before any is judged, and a
 # run's first report never judged (Optuna's defaults judge at the first report: a run killed 0.7 s in ended better
 # than the median once it was let run, in a 16-trial search on an H100).
-PRUNER_DEFAULTS = {"median": {"n_startup_trials": 4}, "percentile": {"percentile": 25.0, "n_startup_trials": 4}}
+PRUNER_DEFAULTS = {"median": {"n_startup_trials": 4}, "percentile": {"percentile": 25.0, "n_startup_trials": 4},
+                   "successive_halving": {"reduction_factor": 3}}
 WARMUP_REPORTS = 1  # ... and, for such a pruner, the reports of a run not judged (its first)
 
 
@@ -184,16 +185,14 @@ class SuccessiveHalvingFromANinth:
 
 
 def pruner_spec(optuna: Any, name: str, args: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The pruner's class and its arguments: the config's, else PRUNER_DEFAULTS (successive_halving:
-    SuccessiveHalvingFromANinth)."""
+    """The pruner's class and its arguments: the config's, over PRUNER_DEFAULTS (successive_halving without its
+    min_resource: SuccessiveHalvingFromANinth)."""
     p = optuna.pruners
     kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
              "hyperband": p.HyperbandPruner, "none": p.NopPruner}
-    if name == "successive_halving" and not args:
-        return SuccessiveHalvingFromANinth, {}
-    kwargs = dict(args) if args else dict(PRUNER_DEFAULTS.get(name, {}))
-    if name == "percentile":
-        kwargs.setdefault("percentile", 25.0)  # (Optuna's has no default)
+    if name == "successive_halving" and set(args) <= {"reduction_factor"}:  # its first rung not given
+        return SuccessiveHalvingFromANinth, dict(args)
+    kwargs = {**PRUNER_DEFAULTS.get(name, {}), **args}  # the arguments not given: train_sweep's, not Optuna's
     return kinds[name], kwargs
 
 
