@@ -702,9 +702,9 @@ def check_hyperparams(hyperparams: Mapping[str, Any], where: str) -> None:
         check_value(value, f"{where}: {key!r}")
 
 
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
+def _json_type(value: Any) -> str:  # (isinstance: the config's objects are read as a subclass of dict)
+    names = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", type(None): "null"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "a number")
 
 
 def canonical_json(value: Any) -> str:
@@ -4499,12 +4499,12 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         check_value(values, f"override {key}")
     set_values = parse_set(settings.set)
     values = {**plain, **set_values}
-    for key in set_values:  # a value set on every run over a swept key would make every run the same
+    for key in values:  # a value set on every run over a swept key would make every run the same
         if len(cli_sweeps.get(key, ())) > 1 or len(spec.grid.get(key, ())) > 1:
             swept = "a command-line sweep" if key in cli_sweeps else f"{spec.source}'s 'grid'"
-            raise UserError(f"--set {key}=...: {key!r} is swept by {swept}; setting it on every run would make the "
-                            "runs the same: drop one of them")
-        if key in plain:
+            raise UserError(f"{'--set' if key in set_values else 'the override'} {key}=...: {key!r} is swept by "
+                            f"{swept}; setting it on every run would make the runs the same: drop one of them")
+        if key in plain and key in set_values:
             raise UserError(f"--set {key}=... and the override {key}=... both set {key!r}: give it once")
     if settings.configs and cli_sweeps:
         raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
@@ -4911,7 +4911,8 @@ def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tup
     overrides: list[str] = []
     takes_value = False  # the word before was a flag that takes one value
     for word in argv:
-        (overrides if not takes_value and not word.startswith("-") and "=" in word else flags).append(word)
+        (overrides if not takes_value and not word.startswith("-") and ("=" in word or word.startswith("~"))
+         else flags).append(word)
         takes_value = not takes_value and word.startswith("-") and word in single
     return flags, overrides
 

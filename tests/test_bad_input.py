@@ -26,6 +26,7 @@ from train_sweep import UserError, load_spec, parse_gpu_ids
         ("[]", ["the list of runs is empty"]),
         ('[{"lr": 1}, 5]', ["entry [1] must be an object of hyperparameters, got a number"]),
         ('[{"lr": 1}, ["a"]]', ["entry [1] must be an object", "got an array"]),
+        ('{"runs": {}}', ["'runs' must be a non-empty array of objects, got an object"]),  # it said "a number"
         ('[{"": 1}]', ["entry [0] has an empty key"]),
         ('[{"learning rate": 1}]', ["entry [0]: key 'learning rate' may not contain spaces"]),
         ('[{"a=b": 1}]', ["entry [0]: key 'a=b'"]),

@@ -311,6 +311,12 @@ def test_set_over_a_config_grid_names_the_grid(sweep):
     p = sweep.run("--dry-run", "--set", "lr=3")
     assert p.returncode == 2 and "'lr' is swept by train_sweep_config.json's 'grid'" in p.stderr
     assert sweep.run("--dry-run", "--set", "wandb=false").returncode == 0  # one value: nothing collapses
+    # a docs review: a plain override over the grid said "'runs' entry [0] with lr=1 and ... are identical runs"
+    p = sweep.run("--dry-run", "lr=3")
+    assert p.returncode == 2 and "the override lr=...: 'lr' is swept by train_sweep_config.json's 'grid'" in p.stderr
+    # and a bare ~key (a Hydra deletion) was an "unrecognized argument", the same with =value was explained
+    p = sweep.run("--dry-run", "~wandb")
+    assert p.returncode == 2 and "deleting a key (~key) is not supported" in p.stderr, p.stderr
 
 
 # -- grids of a billion runs -------------------------------------------------------------------------------------
