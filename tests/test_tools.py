@@ -201,6 +201,9 @@ def test_list_says_whether_a_sweep_runs_was_interrupted_or_died(sweep):
     proc.communicate(timeout=30)
     sweep.wait_for(lambda: state("b") != "running", timeout=30, what="the guardian to let go")
     assert state("b") == "dead"
+    # status says what its runs were doing when it died (it said "2 run(s): " and no more)
+    p = sweep.run("status", "b", trainer=False)
+    assert "b: dead" in p.stdout and "2 run(s): 1 running when it died, 1 not started" in p.stdout, p.stdout
 
 
 def _age(folder: Path, days: float = 8) -> None:

@@ -813,9 +813,10 @@ class SweepStatus:
             eta = f", ETA {fmt_duration((ahead + mean * left) / max(1, len(running)))}"
         started = f", started {record.get('started', '?')[:19]}"
         lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + started,
-                 f"{total} run(s): " + ", ".join(x for x in (shown, f"{len(running)} running or queued with Slurm" if
-                                                             detached else f"{len(running)} running" if pid else "",
-                                                             f"{left} pending" if left and pid else "") if x) + eta]
+                 f"{total} run(s): " + ", ".join(x for x in (
+                     shown, f"{len(running)} running or queued with Slurm" if detached else f"{len(running)} running"
+                     if pid else f"{len(running)} running when it died" if running else "",
+                     f"{left} pending" if left and pid else f"{left} not started" if left else "") if x) + eta]
         labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
         by_gpu: dict[str, list[str]] = {}
         for r in running if pid or detached else ():
