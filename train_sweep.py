@@ -4785,12 +4785,12 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         source_kind = "source shared" if settings.storage else "source search"  # agents' study, or this host's
         searcher = extra(source_kind)(plan, journal_records, said.append) if plan.searching else None
         skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
+        sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
+        said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
         for run in (r for r in runs if not r.skipped and search is None):
             if other := holds_other(run):  # never run into it: the finished run there would be lost
                 said.append(f"{'set aside':<11} {run.name}: its folder holds a run of other hyperparameters or command "
                             f"({other.get('state')}); kept as {set_aside(run.run_dir).name}")
-        sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
-        said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
         record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": [redact(a) for a in sys.argv],
                   "cwd": str(cwd), "python": sys.executable, "started": iso_time(time.time()),
                   "source": settings.source, "command": settings.command, **backend.record(),
@@ -4924,7 +4924,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model per hyperparameter set, keeping every listed GPU busy. KEY=VALUES "
                     "overrides in Hydra's multirun syntax may stand anywhere among the flags: lr=1e-3,1e-4 "
                     "multiplies the runs, seed=0 sets a value on every run.",
-        epilog="other commands: 'train_sweep report [RESULTS_FILE ...]', 'train_sweep list [DIR]', "
+        epilog="other commands: 'train_sweep report [RESULTS_FILE|OUTPUT_DIR ...]', 'train_sweep list [DIR]', "
                "'train_sweep status [OUTPUT_DIR]', 'train_sweep watch [OUTPUT_DIR]', "
                "'train_sweep cleanup --days N [--live] [DIR]' (each with --help). "
                "Exit codes: 0 all runs succeeded, 1 a run failed, timed out or ran out of memory, 2 bad input, "

@@ -663,7 +663,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="train_sweep", description="Look at finished sweeps.")
     sub = p.add_subparsers(dest="tool", required=True)
     r = sub.add_parser("report", help="a table of runs; CSV/JSON export; PNG plots; several files side by side")
-    r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files (default: train_sweep_results.json)")
+    r.add_argument("files", nargs="*", metavar="RESULTS_FILE", help="results files, or sweeps' output folders "
+                   "(their runs' latest records; default: train_sweep_results.json)")
     r.add_argument("--storage", metavar="URL", help="instead of results files: every agent's finished runs of the "
                    "shared sweep in this database (--storage of the sweep)")
     r.add_argument("--study-name", default="train_sweep", metavar="NAME", help="with --storage: the sweep's "
