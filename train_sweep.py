@@ -1479,12 +1479,15 @@ def owned(folder: Path, name: str) -> bool:
     return isinstance(record := read_json(folder / "run.json"), dict) and record.get("model_name") == name
 
 
+SET_ASIDE = "~"  # <name>~1, ~2, ...: a run folder (or journal, study) set aside; never in a run name
+
+
 def set_aside(path: Path) -> Path:
-    """Rename path to path~1 (or ~2, ...: the first free one). '~' is never in a run name."""
+    """Rename path to path~1 (or ~2, ...: the first free one)."""
     k = 1
-    while path.with_name(f"{path.name}~{k}").exists():
+    while path.with_name(f"{path.name}{SET_ASIDE}{k}").exists():
         k += 1
-    target = path.with_name(f"{path.name}~{k}")
+    target = path.with_name(f"{path.name}{SET_ASIDE}{k}")
     path.rename(target)
     return target
 
@@ -4354,7 +4357,12 @@ class Sweep:
         for run in [r for r in pending if r.requeued is not None]:  # stopped before its retry: it failed (or OOM)
             pending.remove(run)
             self._count(run)
-            self._done(run, {k: v for k, v in run.requeued.items() if k != "requeued"})
+            if run.state == State.PRUNED:  # a paused run that went on: its source took its pause for its end
+                self.done.append(run)  # (its record, its pause's, is in the results)
+            else:
+                self._done(run, {k: v for k, v in run.requeued.items() if k != "requeued"})
+            if self.best_k is not None:
+                self.best_k.ended(run, None)
         try:
             self.results.finish(pending, interrupted=self.stop is not None or self.halted is not None)
         except OutputError as e:
@@ -4787,10 +4795,6 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         skipped = plan_resume(runs, journal_records) if search is None else searcher.earlier()
         sweep_id = os.urandom(6).hex()  # tags the runs' processes for the guardian
         said += backend.start(sweep_id)  # before anything is written: it may refuse (MPS)
-        for run in (r for r in runs if not r.skipped and search is None):
-            if other := holds_other(run):  # never run into it: the finished run there would be lost
-                said.append(f"{'set aside':<11} {run.name}: its folder holds a run of other hyperparameters or command "
-                            f"({other.get('state')}); kept as {set_aside(run.run_dir).name}")
         record = {"train_sweep": __version__, "sweep_id": sweep_id, "argv": [redact(a) for a in sys.argv],
                   "cwd": str(cwd), "python": sys.executable, "started": iso_time(time.time()),
                   "source": settings.source, "command": settings.command, **backend.record(),
@@ -4826,6 +4830,10 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
             best_k = extra("best-k")(output_dir, settings, reporter.event) if settings.top_k and \
                 settings.checkpoint_glob and settings.ranking.metric else None
             todo = [r for r in runs if not r.skipped] if search is None else []
+            for run in todo:  # (after every refusal) never run into a folder that holds another run: it would be lost
+                if other := holds_other(run):
+                    reporter.event(f"{'set aside':<11} {run.name}: its folder holds a run of other hyperparameters or "
+                                   f"command ({other.get('state')}); kept as {set_aside(run.run_dir).name}")
             source = searcher.source(todo, reporter.event) if searcher is not None else ListSource(todo)
             sweep = Sweep(source, launcher, placement, results, reporter, settings, previous=[r for r, _ in skipped],
                           best_k=best_k)

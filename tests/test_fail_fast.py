@@ -54,6 +54,8 @@ def test_a_failed_run_whose_retry_never_started_is_failed_in_the_results(sweep):
     partial = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
     assert [r["state"] for r in partial] == ["failed"] * 3 + ["pending"] * 5
     assert all("requeued" not in r for r in partial)
+    status = sweep.run("status", trainer=False).stdout  # (a review: it said 'stopped with 8 run(s) not started')
+    assert "8 run(s): 3 failed, 5 not started" in status, status
     fixed = sweep.dir / "bad.py"
     fixed.write_text("print('fine')\n")  # fixed: the same command runs them all, the failed ones too
     p = sweep.run("--no-live", "--retries", "2", "--command", f"python {fixed}", "lrr=1,2,3,4,5,6,7,8",

@@ -114,6 +114,22 @@ def test_a_run_whose_default_changed_never_runs_into_the_old_run_s_folder(sweep)
     assert held["identity"] == r["identity"] and held["state"] == "complete"
 
 
+def test_a_refused_start_sets_no_folder_aside(sweep):
+    """A review: the folder of a run whose default changed was set aside, and then the start was refused (here:
+    best/ ranked the other way); the edit undone, the complete run ran again (its folder was gone)."""
+    sweep.gpus.set(count=1)
+    args = ["--metric", "val_loss", "--top-k", "1", "--checkpoint-glob", "*.pt"]
+    sweep.config({"defaults": {"ckpt": 1, "metric": 5}, "runs": [{"n": 0}]})
+    assert sweep.run(*args).returncode == 0
+    sweep.config({"defaults": {"ckpt": 1, "metric": 3}, "runs": [{"n": 0}]})
+    p = sweep.run(*args, "--mode", "max")
+    assert p.returncode == 2 and "ranks by min val_loss" in p.stderr, p.stdout + p.stderr
+    assert not (sweep.dir / "outputs" / "n_0~1").exists() and "set aside" not in p.stdout
+    sweep.config({"defaults": {"ckpt": 1, "metric": 5}, "runs": [{"n": 0}]})
+    p = sweep.run(*args)
+    assert p.returncode == 0 and "1 run(s) already complete" in p.stdout, p.stdout
+
+
 def test_rerun_runs_everything_and_keeps_old_folders(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}, {"n": 1}])

@@ -573,6 +573,22 @@ def test_report_of_a_sweep_s_output_folder_after_another_sweep_took_the_results_
     assert_one_line_error(p, "outputs: not a results file nor a sweep's output folder")
 
 
+def test_a_folder_set_aside_is_not_read_as_its_run(sweep):
+    """A review: after a default was edited, the old run's folder set aside as <name>~1 (its run.json still names
+    the run) was read by report DIR, status and list as the run itself: report showed the old values beside the
+    new folder, and a sweep killed then finished showed as dead. report DIR also lost a failed run's stderr."""
+    sweep.gpus.set(count=1)
+    sweep.config({"defaults": {"metric": 5}, "runs": [{"lr": 1}, {"lr": 2, "exit": 1, "err": "RuntimeError: boom"}]})
+    sweep.run("--metric", "val_loss")
+    sweep.config({"defaults": {"metric": 3}, "runs": [{"lr": 1}, {"lr": 2, "exit": 1, "err": "RuntimeError: boom"}]})
+    sweep.run("--metric", "val_loss")
+    assert (sweep.dir / "outputs" / "lr_1~1").is_dir()
+    p = sweep.run("report", "outputs", trainer=False)
+    assert "Best (min val_loss): lr_1 = 3 " in p.stdout and "RuntimeError: boom" in p.stdout, p.stdout
+    p = sweep.run("status", trainer=False)
+    assert "finished" in p.stdout and "2 run(s): 1 complete, 1 failed" in p.stdout and "lr_1 = 3" in p.stdout, p.stdout
+
+
 def test_report_results_rewrites_its_own_gathered_file(tmp_path):
     """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
     writing over a results file; --csv/--json onto such a file still are."""

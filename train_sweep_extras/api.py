@@ -18,6 +18,7 @@ from typing import Any
 from train_sweep import (
     JOURNAL,
     RUN_MARK,
+    SET_ASIDE,
     Ranking,
     Settings,
     State,
@@ -101,7 +102,7 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
         record = read_json(marker.parent / "run.json")
-        if record_damage(record) or record.get("state") != State.RUNNING.value:
+        if SET_ASIDE in marker.parent.name or record_damage(record) or record.get("state") != State.RUNNING.value:
             continue
         journaled = latest.get(record["model_name"], {}).get("attempt")
         if (record.get("attempt") or 1) > (journaled if _is_whole(journaled) else 0):

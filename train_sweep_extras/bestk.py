@@ -96,9 +96,9 @@ def check_best_ranking(output_dir: Path, settings: Settings) -> None:
 class BestK:
     """--top-k K --checkpoint-glob PATTERN: only the K best complete runs keep their checkpoint files. Each
     complete run with a value enters the ranking once; a run that is not (or no longer) among the K best
-    loses its matching files at once, and so does a pruned run and a search's interrupted trial (asked again as
-    a new one). Running, failed or interrupted runs of a list are never touched (their checkpoints may be what
-    a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
+    loses its matching files at once, and so does a pruned run and any other trial of a search that ended (no
+    trial's folder runs again). Running, failed or interrupted runs of a list are never touched (their
+    checkpoints may be what a resumed attempt starts from). <output-dir>/best/ holds best.json (rank, name,
     value, folder, kept files) and rank_01_<name> links to the run folders; best.json is written after the
     links and before any deletion, so it never lists a file that is gone."""
 
@@ -123,11 +123,12 @@ class BestK:
 
     def ended(self, run: Run, value: float | None) -> None:
         """A run ended for good (journaled): ranked if complete with a value. One that can never rank loses its
-        files: pruned, or interrupted in a search (asked again as a new trial, in a new folder: never resumed)."""
+        files: pruned, or any trial of a search (one interrupted, or stopped while its retry waited, is asked
+        again as a new trial, in a new folder: no trial's folder is run again)."""
         if run.state == State.COMPLETE and value is not None:
             self.add(run, value)
-        elif run.state == State.PRUNED or run.state == State.INTERRUPTED and self.searching:
-            self.drop(run, "pruned" if run.state == State.PRUNED else "interrupted (its trial is asked again)")
+        elif run.state == State.PRUNED or self.searching:
+            self.drop(run, "pruned" if run.state == State.PRUNED else f"{run.state.value} (a search runs no trial's folder again)")
 
     def publish(self) -> None:
         """best/: the links, then best.json (atomically)."""

@@ -154,16 +154,18 @@ WARMUP_REPORTS = 1  # ... and, for such a pruner, the reports of a run not judge
 
 
 class SuccessiveHalvingFromANinth:
-    """successive_halving with none of its arguments given: Optuna's successive halving with its first rung at a
-    ninth of the steps of the first trial to finish, reduction factor 3. Optuna's own default ("auto") puts the
+    """successive_halving without its min_resource: Optuna's successive halving with its first rung at a ninth of
+    the steps of the first trial to finish (reduction factor 3 unless given, and its other arguments as given). Optuna's own default ("auto") puts the
     first rung at a hundredth: on YAHPO Gym's LCBench (52 epochs, 10 seeds) that was the worst pruner measured,
     final regret 0.150 against 0.064 with the first rung at epoch 6 (bench/README.md). No run is stopped before a
     trial has finished, and the runs that were then already past the first rung are never judged: Optuna's
     successive halving would take their value at a later step for their value at every rung they passed, and
     judge the runs after them, at the rung's own step, against it."""
 
-    def __init__(self, fraction: int = 9, reduction_factor: int = 3) -> None:
-        self.fraction, self._reduction_factor, self._bootstrap_count = fraction, reduction_factor, 0
+    def __init__(self, fraction: int = 9, reduction_factor: int = 3, min_early_stopping_rate: int = 0,
+                 bootstrap_count: int = 0) -> None:
+        self.fraction, self._reduction_factor, self._bootstrap_count = fraction, reduction_factor, bootstrap_count
+        self._min_early_stopping_rate = min_early_stopping_rate
         self.inner: Any = None  # the successive halving, once a trial has finished
         self.past: set[int] = set()  # the trials already past the first rung, unjudged, when it was set
 
@@ -177,8 +179,9 @@ class SuccessiveHalvingFromANinth:
             if not steps:
                 return False
             first_rung = max(max(steps) // self.fraction, 1)
-            self.inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung,
-                                                                reduction_factor=self._reduction_factor)
+            self.inner = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=first_rung, reduction_factor=self._reduction_factor,
+                min_early_stopping_rate=self._min_early_stopping_rate, bootstrap_count=self._bootstrap_count)
             self.past = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                          if (t.last_step or 0) > first_rung and "completed_rung_0" not in t.system_attrs}
         return trial.number not in self.past and self.inner.prune(study, trial)
@@ -190,8 +193,8 @@ def pruner_spec(optuna: Any, name: str, args: Mapping[str, Any]) -> tuple[Any, d
     p = optuna.pruners
     kinds = {"median": p.MedianPruner, "percentile": p.PercentilePruner, "successive_halving": p.SuccessiveHalvingPruner,
              "hyperband": p.HyperbandPruner, "none": p.NopPruner}
-    if name == "successive_halving" and set(args) <= {"reduction_factor"}:  # its first rung not given
-        return SuccessiveHalvingFromANinth, dict(args)
+    if name == "successive_halving" and "min_resource" not in args:  # its first rung not given: at a ninth
+        return SuccessiveHalvingFromANinth, {**PRUNER_DEFAULTS[name], **args}
     kwargs = {**PRUNER_DEFAULTS.get(name, {}), **args}  # the arguments not given: train_sweep's, not Optuna's
     return kinds[name], kwargs
 

@@ -28,6 +28,7 @@ from train_sweep import (
     OWNED_FILES,
     RUN_MARK,
     SERIES,
+    SET_ASIDE,
     STUDY,
     MetricReader,
     Ranking,
@@ -277,11 +278,11 @@ def sound_journal(folder: Path) -> dict[str, Mapping[str, Any]]:
 
 
 def run_jsons(folder: Path) -> list[dict[str, Any]]:
-    """The run.json of each run folder the sweep made (a folder that is a link is no run of its own);
-    damaged ones skipped (and counted in SKIPPED)."""
+    """The run.json of each run folder the sweep made (a folder that is a link is no run of its own, nor one set
+    aside, <name>~1: an earlier run of that name); damaged ones skipped (and counted in SKIPPED)."""
     out = []
     for mark in sorted(folder.glob(f"*/{RUN_MARK}")):
-        if mark.parent.is_symlink() or not (mark.parent / "run.json").exists():
+        if mark.parent.is_symlink() or SET_ASIDE in mark.parent.name or not (mark.parent / "run.json").exists():
             continue
         record = read_json(mark.parent / "run.json")
         why = "not readable JSON (or nested too deeply)" if record is None else record_damage(record)
@@ -547,10 +548,9 @@ def latest_records(folder: Path) -> dict[str, Mapping[str, Any]]:
     """Each run's latest record in a sweep folder, from every record that has one: the journal, and the run
     folders' run.json (a journal lost or cut short still leaves these), whichever attempt is later."""
     latest = sound_journal(folder)
-    for record in run_jsons(folder):
-        name = record["model_name"]
-        if _attempt(record) >= _attempt(latest.get(name, {"attempt": 0})):
-            latest[name] = record
+    for record in run_jsons(folder):  # (the same attempt: the journal's line, which holds its output's tails)
+        if _newer(record, latest.get(record["model_name"])):
+            latest[record["model_name"]] = record
     return latest
 
 
@@ -756,6 +756,8 @@ class SweepStatus:
     def _run_jsons(self) -> list[Mapping[str, Any]]:
         out = []
         for mark in self.folder.glob(f"*/{RUN_MARK}"):
+            if SET_ASIDE in mark.parent.name:  # <name>~1: an earlier run of that name, not this one
+                continue
             path = mark.parent / "run.json"
             try:
                 mtime = path.stat().st_mtime_ns
@@ -793,8 +795,8 @@ class SweepStatus:
                    _newer(run, latest.get(run["model_name"]))]
         again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
         counts = {s.value: 0 for s in FINISHED_ORDER}
-        for name, r in latest.items():
-            if name not in again and not r.get("requeued") and r.get("state") in counts:
+        for name, r in latest.items():  # (requeued: waiting to go again; its end, if the sweep stopped first)
+            if name not in again and not (r.get("requeued") and pid) and r.get("state") in counts:
                 counts[r["state"]] += 1
         total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
         left = max(0, total - sum(counts.values()) - len(running))
@@ -865,7 +867,7 @@ def _attempt(record: Mapping[str, Any]) -> int:
 
 
 def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
-    """A running run's run.json is not the run its latest record is: a later attempt, or another run that had its
+    """A run folder's run.json is not the run its latest record is: a later attempt, or another run that had its
     name (a default edited: its attempts count from 1 again)."""
     return latest is None or _attempt(running) > _attempt(latest) or running.get("identity") != latest.get("identity")
 
