@@ -1020,5 +1020,6 @@ def test_a_run_that_went_on_and_waits_again_is_once_in_the_partial_file_and_prun
     study = load_study(sweep.dir / "outputs")
     went_on = next(r for r in partial if r["hyperparams"]["x"] == 0.6)
     assert study.trials[went_on["trial"]].state.name == "PRUNED"
+    assert went_on["state"] == "pruned", went_on["state"]  # (a review: its record said failed, its trial pruned)
     again = [t for t in study.trials if t.state.name == "WAITING" and t.system_attrs["fixed_params"]["x"] == 0.6]
     assert not again  # not asked again (the grid's points not yet run wait, as they should)
