@@ -32,7 +32,7 @@ from train_sweep import (
     read_json,
     record_damage,
 )
-from train_sweep_extras.tools import sweep_alive
+from train_sweep_extras.tools import of_this_sweep, sweep_alive
 
 
 class SweepError(Exception):
@@ -93,13 +93,14 @@ class SweepResult:
 
 def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     """Read a sweep's output folder, finished or running (never takes the lock): sweep.json's settings, each
-    run's latest record in the journal, the run.json of runs still running."""
+    run's latest record in the journal (the runs of its last start), the run.json of runs still running."""
     folder = Path(output_dir)
     if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
     saved = read_json(folder / "sweep.json")
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
-    latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
+    latest = of_this_sweep({name: records[-1] for name, records in read_journal(folder / JOURNAL).items()},
+                           saved if isinstance(saved, dict) else {})  # (not runs its config no longer holds)
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
         record = read_json(marker.parent / "run.json")
         if SET_ASIDE in marker.parent.name or record_damage(record) or record.get("state") != State.RUNNING.value:
