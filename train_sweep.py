@@ -4599,6 +4599,8 @@ def resolve_storage(settings: Settings) -> Settings:
             if value is not None:
                 raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
         return settings
+    if settings.study_name is not None and not settings.study_name.strip():  # (it took the default study)
+        raise UserError("--study-name '': a study's name is not empty")
     return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",
                                agent_grace=settings.agent_grace or 120.0)
 
@@ -4799,7 +4801,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
                   "cwd": str(cwd), "python": sys.executable, "started": iso_time(time.time()),
                   "source": settings.source, "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
-                  "runs": len(runs) if search is None else settings.n_trials, "skipped": len(skipped),
+                  "runs": None if settings.storage else len(runs) if search is None else settings.n_trials,  # (agents:
+                  "skipped": len(skipped),  # the runs this host ran are not known beforehand)
                   "names": [r.name for r in runs] if search is None else None,  # (status: the runs of this sweep)
                   "settings": {**dataclasses.asdict(settings), "storage": redact(settings.storage or "") or None}}
         write_json_atomic(output_dir / "sweep.json", record)

@@ -93,6 +93,9 @@ def test_a_grid_is_run_exactly_once_by_three_agents(tmp_path, postgres_url):
     assert {r["host"] for r in records} == {socket.gethostname()}
     password = urlsplit(postgres_url).password
     assert password not in report.stdout + report.stderr + status.stdout + status.stderr
+    for s in hosts:  # each host's own folder: finished (an adversarial pass: 'interrupted', the other hosts' runs
+        done = cli(s, "status", trainer=False)  # counted as not started in it)
+        assert "outputs: finished" in done.stdout and "not started" not in done.stdout, done.stdout
 
 
 def test_a_search_asks_exactly_its_trials_across_agents(tmp_path, postgres_url):

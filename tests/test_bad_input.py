@@ -89,6 +89,13 @@ def test_checkpoint_flags_without_top_k_are_refused(sweep, flag):
     check_refused(sweep.run(*flag, "--metric", "loss"), f"{flag[0]} is for --top-k")
 
 
+def test_an_empty_study_name_is_refused(sweep):
+    """An adversarial pass: --study-name '' took the shared default study, train_sweep, other users' sweeps' too."""
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--storage", "postgresql://u@127.0.0.1:1/db", "--study-name", "", "--metric", "loss"),
+                  "--study-name '': a study's name is not empty")
+
+
 def test_disable_monitoring_needs_gpus(sweep):
     sweep.config([{"a": 1}])
     check_refused(sweep.run("--disable-gpu-monitoring"), "--disable-gpu-monitoring needs --gpus")

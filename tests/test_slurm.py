@@ -487,6 +487,9 @@ def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
         while (left := sorted(old & set(ours(cluster, sweep)))) and time.monotonic() < end:
             time.sleep(0.5)
         assert not left, f"jobs of the set-aside runs still queued or running: {left}"
+        for name in ("n_0~1", "n_1~1"):  # (an adversarial pass: their run.json still said running, so status and
+            record = json.loads((sweep.dir / "outputs" / name / "run.json").read_text())  # list saw a detached
+            assert record["state"] == "interrupted" and "cancelled by a later sweep" in record["error"], record  # job)
     finally:
         for job in ours(cluster, sweep):
             cluster.run("scancel", job, check=False)

@@ -589,6 +589,14 @@ def test_a_folder_set_aside_is_not_read_as_its_run(sweep):
     assert "finished" in p.stdout and "2 run(s): 1 complete, 1 failed" in p.stdout and "lr_1 = 3" in p.stdout, p.stdout
 
 
+def test_status_into_a_reader_that_leaves_early_is_no_traceback(finished):
+    """An adversarial pass: `status | true` printed a BrokenPipeError traceback (report and list did not)."""
+    for _ in range(3):  # (the reader may go before or after the first write)
+        p = subprocess.run(" ".join(finished.argv("status", trainer=False)) + " | true", shell=True, cwd=finished.dir,
+                           env=finished.env(), capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
 def test_report_results_rewrites_its_own_gathered_file(tmp_path):
     """`report --storage URL --results all.json`, run again to refresh it (docs/agents.md), was refused as
     writing over a results file; --csv/--json onto such a file still are."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from train_sweep import (
     signal_group,
     sweep_group,
     tracker_env,
+    write_json_atomic,
 )
 
 
@@ -809,6 +811,9 @@ def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
                 done = subprocess.run(["scancel", record["slurm_job_id"]], capture_output=True, timeout=60)
             except (OSError, subprocess.SubprocessError):
                 continue
+            with suppress(OSError):  # its run.json no longer says running (status and list took it for a job)
+                write_json_atomic(path, {**record, "state": State.INTERRUPTED.value,
+                                         "error": f"Slurm job {record['slurm_job_id']} cancelled by a later sweep"})
             if done.returncode != 0:
                 continue  # it had ended
             said.append(f"{'cancelled':<11} {path.parent.name}: Slurm job {record['slurm_job_id']}, left running by an "

@@ -20,6 +20,7 @@ from typing import Any
 from train_sweep import (
     EXIT_BAD_INPUT,
     EXIT_OK,
+    EXIT_RUN_FAILED,
     FINISHED_ORDER,
     GROUPS,
     JOURNAL,
@@ -939,6 +940,9 @@ def main(argv: Sequence[str]) -> int:
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     try:
         return TOOLS[args.tool](args)
+    except BrokenPipeError:  # `status | head`: the reader has gone; no traceback (nor one at the final flush)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_RUN_FAILED
     finally:
         SKIPPED.say()
 
