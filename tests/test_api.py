@@ -163,9 +163,9 @@ def test_run_checks_its_keywords_as_the_flags_are_checked(tmp_path, monkeypatch)
 
 def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     _in(tmp_path, monkeypatch)
-    train_sweep.run("metric=0.1,0.2", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True)
+    train_sweep.run("metric=0.1,0.2,0.3", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True)
     with open(tmp_path / "outputs" / "journal.jsonl", "a") as f:
-        f.write(json.dumps({"model_name": "x_9", "state": "complete", "metrics": {"val_loss": 0.01}, "run_dir": 5,
+        f.write(json.dumps({"model_name": "metric_0.3", "state": "complete", "metrics": {"val_loss": 0.01}, "run_dir": 5,
                             "duration_seconds": "long", "trial": [1]}) + "\n")
         f.write(json.dumps({"model_name": "metric_0.2", "state": "failed", "attempt": "two"}) + "\n")
         f.write(json.dumps({"model_name": 5, "state": "complete"}) + "\n")  # a TypeError before: folder / 5
@@ -174,10 +174,10 @@ def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     (tmp_path / "outputs" / "metric_0.2" / "run.json").write_text(json.dumps(
         {"model_name": "metric_0.2", "state": "running", "attempt": 2}))
     result = train_sweep.load(tmp_path / "outputs")
-    damaged = next(r for r in result.runs if r.name == "x_9")
-    assert damaged.run_dir == tmp_path / "outputs" / "x_9" and damaged.duration is None and damaged.trial is None
+    damaged = next(r for r in result.runs if r.name == "metric_0.3")
+    assert damaged.run_dir == tmp_path / "outputs" / "metric_0.3" and damaged.duration is None and damaged.trial is None
     states = {r.name: r.state for r in result.runs}
-    assert states == {"metric_0.1": "complete", "metric_0.2": "running", "x_9": "complete"}
+    assert states == {"metric_0.1": "complete", "metric_0.2": "running", "metric_0.3": "complete"}
     for fifo in (tmp_path / "outputs" / "sweep.json", tmp_path / "outputs" / "metric_0.2" / "run.json"):
         fifo.unlink()
         os.mkfifo(fifo)  # load() waited on them forever
