@@ -724,6 +724,13 @@ def test_warm_start_seeds_a_new_study_with_an_earlier_sweeps_trials_in_its_space
     assert len(sweep.results("second.json")) == 4 and "4/4 trials" in p.stdout
     study = load_study(sweep.dir / "second")
     assert sum("warm_start" in t.user_attrs for t in study.trials) == inside
+    # resumed with more trials: the study keeps what it took, and says the flag is not applied again (an adversarial
+    # pass: it was ignored without a word)
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "5", "--metric", "loss", "--no-live",
+                  "--output-dir", "second", "--output-file", "second.json", "--warm-start", "first",
+                  "lr=tag(log,interval(1e-4,1e-2))", "layers=range(1,6)", trainer=False)
+    assert p.returncode == 0 and "--warm-start first: not applied: second/study.log resumes" in p.stdout, p.stdout
+    assert sum("warm_start" in t.user_attrs for t in load_study(sweep.dir / "second").trials) == inside
 
 
 def earlier_search(sweep, trials: int) -> tuple[str, list[str]]:

@@ -259,6 +259,8 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
     fresh = not path.exists() or path.stat().st_size == 0
     warm = warm_start(optuna, Path(settings.warm_start), search, objectives, settings.modes, say) \
         if settings.warm_start and search is not None and fresh else None  # checked before the study is made
+    if settings.warm_start and not fresh:  # (it was ignored without a word)
+        say(f"--warm-start {settings.warm_start}: not applied: {path} resumes, and keeps what it took when it began")
     try:
         storage = JournalStorage(JournalFileBackend(str(path)))
         study = optuna.create_study(storage=storage, study_name="train_sweep", pruner=pruner, directions=directions,
