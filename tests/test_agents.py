@@ -135,6 +135,8 @@ def test_a_killed_agent_loses_only_its_running_trials(tmp_path, postgres_url):
     (out, err), = finish([start(hosts[0], postgres_url, name, "--agent-grace", "3")])  # the host comes back
     assert len(load(postgres_url, name).trials) == len(study.trials), "nothing is asked or run again"
     assert "0 run(s). Results" in out, out[-3000:]  # its killed run went to the other host: none left here
+    status = cli(hosts[0], "status", trainer=False).stdout  # (an adversarial pass: the killed run's run.json still
+    assert "dead" not in status and "died" not in status, status  # said running: 'dead' for good)
 
 
 class Proxy:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -183,6 +184,37 @@ def test_ctrl_c_cancels_queued_and_running_jobs(sweep, slurm_cluster):
     rows = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", *(f"-j{a}" for a in arrays)],
                           env=slurm_cluster.env, capture_output=True, text=True).stdout.splitlines()
     assert rows and all(row.split("|")[1].startswith("CANCELLED") for row in rows), rows  # every job, queued too
+
+
+def test_ctrl_c_while_sbatch_waits_for_its_reply_leaves_no_job(sweep, slurm_cluster):
+    """An adversarial pass: Ctrl+C reached sbatch too (the terminal signals the whole process group); with the
+    controller slow to reply, sbatch died after the job was taken and before its id came back, and the jobs ran
+    on while the sweep said it had cancelled every one. sbatch now runs with those signals held."""
+    shim = sweep.dir / "slowbin"
+    shim.mkdir()
+    real = shutil.which("sbatch", path=slurm_cluster.env.get("PATH", os.environ["PATH"]))
+    accepted = sweep.dir / "accepted"
+    (shim / "sbatch").write_text(f"#!/bin/bash\nout=$({real} \"$@\"); rc=$?\ntouch {accepted}\nsleep 3\n"
+                                 "echo \"$out\"; exit $rc\n")
+    (shim / "sbatch").chmod(0o755)
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 60}})
+    env = sweep.env(**slurm_env(slurm_cluster))
+    env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', os.environ['PATH'])}"
+    proc = subprocess.Popen(sweep.argv("--backend", "slurm", "--no-live"), cwd=sweep.dir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        sweep.wait_for(accepted.exists, 60, "sbatch to have the jobs taken")
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl+C: the sweep and sbatch
+        out, err = communicate(proc, 60, "the sweep to cancel its jobs")
+        assert proc.returncode == 130, out + err
+        assert not ours(slurm_cluster, sweep, wait=20), "jobs outlived Ctrl+C"
+        records = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
+        assert [r["state"] for r in records] == ["interrupted"] * 2 and all(r["slurm_job_id"] for r in records)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for job in ours(slurm_cluster, sweep):
+            slurm_cluster.run("scancel", job, check=False)
 
 
 def test_a_search_of_8_trials_on_2_slots(sweep, slurm_cluster):

@@ -98,6 +98,10 @@ def test_resume_after_the_sweep_died_loses_no_trial(sweep, sig):
     names = [line.split()[0] for line in log.read_text().splitlines()]
     assert len(names) == 6 and len(set(names)) == 6 and names[:2] == [records[0]["model_name"], records[1]["model_name"]]
     assert "5/5 trials" in p.stdout
+    # an adversarial pass: after kill -9, the held trial's folder kept a run.json saying running, and the finished
+    # search showed as dead (killed) in status and list for good
+    status = sweep.run("status", trainer=False).stdout
+    assert "dead" not in status and "died" not in status, status
 
 
 def test_an_oom_requeued_trial_running_at_kill_9_is_asked_again_not_lost(sweep):

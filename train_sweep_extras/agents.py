@@ -57,6 +57,7 @@ from train_sweep_extras.search import (
     make_sampler,
     pruner_of,
     settle_orphans,
+    stale_runs_interrupted,
 )
 
 INSTALL = "pip install 'train-sweep[agents]'"
@@ -681,6 +682,7 @@ class SharedSetup:
         settle_orphans(study, search, self.journal, objectives, self.say,
                        mine=lambda t: t.user_attrs.get("agent") == self.agent,
                        put_back=lambda t: requeue_shared(study, t, t.params if search else None, t.user_attrs))
+        stale_runs_interrupted(self.output_dir)  # (a list's too: its runs go again by name, attempts counted on)
 
     def earlier(self) -> list[tuple[Run, dict[str, Any]]]:
         """This agent's trials that ended for good in its earlier sweeps (a search's; a list resumes by name)."""

@@ -12,6 +12,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from train_sweep import (
     record_damage,
     restore,
     run_record,
+    write_json_atomic,
 )
 from train_sweep_extras.space import Param, SearchSpec, encode_choice, grid_points, pruner_flag
 
@@ -292,6 +294,8 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                             "pass --rerun for a fresh one (the old one is kept as study.log~1), or use another "
                             "--output-dir")
         settle_orphans(study, search is not None, journal, objectives, say)
+        if search is not None:  # (a list with a pruner resumes its runs by name, from their run.json)
+            stale_runs_interrupted(output_dir)
     except (OSError, optuna.exceptions.StorageInternalError) as e:
         raise UserError(f"{path}: cannot open the study: {e}") from None
     if search is not None and not study.trials:
@@ -400,6 +404,19 @@ def mend_torn_line(path: Path) -> None:
         return
     except OSError as e:
         raise UserError(f"{path}: cannot repair the study's last line: {e.strerror or e}") from None
+
+
+def stale_runs_interrupted(output_dir: Path) -> None:
+    """A search starting in its folder (its lock held, nothing running yet): a run.json that still says running
+    is a trial's run the sweep died in (kill -9, a crash, an agent taken over). Its trial is told or asked again
+    (a new trial, a new folder): that folder never runs again, so its record says interrupted, or status and
+    list took the sweep for dead for good."""
+    for path in output_dir.glob("*/run.json"):
+        record = read_json(path)
+        if isinstance(record, dict) and record.get("state") == State.RUNNING.value and not record.get("slurm_job_id"):
+            with suppress(OSError):
+                write_json_atomic(path, {**record, "state": State.INTERRUPTED.value,
+                                         "error": record.get("error") or "the sweep stopped while it ran"})
 
 
 def settle_orphans(study: Any, search: bool, journal: Journal, objectives: Sequence[str],

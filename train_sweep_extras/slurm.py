@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,19 @@ class captured_stderr:
         self._file.close()
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl+C (SIGTERM, SIGHUP) held back while sbatch runs: it inherits them blocked, so the terminal's SIGINT to
+    the process group cannot end it after the controller took the job and before its id came back (the job ran
+    on, unknown to the sweep, which said it had cancelled every job). The sweep takes them once sbatch is done."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def slurm_executor(submitit: Any, folder: Path, options: SlurmOptions) -> Any:
     """submitit's SlurmExecutor with the options' parameters; UserError when this is no Slurm cluster or
     submitit refuses a parameter."""
@@ -489,7 +502,7 @@ class SlurmLauncher:
             said = captured_stderr()
             try:
                 self.executor.update_parameters(**self.options.parameters(gpus, f"ts-{names}"[:100]))
-                with said:
+                with said, signals_held():
                     if len(attempts) == 1:
                         jobs = [self.executor.submit(attempts[0].task)]
                     else:
