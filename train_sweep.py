@@ -3354,7 +3354,7 @@ class Reporter:
     def finished(self, run: Run, progress: Progress, requeue: str | None = None) -> None:
         attempt = f" (attempt {run.attempt})" if run.attempt > 1 else ""
         parts = [f"{run.state.value:<11} {run.name}{attempt}  {run_where(run)}  {fmt_duration(run.duration)}"]
-        if run.state not in (State.COMPLETE, State.PRUNED):
+        if run.state not in (State.COMPLETE, State.PRUNED) and run.returncode is not None:  # (None: never ran)
             parts.append(f"rc {run.returncode}" + (f" ({run.signal_name})" if run.signal_name else ""))
         if (value := metric_of(run.metrics, self.metric)) is not None:
             parts.append(f"{self.metric}={value:.4g}")

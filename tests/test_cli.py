@@ -47,6 +47,17 @@ def test_failed_run_exit_code_1_and_summary_names_the_log(sweep):
     assert "see outputs/exit_3_err_ValueError_boom/train_stderr.log: ValueError:boom" in p.stdout  # relative: shorter
 
 
+def test_a_program_that_cannot_start_fails_without_an_exit_code(sweep):
+    """A program that is there but not executable fails the run with why; its event line said 'rc None'."""
+    sweep.gpus.set(count=1)
+    (sweep.dir / "notexec.sh").write_text("#!/bin/sh\necho hi\n")  # (no execute bit)
+    sweep.config([{"n": 0}])
+    p = sweep.run("--no-live", "--command", "./notexec.sh", trainer=False)
+    (r,) = sweep.results()
+    assert p.returncode == 1 and r["state"] == "failed" and r["returncode"] is None and r["error"], p.stdout
+    assert "rc None" not in p.stdout, p.stdout
+
+
 def test_help_is_grouped_and_named_as_invoked(sweep):
     p = sweep.run("--help")
     assert p.returncode == 0
