@@ -4369,6 +4369,10 @@ class Sweep:
             self.fatal = self.fatal or str(e)
         except OSError as e:
             self.fatal = self.fatal or f"cannot write {self.results.partial_file}: {e.strerror or e}"
+        if isinstance(saved := read_json(path := Path(self.settings.output_dir) / "sweep.json"), dict):
+            with suppress(OSError):  # how it ended, for status and list (a search's trials asked again are history)
+                write_json_atomic(path, {**saved, "ended": "interrupted" if self.stop else "stopped early"
+                                         if self.halted else "finished"})
         extra = self.source.summary() + self.pool.summary()
         if self.halted:
             extra.append(f"Stopped early: {self.halted}")

@@ -6,6 +6,7 @@ refused, --rerun setting the study aside; a deleted, emptied, cut, torn or damag
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -101,7 +102,9 @@ def test_resume_after_the_sweep_died_loses_no_trial(sweep, sig):
     # an adversarial pass: after kill -9, the held trial's folder kept a run.json saying running, and the finished
     # search showed as dead (killed) in status and list for good
     status = sweep.run("status", trainer=False).stdout
-    assert "dead" not in status and "died" not in status, status
+    assert "outputs: finished" in status and "died" not in status, status  # (and after Ctrl+C: 'interrupted', though
+    listed = sweep.run("list", trainer=False).stdout  # the search had ended: its interrupted trial was asked again)
+    assert re.search(r"│\s*outputs\s*│\s*finished\s*│", listed), listed
 
 
 def test_an_oom_requeued_trial_running_at_kill_9_is_asked_again_not_lost(sweep):

@@ -303,7 +303,8 @@ def sweep_record(folder: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         SKIPPED(folder / "sweep.json", "not a JSON object")
         return {}
-    for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str), ("names", list)):
+    for key, kind in (("settings", dict), ("runs", int), ("started", str), ("command", str), ("names", list),
+                      ("ended", str)):
         if record.get(key) is None:  # ('runs' of a search with a time budget only: null, no count to say)
             record.pop(key, None)
         elif not isinstance(record[key], kind) or kind is int and isinstance(record[key], bool):
@@ -502,16 +503,19 @@ def linked_below(folder: Path, tops: Sequence[str]) -> Path | None:
     return None
 
 
-def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0) -> str:
+def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: int = 0,
+                ended: str | None = None) -> str:
     """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
     Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
-    interrupted (a run's last record is interrupted), else finished. Read without taking the lock: a sweep
-    starting now must not find it taken."""
+    finished (its sweep.json says so: `ended`), interrupted (a run's last record is interrupted), else
+    finished. Read without taking the lock: a sweep starting now must not find it taken."""
     if sweep_alive(folder) is not None:
         return "running"
     for record in run_jsons(folder):
         if record.get("state") == State.RUNNING.value:
             return "detached" if record.get("slurm_job_id") else "dead"
+    if ended == "finished":  # (a search's interrupted trials, asked again, are history)
+        return ended
     if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
         return "interrupted"  # (or stopped early: runs were not started)
     return "finished"
@@ -534,7 +538,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         journal = folder / JOURNAL
         last = iso_time(journal.stat().st_mtime) if journal.exists() else settings.get("started")
         runs = settings.get("runs") if _is_whole(settings.get("runs")) else 0
-        table.add_row(str(folder), sweep_state(folder, latest, runs), str(settings.get("started", "?"))[:19],
+        table.add_row(str(folder), sweep_state(folder, latest, runs, settings.get("ended")),
+                      str(settings.get("started", "?"))[:19],
                       str(settings.get("runs", "?")), str(count["complete"]), str(count["pruned"]), str(failed),
                       str(count["interrupted"]), str(last or "-")[:19], str(settings.get("command", "")))
     Console(width=None if sys.stdout.isatty() else 250).print(table)
@@ -805,7 +810,7 @@ class SweepStatus:
         state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects" \
             " the results)" if detached else "dead (killed: run the same command to resume)" if running else \
             f"stopped with {left} run(s) not started: run the same command to resume" if left else \
-            "interrupted" if counts["interrupted"] else "finished"
+            "interrupted" if counts["interrupted"] and record.get("ended") != "finished" else "finished"
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         now = time.time()
         durations = [d for r in latest.values() if r.get("state") == State.COMPLETE.value
