@@ -3900,7 +3900,8 @@ class FailFast:
         if len(self.unranked) < FAIL_FAST_RUNS:
             return None
         seen = list(dict.fromkeys(n for r in self.unranked for n in printed_metrics(r)))
-        did = f"they reported {', '.join(seen)}" if seen else "they reported no metric at all (see docs/output.md: Metrics)"
+        did = f"they reported {', '.join(seen)}" if seen else \
+            "they reported no metric at all (see docs/output.md: Metrics)"
         hint = metric_hint(metric, seen)
         return (f"the first {FAIL_FAST_RUNS} complete runs reported no {metric} ({did}; e.g. {run.stdout_log}); no "
                 f"more runs are started: {'run again with ' + hint if hint else 'fix --metric'} (--no-fail-fast "
@@ -4805,8 +4806,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
                   "cwd": str(cwd), "python": sys.executable, "started": iso_time(time.time()),
                   "source": settings.source, "command": settings.command, **backend.record(),
                   "oom_patterns": [*OOM_PATTERNS, *settings.oom_pattern],
-                  "runs": None if settings.storage else len(runs) if search is None else settings.n_trials,  # (agents:
-                  "skipped": len(skipped),  # the runs this host ran are not known beforehand)
+                  "runs": None if settings.storage else len(runs) if search is None else settings.n_trials,
+                  "skipped": len(skipped),  # ("runs": an agent runs what the other hosts leave, no count ahead)
                   "names": [r.name for r in runs] if search is None else None,  # (status: the runs of this sweep)
                   "settings": {**dataclasses.asdict(settings), "storage": redact(settings.storage or "") or None}}
         write_json_atomic(output_dir / "sweep.json", record)
@@ -4814,8 +4815,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
         if search is not None or settings.rerun:  # the same command would not resume: --rerun runs everything again
             reporter.resume_hint = ("The search stopped before its end: run the same command again to resume it "
-                                    "(finished trials are kept)" if search is not None else
-                                    Reporter.resume_hint.replace("same command again", "same command without --rerun"))
+                                    "(finished trials are kept)" if search is not None else "{left} run(s) left: run "
+                                    "the same command without --rerun to resume (complete runs are kept)")
         what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (
             f" of {settings.n_trials} trials" if settings.n_trials else "")
         reporter.event(f"train_sweep {__version__}: {what} from {settings.source} -> {output_dir}/<name>/")

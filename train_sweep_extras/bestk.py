@@ -128,7 +128,8 @@ class BestK:
         if run.state == State.COMPLETE and value is not None:
             self.add(run, value)
         elif run.state == State.PRUNED or self.searching:
-            self.drop(run, "pruned" if run.state == State.PRUNED else f"{run.state.value} (a search runs no trial's folder again)")
+            self.drop(run, "pruned" if run.state == State.PRUNED else
+                      f"{run.state.value} (a search runs no trial's folder again)")
 
     def publish(self) -> None:
         """best/: the links, then best.json (atomically)."""

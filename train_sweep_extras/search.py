@@ -157,12 +157,12 @@ WARMUP_REPORTS = 1  # ... and, for such a pruner, the reports of a run not judge
 
 class SuccessiveHalvingFromANinth:
     """successive_halving without its min_resource: Optuna's successive halving with its first rung at a ninth of
-    the steps of the first trial to finish (reduction factor 3 unless given, and its other arguments as given). Optuna's own default ("auto") puts the
-    first rung at a hundredth: on YAHPO Gym's LCBench (52 epochs, 10 seeds) that was the worst pruner measured,
-    final regret 0.150 against 0.064 with the first rung at epoch 6 (bench/README.md). No run is stopped before a
-    trial has finished, and the runs that were then already past the first rung are never judged: Optuna's
-    successive halving would take their value at a later step for their value at every rung they passed, and
-    judge the runs after them, at the rung's own step, against it."""
+    the steps of the first trial to finish (reduction factor 3 unless given, its other arguments as given). Optuna's own
+    default ("auto") puts the first rung at a hundredth: on YAHPO Gym's LCBench (52 epochs, 10 seeds) that was the
+    worst pruner measured, final regret 0.150 against 0.064 with the first rung at epoch 6 (bench/README.md). No run
+    is stopped before a trial has finished, and the runs that were then already past the first rung are never
+    judged: Optuna's successive halving would take their value at a later step for their value at every rung they
+    passed, and judge the runs after them, at the rung's own step, against it."""
 
     def __init__(self, fraction: int = 9, reduction_factor: int = 3, min_early_stopping_rate: int = 0,
                  bootstrap_count: int = 0) -> None:
@@ -762,7 +762,8 @@ class SearchSource:
         return self.deadline if self.stopped is None else None
 
     def close(self) -> None:
-        for run in [r for r in self.open if r in self.paused or (r.resumed and (r.requeued or r.state == State.PENDING))]:
+        waiting = [r for r in self.open if r.resumed and (r.requeued or r.state == State.PENDING)]  # went on, waits
+        for run in [r for r in self.open if r in self.paused or r in waiting]:
             self.paused.pop(run, None)  # paused for good (also one that went on and waits to start again): pruned
             run.state = State.PRUNED
             self.finished(run)

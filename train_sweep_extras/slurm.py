@@ -815,7 +815,7 @@ def cancel_orphan_jobs(output_dir: Path, keep: set[str]) -> list[str]:
     before anything is submitted, so that no two jobs write into one folder. Returns what was done, to say."""
     said = []
     for path in sorted(output_dir.glob("*/run.json")):
-        if path.parent.name in keep or SET_ASIDE in path.parent.name:  # (<name>~1: its job was cancelled when set aside)
+        if path.parent.name in keep or SET_ASIDE in path.parent.name:  # (<name>~1: cancelled when set aside)
             continue
         record = read_json(path)
         if isinstance(record, dict) and record.get("state") == State.RUNNING.value and \

@@ -62,6 +62,7 @@ from train_sweep import (
     write_json_atomic,
 )
 
+
 def sweep_alive(folder: Path) -> int | None:
     """The PID of the train_sweep in this output folder, or None: from its lock file, without taking the lock."""
     try:
