@@ -839,6 +839,22 @@ def test_a_paused_run_goes_on_from_its_checkpoint_once_it_ranks_at_its_rung(swee
     assert "Best (min loss): " in p.stdout and "0.6" in p.stdout.split("Best (min loss): ")[1].splitlines()[0]
 
 
+def test_the_counts_of_a_pausing_search_never_add_up_to_more_runs_than_it_has(sweep):
+    """A run paused at a rung is counted pruned until it goes on: a search whose paused run was about to go on
+    also counted it pending, and its event line read [complete 1 | pruned 5 | running 0 | pending 1] for a
+    6-point grid (7 runs); an earlier session saw 11 of 10."""
+    import re
+
+    sweep.gpus.set(count=1)
+    sweep.config(pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]))
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    assert p.returncode == 0 and "goes on from where it paused" in p.stdout, p.stdout + p.stderr
+    counts = re.findall(r"\[([a-z]+ \d+(?: \| [a-z]+ \d+)*)\]", p.stdout)
+    assert counts, p.stdout
+    for line in counts:
+        assert sum(int(part.split()[1]) for part in line.split(" | ")) == 6, (line, p.stdout)
+
+
 def test_a_script_that_starts_over_instead_of_going_on_is_told_once(sweep):
     """A script that ignores TRAIN_SWEEP_RESUME=1 trains a paused run's first steps again each time one goes on:
     that costs time, and nothing said so. Its first report after going on is at a step it had already passed:

@@ -568,7 +568,9 @@ class SearchSource:
                 raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
 
     def pending(self) -> int:
-        return self._budget() + (self.ahead is not None) + (self._promotable() is not None)
+        # a paused run that will go on is not counted: it is counted pruned until it does, and the loop gives it
+        # (next) before it can see nothing pending while no run is active
+        return self._budget() + (self.ahead is not None)
 
     def _rung(self, trial: Any) -> tuple[str, float] | None:
         """A paused trial's highest rung of successive halving and its value there (Optuna's own record of it,
