@@ -503,6 +503,29 @@ def test_status_of_a_detached_sweep_says_its_jobs_run(sweep, cluster):
             cluster.run("scancel", job, check=False)
 
 
+def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
+    """From the Slurm pass: once a detached sweep's jobs had ended, status still counted them running or queued
+    with Slurm, and report said only that there was no results file. Both now say the jobs ended and that the
+    same command collects them."""
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"metric": 0.5}})
+    p = run(sweep, cluster, "--detach", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    sweep.wait_for(lambda: len(list((sweep.dir / "outputs" / ".slurm").glob("*_result.pkl"))) == 2
+                   and not ours(cluster, sweep), 60, "the jobs to end")
+    status = sweep.run("status", "outputs", trainer=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "detached: its Slurm jobs have ended (the same command collects the results)" in status.stdout
+    assert "2 run(s): 2 ended with Slurm, not collected yet\n" in status.stdout, status.stdout
+    report = sweep.run("report", trainer=False)
+    assert report.returncode == 2, report.stdout + report.stderr
+    assert report.stderr.strip().splitlines() == [
+        "train_sweep: error: train_sweep_results.json: results file not found; its sweep in outputs/ has not ended: "
+        "detached: its Slurm jobs have ended (the same command collects the results); 2 run(s): 2 ended with Slurm, "
+        "not collected yet (train_sweep.py report outputs shows them)"], report.stderr
+    p = run(sweep, cluster, "--metric", "val_loss")  # re-attach: the same command collects them
+    assert p.returncode == 0 and len(sweep.results()) == 2, p.stdout + p.stderr
+
+
 def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     """run_sweep sets the old run folders aside for --rerun but never cancels their jobs (cancel_orphan_jobs is
     only called for a search): they keep their GPUs, and a job still queued then starts and appends its

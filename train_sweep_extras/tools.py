@@ -30,6 +30,7 @@ from train_sweep import (
     RUN_MARK,
     SERIES,
     SET_ASIDE,
+    SLURM_DIR,
     STUDY,
     MetricReader,
     Ranking,
@@ -88,7 +89,7 @@ def load_results(path: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: results file not found") from None
+        raise UserError(f"{path}: results file not found" + unwritten(Path(path))) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read results file: {e}") from None
     except json.JSONDecodeError as e:
@@ -100,6 +101,27 @@ def load_results(path: str) -> list[dict[str, Any]]:
         if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
     return sound
+
+
+def unwritten(path: Path) -> str:
+    """Why a results file is not there yet, where a sweep beside it that writes it has not ended (running,
+    detached, killed): its state in a few words and what to run, or ''."""
+    with suppress(OSError):
+        for folder in sorted(path.absolute().parent.iterdir()):
+            record = sweep_record(folder) if (folder / "sweep.json").is_file() else None
+            if record is None or record.get("ended"):
+                continue
+            cwd, output = record.get("cwd"), (record.get("settings") or {}).get("output_file")
+            if not isinstance(cwd, str) or not isinstance(output, str):
+                continue
+            where = Path(cwd) / output
+            if where.absolute() != path.absolute():
+                continue
+            lines, _ = SweepStatus(folder).lines()
+            state = lines[0].split(": ", 1)[1].split(", started")[0]
+            return (f"; its sweep in {folder.name}/ has not ended: {state}; {lines[1]} (train_sweep.py report "
+                    f"{folder.name} shows them)")
+    return ""
 
 
 def record_metric(record: Mapping[str, Any], metric: str | None) -> float | None:
@@ -808,8 +830,11 @@ class SweepStatus:
         total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
         left = max(0, total - sum(counts.values()) - len(running))
         detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
-        state = "running" if pid else "detached: its runs are Slurm jobs (the same command follows them and collects" \
-            " the results)" if detached else "dead (killed: run the same command to resume)" if running else \
+        ended = [r for r in running if detached and job_ended(folder, r)]  # its result is there, not collected
+        running = [r for r in running if r not in ended]
+        state = "running" if pid else "detached: its Slurm jobs have ended (the same command collects the results)" \
+            if detached and not running else "detached: its runs are Slurm jobs (the same command follows them and " \
+            "collects the results)" if detached else "dead (killed: run the same command to resume)" if running else \
             f"stopped with {left} run(s) not started: run the same command to resume" if left else \
             "interrupted" if counts["interrupted"] and record.get("ended") != "finished" else "finished"
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -824,8 +849,9 @@ class SweepStatus:
         started = f", started {record.get('started', '?')[:19]}"
         lines = [f"{folder}: {state}" + (f" (PID {pid})" if pid else "") + started,
                  f"{total} run(s): " + ", ".join(x for x in (
-                     shown, f"{len(running)} running or queued with Slurm" if detached else f"{len(running)} running"
-                     if pid else f"{len(running)} running when it died" if running else "",
+                     shown, f"{len(ended)} ended with Slurm, not collected yet" if ended else "",
+                     (f"{len(running)} running or queued with Slurm" if running else "") if detached else
+                     f"{len(running)} running" if pid else f"{len(running)} running when it died" if running else "",
                      f"{left} pending" if left and pid else f"{left} not started" if left else "") if x) + eta]
         labels = run_labels({r["model_name"]: r.get("hyperparams") or {} for r in [*latest.values(), *running]})
         by_gpu: dict[str, list[str]] = {}
@@ -871,6 +897,14 @@ class SweepStatus:
 
 def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
+
+
+def job_ended(folder: Path, record: Mapping[str, Any]) -> bool:
+    """A detached sweep's Slurm job (its run.json says running) whose result submitit has written: it ended, and
+    only the sweep's command, run again, collects it (sacct is not asked: a job killed without a result still
+    counts as running or queued until then)."""
+    job = record.get("slurm_job_id")
+    return isinstance(job, str) and (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()
 
 
 def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
