@@ -899,8 +899,7 @@ _SIMPLE_WORDS = (  # the plain values whose reading by Hydra's grammar is known 
     (re.compile(r"[+-]?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(0|[1-9][0-9]*)[eE][+-]?[0-9]+"
                 r"|[+-]?(inf|nan)", re.IGNORECASE), float),
     (re.compile(r"true|false", re.IGNORECASE), lambda w: w.lower() == "true"),
-    (re.compile(r"null", re.IGNORECASE), lambda w: None),
-    (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str),
+    (re.compile(r"null", re.IGNORECASE), lambda w: None), (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str),
 )
 
 
@@ -2943,8 +2942,9 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
     return record
 
 
-def write_run_json(run: Run, body: Mapping[str, Any]) -> None:
-    """<run_dir>/run.json. A run that deleted its own folder gets it back, marked, with its record in it."""
+def write_run_json(run: Run, record: Mapping[str, Any]) -> None:
+    """<run_dir>/run.json (the record less its stdout and stderr tails); a run that deleted its folder gets it back."""
+    body = {k: v for k, v in record.items() if k not in ("stdout", "stderr")}
     try:
         write_json_atomic(run.run_dir / "run.json", body, fsync=False, compact=True)
     except FileNotFoundError:
@@ -3106,7 +3106,7 @@ class ResultsWriter:
             if now >= self._next_sync:  # against power loss: fsync, at most once a second (group commit)
                 os.fsync(self._journal)
                 self._next_sync = now + 1.0
-        write_run_json(run, {k: v for k, v in record.items() if k not in ("stdout", "stderr")})
+        write_run_json(run, record)
 
     def run_finished(self, run: Run, record: dict[str, Any]) -> None:
         """A run's final record: in the results file at the next flush (the loop's, after the next launch)."""
@@ -3716,15 +3716,15 @@ class Attempt:
     deadline: float | None  # when --timeout ends it
     ending: State | None = None  # TIMEOUT or INTERRUPTED once the loop decided to end it
     kill_at: float | None = None  # SIGKILL after this (SIGTERM was sent)
+    before: dict[str, Any] | None = None  # a retry's: the record of the attempt it follows (Run.requeued)
 
 
 FINISHED_ORDER = (State.COMPLETE, State.PRUNED, State.FAILED, State.TIMEOUT, State.OOM, State.INTERRUPTED)
 
 
 class Wakeups:
-    """Where the loop sleeps: select() on a self-pipe that signal handlers write to (SIGCHLD too: an exit wakes
-    the loop at once). Ctrl+C, SIGTERM and SIGHUP are queued in `signals` (SIGHUP not where it is ignored, as
-    under nohup)."""
+    """Where the loop sleeps: select() on a self-pipe that signal handlers write to (SIGCHLD too: an exit wakes the
+    loop at once). Ctrl+C, SIGTERM and SIGHUP are queued in `signals` (SIGHUP not where ignored, as under nohup)."""
 
     def __init__(self) -> None: self.signals: list[int] = []
 
@@ -4054,6 +4054,8 @@ class Sweep:
             self.pool.release(run)
             if attempt.ending == State.PENDING:  # withdrawn from a cluster's queue: it never ran, no attempt
                 run.state, run.start_time, run.job, run.location = State.PENDING, None, {}, ""
+                if (before := attempt.before) is not None:  # a retry: as before it went again (that attempt its end)
+                    run.attempt, run.requeued, run.state = run.attempts.pop()["attempt"], before, State(before["state"])
                 self.retry.appendleft(run)
                 continue
             run.end_time, run.error = outcome.ended_at or time.time(), outcome.error or run.error
@@ -4285,6 +4287,7 @@ class Sweep:
 
     def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
         self._unpause(run)
+        before = run.requeued
         self._go_again(run)
         run.assign(() if gpus == (CPU,) else gpus)
         run.state, run.start_time, run.started_at = State.RUNNING, time.time(), now
@@ -4301,7 +4304,7 @@ class Sweep:
         except LaunchError as e:
             return self._not_started(run, str(e))
         self.pool.launched(run, gpus, now)
-        self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None)
+        self.active[run] = Attempt(run, handle, now + self.timeout if self.timeout else None, before=before)
         return True
 
     # -- waiting ------------------------------------------------------------------------------
@@ -4360,8 +4363,9 @@ class Sweep:
             self._count(run)
             if run.state == State.PRUNED:  # a paused run that went on: its source took its pause for its end
                 self.done.append(run)  # (its record, its pause's, is in the results)
-            else:
-                self._done(run, {k: v for k, v in run.requeued.items() if k != "requeued"})
+            else:  # (its run.json, which a retry withdrawn from a cluster's queue left saying running)
+                self._done(run, record := {k: v for k, v in run.requeued.items() if k != "requeued"})
+                with suppress(OSError): write_run_json(run, record)
             if self.best_k is not None:
                 self.best_k.ended(run, None)
         try:

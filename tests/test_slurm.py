@@ -476,6 +476,25 @@ def test_fail_fast_stops_the_queued_jobs_of_the_array(sweep, cluster):
     assert any(r["state"] == "pending" for r in partial)
 
 
+
+def test_a_retry_that_fail_fast_withdraws_before_it_ran_ends_as_its_failed_attempt(sweep, cluster):
+    """From the review: a retry submitted to Slurm (its run's attempt 2) and withdrawn from the queue by fail fast
+    before it ran went back among the runs not started: the run's failed attempt 1 was in neither the results
+    nor its run.json (which still said running, attempt 2) and the summary counted it 'not started'. One job at
+    a time runs (each asks for the node's 4 GPUs), so the retries of n=0 and n=1 wait behind n=2's job."""
+    sweep.config({"runs": [{"n": 0}, {"n": 1}, {"n": 2, "sleep": 3}], "defaults": {"exit": 1}})
+    p = run(sweep, cluster, "--slurm-gpus-per-run", "4", "--retries", "1")
+    assert p.returncode == 1 and "no more runs are started" in p.stdout, p.stdout + p.stderr
+    assert "(attempt 2)  job" in p.stdout, p.stdout  # a retry was submitted
+    records = {r["model_name"]: r for r in sweep.results()}
+    assert sorted(records) == ["n_0", "n_1", "n_2_sleep_3"], p.stdout
+    assert all(r["state"] == "failed" and r["returncode"] == 1 for r in records.values()), records
+    for name, r in records.items():
+        on_disk = json.loads((sweep.dir / "outputs" / name / "run.json").read_text())
+        assert (on_disk["state"], on_disk["attempt"]) == ("failed", r["attempt"]), (name, on_disk)
+    assert "not started" not in p.stdout.split("train_sweep summary")[1], p.stdout
+    assert not ours(cluster, sweep, wait=20)
+
 # -- --detach: a refused submission, status while the jobs run, --rerun, re-attaching ------------------------
 
 def test_detach_when_sbatch_refuses_says_so(sweep, cluster):
@@ -586,8 +605,10 @@ def test_a_job_cancelled_while_queued_has_no_duration(sweep, cluster):
     records = json.loads((sweep.dir / "train_sweep_results.json.partial").read_text())
     never_ran = [r for r in records if not (Path(r["run_dir"]) / "fake.json").exists()]
     assert never_ran
-    assert all(not r["duration_seconds"] for r in never_ran), [(r["model_name"], r["duration_seconds"])
-                                                                for r in never_ran]
+    # none ran, or one began at the Ctrl+C, before its command wrote fake.json: it counts from when the sweep saw
+    # it running, not from its submission (it had waited 5 s and more in the queue: 5.8 s, once)
+    assert all(not r["duration_seconds"] or r["duration_seconds"] < 4 for r in never_ran), [
+        (r["model_name"], r["duration_seconds"]) for r in never_ran]
 
 
 def test_results_record_the_gpus_and_command_the_job_had(sweep, cluster):

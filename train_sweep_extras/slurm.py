@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,14 @@ class SlurmTask:
                                            self.logs, self.grace, self.requeues, self.restarts + 1))
 
 
+def sacct_time(text: str | None) -> float | None:
+    """A time as sacct prints it (Start: ISO 8601 in this machine's time zone) as a timestamp; None for Unknown."""
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
 @dataclasses.dataclass(eq=False)
 class SlurmAttempt:
     """A run's attempt as a Slurm job: the submitit job once submitted, what Slurm last said of it."""
@@ -410,6 +419,7 @@ class SlurmAttempt:
     state: str = "PENDING"  # Slurm's latest word
     node: str = ""
     ran: bool = False  # it has been seen running (a later PENDING is a requeue)
+    ran_at: float | None = None  # when it last started running, as sacct says (its start, if it leaves no result)
     requeued: int = 0
     reader: LogFollower | None = None  # its stdout, for metrics (combined.log is made on the node)
     polled: bool = False  # looked at once (a re-attached job found ended at the first look ended unwatched)
@@ -581,7 +591,7 @@ class SlurmLauncher:
             return
         self._asks += 1
         try:
-            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", ",".join(ids)],
+            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList,Start", "--parsable2", "-j", ",".join(ids)],
                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as e:
             out = subprocess.CompletedProcess([], 1, "", str(e))
@@ -632,7 +642,7 @@ class SlurmLauncher:
         if state == "RUNNING":
             if attempt.ran and attempt.state in ("PENDING", "REQUEUED", "PREEMPTED"):
                 self.notes.append(f"{'running':<11} {run.name}: Slurm job {run.job.get('slurm_job_id')} runs again on {node}")
-            attempt.ran = True
+            attempt.ran, attempt.ran_at = True, sacct_time(info.get("Start")) or time.time()
             attempt.node = node if node not in ("", "None assigned") else attempt.node
             set_job(run, node=attempt.node)
         elif attempt.state not in ("PENDING", "REQUEUED", "PREEMPTED", "REQUEUE_HOLD") and (
@@ -715,6 +725,8 @@ class SlurmLauncher:
         self.jobs.discard(attempt)
         if outcome.started_at is None and not attempt.ran:
             outcome = dataclasses.replace(outcome, ran=False)
+        elif outcome.started_at is None:  # cancelled or killed as it ran: its start is sacct's (else when it was
+            outcome = dataclasses.replace(outcome, started_at=attempt.ran_at)  # seen running), not its submission
         reader = attempt.reader or self._reader(attempt)
         if reader is not None:
             attempt.final_lines = reader.pump(final=True)
