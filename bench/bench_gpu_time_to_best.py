@@ -16,6 +16,7 @@ dropout 0..0.3.
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
     python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
     python bench/bench_gpu_time_to_best.py --steps 800 --probe  # the landscape at the grid's best, 10 runs
+    python bench/bench_gpu_time_to_best.py --steps 800 --schedule cosine --variants default   # lr decayed
 """
 
 from __future__ import annotations
@@ -60,11 +61,20 @@ PROBE = ([{"lr": 1e-3, "layers": 8, "dropout": 0.0, "seed": s} for s in (0, 1, 2
          + [{"lr": 1e-3, "layers": 8, "dropout": d, "seed": 0} for d in (0.005, 0.01, 0.02, 0.04)]
          + [{"lr": lr, "layers": 8, "dropout": 0.0, "seed": 0} for lr in (7.5e-4, 1.4e-3)]
          + [{"lr": 1e-3, "layers": 7, "dropout": 0.0, "seed": 0}])
+# --probe --schedule cosine: where the best is with a cosine decay, 12 runs: lr across the grid's 1e-3 and 1e-2 at
+# 8 layers and dropout 0 (with seeds 1 and 2 at 1e-3: the noise), and a step away in layers and dropout
+PROBE_COSINE = ([{"lr": lr, "layers": 8, "dropout": 0.0, "seed": 0} for lr in (5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3,
+                                                                               1e-2)]
+                + [{"lr": 1e-3, "layers": 8, "dropout": 0.0, "seed": s} for s in (1, 2)]
+                + [{"lr": 2e-3, "layers": 6, "dropout": 0.0, "seed": 0}, {"lr": 2e-3, "layers": 8, "dropout": 0.1,
+                                                                          "seed": 0},
+                   {"lr": 2e-3, "layers": 4, "dropout": 0.0, "seed": 0}])
 
 
-def probe(steps: int, tmp: str) -> int:
+def probe(defaults: dict, tmp: str) -> int:
     work = workdir(tmp, "probe")
-    _, records, last = sweep(work, {"runs": PROBE, "defaults": {"steps": steps}}, ["--max-processes-per-gpu", "10"])
+    runs = PROBE_COSINE if defaults.get("schedule") == "cosine" else PROBE
+    _, records, last = sweep(work, {"runs": runs, "defaults": defaults}, ["--max-processes-per-gpu", str(len(runs))])
     print("| lr | layers | dropout | seed | val_loss |\n| --- | --- | --- | --- | --- |")
     for r in records:
         hp = r["hyperparams"]
@@ -156,8 +166,11 @@ def main() -> int:
                    help="the sweeps remember their runs' footprints in DIR (XDG_CACHE_HOME) and all run in DIR/work,"
                         " so that each later sweep (of this call or a later one) starts from them; without it they "
                         "remember nothing (--no-footprint-cache)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="the runs' learning rate schedule (bench/ttb_trainer.py)")
     p.add_argument("--probe", action="store_true",
-                   help="only the landscape at the grid's best: 10 runs near lr 1e-3, 8 layers, dropout 0 (PROBE)")
+                   help="only the landscape at the grid's best: 10 runs near lr 1e-3, 8 layers, dropout 0 (PROBE); "
+                        "with --schedule cosine 12 runs across lr 5e-4..1e-2 and a step away (PROBE_COSINE)")
     args = p.parse_args()
     global FOOTPRINTS
     FOOTPRINTS = args.footprint_cache
@@ -167,9 +180,9 @@ def main() -> int:
     print(f"{pynvml.nvmlDeviceGetCount()} x {name}\n", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_ttb_") as tmp:
+        defaults = {"steps": args.steps, **({"schedule": "cosine"} if args.schedule == "cosine" else {})}
         if args.probe:
-            return probe(args.steps, tmp)
-        defaults = {"steps": args.steps}
+            return probe(defaults, tmp)
         if args.grid:
             wall, best = args.grid
             rows.append(("grid, 12 runs, one a GPU (an earlier call)", wall, best, None, 12, 0, "-", None))

@@ -2,12 +2,14 @@
 """A real PyTorch training for bench/bench_gpu_time_to_best.py: a character-level transformer (width 384,
 context 128, batch 64, bf16 autocast) trained on real text, the Python standard library's own source files
 (present on every machine), with a held-out tenth for validation. key=value arguments: lr, layers, dropout,
-steps (default 1500), seed. Prints `step=K val_loss=V` every 100 steps (the loss on 8 fixed held-out
+steps (default 1500), seed, schedule (constant, the default: lr at every step; cosine: a linear warm-up over the
+first tenth of the steps, at most 100, then a cosine decay to lr/10 at the last step, as nanoGPT trains). Prints `step=K val_loss=V` every 100 steps (the loss on 8 fixed held-out
 batches), the metric the search ranks by and its pruner reads. It keeps train_sweep's resume contract
 (docs/search.md, "Pause and go on"): with checkpoint=1, before each report it saves its model, optimizer
 and step to $TRAIN_SWEEP_RUN_DIR/checkpoint.pt (170 MB at 8 layers), and with TRAIN_SWEEP_RESUME=1 it goes on
 from there."""
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,6 +19,9 @@ import torch
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 lr, layers, dropout = float(args["lr"]), int(args["layers"]), float(args.get("dropout", 0.0))
 steps, width, ctx, batch, vocab = int(args.get("steps", 1500)), 384, 128, 64, 256
+schedule = args.get("schedule", "constant")
+if schedule not in ("constant", "cosine"):
+    sys.exit(f"ttb_trainer: schedule={schedule}: constant or cosine")
 torch.manual_seed(int(args.get("seed", 0)))
 device = torch.device("cuda")
 files = sorted(Path(os.__file__).parent.glob("*.py"))  # the same files, in the same order, on every run
@@ -65,6 +70,15 @@ class Model(torch.nn.Module):
         return self.head(self.ln(x))
 
 
+def lr_at(step: int) -> float:
+    if schedule == "constant":
+        return lr
+    warmup = min(100, steps // 10)
+    if step <= warmup:
+        return lr * step / warmup
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
 def loss_of(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(x)
@@ -85,6 +99,8 @@ if os.environ.get("TRAIN_SWEEP_RESUME") == "1" and checkpoint.exists():
     print(f"resumed from step {state['step']}", flush=True)
 for step in range(first, steps + 1):
     x, y = batch_of(train, torch.randint(0, len(train) - ctx - 1, (batch,)))
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step)
     loss = loss_of(model, x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
