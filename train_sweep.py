@@ -1630,7 +1630,7 @@ class Policy:
         if self.auto:
             text = extra("packing").describe(self, where)
         else:
-            text = f"up to {self.max_per_gpu} run(s) at once on {where}"
+            text = f"up to {self.max_per_gpu} run(s) at once on {'each of ' if len(gpus) > 1 else ''}{where}"
             text += f", at most {self.max_parallel} in all" if self.max_parallel else ""
             text += " (slots only: no memory readings)" if self.memory_threshold_mb is None else (
                 f"; a GPU takes a run while its used memory is below {self.memory_threshold_mb / 1024:g} GB, "

@@ -423,7 +423,7 @@ def test_dry_run_launches_nothing(sweep):
     row = next(line for line in p.stdout.splitlines() if re.match(r"│\s*0\s*│", line))
     assert re.search(r"│\s*lr_5e-06_point_maze\s*│\s*training\.bisim_lr=5e-06 env=point_maze\s*│", row), row
     assert row.rstrip(" │").endswith("training.bisim_lr=5e-06 env=point_maze")
-    assert "2 run(s). Placement: up to 1 run(s) at once on GPU 0 1" in p.stdout
+    assert "2 run(s). Placement: up to 1 run(s) at once on each of GPU 0 1;" in p.stdout  # (not 1 in all)
     assert not (sweep.dir / "outputs").exists()
     assert not sweep.events()
 
