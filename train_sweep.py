@@ -4543,7 +4543,10 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         arg_style=settings.arg_style or spec.arg_style or "hydra", name_template=settings.name_template or
         spec.name_template, mps=settings.mps if settings.mps is not None else bool(spec.mps))
     settings = backend_class(settings.backend).resolve(settings, spec)
-    settings = resolve_storage(settings)
+    for name, value in (("--study-name", settings.study_name), ("--agent-grace", settings.agent_grace)):
+        if value is not None and not settings.storage:
+            raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
+    settings = extra("source shared").resolve(settings) if settings.storage else settings  # study name, grace
     if not settings.metric and (settings.pruner or "").partition("(")[0].strip() in set(PRUNERS) - {"none"}:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")  # (a typo: extras)
     if search is None:
@@ -4599,19 +4602,6 @@ def read_sources(settings: Settings, overrides: Sequence[str] = ()) -> tuple[Swe
         spec.defaults = {**spec.defaults, **spec.runs[0]}
         search = spec.search = extra("space").SearchSpec("the command line", {})
     return spec, search, settings
-
-
-def resolve_storage(settings: Settings) -> Settings:
-    """--storage: its study's name and grace period (the agents extra checks the rest)."""
-    if not settings.storage:
-        for name, value in (("--study-name", settings.study_name), ("--agent-grace", settings.agent_grace)):
-            if value is not None:
-                raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
-        return settings
-    if settings.study_name is not None and not settings.study_name.strip():  # (it took the default study)
-        raise UserError("--study-name '': a study's name is not empty")
-    return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",
-                               agent_grace=settings.agent_grace or 120.0)
 
 
 def check_settings(settings: Settings) -> None:
@@ -4832,7 +4822,9 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         for line in search.notes if search is not None else ():
             reporter.event(f"{'search':<11} {line}")
         results = ResultsWriter(output_file, journal)
-        for run, previous in skipped:
+        for run, previous in skipped:  # a metric named only now (--metric added): from its output, as report reads it
+            if run.state == State.COMPLETE and metric_of(run.metrics, metric := settings.ranking.metric) is None:
+                run.metrics = previous["metrics"] = {**(run.metrics or {}), **(read_metrics(run, metric) or {})} or None
             results.add_previous(run, previous)
         try:
             for line in said:

@@ -75,6 +75,29 @@ def test_resume_reruns_an_interrupted_run_and_keeps_its_first_attempt(sweep):
     assert Path(r["attempts"][0]["stdout_log"]).exists()
 
 
+def test_a_metric_named_only_at_resume_ranks_the_runs_done_before(sweep):
+    """From a new user's pass: the first sweep ran without --metric (its end says: rank them with --metric
+    val_loss); the same sweep again with --metric val_loss and one run more ranked the new run only, and named it
+    best (the sweep, status, cleanup's kept runs), while report, which reads the earlier runs' output, named
+    another. The earlier complete runs now take their value from their output, as report does."""
+    sweep.gpus.set(count=1)
+    runs = [{"n": 0, "metric": 0.5}, {"n": 1, "metric": 0.1}, {"n": 2, "metric": 0.3}]
+    sweep.config(runs)
+    assert sweep.run().returncode == 0
+    sweep.config(runs + [{"n": 3, "metric": 0.4}])
+    p = sweep.run("--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Best (min val_loss): n_1_metric_0.1 = 0.1" in p.stdout, p.stdout
+    assert {r["model_name"]: (r.get("metrics") or {}).get("val_loss") for r in sweep.results()} == {
+        "n_0_metric_0.5": 0.5, "n_1_metric_0.1": 0.1, "n_2_metric_0.3": 0.3, "n_3_metric_0.4": 0.4}
+    status = sweep.run("status", trainer=False)
+    assert "n_1_metric_0.1 = 0.1" in status.stdout, status.stdout
+    report = sweep.run("report", trainer=False)
+    assert "Best (min val_loss): n_1_metric_0.1 = 0.1" in report.stdout, report.stdout
+    cleanup = sweep.run("cleanup", "--days", "0", trainer=False)  # a dry run: what it would keep
+    assert "kept outputs/n_1_metric_0.1: among the sweep's best runs" in cleanup.stdout, cleanup.stdout
+
+
 def test_a_changed_command_is_a_different_run(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}])

@@ -19,6 +19,7 @@ Needs: pip install 'train-sweep[agents]' (Optuna, SQLAlchemy, psycopg 3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -39,6 +40,7 @@ from train_sweep import (
     OutputError,
     Plan,
     Run,
+    Settings,
     State,
     UserError,
     canonical_json,
@@ -568,6 +570,14 @@ class SharedSource(SearchSource):
 class SharedSetup:
     """The run source of an agent (--storage): the shared study opened (made by the first agent), checked to be
     this sweep's, the list enqueued once, this agent's own orphans settled; the earlier trials from its journal."""
+
+    @staticmethod
+    def resolve(settings: Settings) -> Settings:
+        """--storage: its study's name and grace period, resolved with the other flags (check: the rest)."""
+        if settings.study_name is not None and not settings.study_name.strip():  # (it took the default study)
+            raise UserError("--study-name '': a study's name is not empty")
+        return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",
+                                   agent_grace=settings.agent_grace or 120.0)
 
     @staticmethod
     def check(plan: Plan) -> None:

@@ -618,7 +618,7 @@ def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
         return None
     found = best_of((r for r in latest.values() if r.get("state") == State.COMPLETE.value
                      and (folder / str(r.get("model_name"))).is_dir()),
-                    lambda r: metric_of(r.get("metrics"), ranking.metric), ranking.mode)
+                    lambda r: record_metric(r, ranking.metric), ranking.mode)  # (metrics, else stdout: as report)
     return None if found is None else (ranking.metric, found[0], found[1])
 
 
