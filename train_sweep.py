@@ -4330,7 +4330,8 @@ class Sweep:
     # -- progress -----------------------------------------------------------------------------
     def pending(self) -> int:
         requeued = sum(1 for _, requeue in self.ended if requeue)
-        return self.source.pending() + (self.head is not None) + len(self.retry) + len(self.oom_wait) + requeued
+        head = self.head is not None and not (self.head.resumed and self.head in self.done)  # (counted paused)
+        return self.source.pending() + head + len(self.retry) + len(self.oom_wait) + requeued
 
     def progress(self) -> Progress:
         counts = dict(self.counts)

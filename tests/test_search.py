@@ -847,7 +847,8 @@ def test_the_counts_of_a_pausing_search_never_add_up_to_more_runs_than_it_has(sw
 
     sweep.gpus.set(count=1)
     sweep.config(pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6, 0.9, 0.95, 0.97]))
-    p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
+    # (2 a GPU: the run going on waits, first in line, for the last run's memory to show, and was counted again)
+    p = sweep.run("--no-live", "--max-processes-per-gpu", "2", trainer=False)
     assert p.returncode == 0 and "goes on from where it paused" in p.stdout, p.stdout + p.stderr
     counts = re.findall(r"\[([a-z]+ \d+(?: \| [a-z]+ \d+)*)\]", p.stdout)
     assert counts, p.stdout
