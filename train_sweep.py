@@ -2935,7 +2935,7 @@ def run_record(run: Run, tails: bool = True) -> dict[str, Any]:
         "metrics": run.metrics, "metric": None if not (run.points or run.metric_note) else
         {"best": run.best, "step": run.step, "points": run.points, "note": run.metric_note},
         "index": run.index, "trial": run.trial, "identity": run.identity, "attempt": run.attempt,
-        "attempts": run.attempts}
+        "attempts": list(run.attempts)}  # (a copy: a requeued record keeps its own)
     record.update(run.job)
     if not tails:
         del record["stdout"], record["stderr"]
@@ -4054,8 +4054,9 @@ class Sweep:
             self.pool.release(run)
             if attempt.ending == State.PENDING:  # withdrawn from a cluster's queue: it never ran, no attempt
                 run.state, run.start_time, run.job, run.location = State.PENDING, None, {}, ""
-                if (before := attempt.before) is not None:  # a retry: as before it went again (that attempt its end)
-                    run.attempt, run.requeued, run.state = run.attempts.pop()["attempt"], before, State(before["state"])
+                if (before := attempt.before) is not None:  # a retry: as before it went again (that attempt its end;
+                    restore(run, before).skipped = False  # the launcher put its files back)
+                    run.requeued = before
                 self.retry.appendleft(run)
                 continue
             run.end_time, run.error = outcome.ended_at or time.time(), outcome.error or run.error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -482,7 +483,7 @@ def test_a_retry_that_fail_fast_withdraws_before_it_ran_ends_as_its_failed_attem
     before it ran went back among the runs not started: the run's failed attempt 1 was in neither the results
     nor its run.json (which still said running, attempt 2) and the summary counted it 'not started'. One job at
     a time runs (each asks for the node's 4 GPUs), so the retries of n=0 and n=1 wait behind n=2's job."""
-    sweep.config({"runs": [{"n": 0}, {"n": 1}, {"n": 2, "sleep": 3}], "defaults": {"exit": 1}})
+    sweep.config({"runs": [{"n": 0}, {"n": 1}, {"n": 2, "sleep": 3}], "defaults": {"exit": 1, "err": "boom"}})
     p = run(sweep, cluster, "--slurm-gpus-per-run", "4", "--retries", "1")
     assert p.returncode == 1 and "no more runs are started" in p.stdout, p.stdout + p.stderr
     assert "(attempt 2)  job" in p.stdout, p.stdout  # a retry was submitted
@@ -490,9 +491,15 @@ def test_a_retry_that_fail_fast_withdraws_before_it_ran_ends_as_its_failed_attem
     assert sorted(records) == ["n_0", "n_1", "n_2_sleep_3"], p.stdout
     assert all(r["state"] == "failed" and r["returncode"] == 1 for r in records.values()), records
     for name, r in records.items():
-        on_disk = json.loads((sweep.dir / "outputs" / name / "run.json").read_text())
+        folder = sweep.dir / "outputs" / name
+        on_disk = json.loads((folder / "run.json").read_text())
         assert (on_disk["state"], on_disk["attempt"]) == ("failed", r["attempt"]), (name, on_disk)
-    assert "not started" not in p.stdout.split("train_sweep summary")[1], p.stdout
+        assert (folder / "train_stderr.log").read_text().strip().endswith("boom"), name  # its logs, not the retry's
+        assert [a["attempt"] for a in r["attempts"]] == list(range(1, r["attempt"])), r
+        assert not (folder / f"attempt_{r['attempt']}").exists(), name
+    summary = p.stdout.split("train_sweep summary")[1]
+    assert "not started" not in summary and summary.count("  failed  ") == 3, summary
+    assert all(re.search(rf"n={n}.*failed.*[0-9.]+s +1\b", summary) for n in (0, 1, 2)), summary
     assert not ours(cluster, sweep, wait=20)
 
 # -- --detach: a refused submission, status while the jobs run, --rerun, re-attaching ------------------------

@@ -399,6 +399,16 @@ class SlurmTask:
                                            self.logs, self.grace, self.requeues, self.restarts + 1))
 
 
+def put_back_attempt_files(run: Run, attempt: Any) -> None:
+    """A retry withdrawn before it ran: the files of the attempt it followed, which its start moved into
+    attempt_<n>/ (archive_attempt_files), go back into the run's folder, over the new attempt's empty logs."""
+    folder = run.run_dir / f"attempt_{attempt}"
+    with suppress(OSError):
+        for path in list(folder.iterdir()) if _is_whole(attempt) and folder.is_dir() else ():
+            os.replace(path, run.run_dir / path.name)
+        folder.rmdir()
+
+
 def sacct_time(text: str | None) -> float | None:
     """A time as sacct prints it (Start: ISO 8601 in this machine's time zone) as a timestamp; None for Unknown."""
     try:
@@ -780,7 +790,11 @@ class SlurmLauncher:
     def withdraw(self, handle: SlurmAttempt) -> bool:
         if handle.ran or handle.error or handle.state not in ("PENDING", "REQUEUED", "UNKNOWN"):
             return False
-        return self.stop(handle, hard=False)
+        if not self.stop(handle, hard=False):
+            return False
+        if handle.run.attempts:  # a retry, never run: its run ends as its last attempt did, that attempt's files back
+            put_back_attempt_files(handle.run, handle.run.attempts[-1].get("attempt"))
+        return True
 
     def queued_attempts(self) -> list[SlurmAttempt]:
         return [a for a in self.jobs if a.state in ("PENDING", "REQUEUED", "UNKNOWN") and not a.error]
