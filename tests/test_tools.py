@@ -103,6 +103,27 @@ def test_report_compares_several_sweeps(finished):
     assert "100%" in second and "lr_0.5_metric_0.1 = 0.1" in second
 
 
+def test_a_results_file_not_written_names_only_a_sweep_that_has_not_ended(sweep):
+    """From the review: report on a missing results file names the sweep beside it that writes it, where that
+    sweep has not ended. A sweep.json without "ended" (made before it was recorded) was taken for one that had
+    not ("has not ended: finished"), and a damaged sweep.json in a folder beside it printed a warning."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.5}])
+    assert sweep.run().returncode == 0
+    (sweep.dir / "train_sweep_results.json").unlink()
+    record = json.loads((sweep.dir / "outputs" / "sweep.json").read_text())
+    record.pop("ended")
+    (sweep.dir / "outputs" / "sweep.json").write_text(json.dumps(record))
+    (sweep.dir / "junk").mkdir()
+    (sweep.dir / "junk" / "sweep.json").write_text("[1]")
+    p = report(sweep)
+    assert p.returncode == 2 and p.stderr.strip() == \
+        "train_sweep: error: train_sweep_results.json: results file not found", p.stderr
+    record["runs"] = 2  # one run not started: stopped early, the same command resumes it; still no "has not ended"
+    (sweep.dir / "outputs" / "sweep.json").write_text(json.dumps(record))
+    assert report(sweep).stderr.strip() == "train_sweep: error: train_sweep_results.json: results file not found"
+
+
 def test_report_bad_file(sweep):
     p = report(sweep, "missing.json")
     assert p.returncode == 2 and p.stderr.strip() == "train_sweep: error: missing.json: results file not found"

@@ -105,22 +105,25 @@ def load_results(path: str) -> list[dict[str, Any]]:
 
 def unwritten(path: Path) -> str:
     """Why a results file is not there yet, where a sweep beside it that writes it has not ended (running,
-    detached, killed): its state in a few words and what to run, or ''."""
-    with suppress(OSError):
-        for folder in sorted(path.absolute().parent.iterdir()):
-            record = sweep_record(folder) if (folder / "sweep.json").is_file() else None
-            if record is None or record.get("ended"):
-                continue
-            cwd, output = record.get("cwd"), (record.get("settings") or {}).get("output_file")
-            if not isinstance(cwd, str) or not isinstance(output, str):
-                continue
-            where = Path(cwd) / output
-            if where.absolute() != path.absolute():
+    detached, killed): its state in a few words and what to run, or ''. Other folders are passed over quietly."""
+    try:
+        folders = sorted(path.resolve().parent.iterdir())
+    except OSError:
+        return ""
+    for folder in folders:
+        with suppress(OSError):
+            record = read_json(folder / "sweep.json") if (folder / "sweep.json").is_file() else None
+            record = record if isinstance(record, dict) else {}
+            settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+            cwd, output = record.get("cwd"), settings.get("output_file")
+            if not isinstance(cwd, str) or not isinstance(output, str) or \
+                    (Path(cwd) / output).resolve() != path.resolve():
                 continue
             lines, _ = SweepStatus(folder).lines()
             state = lines[0].split(": ", 1)[1].split(", started")[0]
-            return (f"; its sweep in {folder.name}/ has not ended: {state}; {lines[1]} (train_sweep.py report "
-                    f"{folder.name} shows them)")
+            if state.startswith(("running", "detached", "dead")):
+                return (f"; its sweep in {folder.name}/ has not ended: {state}; {lines[1]} (train_sweep.py report "
+                        f"{folder.name} shows them)")
     return ""
 
 
