@@ -4479,6 +4479,8 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
     if path == output_dir or (path.parent == output_dir and path.name.partition("~")[0] in OWNED_FILES) or \
             path.parent == output_dir / "best" or any(path.parent == run.run_dir for run in runs):
         raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
+    if folder := next((d for d in path.parents if (d / RUN_MARK).exists()), None):  # cleanup, --rerun move them
+        raise UserError(f"--output-file {text!r} is inside {folder}, a run folder of a sweep; choose another file")
 
 
 @dataclasses.dataclass

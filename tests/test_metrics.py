@@ -444,6 +444,21 @@ def test_best_k_on_resume_refuses_another_ranking_and_rebuilds_best(sweep):
     assert all(link.resolve().exists() for link in (sweep.dir / "outputs" / "best").glob("rank_*"))
 
 
+def test_an_output_file_inside_another_sweeps_run_folder_is_refused(sweep):
+    """From a new user's pass: --output-file inside another sweep's run folder was accepted (the results and their
+    lock written there), and that sweep's cleanup then deleted it with the folder."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": 1}, {"n": 2}])
+    assert sweep.run().returncode == 0
+    sweep.config([{"y": 1}])
+    p = sweep.run("--output-dir", "other", "--output-file", "outputs/n_2/sub/res.json")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"train_sweep: error: --output-file 'outputs/n_2/sub/res.json' is inside {sweep.dir / 'outputs' / 'n_2'}, a "
+        "run folder of a sweep; choose another file"], p.stderr
+    assert not (sweep.dir / "other").exists() and sorted(p.name for p in (sweep.dir / "outputs" / "n_2").iterdir()) \
+        == sorted(p.name for p in (sweep.dir / "outputs" / "n_1").iterdir())
+
+
 def test_an_output_file_inside_best_is_refused_and_a_metric_needs_a_name(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"n": 0}])
