@@ -4883,14 +4883,18 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
         backend = backend_class(settings.backend)(plan)  # checks this machine's GPUs, or the cluster's request
         if plan.searching:  # said now, before anything starts: a missing Optuna, a sampler or pruner that cannot run
             extra("source shared" if settings.storage else "source search").check(plan)
+        cwd, command = Path.cwd(), resolve_command(settings.command or "")
+        try:
+            check_command(command, cwd)
+        except UserError as e:
+            if not settings.dry_run:
+                raise
+            print(f"train_sweep: warning: {e}: the sweep itself would refuse to start", file=sys.stderr)
         if settings.dry_run:
             if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
                 plan_resume(runs, plan.journal)
             print_dry_run(plan, backend.placement, backend.note)
             return EXIT_OK
-        cwd = Path.cwd()
-        command = resolve_command(settings.command or "")
-        check_command(command, cwd)
         check_output_file(settings, runs, command)
         backend.check()  # before anything is written (a cluster that does not answer)
         check_writable(Path(settings.output_dir), "output folder")

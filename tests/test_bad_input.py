@@ -59,6 +59,12 @@ def test_missing_train_script(sweep):
     check_refused(sweep.run("--command", "no-such-program-xyz --flag"), "not found on PATH: no-such-program-xyz")
     check_refused(sweep.run("--command", "python 'unclosed"), "--command", "No closing quotation")
     assert not sweep.events()
+    # a dry run (how a sweep is checked before it runs) said nothing of it: it says so, and still shows the runs
+    p = sweep.run("--command", "python train.py", "--dry-run")
+    assert p.returncode == 0 and "1 run(s)" in p.stdout, p.stdout + p.stderr
+    assert p.stderr.startswith("train_sweep: warning: train script not found: train.py") and \
+        "the sweep itself would refuse to start" in p.stderr, p.stderr
+    assert not (sweep.dir / "outputs").exists()
 
 
 def test_unknown_gpu(sweep):
