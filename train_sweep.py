@@ -1308,18 +1308,17 @@ def resolve_command(command: str) -> list[str]:
     return argv
 
 
-def check_command(argv: Sequence[str], cwd: Path) -> None:
-    """Fail before launching anything when the program or the Python script it names does not exist."""
+def command_problem(argv: Sequence[str], cwd: Path) -> str | None:
+    """Why the command cannot start (its program or the Python script it names does not exist), or None."""
     program = argv[0]
     if os.sep in program:
         if not (cwd / program).exists():
-            raise UserError(f"train command not found: {program}")
+            return f"train command not found: {program}"
     elif shutil.which(program) is None:
-        raise UserError(f"train command not found on PATH: {program}")
-    if Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-"):
-        if not (cwd / argv[1]).is_file():
-            raise UserError(f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it "
-                            "or pass --command)")
+        return f"train command not found on PATH: {program}"
+    script = Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-")
+    return f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it or pass " \
+        "--command)" if script and not (cwd / argv[1]).is_file() else None
 
 
 def run_identity(hyperparams: Mapping[str, Any], command: str) -> str:
@@ -4461,7 +4460,8 @@ def resolve_path(text: str, flag: str) -> Path:
 
 
 def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence[str]) -> None:
-    """--output-file must be a file of its own: not a folder, an input of the sweep, or a file the sweep keeps."""
+    """--output-file must be a file of its own: not a folder, an input of the sweep, a file the sweep keeps, or in
+    a run folder that this sweep's folder is not in (cleanup and --rerun move or delete those whole)."""
     text = settings.output_file
     path = resolve_path(text, "--output-file")
     if text.endswith(os.sep) or path.is_dir() or path.name in ("", ".", ".."):
@@ -4479,7 +4479,8 @@ def check_output_file(settings: Settings, runs: Sequence[Run], command: Sequence
     if path == output_dir or (path.parent == output_dir and path.name.partition("~")[0] in OWNED_FILES) or \
             path.parent == output_dir / "best" or any(path.parent == run.run_dir for run in runs):
         raise UserError(f"--output-file {text!r} is a file the sweep writes itself; choose another file")
-    if folder := next((d for d in path.parents if (d / RUN_MARK).exists()), None):  # cleanup, --rerun move them
+    folder = next((d for d in path.parents if (d / RUN_MARK).exists()), None)
+    if folder and folder not in output_dir.parents:
         raise UserError(f"--output-file {text!r} is inside {folder}, a run folder of a sweep; choose another file")
 
 
@@ -4884,12 +4885,10 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
         if plan.searching:  # said now, before anything starts: a missing Optuna, a sampler or pruner that cannot run
             extra("source shared" if settings.storage else "source search").check(plan)
         cwd, command = Path.cwd(), resolve_command(settings.command or "")
-        try:
-            check_command(command, cwd)
-        except UserError as e:
-            if not settings.dry_run:
-                raise
-            print(f"train_sweep: warning: {e}: the sweep itself would refuse to start", file=sys.stderr)
+        if (problem := command_problem(command, cwd)) and not settings.dry_run:
+            raise UserError(problem)
+        if problem:  # a dry run, how a sweep is checked before it runs, says so and goes on
+            print(f"train_sweep: warning: {problem}: the sweep itself would refuse to start", file=sys.stderr)
         if settings.dry_run:
             if plan.search is None and not settings.rerun:  # what resuming in this output folder would skip
                 plan_resume(runs, plan.journal)

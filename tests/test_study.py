@@ -105,6 +105,11 @@ def test_resume_after_the_sweep_died_loses_no_trial(sweep, sig):
     assert "outputs: finished" in status and "died" not in status, status  # (and after Ctrl+C: 'interrupted', though
     listed = sweep.run("list", trainer=False).stdout  # the search had ended: its interrupted trial was asked again)
     assert re.search(r"│\s*outputs\s*│\s*finished\s*│", listed), listed
+    # a new user's pass: the trial interrupted at the first start, asked again at the second, was counted on top of
+    # the budget ('5 run(s): 5 complete, 1 interrupted'; list's interrupted 1; report outputs' 6 runs)
+    assert "5 run(s): 5 complete\n" in status, status
+    assert re.search(r"│\s*outputs\s*│\s*finished\s*│[^│]*│\s*5\s*│\s*5\s*│\s*0\s*│\s*0\s*│\s*0\s*│", listed), listed
+    assert sweep.run("report", "outputs", trainer=False).stdout.startswith("outputs: 5 run(s)")
 
 
 def test_an_oom_requeued_trial_running_at_kill_9_is_asked_again_not_lost(sweep):

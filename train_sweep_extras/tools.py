@@ -341,9 +341,15 @@ def sweep_record(folder: Path) -> dict[str, Any] | None:
 
 def of_this_sweep(latest: dict[str, Mapping[str, Any]], record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The records of the runs the sweep's last start ran (its sweep.json's names): not those of runs an earlier
-    start ran that its config no longer holds (a search's trials, and older sweeps', are all its own)."""
+    start ran that its config no longer holds. A search's trials, and older sweeps', are all its own, but those an
+    earlier start left interrupted, which the last start asked again (new trials, new folders), are history."""
     names = set(map(str, record["names"])) if isinstance(record.get("names"), list) else None
-    return latest if names is None else {name: r for name, r in latest.items() if name in names}
+    if names is not None:
+        return {name: r for name, r in latest.items() if name in names}
+    started = _parse_time(record.get("started"))
+    return latest if started is None else {name: r for name, r in latest.items() if not (
+        r.get("state") == State.INTERRUPTED.value and (_parse_time(r.get("end_time") or r.get("start_time")) or
+                                                       started) < started)}  # (killed: no end time)
 
 
 def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
