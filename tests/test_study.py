@@ -238,6 +238,24 @@ def test_grid_resumed_with_a_larger_budget_runs_each_point_once(sweep):
     assert points(sweep.results(), "x", "lr") == Counter({(x, lr): 1 for x in (0.1, 0.2, 0.3) for lr in (0.01, 0.1)})
 
 
+def test_the_counts_of_a_search_stopped_by_ctrl_c_add_up_to_its_trials(sweep):
+    """From a new user's pass: a trial interrupted by Ctrl+C is asked again at the next start, so the search gave
+    its place in the budget back at once, and the event lines counted it twice once runs ended at different ticks
+    of the loop: [complete 0 | interrupted 2 | running 0 | pending 5] for 6 trials."""
+    # no NVML: on the CPU, 4 at once; each ends term_delay seconds after its SIGTERM, at another tick of the loop
+    proc = sweep.start("--search", "random", "--n-trials", "8", "--metric", "val_loss", "--no-live",
+                       "--max-processes-per-gpu", "4", "sleep=30", "metric=0.5", "term_delay=interval(0.1,2)")
+    sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("trial00[0-3]*/run.json"))) == 4, timeout=30,
+                   what="4 trials running")
+    time.sleep(0.5)
+    interrupt(proc)
+    out, _ = proc.communicate(timeout=30)
+    lines = re.findall(r"\[([a-z]+ \d+(?: \| [a-z]+ \d+)*)\]", out)
+    assert any("interrupted 4" in line for line in lines), out
+    for line in lines:
+        assert sum(int(part.split()[1]) for part in line.split(" | ")) == 8, (line, out)
+
+
 @pytest.mark.parametrize("damage", ["deleted", "cut", "deleted_and_a_run_json_damaged"])
 def test_a_resumed_search_whose_journal_was_lost_keeps_its_finished_trials_from_their_run_json(sweep, damage):
     """The study and the run folders say which trials finished; a journal deleted or cut short (a crash, a cleanup,

@@ -488,6 +488,7 @@ class SearchSource:
         self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
         self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
+        self.interrupted = 0  # trials this start interrupted (Ctrl+C): asked again at the next
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
         self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
         # freeze-thaw (the pruner's pause): a run successive halving stops at a rung is paused, its trial left
@@ -570,7 +571,8 @@ class SearchSource:
     def pending(self) -> int:
         # a paused run that will go on is not counted: it is counted pruned until it does, and the loop gives it
         # (next) before it can see nothing pending while no run is active
-        return self._budget() + (self.ahead is not None)
+        # nor a trial interrupted now: it is counted interrupted, and asked again only at the next start
+        return max(0, self._budget() - self.interrupted) + (self.ahead is not None)
 
     def _rung(self, trial: Any) -> tuple[str, float] | None:
         """A paused trial's highest rung of successive halving and its value there (Optuna's own record of it,
@@ -677,6 +679,7 @@ class SearchSource:
         TS = self.optuna.trial.TrialState
         if run.state == State.INTERRUPTED:
             self._requeue(trial)
+            self.interrupted += 1  # (the sweep is stopping: it is asked again when the same command resumes)
             return
         values = [metric_of(run.metrics, m) for m in self.objectives]
         self.done += 1
