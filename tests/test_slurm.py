@@ -552,6 +552,31 @@ def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
     assert p.returncode == 0 and len(sweep.results()) == 2, p.stdout + p.stderr
 
 
+def test_a_job_killed_while_detached_keeps_its_duration_from_sacct(sweep, cluster):
+    """From the review: a job that ran and was cancelled while no sweep followed it (never seen running) was
+    recorded with no start and no duration, and an end at the moment the sweep re-attached; sacct has both."""
+    sweep.config({"runs": [{"n": 0, "sleep": 60}]})
+    assert run(sweep, cluster, "--detach").returncode == 0
+    sweep.wait_for(lambda: (sweep.dir / "outputs" / "n_0_sleep_60" / "fake.json").exists(), 60, "the job to run")
+    time.sleep(3)
+    for job in ours(cluster, sweep):
+        cluster.run("scancel", job, check=False)
+    sweep.wait_for(lambda: not ours(cluster, sweep), 30, "the job to end")
+    time.sleep(5)  # re-attached well after its end
+    proc = start(sweep, cluster)  # re-attached: it collects the job, then submits the run again (stopped here)
+    journal = sweep.dir / "outputs" / "journal.jsonl"
+
+    def killed() -> list[dict]:
+        lines = journal.read_text().splitlines() if journal.exists() else []
+        return [r for r in map(json.loads, lines) if r.get("state") == "failed"]
+
+    interrupted(proc, lambda: sweep.wait_for(killed, 60, "the killed job's record"), 60, "the sweep to stop")
+    assert not ours(cluster, sweep, wait=20)
+    record = killed()[0]
+    assert "cancelled outside the sweep" in record["error"], record
+    assert record["duration_seconds"] is not None and 2 <= record["duration_seconds"] < 8, record
+
+
 def test_rerun_cancels_the_jobs_an_earlier_detached_sweep_left(sweep, cluster):
     """run_sweep sets the old run folders aside for --rerun but never cancels their jobs (cancel_orphan_jobs is
     only called for a search): they keep their GPUs, and a job still queued then starts and appends its

@@ -601,7 +601,7 @@ class SlurmLauncher:
             return
         self._asks += 1
         try:
-            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList,Start", "--parsable2", "-j", ",".join(ids)],
+            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList,Start,End", "--parsable2", "-j", ",".join(ids)],
                                  capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.SubprocessError) as e:
             out = subprocess.CompletedProcess([], 1, "", str(e))
@@ -728,7 +728,9 @@ class SlurmLauncher:
             "UNKNOWN": f"Slurm no longer knows job {job} and it left no result",
         }.get(state, f"Slurm job {job} ended {state} without its command's exit code (killed: see "
                      f"{attempt.job.paths.stderr})")
-        return self._done(attempt, Outcome(None, hint=hint, error=why))
+        info = self.info.get(job, {})  # (a job that ended unwatched, never seen running: sacct's times still hold)
+        return self._done(attempt, Outcome(None, sacct_time(info.get("End")), hint=hint, error=why,
+                                           started_at=sacct_time(info.get("Start"))))
 
     def _done(self, attempt: SlurmAttempt, outcome: Outcome) -> Outcome:
         """The job has ended: what its command wrote last is read now (for observe), however short it ran."""
