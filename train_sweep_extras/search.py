@@ -569,9 +569,9 @@ class SearchSource:
                 raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
 
     def pending(self) -> int:
-        # a paused run that will go on is not counted: it is counted pruned until it does, and the loop gives it
-        # (next) before it can see nothing pending while no run is active
-        # nor a trial interrupted now: it is counted interrupted, and asked again only at the next start
+        # not counted: a paused run that will go on (counted pruned until it does; the loop gives it, next(), before
+        # it could see nothing pending with no run active), nor a trial interrupted now (counted interrupted; it is
+        # asked again at the next start)
         return max(0, self._budget() - self.interrupted) + (self.ahead is not None)
 
     def _rung(self, trial: Any) -> tuple[str, float] | None:
