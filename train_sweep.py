@@ -758,7 +758,8 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 SPEC_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("a string", lambda v: isinstance(v, str)), "abbrev": ("a string", lambda v: isinstance(v, str)),
-    "grid": ("a non-empty list of values", lambda v: isinstance(v, list) and bool(v))}
+    "grid": ("a non-empty list of values, none twice", lambda v: isinstance(v, list) and len(v) == len(
+        {canonical_json(x) for x in v}) > 0)}
 RUN_SETTINGS = ("gpus_per_run", "gpu_memory_gb")  # in the object form's run entries: settings, not hyperparameters
 
 

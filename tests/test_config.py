@@ -326,6 +326,15 @@ def _billion_grid(sweep) -> None:
     sweep.config({"grid": {"a": values, "b": values, "c": values}})
 
 
+def test_a_value_listed_twice_in_a_config_grid_is_named(sweep):
+    """From a new user's pass: {"grid": {"lr": [1, 1]}} said "'runs' entry [0] with lr=1 and 'runs' entry [0] with
+    lr=1 are identical runs": the file has no 'runs', and one entry was named twice."""
+    sweep.config({"grid": {"lr": [1, 1], "depth": [2]}})
+    p = sweep.run("--dry-run")
+    assert_one_line_error(p, "train_sweep_config.json: 'grid' value of 'lr' must be a non-empty list of values, none "
+                             "twice")
+
+
 def test_a_billion_run_grid_is_refused_fast(sweep):
     """issue 16: a grid of 10^9 combinations was expanded in memory (minutes, then MemoryError; here under
     a 2 GB address-space cap). Contract: exit 2 within ~10 s, one line with the count and --max-runs."""
