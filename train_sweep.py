@@ -4897,8 +4897,8 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
             return EXIT_OK
         check_output_file(settings, runs, command)
         backend.check()  # before anything is written (a cluster that does not answer)
-        check_writable(Path(settings.output_dir), "output folder")
-        check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")
+        check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")  # (first: it most
+        check_writable(Path(settings.output_dir), "output folder")  # often exists; a refusal leaves no new folder)
         return run_sweep(plan, backend, cwd)
     finally:
         if backend is not None:

@@ -122,6 +122,10 @@ def test_output_folder_that_is_a_file(sweep):
     (sweep.dir / "afile").write_text("")
     check_refused(sweep.run("--output-dir", "afile/out"), "afile/out: output folder cannot be written")
     check_refused(sweep.run("--output-file", "afile/results.json"), "folder of --output-file cannot be written")
+    # a new user's pass: refused over its --output-file, the sweep had made its new --output-dir already
+    check_refused(sweep.run("--output-dir", "o6", "--output-file", "afile/results.json"),
+                  "folder of --output-file cannot be written")
+    assert not (sweep.dir / "o6").exists()
 
 
 @pytest.mark.parametrize(
