@@ -411,7 +411,8 @@ def test_status_shows_runs_running_again_and_runs_never_started(sweep):
     sweep.run("--no-live", "--command", f"python {bad}", "--output-dir", "ff", "x=1,2,3,4,5,6,7,8", trainer=False)
     p = sweep.run("status", "ff", trainer=False)  # stopped by fail fast: not "finished"
     assert "ff: stopped with 5 run(s) not started: run the same command to resume" in p.stdout, p.stdout
-    assert re.search(r"│\s*ff\s*│\s*interrupted\s*│", sweep.run("list", "ff", trainer=False).stdout)
+    # a new user's pass: list said 'interrupted' for it (no run was); it says what status says
+    assert re.search(r"│\s*ff\s*│\s*stopped early\s*│", sweep.run("list", "ff", trainer=False).stdout)
 
 
 def test_status_best_is_never_a_deleted_run(finished):

@@ -539,15 +539,15 @@ def sweep_state(folder: Path, latest: Mapping[str, Mapping[str, Any]], total: in
                 ended: str | None = None) -> str:
     """running (the train_sweep of its lock file lives), detached (no sweep lives, and a run.json names a
     Slurm job it left running), dead (a run.json still says running, and no sweep lives: it was killed),
-    finished (its sweep.json says so: `ended`), interrupted (a run's last record is interrupted), else
-    finished. Read without taking the lock: a sweep starting now must not find it taken."""
+    finished or stopped early (its sweep.json says so: `ended`), interrupted (a run's last record is interrupted),
+    else finished. Read without taking the lock: a sweep starting now must not find it taken."""
     if sweep_alive(folder) is not None:
         return "running"
     for record in run_jsons(folder):
         if record.get("state") == State.RUNNING.value:
             return "detached" if record.get("slurm_job_id") else "dead"
-    if ended == "finished":  # (a search's interrupted trials, asked again, are history)
-        return ended
+    if ended in ("finished", "stopped early"):  # (a search's interrupted trials, asked again, are history)
+        return ended  # (stopped early: fail fast, with runs not started; the same command resumes it)
     if any(r.get("state") == State.INTERRUPTED.value for r in latest.values()) or len(latest) < total:
         return "interrupted"  # (or stopped early: runs were not started)
     return "finished"
