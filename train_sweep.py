@@ -4530,7 +4530,7 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         if key in plain and key in set_values:
             raise UserError(f"--set {key}=... and the override {key}=... both set {key!r}: give it once")
     if settings.configs and cli_sweeps:
-        raise UserError("sweep overrides (a=1,2) cannot be combined with --configs; use --set")
+        raise UserError(f"the sweep override {next(iter(cli_sweeps))}=... cannot be combined with --configs; use --set")
     if settings.configs:
         entries = select_entries(expand_config_files(settings.configs, values), settings.max_runs, settings.shuffle,
                                  settings.seed)

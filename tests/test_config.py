@@ -199,6 +199,9 @@ def test_configs_batch_with_globs_and_set(sweep):
     assert sweep.results()[0]["config_file"] == "cfg/easy_first.py"
     p = sweep.run("--configs", "cfg/*.yaml")
     assert p.returncode == 2 and "--configs 'cfg/*.yaml': no file matches" in p.stderr
+    # a new user's pass: the refusal gave a fixed example ('sweep overrides (a=1,2)'), not the key typed
+    assert_one_line_error(sweep.run("--configs", "cfg/*.py", "lr=1,2", "--dry-run"),
+                          "the sweep override lr=... cannot be combined with --configs; use --set")
 
 
 def test_configs_sweep_does_not_name_the_default_config_file(sweep):
