@@ -4915,11 +4915,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         import difflib
         if message.startswith("unrecognized arguments:"):
-            options = [o for action in self._actions for o in action.option_strings]
+            options = {o.lstrip("-"): o for action in self._actions for o in action.option_strings}  # (not '--')
             for word in message.split(":", 1)[1].split():
-                guess = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
-                if word.startswith("-") and guess:
-                    message += f" (did you mean {guess[0]}?)"
+                guess = difflib.get_close_matches(word.split("=")[0].lstrip("-"), list(options), n=1, cutoff=0.6)
+                if word.startswith("-") and (guess or "=" in word):
+                    message += f" (did you mean {options[guess[0]] if guess else word.lstrip('-') + ', an override'}?)"
                     break
         self.exit(EXIT_BAD_INPUT, f"train_sweep: error: {message} (see --help)\n")
 

@@ -150,6 +150,11 @@ def test_bad_flags(sweep, args, fragment):
 def test_a_misspelled_flag_suggests_the_right_one(sweep):
     p = sweep.run("--metrc", "loss")
     assert p.returncode == 2 and "(did you mean --metric?)" in p.stderr and len(p.stderr.splitlines()) == 1
+    # a new user's pass: '--lr=3' (a hyperparameter given as a flag) was told 'did you mean --help?', as every
+    # flag shares the '--' with it
+    p = sweep.run("--lr=3")
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "train_sweep: error: unrecognized arguments: --lr=3 (did you mean lr=3, an override?) (see --help)"), p.stderr
 
 
 def test_dict_value_with_an_unpassable_key(sweep):
