@@ -779,6 +779,12 @@ def test_a_warm_start_from_a_study_whose_search_record_is_damaged_is_one_line(sw
                   trainer=False)
     check_refused(p, "--warm-start first:", "study.log")
     assert not (sweep.dir / "second.json").exists()
+    # a new user's pass: refused after the new output folder was made and locked, it left that folder behind
+    assert not (sweep.dir / "second").exists()
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "2", "--metric", "loss", "--no-live",
+                  "--output-dir", "third", "--warm-start", "nowhere", *space, trainer=False)
+    check_refused(p, "--warm-start nowhere: no study.log there")
+    assert not (sweep.dir / "third").exists()
 
 
 def test_tpe_models_the_results_once_8_trials_have_finished(sweep):

@@ -832,6 +832,10 @@ class SearchSetup:
         make_pruner(optuna, *pruner_of(settings, search))
         if search is not None:
             make_sampler(optuna, search, 0, len(settings.modes))
+        study = Path(settings.output_dir) / STUDY  # --warm-start for a new study: a refusal leaves no output folder
+        if settings.warm_start and search is not None and (not study.exists() or study.stat().st_size == 0):
+            objectives = settings.metric[: len(settings.modes)]
+            warm_start(optuna, Path(settings.warm_start), search, objectives, settings.modes, lambda line: None)
 
     def __init__(self, plan: Plan, journal: Journal, say: Callable[[str], None]) -> None:
         self.plan, self.journal = plan, journal
