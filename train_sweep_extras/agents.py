@@ -503,7 +503,7 @@ class SharedSource(SearchSource):
             self.records[trial.number] = {**run_record(run, tails=False), "host": socket.gethostname()}
         super().finished(run)
 
-    def _requeue(self, trial: Any) -> None:
+    def _requeue(self, trial: Any, ran: bool = False) -> None:
         attrs = dict(trial.user_attrs) if hasattr(trial, "user_attrs") else {}
         try:
             self.shared.call(lambda: requeue_shared(self.study, trial, trial.params if self.search else None,
@@ -511,7 +511,7 @@ class SharedSource(SearchSource):
         except Unreachable:
             return  # its heartbeat stops: another agent takes it over after the grace period
         self.requeued.add(trial.number)
-        self.counted -= 1
+        self.counted -= not ran  # (as SearchSource._requeue)
 
     def status(self) -> str | None:
         s = self.shared

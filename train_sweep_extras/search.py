@@ -488,7 +488,6 @@ class SearchSource:
         self.counted = sum(1 for t in trials if t.state != TS.WAITING and t.number not in self.requeued)
         self.done = sum(1 for t in trials if t.state.is_finished() and t.number not in self.requeued)
         self.pruned = sum(1 for t in trials if t.state == TS.PRUNED)
-        self.interrupted = 0  # trials this start interrupted (Ctrl+C): asked again at the next
         self.best: tuple[float, dict[str, Any], str, list[str]] | None = None  # value, params, name, argv
         self.front: list[Any] | None = None  # the Pareto front of a multi-objective search, once read
         # freeze-thaw (the pruner's pause): a run successive halving stops at a rung is paused, its trial left
@@ -569,10 +568,9 @@ class SearchSource:
                 raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
 
     def pending(self) -> int:
-        # not counted: a paused run that will go on (counted pruned until it does; the loop gives it, next(), before
-        # it could see nothing pending with no run active), nor a trial interrupted now (counted interrupted; it is
-        # asked again at the next start)
-        return max(0, self._budget() - self.interrupted) + (self.ahead is not None)
+        # a paused run that will go on is not counted: it is counted pruned until it does (the loop gives it, next(),
+        # before it could see nothing pending with no run active)
+        return self._budget() + (self.ahead is not None)
 
     def _rung(self, trial: Any) -> tuple[str, float] | None:
         """A paused trial's highest rung of successive halving and its value there (Optuna's own record of it,
@@ -678,8 +676,7 @@ class SearchSource:
             return
         TS = self.optuna.trial.TrialState
         if run.state == State.INTERRUPTED:
-            self._requeue(trial)
-            self.interrupted += 1  # (the sweep is stopping: it is asked again when the same command resumes)
+            self._requeue(trial, ran=True)
             return
         values = [metric_of(run.metrics, m) for m in self.objectives]
         self.done += 1
@@ -699,14 +696,16 @@ class SearchSource:
         if target is not None and value is not None and (value <= target if self.modes[0] == "min" else value >= target):
             self._stop(f"{self.objectives[0]}={value:g} reached the target {target:g}")
 
-    def _requeue(self, trial: Any) -> None:
-        """A trial whose run did not end on its own: failed, not counted, and (in a search) asked again."""
+    def _requeue(self, trial: Any, ran: bool = False) -> None:
+        """A trial whose run did not end on its own: failed, and (in a search) asked again at the next start, which
+        counts it no more. One that never started gives its place in the budget back now; one that ran (interrupted:
+        the sweep is stopping) keeps it in this start's counts, where its run is counted interrupted."""
         try:
             requeue(self.study, trial.number, trial.params if self.search is not None else None)
         except OSError as e:
             raise OutputError(f"cannot write the study {self.path}: {e.strerror or e}") from None
         self.requeued.add(trial.number)
-        self.counted -= 1
+        self.counted -= not ran
 
     def _note_best(self, values: Sequence[float] | None, params: Mapping[str, Any], name: str,
                    attrs: Mapping[str, Any]) -> None:
