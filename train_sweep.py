@@ -2293,11 +2293,15 @@ class RunCgroups:
         return path
 
     @staticmethod
-    def join(path: Path, pid: int) -> None:
-        """Move a run's main process into its cgroup once it started (what it forked before is tracked by group and
-        marker). Not in the child before exec: a preexec_fn makes Python fork the slow way (15% of dispatch)."""
-        with suppress(OSError):
-            (path / "cgroup.procs").write_text(str(pid))
+    def argv(path: Path | None, argv: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
+        """The run's command, run by a shell that first moves itself into the run's cgroup, so a daemon forked at
+        once is in it too (not a preexec_fn: Python then forks the slow way, bench/README.md). What cannot start
+        is refused here, as Popen would, not left to the shell's exit 126 or 127."""
+        if path is None:
+            return argv
+        if shutil.which(str(cwd / argv[0]) if os.sep in argv[0] else argv[0], path=env.get("PATH", os.defpath)) is None:
+            raise OSError("not found or not executable")
+        return ["/bin/sh", "-c", 'echo 0 2>/dev/null >"$0"; exec "$@"', str(path / "cgroup.procs"), *argv]
 
     @staticmethod
     def pids(path: Path) -> list[int]:
@@ -2310,11 +2314,9 @@ class RunCgroups:
 
     def signal(self, path: Path, sig: int) -> None:
         if sig == signal.SIGKILL:
-            with suppress(OSError):
-                (path / "cgroup.kill").write_text("1")  # Linux 5.14+: every process, atomically
+            with suppress(OSError): (path / "cgroup.kill").write_text("1")  # Linux 5.14+: all, atomically
         for pid in self.pids(path):
-            with suppress(OSError):
-                os.kill(pid, sig)
+            with suppress(OSError): os.kill(pid, sig)
 
     @staticmethod
     def remove(path: Path | None) -> None:
@@ -2523,8 +2525,8 @@ class LocalLauncher:
                 raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
             env, cgroup = self.env(run, gpus), self.cgroups.make(run)
             try:
-                popen = subprocess.Popen(run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=err, start_new_session=True)
+                popen = subprocess.Popen(self.cgroups.argv(cgroup, run.argv, self.cwd, env), cwd=self.cwd, env=env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             except OSError as e:
                 follower.close()
                 self.cgroups.remove(cgroup)
@@ -2532,8 +2534,6 @@ class LocalLauncher:
                 with suppress(OSError), open(run.stderr_log, "a") as f:
                     f.write(f"train_sweep: {message}\n")
                 raise LaunchError(message) from None
-        if cgroup is not None:
-            self.cgroups.join(cgroup, popen.pid)
         proc = Proc(run, popen, env["TRAIN_SWEEP_RUN_ID"], follower, cgroup)
         run.pgid = proc.pgid
         self.procs.add(proc)

@@ -479,6 +479,29 @@ def test_a_daemon_that_cleared_its_environment_does_not_outlive_its_run(sweep):
             os.kill(daemon, signal.SIGKILL)
 
 
+def test_a_daemon_started_in_the_first_instant_of_a_run_is_in_its_cgroup(sweep):
+    """A run that daemonizes at once (a shell script, the daemon forked a millisecond after exec, its session and
+    environment left) is found by the run's cgroup: the run is in its cgroup before its program runs, not moved
+    there once the sweep gets to it (a race CI lost under load)."""
+    script = sweep.dir / "daemonize.sh"
+    script.write_text('#!/bin/sh\nsetsid env -i sh -c \'echo $$ > "$0"; exec sleep 3600\' "$TRAIN_SWEEP_RUN_DIR/d.pid" &\n'
+                      'while [ ! -s "$TRAIN_SWEEP_RUN_DIR/d.pid" ]; do sleep 0.01; done\n')
+    script.chmod(0o755)
+    sweep.gpus.set(count=1)
+    sweep.config([{"n": i} for i in range(5)])
+    p = sweep.run("--no-live", "--command", "./daemonize.sh", trainer=False)
+    daemons = [int((sweep.dir / "outputs" / f"n_{i}" / "d.pid").read_text()) for i in range(5)]
+    try:
+        if not _cgroups_available(sweep):
+            pytest.skip("no cgroup v2 the sweep may write to (the README's fallback applies)")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert all_dead(daemons, 5), "a daemon outlived its run"
+    finally:
+        for pid in daemons:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_daemon_does_not_outlive_a_killed_sweep(sweep):
     """issue 16 item 7: kill -9 of the sweep: the guardian ends the daemon through the run's cgroup."""
     sweep.gpus.set(count=1)
