@@ -1586,8 +1586,7 @@ class NvmlProbe:
         return GpuReading(i, self.name(i), mem.used / MB, mem.total / MB, util, frozenset(pid_mb), pid_mb)
 
     def close(self) -> None:
-        with suppress(Exception):
-            self._nvml.nvmlShutdown()
+        with suppress(Exception): self._nvml.nvmlShutdown()
 
 
 def open_probe() -> tuple[NvmlProbe | None, str]:
@@ -1692,12 +1691,12 @@ def pick_gpus(gpus: Sequence[int], running: Mapping[int, int], readings: Mapping
               limits: Mapping[int, int] | None = None) -> tuple[tuple[int, ...] | None, str]:
     """Choose the GPU(s) for the next run, or None and why it must wait.
 
-    A GPU takes a run while this sweep runs fewer than `max_per_gpu` on it (`limits`, auto: its own; none for a
-    run of n > 1 GPUs), its used memory (everyone's) is below the threshold and its reading is not stale after a
-    launch: lowest memory use first, then fewest processes, then lowest index. Without readings: fewest runs of
-    ours, then lowest index. `need_mb` (gpu_memory_gb): free memory less what recent runs declared but have not
-    allocated (`pending_mb`) must cover it (no settle wait then). `min_free_mb` (after an OOM): more free memory
-    than that, or an empty GPU."""
+    A GPU takes a run while this sweep runs fewer than `max_per_gpu` on it (`limits`, auto: its own; none for a run
+    of n > 1 GPUs), its used memory (everyone's) is below the threshold and its reading is not stale after a launch:
+    lowest memory use first, then fewest processes, then lowest index. Without readings: fewest runs of ours, then
+    lowest index. `need_mb` (gpu_memory_gb): free memory less what recent runs declared but have not allocated
+    (`pending_mb`) must cover it (no settle wait then). `min_free_mb` (after an OOM): more free memory than that, or
+    an empty GPU."""
     total = sum(running.values())
     if policy.max_parallel is not None and total >= policy.max_parallel:
         return None, f"--max-parallel {policy.max_parallel} reached"
@@ -2177,8 +2176,7 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
 
         for sig, wait in ((signal.SIGTERM, float(grace)), (signal.SIGKILL, 5.0)):
             for p in ours():
-                with suppress(psutil.Error):
-                    p.send_signal(sig)
+                with suppress(psutil.Error): p.send_signal(sig)
             end = time.monotonic() + wait
             while time.monotonic() < end and ours():
                 time.sleep(0.1)
@@ -2321,8 +2319,7 @@ class RunCgroups:
     @staticmethod
     def remove(path: Path | None) -> None:
         if path is not None:
-            with suppress(OSError):
-                path.rmdir()
+            with suppress(OSError): path.rmdir()
 
     def close(self) -> None:
         """Remove the sweep's cgroups (the guardian may have removed them already: it does on its way out)."""
@@ -2541,30 +2538,26 @@ class LocalLauncher:
             self.guardian.add(proc.pgid)
         return proc
 
-    def poll(self, handle: Proc) -> Outcome | None:
-        proc = handle
+    def poll(self, proc: Proc) -> Outcome | None:
         now = time.monotonic()
-        if proc.exited_at is None:
-            rc = proc.popen.poll()
-            if rc is None:
-                return None
+        exited = proc.exited_at is None and (rc := proc.popen.poll()) is not None
+        if exited:
             proc.returncode, proc.exited_at, proc.exited_wall = rc, now, time.time()
-            if not self._leftovers_alive(proc):
-                return self._ended(proc)
-            self._signal_tree(proc, signal.SIGTERM)
-            proc.kill_at = now + self.kill_grace
+        if proc.exited_at is None:
             return None
         if not self._leftovers_alive(proc):
             return self._ended(proc)
-        if proc.kill_at is not None and now >= proc.kill_at:
+        if exited:  # its main process exited: what it left gets SIGTERM, then SIGKILL after the grace period
+            self._signal_tree(proc, signal.SIGTERM)
+            proc.kill_at = now + self.kill_grace
+        elif proc.kill_at is not None and now >= proc.kill_at:
             self._signal_tree(proc, signal.SIGKILL)
             proc.kill_at = now + 5.0
             if now - proc.exited_at > self.kill_grace + 10:
                 return self._ended(proc, f"warning: {proc.run.name} left processes that cannot be ended")
         return None
 
-    def stop(self, handle: Proc, hard: bool) -> bool:
-        proc = handle
+    def stop(self, proc: Proc, hard: bool) -> bool:
         if proc.exited_at is None and proc.popen.poll() is not None:
             return False  # it exited on its own just now: poll() records it with its own exit code
         if proc.exited_at is not None and not hard:
@@ -2651,12 +2644,10 @@ class LocalLauncher:
         import psutil
         procs = self._adopted(proc)
         if proc.exited_at is None:
-            with suppress(psutil.Error):
-                procs.extend(psutil.Process(proc.popen.pid).children(recursive=True))
+            with suppress(psutil.Error): procs.extend(psutil.Process(proc.popen.pid).children(recursive=True))
         signal_group(proc.pgid, sig)
         for p in procs:
-            with suppress(psutil.Error):
-                p.send_signal(sig)
+            with suppress(psutil.Error): p.send_signal(sig)
         if proc.cgroup is not None:
             self.cgroups.signal(proc.cgroup, sig)
 
@@ -2717,8 +2708,7 @@ def write_json_atomic(path: Path, data: Any, fsync: bool = True, compact: bool =
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
+        with suppress(OSError): tmp.unlink()
         raise
 
 
@@ -3185,8 +3175,7 @@ def lock_output_dir(output_dir: Path, wait_s: float = LOCK_WAIT_S) -> int:
             said = True
         time.sleep(0.1)
         lock = try_lock(output_dir)
-    with suppress(OSError):
-        (output_dir / LOCK).write_text(f"{os.getpid()}\n")
+    with suppress(OSError): (output_dir / LOCK).write_text(f"{os.getpid()}\n")
     return lock
 
 
@@ -3216,8 +3205,7 @@ def lock_results_file(output_file: Path) -> int:
         raise UserError(f"{path}: cannot lock the results file ({e.strerror or e})") from None
     if lock is None:
         holder = "unknown"
-        with suppress(OSError):
-            holder = path.read_text().strip() or "unknown"
+        with suppress(OSError): holder = path.read_text().strip() or "unknown"
         raise UserError(f"{output_file}: another train_sweep (PID {holder}) writes its results to this file; "
                         "pass --output-file to give this sweep its own")
     try:
@@ -3494,17 +3482,14 @@ class LiveReporter(Reporter):
         except (OSError, ValueError):
             self.silent = True
         if self.on_screen is not None and not self.silent:  # someone to give the terminal back after a kill -9
-            with suppress(OSError, ValueError, AttributeError):
-                self.on_screen(os.ttyname(self.stream.fileno()))
+            with suppress(OSError, ValueError, AttributeError): self.on_screen(os.ttyname(self.stream.fileno()))
         self.tick(progress)
 
     def tick(self, progress: Progress) -> None:
-        self._last = progress
-        now = time.monotonic()
-        if self._live is None or now < self._next_draw:
-            return
-        self._next_draw = now + self.refresh_s
-        self._draw(progress)
+        self._last, now = progress, time.monotonic()
+        if self._live is not None and now >= self._next_draw:
+            self._next_draw = now + self.refresh_s
+            self._draw(progress)
 
     def end(self) -> None:
         if self._live is not None:
@@ -3876,8 +3861,7 @@ class MetricFeed:
         self._jsonl_at[run] = (at, skipping)
         points = []
         for line in b"".join(chunks).splitlines():
-            with suppress(ValueError, RecursionError):
-                points.append(self.reader.from_json(json.loads(line)))
+            with suppress(ValueError, RecursionError): points.append(self.reader.from_json(json.loads(line)))
         return [p for p in points if p is not None]
 
 
@@ -4440,7 +4424,9 @@ def resolve_gpus(settings: Settings) -> tuple[list[int], NvmlProbe | None, str]:
     return list(ids), probe, ""
 
 
-def check_writable(folder: Path, what: str) -> None:
+def check_writable(folder: Path, what: str) -> Path | None:
+    """Make the folder (and its parents) where need be, and see that it can be written; the first folder made."""
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".train_sweep_write_test.{os.getpid()}"
@@ -4448,6 +4434,17 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"{folder}: {what} cannot be written ({e.strerror or e})") from None
+    return made
+
+
+def remove_made(top: Path | None) -> None:
+    """A sweep refused as it began leaves no folder it made: they hold only its locks (files with its PID)."""
+    for folder, _, files in os.walk(top, topdown=False) if top else ():
+        with suppress(OSError):
+            for lock in (Path(folder, n) for n in files if n.endswith(".lock")):
+                if lock.read_text().strip() == str(os.getpid()):
+                    lock.unlink()
+            os.rmdir(folder)
 
 
 def resolve_path(text: str, flag: str) -> Path:
@@ -4897,9 +4894,13 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
             return EXIT_OK
         check_output_file(settings, runs, command)
         backend.check()  # before anything is written (a cluster that does not answer)
-        check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file")  # (first: it most
-        check_writable(Path(settings.output_dir), "output folder")  # often exists; a refusal leaves no new folder)
-        return run_sweep(plan, backend, cwd)
+        made = [check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file"),  # (first:
+                check_writable(Path(settings.output_dir), "output folder")]  # it most often exists)
+        try:
+            return run_sweep(plan, backend, cwd)
+        except UserError:
+            for folder in made: remove_made(folder)
+            raise
     finally:
         if backend is not None:
             backend.close()
@@ -4991,8 +4992,7 @@ def cli() -> None:
         say_error("interrupted")
         code = EXIT_INTERRUPTED
     for stream in (sys.stdout, sys.stderr):
-        with suppress(OSError, ValueError):
-            stream.flush()
+        with suppress(OSError, ValueError): stream.flush()
     os._exit(code)
 
 

@@ -361,6 +361,9 @@ def test_second_sweep_on_the_same_output_folder_is_refused(sweep):
     p = sweep.run(timeout=20)
     assert p.returncode == 2
     assert f"another train_sweep (PID {first.pid}) is running a sweep in this output folder" in p.stderr
+    p = sweep.run("--output-file", "new/deeper/results.json", timeout=20)
+    assert p.returncode == 2 and "another train_sweep" in p.stderr, p.stderr
+    assert not (sweep.dir / "new").exists(), "the refused sweep left the folder it made for --output-file"
     first.kill()  # its lock dies with it: the next sweep takes over
     first.communicate()
     assert all_dead(run_pids(sweep), 10)
@@ -414,6 +417,7 @@ def test_second_sweep_writing_the_same_results_file_is_refused(sweep):
     assert len(lines) == 1 and "train_sweep_results.json" in lines[0], p.stderr
     assert len(sweep.started()) == 2, f"the refused sweep launched runs: {sweep.started()}"
     assert not list((sweep.dir / "out_b").glob("*/fake.json"))
+    assert not (sweep.dir / "out_b").exists(), "the refused sweep left the output folder it made"
     assert first.returncode == 0, out + err
     results = sweep.results()
     assert [r["model_name"] for r in results] == ["n_0_sleep_3", "n_1_sleep_3"]
