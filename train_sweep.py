@@ -702,9 +702,11 @@ def check_hyperparams(hyperparams: Mapping[str, Any], where: str) -> None:
         check_value(value, f"{where}: {key!r}")
 
 
-def _json_type(value: Any) -> str:  # (isinstance: the config's objects are read as a subclass of dict)
+def _json_type(value: Any) -> str:
+    """A config value as typed (0, [1], 'x'), or its kind where that is long (objects: a subclass of dict)."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     names = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", type(None): "null"}
-    return next((name for kind, name in names.items() if isinstance(value, kind)), "a number")
+    return text if len(text) <= 40 else next((n for kind, n in names.items() if isinstance(value, kind)), "a number")
 
 
 def canonical_json(value: Any) -> str:
@@ -767,8 +769,7 @@ def check_field(key: str, value: Any, where: str) -> Any:
     """The value of a config key, as SPEC_FIELDS and SPEC_VALUES say it must be (else a UserError)."""
     what, ok = SPEC_FIELDS[key]
     if not ok(value):
-        shown = repr(value) if isinstance(value, str) else _json_type(value)
-        raise UserError(f"{where}: {key!r} must be {what}, got {shown}")
+        raise UserError(f"{where}: {key!r} must be {what}, got {_json_type(value)}")
     if key in SPEC_VALUES:
         what, ok = SPEC_VALUES[key]
         for name, item in value.items():
@@ -1331,12 +1332,14 @@ def template_name(template: str, hyperparams: Mapping[str, Any], index: int) -> 
     """--name-template "{env}_lr{training.lr}": fields are hyperparameter keys and {index}, cleaned as in names."""
     def field(m: re.Match[str]) -> str:
         key = m.group(1)
+        if not key or not m.group(0).endswith("}"):  # '{p', 'p}', '{}'
+            raise UserError(f"--name-template {template!r}: each {{ and }} goes around a hyperparameter key or index")
         if key == "index":
             return str(index)
         if key not in hyperparams:
             raise UserError(f"--name-template: run [{index}] has no hyperparameter {key!r}")
         return format_value(hyperparams[key])
-    return clean(re.sub(r"\{([^{}]+)\}", field, template)) or "run"
+    return clean(re.sub(r"\{([^{}]*)\}?|\}", field, template)) or "run"
 
 
 def render_args(hyperparams: Mapping[str, Any], style: str) -> list[str]:
@@ -1818,10 +1821,9 @@ class GpuPool:
 
     def unplaceable(self, run: Run) -> str | None:
         """Why the run can never start here (GPUs were taken out), or None."""
-        if run.gpus_needed <= len(self.gpus):
-            return None
-        return (f"it needs {run.gpus_needed} GPUs and {len(self.gpus)} are left (the others were taken out: their NVML "
-                "calls failed)")
+        return None if run.gpus_needed <= len(self.gpus) else (
+            f"it needs {run.gpus_needed} GPUs and {len(self.gpus)} are left (the others were taken out: their NVML "
+            "calls failed)")
 
     def read(self, now: float) -> dict[int, GpuReading] | None:
         """This tick's NVML reading (None: slots only); an idle GPU whose calls keep failing is taken out
@@ -2284,11 +2286,10 @@ class RunCgroups:
         if self.root is None:
             return None
         path = self.root / f"run-{run.index}-{run.attempt}"
-        try:
+        with suppress(OSError):
             path.mkdir(exist_ok=True)
-        except OSError:
-            return None
-        return path
+            return path
+        return None
 
     @staticmethod
     def argv(path: Path | None, argv: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
@@ -2655,11 +2656,10 @@ class LocalLauncher:
         """After the main process exited: does any process of the run remain (zombies reaped first)?"""
         children = own_children() - self._exclude() if self.subreaper else set()
         for pid in list(children):  # adopted orphans: collect their exit status so they do not linger as zombies
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    children.discard(pid)
-            except ChildProcessError:
-                children.discard(pid)
+            with suppress(ChildProcessError):  # (one that is not our child any more is gone too)
+                if os.waitpid(pid, os.WNOHANG)[0] != pid:
+                    continue  # alive
+            children.discard(pid)
         if signal_group(proc.pgid, 0) or (proc.cgroup is not None and self.cgroups.pids(proc.cgroup)):
             return True
         if not children:

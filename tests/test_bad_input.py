@@ -22,11 +22,11 @@ from train_sweep import UserError, load_spec, parse_gpu_ids
     [
         ('[{"lr": 0.1},\n {"lr": }]', ["train_sweep_config.json: invalid JSON at line 2, column 9"]),
         ('{"lr": 0.1}', ["train_sweep_config.json: unknown key 'lr' (known: command, arg_style"]),
-        ('"runs"', ["expected a JSON array of runs or an object, got a string"]),
+        ('"runs"', ["expected a JSON array of runs or an object, got 'runs'"]),
         ("[]", ["the list of runs is empty"]),
-        ('[{"lr": 1}, 5]', ["entry [1] must be an object of hyperparameters, got a number"]),
-        ('[{"lr": 1}, ["a"]]', ["entry [1] must be an object", "got an array"]),
-        ('{"runs": {}}', ["'runs' must be a non-empty array of objects, got an object"]),  # it said "a number"
+        ('[{"lr": 1}, 5]', ["entry [1] must be an object of hyperparameters, got 5"]),
+        ('[{"lr": 1}, ["a"]]', ["entry [1] must be an object", "got [\"a\"]"]),
+        ('{"runs": {}}', ["'runs' must be a non-empty array of objects, got {}"]),  # it said "a number"
         ('[{"": 1}]', ["entry [0] has an empty key"]),
         ('[{"learning rate": 1}]', ["entry [0]: key 'learning rate' may not contain spaces"]),
         ('[{"a=b": 1}]', ["entry [0]: key 'a=b'"]),
@@ -328,6 +328,15 @@ def test_run_named_like_a_file_the_sweep_owns_is_refused(sweep, name):
     sweep.config([{"a": 1}])
     p = cli(sweep, "--name-template", name)
     assert_one_line_error(p, name)
+    assert not sweep.events()
+
+
+@pytest.mark.parametrize("template", ["{p", "a}", "lr{}", "{a{b}"])
+def test_name_template_with_a_brace_without_its_pair_is_refused(sweep, template):
+    """'{p' named every run 'p' (the brace dropped by the name's cleaning): a typo the user never saw."""
+    sweep.config([{"p": 1}, {"p": 2}])
+    p = cli(sweep, "--name-template", template)
+    assert_one_line_error(p, f"--name-template {template!r}: each {{ and }} goes around a hyperparameter key")
     assert not sweep.events()
 
 

@@ -503,7 +503,7 @@ def test_auto_without_nvml_is_a_one_line_error(sweep):
 
 @pytest.mark.parametrize("value, error", [
     ('"many"', "'max_processes_per_gpu' must be a whole number >= 1 or \"auto\", got 'many'"),
-    ("0", "'max_processes_per_gpu' must be a whole number >= 1 or \"auto\", got a number"),
+    ("0", "'max_processes_per_gpu' must be a whole number >= 1 or \"auto\", got 0"),
 ])
 def test_a_bad_max_processes_per_gpu_in_the_config_is_named(sweep, value, error):
     sweep.gpus.set(count=1)

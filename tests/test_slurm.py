@@ -297,7 +297,7 @@ def test_scontrol_requeue_of_a_running_job_is_survived(sweep, slurm_cluster):
       "x=interval(0, 1)"], None,
      "--detach submits a list and exits; a search"),
     (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": {"time": "1h"}},
-     "'slurm' key 'time' must be a number of minutes > 0, got a string"),
+     "'slurm' key 'time' must be a number of minutes > 0, got '1h'"),
     (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": {"partiton": "gpu"}}, "partiton"),
     (["--backend", "slurm"], {"runs": [{"a": 1}], "slurm": []}, "'slurm' must be an object"),
     (["--backend", "cloud"], None, "invalid choice: 'cloud'"),
