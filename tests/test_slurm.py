@@ -529,6 +529,31 @@ def test_status_of_a_detached_sweep_says_its_jobs_run(sweep, cluster):
             cluster.run("scancel", job, check=False)
 
 
+def test_status_of_a_detached_sweep_whose_job_was_cancelled(sweep, cluster):
+    """A detached sweep's job cancelled with scancel leaves no result: status counted it running or queued with
+    Slurm for ever (it did not ask Slurm). It asks sacct now: the job ended, the same command collects it."""
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 120}})
+    p = run(sweep, cluster, "--detach")
+    assert p.returncode == 0, p.stdout + p.stderr
+    try:
+        sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/fake.json"))) == 2, 60, "the jobs to run")
+        job = json.loads((sweep.dir / "outputs" / "n_0" / "run.json").read_text())["slurm_job_id"]
+        cluster.run("scancel", job)
+        sweep.wait_for(lambda: len(ours(cluster, sweep)) == 1, 60, "the cancelled job to go")
+        said = "2 run(s): 1 ended with Slurm, not collected yet, 1 running or queued with Slurm"
+        statuses = []  # (sacct reads Slurm's accounting, which learns of the end a moment later)
+
+        def says_it() -> bool:
+            statuses.append(sweep.run("status", "outputs", trainer=False, **slurm_env(cluster)))
+            return said in statuses[-1].stdout
+
+        sweep.wait_for(says_it, 30, "status to say the job ended")
+        assert statuses[-1].returncode == 0, statuses[-1].stdout + statuses[-1].stderr
+    finally:
+        for job in ours(cluster, sweep):
+            cluster.run("scancel", job, check=False)
+
+
 def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
     """From the Slurm pass: once a detached sweep's jobs had ended, status still counted them running or queued
     with Slurm, and report said only that there was no results file. Both now say the jobs ended and that the

@@ -839,7 +839,7 @@ class SweepStatus:
         total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
         left = max(0, total - sum(counts.values()) - len(running))
         detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
-        ended = [r for r in running if detached and job_ended(folder, r)]  # its result is there, not collected
+        ended = jobs_ended(folder, running) if detached else []  # with Slurm: not collected yet
         running = [r for r in running if r not in ended]
         state = "running" if pid else "detached: its Slurm jobs have ended (the same command collects the results)" \
             if detached and not running else "detached: its runs are Slurm jobs (the same command follows them and " \
@@ -908,12 +908,26 @@ def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
 
 
-def job_ended(folder: Path, record: Mapping[str, Any]) -> bool:
-    """A detached sweep's Slurm job (its run.json says running) whose result submitit has written: it ended, and
-    only the sweep's command, run again, collects it (sacct is not asked: a job killed without a result still
-    counts as running or queued until then)."""
-    job = record.get("slurm_job_id")
-    return isinstance(job, str) and (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()
+SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+               "TIMEOUT")  # sacct's states of a job that has ended (a requeued one is PENDING or REQUEUED again)
+
+
+def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A detached sweep's Slurm jobs (their run.json says running) that ended: submitit wrote the result, or
+    sacct says so (a job cancelled, or killed without a result); only the sweep's command, run again, collects
+    them. Where sacct is not here or fails, the results alone tell."""
+    jobs = {r["slurm_job_id"]: r for r in records if isinstance(r.get("slurm_job_id"), str)}
+    ended = [r for job, r in jobs.items() if (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()]
+    asked = [job for job, r in jobs.items() if r not in ended]
+    if asked and shutil.which("sacct"):
+        import subprocess
+
+        with suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["sacct", "-X", "-n", "-o", "JobID,State", "--parsable2", "-j", ",".join(asked)],
+                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+            ended += [jobs[job] for job in asked if states.get(job, "").split(" ")[0] in SLURM_ENDED]
+    return ended
 
 
 def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
