@@ -688,8 +688,7 @@ def validate_entries(data: Any, source: str) -> list[dict[str, Any]]:
 def check_known(data: Mapping[str, Any], known: Iterable[str], where: str) -> None:
     """Every key of `data` is one of `known`, or a UserError names the first that is not."""
     known = list(known)
-    unknown = [k for k in data if k not in known]
-    if unknown:
+    if unknown := [k for k in data if k not in known]:
         raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
 
 
@@ -1089,8 +1088,7 @@ def expand_config_files(patterns: Sequence[str], overrides: Mapping[str, Any]) -
     import glob
     files: list[str] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
+        if not (matches := sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]):
             raise UserError(f"--configs {pattern!r}: no file matches")
         for f in matches:
             if not Path(f).is_file():
@@ -1724,7 +1722,7 @@ def pick_gpus(gpus: Sequence[int], running: Mapping[int, int], readings: Mapping
         free_mb = r.memory_total_mb - r.memory_used_mb
         if r.memory_used_mb >= policy.memory_threshold_mb:
             reasons.append(f"GPU {g}: {r.memory_used_mb / 1024:.1f} GB used >= "
-                           f"{policy.memory_threshold_mb / 1024:g} GB")
+                           f"{policy.memory_threshold_mb / 1024:g} GB (--memory-threshold-gb)")
         elif need_mb is not None and free_mb - (pending_mb(g) if pending_mb else 0.0) < need_mb:
             reasons.append(f"GPU {g}: less than the {need_mb / 1024:g} GB the run needs is free")
         elif need_mb is None and settling(g):
@@ -2134,11 +2132,11 @@ class ListSource:
 
 
 def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
-    """The guardian, a process that outlives train_sweep (Guardian starts it). It reads "+ PGID START" and
-    "- PGID" lines on stdin (START: when the group's leader started); when stdin closes with groups still
-    registered (train_sweep was SIGKILLed, OOM-killed, lost its terminal), it ends those groups, the processes
-    in the runs' cgroups and every process carrying this TRAIN_SWEEP_ID: SIGTERM, then SIGKILL after the grace
-    period, until none is left. A group whose leader's PID was reused is never signalled."""
+    """The guardian, a process that outlives train_sweep (Guardian starts it). It reads "+ PGID START" and "- PGID"
+    lines on stdin (START: when the group's leader started); when stdin closes with groups still registered or runs
+    in the cgroups (train_sweep was SIGKILLed, OOM-killed, lost its terminal), it ends those, the processes in the
+    runs' cgroups and every process carrying this TRAIN_SWEEP_ID: SIGTERM, then SIGKILL after the grace period,
+    until none is left. A group whose leader's PID was reused is never signalled."""
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     groups: dict[int, str] = {}
@@ -2156,8 +2154,8 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
             tty.write(f"\x1b[?25h\x1b[?1049l\ntrain_sweep was killed with its live view up; its guardian ends its "
                       f"{len(groups)} running run(s). Run the same command again to resume.\n")
     root = Path(cgroups) if cgroups else None
-    if groups:
-        import psutil
+    if groups or any(RunCgroups.pids(run) for run in (root.glob("run-*") if root is not None else ())):
+        import psutil  # (a run in its cgroup, not registered yet: train_sweep died as it started it)
 
         def ours() -> list[Any]:
             for g, start in list(groups.items()):
@@ -2276,7 +2274,8 @@ class RunCgroups:
         self.root: Path | None = None
         self.why = ""
         try:
-            path = own_cgroup_dir() / f"train_sweep-{sweep_id}"
+            self.home = own_cgroup_dir()  # the sweep's own
+            path = self.home / f"train_sweep-{sweep_id}"
             path.mkdir()
             self.root = path
         except (OSError, ValueError) as e:
@@ -2291,16 +2290,20 @@ class RunCgroups:
             return path
         return None
 
-    @staticmethod
-    def argv(path: Path | None, argv: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
-        """The run's command, run by a shell that first moves itself into the run's cgroup, so a daemon forked at
-        once is in it too (not a preexec_fn: Python then forks the slow way, bench/README.md). What cannot start
-        is refused here, as Popen would, not left to the shell's exit 126 or 127."""
-        if path is None:
-            return argv
-        if shutil.which(str(cwd / argv[0]) if os.sep in argv[0] else argv[0], path=env.get("PATH", os.defpath)) is None:
-            raise OSError("not found or not executable")
-        return ["/bin/sh", "-c", 'echo 0 2>/dev/null >"$0"; exec "$@"', str(path / "cgroup.procs"), *argv]
+    def popen(self, path: Path | None, start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+        """Start a run born in its cgroup: the sweep steps into it for the fork, then back (moved there after Popen,
+        a run's daemon forked at once escaped). Not a preexec_fn (Python then forks the slow way, bench/README.md),
+        not a shell that moves itself (it drops variables no shell can name, runs files without '#!')."""
+        try:
+            if path is not None:
+                (path / "cgroup.procs").write_text("0")
+        except OSError:
+            path = None
+        try:  # (no cgroup for it: it is tracked by group and marker)
+            return start()
+        finally:  # (allowed as the step in was: the sweep's cgroup.procs decides both)
+            if path is not None:
+                with suppress(OSError): (self.home / "cgroup.procs").write_text("0")
 
     @staticmethod
     def pids(path: Path) -> list[int]:
@@ -2523,8 +2526,9 @@ class LocalLauncher:
                 raise OutputError(f"cannot write the run folder {run.run_dir}: {e.strerror or e}") from None
             env, cgroup = self.env(run, gpus), self.cgroups.make(run)
             try:
-                popen = subprocess.Popen(self.cgroups.argv(cgroup, run.argv, self.cwd, env), cwd=self.cwd, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+                popen = self.cgroups.popen(cgroup, lambda: subprocess.Popen(
+                    run.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    start_new_session=True))
             except OSError as e:
                 follower.close()
                 self.cgroups.remove(cgroup)
@@ -2539,8 +2543,8 @@ class LocalLauncher:
             self.guardian.add(proc.pgid)
         return proc
 
-    def poll(self, proc: Proc) -> Outcome | None:
-        now = time.monotonic()
+    def poll(self, handle: Proc) -> Outcome | None:
+        proc, now = handle, time.monotonic()
         exited = proc.exited_at is None and (rc := proc.popen.poll()) is not None
         if exited:
             proc.returncode, proc.exited_at, proc.exited_wall = rc, now, time.time()
@@ -2558,13 +2562,13 @@ class LocalLauncher:
                 return self._ended(proc, f"warning: {proc.run.name} left processes that cannot be ended")
         return None
 
-    def stop(self, proc: Proc, hard: bool) -> bool:
-        if proc.exited_at is None and proc.popen.poll() is not None:
+    def stop(self, handle: Proc, hard: bool) -> bool:
+        if handle.exited_at is None and handle.popen.poll() is not None:
             return False  # it exited on its own just now: poll() records it with its own exit code
-        if proc.exited_at is not None and not hard:
+        if handle.exited_at is not None and not hard:
             return False  # its leftovers are already being ended
-        self._signal_tree(proc, signal.SIGKILL if hard else signal.SIGTERM)
-        return proc.exited_at is None
+        self._signal_tree(handle, signal.SIGKILL if hard else signal.SIGTERM)
+        return handle.exited_at is None
 
     def observe(self, handle: Proc) -> list[str]:
         if not handle.ended:
@@ -2821,8 +2825,7 @@ def read_metrics(run: Run, metric: str | None = None) -> dict[str, Any] | None:
         metrics.update({str(k): plain_metric(v) for k, v in data.items()
                         if isinstance(v, (int, float, str, bool, type(None)))})
     elif metric and metric not in metrics:  # not followed (a resumed record): the end of its stdout
-        found = _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000, 256 * 1024))
-        if found:
+        if found := _metric_pattern(metric).findall(tail_lines(run.stdout_log, 1000, 256 * 1024)):
             metrics[metric] = plain_metric(float(found[-1]))
     return metrics or None
 
@@ -2999,8 +3002,7 @@ def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]
     skipped = []
     for run in runs:
         past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
-        crashed = None if run.reattach else _crashed_attempt(run, past)
-        if crashed:
+        if crashed := None if run.reattach else _crashed_attempt(run, past):
             past.append(crashed)
         complete = [r for r in past if r.get("state") in (State.COMPLETE.value, State.PRUNED.value)]
         if complete and holds_other(run) is False:  # the pruner's verdict stands; a run whose folder is gone (or
@@ -3408,8 +3410,7 @@ class Reporter:
                        self.mode)
         if best is not None:
             lines.append(f"Best ({self.mode} {self.metric}): {best[1].name} = {best[0]:.4g}  ({best[1].run_dir})")
-        missing = [r for r in runs if r.metric_note]
-        if missing:
+        if missing := [r for r in runs if r.metric_note]:
             lines.append(f"{len(missing)} complete run(s) have no {self.metric} to rank by: {missing[0].metric_note} "
                          f"(e.g. {missing[0].name}; see docs/output.md: Metrics)")
         complete = [r for r in runs if r.state == State.COMPLETE]
@@ -3679,8 +3680,7 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
         pruner = plan.settings.pruner not in (None, "none")
         for line in extra("search choices")(None, plan.settings) if pruner else ():  # --pruner on a list
             console.print(f"  {line}", highlight=False, markup=False)
-        skipped = sum(run.skipped for run in runs)
-        if skipped:
+        if skipped := sum(run.skipped for run in runs):
             console.print(f"Resume: {skipped} of them already complete (or pruned) with the same hyperparameters "
                           f"and command are skipped; {len(runs) - skipped} to run (--rerun runs them all).",
                           highlight=False)
@@ -4079,11 +4079,7 @@ class Sweep:
             run.retries_used += 1
         self.ended.append((run, requeue))
         self.reporter.finished(run, self.progress(), requeue)
-        self._check_setup(run)
-
-    def _check_setup(self, run: Run) -> None:
-        """Fail fast (FailFast): on a broken setup, no more runs are started, and queued jobs withdrawn."""
-        self._halt(self.fail_fast.check(run, self.clock(), self.active))
+        self._halt(self.fail_fast.check(run, self.clock(), self.active))  # a broken setup: fail fast (FailFast)
 
     def _halt(self, why: str | None) -> None:
         """Start no more runs (a broken setup), and withdraw a cluster's queued jobs."""
@@ -4210,7 +4206,7 @@ class Sweep:
             return None
         gpus, why = self.pool.place(self.head, now)
         if gpus is None:
-            self._note_waiting(why)
+            self._note_waiting(why, self.head)
             return None
         run, self.head = self.head, None
         return run, gpus, why
@@ -4231,7 +4227,6 @@ class Sweep:
                             else f"; it waited {OOM_WAIT_S:g}s for more free memory")
             if gpus is not None:
                 del self.oom_wait[run]
-                self._said_waiting.discard(run)
                 return run, gpus, why
             if run not in self._said_waiting:
                 self._said_waiting.add(run)
@@ -4253,9 +4248,12 @@ class Sweep:
         self._ended(run)
         return False
 
-    def _note_waiting(self, why: str) -> None:
+    def _note_waiting(self, why: str, run: Run | None = None) -> None:
         if self.pool.reads_memory:
             self.waiting = why  # runs wait for memory, not for a slot: poll NVML
+            if run is not None and not self.active and run not in self._said_waiting:  # none of ours runs: said
+                self._said_waiting.add(run)  # (not only in the live view: a log or nohup.out looked hung)
+                self.reporter.event(f"{'waiting':<11} {run.name}: no run of this sweep can start now: {why}")
 
     def _unpause(self, run: Run) -> None:
         """A run its source paused (Run.resumed) starts, or cannot: its pause, counted as pruned, was not its end."""
@@ -4272,6 +4270,7 @@ class Sweep:
 
     def _start(self, run: Run, gpus: tuple[int, ...], why: str, now: float) -> bool:
         self._unpause(run)
+        self._said_waiting.discard(run)
         before = run.requeued
         self._go_again(run)
         run.assign(() if gpus == (CPU,) else gpus)
@@ -4416,8 +4415,7 @@ def resolve_gpus(settings: Settings) -> tuple[list[int], NvmlProbe | None, str]:
         return list(ids), None, f"{why}: placing runs by slots only"
     if ids is None:
         return list(range(probe.count)), probe, ""
-    unknown = [i for i in ids if i >= probe.count]
-    if unknown:
+    if unknown := [i for i in ids if i >= probe.count]:
         probe.close()
         raise UserError(f"--gpus: GPU {unknown[0]} not found: NVML reports {probe.count} GPU(s), ids "
                         f"0-{probe.count - 1}")
@@ -4894,9 +4892,10 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
             return EXIT_OK
         check_output_file(settings, runs, command)
         backend.check()  # before anything is written (a cluster that does not answer)
-        made = [check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file"),  # (first:
-                check_writable(Path(settings.output_dir), "output folder")]  # it most often exists)
-        try:
+        made: list[Path | None] = []
+        try:  # (the results file's folder first: it most often exists)
+            made.append(check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file"))
+            made.append(check_writable(Path(settings.output_dir), "output folder"))
             return run_sweep(plan, backend, cwd)
         except UserError:
             for folder in made: remove_made(folder)

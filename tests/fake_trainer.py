@@ -34,7 +34,8 @@
     bad_metrics=K  write a metrics.json that is not plain JSON: K=surrogate (a lone "\ud800" escape)
                    or K=deep (100,000 nested arrays)
 
-Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time), and appends one
+Every run writes $TRAIN_SWEEP_RUN_DIR/fake.json (argv, env, cwd, pids, start time; its whole environment
+to env.json), and appends one
 JSON line to $FAKE_LOG if set (start and end times, GPU), so tests can check what ran where and when.
 Any other key is accepted and ignored (hyperparameters under test).
 """
@@ -81,8 +82,11 @@ info = {
     "env": {k: v for k, v in os.environ.items()
             if k.startswith(("CUDA_", "TRAIN_SWEEP_", "PYTHONUNBUFFERED", "WANDB_", "MLFLOW_"))},
 }
-with open(os.path.join(run_dir, "fake.json"), "w") as f:
+with open(os.path.join(run_dir, "env.json"), "w") as f:
+    json.dump(dict(os.environ), f)
+with open(os.path.join(run_dir, "fake.json.tmp"), "w") as f:  # renamed: a test that sees it reads it whole
     json.dump(info, f)
+os.replace(os.path.join(run_dir, "fake.json.tmp"), os.path.join(run_dir, "fake.json"))
 
 
 def log(event):

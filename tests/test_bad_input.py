@@ -340,6 +340,16 @@ def test_name_template_with_a_brace_without_its_pair_is_refused(sweep, template)
     assert not sweep.events()
 
 
+def test_an_output_folder_that_cannot_be_made_leaves_no_results_folder_behind(sweep):
+    """From an adversarial pass: '--output-dir afile/sub' (afile a file) was refused after the new folder of
+    --output-file had been made, and left it."""
+    sweep.config([{"a": 1}])
+    (sweep.dir / "afile").write_text("")
+    p = cli(sweep, "--output-file", "newres/deep/r.json", "--output-dir", "afile/sub")
+    assert_one_line_error(p, "afile/sub: output folder cannot be written")
+    assert not (sweep.dir / "newres").exists()
+
+
 # -- inputs without end, a full disk -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom"])
