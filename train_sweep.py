@@ -2631,8 +2631,7 @@ class LocalLauncher:
         """Processes of this run that lost their parent and were re-parented to us (we are subreaper)."""
         if not self.subreaper:
             return []
-        children = own_children() - self._exclude() if children is None else children
-        if not children:
+        if not (children := own_children() - self._exclude() if children is None else children):
             return []
         import psutil
         out = []
@@ -2908,8 +2907,10 @@ def metric_of(metrics: Mapping[str, Any] | None, name: str | None, stdout: str =
 
 
 def best_of(items: Iterable[Any], value: Callable[[Any], float | None], mode: str) -> tuple[float, Any] | None:
-    """The best (value, item) by `mode` (min or max) among items that have a value; None if none has."""
-    scored = [(v, item) for item in items if (v := value(item)) is not None]
+    """The best (value, item) by `mode` (min or max) among runs or records that have a value; None if none has. Of
+    equal values the first in the sweep (the lowest index, as best-K keeps), so that every view names one run."""
+    scored = sorted(((v, item) for item in items if (v := value(item)) is not None),
+                    key=lambda vi: (vi[1].get("index") if isinstance(vi[1], Mapping) else vi[1].index) or 0)
     return (min if mode == "min" else max)(scored, key=lambda vi: vi[0]) if scored else None
 
 
@@ -3769,7 +3770,8 @@ class Leaderboard:
         """A complete run's final value: it leads if it beats the best finished run."""
         self.latest.pop(run, None)
         self.board[run] = value
-        if self.leader is None or better(value, self.board[self.leader], self.mode):
+        lead = None if self.leader is None else self.board[self.leader]  # (of equal values: the first in the sweep)
+        if lead is None or better(value, lead, self.mode) or (value == lead and run.index < self.leader.index):
             self.leader = run
             self._announce()
 
@@ -4054,8 +4056,7 @@ class Sweep:
             self.feed.forget(run)
             run.metrics = read_metrics(run, self.metric)
             final = metric_of(run.metrics, self.metric)
-            ranked = run.state == State.COMPLETE and final is not None
-            if not ranked:
+            if not (ranked := run.state == State.COMPLETE and final is not None):
                 self.leaders.unrank(run)
                 if run.state == State.COMPLETE and self.metric:
                     run.metric_note = metric_missing(run, self.metric, self.settings.metric_regex)

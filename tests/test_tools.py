@@ -13,12 +13,13 @@ import signal
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, cli, no_traceback, script
+from conftest import ROOT, assert_one_line_error, cli, no_traceback, script
 
 
 @pytest.fixture
@@ -141,6 +142,30 @@ def test_list_shows_sweeps(finished):
     # state, started, runs, complete, pruned, failed, interrupted
     assert re.search(r"│\s*finished\s*│[^│]*│\s*4\s*│\s*3\s*│\s*0\s*│\s*1\s*│\s*0\s*│", row), row
     assert any(re.match(r"│\s*outputs/second\s*│", line) for line in p.stdout.splitlines())
+
+
+def test_every_view_names_the_same_best_of_equal_values(sweep):
+    """From an adversarial pass: two runs with the same value, the first in the config ending last: the summary and
+    report named the first, status, cleanup and load().best() the one that ended first, and cleanup offered to
+    delete the best the summary had named. Of equal values the first in the sweep is the best, everywhere (as
+    --top-k keeps)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"a": 1, "sleep": 3, "metric": 0.3}, {"a": 2, "metric": 0.3}])
+    p = sweep.run("--metric", "val_loss", "--max-processes-per-gpu", "2", "--settle-seconds", "0.1", "--no-live")
+    assert p.returncode == 0, p.stdout + p.stderr
+    journal = (sweep.dir / "outputs" / "journal.jsonl").read_text()
+    assert journal.index("a_2_metric_0.3") < journal.index("a_1_sleep_3"), "the second run ended first"
+    best = "a_1_sleep_3_metric_0.3"
+    assert f"Best (min val_loss): {best} = 0.3" in p.stdout, p.stdout
+    assert [line.split()[2] for line in p.stdout.splitlines() if " best " in line][-1] == best, p.stdout  # live
+    assert f"Best (min val_loss): {best} = 0.3" in sweep.run("report", trainer=False).stdout
+    assert f"best val_loss so far (complete runs): {best} = 0.3" in sweep.run("status", trainer=False).stdout
+    cleanup = sweep.run("cleanup", "--days", "0", trainer=False).stdout
+    assert f"kept outputs/{best}" in cleanup and "would delete outputs/a_2_metric_0.3" in cleanup, cleanup
+    code = "import sys, train_sweep; print([r.name for r in train_sweep.load('outputs').best(1)])"
+    api = subprocess.run([sys.executable, "-c", code], cwd=sweep.dir, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert api.stdout.strip() == f"[{best!r}]", api.stdout + api.stderr
 
 
 def test_cleanup_is_a_dry_run_unless_live(finished):

@@ -81,10 +81,9 @@ class SweepResult:
         metric, mode = metric or saved.metric, mode or saved.mode
         if metric is None:
             raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
-        scored = [(value, run) for run in self.runs if run.state == State.COMPLETE.value
-                  and (value := metric_of(run.metrics, metric)) is not None]
-        pick = heapq.nsmallest if mode == "min" else heapq.nlargest
-        return [run for _, run in pick(k, scored, key=lambda vr: vr[0])]
+        scored = [(value if mode == "min" else -value, run.record.get("index") or 0, run) for run in self.runs
+                  if run.state == State.COMPLETE.value and (value := metric_of(run.metrics, metric)) is not None]
+        return [run for *_, run in heapq.nsmallest(k, scored, key=lambda e: e[:2])]  # equal: the first in the sweep
 
     def counts(self) -> dict[str, int]:
         """How many runs are in each state."""

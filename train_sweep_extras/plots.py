@@ -247,8 +247,8 @@ def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: s
     if not keys:
         return []
     complete = [(r, v) for r, v in scored if r.get("state") == State.COMPLETE.value]
-    found = best_of(complete, lambda rv: rv[1], mode)
-    best = found[1][0] if found else None
+    found = best_of((r for r, _ in complete), lambda r: record_metric(r, metric), mode)
+    best = found[1] if found else None
     written = []
 
     def draw(ax: Any, key: str) -> None:
