@@ -50,6 +50,8 @@ def test_report_table_sorted_and_filtered(finished):
 def test_report_csv_round_trips_with_hyperparameters_as_columns(finished):
     out = finished.dir / "runs.csv"
     assert report(finished, "--csv", str(out)).returncode == 0
+    assert report(finished, "--csv", str(out), "--json", str(out.with_suffix(".json"))).returncode == 0  # its own
+    assert report(finished, "--json", str(out.with_suffix(".json"))).returncode == 0  # files: written again
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
@@ -511,9 +513,10 @@ def test_cleanup_does_not_follow_a_link_to_another_sweep_out_of_the_folder_it_wa
     ("--csv", "train_sweep_results.json"), ("--csv", "outputs/journal.jsonl"), ("--json", "outputs/sweep.json"),
     ("--csv", "outputs/lr_0.01_depth_2_metric_0.2/run.json"), ("--json", "outputs/lr_0.01_depth_2_metric_0.2/x.json"),
     ("--json", "other_results.json"), ("--csv", "fifo"), ("--plots", "afile"), ("--plots", "/proc/no/such"),
-    ("input", "fifo"), ("input", "/dev/zero"),
+    ("input", "fifo"), ("input", "/dev/zero"), ("--json", "train.py"), ("--csv", "notes.csv"),
 ], ids=["its_input", "the_journal", "sweep_json", "a_run_json", "in_a_run_folder", "another_results_file",
-        "a_fifo", "plots_a_file", "plots_unwritable", "reads_a_fifo", "reads_a_device"])
+        "a_fifo", "plots_a_file", "plots_unwritable", "reads_a_fifo", "reads_a_device", "the_train_script",
+        "a_csv_report_did_not_write"])
 def test_report_never_overwrites_what_it_reads_or_what_a_sweep_keeps(finished, flag, target):
     """`report --csv outputs/journal.jsonl` (or the results file it read, a run.json, sweep.json, another sweep's
     results) replaced the file with report rows: a later resume ran a finished run again. `--plots` onto a file,
@@ -523,7 +526,7 @@ def test_report_never_overwrites_what_it_reads_or_what_a_sweep_keeps(finished, f
         pytest.importorskip("matplotlib")
     if target == "other_results.json":
         shutil.copy(finished.dir / "train_sweep_results.json", finished.dir / target)
-    elif target == "afile":
+    elif target in ("afile", "notes.csv", "train.py"):  # (an adversarial pass: --json train.py replaced the script)
         (finished.dir / target).write_text("notes")
     elif target == "fifo":
         os.mkfifo(finished.dir / target)

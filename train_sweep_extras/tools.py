@@ -382,6 +382,14 @@ def check_report_file(flag: str, target: str, inputs: Sequence[str]) -> None:
     if owned or results or (path.parent / RUN_MARK).exists():
         raise UserError(f"report {flag} {target!r} is a file a sweep keeps (its journal, sweep.json, a run's files "
                         "or a results file); give another file")
+    if path.is_file() and path.stat().st_size:  # rewritten only where report wrote it: never a script or config
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+        ours = head.startswith(b"index,model_name,") if flag == "--csv" else \
+            head.lstrip()[:1] == b"[" and (b'"model_name"' in head or head.strip() == b"[]")
+        if not ours:
+            raise UserError(f"report {flag} {target!r} exists and is no {'CSV' if flag == '--csv' else 'JSON'} that "
+                            "report wrote; give another file (or remove it)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
