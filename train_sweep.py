@@ -935,13 +935,16 @@ class SimpleOverride:
 
 def _parsed_overrides(overrides: Sequence[str]) -> Iterator[tuple[str, str, Any]]:
     """Each override as (text, key, parsed), by Hydra's parser (without hydra-core: SimpleOverride)."""
-    try:
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:  # (Ctrl+C waits for Hydra's import to end: omegaconf, imported by it, turns it into errors of its own)
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
     except ImportError:
         parser = None
     else:
         parser = OverridesParser.create()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # (a Ctrl+C meanwhile: KeyboardInterrupt now)
     seen: dict[str, str] = {}
     for text in overrides:
         if parser is None:
@@ -3285,8 +3288,7 @@ class Reporter:
     resume_hint = "{left} run(s) left: run the same command again to resume (complete runs are kept)"  # (run_sweep's)
 
     def __init__(self, ranking: Ranking = Ranking(), stream: Any = None, log_path: Path | None = None) -> None:
-        self.ranking = ranking
-        self.metric, self.mode = ranking.metric, ranking.mode
+        self.ranking, self.metric, self.mode = ranking, ranking.metric, ranking.mode
         self.stream = stream or sys.stdout
         self.silent = False  # the stream broke (EIO after a hang-up, EPIPE): nothing more is shown
         self._log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None
@@ -3467,12 +3469,11 @@ class LiveReporter(Reporter):
             self.events.extend([f"{stamp} {text}", *(f"         {line}" for line in details)])
 
     def _draw(self, progress: Progress) -> None:
-        if self.silent:
-            return
-        try:
-            self._live.update(self.render(progress), refresh=True)
-        except (OSError, ValueError):
-            self.silent = True
+        if not self.silent:
+            try:
+                self._live.update(self.render(progress), refresh=True)
+            except (OSError, ValueError):
+                self.silent = True
 
     def begin(self, progress: Progress) -> None:
         from rich.console import Console
@@ -4166,8 +4167,7 @@ class Sweep:
     def _count(self, run: Run) -> None:
         self.counts[run.state.value] = self.counts.get(run.state.value, 0) + 1
         if run.state == State.COMPLETE and run.duration is not None:
-            self._durations[0] += run.duration
-            self._durations[1] += 1
+            self._durations = [self._durations[0] + run.duration, self._durations[1] + 1]
 
     # -- starting runs ------------------------------------------------------------------------
     def _launch(self, now: float) -> None:
