@@ -1699,8 +1699,7 @@ def pick_gpus(gpus: Sequence[int], running: Mapping[int, int], readings: Mapping
     of n > 1 GPUs), its used memory (everyone's) is below the threshold and its reading is not stale after a launch:
     lowest memory use first, then fewest processes, then lowest index. Without readings: fewest runs of ours, then
     lowest index. `need_mb` (gpu_memory_gb): free memory less what recent runs declared but have not allocated
-    (`pending_mb`) must cover it (no settle wait then). `min_free_mb` (after an OOM): more free memory than that, or
-    an empty GPU."""
+    (`pending_mb`) must cover it (no settle wait). `min_free_mb` (after an OOM): more free memory, or an empty GPU."""
     total = sum(running.values())
     if policy.max_parallel is not None and total >= policy.max_parallel:
         return None, f"--max-parallel {policy.max_parallel} reached"
@@ -2143,7 +2142,7 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     groups: dict[int, str] = {}
-    screen = ""  # "t TTY": the live view holds that terminal's alternate screen ("t -": it gave it back)
+    screen, sweep = "", os.getppid()  # "t TTY": the live view holds that terminal's alternate screen ("t -": not)
     for line in sys.stdin:
         op, pgid, *start = line.split()
         if op == "+":
@@ -2170,7 +2169,7 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
             out = []
             for p in psutil.process_iter():
                 with suppress(psutil.Error, OSError):
-                    if p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                    if p.pid in (os.getpid(), sweep) or p.status() == psutil.STATUS_ZOMBIE:
                         continue
                     if p.pid in in_cgroups or os.getpgid(p.pid) in groups or \
                             p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
@@ -2245,9 +2244,8 @@ def become_subreaper() -> bool:
 
 
 def own_children() -> set[int]:
-    """PIDs of our direct children, from one /proc file: 48 us, where psutil scans every process (3.7 ms with
-    8 children on a 2-CPU VM), for every exit. Only the main thread forks, and a subreaper's orphans go to
-    its thread-group leader."""
+    """PIDs of our direct children, from one /proc file: 48 us, where psutil scans every process (3.7 ms with 8
+    children on a 2-CPU VM), for every exit. Only the main thread forks; a subreaper's orphans go to its leader."""
     try:
         with open(f"/proc/self/task/{os.getpid()}/children") as f:
             return {int(p) for p in f.read().split()}
@@ -2304,9 +2302,11 @@ class RunCgroups:
             path = None
         try:  # (no cgroup for it: it is tracked by group and marker)
             return start()
-        finally:  # (allowed as the step in was: the sweep's cgroup.procs decides both)
-            if path is not None:
-                with suppress(OSError): (self.home / "cgroup.procs").write_text("0")
+        finally:  # back (allowed as the step in was), else into the cgroup above the runs', which no one signals
+            for home in (self.home, self.root) if path is not None else ():
+                with suppress(OSError):
+                    (home / "cgroup.procs").write_text("0")
+                    break
 
     @staticmethod
     def pids(path: Path) -> list[int]:
@@ -2315,7 +2315,7 @@ class RunCgroups:
             pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
         except (OSError, ValueError):
             return []
-        return [p for p in pids if proc_stat(p, 0) not in ("Z", None)]
+        return [p for p in pids if p != os.getpid() and proc_stat(p, 0) not in ("Z", None)]  # (the sweep: popen)
 
     def signal(self, path: Path, sig: int) -> None:
         if sig == signal.SIGKILL:
@@ -2965,8 +2965,8 @@ RECORD_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **{k: ("an object", lambda v: isinstance(v, dict)) for k in ("hyperparams", "metrics", "metric")},
     **{k: ("text", lambda v: isinstance(v, str)) for k in ("identity", "run_dir", "start_time", "end_time")},
     "state": ("a run state", lambda v: v in list(State)),
-    "attempt": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
-    **{k: ("a whole number", _is_whole) for k in ("returncode", "trial")}, "duration_seconds": ("a number", _is_number),
+    "attempt": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1), "duration_seconds": ("a number", _is_number),
+    **{k: ("a whole number", _is_whole) for k in ("returncode", "trial", "index")},
     "gpu_id": ("a GPU id or a list of them", lambda v: _is_whole(v) or isinstance(v, list) and all(map(_is_whole, v))),
     "attempts": ("a list of attempts", lambda v: isinstance(v, list) and not any(record_damage(a, False) for a in v))}
 
@@ -3001,8 +3001,7 @@ def read_journal(path: Path) -> Journal:
 
 
 def plan_resume(runs: Sequence[Run], journal: Mapping[str, list[dict[str, Any]]]) -> list[tuple[Run, dict[str, Any]]]:
-    """Skip the runs an earlier sweep completed or pruned (returned, with their records); give the others their
-    earlier attempts."""
+    """Skip the runs an earlier sweep completed or pruned (returned with their records); the rest get their attempts."""
     skipped = []
     for run in runs:
         past = [r for r in journal.get(run.name, []) if r.get("identity") == run.identity]
@@ -4425,9 +4424,10 @@ def resolve_gpus(settings: Settings) -> tuple[list[int], NvmlProbe | None, str]:
 
 def check_writable(folder: Path, what: str) -> Path | None:
     """Make the folder (and its parents) where need be, and see that it can be written; the first folder made."""
-    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+    made: Path | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for level in reversed([folder, *folder.parents]):  # (each made by this mkdir: not by a sweep beside it)
+            with suppress(FileExistsError): os.mkdir(level); made = made or level
         probe = folder / f".train_sweep_write_test.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -4898,7 +4898,7 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
             made.append(check_writable(Path(settings.output_file).resolve().parent, "folder of --output-file"))
             made.append(check_writable(Path(settings.output_dir), "output folder"))
             return run_sweep(plan, backend, cwd)
-        except UserError:
+        except (UserError, KeyboardInterrupt):  # (the loop takes Ctrl+C itself: this is before it)
             for folder in made: remove_made(folder)
             raise
     finally:

@@ -514,8 +514,9 @@ def test_a_daemon_started_in_the_first_instant_of_a_run_is_in_its_cgroup(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"n": i} for i in range(5)])
     p = sweep.run("--no-live", "--command", "./daemonize.sh", trainer=False)
-    daemons = [int((sweep.dir / "outputs" / f"n_{i}" / "d.pid").read_text()) for i in range(5)]
+    daemons = [int(f.read_text()) for f in (sweep.dir / "outputs").glob("n_*/d.pid")]
     try:
+        assert len(daemons) == 5, p.stdout + p.stderr
         if not _cgroups_available(sweep):
             pytest.skip("no cgroup v2 the sweep may write to (the README's fallback applies)")
         assert p.returncode == 0, p.stdout + p.stderr
@@ -592,8 +593,34 @@ def test_the_guardian_ends_a_run_in_its_cgroup_that_was_not_registered_yet(tmp_p
         sweep_dead_before_add = Guardian(f"h31unreg{os.getpid()}", 1.0, cgroups=cgroups.root)
         sweep_dead_before_add.close()  # its stdin closed: train_sweep is gone, no group was registered
         proc.wait(timeout=15)
+        sweep_dead_before_add.proc.wait(timeout=15)
     finally:
         if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cgroups.close()
+
+
+def test_a_sweep_that_cannot_step_back_out_of_a_runs_cgroup_is_never_signalled_as_the_run(tmp_path):
+    """From a review: the sweep steps into a run's cgroup to start it; had the step back failed (unlikely: the
+    same permission as the step in), the sweep stayed there, counted among the run's processes: the run never
+    ended, and its SIGTERM, cgroup.kill, or the guardian, ended the sweep. It steps into the cgroup above the
+    runs' instead (which no one signals), and is never counted among a run's processes."""
+    from train_sweep import Run, RunCgroups, own_cgroup_dir
+
+    cgroups = RunCgroups(f"h32stuck{os.getpid()}")
+    if cgroups.root is None:
+        pytest.skip(cgroups.why)
+    home, proc = cgroups.home, None
+    path = cgroups.make(Run(index=0, name="r", hyperparams={}, argv=["sleep", "60"], run_dir=tmp_path))
+    try:
+        cgroups.home = tmp_path / "unwritable"  # the step back fails
+        proc = cgroups.popen(path, lambda: subprocess.Popen(["sleep", "60"], start_new_session=True))
+        assert own_cgroup_dir() == cgroups.root, "the sweep stayed in the run's cgroup"
+        assert RunCgroups.pids(path) == [proc.pid]
+    finally:
+        (home / "cgroup.procs").write_text("0")  # (this test's process back where it was)
+        if proc is not None:
             proc.kill()
             proc.wait()
         cgroups.close()

@@ -554,6 +554,29 @@ def test_status_of_a_detached_sweep_whose_job_was_cancelled(sweep, cluster):
             cluster.run("scancel", job, check=False)
 
 
+def test_status_of_a_detached_sweep_whose_job_array_was_cancelled_before_its_tasks_ran(sweep, cluster):
+    """From a review: a job array's tasks that have not started are one line in sacct (123_[1-2%1]); status asked
+    for each task by its own id and counted them running or queued for ever once the array was cancelled."""
+    sweep.config({"grid": {"n": [0, 1, 2]}, "defaults": {"sleep": 120}})
+    p = run(sweep, cluster, "--detach", "--slurm-max-parallel", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    try:
+        sweep.wait_for(lambda: len(list((sweep.dir / "outputs").glob("*/fake.json"))) == 1, 60, "the first task")
+        job = json.loads((sweep.dir / "outputs" / "n_0" / "run.json").read_text())["slurm_job_id"]
+        cluster.run("scancel", job.split("_")[0])  # the whole array
+        sweep.wait_for(lambda: not ours(cluster, sweep), 60, "the array to go")
+        statuses = []
+
+        def says_it() -> bool:
+            statuses.append(sweep.run("status", "outputs", trainer=False, **slurm_env(cluster)))
+            return "3 run(s): 3 ended with Slurm, not collected yet" in statuses[-1].stdout
+
+        sweep.wait_for(says_it, 30, "status to say the array ended")
+    finally:
+        for job in ours(cluster, sweep):
+            cluster.run("scancel", job, check=False)
+
+
 def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
     """From the Slurm pass: once a detached sweep's jobs had ended, status still counted them running or queued
     with Slurm, and report said only that there was no results file. Both now say the jobs ended and that the

@@ -52,6 +52,8 @@ def test_report_csv_round_trips_with_hyperparameters_as_columns(finished):
     assert report(finished, "--csv", str(out)).returncode == 0
     assert report(finished, "--csv", str(out), "--json", str(out.with_suffix(".json"))).returncode == 0  # its own
     assert report(finished, "--json", str(out.with_suffix(".json"))).returncode == 0  # files: written again
+    for _ in range(2):  # no rows: its CSV has no header, and is its own (a review: refused the second time)
+        assert report(finished, "--csv", str(out.with_name("none.csv")), "--state", "timeout").returncode == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
@@ -702,7 +704,7 @@ def test_cleanup_deletes_a_run_folder_whose_script_wrote_a_file_named_like_a_swe
     ("run_json_deep", "status"), ("run_json_no_name", "status"), ("run_json_list_name", "watch"),
     ("journal_wrong_shape", "status"), ("sweep_json_runs_text", "status"), ("sweep_json_array", "list"),
     ("results_hyperparams_text", "report"), ("results_numbers_text", "report"),
-    ("results_attempts_numbers", "plots"),
+    ("results_attempts_numbers", "plots"), ("results_index_text", "report"),
 ])
 def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, command):
     """A damaged record (a run.json nested 100,000 deep, without model_name or with a list as one; journal
@@ -731,10 +733,11 @@ def test_offline_commands_skip_a_damaged_record_naming_it(finished, damage, comm
         results[0]["hyperparams"] = "lr=0.001"
         results[1]["metrics"] = "fast"
         (finished.dir / "train_sweep_results.json").write_text(json.dumps(results))
-    elif damage in ("results_numbers_text", "results_attempts_numbers"):  # a traceback before (sorting, the timeline)
-        results = finished.results()
+    elif damage in ("results_numbers_text", "results_attempts_numbers", "results_index_text"):  # a traceback before
+        results = finished.results()  # (sorting, the timeline; the best of equal values by index, from a review)
         results[0].update({"duration_seconds": "12 s", "returncode": [1]} if damage == "results_numbers_text" else
-                          {"attempts": [5, "two"]})
+                          {"attempts": [5, "two"]} if damage == "results_attempts_numbers" else
+                          {"index": "0", "metrics": results[1]["metrics"]})
         (finished.dir / "train_sweep_results.json").write_text(json.dumps(results))
     if command == "plots":
         pytest.importorskip("matplotlib")

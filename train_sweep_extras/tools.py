@@ -385,8 +385,8 @@ def check_report_file(flag: str, target: str, inputs: Sequence[str]) -> None:
     if path.is_file() and path.stat().st_size:  # rewritten only where report wrote it: never a script or config
         with open(path, "rb") as f:
             head = f.read(64 * 1024)
-        ours = head.startswith(b"index,model_name,") if flag == "--csv" else \
-            head.lstrip()[:1] == b"[" and (b'"model_name"' in head or head.strip() == b"[]")
+        ours = not head.strip() or (head.startswith(b"index,model_name,") if flag == "--csv" else  # (no rows: empty)
+                                    head.lstrip()[:1] == b"[" and (b'"model_name"' in head or head.strip() == b"[]"))
         if not ours:
             raise UserError(f"report {flag} {target!r} exists and is no {'CSV' if flag == '--csv' else 'JSON'} that "
                             "report wrote; give another file (or remove it)")
@@ -930,11 +930,14 @@ def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[Mappi
     if asked and shutil.which("sacct"):
         import subprocess
 
-        with suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["sacct", "-X", "-n", "-o", "JobID,State", "--parsable2", "-j", ",".join(asked)],
-                                 capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-            states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
-            ended += [jobs[job] for job in asked if states.get(job, "").split(" ")[0] in SLURM_ENDED]
+        with suppress(OSError, subprocess.SubprocessError, ImportError):
+            from submitit.slurm.slurm import SlurmInfoWatcher  # (its reading: a job array's tasks not started yet
+
+            bases = sorted({job.split("_")[0] for job in asked})  # are one line, 123_[0-5], as the sweep reads it)
+            out = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", ",".join(bases)],
+                                 capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+            states = SlurmInfoWatcher().read_info(out.stdout) if out.returncode == 0 else {}
+            ended += [jobs[job] for job in asked if states.get(job, {}).get("State", "").split(" ")[0] in SLURM_ENDED]
     return ended
 
 
