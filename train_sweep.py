@@ -4546,9 +4546,9 @@ def plan_runs(settings: Settings, overrides: Sequence[str]) -> Plan:
         spec.name_template, mps=settings.mps if settings.mps is not None else bool(spec.mps))
     settings = backend_class(settings.backend).resolve(settings, spec)
     for name, value in (("--study-name", settings.study_name), ("--agent-grace", settings.agent_grace)):
-        if value is not None and not settings.storage:
+        if value is not None and settings.storage is None:
             raise UserError(f"{name} is for agents sharing a sweep: it needs --storage URL")
-    settings = extra("source shared").resolve(settings) if settings.storage else settings  # study name, grace
+    settings = extra("source shared").resolve(settings) if settings.storage is not None else settings  # name, grace
     if not settings.metric and (settings.pruner or "").partition("(")[0].strip() in set(PRUNERS) - {"none"}:
         raise UserError(f"--pruner {settings.pruner} needs --metric: the metric it judges runs by")  # (a typo: extras)
     if search is None:

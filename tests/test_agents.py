@@ -84,7 +84,7 @@ def test_a_grid_is_run_exactly_once_by_three_agents(tmp_path, postgres_url):
 
     status = cli(hosts[0], "status", postgres_url, "--study-name", name, trainer=False)
     assert status.returncode == 0 and "40 of 40 done (40 complete" in status.stdout, status.stdout + status.stderr
-    gathered = hosts[0].dir / "all.json"
+    gathered = hosts[0].dir / "gathered" / "all.json"  # (in a folder not made yet: a traceback before)
     report = cli(hosts[0], "report", "--storage", postgres_url, "--study-name", name, "--results", str(gathered),
                  trainer=False)
     assert report.returncode == 0, report.stdout + report.stderr

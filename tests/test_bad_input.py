@@ -102,6 +102,16 @@ def test_an_empty_study_name_is_refused(sweep):
                   "--study-name '': a study's name is not empty")
 
 
+def test_an_empty_storage_url_is_refused(sweep):
+    """An adversarial pass: --storage "$DB_URL" with the variable unset ran a single-host sweep without a word (on
+    N hosts, each ran the whole sweep); with --study-name it said --study-name needs --storage."""
+    sweep.config([{"a": 1}])
+    for extra in ([], ["--study-name", "s"]):
+        check_refused(sweep.run("--storage", "", *extra, "--metric", "loss"),
+                      "--storage '': the database URL is empty")
+    assert not (sweep.dir / "outputs").exists()
+
+
 def test_disable_monitoring_needs_gpus(sweep):
     sweep.config([{"a": 1}])
     check_refused(sweep.run("--disable-gpu-monitoring"), "--disable-gpu-monitoring needs --gpus")

@@ -762,6 +762,32 @@ def test_a_warm_start_that_cannot_be_is_one_line_before_anything_runs(sweep, cas
     assert not (sweep.dir / "second.json").exists() and not (sweep.dir / "second" / "study.log").exists()
 
 
+@pytest.mark.parametrize("case", ["itself", "other_mode", "a_pruned_list", "empty"])
+def test_a_warm_start_with_rerun_is_checked_before_anything_is_set_aside(sweep, case):
+    """An adversarial pass: '--rerun --warm-start DIR' set the sweep's study, journal and trials aside, then refused
+    the warm start (from the folder --rerun had just emptied, or ranked the other way): exit 2 after the damage,
+    and the plain command then started a fresh study. A warm start from a list run with a pruner said 'its
+    search ranked by None'; --warm-start '' was taken for none. Each is one line now, before anything moves."""
+    command, space = earlier_search(sweep, 2)
+    p = sweep.run("--command", command, "--metric", "loss", "--pruner", "median", "--no-live", "--output-dir",
+                  "pruned", "--output-file", "pruned.json", "lr=1e-3,1e-2", "layers=1", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--no-live",
+                  "--output-dir", "other", "--output-file", "other.json", *space, trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    before = sorted(f.name for f in (sweep.dir / "first").iterdir())
+    warm, mode, error = {
+        "itself": ("first", "min", "--warm-start first with --rerun: --rerun sets this folder's study aside"),
+        "other_mode": ("other", "max", "--warm-start other: its search ranked by ['loss'] (['min']); this one by "
+                       "['loss'] (['max'])"),
+        "a_pruned_list": ("pruned", "min", "--warm-start pruned: no search ran there (its study judged a list's runs"),
+        "empty": ("", "min", "--warm-start '': give the output folder of an earlier search")}[case]
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "2", "--metric", "loss", "--mode", mode,
+                  "--no-live", "--output-dir", "first", "--rerun", "--warm-start", warm, *space, trainer=False)
+    check_refused(p, error)
+    assert sorted(f.name for f in (sweep.dir / "first").iterdir()) == before, "something was set aside"
+
+
 @pytest.mark.parametrize("damage", ["null", "[1]", "7", "base_a_list"])
 def test_a_warm_start_from_a_study_whose_search_record_is_damaged_is_one_line(sweep, damage):
     """The earlier study's record of its search (a JSON object in Optuna's journal) read as null, a list or a

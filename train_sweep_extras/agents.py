@@ -574,6 +574,8 @@ class SharedSetup:
     @staticmethod
     def resolve(settings: Settings) -> Settings:
         """--storage: its study's name and grace period, resolved with the other flags (check: the rest)."""
+        if not (settings.storage or "").strip():  # (--storage "$DB_URL" unset: each host ran the whole sweep alone)
+            raise UserError(f"--storage {settings.storage!r}: the database URL is empty (postgresql://USER@HOST/DB)")
         if settings.study_name is not None and not settings.study_name.strip():  # (it took the default study)
             raise UserError("--study-name '': a study's name is not empty")
         return dataclasses.replace(settings, study_name=settings.study_name or "train_sweep",

@@ -341,6 +341,9 @@ def warm_start(optuna: Any, folder: Path, search: SearchSpec, objectives: Sequen
         raise UserError(f"--warm-start {folder}: {path} is damaged: its record of the search is not an object with "
                         "an object for 'base'")
     ranked = (made_for.get("metrics"), made_for.get("modes"))
+    if ranked[0] is None:  # (a list run with a pruner keeps a study too)
+        raise UserError(f"--warm-start {folder}: no search ran there (its study judged a list's runs for a pruner): "
+                        "pass the output folder of an earlier search")
     if ranked != (list(objectives), list(modes)):
         raise UserError(f"--warm-start {folder}: its search ranked by {ranked[0]} ({ranked[1]}); this one by "
                         f"{list(objectives)} ({list(modes)}): its values would mislead the sampler")
@@ -831,8 +834,14 @@ class SearchSetup:
         make_pruner(optuna, *pruner_of(settings, search))
         if search is not None:
             make_sampler(optuna, search, 0, len(settings.modes))
-        study = Path(settings.output_dir) / STUDY  # --warm-start for a new study: a refusal leaves no output folder
-        if settings.warm_start and search is not None and (not study.exists() or study.stat().st_size == 0):
+        if settings.warm_start is not None and not settings.warm_start.strip():
+            raise UserError("--warm-start '': give the output folder of an earlier search")
+        study = Path(settings.output_dir) / STUDY  # --warm-start for a new study (--rerun's too): checked before
+        if settings.warm_start and search is not None and (  # anything is made or set aside
+                settings.rerun or not study.exists() or study.stat().st_size == 0):
+            if settings.rerun and Path(settings.warm_start).resolve() == Path(settings.output_dir).resolve():
+                raise UserError(f"--warm-start {settings.warm_start} with --rerun: --rerun sets this folder's study "
+                                "aside before the new one starts; warm-start from a copy of the folder")
             objectives = settings.metric[: len(settings.modes)]
             warm_start(optuna, Path(settings.warm_start), search, objectives, settings.modes, lambda line: None)
 

@@ -413,7 +413,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError("report: give results files or --storage URL, not both")
         sweeps = [(redact(args.storage), gathered(args.storage, args.study_name))]
         if args.results:
-            write_json_atomic(Path(args.results), sweeps[0][1])
+            try:  # (a folder made as for --csv and --json)
+                Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(Path(args.results), sweeps[0][1])
+            except OSError as e:
+                raise UserError(f"{args.results}: cannot write ({e.strerror or e})") from None
             print(f"{len(sweeps[0][1])} run(s) of every agent written to {args.results}", file=sys.stderr)
     elif args.results:
         raise UserError("report --results FILE gathers a shared sweep's runs: it needs --storage URL")
