@@ -1043,11 +1043,14 @@ def test_a_paused_run_does_not_go_on_while_the_pruner_is_still_bootstrapping(swe
     paused run went on at once (fewer than eta had reached it: "the best of them") and was paused again at
     every rung, three attempts for one run."""
     sweep.gpus.set(count=1)
-    sweep.config(pausing_grid(script(sweep, "resumable.py", RESUMABLE), [0.5, 0.3, 0.6], bootstrap_count=2))
+    # 1 s a step: a pause must land before the run's end (with 0.3 s, once in a suite run on 0.6 of a CPU, 0.3 had
+    # one attempt: most likely it ended before its pause did)
+    slower = RESUMABLE.replace("time.sleep(0.3)", "time.sleep(1.0)")
+    sweep.config(pausing_grid(script(sweep, "resumable.py", slower), [0.5, 0.3, 0.6], bootstrap_count=2))
     p = sweep.run("--no-live", "--max-processes-per-gpu", "1", trainer=False)
     assert p.returncode == 0, p.stdout + p.stderr
     attempts = {r["hyperparams"]["x"]: r["attempt"] for r in sweep.results()}
-    assert attempts == {0.5: 1, 0.3: 2, 0.6: 1}, attempts  # 0.3 goes on once 3 reached rung 0, not before
+    assert attempts == {0.5: 1, 0.3: 2, 0.6: 1}, p.stdout  # 0.3 goes on once 3 reached rung 0, not before
     log = (sweep.dir / "outputs" / "sweep.log").read_text()
     assert log.index("start       trial002") < log.index("goes on from where it paused")
 
