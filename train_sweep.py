@@ -2298,9 +2298,9 @@ class RunCgroups:
         try:
             if path is not None:
                 (path / "cgroup.procs").write_text("0")
-        except OSError:
+        except OSError:  # (not in a cgroup: it is tracked by group and marker)
             path = None
-        try:  # (no cgroup for it: it is tracked by group and marker)
+        try:
             return start()
         finally:  # back (allowed as the step in was), else into the cgroup above the runs', which no one signals
             for home in (self.home, self.root) if path is not None else ():
