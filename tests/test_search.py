@@ -163,6 +163,20 @@ def test_config_search_block_with_defaults_and_plots(sweep):
         assert (plots / name).stat().st_size > 1000, name
 
 
+def test_a_plot_that_cannot_be_drawn_is_a_warning_not_an_error(sweep):
+    """An adversarial pass: every trial with the same value: report --plots said 'train_sweep: error: ... no param
+    importances plot: Encountered zero total variance' and exited 0. The other plots are drawn: a warning."""
+    sweep.gpus.set(count=1)
+    command = script(sweep, "flat.py", "print('val_loss=0.5')\n")
+    p = sweep.run("--command", command, "--search", "random", "--n-trials", "3", "--metric", "val_loss", "--no-live",
+                  "lr=interval(0.1,1)", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = sweep.run("report", "--plots", "plots", trainer=False, timeout=90)
+    assert r.returncode == 0 and "no param importances plot" in r.stderr, r.stdout + r.stderr
+    assert "error:" not in r.stderr and "train_sweep: warning: " in r.stderr, r.stderr
+    assert (sweep.dir / "plots" / "optimization_history.png").exists()
+
+
 def test_param_importances_name_what_moves_the_metric():
     """issue 26 (1): the importance plot put layers at 0.94 and lr at 0.05 where lr alone explained R² 0.84 of
     val_loss (Optuna's default, PED-ANOVA, measures what separates the top trials). fANOVA, on a function whose
@@ -731,6 +745,12 @@ def test_warm_start_seeds_a_new_study_with_an_earlier_sweeps_trials_in_its_space
                   "lr=tag(log,interval(1e-4,1e-2))", "layers=range(1,6)", trainer=False)
     assert p.returncode == 0 and "--warm-start first: not applied: second/study.log resumes" in p.stdout, p.stdout
     assert sum("warm_start" in t.user_attrs for t in load_study(sweep.dir / "second").trials) == inside
+    # a fixed value set in only one of the searches differs too (an adversarial pass: the note named only keys
+    # both set)
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "1", "--metric", "loss", "--no-live",
+                  "--output-dir", "third", "--output-file", "third.json", "--warm-start", "first",
+                  "lr=tag(log,interval(1e-4,1e-2))", "layers=range(1,6)", "epochs=3", trainer=False)
+    assert p.returncode == 0 and "; note: its fixed values differ in epochs" in p.stdout, p.stdout
 
 
 def earlier_search(sweep, trials: int) -> tuple[str, list[str]]:

@@ -271,6 +271,7 @@ def test_cleanup_keeps_the_best_runs_and_resume_runs_a_deleted_run_again(finishe
     assert p.returncode == 0, p.stderr
     assert f"kept outputs/{best.name}: among the sweep's best runs" in p.stdout
     assert best.exists() and "deleted 3 run folder(s)" in p.stdout
+    assert "; a resumed sweep runs a deleted run again" in p.stdout and "search" not in p.stdout, p.stdout
     assert not (out / "lr_0.001_depth_2_metric_0.5").exists()
     p = finished.run("--max-processes-per-gpu", "2", "--metric", "val_loss")  # resume: the deleted runs again
     assert "resume: 1 run(s) already complete" in p.stdout, p.stdout
@@ -284,6 +285,18 @@ def test_cleanup_keeps_the_best_runs_and_resume_runs_a_deleted_run_again(finishe
     assert "lr_0.1_depth_4_metric_0.3 = 0.3" in best_line  # the best whose folder is there
     finished.run("--max-processes-per-gpu", "2", "--metric", "val_loss")
     assert best.is_dir()
+
+
+def test_cleanup_of_a_search_does_not_say_its_trials_run_again(sweep):
+    """An adversarial pass: cleanup of a search's trial folders said 'a resumed sweep runs a deleted run again';
+    a search asks no finished trial again (its result stays in the study and the results)."""
+    sweep.gpus.set(count=1)
+    p = sweep.run("--search", "random", "--n-trials", "2", "--metric", "val_loss", "--no-live", "metric=interval(0,1)")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = sweep.run("cleanup", "--days", "0", "--live", "--include-best", trainer=False)
+    assert p.returncode == 0 and "deleted 2 run folder(s)" in p.stdout, p.stdout + p.stderr
+    assert "a resumed search asks no deleted trial again (their results stay)" in p.stdout, p.stdout
+    assert "a resumed sweep runs a deleted run again" not in p.stdout, p.stdout
 
 
 def test_cleanup_asks_on_a_terminal(finished):

@@ -19,11 +19,10 @@ from train_sweep import (
     clean,
     gpu_label,
     run_labels,
-    say_error,
     varying_keys,
 )
 from train_sweep_extras.search import import_optuna
-from train_sweep_extras.tools import complete_records, read_series, record_metric
+from train_sweep_extras.tools import complete_records, read_series, record_metric, say_warning
 
 
 def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
@@ -55,7 +54,7 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
         if len(complete) >= 2 and len(study.best_trial.params) >= 1:
             evaluator = importance_evaluator(optuna)
             if evaluator is None:
-                say_error(f"{path}: no param importances plot: fANOVA needs scikit-learn: pip install scikit-learn "
+                say_warning(f"{path}: no param importances plot: fANOVA needs scikit-learn: pip install scikit-learn "
                           "(or pip install 'train-sweep[plots]')")
             else:
                 plots.append(("param_importances", lambda: _importances_plot(vis, study, evaluator)))
@@ -70,7 +69,7 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
             try:
                 ax = draw()
             except (ValueError, RuntimeError) as e:  # too few trials for this plot
-                say_error(f"{path}: no {name.replace('_', ' ')} plot: {e}")
+                say_warning(f"{path}: no {name.replace('_', ' ')} plot: {e}")  # (the others are drawn: exit 0)
                 continue
         figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
         target = folder / f"{prefix}{name}.png"

@@ -359,7 +359,9 @@ def warm_start(optuna: Any, folder: Path, search: SearchSpec, objectives: Sequen
             left[why] += 1
     rest = "; ".join(f"{n} with {why}" for why, n in left.most_common())
     old_base = made_for.get("base") or {}
-    changed = [k for k in sorted(set(old_base) & set(search.base)) if old_base[k] != search.base[k]]
+    unset = object()  # a fixed value set in one search only differs too
+    changed = [k for k in sorted(set(old_base) | set(search.base))
+               if k not in search.params and old_base.get(k, unset) != search.base.get(k, unset)]
 
     def add(study: Any) -> None:
         for t in taken:

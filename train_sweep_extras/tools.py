@@ -704,8 +704,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         for lock in locks:
             os.close(lock)
     verb = "deleted" if args.live else "would delete"
+    folders = {d.parent for d, _, _ in chosen} if args.live else set()
+    searches = {f for f in folders if ((sweep_record(f) or {}).get("settings") or {}).get("search")}
+    notes = (["a resumed sweep runs a deleted run again"] if folders - searches else []) + (
+        ["a resumed search asks no deleted trial again (their results stay)"] if searches else [])
     print(f"{verb} {len(chosen)} run folder(s), {total / MB:.1f} MB" + ("" if args.live else "; pass --live to delete")
-          + ("; a resumed sweep runs a deleted run again" if args.live and chosen else ""))
+          + "".join(f"; {note}" for note in notes))
     return EXIT_OK
 
 
