@@ -299,6 +299,16 @@ def test_cleanup_of_a_search_does_not_say_its_trials_run_again(sweep):
     assert "a resumed sweep runs a deleted run again" not in p.stdout, p.stdout
 
 
+def test_report_of_a_sweep_folder_moved_since_finds_its_runs(finished):
+    """An adversarial pass: after 'mv outputs sweepA', report sweepA said the best's folder was deleted (the
+    records hold the runs' absolute folders) and named no best."""
+    (finished.dir / "outputs").rename(finished.dir / "sweepA")
+    p = report(finished, "sweepA", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "was better; its folder was deleted" not in p.stdout, p.stdout
+    assert f"Best (min val_loss): lr_0.01_depth_2_metric_0.2 = 0.2  ({finished.dir / 'sweepA'}" in p.stdout, p.stdout
+
+
 def test_cleanup_asks_on_a_terminal(finished):
     out = finished.dir / "outputs"
     old = out / "lr_0.001_depth_2_metric_0.5"

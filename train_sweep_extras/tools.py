@@ -83,6 +83,9 @@ def load_results(path: str) -> list[dict[str, Any]]:
     folder = Path(path)
     if folder.is_dir() and ((folder / JOURNAL).is_file() or (folder / "sweep.json").is_file()):
         latest = of_this_sweep(latest_records(folder), sweep_record(folder) or {})
+        for name, r in latest.items():  # a folder moved since (mv outputs sweepA): its runs are where it is now
+            if not Path(str(r.get("run_dir"))).is_dir() and (here := folder.resolve() / name).is_dir():
+                latest[name] = dict(r, run_dir=str(here))
         return sorted(latest.values(), key=lambda r: r.get("index") if _is_whole(r.get("index")) else 0)
     if folder.exists() and not folder.is_file():  # a FIFO would be waited on, /dev/zero read forever
         raise UserError(f"{path}: not a results file nor a sweep's output folder (a folder, a FIFO or a device)")
