@@ -883,8 +883,8 @@ def parse_set(pairs: Sequence[str], flag: str = "--set") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep:
-            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE")
+        if not sep or key in out:
+            raise UserError(f"{flag} {pair!r}: " + (f"{key!r} is set twice" if sep else "expected KEY=VALUE"))
         check_key(key, f"{flag} {pair!r}")
         try:
             out[key] = json.loads(text, object_pairs_hook=_object)
@@ -4392,7 +4392,7 @@ def parse_gpu_ids(values: Sequence[str] | None) -> list[int] | None:
     if [i.lower() for i in items] == ["all"]:
         return None
     ids: list[int] = []
-    for item in items:
+    for item in items or [""]:  # (--gpus "": no id at all)
         if not (item.isascii() and item.isdigit()):  # (not '٣': int() reads any script's digits)
             raise UserError(f"--gpus: {item!r} is not a GPU id (use numbers as nvidia-smi shows them, or 'all')")
         if int(item) in ids:

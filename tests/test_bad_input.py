@@ -74,6 +74,14 @@ def test_unknown_gpu(sweep):
     check_refused(sweep.run("--gpus", "zero"), "'zero' is not a GPU id")
     check_refused(sweep.run("--gpus", "1", "1"), "GPU 1 is listed twice")
     check_refused(sweep.run("--gpus", "\u0663"), "is not a GPU id")  # an Arabic-Indic 3: was GPU 3
+    # an adversarial pass: --gpus "$GPUS" unset said 'run [0] run needs 1 GPUs; the sweep has 0'
+    check_refused(sweep.run("--gpus", ""), "--gpus: '' is not a GPU id")
+
+
+def test_a_key_set_twice_with_set_is_refused(sweep):
+    """An adversarial pass: --set x=1 --set x=2 kept the last value without a word (x=1 x=2 is refused)."""
+    sweep.config([{"a": 1}])
+    check_refused(sweep.run("--set", "x=1", "--set", "x=2"), "--set 'x=2': 'x' is set twice")
 
 
 @pytest.mark.parametrize("command", ["", "   ", "python 'unclosed"])
