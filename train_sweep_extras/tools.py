@@ -941,10 +941,12 @@ def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[Mappi
     if asked and shutil.which("sacct"):
         import subprocess
 
+        # asked by the arrays' ids, read with submitit's reader as the sweep reads it: a job array's tasks not
+        # started yet are one line of sacct's (123_[0-5])
         with suppress(OSError, subprocess.SubprocessError, ImportError):
-            from submitit.slurm.slurm import SlurmInfoWatcher  # (its reading: a job array's tasks not started yet
+            from submitit.slurm.slurm import SlurmInfoWatcher
 
-            bases = sorted({job.split("_")[0] for job in asked})  # are one line, 123_[0-5], as the sweep reads it)
+            bases = sorted({job.split("_")[0] for job in asked})
             out = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", ",".join(bases)],
                                  capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
             states = SlurmInfoWatcher().read_info(out.stdout) if out.returncode == 0 else {}
