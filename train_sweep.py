@@ -2156,22 +2156,23 @@ def guardian_main(sweep_id: str, grace: str, cgroups: str) -> None:
             tty.write(f"\x1b[?25h\x1b[?1049l\ntrain_sweep was killed with its live view up; its guardian ends its "
                       f"{len(groups)} running run(s). Run the same command again to resume.\n")
     root = Path(cgroups) if cgroups else None
-    if groups or any(RunCgroups.pids(run) for run in (root.glob("run-*") if root is not None else ())):
-        import psutil  # (a run in its cgroup, not registered yet: train_sweep died as it started it)
+    def in_cgroups() -> set[int]:  # the live processes in the runs' cgroups
+        return {pid for run in (root.glob("run-*") if root is not None else ()) for pid in RunCgroups.pids(run)}
+    if groups or in_cgroups():  # (a run in its cgroup, not registered yet: train_sweep died as it started it)
+        import psutil
 
         def ours() -> list[Any]:
             for g, start in list(groups.items()):
                 now = proc_stat(g, 19)
                 if now and start and now != start:
                     del groups[g]  # the PID was reused by another group's leader: not ours
-            in_cgroups = {pid for run in (root.glob("run-*") if root is not None else ()) for pid in
-                          RunCgroups.pids(run)}
+            cgrouped = in_cgroups()
             out = []
             for p in psutil.process_iter():
                 with suppress(psutil.Error, OSError):
                     if p.pid in (os.getpid(), sweep) or p.status() == psutil.STATUS_ZOMBIE:
                         continue
-                    if p.pid in in_cgroups or os.getpgid(p.pid) in groups or \
+                    if p.pid in cgrouped or os.getpgid(p.pid) in groups or \
                             p.environ().get("TRAIN_SWEEP_ID") == sweep_id:
                         out.append(p)
             return out
@@ -3770,8 +3771,7 @@ class Leaderboard:
         """A complete run's final value: it leads if it beats the best finished run."""
         self.latest.pop(run, None)
         self.board[run] = value
-        lead = None if self.leader is None else self.board[self.leader]  # (of equal values: the first in the sweep)
-        if lead is None or better(value, lead, self.mode) or (value == lead and run.index < self.leader.index):
+        if self.leader is None or best_of((self.leader, run), self.board.get, self.mode)[1] is run:  # (ties: best_of)
             self.leader = run
             self._announce()
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -409,6 +409,24 @@ def put_back_attempt_files(run: Run, attempt: Any) -> None:
         folder.rmdir()
 
 
+def sacct(job_ids: Iterable[str], fields: str = "JobID,State",
+          timeout: float = 60.0) -> tuple[dict[str, dict[str, str]], str | None]:
+    """One sacct call for these jobs (asked by their arrays' ids): each task's fields, read as submitit reads them
+    (a job array's tasks not started yet are one line, 123_[0-5]), and None; or {} and why sacct failed."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    arrays = ",".join(sorted({job.split("_")[0] for job in job_ids}))
+    try:
+        out = subprocess.run(["sacct", "-o", fields, "--parsable2", "-j", arrays], capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {}, str(e)
+    if out.returncode != 0:
+        return {}, next((line for line in reversed(out.stderr.splitlines()) if line.strip()),
+                        f"exit code {out.returncode}")
+    return SlurmInfoWatcher().read_info(out.stdout), None
+
+
 def sacct_time(text: str | None) -> float | None:
     """A time as sacct prints it (Start: ISO 8601 in this machine's time zone) as a timestamp; None for Unknown."""
     try:
@@ -460,9 +478,6 @@ class SlurmLauncher:
         self._sacct_at = -math.inf
         self._asks = 0  # sacct calls so far: each attempt is judged on a new answer once
         self.info: dict[str, dict[str, str]] = {}  # sacct's latest word on each job
-        from submitit.slurm.slurm import SlurmInfoWatcher
-
-        self._parse = SlurmInfoWatcher().read_info  # submitit's reading of sacct's output (job arrays' ranges)
         self._sacct_failed = False
         self._array_size: int | None = None
         self._reasons_at = 0.0
@@ -596,22 +611,17 @@ class SlurmLauncher:
     def _ask_sacct(self) -> None:
         """One sacct call for every job the sweep follows (what submitit's watcher does, but also for states
         it takes for final, SUSPENDED or CONFIGURING, and with its complaints kept off the terminal)."""
-        ids = sorted({a.job.job_id.split("_")[0] for a in self.jobs if a.job is not None})
+        ids = [a.job.job_id for a in self.jobs if a.job is not None]
         if not ids:
             return
         self._asks += 1
-        try:
-            out = subprocess.run(["sacct", "-o", "JobID,State,NodeList,Start,End", "--parsable2", "-j", ",".join(ids)],
-                                 capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError) as e:
-            out = subprocess.CompletedProcess([], 1, "", str(e))
-        if out.returncode == 0:
-            self.info.update(self._parse(out.stdout))
+        info, failed = sacct(ids, "JobID,State,NodeList,Start,End")
+        if failed is None:
+            self.info.update(info)
             self._ask_reasons()
         elif not self._sacct_failed:
             self._sacct_failed = True
-            last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit code {out.returncode}"]
-            self.notes.append(f"warning: sacct fails here ({one_line(last[0], 200)}): a job that ends without its "
+            self.notes.append(f"warning: sacct fails here ({one_line(failed, 200)}): a job that ends without its "
                               f"command's exit code is noticed once squeue no longer lists it ({SLURM_GONE_S:g} s "
                               "after its submission at the earliest)")
 

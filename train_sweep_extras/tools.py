@@ -939,17 +939,10 @@ def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[Mappi
     ended = [r for job, r in jobs.items() if (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()]
     asked = [job for job, r in jobs.items() if r not in ended]
     if asked and shutil.which("sacct"):
-        import subprocess
+        with suppress(ImportError):  # (submitit reads sacct's lines)
+            from train_sweep_extras.slurm import sacct
 
-        # asked by the arrays' ids, read with submitit's reader as the sweep reads it: a job array's tasks not
-        # started yet are one line of sacct's (123_[0-5])
-        with suppress(OSError, subprocess.SubprocessError, ImportError):
-            from submitit.slurm.slurm import SlurmInfoWatcher
-
-            bases = sorted({job.split("_")[0] for job in asked})
-            out = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", ",".join(bases)],
-                                 capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-            states = SlurmInfoWatcher().read_info(out.stdout) if out.returncode == 0 else {}
+            states = sacct(asked, timeout=10.0)[0]
             ended += [jobs[job] for job in asked if states.get(job, {}).get("State", "").split(" ")[0] in SLURM_ENDED]
     return ended
 
