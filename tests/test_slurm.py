@@ -577,6 +577,28 @@ def test_status_of_a_detached_sweep_whose_job_array_was_cancelled_before_its_tas
             cluster.run("scancel", job, check=False)
 
 
+def test_watch_follows_a_detached_sweep_until_its_jobs_end(sweep, cluster):
+    """watch of a detached sweep drew it once and exited while its jobs ran on: it redrew only while the sweep's
+    process lived, and a detached sweep has none. It now redraws until the jobs have ended, and asks sacct (the
+    cluster's accounting database) at most every 30 s, not at each redraw."""
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 8}})
+    p = run(sweep, cluster, "--detach")
+    assert p.returncode == 0, p.stdout + p.stderr
+    bin_, calls = sacct_wrapper(sweep)
+    try:
+        w = sweep.run("watch", "outputs", "--every", "0.3", trainer=False, timeout=90,
+                      PATH=f"{bin_}:{os.environ['PATH']}", **slurm_env(cluster))
+    finally:
+        for job in ours(cluster, sweep):
+            cluster.run("scancel", job, check=False)
+    assert w.returncode == 0, w.stdout + w.stderr
+    states = w.stdout.strip().split("\n\n")  # piped: each state after the one before
+    assert len(states) >= 5, w.stdout
+    assert "detached: its runs are Slurm jobs" in states[0], states[0]
+    assert "detached: its Slurm jobs have ended (the same command collects the results)" in states[-1], states[-1]
+    assert len(calls.read_text().splitlines()) <= 2, f"sacct asked {calls.read_text().count('x')} times"
+
+
 def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
     """From the Slurm pass: once a detached sweep's jobs had ended, status still counted them running or queued
     with Slurm, and report said only that there was no results file. Both now say the jobs ended and that the

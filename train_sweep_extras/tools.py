@@ -783,6 +783,7 @@ class SweepStatus:
         self._offset, self._file = 0, (0, 0)  # where the last reading stopped, in which file (device, inode)
         self._runs: dict[Path, tuple[int, Mapping[str, Any] | None]] = {}  # run.json: (mtime_ns, record)
         self._tails: dict[tuple[str, int], str] = {}  # a failed attempt's last stderr lines
+        self._sacct: tuple[float, dict[str, str]] = (-math.inf, {})  # a detached sweep's jobs: (when asked, states)
 
     def _journal(self) -> None:
         if not (self.folder / JOURNAL).is_file():  # (a FIFO would be waited on)
@@ -858,7 +859,7 @@ class SweepStatus:
         total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
         left = max(0, total - sum(counts.values()) - len(running))
         detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
-        ended = jobs_ended(folder, running) if detached else []  # with Slurm: not collected yet
+        ended = jobs_ended(folder, running, self._slurm_states) if detached else []  # with Slurm: not collected yet
         running = [r for r in running if r not in ended]
         state = "running" if pid else "detached: its Slurm jobs have ended (the same command collects the results)" \
             if detached and not running else "detached: its runs are Slurm jobs (the same command follows them and " \
@@ -895,7 +896,15 @@ class SweepStatus:
         if found is not None:
             lines.append(f"best {found[0]} so far (complete runs): {found[2]['model_name']} = {found[1]:.4g}")
         lines += [f"  {line}" if i else line for i, line in enumerate(failure_reasons(self._failures(), 3))]
-        return lines, pid is not None
+        return lines, pid is not None or (detached and bool(running))  # (`watch` follows detached jobs to their end)
+
+    def _slurm_states(self, jobs: Sequence[str]) -> dict[str, str]:
+        """sacct's state of each job, asked at most every SACCT_EVERY_S (watch redraws every 2 s; each sacct call
+        is a query of the cluster's accounting database): a detached sweep's jobs only end, none are added."""
+        at, states = self._sacct
+        if time.monotonic() - at >= SACCT_EVERY_S:
+            self._sacct = at, states = time.monotonic(), sacct_states(jobs)
+        return states
 
     def _failures(self) -> list[Mapping[str, Any]]:
         """The latest 200 failed runs, each with its last stderr line (read once: the journal keeps no tails)."""
@@ -927,23 +936,32 @@ def _attempt(record: Mapping[str, Any]) -> int:
     return record.get("attempt") if _is_whole(record.get("attempt")) else 1
 
 
+SACCT_EVERY_S = 30.0  # `watch` of a detached sweep asks Slurm's accounting this often at most
 SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                "TIMEOUT")  # sacct's states of a job that has ended (a requeued one is PENDING or REQUEUED again)
 
 
-def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def sacct_states(jobs: Sequence[str]) -> dict[str, str]:
+    """Each job's state as sacct says it ({} where sacct is not here or fails)."""
+    if not jobs or not shutil.which("sacct"):
+        return {}
+    with suppress(ImportError):  # (submitit reads sacct's lines)
+        from train_sweep_extras.slurm import sacct
+
+        return {job: info.get("State", "") for job, info in sacct(jobs, timeout=10.0)[0].items()}
+    return {}
+
+
+def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]],
+               states: Callable[[Sequence[str]], Mapping[str, str]] = sacct_states) -> list[Mapping[str, Any]]:
     """A detached sweep's Slurm jobs (their run.json says running) that ended: submitit wrote the result, or
     sacct says so (a job cancelled, or killed without a result); only the sweep's command, run again, collects
     them. Where sacct is not here or fails, the results alone tell."""
     jobs = {r["slurm_job_id"]: r for r in records if isinstance(r.get("slurm_job_id"), str)}
     ended = [r for job, r in jobs.items() if (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()]
-    asked = [job for job, r in jobs.items() if r not in ended]
-    if asked and shutil.which("sacct"):
-        with suppress(ImportError):  # (submitit reads sacct's lines)
-            from train_sweep_extras.slurm import sacct
-
-            states = sacct(asked, timeout=10.0)[0]
-            ended += [jobs[job] for job in asked if states.get(job, {}).get("State", "").split(" ")[0] in SLURM_ENDED]
+    if asked := [job for job, r in jobs.items() if r not in ended]:
+        said = states(asked)
+        ended += [jobs[job] for job in asked if said.get(job, "").split(" ")[0] in SLURM_ENDED]
     return ended
 
 
