@@ -22,12 +22,14 @@ dropout 0..0.3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +53,9 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
     "pause-mps": ({"pruner": {**SHA, "pause": True}}, ["--max-processes-per-gpu", "auto", "--mps"], {"checkpoint": 1},
                   3),  # the same, the runs as clients of NVIDIA's MPS (runs packed on a GPU compute at once)
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
+    # `default` with an earlier train_sweep: the one in BENCH_BASELINE (a folder with train_sweep.py and its extras,
+    # e.g. `git archive 9dbb199 train_sweep.py train_sweep_extras | tar x -C DIR`: auto packed a search full)
+    "baseline": ({}, [], {}, 1),
     "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }
 
@@ -95,16 +100,29 @@ def workdir(tmp: str, name: str) -> Path:
     return Path(tmp) / name if FOOTPRINTS is None else FOOTPRINTS / "work"
 
 
-def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict], str]:
+def sweep(work: Path, config: dict, flags: list[str], code: Path = ROOT) -> tuple[float, list[dict], str]:
     shutil.rmtree(work, ignore_errors=True)  # (--footprint-cache: the previous sweep, kept until now)
     work.mkdir(parents=True)
     (work / "cfg.json").write_text(json.dumps({"command": f"{sys.executable} {TRAINER}", **config}))
     cache = ["--no-footprint-cache"] if FOOTPRINTS is None else []
     env = {**os.environ, **({"XDG_CACHE_HOME": str(FOOTPRINTS)} if FOOTPRINTS is not None else {})}
     t0 = time.time()
-    done = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--no-live",
-                           "--metric", "val_loss", *cache, *flags], cwd=work, capture_output=True, text=True, env=env)
+    sampler = GpuSampler(t0)
+    sampler.start()
+    try:
+        done = subprocess.run([sys.executable, str(code / "train_sweep.py"), "--config-file", "cfg.json", "--no-live",
+                               "--metric", "val_loss", *cache, *flags], cwd=work, capture_output=True, text=True,
+                              env=env)
+    finally:
+        sampler.stop.set()
+        sampler.join()
     wall = time.time() - t0
+    (work / "gpu_samples.json").write_text(json.dumps(sampler.samples))
+    series = {}  # each run's reports: [step, seconds from the sweep's start] (the sweep's train_sweep_metrics.jsonl)
+    for f in (work / "outputs").glob("*/train_sweep_metrics.jsonl"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        series[f.parent.name] = [[r.get("step"), round(r["time"] - t0, 2)] for r in rows if "time" in r]
+    (work / "series.json").write_text(json.dumps(series))
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
     records = json.loads((work / "train_sweep_results.json").read_text())
@@ -115,13 +133,35 @@ def sweep(work: Path, config: dict, flags: list[str]) -> tuple[float, list[dict]
     return wall, records, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
+class GpuSampler(threading.Thread):
+    """GPU 0's utilization, memory used and compute processes every 0.5 s while a sweep runs: [t, %, MB, n]."""
+
+    def __init__(self, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.t0, self.stop, self.samples = t0, threading.Event(), []
+
+    def run(self) -> None:
+        import pynvml
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        while not self.stop.wait(0.5):
+            with contextlib.suppress(pynvml.NVMLError):
+                self.samples.append([round(time.time() - self.t0, 2), pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                                     round(pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20),
+                                     len(pynvml.nvmlDeviceGetComputeRunningProcesses(h))])
+
+
 def save(folder: Path | None, name: str, records: list[dict], work: Path) -> None:
     """SAVE/NAME.json: the runs (hyperparameters, states, times from the sweep's start); SAVE/NAME.log: the
-    sweep's decisions (outputs/sweep.log: packing, footprints, the search's verdicts)."""
+    sweep's decisions (outputs/sweep.log: packing, footprints, the search's verdicts); SAVE/NAME.gpu_samples.json:
+    GPU 0 every 0.5 s ([seconds, utilization %, MB used, compute processes]); SAVE/NAME.series.json: each run's
+    reports ([step, seconds], from its train_sweep_metrics.jsonl)."""
     if folder:
         folder.mkdir(parents=True, exist_ok=True)
         keep = ("model_name", "state", "start_time", "end_time", "metrics", "hyperparams", "attempts")
         (folder / f"{name}.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in records]))
+        for extra in ("gpu_samples.json", "series.json"):  # what the GPU did; when each run reported what step
+            if (work / extra).exists():
+                (folder / f"{name}.{extra}").write_bytes((work / extra).read_bytes())
         if (work / "outputs" / "sweep.log").exists():
             (folder / f"{name}.log").write_bytes((work / "outputs" / "sweep.log").read_bytes())
 
@@ -204,7 +244,8 @@ def main() -> int:
                       "params": SPACE, **extra}
             flags = flags or ["--max-processes-per-gpu", "auto"]
             work = workdir(tmp, variant)
-            w, recs, last = sweep(work, {"search": search, "defaults": {**defaults, **run_args}}, flags)
+            code = Path(os.environ["BENCH_BASELINE"]) if variant == "baseline" else ROOT
+            w, recs, last = sweep(work, {"search": search, "defaults": {**defaults, **run_args}}, flags, code)
             save(args.save, variant, recs, work)
             done = sorted((r["end_time"], v) for r in recs if (v := value(r)) is not None)
             reach = next((t for t, v in done if v <= best), None)
