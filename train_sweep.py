@@ -900,7 +900,8 @@ _SIMPLE_WORDS = (  # the plain values whose reading by Hydra's grammar is known 
     (re.compile(r"[+-]?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(0|[1-9][0-9]*)[eE][+-]?[0-9]+"
                 r"|[+-]?(inf|nan)", re.IGNORECASE), float),
     (re.compile(r"true|false", re.IGNORECASE), lambda w: w.lower() == "true"),
-    (re.compile(r"null", re.IGNORECASE), lambda w: None), (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str))
+    (re.compile(r"null", re.IGNORECASE), lambda w: None), (re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*"), str),
+)
 
 
 class SimpleOverride:
@@ -1625,7 +1626,6 @@ class Policy:
     settle_timeout_s: float = SETTLE_TIMEOUT_S
     settle_stable_s: float = SETTLE_STABLE_S
     settle_growth_mb: float = SETTLE_GROWTH_MB
-    search: bool = False  # a search's trials: auto packs for time to the best model (the extras' Knee)
 
     def describe(self, gpus: Sequence[int]) -> str:
         """The placement in one line, for --dry-run and sweep.log."""
@@ -4707,8 +4707,8 @@ class LocalBackend:
                             f"available here ({self.note or 'no reading'}): give a number")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threshold = None if self.probe is None else math.inf if auto else settings.memory_threshold_gb * 1024
-        self.policy = Policy(AUTO_MAX_PER_GPU if auto else int(per_gpu), threshold, settings.max_parallel, auto, cores,
-                             bool(settings.mps), settings.settle_seconds, search=bool(settings.search))
+        self.policy = Policy(AUTO_MAX_PER_GPU if auto else per_gpu if isinstance(per_gpu, int) else 1, threshold,
+                             settings.max_parallel, auto, cores, bool(settings.mps), settings.settle_seconds)
         self.placement = self.policy.describe(self.gpus)
 
     def check(self) -> None:

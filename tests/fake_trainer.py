@@ -31,9 +31,6 @@
     flood_mb=N     print N MB of 100-byte lines to stdout as fast as it can, then go on
     cr_bar=N       write N tqdm-style progress updates to stderr, '\r'-separated, no newline
     err_mb=N       print one N MB line as the last stderr line
-    shared_steps=N print step=K val_loss=V N times, each step step_s seconds (default 0.5) of a GPU that
-                   its runs share past knee=K of them (default 2): with n runs on its GPU (mem_mb, the fake
-                   pynvml's procs_dir) each step takes step_s x max(1, n / K); V = 1 / K + (x - 0.3)^2
     bad_metrics=K  write a metrics.json that is not plain JSON: K=surrogate (a lone "\ud800" escape)
                    or K=deep (100,000 nested arrays)
 
@@ -230,30 +227,6 @@ if "spam" in args:
         i += 1
         time.sleep(0.001)
 
-def on_my_gpu() -> int:
-    """Runs on this run's fake GPU: live processes that wrote a procs_dir file for it (use_memory)."""
-    with open(os.environ["FAKE_NVML_STATE"]) as f:
-        folder = json.load(f)["procs_dir"]
-    n = 0
-    for entry in os.listdir(folder):
-        try:
-            with open(os.path.join(folder, entry)) as f:
-                mine = json.load(f).get("gpu") == int(gpu.split(",")[0])
-            os.kill(int(entry.split(".")[0]), 0)
-        except (OSError, ValueError):
-            continue
-        n += mine
-    return max(1, n)
-
-
-if "shared_steps" in args:
-    step_s, knee = float(args.get("step_s", 0.5)), float(args.get("knee", 2))
-    for k in range(1, int(args["shared_steps"]) + 1):
-        done = 0.0
-        while done < 1.0:
-            time.sleep(0.02)
-            done += 0.02 / (step_s * max(1.0, on_my_gpu() / knee))
-        print(f"step={k} val_loss={1 / k + (float(args.get('x', 0.3)) - 0.3) ** 2:.6f}", flush=True)
 if "early_metric" in args:
     print(f"step=1 val_loss={args['early_metric']}", flush=True)
 time.sleep(float(args.get("sleep", 0)))

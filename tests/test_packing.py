@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import time
 from datetime import datetime
@@ -23,8 +22,8 @@ import pytest
 from conftest import kill_pids, run_jsons, run_pids
 from test_scheduler import Clock, FakeLauncher, FakeSource, sim_sweep
 from train_sweep import HINT_OOM, GpuPool, GpuReading, Outcome, Policy, ResultsWriter, Run, Settings, State
-from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, HOLD_S, KNEE_WAIT_S, MARGIN, MARGIN_MAX,
-                                        STABLE_S, FootprintCache, Footprints, Knee, Packer)
+from train_sweep_extras.packing import (EXPONENT_SLACK, GROWTH_POWER, HOLD_S, MARGIN, MARGIN_MAX, STABLE_S,
+                                        FootprintCache, Footprints, Packer)
 
 
 # -- --max-processes-per-gpu auto: the decisions, with a fake clock and fake NVML readings -----------------------
@@ -1036,88 +1035,3 @@ def test_extreme_values_bound_nothing_rather_than_crash():
     fp.add({"n": 1}, 1000.0, "b")
     fp.predict({"eps": 1.0})
     fp.predict({"n": 10 ** 400})
-
-
-# -- a search packs for time to the best model (issue 25) ---------------------------------------------------------
-
-SHARED = {"shared_steps": 16, "step_s": 0.5, "knee": 2, "mem_mb": 1000}  # a GPU whose compute 2 runs fill
-
-
-def most_at_once(sweep) -> int:
-    events = sorted(sweep.events(), key=lambda e: (e["t"], e["event"] == "start"))  # (an end before a start)
-    running = most = 0
-    for e in events:
-        running += 1 if e["event"] == "start" else -1 if e["event"] == "end" else 0
-        most = max(most, running)
-    return most
-
-
-class Trial:
-    """A search's run as the Knee sees it: its GPUs and how many values it has reported (run.points)."""
-
-    def __init__(self, started: float) -> None:
-        self.gpus, self.points, self.done, self.started = (0,), 0, 0.0, started
-
-
-def knee_of(knee_at: float, reports_every: float = 1.0, start_up: float = 2.0, cap: int = 16,
-            for_s: float = 400.0) -> tuple[Knee, list[int]]:
-    """A GPU whose runs train at full speed up to `knee_at` of them computing and share it past that: the Knee
-    placing runs up to its limit, read every 0.5 s; returns it and how many ran at once, each reading."""
-    knee, trials, held = Knee([0], cap), [], []
-    for tick in range(int(for_s / 0.5)):
-        now = tick * 0.5
-        while len(trials) < knee.limit(0)[0]:
-            trials.append(Trial(now))
-        computing = [t for t in trials if now - t.started >= start_up]
-        for t in computing:
-            t.done += 0.5 / reports_every * min(1.0, knee_at / len(computing))
-            t.points = int(t.done)
-        knee.observe(now, {0: trials})
-        held.append(len(trials))
-    return knee, held
-
-
-@pytest.mark.parametrize("knee_at, kept", [(1, 1), (2, 2), (4, 4), (6, 8), (12, 16), (100, 16)])
-def test_a_search_doubles_the_runs_on_a_gpu_while_that_makes_them_train_faster_in_all(knee_at, kept):
-    """Each doubling is judged by the runs' own reports: kept while the runs in all train 1.3x as fast or more,
-    else undone. A GPU that 6 runs fill: 8 runs train 6/4 = 1.5x as fast in all as 4 (kept), 16 no faster than 8
-    (back to 8); one that 12 fill: 16 train 12/8 = 1.5x as fast as 8 (kept, the CPU cores' bound)."""
-    knee, held = knee_of(knee_at)
-    assert knee.levels[0].cap == kept, (knee.levels[0], knee.notes)
-    assert max(held) == min(2 * kept, 16)  # the doubling tried (then undone), or the bound
-
-
-def test_a_search_whose_runs_report_too_seldom_is_packed_as_a_list():
-    """Runs that report once a minute (an epoch each): no measure within KNEE_WAIT_S, so memory and cores decide."""
-    knee, _ = knee_of(4, reports_every=60.0, for_s=KNEE_WAIT_S + 10)
-    assert knee.levels[0].cap == 16
-    assert any("reported too seldom to measure" in note for note in knee.notes), knee.notes
-
-
-def test_a_search_packs_a_gpu_only_as_far_as_more_runs_train_faster_in_all(sweep):
-    """issue 25: auto packed a search's trials up to the CPU-core bound (16 on an H100 machine), where each ran 3x
-    slower than alone for little more throughput: results came late, in a wave. A search now doubles the runs on a
-    GPU while a doubling makes them train faster in all (from the runs' own reports): on a GPU that 2 runs fill,
-    4 runs train no faster than 2, so it keeps 2."""
-    sweep.gpus.set(count=1, total_mb=80000, used_mb=500, util=30)
-    sweep.config({"search": {"sampler": "random", "n_trials": 8, "seed": 0, "metric": "val_loss",
-                             "params": {"x": {"type": "float", "low": 0.0, "high": 1.0}}},
-                  "defaults": SHARED, "max_processes_per_gpu": "auto"})
-    p = sweep.run("--max-parallel", "16", "--no-live", timeout=240)
-    assert p.returncode == 0, p.stdout + p.stderr
-    log = (sweep.dir / "outputs" / "sweep.log").read_text()
-    assert "a search doubles the runs on a GPU while a doubling makes them train 1.3x as fast" in log, log
-    assert re.search(r"GPU 0: a search's runs trained (0\.\d+|1\.[01]\d*)x as fast in all with [34]\.\d computing "
-                     r"as with [12]\.\d \(a doubling must give 1\.3x\): at most 2 run\(s\) on it", log), log
-    assert most_at_once(sweep) == 4  # the doubling tried
-    assert all(r["state"] == "complete" for r in sweep.results())
-
-
-def test_a_list_packs_as_far_as_memory_and_cores_allow(sweep):
-    """A list's runs are all run whatever comes first: its wall time is what counts, so auto packs it full."""
-    sweep.gpus.set(count=1, total_mb=80000, used_mb=500, util=30)
-    sweep.config({"grid": {"x": [i / 10 for i in range(8)]}, "defaults": SHARED, "max_processes_per_gpu": "auto"})
-    p = sweep.run("--max-parallel", "16", "--no-live", timeout=240)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "a search" not in (sweep.dir / "outputs" / "sweep.log").read_text()
-    assert most_at_once(sweep) == 8

@@ -22,8 +22,6 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
   GPU offers runs alone.
 - Footprints are remembered across sweeps (FootprintCache, in the user's cache folder), keyed by command,
   working folder, GPU model and hyperparameters: a repeated sweep packs from its first second.
-- A search packs a GPU only as far as more runs train faster in all (Knee): one run, then doubled while a
-  doubling made the runs' reports come KNEE_GAIN times as fast in all; its results then come sooner.
 """
 
 from __future__ import annotations
@@ -63,9 +61,6 @@ MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footpr
 MOVERS_TRIES = 512  # ... trying at most this many sets of keys to leave out (20 keys: 1.4 s at 4,096)
 CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints: compacted past this, to the newest half of it
 MPS_SMALL = 1 / 8  # runs at most this share of their GPU, packed and alone on it: --mps would likely pay
-KNEE_GAIN = 1.3  # a search doubles the runs on a GPU only while a doubling made them train this much faster in all
-KNEE_WAIT_S = 60.0  # ... waiting at most this long for the reports that tell (else memory and cores decide)
-KNEE_SPAN_S = 3.0  # ... each run's reports over at least this long (NVML is read every 0.5 s meanwhile)
 
 
 def describe(policy: Any, where: str) -> str:
@@ -74,9 +69,7 @@ def describe(policy: Any, where: str) -> str:
     return (f"auto on {where}: as many runs a GPU as free memory takes, each run's footprint predicted from "
             f"runs of its memory shape (x{MARGIN:g}, at least +{MARGIN_MB / 1024:g} GB); a run of an unseen shape "
             f"has its GPU to itself until its footprint is known; at most {bound}, none more on a GPU "
-            f"{UTIL_FULL:g}% busy" + (f"; a search doubles the runs on a GPU while a doubling makes them train "
-                                      f"{KNEE_GAIN:g}x as fast in all or more (the best model sooner)"
-                                      if getattr(policy, "search", False) else ""))
+            f"{UTIL_FULL:g}% busy")
 
 
 # -- footprints per configuration -------------------------------------------------------------------------
@@ -393,125 +386,6 @@ class _Seen:
     past_context: bool = False  # its memory grew past the level it first showed (its CUDA context, alone)
 
 
-@dataclasses.dataclass
-class _Level:
-    """A search's runs on one GPU while the knee is sought: the level allowed, since when, its measure."""
-
-    level: int = 1
-    raised_at: float | None = None  # when the level was set (the GPU's first run: when it started)
-    computing_at: float | None = None  # when every run on the GPU had reported once since then
-    before: dict[Run, tuple[float, float]] | None = None  # the level below: each run's (rate, runs computing)
-    cap: int | None = None  # decided: at most this many runs on the GPU
-
-
-class Knee:
-    """A search's runs a GPU under auto: where more runs stop paying (time to the best model, not throughput).
-
-    Packing a GPU full raises its throughput only up to a knee: past it (4-8 small transformer runs on an H100,
-    bench/README.md) each added run slows every other as much as it adds, so a search's trials each take longer and
-    its results, and the sampler's informed trials, come later for nothing. So a search starts with one run a GPU
-    and doubles them while a doubling made the runs train KNEE_GAIN times as fast in all or more, judged from the
-    runs' own reports of the metric: each run's reports a second over a few seconds, once every run on the GPU
-    had reported (was past its start-up), against the same run's at the level below, times how many more runs
-    computed. A doubling that gave less is undone (the GPU keeps the level below); where no
-    measure comes within KNEE_WAIT_S (runs that report seldom, or not at all) memory and cores decide, as for a
-    list."""
-
-    def __init__(self, gpus: Sequence[int], cap: int) -> None:
-        self.cap = cap
-        self.levels = {g: _Level() for g in gpus}
-        self.reports: dict[Run, list[tuple[float, int]]] = {}  # each run's (when seen, reports so far): this attempt
-        self.counts: dict[int, deque[tuple[float, int]]] = {g: deque() for g in gpus}  # runs computing, each reading
-        self.notes: list[str] = []
-
-    def limit(self, g: int) -> tuple[int, str]:
-        lv = self.levels[g]
-        if lv.cap is not None:
-            return lv.cap, (f"a search: {lv.cap} run(s) a GPU, where more stopped making the runs train faster in "
-                            "all (sweep.log; --max-processes-per-gpu N sets it)")
-        return lv.level, f"a search: {lv.level} run(s) a GPU while their speed is measured, then doubled if it pays"
-
-    def measuring(self) -> bool:
-        return any(lv.cap is None and lv.raised_at is not None for lv in self.levels.values())
-
-    def ended(self, run: Run) -> None:
-        self.reports.pop(run, None)
-
-    def observe(self, now: float, on_gpu: Mapping[int, Sequence[Run]]) -> None:
-        for g, lv in self.levels.items():
-            runs = [r for r in on_gpu.get(g, ()) if len(r.gpus) <= 1]
-            for r in runs:
-                seen = self.reports.setdefault(r, [])
-                if seen and r.points < seen[-1][1]:  # a new attempt (a paused run that went on)
-                    seen.clear()
-                if r.points and (not seen or r.points > seen[-1][1]):
-                    seen.append((now, r.points))
-                    del seen[:-64]
-            self.counts[g].append((now, sum(1 for r in runs if self.reports.get(r))))
-            while self.counts[g] and self.counts[g][0][0] < now - 4 * KNEE_WAIT_S:
-                self.counts[g].popleft()
-            if lv.cap is not None or not runs:
-                continue
-            if lv.raised_at is None:
-                lv.raised_at = now
-            if lv.computing_at is None and all(self.reports.get(r) for r in runs) and (
-                    len(runs) >= lv.level or now - lv.raised_at > 5.0):  # (filled, or what memory and trials allow)
-                lv.computing_at = now
-            measure = self._measure(g, lv, runs)
-            if measure is not None:
-                self._judge(g, lv, measure, now)
-            elif now - lv.raised_at > KNEE_WAIT_S:
-                lv.cap = self.cap
-                self.notes.append(f"{'packing':<11} GPU {g}: a search's runs reported too seldom to measure how "
-                                  f"fast they train at {lv.level} a GPU within {KNEE_WAIT_S:g} s: memory and the "
-                                  "CPU cores decide how many run")
-
-    def _measure(self, g: int, lv: _Level, runs: Sequence[Run]) -> dict[Run, tuple[float, float]] | None:
-        """Each run's (reports a second, runs computing) from its first report after every run computed to its
-        latest, over KNEE_SPAN_S or more (a report is seen at the next reading, up to half a second late); None until
-        every run computing then has that (runs that ended since do not count)."""
-        if lv.computing_at is None:
-            return None
-        out = {}
-        for r in runs:
-            after = [(t, n) for t, n in self.reports.get(r, ()) if t > lv.computing_at]
-            if len(after) < 2 or after[-1][0] - after[0][0] < KNEE_SPAN_S:
-                if self.reports.get(r) and self.reports[r][0][0] <= lv.computing_at:
-                    return None  # a run computing since then has not reported over long enough since
-                continue  # a run started since: not of this level's measure
-            (t0, p0), (t1, p1) = after[0], after[-1]
-            window = [n for t, n in self.counts[g] if t0 <= t <= t1]
-            out[r] = (p1 - p0) / (t1 - t0), sum(window) / len(window) if window else float(len(runs))
-        return out or None
-
-    def _judge(self, g: int, lv: _Level, measure: dict[Run, tuple[float, float]], now: float) -> None:
-        """The level's measure against the level below: double again, stop here, or go back."""
-        n_now = sum(n for _, n in measure.values()) / len(measure)
-        before, lv.before = lv.before, measure
-        common = [r for r in measure if before and r in before]
-        if before and common:
-            n_before = sum(before[r][1] for r in common) / len(common)
-            ratios = sorted(measure[r][0] / before[r][0] for r in common if before[r][0] > 0)
-            if n_now > 1.2 * n_before and ratios:
-                gain = n_now / n_before * ratios[len(ratios) // 2]  # the median run's
-                per_doubling = gain ** (1 / math.log2(n_now / n_before))
-                if per_doubling < KNEE_GAIN:
-                    lv.cap = max(1, lv.level // 2)
-                    self.notes.append(
-                        f"{'packing':<11} GPU {g}: a search's runs trained {gain:.2f}x as fast in all with "
-                        f"{n_now:.1f} computing as with {n_before:.1f} (a doubling must give {KNEE_GAIN:g}x): at "
-                        f"most {lv.cap} run(s) on it, so that each trial ends sooner; --max-processes-per-gpu N "
-                        "sets it")
-                    return
-                self.notes.append(f"{'packing':<11} GPU {g}: a search's runs trained {gain:.2f}x as fast in all "
-                                  f"with {n_now:.1f} computing as with {n_before:.1f}: trying "
-                                  f"{min(2 * lv.level, self.cap)}")
-        if lv.level >= self.cap:
-            lv.cap = self.cap
-            return
-        lv.level, lv.raised_at, lv.computing_at = min(2 * lv.level, self.cap), now, None
-
-
 class Packer:
     """GpuPool's decisions under --max-processes-per-gpu auto (see the module's doc)."""
 
@@ -541,7 +415,6 @@ class Packer:
         self.is_service = functools.lru_cache(maxsize=4096)(is_service or _is_mps_server)
         self.now = 0.0
         self.cache = cache
-        self.knee = Knee(gpus, self.per_gpu_cap) if getattr(pool.policy, "search", False) else None
         self.remembered = 0
         if cache is not None:
             for hp, mb in cache.load():
@@ -587,10 +460,6 @@ class Packer:
                 mine = groups.get(run.pgid)
                 self._seen(run, now, mine if mine else shared, "per-process memory" if mine else "the GPU's growth",
                            r.utilization != 0)
-        if self.knee is not None:
-            self.knee.observe(now, on_gpu)
-            self.notes += self.knee.notes
-            self.knee.notes.clear()
         for run, seen in list(self.runs.items()):
             still = now - seen.grew_at
             if seen.peak_mb >= 64.0 and (seen.past_context and still >= STABLE_S or still >= PATIENCE_S) and \
@@ -638,8 +507,6 @@ class Packer:
         """A run ended: its peak is its footprint; out of memory: more room for the run that grew past its need."""
         seen = self.runs.pop(run, None)
         expected = self.predicted.pop(run, None)
-        if self.knee is not None:
-            self.knee.ended(run)
         self.needs.pop(run, None)
         known = run in self.known
         self.known.discard(run)
@@ -715,8 +582,6 @@ class Packer:
             return running, f"learning the memory footprint of {probe.name} (a shape not seen before)"
         if total >= self.cores:
             return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
-        if self.knee is not None and running >= (knee := self.knee.limit(g))[0]:
-            return knee
         util = self._mean(self.util.get(g))
         if util is not None and util >= UTIL_FULL and g not in self.full:
             self.full[g] = max(1, running)  # from now on: what saturated it (a run that ends is replaced)
@@ -762,7 +627,7 @@ class Packer:
             if pool.running[g] >= limits[g] and why:
                 self.say(g, why, pool.running[g], pool.readings.get(g))
                 whys.append(f"GPU {g}: {why}")
-            elif pool.running[g] < limits[g] and (self.why.get(g) or "").startswith(("learning", "at most", "a search")):
+            elif pool.running[g] < limits[g] and (self.why.get(g) or "").startswith(("learning", "at most")):
                 self.say(g, None, pool.running[g], None)  # room again: a later limit is said anew
         need = self.need_mb(run)
         gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
@@ -815,7 +680,7 @@ class Packer:
 
     def read_every(self) -> float:
         """Seconds between NVML readings while runs run: faster while a footprint is being learned."""
-        return 0.5 if self.probes or (self.knee is not None and self.knee.measuring()) else 1.0
+        return 0.5 if self.probes else 1.0
 
     def slot_free(self) -> bool:
         return sum(self.pool.running.values()) < self.cores and \
