@@ -10,8 +10,9 @@ dropout 0..0.3.
   with `--max-processes-per-gpu auto` unless the variant says otherwise: `default`; `sha`, successive halving
   from step 100 (3x the trials); `pause`, the same pausing runs, which go on from their checkpoint;
   `pause-late`, pausing from step 300 (2x the trials); `pause-mps`, `pause` with `--mps`; `k8` and `k4`, 8 or 4
-  runs a GPU. Its time to B: from the sweep's start to the end of the first complete trial with val_loss <= B, as
-  a share of W (the target is 0.25).
+  runs a GPU; `baseline`, `default` with the train_sweep in $BENCH_BASELINE (a folder with an earlier
+  train_sweep.py and its train_sweep_extras). Its time to B: from the sweep's start to the end of the first
+  complete trial with val_loss <= B, as a share of W (the target is 0.25).
 
     python bench/bench_gpu_time_to_best.py                     # the grid, then default, sha and pause
     python bench/bench_gpu_time_to_best.py --grid 371.6 1.3198 --variants pause --trials 8   # no grid
