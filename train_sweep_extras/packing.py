@@ -50,7 +50,9 @@ MARGIN_MAX = 3.0  # each out-of-memory end raises the margin of the run that gre
 STABLE_S = 1.0  # a run's memory is its footprint once it has not grown for this long
 QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
 WINDOW_S = 5.0  # a GPU's utilization is judged over this window
-UTIL_FULL = 95.0  # a GPU this busy (NVML utilization, the window's mean) takes no more runs
+UTIL_FULL = 95.0  # a GPU one run alone keeps this busy (NVML utilization, the window's mean) takes no other
+# (not a GPU this busy with several runs: 3 small transformer runs kept an H100 95% busy over 5 s while each trained
+# at 0.94 of its speed alone, bench/README.md)
 SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the same
 CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
 PATIENCE_S = 10.0  # ... or held still this long (a small model may add less than 64 MB to its context)
@@ -68,8 +70,8 @@ def describe(policy: Any, where: str) -> str:
         f"{policy.cpu_cores} in all (the CPU cores)"
     return (f"auto on {where}: as many runs a GPU as free memory takes, each run's footprint predicted from "
             f"runs of its memory shape (x{MARGIN:g}, at least +{MARGIN_MB / 1024:g} GB); a run of an unseen shape "
-            f"has its GPU to itself until its footprint is known; at most {bound}, none more on a GPU "
-            f"{UTIL_FULL:g}% busy")
+            f"has its GPU to itself until its footprint is known; at most {bound}, none more beside a run that "
+            f"keeps its GPU {UTIL_FULL:g}% busy alone")
 
 
 # -- footprints per configuration -------------------------------------------------------------------------
@@ -439,8 +441,10 @@ class Packer:
             runs = on_gpu.get(g, ())
             self.total_mb[g] = r.memory_total_mb
             self.most[g] = max(self.most.get(g, 0), len(runs))
-            if r.utilization is not None:
+            if r.utilization is not None and len(runs) == 1:
                 self._window(self.util.setdefault(g, deque()), now, r.utilization)
+            else:  # a GPU is judged busy by one run alone: beside others, NVML's utilization says nothing of it
+                self.util.setdefault(g, deque()).clear()
             groups: dict[int | None, float] = {}
             used = r.memory_used_mb  # less what the MPS server holds: no run's
             for pid, mb in r.pid_mb.items():
@@ -582,12 +586,13 @@ class Packer:
             return running, f"learning the memory footprint of {probe.name} (a shape not seen before)"
         if total >= self.cores:
             return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
-        util = self._mean(self.util.get(g))
-        if util is not None and util >= UTIL_FULL and g not in self.full:
-            self.full[g] = max(1, running)  # from now on: what saturated it (a run that ends is replaced)
+        samples = self.util.get(g)
+        if running == 1 and samples and samples[-1][0] - samples[0][0] >= WINDOW_S - 1.0 and g not in self.full \
+                and (self._mean(samples) or 0.0) >= UTIL_FULL:
+            self.full[g] = 1  # from now on (a run that ends is replaced)
         if g in self.full:
-            return self.full[g], (f"{self.full[g]} run(s) made it {UTIL_FULL:g}% busy or more: adding more "
-                                  "no longer raises throughput")
+            return self.full[g], (f"one run alone kept it {UTIL_FULL:g}% busy or more: another would only share "
+                                  "it")
         return self.per_gpu_cap, (None if running < self.per_gpu_cap else
                                   f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
 
