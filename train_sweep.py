@@ -1387,8 +1387,8 @@ def _python_literal(value: Any) -> str:
 
 
 def dedupe_names(names: list[str], hash_sources: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Runs whose names would clash (ignoring case) get a hash of their full hyperparameters each."""
-    count = Counter(name.lower() for name in names)
+    """Names that clash (ignoring case), with each other or a file the sweep keeps ('best'), get a hash each."""
+    count = Counter(name.lower() for name in names) + Counter(f.lower() for f in OWNED_FILES)
     return [_with_hash(name, hash_sources[i]) if count[name.lower()] > 1 else name for i, name in enumerate(names)]
 
 

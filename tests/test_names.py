@@ -149,3 +149,14 @@ def test_values_that_look_dangerous_stay_inside_the_output_folder(sweep):
     for r in sweep.results():
         assert Path(r["run_dir"]).parent == sweep.dir / "outputs"
     assert sweep.fake(sweep.results()[0]["model_name"])["argv"] == ["path=../../etc/passwd"]
+
+
+def test_an_automatic_name_that_is_a_file_the_sweep_keeps_gets_a_hash(sweep):
+    """A hyperparameter best=true is named 'best', the folder --top-k keeps: the sweep refused to start ('give it
+    another name'), though the user gave no name. An automatic name gets a hash instead, as a clash does."""
+    sweep.config([{"best": True}, {"best": False}])
+    p = sweep.run("--no-live")
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = sorted(r["model_name"] for r in sweep.results())
+    assert names == sorted(["best_" + params_hash({"best": True}), "no_best"]), names
+    assert sweep.fake(names[0])["argv"] == ["best=true"]
