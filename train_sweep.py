@@ -403,8 +403,8 @@ class Settings:
         "the CPU if none)", nargs="+", metavar="ID")
     max_processes_per_gpu: int | str | None = flag(
         None, "place", "runs of this sweep at once on one GPU; auto: the sweep decides, from each run's GPU memory "
-        "(learned from NVML, per configuration, remembered across sweeps), the GPUs' utilization and the CPU "
-        "cores (default: the config's 'max_processes_per_gpu', else 1)", type=_per_gpu, metavar="N|auto")
+        "(learned from NVML, per configuration, remembered across sweeps) and the CPU cores (default: the "
+        "config's 'max_processes_per_gpu', else 1)", type=_per_gpu, metavar="N|auto")
     no_footprint_cache: bool = flag(
         False, "place", "auto: neither use nor keep the footprints remembered across sweeps (in "
         "$XDG_CACHE_HOME/train_sweep/footprints.jsonl, else ~/.cache/train_sweep/)")

@@ -55,7 +55,7 @@ VARIANTS = {  # name: (the search block's extra keys, extra flags, the runs' ext
                   3),  # the same, the runs as clients of NVIDIA's MPS (runs packed on a GPU compute at once)
     "k8": ({}, ["--max-processes-per-gpu", "8"], {}, 1),
     # `default` with an earlier train_sweep: the one in BENCH_BASELINE (a folder with train_sweep.py and its extras,
-    # e.g. `git archive 9dbb199 train_sweep.py train_sweep_extras | tar x -C DIR`: auto packed a search full)
+    # e.g. `git archive 9dbb199 train_sweep.py train_sweep_extras | tar x -C DIR`), to compare on one machine
     "baseline": ({}, [], {}, 1),
     "k4": ({}, ["--max-processes-per-gpu", "4"], {}, 1),
 }

@@ -36,7 +36,6 @@ import math
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -49,10 +48,6 @@ MARGIN, MARGIN_MB = 1.15, 512.0  # a run's predicted need: its footprint x 1.15,
 MARGIN_MAX = 3.0  # each out-of-memory end raises the margin of the run that grew x1.5, to this at most
 STABLE_S = 1.0  # a run's memory is its footprint once it has not grown for this long
 QUIET_S = 1.5  # ... and its GPU was seen computing at least this long after it last grew (not the context's blip)
-WINDOW_S = 5.0  # a GPU's utilization is judged over this window
-UTIL_FULL = 95.0  # a GPU one run alone keeps this busy (NVML utilization, the window's mean) takes no other
-# (not a GPU this busy with several runs: 3 small transformer runs kept an H100 95% busy over 5 s while each trained
-# at 0.94 of its speed alone, bench/README.md)
 SAME = 0.05, 128.0  # footprints within 5% (or 128 MB) of each other are the same
 CONTEXT_MB = 900.0  # a run first seen with more than this holds more than a CUDA context (564 MB on an H100)
 PATIENCE_S = 10.0  # ... or held still this long (a small model may add less than 64 MB to its context)
@@ -70,8 +65,7 @@ def describe(policy: Any, where: str) -> str:
         f"{policy.cpu_cores} in all (the CPU cores)"
     return (f"auto on {where}: as many runs a GPU as free memory takes, each run's footprint predicted from "
             f"runs of its memory shape (x{MARGIN:g}, at least +{MARGIN_MB / 1024:g} GB); a run of an unseen shape "
-            f"has its GPU to itself until its footprint is known; at most {bound}, none more beside a run that "
-            f"keeps its GPU {UTIL_FULL:g}% busy alone")
+            f"has its GPU to itself until its footprint is known; at most {bound}")
 
 
 # -- footprints per configuration -------------------------------------------------------------------------
@@ -407,9 +401,7 @@ class Packer:
         # 0.7 GB, for over 10 s, against 3.9 GB remembered): it is learned lower only at its end
         self.known: set[Run] = set()
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
-        self.util: dict[int, deque[tuple[float, float]]] = {g: deque() for g in gpus}
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
-        self.full: dict[int, int] = {}  # GPUs seen saturated, with the runs that did it: their limit from then on
         self.most: dict[int, int] = {}  # the most runs each GPU held at once
         self.total_mb: dict[int, float] = {}
         self.notes: list[str] = []
@@ -435,16 +427,12 @@ class Packer:
 
     # -- what NVML shows ------------------------------------------------------------------------
     def observe(self, now: float, readings: Mapping[int, GpuReading], on_gpu: Mapping[int, Sequence[Run]]) -> None:
-        """One reading: each run's memory, the GPUs' utilization; a footprint once a run's memory holds still."""
+        """One reading: each run's memory (and whether its GPU computes); a footprint once its memory holds still."""
         self.now = now
         for g, r in readings.items():
             runs = on_gpu.get(g, ())
             self.total_mb[g] = r.memory_total_mb
             self.most[g] = max(self.most.get(g, 0), len(runs))
-            if r.utilization is not None and len(runs) == 1:
-                self._window(self.util.setdefault(g, deque()), now, r.utilization)
-            else:  # a GPU is judged busy by one run alone: beside others, NVML's utilization says nothing of it
-                self.util.setdefault(g, deque()).clear()
             groups: dict[int | None, float] = {}
             used = r.memory_used_mb  # less what the MPS server holds: no run's
             for pid, mb in r.pid_mb.items():
@@ -470,12 +458,6 @@ class Packer:
                     seen.computed_at is not None and seen.computed_at > seen.grew_at and not (
                     run in self.known and seen.peak_mb < 0.5 * self.predicted[run]):  # (below: at its end)
                 self._learn(run, seen)  # (a small model may never grow past its first level: PATIENCE_S then)
-
-    @staticmethod
-    def _window(samples: Any, now: float, value: float) -> None:
-        samples.append((now, value))
-        while samples and samples[0][0] < now - WINDOW_S:
-            samples.popleft()
 
     def _seen(self, run: Run, now: float, mb: float, how: str, computing: bool) -> None:
         f = self.runs.setdefault(run, _Seen(grew_at=now))
@@ -586,19 +568,8 @@ class Packer:
             return running, f"learning the memory footprint of {probe.name} (a shape not seen before)"
         if total >= self.cores:
             return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
-        samples = self.util.get(g)
-        if running == 1 and samples and samples[-1][0] - samples[0][0] >= WINDOW_S - 1.0 and g not in self.full \
-                and (self._mean(samples) or 0.0) >= UTIL_FULL:
-            self.full[g] = 1  # from now on (a run that ends is replaced)
-        if g in self.full:
-            return self.full[g], (f"one run alone kept it {UTIL_FULL:g}% busy or more: another would only share "
-                                  "it")
         return self.per_gpu_cap, (None if running < self.per_gpu_cap else
                                   f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
-
-    def _mean(self, samples: Any) -> float | None:
-        recent = [v for t, v in samples or () if t >= self.now - WINDOW_S]
-        return sum(recent) / len(recent) if recent else None
 
     def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
         """Why GPU g takes no more runs, in sweep.log when it changes."""
