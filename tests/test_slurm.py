@@ -599,6 +599,26 @@ def test_watch_follows_a_detached_sweep_until_its_jobs_end(sweep, cluster):
     assert len(calls.read_text().splitlines()) <= 2, f"sacct asked {calls.read_text().count('x')} times"
 
 
+def test_watch_of_a_detached_sweep_where_sacct_fails_draws_once_and_says_why(sweep, cluster):
+    """From a review: where sacct is not there or fails, a job cancelled leaves no result and is never seen to end,
+    so watch followed the sweep for ever. It draws once and says why, as it did before it followed detached
+    sweeps."""
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 60}})
+    p = run(sweep, cluster, "--detach")
+    assert p.returncode == 0, p.stdout + p.stderr
+    bin_, calls = sacct_wrapper(sweep, fail=True)
+    try:
+        w = sweep.run("watch", "outputs", "--every", "0.3", trainer=False, timeout=60,
+                      PATH=f"{bin_}:{os.environ['PATH']}", **slurm_env(cluster))
+    finally:
+        for job in ours(cluster, sweep):
+            cluster.run("scancel", job, check=False)
+    assert w.returncode == 0, w.stdout + w.stderr
+    assert "\n\n" not in w.stdout.strip() and "detached: its runs are Slurm jobs" in w.stdout, w.stdout
+    assert "(sacct is not here or failed: which of these jobs were cancelled or killed is not known; the sweep's " \
+           "command, run again, collects them)" in w.stdout, w.stdout
+
+
 def test_status_and_report_of_a_detached_sweep_whose_jobs_ended(sweep, cluster):
     """From the Slurm pass: once a detached sweep's jobs had ended, status still counted them running or queued
     with Slurm, and report said only that there was no results file. Both now say the jobs ended and that the

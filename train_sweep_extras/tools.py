@@ -783,7 +783,7 @@ class SweepStatus:
         self._offset, self._file = 0, (0, 0)  # where the last reading stopped, in which file (device, inode)
         self._runs: dict[Path, tuple[int, Mapping[str, Any] | None]] = {}  # run.json: (mtime_ns, record)
         self._tails: dict[tuple[str, int], str] = {}  # a failed attempt's last stderr lines
-        self._sacct: tuple[float, dict[str, str]] = (-math.inf, {})  # a detached sweep's jobs: (when asked, states)
+        self._sacct: tuple[float, dict[str, str] | None] = (-math.inf, {})  # a detached sweep's jobs: (when, states)
 
     def _journal(self) -> None:
         if not (self.folder / JOURNAL).is_file():  # (a FIFO would be waited on)
@@ -896,9 +896,13 @@ class SweepStatus:
         if found is not None:
             lines.append(f"best {found[0]} so far (complete runs): {found[2]['model_name']} = {found[1]:.4g}")
         lines += [f"  {line}" if i else line for i, line in enumerate(failure_reasons(self._failures(), 3))]
-        return lines, pid is not None or (detached and bool(running))  # (`watch` follows detached jobs to their end)
+        if detached and running and self._sacct[1] is None:  # a job cancelled leaves no result: never seen to end
+            lines.append("(sacct is not here or failed: which of these jobs were cancelled or killed is not known; "
+                         "the sweep's command, run again, collects them)")
+        # `watch` follows a detached sweep's jobs to their end, where sacct can tell it
+        return lines, pid is not None or (detached and bool(running) and self._sacct[1] is not None)
 
-    def _slurm_states(self, jobs: Sequence[str]) -> dict[str, str]:
+    def _slurm_states(self, jobs: Sequence[str]) -> dict[str, str] | None:
         """sacct's state of each job, asked at most every SACCT_EVERY_S (watch redraws every 2 s; each sacct call
         is a query of the cluster's accounting database): a detached sweep's jobs only end, none are added."""
         at, states = self._sacct
@@ -941,26 +945,27 @@ SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NOD
                "TIMEOUT")  # sacct's states of a job that has ended (a requeued one is PENDING or REQUEUED again)
 
 
-def sacct_states(jobs: Sequence[str]) -> dict[str, str]:
-    """Each job's state as sacct says it ({} where sacct is not here or fails)."""
+def sacct_states(jobs: Sequence[str]) -> dict[str, str] | None:
+    """Each job's state as sacct says it; None where sacct is not here or fails."""
     if not jobs or not shutil.which("sacct"):
-        return {}
+        return None if jobs else {}
     with suppress(ImportError):  # (submitit reads sacct's lines)
         from train_sweep_extras.slurm import sacct
 
-        return {job: info.get("State", "") for job, info in sacct(jobs, timeout=10.0)[0].items()}
-    return {}
+        states, failed = sacct(jobs, timeout=10.0)
+        return None if failed else {job: info.get("State", "") for job, info in states.items()}
+    return None
 
 
 def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]],
-               states: Callable[[Sequence[str]], Mapping[str, str]] = sacct_states) -> list[Mapping[str, Any]]:
+               states: Callable[[Sequence[str]], Mapping[str, str] | None] = sacct_states) -> list[Mapping[str, Any]]:
     """A detached sweep's Slurm jobs (their run.json says running) that ended: submitit wrote the result, or
     sacct says so (a job cancelled, or killed without a result); only the sweep's command, run again, collects
     them. Where sacct is not here or fails, the results alone tell."""
     jobs = {r["slurm_job_id"]: r for r in records if isinstance(r.get("slurm_job_id"), str)}
     ended = [r for job, r in jobs.items() if (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()]
     if asked := [job for job, r in jobs.items() if r not in ended]:
-        said = states(asked)
+        said = states(asked) or {}
         ended += [jobs[job] for job in asked if said.get(job, "").split(" ")[0] in SLURM_ENDED]
     return ended
 
@@ -997,7 +1002,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """status, redrawn every --every seconds until the sweep's process ends (or Ctrl+C)."""
+    """status, redrawn every --every seconds until the sweep's process ends, or a detached sweep's Slurm jobs have
+    (or Ctrl+C)."""
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
