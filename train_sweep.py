@@ -1311,13 +1311,13 @@ def resolve_command(command: str) -> list[str]:
     return argv
 
 
-def command_problem(argv: Sequence[str], cwd: Path) -> str | None:
-    """Why the command cannot start (its program or the Python script it names does not exist), or None."""
+def command_problem(argv: Sequence[str], cwd: Path, path: str | None = None) -> str | None:
+    """Why the command cannot start (its program, on the runs' PATH, or the Python script it names does not exist)."""
     program = argv[0]
     if os.sep in program:
         if not (cwd / program).exists():
             return f"train command not found: {program}"
-    elif shutil.which(program) is None:
+    elif shutil.which(program, path=path) is None:  # (the config's env may set the runs' PATH)
         return f"train command not found on PATH: {program}"
     script = Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-")
     return f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it or pass " \
@@ -4882,7 +4882,7 @@ def execute(settings: Settings, overrides: Sequence[str] = ()) -> int:
         if plan.searching:  # said now, before anything starts: a missing Optuna, a sampler or pruner that cannot run
             extra("source shared" if settings.storage else "source search").check(plan)
         cwd, command = Path.cwd(), resolve_command(settings.command or "")
-        if (problem := command_problem(command, cwd)) and not settings.dry_run:
+        if (problem := command_problem(command, cwd, plan.spec.env.get("PATH"))) and not settings.dry_run:
             raise UserError(problem)
         if problem:  # a dry run, how a sweep is checked before it runs, says so and goes on
             print(f"train_sweep: warning: {problem}: the sweep itself would refuse to start", file=sys.stderr)

@@ -48,6 +48,21 @@ def test_missing_config_file(sweep):
     check_refused(sweep.run("--config-file", "nope.json"), "nope.json: config file not found")
 
 
+def test_a_program_on_the_path_the_config_gives_the_runs_is_found(sweep):
+    """The config's env sets the runs' PATH (a conda environment's bin): the runs find the program there, but the
+    sweep looked for it on its own PATH and refused to start ('train command not found on PATH')."""
+    bin_ = sweep.dir / "envbin"
+    bin_.mkdir()
+    (bin_ / "mytrain").write_text("#!/bin/sh\necho val_loss=0.5\n")
+    (bin_ / "mytrain").chmod(0o755)
+    sweep.config({"command": "mytrain", "env": {"PATH": f"{bin_}:/usr/bin:/bin"}, "runs": [{"a": 1}]})
+    p = sweep.run("--no-live", "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["metrics"]["val_loss"] for r in sweep.results()] == [0.5]
+    sweep.config({"command": "mytrain", "runs": [{"a": 1}]})  # without it, not found: as before
+    check_refused(sweep.run("--no-live", "--rerun", trainer=False), "not found on PATH: mytrain")
+
+
 def test_config_file_is_a_folder(sweep):
     (sweep.dir / "cfgdir").mkdir()
     check_refused(sweep.run("--config-file", "cfgdir"), "cfgdir: is a folder")
