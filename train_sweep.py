@@ -746,7 +746,8 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "defaults": ("an object of hyperparameters", lambda v: isinstance(v, dict)),
     "runs": ("a non-empty array of objects", lambda v: isinstance(v, list) and bool(v)),
     "grid": ("an object of lists", lambda v: isinstance(v, dict)),
-    "name_template": ("a string", lambda v: isinstance(v, str)),
+    "name_template": ("a string whose { and } go around a hyperparameter key or index", lambda v: isinstance(v, str)
+                      and re.fullmatch(r"([^{}]|\{[^{}]+\})*", v)),
     "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
     "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
     "max_processes_per_gpu": ('a whole number >= 1 or "auto"', lambda v: v == "auto" or (_is_whole(v) and v >= 1)),
@@ -2959,9 +2960,8 @@ def attempt_summary(record: Mapping[str, Any]) -> dict[str, Any]:
             "stderr_log": str(folder / "train_stderr.log")}
 
 
-# A run record's fields that are read back (a journal line, a run.json, a results file's entry): what each must be
-# where it is not null (attempt, run_dir and state never are). A hand-edited or damaged record fails here, not with
-# a traceback wherever it is read.
+# A run record's fields read back (a journal line, a run.json, a results file's entry): what each must be where not
+# null (attempt, run_dir and state never are). A damaged or hand-edited record fails here, not with a traceback later.
 RECORD_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **{k: ("an object", lambda v: isinstance(v, dict)) for k in ("hyperparams", "metrics", "metric")},
     **{k: ("text", lambda v: isinstance(v, str)) for k in ("identity", "run_dir", "start_time", "end_time")},

@@ -373,6 +373,16 @@ def test_name_template_with_a_brace_without_its_pair_is_refused(sweep, template)
     assert not sweep.events()
 
 
+@pytest.mark.parametrize("template", ["{p", "a}", "lr{}", "{a{b}"])
+def test_a_config_s_name_template_with_a_brace_without_its_pair_names_the_file(sweep, template):
+    """The config's name_template was refused as '--name-template ...', a flag the user never gave."""
+    sweep.config({"runs": [{"p": 1}, {"p": 2}], "name_template": template})
+    p = cli(sweep)
+    assert_one_line_error(p, f"train_sweep_config.json: 'name_template' must be a string whose {{ and }} go around a "
+                             f"hyperparameter key or index, got {template!r}")
+    assert not sweep.events()
+
+
 def test_an_output_folder_that_cannot_be_made_leaves_no_results_folder_behind(sweep):
     """From an adversarial pass: '--output-dir afile/sub' (afile a file) was refused after the new folder of
     --output-file had been made, and left it."""
