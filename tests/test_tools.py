@@ -187,6 +187,28 @@ def test_cleanup_is_a_dry_run_unless_live(finished):
     assert not old.exists() and (out / "lr_0.01_depth_2_metric_0.2").exists()
 
 
+def test_cleanup_never_deletes_a_folder_the_sweep_did_not_make(finished, tmp_path):
+    """From an adversarial pass: any folder with a run.json in a sweep's output folder was taken for a run folder,
+    and any folder with a sweep.json for a sweep (another tool's export): cleanup --live deleted the user's own
+    folders. It deletes only folders the sweep marked as its runs', in folders whose sweep.json is train_sweep's."""
+    week_ago = time.time() - 8 * 86400
+    mine = finished.dir / "outputs" / "mydata"  # the user's folder beside the runs
+    other = tmp_path / "export"  # another tool's project: a sweep.json, folders with a run.json
+    for folder, files in ((mine, {"run.json": '{"note": "mine"}', "big.bin": "data"}),
+                          (other, {"sweep.json": '{"name": "my wandb export"}'}),
+                          (other / "exp1", {"run.json": "{}", "weights.bin": "data"})):
+        folder.mkdir(parents=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    for f in [mine, *mine.rglob("*"), other, *other.rglob("*")]:
+        os.utime(f, (week_ago, week_ago))
+    p = finished.run("cleanup", "--days", "7", "--live", "--yes", "outputs", str(other), trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (mine / "big.bin").exists() and (other / "exp1" / "weights.bin").exists(), p.stdout
+    assert f"skipped {other}: its sweep.json is not a train_sweep sweep's" in p.stdout, p.stdout
+    assert "skipped outputs/mydata: not a run folder the sweep made (no .train_sweep_run in it)" in p.stdout, p.stdout
+
+
 @pytest.mark.parametrize("tz", ["UTC", "America/St_Johns", "Asia/Kathmandu", "Europe/Berlin"])
 def test_iso_time_matches_datetime_and_parses_back(monkeypatch, tz):
     import datetime

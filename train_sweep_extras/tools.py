@@ -661,6 +661,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                     print(f"skipped {link}: a link to a sweep folder, not followed")
                 links.add(link)
                 continue
+            if not (isinstance(saved := read_json(folder / "sweep.json"), dict) and "train_sweep" in saved):
+                print(f"skipped {folder}: its sweep.json is not a train_sweep sweep's")  # (another tool's folder)
+                continue
             lock = try_lock(folder)
             if lock is None:
                 print(f"skipped {folder}: a sweep is running there")
@@ -674,6 +677,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             for run_dir in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "run.json").exists()):
                 if run_dir.is_symlink():
                     print(f"skipped {run_dir}: a link, not a run folder of the sweep's own")
+                    continue
+                if not (run_dir / RUN_MARK).exists():  # a folder of the user's beside the runs
+                    print(f"skipped {run_dir}: not a run folder the sweep made (no {RUN_MARK} in it)")
                     continue
                 inside = [run_dir, *run_dir.rglob("*")]
                 nested = next((f.parent for f in inside if f.name == LOCK or f.name == "sweep.json" and
