@@ -639,7 +639,7 @@ parameters: {x: {values: *i}}
 """
 
 
-@pytest.mark.parametrize("case", ["dev_zero", "alias_bomb", "huge_categorical", "huge_n_trials"])
+@pytest.mark.parametrize("case", ["dev_zero", "alias_bomb", "alias_loop", "huge_categorical", "huge_n_trials"])
 def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep, case):
     """--sweep-file /dev/zero (read without limit: MemoryError), an 872-byte YAML alias bomb (never finished),
     a categorical of 50,000 choices (its duplicate check was pairwise: --dry-run hung), --n-trials 10**12 (the
@@ -650,6 +650,9 @@ def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep
     elif case == "alias_bomb":
         (sweep.dir / "bomb.yaml").write_text(BOMB)
         args = ["--sweep-file", "bomb.yaml"]
+    elif case == "alias_loop":  # from an adversarial pass: a list that holds itself; the check of its values
+        (sweep.dir / "loop.yaml").write_text("a: &a [1, *a]\n")  # walked it for ever
+        args = ["--sweep-file", "loop.yaml"]
     elif case == "huge_categorical":
         sweep.config({"search": {"params": {"x": {"type": "categorical", "choices": list(range(50_000))}},
                                  "metric": "loss", "n_trials": 3}})
@@ -663,6 +666,7 @@ def test_inputs_that_would_read_or_check_without_end_are_refused_or_linear(sweep
         return
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert {"dev_zero": "larger than 16 MB", "alias_bomb": "aliases expand to more than",
+            "alias_loop": "loop.yaml: an alias stands inside the value it names (&a [1, *a]): a value without end",
             "huge_n_trials": "at most 100,000 trials"}[case] in p.stderr, p.stderr
 
 

@@ -61,12 +61,18 @@ MAX_SWEEP_FILE = 16 * MB  # a sweep file is a page of settings: one far larger i
 MAX_YAML_VALUES = 1_000_000  # values a YAML file may stand for once its aliases are expanded (an alias bomb)
 
 
+class YamlLoop(Exception):
+    """An alias inside the value it names (a: &a [1, *a]): a value without end."""
+
+
 def yaml_values(node: Any, sizes: dict[int, int]) -> int:
     """How many values a composed YAML node stands for, its aliases expanded (each node counted once, so an
-    alias bomb is measured without being built)."""
+    alias bomb is measured without being built); YamlLoop for a node inside itself."""
     if id(node) in sizes:
+        if sizes[id(node)] < 0:
+            raise YamlLoop
         return sizes[id(node)]
-    sizes[id(node)] = 1  # a node that refers to itself counts once
+    sizes[id(node)] = -1  # being measured: met again below itself, it holds itself
     children = node.value if isinstance(node.value, list) else []
     total = 1 + sum(yaml_values(n, sizes) for child in children for n in (child if isinstance(child, tuple) else (child,)))
     sizes[id(node)] = total
@@ -107,6 +113,9 @@ def read_yaml_or_json(path: str) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to read") from None
+    except YamlLoop:
+        raise UserError(f"{path}: an alias stands inside the value it names (&a [1, *a]): a value without end, "
+                        "not a sweep file") from None
     except ValueError as e:  # an int of more than 4,300 digits
         raise UserError(f"{path}: a value cannot be read: {str(e).split(';')[0]}") from None
     ignored = ("name", "description", "project", "entity")  # W&B's own labels: read by nothing here
