@@ -330,11 +330,12 @@ def _positive_float(text: str) -> float: return _nonneg_float(text, "> 0")
 
 def _command_line(text: str) -> str:
     try:
-        if shlex.split(text):
+        if shlex.split(text) and "\0" not in text:
             return text
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-    raise argparse.ArgumentTypeError(f"{text!r} is empty")
+    raise argparse.ArgumentTypeError(f"{text!r}: a NUL character cannot be passed on a command line" if "\0" in text
+                                     else f"{text!r} is empty")
 
 
 def _modes(text: str) -> str:
@@ -614,7 +615,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 # 3. Config
 # ----------------------------------------------------------------------------------------------
 
-_BAD_KEY = re.compile(r"[\s=,]")
+_BAD_KEY = re.compile(r"[\s=,\0]")
 
 
 class JsonObject(dict):  # type: ignore[type-arg]
@@ -667,7 +668,7 @@ def check_key(key: Any, where: str) -> None:
     if not isinstance(key, str) or not key:
         raise UserError(f"{where} has an empty key")
     if _BAD_KEY.search(key):
-        raise UserError(f"{where}: key {key!r} may not contain spaces, '=' or ','")
+        raise UserError(f"{where}: key {key!r} may not contain spaces, '=', ',' or NUL")
     if key.startswith("-"):
         raise UserError(f"{where}: key {key!r} may not start with '-'")
 
@@ -740,7 +741,7 @@ def _splits(command: str) -> bool:
 
 # The object form's keys: what each must be and its test (SPEC_VALUES: of each value). The one place a key is checked.
 SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "command": ("a command line (not empty, its quotes closed)", lambda v: isinstance(v, str) and _splits(v)),
+    "command": ("a command line (not empty, its quotes closed, no NUL)", lambda v: isinstance(v, str) and _splits(v)),
     "arg_style": (f"one of {', '.join(ARG_STYLES)}", lambda v: v in ARG_STYLES),
     "env": ("an object of strings", lambda v: isinstance(v, dict)),
     "defaults": ("an object of hyperparameters", lambda v: isinstance(v, dict)),
@@ -1315,10 +1316,9 @@ def resolve_command(command: str) -> list[str]:
 def command_problem(argv: Sequence[str], cwd: Path, path: str | None = None) -> str | None:
     """Why the command cannot start (its program, on the runs' PATH, or the Python script it names does not exist)."""
     program = argv[0]
-    if os.sep in program:
-        if not (cwd / program).exists():
-            return f"train command not found: {program}"
-    elif shutil.which(program, path=path) is None:  # (the config's env may set the runs' PATH)
+    if os.sep in program and not (cwd / program).exists():
+        return f"train command not found: {program}"
+    if os.sep not in program and shutil.which(program, path=path) is None:  # (the config's env may set the PATH)
         return f"train command not found on PATH: {program}"
     script = Path(program).name.startswith("python") and len(argv) > 1 and not argv[1].startswith("-")
     return f"train script not found: {argv[1]} (looked in {cwd}; run from the folder that holds it or pass " \

@@ -228,6 +228,10 @@ DEEP = "[" * 100_000 + "]" * 100_000
         pytest.param('{"runs": [{"a": 1}], "env": {"MY=VAR": "x"}}', [CONFIG, "env"], id="env-key-with-equals"),
         pytest.param(r'{"runs": [{"a": 1}], "env": {"MY\u0000VAR": "x"}}', [CONFIG, "env"], id="env-key-with-NUL"),
         pytest.param(r'[{"a": 1}, {"myhp": "x\u0000y"}]', [CONFIG, "[1]", "myhp"], id="NUL-in-value"),
+        # from an adversarial pass: these two were a traceback when the run started (exit 1)
+        pytest.param(r'[{"a": 1}, {"my\u0000hp": 1}]', [CONFIG, "[1]", "my\\x00hp", "NUL"], id="NUL-in-key"),
+        pytest.param(r'{"command": "python train.py x\u0000", "runs": [{"a": 1}]}', [CONFIG, "'command'", "no NUL"],
+                     id="NUL-in-command"),
         pytest.param('[{"a": 1}, {"a": 2}, {"a": 3, "dupk": 1, "dupk": 2}]', ["[2]", "dupk"],
                      id="duplicate-key-in-entry-2"),
     ],
