@@ -115,6 +115,24 @@ def test_a_huge_range_or_grid_is_refused_before_it_is_listed(sweep, args, config
     check_refused(sweep.run("--dry-run", *args, timeout=60), fragment)
 
 
+@pytest.mark.parametrize("args, config, fragment", [
+    (["--search", "tpe", "--n-trials", "2", "--metric", "val_loss", "lr=interval(-1e308, 1e308)"], None,
+     "override 'lr=interval(-1e308, 1e308)': from -1e+308 to 1e+308 is wider than a float spans"),
+    ([], {"search": {"metric": "val_loss", "n_trials": 2,
+                     "params": {"lr": {"type": "float", "low": -1e308, "high": 1e308}}}},
+     "'lr': from -1e+308 to 1e+308 is wider than a float spans"),
+    ([], {"search": {"metric": "val_loss", "n_trials": 2,
+                     "params": {"lr": {"type": "float", "low": 0, "high": 1, "step": 1e-300}}}},
+     "'lr': 'step' (1e-300) makes 1e+300 values from 0 to 1: at most 1e+15"),
+], ids=["override_overflow", "config_overflow", "tiny_step"])
+def test_a_float_range_optuna_cannot_sample_is_refused(sweep, args, config, fragment):
+    """From an adversarial pass: each ran, and the first trial was a traceback (numpy's OverflowError, Optuna's
+    decimal.InvalidOperation), exit 1; --dry-run accepted them. Each is one line now, exit 2."""
+    if config:
+        sweep.config(config)
+    check_refused(sweep.run("--dry-run", *args, timeout=60), fragment)
+
+
 def test_objectives_that_name_one_metric_twice_are_refused(sweep):
     """A search block with metric ["a", "a"] and mode [min, max] ran: a front of a metric against itself."""
     sweep.config({"search": {"metric": ["a", "a"], "mode": ["min", "max"], "n_trials": 2,

@@ -151,6 +151,8 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
             raise UserError(f"{where}: {key!r} must be {'a whole number' if whole else 'a number'}, got {value!r}{hint}")
     if not low < high:
         raise UserError(f"{where}: {low_!r} ({low:g}) must be below {high_!r} ({high:g}); a fixed value goes in defaults")
+    if not whole and not math.isfinite(high - low):  # (numpy's sampling overflows: a traceback at the first trial)
+        raise UserError(f"{where}: from {low:g} to {high:g} is wider than a float spans (their difference overflows)")
     if not isinstance(log, bool):
         raise UserError(f"{where}: 'log' must be true or false")
     if log and low <= 0:
@@ -162,6 +164,9 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
         if not step > 0:
             raise UserError(f"{where}: {step_!r} must be > 0, got {step!r}")
         steps = (high - low) / step
+        if not whole and steps > MAX_FLOAT_STEPS:  # (Optuna's decimal arithmetic fails past about 10**28)
+            raise UserError(f"{where}: {step_!r} ({step:g}) makes {steps:.3g} values from {low:g} to {high:g}: at "
+                            f"most {MAX_FLOAT_STEPS:.0e} (a float's precision)")
         if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
             raise UserError(f"{where}: {high_} - {low_} ({high - low:g}) must be a multiple of {step_!r} ({step:g})")
         if whole and step == 1:
@@ -170,6 +175,7 @@ def make_param(where: str, type_: str, low: Any = None, high: Any = None, log: A
 
 
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+MAX_FLOAT_STEPS = 1e15  # a float range's values at most, in steps (beyond, steps are below a double's precision)
 
 
 def parse_param(name: str, data: Any, where: str) -> Param:
