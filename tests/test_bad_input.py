@@ -234,6 +234,17 @@ DEEP = "[" * 100_000 + "]" * 100_000
                      id="NUL-in-command"),
         pytest.param('[{"a": 1}, {"a": 2}, {"a": 3, "dupk": 1, "dupk": 2}]', ["[2]", "dupk"],
                      id="duplicate-key-in-entry-2"),
+        # from an adversarial pass: a key twice in these objects was taken at its last value without a word
+        pytest.param('{"search": {"n_trials": 2, "metric": "loss", "params": {"lr": {"type": "float", "low": 0, '
+                     '"high": 1}, "lr": {"type": "int", "low": 0, "high": 5}}}}',
+                     [CONFIG, "'search': 'params': key 'lr' appears twice"], id="duplicate-key-in-search-params"),
+        pytest.param('{"search": {"n_trials": 2, "n_trials": 5, "metric": "loss", "params": {"lr": {"type": "float", '
+                     '"low": 0, "high": 1}}}}', [CONFIG, "'search': key 'n_trials' appears twice"],
+                     id="duplicate-key-in-search"),
+        pytest.param('{"env": {"A": "1", "A": "2"}, "runs": [{"a": 1}]}', [CONFIG, "'env': key 'A' appears twice"],
+                     id="duplicate-key-in-env"),
+        pytest.param('{"slurm": {"params": {"x": 1, "x": 2}}, "runs": [{"a": 1}]}',
+                     [CONFIG, "'slurm': 'params': key 'x' appears twice"], id="duplicate-key-in-slurm-params"),
     ],
 )
 def test_bad_config_values_are_one_line(sweep, text, fragments):

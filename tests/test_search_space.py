@@ -224,6 +224,8 @@ def test_wandb_constant_is_a_fixed_value(tmp_path):
     ({"distribution": "log_uniform", "min": 0, "max": 1000}, "too large"),
     ({"distribution": "q_uniform", "min": 0.1, "max": 1, "q": 0.25}, "q_uniform maps onto Optuna's steps only"),
     ({"distribution": "log_normal", "min": 1e-4, "max": 1e-3, "mean": 1e-2}, "'mean' (0.01) must lie within"),
+    # from an adversarial pass: the first trial ran with --p=5.5 for an int parameter
+    ({"distribution": "int_uniform", "min": 0, "max": 10, "mean": 5.5}, "'mean' (5.5) must be a whole number"),
     ({"distribution": "uniform_pow2", "min": 0, "max": 8}, "uniform_pow2 needs whole numbers 0 < min < max"),
     ({"distribution": "constant"}, "'constant' needs 'value'"),
     ({"values": []}, "'choices' must be a non-empty list"),
@@ -234,6 +236,23 @@ def test_wandb_parameter_errors(tmp_path, p, fragment):
     message = str(e.value)
     assert fragment in message and "\n" not in message, message
     assert "'p'" in message  # the key is named
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("parameters: {lr: {values: [a, b]}, lr: {values: [c, d]}}\n", "key 'lr' appears twice in one mapping (line 3)"),
+    ("parameters: {lr: {values: [a, b]}}\nmethod: grid\n", "key 'method' appears twice in one mapping (line 4)"),
+    ("parameters: {lr: {parameters: {x: {values: [1, 2]}}}, lr.x: {values: [3, 4]}}\n",
+     "'parameters': 'lr.x' is given twice: nested (under 'parameters' or plainly) and as a dotted key"),
+])
+def test_a_sweep_file_that_says_a_key_twice_is_refused(tmp_path, text, fragment):
+    """From an adversarial pass: PyYAML keeps the last of a key said twice, and a nested parameter and a dotted
+    key of the same name kept one: the other was dropped without a word (docs/search.md: never a silent
+    approximation)."""
+    path = tmp_path / "s.yaml"
+    path.write_text("method: random\nmetric: {name: loss}\n" + text)
+    with pytest.raises(UserError) as e:
+        read_sweep_file(str(path))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("top, fragment", [

@@ -65,6 +65,10 @@ class YamlLoop(Exception):
     """An alias inside the value it names (a: &a [1, *a]): a value without end."""
 
 
+class YamlKeyTwice(Exception):
+    """A key twice in one mapping (PyYAML keeps the last without a word): what to say."""
+
+
 def yaml_values(node: Any, sizes: dict[int, int]) -> int:
     """How many values a composed YAML node stands for, its aliases expanded (each node counted once, so an
     alias bomb is measured without being built); YamlLoop for a node inside itself."""
@@ -73,6 +77,12 @@ def yaml_values(node: Any, sizes: dict[int, int]) -> int:
             raise YamlLoop
         return sizes[id(node)]
     sizes[id(node)] = -1  # being measured: met again below itself, it holds itself
+    if getattr(node, "id", "") == "mapping":  # a key twice (PyYAML keeps the last without a word)
+        seen: set[Any] = set()
+        for key, _ in node.value:
+            if getattr(key, "id", "") == "scalar" and key.value != "<<" and key.value in seen:
+                raise YamlKeyTwice(f"key {key.value!r} appears twice in one mapping (line {key.start_mark.line + 1})")
+            seen.add(key.value if getattr(key, "id", "") == "scalar" else id(key))
     children = node.value if isinstance(node.value, list) else []
     total = 1 + sum(yaml_values(n, sizes) for child in children for n in (child if isinstance(child, tuple) else (child,)))
     sizes[id(node)] = total
@@ -113,6 +123,8 @@ def read_yaml_or_json(path: str) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to read") from None
+    except YamlKeyTwice as e:
+        raise UserError(f"{path}: {e}") from None
     except YamlLoop:
         raise UserError(f"{path}: an alias stands inside the value it names (&a [1, *a]): a value without end, "
                         "not a sweep file") from None
@@ -144,6 +156,8 @@ def not_json(value: Any) -> str | None:
 def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -> None:
     """One W&B (or Protein) parameter onto the search: spec.params, spec.fixed or spec.first."""
     where = f"{where}: {name!r}"
+    if name in spec.params or name in spec.fixed:  # (the one given first was dropped without a word)
+        raise UserError(f"{where} is given twice: nested (under 'parameters' or plainly) and as a dotted key")
     check_known(p, WANDB_PARAM_KEYS, where)
     dist = p.get("distribution")
     if dist is None:  # as W&B infers it
@@ -209,6 +223,8 @@ def wandb_param(name: str, p: Mapping[str, Any], where: str, spec: SearchSpec) -
         if not _is_number(mean) or not (param.low <= mean <= param.high if param.type != "categorical" else
                                         mean in param.choices):
             raise UserError(f"{where}: 'mean' ({mean!r}) must lie within min and max")
+        if param.type == "int" and not _is_whole(mean):  # (the first trial ran with --lr=5.5)
+            raise UserError(f"{where}: 'mean' ({mean!r}) must be a whole number, as the parameter's values are")
         spec.first[name] = mean
     if "scale" in p:
         spec.notes.append(f"{name}: 'scale' sets the spread of Protein's own sampler; Optuna's sampler searches "
