@@ -750,7 +750,7 @@ SPEC_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "name_template": ("a string whose { and } go around a hyperparameter key or index", lambda v: isinstance(v, str)
                       and re.fullmatch(r"([^{}]|\{[^{}]+\})*", v)),
     "gpus_per_run": ("a whole number >= 1", lambda v: _is_whole(v) and v >= 1),
-    "gpu_memory_gb": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "gpu_memory_gb": ("a finite number > 0", lambda v: _is_number(v) and 0 < v < math.inf),
     "max_processes_per_gpu": ('a whole number >= 1 or "auto"', lambda v: v == "auto" or (_is_whole(v) and v >= 1)),
     "mps": ("true or false", lambda v: isinstance(v, bool)),
     "abbrev": ("an object of strings", lambda v: isinstance(v, dict)),

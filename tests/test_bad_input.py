@@ -241,6 +241,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
         pytest.param('{"search": {"n_trials": 2, "n_trials": 5, "metric": "loss", "params": {"lr": {"type": "float", '
                      '"low": 0, "high": 1}}}}', [CONFIG, "'search': key 'n_trials' appears twice"],
                      id="duplicate-key-in-search"),
+        pytest.param('{"gpu_memory_gb": 1e400, "runs": [{"a": 1}]}', [CONFIG, "'gpu_memory_gb' must be a finite"],
+                     id="infinite-gpu-memory"),  # (JSON reads 1e400 as inf: 'needs inf GB' when placed)
         pytest.param('{"env": {"A": "1", "A": "2"}, "runs": [{"a": 1}]}', [CONFIG, "'env': key 'A' appears twice"],
                      id="duplicate-key-in-env"),
         pytest.param('{"slurm": {"params": {"x": 1, "x": 2}}, "runs": [{"a": 1}]}',
