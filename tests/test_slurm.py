@@ -577,14 +577,13 @@ def test_status_of_a_detached_sweep_whose_job_array_was_cancelled_before_its_tas
             cluster.run("scancel", job, check=False)
 
 
-def test_watch_follows_a_detached_sweep_until_its_jobs_end(sweep, cluster):
-    """watch of a detached sweep drew it once and exited while its jobs ran on: it redrew only while the sweep's
-    process lived, and a detached sweep has none. It now redraws until the jobs have ended, and asks sacct (the
-    cluster's accounting database) at most every 30 s, not at each redraw."""
-    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 8}})
+def watch_detached(sweep, cluster, sleep: float, sacct_fails: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    """`watch` (piped, a redraw every 0.3 s) of a sweep of 2 runs of `sleep` seconds detached on Slurm, with a
+    `sacct` that counts its calls (and fails); returns watch's run and the file of sacct's calls."""
+    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": sleep}})
     p = run(sweep, cluster, "--detach")
     assert p.returncode == 0, p.stdout + p.stderr
-    bin_, calls = sacct_wrapper(sweep)
+    bin_, calls = sacct_wrapper(sweep, fail=sacct_fails)
     try:
         w = sweep.run("watch", "outputs", "--every", "0.3", trainer=False, timeout=90,
                       PATH=f"{bin_}:{os.environ['PATH']}", **slurm_env(cluster))
@@ -592,6 +591,14 @@ def test_watch_follows_a_detached_sweep_until_its_jobs_end(sweep, cluster):
         for job in ours(cluster, sweep):
             cluster.run("scancel", job, check=False)
     assert w.returncode == 0, w.stdout + w.stderr
+    return w, calls
+
+
+def test_watch_follows_a_detached_sweep_until_its_jobs_end(sweep, cluster):
+    """watch of a detached sweep drew it once and exited while its jobs ran on: it redrew only while the sweep's
+    process lived, and a detached sweep has none. It now redraws until the jobs have ended, and asks sacct (the
+    cluster's accounting database) at most every 30 s, not at each redraw."""
+    w, calls = watch_detached(sweep, cluster, sleep=8, sacct_fails=False)
     states = w.stdout.strip().split("\n\n")  # piped: each state after the one before
     assert len(states) >= 5, w.stdout
     assert "detached: its runs are Slurm jobs" in states[0], states[0]
@@ -603,17 +610,7 @@ def test_watch_of_a_detached_sweep_where_sacct_fails_draws_once_and_says_why(swe
     """From a review: where sacct is not there or fails, a job cancelled leaves no result and is never seen to end,
     so watch followed the sweep for ever. It draws once and says why, as it did before it followed detached
     sweeps."""
-    sweep.config({"grid": {"n": [0, 1]}, "defaults": {"sleep": 60}})
-    p = run(sweep, cluster, "--detach")
-    assert p.returncode == 0, p.stdout + p.stderr
-    bin_, calls = sacct_wrapper(sweep, fail=True)
-    try:
-        w = sweep.run("watch", "outputs", "--every", "0.3", trainer=False, timeout=60,
-                      PATH=f"{bin_}:{os.environ['PATH']}", **slurm_env(cluster))
-    finally:
-        for job in ours(cluster, sweep):
-            cluster.run("scancel", job, check=False)
-    assert w.returncode == 0, w.stdout + w.stderr
+    w, _ = watch_detached(sweep, cluster, sleep=60, sacct_fails=True)
     assert "\n\n" not in w.stdout.strip() and "detached: its runs are Slurm jobs" in w.stdout, w.stdout
     assert "(sacct is not here or failed: which of these jobs were cancelled or killed is not known; the sweep's " \
            "command, run again, collects them)" in w.stdout, w.stdout
