@@ -65,6 +65,17 @@ def test_report_csv_round_trips_with_hyperparameters_as_columns(finished):
     assert by_name["lr_1_depth_4_metric_9_exit_1"]["state"] == "failed"
 
 
+def test_report_csv_keeps_every_digit(sweep):
+    """From an adversarial pass: the CSV held 4 significant digits (0.123456789 as 0.1235, 12345.678 as
+    1.235e+04), though docs/output.md says the CSV keeps every digit, as the JSON and the results do."""
+    sweep.config([{"x": 0.123456789, "metric": 0.020045843174444633}, {"x": 12345.678, "metric": 1e-300}])
+    assert sweep.run("--no-live", "--metric", "val_loss").returncode == 0
+    assert report(sweep, "--csv", "r.csv").returncode == 0
+    with open(sweep.dir / "r.csv", newline="") as f:
+        rows = {float(r["hp.x"]): float(r["metric.val_loss"]) for r in csv.DictReader(f)}
+    assert rows == {0.123456789: 0.020045843174444633, 12345.678: 1e-300}
+
+
 def test_report_json_export(finished):
     out = finished.dir / "runs.json"
     assert report(finished, "--json", str(out)).returncode == 0

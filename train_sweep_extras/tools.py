@@ -159,13 +159,14 @@ def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _cell(value: Any) -> str:
-    """A value as a person reads it in a table: 4 significant digits (the results and CSV keep every digit)."""
+def _cell(value: Any, exact: bool = False) -> str:
+    """A value as a person reads it in a table: 4 significant digits; `exact` (the CSV): every digit (a float's
+    repr reads back as the same float)."""
     if value is None:
         return ""
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value)
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return (repr(value) if exact else f"{value:.4g}") if isinstance(value, float) else str(value)
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -178,7 +179,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in columns})
+            writer.writerow({k: _cell(row.get(k), exact=True) for k in columns})
 
 
 def _sort_key(sort: str, metric: str | None, mode: str) -> Callable[[Mapping[str, Any]], Any]:
