@@ -571,12 +571,12 @@ class Ranking:
     mode: str = "min"
 
     @classmethod
-    def saved(cls, settings: Any) -> Ranking:
-        """The ranking a saved sweep used (sweep.json's settings, best.json); Ranking() if it says none."""
+    def saved(cls, settings: Any, name: str | None = None) -> Ranking:
+        """The ranking a saved sweep used (sweep.json's settings, best.json), by its objective `name` if that is one."""
         try:
-            metric = settings["metric"]
-            metric = metric[0] if isinstance(metric, list) else metric
-            mode = str(settings.get("mode") or "min").split(",")[0]
+            metrics, modes = settings["metric"], str(settings.get("mode") or "min").split(",")
+            at = metrics.index(name) if isinstance(metrics, list) and name in metrics[: len(modes)] else 0
+            metric, mode = metrics[at] if isinstance(metrics, list) else metrics, modes[at]
         except (KeyError, TypeError, IndexError, AttributeError):
             return cls()
         return cls(metric, mode) if isinstance(metric, str) and mode in ("min", "max") else cls()

@@ -76,6 +76,24 @@ def test_report_csv_keeps_every_digit(sweep):
     assert rows == {0.123456789: 0.020045843174444633, 12345.678: 1e-300}
 
 
+def test_the_second_objective_of_a_search_is_ranked_its_own_way(sweep):
+    """From an adversarial pass: a search with --metric a b --mode min,max: report --metric b, its plots and
+    load().best(metric='b') ranked b by the first objective's mode (min), naming the worst run the best."""
+    pytest.importorskip("optuna")
+    script = sweep.dir / "mo.py"
+    script.write_text("import sys\nx = float(sys.argv[1].split('=')[1])\nprint(f'a={x} b={x * x}')\n")
+    p = sweep.run("--no-live", "--command", f"python {script}", "--search", "random", "--n-trials", "6", "--metric",
+                  "a", "--metric", "b", "--mode", "min,max", "x=interval(0, 1)", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    b = max(r["metrics"]["b"] for r in sweep.results())
+    shown = report(sweep, "--metric", "b").stdout
+    assert re.search(rf"Best \(max b\): \S+ = {b:g} ", shown), shown
+    code = "import train_sweep; print(train_sweep.load('outputs').best(1, metric='b')[0].metrics['b'])"
+    best = subprocess.run([sys.executable, "-c", code], cwd=sweep.dir, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert float(best.stdout) == b, best.stdout + best.stderr
+
+
 def test_report_json_export(finished):
     out = finished.dir / "runs.json"
     assert report(finished, "--json", str(out)).returncode == 0

@@ -77,7 +77,7 @@ class SweepResult:
         SweepManager.get_best_models(k): their folders hold what --top-k kept."""
         if not _is_whole(k) or k < 1 or mode not in (None, "min", "max"):
             raise SweepError(f"best(k={k!r}, mode={mode!r}): k is a whole number >= 1, mode 'min' or 'max'")
-        saved = Ranking.saved(self.settings)
+        saved = Ranking.saved(self.settings, metric)  # (several objectives: each has its mode)
         metric, mode = metric or saved.metric, mode or saved.mode
         if metric is None:
             raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")

@@ -356,15 +356,14 @@ def of_this_sweep(latest: dict[str, Mapping[str, Any]], record: Mapping[str, Any
                                                        started) < started)}  # (killed: no end time)
 
 
-def sweep_mode(records: Sequence[Mapping[str, Any]]) -> str:
-    """The direction the sweep ranked by (its first --mode), from the sweep.json beside its run folders."""
+def sweep_mode(records: Sequence[Mapping[str, Any]], metric: str | None) -> str:
+    """The direction the sweep ranked `metric` by (its --mode for that objective, else its first), from the
+    sweep.json beside its run folders."""
     for folder in dict.fromkeys(Path(r["run_dir"]).parent for r in records if r.get("run_dir")):
-        try:
-            mode = read_json(folder / "sweep.json")["settings"]["mode"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            continue
-        if isinstance(mode, str) and mode.split(",")[0] in ("min", "max"):
-            return mode.split(",")[0]
+        with suppress(OSError, ValueError, RecursionError):
+            record = read_json(folder / "sweep.json")
+            if (saved := Ranking.saved(record.get("settings") if isinstance(record, dict) else None, metric)).metric:
+                return saved.mode
     return "min"
 
 
@@ -429,9 +428,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         no_url(args.files, "report")
         files = args.files or ["train_sweep_results.json"]
         sweeps = [(f, load_results(f)) for f in files]
-    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs])
-    console = Console(width=None if sys.stdout.isatty() else 200)
     metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
+    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs], metric)
+    console = Console(width=None if sys.stdout.isatty() else 200)
     if len(sweeps) > 1:
         table = Table(title="sweeps side by side", title_justify="left")
         for col in ("results file", "runs", "complete", "pruned", "failed", "interrupted", "success", "GPU hours",
