@@ -334,8 +334,7 @@ def _command_line(text: str) -> str:
             return text
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-    raise argparse.ArgumentTypeError(f"{text!r}: a NUL character cannot be passed on a command line" if "\0" in text
-                                     else f"{text!r} is empty")
+    raise argparse.ArgumentTypeError(f"{text!r} {'holds a NUL character' if chr(0) in text else 'is empty'}")
 
 
 def _modes(text: str) -> str:
@@ -4810,7 +4809,8 @@ def run_sweep(plan: Plan, backend: Backend, cwd: Path) -> int:
         live = sys.stdout.isatty() and not settings.no_live
         reporter = (LiveReporter if live else Reporter)(settings.ranking, log_path=output_dir / "sweep.log")
         if search is not None or settings.rerun:  # the same command would not resume: --rerun runs everything again
-            reporter.resume_hint = ("The search stopped before its end: run the same command again to resume it "
+            again = "without --rerun" if settings.rerun else "again"  # (with it, a search would start afresh)
+            reporter.resume_hint = (f"The search stopped before its end: run the same command {again} to resume it "
                                     "(finished trials are kept)" if search is not None else "{left} run(s) left: run "
                                     "the same command without --rerun to resume (complete runs are kept)")
         what = f"{len(runs)} run(s)" if search is None else f"a {settings.search} search" + (

@@ -515,25 +515,31 @@ def test_after_ctrl_c_the_summary_says_what_is_left_and_how_to_resume(sweep):
     assert "5 run(s) left: run the same command again to resume" in out, out[-1500:]
 
 
-@pytest.mark.parametrize("how", ["rerun", "search"])
+@pytest.mark.parametrize("how", ["rerun", "search", "search-rerun"])
 def test_after_ctrl_c_of_a_rerun_or_a_search_the_way_to_resume_is_true(sweep, how):
     """An adversarial pass: after Ctrl+C of a --rerun sweep, 'run the same command again to resume' ran every run
     again (the same command has --rerun); after Ctrl+C of a search, '2 run(s) left' counted the interrupted
-    trials, not the 8 the search had still to ask."""
+    trials, not the 8 the search had still to ask. A later pass: a search with --rerun was still told 'the same
+    command again' (it would start afresh), and status said 'run the same command' after either."""
     from conftest import interrupt
 
     sweep.gpus.set(count=1)
     slow = sweep.dir / "slow.py"
     slow.write_text("import time\ntime.sleep(30)\n")
-    args = ["--rerun", "x=1,2,3"] if how == "rerun" else ["--search", "grid", "--metric", "loss", "x=1,2,3"]
+    args = ["--rerun", "x=1,2,3"] if how == "rerun" else ["--search", "grid", "--metric", "loss", "x=1,2,3"] + (
+        ["--rerun"] if how == "search-rerun" else [])
     proc = sweep.start("--no-live", "--command", f"python {slow}", *args, trainer=False)
     sweep.wait_for(lambda: any((sweep.dir / "outputs").glob("*/run.json")), what="the first run")
     interrupt(proc)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out[-1500:]
-    expected = ("3 run(s) left: run the same command without --rerun to resume" if how == "rerun" else
-                "The search stopped before its end: run the same command again to resume it")
+    expected = {"rerun": "3 run(s) left: run the same command without --rerun to resume",
+                "search": "The search stopped before its end: run the same command again to resume it",
+                "search-rerun": "The search stopped before its end: run the same command without --rerun to resume it",
+                }[how]
     assert expected in out and "run(s) left: run the same command again" not in out, out[-1500:]
+    status = sweep.run("status", trainer=False).stdout
+    assert ("run the same command without --rerun to resume" in status) == how.endswith("rerun"), status
 
 
 def test_a_summary_of_many_runs_keeps_the_best_ones(sweep):

@@ -866,11 +866,12 @@ class SweepStatus:
         left = max(0, total - sum(counts.values()) - len(running))
         detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
         ended = jobs_ended(folder, running, self._slurm_states) if detached else []  # with Slurm: not collected yet
+        same = "the same command" + (" without --rerun" if settings.get("rerun") else "")  # (with it: all again)
         running = [r for r in running if r not in ended]
-        state = "running" if pid else "detached: its Slurm jobs have ended (the same command collects the results)" \
-            if detached and not running else "detached: its runs are Slurm jobs (the same command follows them and " \
-            "collects the results)" if detached else "dead (killed: run the same command to resume)" if running else \
-            f"stopped with {left} run(s) not started: run the same command to resume" if left else \
+        state = "running" if pid else f"detached: its Slurm jobs have ended ({same} collects the results)" \
+            if detached and not running else f"detached: its runs are Slurm jobs ({same} follows them and " \
+            "collects the results)" if detached else f"dead (killed: run {same} to resume)" if running else \
+            f"stopped with {left} run(s) not started: run {same} to resume" if left else \
             "interrupted" if counts["interrupted"] and record.get("ended") != "finished" else "finished"
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         now = time.time()
