@@ -72,6 +72,22 @@ def test_run_and_load_from_python(tmp_path, monkeypatch):
     assert train_sweep.load(tmp_path / "out").counts() == {"complete": 2}
 
 
+def test_best_by_a_metric_only_printed_agrees_with_report(tmp_path, monkeypatch):
+    """From an adversarial pass: a metric the runs printed but the sweep did not follow (acc, with --metric
+    val_loss): report ranked the runs by it from their stdout, and best(metric='acc') said none had it ([])."""
+    _in(tmp_path, monkeypatch)
+    script = tmp_path / "t.py"
+    script.write_text("import sys\nv = float(sys.argv[1].split('=')[1])\nprint(f'val_loss={v}')\n"
+                      "print(f'acc={v / 10}') if v > 2 else None\n")
+    (tmp_path / "c.json").write_text(json.dumps([{"v": 1}, {"v": 3}, {"v": 5}]))
+    train_sweep.run(config_file="c.json", command=f"python {script}", metric="val_loss", no_live=True,
+                    output_dir="out", output_file="results.json")
+    assert [r.name for r in train_sweep.load("out").best(3, metric="acc", mode="max")] == ["v_5", "v_3"]
+    shown = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "report", "results.json", "--metric", "acc",
+                            "--mode", "max"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "Best (max acc): v_5 = 0.5" in shown, shown
+
+
 def test_run_refuses_bad_input_with_the_cli_message(tmp_path, monkeypatch):
     _in(tmp_path, monkeypatch)
     with pytest.raises(train_sweep.SweepError, match="unknown setting 'gpu'"):

@@ -82,7 +82,8 @@ class SweepResult:
         if metric is None:
             raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
         scored = [(value if mode == "min" else -value, run.record.get("index") or 0, run) for run in self.runs
-                  if run.state == State.COMPLETE.value and (value := metric_of(run.metrics, metric)) is not None]
+                  if run.state == State.COMPLETE.value and  # (a metric only printed: its stdout's tail, as report)
+                  (value := metric_of(run.metrics, metric, run.record.get("stdout") or "")) is not None]
         return [run for *_, run in heapq.nsmallest(k, scored, key=lambda e: e[:2])]  # equal: the first in the sweep
 
     def counts(self) -> dict[str, int]:
