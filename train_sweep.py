@@ -2860,8 +2860,8 @@ def printed_metrics(run: Run) -> list[str]:
 
 def metric_missing(run: Run, metric: str, regex: str | None) -> str:
     """Why a complete run has no value of the ranking metric, in words a user can act on: what it did report."""
-    if metric in (run.metrics or {}):  # reported, its last value NaN or infinite (plain_metric)
-        return f"its last {metric} was not a number (NaN or infinite: the training diverged?)"
+    if metric in (run.metrics or {}):  # reported: text (metrics.json), or NaN or infinite (None: plain_metric)
+        return f"its last {metric} was {'text' if isinstance(run.metrics[metric], str) else 'NaN or infinite'}"
     where = [name for name in ("metrics.json", "metrics.jsonl") if (run.run_dir / name).exists()]
     found = f"{' and '.join(where)} without {metric!r}" if where else "no metrics.json or metrics.jsonl"
     printed = "no stdout line matches --metric-regex" if regex else f"no stdout line like '{metric}=0.41'"

@@ -138,4 +138,16 @@ def test_runs_that_diverged_to_nan_did_report_the_metric(sweep):
                   "lr=0.9,0.8,0.7,0.1,0.2", trainer=False)
     assert "no more runs are started" not in p.stdout and "5 complete" in p.stdout, p.stdout
     # and the summary says why they are not ranked: it said they reported no val_loss, and that they reported it
-    assert "3 complete run(s) have no val_loss to rank by: its last val_loss was not a number" in p.stdout, p.stdout
+    assert "3 complete run(s) have no val_loss to rank by: its last val_loss was NaN or infinite" in p.stdout, p.stdout
+
+
+def test_a_metric_that_is_text_is_not_called_a_divergence(sweep):
+    """From an adversarial pass: a metrics.json with "val_loss": "abc" was said to be NaN or infinite (the training
+    diverged?): it says the value was text."""
+    sweep.gpus.set(count=1)
+    (sweep.dir / "train.py").write_text("import json, os\nprint('val_loss=0.05')\njson.dump({'val_loss': 'abc'}, "
+                                        "open(os.path.join(os.environ['TRAIN_SWEEP_RUN_DIR'], 'metrics.json'), 'w'))\n")
+    p = sweep.run("--no-live", "--command", f"python {sweep.dir / 'train.py'}", "--metric", "val_loss", "x=1,2",
+                  trainer=False)
+    assert "have no val_loss to rank by: its last val_loss was text" in p.stdout, p.stdout
+    assert "diverge" not in p.stdout and "NaN" not in p.stdout, p.stdout
