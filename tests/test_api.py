@@ -65,6 +65,9 @@ def test_run_and_load_from_python(tmp_path, monkeypatch):
     assert [r.name for r in again.best(3)] == [r.name for r in result.best(3)]
     best = again.best(1, mode="max")[0]
     assert best.metrics["val_loss"] == 0.3 and best.run_dir.is_dir() and best.run_dir / "run.json" in best.files()
+    for outside in ("../*", "/etc/*", "sub/../../*"):  # (an adversarial pass: the sweep's own files; a traceback)
+        with pytest.raises(train_sweep.SweepError, match="a pattern inside the run's folder"):
+            best.files(outside)
     # the runs of its last start: one dropped from the config is not among them (a review: load() kept it)
     (tmp_path / "sweep.json").write_text(json.dumps([{"metric": 0.3}, {"metric": 0.2}]))
     train_sweep.run(config_file="sweep.json", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True,

@@ -53,7 +53,10 @@ class RunResult:
     record: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the whole record
 
     def files(self, pattern: str = "*") -> list[Path]:
-        """The files of its folder that match `pattern` (e.g. '*.pt': its checkpoints, where --top-k kept them)."""
+        """The files of its folder that match `pattern` (e.g. '*.pt': its checkpoints, where --top-k kept them;
+        '**/*.pt' below it too); a pattern that leaves the folder ('../*', '/etc/*') is a SweepError."""
+        if not isinstance(pattern, str) or not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise SweepError(f"files({pattern!r}): a pattern inside the run's folder, such as '*.pt' or '**/*.pt'")
         return sorted(p for p in self.run_dir.glob(pattern) if p.is_file()) if self.run_dir.is_dir() else []
 
 
