@@ -94,6 +94,18 @@ def test_the_second_objective_of_a_search_is_ranked_its_own_way(sweep):
     assert float(best.stdout) == b, best.stdout + best.stderr
 
 
+def test_plots_of_labels_the_font_lacks_say_so_once(sweep):
+    """From an adversarial pass: a hyperparameter value in CJK made matplotlib print 24 'Glyph ... missing from
+    font' warnings, with their source lines, on stderr: one line says it now."""
+    pytest.importorskip("matplotlib")
+    sweep.config([{"note": "héllo ☃ 日本語", "metric": 0.1}, {"note": "b", "metric": 0.2}])
+    assert sweep.run("--no-live", "--metric", "val_loss").returncode == 0
+    p = report(sweep, "--plots", "plots")
+    assert p.returncode == 0, p.stdout + p.stderr
+    said = "train_sweep: warning: some labels hold characters the plots' font lacks (CJK, symbols): they show as boxes"
+    assert p.stderr.strip().splitlines() in ([said], []), p.stderr  # (none where a font has them all)
+
+
 def test_report_json_export(finished):
     out = finished.dir / "runs.json"
     assert report(finished, "--json", str(out)).returncode == 0

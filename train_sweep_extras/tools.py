@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -513,15 +514,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         from train_sweep_extras.plots import study_plots, write_plots
 
         try:
-            for path in write_plots(Path(args.plots), records, metric, args.mode):
-                console.print(f"wrote {path}", highlight=False)
-            studies = {Path(r["run_dir"]).parent / STUDY for r in records
-                       if r.get("trial") is not None and r.get("run_dir")}
-            for study in sorted(s for s in studies if s.is_file()):
-                for path in study_plots(Path(args.plots), study, len(studies) > 1):
+            with warnings.catch_warnings(record=True) as caught:  # matplotlib warns for each character its font
+                warnings.filterwarnings("always", message="Glyph .* missing from font")  # lacks (CJK, a snowman)
+                for path in write_plots(Path(args.plots), records, metric, args.mode):
                     console.print(f"wrote {path}", highlight=False)
+                studies = {Path(r["run_dir"]).parent / STUDY for r in records
+                           if r.get("trial") is not None and r.get("run_dir")}
+                for study in sorted(s for s in studies if s.is_file()):
+                    for path in study_plots(Path(args.plots), study, len(studies) > 1):
+                        console.print(f"wrote {path}", highlight=False)
         except OSError as e:
             raise UserError(f"report --plots {args.plots}: cannot write ({e.strerror or e})") from None
+        for w in caught:  # each other warning as Python shows it; the font's, once
+            if "missing from font" not in str(w.message):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if any("missing from font" in str(w.message) for w in caught):
+            say_warning("some labels hold characters the plots' font lacks (CJK, symbols): they show as boxes")
     return EXIT_OK
 
 
