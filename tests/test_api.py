@@ -77,7 +77,8 @@ def test_run_and_load_from_python(tmp_path, monkeypatch):
 
 def test_best_by_a_metric_only_printed_agrees_with_report(tmp_path, monkeypatch):
     """From an adversarial pass: a metric the runs printed but the sweep did not follow (acc, with --metric
-    val_loss): report ranked the runs by it from their stdout, and best(metric='acc') said none had it ([])."""
+    val_loss): report ranked the runs by it from their stdout, but best(metric='acc') said none had it ([]) and
+    report --csv had no column for it."""
     _in(tmp_path, monkeypatch)
     script = tmp_path / "t.py"
     script.write_text("import sys\nv = float(sys.argv[1].split('=')[1])\nprint(f'val_loss={v}')\n"
@@ -89,6 +90,10 @@ def test_best_by_a_metric_only_printed_agrees_with_report(tmp_path, monkeypatch)
     shown = subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "report", "results.json", "--metric", "acc",
                             "--mode", "max"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert "Best (max acc): v_5 = 0.5" in shown, shown
+    subprocess.run([sys.executable, str(ROOT / "train_sweep.py"), "report", "results.json", "--metric", "acc",
+                    "--csv", "a.csv"], cwd=tmp_path, check=True, capture_output=True)  # its CSV had no acc column
+    assert [line.split(",")[-1] for line in (tmp_path / "a.csv").read_text().splitlines()] == [
+        "metric.acc", "0.3", "0.5", ""]  # (ranked by acc, lowest first: the sweep's mode, min)
 
 
 def test_run_refuses_bad_input_with_the_cli_message(tmp_path, monkeypatch):

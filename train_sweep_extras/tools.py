@@ -149,14 +149,17 @@ def default_metric(records: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
-def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One run as a flat row: its fields, then hp.<key> per hyperparameter, then metric.<key>."""
+def flat_row(record: Mapping[str, Any], metric: str | None = None) -> dict[str, Any]:
+    """One run as a flat row: its fields, then hp.<key> per hyperparameter, then metric.<key> (and the ranking
+    `metric` where the run only printed it: from its stdout's tail, as the table ranks it)."""
     row = {k: record.get(k) for k in ("index", "model_name", "state", "success", "gpu_id", "duration_seconds",
                                       "returncode", "signal", "attempt", "start_time", "end_time", "run_dir")}
     for key, value in (record.get("hyperparams") or {}).items():
         row[f"hp.{key}"] = value
     for key, value in (record.get("metrics") or {}).items():
         row[f"metric.{key}"] = value
+    if metric and f"metric.{metric}" not in row and (value := record_metric(record, metric)) is not None:
+        row[f"metric.{metric}"] = value
     return row
 
 
@@ -495,7 +498,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             value, best = found
             console.print(f"Best ({args.mode} {metric}): {best['model_name']} = {value:g}  ({best.get('run_dir')})",
                           highlight=False)
-    rows = [dict(flat_row(r), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
+    rows = [dict(flat_row(r, metric), **({"results_file": r["_sweep"]} if len(sweeps) > 1 else {})) for r in records]
 
     def with_series(path: Path, rows: list[dict[str, Any]]) -> None:  # --json: each run's learning curve too
         series = [read_series(r.get("run_dir"), metric) for r in records]
