@@ -858,12 +858,8 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         raise UserError(f"{path}: expected a JSON array of runs or an object, got {_json_type(data)}")
     check_known(data, SPEC_FIELDS, path)
     given = {key: check_field(key, value, path) for key, value in data.items() if value is not None}
-    for key in ("defaults", "grid", "env", "abbrev", "slurm"):  # each key once, and (in slurm's params) each value
-        check_hyperparams(given.get(key, {}), f"{path}: {key!r}")
-    for key, value in given.get("env", {}).items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise UserError(f"{path}: 'env' key {key!r}: a variable's name cannot be empty or hold '=' or NUL, "
-                            "nor its value NUL")
+    for key in ("defaults", "grid", "env", "abbrev", "slurm", "search"):  # each key once, no '=' or NUL in one,
+        check_hyperparams(given.get(key, {}), f"{path}: {key!r}")  # each value plain (no NUL, NaN, key twice)
     if "search" in given and ("runs" in given or "grid" in given):
         raise UserError(f"{path}: a 'search' searches one space: 'runs' and 'grid' cannot go with it (give shared "
                         "values in 'defaults', lists to choose from as categorical params)")

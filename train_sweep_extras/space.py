@@ -299,12 +299,6 @@ def parse_search(data: Any, where: str) -> SearchSpec:
     where = f"{where}: 'search'"
     if not isinstance(data, dict):
         raise UserError(f"{where} must be an object, got {_json_type(data)}")
-    stack = [(data, where)]  # a key twice in one object (json keeps the last): said, as for runs and grids
-    while stack:
-        item, at = stack.pop()
-        if getattr(item, "duplicate", None) is not None:
-            raise UserError(f"{at}: key {item.duplicate!r} appears twice in one object")
-        stack += [(v, f"{at}: {k!r}") for k, v in item.items() if isinstance(v, dict)] if isinstance(item, dict) else []
     check_known(data, SEARCH_KEYS, where)
     params = data.get("params")
     if not isinstance(params, dict) or not params:

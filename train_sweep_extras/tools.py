@@ -218,6 +218,9 @@ def check_sort(sort: str, records: Sequence[Mapping[str, Any]], varying: Sequenc
                         f"hyperparameter of these runs" + (f" ({', '.join(varying)} vary)" if varying else ""))
 
 
+NO_GLYPH = "missing from font"  # matplotlib's warning for a character its font lacks
+
+
 def say_warning(message: str) -> None:
     try:
         sys.stderr.write(f"train_sweep: warning: {message}\n")
@@ -518,7 +521,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         try:
             with warnings.catch_warnings(record=True) as caught:  # matplotlib warns for each character its font
-                warnings.filterwarnings("always", message="Glyph .* missing from font")  # lacks (CJK, a snowman)
+                warnings.filterwarnings("always", message=f"Glyph .* {NO_GLYPH}")  # lacks (CJK, a snowman)
                 for path in write_plots(Path(args.plots), records, metric, args.mode):
                     console.print(f"wrote {path}", highlight=False)
                 studies = {Path(r["run_dir"]).parent / STUDY for r in records
@@ -529,9 +532,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"report --plots {args.plots}: cannot write ({e.strerror or e})") from None
         for w in caught:  # each other warning as Python shows it; the font's, once
-            if "missing from font" not in str(w.message):
+            if NO_GLYPH not in str(w.message):
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        if any("missing from font" in str(w.message) for w in caught):
+        if any(NO_GLYPH in str(w.message) for w in caught):
             say_warning("some labels hold characters the plots' font lacks (CJK, symbols): they show as boxes")
     return EXIT_OK
 
@@ -657,6 +660,11 @@ def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
     return None if found is None else (ranking.metric, found[0], found[1])
 
 
+def ours(sweep_json: Path) -> bool:
+    """A sweep.json train_sweep wrote (not another tool's file of that name)."""
+    return isinstance(saved := read_json(sweep_json), dict) and "train_sweep" in saved
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Delete run folders not touched in --days days (a dry run unless --live); never in a running sweep, never
     the best runs (unless --include-best); on a terminal, --live asks first (unless --yes)."""
@@ -672,7 +680,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                     print(f"skipped {link}: a link to a sweep folder, not followed")
                 links.add(link)
                 continue
-            if not (isinstance(saved := read_json(folder / "sweep.json"), dict) and "train_sweep" in saved):
+            if not ours(folder / "sweep.json"):
                 print(f"skipped {folder}: its sweep.json is not a train_sweep sweep's")  # (another tool's folder)
                 continue
             lock = try_lock(folder)
@@ -693,8 +701,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                     print(f"skipped {run_dir}: not a run folder the sweep made (no {RUN_MARK} in it)")
                     continue
                 inside = [run_dir, *run_dir.rglob("*")]
-                nested = next((f.parent for f in inside if f.name == LOCK or f.name == "sweep.json" and
-                               isinstance(saved := read_json(f), dict) and "train_sweep" in saved), None)
+                nested = next((f.parent for f in inside if f.name == LOCK or f.name == "sweep.json" and ours(f)), None)
                 if nested is not None:  # a sweep's --output-dir put in a run folder: deleted with it, it was lost
                     print(f"skipped {run_dir}: another sweep's folder is inside it ({nested}); cleanup deletes "
                           "run folders, never a sweep")
@@ -965,8 +972,8 @@ SLURM_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NOD
 
 def sacct_states(jobs: Sequence[str]) -> dict[str, str] | None:
     """Each job's state as sacct says it; None where sacct is not here or fails."""
-    if not jobs or not shutil.which("sacct"):
-        return None if jobs else {}
+    if not shutil.which("sacct"):
+        return None
     with suppress(ImportError):  # (submitit reads sacct's lines)
         from train_sweep_extras.slurm import sacct
 
@@ -976,10 +983,10 @@ def sacct_states(jobs: Sequence[str]) -> dict[str, str] | None:
 
 
 def jobs_ended(folder: Path, records: Sequence[Mapping[str, Any]],
-               states: Callable[[Sequence[str]], Mapping[str, str] | None] = sacct_states) -> list[Mapping[str, Any]]:
+               states: Callable[[Sequence[str]], Mapping[str, str] | None]) -> list[Mapping[str, Any]]:
     """A detached sweep's Slurm jobs (their run.json says running) that ended: submitit wrote the result, or
-    sacct says so (a job cancelled, or killed without a result); only the sweep's command, run again, collects
-    them. Where sacct is not here or fails, the results alone tell."""
+    `states` (sacct's answer for the others) says so (a job cancelled, or killed without a result); only the
+    sweep's command, run again, collects them. Where sacct is not here or fails, the results alone tell."""
     jobs = {r["slurm_job_id"]: r for r in records if isinstance(r.get("slurm_job_id"), str)}
     ended = [r for job, r in jobs.items() if (folder / SLURM_DIR / f"{job}_0_result.pkl").exists()]
     if asked := [job for job, r in jobs.items() if r not in ended]:
