@@ -106,6 +106,27 @@ def test_run_refuses_bad_input_with_the_cli_message(tmp_path, monkeypatch):
         train_sweep.load(tmp_path)
 
 
+def test_run_from_another_thread_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """run() handles signals, which Python allows only in the main thread: from another thread it raised a bare
+    ValueError (set_wakeup_fd) after it had written the sweep's folder."""
+    import threading
+    _in(tmp_path, monkeypatch)
+    caught: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            train_sweep.run("lr=1,2", command=f"{sys.executable} {FAKE_TRAINER}", no_live=True)
+        except BaseException as e:  # noqa: BLE001 - the test reports whatever it was
+            caught.append(e)
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    thread.join()
+    assert len(caught) == 1 and isinstance(caught[0], train_sweep.SweepError), caught
+    assert "main thread" in str(caught[0])
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path):
     """train_sweep.py copied into an empty folder, with only psutil, nvidia-ml-py and rich: a list sweep runs;
     --search, --sweep-file, report and --max-processes-per-gpu auto answer with one line saying what to install."""

@@ -10,6 +10,7 @@ import dataclasses
 import heapq
 import io
 import os
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,8 +126,11 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
 def run(*overrides: str, **settings: Any) -> SweepResult:
     """Run a sweep from Python: the flags as keywords (`gpus=[0, 1]`, `metric="val_loss"`, ...) and Hydra
     overrides as arguments ("lr=1e-3,1e-4"). Returns the sweep as load() reads it, with the exit code (0, 1:
-    a run failed, 3: the sweep's own output failed, 130: interrupted); bad input raises SweepError. Call it
-    from the main thread: it handles signals."""
+    a run failed, 3: the sweep's own output failed, 130: interrupted); bad input raises SweepError (so does a call
+    from another thread: it handles signals)."""
+    if threading.current_thread() is not threading.main_thread():  # (signal.set_wakeup_fd would refuse, later)
+        raise SweepError("train_sweep.run() handles signals (Ctrl+C ends the sweep), which Python allows only in "
+                         "the main thread: call it from there, or run `python train_sweep.py ...` as a subprocess")
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     unknown = [key for key in settings if key not in fields]
     if unknown:
