@@ -21,6 +21,8 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, cli, no_traceback, script
 
+import train_sweep
+
 
 @pytest.fixture
 def finished(sweep):
@@ -370,6 +372,23 @@ def test_report_of_a_sweep_folder_moved_since_finds_its_runs(finished):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "was better; its folder was deleted" not in p.stdout, p.stdout
     assert f"Best (min val_loss): lr_0.01_depth_2_metric_0.2 = 0.2  ({finished.dir / 'sweepA'}" in p.stdout, p.stdout
+
+
+def test_a_project_moved_whole_finds_its_runs_from_the_results_file_and_load(finished):
+    """An adversarial pass: after moving the project folder (results file and outputs/ together), report of the
+    results file said the best's folder was deleted and load() gave runs' folders that were gone, so
+    run.files('*.pt') found nothing: the records hold absolute folders."""
+    moved = finished.dir / "moved"
+    moved.mkdir()
+    for name in ("outputs", "train_sweep_results.json"):
+        (finished.dir / name).rename(moved / name)
+    p = finished.run("report", str(moved / "train_sweep_results.json"), "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "was better; its folder was deleted" not in p.stdout, p.stdout
+    assert f"lr_0.01_depth_2_metric_0.2 = 0.2  ({moved / 'outputs'}" in p.stdout, p.stdout
+    runs = {r.name: r for r in train_sweep.load(moved / "outputs").runs}
+    assert runs["lr_0.01_depth_2_metric_0.2"].run_dir == (moved / "outputs" / "lr_0.01_depth_2_metric_0.2").resolve()
+    assert runs["lr_0.01_depth_2_metric_0.2"].files("train_stdout.log")
 
 
 def test_cleanup_asks_on_a_terminal(finished):

@@ -33,7 +33,7 @@ from train_sweep import (
     read_json,
     record_damage,
 )
-from train_sweep_extras.tools import of_this_sweep, sweep_alive
+from train_sweep_extras.tools import of_this_sweep, relocated, sweep_alive
 
 
 class SweepError(Exception):
@@ -114,6 +114,7 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
             latest[record["model_name"]] = record
     runs = []
     for name, r in latest.items():
+        r = relocated(r, folder)  # (moved since: its runs are where it is now)
         hyperparams, metrics, run_dir = r.get("hyperparams"), r.get("metrics"), r.get("run_dir")
         duration, trial = r.get("duration_seconds"), r.get("trial")  # a damaged field reads as absent
         runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},

@@ -84,10 +84,8 @@ def load_results(path: str) -> list[dict[str, Any]]:
     folder = Path(path)
     if folder.is_dir() and ((folder / JOURNAL).is_file() or (folder / "sweep.json").is_file()):
         latest = of_this_sweep(latest_records(folder), sweep_record(folder) or {})
-        for name, r in latest.items():  # a folder moved since (mv outputs sweepA): its runs are where it is now
-            if not Path(str(r.get("run_dir"))).is_dir() and (here := folder.resolve() / name).is_dir():
-                latest[name] = dict(r, run_dir=str(here))
-        return sorted(latest.values(), key=lambda r: r.get("index") if _is_whole(r.get("index")) else 0)
+        return sorted((relocated(r, folder) for r in latest.values()),
+                      key=lambda r: r.get("index") if _is_whole(r.get("index")) else 0)
     if folder.exists() and not folder.is_file():  # a FIFO would be waited on, /dev/zero read forever
         raise UserError(f"{path}: not a results file nor a sweep's output folder (a folder, a FIFO or a device)")
     try:
@@ -104,7 +102,16 @@ def load_results(path: str) -> list[dict[str, Any]]:
     for i, record in enumerate(data):
         if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
-    return sound
+    return [relocated(r, folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name) for r in sound]
+
+
+def relocated(record: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:
+    """A record whose run folder (an absolute path) is gone, where `folder` holds one of its name: the sweep
+    was moved since (mv outputs sweepA; the project with its results file), and its runs are where it is now."""
+    name = record.get("model_name")
+    if isinstance(name, str) and not Path(str(record.get("run_dir"))).is_dir() and (here := folder / name).is_dir():
+        return dict(record, run_dir=str(here.resolve()))
+    return record
 
 
 def unwritten(path: Path) -> str:
