@@ -580,6 +580,23 @@ def test_cleanup_keeps_the_best_when_sweep_json_lost_its_metric_or_the_journal_i
     assert "deleted 3 run folder(s)" in p.stdout, p.stdout
 
 
+def test_cleanup_keeps_every_run_where_the_runs_only_printed_metrics_and_no_metric_was_named(sweep):
+    """An adversarial pass: a sweep run without --metric whose script only printed val_loss (the README's first
+    command, then its cleanup) had every run deleted, the best among them: the guard looked at metrics.json
+    alone, and these records have no metrics but their stdout."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": m} for m in (0.3, 0.1, 0.2)])
+    p = sweep.run("--no-live")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = sweep.dir / "outputs"
+    for run_dir in [d for d in out.iterdir() if d.is_dir()]:
+        _age(run_dir)
+    p = sweep.run("cleanup", "--days", "7", "--live", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert "deleted 0 run folder(s)" in p.stdout and "the sweep's ranking metric is not known" in p.stdout, p.stdout
+    assert (out / "metric_0.1").is_dir()
+
+
 def test_cleanup_skips_links_and_dangling_links_without_a_traceback(finished, tmp_path):
     """A run folder that is a link (to a folder the sweep did not make) is skipped, not followed, and does not
     stop the cleanup; a dangling link inside a run folder (latest.pt -> ckpt_100.pt) is no FileNotFoundError."""

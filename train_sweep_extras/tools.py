@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from train_sweep import (
+    _NOT_METRICS,
+    _PRINTED,
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_RUN_FAILED,
@@ -647,11 +649,17 @@ def best_runs(folder: Path, ranking: Ranking | None = None) -> tuple[set[str], s
         settings = {"metric": [ranking.metric], "mode": ranking.mode}
     latest = latest_records(folder)
     if Ranking.saved(settings).metric is None:
-        if any(r.get("state") == State.COMPLETE.value and r.get("metrics") for r in latest.values()):
+        if any(r.get("state") == State.COMPLETE.value and reported(r) for r in latest.values()):
             return names, "the sweep's ranking metric is not known (its sweep.json names none)"
         return names, None
     found = journal_best(folder, latest, settings)
     return names | ({found[2]["model_name"]} if found else set()), None
+
+
+def reported(record: Mapping[str, Any]) -> bool:
+    """Whether a run reported a metric: in its metrics, or printed (NAME=0.41 in its stdout's tail)."""
+    return bool(record.get("metrics")) or any(m.group(1).lower() not in _NOT_METRICS
+                                              for m in _PRINTED.finditer(str(record.get("stdout") or "")))
 
 
 def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
