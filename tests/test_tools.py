@@ -137,6 +137,21 @@ def test_report_plots_are_real_images(finished):
         assert (plots / name).stat().st_size > 5000  # drawn, not blank
 
 
+def test_report_of_several_sweeps_ranks_each_by_its_own_mode(sweep):
+    """An adversarial pass: `report max.json min.json` named each sweep's best by the first sweep's --mode."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": m} for m in (0.1, 0.9, 0.5)])
+    for mode, name in (("max", "hi"), ("min", "lo")):
+        p = sweep.run("--no-live", "--metric", "val_loss", "--mode", mode, "--output-dir", name, "--output-file",
+                      f"{name}.json")
+        assert p.returncode == 0, p.stdout + p.stderr
+    p = report(sweep, "hi.json", "lo.json")
+    assert p.returncode == 0, p.stderr
+    row = {name: next(line for line in p.stdout.splitlines() if re.match(rf"│\s*{name}\.json\s", line))
+           for name in ("hi", "lo")}
+    assert "metric_0.9 = 0.9 (max)" in row["hi"] and "metric_0.1 = 0.1 (min)" in row["lo"], p.stdout
+
+
 def test_report_compares_several_sweeps(finished):
     finished.config([{"lr": 0.5, "metric": 0.1}])
     finished.run("--output-file", "second.json", "--output-dir", "out2")

@@ -445,24 +445,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         files = args.files or ["train_sweep_results.json"]
         sweeps = [(f, load_results(f)) for f in files]
     metric = args.metric or default_metric([r for _, recs in sweeps for r in recs])
-    args.mode = args.mode or sweep_mode([r for _, recs in sweeps for r in recs], metric)
+    modes = [args.mode or sweep_mode(recs, metric) for _, recs in sweeps]  # each sweep's own, unless --mode
+    args.mode = modes[0]
     console = Console(width=None if sys.stdout.isatty() else 200)
     if len(sweeps) > 1:
         table = Table(title="sweeps side by side", title_justify="left")
         for col in ("results file", "runs", "complete", "pruned", "failed", "interrupted", "success", "GPU hours",
                     f"best {metric or 'metric'}"):
             table.add_column(col, justify="left" if col in ("results file", f"best {metric or 'metric'}") else "right")
-        for path, recs in sweeps:
+        for (path, recs), mode in zip(sweeps, modes):
             done = sum(r.get("state") == State.COMPLETE.value for r in recs)
             pruned = sum(r.get("state") == State.PRUNED.value for r in recs)  # stopped by the pruner: not a failure
             failed = sum(r.get("state") in (State.FAILED.value, State.TIMEOUT.value, State.OOM.value) for r in recs)
             stopped = sum(r.get("state") == State.INTERRUPTED.value for r in recs)  # the sweep's stop, not the run's
             gpu_h = sum((r.get("duration_seconds") or 0) * max(1, len(r["gpu_id"]) if isinstance(r.get("gpu_id"), list)
                         else 1) for r in recs) / 3600
-            best = best_of(complete_records(recs), lambda r: record_metric(r, metric), args.mode)
+            best = best_of(complete_records(recs), lambda r: record_metric(r, metric), mode)
             table.add_row(path, str(len(recs)), str(done), str(pruned), str(failed), str(stopped),
                           f"{100 * done / (done + failed):.0f}%" if done + failed else "-", f"{gpu_h:.2f}",
-                          f"{best[1]['model_name']} = {best[0]:g}" if best else "-")
+                          f"{best[1]['model_name']} = {best[0]:g}" + (f" ({mode})" if len(set(modes)) > 1 else "")
+                          if best else "-")
         console.print(table)
     records = [dict(r, _sweep=path) for path, recs in sweeps for r in recs]
     varying = varying_keys([r.get("hyperparams") or {} for r in records])
