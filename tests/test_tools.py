@@ -406,6 +406,19 @@ def test_a_project_moved_whole_finds_its_runs_from_the_results_file_and_load(fin
     assert runs["lr_0.01_depth_2_metric_0.2"].files("train_stdout.log")
 
 
+def test_a_copied_sweep_reads_its_own_run_folders_not_the_originals(finished):
+    """An adversarial pass: `cp -a outputs copy` then report copy (and load('copy')) gave the original's run
+    folders, where they were still there: a run deleted from the copy was still its best, status disagreed."""
+    shutil.copytree(finished.dir / "outputs", finished.dir / "copy", symlinks=True)
+    shutil.rmtree(finished.dir / "copy" / "lr_0.01_depth_2_metric_0.2")
+    p = report(finished, "copy", "--metric", "val_loss")
+    assert p.returncode == 0, p.stdout + p.stderr
+    best = next(line for line in p.stdout.splitlines() if line.startswith("Best"))
+    assert f"lr_0.1_depth_4_metric_0.3 = 0.3  ({finished.dir / 'copy'}" in best, p.stdout
+    runs = {r.name: r for r in train_sweep.load(finished.dir / "copy").runs}
+    assert runs["lr_0.1_depth_4_metric_0.3"].run_dir == (finished.dir / "copy" / "lr_0.1_depth_4_metric_0.3").resolve()
+
+
 def test_cleanup_asks_on_a_terminal(finished):
     out = finished.dir / "outputs"
     old = out / "lr_0.001_depth_2_metric_0.5"

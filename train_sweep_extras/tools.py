@@ -104,14 +104,17 @@ def load_results(path: str) -> list[dict[str, Any]]:
     for i, record in enumerate(data):
         if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
-    return [relocated(r, folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name) for r in sound]
+    return [relocated(r, folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name, sweep=False)
+            for r in sound]
 
 
-def relocated(record: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:
-    """A record whose run folder (an absolute path) is gone, where `folder` holds one of its name: the sweep
-    was moved since (mv outputs sweepA; the project with its results file), and its runs are where it is now."""
+def relocated(record: Mapping[str, Any], folder: Path, sweep: bool = True) -> Mapping[str, Any]:
+    """A record with its run folder in `folder`, the sweep's output folder being read (or, not `sweep`, one
+    beside a results file, where it holds a folder of the run's name): the records hold absolute folders, and
+    a sweep is read where it is now, moved (mv outputs sweepA; the project with its results file) or copied
+    (cp -a outputs copy: its own runs, not the original's; one deleted there is deleted)."""
     name = record.get("model_name")
-    if isinstance(name, str) and not Path(str(record.get("run_dir"))).is_dir() and (here := folder / name).is_dir():
+    if isinstance(name, str) and name and ((here := folder / name).is_dir() or sweep):
         return dict(record, run_dir=str(here.resolve()))
     return record
 
