@@ -6,6 +6,7 @@ refused, --rerun setting the study aside; a deleted, emptied, cut, torn or damag
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import signal
 import time
@@ -440,6 +441,23 @@ def test_an_emptied_or_cut_study_beside_a_journal_of_trials_is_refused(sweep, da
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
     assert "study.log" in p.stderr and "--rerun" in p.stderr and "trial" in p.stderr, p.stderr
     assert sweep.results() == before and len(before) == 4
+
+
+def test_another_sweeps_study_put_in_place_is_refused(sweep):
+    """An adversarial pass: study.log of another sweep of the same command and space (more trials, another seed)
+    copied over this one's was resumed: its trials counted in the budget with no folder here, and the summary
+    named its best, a run this folder never had. The journal's trials are checked against the study's by run."""
+    args, study, _ = searched(sweep, 2)
+    other = sweep.dir / "other"
+    p = sweep.run(*args, "--n-trials", "3", "--seed", "1", "--output-dir", str(other), "--output-file", "o.json",
+                  trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    shutil.copy(other / "study.log", study)
+    before = sweep.results()
+    p = sweep.run(*args, "--n-trials", "4", trainer=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+    assert "another sweep's study" in p.stderr and "--rerun" in p.stderr, p.stderr
+    assert sweep.results() == before
 
 
 @pytest.mark.parametrize("garbage", [b"this is not json\n", b'{"op_code": 99, "worker_id": "x"}\n', b"[1, 2]\n"])

@@ -272,13 +272,18 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                         "is damaged; pass --rerun to start afresh (the old study and trials are kept aside)") from None
     except (OSError, optuna.exceptions.StorageInternalError) as e:
         raise UserError(f"{path}: cannot open the study: {e}") from None
-    known = {t.number for t in study.get_trials(deepcopy=False)}
-    lost = sorted({r["trial"] for records in journal.values() for r in records
-                   if _is_whole(r.get("trial")) and r["trial"] not in known})
+    known = {t.number: t.user_attrs.get("run") for t in study.get_trials(deepcopy=False)}
+    journaled = [r for records in journal.values() for r in records if _is_whole(r.get("trial"))]
+    lost = sorted({r["trial"] for r in journaled if r["trial"] not in known})
     if lost:  # a fresh or cut study would ask those trials' numbers (and, seeded alike, their values) again
         raise UserError(f"{path} knows {len(known)} trial(s), and {output_dir / JOURNAL} holds trials it does not know "
                         f"({', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}): the study was emptied or "
                         "cut short; pass --rerun to start afresh (the old study and trials are kept aside)")
+    other = next((r for r in journaled if known[r["trial"]] not in (None, r.get("model_name"))), None)
+    if other is not None:  # (copied from another sweep of the same search: its trials would count here)
+        raise UserError(f"{path} is another sweep's study: its trial {other['trial']} ran {known[other['trial']]}, "
+                        f"where {output_dir / JOURNAL} says {other.get('model_name')}; put this sweep's back, or pass "
+                        "--rerun to start afresh (the old study and trials are kept aside)")
     try:
         if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
             seed = settings.seed if search.seed is None else search.seed
