@@ -174,6 +174,22 @@ def test_the_footprint_waits_for_the_memory_to_hold_still_and_the_need_has_a_mar
     assert auto.limit(0, 1, 1) == (16, None)
 
 
+def test_memory_that_grows_slowly_is_not_taken_for_still():
+    """An adversarial pass: a run growing 50 MB a reading (100 MB/s, 1.3 GB to 4.2 GB over 30 s) was learned at
+    1.3 GB after its first second, as each reading was within 64 MB of the one before: runs packed beside it ran
+    out of memory as it grew, 5 times in 6 runs. Growth counts against the level of the last growth counted."""
+    auto = make_packer([0], 16)
+    run = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
+    gb = 1.3
+    for i in range(40):  # 20 s of 0.5 s readings, 0.05 GB each
+        auto.observe(i * 0.5, {0: reading(0, gb + 0.5, pid_mb={7: gb * GB})}, {0: [run]})
+        gb += 0.05
+    assert footprint(auto) is None, "learned while it still grew"
+    for t in (20.0, 21.0, 22.0, 23.0):
+        auto.observe(t, {0: reading(0, gb + 0.5, pid_mb={7: gb * GB})}, {0: [run]})
+    assert footprint(auto) == pytest.approx(gb * GB)
+
+
 def test_a_busy_gpu_takes_more_runs_utilization_is_no_saturation_signal():
     """On an H100, 3 small transformer runs kept the GPU 95% busy or more over 5 s while each trained at 0.94 of
     its speed alone (bench/README.md), and auto held the GPU at 3 runs for the rest of the sweep, where 16 at once

@@ -375,7 +375,8 @@ def _is_mps_server(pid: int) -> bool:
 @dataclasses.dataclass
 class _Seen:
     peak_mb: float = 0.0  # the most memory seen for the run
-    grew_at: float = 0.0  # when that peak was last raised (by more than max(64 MB, 2%))
+    grew_at: float = 0.0  # when it last grew: by more than max(64 MB, 2%) over `level_mb`
+    level_mb: float = 0.0  # its memory then (not the reading before: slow growth adds up)
     how: str = ""  # per-process memory, or the GPU's growth
     computed_at: float | None = None  # its GPU last seen computing (util > 0, or unknown), QUIET_S after it grew
     learned: float = 0.0  # the footprint recorded for it so far
@@ -461,8 +462,8 @@ class Packer:
 
     def _seen(self, run: Run, now: float, mb: float, how: str, computing: bool) -> None:
         f = self.runs.setdefault(run, _Seen(grew_at=now))
-        if mb > f.peak_mb + max(64.0, 0.02 * f.peak_mb):
-            f.grew_at = now
+        if mb > f.level_mb + max(64.0, 0.02 * f.level_mb):
+            f.grew_at, f.level_mb = now, mb
             if f.peak_mb >= 64.0 or mb > CONTEXT_MB:  # grown past the level it first showed, or a model at once
                 f.past_context = True
         if mb > f.peak_mb:
