@@ -190,6 +190,23 @@ def test_memory_that_grows_slowly_is_not_taken_for_still():
     assert footprint(auto) == pytest.approx(gb * GB)
 
 
+def test_an_oom_before_any_run_grew_past_its_context_blames_no_neighbour_nor_learns_the_context():
+    """An adversarial pass: a run needing 30 GB on a 16 GB GPU ran out of memory while it and its neighbour held
+    only their CUDA contexts (500 MB): its need was taken as 500 MB x1.5, and the neighbour was blamed ('after
+    b grew to 500 MB, not seen before'), raising the margin of every run like it. Neither had shown its memory."""
+    auto, _ = learned_packer(ended=True, gpus=(0,))  # a 4 GB footprint is known (hp {})
+    big = launch(auto, Run(1, "big", {"mem": 30000}, ["x"], Path("big")), now=5.0)
+    small = launch(auto, Run(2, "small", {"mem": 2000}, ["x"], Path("small")), now=5.0)
+    big.pgid, small.pgid = 8, 9
+    for t in (5.5, 6.0):
+        auto.observe(t, {0: reading(0, 1.5, pid_mb={8: 500.0, 9: 500.0})}, {0: [big, small]})
+    auto.pool.release(big)
+    auto.ended(big, 6.2, oom=True)
+    assert auto.model.get({"mem": 2000}) is None, "the neighbour at its context was blamed"
+    point = auto.model.get({"mem": 30000})
+    assert point is not None and point.mb >= 4 * GB, point  # at least the largest footprint seen, not a context
+
+
 def test_a_busy_gpu_takes_more_runs_utilization_is_no_saturation_signal():
     """On an H100, 3 small transformer runs kept the GPU 95% busy or more over 5 s while each trained at 0.94 of
     its speed alone (bench/README.md), and auto held the GPU at 3 runs for the rest of the sweep, where 16 at once
