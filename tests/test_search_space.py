@@ -262,6 +262,9 @@ def test_a_sweep_file_that_says_a_key_twice_is_refused(tmp_path, text, fragment)
     ({"metric": "loss", "goal": "up"}, "'goal' must be minimize or maximize"),
     ({"metric": {"name": "loss", "gaol": "minimize"}}, "'metric': unknown key 'gaol'"),
     ({"metric": {"name": "loss", "target": "low"}}, "'target' must be a number"),
+    # (an adversarial pass: YAML's .inf stopped the search after its first trial, "reached the target inf")
+    ({"metric": {"name": "loss", "target": float("inf")}}, "'target' must be a finite number, got inf"),
+    ({"metric": {"name": "loss", "target": float("nan")}}, "'target' must be a finite number, got nan"),
     ({"metric": {"name": "val loss"}}, "'metric' must name a metric"),
     ({"colour": "blue"}, "unknown key 'colour'"),
     ({"run_cap": 0}, "'run_cap' must be a whole number >= 1"),

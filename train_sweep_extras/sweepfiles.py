@@ -311,6 +311,8 @@ def read_sweep_file(path: str) -> tuple[SearchSpec, str | None, str | None]:
         if "target" in metric:
             if not _is_number(metric["target"]):
                 raise UserError(f"{path}: 'metric': 'target' must be a number")
+            if not math.isfinite(metric["target"]):  # (YAML's .inf, .nan)
+                raise UserError(f"{path}: 'metric': 'target' must be a finite number, got {metric['target']}")
             spec.target = float(metric["target"])
         metric = metric.get("name")
     if metric is not None:
