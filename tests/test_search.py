@@ -757,6 +757,27 @@ def test_warm_start_seeds_a_new_study_with_an_earlier_sweeps_trials_in_its_space
     assert p.returncode == 0 and "; note: its fixed values differ in epochs" in p.stdout, p.stdout
 
 
+def test_the_plots_of_a_warm_started_search_leave_the_warm_trials_out(sweep, monkeypatch):
+    """An adversarial pass: report --plots drew the trials --warm-start took as the search's own: its history
+    showed a best value the search never reached, and the importances were fitted on them."""
+    pytest.importorskip("matplotlib")
+    from optuna.visualization import matplotlib as vis
+
+    from train_sweep_extras.plots import study_plots
+
+    command, space = earlier_search(sweep, 6)
+    p = sweep.run("--command", command, "--search", "tpe", "--n-trials", "2", "--metric", "loss", "--no-live",
+                  "--output-dir", "second", "--output-file", "second.json", "--warm-start", "first", *space,
+                  trainer=False)
+    assert p.returncode == 0 and "warm start: 6 of 6" in p.stdout, p.stdout
+    drawn = []
+    real = vis.plot_optimization_history
+    monkeypatch.setattr(vis, "plot_optimization_history", lambda study: drawn.append(study.trials) or real(study))
+    study_plots(sweep.dir / "plots", sweep.dir / "second" / "study.log", prefixed=False)
+    assert [len(trials) for trials in drawn] == [2], drawn
+    assert not any("warm_start" in t.user_attrs for t in drawn[0])
+
+
 def earlier_search(sweep, trials: int) -> tuple[str, list[str]]:
     """A finished random search in first/ to warm-start from: its command and space."""
     sweep.gpus.set(count=1)

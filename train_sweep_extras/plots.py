@@ -46,6 +46,12 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
         study = optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(path))))
     except (KeyError, ValueError, OSError) as e:
         raise UserError(f"{path}: cannot read the study: {e}") from None
+    warm = [t for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs]
+    if warm:  # --warm-start's trials guided the sampler; they are not this search's: drawn without them
+        own = optuna.create_study(directions=study.directions)
+        own.add_trials([t for t in study.get_trials(deepcopy=False) if "warm_start" not in t.user_attrs])
+        own.set_user_attr("search", study.user_attrs.get("search", "{}"))
+        study = own
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     prefix = f"{path.parent.name}_" if prefixed else ""
     plots: list[tuple[str, Callable[[], Any]]] = []
