@@ -577,6 +577,18 @@ def test_status_shows_runs_running_again_and_runs_never_started(sweep):
     assert re.search(r"│\s*ff\s*│\s*stopped early\s*│", sweep.run("list", "ff", trainer=False).stdout)
 
 
+def test_status_of_a_search_resumed_with_a_smaller_budget_counts_every_run(sweep):
+    """An adversarial pass: a finished 4-trial search resumed with --n-trials 2 (nothing to ask) made status say
+    '2 run(s): 4 complete': the total was the last start's budget, smaller than its parts."""
+    sweep.gpus.set(count=1)
+    args = ("--search", "random", "--metric", "val_loss", "--no-live", "metric=interval(0,1)")
+    assert sweep.run(*args, "--n-trials", "4").returncode == 0
+    p = sweep.run(*args, "--n-trials", "2")
+    assert p.returncode == 0 and "none to ask" in p.stdout, p.stdout + p.stderr
+    p = sweep.run("status", trainer=False)
+    assert p.returncode == 0 and "4 run(s): 4 complete" in p.stdout, p.stdout
+
+
 def test_status_best_is_never_a_deleted_run(finished):
     import shutil
 

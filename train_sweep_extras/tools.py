@@ -900,7 +900,7 @@ class SweepStatus:
         for name, r in latest.items():  # (requeued: waiting to go again; its end, if the sweep stopped first)
             if name not in again and not (r.get("requeued") and pid) and r.get("state") in counts:
                 counts[r["state"]] += 1
-        total = record.get("runs") or max(len(latest) + len(running), sum(counts.values()))
+        total = max(record.get("runs") or 0, len({*latest, *again}), sum(counts.values()))  # (a smaller budget)
         left = max(0, total - sum(counts.values()) - len(running))
         detached = not pid and settings.get("backend") == "slurm" and any(r.get("slurm_job_id") for r in running)
         ended = jobs_ended(folder, running, self._slurm_states) if detached else []  # with Slurm: not collected yet
