@@ -137,6 +137,30 @@ def test_report_plots_are_real_images(finished):
         assert (plots / name).stat().st_size > 5000  # drawn, not blank
 
 
+def test_report_plots_replace_a_link_and_never_write_over_a_file_it_did_not_draw(finished, tmp_path):
+    """An adversarial pass: report --plots wrote through a link named like one of its PNGs (the file it
+    pointed to became a PNG), replaced a file of the user's of that name, and wrote into a run folder, all of
+    which --csv and --json refuse."""
+    pytest.importorskip("matplotlib")
+    plots = finished.dir / "figs"
+    plots.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    (plots / "durations.png").symlink_to(precious)
+    p = report(finished, "--plots", str(plots))
+    assert p.returncode == 0, p.stderr
+    assert precious.read_text() == "mine" and not (plots / "durations.png").is_symlink()
+    (plots / "timeline.png").write_text("my notes")
+    p = report(finished, "--plots", str(plots))
+    assert_one_line_error(p, "timeline.png")
+    assert (plots / "timeline.png").read_text() == "my notes"
+    run_dir = finished.dir / "outputs" / "lr_0.01_depth_2_metric_0.2"
+    before = sorted(f.name for f in run_dir.iterdir())
+    p = report(finished, "--plots", str(run_dir / "figs"))
+    assert_one_line_error(p, "run folder")
+    assert sorted(f.name for f in run_dir.iterdir()) == before
+
+
 def test_report_of_several_sweeps_ranks_each_by_its_own_mode(sweep):
     """An adversarial pass: `report max.json min.json` named each sweep's best by the first sweep's --mode."""
     sweep.gpus.set(count=1)

@@ -3,6 +3,7 @@ own plots (Optuna's). Needs: pip install 'train-sweep[plots]'."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,22 @@ from train_sweep import (
 )
 from train_sweep_extras.search import import_optuna
 from train_sweep_extras.tools import complete_records, read_series, record_metric, say_warning
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def png(path: Path) -> Path:
+    """Where a plot goes: a link there is replaced, not written through; a file there that is no PNG (the
+    user's, not one report drew) is refused, as --csv and --json refuse what they did not write."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        with open(path, "rb") if path.is_file() else contextlib.nullcontext(None) as f:
+            if f is None or f.read(8) != PNG:
+                raise UserError(f"report --plots: {path} is there and is not a plot report drew; move it, or give "
+                                "another folder")
+    return path
 
 
 def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
@@ -79,7 +96,7 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
                 continue
         figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
         target = folder / f"{prefix}{name}.png"
-        figure.savefig(target, dpi=110, bbox_inches="tight")
+        figure.savefig(png(target), dpi=110, bbox_inches="tight")
         plt.close(figure)
         written.append(target)
     return written
@@ -185,7 +202,7 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
                            if any(r.get("state") == s for r, *_ in placed)], loc="upper right", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
-        written.append(folder / "timeline.png")
+        written.append(png(folder / "timeline.png"))
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     durations = [(labels[r["model_name"]], r.get("duration_seconds"), r.get("state")) for r in records]
@@ -206,7 +223,7 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
             ax.set_ylabel("runs")
         ax.set_title("run durations")
         fig.tight_layout()
-        written.append(folder / "durations.png")
+        written.append(png(folder / "durations.png"))
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     curves = [(r, read_series(r.get("run_dir"), metric)) for r in records] if metric else []
@@ -232,7 +249,7 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(folder / f"{clean(metric)}_curves.png")
+        written.append(png(folder / f"{clean(metric)}_curves.png"))
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     if metric:
@@ -296,7 +313,7 @@ def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: s
         ax.set_title(f"{metric} vs {key}")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        written.append(folder / f"{clean(metric)}_vs_{clean(key)}.png")
+        written.append(png(folder / f"{clean(metric)}_vs_{clean(key)}.png"))
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     columns = min(3, len(keys))
@@ -310,7 +327,7 @@ def metric_vs_keys(folder: Path, records: Sequence[Mapping[str, Any]], metric: s
     fig.legend(handles, texts, loc="lower center", ncol=len(texts), fontsize=8, frameon=False)
     fig.suptitle(f"which settings matter: {metric} ({mode}) by each varying hyperparameter", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
-    written.append(folder / "overview.png")
+    written.append(png(folder / "overview.png"))
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
     return written

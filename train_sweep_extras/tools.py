@@ -425,6 +425,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UserError("report --plots needs matplotlib: pip install 'train-sweep[plots]'") from None
         if Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise UserError(f"report --plots {args.plots!r} is not a folder; give a folder for the PNGs")
+        if any((up / RUN_MARK).exists() for up in (Path(args.plots).resolve(), *Path(args.plots).resolve().parents)):
+            raise UserError(f"report --plots {args.plots!r} is in a run folder (a run's own files); give a folder of "
+                            "its own")
     for flag, target in (("--csv", args.csv), ("--json", args.json), ("--results", args.results)):
         if target:
             check_report_file(flag, target, args.files or ([] if args.storage else ["train_sweep_results.json"]))
