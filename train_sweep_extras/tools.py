@@ -783,7 +783,7 @@ def build_tool_parser() -> argparse.ArgumentParser:
                    help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
                         "std over the complete runs, and its best")
     r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
-    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first key of the runs' metrics)")
+    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first numeric key of the runs' metrics)")
     r.add_argument("--mode", choices=("min", "max"),
                    help="whether lower or higher is better (default: the sweep's --mode, from its sweep.json; else min)")
     r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
