@@ -219,6 +219,21 @@ def test_report_bad_file(sweep):
     assert p.returncode == 2 and "not a train_sweep results file" in p.stderr
 
 
+def test_a_journal_cut_at_its_last_line_reads_alike_in_every_view(finished):
+    """An adversarial pass: the journal's last line cut short (a kill, a power loss: it is flushed about once a
+    second) made status say 'stopped with 1 run(s) not started', list '2 of 3 complete' and load() count 2,
+    while report, reading each run's run.json too, said 3 complete. Each view reads the run.json as well."""
+    finished.config([{"metric": m} for m in (0.3, 0.1, 0.2)])
+    assert finished.run("--output-dir", "cut", "--output-file", "cut.json").returncode == 0
+    journal = finished.dir / "cut" / "journal.jsonl"
+    journal.write_bytes(journal.read_bytes()[:-200])
+    p = finished.run("status", "cut", trainer=False)
+    assert p.returncode == 0 and "3 run(s): 3 complete" in p.stdout and "not started" not in p.stdout, p.stdout
+    p = finished.run("list", "cut", trainer=False)
+    assert p.returncode == 0 and re.search(r"│ finished\s*│[^│]*│ 3\s*│ 3\s*│", p.stdout), p.stdout
+    assert train_sweep.load(finished.dir / "cut").counts() == {"complete": 3}
+
+
 def test_list_shows_sweeps(finished):
     finished.config([{"n": 1}])
     finished.run("--output-dir", "outputs/second", "--output-file", "s.json")

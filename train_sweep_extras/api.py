@@ -33,7 +33,7 @@ from train_sweep import (
     read_json,
     record_damage,
 )
-from train_sweep_extras.tools import of_this_sweep, relocated, sweep_alive
+from train_sweep_extras.tools import ended_later, of_this_sweep, relocated, run_jsons, sweep_alive
 
 
 class SweepError(Exception):
@@ -103,8 +103,11 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
     saved = read_json(folder / "sweep.json")
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
-    latest = of_this_sweep({name: records[-1] for name, records in read_journal(folder / JOURNAL).items()},
-                           saved if isinstance(saved, dict) else {})  # (not runs its config no longer holds)
+    latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
+    for record in run_jsons(folder):  # a run that ended after the journal's last whole line (cut short)
+        if ended_later(record, latest.get(record["model_name"])):
+            latest[record["model_name"]] = record
+    latest = of_this_sweep(latest, saved if isinstance(saved, dict) else {})  # (not runs its config no longer holds)
     for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
         record = read_json(marker.parent / "run.json")
         if SET_ASIDE in marker.parent.name or record_damage(record) or record.get("state") != State.RUNNING.value:

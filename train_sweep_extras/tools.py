@@ -610,7 +610,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column(col)
     for folder in find_sweeps(args.folders or ["outputs"]):
         settings = sweep_record(folder) or {}
-        latest = of_this_sweep(sound_journal(folder), settings)
+        latest = of_this_sweep(latest_records(folder), settings)  # (a journal cut short: the run.json too)
         count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
         failed = count["failed"] + count["timeout"] + count["oom"]  # the runs' own failures, not the sweep's stop
         journal = folder / JOURNAL
@@ -895,8 +895,12 @@ class SweepStatus:
         ranking = Ranking.saved(settings)
         pid = sweep_alive(folder)
         self._journal()
-        latest = of_this_sweep(self.latest, record)
-        running = [run for run in self._run_jsons() if run.get("state") == State.RUNNING.value and
+        found, latest = self._run_jsons(), dict(self.latest)
+        for run in found:  # a run that ended after the journal's last whole line (cut short): its run.json
+            if ended_later(run, latest.get(run["model_name"])):
+                latest[run["model_name"]] = run
+        latest = of_this_sweep(latest, record)
+        running = [run for run in found if run.get("state") == State.RUNNING.value and
                    _newer(run, latest.get(run["model_name"]))]
         again = {r.get("model_name") for r in running}  # running again (resumed, retried): not their old state
         counts = {s.value: 0 for s in FINISHED_ORDER}
@@ -1022,6 +1026,11 @@ def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool
     """A run folder's run.json is not the run its latest record is: a later attempt, or another run that had its
     name (a default edited: its attempts count from 1 again)."""
     return latest is None or _attempt(running) > _attempt(latest) or running.get("identity") != latest.get("identity")
+
+
+def ended_later(record: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
+    """A run.json of a run that ended, where the journal lacks that attempt (its last lines cut short)."""
+    return record.get("state") != State.RUNNING.value and (latest is None or _attempt(record) > _attempt(latest))
 
 
 def status_reader(args: argparse.Namespace) -> Callable[[], tuple[list[str], bool]]:
