@@ -981,6 +981,19 @@ def test_report_plots_without_matplotlib_says_so_before_anything_else(finished, 
     assert len(p.stderr.strip().splitlines()) == 1 and "pip install 'train-sweep[plots]'" in p.stderr, p.stderr
 
 
+def test_report_plots_with_a_broken_matplotlib_names_what_failed(finished, tmp_path):
+    """An adversarial pass: any ImportError inside matplotlib (a dependency missing or broken) was told as
+    'report --plots needs matplotlib: pip install', which hid the real cause."""
+    hide = tmp_path / "broken_matplotlib"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'kiwisolver'\", name='kiwisolver')\n")
+    env = finished.env()
+    p = finished.run("report", "--plots", str(tmp_path / "plots"), trainer=False,
+                     PYTHONPATH=os.pathsep.join([str(hide), env["PYTHONPATH"]]))
+    assert_one_line_error(p, "matplotlib did not import", "kiwisolver")
+
+
 # -- exports into a missing folder, a read-only sweep folder, a search's direction -------------------------------
 
 @pytest.mark.parametrize("flag,target", [("--csv", "missing_dir/out.csv"), ("--json", "missing_dir/out.json")])

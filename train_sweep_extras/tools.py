@@ -421,7 +421,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:  # said before anything is printed
         try:
             import matplotlib  # noqa: F401
-        except ImportError:
+        except ImportError as e:
+            if e.name not in (None, "matplotlib"):  # installed, but something it needs is missing or broken
+                raise UserError(f"report --plots: matplotlib did not import: {e}") from None
             raise UserError("report --plots needs matplotlib: pip install 'train-sweep[plots]'") from None
         if Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise UserError(f"report --plots {args.plots!r} is not a folder; give a folder for the PNGs")
