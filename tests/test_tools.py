@@ -234,6 +234,16 @@ def test_a_journal_cut_at_its_last_line_reads_alike_in_every_view(finished):
     assert train_sweep.load(finished.dir / "cut").counts() == {"complete": 3}
 
 
+def test_list_shows_a_sweep_once_through_links(finished):
+    """An adversarial pass: a link in outputs/ to its own folder (outputs/loop -> .) listed one sweep 4 times
+    (outputs, outputs/loop, outputs/loop/loop, ...): a sweep is listed once, where it is found first without a
+    link."""
+    (finished.dir / "outputs" / "loop").symlink_to(".")
+    p = finished.run("list", trainer=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("│ finished") == 1 and "loop" not in p.stdout, p.stdout
+
+
 def test_list_shows_sweeps(finished):
     finished.config([{"n": 1}])
     finished.run("--output-dir", "outputs/second", "--output-file", "s.json")

@@ -610,7 +610,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("output folder", "state", "started", "runs", "complete", "pruned", "failed", "interrupted",
                 "last activity", "command"):
         table.add_column(col)
-    for folder in find_sweeps(args.folders or ["outputs"]):
+    tops, once = args.folders or ["outputs"], {}  # each sweep once: where found first without a link (loop -> .)
+    for folder in sorted(find_sweeps(tops), key=lambda f: (linked_below(f, tops) is not None, len(f.parts))):
+        once.setdefault(folder.resolve(), folder)
+    for folder in sorted(once.values()):
         settings = sweep_record(folder) or {}
         latest = of_this_sweep(latest_records(folder), settings)  # (a journal cut short: the run.json too)
         count = {s.value: sum(r.get("state") == s.value for r in latest.values()) for s in FINISHED_ORDER}
