@@ -991,6 +991,22 @@ def test_report_plots_without_matplotlib_says_so_before_anything_else(finished, 
     assert len(p.stderr.strip().splitlines()) == 1 and "pip install 'train-sweep[plots]'" in p.stderr, p.stderr
 
 
+def test_report_plots_of_a_sweep_with_nothing_ended_says_so(sweep):
+    """An adversarial pass: report --plots of a sweep whose runs were all still running wrote nothing, said
+    nothing and exited 0."""
+    pytest.importorskip("matplotlib")
+    sweep.gpus.set(count=1)
+    sweep.config([{"sleep": 30, "n": n} for n in (1, 2)])
+    proc = sweep.start("--no-live")
+    try:
+        sweep.wait_for(lambda: any((sweep.dir / "outputs").glob("*/run.json")), what="the first run")
+        p = sweep.run("report", "outputs", "--plots", "plots", trainer=False)
+        assert p.returncode == 0 and "no plots: no run has ended yet" in p.stdout, p.stdout + p.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
 def test_report_plots_with_a_broken_matplotlib_names_what_failed(finished, tmp_path):
     """An adversarial pass: any ImportError inside matplotlib (a dependency missing or broken) was told as
     'report --plots needs matplotlib: pip install', which hid the real cause."""

@@ -541,13 +541,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings(record=True) as caught:  # matplotlib warns for each character its font
                 warnings.filterwarnings("always", message=f"Glyph .* {NO_GLYPH}")  # lacks (CJK, a snowman)
-                for path in write_plots(Path(args.plots), records, metric, args.mode):
-                    console.print(f"wrote {path}", highlight=False)
+                drawn = write_plots(Path(args.plots), records, metric, args.mode)
                 studies = {Path(r["run_dir"]).parent / STUDY for r in records
                            if r.get("trial") is not None and r.get("run_dir")}
                 for study in sorted(s for s in studies if s.is_file()):
-                    for path in study_plots(Path(args.plots), study, len(studies) > 1):
-                        console.print(f"wrote {path}", highlight=False)
+                    drawn += study_plots(Path(args.plots), study, len(studies) > 1)
+                for path in drawn:
+                    console.print(f"wrote {path}", highlight=False)
+                if not drawn:
+                    console.print("no plots: no run has ended yet (nothing to draw)", highlight=False)
         except OSError as e:
             raise UserError(f"report --plots {args.plots}: cannot write ({e.strerror or e})") from None
         for w in caught:  # each other warning as Python shows it; the font's, once
