@@ -3658,7 +3658,7 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
     for col in ("#", "name", "hyperparameters", "command"):
         table.add_column(col, overflow="fold")
     for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
-        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else format_value(v)}"
+        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict, float)) else format_value(v)}"
                       for k, v in run.hyperparams.items())
         extra_ = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
         extra_ += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []

@@ -451,6 +451,15 @@ def test_dry_run_launches_nothing(sweep):
     assert not sweep.events()
 
 
+def test_dry_run_shows_a_whole_float_as_the_float_the_run_is_given(sweep):
+    """A docs audit: --dry-run's hyperparameters column showed coef=1 for 1.0, while the command passes 1.0
+    (names read 1; the values are shown as they are)."""
+    sweep.config([{"coef": 1.0}])
+    p = sweep.run("--dry-run")
+    row = next(line for line in p.stdout.splitlines() if re.match(r"│\s*0\s*│", line))
+    assert re.search(r"│\s*coef_1\s*│\s*coef=1\.0\s*│", row), row
+
+
 def test_dry_run_shows_markup_and_lists_literally(sweep):
     """issue 16: --dry-run printed values through rich markup: `[bold]x` lost its brackets, `[/x]` crashed
     it (MarkupError traceback), and a list of strings showed as `'layers='` in the command column.
