@@ -127,6 +127,15 @@ def test_run_from_another_thread_is_refused_before_anything_is_written(tmp_path,
     assert not (tmp_path / "outputs").exists()
 
 
+def test_load_of_a_folder_whose_sweep_json_is_another_tools_is_refused(tmp_path):
+    """A docs audit: load() of a folder whose sweep.json was another tool's (a list, an object of its own) and no
+    journal read it as an empty sweep; api.md says SweepError where the folder holds no sweep."""
+    for text in ("[1, 2]", '{"sweep": "wandb"}'):
+        (tmp_path / "sweep.json").write_text(text)
+        with pytest.raises(train_sweep.SweepError, match="not a train_sweep sweep's"):
+            train_sweep.load(tmp_path)
+
+
 def test_the_scheduler_file_alone_runs_a_list_and_names_what_to_install(tmp_path):
     """train_sweep.py copied into an empty folder, with only psutil, nvidia-ml-py and rich: a list sweep runs;
     --search, --sweep-file, report and --max-processes-per-gpu auto answer with one line saying what to install."""

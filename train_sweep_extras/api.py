@@ -33,7 +33,7 @@ from train_sweep import (
     read_json,
     record_damage,
 )
-from train_sweep_extras.tools import ended_later, of_this_sweep, relocated, run_jsons, sweep_alive
+from train_sweep_extras.tools import ended_later, of_this_sweep, ours, relocated, run_jsons, sweep_alive
 
 
 class SweepError(Exception):
@@ -101,6 +101,8 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     folder = Path(output_dir)
     if not (folder / "sweep.json").is_file() and not (folder / JOURNAL).is_file():
         raise SweepError(f"{folder}: no sweep here (no sweep.json or {JOURNAL})")
+    if not (folder / JOURNAL).is_file() and not ours(folder / "sweep.json"):
+        raise SweepError(f"{folder}: its sweep.json is not a train_sweep sweep's (and there is no {JOURNAL})")
     saved = read_json(folder / "sweep.json")
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
