@@ -991,6 +991,25 @@ def test_report_plots_without_matplotlib_says_so_before_anything_else(finished, 
     assert len(p.stderr.strip().splitlines()) == 1 and "pip install 'train-sweep[plots]'" in p.stderr, p.stderr
 
 
+def test_learning_curves_of_runs_that_reported_once_are_drawn(finished, monkeypatch, tmp_path):
+    """A docs audit: <metric>_curves.png was an empty axis where each run reported one value (the README's
+    example sweep): a line of one point draws nothing. Such a run is drawn as a marker."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from train_sweep_extras.plots import write_plots
+    from train_sweep_extras.tools import load_results
+
+    curves = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (
+        curves.extend(fig.axes[0].lines) if str(path).endswith("_curves.png") else None) or real(fig, path, **kw))
+    records = load_results(str(finished.dir / "outputs"))
+    write_plots(tmp_path / "plots", records, "val_loss")
+    assert curves and all(len(line.get_xdata()) == 1 for line in curves)  # (this fake sweep reports once a run)
+    assert all(line.get_marker() not in (None, "", "None") for line in curves), [l.get_marker() for l in curves]
+
+
 def test_report_plots_of_a_sweep_with_nothing_ended_says_so(sweep):
     """An adversarial pass: report --plots of a sweep whose runs were all still running wrote nothing, said
     nothing and exited 0."""

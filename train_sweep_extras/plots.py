@@ -236,13 +236,17 @@ def write_plots(folder: Path, records: Sequence[Mapping[str, Any]], metric: str 
         for r, c in curves:
             if id(r) not in best:
                 ax.plot([p[0] for p in c], [p[1] for p in c], color="#bbbbbb", linewidth=0.8,
-                        linestyle="-" if r.get("state") == State.COMPLETE.value else ":")
+                        linestyle="-" if r.get("state") == State.COMPLETE.value else ":",
+                        marker="o" if len(c) == 1 else None, markersize=4)  # (one point: no line to draw)
         colors = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00")  # colour-blind safe (Okabe-Ito)
         for r, c in sorted((rc for rc in curves if id(rc[0]) in best), key=lambda rc: best[id(rc[0])]):
             k = best[id(r)]
             ax.plot([p[0] for p in c], [p[1] for p in c], color=colors[k % len(colors)], linewidth=2,
-                    label=f"#{k + 1} {labels[r['model_name']]} ({record_metric(r, metric):g})")
+                    marker="o" if len(c) == 1 else None, markersize=7, label=f"#{k + 1} {labels[r['model_name']]} ({record_metric(r, metric):g})")
         ax.set_xlabel("step")
+        if all(len(c) == 1 for _, c in curves):  # no curve: one value a run, at no step worth an axis
+            ax.set_xticks([])
+            ax.set_xlabel("(each run reported one value: no curve)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: {len(curves)} run(s), the {min(top, len(ranked))} best in colour")
         if best:
