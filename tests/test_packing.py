@@ -207,6 +207,18 @@ def test_an_oom_before_any_run_grew_past_its_context_blames_no_neighbour_nor_lea
     assert point is not None and point.mb >= 4 * GB, point  # at least the largest footprint seen, not a context
 
 
+def test_why_a_gpu_takes_no_more_is_said_once_while_its_runs_stay_the_same():
+    """An adversarial pass: two waiting runs of different needs made sweep.log alternate 'no room for another
+    2.9 GB' and '... 3.7 GB' about 4 times a second (718 lines in 4 minutes). Each reason is said once while
+    the GPU's runs stay the same."""
+    auto = make_packer([0], 16)
+    for why in ("no room for another 2.9 GB", "no room for another 3.7 GB") * 5:
+        auto.say(0, why, 1, None)
+    assert len(auto.notes) == 2, auto.notes
+    auto.say(0, "no room for another 2.9 GB", 2, None)  # another run came or went: said again
+    assert len(auto.notes) == 3, auto.notes
+
+
 def test_a_busy_gpu_takes_more_runs_utilization_is_no_saturation_signal():
     """On an H100, 3 small transformer runs kept the GPU 95% busy or more over 5 s while each trained at 0.94 of
     its speed alone (bench/README.md), and auto held the GPU at 3 runs for the rest of the sweep, where 16 at once

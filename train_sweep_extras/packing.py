@@ -403,6 +403,7 @@ class Packer:
         self.known: set[Run] = set()
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
+        self.said: dict[int, tuple[int, set[str]]] = {}  # ... the reasons said while its runs stayed the same
         self.most: dict[int, int] = {}  # the most runs each GPU held at once
         self.total_mb: dict[int, float] = {}
         self.notes: list[str] = []
@@ -574,12 +575,16 @@ class Packer:
                                   f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
 
     def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
-        """Why GPU g takes no more runs, in sweep.log when it changes."""
+        """Why GPU g takes no more runs, in sweep.log when it changes (each reason once while its runs stay the same)."""
         if why == self.why.get(g):
             return
         self.why[g] = why
         if why is None:
             return
+        runs, said = self.said.get(g, (running, set()))
+        if runs == running and why in said:  # (two waiting runs of different needs: not each in turn, again)
+            return
+        self.said[g] = (running, said | {why} if runs == running else {why})
         used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
         self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}; no more: {why}")
 
