@@ -575,7 +575,7 @@ class Packer:
                                   f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
 
     def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
-        """Why GPU g takes no more runs, in sweep.log when it changes (each reason once while its runs stay the same)."""
+        """Why GPU g takes no more runs, in sweep.log when it changes (each once while its runs stay the same)."""
         if why == self.why.get(g):
             return
         self.why[g] = why
