@@ -412,9 +412,11 @@ def test_a_huge_integer_key_gives_a_bound_or_none_not_an_overflow():
     assert found is None or found[0].mb >= 3000
 
 
-@pytest.mark.parametrize("mb", ["NaN", "Infinity", "-Infinity", "-9000", "0", "1e400"])
+@pytest.mark.parametrize("mb", ["NaN", "Infinity", "-Infinity", "-9000", "0", "1e400", "1e300", "12"])
 def test_a_remembered_footprint_that_is_not_a_positive_finite_number_is_a_damaged_line(tmp_path, mb):
-    """A NaN or negative footprint passed as a number: runs of 9 GB were then all placed at once on a 20 GB GPU."""
+    """A NaN or negative footprint passed as a number: runs of 9 GB were then all placed at once on a 20 GB GPU.
+    An adversarial pass: 1e300 MB (more than any GPU holds) made every unseen run of its shape run alone, for
+    good, with a 300-digit need in sweep.log; and under 64 MB is no footprint train_sweep writes."""
     cache = FootprintCache(tmp_path, ["python", "train.py"], tmp_path, "Fake H100")
     cache.add({"lr": 0.1}, 9000)
     line = json.loads(cache.path.read_text())

@@ -56,6 +56,7 @@ EXPONENT_SLACK = 0.25  # ... or as fast as runs that differ in that key alone sh
 HOLD_S = 5.0  # a run's need holds room on its GPU until its footprint is learned, and at least this long
 MOVERS_POINTS = 200  # which keys move memory is judged on the latest 200 footprints
 MOVERS_TRIES = 512  # ... trying at most this many sets of keys to leave out (20 keys: 1.4 s at 4,096)
+MAX_FOOTPRINT_MB = 4 * 1024 * 1024  # a remembered footprint above 4 TB (no GPU holds it) is a damaged line
 CACHE_BYTES = 4 * 1024 * 1024  # the remembered footprints: compacted past this, to the newest half of it
 MPS_SMALL = 1 / 8  # runs at most this share of their GPU, packed and alone on it: --mps would likely pay
 
@@ -307,7 +308,7 @@ class FootprintCache:
             try:
                 item = json.loads(line)
                 if item["key"] == self.key and isinstance(item["hp"], dict) and _numeric(item["mb"]) and \
-                        0 < item["mb"] < math.inf:  # (NaN, a negative or an infinite footprint: a damaged line)
+                        64.0 <= item["mb"] <= MAX_FOOTPRINT_MB:  # (NaN, negative, tiny or huge: a damaged line)
                     found[canonical_json(item["hp"])] = (item["hp"], float(item["mb"]))
             except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # a damaged line (a crash mid-write, an edit, the cut at the start): skipped
