@@ -105,6 +105,15 @@ def test_the_cpu_cores_bound_the_runs(tmp_path):
     assert any("at most 3 run(s) a GPU: its share of 6 in all" in text for _, text in notes)
 
 
+def test_a_gpu_taken_out_gives_its_share_of_the_cpu_cores_to_the_others():
+    """An adversarial pass: with 6 cores on 2 GPUs each took 3 runs at most; after GPU 1 was taken out (its NVML
+    calls failed), GPU 0 stayed at 3 of the 6 cores' runs for the rest of the sweep."""
+    auto = make_packer([0, 1], cores=6)
+    assert auto.limit(0, 3, 3) == (3, "at most 3 run(s) a GPU: its share of 6 in all")
+    auto.pool.gpus.remove(1)
+    assert auto.limit(0, 3, 3) == (6, None)
+
+
 def test_without_per_process_memory_the_gpu_s_growth_is_the_footprint(tmp_path):
     log, notes, pool, _ = simulate_auto(tmp_path, runs=8, duration=30, mem_gb=3, per_process=False)
     assert footprint(pool.auto) == pytest.approx(3 * GB)

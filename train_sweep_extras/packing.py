@@ -390,9 +390,7 @@ class Packer:
     def __init__(self, pool: Any, cpu_cores: int, group_of: Callable[[int], int | None] | None = None,
                  is_service: Callable[[int], bool] | None = None, cache: FootprintCache | None = None) -> None:
         self.pool = pool
-        gpus = pool.gpus
         self.cores = max(1, cpu_cores)
-        self.per_gpu_cap = max(1, min(ts.AUTO_MAX_PER_GPU, self.cores // max(1, len(gpus))))
         self.model = Footprints()
         self.runs: dict[Run, _Seen] = {}
         self.predicted: dict[Run, float | None] = {}  # what each running run was expected to use (None: unseen)
@@ -574,6 +572,11 @@ class Packer:
             return running, f"{self.cores} runs in all: one for each CPU core (or --max-parallel)"
         return self.per_gpu_cap, (None if running < self.per_gpu_cap else
                                   f"at most {self.per_gpu_cap} run(s) a GPU: its share of {self.cores} in all")
+
+    @property
+    def per_gpu_cap(self) -> int:
+        """Each GPU's share of the CPU cores' runs (of the GPUs left: one taken out gives its share back)."""
+        return max(1, min(ts.AUTO_MAX_PER_GPU, self.cores // max(1, len(self.pool.gpus))))
 
     def say(self, g: int, why: str | None, running: int, reading: GpuReading | None) -> None:
         """Why GPU g takes no more runs, in sweep.log when it changes (each once while its runs stay the same)."""
