@@ -110,13 +110,14 @@ def load_results(path: str) -> list[dict[str, Any]]:
 
 def relocated(record: Mapping[str, Any], folder: Path, sweep: bool = True) -> Mapping[str, Any]:
     """A record with its run folder in `folder`, the sweep's output folder being read (or, not `sweep`, one
-    beside a results file, where it holds a folder of the run's name): the records hold absolute folders, and
-    a sweep is read where it is now, moved (mv outputs sweepA; the project with its results file) or copied
-    (cp -a outputs copy: its own runs, not the original's; one deleted there is deleted)."""
-    name = record.get("model_name")
-    if isinstance(name, str) and name and ((here := folder / name).is_dir() or sweep):
-        return dict(record, run_dir=str(here.resolve()))
-    return record
+    beside a results file, where the folder it names is gone and that holds one of the run's name): the records
+    hold absolute folders, and a sweep is read where it is now, moved (mv outputs sweepA; the project with its
+    results file) or copied (cp -a outputs copy: its own runs, not the original's; one deleted there is)."""
+    name, was = record.get("model_name"), record.get("run_dir")
+    if not isinstance(name, str) or not name or not (sweep or isinstance(was, str) and not Path(was).is_dir()):
+        return record
+    here = folder / name
+    return dict(record, run_dir=str(here.resolve())) if sweep or here.is_dir() else record
 
 
 def unwritten(path: Path) -> str:
