@@ -4982,6 +4982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cli() -> None:
     """`python train_sweep.py` and `train-sweep`: main(), then exit without the interpreter's teardown (25 ms
     once rich is loaded); main() has closed its files, the standard streams are flushed here."""
+    for name in ("stdout", "stderr"):  # closed (`cmd >&-`, cron): None in Python; written to nowhere instead
+        setattr(sys, name, getattr(sys, name) or open(os.devnull, "w"))  # (taking fd 1 and 2, not a file later)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C outside the event loop, which handles its own: every file is closed

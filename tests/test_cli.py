@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 SEED_FIELDS = ["model_name", "hyperparams", "success", "returncode", "duration_seconds", "gpu_id", "stdout", "stderr"]
@@ -68,3 +72,17 @@ def test_help_is_grouped_and_named_as_invoked(sweep):
         [h for h in heads if h.startswith("on a Slurm cluster")] + [h for h in heads if h.startswith("several hosts")]
     assert len(heads) == 9
     assert "(default: 36000 = 10 hours)" in " ".join(p.stdout.split())
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", ">&- 2>&-"])
+def test_a_sweep_with_its_standard_output_closed_runs_and_exits_0(sweep, closed):
+    """An adversarial pass: with stdout closed (cron, a daemon: `cmd >&-`) the sweep died in a traceback
+    before any run, leaving a half-made output folder; with stderr closed a sweep whose runs all succeeded
+    exited 1 (Python makes a closed stream None)."""
+    sweep.gpus.set(count=1)
+    sweep.config([{"metric": 0.5}])
+    out = sweep.dir / "rc.txt"
+    p = subprocess.run(["bash", "-c", f"{shlex.join(sweep.argv('--no-live'))} {closed}; echo $? > {out}"],
+                       cwd=sweep.dir, env=sweep.env(), capture_output=True, text=True, timeout=60)
+    assert out.read_text().strip() == "0", (out.read_text(), p.stdout, p.stderr)
+    assert [r["state"] for r in sweep.results()] == ["complete"]
