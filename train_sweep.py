@@ -3400,7 +3400,9 @@ class Reporter:
             lines.append(f"The table shows {len(shown)} of them: the {SUMMARY_TOP} best complete ones and those that "
                          f"did not complete (train_sweep.py report lists all)")
         if progress.stopping:
-            lines.append(f"Interrupted: every run's record is in {results.partial_file}")
+            partial = results.partial_file
+            lines.append(f"Interrupted: every run's record is in {partial}" if partial.is_file()
+                         else f"Interrupted: {partial} could not be written (each run has its run.json)")
             left = len(pending) + sum(r.state not in (State.COMPLETE, State.PRUNED) for r in runs)
             if left and progress.stopping != "error":
                 lines.append(self.resume_hint.format(left=left))

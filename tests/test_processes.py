@@ -121,6 +121,21 @@ def test_ctrl_c_ends_every_tree_writes_partial_and_exits_130(sweep):
     assert all_dead(pids, 5)
 
 
+def test_a_partial_file_that_could_not_be_written_is_not_named_as_where_the_records_are(sweep):
+    """An adversarial pass: on a full disk, the summary said 'Interrupted: every run's record is in
+    train_sweep_results.json.partial', a file it could not write. (A folder in its place here: root writes
+    to a read-only folder, and a test has no disk to fill.)"""
+    sweep.gpus.set(count=1)
+    sweep.config([{"sleep": 60, "n": i} for i in range(2)])
+    proc = sweep.start("--no-live")
+    sweep.wait_for(lambda: any((sweep.dir / "outputs").glob("*/fake.json")), what="the first run")
+    (sweep.dir / "train_sweep_results.json.partial").mkdir()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "every run's record is in train_sweep_results.json.partial" not in out, out
+    assert "train_sweep_results.json.partial could not be written" in out, out + err
+
+
 def test_second_ctrl_c_kills_at_once(sweep):
     sweep.gpus.set(count=1)
     sweep.config([{"hang": 1}])
