@@ -2843,7 +2843,7 @@ def append_series(run: Run, points: Sequence[tuple[int | None, Mapping[str, floa
 
 
 _PRINTED = re.compile(rf"(?<![\w.])['\"]?([A-Za-z][\w./-]*)['\"]?\s*[=:]\s*({NUMBER})(?![\w.])")
-_NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time", "seed"}
+_NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time", "seed", "cut"}  # (cut: a marker)
 
 
 def printed_metrics(run: Run) -> list[str]:
