@@ -228,6 +228,25 @@ def test_why_a_gpu_takes_no_more_is_said_once_while_its_runs_stay_the_same():
     assert len(auto.notes) == 3, auto.notes
 
 
+def test_with_nothing_known_a_gpu_another_user_filled_takes_no_first_run():
+    """An adversarial pass: GPU 1 held 79.5 of 80 GB of another user's; with no footprint known yet, auto started
+    a first run there at once, which ran out of memory at once. A GPU takes a run of unknown need only where at
+    least a CUDA context and the margin (1.4 GB) are free."""
+    auto = make_packer([0, 1], 16)
+    probe = launch(auto, Run(0, "a", {}, ["x"], Path("a")))  # GPU 0 learns its first footprint
+    readings = {0: reading(0, 1.0, pid_mb={7: 0.5 * GB}), 1: reading(1, 79.5)}
+    auto.pool.readings = readings
+    auto.observe(0.5, readings, {0: [probe]})
+    gpus, why = auto.place(Run(1, "b", {}, ["x"], Path("b")), 0.6, None, readings)
+    assert gpus is None, why
+    full = {0: reading(0, 79.5), 1: reading(1, 79.8)}  # every GPU filled by others: no endless wait either
+    auto.pool.release(probe)
+    auto.ended(probe, 1.0, oom=False)
+    auto.pool.readings = full
+    gpus, why = auto.place(Run(2, "c", {}, ["x"], Path("c")), 1.1, None, full)
+    assert gpus == (0,) and "runs alone" in why, why
+
+
 def test_a_busy_gpu_takes_more_runs_utilization_is_no_saturation_signal():
     """On an H100, 3 small transformer runs kept the GPU 95% busy or more over 5 s while each trained at 0.94 of
     its speed alone (bench/README.md), and auto held the GPU at 3 runs for the rest of the sweep, where 16 at once

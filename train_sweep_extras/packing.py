@@ -15,8 +15,9 @@ GpuPool (train_sweep.py) hands its auto decisions to a Packer: `observe` each NV
   showed (plus a slack), as its square where none did.
 - A run's need holds room on its GPU (free memory less the needs of the runs placed there, less what each has
   shown) only until its footprint is learned and HOLD_S has passed: then its memory is in NVML's reading.
-- A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen, and
-  its GPU takes nothing else until its own footprint is known (seconds).
+- A run with no prediction (an unseen shape) starts where free memory covers the largest footprint seen (with
+  none seen, a CUDA context and the margin: not on a GPU another user filled), and its GPU takes nothing else
+  until its own footprint is known (seconds).
 - An out-of-memory end raises the margin of the run that grew past its prediction, or of a run not seen before
   beside it (of the run that died when neither); it leaves what it reached as a floor. A need larger than any
   GPU offers runs alone.
@@ -616,11 +617,11 @@ class Packer:
                 whys.append(f"GPU {g}: {why}")
             elif pool.running[g] < limits[g] and (self.why.get(g) or "").startswith(("learning", "at most")):
                 self.say(g, None, pool.running[g], None)  # room again: a later limit is said anew
-        need = self.need_mb(run)
+        need = self.need_mb(run)  # (nothing known: at least a CUDA context and the margin, not a GPU another filled)
         gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
-                                 min_free_mb, need, self.pending, limits)
-        if gpus is None and need is not None and readings:
-            gpus, why = self._alone(run, need, readings) or (gpus, why)
+                                 min_free_mb, need or CONTEXT_MB + MARGIN_MB, self.pending, limits)
+        if gpus is None and readings:
+            gpus, why = self._alone(run, need or CONTEXT_MB + MARGIN_MB, readings) or (gpus, why)
         if gpus is None and whys and "maximum number of runs" in why:
             why = "; ".join(whys)
         elif gpus is None and need is not None:
