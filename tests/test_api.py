@@ -127,6 +127,16 @@ def test_run_from_another_thread_is_refused_before_anything_is_written(tmp_path,
     assert not (tmp_path / "outputs").exists()
 
 
+def test_best_leaves_out_a_run_whose_folder_was_deleted_as_report_and_status_do(tmp_path, monkeypatch):
+    """A docs audit: after `rm -rf outputs/metric_0.1` (or cleanup --include-best), load().best(1) gave that run,
+    whose folder and files were gone, while report and status named metric_0.2; output.md says every view
+    names the same best."""
+    _in(tmp_path, monkeypatch)
+    train_sweep.run("metric=0.1,0.2,0.3", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True)
+    shutil.rmtree(tmp_path / "outputs" / "metric_0.1")
+    assert [r.name for r in train_sweep.load("outputs").best(1)] == ["metric_0.2"]
+
+
 def test_load_of_a_folder_whose_sweep_json_is_another_tools_is_refused(tmp_path):
     """A docs audit: load() of a folder whose sweep.json was another tool's (a list, an object of its own) and no
     journal read it as an empty sweep; api.md says SweepError where the folder holds no sweep."""

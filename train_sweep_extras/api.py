@@ -78,7 +78,8 @@ class SweepResult:
 
     def best(self, k: int = 1, metric: str | None = None, mode: str | None = None) -> list[RunResult]:
         """The k best complete runs by `metric` and `mode` (default: the sweep's), best first, as seed 003's
-        SweepManager.get_best_models(k): their folders hold what --top-k kept."""
+        SweepManager.get_best_models(k): their folders hold what --top-k kept (a run whose folder was deleted is
+        left out, as report and status leave it)."""
         if not _is_whole(k) or k < 1 or mode not in (None, "min", "max"):
             raise SweepError(f"best(k={k!r}, mode={mode!r}): k is a whole number >= 1, mode 'min' or 'max'")
         saved = Ranking.saved(self.settings, metric)  # (several objectives: each has its mode)
@@ -86,7 +87,7 @@ class SweepResult:
         if metric is None:
             raise SweepError(f"{self.output_dir}: the sweep ranks by no metric: name one (best(k, metric=...))")
         scored = [(value if mode == "min" else -value, run.record.get("index") or 0, run) for run in self.runs
-                  if run.state == State.COMPLETE.value and  # (a metric only printed: its stdout's tail, as report)
+                  if run.state == State.COMPLETE.value and run.run_dir.is_dir() and  # (deleted: as report, status)
                   (value := metric_of(run.metrics, metric, run.record.get("stdout") or "")) is not None]
         return [run for *_, run in heapq.nsmallest(k, scored, key=lambda e: e[:2])]  # equal: the first in the sweep
 
