@@ -252,7 +252,7 @@ def redact(text: str) -> str:
 
 def one_line(text: str, limit: int = 500) -> str:
     """A line fit to show: at most `limit` characters, cut with a marker."""
-    return text if len(text) <= limit else text[:limit] + f"… [cut: {len(text) - limit:,} more characters]"
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit:,} more characters cut]"
 
 
 def format_value(value: Any) -> str:
@@ -2732,7 +2732,7 @@ def tail_lines(path: Path, n: int = TAIL_LINES, max_bytes: int = TAIL_BYTES) -> 
         os.close(fd)
     lines = data.decode("utf-8", errors="replace").splitlines()
     if start > 0 and lines:
-        lines[0] = f"[cut: {start:,} earlier bytes not kept] …" + lines[0]
+        lines[0] = f"[{start:,} earlier bytes not kept] …" + lines[0]
     return "\n".join(one_line(line, LINE_SHOW) for line in lines[-n:])
 
 
@@ -2843,7 +2843,7 @@ def append_series(run: Run, points: Sequence[tuple[int | None, Mapping[str, floa
 
 
 _PRINTED = re.compile(rf"(?<![\w.])['\"]?([A-Za-z][\w./-]*)['\"]?\s*[=:]\s*({NUMBER})(?![\w.])")
-_NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time", "seed", "cut"}  # (cut: a marker)
+_NOT_METRICS = {"step", "epoch", "iter", "iteration", "it", "batch", "lr", "time", "seed"}
 
 
 def printed_metrics(run: Run) -> list[str]:
@@ -3123,11 +3123,10 @@ class ResultsWriter:
         """At the end: interrupted, <output-file>.partial holds every run; else a stale .partial is removed."""
         self.dirty = True
         self.flush(force=True)
+        self.partial_file.unlink(missing_ok=True)  # an earlier stop's: stale, or written anew (its runs are here)
         if interrupted:
             everything = {**self.records, **{r.index: run_record(r) for r in pending}}.values()  # (one a run)
             write_json_atomic(self.partial_file, sorted(everything, key=lambda r: r["index"]))
-        else:
-            self.partial_file.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._journal is not None:
@@ -3660,8 +3659,8 @@ def print_dry_run(plan: Plan, placement: str, note: str) -> None:
     for col in ("#", "name", "hyperparameters", "command"):
         table.add_column(col, overflow="fold")
     for run in runs[:DRY_RUN_ROWS]:  # values are shown as they are: Text, never rich markup
-        hp = " ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict, float)) else format_value(v)}"
-                      for k, v in run.hyperparams.items())
+        hp = " ".join(k + "=" + (json.dumps(v) if isinstance(v, (list, dict)) else repr(v) if isinstance(v, float)
+                                 else format_value(v)) for k, v in run.hyperparams.items())  # (floats as passed)
         extra_ = [f"gpus={run.gpus_needed}"] if run.gpus_needed > 1 else []
         extra_ += [f"gpu_memory_gb={run.memory_mb / 1024:g}"] if run.memory_mb else []
         name = Text(run.name) + (Text(f" ({run.state.value}: skipped)", style="dim") if run.skipped else Text(""))
@@ -4985,7 +4984,7 @@ def cli() -> None:
     """`python train_sweep.py` and `train-sweep`: main(), then exit without the interpreter's teardown (25 ms
     once rich is loaded); main() has closed its files, the standard streams are flushed here."""
     for name in ("stdout", "stderr"):  # closed (`cmd >&-`, cron): None in Python; written to nowhere instead
-        setattr(sys, name, getattr(sys, name) or open(os.devnull, "w"))  # (taking fd 1 and 2, not a file later)
+        setattr(sys, name, getattr(sys, name) or open(os.devnull, "w"))  # (on the lowest free descriptor)
     try:
         code = main()
     except KeyboardInterrupt:  # Ctrl+C outside the event loop, which handles its own: every file is closed
