@@ -127,26 +127,55 @@ class Surrogate:
 
 
 def serve(surrogate: Surrogate, path: str) -> socketserver.UnixStreamServer:
+    live = {}  # --share: the trials computing, per sweep (its instance's socket): counted by open connections
+    lock = threading.Lock()
+
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             request = json.loads(self.rfile.readline())
             self.wfile.write(json.dumps(surrogate.curve(request["instance"], request["config"])).encode() + b"\n")
+            self.wfile.flush()
+            ready = False
+            try:
+                for line in self.rfile:  # --share: "ready" once started up, then "c" for the count, until it ends
+                    if line == b"ready\n" and not ready:
+                        with lock:
+                            live[path] = live.get(path, 0) + 1
+                        ready = True
+                    elif line == b"c\n":
+                        self.wfile.write(f"{live.get(path, 0)}\n".encode())
+                        self.wfile.flush()
+            except OSError:
+                pass
+            finally:
+                if ready:
+                    with lock:
+                        live[path] -= 1
 
     server = socketserver.ThreadingUnixStreamServer(path, Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
-def one_sweep(work: Path, method: str, instance: str, seed: int, slots: int, scale: float, socket_path: str
-              ) -> list[tuple[float, float]]:
-    """One search until the budget is spent: [(seconds since its first report, val_accuracy)] per epoch."""
+SHARES = {  # --share: one GPU the trials share: its throughput (runs' work a second, against one run alone) at c
+    # runs at once, as measured on an H100 with bench/ttb_trainer.py (bench/README.md, bench_gpu_time_to_best.py:
+    # 2.8 at 3 and 3.5 at 4 from the runs' report times, 5.5 at 16 from a 16-run wave against the same run alone)
+    "h100": "1:1,3:2.8,4:3.5,16:5.5",
+}
+
+
+def one_sweep(work: Path, method: str, instance: str, seed: int, slots: int, scale: float, socket_path: str,
+              share: tuple[str, float] | None = None) -> list[tuple[float, float]]:
+    """One search until the budget is spent: [(seconds since its first report, val_accuracy)] per epoch (with
+    --share, since its first trial started)."""
     work.mkdir(parents=True)
     (work / "cfg.json").write_text(json.dumps({"search": {**METHODS[method], "params": SPACE, "n_trials": 5000,
                                                           "seed": seed, "metric": "val_accuracy", "mode": "max"}}))
     log = work / "epochs.log"
     log.touch()
     env = {**os.environ, "YAHPO_SOCKET": socket_path, "YAHPO_INSTANCE": instance, "YAHPO_SCALE": str(scale),
-           "YAHPO_LOG": str(log), "XDG_CACHE_HOME": str(work / "cache")}
+           "YAHPO_LOG": str(log), "XDG_CACHE_HOME": str(work / "cache"),
+           **({"YAHPO_SHARE": SHARES[share[0]], "YAHPO_STARTUP": str(share[1])} if share else {})}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_sweep.py"), "--config-file", "cfg.json", "--command",
                              f"{sys.executable} {TRAINER}", "--gpus", "0", "--disable-gpu-monitoring",
                              "--max-processes-per-gpu", str(slots), "--no-live", "--no-fail-fast"],
@@ -161,6 +190,11 @@ def one_sweep(work: Path, method: str, instance: str, seed: int, slots: int, sca
         print(f"{method} {instance} seed {seed}: exit {proc.returncode}: {err[-500:]}", file=sys.stderr)
     events = sorted((float(t), float(v)) for t, v in (line.split()[:2] for line in open(log) if line.strip()))
     t0 = events[0][0] if events else 0.0
+    if share:  # from the first trial's start, not its first report: what a wave of trials at once delays
+        from datetime import datetime
+        starts = [datetime.fromisoformat(r["start_time"]).timestamp() for f in work.glob("outputs/*/run.json")
+                  if isinstance(r := json.loads(f.read_text()), dict) and r.get("start_time")]
+        t0 = min(starts, default=t0)
     return [(t - t0, v) for t, v in events[:BUDGET]]
 
 
@@ -176,12 +210,17 @@ def summarize(results: dict, trial_counts: dict, surrogate: Surrogate, scale: di
             best = max((v for _, v in events[:epochs]), default=-math.inf)
             return surrogate.regret(instance, best)
 
-        target = statistics.median(regret_at(e, BUDGET) for e in runs["random"]) if runs.get("random") else None
-        random_time = statistics.median(e[-1][0] for e in runs["random"]) / scale[instance] if target else None
+        ref = next((m for m in methods if m.split("@")[0] == "random" and runs.get(m)), None)  # (the most slots)
+        target = statistics.median(regret_at(e, BUDGET) for e in runs[ref]) if ref else None
+        random_time = statistics.median(e[-1][0] for e in runs[ref]) / scale[instance] if target else None
+
+        def regret_by(events: list, seconds: float) -> float:  # the best so far at a simulated time
+            best = max((v for t, v in events if t / scale[instance] <= seconds), default=-math.inf)
+            return surrogate.regret(instance, best) if math.isfinite(best) else 1.0
         print(f"### LCBench {instance} ({len(seeds)} seeds)\n")
         print("| method | regret at 25% | at 50% | at the end | time to random's final regret (median) | against "
-              "random's whole budget | trials |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+              "random's whole budget | at 10% of random's time | at 25% of it | trials |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for m in methods:
             if not runs.get(m):
                 continue
@@ -201,7 +240,9 @@ def summarize(results: dict, trial_counts: dict, surrogate: Surrogate, scale: di
             print(f"| {m} | {statistics.median(regret_at(e, BUDGET // 4) for e in runs[m]):.4f} "
                   f"| {statistics.median(regret_at(e, BUDGET // 2) for e in runs[m]):.4f} "
                   f"| {statistics.median(regret_at(e, BUDGET) for e in runs[m]):.4f} "
-                  f"| {when} | {trials:.0f} |" if random_time else "")
+                  f"| {when} | {statistics.median(regret_by(e, random_time / 10) for e in runs[m]):.4f} "
+                  f"| {statistics.median(regret_by(e, random_time / 4) for e in runs[m]):.4f} | {trials:.0f} |"
+                  if random_time else "")
         print(flush=True)
 
 
@@ -213,7 +254,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST_SEED .. FIRST_SEED+SEEDS-1 (more "
                         "seeds for a file --load adds to)")
-    parser.add_argument("--slots", type=int, default=8, help="trials at once")
+    parser.add_argument("--slots", type=int, nargs="+", default=[8], help="trials at once (several: each method "
+                        "at each, named METHOD@SLOTS)")
+    parser.add_argument("--share", choices=list(SHARES), help="the trials share one simulated GPU whose throughput "
+                        "against the trials at once is SHARES' (else each trial runs at its own speed, whatever the "
+                        "number at once)")
+    parser.add_argument("--startup", type=float, default=0.25, help="with --share: each trial's start-up (on the "
+                        "CPU, before it computes) as a share of the median full run")
     parser.add_argument("--run-seconds", type=float, default=0.5, help="real seconds of a median full run")
     parser.add_argument("--raw", type=Path, help="also write every sweep's epochs here (JSON)")
     parser.add_argument("--load", type=Path, nargs="*", default=[],
@@ -223,22 +270,25 @@ def main() -> int:
     scale = {i: args.run_seconds / surrogate.median_run_time(i) for i in args.instances}
     results: dict = {}
     trial_counts: dict = {}
+    labels = [(m, k) for m in args.methods for k in args.slots]
     with tempfile.TemporaryDirectory(prefix="bench_yahpo_") as tmp:
         socket_path = str(Path(tmp) / "surrogate.sock")
         server = serve(surrogate, socket_path)
         try:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for instance in args.instances:
-                    for k, method in enumerate(args.methods):  # the order rotates: no method always first
-                        method = args.methods[(k + seed) % len(args.methods)]
-                        work = Path(tmp) / f"{method.replace('+', '_')}_{instance}_{seed}"
+                    for k, (method, slots) in enumerate(labels):  # the order rotates: no method always first
+                        method, slots = labels[(k + seed) % len(labels)]
+                        label = method if len(args.slots) == 1 else f"{method}@{slots}"
+                        work = Path(tmp) / f"{label.replace('+', '_').replace('@', '_')}_{instance}_{seed}"
                         start = time.time()
-                        events = one_sweep(work, method, instance, seed, args.slots, scale[instance], socket_path)
-                        results[(method, instance, seed)] = events
+                        events = one_sweep(work, method, instance, seed, slots, scale[instance], socket_path,
+                                           (args.share, args.startup * args.run_seconds) if args.share else None)
+                        results[(label, instance, seed)] = events
                         trials = len([p for p in work.glob("outputs/*/run.json")])
-                        trial_counts[(method, instance, seed)] = trials
+                        trial_counts[(label, instance, seed)] = trials
                         best = max((v for _, v in events), default=-math.inf)
-                        print(f"# {method} {instance} seed {seed}: regret {surrogate.regret(instance, best):.4f}, "
+                        print(f"# {label} {instance} seed {seed}: regret {surrogate.regret(instance, best):.4f}, "
                               f"{len(events)} epochs, {trials} trials, {time.time() - start:.0f} s", file=sys.stderr,
                               flush=True)
         finally:
@@ -246,7 +296,7 @@ def main() -> int:
     if args.raw:
         args.raw.write_text(json.dumps({" ".join(map(str, k)): {"events": v, "trials": trial_counts[k]}
                                         for k, v in results.items()}))
-    methods = list(args.methods)
+    methods = [m if len(args.slots) == 1 else f"{m}@{k}" for m, k in labels]
     for path in args.load:  # (a method measured with another version of the code keeps the name it was saved as)
         for key, value in json.loads(path.read_text()).items():
             method, instance, seed = key.split()[0], key.split()[1], int(key.split()[2])
@@ -254,7 +304,9 @@ def main() -> int:
                 results[(method, instance, seed)] = [tuple(e) for e in value["events"]]
                 trial_counts[(method, instance, seed)] = value["trials"]
                 methods += [method] if method not in methods else []
-    summarize(results, trial_counts, surrogate, scale, sorted(methods, key=lambda m: (m not in METHODS, m)))
+    summarize(results, trial_counts, surrogate, scale,
+              sorted(methods, key=lambda m: (m.split("@")[0] not in METHODS, m.split("@")[0],
+                                             -int(m.split("@")[1]) if "@" in m else 0)))
     return 0
 
 
