@@ -673,9 +673,13 @@ def best_runs(folder: Path, ranking: Ranking | None = None) -> tuple[set[str], s
 
 
 def reported(record: Mapping[str, Any]) -> bool:
-    """Whether a run reported a metric: in its metrics, or printed (NAME=0.41 in its stdout's tail)."""
+    """Whether a run reported a metric: in its metrics, or printed (NAME=0.41 in its stdout's tail: the record's,
+    or its log's where the record is its run.json, which holds none)."""
+    run_dir = record.get("run_dir")
+    text = record.get("stdout") or (tail_lines(Path(run_dir) / "train_stdout.log", 200, 64 * 1024)
+                                    if isinstance(run_dir, str) and run_dir else "")
     return bool(record.get("metrics")) or any(m.group(1).lower() not in _NOT_METRICS
-                                              for m in _PRINTED.finditer(str(record.get("stdout") or "")))
+                                              for m in _PRINTED.finditer(str(text)))
 
 
 def journal_best(folder: Path, latest: Mapping[str, Mapping[str, Any]],
