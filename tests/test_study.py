@@ -448,16 +448,19 @@ def test_another_sweeps_study_put_in_place_is_refused(sweep):
     copied over this one's was resumed: its trials counted in the budget with no folder here, and the summary
     named its best, a run this folder never had. The journal's trials are checked against the study's by run."""
     args, study, _ = searched(sweep, 2)
-    other = sweep.dir / "other"
-    p = sweep.run(*args, "--n-trials", "3", "--seed", "1", "--output-dir", str(other), "--output-file", "o.json",
-                  trainer=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    shutil.copy(other / "study.log", study)
-    before = sweep.results()
-    p = sweep.run(*args, "--n-trials", "4", trainer=False)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
-    assert "another sweep's study" in p.stderr and "--rerun" in p.stderr, p.stderr
-    assert sweep.results() == before
+    for seed in ("1", "0"):  # another seed: other trials; the same: the same first trials, and more (a review)
+        other = sweep.dir / f"other{seed}"
+        p = sweep.run(*args, "--n-trials", "3", "--seed", seed, "--output-dir", str(other), "--output-file",
+                      f"o{seed}.json", trainer=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        kept = study.read_bytes()
+        shutil.copy(other / "study.log", study)
+        before = sweep.results()
+        p = sweep.run(*args, "--n-trials", "4", trainer=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stdout + p.stderr
+        assert "another sweep's study" in p.stderr and "--rerun" in p.stderr, p.stderr
+        assert sweep.results() == before
+        study.write_bytes(kept)
 
 
 @pytest.mark.parametrize("garbage", [b"this is not json\n", b'{"op_code": 99, "worker_id": "x"}\n', b"[1, 2]\n"])

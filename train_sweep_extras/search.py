@@ -280,10 +280,16 @@ def open_study(output_dir: Path, search: SearchSpec | None, settings: Settings, 
                         f"({', '.join(map(str, lost[:5]))}{', ...' if len(lost) > 5 else ''}): the study was emptied or "
                         "cut short; pass --rerun to start afresh (the old study and trials are kept aside)")
     other = next((r for r in journaled if known[r["trial"]] not in (None, r.get("model_name"))), None)
-    if other is not None:  # (copied from another sweep of the same search: its trials would count here)
-        raise UserError(f"{path} is another sweep's study: its trial {other['trial']} ran {known[other['trial']]}, "
-                        f"where {output_dir / JOURNAL} says {other.get('model_name')}; put this sweep's back, or pass "
-                        "--rerun to start afresh (the old study and trials are kept aside)")
+    names = {r.get("model_name") for r in journaled}
+    ghost = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                  if "warm_start" not in t.user_attrs and isinstance(run := t.user_attrs.get("run"), str) and
+                  run not in names and not (output_dir / run).is_dir()), None)  # (a complete trial ran here)
+    if other is not None or ghost is not None:  # (copied from another sweep of the same search: its trials)
+        what = (f"its trial {other['trial']} ran {known[other['trial']]}, where {output_dir / JOURNAL} says "
+                f"{other.get('model_name')}" if other is not None else
+                f"its trial {ghost.number} ran {ghost.user_attrs['run']}, of which this folder has no trace")
+        raise UserError(f"{path} is another sweep's study: {what}; put this sweep's back, or pass --rerun to start "
+                        "afresh (the old study and trials are kept aside)")
     try:
         if search is not None:  # a resumed search draws on from a seed of its own, not the first trials' again
             seed = settings.seed if search.seed is None else search.seed
