@@ -247,6 +247,35 @@ def test_with_nothing_known_a_gpu_another_user_filled_takes_no_first_run():
     assert gpus == (0,) and "runs alone" in why, why
 
 
+def test_an_oom_at_the_context_with_nothing_known_learns_no_footprint():
+    """A review: with no footprint known, a run that ran out of memory at its CUDA context (500 MB) still took
+    500 MB as what runs like it need: it stays unseen (its GPU its own while it learns)."""
+    auto = make_packer([0], 16)
+    big = launch(auto, Run(1, "big", {"mem": 30000}, ["x"], Path("big")))
+    big.pgid = 8
+    for t in (0.5, 1.0):
+        auto.observe(t, {0: reading(0, 1.0, pid_mb={8: 500.0})}, {0: [big]})
+    auto.pool.release(big)
+    auto.ended(big, 1.2, oom=True)
+    assert auto.model.get({"mem": 30000}) is None
+
+
+def test_a_probe_that_burst_past_a_known_run_is_blamed_for_its_oom():
+    """A review: a run of an unseen shape that allocated 20 GB in one burst between two readings (still seen at
+    its context) while a known run beside it died at its predicted footprint: the probe is the suspect, not
+    the known run, whose footprint held."""
+    auto, _ = learned_packer(ended=True, gpus=(0,))  # 4 GB known for {}
+    known = launch(auto, Run(1, "known", {}, ["x"], Path("known")), now=5.0)
+    probe = launch(auto, Run(2, "probe", {"new": 1}, ["x"], Path("probe")), now=5.0)
+    known.pgid, probe.pgid = 8, 9
+    for t in (5.5, 6.0, 7.0):
+        auto.observe(t, {0: reading(0, 5.0, pid_mb={8: 4 * GB, 9: 500.0})}, {0: [known, probe]})
+    auto.pool.release(known)
+    auto.ended(known, 7.2, oom=True)
+    assert auto.model.get({}).margin == MARGIN, "the known run was blamed"
+    assert auto.model.get({"new": 1}) is None or auto.model.get({"new": 1}).margin > MARGIN
+
+
 def test_a_busy_gpu_takes_more_runs_utilization_is_no_saturation_signal():
     """On an H100, 3 small transformer runs kept the GPU 95% busy or more over 5 s while each trained at 0.94 of
     its speed alone (bench/README.md), and auto held the GPU at 3 runs for the rest of the sweep, where 16 at once

@@ -509,12 +509,13 @@ class Packer:
         showed = seen is not None and seen.past_context  # (at its CUDA context alone, its peak says nothing)
         peak = seen.peak_mb if seen is not None else 0.0
         neighbours = [r for g in run.gpus or () for r in self.pool.on_gpu.get(g, ()) if r in self.runs]
-        grew = [r for r in neighbours if self.runs[r].past_context and (r in self.probes or (  # a probe: a suspect
-            self.predicted.get(r) is not None and not same(self.runs[r].peak_mb, self.predicted[r]) and
-            self.runs[r].peak_mb > self.predicted[r]))]
+        grew = [r for r in neighbours if (showed or self.runs[r].past_context) and (  # (all at their contexts: no
+            r in self.probes or (  # suspect but the run itself); a probe is a suspect (a burst between readings)
+                self.predicted.get(r) is not None and not same(self.runs[r].peak_mb, self.predicted[r]) and
+                self.runs[r].peak_mb > self.predicted[r]))]
         if was_probe or expected is None or peak > expected or not grew:
             at = f"at {fmt_bytes(peak * MB)}" if showed else "before its memory showed"
-            floor = peak if showed else max(peak, expected or 0.0, self.model.largest() or 0.0)
+            floor = peak if showed else max(expected or 0.0, self.model.largest() or 0.0)  # (not its context)
             if floor >= 64.0:  # (nothing known at all: it stays unseen, its GPU its own while it learns)
                 point = self.model.raise_margin(run.hyperparams, floor, run.name)
                 self.notes.append(f"{'footprint':<11} {run.name} ran out of GPU memory {at}: runs like it now need "
