@@ -228,9 +228,10 @@ def test_run_checks_its_keywords_as_the_flags_are_checked(tmp_path, monkeypatch)
 def test_load_skips_a_damaged_field(tmp_path, monkeypatch):
     _in(tmp_path, monkeypatch)
     train_sweep.run("metric=0.1,0.2,0.3", command=f"python {FAKE_TRAINER}", metric="val_loss", no_live=True)
-    with open(tmp_path / "outputs" / "journal.jsonl", "a") as f:
+    identity = json.loads((tmp_path / "outputs" / "metric_0.3" / "run.json").read_text())["identity"]
+    with open(tmp_path / "outputs" / "journal.jsonl", "a") as f:  # (the same run: its run.json is not read over it)
         f.write(json.dumps({"model_name": "metric_0.3", "state": "complete", "metrics": {"val_loss": 0.01}, "run_dir": 5,
-                            "duration_seconds": "long", "trial": [1]}) + "\n")
+                            "duration_seconds": "long", "trial": [1], "identity": identity}) + "\n")
         f.write(json.dumps({"model_name": "metric_0.2", "state": "failed", "attempt": "two"}) + "\n")
         f.write(json.dumps({"model_name": 5, "state": "complete"}) + "\n")  # a TypeError before: folder / 5
     run_json = tmp_path / "outputs" / "metric_0.1" / "run.json"  # a TypeError before: "x" > 1, then 2 > "two"

@@ -234,6 +234,25 @@ def test_a_journal_cut_at_its_last_line_reads_alike_in_every_view(finished):
     assert train_sweep.load(finished.dir / "cut").counts() == {"complete": 3}
 
 
+def test_a_run_of_another_identity_whose_line_was_cut_reads_alike_in_every_view(finished):
+    """A review: where the journal's last record of a name is another run's (a default edited since: the new
+    run counts its attempts from 1 again) and the new run's line was cut short, status and load() showed the
+    old run while report showed the new one (from its run.json)."""
+    finished.config([{"metric": m} for m in (0.3, 0.1)])
+    assert finished.run("--output-dir", "idn", "--output-file", "idn.json").returncode == 0
+    journal = finished.dir / "idn" / "journal.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    for r in lines:
+        if r["model_name"] == "metric_0.1":
+            r.update(identity="an earlier run's", state="failed", success=False)
+    journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    p = finished.run("status", "idn", trainer=False)
+    assert "2 run(s): 2 complete" in p.stdout, p.stdout
+    assert train_sweep.load(finished.dir / "idn").counts() == {"complete": 2}
+    p = finished.run("report", "idn", trainer=False)
+    assert "failed" not in p.stdout, p.stdout
+
+
 def test_list_shows_a_sweep_once_through_links(finished):
     """An adversarial pass: a link in outputs/ to its own folder (outputs/loop -> .) listed one sweep 4 times
     (outputs, outputs/loop, outputs/loop/loop, ...): a sweep is listed once, where it is found first without a

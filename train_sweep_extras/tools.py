@@ -1041,8 +1041,9 @@ def _newer(running: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool
 
 
 def ended_later(record: Mapping[str, Any], latest: Mapping[str, Any] | None) -> bool:
-    """A run.json of a run that ended, where the journal lacks that attempt (its last lines cut short)."""
-    return record.get("state") != State.RUNNING.value and (latest is None or _attempt(record) > _attempt(latest))
+    """A run.json of a run that ended, where the journal lacks that attempt (its last lines cut short), or
+    that run (another of its name: a default edited), as report reads them (latest_records)."""
+    return record.get("state") != State.RUNNING.value and _newer(record, latest)
 
 
 def status_reader(args: argparse.Namespace) -> Callable[[], tuple[list[str], bool]]:
