@@ -221,10 +221,13 @@ def test_why_a_gpu_takes_no_more_is_said_once_while_its_runs_stay_the_same():
     2.9 GB' and '... 3.7 GB' about 4 times a second (718 lines in 4 minutes). Each reason is said once while
     the GPU's runs stay the same."""
     auto = make_packer([0], 16)
+    a = launch(auto, Run(0, "a", {}, ["x"], Path("a")))
     for why in ("no room for another 2.9 GB", "no room for another 3.7 GB") * 5:
         auto.say(0, why, 1, None)
     assert len(auto.notes) == 2, auto.notes
-    auto.say(0, "no room for another 2.9 GB", 2, None)  # another run came or went: said again
+    auto.pool.release(a)
+    launch(auto, Run(1, "b", {}, ["x"], Path("b")))  # another run in its place (a review: the same count)
+    auto.say(0, "no room for another 2.9 GB", 1, None)
     assert len(auto.notes) == 3, auto.notes
 
 

@@ -403,7 +403,7 @@ class Packer:
         self.known: set[Run] = set()
         self.baseline: dict[int, float] = {}  # each GPU's used memory while no run of ours was on it
         self.why: dict[int, str | None] = {}  # each GPU's latest reason to take no more runs (said when it changes)
-        self.said: dict[int, tuple[int, set[str]]] = {}  # ... the reasons said while its runs stayed the same
+        self.said: dict[int, tuple[frozenset[str], set[str]]] = {}  # ... the reasons said while its runs stayed
         self.most: dict[int, int] = {}  # the most runs each GPU held at once
         self.total_mb: dict[int, float] = {}
         self.notes: list[str] = []
@@ -587,10 +587,11 @@ class Packer:
         self.why[g] = why
         if why is None:
             return
-        runs, said = self.said.get(g, (running, set()))
-        if runs == running and why in said:  # (two waiting runs of different needs: not each in turn, again)
+        now_on = frozenset(r.name for r in self.pool.on_gpu.get(g, ()))
+        runs, said = self.said.get(g, (now_on, set()))
+        if runs == now_on and why in said:  # (two waiting runs of different needs: not each in turn, again)
             return
-        self.said[g] = (running, said | {why} if runs == running else {why})
+        self.said[g] = (now_on, said | {why} if runs == now_on else {why})
         used = f", {reading.memory_used_mb / 1024:.1f} GB used" if reading is not None else ""
         self.notes.append(f"{'packing':<11} GPU {g}: {running} run(s){used}; no more: {why}")
 
