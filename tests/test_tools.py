@@ -487,6 +487,21 @@ def test_a_copied_sweep_reads_its_own_run_folders_not_the_originals(finished):
     assert runs["lr_0.1_depth_4_metric_0.3"].run_dir == (finished.dir / "copy" / "lr_0.1_depth_4_metric_0.3").resolve()
 
 
+def test_a_copied_project_read_from_its_results_file_reads_its_own_run_folders(finished):
+    """A review: `cp -a proj proj2`, then report proj2/train_sweep_results.json read the original's run folders
+    (the records hold absolute folders, and those were still there); the copy's own are the same runs (their
+    run.json says), and one deleted from the copy is deleted."""
+    copy = finished.dir / "proj2"
+    copy.mkdir()
+    shutil.copytree(finished.dir / "outputs", copy / "outputs", symlinks=True)
+    shutil.copy(finished.dir / "train_sweep_results.json", copy)
+    shutil.rmtree(copy / "outputs" / "lr_0.01_depth_2_metric_0.2")
+    p = finished.run("report", str(copy / "train_sweep_results.json"), "--metric", "val_loss", trainer=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    best = next(line for line in p.stdout.splitlines() if line.startswith("Best"))
+    assert f"lr_0.1_depth_4_metric_0.3 = 0.3  ({copy / 'outputs'}" in best, p.stdout
+
+
 def test_cleanup_asks_on_a_terminal(finished):
     out = finished.dir / "outputs"
     old = out / "lr_0.001_depth_2_metric_0.5"
@@ -1038,7 +1053,7 @@ def test_report_plots_of_a_sweep_with_nothing_ended_says_so(sweep):
     nothing and exited 0."""
     pytest.importorskip("matplotlib")
     sweep.gpus.set(count=1)
-    sweep.config([{"sleep": 30, "n": n} for n in (1, 2)])
+    sweep.config([{"sleep": 600, "n": n} for n in (1, 2)])  # (a review: a cold matplotlib import can take long)
     proc = sweep.start("--no-live")
     try:
         sweep.wait_for(lambda: any((sweep.dir / "outputs").glob("*/run.json")), what="the first run")

@@ -104,20 +104,25 @@ def load_results(path: str) -> list[dict[str, Any]]:
     for i, record in enumerate(data):
         if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
-    return [relocated(r, folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name, sweep=False)
-            for r in sound]
+    bases = [folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name for r in sound]
+    homes = {b for r, b in zip(sound, bases) if relocated(r, b, sweep=False) is not r}  # (moved or copied here:
+    return [relocated(r, b, sweep=b in homes) for r, b in zip(sound, bases)]  # a run not there was deleted there)
 
 
 def relocated(record: Mapping[str, Any], folder: Path, sweep: bool = True) -> Mapping[str, Any]:
     """A record with its run folder in `folder`, the sweep's output folder being read (or, not `sweep`, one
-    beside a results file, where the folder it names is gone and that holds one of the run's name): the records
-    hold absolute folders, and a sweep is read where it is now, moved (mv outputs sweepA; the project with its
-    results file) or copied (cp -a outputs copy: its own runs, not the original's; one deleted there is)."""
+    beside a results file, where that holds the run's folder: the folder it names is gone, or it is the same run,
+    its run.json says): the records hold absolute folders, and a sweep is read where it is now, moved (mv outputs
+    sweepA; the project with its results file) or copied (cp -a: its own runs, not the original's)."""
     name, was = record.get("model_name"), record.get("run_dir")
-    if not isinstance(name, str) or not name or not (sweep or isinstance(was, str) and not Path(was).is_dir()):
+    if not isinstance(name, str) or not name:
         return record
     here = folder / name
-    return dict(record, run_dir=str(here.resolve())) if sweep or here.is_dir() else record
+    if sweep or here.is_dir() and (not isinstance(was, str) or not Path(was).is_dir() or (  # (copied: the same run)
+            record.get("identity") is not None and isinstance(info := read_json(here / "run.json"), dict)
+            and info.get("identity") == record["identity"])):
+        return dict(record, run_dir=str(here.resolve()))
+    return record
 
 
 def unwritten(path: Path) -> str:
