@@ -402,6 +402,11 @@ def test_list_says_whether_a_sweep_runs_was_interrupted_or_died(sweep):
     # status says what its runs were doing when it died (it said "2 run(s): " and no more)
     p = sweep.run("status", "b", trainer=False)
     assert "b: dead" in p.stdout and "2 run(s): 1 running when it died, 1 not started" in p.stdout, p.stdout
+    # report and load() of the dead sweep said its run was running (an adversarial pass): it was interrupted,
+    # and the same command runs it again
+    p = sweep.run("report", "b", trainer=False)
+    assert re.search(r"│ x_1\s*│ interrupted", p.stdout) and "running" not in p.stdout, p.stdout
+    assert train_sweep.load(sweep.dir / "b").counts() == {"interrupted": 1}
 
 
 def _age(folder: Path, days: float = 8) -> None:

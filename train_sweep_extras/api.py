@@ -33,7 +33,7 @@ from train_sweep import (
     read_json,
     record_damage,
 )
-from train_sweep_extras.tools import ended_later, of_this_sweep, ours, relocated, run_jsons, sweep_alive
+from train_sweep_extras.tools import died, ended_later, of_this_sweep, ours, relocated, run_jsons, sweep_alive
 
 
 class SweepError(Exception):
@@ -118,16 +118,16 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
         journaled = latest.get(record["model_name"], {}).get("attempt")
         if (record.get("attempt") or 1) > (journaled if _is_whole(journaled) else 0):
             latest[record["model_name"]] = record
-    runs = []
+    runs, alive = [], sweep_alive(folder) not in (None, os.getpid())
     for name, r in latest.items():
-        r = relocated(r, folder)  # (moved since: its runs are where it is now)
+        r = relocated(died(r, alive), folder)  # (moved since: its runs are where it is now)
         hyperparams, metrics, run_dir = r.get("hyperparams"), r.get("metrics"), r.get("run_dir")
         duration, trial = r.get("duration_seconds"), r.get("trial")  # a damaged field reads as absent
         runs.append(RunResult(name, str(r.get("state")), hyperparams if isinstance(hyperparams, dict) else {},
                               metrics if isinstance(metrics, dict) else {},
                               Path(run_dir) if isinstance(run_dir, str) and run_dir else folder / name,
                               duration if _is_number(duration) else None, trial if _is_whole(trial) else None, r))
-    return SweepResult(folder, settings, runs, running=sweep_alive(folder) not in (None, os.getpid()))
+    return SweepResult(folder, settings, runs, running=alive)
 
 
 def run(*overrides: str, **settings: Any) -> SweepResult:

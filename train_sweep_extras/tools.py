@@ -86,7 +86,8 @@ def load_results(path: str) -> list[dict[str, Any]]:
     folder = Path(path)
     if folder.is_dir() and ((folder / JOURNAL).is_file() or (folder / "sweep.json").is_file()):
         latest = of_this_sweep(latest_records(folder), sweep_record(folder) or {})
-        return sorted((relocated(r, folder) for r in latest.values()),
+        alive = sweep_alive(folder) is not None
+        return sorted((relocated(died(r, alive), folder) for r in latest.values()),
                       key=lambda r: r.get("index") if _is_whole(r.get("index")) else 0)
     if folder.exists() and not folder.is_file():  # a FIFO would be waited on, /dev/zero read forever
         raise UserError(f"{path}: not a results file nor a sweep's output folder (a folder, a FIFO or a device)")
@@ -107,6 +108,14 @@ def load_results(path: str) -> list[dict[str, Any]]:
     bases = [folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name for r in sound]
     homes = {b for r, b in zip(sound, bases) if relocated(r, b, sweep=False) is not r}  # (moved or copied here:
     return [relocated(r, b, sweep=b in homes) for r, b in zip(sound, bases)]  # a run not there was deleted there)
+
+
+def died(record: Mapping[str, Any], alive: bool) -> Mapping[str, Any]:
+    """A run.json that says running where no sweep holds its folder (killed: kill -9, a crash; not a Slurm job
+    of a detached sweep, which runs on): its run was interrupted, and the same command runs it again."""
+    if alive or record.get("state") != State.RUNNING.value or record.get("slurm_job_id"):
+        return record
+    return dict(record, state=State.INTERRUPTED.value, error=record.get("error") or "the sweep stopped while it ran")
 
 
 def relocated(record: Mapping[str, Any], folder: Path, sweep: bool = True) -> Mapping[str, Any]:
