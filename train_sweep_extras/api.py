@@ -18,8 +18,6 @@ from typing import Any
 
 from train_sweep import (
     JOURNAL,
-    RUN_MARK,
-    SET_ASIDE,
     Ranking,
     Settings,
     State,
@@ -31,7 +29,6 @@ from train_sweep import (
     metric_of,
     read_journal,
     read_json,
-    record_damage,
 )
 from train_sweep_extras.tools import died, ended_later, of_this_sweep, ours, relocated, run_jsons, sweep_alive
 
@@ -107,13 +104,13 @@ def load(output_dir: str | os.PathLike[str] = "outputs") -> SweepResult:
     saved = read_json(folder / "sweep.json")
     settings = saved.get("settings") if isinstance(saved, dict) and isinstance(saved.get("settings"), dict) else {}
     latest = {name: records[-1] for name, records in read_journal(folder / JOURNAL).items()}
-    for record in run_jsons(folder):  # a run that ended after the journal's last whole line (cut short)
+    found = run_jsons(folder)  # each run folder's run.json, read once
+    for record in found:  # a run that ended after the journal's last whole line (cut short)
         if ended_later(record, latest.get(record["model_name"])):
             latest[record["model_name"]] = record
     latest = of_this_sweep(latest, saved if isinstance(saved, dict) else {})  # (not runs its config no longer holds)
-    for marker in folder.glob(f"*/{RUN_MARK}"):  # running now (or left running): its run.json says so
-        record = read_json(marker.parent / "run.json")
-        if SET_ASIDE in marker.parent.name or record_damage(record) or record.get("state") != State.RUNNING.value:
+    for record in found:  # running now (or left running): its run.json says so
+        if record.get("state") != State.RUNNING.value:
             continue
         journaled = latest.get(record["model_name"], {}).get("attempt")
         if (record.get("attempt") or 1) > (journaled if _is_whole(journaled) else 0):

@@ -619,11 +619,12 @@ class Packer:
                 whys.append(f"GPU {g}: {why}")
             elif pool.running[g] < limits[g] and (self.why.get(g) or "").startswith(("learning", "at most")):
                 self.say(g, None, pool.running[g], None)  # room again: a later limit is said anew
-        need = self.need_mb(run)  # (nothing known: at least a CUDA context and the margin, not a GPU another filled)
+        need = self.need_mb(run)
+        least = need or CONTEXT_MB + MARGIN_MB  # nothing known: a CUDA context and the margin (not a GPU others fill)
         gpus, why = ts.pick_gpus(pool.gpus, pool.running, readings, lambda gpu: False, pool.policy, run.gpus_needed,
-                                 min_free_mb, need or CONTEXT_MB + MARGIN_MB, self.pending, limits)
+                                 min_free_mb, least, self.pending, limits)
         if gpus is None and readings:
-            gpus, why = self._alone(run, need or CONTEXT_MB + MARGIN_MB, readings) or (gpus, why)
+            gpus, why = self._alone(run, least, readings) or (gpus, why)
         if gpus is None and whys and "maximum number of runs" in why:
             why = "; ".join(whys)
         elif gpus is None and need is not None:

@@ -3,7 +3,6 @@ own plots (Optuna's). Needs: pip install 'train-sweep[plots]'."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -34,11 +33,9 @@ def png(path: Path) -> Path:
     user's, not one report drew) is refused, as --csv and --json refuse what they did not write."""
     if path.is_symlink():
         path.unlink()
-    elif path.exists():
-        with open(path, "rb") if path.is_file() else contextlib.nullcontext(None) as f:
-            if f is None or f.read(8) != PNG:
-                raise UserError(f"report --plots: {path} is there and is not a plot report drew; move it, or give "
-                                "another folder")
+    elif path.exists() and not (path.is_file() and path.read_bytes()[:8] == PNG):
+        raise UserError(f"report --plots: {path} is there and is not a plot report drew; move it, or give another "
+                        "folder")
     return path
 
 
@@ -63,12 +60,12 @@ def study_plots(folder: Path, path: Path, prefixed: bool) -> list[Path]:
         study = optuna.load_study(study_name="train_sweep", storage=JournalStorage(JournalFileBackend(str(path))))
     except (KeyError, ValueError, OSError) as e:
         raise UserError(f"{path}: cannot read the study: {e}") from None
-    warm = [t for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs]
-    if warm:  # --warm-start's trials guided the sampler; they are not this search's: drawn without them
-        own = optuna.create_study(directions=study.directions)
-        own.add_trials([t for t in study.get_trials(deepcopy=False) if "warm_start" not in t.user_attrs])
-        own.set_user_attr("search", study.user_attrs.get("search", "{}"))
-        study = own
+    trials = study.get_trials(deepcopy=False)
+    own = [t for t in trials if "warm_start" not in t.user_attrs]
+    if len(own) < len(trials):  # --warm-start's trials guided the sampler; they are not this search's: left out
+        study, search = optuna.create_study(directions=study.directions), study.user_attrs.get("search", "{}")
+        study.add_trials(own)
+        study.set_user_attr("search", search)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     prefix = f"{path.parent.name}_" if prefixed else ""
     plots: list[tuple[str, Callable[[], Any]]] = []

@@ -106,8 +106,9 @@ def load_results(path: str) -> list[dict[str, Any]]:
         if (why := record_damage(record)) is not None:
             SKIPPED(f"{path} [{i}]", why)
     bases = [folder.resolve().parent / Path(str(r.get("run_dir"))).parent.name for r in sound]
-    homes = {b for r, b in zip(sound, bases) if relocated(r, b, sweep=False) is not r}  # (moved or copied here:
-    return [relocated(r, b, sweep=b in homes) for r, b in zip(sound, bases)]  # a run not there was deleted there)
+    found = [relocated(r, b, sweep=False) for r, b in zip(sound, bases)]
+    homes = {b for r, f, b in zip(sound, found, bases) if f is not r}  # moved or copied here: a run not there
+    return [relocated(r, b) if f is r and b in homes else f for r, f, b in zip(sound, found, bases)]  # was deleted
 
 
 def died(record: Mapping[str, Any], alive: bool) -> Mapping[str, Any]:
@@ -809,7 +810,8 @@ def build_tool_parser() -> argparse.ArgumentParser:
                    help="also a table per configuration over this hyperparameter (seed): runs, the metric's mean ± "
                         "std over the complete runs, and its best")
     r.add_argument("--state", action="append", choices=[s.value for s in State] , help="only runs in this state (repeatable)")
-    r.add_argument("--metric", metavar="NAME", help="the metric column (default: the first numeric key of the runs' metrics)")
+    r.add_argument("--metric", metavar="NAME",
+                   help="the metric column (default: the first numeric key of the runs' metrics)")
     r.add_argument("--mode", choices=("min", "max"),
                    help="whether lower or higher is better (default: the sweep's --mode, from its sweep.json; else min)")
     r.add_argument("--csv", metavar="FILE", help="write every run, hyperparameters as hp.* columns, to a CSV file")
